@@ -1,1 +1,16 @@
-//! placeholder
+//! The Model Gateway control plane.
+//!
+//! Owns: the configuration store (SQLite by default, PostgreSQL in production) and its
+//! migrations, secrets at rest, the monotonic configuration version, and the distribution
+//! of versioned routing snapshots to data planes over gRPC, with the registry of connected
+//! data planes and the health they report.
+//!
+//! Never: proxies inference traffic, or lets a secret reach a log line or an error message.
+
+pub mod distribution;
+pub mod secrets;
+pub mod store;
+
+pub use distribution::{ConfigChanges, DataPlaneRegistry, DataPlaneStatus, EndpointHealthView};
+pub use secrets::MasterKey;
+pub use store::{Store, StoreError};
