@@ -1,1 +1,103 @@
-fn main() {}
+//! `modelgw`: one binary for every Model Gateway process.
+//!
+//! - `modelgw control-plane`: configuration store, admin API, snapshot distribution (gRPC).
+//! - `modelgw data-plane`: the Azure OpenAI-compatible proxy apps call.
+//! - `modelgw mock-azure`: a faithful mock of one Azure OpenAI region, for tests and the demo.
+//! - `modelgw demo`: all of the above on one machine, ready to `curl`.
+//!
+//! Every flag has an environment-variable twin, as container platforms expect. Each process
+//! prints one `modelgw <component> ready: key=value …` line on stdout once it listens; logs go
+//! to stderr.
+
+mod control_plane;
+mod data_plane;
+mod demo;
+mod mock_azure;
+mod telemetry;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "modelgw",
+    version,
+    about = "Model Gateway: one Azure OpenAI URL in front of many deployments"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the control plane: configuration store, admin API and snapshot distribution.
+    ControlPlane(control_plane::Args),
+    /// Run a data plane: the gateway that proxies Azure OpenAI traffic.
+    DataPlane(data_plane::Args),
+    /// Run a mock Azure OpenAI region (tests and demos only).
+    MockAzure(mock_azure::Args),
+    /// Run a complete local gateway: control plane on SQLite, a data plane, three mock regions.
+    Demo(demo::Args),
+}
+
+fn main() -> anyhow::Result<()> {
+    // reqwest is built without a default TLS provider (ring, not aws-lc): install it first.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async move {
+        match cli.command {
+            Command::ControlPlane(args) => {
+                let _telemetry = telemetry::init("modelgw-control-plane")?;
+                control_plane::run(args, shutdown_signal()).await
+            }
+            Command::DataPlane(args) => {
+                let _telemetry = telemetry::init("modelgw-data-plane")?;
+                data_plane::run(args, shutdown_signal()).await
+            }
+            Command::MockAzure(args) => {
+                let _telemetry = telemetry::init("modelgw-mock-azure")?;
+                mock_azure::run(args, shutdown_signal()).await
+            }
+            Command::Demo(args) => {
+                let _telemetry = telemetry::init("modelgw-demo")?;
+                demo::run(args, shutdown_signal()).await
+            }
+        }
+    })
+}
+
+/// Resolves on SIGINT or SIGTERM (what container platforms send before killing a replica).
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+    tracing::info!("shutdown signal received, draining");
+}
+
+/// Prints the machine-readable ready line on stdout and flushes it.
+pub(crate) fn print_ready(component: &str, fields: &[(&str, String)]) {
+    use std::io::Write;
+    let mut line = format!("modelgw {component} ready:");
+    for (k, v) in fields {
+        line.push_str(&format!(" {k}={v}"));
+    }
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+}

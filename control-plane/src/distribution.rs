@@ -3,22 +3,47 @@
 //! every subscribed data plane over the gRPC `Stream`; the registry tracks each data plane's
 //! applied version, last-seen time and reported endpoint health.
 //!
-//! CONTRACT: signatures fixed; bodies being implemented.
+//! The published value is one `watch` of `Arc<cfg::Snapshot>`: converted to wire form once
+//! per version, shared by every stream, and only ever replaced by a newer version. Streams
+//! read the latest value when they can send, so a slow data plane skips versions it no
+//! longer needs (snapshots are complete, never deltas).
+
+mod grpc;
+
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use modelgw_model::{ConfigVersion, EndpointId, EndpointState, NodeId};
+use modelgw_model::{ConfigVersion, EndpointId, EndpointState, NodeId, Snapshot};
+use modelgw_proto::cfg;
+use tokio::sync::{Notify, watch};
+use tokio::task::JoinHandle;
+use tokio::time::MissedTickBehavior;
+use tracing::Instrument as _;
+
+use crate::{Store, StoreError};
 
 /// Handle the admin API uses to say "configuration committed at this version": the publisher
 /// reloads and pushes at once. Cheap to clone.
 #[derive(Clone)]
 pub struct ConfigChanges {
-    _private: (),
+    /// Highest version announced so far; a `watch` coalesces bursts into one reload.
+    requested: Arc<watch::Sender<ConfigVersion>>,
 }
 
-#[allow(unused_variables, clippy::unimplemented)]
 impl ConfigChanges {
     pub fn committed(&self, version: ConfigVersion) {
-        unimplemented!()
+        let raised = self.requested.send_if_modified(|highest| {
+            if version > *highest {
+                *highest = version;
+                true
+            } else {
+                false
+            }
+        });
+        tracing::debug!(config_version = %version, reload_requested = raised, "config change announced");
     }
 }
 
@@ -42,21 +67,417 @@ pub struct EndpointHealthView {
     pub reported_by: Option<NodeId>,
 }
 
-/// Registry of data planes. Cheap to clone.
-#[derive(Clone, Default)]
-pub struct DataPlaneRegistry {
-    _private: (),
+impl EndpointHealthView {
+    fn healthy() -> Self {
+        EndpointHealthView {
+            state: EndpointState::Healthy,
+            reason: None,
+            until: None,
+            reported_by: None,
+        }
+    }
 }
 
-#[allow(unused_variables, clippy::unimplemented)]
+/// Registry of data planes. Cheap to clone.
+///
+/// Semantics:
+/// - One entry per node id, kept after disconnect (`connected = false`) for operators.
+/// - A second stream with the same node id takes over the entry; the older stream is ended
+///   with `ABORTED`, so two processes that share a node id show up as a flapping connection
+///   in the logs rather than as silently mixed state.
+/// - `applied_version` comes from `Hello`, then from each `Ack` (which also clears
+///   `last_nack`) and `Heartbeat`; every message refreshes `last_seen`.
+/// - Endpoint health is last-report-wins across data planes (`reported_by` says whose);
+///   reports naming endpoints outside the current snapshot are ignored, and health of
+///   endpoints that leave the configuration is forgotten when the next snapshot publishes.
+#[derive(Clone, Default)]
+pub struct DataPlaneRegistry {
+    inner: Arc<Mutex<RegistryInner>>,
+}
+
+#[derive(Default)]
+struct RegistryInner {
+    nodes: BTreeMap<NodeId, NodeEntry>,
+    health: HashMap<EndpointId, EndpointHealthView>,
+    next_connection: u64,
+}
+
+struct NodeEntry {
+    status: DataPlaneStatus,
+    /// The stream that currently owns this entry.
+    connection: ConnectionId,
+    /// Woken when a newer stream with the same node id takes over.
+    replaced: Arc<Notify>,
+}
+
+/// Identifies one gRPC stream within this process.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct ConnectionId(u64);
+
+impl std::fmt::Display for ConnectionId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// One entry of a data plane's health report, already parsed.
+pub(crate) struct HealthUpdate {
+    pub endpoint_id: EndpointId,
+    pub state: EndpointState,
+    pub reason: Option<String>,
+    pub until: Option<DateTime<Utc>>,
+}
+
 impl DataPlaneRegistry {
     /// All data planes ever seen by this control plane process, sorted by node id.
     pub fn data_planes(&self) -> Vec<DataPlaneStatus> {
-        unimplemented!()
+        self.lock().nodes.values().map(|n| n.status.clone()).collect()
     }
+
     /// Health of an endpoint; `Healthy` with no reason when nothing was reported or the
-    /// reported window has passed.
+    /// reported window has passed. After the window, the last reason and reporter are kept
+    /// (so operators can see what happened) but `until` is cleared.
     pub fn endpoint_health(&self, id: EndpointId) -> EndpointHealthView {
-        unimplemented!()
+        let Some(mut view) = self.lock().health.get(&id).cloned() else {
+            return EndpointHealthView::healthy();
+        };
+        if view.state != EndpointState::Healthy
+            && let Some(until) = view.until
+            && until <= Utc::now()
+        {
+            view.state = EndpointState::Healthy;
+            view.until = None;
+        }
+        view
+    }
+
+    fn lock(&self) -> MutexGuard<'_, RegistryInner> {
+        // Every critical section leaves the maps consistent, so a panic elsewhere while the
+        // lock was held does not make the data unusable.
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Registers a stream after its `Hello`, taking over any older stream of the same node.
+    pub(crate) fn connect(
+        &self,
+        node_id: &NodeId,
+        applied_version: ConfigVersion,
+    ) -> (ConnectionId, Arc<Notify>) {
+        let mut inner = self.lock();
+        inner.next_connection += 1;
+        let connection = ConnectionId(inner.next_connection);
+        let replaced = Arc::new(Notify::new());
+        let entry = NodeEntry {
+            status: DataPlaneStatus {
+                node_id: node_id.clone(),
+                applied_version,
+                connected: true,
+                last_seen: Utc::now(),
+                last_nack: None,
+            },
+            connection,
+            replaced: replaced.clone(),
+        };
+        if let Some(old) = inner.nodes.insert(node_id.clone(), entry)
+            && old.status.connected
+        {
+            // `notify_one` stores a permit, so the old stream sees it even if it is not
+            // waiting at this instant.
+            old.replaced.notify_one();
+            tracing::warn!(node_id = %node_id, old_connection = %old.connection, new_connection = %connection, "a second stream with the same node id replaces the first");
+        }
+        (connection, replaced)
+    }
+
+    /// Applies `f` to the node's status if `connection` still owns the entry; also marks
+    /// the node seen now. Returns false when a newer stream has taken over.
+    pub(crate) fn update(
+        &self,
+        node_id: &NodeId,
+        connection: ConnectionId,
+        f: impl FnOnce(&mut DataPlaneStatus),
+    ) -> bool {
+        let mut inner = self.lock();
+        match inner.nodes.get_mut(node_id) {
+            Some(entry) if entry.connection == connection => {
+                entry.status.last_seen = Utc::now();
+                f(&mut entry.status);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Marks the node disconnected, unless a newer stream owns the entry.
+    pub(crate) fn disconnect(&self, node_id: &NodeId, connection: ConnectionId) {
+        self.update(node_id, connection, |s| s.connected = false);
+    }
+
+    pub(crate) fn report_health(&self, node_id: &NodeId, updates: Vec<HealthUpdate>) {
+        let mut inner = self.lock();
+        for u in updates {
+            inner.health.insert(
+                u.endpoint_id,
+                EndpointHealthView {
+                    state: u.state,
+                    reason: u.reason,
+                    until: u.until,
+                    reported_by: Some(node_id.clone()),
+                },
+            );
+        }
+    }
+
+    /// Forgets health of endpoints that are no longer configured.
+    fn retain_health(&self, snapshot: &Snapshot) {
+        let ids: std::collections::HashSet<EndpointId> =
+            snapshot.endpoints.iter().map(|e| e.id).collect();
+        self.lock().health.retain(|id, _| ids.contains(id));
+    }
+}
+
+/// The smallest poll interval honoured: guards the database against a misconfigured `0`.
+const MIN_POLL_INTERVAL: Duration = Duration::from_millis(100);
+
+/// The running distribution: publisher task, registry and the gRPC service factory.
+pub struct Distribution {
+    snapshots: watch::Receiver<Arc<cfg::Snapshot>>,
+    changes: ConfigChanges,
+    registry: DataPlaneRegistry,
+    _publisher: AbortOnDrop,
+}
+
+impl std::fmt::Debug for Distribution {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Distribution")
+            .field("current_version", &self.current_version())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Distribution {
+    /// Loads the current snapshot and spawns the publisher, which reloads on
+    /// [`ConfigChanges::committed`] and checks the store's version every `poll_interval`
+    /// (at least [`MIN_POLL_INTERVAL`]) for changes made by other replicas.
+    pub async fn start(store: Store, poll_interval: Duration) -> Result<Distribution, StoreError> {
+        let snapshot = store.load_snapshot().await?;
+        let version = snapshot.version;
+        let wire = Arc::new(to_wire(&snapshot));
+        log_publish(&snapshot, &wire);
+        let (snapshot_tx, snapshots) = watch::channel(wire);
+        let (requested_tx, requested_rx) = watch::channel(version);
+        let registry = DataPlaneRegistry::default();
+        let publisher = Publisher {
+            store,
+            registry: registry.clone(),
+            snapshots: snapshot_tx,
+            requested: requested_rx,
+            poll_interval: poll_interval.max(MIN_POLL_INTERVAL),
+        };
+        let task =
+            tokio::spawn(publisher.run().instrument(tracing::info_span!("config_publisher")));
+        Ok(Distribution {
+            snapshots,
+            changes: ConfigChanges { requested: Arc::new(requested_tx) },
+            registry,
+            _publisher: AbortOnDrop(task),
+        })
+    }
+
+    pub fn changes(&self) -> ConfigChanges {
+        self.changes.clone()
+    }
+
+    pub fn registry(&self) -> DataPlaneRegistry {
+        self.registry.clone()
+    }
+
+    /// The version of the snapshot currently being distributed.
+    pub fn current_version(&self) -> ConfigVersion {
+        ConfigVersion(self.snapshots.borrow().version)
+    }
+
+    /// The published snapshot in wire form (always the newest version), for in-process
+    /// consumers and tests.
+    pub fn subscribe(&self) -> watch::Receiver<Arc<cfg::Snapshot>> {
+        self.snapshots.clone()
+    }
+
+    /// Serves `ConfigDiscovery` on `listener` until `shutdown` resolves. Open streams are
+    /// ended with `UNAVAILABLE` at shutdown (otherwise the server would wait for them
+    /// forever), and data planes reconnect elsewhere or later.
+    pub async fn serve_grpc(
+        &self,
+        listener: tokio::net::TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), tonic::transport::Error> {
+        grpc::serve(self.snapshots.clone(), self.registry.clone(), listener, shutdown).await
+    }
+}
+
+/// Aborts the publisher when the `Distribution` goes away.
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+struct Publisher {
+    store: Store,
+    registry: DataPlaneRegistry,
+    snapshots: watch::Sender<Arc<cfg::Snapshot>>,
+    requested: watch::Receiver<ConfigVersion>,
+    poll_interval: Duration,
+}
+
+impl Publisher {
+    async fn run(mut self) {
+        let start = tokio::time::Instant::now() + self.poll_interval;
+        let mut ticker = tokio::time::interval_at(start, self.poll_interval);
+        // After a stall, one check is enough: ticks carry no data.
+        ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        loop {
+            let announced = tokio::select! {
+                changed = self.requested.changed() => {
+                    if changed.is_err() {
+                        return; // every ConfigChanges handle is gone: nothing will announce
+                    }
+                    Some(*self.requested.borrow_and_update())
+                }
+                _ = ticker.tick() => None,
+            };
+            let current = self.current();
+            match announced {
+                Some(v) if v <= current => continue,
+                Some(_) => {}
+                // The cheap version check first; a full load only when something changed.
+                None => match self.store.config_version().await {
+                    Ok(v) if v > current => {
+                        tracing::debug!(config_version = %v, "poll found a newer version");
+                    }
+                    Ok(_) => continue,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "config version poll failed; retrying at the next tick");
+                        continue;
+                    }
+                },
+            }
+            // A failed load is retried by the next poll tick, which sees the version still ahead.
+            match self.store.load_snapshot().await {
+                Ok(snapshot) => self.publish(snapshot),
+                Err(e) => {
+                    tracing::warn!(error = %e, "loading the snapshot failed; retrying at the next poll tick");
+                }
+            }
+        }
+    }
+
+    fn current(&self) -> ConfigVersion {
+        ConfigVersion(self.snapshots.borrow().version)
+    }
+
+    fn publish(&self, snapshot: Snapshot) {
+        let wire = to_wire(&snapshot);
+        let version = wire.version;
+        let mut wire = Some(wire);
+        let published = self.snapshots.send_if_modified(|current| {
+            // Never an older (or the same) version than what streams already have: loads
+            // can finish out of order with concurrent writers.
+            if version > current.version
+                && let Some(w) = wire.take()
+            {
+                *current = Arc::new(w);
+                true
+            } else {
+                false
+            }
+        });
+        if published {
+            self.registry.retain_health(&snapshot);
+            log_publish(&snapshot, self.snapshots.borrow().as_ref());
+        }
+    }
+}
+
+fn to_wire(snapshot: &Snapshot) -> cfg::Snapshot {
+    cfg::Snapshot::from(snapshot)
+}
+
+/// Logs a publish, and loudly if data planes will reject it (they keep their last good
+/// snapshot and NACK, which shows in the registry).
+fn log_publish(snapshot: &Snapshot, wire: &cfg::Snapshot) {
+    if let Err(e) = Snapshot::try_from(wire.clone()) {
+        tracing::error!(config_version = wire.version, reason = %e, "publishing a snapshot that data planes will reject");
+    }
+    tracing::info!(
+        config_version = wire.version,
+        endpoints = snapshot.endpoints.len(),
+        gateways = snapshot.gateways.len(),
+        "snapshot published"
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(s: &str) -> NodeId {
+        NodeId(s.to_owned())
+    }
+
+    #[test]
+    fn an_expired_window_reads_as_healthy_and_keeps_the_reason() {
+        let registry = DataPlaneRegistry::default();
+        let (past, future) = (EndpointId::new(), EndpointId::new());
+        registry.report_health(
+            &node("dp-1"),
+            vec![
+                HealthUpdate {
+                    endpoint_id: past,
+                    state: EndpointState::Throttling,
+                    reason: Some("429".into()),
+                    until: Some(Utc::now() - chrono::Duration::seconds(1)),
+                },
+                HealthUpdate {
+                    endpoint_id: future,
+                    state: EndpointState::Error,
+                    reason: Some("503".into()),
+                    until: Some(Utc::now() + chrono::Duration::seconds(60)),
+                },
+            ],
+        );
+        let view = registry.endpoint_health(past);
+        assert_eq!(view.state, EndpointState::Healthy);
+        assert_eq!(view.reason.as_deref(), Some("429"));
+        assert_eq!(view.until, None);
+        assert_eq!(registry.endpoint_health(future).state, EndpointState::Error);
+        assert_eq!(registry.endpoint_health(EndpointId::new()), EndpointHealthView::healthy());
+    }
+
+    #[test]
+    fn a_newer_stream_owns_the_entry_and_the_old_one_cannot_update_it() {
+        let registry = DataPlaneRegistry::default();
+        let n = node("dp-1");
+        let (first, _) = registry.connect(&n, ConfigVersion(1));
+        let (second, _) = registry.connect(&n, ConfigVersion(2));
+        assert!(!registry.update(&n, first, |s| s.applied_version = ConfigVersion(9)));
+        registry.disconnect(&n, first);
+        let status = &registry.data_planes()[0];
+        assert!(status.connected);
+        assert_eq!(status.applied_version, ConfigVersion(2));
+        registry.disconnect(&n, second);
+        assert!(!registry.data_planes()[0].connected);
+    }
+
+    #[test]
+    fn data_planes_are_sorted_by_node_id() {
+        let registry = DataPlaneRegistry::default();
+        for n in ["c", "a", "b"] {
+            registry.connect(&node(n), ConfigVersion(0));
+        }
+        let ids: Vec<String> = registry.data_planes().into_iter().map(|s| s.node_id.0).collect();
+        assert_eq!(ids, ["a", "b", "c"]);
     }
 }

@@ -11,6 +11,8 @@ pub mod distribution;
 pub mod secrets;
 pub mod store;
 
-pub use distribution::{ConfigChanges, DataPlaneRegistry, DataPlaneStatus, EndpointHealthView};
+pub use distribution::{
+    ConfigChanges, DataPlaneRegistry, DataPlaneStatus, Distribution, EndpointHealthView,
+};
 pub use secrets::MasterKey;
 pub use store::{Store, StoreError};

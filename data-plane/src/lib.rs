@@ -1,1 +1,292 @@
-//! placeholder
+//! Model Gateway data plane: the stateless, horizontally scaled proxy apps call instead of
+//! Azure OpenAI.
+//!
+//! Owns: the client-facing Azure OpenAI surface (`/openai/deployments/…`, `/openai/v1/…`,
+//! `/healthz`, `/readyz`), gateway-key authentication, endpoint selection and failover, the
+//! upstream requests with injected credentials, per-endpoint health as this node sees it, and
+//! the gRPC stream that receives routing snapshots from the control plane.
+//!
+//! Must never: touch a database, call the control plane on the request path, hold a lock
+//! across an await, or let a secret (endpoint key, gateway key) reach a log line, an error
+//! message or a response.
+//!
+//! Modules: [`snapshot`] (compiled routing table behind one `ArcSwap`), [`health`]
+//! (per-endpoint state surviving swaps), [`balance`] (the selection seam), `proxy` (hyper
+//! server and the request path), [`client`] (control-plane connection).
+
+pub mod balance;
+pub mod client;
+pub mod health;
+mod proxy;
+pub mod snapshot;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tracing::info;
+
+use crate::balance::{EndpointSelector, PriorityWeighted};
+use crate::health::{HEALTH_CHANNEL_CAPACITY, HealthChange, HealthRegistry};
+use crate::snapshot::SnapshotStore;
+
+pub use crate::client::{ApplyOutcome, apply_snapshot};
+
+/// Default request-body limit: 32 MiB. Bodies are held in memory so they can be re-sent on
+/// failover; 32 MiB covers Azure's largest inputs (25 MB audio files plus multipart framing,
+/// base64 images in chat) while bounding memory per request.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 32 * 1024 * 1024;
+
+/// Default first-byte timeout per upstream attempt (and longest silence mid-stream).
+/// Non-streaming completions only send headers when the whole answer is done, which takes
+/// minutes for long outputs of reasoning models; 180 s allows that while a hung endpoint
+/// still fails over well within the OpenAI SDK's 600 s request timeout.
+pub const DEFAULT_UPSTREAM_TIMEOUT: Duration = Duration::from_secs(180);
+
+/// Default TCP+TLS connect timeout to an upstream. Azure endpoints connect in well under a
+/// second even across regions; 5 s (the OpenAI SDK's own) fails over fast on a dead host.
+pub const DEFAULT_UPSTREAM_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Default time to receive the whole request body: 32 MiB over a slow 5 Mbit/s uplink takes
+/// about 55 s.
+pub const DEFAULT_CLIENT_BODY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Default time in-flight requests get to finish on shutdown; matches Kubernetes' default
+/// termination grace period.
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+
+/// How long idle upstream connections stay pooled. Azure's front ends close idle connections
+/// after a few minutes; 90 s reuses warm TLS sessions without meeting a closed socket.
+const UPSTREAM_POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// TCP keepalive on upstream connections, to notice dead peers of long streams.
+const UPSTREAM_TCP_KEEPALIVE: Duration = Duration::from_secs(30);
+
+/// Settings of one data plane.
+#[derive(Clone, Debug)]
+pub struct DataPlaneConfig {
+    /// Listen address of the gateway (`MODELGW_GATEWAY_ADDR`); port 0 picks a free port.
+    pub gateway_addr: SocketAddr,
+    /// gRPC URL of the control plane (`MODELGW_CONTROL_PLANE_URL`). Empty = run without a
+    /// control plane (snapshots only through [`DataPlane::snapshot_store`], e.g. in tests).
+    pub control_plane_url: String,
+    /// Identity reported to the control plane (`MODELGW_NODE_ID`).
+    pub node_id: String,
+    /// Largest request body accepted (`MODELGW_MAX_BODY_BYTES`); see [`DEFAULT_MAX_BODY_BYTES`].
+    pub max_body_bytes: usize,
+    /// Per-attempt wait for the upstream's response head, and the longest silence allowed
+    /// while streaming; see [`DEFAULT_UPSTREAM_TIMEOUT`].
+    pub upstream_timeout: Duration,
+    /// See [`DEFAULT_UPSTREAM_CONNECT_TIMEOUT`].
+    pub upstream_connect_timeout: Duration,
+    /// See [`DEFAULT_CLIENT_BODY_TIMEOUT`].
+    pub client_body_timeout: Duration,
+    /// See [`DEFAULT_SHUTDOWN_GRACE`].
+    pub shutdown_grace: Duration,
+    /// How often a heartbeat goes to the control plane; see [`client::HEARTBEAT_INTERVAL`].
+    pub heartbeat_interval: Duration,
+}
+
+impl Default for DataPlaneConfig {
+    fn default() -> Self {
+        Self {
+            gateway_addr: SocketAddr::from(([127, 0, 0, 1], 4001)),
+            control_plane_url: "http://127.0.0.1:4002".to_owned(),
+            node_id: "data-plane".to_owned(),
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            upstream_timeout: DEFAULT_UPSTREAM_TIMEOUT,
+            upstream_connect_timeout: DEFAULT_UPSTREAM_CONNECT_TIMEOUT,
+            client_body_timeout: DEFAULT_CLIENT_BODY_TIMEOUT,
+            shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
+            heartbeat_interval: client::HEARTBEAT_INTERVAL,
+        }
+    }
+}
+
+/// Why [`DataPlane::run`] failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DataPlaneError {
+    /// The control-plane client task died (a bug); the process should restart rather than
+    /// serve a configuration that can no longer change.
+    #[error("the control-plane client stopped unexpectedly: {0}")]
+    ControlPlaneClient(String),
+}
+
+/// A bound, not yet running data plane.
+pub struct DataPlane {
+    listener: TcpListener,
+    local_addr: SocketAddr,
+    config: DataPlaneConfig,
+    control_plane: Option<tonic::transport::Endpoint>,
+    store: Arc<SnapshotStore>,
+    health: Arc<HealthRegistry>,
+    health_rx: mpsc::Receiver<HealthChange>,
+    http: reqwest::Client,
+}
+
+impl std::fmt::Debug for DataPlane {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DataPlane")
+            .field("local_addr", &self.local_addr)
+            .field("config", &self.config)
+            .field("version", &self.store.version())
+            .finish_non_exhaustive()
+    }
+}
+
+impl DataPlane {
+    /// Binds the listener and prepares the upstream client; nothing is served until `run`.
+    /// Fails on an unusable address or control-plane URL.
+    pub async fn bind(config: DataPlaneConfig) -> std::io::Result<DataPlane> {
+        // reqwest is built without a default crypto provider; install ring unless the
+        // binary already chose one.
+        if rustls::crypto::CryptoProvider::get_default().is_none() {
+            let _ = rustls::crypto::ring::default_provider().install_default();
+        }
+        let control_plane = if config.control_plane_url.is_empty() {
+            None
+        } else {
+            let endpoint = client::endpoint(&config.control_plane_url).map_err(|err| {
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    format!("control plane URL {:?}: {err}", config.control_plane_url),
+                )
+            })?;
+            Some(endpoint)
+        };
+        let http = reqwest::Client::builder()
+            .connect_timeout(config.upstream_connect_timeout)
+            .read_timeout(config.upstream_timeout)
+            .pool_idle_timeout(UPSTREAM_POOL_IDLE_TIMEOUT)
+            .tcp_keepalive(UPSTREAM_TCP_KEEPALIVE)
+            .tcp_nodelay(true)
+            .redirect(reqwest::redirect::Policy::none())
+            .no_proxy()
+            .build()
+            .map_err(std::io::Error::other)?;
+        let listener = TcpListener::bind(config.gateway_addr).await?;
+        let local_addr = listener.local_addr()?;
+        let (health, health_rx) = HealthRegistry::new(HEALTH_CHANNEL_CAPACITY);
+        Ok(DataPlane {
+            listener,
+            local_addr,
+            config,
+            control_plane,
+            store: Arc::new(SnapshotStore::new()),
+            health: Arc::new(health),
+            health_rx,
+            http,
+        })
+    }
+
+    /// The address actually bound (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The routing-table store; swap a compiled snapshot in directly to run without a
+    /// control plane, or subscribe to follow the applied version.
+    pub fn snapshot_store(&self) -> Arc<SnapshotStore> {
+        Arc::clone(&self.store)
+    }
+
+    /// Per-endpoint health as this data plane sees it.
+    pub fn health(&self) -> Arc<HealthRegistry> {
+        Arc::clone(&self.health)
+    }
+
+    /// Serves until `shutdown` resolves, then drains in-flight requests for up to
+    /// `shutdown_grace`.
+    pub async fn run(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), DataPlaneError> {
+        self.run_with_selector(Arc::new(PriorityWeighted), shutdown).await
+    }
+
+    /// [`DataPlane::run`] with another endpoint-selection policy.
+    pub async fn run_with_selector(
+        self,
+        selector: Arc<dyn EndpointSelector>,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), DataPlaneError> {
+        let DataPlane {
+            listener,
+            local_addr,
+            config,
+            control_plane,
+            store,
+            health,
+            health_rx,
+            http,
+        } = self;
+        let mut client_task = control_plane.map(|endpoint| {
+            let client_config = client::ClientConfig {
+                control_plane_url: config.control_plane_url.clone(),
+                node_id: config.node_id.clone(),
+                heartbeat_interval: config.heartbeat_interval,
+            };
+            tokio::spawn(client::run(client_config, endpoint, Arc::clone(&store), health_rx))
+        });
+        let proxy = Arc::new(proxy::Proxy {
+            store,
+            health,
+            selector,
+            http,
+            limits: proxy::Limits {
+                max_body_bytes: config.max_body_bytes,
+                upstream_timeout: config.upstream_timeout,
+                client_body_timeout: config.client_body_timeout,
+            },
+        });
+        info!(
+            addr = %local_addr,
+            node_id = %config.node_id,
+            control_plane = %config.control_plane_url,
+            "data plane serving"
+        );
+
+        // Stop serving when asked, or when the control-plane client dies.
+        let (client_died_tx, client_died_rx) = tokio::sync::oneshot::channel::<String>();
+        let client_abort = client_task.as_ref().map(tokio::task::JoinHandle::abort_handle);
+        let watcher = client_task.take().map(|task| {
+            tokio::spawn(async move {
+                if let Err(err) = task.await
+                    && err.is_panic()
+                {
+                    let _ = client_died_tx.send(err.to_string());
+                }
+            })
+        });
+        let mut died: Option<String> = None;
+        let client_died = async {
+            match client_died_rx.await {
+                Ok(reason) => reason,
+                // The client ended without panicking (or never ran): only `shutdown` stops us.
+                Err(_) => std::future::pending().await,
+            }
+        };
+        let stop = async {
+            tokio::select! {
+                () = shutdown => {}
+                reason = client_died => died = Some(reason),
+            }
+        };
+        proxy::server::serve(listener, proxy, stop, config.shutdown_grace).await;
+        if let Some(client) = client_abort {
+            client.abort();
+        }
+        if let Some(watcher) = watcher {
+            watcher.abort();
+        }
+        info!("data plane stopped");
+        match died {
+            Some(reason) => Err(DataPlaneError::ControlPlaneClient(reason)),
+            None => Ok(()),
+        }
+    }
+}

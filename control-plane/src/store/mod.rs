@@ -1,13 +1,34 @@
 //! The configuration store. Every mutating call commits in one transaction that also bumps
 //! the configuration version, and returns the version it committed.
 //!
-//! CONTRACT (shared with `modelgw-admin-api`): signatures here are fixed; bodies are being
-//! implemented.
+//! One code path serves SQLite and PostgreSQL: sqlx's `Any` driver with runtime queries
+//! (`$1` placeholders work on both), column types both decode the same way (TEXT ids, BIGINT
+//! unix-millisecond timestamps, 0/1 integers for booleans, BLOB/BYTEA hashes) and one
+//! migration folder per backend.
+//!
+//! The version bump is the FIRST statement of every write transaction: on PostgreSQL its row
+//! lock serialises writers (so versions commit in order and checks made inside the
+//! transaction cannot race), on SQLite it takes the write lock at once (so a deferred
+//! transaction never has to upgrade its lock, which `busy_timeout` cannot resolve).
+//!
+//! CONTRACT (shared with `modelgw-admin-api`): the public signatures here are fixed.
+
+mod endpoints;
+mod gateways;
+mod keys;
+mod snapshot;
+
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use modelgw_model::{
-    ConfigVersion, EndpointId, GatewayId, GatewayKeyId, GatewayMember, Platform, Secret, Snapshot,
+    ConfigVersion, EndpointId, GatewayId, GatewayKeyId, GatewayMember, Platform, Secret,
 };
+use sqlx::any::{Any, AnyPoolOptions};
+use sqlx::error::ErrorKind;
+use sqlx::migrate::Migrator;
+use sqlx::{AnyConnection, AnyPool, AssertSqlSafe, Transaction};
+use tracing::Instrument as _;
 
 use crate::MasterKey;
 
@@ -121,110 +142,263 @@ pub enum StoreError {
 /// The configuration store. Cheap to clone.
 #[derive(Clone)]
 pub struct Store {
-    _private: (),
+    pool: AnyPool,
+    backend: Backend,
+    master_key: MasterKey,
 }
 
-#[allow(unused_variables, clippy::unimplemented)]
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("backend", &self.backend).finish_non_exhaustive()
+    }
+}
+
+/// Migrations per backend: the schemas are equivalent, only the SQL dialect differs.
+static SQLITE_MIGRATOR: Migrator = sqlx::migrate!("./migrations/sqlite");
+static POSTGRES_MIGRATOR: Migrator = sqlx::migrate!("./migrations/postgres");
+
+/// How long a SQLite connection waits for another writer's lock before failing with
+/// SQLITE_BUSY. Config writes are tiny and rare, so 5 s only runs out if something is stuck.
+const SQLITE_BUSY_TIMEOUT_MS: u64 = 5_000;
+/// SQLite allows one writer at a time; a few connections let reads (snapshot loads, admin
+/// lists) proceed next to it in WAL mode without a large pool of idle file handles.
+const SQLITE_MAX_CONNECTIONS: u32 = 4;
+/// Connections to PostgreSQL: the control plane's load is a few admin calls and one snapshot
+/// load per change per replica, so a small pool leaves server slots for other replicas.
+const POSTGRES_MAX_CONNECTIONS: u32 = 8;
+/// How long a store call waits for a pooled connection before failing, instead of hanging
+/// an admin request forever when the database is unreachable.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Key of the admin token hash in the `settings` table.
+pub(crate) const ADMIN_TOKEN_SETTING: &str = "admin_token_sha256";
+
 impl Store {
     /// Connects and runs migrations. `sqlite:` URLs create the file if missing; `postgres://`
     /// URLs use PostgreSQL.
     pub async fn connect(url: &str, master_key: MasterKey) -> Result<Store, StoreError> {
-        unimplemented!()
+        sqlx::any::install_default_drivers();
+        let backend = backend_of(url)?;
+        let span = tracing::info_span!("store.connect", backend = ?backend);
+        async move {
+            let (url, options) = match backend {
+                Backend::Sqlite => {
+                    let (url, in_memory) = sqlite_url(url);
+                    let options = if in_memory {
+                        // Every connection to `:memory:` is a separate database: keep exactly
+                        // one, forever, so the data lives as long as the store.
+                        AnyPoolOptions::new()
+                            .max_connections(1)
+                            .min_connections(1)
+                            .idle_timeout(None)
+                            .max_lifetime(None)
+                    } else {
+                        AnyPoolOptions::new().max_connections(SQLITE_MAX_CONNECTIONS)
+                    };
+                    (url, options.after_connect(|conn, _| Box::pin(sqlite_pragmas(conn))))
+                }
+                Backend::Postgres => (
+                    url.to_owned(),
+                    AnyPoolOptions::new().max_connections(POSTGRES_MAX_CONNECTIONS),
+                ),
+            };
+            let pool = options.acquire_timeout(ACQUIRE_TIMEOUT).connect(&url).await?;
+            let migrator = match backend {
+                Backend::Sqlite => &SQLITE_MIGRATOR,
+                Backend::Postgres => &POSTGRES_MIGRATOR,
+            };
+            migrator.run(&pool).await?;
+            let store = Store { pool, backend, master_key };
+            let version = store.config_version().await?;
+            tracing::info!(config_version = %version, "configuration store open");
+            Ok(store)
+        }
+        .instrument(span)
+        .await
     }
+
     pub fn backend(&self) -> Backend {
-        unimplemented!()
+        self.backend
     }
+
+    /// Closes the connection pool; later calls fail. For orderly shutdown and for tests that
+    /// reopen the same database.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    /// The committed version; one cheap query (the publisher polls it).
+    #[tracing::instrument(name = "store.config_version", skip_all, level = "debug")]
     pub async fn config_version(&self) -> Result<ConfigVersion, StoreError> {
-        unimplemented!()
+        let v: i64 = sqlx::query_scalar("SELECT version FROM config_version WHERE id = 1")
+            .fetch_one(&self.pool)
+            .await?;
+        version_from_db(v)
     }
 
-    pub async fn create_endpoint(
-        &self,
-        new: NewEndpoint,
-    ) -> Result<(EndpointRecord, ConfigVersion), StoreError> {
-        unimplemented!()
-    }
-    pub async fn list_endpoints(&self) -> Result<Vec<EndpointRecord>, StoreError> {
-        unimplemented!()
-    }
-    pub async fn get_endpoint(&self, id: EndpointId) -> Result<EndpointRecord, StoreError> {
-        unimplemented!()
-    }
-    pub async fn update_endpoint(
-        &self,
-        id: EndpointId,
-        patch: EndpointPatch,
-    ) -> Result<(EndpointRecord, ConfigVersion), StoreError> {
-        unimplemented!()
-    }
-    /// Refuses with `InUse` when a gateway uses it, unless `force` (then memberships go too).
-    pub async fn delete_endpoint(
-        &self,
-        id: EndpointId,
-        force: bool,
-    ) -> Result<ConfigVersion, StoreError> {
-        unimplemented!()
+    /// Begins a write transaction and bumps the version in it (see the module docs for why
+    /// this comes first). Dropping the transaction without `commit` rolls both back.
+    async fn begin_write(&self) -> Result<(Transaction<'static, Any>, ConfigVersion), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let v: i64 = sqlx::query_scalar(
+            "UPDATE config_version SET version = version + 1 WHERE id = 1 RETURNING version",
+        )
+        .fetch_one(&mut *tx)
+        .await?;
+        Ok((tx, version_from_db(v)?))
     }
 
-    pub async fn create_gateway(
-        &self,
-        new: NewGateway,
-    ) -> Result<(GatewayRecord, ConfigVersion), StoreError> {
-        unimplemented!()
+    /// Begins a read transaction that sees one consistent state of the whole database.
+    async fn begin_read(&self) -> Result<Transaction<'static, Any>, StoreError> {
+        Ok(match self.backend {
+            // READ COMMITTED (the default) would let each statement see a different commit.
+            Backend::Postgres => {
+                self.pool.begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY").await?
+            }
+            // In WAL mode a read transaction keeps the snapshot of its first read.
+            Backend::Sqlite => self.pool.begin().await?,
+        })
     }
-    pub async fn list_gateways(&self) -> Result<Vec<GatewayRecord>, StoreError> {
-        unimplemented!()
+}
+
+/// Commits a write transaction and logs the change with its new version.
+async fn commit(
+    tx: Transaction<'static, Any>,
+    version: ConfigVersion,
+    change: &'static str,
+) -> Result<ConfigVersion, StoreError> {
+    tx.commit().await?;
+    tracing::info!(config_version = %version, change, "config change committed");
+    Ok(version)
+}
+
+fn backend_of(url: &str) -> Result<Backend, StoreError> {
+    if url.starts_with("sqlite:") {
+        Ok(Backend::Sqlite)
+    } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok(Backend::Postgres)
+    } else {
+        // The URL itself is not repeated: it may carry a password.
+        Err(StoreError::Database(sqlx::Error::Configuration(
+            "unsupported database URL: use sqlite:<path> or postgres://…".into(),
+        )))
     }
-    pub async fn get_gateway(&self, id: GatewayId) -> Result<GatewayRecord, StoreError> {
-        unimplemented!()
+}
+
+/// Makes a file-backed `sqlite:` URL create its file when missing (`mode=rwc`) unless the
+/// URL chooses a mode itself. Returns the URL and whether it names an in-memory database.
+fn sqlite_url(url: &str) -> (String, bool) {
+    let (path, query) = url.split_once('?').unwrap_or((url, ""));
+    let mode = url::form_urlencoded::parse(query.as_bytes())
+        .find(|(k, _)| k == "mode")
+        .map(|(_, v)| v.into_owned());
+    let in_memory = path.ends_with(":memory:") || mode.as_deref() == Some("memory");
+    if in_memory || mode.is_some() {
+        return (url.to_owned(), in_memory);
     }
-    pub async fn update_gateway(
-        &self,
-        id: GatewayId,
-        patch: GatewayPatch,
-    ) -> Result<(GatewayRecord, ConfigVersion), StoreError> {
-        unimplemented!()
+    let sep = if query.is_empty() { "?" } else { "&" };
+    let url = url.strip_suffix('?').unwrap_or(url);
+    (format!("{url}{sep}mode=rwc"), false)
+}
+
+/// Per-connection SQLite settings. The Any driver only takes a URL, which cannot carry
+/// pragmas, so they are set here on every new connection.
+async fn sqlite_pragmas(conn: &mut AnyConnection) -> Result<(), sqlx::Error> {
+    // Foreign keys are off by default in SQLite and are per connection.
+    sqlx::query("PRAGMA foreign_keys = ON").execute(&mut *conn).await?;
+    sqlx::query(AssertSqlSafe(format!("PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")))
+        .execute(&mut *conn)
+        .await?;
+    // WAL: readers (snapshot loads) never block the writer, and a crash cannot corrupt the
+    // database. Persistent in the file; an in-memory database answers `memory` and stays so.
+    sqlx::query("PRAGMA journal_mode = WAL").execute(&mut *conn).await?;
+    Ok(())
+}
+
+fn version_from_db(v: i64) -> Result<ConfigVersion, StoreError> {
+    u64::try_from(v)
+        .map(ConfigVersion)
+        .map_err(|_| decode_error("config_version.version", format!("negative version {v}")))
+}
+
+/// The current time, truncated to what the database stores (milliseconds), so a record
+/// returned by a write equals the one read back later.
+fn now_ms() -> i64 {
+    Utc::now().timestamp_millis()
+}
+
+fn time_from_db(column: &str, ms: i64) -> Result<DateTime<Utc>, StoreError> {
+    DateTime::from_timestamp_millis(ms)
+        .ok_or_else(|| decode_error(column, format!("timestamp out of range: {ms}")))
+}
+
+fn decode_error(column: &str, reason: impl Into<String>) -> StoreError {
+    let reason: String = reason.into();
+    StoreError::Database(sqlx::Error::ColumnDecode {
+        index: column.to_owned(),
+        source: reason.into(),
+    })
+}
+
+fn parse_column<T: std::str::FromStr>(column: &str, value: &str) -> Result<T, StoreError> {
+    value.parse().map_err(|_| decode_error(column, format!("invalid value {value:?}")))
+}
+
+/// The kind of a database error, when the statement was rejected by a constraint.
+fn constraint_kind(e: &sqlx::Error) -> Option<ErrorKind> {
+    match e {
+        sqlx::Error::Database(db) => Some(db.kind()),
+        _ => None,
     }
-    /// Deletes the gateway and its keys.
-    pub async fn delete_gateway(&self, id: GatewayId) -> Result<ConfigVersion, StoreError> {
-        unimplemented!()
+}
+
+/// Maps a unique-constraint violation to `Conflict` on `field`; other errors pass through.
+fn conflict_on_unique(e: sqlx::Error, field: &str, reason: impl Into<String>) -> StoreError {
+    if constraint_kind(&e) == Some(ErrorKind::UniqueViolation) {
+        StoreError::Conflict { field: field.to_owned(), reason: reason.into() }
+    } else {
+        StoreError::Database(e)
+    }
+}
+
+fn u32_from_db(column: &str, v: i64) -> Result<u32, StoreError> {
+    u32::try_from(v).map_err(|_| decode_error(column, format!("out of range: {v}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_urls_create_the_database_unless_a_mode_is_chosen() {
+        assert_eq!(sqlite_url("sqlite://data/m.db"), ("sqlite://data/m.db?mode=rwc".into(), false));
+        assert_eq!(
+            sqlite_url("sqlite:m.db?cache=private"),
+            ("sqlite:m.db?cache=private&mode=rwc".into(), false)
+        );
+        assert_eq!(sqlite_url("sqlite://m.db?mode=ro"), ("sqlite://m.db?mode=ro".into(), false));
+        assert_eq!(sqlite_url("sqlite::memory:"), ("sqlite::memory:".into(), true));
+        assert_eq!(sqlite_url("sqlite://?mode=memory"), ("sqlite://?mode=memory".into(), true));
     }
 
-    /// Creates a key; returns the record and the secret, which is never retrievable again.
-    pub async fn create_gateway_key(
-        &self,
-        gateway_id: GatewayId,
-        name: String,
-    ) -> Result<(GatewayKeyRecord, Secret, ConfigVersion), StoreError> {
-        unimplemented!()
-    }
-    /// All keys of the gateway, revoked ones included (with `revoked_at`).
-    pub async fn list_gateway_keys(
-        &self,
-        gateway_id: GatewayId,
-    ) -> Result<Vec<GatewayKeyRecord>, StoreError> {
-        unimplemented!()
-    }
-    pub async fn revoke_gateway_key(
-        &self,
-        gateway_id: GatewayId,
-        key_id: GatewayKeyId,
-    ) -> Result<ConfigVersion, StoreError> {
-        unimplemented!()
+    #[test]
+    fn backends_follow_the_url_scheme_and_errors_do_not_repeat_the_url() {
+        assert_eq!(backend_of("sqlite://x.db").ok(), Some(Backend::Sqlite));
+        assert_eq!(backend_of("postgres://u:p@h/db").ok(), Some(Backend::Postgres));
+        assert_eq!(backend_of("postgresql://h/db").ok(), Some(Backend::Postgres));
+        let err = backend_of("mysql://user:hunter2@h/db").expect_err("unsupported");
+        assert!(!err.to_string().contains("hunter2"));
     }
 
-    /// The admin token's SHA-256: from `env_token` when given; else the stored one; else a new
-    /// token is generated, its hash stored, and the plaintext returned once (to print).
-    pub async fn admin_token(
-        &self,
-        env_token: Option<&str>,
-    ) -> Result<([u8; 32], Option<Secret>), StoreError> {
-        unimplemented!()
-    }
-
-    /// A consistent read of the whole configuration at one version, with endpoint keys
-    /// decrypted and revoked gateway keys left out.
-    pub async fn load_snapshot(&self) -> Result<Snapshot, StoreError> {
-        unimplemented!()
+    #[tokio::test]
+    async fn an_in_memory_store_keeps_its_data_across_calls() {
+        let store = Store::connect("sqlite::memory:", MasterKey::generate()).await.expect("open");
+        let (gw, v) = store
+            .create_gateway(NewGateway { name: "gw".into(), members: vec![] })
+            .await
+            .expect("create");
+        assert_eq!(v, ConfigVersion(2));
+        assert_eq!(store.get_gateway(gw.id).await.expect("get"), gw);
+        assert_eq!(store.config_version().await.expect("version"), v);
     }
 }

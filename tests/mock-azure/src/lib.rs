@@ -1,1 +1,240 @@
-//! placeholder
+//! A faithful, scriptable mock of one Azure OpenAI region's data plane.
+//!
+//! It speaks the wire described in `/work/shared/azure-wire.md` §1 (paths, api-version rules,
+//! `api-key` auth, exact error bodies, response headers, Azure's SSE framing) so that the gateway
+//! can be shown transparent to real clients, and it can be told to misbehave per deployment
+//! ([`Fault`]): statuses with retry hints, latency, connection resets, stalled or cut streams,
+//! content-filter rejections. It counts and records every request so a test can assert what an
+//! upstream received (or that a throttled region received nothing).
+//!
+//! Used in-process by tests ([`MockAzure::start`]), out of process as `modelgw mock-azure`
+//! ([`run`]), and by the demo as several "regions". The same listener serves a small control API
+//! under `/_mock/` (below) so another process can script it.
+//!
+//! This crate owns nothing but the mock: it must never be linked into a production binary path
+//! that serves real traffic, and it must never log a credential (the `api-key` and
+//! `Authorization` values are neither logged nor returned by the control API, which shows only a
+//! hint of them). [`MockAzure::requests`] does keep the full values in memory, so an in-process
+//! test can check which credential the gateway injected.
+//!
+//! # Control API
+//! No auth; all under `/_mock/`:
+//! - `POST /_mock/faults/{deployment}`, body a [`Fault`] as JSON → 204.
+//! - `GET /_mock/calls` → `{"<deployment>": n, …}` (configured deployments always listed).
+//! - `GET /_mock/requests` → the [`RecordedRequest`]s as JSON, credential headers redacted.
+//! - `POST /_mock/reset` → 204.
+//! - `GET /_mock/settings` → `{"latency_ms":…,"stream_gap_ms":…}`; `POST` the same (either field
+//!   optional) → 204.
+//!
+//! # Choices where Azure's behaviour is not documented
+//! Checks run in this order, each answering with Azure's body: unknown path or bad/missing
+//! api-version (404 "Resource not found"), credential (401), deployment (404
+//! `DeploymentNotFound`), then the head scripted fault, then body validation (400). API
+//! Management authenticates before the backend looks the deployment up, hence 401 before 404.
+
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use http::HeaderValue;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+mod azure;
+mod control;
+mod fault;
+mod server;
+mod state;
+pub mod wire;
+
+pub use fault::Fault;
+pub use state::{MAX_RECORDED_REQUESTS, RecordedRequest};
+
+/// Pause between two SSE frames unless changed with [`MockAzure::set_stream_gap`]: long enough
+/// that a client observes separate chunks, short enough that a 12-frame stream takes ~0.1 s.
+pub const DEFAULT_STREAM_GAP: Duration = Duration::from_millis(10);
+
+/// Largest request body the mock reads (413 beyond): above any chat or embeddings payload.
+pub const MAX_REQUEST_BODY_BYTES: usize = 32 * 1024 * 1024;
+
+/// One region's identity.
+#[derive(Clone)]
+pub struct MockConfig {
+    /// `x-ms-region` display name, e.g. "East US"; also named in the reply text.
+    pub region: String,
+    /// The only key accepted (as `api-key`, or as `Authorization: Bearer` on v1 paths).
+    pub api_key: String,
+    /// Deployments that exist; any other answers 404 `DeploymentNotFound`.
+    pub deployments: Vec<String>,
+    /// Model reported in responses, e.g. "gpt-4o-mini-2024-07-18".
+    pub model: String,
+}
+
+impl fmt::Debug for MockConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MockConfig")
+            .field("region", &self.region)
+            .field("api_key", &"<redacted>")
+            .field("deployments", &self.deployments)
+            .field("model", &self.model)
+            .finish()
+    }
+}
+
+/// A running mock region. Cheap to clone; every clone controls the same server. The server runs
+/// until [`MockAzure::shutdown`] (dropping the handles does not stop it).
+#[derive(Clone)]
+pub struct MockAzure {
+    shared: Arc<Shared>,
+}
+
+/// What the server tasks and the handles share.
+pub(crate) struct Shared {
+    pub(crate) config: MockConfig,
+    pub(crate) addr: SocketAddr,
+    /// `x-ms-region`, validated once at start.
+    pub(crate) region_header: HeaderValue,
+    /// `azureml-model-session`, fixed for the life of the mock like a real model instance's.
+    pub(crate) session_header: HeaderValue,
+    pub(crate) latency_ms: AtomicU64,
+    pub(crate) stream_gap_ms: AtomicU64,
+    state: Mutex<state::State>,
+    pub(crate) shutdown: watch::Sender<bool>,
+}
+
+impl Shared {
+    /// The state lock. A panic elsewhere cannot leave the state half-updated in a way that
+    /// matters to a mock, so poisoning is ignored.
+    pub(crate) fn state(&self) -> MutexGuard<'_, state::State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub(crate) fn latency(&self) -> Duration {
+        Duration::from_millis(self.latency_ms.load(Ordering::Relaxed))
+    }
+
+    pub(crate) fn stream_gap(&self) -> Duration {
+        Duration::from_millis(self.stream_gap_ms.load(Ordering::Relaxed))
+    }
+
+    pub(crate) fn has_deployment(&self, name: &str) -> bool {
+        self.config.deployments.iter().any(|d| d == name)
+    }
+}
+
+impl MockAzure {
+    /// Binds `addr` (port 0 picks a free port) and serves in background tasks.
+    pub async fn start(addr: SocketAddr, config: MockConfig) -> std::io::Result<MockAzure> {
+        let invalid =
+            |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidInput, what.to_owned());
+        let region_header = HeaderValue::from_str(&config.region)
+            .map_err(|_| invalid("mock region must be a valid header value"))?;
+        let session =
+            format!("d{:03}-{}", addr.port() % 1000, chrono::Utc::now().format("%Y%m%d%H%M%S"));
+        let session_header =
+            HeaderValue::from_str(&session).map_err(|_| invalid("model session header"))?;
+        let listener = TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
+        let (shutdown, _) = watch::channel(false);
+        let shared = Arc::new(Shared {
+            config,
+            addr,
+            region_header,
+            session_header,
+            latency_ms: AtomicU64::new(0),
+            stream_gap_ms: AtomicU64::new(duration_ms(DEFAULT_STREAM_GAP)),
+            state: Mutex::new(state::State::default()),
+            shutdown,
+        });
+        tokio::spawn(server::accept_loop(listener, shared.clone()));
+        Ok(MockAzure { shared })
+    }
+
+    /// The bound address (the real port when started on port 0).
+    pub fn addr(&self) -> SocketAddr {
+        self.shared.addr
+    }
+
+    /// `http://127.0.0.1:PORT` (a wildcard bind is reported as loopback, which is reachable).
+    pub fn base_url(&self) -> String {
+        let addr = self.shared.addr;
+        let ip = match addr.ip() {
+            IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+            IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+            ip => ip,
+        };
+        format!("http://{}", SocketAddr::new(ip, addr.port()))
+    }
+
+    /// The region display name this mock reports.
+    pub fn region(&self) -> &str {
+        &self.shared.config.region
+    }
+
+    /// The exact assistant content this mock answers (unless cut by `max_tokens`).
+    pub fn reply_text(&self) -> String {
+        wire::reply_text(&self.shared.config.region)
+    }
+
+    /// Appends `fault` to `deployment`'s queue.
+    pub fn script(&self, deployment: &str, fault: Fault) {
+        tracing::debug!(region = %self.shared.config.region, deployment, fault = ?fault, "mock fault scripted");
+        self.shared.state().script(deployment, fault);
+    }
+
+    /// Requests received for `deployment`, whatever their outcome (401s and 404s included).
+    pub fn calls(&self, deployment: &str) -> u64 {
+        self.shared.state().calls(deployment)
+    }
+
+    /// Every Azure-surface request received (oldest first, at most [`MAX_RECORDED_REQUESTS`]).
+    pub fn requests(&self) -> Vec<RecordedRequest> {
+        self.shared.state().requests()
+    }
+
+    /// Clears faults, counts, records and rate-limit windows. Latency and stream-gap settings
+    /// are kept: they describe the region, not a test step.
+    pub fn reset(&self) {
+        tracing::debug!(region = %self.shared.config.region, "mock reset");
+        self.shared.state().reset();
+    }
+
+    /// Adds `latency` before every Azure answer (a region's baseline distance). Default zero.
+    pub fn set_latency(&self, latency: Duration) {
+        self.shared.latency_ms.store(duration_ms(latency), Ordering::Relaxed);
+    }
+
+    /// Pause between SSE frames. Default [`DEFAULT_STREAM_GAP`].
+    pub fn set_stream_gap(&self, gap: Duration) {
+        self.shared.stream_gap_ms.store(duration_ms(gap), Ordering::Relaxed);
+    }
+
+    /// Stops accepting and closes every open connection (in-flight answers are cut). Returns at
+    /// once: the listener task exits on its next turn, so a test that needs "connection
+    /// refused" should poll for it.
+    pub fn shutdown(&self) {
+        tracing::debug!(region = %self.shared.config.region, "mock shutting down");
+        self.shared.shutdown.send_replace(true);
+    }
+
+    /// Resolves once [`MockAzure::shutdown`] has been called.
+    pub async fn stopped(&self) {
+        let mut rx = self.shared.shutdown.subscribe();
+        // The sender lives in `shared`, which `self` keeps alive: an error cannot happen.
+        let _ = rx.wait_for(|stopped| *stopped).await;
+    }
+}
+
+/// Starts a mock on `addr` and serves until it is shut down (the CLI's `modelgw mock-azure`).
+/// Prints nothing: the caller announces readiness.
+pub async fn run(addr: SocketAddr, config: MockConfig) -> std::io::Result<()> {
+    let mock = MockAzure::start(addr, config).await?;
+    mock.stopped().await;
+    Ok(())
+}
+
+fn duration_ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}

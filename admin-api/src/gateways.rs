@@ -1,0 +1,393 @@
+//! `/api/v1/gateways`: the names clients call, each routing over a set of inference endpoints.
+
+use std::collections::HashMap;
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::response::IntoResponse;
+use chrono::{DateTime, Utc};
+use http::{StatusCode, header};
+use modelgw_control_plane::store::{GatewayPatch, GatewayRecord, NewGateway};
+use modelgw_model::{EndpointId, EndpointState, GatewayId, GatewayMember};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::body::JsonBody;
+use crate::problem::{ApiError, Problem};
+use crate::validate::{MAX_GATEWAY_MEMBERS, PRIORITY_RANGE, Validator, WEIGHT_RANGE, path_id};
+use crate::{AdminState, ConfigChange};
+
+const ENTITY: &str = "gateway";
+
+/// Member defaults when a field is omitted (also stated in the schema).
+const DEFAULT_ENABLED: bool = true;
+const DEFAULT_PRIORITY: i64 = 0;
+const DEFAULT_WEIGHT: i64 = 1;
+
+/// One inference endpoint in a gateway.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayMemberInput {
+    /// Id of an existing inference endpoint; at most once per gateway.
+    #[schema(value_type = String, format = Uuid)]
+    pub endpoint_id: String,
+    /// Disabled members stay configured but receive no traffic.
+    #[schema(default = true)]
+    pub enabled: Option<bool>,
+    /// Priority group, 0–100; lower is preferred. Higher groups are used only when every
+    /// member of the lower ones is unavailable.
+    #[schema(value_type = Option<u32>, default = 0, minimum = 0, maximum = 100)]
+    pub priority: Option<i64>,
+    /// Relative share of traffic within its priority group, 1–1000.
+    #[schema(value_type = Option<u32>, default = 1, minimum = 1, maximum = 1000)]
+    pub weight: Option<i64>,
+}
+
+/// A new gateway.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateGatewayRequest {
+    /// What clients put in the URL (`/openai/deployments/{name}/…`): 1–64 characters of
+    /// `[A-Za-z0-9._-]`, unique, not `auto`, `.` or `..`.
+    #[schema(example = "gpt-4o", pattern = "^[A-Za-z0-9._-]{1,64}$")]
+    pub name: String,
+    /// Members in order of preference for display; may be empty.
+    pub endpoints: Vec<GatewayMemberInput>,
+}
+
+/// A partial update: absent (or `null`) fields stay as they are; `endpoints` replaces the
+/// whole member list. At least one field must be given.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateGatewayRequest {
+    #[schema(pattern = "^[A-Za-z0-9._-]{1,64}$")]
+    pub name: Option<String>,
+    pub endpoints: Option<Vec<GatewayMemberInput>>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct GatewayMemberResponse {
+    #[schema(value_type = String, format = Uuid)]
+    pub endpoint_id: EndpointId,
+    pub enabled: bool,
+    pub priority: u32,
+    pub weight: u32,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct GatewayResponse {
+    #[schema(value_type = String, format = Uuid)]
+    pub id: GatewayId,
+    pub name: String,
+    pub endpoints: Vec<GatewayMemberResponse>,
+    /// `throttling` when every enabled member is throttling; `error` when every enabled
+    /// member is unavailable (throttling or error) and at least one is in error, or when no
+    /// member is enabled; otherwise `healthy`.
+    pub state: EndpointState,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// The state of a gateway from the health of its enabled members (see
+/// [`GatewayResponse::state`]).
+pub fn gateway_state(
+    members: &[GatewayMember],
+    health: impl Fn(EndpointId) -> EndpointState,
+) -> EndpointState {
+    let states: Vec<EndpointState> =
+        members.iter().filter(|m| m.enabled).map(|m| health(m.endpoint_id)).collect();
+    if states.is_empty() {
+        return EndpointState::Error;
+    }
+    if states.iter().all(|s| *s == EndpointState::Throttling) {
+        EndpointState::Throttling
+    } else if states.iter().all(|s| *s != EndpointState::Healthy) {
+        // Not all throttling, none healthy: at least one is in error.
+        EndpointState::Error
+    } else {
+        EndpointState::Healthy
+    }
+}
+
+fn respond(state: &AdminState, record: GatewayRecord) -> GatewayResponse {
+    let gateway_state =
+        gateway_state(&record.members, |id| state.registry.endpoint_health(id).state);
+    GatewayResponse {
+        id: record.id,
+        name: record.name,
+        endpoints: record
+            .members
+            .into_iter()
+            .map(|m| GatewayMemberResponse {
+                endpoint_id: m.endpoint_id,
+                enabled: m.enabled,
+                priority: m.priority,
+                weight: m.weight,
+            })
+            .collect(),
+        state: gateway_state,
+        created_at: record.created_at,
+        updated_at: record.updated_at,
+    }
+}
+
+fn validate_members(v: &mut Validator, inputs: Vec<GatewayMemberInput>) -> Vec<GatewayMember> {
+    if inputs.len() > MAX_GATEWAY_MEMBERS {
+        v.error("endpoints", format!("must have at most {MAX_GATEWAY_MEMBERS} members"));
+        return Vec::new();
+    }
+    let mut seen: HashMap<EndpointId, usize> = HashMap::with_capacity(inputs.len());
+    let mut members = Vec::with_capacity(inputs.len());
+    for (i, input) in inputs.into_iter().enumerate() {
+        let field = |name: &str| format!("endpoints[{i}].{name}");
+        let priority = v.in_range(
+            &field("priority"),
+            input.priority.unwrap_or(DEFAULT_PRIORITY),
+            PRIORITY_RANGE,
+        );
+        let weight =
+            v.in_range(&field("weight"), input.weight.unwrap_or(DEFAULT_WEIGHT), WEIGHT_RANGE);
+        let endpoint_id = match input.endpoint_id.trim().parse::<EndpointId>() {
+            Ok(id) => id,
+            Err(_) => {
+                v.error(field("endpoint_id"), "must be a UUID");
+                continue;
+            }
+        };
+        if let Some(first) = seen.get(&endpoint_id) {
+            v.error(field("endpoint_id"), format!("duplicate of endpoints[{first}].endpoint_id"));
+            continue;
+        }
+        seen.insert(endpoint_id, i);
+        members.push(GatewayMember {
+            endpoint_id,
+            enabled: input.enabled.unwrap_or(DEFAULT_ENABLED),
+            priority,
+            weight,
+        });
+    }
+    members
+}
+
+fn validate_create(req: CreateGatewayRequest) -> Result<NewGateway, ApiError> {
+    let mut v = Validator::new();
+    let name = v.gateway_name("name", &req.name);
+    let members = validate_members(&mut v, req.endpoints);
+    v.finish(NewGateway { name, members })
+}
+
+fn validate_update(req: UpdateGatewayRequest) -> Result<GatewayPatch, ApiError> {
+    let mut v = Validator::new();
+    if req.name.is_none() && req.endpoints.is_none() {
+        // An empty patch would still bump the configuration version and push a snapshot.
+        v.error("body", "must set at least one field");
+    }
+    let name = req.name.map(|n| v.gateway_name("name", &n));
+    let members = req.endpoints.map(|m| validate_members(&mut v, m));
+    v.finish(GatewayPatch { name, members })
+}
+
+/// Create a gateway.
+#[utoipa::path(
+    post,
+    path = "/api/v1/gateways",
+    operation_id = "create_gateway",
+    tag = "gateways",
+    request_body = CreateGatewayRequest,
+    responses(
+        (status = 201, description = "Created", body = GatewayResponse,
+            headers(("location" = String, description = "URL of the new gateway"))),
+        (status = 409, description = "A gateway with this name exists", body = Problem,
+            content_type = "application/problem+json"),
+    )
+)]
+pub async fn create(
+    State(state): State<AdminState>,
+    JsonBody(req): JsonBody<CreateGatewayRequest>,
+) -> Result<impl IntoResponse, ApiError> {
+    let new = validate_create(req)?;
+    let (record, version) = state.store.create_gateway(new).await?;
+    state.committed(
+        ConfigChange { entity: ENTITY, action: "create", id: &record.id, name: &record.name },
+        version,
+    );
+    let location = format!("/api/v1/gateways/{}", record.id);
+    Ok((StatusCode::CREATED, [(header::LOCATION, location)], Json(respond(&state, record))))
+}
+
+/// List gateways.
+#[utoipa::path(
+    get,
+    path = "/api/v1/gateways",
+    operation_id = "list_gateways",
+    tag = "gateways",
+    responses((status = 200, description = "All gateways", body = Vec<GatewayResponse>))
+)]
+pub async fn list(State(state): State<AdminState>) -> Result<Json<Vec<GatewayResponse>>, ApiError> {
+    let records = state.store.list_gateways().await?;
+    Ok(Json(records.into_iter().map(|r| respond(&state, r)).collect()))
+}
+
+/// Get one gateway.
+#[utoipa::path(
+    get,
+    path = "/api/v1/gateways/{id}",
+    operation_id = "get_gateway",
+    tag = "gateways",
+    params(("id" = String, Path, format = Uuid, description = "Gateway id")),
+    responses(
+        (status = 200, description = "The gateway", body = GatewayResponse),
+        (status = 404, description = "No such gateway", body = Problem,
+            content_type = "application/problem+json"),
+    )
+)]
+pub async fn get(
+    State(state): State<AdminState>,
+    Path(id): Path<String>,
+) -> Result<Json<GatewayResponse>, ApiError> {
+    let id: GatewayId = path_id("gateway", &id)?;
+    let record = state.store.get_gateway(id).await?;
+    Ok(Json(respond(&state, record)))
+}
+
+/// Rename a gateway and/or replace its members.
+#[utoipa::path(
+    patch,
+    path = "/api/v1/gateways/{id}",
+    operation_id = "update_gateway",
+    tag = "gateways",
+    params(("id" = String, Path, format = Uuid, description = "Gateway id")),
+    request_body = UpdateGatewayRequest,
+    responses(
+        (status = 200, description = "The updated gateway", body = GatewayResponse),
+        (status = 404, description = "No such gateway", body = Problem,
+            content_type = "application/problem+json"),
+        (status = 409, description = "Another gateway has this name", body = Problem,
+            content_type = "application/problem+json"),
+    )
+)]
+pub async fn update(
+    State(state): State<AdminState>,
+    Path(id): Path<String>,
+    JsonBody(req): JsonBody<UpdateGatewayRequest>,
+) -> Result<Json<GatewayResponse>, ApiError> {
+    let id: GatewayId = path_id("gateway", &id)?;
+    let patch = validate_update(req)?;
+    let (record, version) = state.store.update_gateway(id, patch).await?;
+    state.committed(
+        ConfigChange { entity: ENTITY, action: "update", id: &record.id, name: &record.name },
+        version,
+    );
+    Ok(Json(respond(&state, record)))
+}
+
+/// Delete a gateway and its keys.
+#[utoipa::path(
+    delete,
+    path = "/api/v1/gateways/{id}",
+    operation_id = "delete_gateway",
+    tag = "gateways",
+    params(("id" = String, Path, format = Uuid, description = "Gateway id")),
+    responses(
+        (status = 204, description = "Deleted, with its keys"),
+        (status = 404, description = "No such gateway", body = Problem,
+            content_type = "application/problem+json"),
+    )
+)]
+pub async fn delete(
+    State(state): State<AdminState>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let id: GatewayId = path_id("gateway", &id)?;
+    let record = state.store.get_gateway(id).await?;
+    let version = state.store.delete_gateway(id).await?;
+    state.committed(
+        ConfigChange { entity: ENTITY, action: "delete", id: &id, name: &record.name },
+        version,
+    );
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::problem::FieldError;
+
+    fn member(enabled: bool) -> GatewayMember {
+        GatewayMember { endpoint_id: EndpointId::new(), enabled, priority: 0, weight: 1 }
+    }
+
+    fn state_of(members: &[(GatewayMember, EndpointState)]) -> EndpointState {
+        let ms: Vec<GatewayMember> = members.iter().map(|(m, _)| m.clone()).collect();
+        let health: HashMap<EndpointId, EndpointState> =
+            members.iter().map(|(m, s)| (m.endpoint_id, *s)).collect();
+        gateway_state(&ms, |id| health[&id])
+    }
+
+    #[test]
+    fn gateway_state_follows_its_enabled_members() {
+        use EndpointState::{Error, Healthy, Throttling};
+        assert_eq!(state_of(&[]), Error, "no members");
+        assert_eq!(state_of(&[(member(false), Healthy)]), Error, "no enabled member");
+        assert_eq!(state_of(&[(member(true), Healthy), (member(true), Throttling)]), Healthy);
+        assert_eq!(state_of(&[(member(true), Throttling), (member(true), Throttling)]), Throttling);
+        assert_eq!(state_of(&[(member(true), Throttling), (member(true), Error)]), Error);
+        assert_eq!(state_of(&[(member(true), Error)]), Error);
+        // A disabled healthy member does not make the gateway healthy.
+        assert_eq!(state_of(&[(member(true), Throttling), (member(false), Healthy)]), Throttling);
+        assert_eq!(state_of(&[(member(true), Healthy), (member(false), Error)]), Healthy);
+    }
+
+    fn input(id: &str) -> GatewayMemberInput {
+        GatewayMemberInput { endpoint_id: id.into(), enabled: None, priority: None, weight: None }
+    }
+
+    #[test]
+    fn member_defaults_are_applied() {
+        let id = EndpointId::new();
+        let new = validate_create(CreateGatewayRequest {
+            name: "gpt-4o".into(),
+            endpoints: vec![input(&id.to_string())],
+        })
+        .expect("valid");
+        assert_eq!(
+            new.members,
+            vec![GatewayMember { endpoint_id: id, enabled: true, priority: 0, weight: 1 }]
+        );
+    }
+
+    #[test]
+    fn every_member_error_is_reported_with_its_index() {
+        let id = EndpointId::new().to_string();
+        let err = validate_create(CreateGatewayRequest {
+            name: "auto".into(),
+            endpoints: vec![
+                input(&id),
+                GatewayMemberInput { weight: Some(0), priority: Some(101), ..input("nope") },
+                input(&id),
+            ],
+        });
+        let Err(ApiError::Validation(errors)) = err else { panic!("expected validation errors") };
+        assert_eq!(
+            errors,
+            vec![
+                FieldError::new("name", "is reserved"),
+                FieldError::new("endpoints[1].priority", "must be between 0 and 100"),
+                FieldError::new("endpoints[1].weight", "must be between 1 and 1000"),
+                FieldError::new("endpoints[1].endpoint_id", "must be a UUID"),
+                FieldError::new(
+                    "endpoints[2].endpoint_id",
+                    "duplicate of endpoints[0].endpoint_id"
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn an_empty_patch_is_rejected() {
+        assert!(matches!(
+            validate_update(UpdateGatewayRequest::default()),
+            Err(ApiError::Validation(e)) if e == vec![FieldError::new("body", "must set at least one field")]
+        ));
+    }
+}

@@ -1,0 +1,205 @@
+//! The OpenAPI 3.1 document of the admin API, served at `GET /api/v1/openapi.json`.
+//!
+//! The document is public (no admin token needed): it describes the API's shape only, and
+//! tooling fetches it to learn how to authenticate. Every other operation requires the
+//! `admin_token` bearer scheme.
+
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use http::{HeaderValue, header};
+use utoipa::openapi::path::Operation;
+use utoipa::openapi::response::ResponseBuilder;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
+use utoipa::openapi::{Content, Ref, RefOr};
+use utoipa::{Modify, OpenApi};
+
+use crate::problem::ApiError;
+use crate::{endpoints, gateways, keys, problem, status};
+
+/// Name of the security scheme every protected operation requires.
+const SECURITY_SCHEME: &str = "admin_token";
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Model Gateway admin API",
+        description = "Manage inference endpoints, gateways and gateway keys, and see data-plane \
+            status. Every operation except this document requires `Authorization: Bearer <admin \
+            token>`. Errors are `application/problem+json` (RFC 9457) with `errors[]` naming each \
+            rejected field; a rejected request writes nothing. Secrets are write-only: endpoint \
+            API keys are never returned (only `api_key_hint`), and a gateway key is shown once, \
+            in the response that creates it.",
+    ),
+    paths(
+        endpoints::create,
+        endpoints::list,
+        endpoints::get,
+        endpoints::update,
+        endpoints::delete,
+        gateways::create,
+        gateways::list,
+        gateways::get,
+        gateways::update,
+        gateways::delete,
+        keys::create,
+        keys::list,
+        keys::revoke,
+        status::get,
+        openapi_json,
+    ),
+    components(schemas(problem::Problem, problem::FieldError)),
+    modifiers(&Security, &CommonResponses),
+    tags(
+        (name = "inference-endpoints", description = "Upstream model deployments"),
+        (name = "gateways", description = "Names clients call, routing over inference endpoints"),
+        (name = "gateway-keys", description = "Keys clients present to a gateway"),
+        (name = "status", description = "Configuration version and data planes"),
+        (name = "meta", description = "This document"),
+    )
+)]
+struct AdminApiDoc;
+
+/// The OpenAPI document (OpenAPI 3.1).
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    AdminApiDoc::openapi()
+}
+
+/// This OpenAPI document. Public: no admin token is needed.
+#[utoipa::path(
+    get,
+    path = "/api/v1/openapi.json",
+    operation_id = "get_openapi_document",
+    tag = "meta",
+    security(()),
+    responses((status = 200, description = "The OpenAPI 3.1 document", content_type = "application/json",
+        body = Object))
+)]
+#[allow(dead_code)] // Only its generated path item is used; `serve` answers the route.
+async fn openapi_json() {}
+
+/// A handler serving `doc`, serialized once here rather than per request.
+pub fn serve(
+    doc: utoipa::openapi::OpenApi,
+) -> impl Fn() -> std::future::Ready<Response> + Clone + Send + Sync + 'static {
+    let json = doc.to_json().map(Bytes::from).map_err(|e| e.to_string());
+    move || {
+        let response = match &json {
+            Ok(body) => {
+                let mut r = body.clone().into_response();
+                r.headers_mut()
+                    .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+                r
+            }
+            Err(e) => ApiError::Internal(format!("OpenAPI document: {e}")).into_response(),
+        };
+        std::future::ready(response)
+    }
+}
+
+/// Declares the bearer scheme and requires it everywhere (operations that declare their own
+/// `security`, like this document's, keep theirs).
+struct Security;
+
+impl Modify for Security {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            SECURITY_SCHEME,
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(
+                        "The admin token: set with MODELGW_ADMIN_TOKEN, or generated and printed \
+                         once on the control plane's first start.",
+                    ))
+                    .build(),
+            ),
+        );
+        openapi.security =
+            Some(vec![SecurityRequirement::new(SECURITY_SCHEME, Vec::<String>::new())]);
+    }
+}
+
+/// Adds the error responses every operation shares, so each handler lists only its own.
+struct CommonResponses;
+
+/// (status, component name, description, applies to).
+const COMMON: [(&str, &str, &str, Applies); 7] = [
+    ("400", "MalformedBody", "The body is not valid JSON", Applies::WithBody),
+    ("401", "Unauthorized", "Missing or invalid admin token", Applies::Protected),
+    ("404", "NotFound", "No resource with this id", Applies::WithPathId),
+    ("413", "PayloadTooLarge", "The body is larger than 1 MiB", Applies::WithBody),
+    ("415", "UnsupportedMediaType", "The body is not application/json", Applies::WithBody),
+    (
+        "422",
+        "ValidationFailed",
+        "Unknown, missing, mistyped or invalid fields, all named in \
+        `errors`",
+        Applies::WithBody,
+    ),
+    (
+        "500",
+        "InternalError",
+        "Internal error; details are in the control-plane log under \
+        `request_id`",
+        Applies::Protected,
+    ),
+];
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Applies {
+    Protected,
+    WithBody,
+    WithPathId,
+}
+
+impl Modify for CommonResponses {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        for (_, name, description, _) in COMMON {
+            let response = ResponseBuilder::new()
+                .description(description)
+                .content(
+                    problem::PROBLEM_JSON,
+                    Content::new(Some(Ref::from_schema_name("Problem"))),
+                )
+                .build();
+            components.responses.insert(name.to_owned(), RefOr::T(response));
+        }
+        for (path, item) in openapi.paths.paths.iter_mut() {
+            let has_path_id = path.contains('{');
+            for op in
+                [&mut item.get, &mut item.post, &mut item.patch, &mut item.delete, &mut item.put]
+                    .into_iter()
+                    .flatten()
+            {
+                add_common(op, has_path_id);
+            }
+        }
+    }
+}
+
+fn add_common(op: &mut Operation, has_path_id: bool) {
+    // An empty requirement (`security(())`) marks a public operation.
+    let public = op
+        .security
+        .as_ref()
+        .is_some_and(|s| s.iter().all(|r| *r == SecurityRequirement::default()));
+    if public {
+        return;
+    }
+    let has_body = op.request_body.is_some();
+    for (status, name, _, applies) in COMMON {
+        let applies = match applies {
+            Applies::Protected => true,
+            Applies::WithBody => has_body,
+            Applies::WithPathId => has_path_id,
+        };
+        if applies {
+            op.responses
+                .responses
+                .entry(status.to_owned())
+                .or_insert_with(|| RefOr::Ref(Ref::from_response_name(name)));
+        }
+    }
+}

@@ -1,0 +1,295 @@
+//! Field validation that collects every error of a request before answering.
+
+use modelgw_model::{Platform, Secret};
+
+use crate::problem::{ApiError, FieldError};
+
+/// Longest free-text value (names, deployments, model names, regions). Generous for real
+/// names; bounds what one row and one snapshot entry can carry.
+pub const MAX_TEXT_CHARS: usize = 256;
+
+/// Longest gateway name. Gateway names are a path segment of client URLs
+/// (`/openai/deployments/{name}/…`), where Azure allows 64 characters for deployment names.
+pub const MAX_GATEWAY_NAME_CHARS: usize = 64;
+
+/// Gateway names that would be ambiguous in client URLs: `auto` is reserved for gateway-side
+/// deployment selection, and `.`/`..` are dot segments that URL normalisers rewrite.
+const RESERVED_GATEWAY_NAMES: [&str; 3] = ["auto", ".", ".."];
+
+/// Longest accepted endpoint API key. Azure keys are 32–84 characters; OpenAI-compatible
+/// bearer tokens (JWTs included) stay well below this.
+pub const MAX_API_KEY_CHARS: usize = 4096;
+
+/// Accepted `priority` range; lower is preferred.
+pub const PRIORITY_RANGE: std::ops::RangeInclusive<i64> = 0..=100;
+
+/// Accepted `weight` range: relative share within a priority group. 1000 gives 0.1% steps.
+pub const WEIGHT_RANGE: std::ops::RangeInclusive<i64> = 1..=1000;
+
+/// Most members one gateway can have; well above any real failover set, and it bounds the
+/// work of one request.
+pub const MAX_GATEWAY_MEMBERS: usize = 256;
+
+/// Collects field errors; `finish` turns any into a 422.
+#[derive(Default)]
+pub struct Validator {
+    errors: Vec<FieldError>,
+}
+
+impl Validator {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn error(&mut self, field: impl Into<String>, reason: impl Into<String>) {
+        self.errors.push(FieldError::new(field, reason));
+    }
+
+    /// A trimmed, non-empty string of at most `MAX_TEXT_CHARS` without control characters.
+    pub fn text(&mut self, field: &str, value: &str) -> String {
+        let value = value.trim();
+        if value.is_empty() {
+            self.error(field, "must not be empty");
+        } else if value.chars().count() > MAX_TEXT_CHARS {
+            self.error(field, format!("must be at most {MAX_TEXT_CHARS} characters"));
+        } else if value.chars().any(char::is_control) {
+            self.error(field, "must not contain control characters");
+        }
+        value.to_owned()
+    }
+
+    pub fn platform(&mut self, field: &str, value: &str) -> Option<Platform> {
+        let platform = Platform::parse(value.trim());
+        if platform.is_none() {
+            self.error(field, "must be one of: azure_openai, openai_compatible");
+        }
+        platform
+    }
+
+    /// An absolute http(s) base URL with a host, without credentials, query or fragment; a
+    /// trailing slash is removed from the path.
+    pub fn base_url(&mut self, field: &str, value: &str) -> Option<url::Url> {
+        let value = value.trim();
+        let mut url = match url::Url::parse(value) {
+            Ok(url) => url,
+            Err(_) => {
+                self.error(field, "must be an absolute http(s) URL");
+                return None;
+            }
+        };
+        let mut ok = true;
+        if !matches!(url.scheme(), "http" | "https") {
+            self.error(field, "must be an http(s) URL");
+            ok = false;
+        }
+        if url.host_str().is_none_or(str::is_empty) {
+            self.error(field, "must have a host");
+            ok = false;
+        }
+        if !url.username().is_empty() || url.password().is_some() {
+            // Credentials belong in `api_key`, which is sealed at rest; a URL is not.
+            self.error(field, "must not contain credentials");
+            ok = false;
+        }
+        if url.query().is_some() {
+            self.error(field, "must not have a query string");
+            ok = false;
+        }
+        if url.fragment().is_some() {
+            self.error(field, "must not have a fragment");
+            ok = false;
+        }
+        if !ok {
+            return None;
+        }
+        let trimmed = url.path().trim_end_matches('/').to_owned();
+        url.set_path(&trimmed);
+        Some(url)
+    }
+
+    pub fn api_key(&mut self, field: &str, value: &str) -> Option<Secret> {
+        // Trimmed: a key pasted with a trailing newline would otherwise fail upstream.
+        let value = value.trim();
+        // Reasons never quote the value.
+        if value.is_empty() {
+            self.error(field, "must not be empty");
+            None
+        } else if value.chars().count() > MAX_API_KEY_CHARS {
+            self.error(field, format!("must be at most {MAX_API_KEY_CHARS} characters"));
+            None
+        } else if !value.bytes().all(|b| b.is_ascii_graphic()) {
+            // It is sent as an HTTP header value upstream.
+            self.error(field, "must consist of printable ASCII characters without spaces");
+            None
+        } else {
+            Some(Secret::new(value))
+        }
+    }
+
+    /// A gateway name: it is the `{deployment}` path segment clients call.
+    pub fn gateway_name(&mut self, field: &str, value: &str) -> String {
+        let len = value.chars().count();
+        if len == 0 || len > MAX_GATEWAY_NAME_CHARS {
+            self.error(field, format!("must be 1 to {MAX_GATEWAY_NAME_CHARS} characters"));
+        } else if !value.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        {
+            self.error(field, "may contain only A-Z, a-z, 0-9, '.', '_' and '-'");
+        } else if RESERVED_GATEWAY_NAMES.iter().any(|r| value.eq_ignore_ascii_case(r)) {
+            self.error(field, "is reserved");
+        }
+        value.to_owned()
+    }
+
+    pub fn in_range(
+        &mut self,
+        field: &str,
+        value: i64,
+        range: std::ops::RangeInclusive<i64>,
+    ) -> u32 {
+        if !range.contains(&value) {
+            self.error(field, format!("must be between {} and {}", range.start(), range.end()));
+        }
+        u32::try_from(value).unwrap_or_default()
+    }
+
+    /// `Ok(value)` when no error was recorded, else a 422 with all of them.
+    pub fn finish<T>(self, value: T) -> Result<T, ApiError> {
+        if self.errors.is_empty() { Ok(value) } else { Err(ApiError::Validation(self.errors)) }
+    }
+
+    pub fn has_errors(&self) -> bool {
+        !self.errors.is_empty()
+    }
+}
+
+/// An id from the request path. One that does not parse names no resource, so it is a 404
+/// like an unknown id (the value is not quoted back).
+pub fn path_id<T: std::str::FromStr>(entity: &str, raw: &str) -> Result<T, ApiError> {
+    raw.parse()
+        .map_err(|_| ApiError::NotFound { detail: format!("{entity} not found (not a valid id)") })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn errors_of(f: impl FnOnce(&mut Validator)) -> Vec<FieldError> {
+        let mut v = Validator::new();
+        f(&mut v);
+        match v.finish(()) {
+            Ok(()) => vec![],
+            Err(ApiError::Validation(errors)) => errors,
+            Err(other) => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn base_urls_are_normalised() {
+        let mut v = Validator::new();
+        let url = v.base_url("endpoint", " https://eus.openai.azure.com/ ").expect("valid");
+        assert_eq!(url.as_str(), "https://eus.openai.azure.com/");
+        let url = v.base_url("endpoint", "http://127.0.0.1:8080/v1/").expect("valid");
+        assert_eq!(url.as_str(), "http://127.0.0.1:8080/v1");
+        assert!(!v.has_errors());
+    }
+
+    #[test]
+    fn bad_base_urls_are_rejected_with_a_reason() {
+        for (input, reason) in [
+            ("eus.openai.azure.com", "must be an absolute http(s) URL"),
+            ("/relative", "must be an absolute http(s) URL"),
+            ("ftp://host", "must be an http(s) URL"),
+            ("https://u:p@host", "must not contain credentials"),
+            ("https://host/?api-version=1", "must not have a query string"),
+            ("https://host/#x", "must not have a fragment"),
+            ("", "must be an absolute http(s) URL"),
+        ] {
+            let errors = errors_of(|v| {
+                v.base_url("endpoint", input);
+            });
+            assert_eq!(errors, vec![FieldError::new("endpoint", reason)], "{input}");
+        }
+    }
+
+    #[test]
+    fn gateway_names_follow_the_url_segment_rules() {
+        for ok in ["gpt-4o", "a", "GPT_4o.mini", &"x".repeat(64)] {
+            assert!(
+                errors_of(|v| {
+                    let _ = v.gateway_name("name", ok);
+                })
+                .is_empty(),
+                "{ok}"
+            );
+        }
+        for bad in ["", "auto", "AUTO", ".", "..", "has space", "a/b", "ü", &"x".repeat(65)] {
+            assert_eq!(
+                errors_of(|v| {
+                    let _ = v.gateway_name("name", bad);
+                })
+                .len(),
+                1,
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn texts_are_trimmed_and_must_not_be_empty() {
+        let mut v = Validator::new();
+        assert_eq!(v.text("name", "  eus  "), "eus");
+        assert!(!v.has_errors());
+        assert_eq!(
+            errors_of(|v| {
+                let _ = v.text("name", "   ");
+            })
+            .len(),
+            1
+        );
+        assert_eq!(
+            errors_of(|v| {
+                let _ = v.text("name", "a\u{7}b");
+            })
+            .len(),
+            1
+        );
+    }
+
+    #[test]
+    fn api_key_reasons_never_contain_the_key() {
+        let errors = errors_of(|v| {
+            let _ = v.api_key("api_key", "sk-has a space-1234");
+        });
+        assert_eq!(errors.len(), 1);
+        assert!(!errors[0].reason.contains("sk-has"));
+    }
+
+    #[test]
+    fn ranges_are_inclusive() {
+        assert!(
+            errors_of(|v| {
+                let _ = v.in_range("w", 1, WEIGHT_RANGE);
+            })
+            .is_empty()
+        );
+        assert!(
+            errors_of(|v| {
+                let _ = v.in_range("w", 1000, WEIGHT_RANGE);
+            })
+            .is_empty()
+        );
+        assert_eq!(
+            errors_of(|v| {
+                let _ = v.in_range("w", 0, WEIGHT_RANGE);
+            }),
+            vec![FieldError::new("w", "must be between 1 and 1000")]
+        );
+        assert_eq!(
+            errors_of(|v| {
+                let _ = v.in_range("p", -1, PRIORITY_RANGE);
+            })
+            .len(),
+            1
+        );
+    }
+}

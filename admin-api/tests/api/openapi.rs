@@ -1,0 +1,119 @@
+//! The OpenAPI document lists exactly the routes the router serves.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde_json::Value;
+
+fn document() -> Value {
+    let json = modelgw_admin_api::openapi().to_json().expect("serializes");
+    serde_json::from_str(&json).expect("parses as JSON")
+}
+
+#[test]
+fn the_document_lists_every_path_with_its_methods() {
+    let doc = document();
+    assert!(doc["openapi"].as_str().expect("version").starts_with("3.1"), "{}", doc["openapi"]);
+    let methods = ["get", "put", "post", "patch", "delete", "head", "options", "trace"];
+    let actual: BTreeMap<String, BTreeSet<String>> = doc["paths"]
+        .as_object()
+        .expect("paths")
+        .iter()
+        .map(|(path, item)| {
+            let ms = methods.iter().filter(|m| item.get(**m).is_some()).map(|m| m.to_string());
+            (path.clone(), ms.collect())
+        })
+        .collect();
+    let expected: BTreeMap<String, BTreeSet<String>> = [
+        ("/api/v1/inference-endpoints", &["get", "post"][..]),
+        ("/api/v1/inference-endpoints/{id}", &["get", "patch", "delete"]),
+        ("/api/v1/gateways", &["get", "post"]),
+        ("/api/v1/gateways/{id}", &["get", "patch", "delete"]),
+        ("/api/v1/gateways/{id}/keys", &["get", "post"]),
+        ("/api/v1/gateways/{id}/keys/{key_id}", &["delete"]),
+        ("/api/v1/status", &["get"]),
+        ("/api/v1/openapi.json", &["get"]),
+    ]
+    .into_iter()
+    .map(|(p, ms)| (p.to_owned(), ms.iter().map(|m| m.to_string()).collect()))
+    .collect();
+    assert_eq!(actual, expected);
+}
+
+#[test]
+fn every_operation_but_the_document_requires_the_admin_token() {
+    let doc = document();
+    assert_eq!(doc["components"]["securitySchemes"]["admin_token"]["scheme"], "bearer");
+    assert_eq!(doc["security"], serde_json::json!([{"admin_token": []}]));
+    for (path, item) in doc["paths"].as_object().expect("paths") {
+        for (method, op) in item.as_object().expect("path item") {
+            let responses = op["responses"].as_object().expect("responses");
+            if path == "/api/v1/openapi.json" {
+                assert_eq!(op["security"], serde_json::json!([{}]), "public");
+                assert!(!responses.contains_key("401"));
+            } else {
+                assert!(op.get("security").is_none(), "{method} {path} overrides security");
+                assert!(responses.contains_key("401"), "{method} {path} lacks 401");
+                assert!(responses.contains_key("500"), "{method} {path} lacks 500");
+            }
+            if op.get("requestBody").is_some() {
+                for status in ["400", "413", "415", "422"] {
+                    assert!(responses.contains_key(status), "{method} {path} lacks {status}");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn secrets_are_write_only_and_defaults_are_documented() {
+    let doc = document();
+    let schemas = &doc["components"]["schemas"];
+    assert_eq!(schemas["CreateEndpointRequest"]["properties"]["api_key"]["writeOnly"], true);
+    assert_eq!(schemas["UpdateEndpointRequest"]["properties"]["api_key"]["writeOnly"], true);
+    assert!(schemas["EndpointResponse"]["properties"].get("api_key").is_none());
+    assert!(schemas["KeyResponse"]["properties"].get("key").is_none());
+    let member = &schemas["GatewayMemberInput"]["properties"];
+    assert_eq!(member["enabled"]["default"], true);
+    assert_eq!(member["priority"]["default"], 0);
+    assert_eq!(member["weight"]["default"], 1);
+    assert_eq!(member["weight"]["minimum"], 1);
+    assert_eq!(member["weight"]["maximum"], 1000);
+    assert_eq!(member["priority"]["maximum"], 100);
+    let required: Vec<&str> = schemas["GatewayMemberInput"]["required"]
+        .as_array()
+        .expect("required")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert_eq!(required, ["endpoint_id"]);
+}
+
+#[test]
+fn every_referenced_schema_exists() {
+    let doc = document();
+    let text = doc.to_string();
+    let schemas = doc["components"]["schemas"].as_object().expect("schemas");
+    let responses = doc["components"]["responses"].as_object().expect("responses");
+    for reference in text.split("\"$ref\":\"").skip(1).filter_map(|s| s.split('"').next()) {
+        if let Some(name) = reference.strip_prefix("#/components/schemas/") {
+            assert!(schemas.contains_key(name), "dangling {reference}");
+        } else if let Some(name) = reference.strip_prefix("#/components/responses/") {
+            assert!(responses.contains_key(name), "dangling {reference}");
+        } else {
+            panic!("unexpected reference {reference}");
+        }
+    }
+}
+
+#[test]
+fn operation_ids_are_unique() {
+    let doc = document();
+    let mut ids = BTreeSet::new();
+    for item in doc["paths"].as_object().expect("paths").values() {
+        for op in item.as_object().expect("path item").values() {
+            let id = op["operationId"].as_str().expect("operationId");
+            assert!(ids.insert(id.to_owned()), "duplicate operationId {id}");
+        }
+    }
+    assert_eq!(ids.len(), 15);
+}

@@ -1,0 +1,68 @@
+//! `modelgw data-plane`: the gateway apps call.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::Context;
+use modelgw_data_plane::{DataPlane, DataPlaneConfig};
+
+#[derive(clap::Args, Clone, Debug)]
+pub struct Args {
+    /// Listen address of the gateway (the Gateway URL apps call).
+    #[arg(long, env = "MODELGW_GATEWAY_ADDR", default_value = "127.0.0.1:4001")]
+    pub gateway_addr: SocketAddr,
+    /// gRPC URL of the control plane's distribution service.
+    #[arg(long, env = "MODELGW_CONTROL_PLANE_URL", default_value = "http://127.0.0.1:4002")]
+    pub control_plane_url: String,
+    /// Identity reported to the control plane (default: the host name).
+    #[arg(long, env = "MODELGW_NODE_ID")]
+    pub node_id: Option<String>,
+    /// Largest request body accepted, in bytes (larger → 413).
+    #[arg(long, env = "MODELGW_MAX_BODY_BYTES")]
+    pub max_body_bytes: Option<usize>,
+    /// Per-attempt time to wait for an upstream's response headers (e.g. 30s).
+    #[arg(long, env = "MODELGW_UPSTREAM_TIMEOUT", value_parser = crate::control_plane::parse_duration)]
+    pub upstream_timeout: Option<Duration>,
+}
+
+impl Args {
+    pub fn config(&self) -> DataPlaneConfig {
+        let defaults = DataPlaneConfig::default();
+        DataPlaneConfig {
+            gateway_addr: self.gateway_addr,
+            control_plane_url: self.control_plane_url.clone(),
+            node_id: self.node_id.clone().unwrap_or_else(default_node_id),
+            max_body_bytes: self.max_body_bytes.unwrap_or(defaults.max_body_bytes),
+            upstream_timeout: self.upstream_timeout.unwrap_or(defaults.upstream_timeout),
+            ..defaults
+        }
+    }
+}
+
+pub(crate) fn default_node_id() -> String {
+    hostname::get()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "data-plane".to_owned())
+}
+
+pub async fn run(
+    args: Args,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let config = args.config();
+    let node_id = config.node_id.clone();
+    let dp = DataPlane::bind(config)
+        .await
+        .with_context(|| format!("binding the gateway on {}", args.gateway_addr))?;
+    let addr = dp.local_addr();
+    tracing::info!(%addr, node_id, control_plane = %args.control_plane_url, "data plane listening");
+    crate::print_ready(
+        "data-plane",
+        &[("gateway", format!("http://{addr}")), ("node_id", node_id)],
+    );
+    dp.run(shutdown).await.context("data plane")?;
+    Ok(())
+}

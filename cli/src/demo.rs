@@ -1,0 +1,244 @@
+//! `modelgw demo`: a complete local gateway in one command.
+//!
+//! Starts three mock Azure OpenAI regions, a control plane on a fresh SQLite file, and one data
+//! plane subscribed to it over gRPC — the same components and wire protocols as production, in
+//! one process. Then it configures them through the admin API exactly as an operator would
+//! (three Inference Endpoints, one gateway, one gateway key), waits until a chat completion
+//! succeeds through the gateway, and prints what a newcomer needs to try it.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use modelgw_data_plane::DataPlane;
+use modelgw_mock_azure::{MockAzure, MockConfig};
+use serde_json::{Value, json};
+
+use crate::control_plane::{self, ControlPlane};
+
+/// The regions the demo simulates, with the deployment each one serves.
+const REGIONS: [(&str, &str); 3] =
+    [("East US", "eastus"), ("West Europe", "westeurope"), ("Japan East", "japaneast")];
+const DEMO_DEPLOYMENT: &str = "gpt-4o-mini";
+const DEMO_MODEL: &str = "gpt-4o-mini";
+const DEMO_MODEL_VERSION: &str = "2024-07-18";
+/// How long the demo waits for the first chat completion to succeed end to end.
+const READY_DEADLINE: Duration = Duration::from_secs(20);
+const API_VERSION: &str = "2024-10-21";
+
+#[derive(clap::Args, Clone, Debug)]
+pub struct Args {
+    #[arg(long, env = "MODELGW_ADMIN_ADDR", default_value = "127.0.0.1:4000")]
+    pub admin_addr: SocketAddr,
+    #[arg(long, env = "MODELGW_GATEWAY_ADDR", default_value = "127.0.0.1:4001")]
+    pub gateway_addr: SocketAddr,
+    #[arg(long, env = "MODELGW_GRPC_ADDR", default_value = "127.0.0.1:4002")]
+    pub grpc_addr: SocketAddr,
+    /// Directory for the demo's SQLite file and development master key (default: a new
+    /// temporary directory, removed on exit).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+}
+
+pub async fn run(
+    args: Args,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let tmp;
+    let dir = match &args.data_dir {
+        Some(d) => {
+            std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
+            d.clone()
+        }
+        None => {
+            tmp = tempfile::Builder::new().prefix("modelgw-demo-").tempdir()?;
+            tmp.path().to_path_buf()
+        }
+    };
+
+    // 1. Three mock regions, each with its own upstream API key.
+    let mut mocks = Vec::new();
+    for (display, _) in REGIONS {
+        let key = random_token("az-");
+        let mock = MockAzure::start(
+            "127.0.0.1:0".parse()?,
+            MockConfig {
+                region: display.to_owned(),
+                api_key: key.clone(),
+                deployments: vec![DEMO_DEPLOYMENT.to_owned()],
+                model: format!("{DEMO_MODEL}-{DEMO_MODEL_VERSION}"),
+            },
+        )
+        .await?;
+        mocks.push((mock, key));
+    }
+
+    // 2. The control plane on a SQLite file.
+    let admin_token = random_token("mgwadm_");
+    let cp_args = control_plane::Args {
+        database_url: format!("sqlite://{}", dir.join("modelgw.db").display()),
+        admin_addr: args.admin_addr,
+        grpc_addr: args.grpc_addr,
+        admin_token: Some(admin_token.clone()),
+        master_key: None,
+        master_key_file: None,
+        config_poll_interval: Duration::from_secs(1),
+    };
+    let cp = ControlPlane::start(&cp_args).await?;
+    let admin_url = format!("http://{}", cp.admin_addr);
+    let grpc_url = format!("http://{}", cp.grpc_addr);
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let cp_task = tokio::spawn(cp.serve(stopped(stop_rx.clone())));
+
+    // 3. One data plane subscribed over gRPC.
+    let dp_args = crate::data_plane::Args {
+        gateway_addr: args.gateway_addr,
+        control_plane_url: grpc_url,
+        node_id: Some("demo-data-plane".to_owned()),
+        max_body_bytes: None,
+        upstream_timeout: None,
+    };
+    let dp = DataPlane::bind(dp_args.config()).await.context("binding the gateway")?;
+    let gateway_url = format!("http://{}", dp.local_addr());
+    let dp_task = tokio::spawn(dp.run(stopped(stop_rx)));
+
+    // 4. Configure through the admin API, as an operator would.
+    let http = reqwest::Client::new();
+    let admin = Admin { http: &http, base: &admin_url, token: &admin_token };
+    let mut members = Vec::new();
+    for ((display, region), (mock, key)) in REGIONS.iter().zip(&mocks) {
+        let ep = admin
+            .post(
+                "/api/v1/inference-endpoints",
+                json!({
+                    "name": format!("{DEMO_DEPLOYMENT}-{region}"),
+                    "platform": "azure_openai",
+                    "endpoint": mock.base_url(),
+                    "deployment": DEMO_DEPLOYMENT,
+                    "model_name": DEMO_MODEL,
+                    "model_version": DEMO_MODEL_VERSION,
+                    "region": region,
+                    "api_key": key,
+                }),
+            )
+            .await
+            .with_context(|| format!("creating the {display} endpoint"))?;
+        members.push(json!({"endpoint_id": ep["id"], "enabled": true, "priority": 0, "weight": 1}));
+    }
+    let gw = admin
+        .post("/api/v1/gateways", json!({"name": DEMO_DEPLOYMENT, "endpoints": members}))
+        .await
+        .context("creating the gateway")?;
+    let gw_id = gw["id"].as_str().context("gateway id")?;
+    let key = admin
+        .post(&format!("/api/v1/gateways/{gw_id}/keys"), json!({"name": "demo"}))
+        .await
+        .context("creating the gateway key")?;
+    let gateway_key = key["key"].as_str().context("gateway key")?.to_owned();
+
+    // 5. Wait until a chat completion succeeds end to end.
+    let chat_url = format!(
+        "{gateway_url}/openai/deployments/{DEMO_DEPLOYMENT}/chat/completions?api-version={API_VERSION}"
+    );
+    let started = Instant::now();
+    loop {
+        let res = http
+            .post(&chat_url)
+            .header("api-key", &gateway_key)
+            .json(&json!({"messages": [{"role": "user", "content": "ping"}]}))
+            .send()
+            .await;
+        match res {
+            Ok(r) if r.status().is_success() => break,
+            Ok(r) if started.elapsed() > READY_DEADLINE => {
+                bail!("the gateway did not become ready: last status {}", r.status())
+            }
+            Err(e) if started.elapsed() > READY_DEADLINE => {
+                bail!("the gateway did not become ready: {e}")
+            }
+            _ => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+
+    println!(
+        r#"
+Model Gateway demo is ready.
+
+  Admin API      {admin_url}/api/v1   (OpenAPI: {admin_url}/api/v1/openapi.json)
+  Admin token    {admin_token}
+  Gateway URL    {gateway_url}
+  Gateway key    {gateway_key}
+  Gateway        "{DEMO_DEPLOYMENT}" over 3 mock regions: {regions}
+  Data           {dir}
+
+Try it:
+
+  curl -sS '{chat_url}' \
+    -H 'api-key: {gateway_key}' -H 'content-type: application/json' \
+    -d '{{"messages":[{{"role":"user","content":"Hello!"}}]}}'
+
+Or with the official SDK:  AzureOpenAI(azure_endpoint="{gateway_url}", api_key="{gateway_key}", api_version="{API_VERSION}")
+Status of the data planes:  curl -sS {admin_url}/api/v1/status -H 'authorization: Bearer {admin_token}'
+
+Press Ctrl-C to stop."#,
+        regions = REGIONS.iter().map(|(d, _)| *d).collect::<Vec<_>>().join(", "),
+        dir = dir.display(),
+    );
+    crate::print_ready(
+        "demo",
+        &[
+            ("gateway", gateway_url.clone()),
+            ("admin", admin_url.clone()),
+            ("gateway_key", gateway_key.clone()),
+            ("admin_token", admin_token.clone()),
+        ],
+    );
+
+    shutdown.await;
+    let _ = stop_tx.send(true);
+    let _ = cp_task.await;
+    let _ = dp_task.await;
+    for (mock, _) in &mocks {
+        mock.shutdown();
+    }
+    Ok(())
+}
+
+struct Admin<'a> {
+    http: &'a reqwest::Client,
+    base: &'a str,
+    token: &'a str,
+}
+
+impl Admin<'_> {
+    async fn post(&self, path: &str, body: Value) -> anyhow::Result<Value> {
+        let res = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .bearer_auth(self.token)
+            .json(&body)
+            .send()
+            .await?;
+        let status = res.status();
+        let body: Value = res.json().await.unwrap_or(Value::Null);
+        if !status.is_success() {
+            bail!("POST {path} → {status}: {body}");
+        }
+        Ok(body)
+    }
+}
+
+/// A random URL-safe token with a recognisable prefix.
+fn random_token(prefix: &str) -> String {
+    use std::fmt::Write;
+    let mut s = prefix.to_owned();
+    for b in uuid::Uuid::new_v4().as_bytes().iter().chain(uuid::Uuid::new_v4().as_bytes()) {
+        let _ = write!(s, "{b:02x}");
+    }
+    s
+}

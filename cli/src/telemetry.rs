@@ -1,0 +1,66 @@
+//! Logging and tracing for every `modelgw` process.
+//!
+//! Logs go to stderr (stdout carries only the ready line and one-time secrets the operator must
+//! see). `RUST_LOG` (or `MODELGW_LOG`) filters; `MODELGW_LOG_FORMAT=json` gives one JSON object
+//! per line for log pipelines. When `OTEL_EXPORTER_OTLP_ENDPOINT` is set, spans are also exported
+//! over OTLP/gRPC; a missing collector never blocks start-up.
+
+use anyhow::Context;
+use opentelemetry::trace::TracerProvider as _;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer};
+
+/// Flushes exported spans on drop.
+pub struct TelemetryGuard {
+    provider: Option<opentelemetry_sdk::trace::SdkTracerProvider>,
+}
+
+impl Drop for TelemetryGuard {
+    fn drop(&mut self) {
+        if let Some(provider) = self.provider.take() {
+            let _ = provider.shutdown();
+        }
+    }
+}
+
+/// Must run inside the Tokio runtime (the OTLP exporter spawns on it).
+pub fn init(service: &'static str) -> anyhow::Result<TelemetryGuard> {
+    let filter = std::env::var("MODELGW_LOG")
+        .ok()
+        .or_else(|| std::env::var("RUST_LOG").ok())
+        .unwrap_or_else(|| "info".to_owned());
+    let filter =
+        EnvFilter::try_new(&filter).context("invalid log filter in MODELGW_LOG/RUST_LOG")?;
+    let json = std::env::var("MODELGW_LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json"));
+
+    let fmt = if json {
+        tracing_subscriber::fmt::layer()
+            .json()
+            .with_current_span(true)
+            .with_writer(std::io::stderr)
+            .boxed()
+    } else {
+        tracing_subscriber::fmt::layer().with_target(false).with_writer(std::io::stderr).boxed()
+    };
+
+    let (otel, provider) = if std::env::var_os("OTEL_EXPORTER_OTLP_ENDPOINT").is_some() {
+        let exporter = opentelemetry_otlp::SpanExporter::builder()
+            .with_tonic()
+            .build()
+            .context("building the OTLP span exporter")?;
+        let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
+            .with_batch_exporter(exporter)
+            .with_resource(
+                opentelemetry_sdk::Resource::builder().with_service_name(service).build(),
+            )
+            .build();
+        let layer = tracing_opentelemetry::layer().with_tracer(provider.tracer(service));
+        (Some(layer), Some(provider))
+    } else {
+        (None, None)
+    };
+
+    tracing_subscriber::registry().with(filter).with(fmt).with(otel).try_init()?;
+    Ok(TelemetryGuard { provider })
+}

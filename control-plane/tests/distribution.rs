@@ -1,0 +1,398 @@
+//! Snapshot distribution over real gRPC on 127.0.0.1, on SQLite and on PostgreSQL.
+
+#[macro_use]
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{TestDb, wait_until};
+use modelgw_control_plane::store::{NewEndpoint, NewGateway};
+use modelgw_control_plane::{DataPlaneStatus, Distribution, Store};
+use modelgw_model::{
+    ConfigVersion, EndpointId, EndpointState, GatewayMember, NodeId, Platform, Secret,
+};
+use modelgw_proto::cfg;
+use modelgw_proto::cfg::config_discovery_client::ConfigDiscoveryClient;
+use modelgw_proto::cfg::data_plane_message::Kind;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Code, Status, Streaming};
+
+on_both_backends!(
+    a_subscriber_gets_the_current_snapshot_then_each_committed_change,
+    acks_nacks_heartbeats_and_disconnects_show_in_the_registry,
+    health_reports_show_per_endpoint,
+    the_first_message_must_be_hello,
+    changes_made_by_another_replica_arrive_by_polling,
+    a_second_stream_with_the_same_node_id_replaces_the_first,
+    shutdown_ends_open_streams,
+);
+
+/// A committed change must reach a subscriber within this time (the requirement is 1 s).
+const PUSH_DEADLINE: Duration = Duration::from_secs(1);
+/// Bound for everything that follows a message promptly (registry updates, stream ends).
+const DEADLINE: Duration = Duration::from_secs(5);
+/// Long enough that only `ConfigChanges::committed` can explain a prompt push.
+const NO_POLL: Duration = Duration::from_secs(3600);
+
+/// A distribution serving gRPC on 127.0.0.1 port 0.
+struct Server {
+    distribution: Arc<Distribution>,
+    addr: SocketAddr,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: JoinHandle<Result<(), tonic::transport::Error>>,
+}
+
+impl Server {
+    async fn start(store: Store, poll: Duration) -> Server {
+        let distribution = Arc::new(Distribution::start(store, poll).await.expect("distribution"));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (shutdown, stop) = oneshot::channel::<()>();
+        let serving = distribution.clone();
+        let task = tokio::spawn(async move {
+            serving
+                .serve_grpc(listener, async move {
+                    let _ = stop.await;
+                })
+                .await
+        });
+        Server { distribution, addr, shutdown: Some(shutdown), task }
+    }
+
+    fn node(&self, node_id: &str) -> Option<DataPlaneStatus> {
+        self.distribution.registry().data_planes().into_iter().find(|s| s.node_id.0 == node_id)
+    }
+}
+
+/// A data plane's side of the stream.
+struct DataPlane {
+    outbound: mpsc::Sender<cfg::DataPlaneMessage>,
+    inbound: Streaming<cfg::ControlPlaneMessage>,
+}
+
+fn message(kind: Kind) -> cfg::DataPlaneMessage {
+    cfg::DataPlaneMessage { kind: Some(kind) }
+}
+
+fn hello(node_id: &str, applied_version: u64) -> cfg::DataPlaneMessage {
+    message(Kind::Hello(cfg::Hello {
+        node_id: node_id.into(),
+        applied_version,
+        build_version: "test".into(),
+    }))
+}
+
+/// Opens a stream whose first message is `first`; the error is the call's status.
+async fn open(addr: SocketAddr, first: cfg::DataPlaneMessage) -> Result<DataPlane, Status> {
+    let mut client =
+        ConfigDiscoveryClient::connect(format!("http://{addr}")).await.expect("connect");
+    let (outbound, rx) = mpsc::channel(16);
+    outbound.send(first).await.expect("queue first message");
+    let inbound = client.stream(ReceiverStream::new(rx)).await?.into_inner();
+    Ok(DataPlane { outbound, inbound })
+}
+
+async fn subscribe(addr: SocketAddr, node_id: &str) -> DataPlane {
+    open(addr, hello(node_id, 0)).await.expect("subscribe")
+}
+
+impl DataPlane {
+    async fn next_snapshot(&mut self, within: Duration) -> cfg::Snapshot {
+        let received = tokio::time::timeout(within, self.inbound.message())
+            .await
+            .unwrap_or_else(|_| panic!("no snapshot within {within:?}"))
+            .expect("stream error")
+            .expect("stream ended");
+        match received.kind {
+            Some(cfg::control_plane_message::Kind::Snapshot(s)) => s,
+            None => panic!("empty control-plane message"),
+        }
+    }
+
+    /// The status the stream ends with (`Ok` for a clean end).
+    async fn end(&mut self) -> Result<(), Status> {
+        loop {
+            match tokio::time::timeout(DEADLINE, self.inbound.message())
+                .await
+                .expect("stream did not end")
+            {
+                Ok(Some(_)) => continue,
+                Ok(None) => return Ok(()),
+                Err(status) => return Err(status),
+            }
+        }
+    }
+
+    async fn send(&self, kind: Kind) {
+        self.outbound.send(message(kind)).await.expect("send to control plane");
+    }
+}
+
+fn new_endpoint(name: &str) -> NewEndpoint {
+    NewEndpoint {
+        name: name.into(),
+        platform: Platform::AzureOpenai,
+        endpoint: url::Url::parse(&format!("https://{name}.openai.azure.com")).expect("url"),
+        deployment: "gpt-4o".into(),
+        model_name: "gpt-4o".into(),
+        model_version: "2024-11-20".into(),
+        region: "eastus".into(),
+        api_key: Secret::new(format!("sk-test-key-for-{name}")),
+    }
+}
+
+async fn a_subscriber_gets_the_current_snapshot_then_each_committed_change(db: &TestDb) {
+    let store = db.open().await;
+    store.create_endpoint(new_endpoint("before")).await.expect("endpoint");
+    let server = Server::start(store.clone(), NO_POLL).await;
+    let current = store.config_version().await.expect("version");
+    assert_eq!(server.distribution.current_version(), current);
+
+    let mut dp = subscribe(server.addr, "dp-1").await;
+    let first = dp.next_snapshot(PUSH_DEADLINE).await;
+    assert_eq!(first.version, current.0, "the current snapshot, at once");
+    assert_eq!(first.endpoints.len(), 1);
+    assert_eq!(
+        modelgw_model::Snapshot::try_from(first).expect("valid snapshot"),
+        store.load_snapshot().await.expect("snapshot")
+    );
+
+    let (endpoint, v) = store.create_endpoint(new_endpoint("after")).await.expect("endpoint");
+    server.distribution.changes().committed(v);
+    let pushed = dp.next_snapshot(PUSH_DEADLINE).await;
+    assert_eq!(pushed.version, v.0);
+    assert!(pushed.endpoints.iter().any(|e| e.id == endpoint.id.to_string()));
+
+    // A burst of commits ends with the last version; nothing older follows a newer one.
+    let mut last = v;
+    for name in ["g1", "g2", "g3"] {
+        let (_, v) = store
+            .create_gateway(NewGateway {
+                name: name.into(),
+                members: vec![GatewayMember {
+                    endpoint_id: endpoint.id,
+                    enabled: true,
+                    priority: 0,
+                    weight: 1,
+                }],
+            })
+            .await
+            .expect("gateway");
+        server.distribution.changes().committed(v);
+        last = v;
+    }
+    let mut seen = v.0;
+    while seen < last.0 {
+        let s = dp.next_snapshot(PUSH_DEADLINE).await;
+        assert!(s.version > seen, "versions only increase: {} after {seen}", s.version);
+        seen = s.version;
+    }
+    assert_eq!(server.distribution.current_version(), last);
+
+    // Announcing an old version changes nothing.
+    server.distribution.changes().committed(ConfigVersion(1));
+    assert_eq!(server.distribution.current_version(), last);
+}
+
+async fn acks_nacks_heartbeats_and_disconnects_show_in_the_registry(db: &TestDb) {
+    let store = db.open().await;
+    let server = Server::start(store.clone(), NO_POLL).await;
+    let mut dp = subscribe(server.addr, "dp-ack").await;
+    let s = dp.next_snapshot(PUSH_DEADLINE).await;
+
+    let status = server.node("dp-ack").expect("registered on Hello");
+    assert!(status.connected);
+    assert_eq!(status.applied_version, ConfigVersion(0), "Hello said it has nothing yet");
+    let registered_at = status.last_seen;
+
+    dp.send(Kind::Ack(cfg::Ack { version: s.version })).await;
+    wait_until("the Ack in the registry", DEADLINE, || {
+        server.node("dp-ack").is_some_and(|n| n.applied_version == ConfigVersion(s.version))
+    })
+    .await;
+
+    let (_, v) = store.create_endpoint(new_endpoint("x")).await.expect("endpoint");
+    server.distribution.changes().committed(v);
+    assert_eq!(dp.next_snapshot(PUSH_DEADLINE).await.version, v.0);
+    dp.send(Kind::Nack(cfg::Nack { version: v.0, reason: "endpoints[0].base_url: bad".into() }))
+        .await;
+    wait_until("the Nack reason in the registry", DEADLINE, || {
+        server
+            .node("dp-ack")
+            .is_some_and(|n| n.last_nack.as_deref() == Some("endpoints[0].base_url: bad"))
+    })
+    .await;
+    let status = server.node("dp-ack").expect("node");
+    assert_eq!(
+        status.applied_version,
+        ConfigVersion(s.version),
+        "a Nack keeps the applied version"
+    );
+
+    dp.send(Kind::Heartbeat(cfg::Heartbeat { applied_version: s.version })).await;
+    wait_until("the heartbeat to refresh last_seen", DEADLINE, || {
+        server.node("dp-ack").is_some_and(|n| n.last_seen > registered_at)
+    })
+    .await;
+
+    dp.send(Kind::Ack(cfg::Ack { version: v.0 })).await;
+    wait_until("an Ack to clear the Nack", DEADLINE, || {
+        server.node("dp-ack").is_some_and(|n| n.applied_version == v && n.last_nack.is_none())
+    })
+    .await;
+
+    drop(dp);
+    wait_until("disconnect to show", DEADLINE, || {
+        server.node("dp-ack").is_some_and(|n| !n.connected)
+    })
+    .await;
+    let status = server.node("dp-ack").expect("kept after disconnect");
+    assert_eq!(status.applied_version, v);
+}
+
+async fn health_reports_show_per_endpoint(db: &TestDb) {
+    let store = db.open().await;
+    let (a, _) = store.create_endpoint(new_endpoint("a")).await.expect("endpoint");
+    let (b, _) = store.create_endpoint(new_endpoint("b")).await.expect("endpoint");
+    let (c, _) = store.create_endpoint(new_endpoint("c")).await.expect("endpoint");
+    let server = Server::start(store.clone(), NO_POLL).await;
+    let mut dp = subscribe(server.addr, "dp-health").await;
+    dp.next_snapshot(PUSH_DEADLINE).await;
+    let registry = server.distribution.registry();
+    let in_a_minute = chrono::Utc::now() + chrono::Duration::seconds(60);
+    let a_second_ago = chrono::Utc::now() - chrono::Duration::seconds(1);
+
+    let health = |id: EndpointId,
+                  state: cfg::EndpointState,
+                  until: chrono::DateTime<chrono::Utc>,
+                  reason: &str| {
+        cfg::EndpointHealth {
+            endpoint_id: id.to_string(),
+            state: state as i32,
+            until_unix_ms: until.timestamp_millis(),
+            reason: reason.into(),
+        }
+    };
+    dp.send(Kind::Health(cfg::HealthReport {
+        endpoints: vec![
+            health(a.id, cfg::EndpointState::Throttling, in_a_minute, "429 from upstream"),
+            health(b.id, cfg::EndpointState::Error, a_second_ago, "503 from upstream"),
+            // Not configured: ignored rather than kept forever.
+            health(EndpointId::new(), cfg::EndpointState::Error, in_a_minute, "ghost"),
+        ],
+    }))
+    .await;
+    wait_until("the health report", DEADLINE, || {
+        registry.endpoint_health(a.id).state == EndpointState::Throttling
+    })
+    .await;
+
+    let view = registry.endpoint_health(a.id);
+    assert_eq!(view.reason.as_deref(), Some("429 from upstream"));
+    assert_eq!(view.until.map(|t| t.timestamp_millis()), Some(in_a_minute.timestamp_millis()));
+    assert_eq!(view.reported_by, Some(NodeId("dp-health".into())));
+    let expired = registry.endpoint_health(b.id);
+    assert_eq!(expired.state, EndpointState::Healthy, "a passed window reads as healthy");
+    assert_eq!(expired.reason.as_deref(), Some("503 from upstream"), "the last reason is kept");
+    let untouched = registry.endpoint_health(c.id);
+    assert_eq!(
+        (untouched.state, untouched.reason, untouched.reported_by),
+        (EndpointState::Healthy, None, None)
+    );
+
+    // Recovery is reported as healthy.
+    dp.send(Kind::Health(cfg::HealthReport {
+        endpoints: vec![cfg::EndpointHealth {
+            endpoint_id: a.id.to_string(),
+            state: cfg::EndpointState::Healthy as i32,
+            until_unix_ms: 0,
+            reason: String::new(),
+        }],
+    }))
+    .await;
+    wait_until("recovery", DEADLINE, || {
+        registry.endpoint_health(a.id).state == EndpointState::Healthy
+    })
+    .await;
+    assert_eq!(registry.endpoint_health(a.id).until, None);
+
+    // Health of a deleted endpoint is forgotten with the next snapshot.
+    dp.send(Kind::Health(cfg::HealthReport {
+        endpoints: vec![health(c.id, cfg::EndpointState::Error, in_a_minute, "reset")],
+    }))
+    .await;
+    wait_until("c in error", DEADLINE, || {
+        registry.endpoint_health(c.id).state == EndpointState::Error
+    })
+    .await;
+    let v = store.delete_endpoint(c.id, false).await.expect("delete");
+    server.distribution.changes().committed(v);
+    assert_eq!(dp.next_snapshot(PUSH_DEADLINE).await.version, v.0);
+    assert_eq!(registry.endpoint_health(c.id).reason, None);
+}
+
+async fn the_first_message_must_be_hello(db: &TestDb) {
+    let server = Server::start(db.open().await, NO_POLL).await;
+    let refused =
+        open(server.addr, message(Kind::Heartbeat(cfg::Heartbeat { applied_version: 0 })))
+            .await
+            .err()
+            .expect("refused");
+    assert_eq!(refused.code(), Code::InvalidArgument);
+    assert!(refused.message().contains("Hello"), "{}", refused.message());
+
+    let refused = open(server.addr, hello("", 0)).await.err().expect("empty node id refused");
+    assert_eq!(refused.code(), Code::InvalidArgument);
+    assert!(server.distribution.registry().data_planes().is_empty(), "nothing registered");
+}
+
+async fn changes_made_by_another_replica_arrive_by_polling(db: &TestDb) {
+    let store = db.open().await;
+    let server = Server::start(store, Duration::from_millis(100)).await;
+    let mut dp = subscribe(server.addr, "dp-poll").await;
+    dp.next_snapshot(PUSH_DEADLINE).await;
+
+    // Another control-plane process writes to the same database and never tells us.
+    let replica = db.open().await;
+    let (endpoint, v) = replica.create_endpoint(new_endpoint("remote")).await.expect("endpoint");
+    let s = dp.next_snapshot(PUSH_DEADLINE).await;
+    assert_eq!(s.version, v.0);
+    assert!(s.endpoints.iter().any(|e| e.id == endpoint.id.to_string()));
+}
+
+async fn a_second_stream_with_the_same_node_id_replaces_the_first(db: &TestDb) {
+    let server = Server::start(db.open().await, NO_POLL).await;
+    let mut first = subscribe(server.addr, "dp-twin").await;
+    first.next_snapshot(PUSH_DEADLINE).await;
+    let mut second = open(server.addr, hello("dp-twin", 7)).await.expect("second stream");
+    second.next_snapshot(PUSH_DEADLINE).await;
+
+    let ended = first.end().await.expect_err("the first stream is ended with a status");
+    assert_eq!(ended.code(), Code::Aborted);
+    let planes = server.distribution.registry().data_planes();
+    assert_eq!(planes.len(), 1, "one entry per node id");
+    assert!(planes[0].connected, "the replaced stream's end does not mark the node disconnected");
+    assert_eq!(planes[0].applied_version, ConfigVersion(7), "the second Hello owns the entry");
+}
+
+async fn shutdown_ends_open_streams(db: &TestDb) {
+    let mut server = Server::start(db.open().await, NO_POLL).await;
+    let mut dp = subscribe(server.addr, "dp-shutdown").await;
+    dp.next_snapshot(PUSH_DEADLINE).await;
+
+    let _ = server.shutdown.take().expect("shutdown handle").send(());
+    let served = tokio::time::timeout(DEADLINE, &mut server.task)
+        .await
+        .expect("serve_grpc returns even with a stream open");
+    served.expect("task").expect("clean shutdown");
+    let ended = dp.end().await.expect_err("the stream ends with a status");
+    assert_eq!(ended.code(), Code::Unavailable);
+    wait_until("disconnect on shutdown", DEADLINE, || {
+        server.node("dp-shutdown").is_some_and(|n| !n.connected)
+    })
+    .await;
+}

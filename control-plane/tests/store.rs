@@ -1,0 +1,681 @@
+//! Store behaviour, each scenario run on SQLite and on PostgreSQL.
+
+#[macro_use]
+mod common;
+
+use common::{Backend, TestDb};
+use modelgw_control_plane::Store;
+use modelgw_control_plane::StoreError;
+use modelgw_control_plane::store::{
+    EndpointPatch, EndpointRecord, GatewayPatch, NewEndpoint, NewGateway,
+};
+use modelgw_model::{
+    ConfigVersion, Credential, EndpointId, GatewayId, GatewayKeyId, GatewayMember, Platform,
+    Secret, Snapshot, gateway_key_hash,
+};
+use modelgw_proto::cfg;
+use sqlx::Row as _;
+
+on_both_backends!(
+    endpoint_crud,
+    gateway_crud,
+    gateway_key_lifecycle,
+    failed_calls_change_neither_version_nor_data,
+    force_delete_removes_memberships,
+    version_and_data_survive_reopening,
+    api_key_is_sealed_at_rest,
+    a_moved_ciphertext_does_not_decrypt,
+    snapshot_round_trips_through_the_wire,
+    a_fresh_store_has_a_valid_empty_snapshot,
+    admin_token_is_generated_once,
+    concurrent_writes_get_distinct_versions,
+);
+
+const API_KEY: &str = "sk-PLAINTEXT-api-key-3f9a7c21";
+
+fn new_endpoint(name: &str, api_key: &str) -> NewEndpoint {
+    NewEndpoint {
+        name: name.to_owned(),
+        platform: Platform::AzureOpenai,
+        endpoint: url::Url::parse(&format!("https://{name}.openai.azure.com")).expect("url"),
+        deployment: "gpt-4o".into(),
+        model_name: "gpt-4o".into(),
+        model_version: "2024-11-20".into(),
+        region: "eastus".into(),
+        api_key: Secret::new(api_key),
+    }
+}
+
+fn member(endpoint_id: EndpointId, priority: u32, weight: u32) -> GatewayMember {
+    GatewayMember { endpoint_id, enabled: true, priority, weight }
+}
+
+async fn version(store: &Store) -> ConfigVersion {
+    store.config_version().await.expect("config version")
+}
+
+async fn create_endpoint(store: &Store, name: &str) -> EndpointRecord {
+    store
+        .create_endpoint(new_endpoint(name, &format!("{API_KEY}-{name}")))
+        .await
+        .expect("create endpoint")
+        .0
+}
+
+fn next(v: ConfigVersion) -> ConfigVersion {
+    ConfigVersion(v.0 + 1)
+}
+
+async fn endpoint_crud(db: &TestDb) {
+    let store = db.open().await;
+    let v0 = version(&store).await;
+
+    let (created, v1) = store.create_endpoint(new_endpoint("eus", API_KEY)).await.expect("create");
+    assert_eq!(v1, next(v0));
+    assert_eq!(version(&store).await, v1);
+    assert_eq!(created.name, "eus");
+    assert_eq!(created.platform, Platform::AzureOpenai);
+    assert_eq!(created.endpoint.as_str(), "https://eus.openai.azure.com/");
+    assert_eq!(created.api_key_hint, "…7c21");
+    assert_eq!(created.created_at, created.updated_at);
+    assert_eq!(store.get_endpoint(created.id).await.expect("get"), created);
+
+    let (second, v2) =
+        store.create_endpoint(new_endpoint("aus", "sk-another-key-0000")).await.expect("create");
+    assert_eq!(v2, next(v1));
+    let names: Vec<String> =
+        store.list_endpoints().await.expect("list").into_iter().map(|e| e.name).collect();
+    assert_eq!(names, ["aus", "eus"], "listed by name");
+
+    let patch = EndpointPatch {
+        deployment: Some("gpt-4o-mini".into()),
+        region: Some("westus".into()),
+        api_key: Some(Secret::new("sk-rotated-key-value-9b8e")),
+        ..EndpointPatch::default()
+    };
+    let (updated, v3) = store.update_endpoint(created.id, patch).await.expect("update");
+    assert_eq!(v3, next(v2));
+    assert_eq!(updated.deployment, "gpt-4o-mini");
+    assert_eq!(updated.region, "westus");
+    assert_eq!(updated.name, "eus", "fields not in the patch are kept");
+    assert_eq!(updated.model_version, "2024-11-20");
+    assert_eq!(updated.api_key_hint, "…9b8e", "rotation changes the hint");
+    assert_eq!(updated.created_at, created.created_at);
+    assert!(updated.updated_at >= created.updated_at);
+    assert_eq!(store.get_endpoint(created.id).await.expect("get"), updated);
+    let snapshot = store.load_snapshot().await.expect("snapshot");
+    let endpoint = snapshot.endpoints.iter().find(|e| e.id == created.id).expect("in snapshot");
+    assert_eq!(endpoint.credential, Credential::ApiKey(Secret::new("sk-rotated-key-value-9b8e")));
+
+    // A patch without the key keeps the sealed key.
+    let (renamed, v4) = store
+        .update_endpoint(
+            created.id,
+            EndpointPatch { name: Some("eus2".into()), ..Default::default() },
+        )
+        .await
+        .expect("rename");
+    assert_eq!(v4, next(v3));
+    assert_eq!(renamed.api_key_hint, "…9b8e");
+    let snapshot = store.load_snapshot().await.expect("snapshot");
+    let endpoint = snapshot.endpoints.iter().find(|e| e.id == created.id).expect("in snapshot");
+    assert_eq!(endpoint.credential, Credential::ApiKey(Secret::new("sk-rotated-key-value-9b8e")));
+
+    let v5 = store.delete_endpoint(created.id, false).await.expect("delete");
+    assert_eq!(v5, next(v4));
+    assert!(matches!(
+        store.get_endpoint(created.id).await,
+        Err(StoreError::NotFound { entity: "inference endpoint", .. })
+    ));
+    assert_eq!(store.list_endpoints().await.expect("list"), vec![second]);
+
+    // Calls on an unknown id fail without bumping the version.
+    let unknown = EndpointId::new();
+    assert!(matches!(store.delete_endpoint(unknown, true).await, Err(StoreError::NotFound { .. })));
+    assert!(matches!(
+        store.update_endpoint(unknown, EndpointPatch::default()).await,
+        Err(StoreError::NotFound { .. })
+    ));
+    assert_eq!(version(&store).await, v5);
+}
+
+async fn gateway_crud(db: &TestDb) {
+    let store = db.open().await;
+    let a = create_endpoint(&store, "a").await;
+    let b = create_endpoint(&store, "b").await;
+    let c = create_endpoint(&store, "c").await;
+    let v0 = version(&store).await;
+
+    // Member order is the given order, not id or name order.
+    let members = vec![member(c.id, 0, 3), member(a.id, 1, 1), member(b.id, 0, 1)];
+    let (gw, v1) = store
+        .create_gateway(NewGateway { name: "gpt-4o".into(), members: members.clone() })
+        .await
+        .expect("create gateway");
+    assert_eq!(v1, next(v0));
+    assert_eq!(gw.members, members);
+    assert_eq!(store.get_gateway(gw.id).await.expect("get"), gw);
+
+    let (empty, v2) = store
+        .create_gateway(NewGateway { name: "empty".into(), members: vec![] })
+        .await
+        .expect("create empty gateway");
+    assert_eq!(v2, next(v1));
+    assert_eq!(store.list_gateways().await.expect("list"), vec![empty.clone(), gw.clone()]);
+
+    let disabled = GatewayMember { endpoint_id: b.id, enabled: false, priority: 2, weight: 7 };
+    let (renamed, v3) = store
+        .update_gateway(gw.id, GatewayPatch { name: Some("gpt-4o-prod".into()), members: None })
+        .await
+        .expect("rename");
+    assert_eq!(v3, next(v2));
+    assert_eq!(renamed.name, "gpt-4o-prod");
+    assert_eq!(renamed.members, members, "members kept when not in the patch");
+    let (replaced, v4) = store
+        .update_gateway(
+            gw.id,
+            GatewayPatch { name: None, members: Some(vec![disabled.clone(), member(a.id, 0, 1)]) },
+        )
+        .await
+        .expect("replace members");
+    assert_eq!(v4, next(v3));
+    assert_eq!(replaced.name, "gpt-4o-prod");
+    assert_eq!(replaced.members, vec![disabled, member(a.id, 0, 1)]);
+    assert_eq!(store.get_gateway(gw.id).await.expect("get"), replaced);
+
+    store.create_gateway_key(gw.id, "ci".into()).await.expect("key");
+    let v5 = version(&store).await;
+    let v6 = store.delete_gateway(gw.id).await.expect("delete");
+    assert_eq!(v6, next(v5));
+    assert!(matches!(
+        store.get_gateway(gw.id).await,
+        Err(StoreError::NotFound { entity: "gateway", .. })
+    ));
+    assert!(matches!(store.list_gateway_keys(gw.id).await, Err(StoreError::NotFound { .. })));
+    assert_eq!(store.list_gateways().await.expect("list"), vec![empty]);
+    // The endpoints themselves stay.
+    assert_eq!(store.list_endpoints().await.expect("list").len(), 3);
+    let snapshot = store.load_snapshot().await.expect("snapshot");
+    assert!(
+        snapshot.gateways.iter().all(|g| g.keys.is_empty()),
+        "the deleted gateway's keys are gone"
+    );
+
+    assert!(matches!(store.delete_gateway(gw.id).await, Err(StoreError::NotFound { .. })));
+    assert!(matches!(
+        store.update_gateway(GatewayId::new(), GatewayPatch::default()).await,
+        Err(StoreError::NotFound { .. })
+    ));
+    assert_eq!(version(&store).await, v6);
+}
+
+async fn gateway_key_lifecycle(db: &TestDb) {
+    let store = db.open().await;
+    let (gw, _) = store
+        .create_gateway(NewGateway { name: "gw".into(), members: vec![] })
+        .await
+        .expect("gateway");
+    let v0 = version(&store).await;
+
+    let (record, secret, v1) =
+        store.create_gateway_key(gw.id, "ci".into()).await.expect("create key");
+    assert_eq!(v1, next(v0));
+    let body = secret.expose().strip_prefix("mgw_").expect("mgw_ prefix");
+    assert_eq!(body.len(), 43);
+    assert!(body.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_'));
+    assert_eq!(record.name, "ci");
+    assert_eq!(record.gateway_id, gw.id);
+    assert_eq!(record.hint, secret.hint());
+    assert_eq!(record.revoked_at, None);
+    assert!(!format!("{record:?}").contains(secret.expose()));
+
+    let (other, other_secret, v2) =
+        store.create_gateway_key(gw.id, "ops".into()).await.expect("second key");
+    assert_eq!(v2, next(v1));
+    assert_ne!(secret, other_secret);
+    assert_eq!(
+        store.list_gateway_keys(gw.id).await.expect("list"),
+        vec![record.clone(), other.clone()]
+    );
+
+    let snapshot = store.load_snapshot().await.expect("snapshot");
+    let keys = &snapshot.gateways[0].keys;
+    assert_eq!(keys.len(), 2);
+    assert_eq!(keys[0].id, record.id);
+    assert_eq!(keys[0].sha256, gateway_key_hash(secret.expose()), "only the hash is distributed");
+
+    let v3 = store.revoke_gateway_key(gw.id, record.id).await.expect("revoke");
+    assert_eq!(v3, next(v2));
+    let listed = store.list_gateway_keys(gw.id).await.expect("list");
+    let revoked_at = listed[0].revoked_at.expect("revoked key keeps its row with revoked_at");
+    assert_eq!(listed[1], other);
+    let snapshot = store.load_snapshot().await.expect("snapshot");
+    let ids: Vec<GatewayKeyId> = snapshot.gateways[0].keys.iter().map(|k| k.id).collect();
+    assert_eq!(ids, vec![other.id], "revoked keys leave the snapshot");
+
+    // Revoking again succeeds and keeps the first revocation time.
+    let v4 = store.revoke_gateway_key(gw.id, record.id).await.expect("revoke again");
+    assert_eq!(v4, next(v3));
+    assert_eq!(store.list_gateway_keys(gw.id).await.expect("list")[0].revoked_at, Some(revoked_at));
+
+    // Unknown key, key of another gateway, unknown gateway: NotFound, nothing bumped.
+    let (gw2, _) = store
+        .create_gateway(NewGateway { name: "gw2".into(), members: vec![] })
+        .await
+        .expect("gateway");
+    let v5 = version(&store).await;
+    assert!(matches!(
+        store.revoke_gateway_key(gw.id, GatewayKeyId::new()).await,
+        Err(StoreError::NotFound { entity: "gateway key", .. })
+    ));
+    assert!(matches!(
+        store.revoke_gateway_key(gw2.id, other.id).await,
+        Err(StoreError::NotFound { .. })
+    ));
+    assert!(matches!(
+        store.create_gateway_key(GatewayId::new(), "x".into()).await,
+        Err(StoreError::NotFound { entity: "gateway", .. })
+    ));
+    assert!(matches!(
+        store.list_gateway_keys(GatewayId::new()).await,
+        Err(StoreError::NotFound { .. })
+    ));
+    assert_eq!(version(&store).await, v5);
+    assert_eq!(store.list_gateway_keys(gw2.id).await.expect("list"), vec![]);
+}
+
+async fn failed_calls_change_neither_version_nor_data(db: &TestDb) {
+    let store = db.open().await;
+    let a = create_endpoint(&store, "a").await;
+    let b = create_endpoint(&store, "b").await;
+    let (gw, _) = store
+        .create_gateway(NewGateway { name: "gw".into(), members: vec![member(a.id, 0, 1)] })
+        .await
+        .expect("gateway");
+    store
+        .create_gateway(NewGateway { name: "other".into(), members: vec![member(a.id, 0, 1)] })
+        .await
+        .expect("gateway");
+
+    let v = version(&store).await;
+    let endpoints = store.list_endpoints().await.expect("list");
+    let gateways = store.list_gateways().await.expect("list");
+    let snapshot = store.load_snapshot().await.expect("snapshot");
+    let unchanged = async |what: &str| {
+        assert_eq!(version(&store).await, v, "{what}: version bumped");
+        assert_eq!(
+            store.list_endpoints().await.expect("list"),
+            endpoints,
+            "{what}: endpoints changed"
+        );
+        assert_eq!(
+            store.list_gateways().await.expect("list"),
+            gateways,
+            "{what}: gateways changed"
+        );
+        assert_eq!(
+            store.load_snapshot().await.expect("snapshot"),
+            snapshot,
+            "{what}: snapshot changed"
+        );
+    };
+
+    let err = store.create_endpoint(new_endpoint("a", API_KEY)).await.expect_err("duplicate name");
+    assert!(matches!(&err, StoreError::Conflict { field, .. } if field == "name"), "{err:?}");
+    unchanged("duplicate endpoint name").await;
+
+    let err = store
+        .update_endpoint(
+            b.id,
+            EndpointPatch {
+                name: Some("a".into()),
+                api_key: Some(Secret::new("sk-never-stored-1234")),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect_err("rename onto an existing name");
+    assert!(matches!(&err, StoreError::Conflict { field, .. } if field == "name"), "{err:?}");
+    unchanged("rename endpoint onto an existing name").await;
+
+    let err = store
+        .create_gateway(NewGateway { name: "gw".into(), members: vec![] })
+        .await
+        .expect_err("dup");
+    assert!(matches!(&err, StoreError::Conflict { field, .. } if field == "name"), "{err:?}");
+    unchanged("duplicate gateway name").await;
+
+    let err = store
+        .update_gateway(gw.id, GatewayPatch { name: Some("other".into()), members: None })
+        .await
+        .expect_err("rename gateway onto an existing name");
+    assert!(matches!(&err, StoreError::Conflict { field, .. } if field == "name"), "{err:?}");
+    unchanged("rename gateway onto an existing name").await;
+
+    let ghost = EndpointId::new();
+    let err = store
+        .create_gateway(NewGateway {
+            name: "new".into(),
+            members: vec![member(a.id, 0, 1), member(ghost, 0, 1)],
+        })
+        .await
+        .expect_err("unknown member");
+    match &err {
+        StoreError::UnknownEndpoint { field, endpoint_id } => {
+            assert_eq!(field, "endpoints[1].endpoint_id");
+            assert_eq!(*endpoint_id, ghost);
+        }
+        other => panic!("expected UnknownEndpoint, got {other:?}"),
+    }
+    assert_eq!(
+        err.to_string(),
+        format!("endpoints[1].endpoint_id: unknown inference endpoint {ghost}")
+    );
+    unchanged("create gateway with an unknown member").await;
+
+    let err = store
+        .update_gateway(
+            gw.id,
+            GatewayPatch { name: Some("renamed".into()), members: Some(vec![member(ghost, 0, 1)]) },
+        )
+        .await
+        .expect_err("unknown member on update");
+    assert!(
+        matches!(&err, StoreError::UnknownEndpoint { field, .. } if field == "endpoints[0].endpoint_id"),
+        "{err:?}"
+    );
+    unchanged("update gateway with an unknown member").await;
+
+    let err = store
+        .update_gateway(
+            gw.id,
+            GatewayPatch {
+                name: None,
+                members: Some(vec![member(b.id, 0, 1), member(b.id, 1, 1)]),
+            },
+        )
+        .await
+        .expect_err("repeated member");
+    assert!(
+        matches!(&err, StoreError::Conflict { field, .. } if field == "endpoints[1].endpoint_id"),
+        "{err:?}"
+    );
+    unchanged("repeated member").await;
+
+    let err = store.delete_endpoint(a.id, false).await.expect_err("in use");
+    match &err {
+        StoreError::InUse { gateways } => assert_eq!(gateways, &["gw", "other"]),
+        other => panic!("expected InUse, got {other:?}"),
+    }
+    unchanged("delete an endpoint in use").await;
+}
+
+async fn force_delete_removes_memberships(db: &TestDb) {
+    let store = db.open().await;
+    let a = create_endpoint(&store, "a").await;
+    let b = create_endpoint(&store, "b").await;
+    let c = create_endpoint(&store, "c").await;
+    let (g1, _) = store
+        .create_gateway(NewGateway {
+            name: "g1".into(),
+            members: vec![member(a.id, 0, 1), member(b.id, 0, 1), member(c.id, 1, 1)],
+        })
+        .await
+        .expect("gateway");
+    let (g2, _) = store
+        .create_gateway(NewGateway { name: "g2".into(), members: vec![member(b.id, 0, 1)] })
+        .await
+        .expect("gateway");
+    let v = version(&store).await;
+
+    let v1 = store.delete_endpoint(b.id, true).await.expect("forced delete");
+    assert_eq!(v1, next(v));
+    assert_eq!(
+        store.get_gateway(g1.id).await.expect("g1").members,
+        vec![member(a.id, 0, 1), member(c.id, 1, 1)]
+    );
+    assert_eq!(store.get_gateway(g2.id).await.expect("g2").members, vec![]);
+    assert!(matches!(store.get_endpoint(b.id).await, Err(StoreError::NotFound { .. })));
+    let snapshot = store.load_snapshot().await.expect("snapshot");
+    Snapshot::try_from(cfg::Snapshot::from(&snapshot)).expect("snapshot stays valid");
+    // Force on an unused endpoint is a plain delete.
+    let d = create_endpoint(&store, "d").await;
+    let v2 = version(&store).await;
+    assert_eq!(store.delete_endpoint(d.id, true).await.expect("delete unused"), next(v2));
+    assert_eq!(store.get_gateway(g1.id).await.expect("g1").members.len(), 2);
+}
+
+async fn version_and_data_survive_reopening(db: &TestDb) {
+    let store = db.open().await;
+    let a = create_endpoint(&store, "a").await;
+    let (gw, _) = store
+        .create_gateway(NewGateway { name: "gw".into(), members: vec![member(a.id, 0, 1)] })
+        .await
+        .expect("gateway");
+    let v = store.delete_gateway(gw.id).await.expect("delete");
+    let before = store.load_snapshot().await.expect("snapshot");
+    store.close().await;
+
+    let reopened = db.open().await;
+    assert_eq!(version(&reopened).await, v, "the version survives a restart");
+    assert_eq!(
+        reopened.load_snapshot().await.expect("snapshot"),
+        before,
+        "keys decrypt after a restart"
+    );
+    let (_, v1) = reopened
+        .create_gateway(NewGateway { name: "gw".into(), members: vec![] })
+        .await
+        .expect("gateway");
+    assert_eq!(v1, next(v), "and keeps counting up from there");
+    reopened.close().await;
+
+    // A wrong master key cannot read the keys, and says so without leaking anything.
+    let wrong =
+        Store::connect(&db.url, modelgw_control_plane::MasterKey::generate()).await.expect("open");
+    let err = wrong.load_snapshot().await.expect_err("wrong master key");
+    assert!(matches!(err, StoreError::Crypto(_)), "{err:?}");
+    assert!(!err.to_string().contains(API_KEY));
+    assert!(err.to_string().contains(&a.id.to_string()), "names the endpoint: {err}");
+}
+
+async fn api_key_is_sealed_at_rest(db: &TestDb) {
+    let store = db.open().await;
+    let (created, _) = store.create_endpoint(new_endpoint("eus", API_KEY)).await.expect("create");
+    let rotated = "sk-ROTATED-plaintext-5d6e";
+    let (updated, _) = store
+        .update_endpoint(
+            created.id,
+            EndpointPatch { api_key: Some(Secret::new(rotated)), ..Default::default() },
+        )
+        .await
+        .expect("rotate");
+
+    // Records never carry the key, not even in Debug output.
+    for record in [&created, &updated, &store.get_endpoint(created.id).await.expect("get")] {
+        let debug = format!("{record:?}");
+        assert!(!debug.contains(API_KEY) && !debug.contains(rotated), "{debug}");
+    }
+    let listed = format!("{:?}", store.list_endpoints().await.expect("list"));
+    assert!(!listed.contains(API_KEY) && !listed.contains(rotated));
+    // Neither does the snapshot's Debug output (the domain Secret is redacted).
+    let snapshot = format!("{:?}", store.load_snapshot().await.expect("snapshot"));
+    assert!(!snapshot.contains(rotated));
+
+    let mut raw = db.raw().await;
+    let stored: Vec<String> = sqlx::query("SELECT api_key_ciphertext FROM inference_endpoints")
+        .fetch_all(&mut raw)
+        .await
+        .expect("raw select")
+        .iter()
+        .map(|r| r.get::<String, _>(0))
+        .collect();
+    assert_eq!(stored.len(), 1);
+    assert!(
+        stored[0].starts_with("v1:"),
+        "sealed format: {}",
+        &stored[0][..3.min(stored[0].len())]
+    );
+    assert!(!stored[0].contains(API_KEY) && !stored[0].contains(rotated));
+    assert!(!stored[0].contains("PLAINTEXT") && !stored[0].contains("ROTATED"));
+
+    if db.backend == Backend::Sqlite {
+        let path = db.sqlite_path.as_ref().expect("sqlite path");
+        let mut files = vec![path.clone()];
+        let wal = path.with_extension("db-wal");
+        assert!(wal.exists(), "WAL mode is on, so the write-ahead log exists");
+        files.push(wal);
+        for file in files {
+            let bytes = std::fs::read(&file).expect("read database file");
+            for needle in [API_KEY, rotated, "PLAINTEXT", "ROTATED"] {
+                assert!(
+                    !bytes.windows(needle.len()).any(|w| w == needle.as_bytes()),
+                    "{needle:?} found in {}",
+                    file.display()
+                );
+            }
+        }
+    }
+}
+
+async fn a_moved_ciphertext_does_not_decrypt(db: &TestDb) {
+    let store = db.open().await;
+    let a = create_endpoint(&store, "a").await;
+    let b = create_endpoint(&store, "b").await;
+    store.load_snapshot().await.expect("both keys decrypt in their own rows");
+
+    let mut raw = db.raw().await;
+    let moved = sqlx::query(
+        "UPDATE inference_endpoints SET api_key_ciphertext = \
+         (SELECT api_key_ciphertext FROM inference_endpoints WHERE id = $1) WHERE id = $2",
+    )
+    .bind(a.id.to_string())
+    .bind(b.id.to_string())
+    .execute(&mut raw)
+    .await
+    .expect("move the ciphertext");
+    assert_eq!(moved.rows_affected(), 1);
+
+    let err = store.load_snapshot().await.expect_err("a's ciphertext in b's row");
+    match &err {
+        StoreError::Crypto(message) => {
+            assert!(message.contains(&b.id.to_string()), "names the row: {message}");
+            assert!(!message.contains(API_KEY));
+        }
+        other => panic!("expected Crypto, got {other:?}"),
+    }
+}
+
+async fn snapshot_round_trips_through_the_wire(db: &TestDb) {
+    let store = db.open().await;
+    let a = create_endpoint(&store, "a").await;
+    let mut compatible = new_endpoint("b", "sk-compatible-key-1111");
+    compatible.platform = Platform::OpenaiCompatible;
+    compatible.endpoint = url::Url::parse("http://127.0.0.1:8080/v1").expect("url");
+    let (b, _) = store.create_endpoint(compatible).await.expect("endpoint");
+    let members = vec![
+        member(b.id, 0, 5),
+        GatewayMember { endpoint_id: a.id, enabled: false, priority: 1, weight: 1 },
+    ];
+    let (g1, _) = store
+        .create_gateway(NewGateway { name: "g1".into(), members: members.clone() })
+        .await
+        .expect("gateway");
+    let (g2, _) = store
+        .create_gateway(NewGateway { name: "g2".into(), members: vec![member(a.id, 0, 1)] })
+        .await
+        .expect("gateway");
+    let (k1, s1, _) = store.create_gateway_key(g1.id, "k1".into()).await.expect("key");
+    let (k2, _, _) = store.create_gateway_key(g1.id, "k2".into()).await.expect("key");
+    let (k3, s3, _) = store.create_gateway_key(g2.id, "k3".into()).await.expect("key");
+    let v = store.revoke_gateway_key(g1.id, k2.id).await.expect("revoke");
+
+    let snapshot = store.load_snapshot().await.expect("snapshot");
+    assert_eq!(snapshot.version, v);
+    assert_eq!(snapshot.endpoints.len(), 2);
+    let eb = snapshot.endpoints.iter().find(|e| e.id == b.id).expect("b");
+    assert_eq!(eb.platform, Platform::OpenaiCompatible);
+    assert_eq!(eb.base_url.as_str(), "http://127.0.0.1:8080/v1");
+    assert_eq!(eb.credential, Credential::ApiKey(Secret::new("sk-compatible-key-1111")));
+    let sg1 = snapshot.gateways.iter().find(|g| g.id == g1.id).expect("g1");
+    assert_eq!(sg1.members, members, "member order is the given order");
+    assert_eq!(sg1.keys.len(), 1);
+    assert_eq!((sg1.keys[0].id, sg1.keys[0].sha256), (k1.id, gateway_key_hash(s1.expose())));
+    let sg2 = snapshot.gateways.iter().find(|g| g.id == g2.id).expect("g2");
+    assert_eq!((sg2.keys[0].id, sg2.keys[0].sha256), (k3.id, gateway_key_hash(s3.expose())));
+
+    let wire = cfg::Snapshot::from(&snapshot);
+    assert_eq!(wire.version, v.0);
+    let back = Snapshot::try_from(wire).expect("the store's snapshot is valid on the wire");
+    assert_eq!(back, snapshot);
+}
+
+async fn a_fresh_store_has_a_valid_empty_snapshot(db: &TestDb) {
+    let store = db.open().await;
+    assert_eq!(version(&store).await, ConfigVersion(1), "the empty configuration is version 1");
+    let snapshot = store.load_snapshot().await.expect("snapshot");
+    assert_eq!(
+        snapshot,
+        Snapshot { version: ConfigVersion(1), endpoints: vec![], gateways: vec![] }
+    );
+    Snapshot::try_from(cfg::Snapshot::from(&snapshot)).expect("valid on the wire");
+}
+
+async fn admin_token_is_generated_once(db: &TestDb) {
+    let store = db.open().await;
+    let v = version(&store).await;
+    let (hash, generated) = store.admin_token(None).await.expect("admin token");
+    let token = generated.expect("first start generates a token");
+    let body = token.expose().strip_prefix("mgwadm_").expect("mgwadm_ prefix");
+    assert_eq!(body.len(), 43);
+    assert_eq!(hash, gateway_key_hash(token.expose()), "the SHA-256 of the token");
+
+    let (again, none) = store.admin_token(None).await.expect("admin token");
+    assert_eq!((again, none), (hash, None), "the stored hash, and no plaintext the second time");
+
+    let (from_env, none) =
+        store.admin_token(Some("operator-chosen-token")).await.expect("env token");
+    assert_eq!((from_env, none), (gateway_key_hash("operator-chosen-token"), None));
+    assert_eq!(
+        store.admin_token(None).await.expect("admin token").0,
+        hash,
+        "the env token is not stored"
+    );
+    assert_eq!(
+        store.admin_token(Some("")).await.expect("empty env token").0,
+        hash,
+        "empty counts as unset"
+    );
+    assert_eq!(version(&store).await, v, "not a configuration change");
+
+    store.close().await;
+    assert_eq!(db.open().await.admin_token(None).await.expect("after restart"), (hash, None));
+
+    let mut raw = db.raw().await;
+    let stored: String =
+        sqlx::query_scalar("SELECT value FROM settings WHERE name = 'admin_token_sha256'")
+            .fetch_one(&mut raw)
+            .await
+            .expect("stored hash");
+    assert!(!stored.contains(body), "only the hash is stored");
+}
+
+async fn concurrent_writes_get_distinct_versions(db: &TestDb) {
+    let store = db.open().await;
+    let v0 = version(&store).await;
+    let writes = (0..8).map(|i| {
+        let store = store.clone();
+        tokio::spawn(
+            async move { store.create_endpoint(new_endpoint(&format!("e{i}"), API_KEY)).await },
+        )
+    });
+    let mut versions: Vec<u64> = Vec::new();
+    for w in writes {
+        versions.push(w.await.expect("task").expect("create").1.0);
+    }
+    versions.sort_unstable();
+    let expected: Vec<u64> = (v0.0 + 1..=v0.0 + 8).collect();
+    assert_eq!(versions, expected, "each write got its own version, none lost");
+    assert_eq!(version(&store).await, ConfigVersion(v0.0 + 8));
+    assert_eq!(store.load_snapshot().await.expect("snapshot").endpoints.len(), 8);
+}

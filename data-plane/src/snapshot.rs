@@ -1,0 +1,454 @@
+//! The routing table: one immutable value compiled once per configuration snapshot, and the
+//! store that swaps it atomically.
+//!
+//! Everything a request needs that depends only on configuration is computed here, once:
+//! lookups by key hash and gateway name, members grouped by priority, upstream base URLs,
+//! the credential as a ready `HeaderValue`, the deployment as a JSON literal for body
+//! rewrites. The request path then only reads (`SnapshotStore::load`), never locks or awaits.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http::header::{AUTHORIZATION, HeaderName, HeaderValue};
+use modelgw_model::{ConfigVersion, Credential, EndpointId, GatewayId, Platform, Snapshot};
+use tokio::sync::watch;
+
+/// Header Azure OpenAI reads the resource key from.
+pub(crate) const API_KEY: HeaderName = HeaderName::from_static("api-key");
+
+/// Why a valid domain snapshot still cannot be served; becomes the NACK reason. Names the
+/// field and never contains a secret.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {reason}")]
+pub struct CompileError {
+    pub field: String,
+    pub reason: String,
+}
+
+fn compile_error(field: String, reason: impl Into<String>) -> CompileError {
+    CompileError { field, reason: reason.into() }
+}
+
+/// An Inference Endpoint with everything the upstream request needs precomputed.
+pub struct CompiledEndpoint {
+    pub id: EndpointId,
+    pub name: String,
+    pub region: String,
+    pub platform: Platform,
+    /// Deployment (Azure) or model (OpenAI-compatible) name at the upstream.
+    pub deployment: String,
+    /// `deployment` as a JSON string literal, spliced into request bodies as `model`.
+    pub(crate) deployment_json: Bytes,
+    /// `deployment` percent-encoded as one URL path segment.
+    pub(crate) deployment_segment: String,
+    /// Base URL without trailing slash, e.g. `https://res.openai.azure.com`.
+    pub(crate) base: String,
+    /// The credential header (`api-key` or `authorization`), value marked sensitive.
+    pub(crate) auth_name: HeaderName,
+    pub(crate) auth_value: HeaderValue,
+    /// `name` as a response header value (`x-modelgw-endpoint`).
+    pub(crate) name_header: HeaderValue,
+    /// `name` reduced to characters safe inside `x-modelgw-attempts` (no `,` or `:`).
+    pub(crate) attempt_label: String,
+}
+
+impl fmt::Debug for CompiledEndpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Hand-written so the credential can never end up in a log through `{:?}`.
+        f.debug_struct("CompiledEndpoint")
+            .field("id", &self.id)
+            .field("name", &self.name)
+            .field("region", &self.region)
+            .field("platform", &self.platform)
+            .field("deployment", &self.deployment)
+            .field("base", &self.base)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One enabled member of a gateway.
+#[derive(Debug, Clone)]
+pub struct CompiledMember {
+    pub endpoint: Arc<CompiledEndpoint>,
+    /// Relative share within its priority group; 0 = only when the others are unusable.
+    pub weight: u32,
+}
+
+/// Enabled members sharing one priority; lower priorities are tried first.
+#[derive(Debug, Clone)]
+pub struct PriorityGroup {
+    pub priority: u32,
+    pub members: Vec<CompiledMember>,
+}
+
+/// A gateway: its name (what clients put as deployment / model, besides `auto`) and its
+/// enabled members grouped by ascending priority. Disabled members are not compiled in.
+#[derive(Debug)]
+pub struct CompiledGateway {
+    pub id: GatewayId,
+    pub name: String,
+    pub groups: Vec<PriorityGroup>,
+}
+
+impl CompiledGateway {
+    /// Number of enabled members over all priority groups.
+    pub fn member_count(&self) -> usize {
+        self.groups.iter().map(|g| g.members.len()).sum()
+    }
+}
+
+/// The compiled routing configuration at one version.
+#[derive(Debug)]
+pub struct RoutingTable {
+    version: ConfigVersion,
+    gateways: Vec<CompiledGateway>,
+    by_name: HashMap<String, usize>,
+    by_key: HashMap<[u8; 32], usize>,
+    endpoint_count: usize,
+}
+
+impl RoutingTable {
+    /// The table before any snapshot: version 0, no gateway, no key.
+    pub fn empty() -> Self {
+        Self {
+            version: ConfigVersion(0),
+            gateways: Vec::new(),
+            by_name: HashMap::new(),
+            by_key: HashMap::new(),
+            endpoint_count: 0,
+        }
+    }
+
+    /// Compiles a validated snapshot. Fails (with the field named) on what the domain model
+    /// accepts but this data plane cannot serve safely.
+    pub fn compile(snapshot: &Snapshot) -> Result<Self, CompileError> {
+        let mut endpoints: HashMap<EndpointId, Arc<CompiledEndpoint>> =
+            HashMap::with_capacity(snapshot.endpoints.len());
+        for (i, e) in snapshot.endpoints.iter().enumerate() {
+            let field = |name: &str| format!("endpoints[{i}].{name}");
+            let url = &e.base_url;
+            if !url.username().is_empty() || url.password().is_some() {
+                // The URL ends up in error messages and logs; credentials belong in `credential`.
+                return Err(compile_error(field("base_url"), "must not carry user info"));
+            }
+            if url.query().is_some() || url.fragment().is_some() {
+                return Err(compile_error(field("base_url"), "must not have a query or fragment"));
+            }
+            let base = url.as_str().trim_end_matches('/').to_owned();
+            let Credential::ApiKey(key) = &e.credential;
+            let (auth_name, raw_value) = match e.platform {
+                Platform::AzureOpenai => (API_KEY, key.expose().to_owned()),
+                Platform::OpenaiCompatible => (AUTHORIZATION, format!("Bearer {}", key.expose())),
+            };
+            let mut auth_value = HeaderValue::from_str(&raw_value)
+                .map_err(|_| compile_error(field("credential"), "not a valid header value"))?;
+            auth_value.set_sensitive(true);
+            let deployment_json = serde_json::to_vec(&e.deployment)
+                .map_err(|err| compile_error(field("deployment"), err.to_string()))?;
+            let attempt_label = header_safe(&e.name, |c| c != ',' && c != ':');
+            let name_header = HeaderValue::from_str(&header_safe(&e.name, |_| true))
+                .map_err(|_| compile_error(field("name"), "not representable in a header"))?;
+            let compiled = CompiledEndpoint {
+                id: e.id,
+                name: e.name.clone(),
+                region: e.region.clone(),
+                platform: e.platform,
+                deployment: e.deployment.clone(),
+                deployment_json: Bytes::from(deployment_json),
+                deployment_segment: encode_path_segment(&e.deployment),
+                base,
+                auth_name,
+                auth_value,
+                name_header,
+                attempt_label,
+            };
+            endpoints.insert(e.id, Arc::new(compiled));
+        }
+
+        let mut gateways = Vec::with_capacity(snapshot.gateways.len());
+        let mut by_name = HashMap::with_capacity(snapshot.gateways.len());
+        let mut by_key = HashMap::new();
+        for (i, g) in snapshot.gateways.iter().enumerate() {
+            let mut seen = HashSet::with_capacity(g.members.len());
+            let mut groups: Vec<PriorityGroup> = Vec::new();
+            for (j, m) in g.members.iter().enumerate() {
+                let field = format!("gateways[{i}].members[{j}].endpoint_id");
+                if !seen.insert(m.endpoint_id) {
+                    return Err(compile_error(
+                        field,
+                        format!("duplicate member {}", m.endpoint_id),
+                    ));
+                }
+                let endpoint = endpoints.get(&m.endpoint_id).ok_or_else(|| {
+                    compile_error(field, format!("unknown endpoint {}", m.endpoint_id))
+                })?;
+                if !m.enabled {
+                    continue;
+                }
+                let member = CompiledMember { endpoint: Arc::clone(endpoint), weight: m.weight };
+                match groups.iter_mut().find(|group| group.priority == m.priority) {
+                    Some(group) => group.members.push(member),
+                    None => {
+                        groups.push(PriorityGroup { priority: m.priority, members: vec![member] })
+                    }
+                }
+            }
+            groups.sort_by_key(|group| group.priority);
+            let index = gateways.len();
+            if by_name.insert(g.name.clone(), index).is_some() {
+                return Err(compile_error(format!("gateways[{i}].name"), "duplicate gateway name"));
+            }
+            for (j, k) in g.keys.iter().enumerate() {
+                if by_key.insert(k.sha256, index).is_some() {
+                    return Err(compile_error(
+                        format!("gateways[{i}].keys[{j}].sha256"),
+                        "key shared by two gateways",
+                    ));
+                }
+            }
+            gateways.push(CompiledGateway { id: g.id, name: g.name.clone(), groups });
+        }
+        Ok(Self {
+            version: snapshot.version,
+            gateways,
+            by_name,
+            by_key,
+            endpoint_count: endpoints.len(),
+        })
+    }
+
+    pub fn version(&self) -> ConfigVersion {
+        self.version
+    }
+
+    /// The gateway a client key (by its SHA-256) belongs to.
+    pub fn gateway_for_key(&self, key_sha256: &[u8; 32]) -> Option<&CompiledGateway> {
+        self.by_key.get(key_sha256).map(|&i| &self.gateways[i])
+    }
+
+    pub fn gateway_by_name(&self, name: &str) -> Option<&CompiledGateway> {
+        self.by_name.get(name).map(|&i| &self.gateways[i])
+    }
+
+    pub fn gateways(&self) -> &[CompiledGateway] {
+        &self.gateways
+    }
+
+    pub fn endpoint_count(&self) -> usize {
+        self.endpoint_count
+    }
+}
+
+/// Replaces characters a header value cannot carry (and those `keep` rejects) with `_`.
+fn header_safe(name: &str, keep: impl Fn(char) -> bool) -> String {
+    name.chars().map(|c| if (' '..='~').contains(&c) && keep(c) { c } else { '_' }).collect()
+}
+
+/// Percent-encodes everything but RFC 3986 unreserved characters.
+fn encode_path_segment(segment: &str) -> String {
+    let mut out = String::with_capacity(segment.len());
+    for b in segment.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// The current routing table behind one `ArcSwap`: readers never block, and a swap is one
+/// atomic pointer store. Older or equal versions are refused so a reordered or repeated
+/// delivery can never roll the configuration back.
+pub struct SnapshotStore {
+    current: ArcSwap<RoutingTable>,
+    version_tx: watch::Sender<ConfigVersion>,
+}
+
+impl Default for SnapshotStore {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Debug for SnapshotStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SnapshotStore").field("version", &self.version()).finish()
+    }
+}
+
+impl SnapshotStore {
+    /// A store holding the empty table (version 0): not ready.
+    pub fn new() -> Self {
+        let (version_tx, _) = watch::channel(ConfigVersion(0));
+        Self { current: ArcSwap::from_pointee(RoutingTable::empty()), version_tx }
+    }
+
+    /// The current table. Cheap (one atomic increment); hold it for the whole request so
+    /// every attempt sees the same configuration.
+    pub fn load(&self) -> Arc<RoutingTable> {
+        self.current.load_full()
+    }
+
+    /// Installs `table` if its version is newer than the current one; `true` if it did.
+    pub fn swap_if_newer(&self, table: RoutingTable) -> bool {
+        let new_version = table.version;
+        let table = Arc::new(table);
+        let previous = self.current.rcu(|current| {
+            if new_version > current.version { Arc::clone(&table) } else { Arc::clone(current) }
+        });
+        let swapped = previous.version < new_version;
+        if swapped {
+            self.version_tx.send_replace(new_version);
+        }
+        swapped
+    }
+
+    /// Version of the current table; 0 before the first snapshot.
+    pub fn version(&self) -> ConfigVersion {
+        self.current.load().version
+    }
+
+    /// Whether a snapshot has been applied (what `/readyz` reports).
+    pub fn is_ready(&self) -> bool {
+        self.version() > ConfigVersion(0)
+    }
+
+    /// Follows the applied version, e.g. to wait until a given version is served.
+    pub fn subscribe(&self) -> watch::Receiver<ConfigVersion> {
+        self.version_tx.subscribe()
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use modelgw_model::{
+        Endpoint, Gateway, GatewayKey, GatewayKeyId, GatewayMember, Secret, gateway_key_hash,
+    };
+
+    pub(crate) fn endpoint(name: &str, platform: Platform, deployment: &str) -> Endpoint {
+        Endpoint {
+            id: EndpointId::new(),
+            name: name.to_owned(),
+            platform,
+            base_url: url::Url::parse("https://res.openai.azure.com/").expect("url"),
+            deployment: deployment.to_owned(),
+            model_name: "gpt-4o".into(),
+            model_version: "2024-11-20".into(),
+            region: "eastus".into(),
+            credential: Credential::ApiKey(Secret::new(format!("upstream-key-{name}"))),
+        }
+    }
+
+    pub(crate) fn member(e: &Endpoint, enabled: bool, priority: u32, weight: u32) -> GatewayMember {
+        GatewayMember { endpoint_id: e.id, enabled, priority, weight }
+    }
+
+    pub(crate) fn gateway(name: &str, key: &str, members: Vec<GatewayMember>) -> Gateway {
+        Gateway {
+            id: GatewayId::new(),
+            name: name.to_owned(),
+            members,
+            keys: vec![GatewayKey { id: GatewayKeyId::new(), sha256: gateway_key_hash(key) }],
+        }
+    }
+
+    fn sample() -> Snapshot {
+        let a = endpoint("eus, primary", Platform::AzureOpenai, "gpt 4o");
+        let b = endpoint("swc", Platform::OpenaiCompatible, "gpt-4o");
+        let c = endpoint("off", Platform::AzureOpenai, "gpt-4o");
+        let gw = gateway(
+            "chat",
+            "key-chat",
+            vec![member(&b, true, 2, 1), member(&a, true, 1, 3), member(&c, false, 1, 1)],
+        );
+        Snapshot { version: ConfigVersion(7), endpoints: vec![a, b, c], gateways: vec![gw] }
+    }
+
+    #[test]
+    fn compile_groups_enabled_members_by_ascending_priority() {
+        let table = RoutingTable::compile(&sample()).expect("compiles");
+        assert_eq!(table.version(), ConfigVersion(7));
+        assert_eq!(table.endpoint_count(), 3);
+        let gw = table.gateway_for_key(&modelgw_model::gateway_key_hash("key-chat")).expect("key");
+        assert_eq!(gw.name, "chat");
+        assert_eq!(gw.groups.iter().map(|g| g.priority).collect::<Vec<_>>(), vec![1, 2]);
+        assert_eq!(gw.groups[0].members.len(), 1, "the disabled member is not compiled in");
+        assert_eq!(gw.groups[0].members[0].endpoint.name, "eus, primary");
+        assert_eq!(gw.groups[0].members[0].weight, 3);
+        assert_eq!(gw.member_count(), 2);
+        assert!(table.gateway_by_name("chat").is_some());
+        assert!(table.gateway_for_key(&modelgw_model::gateway_key_hash("other")).is_none());
+    }
+
+    #[test]
+    fn compile_precomputes_upstream_bits() {
+        let table = RoutingTable::compile(&sample()).expect("compiles");
+        let gw = table.gateway_by_name("chat").expect("gateway");
+        let azure = &gw.groups[0].members[0].endpoint;
+        assert_eq!(azure.base, "https://res.openai.azure.com");
+        assert_eq!(azure.auth_name, API_KEY);
+        assert_eq!(azure.auth_value.to_str().expect("ascii"), "upstream-key-eus, primary");
+        assert!(azure.auth_value.is_sensitive());
+        assert_eq!(&azure.deployment_json[..], br#""gpt 4o""#);
+        assert_eq!(azure.deployment_segment, "gpt%204o");
+        assert_eq!(azure.attempt_label, "eus_ primary");
+        assert!(!format!("{azure:?}").contains("upstream-key"), "Debug must not show the key");
+        let compatible = &gw.groups[1].members[0].endpoint;
+        assert_eq!(compatible.auth_name, AUTHORIZATION);
+        assert_eq!(compatible.auth_value.to_str().expect("ascii"), "Bearer upstream-key-swc");
+    }
+
+    #[test]
+    fn compile_rejects_user_info_in_base_url_naming_the_field() {
+        let mut s = sample();
+        s.endpoints[1].base_url = url::Url::parse("https://u:p@host/").expect("url");
+        let err = RoutingTable::compile(&s).expect_err("rejected");
+        assert_eq!(err.to_string(), "endpoints[1].base_url: must not carry user info");
+    }
+
+    #[test]
+    fn compile_rejects_a_credential_that_is_no_header_value_without_showing_it() {
+        let mut s = sample();
+        s.endpoints[0].credential = Credential::ApiKey(Secret::new("bad\nkey-secret"));
+        let err = RoutingTable::compile(&s).expect_err("rejected");
+        assert_eq!(err.to_string(), "endpoints[0].credential: not a valid header value");
+    }
+
+    #[test]
+    fn compile_rejects_duplicate_members() {
+        let mut s = sample();
+        let first = s.gateways[0].members[0].clone();
+        s.gateways[0].members.push(first);
+        let err = RoutingTable::compile(&s).expect_err("rejected");
+        assert!(err.field.starts_with("gateways[0].members[3]"), "{err}");
+    }
+
+    #[test]
+    fn store_swaps_only_newer_versions_and_reports_readiness() {
+        let store = SnapshotStore::new();
+        assert!(!store.is_ready());
+        let mut versions = store.subscribe();
+        assert!(store.swap_if_newer(RoutingTable::compile(&sample()).expect("compiles")));
+        assert!(store.is_ready());
+        assert_eq!(store.version(), ConfigVersion(7));
+        assert_eq!(*versions.borrow_and_update(), ConfigVersion(7));
+
+        let mut older = sample();
+        older.version = ConfigVersion(6);
+        assert!(!store.swap_if_newer(RoutingTable::compile(&older).expect("compiles")));
+        assert!(!store.swap_if_newer(RoutingTable::compile(&sample()).expect("compiles")));
+        assert_eq!(store.version(), ConfigVersion(7));
+        assert!(!versions.has_changed().expect("open"));
+
+        let mut newer = sample();
+        newer.version = ConfigVersion(8);
+        newer.gateways.clear();
+        assert!(store.swap_if_newer(RoutingTable::compile(&newer).expect("compiles")));
+        assert!(store.load().gateways().is_empty());
+    }
+}

@@ -1,0 +1,218 @@
+//! The data plane's control-plane client against a scripted in-test `ConfigDiscovery` server:
+//! Hello, ACK/NACK, heartbeats, health reports, reconnect after the stream ends.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use modelgw_data_plane::{DataPlane, DataPlaneConfig};
+use modelgw_mock_azure::{Fault, MockAzure, MockConfig};
+use modelgw_model::{EndpointId, GatewayId, GatewayKeyId, gateway_key_hash};
+use modelgw_proto::cfg;
+use modelgw_proto::cfg::config_discovery_server::{ConfigDiscovery, ConfigDiscoveryServer};
+use modelgw_proto::cfg::data_plane_message::Kind;
+use tokio::sync::{mpsc, oneshot};
+use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tonic::{Request, Response, Status, Streaming};
+
+const CLIENT_KEY: &str = "mgw-test-client-key-0002";
+/// Upper bound for anything the data plane should do promptly.
+const DEADLINE: Duration = Duration::from_secs(10);
+
+/// One `Stream` call as the fake control plane sees it.
+struct Session {
+    inbound: Streaming<cfg::DataPlaneMessage>,
+    outbound: mpsc::Sender<Result<cfg::ControlPlaneMessage, Status>>,
+}
+
+impl Session {
+    /// The next message for which `pick` returns something, skipping others (heartbeats…).
+    async fn expect<T>(&mut self, mut pick: impl FnMut(Kind) -> Option<T>) -> Result<T> {
+        let wait = async {
+            loop {
+                let message = self.inbound.message().await?.context("stream ended")?;
+                if let Some(found) = message.kind.and_then(&mut pick) {
+                    return Ok(found);
+                }
+            }
+        };
+        tokio::time::timeout(DEADLINE, wait).await.context("deadline")?
+    }
+
+    async fn send(&self, snapshot: cfg::Snapshot) -> Result<()> {
+        let message = cfg::ControlPlaneMessage {
+            kind: Some(cfg::control_plane_message::Kind::Snapshot(snapshot)),
+        };
+        self.outbound.send(Ok(message)).await.map_err(|_| anyhow::anyhow!("session closed"))
+    }
+}
+
+struct FakeControlPlane {
+    sessions: mpsc::UnboundedSender<Session>,
+}
+
+#[tonic::async_trait]
+impl ConfigDiscovery for FakeControlPlane {
+    type StreamStream = ReceiverStream<Result<cfg::ControlPlaneMessage, Status>>;
+
+    async fn stream(
+        &self,
+        request: Request<Streaming<cfg::DataPlaneMessage>>,
+    ) -> Result<Response<Self::StreamStream>, Status> {
+        let (outbound, rx) = mpsc::channel(16);
+        let _ = self.sessions.send(Session { inbound: request.into_inner(), outbound });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+async fn fake_control_plane() -> Result<(String, mpsc::UnboundedReceiver<Session>)> {
+    let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
+    let url = format!("http://{}", listener.local_addr()?);
+    let (sessions, rx) = mpsc::unbounded_channel();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(ConfigDiscoveryServer::new(FakeControlPlane { sessions }))
+            .serve_with_incoming(TcpListenerStream::new(listener)),
+    );
+    Ok((url, rx))
+}
+
+async fn next_session(sessions: &mut mpsc::UnboundedReceiver<Session>) -> Result<Session> {
+    tokio::time::timeout(DEADLINE, sessions.recv())
+        .await
+        .context("deadline")?
+        .context("server gone")
+}
+
+fn wire_snapshot(
+    version: u64,
+    endpoint_id: EndpointId,
+    base_url: &str,
+    key: &str,
+) -> cfg::Snapshot {
+    cfg::Snapshot {
+        version,
+        endpoints: vec![cfg::Endpoint {
+            id: endpoint_id.to_string(),
+            name: "eus".into(),
+            platform: cfg::Platform::AzureOpenai as i32,
+            base_url: base_url.to_owned(),
+            deployment: "gpt-4o-eus".into(),
+            model_name: "gpt-4o-mini".into(),
+            model_version: "2024-07-18".into(),
+            region: "East US".into(),
+            credential: Some(cfg::Credential {
+                kind: Some(cfg::credential::Kind::ApiKey(key.to_owned())),
+            }),
+        }],
+        gateways: vec![cfg::Gateway {
+            id: GatewayId::new().to_string(),
+            name: "chat".into(),
+            members: vec![cfg::GatewayMember {
+                endpoint_id: endpoint_id.to_string(),
+                enabled: true,
+                priority: 0,
+                weight: 1,
+            }],
+            keys: vec![cfg::GatewayKey {
+                id: GatewayKeyId::new().to_string(),
+                sha256: gateway_key_hash(CLIENT_KEY).to_vec(),
+            }],
+        }],
+    }
+}
+
+#[tokio::test]
+async fn snapshots_are_acked_or_nacked_health_is_reported_and_the_client_reconnects() -> Result<()>
+{
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let upstream_key = "upstream-key-eus-0123456789";
+    let mock = MockAzure::start(
+        SocketAddr::from(([127, 0, 0, 1], 0)),
+        MockConfig {
+            region: "East US".into(),
+            api_key: upstream_key.into(),
+            deployments: vec!["gpt-4o-eus".into()],
+            model: "gpt-4o-mini-2024-07-18".into(),
+        },
+    )
+    .await?;
+    let (url, mut sessions) = fake_control_plane().await?;
+    let dp = DataPlane::bind(DataPlaneConfig {
+        gateway_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+        control_plane_url: url,
+        node_id: "dp-test-1".into(),
+        heartbeat_interval: Duration::from_millis(100),
+        ..Default::default()
+    })
+    .await?;
+    let base = format!("http://{}", dp.local_addr());
+    let store = dp.snapshot_store();
+    let (_stop, stopped) = oneshot::channel::<()>();
+    tokio::spawn(dp.run(async move {
+        let _ = stopped.await;
+    }));
+    let http = reqwest::Client::builder().no_proxy().build()?;
+
+    // Hello first, with nothing applied yet.
+    let mut session = next_session(&mut sessions).await?;
+    let hello = session.expect(|k| if let Kind::Hello(h) = k { Some(h) } else { None }).await?;
+    assert_eq!(hello.node_id, "dp-test-1");
+    assert_eq!(hello.applied_version, 0);
+    assert!(!hello.build_version.is_empty());
+    assert_eq!(http.get(format!("{base}/readyz")).send().await?.status(), 503);
+
+    // A valid snapshot is applied and acknowledged.
+    let endpoint_id = EndpointId::new();
+    session.send(wire_snapshot(1, endpoint_id, &mock.base_url(), upstream_key)).await?;
+    let ack = session.expect(|k| if let Kind::Ack(a) = k { Some(a) } else { None }).await?;
+    assert_eq!(ack.version, 1);
+    assert_eq!(store.version().0, 1);
+    assert_eq!(http.get(format!("{base}/readyz")).send().await?.status(), 200);
+
+    // Heartbeats carry the applied version.
+    let beat = session.expect(|k| if let Kind::Heartbeat(h) = k { Some(h) } else { None }).await?;
+    assert_eq!(beat.applied_version, 1);
+
+    // An invalid snapshot is rejected with a reason naming the field; version 1 keeps serving.
+    let mut bad = wire_snapshot(2, endpoint_id, &mock.base_url(), upstream_key);
+    bad.endpoints[0].base_url = "ftp://nowhere".into();
+    session.send(bad).await?;
+    let nack = session.expect(|k| if let Kind::Nack(n) = k { Some(n) } else { None }).await?;
+    assert_eq!(nack.version, 2);
+    assert!(nack.reason.starts_with("endpoints[0].base_url"), "{}", nack.reason);
+    assert!(!nack.reason.contains(upstream_key));
+    assert_eq!(store.version().0, 1);
+
+    // A throttled endpoint is reported.
+    mock.script(
+        "gpt-4o-eus",
+        Fault::Status { status: 429, retry_after: Some(7), retry_after_ms: None, times: 1 },
+    );
+    let throttled = http
+        .post(format!("{base}/openai/deployments/auto/chat/completions?api-version=2024-10-21"))
+        .header("api-key", CLIENT_KEY)
+        .header("content-type", "application/json")
+        .body(r#"{"messages":[{"role":"user","content":"hi"}]}"#)
+        .send()
+        .await?;
+    assert_eq!(throttled.status(), 429);
+    let report = session.expect(|k| if let Kind::Health(r) = k { Some(r) } else { None }).await?;
+    let state = report
+        .endpoints
+        .iter()
+        .find(|e| e.endpoint_id == endpoint_id.to_string())
+        .context("endpoint reported")?;
+    assert_eq!(state.state, cfg::EndpointState::Throttling as i32);
+    assert!(state.until_unix_ms > 0);
+
+    // The control plane ends the stream: the data plane reconnects and says what it serves.
+    drop(session);
+    let mut session = next_session(&mut sessions).await?;
+    let hello = session.expect(|k| if let Kind::Hello(h) = k { Some(h) } else { None }).await?;
+    assert_eq!(hello.applied_version, 1);
+    if store.version().0 != 1 {
+        bail!("the snapshot must survive the reconnect");
+    }
+    Ok(())
+}

@@ -1,0 +1,157 @@
+//! Logs say what happened on the request path and never contain a credential, at any level.
+//! Its own test binary: it installs the global tracing subscriber.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Result;
+use modelgw_data_plane::snapshot::RoutingTable;
+use modelgw_data_plane::{DataPlane, DataPlaneConfig};
+use modelgw_mock_azure::{Fault, MockAzure, MockConfig};
+use modelgw_model::{
+    ConfigVersion, Credential, Endpoint, EndpointId, Gateway, GatewayId, GatewayKey, GatewayKeyId,
+    GatewayMember, Platform, Secret, Snapshot, gateway_key_hash,
+};
+use tokio::sync::oneshot;
+
+const CLIENT_KEY: &str = "mgw-client-key-that-must-not-leak";
+
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn request_logs_name_endpoints_and_outcomes_but_never_a_key() -> Result<()> {
+    let captured = Captured::default();
+    let writer = captured.clone();
+    tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .init();
+    let _ = rustls::crypto::ring::default_provider().install_default();
+
+    let mut regions = Vec::new();
+    for (name, display) in [("eus", "East US"), ("swc", "Sweden Central")] {
+        let key = format!("upstream-key-{name}-that-must-not-leak");
+        let mock = MockAzure::start(
+            SocketAddr::from(([127, 0, 0, 1], 0)),
+            MockConfig {
+                region: display.into(),
+                api_key: key.clone(),
+                deployments: vec![format!("gpt-4o-{name}")],
+                model: "gpt-4o-mini-2024-07-18".into(),
+            },
+        )
+        .await?;
+        regions.push((name, mock, key, EndpointId::new()));
+    }
+    // swc is configured with a wrong key, so it answers 401 (credential rejected).
+    let endpoints = regions
+        .iter()
+        .map(|(name, mock, key, id)| -> Result<Endpoint> {
+            let key = if *name == "swc" { format!("{key}-wrong") } else { key.clone() };
+            Ok(Endpoint {
+                id: *id,
+                name: (*name).to_owned(),
+                platform: Platform::AzureOpenai,
+                base_url: url::Url::parse(&mock.base_url())?,
+                deployment: format!("gpt-4o-{name}"),
+                model_name: "gpt-4o-mini".into(),
+                model_version: "2024-07-18".into(),
+                region: mock.region().to_owned(),
+                credential: Credential::ApiKey(Secret::new(key)),
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let snapshot = Snapshot {
+        version: ConfigVersion(1),
+        gateways: vec![Gateway {
+            id: GatewayId::new(),
+            name: "chat".into(),
+            members: regions
+                .iter()
+                .enumerate()
+                .map(|(i, (_, _, _, id))| GatewayMember {
+                    endpoint_id: *id,
+                    enabled: true,
+                    priority: i as u32,
+                    weight: 1,
+                })
+                .collect(),
+            keys: vec![GatewayKey {
+                id: GatewayKeyId::new(),
+                sha256: gateway_key_hash(CLIENT_KEY),
+            }],
+        }],
+        endpoints,
+    };
+
+    let dp = DataPlane::bind(DataPlaneConfig {
+        gateway_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+        control_plane_url: String::new(),
+        upstream_timeout: Duration::from_secs(5),
+        ..Default::default()
+    })
+    .await?;
+    let base = format!("http://{}", dp.local_addr());
+    assert!(dp.snapshot_store().swap_if_newer(RoutingTable::compile(&snapshot)?));
+    let (_stop, stopped) = oneshot::channel::<()>();
+    tokio::spawn(dp.run(async move {
+        let _ = stopped.await;
+    }));
+    let http = reqwest::Client::builder().no_proxy().build()?;
+    let url = format!("{base}/openai/deployments/auto/chat/completions?api-version=2024-10-21");
+    let body = r#"{"model":"auto","messages":[{"role":"user","content":"hi"}]}"#;
+
+    // 1: eus serves. 2: eus throttled → swc rejects our key (401 passed through).
+    // 3: a wrong client key. 4: the same with Bearer.
+    let ok = http.post(&url).header("api-key", CLIENT_KEY).body(body).send().await?;
+    assert_eq!(ok.status(), 200);
+    regions[0].1.script(
+        "gpt-4o-eus",
+        Fault::Status { status: 429, retry_after: Some(9), retry_after_ms: None, times: 1 },
+    );
+    let rejected = http
+        .post(&url)
+        .header("api-key", CLIENT_KEY)
+        .header("authorization", format!("Bearer {CLIENT_KEY}"))
+        .body(body)
+        .send()
+        .await?;
+    assert_eq!(rejected.status(), 401);
+    let _ = rejected.bytes().await?;
+    let wrong =
+        http.post(&url).header("api-key", format!("{CLIENT_KEY}-x")).body(body).send().await?;
+    assert_eq!(wrong.status(), 401);
+    let bearer = http.post(&url).bearer_auth(format!("{CLIENT_KEY}-y")).body(body).send().await?;
+    assert_eq!(bearer.status(), 401);
+
+    let logs = {
+        let bytes = captured.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+        String::from_utf8_lossy(&bytes).into_owned()
+    };
+    if std::env::var_os("MODELGW_PRINT_LOGS").is_some() {
+        eprintln!("{logs}");
+    }
+    assert!(logs.contains("upstream attempt"), "attempts are logged");
+    assert!(logs.contains("outcome=\"throttled\"") || logs.contains("outcome=throttled"), "{logs}");
+    assert!(logs.contains("credential_rejected"), "{logs}");
+    assert!(logs.contains("endpoint=eus") && logs.contains("endpoint=swc"), "{logs}");
+    assert!(logs.contains("unknown gateway key"), "{logs}");
+    for secret in [CLIENT_KEY, "upstream-key-eus", "upstream-key-swc", "must-not-leak"] {
+        assert!(!logs.contains(secret), "a secret ({secret}) reached the logs");
+    }
+    Ok(())
+}

@@ -1,0 +1,550 @@
+//! The Azure OpenAI surface: routing, api-version, auth, deployments, scripted faults, answers.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::stream;
+use http::header::{AUTHORIZATION, CONTENT_TYPE, HeaderName, RETRY_AFTER};
+use http::request::Parts;
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::{Frame, Incoming};
+use serde_json::Value;
+use tracing::Instrument;
+use uuid::Uuid;
+
+use crate::fault::Fault;
+use crate::server::{Body, BodyError, MockError, full, read_body};
+use crate::state::{RecordedRequest, Remaining};
+use crate::wire::{self, Completion, EmbeddingsError, Operation};
+use crate::{Shared, state};
+
+const API_KEY: HeaderName = HeaderName::from_static("api-key");
+const CLIENT_REQUEST_ID: HeaderName = HeaderName::from_static("x-ms-client-request-id");
+
+/// Where a request goes, from its method and path.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Route {
+    op: Operation,
+    /// The deployment named in the path; `None` on `/openai/v1/{op}` (it is the body's `model`).
+    path_deployment: Option<String>,
+    /// `/openai/v1/...` paths: api-version optional, bearer key accepted.
+    v1: bool,
+}
+
+fn route(method: &Method, path: &str) -> Option<Route> {
+    if method != Method::POST {
+        return None;
+    }
+    let rest = path.strip_prefix("/openai/")?;
+    let segments: Vec<&str> = rest.split('/').collect();
+    let (v1, segments) = match segments.split_first() {
+        Some((&"v1", tail)) => (true, tail),
+        _ => (false, segments.as_slice()),
+    };
+    let (path_deployment, op_segments) = match segments {
+        ["deployments", dep, tail @ ..] if !dep.is_empty() => (Some((*dep).to_owned()), tail),
+        // Only v1 has deployment-less operation paths.
+        tail if v1 => (None, tail),
+        _ => return None,
+    };
+    let op = match op_segments {
+        ["chat", "completions"] => Operation::Chat,
+        ["completions"] => Operation::Completions,
+        ["embeddings"] => Operation::Embeddings,
+        _ => return None,
+    };
+    Some(Route { op, path_deployment, v1 })
+}
+
+fn query_param<'a>(query: Option<&'a str>, name: &str) -> Option<&'a str> {
+    query?.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        (k == name).then_some(v)
+    })
+}
+
+/// Dated paths need a dated api-version (`YYYY-MM-DD` or `YYYY-MM-DD-preview`); v1 paths take
+/// none, `v1` or `preview`. Anything else is Azure's 404 "Resource not found".
+fn api_version_ok(v1: bool, version: Option<&str>) -> bool {
+    match (v1, version) {
+        (true, None | Some("v1" | "preview")) => true,
+        (true, Some(_)) | (false, None) => false,
+        (false, Some(v)) => {
+            let date = v.strip_suffix("-preview").unwrap_or(v);
+            let b = date.as_bytes();
+            b.len() == 10
+                && b.iter()
+                    .enumerate()
+                    .all(|(i, c)| if i == 4 || i == 7 { *c == b'-' } else { c.is_ascii_digit() })
+        }
+    }
+}
+
+/// Checks the credential; `Err` carries the 401 body. `api-key` wins when both headers are
+/// present (what openai 1.x sends); a bearer key is accepted only on v1 paths, as Azure does.
+fn check_auth(headers: &HeaderMap, key: &str, v1: bool) -> Result<(), &'static str> {
+    if let Some(k) = headers.get(API_KEY) {
+        return if k.as_bytes() == key.as_bytes() { Ok(()) } else { Err(wire::INVALID_KEY) };
+    }
+    if let Some(auth) = headers.get(AUTHORIZATION) {
+        let token = auth
+            .to_str()
+            .ok()
+            .and_then(|s| s.strip_prefix("Bearer ").or_else(|| s.strip_prefix("bearer ")));
+        return if v1 && token == Some(key) { Ok(()) } else { Err(wire::INVALID_TOKEN) };
+    }
+    Err(wire::MISSING_KEY)
+}
+
+/// What every Azure answer to one request carries in its headers.
+struct Answer<'a> {
+    shared: &'a Shared,
+    apim_request_id: String,
+    request_id: String,
+    client_request_id: Option<HeaderValue>,
+    /// Set once the deployment is known to exist.
+    deployment: Option<String>,
+    remaining: Option<Remaining>,
+}
+
+impl Answer<'_> {
+    fn headers(&self, headers: &mut HeaderMap) {
+        let apim = header_value(&self.apim_request_id);
+        headers.insert(
+            "x-ms-client-request-id",
+            self.client_request_id.clone().unwrap_or_else(|| apim.clone()),
+        );
+        headers.insert("apim-request-id", apim);
+        headers.insert("x-request-id", header_value(&self.request_id));
+        headers.insert("x-ms-region", self.shared.region_header.clone());
+        headers.insert("azureml-model-session", self.shared.session_header.clone());
+        headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+        if let Some(dep) = &self.deployment {
+            headers.insert("x-ms-deployment-name", header_value(dep));
+        }
+        if let Some(r) = self.remaining {
+            headers.insert("x-ratelimit-remaining-requests", HeaderValue::from(r.requests));
+            headers.insert("x-ratelimit-remaining-tokens", HeaderValue::from(r.tokens));
+            headers.insert("x-ratelimit-limit-requests", HeaderValue::from(state::REQUEST_LIMIT));
+            headers.insert("x-ratelimit-limit-tokens", HeaderValue::from(state::TOKEN_LIMIT));
+        }
+    }
+
+    fn json(&self, status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
+        self.with_body(status, "application/json", full(body))
+    }
+
+    fn with_body(
+        &self,
+        status: StatusCode,
+        content_type: &'static str,
+        body: Body,
+    ) -> Response<Body> {
+        let mut resp = Response::new(body);
+        *resp.status_mut() = status;
+        resp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+        self.headers(resp.headers_mut());
+        resp
+    }
+}
+
+/// Ids and deployment names are ASCII; a name that is not a header value is reported blank.
+fn header_value(s: &str) -> HeaderValue {
+    HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static(""))
+}
+
+pub(crate) async fn handle(
+    shared: Arc<Shared>,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, MockError> {
+    let span = tracing::debug_span!(
+        "mock_azure_request",
+        region = %shared.config.region,
+        method = %req.method(),
+        path = %req.uri().path(),
+        deployment = tracing::field::Empty,
+        fault = tracing::field::Empty,
+    );
+    async move {
+        let result = answer(&shared, req).await;
+        match &result {
+            Ok(resp) => tracing::debug!(status = resp.status().as_u16(), "mock answered"),
+            Err(error) => tracing::debug!(%error, "mock dropped the connection"),
+        }
+        result
+    }
+    .instrument(span)
+    .await
+}
+
+async fn answer(shared: &Shared, req: Request<Incoming>) -> Result<Response<Body>, MockError> {
+    let (parts, body) = req.into_parts();
+    let mut ans = Answer {
+        shared,
+        apim_request_id: Uuid::new_v4().to_string(),
+        request_id: Uuid::new_v4().to_string(),
+        client_request_id: parts.headers.get(CLIENT_REQUEST_ID).cloned(),
+        deployment: None,
+        remaining: None,
+    };
+    let body = match read_body(body).await {
+        Ok(b) => b,
+        Err(BodyError::TooLarge) => {
+            return Ok(ans.json(StatusCode::PAYLOAD_TOO_LARGE, wire::BODY_TOO_LARGE));
+        }
+        Err(BodyError::Broken(e)) => return Err(e),
+    };
+    let route = route(&parts.method, parts.uri.path());
+    let json: Option<Value> = serde_json::from_slice(&body).ok();
+    let deployment = route.as_ref().and_then(|r| {
+        r.path_deployment.clone().or_else(|| {
+            json.as_ref().and_then(|j| j.get("model")).and_then(Value::as_str).map(str::to_owned)
+        })
+    });
+    if let Some(dep) = &deployment {
+        tracing::Span::current().record("deployment", tracing::field::display(dep));
+    }
+    shared.state().record(recorded(&parts, &body, deployment.clone()));
+
+    // A region's baseline distance applies to every answer.
+    let latency = shared.latency();
+    if !latency.is_zero() {
+        tokio::time::sleep(latency).await;
+    }
+
+    let Some(route) = route else {
+        return Ok(ans.json(StatusCode::NOT_FOUND, wire::RESOURCE_NOT_FOUND));
+    };
+    let api_version = query_param(parts.uri.query(), "api-version");
+    if !api_version_ok(route.v1, api_version) {
+        return Ok(ans.json(StatusCode::NOT_FOUND, wire::RESOURCE_NOT_FOUND));
+    }
+    let exists = deployment.as_deref().is_some_and(|d| shared.has_deployment(d));
+    if let Some(dep) = deployment.as_deref().filter(|_| exists) {
+        ans.deployment = Some(dep.to_owned());
+        ans.remaining = Some(shared.state().spend(dep, 0, 0));
+    }
+    if let Err(body) = check_auth(&parts.headers, &shared.config.api_key, route.v1) {
+        return Ok(ans.json(StatusCode::UNAUTHORIZED, body));
+    }
+    let Some(deployment) = deployment else {
+        // Only a v1 path without a usable body `model` gets here.
+        let body = if json.is_none() { wire::INVALID_JSON } else { wire::MISSING_MODEL };
+        return Ok(ans.json(StatusCode::BAD_REQUEST, body));
+    };
+    if !exists {
+        return Ok(ans.json(StatusCode::NOT_FOUND, wire::DEPLOYMENT_NOT_FOUND));
+    }
+
+    // The deployment serves this request: it counts against its quota and meets its faults.
+    ans.remaining = Some(shared.state().spend(&deployment, 1, 0));
+    let fault = shared.state().take_fault(&deployment);
+    if let Some(f) = &fault {
+        tracing::Span::current().record("fault", tracing::field::display(f.kind()));
+    }
+    let mut shape = BodyShape::Whole;
+    match fault {
+        None => {}
+        Some(Fault::Reset { .. }) => return Err(MockError::ScriptedReset),
+        Some(Fault::ContentFilter { .. }) => {
+            return Ok(ans.json(StatusCode::BAD_REQUEST, wire::CONTENT_FILTER));
+        }
+        Some(Fault::Status { status, retry_after, retry_after_ms, .. }) => {
+            let version = api_version.unwrap_or("v1");
+            return Ok(status_answer(&ans, route.op, version, status, retry_after, retry_after_ms));
+        }
+        Some(Fault::Latency { ms, .. }) => tokio::time::sleep(Duration::from_millis(ms)).await,
+        Some(Fault::StreamStall { after_chunks, ms, .. }) => {
+            shape = BodyShape::Stall { after: after_chunks, pause: Duration::from_millis(ms) };
+        }
+        Some(Fault::StreamCut { after_chunks, .. }) => {
+            shape = BodyShape::Cut { after: after_chunks }
+        }
+    }
+
+    let Some(request) = json.filter(Value::is_object) else {
+        let body = if serde_json::from_slice::<Value>(&body).is_ok() {
+            wire::invalid_request("The request body must be a JSON object.")
+        } else {
+            wire::INVALID_JSON.to_owned()
+        };
+        return Ok(ans.json(StatusCode::BAD_REQUEST, body));
+    };
+    let created = chrono::Utc::now().timestamp();
+    let stream = request.get("stream").and_then(Value::as_bool) == Some(true);
+    let include_usage =
+        request.pointer("/stream_options/include_usage").and_then(Value::as_bool) == Some(true);
+    let model = shared.config.model.as_str();
+    let region = shared.config.region.as_str();
+    match route.op {
+        Operation::Chat => {
+            match request.get("messages").and_then(Value::as_array) {
+                None => {
+                    let body = wire::invalid_request("'messages' is a required property");
+                    return Ok(ans.json(StatusCode::BAD_REQUEST, body));
+                }
+                Some(m) if m.is_empty() => {
+                    let body = wire::invalid_request("[] is too short - 'messages'");
+                    return Ok(ans.json(StatusCode::BAD_REQUEST, body));
+                }
+                Some(_) => {}
+            }
+            let c = Completion::new(random_id("chatcmpl-"), created, model, region, &request);
+            ans.remaining = Some(shared.state().spend(&deployment, 0, c.total_tokens()));
+            if stream {
+                Ok(sse(&ans, c.chat_sse_payloads(include_usage), shared.stream_gap(), shape))
+            } else {
+                Ok(json_shaped(&ans, c.chat_json(), shape))
+            }
+        }
+        Operation::Completions => {
+            let c = Completion::new(random_id("cmpl-"), created, model, region, &request);
+            ans.remaining = Some(shared.state().spend(&deployment, 0, c.total_tokens()));
+            if stream {
+                Ok(sse(&ans, c.text_sse_payloads(include_usage), shared.stream_gap(), shape))
+            } else {
+                Ok(json_shaped(&ans, c.text_json(), shape))
+            }
+        }
+        Operation::Embeddings => match wire::embeddings(model, &request) {
+            Ok((body, tokens)) => {
+                ans.remaining = Some(shared.state().spend(&deployment, 0, tokens));
+                Ok(json_shaped(&ans, body, shape))
+            }
+            Err(EmbeddingsError::MissingInput) => Ok(ans.json(
+                StatusCode::BAD_REQUEST,
+                wire::invalid_request("'input' is a required property"),
+            )),
+            Err(EmbeddingsError::EmptyInput) => Ok(ans
+                .json(StatusCode::BAD_REQUEST, wire::invalid_request("[] is too short - 'input'"))),
+        },
+    }
+}
+
+fn recorded(parts: &Parts, body: &Bytes, deployment: Option<String>) -> RecordedRequest {
+    let mut headers: BTreeMap<String, String> = BTreeMap::new();
+    for (name, value) in &parts.headers {
+        let value = String::from_utf8_lossy(value.as_bytes()).into_owned();
+        headers
+            .entry(name.as_str().to_owned())
+            .and_modify(|v| {
+                v.push_str(", ");
+                v.push_str(&value);
+            })
+            .or_insert(value);
+    }
+    RecordedRequest {
+        method: parts.method.to_string(),
+        path: parts.uri.path().to_owned(),
+        query: parts.uri.query().map(str::to_owned),
+        headers,
+        body: body.clone(),
+        deployment,
+    }
+}
+
+/// A scripted status with Azure's body for it and the scripted retry hints.
+fn status_answer(
+    ans: &Answer<'_>,
+    op: Operation,
+    api_version: &str,
+    status: u16,
+    retry_after: Option<u64>,
+    retry_after_ms: Option<u64>,
+) -> Response<Body> {
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let body = match status.as_u16() {
+        429 => {
+            let secs = retry_after.or_else(|| retry_after_ms.map(|ms| ms.div_ceil(1000)));
+            wire::too_many_requests(op, api_version, secs)
+        }
+        500 => wire::server_error(&ans.apim_request_id),
+        503 => wire::overloaded(&ans.apim_request_id),
+        401 => wire::INVALID_KEY.to_owned(),
+        404 => wire::DEPLOYMENT_NOT_FOUND.to_owned(),
+        _ => wire::generic_error(status),
+    };
+    let mut resp = ans.json(status, body);
+    if let Some(secs) = retry_after {
+        resp.headers_mut().insert(RETRY_AFTER, HeaderValue::from(secs));
+    }
+    if let Some(ms) = retry_after_ms {
+        resp.headers_mut().insert("retry-after-ms", HeaderValue::from(ms));
+    }
+    resp
+}
+
+/// Pause before a scripted cut so frames sent before it reach the socket: hyper flushes when
+/// the body is pending; 50 ms covers a loaded CI machine and is invisible next to a test's
+/// timeouts.
+const CUT_FLUSH_DELAY: Duration = Duration::from_millis(50);
+
+/// How a successful body is delivered.
+#[derive(Clone, Copy, Debug)]
+enum BodyShape {
+    Whole,
+    /// Pause before piece number `after`.
+    Stall {
+        after: u32,
+        pause: Duration,
+    },
+    /// Abort the connection instead of sending piece number `after`.
+    Cut {
+        after: u32,
+    },
+}
+
+/// A JSON answer with `Content-Length`; a stall holds the body back after the headers, a cut
+/// sends half of it and aborts.
+fn json_shaped(ans: &Answer<'_>, body: String, shape: BodyShape) -> Response<Body> {
+    let bytes = Bytes::from(body);
+    let len = bytes.len();
+    let body = match shape {
+        BodyShape::Whole => return ans.json(StatusCode::OK, bytes),
+        BodyShape::Stall { pause, .. } => {
+            pieces(vec![bytes], Duration::ZERO, BodyShape::Stall { after: 0, pause })
+        }
+        BodyShape::Cut { .. } => {
+            let half = bytes.slice(..len / 2);
+            pieces(vec![half, bytes.slice(len / 2..)], Duration::ZERO, BodyShape::Cut { after: 1 })
+        }
+    };
+    let mut resp = ans.with_body(StatusCode::OK, "application/json", body);
+    resp.headers_mut().insert(http::header::CONTENT_LENGTH, HeaderValue::from(len));
+    resp
+}
+
+/// A chunked `text/event-stream` answer, one `data:` frame per body chunk, `gap` apart.
+fn sse(ans: &Answer<'_>, payloads: Vec<String>, gap: Duration, shape: BodyShape) -> Response<Body> {
+    let frames = payloads.into_iter().map(|p| Bytes::from(format!("data: {p}\n\n"))).collect();
+    let mut resp = ans.with_body(
+        StatusCode::OK,
+        "text/event-stream; charset=utf-8",
+        pieces(frames, gap, shape),
+    );
+    resp.headers_mut().insert(http::header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    resp
+}
+
+/// Streams `frames` with `gap` between them, applying a stall or a cut. Everything happens
+/// inside the body stream, so a client that goes away cancels pending pauses.
+fn pieces(frames: Vec<Bytes>, gap: Duration, shape: BodyShape) -> Body {
+    let (stall, cut) = match shape {
+        BodyShape::Whole => (None, None),
+        BodyShape::Stall { after, pause } => (Some((after as usize, pause)), None),
+        BodyShape::Cut { after } => (None, Some(after as usize)),
+    };
+    let s = stream::unfold((0usize, frames, false), move |(i, frames, done)| async move {
+        if done {
+            return None;
+        }
+        if cut == Some(i) {
+            // hyper drops its unflushed write buffer on a body error; pausing first (returning
+            // Pending) lets it flush the frames already yielded, so the client sees exactly `i`.
+            tokio::time::sleep(CUT_FLUSH_DELAY).await;
+            return Some((Err(MockError::ScriptedCut), (i, frames, true)));
+        }
+        if let Some((at, pause)) = stall
+            && at == i
+        {
+            tokio::time::sleep(pause).await;
+        }
+        let frame = frames.get(i)?.clone();
+        if i > 0 && !gap.is_zero() {
+            tokio::time::sleep(gap).await;
+        }
+        Some((Ok(Frame::data(frame)), (i + 1, frames, false)))
+    });
+    StreamBody::new(s).boxed_unsync()
+}
+
+/// An id like Azure's (`chatcmpl-` + 29 alphanumerics).
+fn random_id(prefix: &str) -> String {
+    const ALPHABET: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+    let mut out = String::from(prefix);
+    let mut n = Uuid::new_v4().as_u128() ^ (Uuid::new_v4().as_u128() << 7);
+    for _ in 0..29 {
+        if n == 0 {
+            n = Uuid::new_v4().as_u128();
+        }
+        out.push(char::from(ALPHABET[(n % 62) as usize]));
+        n /= 62;
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes() {
+        let post = Method::POST;
+        let dated = route(&post, "/openai/deployments/d1/chat/completions").expect("chat");
+        assert_eq!(
+            dated,
+            Route { op: Operation::Chat, path_deployment: Some("d1".into()), v1: false }
+        );
+        assert_eq!(
+            route(&post, "/openai/deployments/d1/embeddings").map(|r| r.op),
+            Some(Operation::Embeddings)
+        );
+        assert_eq!(
+            route(&post, "/openai/deployments/d1/completions").map(|r| r.op),
+            Some(Operation::Completions)
+        );
+        let v1 = route(&post, "/openai/v1/chat/completions").expect("v1 chat");
+        assert_eq!(v1, Route { op: Operation::Chat, path_deployment: None, v1: true });
+        let v1d = route(&post, "/openai/v1/deployments/d/embeddings").expect("v1 deployment");
+        assert_eq!(
+            v1d,
+            Route { op: Operation::Embeddings, path_deployment: Some("d".into()), v1: true }
+        );
+        assert_eq!(route(&post, "/openai/chat/completions"), None);
+        assert_eq!(route(&post, "/openai/deployments//chat/completions"), None);
+        assert_eq!(route(&post, "/openai/deployments/d/chat/completions/"), None);
+        assert_eq!(route(&post, "/v1/chat/completions"), None);
+        assert_eq!(route(&Method::GET, "/openai/deployments/d/chat/completions"), None);
+    }
+
+    #[test]
+    fn api_versions() {
+        assert!(api_version_ok(false, Some("2024-10-21")));
+        assert!(api_version_ok(false, Some("2025-04-01-preview")));
+        assert!(!api_version_ok(false, None));
+        assert!(!api_version_ok(false, Some("latest")));
+        assert!(api_version_ok(true, None));
+        assert!(api_version_ok(true, Some("preview")));
+        assert!(!api_version_ok(true, Some("2024-10-21")));
+        assert_eq!(
+            query_param(Some("a=1&api-version=2024-10-21"), "api-version"),
+            Some("2024-10-21")
+        );
+        assert_eq!(query_param(Some("api-version"), "api-version"), Some(""));
+        assert_eq!(query_param(None, "api-version"), None);
+    }
+
+    #[test]
+    fn auth_precedence() {
+        let mut h = HeaderMap::new();
+        assert_eq!(check_auth(&h, "k", true), Err(wire::MISSING_KEY));
+        h.insert(AUTHORIZATION, HeaderValue::from_static("Bearer k"));
+        assert_eq!(check_auth(&h, "k", true), Ok(()));
+        assert_eq!(check_auth(&h, "k", false), Err(wire::INVALID_TOKEN));
+        h.insert(API_KEY, HeaderValue::from_static("wrong"));
+        assert_eq!(check_auth(&h, "k", true), Err(wire::INVALID_KEY));
+        h.insert(API_KEY, HeaderValue::from_static("k"));
+        assert_eq!(check_auth(&h, "k", false), Ok(()));
+    }
+
+    #[test]
+    fn ids_look_like_azure_ids() {
+        let id = random_id("chatcmpl-");
+        assert_eq!(id.len(), "chatcmpl-".len() + 29);
+        assert!(id["chatcmpl-".len()..].chars().all(|c| c.is_ascii_alphanumeric()));
+        assert_ne!(id, random_id("chatcmpl-"));
+    }
+}

@@ -1,0 +1,221 @@
+//! Mutable per-mock state: fault queues, call counts, recorded requests, rate-limit budgets.
+//! Guarded by one `std::sync::Mutex`, never held across an `.await`.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use crate::fault::{Fault, FaultQueue};
+
+/// Most requests kept by [`crate::MockAzure::requests`]; older ones are dropped so a long demo
+/// does not grow without bound. Far more than any test sends.
+pub const MAX_RECORDED_REQUESTS: usize = 4096;
+
+/// Length of the window behind the `x-ratelimit-*` headers: Azure reports per-minute quotas.
+pub const RATE_WINDOW: Duration = Duration::from_secs(60);
+
+/// Requests per [`RATE_WINDOW`] reported in `x-ratelimit-limit-requests`; a plausible S0 value
+/// that a demo will not exhaust.
+pub const REQUEST_LIMIT: u64 = 1_000;
+
+/// Tokens per [`RATE_WINDOW`] reported in `x-ratelimit-limit-tokens`.
+pub const TOKEN_LIMIT: u64 = 150_000;
+
+/// Headers whose values are credentials: the control API shows only a hint of them.
+pub const SECRET_HEADERS: [&str; 4] =
+    ["api-key", "authorization", "ocp-apim-subscription-key", "proxy-authorization"];
+
+/// One request as the mock received it (control-API requests are not recorded).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecordedRequest {
+    pub method: String,
+    pub path: String,
+    /// The raw query string without `?`, if any.
+    pub query: Option<String>,
+    /// Header names lower-case; repeated headers joined with `", "`.
+    pub headers: BTreeMap<String, String>,
+    /// The body bytes (in JSON: the body as a UTF-8 lossy string).
+    #[serde(with = "lossy_body")]
+    pub body: Bytes,
+    /// The deployment the request targeted (path, or body `model` on v1 paths), if any.
+    pub deployment: Option<String>,
+}
+
+impl RecordedRequest {
+    /// A header value by lower-case name.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).map(String::as_str)
+    }
+
+    /// The body parsed as JSON, if it is JSON.
+    pub fn json(&self) -> Option<serde_json::Value> {
+        serde_json::from_slice(&self.body).ok()
+    }
+
+    /// A copy whose credential headers show only a hint (`…` + last 4 characters, keeping a
+    /// `Bearer ` prefix), as the control API returns it.
+    pub fn redacted(&self) -> RecordedRequest {
+        let mut copy = self.clone();
+        for name in SECRET_HEADERS {
+            if let Some(v) = copy.headers.get_mut(name) {
+                *v = redact(v);
+            }
+        }
+        copy
+    }
+}
+
+fn redact(value: &str) -> String {
+    let (prefix, secret) = match value.split_once(' ') {
+        Some((scheme, rest)) => (format!("{scheme} "), rest),
+        None => (String::new(), value),
+    };
+    // Short secrets show nothing: four characters of an 8-character secret is half of it.
+    let chars: Vec<char> = secret.chars().collect();
+    let tail: String =
+        if chars.len() >= 12 { chars[chars.len() - 4..].iter().collect() } else { String::new() };
+    format!("{prefix}…{tail}")
+}
+
+mod lossy_body {
+    use bytes::Bytes;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(body: &Bytes, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&String::from_utf8_lossy(body))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Bytes, D::Error> {
+        Ok(Bytes::from(String::deserialize(d)?))
+    }
+}
+
+/// A deployment's quota window, reported in the `x-ratelimit-*` headers. The mock never
+/// throttles on its own: only a scripted fault answers 429.
+#[derive(Debug)]
+struct Budget {
+    window_start: Instant,
+    requests: u64,
+    tokens: u64,
+}
+
+/// Remaining quota to report on one answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Remaining {
+    pub requests: u64,
+    pub tokens: u64,
+}
+
+#[derive(Debug, Default)]
+pub struct State {
+    faults: HashMap<String, FaultQueue>,
+    calls: HashMap<String, u64>,
+    requests: VecDeque<RecordedRequest>,
+    budgets: HashMap<String, Budget>,
+}
+
+impl State {
+    pub fn script(&mut self, deployment: &str, fault: Fault) {
+        self.faults.entry(deployment.to_owned()).or_default().push(fault);
+    }
+
+    pub fn take_fault(&mut self, deployment: &str) -> Option<Fault> {
+        self.faults.get_mut(deployment)?.take()
+    }
+
+    pub fn record(&mut self, request: RecordedRequest) {
+        if let Some(dep) = &request.deployment {
+            *self.calls.entry(dep.clone()).or_default() += 1;
+        }
+        if self.requests.len() == MAX_RECORDED_REQUESTS {
+            self.requests.pop_front();
+        }
+        self.requests.push_back(request);
+    }
+
+    pub fn calls(&self, deployment: &str) -> u64 {
+        self.calls.get(deployment).copied().unwrap_or(0)
+    }
+
+    pub fn all_calls(&self) -> &HashMap<String, u64> {
+        &self.calls
+    }
+
+    pub fn requests(&self) -> Vec<RecordedRequest> {
+        self.requests.iter().cloned().collect()
+    }
+
+    /// Spends one request and `tokens` tokens of the deployment's window and says what is left.
+    pub fn spend(&mut self, deployment: &str, requests: u64, tokens: u64) -> Remaining {
+        let now = Instant::now();
+        let budget = self.budgets.entry(deployment.to_owned()).or_insert(Budget {
+            window_start: now,
+            requests: 0,
+            tokens: 0,
+        });
+        if now.duration_since(budget.window_start) >= RATE_WINDOW {
+            *budget = Budget { window_start: now, requests: 0, tokens: 0 };
+        }
+        budget.requests = budget.requests.saturating_add(requests);
+        budget.tokens = budget.tokens.saturating_add(tokens);
+        Remaining {
+            requests: REQUEST_LIMIT.saturating_sub(budget.requests),
+            tokens: TOKEN_LIMIT.saturating_sub(budget.tokens),
+        }
+    }
+
+    pub fn reset(&mut self) {
+        *self = State::default();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(dep: Option<&str>) -> RecordedRequest {
+        RecordedRequest {
+            method: "POST".into(),
+            path: "/".into(),
+            query: None,
+            headers: BTreeMap::new(),
+            body: Bytes::new(),
+            deployment: dep.map(str::to_owned),
+        }
+    }
+
+    #[test]
+    fn records_are_bounded_and_count_per_deployment() {
+        let mut s = State::default();
+        for _ in 0..MAX_RECORDED_REQUESTS + 10 {
+            s.record(req(Some("a")));
+        }
+        s.record(req(None));
+        assert_eq!(s.requests().len(), MAX_RECORDED_REQUESTS);
+        assert_eq!(s.calls("a"), (MAX_RECORDED_REQUESTS + 10) as u64);
+        assert_eq!(s.calls("b"), 0);
+    }
+
+    #[test]
+    fn redaction_keeps_only_a_hint() {
+        let mut r = req(None);
+        r.headers.insert("api-key".into(), "0123456789abcdefWXYZ".into());
+        r.headers.insert("authorization".into(), "Bearer short".into());
+        r.headers.insert("user-agent".into(), "ua".into());
+        let red = r.redacted();
+        assert_eq!(red.header("api-key"), Some("…WXYZ"));
+        assert_eq!(red.header("authorization"), Some("Bearer …"));
+        assert_eq!(red.header("user-agent"), Some("ua"));
+    }
+
+    #[test]
+    fn budget_counts_down() {
+        let mut s = State::default();
+        let a = s.spend("d", 1, 10);
+        let b = s.spend("d", 1, 10);
+        assert_eq!(a, Remaining { requests: REQUEST_LIMIT - 1, tokens: TOKEN_LIMIT - 10 });
+        assert_eq!(b, Remaining { requests: REQUEST_LIMIT - 2, tokens: TOKEN_LIMIT - 20 });
+    }
+}

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# The test command (README): builds everything and runs every test of the workspace —
+# unit, store (SQLite and PostgreSQL), admin API, data plane, and the end-to-end scenarios
+# over real processes, including the official openai Python SDK against the gateway.
+#
+# Needs: PostgreSQL on 127.0.0.1:5432 (trust auth; override with MODELGW_TEST_POSTGRES_URL) and
+# python3 with venv (the openai SDK is installed into a cached virtualenv).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/modelgw/target}"
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+CACHE="${MODELGW_CACHE:-$HOME/.cache/modelgw}"
+OPENAI_SDK_VERSION="3.57.0" # the version ../shared/azure-wire.md verified against
+
+# PostgreSQL: the store tests run on it as well as SQLite, and fail (never skip) without it.
+if ! pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; then
+  if command -v pg_ctlcluster >/dev/null && [ -d /etc/postgresql ]; then
+    echo "starting PostgreSQL"
+    pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -n1)" main start
+    for _ in $(seq 1 30); do pg_isready -q -h 127.0.0.1 -p 5432 && break; sleep 1; done
+  fi
+fi
+
+# The official openai SDK, in a virtualenv of its own.
+VENV="$CACHE/venv-openai-$OPENAI_SDK_VERSION"
+if ! "$VENV/bin/python" -c "import openai" 2>/dev/null; then
+  echo "installing openai==$OPENAI_SDK_VERSION into $VENV"
+  python3 -m venv "$VENV"
+  "$VENV/bin/pip" install --quiet --disable-pip-version-check "openai==$OPENAI_SDK_VERSION"
+fi
+export MODELGW_PYTHON="$VENV/bin/python"
+
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --workspace --locked --no-fail-fast "$@"
+  # nextest does not run doctests.
+  cargo test --workspace --locked --doc
+else
+  cargo test --workspace --locked --no-fail-fast "$@"
+fi
