@@ -74,9 +74,18 @@ async fn states_follow_data_plane_health_reports() {
         .expect("send hello");
         let mut inbound =
             client.stream(ReceiverStream::new(rx)).await.expect("stream").into_inner();
-        let first = inbound.message().await.expect("message").expect("a snapshot");
-        let Some(cfg::control_plane_message::Kind::Snapshot(snapshot)) = first.kind else {
-            panic!("expected a snapshot")
+        // The publisher reloads asynchronously after each commit: the first snapshot sent may
+        // predate the endpoints created above, and reports about endpoints a snapshot does not
+        // know are ignored. Take snapshots until the current version arrives.
+        let current = h.store.config_version().await.expect("version").0;
+        let snapshot = loop {
+            let next = inbound.message().await.expect("message").expect("a snapshot");
+            let Some(cfg::control_plane_message::Kind::Snapshot(snapshot)) = next.kind else {
+                panic!("expected a snapshot")
+            };
+            if snapshot.version >= current {
+                break snapshot;
+            }
         };
         tx.send(msg(cfg::data_plane_message::Kind::Ack(cfg::Ack { version: snapshot.version })))
             .await

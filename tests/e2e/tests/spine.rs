@@ -285,3 +285,27 @@ async fn bad_admin_input_is_refused_and_leaves_the_version_unchanged() -> anyhow
     assert_eq!(admin.config_version().await?, version);
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_gateway_key_stops_working_on_every_data_plane() -> anyhow::Result<()> {
+    let mut cluster = Cluster::new(BIN)?;
+    let key = cluster.standard(2).await?;
+    let admin = cluster.admin();
+    let (_, gateways) = admin.call("GET", "/api/v1/gateways", None).await?;
+    let gateway_id = gateways[0]["id"].as_str().expect("gateway id").to_owned();
+    let (_, keys) = admin.call("GET", &format!("/api/v1/gateways/{gateway_id}/keys"), None).await?;
+    assert!(keys.to_string().find(&key).is_none(), "a key list never shows the secret");
+    let key_id = keys[0]["id"].as_str().expect("key id").to_owned();
+
+    let (status, _) =
+        admin.call("DELETE", &format!("/api/v1/gateways/{gateway_id}/keys/{key_id}"), None).await?;
+    assert_eq!(status, 204);
+    let version = admin.config_version().await?;
+    admin.wait_for_applied(&["dp-0", "dp-1"], version, Duration::from_secs(1)).await?;
+    for i in 0..2 {
+        let (status, _, body) = chat(cluster.gateway_url(i), &key, "gpt-4o-mini").await?;
+        assert_eq!(status, 401, "data plane {i} still accepts a revoked key: {body}");
+        assert_eq!(body["error"]["code"], "401", "Azure-shaped: {body}");
+    }
+    Ok(())
+}
