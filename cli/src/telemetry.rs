@@ -5,6 +5,8 @@
 //! per line for log pipelines. When `OTEL_EXPORTER_OTLP_ENDPOINT` is set, spans are also exported
 //! over OTLP/gRPC; a missing collector never blocks start-up.
 
+use std::io::IsTerminal;
+
 use anyhow::Context;
 use opentelemetry::trace::TracerProvider as _;
 use tracing_subscriber::layer::SubscriberExt;
@@ -41,7 +43,13 @@ pub fn init(service: &'static str) -> anyhow::Result<TelemetryGuard> {
             .with_writer(std::io::stderr)
             .boxed()
     } else {
-        tracing_subscriber::fmt::layer().with_target(false).with_writer(std::io::stderr).boxed()
+        // Colour only for a person at a terminal: log files and collectors get plain text.
+        let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+        tracing_subscriber::fmt::layer()
+            .with_target(false)
+            .with_ansi(ansi)
+            .with_writer(std::io::stderr)
+            .boxed()
     };
 
     let (otel, provider) = if std::env::var_os("OTEL_EXPORTER_OTLP_ENDPOINT").is_some() {
