@@ -109,6 +109,7 @@ impl DataPlane {
             .expect("stream ended");
         match received.kind {
             Some(cfg::control_plane_message::Kind::Snapshot(s)) => s,
+            Some(other) => panic!("expected a snapshot, got {other:?}"),
             None => panic!("empty control-plane message"),
         }
     }

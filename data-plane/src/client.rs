@@ -341,6 +341,7 @@ mod tests {
                     id: GatewayKeyId::new().to_string(),
                     sha256: gateway_key_hash("client-key").to_vec(),
                 }],
+                routing: None,
             }],
         }
     }

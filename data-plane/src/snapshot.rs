@@ -354,6 +354,7 @@ pub(crate) mod tests {
             name: name.to_owned(),
             members,
             keys: vec![GatewayKey { id: GatewayKeyId::new(), sha256: gateway_key_hash(key) }],
+            routing: Default::default(),
         }
     }
 

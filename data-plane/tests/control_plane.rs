@@ -118,6 +118,7 @@ fn wire_snapshot(
                 id: GatewayKeyId::new().to_string(),
                 sha256: gateway_key_hash(CLIENT_KEY).to_vec(),
             }],
+            routing: None,
         }],
     }
 }

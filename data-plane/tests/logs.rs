@@ -94,6 +94,7 @@ async fn request_logs_name_endpoints_and_outcomes_but_never_a_key() -> Result<()
                 id: GatewayKeyId::new(),
                 sha256: gateway_key_hash(CLIENT_KEY),
             }],
+            routing: Default::default(),
         }],
         endpoints,
     };

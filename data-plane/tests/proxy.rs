@@ -84,6 +84,7 @@ fn snapshot(version: u64, members: &[(&Region, u32, u32)]) -> Result<Snapshot> {
                 id: GatewayKeyId::new(),
                 sha256: gateway_key_hash(CLIENT_KEY),
             }],
+            routing: Default::default(),
         }],
     })
 }

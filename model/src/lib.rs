@@ -13,5 +13,5 @@ pub use ids::{ConfigVersion, EndpointId, GatewayId, GatewayKeyId, NodeId};
 pub use secret::Secret;
 pub use snapshot::{
     Credential, Endpoint, EndpointState, Gateway, GatewayKey, GatewayMember, InvalidSnapshot,
-    Platform, Snapshot, gateway_key_hash,
+    Platform, RoutingPolicy, RoutingStrategy, Snapshot, gateway_key_hash,
 };

@@ -93,12 +93,37 @@ pub struct GatewayKey {
     pub sha256: [u8; 32],
 }
 
+/// How a gateway picks among the available members of its best priority group.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum RoutingStrategy {
+    /// Weighted random by member `weight`.
+    #[default]
+    Weighted,
+    /// Latency-aware: power of two choices over a decaying average of time to first byte.
+    Fastest,
+}
+
+/// A gateway's routing settings.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RoutingPolicy {
+    pub strategy: RoutingStrategy,
+    /// When every member is unavailable, wait for the first to recover if that fits within the
+    /// request deadline, instead of answering 429/503 at once.
+    pub wait_for_recovery: bool,
+    /// End-to-end deadline of one request; `None` = the data plane's default.
+    pub request_timeout_ms: Option<u32>,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Gateway {
     pub id: GatewayId,
     pub name: String,
     pub members: Vec<GatewayMember>,
     pub keys: Vec<GatewayKey>,
+    pub routing: RoutingPolicy,
 }
 
 /// The whole routing configuration at one version, validated.
@@ -212,7 +237,26 @@ impl TryFrom<cfg::Snapshot> for Snapshot {
                 }
                 keys.push(GatewayKey { id: parse_id(&format!("{field}.id"), &k.id)?, sha256 });
             }
-            gateways.push(Gateway { id, name: g.name, members, keys });
+            let routing = match g.routing {
+                None => RoutingPolicy::default(),
+                Some(r) => RoutingPolicy {
+                    strategy: match cfg::RoutingStrategy::try_from(r.strategy) {
+                        Ok(cfg::RoutingStrategy::Unspecified | cfg::RoutingStrategy::Weighted) => {
+                            RoutingStrategy::Weighted
+                        }
+                        Ok(cfg::RoutingStrategy::Fastest) => RoutingStrategy::Fastest,
+                        Err(_) => {
+                            return Err(invalid(
+                                f("routing.strategy"),
+                                format!("unknown strategy {}", r.strategy),
+                            ));
+                        }
+                    },
+                    wait_for_recovery: r.wait_for_recovery,
+                    request_timeout_ms: (r.request_timeout_ms > 0).then_some(r.request_timeout_ms),
+                },
+            };
+            gateways.push(Gateway { id, name: g.name, members, keys, routing });
         }
         Ok(Snapshot { version: ConfigVersion(wire.version), endpoints, gateways })
     }
@@ -270,6 +314,14 @@ impl From<&Snapshot> for cfg::Snapshot {
                             sha256: k.sha256.to_vec(),
                         })
                         .collect(),
+                    routing: Some(cfg::RoutingPolicy {
+                        strategy: match g.routing.strategy {
+                            RoutingStrategy::Weighted => cfg::RoutingStrategy::Weighted,
+                            RoutingStrategy::Fastest => cfg::RoutingStrategy::Fastest,
+                        } as i32,
+                        wait_for_recovery: g.routing.wait_for_recovery,
+                        request_timeout_ms: g.routing.request_timeout_ms.unwrap_or(0),
+                    }),
                 })
                 .collect(),
         }
@@ -316,6 +368,11 @@ mod tests {
                     id: GatewayKeyId::new().to_string(),
                     sha256: gateway_key_hash("secret").to_vec(),
                 }],
+                routing: Some(cfg::RoutingPolicy {
+                    strategy: cfg::RoutingStrategy::Fastest as i32,
+                    wait_for_recovery: true,
+                    request_timeout_ms: 30_000,
+                }),
             }],
         }
     }

@@ -1,6 +1,6 @@
 //! The whole configuration at one version, as data planes route with it.
 
-use modelgw_model::{Credential, Endpoint, Gateway, GatewayKey, Snapshot};
+use modelgw_model::{Credential, Endpoint, Gateway, GatewayKey, RoutingPolicy, Snapshot};
 use sqlx::Row as _;
 
 use super::endpoints::platform_from_db;
@@ -82,6 +82,8 @@ impl Store {
                 name: row.try_get("name")?,
                 members: members.remove(&id).unwrap_or_default(),
                 keys: keys.remove(&id).unwrap_or_default(),
+                // Stored routing settings arrive with the routing engine (issue #3).
+                routing: RoutingPolicy::default(),
             });
         }
         tracing::debug!(endpoints = endpoints.len(), gateways = gateways.len(), "snapshot loaded");
