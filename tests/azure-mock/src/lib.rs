@@ -1,0 +1,1 @@
+//! Mocks of Azure Resource Manager and Entra ID token endpoints (being built).
