@@ -93,18 +93,56 @@ pub struct EndpointResponse {
     /// Last four characters of the API key (`…a1b2`), or `…` for keys too short to hint.
     #[schema(example = "…a1b2")]
     pub api_key_hint: String,
-    /// Health as reported by the data planes.
+    /// Fleet health: `throttling` if any data plane is in a 429 window for it, else `error` if
+    /// any is in an error window, else `healthy`.
     pub state: EndpointState,
     /// Why the endpoint is not healthy (absent when healthy).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub state_reason: Option<String>,
-    /// Until when the data planes avoid it (absent when healthy or unknown).
+    /// Until when the fleet avoids the endpoint: the latest window end among the data planes
+    /// reporting the current state (absent when healthy).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry_after: Option<DateTime<Utc>>,
+    /// Alias of `retry_after`, kept for clients of the first API version.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub state_until: Option<DateTime<Utc>>,
-    /// Node id of the data plane that reported the state (absent when healthy).
+    /// Node id of the data plane whose report sets `state` and `retry_after` (absent when
+    /// healthy).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub state_reported_by: Option<String>,
+    /// The most recent failure any data plane reported, also after recovery (absent when
+    /// none was ever reported, or since the reports aged out after a day).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<LastErrorResponse>,
+    /// What each data plane last reported about the endpoint, sorted by node id.
+    pub data_planes: Vec<DataPlaneHealthResponse>,
     pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// The most recent failure reported for an endpoint.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct LastErrorResponse {
+    /// e.g. `429 from upstream`; never contains a secret.
+    pub reason: String,
+    pub at: DateTime<Utc>,
+    /// The data plane that reported it.
+    pub node_id: String,
+}
+
+/// One data plane's view of an endpoint.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DataPlaneHealthResponse {
+    pub node_id: String,
+    /// `healthy` once the window it reported has passed.
+    pub state: EndpointState,
+    /// Until when this data plane avoids the endpoint (absent when healthy).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub until: Option<DateTime<Utc>>,
+    /// The reason of its latest report (kept after the window passed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// When the control plane received its latest report.
     pub updated_at: DateTime<Utc>,
 }
 
@@ -112,6 +150,7 @@ impl EndpointResponse {
     fn new(record: EndpointRecord, health: EndpointHealthView) -> Self {
         // A reason is only meaningful next to the state it explains.
         let unhealthy = health.state != EndpointState::Healthy;
+        let until = health.until.filter(|_| unhealthy);
         EndpointResponse {
             id: record.id,
             name: record.name,
@@ -124,8 +163,25 @@ impl EndpointResponse {
             api_key_hint: record.api_key_hint,
             state: health.state,
             state_reason: health.reason.filter(|_| unhealthy),
-            state_until: health.until.filter(|_| unhealthy),
+            retry_after: until,
+            state_until: until,
             state_reported_by: health.reported_by.filter(|_| unhealthy).map(|n| n.0),
+            last_error: health.last_error.map(|e| LastErrorResponse {
+                reason: e.reason,
+                at: e.at,
+                node_id: e.node_id.0,
+            }),
+            data_planes: health
+                .data_planes
+                .into_iter()
+                .map(|d| DataPlaneHealthResponse {
+                    node_id: d.node_id.0,
+                    state: d.state,
+                    until: d.until,
+                    reason: d.reason,
+                    updated_at: d.updated_at,
+                })
+                .collect(),
             created_at: record.created_at,
             updated_at: record.updated_at,
         }

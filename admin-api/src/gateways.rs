@@ -8,13 +8,17 @@ use axum::response::IntoResponse;
 use chrono::{DateTime, Utc};
 use http::{StatusCode, header};
 use modelgw_control_plane::store::{GatewayPatch, GatewayRecord, NewGateway};
-use modelgw_model::{EndpointId, EndpointState, GatewayId, GatewayMember};
+use modelgw_model::{
+    EndpointId, EndpointState, GatewayId, GatewayMember, RoutingPolicy, RoutingStrategy,
+};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::body::JsonBody;
 use crate::problem::{ApiError, Problem};
-use crate::validate::{MAX_GATEWAY_MEMBERS, PRIORITY_RANGE, Validator, WEIGHT_RANGE, path_id};
+use crate::validate::{
+    MAX_GATEWAY_MEMBERS, PRIORITY_RANGE, REQUEST_TIMEOUT_MS_RANGE, Validator, WEIGHT_RANGE, path_id,
+};
 use crate::{AdminState, ConfigChange};
 
 const ENTITY: &str = "gateway";
@@ -43,6 +47,59 @@ pub struct GatewayMemberInput {
     pub weight: Option<i64>,
 }
 
+/// How the gateway picks among its available members. Omitted fields take their defaults.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RoutingInput {
+    /// `weighted`: random by member `weight` within the best priority group. `fastest`:
+    /// latency-aware (power of two choices over a decaying average of time to first byte).
+    #[schema(value_type = Option<RoutingStrategy>, default = "weighted")]
+    pub strategy: Option<String>,
+    /// When every member is unavailable, wait for the first to recover if that fits within
+    /// the request deadline, instead of answering 429/503 at once.
+    #[schema(default = false)]
+    pub wait_for_recovery: Option<bool>,
+    /// End-to-end deadline of one request in milliseconds, 1000–600000; `null` = the data
+    /// plane's default.
+    #[schema(value_type = Option<u32>, minimum = 1000, maximum = 600000)]
+    pub request_timeout_ms: Option<i64>,
+}
+
+/// A gateway's routing settings.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RoutingResponse {
+    pub strategy: RoutingStrategy,
+    pub wait_for_recovery: bool,
+    /// Milliseconds; `null` = the data plane's default deadline.
+    #[schema(required = true, minimum = 1000, maximum = 600000)]
+    pub request_timeout_ms: Option<u32>,
+}
+
+impl From<RoutingPolicy> for RoutingResponse {
+    fn from(r: RoutingPolicy) -> Self {
+        RoutingResponse {
+            strategy: r.strategy,
+            wait_for_recovery: r.wait_for_recovery,
+            request_timeout_ms: r.request_timeout_ms,
+        }
+    }
+}
+
+/// A gateway's availability from the fleet health of its enabled members.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum GatewayState {
+    /// Every enabled member is available.
+    Healthy,
+    /// Some enabled members are unavailable; the others serve.
+    Degraded,
+    /// Every enabled member is unavailable and at least one is throttling (clients get 429
+    /// with `Retry-After`).
+    Throttling,
+    /// Every enabled member is unavailable and none is throttling, or no member is enabled.
+    Error,
+}
+
 /// A new gateway.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -53,16 +110,20 @@ pub struct CreateGatewayRequest {
     pub name: String,
     /// Members in order of preference for display; may be empty.
     pub endpoints: Vec<GatewayMemberInput>,
+    /// Routing settings; omitted = weighted, no waiting, the data plane's default deadline.
+    pub routing: Option<RoutingInput>,
 }
 
 /// A partial update: absent (or `null`) fields stay as they are; `endpoints` replaces the
-/// whole member list. At least one field must be given.
+/// whole member list and `routing` the whole routing settings (its omitted fields take their
+/// defaults). At least one field must be given.
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateGatewayRequest {
     #[schema(pattern = "^[A-Za-z0-9._-]{1,64}$")]
     pub name: Option<String>,
     pub endpoints: Option<Vec<GatewayMemberInput>>,
+    pub routing: Option<RoutingInput>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -80,10 +141,11 @@ pub struct GatewayResponse {
     pub id: GatewayId,
     pub name: String,
     pub endpoints: Vec<GatewayMemberResponse>,
-    /// `throttling` when every enabled member is throttling; `error` when every enabled
-    /// member is unavailable (throttling or error) and at least one is in error, or when no
-    /// member is enabled; otherwise `healthy`.
-    pub state: EndpointState,
+    pub routing: RoutingResponse,
+    /// From the fleet health of the enabled members: `healthy` (all available), `degraded`
+    /// (some unavailable), `throttling` (all unavailable, at least one throttling), `error`
+    /// (all unavailable and none throttling, or no member enabled).
+    pub state: GatewayState,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -93,19 +155,20 @@ pub struct GatewayResponse {
 pub fn gateway_state(
     members: &[GatewayMember],
     health: impl Fn(EndpointId) -> EndpointState,
-) -> EndpointState {
+) -> GatewayState {
     let states: Vec<EndpointState> =
         members.iter().filter(|m| m.enabled).map(|m| health(m.endpoint_id)).collect();
+    let unavailable = states.iter().filter(|s| **s != EndpointState::Healthy).count();
     if states.is_empty() {
-        return EndpointState::Error;
-    }
-    if states.iter().all(|s| *s == EndpointState::Throttling) {
-        EndpointState::Throttling
-    } else if states.iter().all(|s| *s != EndpointState::Healthy) {
-        // Not all throttling, none healthy: at least one is in error.
-        EndpointState::Error
+        GatewayState::Error
+    } else if unavailable == 0 {
+        GatewayState::Healthy
+    } else if unavailable < states.len() {
+        GatewayState::Degraded
+    } else if states.contains(&EndpointState::Throttling) {
+        GatewayState::Throttling
     } else {
-        EndpointState::Healthy
+        GatewayState::Error
     }
 }
 
@@ -125,6 +188,7 @@ fn respond(state: &AdminState, record: GatewayRecord) -> GatewayResponse {
                 weight: m.weight,
             })
             .collect(),
+        routing: record.routing.into(),
         state: gateway_state,
         created_at: record.created_at,
         updated_at: record.updated_at,
@@ -169,22 +233,39 @@ fn validate_members(v: &mut Validator, inputs: Vec<GatewayMemberInput>) -> Vec<G
     members
 }
 
+fn validate_routing(v: &mut Validator, input: RoutingInput) -> RoutingPolicy {
+    let strategy = match &input.strategy {
+        Some(s) => v.routing_strategy("routing.strategy", s),
+        None => RoutingStrategy::default(),
+    };
+    let request_timeout_ms = input
+        .request_timeout_ms
+        .map(|ms| v.in_range("routing.request_timeout_ms", ms, REQUEST_TIMEOUT_MS_RANGE));
+    RoutingPolicy {
+        strategy,
+        wait_for_recovery: input.wait_for_recovery.unwrap_or_default(),
+        request_timeout_ms,
+    }
+}
+
 fn validate_create(req: CreateGatewayRequest) -> Result<NewGateway, ApiError> {
     let mut v = Validator::new();
     let name = v.gateway_name("name", &req.name);
     let members = validate_members(&mut v, req.endpoints);
-    v.finish(NewGateway { name, members })
+    let routing = validate_routing(&mut v, req.routing.unwrap_or_default());
+    v.finish(NewGateway { name, members, routing })
 }
 
 fn validate_update(req: UpdateGatewayRequest) -> Result<GatewayPatch, ApiError> {
     let mut v = Validator::new();
-    if req.name.is_none() && req.endpoints.is_none() {
+    if req.name.is_none() && req.endpoints.is_none() && req.routing.is_none() {
         // An empty patch would still bump the configuration version and push a snapshot.
         v.error("body", "must set at least one field");
     }
     let name = req.name.map(|n| v.gateway_name("name", &n));
     let members = req.endpoints.map(|m| validate_members(&mut v, m));
-    v.finish(GatewayPatch { name, members })
+    let routing = req.routing.map(|r| validate_routing(&mut v, r));
+    v.finish(GatewayPatch { name, members, routing })
 }
 
 /// Create a gateway.
@@ -317,7 +398,7 @@ mod tests {
         GatewayMember { endpoint_id: EndpointId::new(), enabled, priority: 0, weight: 1 }
     }
 
-    fn state_of(members: &[(GatewayMember, EndpointState)]) -> EndpointState {
+    fn state_of(members: &[(GatewayMember, EndpointState)]) -> GatewayState {
         let ms: Vec<GatewayMember> = members.iter().map(|(m, _)| m.clone()).collect();
         let health: HashMap<EndpointId, EndpointState> =
             members.iter().map(|(m, s)| (m.endpoint_id, *s)).collect();
@@ -327,15 +408,81 @@ mod tests {
     #[test]
     fn gateway_state_follows_its_enabled_members() {
         use EndpointState::{Error, Healthy, Throttling};
-        assert_eq!(state_of(&[]), Error, "no members");
-        assert_eq!(state_of(&[(member(false), Healthy)]), Error, "no enabled member");
-        assert_eq!(state_of(&[(member(true), Healthy), (member(true), Throttling)]), Healthy);
-        assert_eq!(state_of(&[(member(true), Throttling), (member(true), Throttling)]), Throttling);
-        assert_eq!(state_of(&[(member(true), Throttling), (member(true), Error)]), Error);
-        assert_eq!(state_of(&[(member(true), Error)]), Error);
-        // A disabled healthy member does not make the gateway healthy.
-        assert_eq!(state_of(&[(member(true), Throttling), (member(false), Healthy)]), Throttling);
-        assert_eq!(state_of(&[(member(true), Healthy), (member(false), Error)]), Healthy);
+        assert_eq!(state_of(&[]), GatewayState::Error, "no members");
+        assert_eq!(state_of(&[(member(false), Healthy)]), GatewayState::Error, "none enabled");
+        assert_eq!(
+            state_of(&[(member(true), Healthy), (member(true), Throttling)]),
+            GatewayState::Degraded
+        );
+        assert_eq!(
+            state_of(&[(member(true), Healthy), (member(true), Error)]),
+            GatewayState::Degraded
+        );
+        assert_eq!(
+            state_of(&[(member(true), Throttling), (member(true), Throttling)]),
+            GatewayState::Throttling
+        );
+        // All unavailable, one throttling: clients get 429 with Retry-After, not 503.
+        assert_eq!(
+            state_of(&[(member(true), Throttling), (member(true), Error)]),
+            GatewayState::Throttling
+        );
+        assert_eq!(state_of(&[(member(true), Error)]), GatewayState::Error);
+        assert_eq!(state_of(&[(member(true), Healthy)]), GatewayState::Healthy);
+        // Disabled members count for nothing either way.
+        assert_eq!(
+            state_of(&[(member(true), Throttling), (member(false), Healthy)]),
+            GatewayState::Throttling
+        );
+        assert_eq!(
+            state_of(&[(member(true), Healthy), (member(false), Error)]),
+            GatewayState::Healthy
+        );
+    }
+
+    #[test]
+    fn routing_defaults_and_bounds() {
+        let new = validate_create(CreateGatewayRequest {
+            name: "gw".into(),
+            endpoints: vec![],
+            routing: None,
+        })
+        .expect("valid");
+        assert_eq!(new.routing, RoutingPolicy::default());
+        let err = validate_create(CreateGatewayRequest {
+            name: "gw".into(),
+            endpoints: vec![],
+            routing: Some(RoutingInput {
+                strategy: Some("round_robin".into()),
+                wait_for_recovery: None,
+                request_timeout_ms: Some(999),
+            }),
+        });
+        let Err(ApiError::Validation(errors)) = err else { panic!("expected validation errors") };
+        assert_eq!(
+            errors,
+            vec![
+                FieldError::new("routing.strategy", "must be one of: weighted, fastest"),
+                FieldError::new("routing.request_timeout_ms", "must be between 1000 and 600000"),
+            ]
+        );
+        let patch = validate_update(UpdateGatewayRequest {
+            routing: Some(RoutingInput {
+                strategy: Some("fastest".into()),
+                wait_for_recovery: Some(true),
+                request_timeout_ms: Some(600_000),
+            }),
+            ..Default::default()
+        })
+        .expect("valid");
+        assert_eq!(
+            patch.routing,
+            Some(RoutingPolicy {
+                strategy: RoutingStrategy::Fastest,
+                wait_for_recovery: true,
+                request_timeout_ms: Some(600_000),
+            })
+        );
     }
 
     fn input(id: &str) -> GatewayMemberInput {
@@ -348,6 +495,7 @@ mod tests {
         let new = validate_create(CreateGatewayRequest {
             name: "gpt-4o".into(),
             endpoints: vec![input(&id.to_string())],
+            routing: None,
         })
         .expect("valid");
         assert_eq!(
@@ -366,6 +514,7 @@ mod tests {
                 GatewayMemberInput { weight: Some(0), priority: Some(101), ..input("nope") },
                 input(&id),
             ],
+            routing: None,
         });
         let Err(ApiError::Validation(errors)) = err else { panic!("expected validation errors") };
         assert_eq!(

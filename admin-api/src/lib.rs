@@ -16,6 +16,7 @@
 //! configuration, no secrets) and tooling fetches it before it has credentials.
 
 mod auth;
+mod azure;
 mod body;
 mod endpoints;
 mod gateways;
@@ -29,10 +30,13 @@ mod validate;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::middleware::{from_fn, from_fn_with_state};
-use axum::routing::{delete, get};
+use axum::routing::{delete, get, post};
 use modelgw_control_plane::{ConfigChanges, DataPlaneRegistry, Store};
 use modelgw_model::ConfigVersion;
 
+pub use azure::{
+    AzureConfigError, AzureImport, AzureImportConfig, MAX_DISCOVERY_JOBS, MAX_IMPORT_IDS,
+};
 pub use body::MAX_BODY_BYTES;
 pub use openapi::openapi;
 pub use problem::{FieldError, PROBLEM_JSON, Problem};
@@ -51,6 +55,8 @@ pub struct AdminState {
     pub registry: DataPlaneRegistry,
     /// SHA-256 of the admin bearer token.
     pub admin_token_sha256: [u8; 32],
+    /// Azure discovery/import: configuration read once at start, and the in-memory jobs.
+    pub azure: AzureImport,
 }
 
 impl AdminState {
@@ -93,6 +99,10 @@ pub fn router(state: AdminState) -> Router {
         .route("/gateways/{id}/keys", get(keys::list).post(keys::create))
         .route("/gateways/{id}/keys/{key_id}", delete(keys::revoke))
         .route("/status", get(status::get))
+        .route("/azure/discoveries", post(azure::start_discovery))
+        .route("/azure/discoveries/{id}", get(azure::get_discovery))
+        .route("/azure/imports", post(azure::import))
+        .route("/azure/gateway-proposals", post(azure::propose_gateways))
         // Both fallbacks before the auth layer, so an unauthenticated caller learns nothing
         // about which routes exist.
         .method_not_allowed_fallback(method_not_allowed)

@@ -14,7 +14,7 @@ use utoipa::openapi::{Content, Ref, RefOr};
 use utoipa::{Modify, OpenApi};
 
 use crate::problem::ApiError;
-use crate::{endpoints, gateways, keys, problem, status};
+use crate::{azure, endpoints, gateways, keys, problem, status};
 
 /// Name of the security scheme every protected operation requires.
 const SECURITY_SCHEME: &str = "admin_token";
@@ -45,6 +45,10 @@ const SECURITY_SCHEME: &str = "admin_token";
         keys::list,
         keys::revoke,
         status::get,
+        azure::start_discovery,
+        azure::get_discovery,
+        azure::import,
+        azure::propose_gateways,
         openapi_json,
     ),
     components(schemas(problem::Problem, problem::FieldError)),
@@ -54,6 +58,7 @@ const SECURITY_SCHEME: &str = "admin_token";
         (name = "gateways", description = "Names clients call, routing over inference endpoints"),
         (name = "gateway-keys", description = "Keys clients present to a gateway"),
         (name = "status", description = "Configuration version and data planes"),
+        (name = "azure", description = "Discover Azure OpenAI deployments, import them, propose gateways"),
         (name = "meta", description = "This document"),
     )
 )]

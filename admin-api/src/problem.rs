@@ -89,6 +89,11 @@ pub enum ApiError {
     InUse {
         gateways: Vec<String>,
     },
+    /// Azure Resource Manager failed a call the request needed (e.g. `listKeys` at import).
+    /// The detail names the scope and ARM's reason; it never contains a key or token.
+    AzureUnavailable {
+        detail: String,
+    },
     /// Anything else. The message is logged, never sent.
     Internal(String),
 }
@@ -104,6 +109,7 @@ impl ApiError {
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::Conflict(_) | ApiError::InUse { .. } => StatusCode::CONFLICT,
+            ApiError::AzureUnavailable { .. } => StatusCode::BAD_GATEWAY,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -197,6 +203,13 @@ impl ApiError {
                 ),
                 vec![],
                 Some(gateways.clone()),
+            ),
+            ApiError::AzureUnavailable { detail } => (
+                "azure-unavailable",
+                "Azure Resource Manager call failed",
+                detail.clone(),
+                vec![],
+                None,
             ),
             ApiError::Internal(_) => (
                 "internal",

@@ -1,6 +1,6 @@
 //! Field validation that collects every error of a request before answering.
 
-use modelgw_model::{Platform, Secret};
+use modelgw_model::{Platform, RoutingStrategy, Secret};
 
 use crate::problem::{ApiError, FieldError};
 
@@ -25,6 +25,11 @@ pub const PRIORITY_RANGE: std::ops::RangeInclusive<i64> = 0..=100;
 
 /// Accepted `weight` range: relative share within a priority group. 1000 gives 0.1% steps.
 pub const WEIGHT_RANGE: std::ops::RangeInclusive<i64> = 1..=1000;
+
+/// Accepted `routing.request_timeout_ms`: end-to-end deadline of one request. Below 1 s not
+/// even a short completion's first token arrives reliably; above 10 min a client has long
+/// given up (Azure itself ends idle streams well before).
+pub const REQUEST_TIMEOUT_MS_RANGE: std::ops::RangeInclusive<i64> = 1_000..=600_000;
 
 /// Most members one gateway can have; well above any real failover set, and it bounds the
 /// work of one request.
@@ -123,6 +128,17 @@ impl Validator {
             None
         } else {
             Some(Secret::new(value))
+        }
+    }
+
+    pub fn routing_strategy(&mut self, field: &str, value: &str) -> RoutingStrategy {
+        match value.trim() {
+            "weighted" => RoutingStrategy::Weighted,
+            "fastest" => RoutingStrategy::Fastest,
+            _ => {
+                self.error(field, "must be one of: weighted, fastest");
+                RoutingStrategy::default()
+            }
         }
     }
 

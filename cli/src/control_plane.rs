@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
-use modelgw_admin_api::AdminState;
+use modelgw_admin_api::{AdminState, AzureImport, AzureImportConfig};
 use modelgw_control_plane::store::Backend;
 use modelgw_control_plane::{Distribution, MasterKey, Store};
 use tokio::net::TcpListener;
@@ -132,6 +132,10 @@ impl ControlPlane {
             changes: distribution.changes(),
             registry: distribution.registry(),
             admin_token_sha256: token_sha256,
+            // Read once here: discovery jobs use this credential and ARM endpoint until restart.
+            azure: AzureImport::new(
+                AzureImportConfig::from_env().context("reading the Azure import settings")?,
+            ),
         };
         Ok(ControlPlane {
             admin_addr: admin_listener.local_addr()?,

@@ -24,6 +24,14 @@ pub struct Args {
     /// Per-attempt time to wait for an upstream's response headers (e.g. 30s).
     #[arg(long, env = "MODELGW_UPSTREAM_TIMEOUT", value_parser = crate::control_plane::parse_duration)]
     pub upstream_timeout: Option<Duration>,
+    /// Default end-to-end deadline of one request, failovers included (a gateway's
+    /// `routing.request_timeout_ms` overrides it; a client's `x-modelgw-timeout-ms` may shorten it).
+    #[arg(long, env = "MODELGW_REQUEST_TIMEOUT", value_parser = crate::control_plane::parse_duration)]
+    pub request_timeout: Option<Duration>,
+    /// Longest silence between two chunks of a streamed answer before the stream is ended with
+    /// an error event.
+    #[arg(long, env = "MODELGW_STREAM_IDLE_TIMEOUT", value_parser = crate::control_plane::parse_duration)]
+    pub stream_idle_timeout: Option<Duration>,
 }
 
 impl Args {
@@ -35,6 +43,8 @@ impl Args {
             node_id: self.node_id.clone().unwrap_or_else(default_node_id),
             max_body_bytes: self.max_body_bytes.unwrap_or(defaults.max_body_bytes),
             upstream_timeout: self.upstream_timeout.unwrap_or(defaults.upstream_timeout),
+            request_timeout: self.request_timeout.unwrap_or(defaults.request_timeout),
+            stream_idle_timeout: self.stream_idle_timeout.unwrap_or(defaults.stream_idle_timeout),
             ..defaults
         }
     }

@@ -102,6 +102,8 @@ pub async fn run(
         node_id: Some("demo-data-plane".to_owned()),
         max_body_bytes: None,
         upstream_timeout: None,
+        request_timeout: None,
+        stream_idle_timeout: None,
     };
     let dp = DataPlane::bind(dp_args.config()).await.context("binding the gateway")?;
     let gateway_url = format!("http://{}", dp.local_addr());

@@ -4,6 +4,7 @@
 //! - `modelgw data-plane`: the Azure OpenAI-compatible proxy apps call.
 //! - `modelgw mock-azure`: a faithful mock of one Azure OpenAI region, for tests and the demo.
 //! - `modelgw demo`: all of the above on one machine, ready to `curl`.
+//! - `modelgw import`: discover Azure OpenAI deployments via the control plane and import them.
 //!
 //! Every flag has an environment-variable twin, as container platforms expect. Each process
 //! prints one `modelgw <component> ready: key=value …` line on stdout once it listens; logs go
@@ -12,6 +13,7 @@
 mod control_plane;
 mod data_plane;
 mod demo;
+mod import;
 mod mock_azure;
 mod telemetry;
 
@@ -38,6 +40,8 @@ enum Command {
     MockAzure(mock_azure::Args),
     /// Run a complete local gateway: control plane on SQLite, a data plane, three mock regions.
     Demo(demo::Args),
+    /// Discover Azure OpenAI deployments through the control plane and import them.
+    Import(import::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -59,6 +63,7 @@ fn main() -> anyhow::Result<()> {
                 let _telemetry = telemetry::init("modelgw-mock-azure")?;
                 mock_azure::run(args, shutdown_signal()).await
             }
+            Command::Import(args) => import::run(args).await,
             Command::Demo(args) => {
                 let _telemetry = telemetry::init("modelgw-demo")?;
                 demo::run(args, shutdown_signal()).await

@@ -7,8 +7,22 @@
 //! per version, shared by every stream, and only ever replaced by a newer version. Streams
 //! read the latest value when they can send, so a slow data plane skips versions it no
 //! longer needs (snapshots are complete, never deltas).
+//!
+//! Fleet health works the same way: the registry aggregates every data plane's reports into
+//! one `watch` of `Arc<cfg::FleetHealth>` (replaced only when the aggregate changes), and
+//! each stream sends it after every snapshot and on every change. A report therefore reaches
+//! every other data plane in one in-memory hop; persisting it (for restarts and for other
+//! replicas, which merge stored reports on each poll tick) happens afterwards, in a
+//! background writer. Window ends are not pushed: every entry carries its `until`, which
+//! data planes honour themselves.
 
 mod grpc;
+mod health;
+
+pub use health::{
+    DataPlaneHealth, EndpointHealthView, HEALTH_FLUSH_TIMEOUT, HEALTH_PRUNE_INTERVAL,
+    HEALTH_RETENTION, LastError, UNTIMED_REPORT_WINDOW,
+};
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
@@ -58,26 +72,6 @@ pub struct DataPlaneStatus {
     pub last_nack: Option<String>,
 }
 
-/// Endpoint health as reported by data planes.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct EndpointHealthView {
-    pub state: EndpointState,
-    pub reason: Option<String>,
-    pub until: Option<DateTime<Utc>>,
-    pub reported_by: Option<NodeId>,
-}
-
-impl EndpointHealthView {
-    fn healthy() -> Self {
-        EndpointHealthView {
-            state: EndpointState::Healthy,
-            reason: None,
-            until: None,
-            reported_by: None,
-        }
-    }
-}
-
 /// Registry of data planes. Cheap to clone.
 ///
 /// Semantics:
@@ -87,18 +81,34 @@ impl EndpointHealthView {
 ///   in the logs rather than as silently mixed state.
 /// - `applied_version` comes from `Hello`, then from each `Ack` (which also clears
 ///   `last_nack`) and `Heartbeat`; every message refreshes `last_seen`.
-/// - Endpoint health is last-report-wins across data planes (`reported_by` says whose);
-///   reports naming endpoints outside the current snapshot are ignored, and health of
-///   endpoints that leave the configuration is forgotten when the next snapshot publishes.
-#[derive(Clone, Default)]
+/// - Endpoint health keeps the latest report per (endpoint, data plane) and aggregates them
+///   into a fleet state (rules in [`health`]); reports naming endpoints outside the current
+///   snapshot are ignored, and health of endpoints that leave the configuration is forgotten
+///   when the next snapshot publishes.
+/// - Whenever the fleet aggregate changes, the new `FleetHealth` is published to every stream
+///   (a `watch`, so a burst of reports coalesces and nothing is sent when nothing changed).
+/// - With a store attached (by [`Distribution::start`]) each report is also persisted by a
+///   background writer, after the push; health is never configuration and never bumps the
+///   version.
+#[derive(Clone)]
 pub struct DataPlaneRegistry {
     inner: Arc<Mutex<RegistryInner>>,
+    fleet: Arc<watch::Sender<Arc<cfg::FleetHealth>>>,
+    persist: Option<Arc<health::PendingWrites>>,
+}
+
+impl Default for DataPlaneRegistry {
+    fn default() -> Self {
+        let (fleet, _) = watch::channel(Arc::new(cfg::FleetHealth::default()));
+        DataPlaneRegistry { inner: Arc::default(), fleet: Arc::new(fleet), persist: None }
+    }
 }
 
 #[derive(Default)]
 struct RegistryInner {
     nodes: BTreeMap<NodeId, NodeEntry>,
-    health: HashMap<EndpointId, EndpointHealthView>,
+    /// Latest report per endpoint and data plane.
+    health: HashMap<EndpointId, BTreeMap<NodeId, health::NodeReport>>,
     next_connection: u64,
 }
 
@@ -134,21 +144,41 @@ impl DataPlaneRegistry {
         self.lock().nodes.values().map(|n| n.status.clone()).collect()
     }
 
-    /// Health of an endpoint; `Healthy` with no reason when nothing was reported or the
-    /// reported window has passed. After the window, the last reason and reporter are kept
-    /// (so operators can see what happened) but `until` is cleared.
+    /// Fleet health of an endpoint; `Healthy` with no reason when nothing was reported.
+    /// After every window has passed, the last failure's reason and reporter are kept (so
+    /// operators can see what happened) but `until` is cleared.
     pub fn endpoint_health(&self, id: EndpointId) -> EndpointHealthView {
-        let Some(mut view) = self.lock().health.get(&id).cloned() else {
-            return EndpointHealthView::healthy();
-        };
-        if view.state != EndpointState::Healthy
-            && let Some(until) = view.until
-            && until <= Utc::now()
-        {
-            view.state = EndpointState::Healthy;
-            view.until = None;
+        match self.lock().health.get(&id) {
+            Some(reports) => health::aggregate(reports, Utc::now()),
+            None => EndpointHealthView::healthy(),
         }
-        view
+    }
+
+    /// The fleet health data planes are sent: every endpoint unavailable somewhere. The
+    /// receiver sees each change; for in-process consumers and tests.
+    pub fn subscribe_fleet_health(&self) -> watch::Receiver<Arc<cfg::FleetHealth>> {
+        self.fleet.subscribe()
+    }
+
+    /// Recomputes the fleet aggregate and publishes it if it changed. Called inside the
+    /// caller's critical section, so publishes happen in the order of the changes.
+    fn publish_fleet(&self, inner: &RegistryInner) {
+        let message = health::fleet_message(&inner.health, Utc::now());
+        let mut message = Some(message);
+        let changed = self.fleet.send_if_modified(|current| {
+            if message.as_ref().is_some_and(|m| m != current.as_ref())
+                && let Some(m) = message.take()
+            {
+                *current = Arc::new(m);
+                true
+            } else {
+                false
+            }
+        });
+        if changed {
+            let unavailable = self.fleet.borrow().endpoints.len();
+            tracing::info!(unavailable, "fleet health changed; pushing to every data plane");
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, RegistryInner> {
@@ -213,26 +243,72 @@ impl DataPlaneRegistry {
         self.update(node_id, connection, |s| s.connected = false);
     }
 
+    /// Records a data plane's report, pushes the fleet aggregate if it changed, then queues
+    /// the report for persistence (in that order: the push must not wait on the database).
     pub(crate) fn report_health(&self, node_id: &NodeId, updates: Vec<HealthUpdate>) {
-        let mut inner = self.lock();
-        for u in updates {
-            inner.health.insert(
-                u.endpoint_id,
-                EndpointHealthView {
+        let now = Utc::now();
+        let mut written = Vec::with_capacity(updates.len());
+        {
+            let mut inner = self.lock();
+            for u in updates {
+                let reports = inner.health.entry(u.endpoint_id).or_default();
+                let previous_error = reports.get(node_id).and_then(|r| r.last_error.clone());
+                let last_error = if u.state == EndpointState::Healthy {
+                    previous_error
+                } else {
+                    let reason = u.reason.clone().unwrap_or_else(|| u.state.as_str().to_owned());
+                    Some((reason, now))
+                };
+                let report = health::NodeReport {
                     state: u.state,
-                    reason: u.reason,
                     until: u.until,
-                    reported_by: Some(node_id.clone()),
-                },
-            );
+                    reason: u.reason,
+                    last_error,
+                    updated_at: now,
+                };
+                written.push(report.to_record(u.endpoint_id, node_id));
+                reports.insert(node_id.clone(), report);
+            }
+            self.publish_fleet(&inner);
         }
+        if let Some(persist) = &self.persist {
+            for record in written {
+                persist.push(record);
+            }
+        }
+    }
+
+    /// Merges reports read from the store (at start, and from other replicas on each poll):
+    /// a stored report replaces ours only when it is newer.
+    pub(crate) fn merge_stored(&self, records: Vec<crate::store::EndpointHealthRecord>) {
+        let mut inner = self.lock();
+        for record in records {
+            let (endpoint_id, node_id, report) = health::NodeReport::from_record(record);
+            let reports = inner.health.entry(endpoint_id).or_default();
+            if reports.get(&node_id).is_none_or(|r| r.updated_at < report.updated_at) {
+                reports.insert(node_id, report);
+            }
+        }
+        self.publish_fleet(&inner);
+    }
+
+    /// Forgets reports received before `cutoff` whose windows also ended before it.
+    pub(crate) fn prune_health(&self, cutoff: DateTime<Utc>) {
+        let mut inner = self.lock();
+        for reports in inner.health.values_mut() {
+            reports.retain(|_, r| !r.expired(cutoff));
+        }
+        inner.health.retain(|_, reports| !reports.is_empty());
+        self.publish_fleet(&inner);
     }
 
     /// Forgets health of endpoints that are no longer configured.
     fn retain_health(&self, snapshot: &Snapshot) {
         let ids: std::collections::HashSet<EndpointId> =
             snapshot.endpoints.iter().map(|e| e.id).collect();
-        self.lock().health.retain(|id, _| ids.contains(id));
+        let mut inner = self.lock();
+        inner.health.retain(|id, _| ids.contains(id));
+        self.publish_fleet(&inner);
     }
 }
 
@@ -244,7 +320,10 @@ pub struct Distribution {
     snapshots: watch::Receiver<Arc<cfg::Snapshot>>,
     changes: ConfigChanges,
     registry: DataPlaneRegistry,
-    _publisher: AbortOnDrop,
+    /// For the final health flush at shutdown.
+    store: Store,
+    /// Publisher, health writer, health pruner.
+    _tasks: [AbortOnDrop; 3],
 }
 
 impl std::fmt::Debug for Distribution {
@@ -266,9 +345,19 @@ impl Distribution {
         log_publish(&snapshot, &wire);
         let (snapshot_tx, snapshots) = watch::channel(wire);
         let (requested_tx, requested_rx) = watch::channel(version);
-        let registry = DataPlaneRegistry::default();
+        let persist = Arc::new(health::PendingWrites::default());
+        let registry = DataPlaneRegistry { persist: Some(persist.clone()), ..Default::default() };
+        // What the fleet reported before this process started (or to other replicas).
+        registry.merge_stored(store.load_endpoint_health().await?);
+        let writer = tokio::spawn(
+            persist.run_writer(store.clone()).instrument(tracing::info_span!("health_writer")),
+        );
+        let pruner = tokio::spawn(
+            prune_health(store.clone(), registry.clone())
+                .instrument(tracing::info_span!("health_pruner")),
+        );
         let publisher = Publisher {
-            store,
+            store: store.clone(),
             registry: registry.clone(),
             snapshots: snapshot_tx,
             requested: requested_rx,
@@ -280,7 +369,8 @@ impl Distribution {
             snapshots,
             changes: ConfigChanges { requested: Arc::new(requested_tx) },
             registry,
-            _publisher: AbortOnDrop(task),
+            store,
+            _tasks: [AbortOnDrop(task), AbortOnDrop(writer), AbortOnDrop(pruner)],
         })
     }
 
@@ -305,17 +395,42 @@ impl Distribution {
 
     /// Serves `ConfigDiscovery` on `listener` until `shutdown` resolves. Open streams are
     /// ended with `UNAVAILABLE` at shutdown (otherwise the server would wait for them
-    /// forever), and data planes reconnect elsewhere or later.
+    /// forever), and data planes reconnect elsewhere or later. Health reports not yet
+    /// persisted are written before it returns (for at most [`HEALTH_FLUSH_TIMEOUT`]).
     pub async fn serve_grpc(
         &self,
         listener: tokio::net::TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), tonic::transport::Error> {
-        grpc::serve(self.snapshots.clone(), self.registry.clone(), listener, shutdown).await
+        let served =
+            grpc::serve(self.snapshots.clone(), self.registry.clone(), listener, shutdown).await;
+        if let Some(persist) = &self.registry.persist {
+            persist.flush(&self.store, HEALTH_FLUSH_TIMEOUT).await;
+        }
+        served
     }
 }
 
-/// Aborts the publisher when the `Distribution` goes away.
+/// Forgets old health reports every [`HEALTH_PRUNE_INTERVAL`], in memory and in the store.
+async fn prune_health(store: Store, registry: DataPlaneRegistry) {
+    let mut ticker = tokio::time::interval(HEALTH_PRUNE_INTERVAL);
+    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let retention =
+        chrono::Duration::from_std(HEALTH_RETENTION).unwrap_or(chrono::Duration::days(1));
+    loop {
+        ticker.tick().await;
+        let cutoff = Utc::now() - retention;
+        registry.prune_health(cutoff);
+        match store.prune_endpoint_health(cutoff).await {
+            Ok(rows) => tracing::debug!(rows, "old endpoint health pruned"),
+            Err(e) => {
+                tracing::warn!(error = %e, "pruning endpoint health failed; retrying at the next interval")
+            }
+        }
+    }
+}
+
+/// Aborts a background task when the `Distribution` goes away.
 struct AbortOnDrop(JoinHandle<()>);
 
 impl Drop for AbortOnDrop {
@@ -346,7 +461,14 @@ impl Publisher {
                     }
                     Some(*self.requested.borrow_and_update())
                 }
-                _ = ticker.tick() => None,
+                _ = ticker.tick() => {
+                    // Reports other replicas received (their data planes are not ours).
+                    match self.store.load_endpoint_health().await {
+                        Ok(records) => self.registry.merge_stored(records),
+                        Err(e) => tracing::warn!(error = %e, "endpoint health poll failed; retrying at the next tick"),
+                    }
+                    None
+                }
             };
             let current = self.current();
             match announced {
@@ -454,6 +576,48 @@ mod tests {
         assert_eq!(view.until, None);
         assert_eq!(registry.endpoint_health(future).state, EndpointState::Error);
         assert_eq!(registry.endpoint_health(EndpointId::new()), EndpointHealthView::healthy());
+    }
+
+    #[test]
+    fn fleet_health_is_published_only_when_the_aggregate_changes() {
+        let registry = DataPlaneRegistry::default();
+        let mut fleet = registry.subscribe_fleet_health();
+        let id = EndpointId::new();
+        let until = Some(Utc::now() + chrono::Duration::seconds(60));
+        let throttle = |name: &str| {
+            registry.report_health(
+                &node(name),
+                vec![HealthUpdate {
+                    endpoint_id: id,
+                    state: EndpointState::Throttling,
+                    reason: Some("429".into()),
+                    until,
+                }],
+            );
+        };
+        throttle("dp-1");
+        assert!(fleet.has_changed().expect("open"));
+        let seen = fleet.borrow_and_update().clone();
+        assert_eq!(seen.endpoints.len(), 1);
+        assert_eq!(seen.endpoints[0].endpoint_id, id.to_string());
+        // The same window from the same or another data plane changes nothing.
+        throttle("dp-1");
+        throttle("dp-2");
+        assert!(!fleet.has_changed().expect("open"), "a repeat is not pushed");
+        // dp-1 recovering leaves dp-2's window: still nothing to push.
+        registry.report_health(
+            &node("dp-1"),
+            vec![HealthUpdate {
+                endpoint_id: id,
+                state: EndpointState::Healthy,
+                reason: None,
+                until: None,
+            }],
+        );
+        assert!(!fleet.has_changed().expect("open"));
+        registry.retain_health(&Snapshot::default());
+        assert!(fleet.has_changed().expect("open"), "a removed endpoint is pushed");
+        assert!(fleet.borrow_and_update().endpoints.is_empty());
     }
 
     #[test]

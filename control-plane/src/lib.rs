@@ -3,16 +3,20 @@
 //! Owns: the configuration store (SQLite by default, PostgreSQL in production) and its
 //! migrations, secrets at rest, the monotonic configuration version, and the distribution
 //! of versioned routing snapshots to data planes over gRPC, with the registry of connected
-//! data planes and the health they report.
+//! data planes and the health they report: aggregated per endpoint across the fleet, pushed
+//! to every data plane when it changes, and stored (outside the versioned configuration) so
+//! restarts and other replicas see it.
 //!
 //! Never: proxies inference traffic, or lets a secret reach a log line or an error message.
 
+pub mod azure;
 pub mod distribution;
 pub mod secrets;
 pub mod store;
 
 pub use distribution::{
-    ConfigChanges, DataPlaneRegistry, DataPlaneStatus, Distribution, EndpointHealthView,
+    ConfigChanges, DataPlaneHealth, DataPlaneRegistry, DataPlaneStatus, Distribution,
+    EndpointHealthView, LastError,
 };
 pub use secrets::MasterKey;
 pub use store::{Store, StoreError};

@@ -11,10 +11,12 @@ use common::{TestDb, wait_until};
 use modelgw_control_plane::store::{NewEndpoint, NewGateway};
 use modelgw_control_plane::{DataPlaneStatus, Distribution, Store};
 use modelgw_model::{
-    ConfigVersion, EndpointId, EndpointState, GatewayMember, NodeId, Platform, Secret,
+    ConfigVersion, EndpointId, EndpointState, GatewayMember, NodeId, Platform, RoutingPolicy,
+    Secret,
 };
 use modelgw_proto::cfg;
 use modelgw_proto::cfg::config_discovery_client::ConfigDiscoveryClient;
+use modelgw_proto::cfg::control_plane_message::Kind as Inbound;
 use modelgw_proto::cfg::data_plane_message::Kind;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -29,7 +31,16 @@ on_both_backends!(
     changes_made_by_another_replica_arrive_by_polling,
     a_second_stream_with_the_same_node_id_replaces_the_first,
     shutdown_ends_open_streams,
+    fleet_health_follows_each_snapshot,
+    a_report_from_one_data_plane_reaches_every_other_within_a_second,
+    fleet_state_aggregates_every_data_plane_and_outlives_a_disconnect,
+    health_survives_a_restart_and_never_bumps_the_version,
+    another_replica_sees_reported_health_by_polling,
 );
+
+/// A fleet-health push must reach every data plane within this time (the requirement is
+/// "well within 1 s"; on loopback it takes milliseconds).
+const FLEET_PUSH_DEADLINE: Duration = Duration::from_secs(1);
 
 /// A committed change must reach a subscriber within this time (the requirement is 1 s).
 const PUSH_DEADLINE: Duration = Duration::from_secs(1);
@@ -101,16 +112,37 @@ async fn subscribe(addr: SocketAddr, node_id: &str) -> DataPlane {
 }
 
 impl DataPlane {
-    async fn next_snapshot(&mut self, within: Duration) -> cfg::Snapshot {
+    /// The next message of any kind, within `within`.
+    async fn next_message(&mut self, within: Duration) -> Inbound {
         let received = tokio::time::timeout(within, self.inbound.message())
             .await
-            .unwrap_or_else(|_| panic!("no snapshot within {within:?}"))
+            .unwrap_or_else(|_| panic!("no message within {within:?}"))
             .expect("stream error")
             .expect("stream ended");
-        match received.kind {
-            Some(cfg::control_plane_message::Kind::Snapshot(s)) => s,
-            Some(other) => panic!("expected a snapshot, got {other:?}"),
-            None => panic!("empty control-plane message"),
+        received.kind.expect("empty control-plane message")
+    }
+
+    /// The next snapshot, skipping the fleet health that follows each one.
+    async fn next_snapshot(&mut self, within: Duration) -> cfg::Snapshot {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self.next_message(left).await {
+                Inbound::Snapshot(s) => return s,
+                Inbound::FleetHealth(_) => continue,
+            }
+        }
+    }
+
+    /// The next fleet health message, skipping snapshots.
+    async fn next_fleet_health(&mut self, within: Duration) -> cfg::FleetHealth {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self.next_message(left).await {
+                Inbound::FleetHealth(f) => return f,
+                Inbound::Snapshot(_) => continue,
+            }
         }
     }
 
@@ -173,6 +205,7 @@ async fn a_subscriber_gets_the_current_snapshot_then_each_committed_change(db: &
     for name in ["g1", "g2", "g3"] {
         let (_, v) = store
             .create_gateway(NewGateway {
+                routing: RoutingPolicy::default(),
                 name: name.into(),
                 members: vec![GatewayMember {
                     endpoint_id: endpoint.id,
@@ -396,4 +429,206 @@ async fn shutdown_ends_open_streams(db: &TestDb) {
         server.node("dp-shutdown").is_some_and(|n| !n.connected)
     })
     .await;
+}
+
+fn report(
+    id: EndpointId,
+    state: cfg::EndpointState,
+    until: Option<chrono::DateTime<chrono::Utc>>,
+    reason: &str,
+) -> Kind {
+    Kind::Health(cfg::HealthReport {
+        endpoints: vec![cfg::EndpointHealth {
+            endpoint_id: id.to_string(),
+            state: state as i32,
+            until_unix_ms: until.map_or(0, |t| t.timestamp_millis()),
+            reason: reason.into(),
+        }],
+    })
+}
+
+fn in_secs(s: i64) -> chrono::DateTime<chrono::Utc> {
+    chrono::Utc::now() + chrono::Duration::seconds(s)
+}
+
+fn listed(fleet: &cfg::FleetHealth) -> Vec<(String, i32)> {
+    fleet.endpoints.iter().map(|e| (e.endpoint_id.clone(), e.state)).collect()
+}
+
+async fn fleet_health_follows_each_snapshot(db: &TestDb) {
+    let store = db.open().await;
+    let server = Server::start(store.clone(), NO_POLL).await;
+    let mut dp = subscribe(server.addr, "dp-1").await;
+    assert!(matches!(dp.next_message(PUSH_DEADLINE).await, Inbound::Snapshot(_)));
+    match dp.next_message(PUSH_DEADLINE).await {
+        Inbound::FleetHealth(f) => assert!(f.endpoints.is_empty(), "nothing unavailable: {f:?}"),
+        other => panic!("expected fleet health after the snapshot, got {other:?}"),
+    }
+    let (_, v) = store.create_endpoint(new_endpoint("a")).await.expect("endpoint");
+    server.distribution.changes().committed(v);
+    match dp.next_message(PUSH_DEADLINE).await {
+        Inbound::Snapshot(s) => assert_eq!(s.version, v.0),
+        other => panic!("expected a snapshot, got {other:?}"),
+    }
+    assert!(matches!(dp.next_message(PUSH_DEADLINE).await, Inbound::FleetHealth(_)));
+}
+
+async fn a_report_from_one_data_plane_reaches_every_other_within_a_second(db: &TestDb) {
+    let store = db.open().await;
+    let (a, _) = store.create_endpoint(new_endpoint("a")).await.expect("endpoint");
+    let (b, _) = store.create_endpoint(new_endpoint("b")).await.expect("endpoint");
+    let server = Server::start(store, NO_POLL).await;
+    let mut first = subscribe(server.addr, "dp-1").await;
+    let mut second = subscribe(server.addr, "dp-2").await;
+    for dp in [&mut first, &mut second] {
+        dp.next_snapshot(PUSH_DEADLINE).await;
+        assert!(dp.next_fleet_health(PUSH_DEADLINE).await.endpoints.is_empty());
+    }
+
+    let until = in_secs(60);
+    let sent = tokio::time::Instant::now();
+    first
+        .send(report(a.id, cfg::EndpointState::Throttling, Some(until), "429 from upstream"))
+        .await;
+    let fleet = second.next_fleet_health(FLEET_PUSH_DEADLINE).await;
+    let took = sent.elapsed();
+    assert!(took < FLEET_PUSH_DEADLINE, "took {took:?}");
+    println!("fleet health reached the second data plane in {took:?}");
+    assert_eq!(
+        fleet.endpoints,
+        vec![cfg::EndpointHealth {
+            endpoint_id: a.id.to_string(),
+            state: cfg::EndpointState::Throttling as i32,
+            until_unix_ms: until.timestamp_millis(),
+            reason: "429 from upstream".into(),
+        }]
+    );
+    // The reporter gets the same view.
+    assert_eq!(first.next_fleet_health(FLEET_PUSH_DEADLINE).await, fleet);
+
+    // A repeat that changes nothing is not echoed: the next push is the next real change.
+    first
+        .send(report(a.id, cfg::EndpointState::Throttling, Some(until), "429 from upstream"))
+        .await;
+    first.send(report(b.id, cfg::EndpointState::Error, Some(in_secs(60)), "503")).await;
+    let next = second.next_fleet_health(FLEET_PUSH_DEADLINE).await;
+    let mut expected = vec![
+        (a.id.to_string(), cfg::EndpointState::Throttling as i32),
+        (b.id.to_string(), cfg::EndpointState::Error as i32),
+    ];
+    expected.sort();
+    assert_eq!(listed(&next), expected);
+}
+
+async fn fleet_state_aggregates_every_data_plane_and_outlives_a_disconnect(db: &TestDb) {
+    let store = db.open().await;
+    let (a, _) = store.create_endpoint(new_endpoint("a")).await.expect("endpoint");
+    let server = Server::start(store, NO_POLL).await;
+    let registry = server.distribution.registry();
+    let mut first = subscribe(server.addr, "dp-1").await;
+    let mut second = subscribe(server.addr, "dp-2").await;
+    first.next_snapshot(PUSH_DEADLINE).await;
+    second.next_snapshot(PUSH_DEADLINE).await;
+
+    second.send(report(a.id, cfg::EndpointState::Error, Some(in_secs(120)), "503")).await;
+    wait_until("dp-2's error", DEADLINE, || {
+        registry.endpoint_health(a.id).state == EndpointState::Error
+    })
+    .await;
+    let throttled_until = in_secs(60);
+    first.send(report(a.id, cfg::EndpointState::Throttling, Some(throttled_until), "429")).await;
+    wait_until("throttling wins over error", DEADLINE, || {
+        registry.endpoint_health(a.id).state == EndpointState::Throttling
+    })
+    .await;
+    let view = registry.endpoint_health(a.id);
+    assert_eq!(view.until.map(|t| t.timestamp_millis()), Some(throttled_until.timestamp_millis()));
+    assert_eq!(view.reported_by, Some(NodeId("dp-1".into())));
+    let nodes: Vec<(&str, EndpointState)> =
+        view.data_planes.iter().map(|d| (d.node_id.0.as_str(), d.state)).collect();
+    assert_eq!(nodes, [("dp-1", EndpointState::Throttling), ("dp-2", EndpointState::Error)]);
+    assert_eq!(view.last_error.as_ref().map(|e| e.reason.as_str()), Some("429"));
+
+    // The throttle seen by dp-1 stays true after dp-1 is gone.
+    drop(first);
+    wait_until("dp-1 disconnected", DEADLINE, || server.node("dp-1").is_some_and(|n| !n.connected))
+        .await;
+    assert_eq!(registry.endpoint_health(a.id).state, EndpointState::Throttling);
+
+    // dp-2 recovering does not clear dp-1's window; an expired window does not count.
+    second.send(report(a.id, cfg::EndpointState::Healthy, None, "")).await;
+    wait_until("dp-2 healthy", DEADLINE, || {
+        registry.endpoint_health(a.id).data_planes[1].state == EndpointState::Healthy
+    })
+    .await;
+    assert_eq!(registry.endpoint_health(a.id).state, EndpointState::Throttling);
+    second.send(report(a.id, cfg::EndpointState::Error, Some(in_secs(-1)), "old 503")).await;
+    wait_until("dp-2's expired report", DEADLINE, || {
+        registry.endpoint_health(a.id).data_planes[1].reason.as_deref() == Some("old 503")
+    })
+    .await;
+    let view = registry.endpoint_health(a.id);
+    assert_eq!((view.state, view.reason.as_deref()), (EndpointState::Throttling, Some("429")));
+    assert_eq!(view.data_planes[1].state, EndpointState::Healthy);
+}
+
+async fn health_survives_a_restart_and_never_bumps_the_version(db: &TestDb) {
+    let store = db.open().await;
+    let (a, v) = store.create_endpoint(new_endpoint("a")).await.expect("endpoint");
+    let until = in_secs(300);
+    {
+        let server = Server::start(store.clone(), NO_POLL).await;
+        let mut dp = subscribe(server.addr, "dp-1").await;
+        dp.next_snapshot(PUSH_DEADLINE).await;
+        dp.send(report(a.id, cfg::EndpointState::Throttling, Some(until), "429")).await;
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        loop {
+            let stored = store.load_endpoint_health().await.expect("load health");
+            if stored.iter().any(|r| r.endpoint_id == a.id && r.state == EndpointState::Throttling)
+            {
+                assert_eq!(stored.len(), 1);
+                assert_eq!(stored[0].node_id, NodeId("dp-1".into()));
+                assert_eq!(
+                    stored[0].until.map(|t| t.timestamp_millis()),
+                    Some(until.timestamp_millis())
+                );
+                break;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "health never persisted");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(store.config_version().await.expect("version"), v, "health is not config");
+        assert_eq!(server.distribution.current_version(), v);
+    }
+    store.close().await;
+
+    // A restarted control plane knows, and tells a data plane that connects to it.
+    let reopened = db.open().await;
+    let server = Server::start(reopened, NO_POLL).await;
+    let view = server.distribution.registry().endpoint_health(a.id);
+    assert_eq!(view.state, EndpointState::Throttling);
+    assert_eq!(view.reason.as_deref(), Some("429"));
+    assert_eq!(view.data_planes.len(), 1);
+    let mut dp = subscribe(server.addr, "dp-2").await;
+    let fleet = dp.next_fleet_health(PUSH_DEADLINE).await;
+    assert_eq!(listed(&fleet), [(a.id.to_string(), cfg::EndpointState::Throttling as i32)]);
+}
+
+async fn another_replica_sees_reported_health_by_polling(db: &TestDb) {
+    let store = db.open().await;
+    let (a, _) = store.create_endpoint(new_endpoint("a")).await.expect("endpoint");
+    let server = Server::start(store, NO_POLL).await;
+    let replica = Server::start(db.open().await, Duration::from_millis(100)).await;
+    let mut remote = subscribe(replica.addr, "dp-remote").await;
+    remote.next_snapshot(PUSH_DEADLINE).await;
+    assert!(remote.next_fleet_health(PUSH_DEADLINE).await.endpoints.is_empty());
+
+    let mut dp = subscribe(server.addr, "dp-1").await;
+    dp.next_snapshot(PUSH_DEADLINE).await;
+    dp.send(report(a.id, cfg::EndpointState::Error, Some(in_secs(60)), "503")).await;
+    // Persisted, then read by the replica's poll and pushed to its own data planes.
+    let fleet = remote.next_fleet_health(DEADLINE).await;
+    assert_eq!(listed(&fleet), [(a.id.to_string(), cfg::EndpointState::Error as i32)]);
+    let view = replica.distribution.registry().endpoint_health(a.id);
+    assert_eq!(view.reported_by, Some(NodeId("dp-1".into())));
 }

@@ -7,11 +7,12 @@ use common::{Backend, TestDb};
 use modelgw_control_plane::Store;
 use modelgw_control_plane::StoreError;
 use modelgw_control_plane::store::{
-    EndpointPatch, EndpointRecord, GatewayPatch, NewEndpoint, NewGateway,
+    AzureImportItem, EndpointHealthRecord, EndpointPatch, EndpointRecord, GatewayPatch,
+    NewEndpoint, NewGateway,
 };
 use modelgw_model::{
-    ConfigVersion, Credential, EndpointId, GatewayId, GatewayKeyId, GatewayMember, Platform,
-    Secret, Snapshot, gateway_key_hash,
+    ConfigVersion, Credential, EndpointId, EndpointState, GatewayId, GatewayKeyId, GatewayMember,
+    NodeId, Platform, RoutingPolicy, RoutingStrategy, Secret, Snapshot, gateway_key_hash,
 };
 use modelgw_proto::cfg;
 use sqlx::Row as _;
@@ -29,6 +30,10 @@ on_both_backends!(
     a_fresh_store_has_a_valid_empty_snapshot,
     admin_token_is_generated_once,
     concurrent_writes_get_distinct_versions,
+    gateway_routing_round_trips_and_versions,
+    gateways_stored_before_routing_existed_read_as_defaults,
+    endpoint_health_is_stored_without_bumping_the_version,
+    azure_import_upserts_by_arm_resource_id,
 );
 
 const API_KEY: &str = "sk-PLAINTEXT-api-key-3f9a7c21";
@@ -149,7 +154,11 @@ async fn gateway_crud(db: &TestDb) {
     // Member order is the given order, not id or name order.
     let members = vec![member(c.id, 0, 3), member(a.id, 1, 1), member(b.id, 0, 1)];
     let (gw, v1) = store
-        .create_gateway(NewGateway { name: "gpt-4o".into(), members: members.clone() })
+        .create_gateway(NewGateway {
+            routing: RoutingPolicy::default(),
+            name: "gpt-4o".into(),
+            members: members.clone(),
+        })
         .await
         .expect("create gateway");
     assert_eq!(v1, next(v0));
@@ -157,7 +166,11 @@ async fn gateway_crud(db: &TestDb) {
     assert_eq!(store.get_gateway(gw.id).await.expect("get"), gw);
 
     let (empty, v2) = store
-        .create_gateway(NewGateway { name: "empty".into(), members: vec![] })
+        .create_gateway(NewGateway {
+            routing: RoutingPolicy::default(),
+            name: "empty".into(),
+            members: vec![],
+        })
         .await
         .expect("create empty gateway");
     assert_eq!(v2, next(v1));
@@ -165,7 +178,10 @@ async fn gateway_crud(db: &TestDb) {
 
     let disabled = GatewayMember { endpoint_id: b.id, enabled: false, priority: 2, weight: 7 };
     let (renamed, v3) = store
-        .update_gateway(gw.id, GatewayPatch { name: Some("gpt-4o-prod".into()), members: None })
+        .update_gateway(
+            gw.id,
+            GatewayPatch { routing: None, name: Some("gpt-4o-prod".into()), members: None },
+        )
         .await
         .expect("rename");
     assert_eq!(v3, next(v2));
@@ -174,7 +190,11 @@ async fn gateway_crud(db: &TestDb) {
     let (replaced, v4) = store
         .update_gateway(
             gw.id,
-            GatewayPatch { name: None, members: Some(vec![disabled.clone(), member(a.id, 0, 1)]) },
+            GatewayPatch {
+                routing: None,
+                name: None,
+                members: Some(vec![disabled.clone(), member(a.id, 0, 1)]),
+            },
         )
         .await
         .expect("replace members");
@@ -212,7 +232,11 @@ async fn gateway_crud(db: &TestDb) {
 async fn gateway_key_lifecycle(db: &TestDb) {
     let store = db.open().await;
     let (gw, _) = store
-        .create_gateway(NewGateway { name: "gw".into(), members: vec![] })
+        .create_gateway(NewGateway {
+            routing: RoutingPolicy::default(),
+            name: "gw".into(),
+            members: vec![],
+        })
         .await
         .expect("gateway");
     let v0 = version(&store).await;
@@ -260,7 +284,11 @@ async fn gateway_key_lifecycle(db: &TestDb) {
 
     // Unknown key, key of another gateway, unknown gateway: NotFound, nothing bumped.
     let (gw2, _) = store
-        .create_gateway(NewGateway { name: "gw2".into(), members: vec![] })
+        .create_gateway(NewGateway {
+            routing: RoutingPolicy::default(),
+            name: "gw2".into(),
+            members: vec![],
+        })
         .await
         .expect("gateway");
     let v5 = version(&store).await;
@@ -289,11 +317,19 @@ async fn failed_calls_change_neither_version_nor_data(db: &TestDb) {
     let a = create_endpoint(&store, "a").await;
     let b = create_endpoint(&store, "b").await;
     let (gw, _) = store
-        .create_gateway(NewGateway { name: "gw".into(), members: vec![member(a.id, 0, 1)] })
+        .create_gateway(NewGateway {
+            routing: RoutingPolicy::default(),
+            name: "gw".into(),
+            members: vec![member(a.id, 0, 1)],
+        })
         .await
         .expect("gateway");
     store
-        .create_gateway(NewGateway { name: "other".into(), members: vec![member(a.id, 0, 1)] })
+        .create_gateway(NewGateway {
+            routing: RoutingPolicy::default(),
+            name: "other".into(),
+            members: vec![member(a.id, 0, 1)],
+        })
         .await
         .expect("gateway");
 
@@ -339,14 +375,21 @@ async fn failed_calls_change_neither_version_nor_data(db: &TestDb) {
     unchanged("rename endpoint onto an existing name").await;
 
     let err = store
-        .create_gateway(NewGateway { name: "gw".into(), members: vec![] })
+        .create_gateway(NewGateway {
+            routing: RoutingPolicy::default(),
+            name: "gw".into(),
+            members: vec![],
+        })
         .await
         .expect_err("dup");
     assert!(matches!(&err, StoreError::Conflict { field, .. } if field == "name"), "{err:?}");
     unchanged("duplicate gateway name").await;
 
     let err = store
-        .update_gateway(gw.id, GatewayPatch { name: Some("other".into()), members: None })
+        .update_gateway(
+            gw.id,
+            GatewayPatch { routing: None, name: Some("other".into()), members: None },
+        )
         .await
         .expect_err("rename gateway onto an existing name");
     assert!(matches!(&err, StoreError::Conflict { field, .. } if field == "name"), "{err:?}");
@@ -355,6 +398,7 @@ async fn failed_calls_change_neither_version_nor_data(db: &TestDb) {
     let ghost = EndpointId::new();
     let err = store
         .create_gateway(NewGateway {
+            routing: RoutingPolicy::default(),
             name: "new".into(),
             members: vec![member(a.id, 0, 1), member(ghost, 0, 1)],
         })
@@ -376,7 +420,11 @@ async fn failed_calls_change_neither_version_nor_data(db: &TestDb) {
     let err = store
         .update_gateway(
             gw.id,
-            GatewayPatch { name: Some("renamed".into()), members: Some(vec![member(ghost, 0, 1)]) },
+            GatewayPatch {
+                routing: None,
+                name: Some("renamed".into()),
+                members: Some(vec![member(ghost, 0, 1)]),
+            },
         )
         .await
         .expect_err("unknown member on update");
@@ -390,6 +438,7 @@ async fn failed_calls_change_neither_version_nor_data(db: &TestDb) {
         .update_gateway(
             gw.id,
             GatewayPatch {
+                routing: None,
                 name: None,
                 members: Some(vec![member(b.id, 0, 1), member(b.id, 1, 1)]),
             },
@@ -417,13 +466,18 @@ async fn force_delete_removes_memberships(db: &TestDb) {
     let c = create_endpoint(&store, "c").await;
     let (g1, _) = store
         .create_gateway(NewGateway {
+            routing: RoutingPolicy::default(),
             name: "g1".into(),
             members: vec![member(a.id, 0, 1), member(b.id, 0, 1), member(c.id, 1, 1)],
         })
         .await
         .expect("gateway");
     let (g2, _) = store
-        .create_gateway(NewGateway { name: "g2".into(), members: vec![member(b.id, 0, 1)] })
+        .create_gateway(NewGateway {
+            routing: RoutingPolicy::default(),
+            name: "g2".into(),
+            members: vec![member(b.id, 0, 1)],
+        })
         .await
         .expect("gateway");
     let v = version(&store).await;
@@ -449,7 +503,11 @@ async fn version_and_data_survive_reopening(db: &TestDb) {
     let store = db.open().await;
     let a = create_endpoint(&store, "a").await;
     let (gw, _) = store
-        .create_gateway(NewGateway { name: "gw".into(), members: vec![member(a.id, 0, 1)] })
+        .create_gateway(NewGateway {
+            routing: RoutingPolicy::default(),
+            name: "gw".into(),
+            members: vec![member(a.id, 0, 1)],
+        })
         .await
         .expect("gateway");
     let v = store.delete_gateway(gw.id).await.expect("delete");
@@ -464,7 +522,11 @@ async fn version_and_data_survive_reopening(db: &TestDb) {
         "keys decrypt after a restart"
     );
     let (_, v1) = reopened
-        .create_gateway(NewGateway { name: "gw".into(), members: vec![] })
+        .create_gateway(NewGateway {
+            routing: RoutingPolicy::default(),
+            name: "gw".into(),
+            members: vec![],
+        })
         .await
         .expect("gateway");
     assert_eq!(v1, next(v), "and keeps counting up from there");
@@ -578,11 +640,19 @@ async fn snapshot_round_trips_through_the_wire(db: &TestDb) {
         GatewayMember { endpoint_id: a.id, enabled: false, priority: 1, weight: 1 },
     ];
     let (g1, _) = store
-        .create_gateway(NewGateway { name: "g1".into(), members: members.clone() })
+        .create_gateway(NewGateway {
+            routing: RoutingPolicy::default(),
+            name: "g1".into(),
+            members: members.clone(),
+        })
         .await
         .expect("gateway");
     let (g2, _) = store
-        .create_gateway(NewGateway { name: "g2".into(), members: vec![member(a.id, 0, 1)] })
+        .create_gateway(NewGateway {
+            routing: RoutingPolicy::default(),
+            name: "g2".into(),
+            members: vec![member(a.id, 0, 1)],
+        })
         .await
         .expect("gateway");
     let (k1, s1, _) = store.create_gateway_key(g1.id, "k1".into()).await.expect("key");
@@ -678,4 +748,202 @@ async fn concurrent_writes_get_distinct_versions(db: &TestDb) {
     assert_eq!(versions, expected, "each write got its own version, none lost");
     assert_eq!(version(&store).await, ConfigVersion(v0.0 + 8));
     assert_eq!(store.load_snapshot().await.expect("snapshot").endpoints.len(), 8);
+}
+
+async fn gateway_routing_round_trips_and_versions(db: &TestDb) {
+    let store = db.open().await;
+    let a = create_endpoint(&store, "a").await;
+    let fastest = RoutingPolicy {
+        strategy: RoutingStrategy::Fastest,
+        wait_for_recovery: true,
+        request_timeout_ms: Some(45_000),
+    };
+    let (gw, v1) = store
+        .create_gateway(NewGateway {
+            name: "gw".into(),
+            members: vec![member(a.id, 0, 1)],
+            routing: fastest,
+        })
+        .await
+        .expect("create");
+    assert_eq!(gw.routing, fastest);
+    assert_eq!(store.get_gateway(gw.id).await.expect("get").routing, fastest);
+    let snapshot = store.load_snapshot().await.expect("snapshot");
+    assert_eq!(snapshot.gateways[0].routing, fastest);
+    let wire = Snapshot::try_from(cfg::Snapshot::from(&snapshot)).expect("valid");
+    assert_eq!(wire.gateways[0].routing, fastest, "survives the wire");
+
+    // A patch without routing keeps it; with routing replaces it whole.
+    let (renamed, v2) = store
+        .update_gateway(gw.id, GatewayPatch { name: Some("gw2".into()), ..Default::default() })
+        .await
+        .expect("rename");
+    assert_eq!(v2, next(v1));
+    assert_eq!(renamed.routing, fastest);
+    let weighted = RoutingPolicy { request_timeout_ms: Some(1_000), ..RoutingPolicy::default() };
+    let (patched, v3) = store
+        .update_gateway(gw.id, GatewayPatch { routing: Some(weighted), ..Default::default() })
+        .await
+        .expect("patch routing");
+    assert_eq!(v3, next(v2));
+    assert_eq!(patched.routing, weighted);
+    assert_eq!(patched.members, vec![member(a.id, 0, 1)]);
+    assert_eq!(store.list_gateways().await.expect("list")[0].routing, weighted);
+    assert_eq!(store.load_snapshot().await.expect("snapshot").gateways[0].routing, weighted);
+}
+
+async fn gateways_stored_before_routing_existed_read_as_defaults(db: &TestDb) {
+    let store = db.open().await;
+    let id = GatewayId::new();
+    // A row as the first schema wrote it: no routing columns given.
+    let mut raw = db.raw().await;
+    sqlx::query("INSERT INTO gateways (id, name, created_at, updated_at) VALUES ($1, 'old', 1, 1)")
+        .bind(id.to_string())
+        .execute(&mut raw)
+        .await
+        .expect("raw insert");
+    assert_eq!(store.get_gateway(id).await.expect("get").routing, RoutingPolicy::default());
+    let snapshot = store.load_snapshot().await.expect("snapshot");
+    assert_eq!(snapshot.gateways[0].routing, RoutingPolicy::default());
+}
+
+fn health_record(
+    endpoint_id: EndpointId,
+    node: &str,
+    state: EndpointState,
+    updated_ms: i64,
+) -> EndpointHealthRecord {
+    let t = |ms: i64| chrono::DateTime::from_timestamp_millis(ms).expect("time");
+    EndpointHealthRecord {
+        endpoint_id,
+        node_id: NodeId(node.into()),
+        state,
+        until: (state != EndpointState::Healthy).then(|| t(updated_ms + 60_000)),
+        reason: Some(format!("{} at {updated_ms}", state.as_str())),
+        last_error: Some("429".into()),
+        last_error_at: Some(t(updated_ms)),
+        updated_at: t(updated_ms),
+    }
+}
+
+async fn endpoint_health_is_stored_without_bumping_the_version(db: &TestDb) {
+    let store = db.open().await;
+    let a = create_endpoint(&store, "a").await;
+    let b = create_endpoint(&store, "b").await;
+    let v = version(&store).await;
+    let now = chrono::Utc::now().timestamp_millis();
+    let first = health_record(a.id, "dp-1", EndpointState::Throttling, now);
+    let other = health_record(a.id, "dp-2", EndpointState::Error, now);
+    let on_b = health_record(b.id, "dp-1", EndpointState::Healthy, now);
+    store
+        .upsert_endpoint_health(&[first.clone(), other.clone(), on_b.clone()])
+        .await
+        .expect("upsert");
+    assert_eq!(version(&store).await, v, "health is not configuration");
+    assert_eq!(store.load_endpoint_health().await.expect("load"), {
+        let mut all = vec![first.clone(), other.clone(), on_b.clone()];
+        all.sort_by_key(|r| (r.endpoint_id.to_string(), r.node_id.0.clone()));
+        all
+    });
+
+    // A newer report replaces; an older one (a slower replica) does not.
+    let newer = health_record(a.id, "dp-1", EndpointState::Healthy, now + 10);
+    store.upsert_endpoint_health(std::slice::from_ref(&newer)).await.expect("upsert newer");
+    let stale = health_record(a.id, "dp-1", EndpointState::Error, now - 10);
+    store.upsert_endpoint_health(&[stale]).await.expect("upsert stale");
+    let stored = store.load_endpoint_health().await.expect("load");
+    assert!(stored.contains(&newer), "{stored:?}");
+    assert_eq!(stored.len(), 3);
+
+    // Survives reopening.
+    store.close().await;
+    let store = db.open().await;
+    assert!(store.load_endpoint_health().await.expect("load").contains(&newer));
+    assert_eq!(version(&store).await, v);
+
+    // Deleting an endpoint deletes its health.
+    store.delete_endpoint(b.id, false).await.expect("delete b");
+    let stored = store.load_endpoint_health().await.expect("load");
+    assert!(stored.iter().all(|r| r.endpoint_id == a.id), "{stored:?}");
+    let mut raw = db.raw().await;
+    let rows: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM endpoint_health WHERE endpoint_id = $1")
+            .bind(b.id.to_string())
+            .fetch_one(&mut raw)
+            .await
+            .expect("count");
+    assert_eq!(rows, 0);
+
+    // Pruning forgets reports whose reception and window both ended before the cutoff.
+    let old = health_record(a.id, "dp-old", EndpointState::Error, now - 3_600_000);
+    store.upsert_endpoint_health(&[old]).await.expect("upsert old");
+    let cutoff = chrono::DateTime::from_timestamp_millis(now - 60_000).expect("time");
+    assert_eq!(store.prune_endpoint_health(cutoff).await.expect("prune"), 1);
+    assert_eq!(store.load_endpoint_health().await.expect("load").len(), 2);
+    assert_eq!(version(&store).await, next(v), "only the endpoint delete bumped the version");
+}
+
+fn import_item(
+    account: &str,
+    deployment: &str,
+    sku: &str,
+    capacity: u32,
+    key: &str,
+) -> AzureImportItem {
+    AzureImportItem {
+        arm_resource_id: format!(
+            "/subscriptions/s/resourceGroups/rg/providers/Microsoft.CognitiveServices/accounts/{account}/deployments/{deployment}"
+        ),
+        name: format!("{account}-{deployment}"),
+        endpoint: url::Url::parse(&format!("https://{account}.openai.azure.com/")).expect("url"),
+        deployment: deployment.into(),
+        model_name: "gpt-4o".into(),
+        model_version: "2024-11-20".into(),
+        region: "eastus".into(),
+        sku_name: sku.into(),
+        sku_capacity: Some(capacity),
+        api_key: Secret::new(key),
+    }
+}
+
+async fn azure_import_upserts_by_arm_resource_id(db: &TestDb) {
+    let store = db.open().await;
+    // A hand-made endpoint already holds the name a new import wants.
+    create_endpoint(&store, "acct-a-gpt").await;
+    let v0 = version(&store).await;
+    let items = vec![
+        import_item("acct-a", "gpt", "Standard", 10, "key-a-1"),
+        import_item("acct-b", "gpt", "GlobalProvisionedManaged", 100, "key-b-1"),
+    ];
+    let first = store.import_azure_endpoints(items.clone()).await.expect("import");
+    assert_eq!(first.created.len(), 2);
+    assert_eq!(first.version, next(v0), "one bump for the whole import");
+    let listed = store.list_azure_endpoints().await.expect("list");
+    let names: Vec<&str> = listed.iter().map(|e| e.name.as_str()).collect();
+    assert_eq!(names, ["acct-a-gpt-2", "acct-b-gpt"], "a taken name gets a suffix");
+    assert_eq!(listed[1].sku_name.as_deref(), Some("GlobalProvisionedManaged"));
+    assert_eq!(listed[1].sku_capacity, Some(100));
+
+    // Same again: nothing written, no bump.
+    let again = store.import_azure_endpoints(items.clone()).await.expect("import again");
+    assert!(again.created.is_empty() && again.updated.is_empty());
+    assert_eq!(again.unchanged.len(), 2);
+    assert_eq!(version(&store).await, next(v0));
+
+    // A rotated key and a new capacity update in place; the id (upper-cased by ARM) matches.
+    let mut changed = import_item("acct-b", "gpt", "GlobalProvisionedManaged", 200, "key-b-2");
+    changed.arm_resource_id = changed.arm_resource_id.to_uppercase();
+    let third = store
+        .import_azure_endpoints(vec![items[0].clone(), changed])
+        .await
+        .expect("import changed");
+    assert_eq!(third.updated, [listed[1].id]);
+    assert_eq!(third.unchanged, [listed[0].id]);
+    assert_eq!(third.version, next(next(v0)));
+    assert_eq!(store.list_azure_endpoints().await.expect("list")[1].sku_capacity, Some(200));
+    let snapshot = store.load_snapshot().await.expect("snapshot");
+    let b = snapshot.endpoints.iter().find(|e| e.id == listed[1].id).expect("b");
+    let Credential::ApiKey(key) = &b.credential;
+    assert_eq!(key.expose(), "key-b-2");
+    assert_eq!(store.list_endpoints().await.expect("all").len(), 3, "no duplicates");
 }

@@ -15,7 +15,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{ClientTlsConfig, Endpoint};
 use tracing::{info, warn};
 
-use crate::health::HealthChange;
+use crate::health::{HealthChange, HealthRegistry, RemoteHealth};
 use crate::snapshot::{RoutingTable, SnapshotStore};
 
 /// How often the data plane says it is alive. The control plane marks a data plane stale
@@ -119,6 +119,33 @@ pub fn apply_snapshot(store: &SnapshotStore, wire: cfg::Snapshot) -> ApplyOutcom
     ApplyOutcome::Rejected { version, reason }
 }
 
+/// Merges the control plane's fleet view into `health` as remote windows (replacing the
+/// previous fleet view). Entries with an unparsable id or state are ignored: one bad entry
+/// must not cost the rest. Returns how many windows are active.
+pub fn apply_fleet_health(health: &HealthRegistry, wire: &cfg::FleetHealth) -> usize {
+    let endpoints: Vec<RemoteHealth> = wire
+        .endpoints
+        .iter()
+        .filter_map(|e| {
+            let endpoint_id = e.endpoint_id.parse::<EndpointId>().ok()?;
+            let state = match cfg::EndpointState::try_from(e.state).ok()? {
+                cfg::EndpointState::Throttling => EndpointState::Throttling,
+                cfg::EndpointState::Error => EndpointState::Error,
+                cfg::EndpointState::Healthy | cfg::EndpointState::Unspecified => return None,
+            };
+            Some(RemoteHealth {
+                endpoint_id,
+                state,
+                until_unix_ms: e.until_unix_ms,
+                reason: e.reason.clone(),
+            })
+        })
+        .collect();
+    let active = health.apply_fleet(&endpoints, std::time::Instant::now());
+    info!(listed = wire.endpoints.len(), active, "fleet health applied");
+    active
+}
+
 /// Delay before reconnect attempt `attempt` (0-based): uniform in
 /// `[0, min(cap, base·2^attempt)]` ("full jitter").
 pub fn backoff_delay<R: Rng + ?Sized>(attempt: u32, rng: &mut R) -> Duration {
@@ -148,15 +175,23 @@ pub(crate) async fn run(
     config: ClientConfig,
     endpoint: Endpoint,
     store: Arc<SnapshotStore>,
+    health: Arc<HealthRegistry>,
     mut health_rx: mpsc::Receiver<HealthChange>,
 ) {
     let mut pending: HashMap<EndpointId, HealthChange> = HashMap::new();
     let mut failures = 0u32;
     loop {
         let mut got_snapshot = false;
-        let end =
-            session(&config, &endpoint, &store, &mut health_rx, &mut pending, &mut got_snapshot)
-                .await;
+        let end = session(
+            &config,
+            &endpoint,
+            &store,
+            &health,
+            &mut health_rx,
+            &mut pending,
+            &mut got_snapshot,
+        )
+        .await;
         if got_snapshot {
             // The session worked; a drop after that is a fresh incident, not a persistent one.
             failures = 0;
@@ -203,6 +238,7 @@ async fn session(
     config: &ClientConfig,
     endpoint: &Endpoint,
     store: &SnapshotStore,
+    health: &HealthRegistry,
     health_rx: &mut mpsc::Receiver<HealthChange>,
     pending: &mut HashMap<EndpointId, HealthChange>,
     got_snapshot: &mut bool,
@@ -254,6 +290,10 @@ async fn session(
                 Ok(Some(cfg::ControlPlaneMessage { kind: Some(Inbound::Snapshot(snapshot)) })) => {
                     *got_snapshot = true;
                     apply_snapshot(store, snapshot).to_message()
+                }
+                Ok(Some(cfg::ControlPlaneMessage { kind: Some(Inbound::FleetHealth(fleet)) })) => {
+                    apply_fleet_health(health, &fleet);
+                    continue;
                 }
                 Ok(Some(_)) => continue, // An empty or newer kind of message: nothing to do.
                 Ok(None) => return SessionEnd::Closed,

@@ -11,8 +11,12 @@
 //! message or a response.
 //!
 //! Modules: [`snapshot`] (compiled routing table behind one `ArcSwap`), [`health`]
-//! (per-endpoint state surviving swaps), [`balance`] (the selection seam), `proxy` (hyper
-//! server and the request path), [`client`] (control-plane connection).
+//! (per-endpoint health state machine with half-open trials, fleet windows from the control
+//! plane, quota headroom and latency estimates — all surviving swaps), [`balance`] (selection:
+//! priority spillover, `weighted` and `fastest` per gateway), `proxy` (hyper server and the
+//! request path: one deadline per request, failover before the first byte — for non-streamed
+//! answers before the whole (bounded) body was read —, SSE error events after it, waiting for recovery), [`client`] (control-plane connection: snapshots, health
+//! reports, fleet health).
 
 pub mod balance;
 pub mod client;
@@ -29,22 +33,42 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tracing::info;
 
-use crate::balance::{EndpointSelector, PriorityWeighted};
-use crate::health::{HEALTH_CHANNEL_CAPACITY, HealthChange, HealthRegistry};
+use crate::balance::{ByStrategy, EndpointSelector};
+use crate::health::{HEALTH_CHANNEL_CAPACITY, HealthChange, HealthPolicy, HealthRegistry};
 use crate::snapshot::SnapshotStore;
 
-pub use crate::client::{ApplyOutcome, apply_snapshot};
+pub use crate::client::{ApplyOutcome, apply_fleet_health, apply_snapshot};
 
 /// Default request-body limit: 32 MiB. Bodies are held in memory so they can be re-sent on
 /// failover; 32 MiB covers Azure's largest inputs (25 MB audio files plus multipart framing,
 /// base64 images in chat) while bounding memory per request.
 pub const DEFAULT_MAX_BODY_BYTES: usize = 32 * 1024 * 1024;
 
-/// Default first-byte timeout per upstream attempt (and longest silence mid-stream).
+/// Default first-byte timeout per upstream attempt (response head, and for SSE the first
+/// data frame).
 /// Non-streaming completions only send headers when the whole answer is done, which takes
 /// minutes for long outputs of reasoning models; 180 s allows that while a hung endpoint
 /// still fails over well within the OpenAI SDK's 600 s request timeout.
 pub const DEFAULT_UPSTREAM_TIMEOUT: Duration = Duration::from_secs(180);
+
+/// Default longest gap between two chunks of an upstream body once it started. Azure streams
+/// tokens many times a second, but reasoning models may think silently between output items;
+/// 120 s tolerates that while a hung stream still ends (with an error event) long before a
+/// client's own 600 s timeout.
+pub const DEFAULT_STREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Default end-to-end deadline of one request (all attempts, recovery waits and the body)
+/// when the gateway sets no `routing.request_timeout_ms`: 600 s, the OpenAI SDKs' own
+/// default timeout, past which the client has given up anyway.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// Default cap on how much of a non-streamed 2xx answer is held back before the response
+/// head goes to the client: 8 MiB. Holding the whole answer lets a connection cut in the
+/// middle of it fail over instead of reaching the client. Chat answers are far smaller (a
+/// 16k-token completion is well under 1 MiB) and so are typical embeddings batches (about a
+/// hundred 3072-dimension vectors as JSON floats fit), while memory per request stays bounded.
+/// A larger answer is committed once the cap is reached and the rest streamed as before.
+pub const DEFAULT_MAX_BUFFERED_RESPONSE_BYTES: usize = 8 * 1024 * 1024;
 
 /// Default TCP+TLS connect timeout to an upstream. Azure endpoints connect in well under a
 /// second even across regions; 5 s (the OpenAI SDK's own) fails over fast on a dead host.
@@ -77,9 +101,20 @@ pub struct DataPlaneConfig {
     pub node_id: String,
     /// Largest request body accepted (`MODELGW_MAX_BODY_BYTES`); see [`DEFAULT_MAX_BODY_BYTES`].
     pub max_body_bytes: usize,
-    /// Per-attempt wait for the upstream's response head, and the longest silence allowed
-    /// while streaming; see [`DEFAULT_UPSTREAM_TIMEOUT`].
+    /// Per-attempt wait for the upstream's response head (first byte); see
+    /// [`DEFAULT_UPSTREAM_TIMEOUT`].
     pub upstream_timeout: Duration,
+    /// Longest gap between two upstream body chunks; see [`DEFAULT_STREAM_IDLE_TIMEOUT`].
+    pub stream_idle_timeout: Duration,
+    /// End-to-end deadline when a gateway sets none; see [`DEFAULT_REQUEST_TIMEOUT`]. A
+    /// client's `x-modelgw-timeout-ms` header may only shorten it.
+    pub request_timeout: Duration,
+    /// Largest non-streamed 2xx answer read in full before it is committed to the client (so
+    /// that a cut inside it can still fail over); see
+    /// [`DEFAULT_MAX_BUFFERED_RESPONSE_BYTES`]. 0 commits every answer at its head.
+    pub max_buffered_response_bytes: usize,
+    /// Thresholds of the per-endpoint health state machine and of selection.
+    pub health_policy: HealthPolicy,
     /// See [`DEFAULT_UPSTREAM_CONNECT_TIMEOUT`].
     pub upstream_connect_timeout: Duration,
     /// See [`DEFAULT_CLIENT_BODY_TIMEOUT`].
@@ -98,6 +133,10 @@ impl Default for DataPlaneConfig {
             node_id: "data-plane".to_owned(),
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             upstream_timeout: DEFAULT_UPSTREAM_TIMEOUT,
+            stream_idle_timeout: DEFAULT_STREAM_IDLE_TIMEOUT,
+            request_timeout: DEFAULT_REQUEST_TIMEOUT,
+            max_buffered_response_bytes: DEFAULT_MAX_BUFFERED_RESPONSE_BYTES,
+            health_policy: HealthPolicy::default(),
             upstream_connect_timeout: DEFAULT_UPSTREAM_CONNECT_TIMEOUT,
             client_body_timeout: DEFAULT_CLIENT_BODY_TIMEOUT,
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
@@ -160,7 +199,6 @@ impl DataPlane {
         };
         let http = reqwest::Client::builder()
             .connect_timeout(config.upstream_connect_timeout)
-            .read_timeout(config.upstream_timeout)
             .pool_idle_timeout(UPSTREAM_POOL_IDLE_TIMEOUT)
             .tcp_keepalive(UPSTREAM_TCP_KEEPALIVE)
             .tcp_nodelay(true)
@@ -170,7 +208,8 @@ impl DataPlane {
             .map_err(std::io::Error::other)?;
         let listener = TcpListener::bind(config.gateway_addr).await?;
         let local_addr = listener.local_addr()?;
-        let (health, health_rx) = HealthRegistry::new(HEALTH_CHANNEL_CAPACITY);
+        let (health, health_rx) =
+            HealthRegistry::with_policy(config.health_policy.clone(), HEALTH_CHANNEL_CAPACITY);
         Ok(DataPlane {
             listener,
             local_addr,
@@ -199,13 +238,14 @@ impl DataPlane {
         Arc::clone(&self.health)
     }
 
-    /// Serves until `shutdown` resolves, then drains in-flight requests for up to
+    /// Serves until `shutdown` resolves (selecting endpoints per gateway by its
+    /// `routing.strategy`, see [`ByStrategy`]), then drains in-flight requests for up to
     /// `shutdown_grace`.
     pub async fn run(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), DataPlaneError> {
-        self.run_with_selector(Arc::new(PriorityWeighted), shutdown).await
+        self.run_with_selector(Arc::new(ByStrategy), shutdown).await
     }
 
     /// [`DataPlane::run`] with another endpoint-selection policy.
@@ -230,7 +270,13 @@ impl DataPlane {
                 node_id: config.node_id.clone(),
                 heartbeat_interval: config.heartbeat_interval,
             };
-            tokio::spawn(client::run(client_config, endpoint, Arc::clone(&store), health_rx))
+            tokio::spawn(client::run(
+                client_config,
+                endpoint,
+                Arc::clone(&store),
+                Arc::clone(&health),
+                health_rx,
+            ))
         });
         let proxy = Arc::new(proxy::Proxy {
             store,
@@ -240,6 +286,9 @@ impl DataPlane {
             limits: proxy::Limits {
                 max_body_bytes: config.max_body_bytes,
                 upstream_timeout: config.upstream_timeout,
+                idle_timeout: config.stream_idle_timeout,
+                request_timeout: config.request_timeout,
+                max_buffered_response_bytes: config.max_buffered_response_bytes,
                 client_body_timeout: config.client_body_timeout,
             },
         });

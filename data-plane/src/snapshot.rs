@@ -13,7 +13,9 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::header::{AUTHORIZATION, HeaderName, HeaderValue};
-use modelgw_model::{ConfigVersion, Credential, EndpointId, GatewayId, Platform, Snapshot};
+use modelgw_model::{
+    ConfigVersion, Credential, EndpointId, GatewayId, Platform, RoutingPolicy, Snapshot,
+};
 use tokio::sync::watch;
 
 /// Header Azure OpenAI reads the resource key from.
@@ -91,6 +93,8 @@ pub struct CompiledGateway {
     pub id: GatewayId,
     pub name: String,
     pub groups: Vec<PriorityGroup>,
+    /// Strategy, recovery waiting and deadline, as configured.
+    pub routing: RoutingPolicy,
 }
 
 impl CompiledGateway {
@@ -209,7 +213,12 @@ impl RoutingTable {
                     ));
                 }
             }
-            gateways.push(CompiledGateway { id: g.id, name: g.name.clone(), groups });
+            gateways.push(CompiledGateway {
+                id: g.id,
+                name: g.name.clone(),
+                groups,
+                routing: g.routing,
+            });
         }
         Ok(Self {
             version: snapshot.version,

@@ -217,3 +217,101 @@ async fn snapshots_are_acked_or_nacked_health_is_reported_and_the_client_reconne
     }
     Ok(())
 }
+
+#[tokio::test]
+async fn a_429_is_reported_within_100_ms_and_fleet_windows_from_the_stream_are_honoured()
+-> Result<()> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let upstream_key = "upstream-key-eus-0123456789";
+    let mock = MockAzure::start(
+        SocketAddr::from(([127, 0, 0, 1], 0)),
+        MockConfig {
+            region: "East US".into(),
+            api_key: upstream_key.into(),
+            deployments: vec!["gpt-4o-eus".into()],
+            model: "gpt-4o-mini-2024-07-18".into(),
+        },
+    )
+    .await?;
+    let (url, mut sessions) = fake_control_plane().await?;
+    let dp = DataPlane::bind(DataPlaneConfig {
+        gateway_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+        control_plane_url: url,
+        node_id: "dp-test-2".into(),
+        ..Default::default()
+    })
+    .await?;
+    let base = format!("http://{}", dp.local_addr());
+    let (_stop, stopped) = oneshot::channel::<()>();
+    tokio::spawn(dp.run(async move {
+        let _ = stopped.await;
+    }));
+    let http = reqwest::Client::builder().no_proxy().build()?;
+    let chat = || {
+        http.post(format!("{base}/openai/deployments/auto/chat/completions?api-version=2024-10-21"))
+            .header("api-key", CLIENT_KEY)
+            .header("content-type", "application/json")
+            .body(r#"{"messages":[{"role":"user","content":"hi"}]}"#)
+            .send()
+    };
+    let mut session = next_session(&mut sessions).await?;
+    let endpoint_id = EndpointId::new();
+    session.send(wire_snapshot(1, endpoint_id, &mock.base_url(), upstream_key)).await?;
+    session.expect(|k| if let Kind::Ack(a) = k { Some(a) } else { None }).await?;
+
+    // A 429 reaches the control plane promptly: the fleet-wide budget is 1 s.
+    mock.script(
+        "gpt-4o-eus",
+        Fault::Status { status: 429, retry_after: None, retry_after_ms: Some(300), times: 1 },
+    );
+    assert_eq!(chat().await?.status(), 429);
+    let answered = std::time::Instant::now();
+    let report = session.expect(|k| if let Kind::Health(r) = k { Some(r) } else { None }).await?;
+    let latency = answered.elapsed();
+    // Pushed at once, not with the next heartbeat (5 s): the fleet budget of 1 s leaves room
+    // for a loaded machine.
+    assert!(latency < Duration::from_secs(1), "reported after {latency:?}");
+    assert_eq!(report.endpoints[0].state, cfg::EndpointState::Throttling as i32);
+
+    // A throttle seen elsewhere in the fleet is honoured here, and expires.
+    let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis();
+    let fleet = cfg::FleetHealth {
+        endpoints: vec![cfg::EndpointHealth {
+            endpoint_id: endpoint_id.to_string(),
+            state: cfg::EndpointState::Throttling as i32,
+            until_unix_ms: i64::try_from(now_ms)? + 3_000,
+            reason: "429 on dp-other".into(),
+        }],
+    };
+    let message = cfg::ControlPlaneMessage {
+        kind: Some(cfg::control_plane_message::Kind::FleetHealth(fleet)),
+    };
+    session.outbound.send(Ok(message)).await.map_err(|_| anyhow::anyhow!("session closed"))?;
+    let refused = tokio::time::timeout(DEADLINE, async {
+        loop {
+            let response = chat().await?;
+            if response.status() == 429 {
+                let attempts = response
+                    .headers()
+                    .get("x-modelgw-attempts")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("")
+                    .to_owned();
+                if attempts == "eus:skipped_fleet_throttling:0" {
+                    return anyhow::Ok(response);
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .context("the fleet window was never applied")??;
+    let retry: u64 = refused.headers()["retry-after"].to_str()?.parse()?;
+    assert!((1..=3).contains(&retry), "{retry}");
+    let calls = mock.calls("gpt-4o-eus");
+    for _ in 0..5 {
+        assert_eq!(chat().await?.status(), 429);
+    }
+    assert_eq!(mock.calls("gpt-4o-eus"), calls, "nothing sent into the fleet's window");
+    Ok(())
+}

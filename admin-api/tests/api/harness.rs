@@ -6,7 +6,7 @@ use axum::Router;
 use axum::body::Body;
 use http::{HeaderMap, Method, Request, StatusCode, header};
 use http_body_util::BodyExt;
-use modelgw_admin_api::{AdminState, router};
+use modelgw_admin_api::{AdminState, AzureImport, AzureImportConfig, router};
 use modelgw_control_plane::{Distribution, MasterKey, Store};
 use modelgw_model::ConfigVersion;
 use serde_json::{Value, json};
@@ -69,6 +69,14 @@ impl Reply {
 
 impl Harness {
     pub async fn start() -> Harness {
+        // Nothing configured and no instance metadata service: a discovery fails fast.
+        let mut azure = AzureImportConfig::from_lookup(|_| None).expect("empty Azure config");
+        azure.credential_options.allow_imds = false;
+        Harness::start_with_azure(azure).await
+    }
+
+    /// A harness whose Azure discovery uses `azure` (tests point it at the mocks).
+    pub async fn start_with_azure(azure: AzureImportConfig) -> Harness {
         let dir = tempfile::tempdir().expect("temp dir");
         let url = format!("sqlite://{}", dir.path().join("modelgw.db").display());
         let store = Store::connect(&url, MasterKey::generate()).await.expect("store opens");
@@ -79,6 +87,7 @@ impl Harness {
             changes: distribution.changes(),
             registry: distribution.registry(),
             admin_token_sha256: Sha256::digest(ADMIN_TOKEN.as_bytes()).into(),
+            azure: AzureImport::new(azure),
         };
         Harness { router: router(state), store, distribution, database_url: url, _dir: dir }
     }

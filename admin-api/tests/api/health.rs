@@ -40,8 +40,54 @@ async fn wait_until(h: &Harness, path: &str, check: impl Fn(&Value) -> bool) -> 
     }
 }
 
+/// A data plane's side of the config stream.
+struct DataPlane {
+    tx: mpsc::Sender<cfg::DataPlaneMessage>,
+    inbound: tonic::Streaming<cfg::ControlPlaneMessage>,
+}
+
+impl DataPlane {
+    /// Subscribes as `node_id` and waits for the snapshot of the current version: the
+    /// publisher reloads asynchronously after each commit, so the first snapshot sent may
+    /// predate the endpoints just created, and reports about endpoints a snapshot does not
+    /// know are ignored.
+    async fn subscribe(h: &Harness, addr: std::net::SocketAddr, node_id: &str) -> DataPlane {
+        let mut client =
+            ConfigDiscoveryClient::connect(format!("http://{addr}")).await.expect("connects");
+        let (tx, rx) = mpsc::channel(16);
+        tx.send(msg(cfg::data_plane_message::Kind::Hello(cfg::Hello {
+            node_id: node_id.into(),
+            applied_version: 0,
+            build_version: "test".into(),
+        })))
+        .await
+        .expect("send hello");
+        let inbound = client.stream(ReceiverStream::new(rx)).await.expect("stream").into_inner();
+        let mut dp = DataPlane { tx, inbound };
+        let current = h.store.config_version().await.expect("version").0;
+        loop {
+            let next = dp.inbound.message().await.expect("message").expect("a message");
+            match next.kind {
+                Some(cfg::control_plane_message::Kind::Snapshot(s)) if s.version >= current => {
+                    dp.send(msg(cfg::data_plane_message::Kind::Ack(cfg::Ack {
+                        version: s.version,
+                    })))
+                    .await;
+                    return dp;
+                }
+                Some(_) => continue, // an older snapshot, or the fleet health after one
+                None => panic!("empty control-plane message"),
+            }
+        }
+    }
+
+    async fn send(&self, message: cfg::DataPlaneMessage) {
+        self.tx.send(message).await.expect("send to the control plane");
+    }
+}
+
 #[tokio::test]
-async fn states_follow_data_plane_health_reports() {
+async fn states_follow_fleet_health_reports() {
     let h = Harness::start().await;
     let e1 = id_of(&h.create_endpoint(endpoint_body("eus", "azkey-0123456789abcdef-1")).await);
     let e2 = id_of(&h.create_endpoint(endpoint_body("weu", "azkey-0123456789abcdef-2")).await);
@@ -53,6 +99,7 @@ async fn states_follow_data_plane_health_reports() {
     );
     let gw_path = format!("/api/v1/gateways/{gw}");
     let e1_path = format!("/api/v1/inference-endpoints/{e1}");
+    let e2_path = format!("/api/v1/inference-endpoints/{e2}");
 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
@@ -62,72 +109,81 @@ async fn states_follow_data_plane_health_reports() {
     });
 
     let scenario = async {
-        let mut client =
-            ConfigDiscoveryClient::connect(format!("http://{addr}")).await.expect("connects");
-        let (tx, rx) = mpsc::channel(16);
-        tx.send(msg(cfg::data_plane_message::Kind::Hello(cfg::Hello {
-            node_id: "dp-test".into(),
-            applied_version: 0,
-            build_version: "test".into(),
-        })))
-        .await
-        .expect("send hello");
-        let mut inbound =
-            client.stream(ReceiverStream::new(rx)).await.expect("stream").into_inner();
-        // The publisher reloads asynchronously after each commit: the first snapshot sent may
-        // predate the endpoints created above, and reports about endpoints a snapshot does not
-        // know are ignored. Take snapshots until the current version arrives.
-        let current = h.store.config_version().await.expect("version").0;
-        let snapshot = loop {
-            let next = inbound.message().await.expect("message").expect("a snapshot");
-            let Some(cfg::control_plane_message::Kind::Snapshot(snapshot)) = next.kind else {
-                panic!("expected a snapshot")
-            };
-            if snapshot.version >= current {
-                break snapshot;
-            }
-        };
-        tx.send(msg(cfg::data_plane_message::Kind::Ack(cfg::Ack { version: snapshot.version })))
-            .await
-            .expect("send ack");
+        let dp_a = DataPlane::subscribe(&h, addr, "dp-a").await;
+        let dp_b = DataPlane::subscribe(&h, addr, "dp-b").await;
+        let version = h.store.config_version().await.expect("version").0;
         let status = wait_until(&h, "/api/v1/status", |s| {
-            s["data_planes"][0]["applied_version"] == snapshot.version
+            s["data_planes"]
+                .as_array()
+                .is_some_and(|d| d.len() == 2 && d.iter().all(|p| p["applied_version"] == version))
         })
         .await;
-        assert_eq!(status["data_planes"][0]["node_id"], "dp-test");
+        assert_eq!(status["data_planes"][0]["node_id"], "dp-a");
+        assert_eq!(status["data_planes"][1]["node_id"], "dp-b");
         assert_eq!(status["data_planes"][0]["connected"], true);
         assert!(status["data_planes"][0]["last_seen"].is_string());
         assert!(status["data_planes"][0].get("last_nack").is_none());
+        let fresh = h.get(&e1_path).await.json();
+        assert_eq!(fresh["state"], "healthy");
+        assert_eq!(fresh["data_planes"], json!([]));
+        assert!(fresh.get("last_error").is_none() && fresh.get("retry_after").is_none());
 
-        // One member throttling, the other healthy: the gateway still serves.
-        tx.send(health(&e1, cfg::EndpointState::Throttling, "429 from upstream"))
-            .await
-            .expect("send");
+        // dp-a sees e1 throttling; e2 still serves: degraded.
+        dp_a.send(health(&e1, cfg::EndpointState::Throttling, "429 from upstream")).await;
         let e1_body = wait_until(&h, &e1_path, |b| b["state"] == "throttling").await;
         assert_eq!(e1_body["state_reason"], "429 from upstream");
-        assert!(e1_body["state_until"].is_string(), "{e1_body}");
-        assert_eq!(e1_body["state_reported_by"], "dp-test");
-        assert_eq!(h.get(&gw_path).await.json()["state"], "healthy");
+        assert!(e1_body["retry_after"].is_string(), "{e1_body}");
+        assert_eq!(e1_body["state_until"], e1_body["retry_after"], "alias");
+        assert_eq!(e1_body["state_reported_by"], "dp-a");
+        assert_eq!(e1_body["last_error"]["reason"], "429 from upstream");
+        assert_eq!(e1_body["last_error"]["node_id"], "dp-a");
+        let planes = e1_body["data_planes"].as_array().expect("data_planes");
+        assert_eq!(planes.len(), 1, "{e1_body}");
+        assert_eq!(planes[0]["node_id"], "dp-a");
+        assert_eq!(planes[0]["state"], "throttling");
+        assert_eq!(planes[0]["until"], e1_body["retry_after"]);
+        assert_eq!(planes[0]["reason"], "429 from upstream");
+        assert!(planes[0]["updated_at"].is_string());
+        assert_eq!(h.get(&gw_path).await.json()["state"], "degraded");
 
-        // Both throttling: the gateway is throttling.
-        tx.send(health(&e2, cfg::EndpointState::Throttling, "429")).await.expect("send");
+        // dp-b sees e2 in error: every member unavailable, one throttling.
+        dp_b.send(health(&e2, cfg::EndpointState::Error, "503 from upstream")).await;
         wait_until(&h, &gw_path, |b| b["state"] == "throttling").await;
+        let e2_body = h.get(&e2_path).await.json();
+        assert_eq!(
+            (e2_body["state"].as_str(), e2_body["state_reported_by"].as_str()),
+            (Some("error"), Some("dp-b"))
+        );
 
-        // One throttling, one in error: the gateway is in error.
-        tx.send(health(&e2, cfg::EndpointState::Error, "503 from upstream")).await.expect("send");
+        // dp-a recovers e1: the gateway is degraded again; e1 keeps its last error.
+        dp_a.send(health(&e1, cfg::EndpointState::Healthy, "")).await;
+        let e1_body = wait_until(&h, &e1_path, |b| b["state"] == "healthy").await;
+        for absent in ["state_reason", "retry_after", "state_until", "state_reported_by"] {
+            assert!(e1_body.get(absent).is_none(), "{absent} in {e1_body}");
+        }
+        assert_eq!(e1_body["last_error"]["reason"], "429 from upstream");
+        assert_eq!(e1_body["data_planes"][0]["state"], "healthy");
+        assert!(e1_body["data_planes"][0].get("until").is_none());
+        assert_eq!(h.get(&gw_path).await.json()["state"], "degraded");
+
+        // dp-b sees e1 in error too: every member in error.
+        dp_b.send(health(&e1, cfg::EndpointState::Error, "connection reset")).await;
         wait_until(&h, &gw_path, |b| b["state"] == "error").await;
+        let e1_body = h.get(&e1_path).await.json();
+        let views: Vec<(&str, &str)> = e1_body["data_planes"]
+            .as_array()
+            .expect("data_planes")
+            .iter()
+            .map(|p| (p["node_id"].as_str().unwrap_or(""), p["state"].as_str().unwrap_or("")))
+            .collect();
+        assert_eq!(views, [("dp-a", "healthy"), ("dp-b", "error")]);
+        assert_eq!(e1_body["last_error"]["reason"], "connection reset");
         let list = h.get("/api/v1/inference-endpoints").await.json();
         let states: Vec<&str> =
             list.as_array().expect("array").iter().filter_map(|e| e["state"].as_str()).collect();
-        assert_eq!(states, ["throttling", "error"]);
+        assert_eq!(states, ["error", "error"]);
 
-        // Recovered.
-        tx.send(health(&e1, cfg::EndpointState::Healthy, "")).await.expect("send");
-        let e1_body = wait_until(&h, &e1_path, |b| b["state"] == "healthy").await;
-        assert!(e1_body.get("state_reason").is_none(), "{e1_body}");
-        assert_eq!(h.get(&gw_path).await.json()["state"], "healthy");
-
-        drop(tx);
+        drop((dp_a, dp_b));
         let _ = stop_tx.send(());
     };
     let (served, ()) = tokio::join!(server, scenario);

@@ -31,6 +31,10 @@ fn the_document_lists_every_path_with_its_methods() {
         ("/api/v1/gateways/{id}/keys", &["get", "post"]),
         ("/api/v1/gateways/{id}/keys/{key_id}", &["delete"]),
         ("/api/v1/status", &["get"]),
+        ("/api/v1/azure/discoveries", &["post"]),
+        ("/api/v1/azure/discoveries/{id}", &["get"]),
+        ("/api/v1/azure/imports", &["post"]),
+        ("/api/v1/azure/gateway-proposals", &["post"]),
         ("/api/v1/openapi.json", &["get"]),
     ]
     .into_iter()
@@ -115,5 +119,58 @@ fn operation_ids_are_unique() {
             assert!(ids.insert(id.to_owned()), "duplicate operationId {id}");
         }
     }
-    assert_eq!(ids.len(), 15);
+    assert_eq!(ids.len(), 19);
+}
+
+#[test]
+fn routing_and_health_fields_are_documented() {
+    let doc = document();
+    let schemas = &doc["components"]["schemas"];
+    let strings = |v: &Value| -> Vec<String> {
+        v.as_array()
+            .unwrap_or_else(|| panic!("not an array: {v}"))
+            .iter()
+            .filter_map(Value::as_str)
+            .map(str::to_owned)
+            .collect()
+    };
+    assert_eq!(strings(&schemas["RoutingStrategy"]["enum"]), ["weighted", "fastest"]);
+    assert_eq!(
+        strings(&schemas["GatewayState"]["enum"]),
+        ["healthy", "degraded", "throttling", "error"]
+    );
+    for request in ["CreateGatewayRequest", "UpdateGatewayRequest"] {
+        assert!(schemas[request]["properties"].get("routing").is_some(), "{request}");
+        let required = &schemas[request]["required"];
+        // `required` is omitted when nothing is.
+        assert!(required.is_null() || !strings(required).contains(&"routing".to_owned()));
+    }
+    let input = &schemas["RoutingInput"]["properties"];
+    assert_eq!(input["strategy"]["default"], "weighted");
+    assert_eq!(input["wait_for_recovery"]["default"], false);
+    assert_eq!(input["request_timeout_ms"]["minimum"], 1000);
+    assert_eq!(input["request_timeout_ms"]["maximum"], 600000);
+    assert_eq!(
+        strings(&schemas["RoutingResponse"]["required"]),
+        ["strategy", "wait_for_recovery", "request_timeout_ms"]
+    );
+    assert_eq!(
+        schemas["GatewayResponse"]["properties"]["state"]["$ref"],
+        "#/components/schemas/GatewayState"
+    );
+    assert!(strings(&schemas["GatewayResponse"]["required"]).contains(&"routing".to_owned()));
+
+    let endpoint = &schemas["EndpointResponse"]["properties"];
+    for field in
+        ["state", "state_reason", "retry_after", "state_until", "last_error", "data_planes"]
+    {
+        assert!(endpoint.get(field).is_some(), "EndpointResponse.{field}");
+    }
+    assert_eq!(endpoint["retry_after"]["format"], "date-time");
+    let plane = &schemas["DataPlaneHealthResponse"];
+    assert_eq!(strings(&plane["required"]), ["node_id", "state", "updated_at"]);
+    for field in ["until", "reason"] {
+        assert!(plane["properties"].get(field).is_some(), "DataPlaneHealthResponse.{field}");
+    }
+    assert_eq!(strings(&schemas["LastErrorResponse"]["required"]), ["reason", "at", "node_id"]);
 }

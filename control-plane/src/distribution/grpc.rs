@@ -55,13 +55,30 @@ pub(super) async fn serve(
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
         .add_service(ConfigDiscoveryServer::new(service))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+        .serve_with_incoming_shutdown(incoming(listener), async move {
             shutdown.await;
             tracing::info!("config distribution shutting down; ending open streams");
             // Streams never end by themselves: tell them to, or graceful shutdown waits forever.
             let _ = stopping_tx.send(true);
         })
         .await
+}
+
+/// Accepted connections with Nagle's algorithm off. tonic ignores its own `tcp_nodelay` for
+/// an incoming stream, and with Nagle on, a small message (a fleet-health push) can wait
+/// ~40 ms for the peer's delayed ACK: too much of the fleet-push budget.
+fn incoming(
+    listener: tokio::net::TcpListener,
+) -> impl Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    use futures::StreamExt as _;
+    TcpListenerStream::new(listener).map(|accepted| {
+        if let Ok(stream) = &accepted
+            && let Err(e) = stream.set_nodelay(true)
+        {
+            tracing::debug!(error = %e, "could not disable Nagle on a config stream");
+        }
+        accepted
+    })
 }
 
 struct DiscoveryService {
@@ -107,7 +124,8 @@ impl ConfigDiscovery for DiscoveryService {
         tokio::spawn(
             session.run(inbound, replaced, self.stopping.clone()).instrument(span.clone()),
         );
-        Ok(Response::new(outbound(self.snapshots.clone(), stop_rx, span)))
+        let fleet = self.registry.subscribe_fleet_health();
+        Ok(Response::new(outbound(self.snapshots.clone(), fleet, stop_rx, span)))
     }
 }
 
@@ -268,18 +286,35 @@ impl Session {
 
 struct Outbound {
     snapshots: watch::Receiver<Arc<cfg::Snapshot>>,
+    fleet: watch::Receiver<Arc<cfg::FleetHealth>>,
     stop: oneshot::Receiver<Option<Status>>,
     last_sent: Option<u64>,
+    /// A snapshot was just sent: the fleet health follows it, changed or not, so a data plane
+    /// that (re)connects learns what the fleet avoids at once.
+    fleet_due: bool,
+    /// The registry is gone (only at teardown): stop watching it rather than spin.
+    fleet_closed: bool,
     done: bool,
 }
 
-/// The response stream: the current snapshot, then every newer one, until told to stop.
+/// The response stream: the current snapshot and fleet health, then every newer snapshot
+/// (each followed by the fleet health) and every change of the fleet health, until told to
+/// stop.
 fn outbound(
     snapshots: watch::Receiver<Arc<cfg::Snapshot>>,
+    fleet: watch::Receiver<Arc<cfg::FleetHealth>>,
     stop: oneshot::Receiver<Option<Status>>,
     span: tracing::Span,
 ) -> OutboundStream {
-    let state = Outbound { snapshots, stop, last_sent: None, done: false };
+    let state = Outbound {
+        snapshots,
+        fleet,
+        stop,
+        last_sent: None,
+        fleet_due: false,
+        fleet_closed: false,
+        done: false,
+    };
     Box::pin(futures::stream::unfold(state, move |mut state| {
         let span = span.clone();
         async move {
@@ -299,6 +334,9 @@ impl Outbound {
             let snapshot = self.snapshots.borrow_and_update().clone();
             return Some(Ok(self.send(&snapshot)));
         };
+        if self.fleet_due {
+            return Some(Ok(self.send_fleet()));
+        }
         loop {
             tokio::select! {
                 biased;
@@ -319,12 +357,29 @@ impl Outbound {
                         return Some(Ok(self.send(&snapshot)));
                     }
                 }
+                changed = self.fleet.changed(), if !self.fleet_closed => {
+                    if changed.is_err() {
+                        self.fleet_closed = true;
+                        continue;
+                    }
+                    return Some(Ok(self.send_fleet()));
+                }
             }
+        }
+    }
+
+    fn send_fleet(&mut self) -> cfg::ControlPlaneMessage {
+        self.fleet_due = false;
+        let fleet = self.fleet.borrow_and_update().clone();
+        tracing::debug!(unavailable = fleet.endpoints.len(), "sending fleet health");
+        cfg::ControlPlaneMessage {
+            kind: Some(cfg::control_plane_message::Kind::FleetHealth(fleet.as_ref().clone())),
         }
     }
 
     fn send(&mut self, snapshot: &Arc<cfg::Snapshot>) -> cfg::ControlPlaneMessage {
         self.last_sent = Some(snapshot.version);
+        self.fleet_due = true;
         tracing::debug!(version = snapshot.version, "sending snapshot");
         cfg::ControlPlaneMessage {
             kind: Some(cfg::control_plane_message::Kind::Snapshot(snapshot.as_ref().clone())),

@@ -134,6 +134,11 @@ impl Store {
                 .await?;
             tracing::info!(endpoint.name = %record.name, gateways = ?gateways, "forced delete removes the endpoint from gateways");
         }
+        // Health is not configuration, but rows of a deleted endpoint describe nothing.
+        sqlx::query("DELETE FROM endpoint_health WHERE endpoint_id = $1")
+            .bind(id.to_string())
+            .execute(&mut *tx)
+            .await?;
         sqlx::query("DELETE FROM inference_endpoints WHERE id = $1")
             .bind(id.to_string())
             .execute(&mut *tx)

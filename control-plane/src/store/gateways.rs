@@ -2,19 +2,23 @@
 
 use std::collections::HashMap;
 
-use modelgw_model::{ConfigVersion, GatewayId, GatewayMember};
-use sqlx::AnyConnection;
+use modelgw_model::{ConfigVersion, GatewayId, GatewayMember, RoutingPolicy, RoutingStrategy};
 use sqlx::Row as _;
 use sqlx::any::AnyRow;
 use sqlx::error::ErrorKind;
+use sqlx::{AnyConnection, AssertSqlSafe};
 
 use super::endpoints::name_conflict;
 use super::{
     GatewayPatch, GatewayRecord, NewGateway, Store, StoreError, commit, constraint_kind,
-    parse_column, time_from_db, u32_from_db,
+    decode_error, parse_column, time_from_db, u32_from_db,
 };
 
 pub(super) const ENTITY: &str = "gateway";
+
+/// Columns `gateway_from_row` reads (a constant, so the formatted queries stay SQL-safe).
+const GATEWAY_COLUMNS: &str = "id, name, created_at, updated_at, routing_strategy, \
+     routing_wait_for_recovery, routing_request_timeout_ms";
 
 impl Store {
     #[tracing::instrument(name = "store.create_gateway", skip_all, fields(gateway.name = %new.name, gateway.id))]
@@ -27,12 +31,17 @@ impl Store {
         let now = super::now_ms();
         let (mut tx, version) = self.begin_write().await?;
         sqlx::query(
-            "INSERT INTO gateways (id, name, created_at, updated_at) VALUES ($1, $2, $3, $4)",
+            "INSERT INTO gateways (id, name, created_at, updated_at, routing_strategy, \
+             routing_wait_for_recovery, routing_request_timeout_ms) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
         )
         .bind(id.to_string())
         .bind(new.name)
         .bind(now)
         .bind(now)
+        .bind(strategy_to_db(new.routing.strategy))
+        .bind(i64::from(new.routing.wait_for_recovery))
+        .bind(new.routing.request_timeout_ms.map(i64::from))
         .execute(&mut *tx)
         .await
         .map_err(|e| name_conflict(e, ENTITY))?;
@@ -45,10 +54,11 @@ impl Store {
     pub async fn list_gateways(&self) -> Result<Vec<GatewayRecord>, StoreError> {
         // One read transaction, so members match the gateways they are listed under.
         let mut tx = self.begin_read().await?;
-        let gateways =
-            sqlx::query("SELECT id, name, created_at, updated_at FROM gateways ORDER BY name")
-                .fetch_all(&mut *tx)
-                .await?;
+        let gateways = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {GATEWAY_COLUMNS} FROM gateways ORDER BY name"
+        )))
+        .fetch_all(&mut *tx)
+        .await?;
         let member_rows = sqlx::query(
             "SELECT gateway_id, endpoint_id, enabled, priority, weight FROM gateway_members \
              ORDER BY gateway_id, position",
@@ -83,13 +93,20 @@ impl Store {
     ) -> Result<(GatewayRecord, ConfigVersion), StoreError> {
         let (mut tx, version) = self.begin_write().await?;
         let current = fetch_gateway(&mut tx, id).await?;
-        sqlx::query("UPDATE gateways SET name = $2, updated_at = $3 WHERE id = $1")
-            .bind(id.to_string())
-            .bind(patch.name.unwrap_or(current.name))
-            .bind(super::now_ms().max(current.updated_at.timestamp_millis()))
-            .execute(&mut *tx)
-            .await
-            .map_err(|e| name_conflict(e, ENTITY))?;
+        let routing = patch.routing.unwrap_or(current.routing);
+        sqlx::query(
+            "UPDATE gateways SET name = $2, updated_at = $3, routing_strategy = $4, \
+             routing_wait_for_recovery = $5, routing_request_timeout_ms = $6 WHERE id = $1",
+        )
+        .bind(id.to_string())
+        .bind(patch.name.unwrap_or(current.name))
+        .bind(super::now_ms().max(current.updated_at.timestamp_millis()))
+        .bind(strategy_to_db(routing.strategy))
+        .bind(i64::from(routing.wait_for_recovery))
+        .bind(routing.request_timeout_ms.map(i64::from))
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| name_conflict(e, ENTITY))?;
         if let Some(members) = &patch.members {
             sqlx::query("DELETE FROM gateway_members WHERE gateway_id = $1")
                 .bind(id.to_string())
@@ -171,11 +188,12 @@ async fn fetch_gateway(
     conn: &mut AnyConnection,
     id: GatewayId,
 ) -> Result<GatewayRecord, StoreError> {
-    let row = sqlx::query("SELECT id, name, created_at, updated_at FROM gateways WHERE id = $1")
-        .bind(id.to_string())
-        .fetch_optional(&mut *conn)
-        .await?
-        .ok_or_else(|| not_found(id))?;
+    let row =
+        sqlx::query(AssertSqlSafe(format!("SELECT {GATEWAY_COLUMNS} FROM gateways WHERE id = $1")))
+            .bind(id.to_string())
+            .fetch_optional(&mut *conn)
+            .await?
+            .ok_or_else(|| not_found(id))?;
     let member_rows = sqlx::query(
         "SELECT gateway_id, endpoint_id, enabled, priority, weight FROM gateway_members \
          WHERE gateway_id = $1 ORDER BY position",
@@ -219,7 +237,36 @@ fn gateway_from_row(
         id: parse_column("id", &id)?,
         name: row.try_get("name")?,
         members,
+        routing: routing_from_row(row)?,
         created_at: time_from_db("created_at", row.try_get("created_at")?)?,
         updated_at: time_from_db("updated_at", row.try_get("updated_at")?)?,
+    })
+}
+
+fn strategy_to_db(strategy: RoutingStrategy) -> &'static str {
+    match strategy {
+        RoutingStrategy::Weighted => "weighted",
+        RoutingStrategy::Fastest => "fastest",
+    }
+}
+
+/// The routing columns of a `gateways` row (also read by the snapshot load).
+pub(super) fn routing_from_row(row: &AnyRow) -> Result<RoutingPolicy, StoreError> {
+    let strategy: String = row.try_get("routing_strategy")?;
+    let strategy = match strategy.as_str() {
+        "weighted" => RoutingStrategy::Weighted,
+        "fastest" => RoutingStrategy::Fastest,
+        other => {
+            return Err(decode_error("gateways.routing_strategy", format!("unknown {other:?}")));
+        }
+    };
+    let wait: i64 = row.try_get("routing_wait_for_recovery")?;
+    let timeout: Option<i64> = row.try_get("routing_request_timeout_ms")?;
+    Ok(RoutingPolicy {
+        strategy,
+        wait_for_recovery: wait != 0,
+        request_timeout_ms: timeout
+            .map(|ms| u32_from_db("gateways.routing_request_timeout_ms", ms))
+            .transpose()?,
     })
 }

@@ -13,8 +13,10 @@
 //!
 //! CONTRACT (shared with `modelgw-admin-api`): the public signatures here are fixed.
 
+mod azure_import;
 mod endpoints;
 mod gateways;
+mod health;
 mod keys;
 mod snapshot;
 
@@ -22,7 +24,8 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use modelgw_model::{
-    ConfigVersion, EndpointId, GatewayId, GatewayKeyId, GatewayMember, Platform, Secret,
+    ConfigVersion, EndpointId, GatewayId, GatewayKeyId, GatewayMember, Platform, RoutingPolicy,
+    Secret,
 };
 use sqlx::any::{Any, AnyPoolOptions};
 use sqlx::error::ErrorKind;
@@ -31,6 +34,9 @@ use sqlx::{AnyConnection, AnyPool, AssertSqlSafe, Transaction};
 use tracing::Instrument as _;
 
 use crate::MasterKey;
+
+pub use azure_import::{AzureEndpointRecord, AzureImportItem, AzureImportOutcome};
+pub use health::EndpointHealthRecord;
 
 /// Which database the store runs on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -89,6 +95,7 @@ pub struct GatewayRecord {
     pub name: String,
     /// In the order they were given.
     pub members: Vec<GatewayMember>,
+    pub routing: RoutingPolicy,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -97,6 +104,8 @@ pub struct GatewayRecord {
 pub struct NewGateway {
     pub name: String,
     pub members: Vec<GatewayMember>,
+    /// `RoutingPolicy::default()` for today's behaviour (weighted, no waiting, default deadline).
+    pub routing: RoutingPolicy,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -104,6 +113,8 @@ pub struct GatewayPatch {
     pub name: Option<String>,
     /// Replaces the whole member list when present.
     pub members: Option<Vec<GatewayMember>>,
+    /// Replaces the whole routing policy when present.
+    pub routing: Option<RoutingPolicy>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -394,7 +405,11 @@ mod tests {
     async fn an_in_memory_store_keeps_its_data_across_calls() {
         let store = Store::connect("sqlite::memory:", MasterKey::generate()).await.expect("open");
         let (gw, v) = store
-            .create_gateway(NewGateway { name: "gw".into(), members: vec![] })
+            .create_gateway(NewGateway {
+                name: "gw".into(),
+                members: vec![],
+                routing: RoutingPolicy::default(),
+            })
             .await
             .expect("create");
         assert_eq!(v, ConfigVersion(2));

@@ -1,10 +1,10 @@
 //! The whole configuration at one version, as data planes route with it.
 
-use modelgw_model::{Credential, Endpoint, Gateway, GatewayKey, RoutingPolicy, Snapshot};
+use modelgw_model::{Credential, Endpoint, Gateway, GatewayKey, Snapshot};
 use sqlx::Row as _;
 
 use super::endpoints::platform_from_db;
-use super::gateways::group_members;
+use super::gateways::{group_members, routing_from_row};
 use super::{Store, StoreError, decode_error, parse_column, version_from_db};
 
 impl Store {
@@ -22,8 +22,12 @@ impl Store {
         )
         .fetch_all(&mut *tx)
         .await?;
-        let gateway_rows =
-            sqlx::query("SELECT id, name FROM gateways ORDER BY name").fetch_all(&mut *tx).await?;
+        let gateway_rows = sqlx::query(
+            "SELECT id, name, routing_strategy, routing_wait_for_recovery, \
+                 routing_request_timeout_ms FROM gateways ORDER BY name",
+        )
+        .fetch_all(&mut *tx)
+        .await?;
         let member_rows = sqlx::query(
             "SELECT gateway_id, endpoint_id, enabled, priority, weight FROM gateway_members \
              ORDER BY gateway_id, position",
@@ -82,8 +86,7 @@ impl Store {
                 name: row.try_get("name")?,
                 members: members.remove(&id).unwrap_or_default(),
                 keys: keys.remove(&id).unwrap_or_default(),
-                // Stored routing settings arrive with the routing engine (issue #3).
-                routing: RoutingPolicy::default(),
+                routing: routing_from_row(row)?,
             });
         }
         tracing::debug!(endpoints = endpoints.len(), gateways = gateways.len(), "snapshot loaded");

@@ -3,6 +3,20 @@
 //! Per request: one `SnapshotStore::load`, one SHA-256 of the client key, one body read into
 //! `Bytes` (re-sent on failover without copying unless `model` must change). No lock is held
 //! across an await and nothing here talks to the control plane.
+//!
+//! An endpoint's answer is committed to the client (head sent, no failover any more) only
+//! once nothing can make it fail any more that another endpoint could fix:
+//! - SSE: after its first data frame; a cut after that ends with an SSE error event.
+//! - Any other 2xx answer (chat or embeddings JSON): after its whole body was read, up to
+//!   `max_buffered_response_bytes` (then committed and the rest streamed). A reset in the
+//!   middle of the body is a failed attempt like a refused connection: the endpoint cools
+//!   down and the next candidate answers. Holding the body back costs no latency — a
+//!   non-streamed answer is only sent once generation finished, so its body follows its head
+//!   at network speed and the client could not use a partial JSON document anyway — and the
+//!   memory is bounded by the cap. Reading it keeps the attempt's limits: each chunk within
+//!   the idle gap, all of it within the request's deadline.
+//! - Other statuses: at their head, passed through byte for byte (error bodies are small and
+//!   nothing is gained by failing over an answer that says no).
 
 mod reply;
 mod rewrite;
@@ -10,23 +24,26 @@ mod route;
 pub(crate) mod server;
 mod upstream;
 
+use std::collections::VecDeque;
 use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
-use http::header::CONTENT_LENGTH;
+use bytes::BytesMut;
+use http::header::{CONTENT_LENGTH, CONTENT_TYPE};
 use http::request::Parts;
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode};
+use http_body::Frame;
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use hyper::body::Incoming;
 use modelgw_model::gateway_key_hash;
 use tracing::{Instrument, Span, debug, field, info, warn};
 
-use crate::balance::{EndpointSelector, Skip};
+use crate::balance::EndpointSelector;
 use crate::health::{
-    DEFAULT_THROTTLE, ERROR_COOLDOWN, HealthEvent, HealthRegistry, MAX_THROTTLE,
+    Admission, GatewayState, HealthEvent, HealthRegistry, Unavailable, gateway_state,
     retry_after_from_headers, retry_after_from_message,
 };
 use crate::snapshot::{CompiledEndpoint, CompiledGateway, SnapshotStore};
@@ -48,6 +65,23 @@ const ATTEMPTS_HEADER: HeaderName = HeaderName::from_static("x-modelgw-attempts"
 const THROTTLE_BODY_LIMIT: usize = 16 * 1024;
 /// How long reading that 429 body may take before the default window is used instead.
 const THROTTLE_BODY_TIMEOUT: Duration = Duration::from_secs(2);
+/// Client header that shortens the request's deadline (milliseconds); it can never extend
+/// the gateway's.
+pub(crate) const TIMEOUT_HEADER: HeaderName = HeaderName::from_static("x-modelgw-timeout-ms");
+/// Most times one request waits for a recovery (`routing.wait_for_recovery`) before giving
+/// up; the deadline bounds the total anyway, this only stops a flapping endpoint from
+/// turning one request into many attempts.
+const MAX_RECOVERY_ROUNDS: u32 = 8;
+/// Assumed recovery time of a member whose half-open trial is in flight: a trial usually
+/// answers within a second.
+const TRIAL_BUSY_RETRY: Duration = Duration::from_secs(1);
+/// Shortest wait before trying again after a recovery wait, so a window ending "now" (e.g.
+/// `retry-after-ms: 0`) cannot turn into a busy loop.
+const MIN_RECOVERY_WAIT: Duration = Duration::from_millis(50);
+/// Pause between sending the SSE error event and aborting the body. hyper discards buffered
+/// bytes when a body fails, so the event needs a moment on the wire first; 100 ms is plenty
+/// on any live connection and invisible next to the failure itself.
+const STREAM_ERROR_FLUSH_GRACE: Duration = Duration::from_millis(100);
 /// Longest client-supplied request id that is adopted (and logged); longer ones are replaced.
 const MAX_REQUEST_ID_LEN: usize = 128;
 
@@ -55,7 +89,14 @@ const MAX_REQUEST_ID_LEN: usize = 128;
 #[derive(Clone, Debug)]
 pub(crate) struct Limits {
     pub max_body_bytes: usize,
+    /// First-byte timeout of one attempt.
     pub upstream_timeout: Duration,
+    /// Longest gap between two body chunks of an upstream answer.
+    pub idle_timeout: Duration,
+    /// End-to-end deadline when the gateway sets none.
+    pub request_timeout: Duration,
+    /// Most bytes of a non-streamed 2xx answer read before committing it to the client.
+    pub max_buffered_response_bytes: usize,
     pub client_body_timeout: Duration,
 }
 
@@ -68,23 +109,26 @@ pub(crate) struct Proxy {
     pub limits: Limits,
 }
 
-/// How one attempt (or skip) ended, as logged and listed in `x-modelgw-attempts`.
+/// How one attempt ended, as logged and listed in `x-modelgw-attempts`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Outcome {
     /// 1xx–3xx: served.
     Ok,
     /// 4xx other than 401/403/429: the client's problem, passed through.
     ClientError,
+    /// A 5xx that another endpoint would answer the same way (501, 505, …): passed through.
+    ServerErrorPassedThrough,
     /// 401/403: the endpoint rejected the gateway's credential; passed through.
     CredentialRejected,
     Throttled,
     ServerError,
     ConnectError,
     Timeout,
-    /// The connection failed after the request was sent (reset, protocol error).
+    /// The connection failed after the request was sent (reset, protocol error), or a
+    /// stream broke before its first byte.
     Transport,
-    SkippedThrottling,
-    SkippedError,
+    /// The request's deadline ended the attempt (not the endpoint's fault).
+    Deadline,
 }
 
 impl Outcome {
@@ -92,33 +136,45 @@ impl Outcome {
         match self {
             Outcome::Ok => "ok",
             Outcome::ClientError => "client_error",
+            Outcome::ServerErrorPassedThrough => "server_error_passed_through",
             Outcome::CredentialRejected => "credential_rejected",
             Outcome::Throttled => "throttled",
             Outcome::ServerError => "server_error",
             Outcome::ConnectError => "connect_error",
             Outcome::Timeout => "timeout",
             Outcome::Transport => "transport_error",
-            Outcome::SkippedThrottling => "skipped_throttling",
-            Outcome::SkippedError => "skipped_error",
+            Outcome::Deadline => "deadline",
         }
     }
+}
+
+/// An answer to pass on: head, the body frames read ahead before committing, the rest.
+struct Answer {
+    status: StatusCode,
+    headers: HeaderMap,
+    ahead: ReadAhead,
+    body: reqwest::Body,
+    outcome: Outcome,
+}
+
+/// Body frames read before an answer is committed to the client.
+#[derive(Default)]
+struct ReadAhead {
+    frames: VecDeque<Bytes>,
+    /// The upstream body ended: `frames` is all of it.
+    complete: bool,
 }
 
 /// Result of one upstream attempt.
 enum Attempt {
     /// An answer to pass to the client (success or a non-retryable client error).
-    Answer(reqwest::Response, Outcome),
+    Answer(Box<Answer>),
     /// 429: try the next endpoint; this one is throttled for `retry_after`.
     Throttled { retry_after: Duration, status: StatusCode },
     /// Retryable failure: try the next endpoint; this one cools down.
     Failed { outcome: Outcome, status: Option<StatusCode>, reason: String },
-}
-
-/// What happened to one member that did not serve the request, for the final answer.
-#[derive(Clone, Copy)]
-enum Unavailable {
-    Throttling { until: Instant },
-    Error { until: Instant },
+    /// The request's deadline passed while waiting for this endpoint.
+    Deadline,
 }
 
 impl Proxy {
@@ -144,12 +200,15 @@ impl Proxy {
             method = %parts.method,
             path = parts.uri.path(),
             gateway = field::Empty,
+            timeout_ms = field::Empty,
             status = field::Empty,
             ms = field::Empty,
         );
         let started = Instant::now();
-        let mut response =
-            self.serve(&parts, body, route, &request_id, &span).instrument(span.clone()).await;
+        let mut response = self
+            .serve(&parts, body, route, &request_id, &span, started)
+            .instrument(span.clone())
+            .await;
         response.headers_mut().entry(CLIENT_REQUEST_ID).or_insert(request_id);
         let status = response.status().as_u16();
         let ms = started.elapsed().as_millis() as u64;
@@ -167,6 +226,7 @@ impl Proxy {
         route: Route<'_>,
         request_id: &HeaderValue,
         span: &Span,
+        started: Instant,
     ) -> Response<ProxyBody> {
         if route == Route::NotFound {
             debug!("unknown path");
@@ -214,7 +274,13 @@ impl Proxy {
             body,
             model,
         };
-        self.forward(&plan, gateway).await
+        let timeout = request_timeout(
+            gateway.routing.request_timeout_ms,
+            self.limits.request_timeout,
+            &parts.headers,
+        );
+        span.record("timeout_ms", timeout.as_millis() as u64);
+        self.forward(&plan, gateway, started + timeout).await
     }
 
     async fn read_body(
@@ -252,91 +318,186 @@ impl Proxy {
         }
     }
 
-    /// Tries the gateway's candidates in order until one answers with something to pass on.
+    /// Tries the gateway's candidates in order until one answers with something to pass on;
+    /// when none can and the gateway asks for it, waits for the earliest recovery that fits
+    /// in the deadline and tries again.
     async fn forward(
         &self,
         plan: &RequestPlan<'_>,
         gateway: &CompiledGateway,
+        deadline: Instant,
     ) -> Response<ProxyBody> {
-        let candidates = self.selector.candidates(gateway, &self.health, Instant::now());
         let mut attempts = String::new();
-        let mut unavailable: Vec<Unavailable> = Vec::with_capacity(candidates.len());
         let mut attempt = 0u32;
-        for candidate in &candidates {
-            let endpoint = &candidate.endpoint;
-            if let Some(skip) = candidate.skip {
-                let wait = skip.until().saturating_duration_since(Instant::now());
+        let mut round = 0u32;
+        loop {
+            let candidates = self.selector.candidates(gateway, &self.health, Instant::now());
+            let mut unavailable: Vec<Unavailable> = Vec::with_capacity(candidates.len());
+            for candidate in candidates.iter().filter(|c| c.low_headroom && c.skip.is_none()) {
+                let endpoint = &candidate.endpoint;
                 info!(
                     endpoint = %endpoint.name,
                     region = %endpoint.region,
-                    reason = skip.as_str(),
-                    wait_ms = wait.as_millis() as u64,
-                    "endpoint skipped"
+                    reason = "low_quota_headroom",
+                    "endpoint deferred after the others of its group"
                 );
-                let (outcome, state) = match skip {
-                    Skip::Throttling { until } => {
-                        (Outcome::SkippedThrottling, Unavailable::Throttling { until })
-                    }
-                    Skip::Error { until } => (Outcome::SkippedError, Unavailable::Error { until }),
+            }
+            for candidate in &candidates {
+                let endpoint = &candidate.endpoint;
+                let admitted = match candidate.skip {
+                    Some(skip) => Err(skip),
+                    None => self.health.admit(endpoint.id, Instant::now()),
                 };
-                note_attempt(&mut attempts, endpoint, outcome, 0);
-                unavailable.push(state);
-                continue;
+                let admission = match admitted {
+                    Ok(admission) => admission,
+                    Err(skip) => {
+                        log_skip(endpoint, skip);
+                        note(&mut attempts, endpoint, &format!("skipped_{}", skip.as_str()), 0);
+                        unavailable.push(skip);
+                        continue;
+                    }
+                };
+                if Instant::now() >= deadline {
+                    return self.deadline_exceeded(gateway, &attempts);
+                }
+                attempt += 1;
+                let trial = admission.is_trial();
+                let started = Instant::now();
+                let result = self.attempt(plan, endpoint, deadline).await;
+                let ms = started.elapsed().as_millis() as u64;
+                let now = Instant::now();
+                match result {
+                    Attempt::Answer(answer) => {
+                        let status = answer.status;
+                        let outcome = answer.outcome;
+                        let event = if outcome == Outcome::CredentialRejected {
+                            let reason = format!("credential rejected ({status})");
+                            log_attempt(
+                                endpoint,
+                                attempt,
+                                outcome,
+                                Some(status),
+                                ms,
+                                trial,
+                                &reason,
+                            );
+                            HealthEvent::Failed { reason }
+                        } else {
+                            log_attempt(endpoint, attempt, outcome, Some(status), ms, trial, "");
+                            HealthEvent::Answered
+                        };
+                        self.health.record(endpoint.id, &event, now);
+                        let mut admission = admission;
+                        admission.finish_trial();
+                        if outcome == Outcome::Ok {
+                            // A quick rejection says nothing about how fast it serves.
+                            self.health.record_latency(endpoint.id, now - started, now);
+                        }
+                        self.health.record_headroom(endpoint.id, &answer.headers, now);
+                        note(&mut attempts, endpoint, outcome.as_str(), ms);
+                        return self
+                            .pass_through(*answer, endpoint, admission, deadline, &attempts);
+                    }
+                    Attempt::Throttled { retry_after, status } => {
+                        let retry_after = retry_after.min(self.health.policy().max_throttle);
+                        let reason =
+                            format!("throttled; retry after {} ms", retry_after.as_millis());
+                        log_attempt(
+                            endpoint,
+                            attempt,
+                            Outcome::Throttled,
+                            Some(status),
+                            ms,
+                            trial,
+                            &reason,
+                        );
+                        let event = HealthEvent::Throttled { retry_after, reason };
+                        self.health.record(endpoint.id, &event, now);
+                        note(&mut attempts, endpoint, Outcome::Throttled.as_str(), ms);
+                        unavailable.push(self.unavailable_now(endpoint, now));
+                    }
+                    Attempt::Failed { outcome, status, reason } => {
+                        log_attempt(endpoint, attempt, outcome, status, ms, trial, &reason);
+                        self.health.record(endpoint.id, &HealthEvent::Failed { reason }, now);
+                        note(&mut attempts, endpoint, outcome.as_str(), ms);
+                        unavailable.push(self.unavailable_now(endpoint, now));
+                    }
+                    Attempt::Deadline => {
+                        let reason = "the request deadline passed before the answer was complete";
+                        log_attempt(endpoint, attempt, Outcome::Deadline, None, ms, trial, reason);
+                        note(&mut attempts, endpoint, Outcome::Deadline.as_str(), ms);
+                        return self.deadline_exceeded(gateway, &attempts);
+                    }
+                }
             }
-            attempt += 1;
-            let started = Instant::now();
-            let result = self.attempt(plan, endpoint).await;
-            let ms = started.elapsed().as_millis() as u64;
             let now = Instant::now();
-            match result {
-                Attempt::Answer(response, outcome) => {
-                    let status = response.status();
-                    let event = if outcome == Outcome::CredentialRejected {
-                        let reason = format!("credential rejected ({status})");
-                        log_attempt(endpoint, attempt, outcome, Some(status), ms, &reason);
-                        HealthEvent::Failed { reason }
-                    } else {
-                        log_attempt(endpoint, attempt, outcome, Some(status), ms, "");
-                        HealthEvent::Answered
-                    };
-                    self.health.record(endpoint.id, &event, now);
-                    note_attempt(&mut attempts, endpoint, outcome, ms);
-                    return self.pass_through(response, endpoint, &attempts);
-                }
-                Attempt::Throttled { retry_after, status } => {
-                    let retry_after = retry_after.min(MAX_THROTTLE);
-                    let reason = format!("throttled; retry after {} ms", retry_after.as_millis());
-                    log_attempt(endpoint, attempt, Outcome::Throttled, Some(status), ms, &reason);
-                    self.health.record(
-                        endpoint.id,
-                        &HealthEvent::Throttled { retry_after, reason },
-                        now,
+            if gateway.routing.wait_for_recovery
+                && !unavailable.is_empty()
+                && round < MAX_RECOVERY_ROUNDS
+            {
+                let recovery = unavailable
+                    .iter()
+                    .map(|u| u.until().unwrap_or(now + TRIAL_BUSY_RETRY))
+                    .min()
+                    .unwrap_or(now)
+                    .max(now + MIN_RECOVERY_WAIT);
+                if recovery < deadline {
+                    round += 1;
+                    info!(
+                        wait_ms = (recovery - now).as_millis() as u64,
+                        round, "no endpoint available; waiting for the earliest recovery"
                     );
-                    note_attempt(&mut attempts, endpoint, Outcome::Throttled, ms);
-                    unavailable.push(Unavailable::Throttling { until: now + retry_after });
-                }
-                Attempt::Failed { outcome, status, reason } => {
-                    log_attempt(endpoint, attempt, outcome, status, ms, &reason);
-                    self.health.record(endpoint.id, &HealthEvent::Failed { reason }, now);
-                    note_attempt(&mut attempts, endpoint, outcome, ms);
-                    unavailable.push(Unavailable::Error { until: now + ERROR_COOLDOWN });
+                    tokio::time::sleep_until(recovery.into()).await;
+                    continue;
                 }
             }
+            let mut response = exhausted(gateway, &unavailable, now);
+            if let Ok(value) = HeaderValue::from_str(&attempts) {
+                response.headers_mut().insert(ATTEMPTS_HEADER, value);
+            }
+            warn!(
+                status = response.status().as_u16(),
+                attempts = %attempts,
+                gateway_state = gateway_state_now(gateway, &self.health, now).as_str(),
+                "no endpoint could serve the request"
+            );
+            return response;
         }
-        let mut response = exhausted(gateway, &unavailable, Instant::now());
-        if let Ok(value) = HeaderValue::from_str(&attempts) {
+    }
+
+    /// Why `endpoint` is unavailable right after an attempt recorded its failure.
+    fn unavailable_now(&self, endpoint: &CompiledEndpoint, now: Instant) -> Unavailable {
+        self.health.view(endpoint.id, now).unavailable.unwrap_or(Unavailable::Error {
+            until: now + self.health.policy().error_backoff_base,
+            remote: false,
+        })
+    }
+
+    /// 504 when the request's deadline passed before any endpoint answered. Not 429/503: the
+    /// endpoints may be fine, the request just ran out of time (the client may retry).
+    fn deadline_exceeded(&self, gateway: &CompiledGateway, attempts: &str) -> Response<ProxyBody> {
+        warn!(gateway = %gateway.name, attempts = %attempts, "request deadline reached");
+        let mut response = reply::azure_error(
+            StatusCode::GATEWAY_TIMEOUT,
+            "Timeout",
+            "No inference endpoint answered within the request's deadline.",
+        );
+        if let Ok(value) = HeaderValue::from_str(attempts) {
             response.headers_mut().insert(ATTEMPTS_HEADER, value);
         }
-        warn!(
-            status = response.status().as_u16(),
-            attempts = %attempts,
-            "no endpoint could serve the request"
-        );
         response
     }
 
-    /// One upstream request; classifies the answer without reading a body the client gets.
-    async fn attempt(&self, plan: &RequestPlan<'_>, endpoint: &CompiledEndpoint) -> Attempt {
+    /// One upstream request; classifies the answer without passing on a byte of a body the
+    /// client gets. Waits at most the first-byte timeout for the head (and an SSE answer's
+    /// first frame), reads a non-streamed 2xx body ahead (see the module docs), and never
+    /// waits past `deadline`.
+    async fn attempt(
+        &self,
+        plan: &RequestPlan<'_>,
+        endpoint: &CompiledEndpoint,
+        deadline: Instant,
+    ) -> Attempt {
         let mut headers = plan.headers.clone();
         headers.insert(endpoint.auth_name.clone(), endpoint.auth_value.clone());
         let request = self
@@ -344,13 +505,16 @@ impl Proxy {
             .request(plan.method.clone(), plan.url(endpoint))
             .headers(headers)
             .body(plan.body(endpoint));
-        let timeout = self.limits.upstream_timeout;
-        let response = match tokio::time::timeout(timeout, request.send()).await {
+        let first_byte = self.limits.upstream_timeout;
+        let attempt_started = Instant::now();
+        let (limit, by_deadline) = bounded(first_byte, deadline);
+        let response = match tokio::time::timeout(limit, request.send()).await {
+            Err(_) if by_deadline => return Attempt::Deadline,
             Err(_) => {
                 return Attempt::Failed {
                     outcome: Outcome::Timeout,
                     status: None,
-                    reason: format!("no response head within {} ms", timeout.as_millis()),
+                    reason: format!("no response head within {} ms", first_byte.as_millis()),
                 };
             }
             Ok(Err(err)) => {
@@ -376,12 +540,12 @@ impl Proxy {
                 Some(wait) => wait,
                 None => {
                     let body = read_prefix(response, THROTTLE_BODY_LIMIT).await;
-                    retry_after_from_message(&body).unwrap_or(DEFAULT_THROTTLE)
+                    retry_after_from_message(&body).unwrap_or(self.health.policy().default_throttle)
                 }
             };
             return Attempt::Throttled { retry_after, status };
         }
-        if status.is_server_error() {
+        if matches!(status.as_u16(), 500 | 502 | 503 | 504) {
             return Attempt::Failed {
                 outcome: Outcome::ServerError,
                 status: Some(status),
@@ -391,43 +555,154 @@ impl Proxy {
         let outcome = match status.as_u16() {
             401 | 403 => Outcome::CredentialRejected,
             400..=499 => Outcome::ClientError,
+            500..=599 => Outcome::ServerErrorPassedThrough,
             _ => Outcome::Ok,
         };
-        Attempt::Answer(response, outcome)
+        let response: http::Response<reqwest::Body> = response.into();
+        let (parts, mut body) = response.into_parts();
+        let sse = is_event_stream(&parts.headers);
+        // A stream that breaks before its first byte reached the client can still fail over:
+        // read the first frame before committing to this endpoint.
+        let ahead = if sse && outcome == Outcome::Ok {
+            // The first data frame is the first byte: it shares the first-byte budget.
+            let left = first_byte.saturating_sub(attempt_started.elapsed());
+            let (limit, by_deadline) = bounded(left, deadline);
+            match tokio::time::timeout(limit, next_data(&mut body)).await {
+                Err(_) if by_deadline => return Attempt::Deadline,
+                Err(_) => {
+                    return Attempt::Failed {
+                        outcome: Outcome::Timeout,
+                        status: Some(status),
+                        reason: format!("no stream data within {} ms", first_byte.as_millis()),
+                    };
+                }
+                Ok(Err(err)) => {
+                    return Attempt::Failed {
+                        outcome: Outcome::Transport,
+                        status: Some(status),
+                        reason: format!(
+                            "stream broke before its first byte: {}",
+                            error_chain(&err.without_url())
+                        ),
+                    };
+                }
+                Ok(Ok(first)) => {
+                    ReadAhead { complete: first.is_none(), frames: first.into_iter().collect() }
+                }
+            }
+        } else if status.is_success() {
+            match self.read_ahead(endpoint, &parts.headers, &mut body, status, deadline).await {
+                Ok(ahead) => ahead,
+                Err(failed) => return failed,
+            }
+        } else {
+            ReadAhead::default()
+        };
+        Attempt::Answer(Box::new(Answer { status, headers: parts.headers, ahead, body, outcome }))
+    }
+
+    /// Reads a non-streamed 2xx body before it is committed, so that a cut inside it fails
+    /// over: all of it, or the first `max_buffered_response_bytes` (nothing when
+    /// `Content-Length` already says more) after which the rest is streamed. Each chunk must
+    /// come within the idle gap, and all of it before `deadline`.
+    async fn read_ahead(
+        &self,
+        endpoint: &CompiledEndpoint,
+        headers: &HeaderMap,
+        body: &mut reqwest::Body,
+        status: StatusCode,
+        deadline: Instant,
+    ) -> Result<ReadAhead, Attempt> {
+        let cap = self.limits.max_buffered_response_bytes;
+        let idle = self.limits.idle_timeout;
+        let mut ahead = ReadAhead::default();
+        let declared = headers
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        if declared.is_some_and(|len| len > cap as u64) {
+            debug!(
+                endpoint = %endpoint.name,
+                content_length = declared,
+                cap,
+                "answer larger than the read-ahead cap; streaming it"
+            );
+            return Ok(ahead);
+        }
+        let mut read = 0usize;
+        while read < cap {
+            let (limit, by_deadline) = bounded(idle, deadline);
+            match tokio::time::timeout(limit, next_data(body)).await {
+                Err(_) if by_deadline => return Err(Attempt::Deadline),
+                Err(_) => {
+                    return Err(Attempt::Failed {
+                        outcome: Outcome::Timeout,
+                        status: Some(status),
+                        reason: format!(
+                            "no body data for {} ms after {read} bytes",
+                            idle.as_millis()
+                        ),
+                    });
+                }
+                Ok(Err(err)) => {
+                    return Err(Attempt::Failed {
+                        outcome: Outcome::Transport,
+                        status: Some(status),
+                        reason: format!(
+                            "body broke after {read} bytes, before the client got any: {}",
+                            error_chain(&err.without_url())
+                        ),
+                    });
+                }
+                Ok(Ok(None)) => {
+                    ahead.complete = true;
+                    return Ok(ahead);
+                }
+                Ok(Ok(Some(chunk))) => {
+                    read += chunk.len();
+                    ahead.frames.push_back(chunk);
+                }
+            }
+        }
+        debug!(
+            endpoint = %endpoint.name,
+            read,
+            cap,
+            "answer reached the read-ahead cap; streaming the rest"
+        );
+        Ok(ahead)
     }
 
     /// Streams the upstream answer to the client frame by frame. A failure after this point
-    /// ends the client's body with an error (connection abort), never with a clean end.
+    /// cannot fail over: an SSE stream gets a final `data: {"error":…}` frame (the SDKs raise
+    /// it) and then an aborted body; any other body is aborted. Never a clean end.
     fn pass_through(
         &self,
-        response: reqwest::Response,
+        answer: Answer,
         endpoint: &Arc<CompiledEndpoint>,
+        admission: Admission,
+        deadline: Instant,
         attempts: &str,
     ) -> Response<ProxyBody> {
-        let response: http::Response<reqwest::Body> = response.into();
-        let (parts, body) = response.into_parts();
-        let health = Arc::clone(&self.health);
-        let failed = Arc::clone(endpoint);
-        let span = Span::current();
-        let body = body
-            .map_err(move |err| -> BoxError {
-                let reason = error_chain(&err.without_url());
-                span.in_scope(|| {
-                    warn!(
-                        endpoint = %failed.name,
-                        region = %failed.region,
-                        reason = %reason,
-                        "upstream stream failed after the response started; aborting the client stream"
-                    );
-                });
-                let event = HealthEvent::Failed { reason: format!("stream cut: {reason}") };
-                health.record(failed.id, &event, Instant::now());
-                "upstream stream failed".into()
-            })
-            .boxed();
-        let mut out = Response::new(body);
-        *out.status_mut() = parts.status;
-        *out.headers_mut() = downstream_headers(parts.headers);
+        let Answer { status, headers, ahead, body, .. } = answer;
+        let sse = is_event_stream(&headers);
+        let relay = Relay {
+            body,
+            ahead: ahead.frames,
+            ended: ahead.complete,
+            framer: sse.then(BytesMut::new),
+            idle: self.limits.idle_timeout,
+            deadline,
+            health: Arc::clone(&self.health),
+            endpoint: Arc::clone(endpoint),
+            span: Span::current(),
+            _admission: admission,
+            phase: Phase::Streaming,
+        };
+        let body = http_body_util::StreamBody::new(futures::stream::unfold(relay, Relay::step));
+        let mut out = Response::new(BodyExt::boxed(body));
+        *out.status_mut() = status;
+        *out.headers_mut() = downstream_headers(headers);
         out.headers_mut().insert(ENDPOINT_HEADER, endpoint.name_header.clone());
         if let Ok(value) = HeaderValue::from_str(attempts) {
             out.headers_mut().insert(ATTEMPTS_HEADER, value);
@@ -452,33 +727,47 @@ fn exhausted(
             &message,
         );
     }
-    let throttling =
-        unavailable.iter().filter(|u| matches!(u, Unavailable::Throttling { .. })).count();
-    let until = |u: &Unavailable| match *u {
-        Unavailable::Throttling { until } | Unavailable::Error { until } => until,
-    };
-    let earliest = unavailable.iter().map(until).min().unwrap_or(now);
+    let throttling = unavailable.iter().filter(|u| u.is_throttling()).count();
+    let earliest = unavailable
+        .iter()
+        .map(|u| u.until().unwrap_or(now + TRIAL_BUSY_RETRY))
+        .min()
+        .unwrap_or(now);
     let wait = earliest.saturating_duration_since(now);
     let secs = reply::retry_after_secs(wait);
     let plural = if total == 1 { "" } else { "s" };
+    let secs_plural = if secs == 1 { "" } else { "s" };
     if throttling == total {
         let message = format!(
-            "All {total} inference endpoint{plural} of gateway '{}' are throttling; retry after {secs} second{}.",
+            "All {total} inference endpoint{plural} of gateway '{}' are throttling; retry after {secs} second{secs_plural}.",
             gateway.name,
-            if secs == 1 { "" } else { "s" },
         );
         let response = reply::azure_error(StatusCode::TOO_MANY_REQUESTS, "429", &message);
         return reply::with_retry_after(response, wait);
     }
     let message = format!(
-        "No inference endpoint of gateway '{}' is available: {} of {total} failed, {throttling} throttling; retry after {secs} second{}.",
+        "No inference endpoint of gateway '{}' is available: {} of {total} failed, {throttling} throttling; retry after {secs} second{secs_plural}.",
         gateway.name,
         total - throttling,
-        if secs == 1 { "" } else { "s" },
     );
     let response =
         reply::azure_error(StatusCode::SERVICE_UNAVAILABLE, "NoEndpointAvailable", &message);
     reply::with_retry_after(response, wait)
+}
+
+/// The gateway's state from this data plane's view, for the log line of a refused request.
+fn gateway_state_now(
+    gateway: &CompiledGateway,
+    health: &HealthRegistry,
+    now: Instant,
+) -> GatewayState {
+    let states: Vec<_> = gateway
+        .groups
+        .iter()
+        .flat_map(|g| &g.members)
+        .map(|m| health.state(m.endpoint.id, now))
+        .collect();
+    gateway_state(&states)
 }
 
 /// The structured line every upstream attempt gets: info when served, warn otherwise.
@@ -488,22 +777,181 @@ fn log_attempt(
     outcome: Outcome,
     status: Option<StatusCode>,
     ms: u64,
+    half_open_trial: bool,
     reason: &str,
 ) {
     let status = status.map(|s| s.as_u16());
     let (name, region, outcome) = (&endpoint.name, &endpoint.region, outcome.as_str());
     if matches!(outcome, "ok" | "client_error") {
-        info!(endpoint = %name, region = %region, attempt, outcome, status, ms, reason, "upstream attempt");
+        info!(endpoint = %name, region = %region, attempt, outcome, status, ms, half_open_trial, reason, "upstream attempt");
     } else {
-        warn!(endpoint = %name, region = %region, attempt, outcome, status, ms, reason, "upstream attempt");
+        warn!(endpoint = %name, region = %region, attempt, outcome, status, ms, half_open_trial, reason, "upstream attempt");
     }
 }
 
-fn note_attempt(out: &mut String, endpoint: &CompiledEndpoint, outcome: Outcome, ms: u64) {
+/// The line for a member that is not tried, with why and until when.
+fn log_skip(endpoint: &CompiledEndpoint, skip: Unavailable) {
+    let wait_ms = skip.until().map(|until| until.saturating_duration_since(Instant::now()));
+    info!(
+        endpoint = %endpoint.name,
+        region = %endpoint.region,
+        reason = skip.as_str(),
+        wait_ms = wait_ms.map(|w| w.as_millis() as u64),
+        "endpoint skipped"
+    );
+}
+
+fn note(out: &mut String, endpoint: &CompiledEndpoint, outcome: &str, ms: u64) {
     if !out.is_empty() {
         out.push(',');
     }
-    let _ = write!(out, "{}:{}:{ms}", endpoint.attempt_label, outcome.as_str());
+    let _ = write!(out, "{}:{outcome}:{ms}", endpoint.attempt_label);
+}
+
+/// The shorter of a timeout and the time left before `deadline`, and whether it is the
+/// deadline that binds.
+fn bounded(timeout: Duration, deadline: Instant) -> (Duration, bool) {
+    let left = deadline.saturating_duration_since(Instant::now());
+    if left < timeout { (left, true) } else { (timeout, false) }
+}
+
+fn is_event_stream(headers: &HeaderMap) -> bool {
+    headers
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim_start().to_ascii_lowercase().starts_with("text/event-stream"))
+}
+
+/// The next data frame of `body` (trailers are skipped); `None` at the end.
+async fn next_data(body: &mut reqwest::Body) -> Result<Option<Bytes>, reqwest::Error> {
+    loop {
+        match body.frame().await {
+            None => return Ok(None),
+            Some(Err(err)) => return Err(err),
+            Some(Ok(frame)) => {
+                if let Ok(data) = frame.into_data() {
+                    return Ok(Some(data));
+                }
+            }
+        }
+    }
+}
+
+/// The SSE frame that tells the client a stream broke: the openai SDK raises `APIError` on a
+/// data frame with an `error` key.
+fn stream_error_event(message: &str) -> Bytes {
+    let value = serde_json::json!({
+        "error": { "code": "stream_interrupted", "message": message }
+    });
+    Bytes::from(format!("data: {value}\n\n"))
+}
+
+enum Phase {
+    Streaming,
+    /// The error event was sent; the next poll aborts the body.
+    Failing(String),
+    Done,
+}
+
+/// Relays one upstream body to the client, with the idle-gap and deadline limits. For SSE it
+/// forwards whole events only (up to the last blank line), so that an error event after a
+/// cut never lands inside a half-sent one.
+struct Relay {
+    body: reqwest::Body,
+    /// Frames read before the answer was committed; sent first.
+    ahead: VecDeque<Bytes>,
+    /// The upstream body already ended: nothing more to read from it.
+    ended: bool,
+    framer: Option<BytesMut>,
+    idle: Duration,
+    deadline: Instant,
+    health: Arc<HealthRegistry>,
+    endpoint: Arc<CompiledEndpoint>,
+    span: Span,
+    /// Keeps the request counted in flight (and a half-open trial slot) until the body ends.
+    _admission: Admission,
+    phase: Phase,
+}
+
+type RelayItem = Result<Frame<Bytes>, BoxError>;
+
+impl Relay {
+    async fn step(mut self) -> Option<(RelayItem, Relay)> {
+        loop {
+            match std::mem::replace(&mut self.phase, Phase::Done) {
+                Phase::Done => return None,
+                Phase::Failing(reason) => {
+                    // hyper drops what it has buffered when a body fails; let it flush the
+                    // error event to the client first.
+                    tokio::time::sleep(STREAM_ERROR_FLUSH_GRACE).await;
+                    return Some((Err(reason.into()), self));
+                }
+                Phase::Streaming => self.phase = Phase::Streaming,
+            }
+            let next = match self.ahead.pop_front() {
+                Some(frame) => Ok(Ok(Some(frame))),
+                None if self.ended => Ok(Ok(None)),
+                None => {
+                    let (limit, by_deadline) = bounded(self.idle, self.deadline);
+                    tokio::time::timeout(limit, next_data(&mut self.body))
+                        .await
+                        .map_err(|_| by_deadline)
+                }
+            };
+            let failure = match next {
+                Ok(Ok(Some(bytes))) => {
+                    let out = match &mut self.framer {
+                        None => bytes,
+                        Some(pending) => {
+                            pending.extend_from_slice(&bytes);
+                            match last_event_end(pending) {
+                                Some(end) => pending.split_to(end).freeze(),
+                                None => continue,
+                            }
+                        }
+                    };
+                    if out.is_empty() {
+                        continue;
+                    }
+                    return Some((Ok(Frame::data(out)), self));
+                }
+                Ok(Ok(None)) => {
+                    let rest = self.framer.take().filter(|p| !p.is_empty());
+                    return rest.map(|rest| (Ok(Frame::data(rest.freeze())), self));
+                }
+                Ok(Err(err)) => {
+                    (format!("upstream stream failed: {}", error_chain(&err.without_url())), true)
+                }
+                Err(false) => (format!("no upstream data for {} ms", self.idle.as_millis()), true),
+                Err(true) => ("the request deadline was reached".to_owned(), false),
+            };
+            let (reason, endpoint_fault) = failure;
+            self.span.in_scope(|| {
+                warn!(
+                    endpoint = %self.endpoint.name,
+                    region = %self.endpoint.region,
+                    reason = %reason,
+                    "stream ended early after the response started; telling the client"
+                );
+            });
+            if endpoint_fault {
+                let event = HealthEvent::Failed { reason: format!("stream cut: {reason}") };
+                self.health.record(self.endpoint.id, &event, Instant::now());
+            }
+            if self.framer.take().is_some() {
+                self.phase = Phase::Failing(reason.clone());
+                return Some((Ok(Frame::data(stream_error_event(&reason))), self));
+            }
+            return Some((Err(reason.into()), self));
+        }
+    }
+}
+
+/// End of the last complete SSE event in `buf` (after its blank line), if any.
+fn last_event_end(buf: &[u8]) -> Option<usize> {
+    let lf = buf.windows(2).rposition(|w| w == b"\n\n").map(|i| i + 2);
+    let crlf = buf.windows(4).rposition(|w| w == b"\r\n\r\n").map(|i| i + 4);
+    lf.max(crlf)
 }
 
 /// The client's `x-ms-client-request-id` when it is a sane header value, else a new UUID.
@@ -520,6 +968,21 @@ fn request_id(headers: &HeaderMap) -> HeaderValue {
             HeaderValue::from_str(&uuid::Uuid::new_v4().to_string())
                 .expect("a UUID is a valid header value")
         })
+}
+
+/// The request's end-to-end budget: the gateway's `request_timeout_ms`, else `default`,
+/// shortened (never extended) by the client's `x-modelgw-timeout-ms`.
+fn request_timeout(gateway_ms: Option<u32>, default: Duration, headers: &HeaderMap) -> Duration {
+    let configured = gateway_ms.map_or(default, |ms| Duration::from_millis(u64::from(ms)));
+    let asked = headers
+        .get(TIMEOUT_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(Duration::from_millis);
+    match asked {
+        Some(asked) => asked.min(configured),
+        None => configured,
+    }
 }
 
 /// Up to `limit` bytes of a response body, within [`THROTTLE_BODY_TIMEOUT`]; whatever arrived
@@ -553,4 +1016,37 @@ fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
         source = cause.source();
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_client_may_shorten_the_deadline_but_never_extend_it() {
+        let default = Duration::from_secs(600);
+        let mut headers = HeaderMap::new();
+        assert_eq!(request_timeout(None, default, &headers), default);
+        assert_eq!(request_timeout(Some(30_000), default, &headers), Duration::from_secs(30));
+        headers.insert(TIMEOUT_HEADER, HeaderValue::from_static("1500"));
+        assert_eq!(request_timeout(Some(30_000), default, &headers), Duration::from_millis(1500));
+        headers.insert(TIMEOUT_HEADER, HeaderValue::from_static("90000"));
+        assert_eq!(request_timeout(Some(30_000), default, &headers), Duration::from_secs(30));
+        headers.insert(TIMEOUT_HEADER, HeaderValue::from_static("soon"));
+        assert_eq!(request_timeout(None, default, &headers), default, "garbage is ignored");
+    }
+
+    #[test]
+    fn sse_relay_cuts_at_event_boundaries_and_the_error_event_is_a_data_frame() {
+        assert_eq!(last_event_end(b"data: {}\n\ndata: {\"a\""), Some(10));
+        assert_eq!(last_event_end(b"data: {}\r\n\r\n"), Some(12));
+        assert_eq!(last_event_end(b"data: {\"partial"), None);
+        let event = stream_error_event("upstream \"cut\"");
+        let text = std::str::from_utf8(&event).expect("utf-8");
+        assert!(text.starts_with("data: ") && text.ends_with("\n\n"));
+        let value: serde_json::Value =
+            serde_json::from_str(text.trim_start_matches("data: ").trim_end()).expect("json");
+        assert_eq!(value["error"]["code"], "stream_interrupted");
+        assert_eq!(value["error"]["message"], "upstream \"cut\"");
+    }
 }

@@ -43,7 +43,9 @@ fn connection_listed(headers: &HeaderMap) -> Vec<HeaderName> {
 }
 
 /// The client's headers as sent upstream: without its credentials, hop-by-hop headers,
-/// `host` and `content-length` (both recomputed by the client library), `expect`.
+/// `host` and `content-length` (both recomputed by the client library), `expect`, and the
+/// gateway's own `x-modelgw-*` controls (e.g. `x-modelgw-timeout-ms`), which mean nothing
+/// upstream.
 pub(crate) fn upstream_headers(client: &HeaderMap, request_id: &HeaderValue) -> HeaderMap {
     let listed = connection_listed(client);
     let mut out = HeaderMap::with_capacity(client.len() + 2);
@@ -54,6 +56,7 @@ pub(crate) fn upstream_headers(client: &HeaderMap, request_id: &HeaderValue) -> 
             || name == EXPECT
             || name == API_KEY
             || name == AUTHORIZATION
+            || name.as_str().starts_with("x-modelgw-")
             || listed.contains(name);
         if !drop {
             out.append(name.clone(), value.clone());
@@ -257,6 +260,7 @@ mod tests {
             ("content-type", "application/json"),
             ("x-stainless-lang", "python"),
             ("x-ms-client-request-id", "client-id"),
+            ("x-modelgw-timeout-ms", "500"),
         ] {
             client.append(name, HeaderValue::from_static(value));
         }

@@ -1,1 +1,34 @@
-//! Mocks of Azure Resource Manager and Entra ID token endpoints (being built).
+//! Faithful, scriptable mocks of the Azure control-plane services the gateway's discovery talks
+//! to, as `/work/shared/azure-wire.md` §3 and §4 describe them:
+//!
+//! - [`TokenMock`]: Entra ID's `POST /{tenant}/oauth2/v2.0/token` (client credentials with a
+//!   secret or a federated assertion) and the App Service managed-identity endpoint
+//!   (`GET /msi/token`, `x-identity-header`). Tokens have a configurable lifetime so refresh can
+//!   be tested; requests are counted.
+//! - [`ArmMock`]: Azure Resource Manager's subscriptions, Cognitive Services accounts (any
+//!   `kind`), deployments and `listKeys`, built from an [`Inventory`]. It checks the bearer token
+//!   against the token mock (401 `InvalidAuthenticationToken` / `ExpiredAuthenticationToken`),
+//!   pages through absolute `nextLink`s, and can be scripted to answer 429 with `Retry-After` on a
+//!   path once ([`ArmMock::throttle_once`]) or 403 `AuthorizationFailed` for an action on a scope
+//!   ([`ArmMock::forbid`]). Every request is recorded with its time and status.
+//! - [`RedirectTransport`]: an azure_core HTTP client that sends Entra calls to the token mock,
+//!   since azure_identity only accepts an `https` authority host.
+//!
+//! Both mocks listen on 127.0.0.1, port 0. This crate is test support: it must never be linked
+//! into a production binary, and it never logs a token, secret or key.
+
+mod arm;
+mod inventory;
+mod server;
+mod token;
+mod transport;
+
+pub use arm::{
+    ARM_AUDIENCE, ArmAuth, ArmMock, ArmMockBuilder, ArmRequest, COGNITIVE_API_VERSIONS,
+    SUBSCRIPTION_API_VERSIONS, actions, count_by_path,
+};
+pub use inventory::{Account, Deployment, Inventory, Subscription};
+pub use token::{
+    DEFAULT_TOKEN_LIFETIME, Grant, IssuedToken, MSI_PATH, TokenCheck, TokenMock, TokenMockBuilder,
+};
+pub use transport::RedirectTransport;

@@ -1,0 +1,413 @@
+//! Azure discovery jobs, imports and gateway proposals, over the token and ARM mocks.
+
+use std::time::{Duration, Instant};
+
+use azure_core::http::{ClientOptions, RetryOptions};
+use http::{Method, StatusCode};
+use modelgw_admin_api::AzureImportConfig;
+use modelgw_azure_mock::{
+    Account, ArmAuth, ArmMock, Deployment, Inventory, RedirectTransport, Subscription, TokenMock,
+    actions,
+};
+use modelgw_control_plane::azure::{
+    ArmClientOptions, CredentialChoice, CredentialOptions, CredentialSettings, DiscoveryOptions,
+};
+use modelgw_model::{Credential, Secret};
+use serde_json::{Value, json};
+
+use crate::harness::{Harness, WAIT, id_of};
+
+const TENANT: &str = "72f988bf-0000-4000-8000-000000000002";
+const CLIENT_ID: &str = "app-import";
+const CLIENT_SECRET: &str = "client-secret-value-import-0002";
+
+struct Azure {
+    harness: Harness,
+    arm: ArmMock,
+    _tokens: TokenMock,
+}
+
+/// Two subscriptions; a PTU and a standard gpt-4o; one account whose deployments are forbidden.
+fn inventory() -> Inventory {
+    Inventory::new()
+        .subscription(
+            Subscription::new("sub-a", "Team A")
+                .account(
+                    Account::new("rg-a", "aoai-eus", "OpenAI", "eastus")
+                        .deployment(
+                            Deployment::new("gpt-4o", "gpt-4o", "2024-11-20")
+                                .sku("Standard", 50)
+                                .version_upgrade(Some("NoAutoUpgrade")),
+                        )
+                        .deployment(
+                            Deployment::new("mini", "gpt-4o-mini", "2024-07-18")
+                                .sku("GlobalStandard", 250)
+                                .version_upgrade(Some("OnceNewDefaultVersionAvailable")),
+                        ),
+                )
+                .account(Account::new("rg-a", "face-1", "Face", "eastus")),
+        )
+        .subscription(
+            Subscription::new("sub-b", "Team B")
+                .account(
+                    Account::new("rg-b", "aoai-ptu", "OpenAI", "westus").deployment(
+                        Deployment::new("gpt-4o-ptu", "gpt-4o", "2024-11-20")
+                            .sku("GlobalProvisionedManaged", 100)
+                            .version_upgrade(Some("NoAutoUpgrade")),
+                    ),
+                )
+                .account(
+                    Account::new("rg-b", "aoai-locked", "OpenAI", "northeurope")
+                        .deployment(Deployment::new("gpt-4o", "gpt-4o", "2024-11-20")),
+                ),
+        )
+}
+
+fn account<'a>(inventory: &'a Inventory, name: &str) -> (String, &'a Account) {
+    inventory
+        .subscriptions
+        .iter()
+        .flat_map(|s| s.accounts.iter().map(move |a| (a.id(&s.id), a)))
+        .find(|(_, a)| a.name == name)
+        .expect("account in the inventory")
+}
+
+async fn start() -> Azure {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let tokens = TokenMock::builder(TENANT)
+        .client_secret(CLIENT_ID, CLIENT_SECRET)
+        .start()
+        .await
+        .expect("token mock starts");
+    let arm = ArmMock::builder(inventory(), ArmAuth::TokensFrom(tokens.clone()))
+        .start()
+        .await
+        .expect("ARM mock starts");
+    let (locked, _) = account(arm.inventory(), "aoai-locked");
+    arm.forbid(&locked, actions::DEPLOYMENTS_READ);
+    let config = AzureImportConfig {
+        credential: CredentialSettings {
+            choice: CredentialChoice::ClientSecret,
+            tenant_id: Some(TENANT.into()),
+            client_id: Some(CLIENT_ID.into()),
+            client_secret: Some(Secret::new(CLIENT_SECRET)),
+            ..Default::default()
+        },
+        credential_options: CredentialOptions {
+            client_options: ClientOptions {
+                transport: Some(
+                    RedirectTransport::transport(&tokens.base_url()).expect("mock URL parses"),
+                ),
+                retry: RetryOptions::none(),
+                ..Default::default()
+            },
+            allow_imds: false,
+            ..Default::default()
+        },
+        arm_endpoint: arm.base_url().parse().expect("mock URL parses"),
+        arm_options: ArmClientOptions::default(),
+        discovery: DiscoveryOptions::default(),
+    };
+    Azure { harness: Harness::start_with_azure(config).await, arm, _tokens: tokens }
+}
+
+impl Azure {
+    /// Every account key the mock can hand out now; none may appear in a response.
+    fn keys(&self) -> Vec<String> {
+        self.arm
+            .inventory()
+            .subscriptions
+            .iter()
+            .flat_map(|s| s.accounts.iter())
+            .flat_map(|a| [a.key1.clone(), a.key2.clone()])
+            .collect()
+    }
+
+    #[track_caller]
+    fn assert_no_key(&self, text: &str, extra: &[&str]) {
+        for key in self.keys().iter().map(String::as_str).chain(extra.iter().copied()) {
+            assert!(!text.contains(key), "a key leaked into a response: {text}");
+        }
+    }
+
+    /// Starts a discovery and polls it until it is no longer running.
+    async fn discover(&self) -> Value {
+        let started = self
+            .harness
+            .call(Method::POST, "/api/v1/azure/discoveries", None)
+            .await
+            .expect(StatusCode::ACCEPTED);
+        let location =
+            started.headers.get("location").and_then(|v| v.to_str().ok()).expect("location");
+        let location = location.to_owned();
+        assert_eq!(started.json()["status"], "running");
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let reply = self.harness.get(&location).await.expect(StatusCode::OK);
+            self.assert_no_key(&reply.text, &[]);
+            let body = reply.json();
+            if body["status"] != "running" {
+                return body;
+            }
+            assert!(Instant::now() < deadline, "discovery still running after {WAIT:?}: {body}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn import(&self, ids: &[String]) -> Value {
+        let reply = self
+            .harness
+            .call(Method::POST, "/api/v1/azure/imports", Some(json!({"deployment_ids": ids})))
+            .await
+            .expect(StatusCode::OK);
+        self.assert_no_key(&reply.text, &[]);
+        reply.json()
+    }
+}
+
+fn deployment_ids(discovery: &Value) -> Vec<String> {
+    discovery["deployments"]
+        .as_array()
+        .expect("deployments")
+        .iter()
+        .map(|d| d["id"].as_str().expect("id").to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_discovery_job_succeeds_with_the_deployments_and_the_403() {
+    let azure = start().await;
+    let body = azure.discover().await;
+    assert_eq!(body["status"], "succeeded", "{body}");
+    let progress = &body["progress"];
+    assert_eq!(progress["subscriptions_scanned"], 2);
+    assert_eq!(progress["subscriptions_total"], 2);
+    assert_eq!(progress["accounts_scanned"], 3, "Face is not scanned: {body}");
+    assert_eq!(progress["accounts_total"], 3);
+    let deployments = body["deployments"].as_array().expect("deployments");
+    let names: Vec<(&str, &str)> = deployments
+        .iter()
+        .map(|d| (d["account"].as_str().unwrap_or(""), d["deployment"].as_str().unwrap_or("")))
+        .collect();
+    assert_eq!(names.len(), 3, "{names:?}");
+    for want in [("aoai-eus", "gpt-4o"), ("aoai-eus", "mini"), ("aoai-ptu", "gpt-4o-ptu")] {
+        assert!(names.contains(&want), "{want:?} missing from {names:?}");
+    }
+    let ptu = deployments.iter().find(|d| d["deployment"] == "gpt-4o-ptu").expect("ptu");
+    assert_eq!(ptu["sku"], "GlobalProvisionedManaged");
+    assert_eq!(ptu["capacity"], 100);
+    assert_eq!(ptu["location"], "westus");
+    assert_eq!(ptu["subscription_id"], "sub-b");
+    assert_eq!(ptu["resource_group"], "rg-b");
+    assert_eq!(ptu["endpoint"], "https://aoai-ptu.openai.azure.com/");
+    assert!(ptu["id"].as_str().expect("id").ends_with("/accounts/aoai-ptu/deployments/gpt-4o-ptu"));
+    assert!(ptu.get("api_key").is_none());
+    let mini = deployments.iter().find(|d| d["deployment"] == "mini").expect("mini");
+    assert!(!mini["warnings"].as_array().expect("warnings").is_empty(), "auto-upgrade warns");
+
+    let errors = body["errors"].as_array().expect("errors");
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    let (locked, _) = account(azure.arm.inventory(), "aoai-locked");
+    assert_eq!(errors[0]["scope"], locked.as_str());
+    assert_eq!(errors[0]["permission"], actions::DEPLOYMENTS_READ);
+}
+
+#[tokio::test]
+async fn a_discovery_without_a_credential_fails_naming_every_credential_tried() {
+    let harness = Harness::start().await;
+    let started = harness
+        .call(Method::POST, "/api/v1/azure/discoveries", None)
+        .await
+        .expect(StatusCode::ACCEPTED);
+    let id = id_of(&started.json());
+    let deadline = Instant::now() + WAIT;
+    let body = loop {
+        let body = harness.get(&format!("/api/v1/azure/discoveries/{id}")).await.json();
+        if body["status"] != "running" {
+            break body;
+        }
+        assert!(Instant::now() < deadline, "still running: {body}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(body["status"], "failed", "{body}");
+    let message = body["errors"][0]["message"].as_str().expect("message");
+    for kind in ["workload_identity", "client_secret", "managed_identity"] {
+        assert!(message.contains(kind), "{kind} not named in {message}");
+    }
+    harness
+        .get(&format!("/api/v1/azure/discoveries/{}", uuid::Uuid::new_v4()))
+        .await
+        .expect(StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn importing_twice_creates_nothing_and_a_rotated_key_updates_the_endpoint() {
+    let azure = start().await;
+    let ids = deployment_ids(&azure.discover().await);
+    let before = azure.harness.version().await;
+    let first = azure.import(&ids).await;
+    assert_eq!(first["created"].as_array().expect("created").len(), 3, "{first}");
+    assert!(first["updated"].as_array().expect("updated").is_empty());
+    // One transaction, one version bump for all three.
+    let after_first = azure.harness.version().await;
+    assert_eq!(after_first.0, before.0 + 1);
+
+    let endpoints = azure.harness.get("/api/v1/inference-endpoints").await.json();
+    let names: Vec<&str> =
+        endpoints.as_array().expect("list").iter().filter_map(|e| e["name"].as_str()).collect();
+    assert_eq!(names, ["aoai-eus-gpt-4o", "aoai-eus-mini", "aoai-ptu-gpt-4o-ptu"]);
+    let ptu = endpoints
+        .as_array()
+        .expect("list")
+        .iter()
+        .find(|e| e["name"] == "aoai-ptu-gpt-4o-ptu")
+        .expect("ptu endpoint");
+    assert_eq!(ptu["platform"], "azure_openai");
+    assert_eq!(ptu["region"], "westus");
+    assert_eq!(ptu["endpoint"], "https://aoai-ptu.openai.azure.com");
+    azure.assert_no_key(&endpoints.to_string(), &[]);
+
+    let second = azure.import(&ids).await;
+    assert!(second["created"].as_array().expect("created").is_empty(), "{second}");
+    assert!(second["updated"].as_array().expect("updated").is_empty(), "{second}");
+    assert_eq!(second["unchanged"].as_array().expect("unchanged").len(), 3);
+    assert_eq!(azure.harness.version().await, after_first, "an idle import bumps nothing");
+
+    // Rotated in Azure after the discovery: the import reads the key again.
+    let (ptu_account, _) = account(azure.arm.inventory(), "aoai-ptu");
+    let rotated = azure.arm.rotate_key(&ptu_account);
+    let third = azure.import(&ids).await;
+    azure.assert_no_key(&third.to_string(), &[&rotated]);
+    let updated: Vec<&str> =
+        third["updated"].as_array().expect("updated").iter().filter_map(Value::as_str).collect();
+    assert_eq!(updated, [ptu["id"].as_str().expect("id")], "{third}");
+    assert_eq!(third["unchanged"].as_array().expect("unchanged").len(), 2);
+    assert!(third["created"].as_array().expect("created").is_empty());
+    assert_eq!(azure.harness.version().await.0, after_first.0 + 1);
+    let listed = azure.harness.get("/api/v1/inference-endpoints").await;
+    assert_eq!(listed.json().as_array().expect("list").len(), 3, "no duplicates");
+    azure.assert_no_key(&listed.text, &[&rotated]);
+
+    let snapshot = azure.harness.store.load_snapshot().await.expect("snapshot");
+    let endpoint = snapshot
+        .endpoints
+        .iter()
+        .find(|e| e.name == "aoai-ptu-gpt-4o-ptu")
+        .expect("ptu in the snapshot");
+    let Credential::ApiKey(key) = &endpoint.credential;
+    assert_eq!(key.expose(), rotated);
+}
+
+#[tokio::test]
+async fn proposals_put_the_ptu_first_and_create_a_gateway() {
+    let azure = start().await;
+    let ids = deployment_ids(&azure.discover().await);
+    let imported = azure.import(&ids).await;
+    assert_eq!(imported["created"].as_array().expect("created").len(), 3);
+    let endpoints = azure.harness.get("/api/v1/inference-endpoints").await.json();
+    let id_named = |name: &str| {
+        endpoints
+            .as_array()
+            .expect("list")
+            .iter()
+            .find(|e| e["name"] == name)
+            .map(id_of)
+            .expect("endpoint")
+    };
+
+    let version = azure.harness.version().await;
+    let reply = azure
+        .harness
+        .call(Method::POST, "/api/v1/azure/gateway-proposals", None)
+        .await
+        .expect(StatusCode::OK);
+    assert_eq!(azure.harness.version().await, version, "a proposal writes nothing");
+    let proposals = reply.json()["proposals"].as_array().expect("proposals").clone();
+    assert_eq!(proposals.len(), 2, "gpt-4o and gpt-4o-mini: {proposals:?}");
+    let gpt4o = proposals.iter().find(|p| p["name"] == "gpt-4o-2024-11-20").expect("gpt-4o");
+    let members = gpt4o["endpoints"].as_array().expect("members");
+    assert_eq!(members.len(), 2);
+    assert_eq!(members[0]["endpoint_id"], id_named("aoai-ptu-gpt-4o-ptu").as_str());
+    assert_eq!(members[0]["priority"], 0);
+    assert_eq!(members[0]["weight"], 1000);
+    assert_eq!(members[1]["endpoint_id"], id_named("aoai-eus-gpt-4o").as_str());
+    assert_eq!(members[1]["priority"], 1);
+    assert_eq!(members[1]["weight"], 500);
+
+    let gateway = azure.harness.create_gateway(gpt4o.clone()).await;
+    let fetched = azure
+        .harness
+        .get(&format!("/api/v1/gateways/{}", id_of(&gateway)))
+        .await
+        .expect(StatusCode::OK)
+        .json();
+    assert_eq!(fetched["name"], "gpt-4o-2024-11-20");
+    let ptu = fetched["endpoints"]
+        .as_array()
+        .expect("members")
+        .iter()
+        .find(|m| m["endpoint_id"] == id_named("aoai-ptu-gpt-4o-ptu").as_str())
+        .expect("ptu member");
+    assert_eq!(ptu["priority"], 0);
+}
+
+#[tokio::test]
+async fn bad_imports_are_problems_and_write_nothing() {
+    let azure = start().await;
+    let ids = deployment_ids(&azure.discover().await);
+    let version = azure.harness.version().await;
+    let unknown = format!("{}-nope", ids[0]);
+
+    let reply = azure
+        .harness
+        .call(
+            Method::POST,
+            "/api/v1/azure/imports",
+            Some(json!({"deployment_ids": [ids[0], unknown]})),
+        )
+        .await
+        .expect(StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(reply.content_type(), "application/problem+json");
+    assert_eq!(reply.error_fields(), ["deployment_ids[1]"]);
+
+    let reply = azure
+        .harness
+        .call(Method::POST, "/api/v1/azure/imports", Some(json!({"deployment_ids": []})))
+        .await
+        .expect(StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(reply.error_fields(), ["deployment_ids"]);
+
+    let reply = azure
+        .harness
+        .call(
+            Method::POST,
+            "/api/v1/azure/imports",
+            Some(json!({"deployment_ids": [ids[0], ids[0]]})),
+        )
+        .await
+        .expect(StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(reply.error_fields(), ["deployment_ids[1]"]);
+
+    let reply = azure
+        .harness
+        .call_raw(
+            Method::POST,
+            "/api/v1/azure/imports",
+            Some("application/json"),
+            "{\"deployment_ids\": [",
+        )
+        .await
+        .expect(StatusCode::BAD_REQUEST);
+    assert_eq!(reply.content_type(), "application/problem+json");
+
+    let reply = azure
+        .harness
+        .call(Method::POST, "/api/v1/azure/imports", Some(json!({"ids": ids})))
+        .await
+        .expect(StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(reply.content_type(), "application/problem+json");
+
+    assert_eq!(azure.harness.version().await, version);
+    let endpoints = azure.harness.get("/api/v1/inference-endpoints").await.json();
+    assert!(endpoints.as_array().expect("list").is_empty());
+}

@@ -1,0 +1,8 @@
+-- Azure import (issue #4). An endpoint imported from Azure remembers the ARM resource id of
+-- its deployment, so importing it again updates it instead of creating a duplicate, and the
+-- SKU and capacity ARM reported, which gateway proposals use for priorities and weights.
+-- All NULL for endpoints created by hand. A unique index like SQLite's (NULLs never collide).
+ALTER TABLE inference_endpoints ADD COLUMN arm_resource_id TEXT;
+ALTER TABLE inference_endpoints ADD COLUMN sku_name TEXT;
+ALTER TABLE inference_endpoints ADD COLUMN sku_capacity BIGINT CHECK (sku_capacity >= 0);
+CREATE UNIQUE INDEX inference_endpoints_arm_resource_id ON inference_endpoints (arm_resource_id);

@@ -1,0 +1,398 @@
+//! Fleet-wide endpoint health: the latest report of every data plane about every endpoint,
+//! aggregated into one state per endpoint, and the background writer that persists reports.
+//!
+//! Aggregation rules (evaluated at read time, so windows expire without a timer):
+//! - a report counts while its window runs: `until` in the future, or, for an unhealthy
+//!   report without `until`, [`UNTIMED_REPORT_WINDOW`] after it was received;
+//! - the endpoint is `throttling` if any counting report says throttling, else `error` if any
+//!   says error, else `healthy`; `until` is the latest `until` among the reports of that
+//!   state, and `reason` / `reported_by` come from the report holding that `until`;
+//! - reports of data planes that disconnected keep counting until their windows end: a 429
+//!   seen by a replica that then died is still true of the endpoint.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use modelgw_model::{EndpointId, EndpointState, NodeId};
+use modelgw_proto::cfg;
+use tokio::sync::Notify;
+
+use crate::Store;
+use crate::store::EndpointHealthRecord;
+
+/// How long an unhealthy report without `until` counts. Data planes normally send a window;
+/// one that does not still re-reports within seconds while the failure lasts, and 30 s bounds
+/// how long a lost recovery report can keep an endpoint out of the fleet's rotation.
+pub const UNTIMED_REPORT_WINDOW: Duration = Duration::from_secs(30);
+
+/// How long the report of a data plane is kept after both its reception and its window
+/// passed: long enough for operators to see yesterday's failures (`last_error`), short
+/// enough that node ids of replaced pods do not pile up.
+pub const HEALTH_RETENTION: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// How often old reports are pruned, in memory and in the store.
+pub const HEALTH_PRUNE_INTERVAL: Duration = Duration::from_secs(60 * 60);
+
+/// How long shutdown waits to write reports still pending: long enough for one batch on a
+/// healthy database, short enough not to hold up a restart when the database is down.
+pub const HEALTH_FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// After a failed write, the writer waits this long before retrying: the database is likely
+/// down, and the rows stay pending (newest per endpoint and node) in the meantime.
+pub const HEALTH_WRITE_RETRY: Duration = Duration::from_secs(2);
+
+/// One data plane's latest report about one endpoint.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct NodeReport {
+    pub state: EndpointState,
+    pub until: Option<DateTime<Utc>>,
+    pub reason: Option<String>,
+    /// Most recent failure this data plane reported, and when.
+    pub last_error: Option<(String, DateTime<Utc>)>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl NodeReport {
+    /// The end of the window during which this report counts; `None` for healthy reports.
+    fn window_end(&self) -> Option<DateTime<Utc>> {
+        if self.state == EndpointState::Healthy {
+            return None;
+        }
+        Some(self.until.unwrap_or_else(|| {
+            self.updated_at
+                + chrono::Duration::from_std(UNTIMED_REPORT_WINDOW)
+                    .unwrap_or(chrono::Duration::zero())
+        }))
+    }
+
+    /// The state this report stands for at `now` (healthy once its window ended).
+    fn state_at(&self, now: DateTime<Utc>) -> EndpointState {
+        match self.window_end() {
+            Some(end) if end > now => self.state,
+            _ => EndpointState::Healthy,
+        }
+    }
+
+    pub(crate) fn to_record(
+        &self,
+        endpoint_id: EndpointId,
+        node_id: &NodeId,
+    ) -> EndpointHealthRecord {
+        EndpointHealthRecord {
+            endpoint_id,
+            node_id: node_id.clone(),
+            state: self.state,
+            until: self.until,
+            reason: self.reason.clone(),
+            last_error: self.last_error.as_ref().map(|(r, _)| r.clone()),
+            last_error_at: self.last_error.as_ref().map(|(_, at)| *at),
+            updated_at: self.updated_at,
+        }
+    }
+
+    pub(crate) fn from_record(r: EndpointHealthRecord) -> (EndpointId, NodeId, NodeReport) {
+        let last_error = match (r.last_error, r.last_error_at) {
+            (Some(reason), Some(at)) => Some((reason, at)),
+            _ => None,
+        };
+        let report = NodeReport {
+            state: r.state,
+            until: r.until,
+            reason: r.reason,
+            last_error,
+            updated_at: r.updated_at,
+        };
+        (r.endpoint_id, r.node_id, report)
+    }
+
+    /// Whether this report can be forgotten: received before `cutoff`, and its window (if
+    /// any) also ended before it.
+    pub(crate) fn expired(&self, cutoff: DateTime<Utc>) -> bool {
+        self.updated_at < cutoff && self.window_end().is_none_or(|end| end < cutoff)
+    }
+}
+
+/// The most recent failure any data plane reported for an endpoint.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LastError {
+    pub reason: String,
+    pub at: DateTime<Utc>,
+    pub node_id: NodeId,
+}
+
+/// One data plane's view of an endpoint.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DataPlaneHealth {
+    pub node_id: NodeId,
+    /// `Healthy` once the reported window has passed.
+    pub state: EndpointState,
+    /// Until when this data plane avoids the endpoint (`None` when healthy).
+    pub until: Option<DateTime<Utc>>,
+    /// The reason of its latest report (kept after its window passed).
+    pub reason: Option<String>,
+    /// When the control plane received its latest report.
+    pub updated_at: DateTime<Utc>,
+}
+
+/// Endpoint health as the fleet sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EndpointHealthView {
+    pub state: EndpointState,
+    /// Why it is unavailable; when healthy, the reason of the last failure (if any).
+    pub reason: Option<String>,
+    /// Until when the fleet avoids it (`None` when healthy).
+    pub until: Option<DateTime<Utc>>,
+    /// The data plane whose report sets `state`, `until` and `reason`; when healthy, the one
+    /// that reported the last failure.
+    pub reported_by: Option<NodeId>,
+    pub last_error: Option<LastError>,
+    /// Every data plane that reported about the endpoint, sorted by node id.
+    pub data_planes: Vec<DataPlaneHealth>,
+}
+
+impl EndpointHealthView {
+    pub fn healthy() -> Self {
+        EndpointHealthView {
+            state: EndpointState::Healthy,
+            reason: None,
+            until: None,
+            reported_by: None,
+            last_error: None,
+            data_planes: Vec::new(),
+        }
+    }
+}
+
+/// Applies the aggregation rules (module docs) to one endpoint's reports at `now`.
+pub(crate) fn aggregate(
+    reports: &BTreeMap<NodeId, NodeReport>,
+    now: DateTime<Utc>,
+) -> EndpointHealthView {
+    let mut view = EndpointHealthView::healthy();
+    view.last_error = reports
+        .iter()
+        .filter_map(|(node, r)| {
+            r.last_error.as_ref().map(|(reason, at)| LastError {
+                reason: reason.clone(),
+                at: *at,
+                node_id: node.clone(),
+            })
+        })
+        .max_by_key(|e| e.at);
+    view.data_planes = reports
+        .iter()
+        .map(|(node, r)| {
+            let state = r.state_at(now);
+            DataPlaneHealth {
+                node_id: node.clone(),
+                state,
+                until: r.window_end().filter(|_| state != EndpointState::Healthy),
+                reason: r.reason.clone(),
+                updated_at: r.updated_at,
+            }
+        })
+        .collect();
+    for wanted in [EndpointState::Throttling, EndpointState::Error] {
+        let defining = reports
+            .iter()
+            .filter(|(_, r)| r.state_at(now) == wanted)
+            .filter_map(|(node, r)| r.window_end().map(|end| (end, r.updated_at, node, r)))
+            .max_by_key(|(end, updated, _, _)| (*end, *updated));
+        if let Some((end, _, node, r)) = defining {
+            view.state = wanted;
+            view.until = Some(end);
+            view.reason = r.reason.clone();
+            view.reported_by = Some(node.clone());
+            return view;
+        }
+    }
+    if let Some(e) = &view.last_error {
+        view.reason = Some(e.reason.clone());
+        view.reported_by = Some(e.node_id.clone());
+    }
+    view
+}
+
+/// The `FleetHealth` message for `health` at `now`: every endpoint unavailable somewhere,
+/// sorted by endpoint id so that equal states compare equal.
+pub(crate) fn fleet_message(
+    health: &HashMap<EndpointId, BTreeMap<NodeId, NodeReport>>,
+    now: DateTime<Utc>,
+) -> cfg::FleetHealth {
+    let mut endpoints: Vec<cfg::EndpointHealth> = health
+        .iter()
+        .filter_map(|(id, reports)| {
+            let view = aggregate(reports, now);
+            let state = match view.state {
+                EndpointState::Healthy => return None,
+                EndpointState::Throttling => cfg::EndpointState::Throttling,
+                EndpointState::Error => cfg::EndpointState::Error,
+            };
+            Some(cfg::EndpointHealth {
+                endpoint_id: id.to_string(),
+                state: state as i32,
+                until_unix_ms: view.until.map_or(0, |t| t.timestamp_millis()),
+                reason: view.reason.unwrap_or_default(),
+            })
+        })
+        .collect();
+    endpoints.sort_by(|a, b| a.endpoint_id.cmp(&b.endpoint_id));
+    cfg::FleetHealth { endpoints }
+}
+
+/// Reports waiting to be written: the newest per (endpoint, data plane), so the queue is
+/// bounded by endpoints × data planes however fast reports arrive.
+#[derive(Default)]
+pub(crate) struct PendingWrites {
+    rows: Mutex<HashMap<(EndpointId, NodeId), EndpointHealthRecord>>,
+    wake: Notify,
+}
+
+impl PendingWrites {
+    pub(crate) fn push(&self, record: EndpointHealthRecord) {
+        let key = (record.endpoint_id, record.node_id.clone());
+        self.rows.lock().unwrap_or_else(PoisonError::into_inner).insert(key, record);
+        self.wake.notify_one();
+    }
+
+    fn take(&self) -> Vec<EndpointHealthRecord> {
+        let mut rows = self.rows.lock().unwrap_or_else(PoisonError::into_inner);
+        rows.drain().map(|(_, r)| r).collect()
+    }
+
+    /// Puts back rows whose write failed, unless a newer report for the same key arrived.
+    fn restore(&self, records: Vec<EndpointHealthRecord>) {
+        let mut rows = self.rows.lock().unwrap_or_else(PoisonError::into_inner);
+        for r in records {
+            rows.entry((r.endpoint_id, r.node_id.clone())).or_insert(r);
+        }
+    }
+
+    /// Writes whatever is pending now, giving up after `timeout` (at shutdown).
+    pub(crate) async fn flush(&self, store: &Store, timeout: Duration) {
+        let rows = self.take();
+        if rows.is_empty() {
+            return;
+        }
+        match tokio::time::timeout(timeout, store.upsert_endpoint_health(&rows)).await {
+            Ok(Ok(())) => tracing::debug!(rows = rows.len(), "pending endpoint health flushed"),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, rows = rows.len(), "flushing endpoint health failed");
+            }
+            Err(_) => tracing::warn!(rows = rows.len(), "flushing endpoint health timed out"),
+        }
+    }
+
+    /// Writes pending reports as they come, off the gRPC receive loop: a slow database
+    /// delays persistence, never the fleet push.
+    pub(crate) async fn run_writer(self: Arc<Self>, store: Store) {
+        loop {
+            self.wake.notified().await;
+            let rows = self.take();
+            if rows.is_empty() {
+                continue;
+            }
+            match store.upsert_endpoint_health(&rows).await {
+                Ok(()) => tracing::debug!(rows = rows.len(), "endpoint health persisted"),
+                Err(e) => {
+                    tracing::warn!(error = %e, rows = rows.len(), "persisting endpoint health failed; retrying");
+                    self.restore(rows);
+                    tokio::time::sleep(HEALTH_WRITE_RETRY).await;
+                    self.wake.notify_one();
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(offset_s: i64) -> DateTime<Utc> {
+        Utc::now() + chrono::Duration::seconds(offset_s)
+    }
+
+    fn report(state: EndpointState, until: Option<i64>, reason: &str) -> NodeReport {
+        NodeReport {
+            state,
+            until: until.map(at),
+            reason: Some(reason.to_owned()),
+            last_error: (state != EndpointState::Healthy).then(|| (reason.to_owned(), at(0))),
+            updated_at: at(0),
+        }
+    }
+
+    fn reports(entries: Vec<(&str, NodeReport)>) -> BTreeMap<NodeId, NodeReport> {
+        entries.into_iter().map(|(n, r)| (NodeId(n.to_owned()), r)).collect()
+    }
+
+    #[test]
+    fn throttling_anywhere_beats_error_elsewhere_and_takes_the_latest_until() {
+        let r = reports(vec![
+            ("a", report(EndpointState::Error, Some(600), "503")),
+            ("b", report(EndpointState::Throttling, Some(30), "429 short")),
+            ("c", report(EndpointState::Throttling, Some(60), "429 long")),
+            ("d", report(EndpointState::Healthy, None, "")),
+        ]);
+        let view = aggregate(&r, Utc::now());
+        assert_eq!(view.state, EndpointState::Throttling);
+        assert_eq!(view.reason.as_deref(), Some("429 long"));
+        assert_eq!(view.reported_by, Some(NodeId("c".into())));
+        assert_eq!(view.until, r[&NodeId("c".into())].until);
+        assert_eq!(view.data_planes.len(), 4);
+    }
+
+    #[test]
+    fn an_expired_throttle_leaves_the_running_error() {
+        let r = reports(vec![
+            ("a", report(EndpointState::Error, Some(60), "503")),
+            ("b", report(EndpointState::Throttling, Some(-1), "429")),
+        ]);
+        let view = aggregate(&r, Utc::now());
+        assert_eq!((view.state, view.reason.as_deref()), (EndpointState::Error, Some("503")));
+        let b = &view.data_planes[1];
+        assert_eq!((b.state, b.until), (EndpointState::Healthy, None));
+        assert_eq!(b.reason.as_deref(), Some("429"), "its last reason stays visible");
+    }
+
+    #[test]
+    fn all_windows_passed_is_healthy_with_the_last_error_kept() {
+        let mut older = report(EndpointState::Error, Some(-5), "old 503");
+        older.last_error = Some(("old 503".into(), at(-10)));
+        let r =
+            reports(vec![("a", older), ("b", report(EndpointState::Throttling, Some(-1), "429"))]);
+        let view = aggregate(&r, Utc::now());
+        assert_eq!(view.state, EndpointState::Healthy);
+        assert_eq!(view.until, None);
+        let last = view.last_error.expect("last error");
+        assert_eq!((last.reason.as_str(), last.node_id.0.as_str()), ("429", "b"));
+    }
+
+    #[test]
+    fn an_unhealthy_report_without_until_counts_for_a_bounded_window() {
+        let r = reports(vec![("a", report(EndpointState::Error, None, "reset"))]);
+        assert_eq!(aggregate(&r, Utc::now()).state, EndpointState::Error);
+        let later = Utc::now()
+            + chrono::Duration::from_std(UNTIMED_REPORT_WINDOW).expect("fits")
+            + chrono::Duration::seconds(1);
+        assert_eq!(aggregate(&r, later).state, EndpointState::Healthy);
+    }
+
+    #[test]
+    fn the_fleet_message_lists_only_unavailable_endpoints_in_a_stable_order() {
+        let (x, y, z) = (EndpointId::new(), EndpointId::new(), EndpointId::new());
+        let mut health = HashMap::new();
+        health.insert(x, reports(vec![("a", report(EndpointState::Throttling, Some(60), "429"))]));
+        health.insert(y, reports(vec![("a", report(EndpointState::Healthy, None, ""))]));
+        health.insert(z, reports(vec![("b", report(EndpointState::Error, Some(60), "503"))]));
+        let message = fleet_message(&health, Utc::now());
+        let mut expected = vec![x.to_string(), z.to_string()];
+        expected.sort();
+        let ids: Vec<String> = message.endpoints.iter().map(|e| e.endpoint_id.clone()).collect();
+        assert_eq!(ids, expected);
+        assert_eq!(message, fleet_message(&health, Utc::now()), "deterministic");
+    }
+}
