@@ -7,7 +7,9 @@ use axum::response::IntoResponse;
 use chrono::{DateTime, Utc};
 use http::{StatusCode, header};
 use modelgw_control_plane::EndpointHealthView;
-use modelgw_control_plane::store::{EndpointPatch, EndpointRecord, NewEndpoint};
+use modelgw_control_plane::store::{
+    AuthMode, EndpointAuth, EndpointPatch, EndpointRecord, NewEndpoint,
+};
 use modelgw_model::{EndpointId, EndpointState, Platform};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -54,13 +56,19 @@ pub struct CreateEndpointRequest {
     pub model_version: String,
     #[schema(example = "eastus")]
     pub region: String,
-    /// The upstream API key. Write-only: sealed at rest, never returned (see `api_key_hint`).
-    #[schema(value_type = String, write_only, format = Password)]
-    pub api_key: SecretInput,
+    /// How the data plane authenticates upstream: `api_key` (default; the key below) or
+    /// `entra` (the data plane's own Microsoft Entra ID token; no key).
+    #[schema(example = "api_key")]
+    pub auth: Option<String>,
+    /// The upstream API key: required in `api_key` mode, rejected in `entra` mode. Write-only:
+    /// sealed at rest, never returned (see `api_key_hint`).
+    #[schema(value_type = Option<String>, write_only, format = Password)]
+    pub api_key: Option<SecretInput>,
 }
 
 /// A partial update: absent (or `null`) fields stay as they are. At least one field must be
-/// given. Setting `api_key` rotates the key.
+/// given. Setting `api_key` rotates the key (and selects `api_key` mode); `auth: "entra"`
+/// switches to Entra ID and forgets the key; `auth: "api_key"` needs `api_key`.
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateEndpointRequest {
@@ -73,6 +81,8 @@ pub struct UpdateEndpointRequest {
     pub model_name: Option<String>,
     pub model_version: Option<String>,
     pub region: Option<String>,
+    /// `api_key` or `entra`.
+    pub auth: Option<String>,
     #[schema(value_type = Option<String>, write_only, format = Password)]
     pub api_key: Option<SecretInput>,
 }
@@ -90,8 +100,13 @@ pub struct EndpointResponse {
     pub model_name: String,
     pub model_version: String,
     pub region: String,
+    /// `api_key` or `entra`.
+    #[schema(example = "api_key")]
+    pub auth: String,
     /// Last four characters of the API key (`…a1b2`), or `…` for keys too short to hint.
+    /// Absent in `entra` mode.
     #[schema(example = "…a1b2")]
+    #[serde(skip_serializing_if = "String::is_empty")]
     pub api_key_hint: String,
     /// Fleet health: `throttling` if any data plane is in a 429 window for it, else `error` if
     /// any is in an error window, else `healthy`.
@@ -160,6 +175,7 @@ impl EndpointResponse {
             model_name: record.model_name,
             model_version: record.model_version,
             region: record.region,
+            auth: record.auth.as_str().to_owned(),
             api_key_hint: record.api_key_hint,
             state: health.state,
             state_reason: health.reason.filter(|_| unhealthy),
@@ -222,9 +238,27 @@ fn validate_create(req: CreateEndpointRequest) -> Result<NewEndpoint, ApiError> 
     let model_name = v.text("model_name", &req.model_name);
     let model_version = v.text("model_version", &req.model_version);
     let region = v.text("region", &req.region);
-    let api_key = v.api_key("api_key", &req.api_key.0);
+    let mode = match req.auth.as_deref() {
+        None => Some(AuthMode::ApiKey),
+        Some(s) => auth_mode(&mut v, s),
+    };
+    let auth = match (mode, req.api_key) {
+        (Some(AuthMode::ApiKey), Some(key)) => {
+            v.api_key("api_key", &key.0).map(EndpointAuth::ApiKey)
+        }
+        (Some(AuthMode::ApiKey), None) => {
+            v.error("api_key", "is required when auth is api_key");
+            None
+        }
+        (Some(AuthMode::Entra), None) => Some(EndpointAuth::Entra),
+        (Some(AuthMode::Entra), Some(_)) => {
+            v.error("api_key", "must not be set when auth is entra");
+            None
+        }
+        (None, _) => None,
+    };
     v.finish(())?;
-    let (Some(platform), Some(endpoint), Some(api_key)) = (platform, endpoint, api_key) else {
+    let (Some(platform), Some(endpoint), Some(auth)) = (platform, endpoint, auth) else {
         // Unreachable: each `None` above recorded an error, and `finish` returned it.
         return Err(ApiError::Internal("endpoint validation lost an error".to_owned()));
     };
@@ -236,8 +270,17 @@ fn validate_create(req: CreateEndpointRequest) -> Result<NewEndpoint, ApiError> 
         model_name,
         model_version,
         region,
-        api_key,
+        auth,
     })
+}
+
+/// Parses `auth`, recording a field error for anything but `api_key` / `entra`.
+fn auth_mode(v: &mut Validator, value: &str) -> Option<AuthMode> {
+    let mode = AuthMode::parse(value.trim());
+    if mode.is_none() {
+        v.error("auth", "must be api_key or entra");
+    }
+    mode
 }
 
 fn validate_update(req: UpdateEndpointRequest) -> Result<EndpointPatch, ApiError> {
@@ -250,8 +293,23 @@ fn validate_update(req: UpdateEndpointRequest) -> Result<EndpointPatch, ApiError
         model_name: req.model_name.map(|s| v.text("model_name", &s)),
         model_version: req.model_version.map(|s| v.text("model_version", &s)),
         region: req.region.map(|s| v.text("region", &s)),
-        api_key: req.api_key.and_then(|s| v.api_key("api_key", &s.0)),
+        auth: None,
     };
+    let mode = req.auth.as_deref().map(|s| auth_mode(&mut v, s));
+    let auth = match (mode, req.api_key) {
+        (Some(Some(AuthMode::Entra)), Some(_)) => {
+            v.error("api_key", "must not be set when auth is entra");
+            None
+        }
+        (Some(Some(AuthMode::Entra)), None) => Some(EndpointAuth::Entra),
+        (Some(Some(AuthMode::ApiKey)), None) => {
+            v.error("api_key", "is required when auth is api_key");
+            None
+        }
+        (_, Some(key)) => v.api_key("api_key", &key.0).map(EndpointAuth::ApiKey),
+        (Some(None), None) | (None, None) => None,
+    };
+    let patch = EndpointPatch { auth, ..patch };
     let empty = matches!(
         &patch,
         EndpointPatch {
@@ -262,7 +320,7 @@ fn validate_update(req: UpdateEndpointRequest) -> Result<EndpointPatch, ApiError
             model_name: None,
             model_version: None,
             region: None,
-            api_key: None,
+            auth: None,
         }
     );
     if empty && !v.has_errors() {
@@ -360,9 +418,12 @@ pub async fn update(
 ) -> Result<Json<EndpointResponse>, ApiError> {
     let id: EndpointId = path_id("inference endpoint", &id)?;
     let patch = validate_update(req)?;
-    let rotated = patch.api_key.is_some();
+    let action = match &patch.auth {
+        Some(EndpointAuth::ApiKey(_)) => "update (api key set)",
+        Some(EndpointAuth::Entra) => "update (entra auth)",
+        None => "update",
+    };
     let (record, version) = state.store.update_endpoint(id, patch).await?;
-    let action = if rotated { "update (api key rotated)" } else { "update" };
     state.committed(
         ConfigChange { entity: ENTITY, action, id: &record.id, name: &record.name },
         version,
@@ -423,7 +484,8 @@ mod tests {
             model_name: "gpt-4o".into(),
             model_version: "2024-11-20".into(),
             region: "eastus".into(),
-            api_key: SecretInput("sk-test-0123456789abcdef".into()),
+            auth: None,
+            api_key: Some(SecretInput("sk-test-0123456789abcdef".into())),
         }
     }
 
@@ -440,7 +502,33 @@ mod tests {
         assert_eq!(new.name, "eus");
         assert_eq!(new.platform, Platform::AzureOpenai);
         assert_eq!(display_base_url(&new.endpoint), "https://eus.openai.azure.com");
-        assert_eq!(new.api_key.expose(), "sk-test-0123456789abcdef");
+        assert_eq!(
+            new.auth,
+            EndpointAuth::ApiKey(modelgw_model::Secret::new("sk-test-0123456789abcdef"))
+        );
+    }
+
+    #[test]
+    fn entra_mode_takes_no_key_and_api_key_mode_needs_one() {
+        let entra =
+            CreateEndpointRequest { auth: Some("entra".into()), api_key: None, ..request() };
+        assert_eq!(validate_create(entra).expect("valid").auth, EndpointAuth::Entra);
+        let with_key = CreateEndpointRequest { auth: Some("entra".into()), ..request() };
+        let errs = errors(validate_create(with_key));
+        assert_eq!(errs, vec![FieldError::new("api_key", "must not be set when auth is entra")]);
+        let without = CreateEndpointRequest { api_key: None, ..request() };
+        let errs = errors(validate_create(without));
+        assert_eq!(errs, vec![FieldError::new("api_key", "is required when auth is api_key")]);
+        let unknown = CreateEndpointRequest { auth: Some("oauth".into()), ..request() };
+        let fields: Vec<String> =
+            errors(validate_create(unknown)).into_iter().map(|e| e.field).collect();
+        assert_eq!(fields, ["auth"]);
+        let patch = UpdateEndpointRequest { auth: Some("entra".into()), ..Default::default() };
+        assert_eq!(validate_update(patch).expect("valid").auth, Some(EndpointAuth::Entra));
+        let patch = UpdateEndpointRequest { auth: Some("api_key".into()), ..Default::default() };
+        let fields: Vec<String> =
+            errors(validate_update(patch)).into_iter().map(|e| e.field).collect();
+        assert_eq!(fields, ["api_key"]);
     }
 
     #[test]
@@ -449,7 +537,7 @@ mod tests {
             name: "".into(),
             platform: "aws".into(),
             endpoint: "not a url".into(),
-            api_key: SecretInput("  ".into()),
+            api_key: Some(SecretInput("  ".into())),
             ..request()
         };
         let fields: Vec<String> =

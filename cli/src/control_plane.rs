@@ -107,7 +107,9 @@ pub struct ControlPlane {
 }
 
 impl ControlPlane {
-    pub async fn start(args: &Args) -> anyhow::Result<ControlPlane> {
+    /// `azure`: the credential and ARM endpoint that Azure discoveries use (read from the
+    /// environment by `run`; the demo points it at its mocks).
+    pub async fn start(args: &Args, azure: AzureImportConfig) -> anyhow::Result<ControlPlane> {
         let key = master_key(args)?;
         let store = Store::connect(&args.database_url, key).await.with_context(|| {
             format!("opening the configuration store ({})", redact_url(&args.database_url))
@@ -132,10 +134,7 @@ impl ControlPlane {
             changes: distribution.changes(),
             registry: distribution.registry(),
             admin_token_sha256: token_sha256,
-            // Read once here: discovery jobs use this credential and ARM endpoint until restart.
-            azure: AzureImport::new(
-                AzureImportConfig::from_env().context("reading the Azure import settings")?,
-            ),
+            azure: AzureImport::new(azure),
         };
         Ok(ControlPlane {
             admin_addr: admin_listener.local_addr()?,
@@ -189,7 +188,9 @@ pub async fn run(
     args: Args,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let cp = ControlPlane::start(&args).await?;
+    // Read once: discovery jobs use this credential and ARM endpoint until restart.
+    let azure = AzureImportConfig::from_env().context("reading the Azure import settings")?;
+    let cp = ControlPlane::start(&args, azure).await?;
     if let Some(token) = &cp.generated_admin_token {
         println!(
             "Generated admin token (shown once; only its hash is stored — set MODELGW_ADMIN_TOKEN to choose your own):\n  {token}"

@@ -2,10 +2,19 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use azure_core::credentials::TokenCredential;
+use modelgw_control_plane::azure::credential::CREDENTIAL_ENV;
+use modelgw_control_plane::azure::{CredentialOptions, CredentialSettings, build_chosen, resolve};
 use modelgw_data_plane::{DataPlane, DataPlaneConfig};
+use modelgw_model::DEFAULT_ENTRA_SCOPE;
+
+/// Bound on picking a credential at start in `auto` mode (one token fetch per candidate, the
+/// managed-identity probe included); past it the data plane serves without Entra ID.
+const ENTRA_RESOLVE_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(clap::Args, Clone, Debug)]
 pub struct Args {
@@ -62,7 +71,7 @@ pub async fn run(
     args: Args,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let config = args.config();
+    let config = DataPlaneConfig { entra_credential: entra_credential().await?, ..args.config() };
     let node_id = config.node_id.clone();
     let dp = DataPlane::bind(config)
         .await
@@ -75,4 +84,45 @@ pub async fn run(
     );
     dp.run(shutdown).await.context("data plane")?;
     Ok(())
+}
+
+/// The Azure credential for endpoints in Entra ID auth mode, from the same variables as the
+/// control plane's discovery (`MODELGW_AZURE_CREDENTIAL` & co.). Opt-in: without
+/// `MODELGW_AZURE_CREDENTIAL` there is none (no metadata-service probe at start). An explicit
+/// kind is built without fetching (the token refresh retries); a misconfigured one fails the
+/// start. `auto` picks the first credential that gets a token.
+async fn entra_credential() -> anyhow::Result<Option<Arc<dyn TokenCredential>>> {
+    if std::env::var_os(CREDENTIAL_ENV).is_none() {
+        tracing::info!(
+            "{CREDENTIAL_ENV} is not set: endpoints in Entra ID auth mode are unavailable"
+        );
+        return Ok(None);
+    }
+    let settings = CredentialSettings::from_env()?;
+    let options = CredentialOptions::default();
+    if let Some(credential) = build_chosen(&settings, &options)
+        .map_err(|reason| anyhow::anyhow!("Azure credential for Entra ID endpoints: {reason}"))?
+    {
+        tracing::info!(choice = %settings.choice, "Azure credential for Entra ID endpoints configured");
+        return Ok(Some(credential));
+    }
+    match tokio::time::timeout(
+        ENTRA_RESOLVE_TIMEOUT,
+        resolve(&settings, &options, DEFAULT_ENTRA_SCOPE),
+    )
+    .await
+    {
+        Ok(Ok(resolved)) => Ok(Some(resolved.credential)),
+        Ok(Err(err)) => {
+            tracing::warn!(error = %err, "no Azure credential works: endpoints in Entra ID auth mode are unavailable");
+            Ok(None)
+        }
+        Err(_) => {
+            tracing::warn!(
+                timeout_s = ENTRA_RESOLVE_TIMEOUT.as_secs(),
+                "no Azure credential within the timeout: endpoints in Entra ID auth mode are unavailable"
+            );
+            Ok(None)
+        }
+    }
 }

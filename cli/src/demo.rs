@@ -1,10 +1,12 @@
 //! `modelgw demo`: a complete local gateway in one command.
 //!
-//! Starts three mock Azure OpenAI regions, a control plane on a fresh SQLite file, and one data
-//! plane subscribed to it over gRPC — the same components and wire protocols as production, in
-//! one process. Then it configures them through the admin API exactly as an operator would
-//! (three Inference Endpoints, one gateway, one gateway key), waits until a chat completion
-//! succeeds through the gateway, and prints what a newcomer needs to try it.
+//! Starts a mock Azure estate — three Azure OpenAI regions, Azure Resource Manager listing them
+//! as accounts of one subscription, and an Entra ID token endpoint — a control plane on a fresh
+//! SQLite file, and one data plane subscribed to it over gRPC: the same components and wire
+//! protocols as production, in one process. Then it configures them through the admin API the
+//! way an operator would: an Azure discovery, the import of what it found, the gateway it
+//! proposes, and a gateway key. It waits until a chat completion succeeds through the gateway and
+//! prints what a newcomer needs to try it.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -12,15 +14,31 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use azure_core::http::{ClientOptions, RetryOptions};
+use modelgw_admin_api::AzureImportConfig;
+use modelgw_azure_mock::{
+    Account, ArmAuth, ArmMock, Deployment, Inventory, RedirectTransport, Subscription, TokenMock,
+};
+use modelgw_control_plane::azure::{
+    ArmClientOptions, CredentialChoice, CredentialOptions, CredentialSettings, DiscoveryOptions,
+};
 use modelgw_data_plane::DataPlane;
 use modelgw_mock_azure::{MockAzure, MockConfig};
+use modelgw_model::Secret;
 use serde_json::{Value, json};
 
 use crate::control_plane::{self, ControlPlane};
 
-/// The regions the demo simulates, with the deployment each one serves.
-const REGIONS: [(&str, &str); 3] =
-    [("East US", "eastus"), ("West Europe", "westeurope"), ("Japan East", "japaneast")];
+/// The regions the demo simulates: display name, Azure location, deployment capacity (K TPM).
+const REGIONS: [(&str, &str, u32); 3] = [
+    ("East US", "eastus", 100),
+    ("West Europe", "westeurope", 50),
+    ("Japan East", "japaneast", 50),
+];
+const DEMO_SUBSCRIPTION: &str = "6d1f3c2a-0000-4000-8000-00000000de70";
+const DEMO_TENANT: &str = "7a4e9b10-0000-4000-8000-00000000de70";
+const DEMO_CLIENT_ID: &str = "modelgw-demo";
+const DEMO_RESOURCE_GROUP: &str = "rg-modelgw-demo";
 const DEMO_DEPLOYMENT: &str = "gpt-4o-mini";
 const DEMO_MODEL: &str = "gpt-4o-mini";
 const DEMO_MODEL_VERSION: &str = "2024-07-18";
@@ -58,22 +76,63 @@ pub async fn run(
         }
     };
 
-    // 1. Three mock regions, each with its own upstream API key.
+    // 1. A mock Azure estate: three regions, ARM listing them, and Entra ID issuing tokens.
+    let mut subscription = Subscription::new(DEMO_SUBSCRIPTION, "Model Gateway demo");
     let mut mocks = Vec::new();
-    for (display, _) in REGIONS {
-        let key = random_token("az-");
+    for (display, location, capacity) in REGIONS {
+        let account =
+            Account::new(DEMO_RESOURCE_GROUP, format!("aoai-{location}"), "AIServices", location);
         let mock = MockAzure::start(
             "127.0.0.1:0".parse()?,
             MockConfig {
                 region: display.to_owned(),
-                api_key: key.clone(),
+                api_key: account.key1.clone(),
                 deployments: vec![DEMO_DEPLOYMENT.to_owned()],
                 model: format!("{DEMO_MODEL}-{DEMO_MODEL_VERSION}"),
             },
         )
         .await?;
-        mocks.push((mock, key));
+        subscription = subscription.account(
+            account.with_endpoint(mock.base_url()).deployment(
+                Deployment::new(DEMO_DEPLOYMENT, DEMO_MODEL, DEMO_MODEL_VERSION)
+                    .sku("GlobalStandard", capacity),
+            ),
+        );
+        mocks.push(mock);
     }
+    let client_secret = random_token("demo-secret-");
+    let tokens = TokenMock::builder(DEMO_TENANT)
+        .client_secret(DEMO_CLIENT_ID, &client_secret)
+        .start()
+        .await?;
+    let arm = ArmMock::builder(
+        Inventory::new().subscription(subscription),
+        ArmAuth::TokensFrom(tokens.clone()),
+    )
+    .start()
+    .await?;
+    let azure = AzureImportConfig {
+        credential: CredentialSettings {
+            choice: CredentialChoice::ClientSecret,
+            tenant_id: Some(DEMO_TENANT.to_owned()),
+            client_id: Some(DEMO_CLIENT_ID.to_owned()),
+            client_secret: Some(Secret::new(client_secret)),
+            ..Default::default()
+        },
+        credential_options: CredentialOptions {
+            // Entra ID insists on https; the demo's token endpoint is a local mock.
+            client_options: ClientOptions {
+                transport: Some(RedirectTransport::transport(&tokens.base_url())?),
+                retry: RetryOptions::none(),
+                ..Default::default()
+            },
+            allow_imds: false,
+            ..Default::default()
+        },
+        arm_endpoint: arm.base_url().parse()?,
+        arm_options: ArmClientOptions::default(),
+        discovery: DiscoveryOptions::default(),
+    };
 
     // 2. The control plane on a SQLite file.
     let admin_token = random_token("mgwadm_");
@@ -86,7 +145,7 @@ pub async fn run(
         master_key_file: None,
         config_poll_interval: Duration::from_secs(1),
     };
-    let cp = ControlPlane::start(&cp_args).await?;
+    let cp = ControlPlane::start(&cp_args, azure).await?;
     let admin_url = format!("http://{}", cp.admin_addr);
     let grpc_url = format!("http://{}", cp.grpc_addr);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -109,33 +168,48 @@ pub async fn run(
     let gateway_url = format!("http://{}", dp.local_addr());
     let dp_task = tokio::spawn(dp.run(stopped(stop_rx)));
 
-    // 4. Configure through the admin API, as an operator would.
+    // 4. Configure through the admin API, as an operator would: discover, import, propose.
     let http = reqwest::Client::new();
     let admin = Admin { http: &http, base: &admin_url, token: &admin_token };
-    let mut members = Vec::new();
-    for ((display, region), (mock, key)) in REGIONS.iter().zip(&mocks) {
-        let ep = admin
-            .post(
-                "/api/v1/inference-endpoints",
-                json!({
-                    "name": format!("{DEMO_DEPLOYMENT}-{region}"),
-                    "platform": "azure_openai",
-                    "endpoint": mock.base_url(),
-                    "deployment": DEMO_DEPLOYMENT,
-                    "model_name": DEMO_MODEL,
-                    "model_version": DEMO_MODEL_VERSION,
-                    "region": region,
-                    "api_key": key,
-                }),
-            )
-            .await
-            .with_context(|| format!("creating the {display} endpoint"))?;
-        members.push(json!({"endpoint_id": ep["id"], "enabled": true, "priority": 0, "weight": 1}));
-    }
-    let gw = admin
-        .post("/api/v1/gateways", json!({"name": DEMO_DEPLOYMENT, "endpoints": members}))
-        .await
-        .context("creating the gateway")?;
+    let discovery = admin.post("/api/v1/azure/discoveries", json!({})).await?;
+    let discovery_id = discovery["id"].as_str().context("discovery id")?.to_owned();
+    let started = Instant::now();
+    let found = loop {
+        let job = admin.get(&format!("/api/v1/azure/discoveries/{discovery_id}")).await?;
+        match job["status"].as_str() {
+            Some("running") if started.elapsed() < READY_DEADLINE => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Some("succeeded") => break job,
+            _ => bail!("the demo's Azure discovery did not succeed: {job}"),
+        }
+    };
+    let deployment_ids: Vec<Value> = found["deployments"]
+        .as_array()
+        .context("discovered deployments")?
+        .iter()
+        .map(|d| d["id"].clone())
+        .collect();
+    println!(
+        "Azure discovery {discovery_id}: {} deployments of {DEMO_MODEL} {DEMO_MODEL_VERSION} in subscription {DEMO_SUBSCRIPTION}",
+        deployment_ids.len()
+    );
+    let imported =
+        admin.post("/api/v1/azure/imports", json!({"deployment_ids": deployment_ids})).await?;
+    println!(
+        "Imported as Inference Endpoints: {} created",
+        imported["created"].as_array().map_or(0, Vec::len)
+    );
+    let proposals = admin.post("/api/v1/azure/gateway-proposals", json!({})).await?;
+    let mut proposal = proposals["proposals"]
+        .as_array()
+        .and_then(|p| p.first())
+        .cloned()
+        .context("a gateway proposal")?;
+    // Apps address the gateway by name; call it after the deployment they already use.
+    proposal["name"] = json!(DEMO_DEPLOYMENT);
+    let gw = admin.post("/api/v1/gateways", proposal).await.context("creating the gateway")?;
+    println!("Gateway \"{DEMO_DEPLOYMENT}\" created from the proposal (weights from capacity)");
     let gw_id = gw["id"].as_str().context("gateway id")?;
     let key = admin
         .post(&format!("/api/v1/gateways/{gw_id}/keys"), json!({"name": "demo"}))
@@ -188,7 +262,7 @@ Or with the official SDK:  AzureOpenAI(azure_endpoint="{gateway_url}", api_key="
 Status of the data planes:  curl -sS {admin_url}/api/v1/status -H 'authorization: Bearer {admin_token}'
 
 Press Ctrl-C to stop."#,
-        regions = REGIONS.iter().map(|(d, _)| *d).collect::<Vec<_>>().join(", "),
+        regions = REGIONS.iter().map(|(d, _, _)| *d).collect::<Vec<_>>().join(", "),
         dir = dir.display(),
     );
     crate::print_ready(
@@ -205,9 +279,11 @@ Press Ctrl-C to stop."#,
     let _ = stop_tx.send(true);
     let _ = cp_task.await;
     let _ = dp_task.await;
-    for (mock, _) in &mocks {
+    for mock in &mocks {
         mock.shutdown();
     }
+    arm.stop();
+    tokens.stop();
     Ok(())
 }
 
@@ -219,17 +295,25 @@ struct Admin<'a> {
 
 impl Admin<'_> {
     async fn post(&self, path: &str, body: Value) -> anyhow::Result<Value> {
-        let res = self
-            .http
-            .post(format!("{}{path}", self.base))
-            .bearer_auth(self.token)
-            .json(&body)
-            .send()
-            .await?;
+        let req = self.http.post(format!("{}{path}", self.base)).json(&body);
+        self.send("POST", path, req).await
+    }
+
+    async fn get(&self, path: &str) -> anyhow::Result<Value> {
+        self.send("GET", path, self.http.get(format!("{}{path}", self.base))).await
+    }
+
+    async fn send(
+        &self,
+        method: &str,
+        path: &str,
+        req: reqwest::RequestBuilder,
+    ) -> anyhow::Result<Value> {
+        let res = req.bearer_auth(self.token).send().await?;
         let status = res.status();
         let body: Value = res.json().await.unwrap_or(Value::Null);
         if !status.is_success() {
-            bail!("POST {path} → {status}: {body}");
+            bail!("{method} {path} → {status}: {body}");
         }
         Ok(body)
     }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{TestDb, wait_until};
-use modelgw_control_plane::store::{NewEndpoint, NewGateway};
+use modelgw_control_plane::store::{EndpointAuth, NewEndpoint, NewGateway};
 use modelgw_control_plane::{DataPlaneStatus, Distribution, Store};
 use modelgw_model::{
     ConfigVersion, EndpointId, EndpointState, GatewayMember, NodeId, Platform, RoutingPolicy,
@@ -174,7 +174,7 @@ fn new_endpoint(name: &str) -> NewEndpoint {
         model_name: "gpt-4o".into(),
         model_version: "2024-11-20".into(),
         region: "eastus".into(),
-        api_key: Secret::new(format!("sk-test-key-for-{name}")),
+        auth: EndpointAuth::ApiKey(Secret::new(format!("sk-test-key-for-{name}"))),
     }
 }
 

@@ -7,8 +7,8 @@ use common::{Backend, TestDb};
 use modelgw_control_plane::Store;
 use modelgw_control_plane::StoreError;
 use modelgw_control_plane::store::{
-    AzureImportItem, EndpointHealthRecord, EndpointPatch, EndpointRecord, GatewayPatch,
-    NewEndpoint, NewGateway,
+    AuthMode, AzureImportItem, EndpointAuth, EndpointHealthRecord, EndpointPatch, EndpointRecord,
+    GatewayPatch, NewEndpoint, NewGateway,
 };
 use modelgw_model::{
     ConfigVersion, Credential, EndpointId, EndpointState, GatewayId, GatewayKeyId, GatewayMember,
@@ -34,6 +34,7 @@ on_both_backends!(
     gateways_stored_before_routing_existed_read_as_defaults,
     endpoint_health_is_stored_without_bumping_the_version,
     azure_import_upserts_by_arm_resource_id,
+    entra_auth_stores_no_key_and_modes_switch,
 );
 
 const API_KEY: &str = "sk-PLAINTEXT-api-key-3f9a7c21";
@@ -47,7 +48,7 @@ fn new_endpoint(name: &str, api_key: &str) -> NewEndpoint {
         model_name: "gpt-4o".into(),
         model_version: "2024-11-20".into(),
         region: "eastus".into(),
-        api_key: Secret::new(api_key),
+        auth: EndpointAuth::ApiKey(Secret::new(api_key)),
     }
 }
 
@@ -95,7 +96,7 @@ async fn endpoint_crud(db: &TestDb) {
     let patch = EndpointPatch {
         deployment: Some("gpt-4o-mini".into()),
         region: Some("westus".into()),
-        api_key: Some(Secret::new("sk-rotated-key-value-9b8e")),
+        auth: Some(EndpointAuth::ApiKey(Secret::new("sk-rotated-key-value-9b8e"))),
         ..EndpointPatch::default()
     };
     let (updated, v3) = store.update_endpoint(created.id, patch).await.expect("update");
@@ -365,7 +366,7 @@ async fn failed_calls_change_neither_version_nor_data(db: &TestDb) {
             b.id,
             EndpointPatch {
                 name: Some("a".into()),
-                api_key: Some(Secret::new("sk-never-stored-1234")),
+                auth: Some(EndpointAuth::ApiKey(Secret::new("sk-never-stored-1234"))),
                 ..Default::default()
             },
         )
@@ -548,7 +549,10 @@ async fn api_key_is_sealed_at_rest(db: &TestDb) {
     let (updated, _) = store
         .update_endpoint(
             created.id,
-            EndpointPatch { api_key: Some(Secret::new(rotated)), ..Default::default() },
+            EndpointPatch {
+                auth: Some(EndpointAuth::ApiKey(Secret::new(rotated))),
+                ..Default::default()
+            },
         )
         .await
         .expect("rotate");
@@ -943,7 +947,45 @@ async fn azure_import_upserts_by_arm_resource_id(db: &TestDb) {
     assert_eq!(store.list_azure_endpoints().await.expect("list")[1].sku_capacity, Some(200));
     let snapshot = store.load_snapshot().await.expect("snapshot");
     let b = snapshot.endpoints.iter().find(|e| e.id == listed[1].id).expect("b");
-    let Credential::ApiKey(key) = &b.credential;
+    let Credential::ApiKey(key) = &b.credential else {
+        panic!("an api-key credential");
+    };
     assert_eq!(key.expose(), "key-b-2");
     assert_eq!(store.list_endpoints().await.expect("all").len(), 3, "no duplicates");
+}
+
+async fn entra_auth_stores_no_key_and_modes_switch(db: &TestDb) {
+    let store = db.open().await;
+    let entra = NewEndpoint { auth: EndpointAuth::Entra, ..new_endpoint("eus", API_KEY) };
+    let (created, _) = store.create_endpoint(entra).await.expect("create");
+    assert_eq!(created.auth, AuthMode::Entra);
+    assert_eq!(created.api_key_hint, "");
+    let entra_credential = Credential::Entra { scope: modelgw_model::DEFAULT_ENTRA_SCOPE.into() };
+    let snapshot = store.load_snapshot().await.expect("snapshot");
+    assert_eq!(snapshot.endpoints[0].credential, entra_credential);
+
+    let to_key = EndpointPatch {
+        auth: Some(EndpointAuth::ApiKey(Secret::new(API_KEY))),
+        ..EndpointPatch::default()
+    };
+    let (updated, _) = store.update_endpoint(created.id, to_key).await.expect("update");
+    assert_eq!(updated.auth, AuthMode::ApiKey);
+    assert_eq!(updated.api_key_hint, "…7c21");
+    let snapshot = store.load_snapshot().await.expect("snapshot");
+    assert_eq!(snapshot.endpoints[0].credential, Credential::ApiKey(Secret::new(API_KEY)));
+
+    // Another field alone keeps the mode.
+    let rename = EndpointPatch { region: Some("westus".into()), ..EndpointPatch::default() };
+    let (renamed, _) = store.update_endpoint(created.id, rename).await.expect("update");
+    assert_eq!(renamed.auth, AuthMode::ApiKey);
+
+    let back = EndpointPatch { auth: Some(EndpointAuth::Entra), ..EndpointPatch::default() };
+    let (updated, _) = store.update_endpoint(created.id, back).await.expect("update");
+    assert_eq!(updated.auth, AuthMode::Entra);
+    assert_eq!(updated.api_key_hint, "");
+    let snapshot = store.load_snapshot().await.expect("snapshot");
+    assert_eq!(snapshot.endpoints[0].credential, entra_credential);
+    // An api_key endpoint beside it keeps its mode.
+    let (legacy, _) = store.create_endpoint(new_endpoint("aus", API_KEY)).await.expect("create");
+    assert_eq!(legacy.auth, AuthMode::ApiKey);
 }

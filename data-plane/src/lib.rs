@@ -20,6 +20,7 @@
 
 pub mod balance;
 pub mod client;
+pub mod entra;
 pub mod health;
 mod proxy;
 pub mod snapshot;
@@ -34,6 +35,7 @@ use tokio::sync::mpsc;
 use tracing::info;
 
 use crate::balance::{ByStrategy, EndpointSelector};
+use crate::entra::EntraTokens;
 use crate::health::{HEALTH_CHANNEL_CAPACITY, HealthChange, HealthPolicy, HealthRegistry};
 use crate::snapshot::SnapshotStore;
 
@@ -123,6 +125,9 @@ pub struct DataPlaneConfig {
     pub shutdown_grace: Duration,
     /// How often a heartbeat goes to the control plane; see [`client::HEARTBEAT_INTERVAL`].
     pub heartbeat_interval: Duration,
+    /// Azure credential for endpoints in Entra ID auth mode (built by the binary from
+    /// `MODELGW_AZURE_CREDENTIAL` & co.). `None`: such endpoints are unavailable.
+    pub entra_credential: Option<Arc<dyn azure_core::credentials::TokenCredential>>,
 }
 
 impl Default for DataPlaneConfig {
@@ -141,6 +146,7 @@ impl Default for DataPlaneConfig {
             client_body_timeout: DEFAULT_CLIENT_BODY_TIMEOUT,
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
             heartbeat_interval: client::HEARTBEAT_INTERVAL,
+            entra_credential: None,
         }
     }
 }
@@ -165,6 +171,7 @@ pub struct DataPlane {
     health: Arc<HealthRegistry>,
     health_rx: mpsc::Receiver<HealthChange>,
     http: reqwest::Client,
+    entra: Arc<EntraTokens>,
 }
 
 impl std::fmt::Debug for DataPlane {
@@ -210,7 +217,9 @@ impl DataPlane {
         let local_addr = listener.local_addr()?;
         let (health, health_rx) =
             HealthRegistry::with_policy(config.health_policy.clone(), HEALTH_CHANNEL_CAPACITY);
+        let entra = Arc::new(EntraTokens::new(config.entra_credential.clone()));
         Ok(DataPlane {
+            entra,
             listener,
             local_addr,
             config,
@@ -231,6 +240,11 @@ impl DataPlane {
     /// control plane, or subscribe to follow the applied version.
     pub fn snapshot_store(&self) -> Arc<SnapshotStore> {
         Arc::clone(&self.store)
+    }
+
+    /// The Entra ID token cache of endpoints in `entra` auth mode (refreshed while running).
+    pub fn entra_tokens(&self) -> Arc<EntraTokens> {
+        Arc::clone(&self.entra)
     }
 
     /// Per-endpoint health as this data plane sees it.
@@ -263,7 +277,9 @@ impl DataPlane {
             health,
             health_rx,
             http,
+            entra,
         } = self;
+        let entra_task = tokio::spawn(keep_entra_tokens(Arc::clone(&store), Arc::clone(&entra)));
         let mut client_task = control_plane.map(|endpoint| {
             let client_config = client::ClientConfig {
                 control_plane_url: config.control_plane_url.clone(),
@@ -283,6 +299,7 @@ impl DataPlane {
             health,
             selector,
             http,
+            entra,
             limits: proxy::Limits {
                 max_body_bytes: config.max_body_bytes,
                 upstream_timeout: config.upstream_timeout,
@@ -332,10 +349,22 @@ impl DataPlane {
         if let Some(watcher) = watcher {
             watcher.abort();
         }
+        entra_task.abort();
         info!("data plane stopped");
         match died {
             Some(reason) => Err(DataPlaneError::ControlPlaneClient(reason)),
             None => Ok(()),
+        }
+    }
+}
+
+/// Starts token refresh for every Entra ID scope of each routing table applied.
+async fn keep_entra_tokens(store: Arc<SnapshotStore>, entra: Arc<EntraTokens>) {
+    let mut versions = store.subscribe();
+    loop {
+        entra.ensure(store.load().entra_scopes());
+        if versions.changed().await.is_err() {
+            return;
         }
     }
 }

@@ -48,9 +48,8 @@ pub struct CompiledEndpoint {
     pub(crate) deployment_segment: String,
     /// Base URL without trailing slash, e.g. `https://res.openai.azure.com`.
     pub(crate) base: String,
-    /// The credential header (`api-key` or `authorization`), value marked sensitive.
-    pub(crate) auth_name: HeaderName,
-    pub(crate) auth_value: HeaderValue,
+    /// How the upstream request is authenticated.
+    pub(crate) auth: UpstreamAuth,
     /// `name` as a response header value (`x-modelgw-endpoint`).
     pub(crate) name_header: HeaderValue,
     /// `name` reduced to characters safe inside `x-modelgw-attempts` (no `,` or `:`).
@@ -69,6 +68,15 @@ impl fmt::Debug for CompiledEndpoint {
             .field("base", &self.base)
             .finish_non_exhaustive()
     }
+}
+
+/// The credential of one endpoint, as the request path injects it.
+pub(crate) enum UpstreamAuth {
+    /// A precomputed header (`api-key` or `authorization`), value marked sensitive.
+    Static { name: HeaderName, value: HeaderValue },
+    /// `Authorization: Bearer` with the current Entra ID token for `scope`, kept fresh off the
+    /// request path by [`crate::entra::EntraTokens`].
+    Entra { scope: Arc<str> },
 }
 
 /// One enabled member of a gateway.
@@ -112,6 +120,8 @@ pub struct RoutingTable {
     by_name: HashMap<String, usize>,
     by_key: HashMap<[u8; 32], usize>,
     endpoint_count: usize,
+    /// Distinct scopes of `entra` endpoints, for which tokens must be kept fresh.
+    entra_scopes: Vec<Arc<str>>,
 }
 
 impl RoutingTable {
@@ -123,6 +133,7 @@ impl RoutingTable {
             by_name: HashMap::new(),
             by_key: HashMap::new(),
             endpoint_count: 0,
+            entra_scopes: Vec::new(),
         }
     }
 
@@ -142,14 +153,27 @@ impl RoutingTable {
                 return Err(compile_error(field("base_url"), "must not have a query or fragment"));
             }
             let base = url.as_str().trim_end_matches('/').to_owned();
-            let Credential::ApiKey(key) = &e.credential;
-            let (auth_name, raw_value) = match e.platform {
-                Platform::AzureOpenai => (API_KEY, key.expose().to_owned()),
-                Platform::OpenaiCompatible => (AUTHORIZATION, format!("Bearer {}", key.expose())),
+            let auth = match &e.credential {
+                Credential::ApiKey(key) => {
+                    let (name, raw_value) = match e.platform {
+                        Platform::AzureOpenai => (API_KEY, key.expose().to_owned()),
+                        Platform::OpenaiCompatible => {
+                            (AUTHORIZATION, format!("Bearer {}", key.expose()))
+                        }
+                    };
+                    let mut value = HeaderValue::from_str(&raw_value).map_err(|_| {
+                        compile_error(field("credential"), "not a valid header value")
+                    })?;
+                    value.set_sensitive(true);
+                    UpstreamAuth::Static { name, value }
+                }
+                Credential::Entra { scope } => {
+                    if scope.trim().is_empty() {
+                        return Err(compile_error(field("credential"), "empty Entra scope"));
+                    }
+                    UpstreamAuth::Entra { scope: Arc::from(scope.as_str()) }
+                }
             };
-            let mut auth_value = HeaderValue::from_str(&raw_value)
-                .map_err(|_| compile_error(field("credential"), "not a valid header value"))?;
-            auth_value.set_sensitive(true);
             let deployment_json = serde_json::to_vec(&e.deployment)
                 .map_err(|err| compile_error(field("deployment"), err.to_string()))?;
             let attempt_label = header_safe(&e.name, |c| c != ',' && c != ':');
@@ -164,8 +188,7 @@ impl RoutingTable {
                 deployment_json: Bytes::from(deployment_json),
                 deployment_segment: encode_path_segment(&e.deployment),
                 base,
-                auth_name,
-                auth_value,
+                auth,
                 name_header,
                 attempt_label,
             };
@@ -220,13 +243,28 @@ impl RoutingTable {
                 routing: g.routing,
             });
         }
+        let mut entra_scopes: Vec<Arc<str>> = endpoints
+            .values()
+            .filter_map(|e| match &e.auth {
+                UpstreamAuth::Entra { scope } => Some(Arc::clone(scope)),
+                UpstreamAuth::Static { .. } => None,
+            })
+            .collect();
+        entra_scopes.sort();
+        entra_scopes.dedup();
         Ok(Self {
             version: snapshot.version,
             gateways,
             by_name,
             by_key,
             endpoint_count: endpoints.len(),
+            entra_scopes,
         })
+    }
+
+    /// Distinct Entra ID scopes the endpoints of this table need tokens for.
+    pub fn entra_scopes(&self) -> &[Arc<str>] {
+        &self.entra_scopes
     }
 
     pub fn version(&self) -> ConfigVersion {
@@ -401,16 +439,39 @@ pub(crate) mod tests {
         let gw = table.gateway_by_name("chat").expect("gateway");
         let azure = &gw.groups[0].members[0].endpoint;
         assert_eq!(azure.base, "https://res.openai.azure.com");
-        assert_eq!(azure.auth_name, API_KEY);
-        assert_eq!(azure.auth_value.to_str().expect("ascii"), "upstream-key-eus, primary");
-        assert!(azure.auth_value.is_sensitive());
+        let UpstreamAuth::Static { name, value } = &azure.auth else { panic!("static auth") };
+        assert_eq!(*name, API_KEY);
+        assert_eq!(value.to_str().expect("ascii"), "upstream-key-eus, primary");
+        assert!(value.is_sensitive());
         assert_eq!(&azure.deployment_json[..], br#""gpt 4o""#);
         assert_eq!(azure.deployment_segment, "gpt%204o");
         assert_eq!(azure.attempt_label, "eus_ primary");
         assert!(!format!("{azure:?}").contains("upstream-key"), "Debug must not show the key");
         let compatible = &gw.groups[1].members[0].endpoint;
-        assert_eq!(compatible.auth_name, AUTHORIZATION);
-        assert_eq!(compatible.auth_value.to_str().expect("ascii"), "Bearer upstream-key-swc");
+        let UpstreamAuth::Static { name, value } = &compatible.auth else { panic!("static auth") };
+        assert_eq!(*name, AUTHORIZATION);
+        assert_eq!(value.to_str().expect("ascii"), "Bearer upstream-key-swc");
+        assert!(table.entra_scopes().is_empty());
+    }
+
+    #[test]
+    fn an_entra_endpoint_compiles_to_its_scope_and_no_header() {
+        let mut s = sample();
+        s.endpoints[0].credential =
+            Credential::Entra { scope: modelgw_model::DEFAULT_ENTRA_SCOPE.to_owned() };
+        s.endpoints[1].credential =
+            Credential::Entra { scope: modelgw_model::DEFAULT_ENTRA_SCOPE.to_owned() };
+        let table = RoutingTable::compile(&s).expect("compiles");
+        let scopes: Vec<&str> = table.entra_scopes().iter().map(|s| &**s).collect();
+        assert_eq!(scopes, [modelgw_model::DEFAULT_ENTRA_SCOPE], "one scope, deduplicated");
+        let gw = table.gateway_by_name("chat").expect("gateway");
+        let UpstreamAuth::Entra { scope } = &gw.groups[0].members[0].endpoint.auth else {
+            panic!("entra auth")
+        };
+        assert_eq!(&**scope, modelgw_model::DEFAULT_ENTRA_SCOPE);
+        s.endpoints[0].credential = Credential::Entra { scope: " ".to_owned() };
+        let err = RoutingTable::compile(&s).expect_err("rejected");
+        assert_eq!(err.to_string(), "endpoints[0].credential: empty Entra scope");
     }
 
     #[test]

@@ -12,6 +12,6 @@ mod snapshot;
 pub use ids::{ConfigVersion, EndpointId, GatewayId, GatewayKeyId, NodeId};
 pub use secret::Secret;
 pub use snapshot::{
-    Credential, Endpoint, EndpointState, Gateway, GatewayKey, GatewayMember, InvalidSnapshot,
-    Platform, RoutingPolicy, RoutingStrategy, Snapshot, gateway_key_hash,
+    Credential, DEFAULT_ENTRA_SCOPE, Endpoint, EndpointState, Gateway, GatewayKey, GatewayMember,
+    InvalidSnapshot, Platform, RoutingPolicy, RoutingStrategy, Snapshot, gateway_key_hash,
 };

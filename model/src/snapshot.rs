@@ -61,8 +61,15 @@ impl EndpointState {
 /// The credential a data plane injects into upstream requests.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Credential {
+    /// A static key sent as `api-key` (Azure) or `Authorization: Bearer` (OpenAI-compatible).
     ApiKey(Secret),
+    /// A Microsoft Entra ID token for `scope`, obtained by the data plane with its own Azure
+    /// credential and sent as `Authorization: Bearer`.
+    Entra { scope: String },
 }
+
+/// The scope of Azure OpenAI (Cognitive Services) data-plane tokens.
+pub const DEFAULT_ENTRA_SCOPE: &str = "https://cognitiveservices.azure.com/.default";
 
 /// An Inference Endpoint (Azure: a model deployment) as the data plane routes to it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -183,6 +190,13 @@ impl TryFrom<cfg::Snapshot> for Snapshot {
                 Some(cfg::credential::Kind::ApiKey(k)) if !k.is_empty() => {
                     Credential::ApiKey(Secret::new(k))
                 }
+                Some(cfg::credential::Kind::Entra(entra)) => Credential::Entra {
+                    scope: if entra.scope.is_empty() {
+                        DEFAULT_ENTRA_SCOPE.to_owned()
+                    } else {
+                        entra.scope
+                    },
+                },
                 _ => return Err(invalid(f("credential"), "missing")),
             };
             endpoints.push(Endpoint {
@@ -286,6 +300,11 @@ impl From<&Snapshot> for cfg::Snapshot {
                             Credential::ApiKey(k) => {
                                 cfg::credential::Kind::ApiKey(k.expose().to_owned())
                             }
+                            Credential::Entra { scope } => {
+                                cfg::credential::Kind::Entra(cfg::EntraAuth {
+                                    scope: scope.clone(),
+                                })
+                            }
                         }),
                     }),
                 })
@@ -382,6 +401,27 @@ mod tests {
         let domain = Snapshot::try_from(wire()).expect("valid");
         let back = Snapshot::try_from(cfg::Snapshot::from(&domain)).expect("valid");
         assert_eq!(domain, back);
+    }
+
+    #[test]
+    fn an_entra_credential_round_trips_and_an_empty_scope_means_cognitive_services() {
+        let mut w = wire();
+        w.endpoints[0].credential = Some(cfg::Credential {
+            kind: Some(cfg::credential::Kind::Entra(cfg::EntraAuth { scope: String::new() })),
+        });
+        let domain = Snapshot::try_from(w).expect("valid");
+        assert_eq!(
+            domain.endpoints[0].credential,
+            Credential::Entra { scope: DEFAULT_ENTRA_SCOPE.to_owned() }
+        );
+        let wire = cfg::Snapshot::from(&domain);
+        let Some(cfg::credential::Kind::Entra(entra)) =
+            wire.endpoints[0].credential.as_ref().and_then(|c| c.kind.as_ref())
+        else {
+            panic!("entra on the wire: {:?}", wire.endpoints[0].credential);
+        };
+        assert_eq!(entra.scope, DEFAULT_ENTRA_SCOPE);
+        assert_eq!(Snapshot::try_from(wire).expect("valid"), domain);
     }
 
     #[test]

@@ -15,6 +15,9 @@ pub mod config {
                     Some(credential::Kind::ApiKey(_)) => {
                         f.write_str("Credential::ApiKey(<redacted>)")
                     }
+                    Some(credential::Kind::Entra(e)) => {
+                        write!(f, "Credential::Entra({:?})", e.scope)
+                    }
                     None => f.write_str("Credential::None"),
                 }
             }

@@ -1,5 +1,6 @@
 //! Azure discovery jobs, imports and gateway proposals, over the token and ARM mocks.
 
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use azure_core::http::{ClientOptions, RetryOptions};
@@ -12,8 +13,12 @@ use modelgw_azure_mock::{
 use modelgw_control_plane::azure::{
     ArmClientOptions, CredentialChoice, CredentialOptions, CredentialSettings, DiscoveryOptions,
 };
+use modelgw_data_plane::snapshot::RoutingTable;
+use modelgw_data_plane::{DataPlane, DataPlaneConfig};
+use modelgw_mock_azure::{MockAzure, MockConfig};
 use modelgw_model::{Credential, Secret};
 use serde_json::{Value, json};
+use tokio::sync::oneshot;
 
 use crate::harness::{Harness, WAIT, id_of};
 
@@ -73,18 +78,24 @@ fn account<'a>(inventory: &'a Inventory, name: &str) -> (String, &'a Account) {
 }
 
 async fn start() -> Azure {
+    let azure = start_with(inventory()).await;
+    let (locked, _) = account(azure.arm.inventory(), "aoai-locked");
+    azure.arm.forbid(&locked, actions::DEPLOYMENTS_READ);
+    azure
+}
+
+async fn start_with(inventory: Inventory) -> Azure {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let tokens = TokenMock::builder(TENANT)
         .client_secret(CLIENT_ID, CLIENT_SECRET)
         .start()
         .await
         .expect("token mock starts");
-    let arm = ArmMock::builder(inventory(), ArmAuth::TokensFrom(tokens.clone()))
+    let arm = ArmMock::builder(inventory, ArmAuth::TokensFrom(tokens.clone()))
         .start()
         .await
         .expect("ARM mock starts");
-    let (locked, _) = account(arm.inventory(), "aoai-locked");
-    arm.forbid(&locked, actions::DEPLOYMENTS_READ);
+
     let config = AzureImportConfig {
         credential: CredentialSettings {
             choice: CredentialChoice::ClientSecret,
@@ -294,7 +305,9 @@ async fn importing_twice_creates_nothing_and_a_rotated_key_updates_the_endpoint(
         .iter()
         .find(|e| e.name == "aoai-ptu-gpt-4o-ptu")
         .expect("ptu in the snapshot");
-    let Credential::ApiKey(key) = &endpoint.credential;
+    let Credential::ApiKey(key) = &endpoint.credential else {
+        panic!("an api-key credential");
+    };
     assert_eq!(key.expose(), rotated);
 }
 
@@ -410,4 +423,133 @@ async fn bad_imports_are_problems_and_write_nothing() {
     assert_eq!(azure.harness.version().await, version);
     let endpoints = azure.harness.get("/api/v1/inference-endpoints").await.json();
     assert!(endpoints.as_array().expect("list").is_empty());
+}
+
+/// A running mock region answering as an Azure OpenAI account with `key` and one deployment.
+async fn region(display: &str, key: &str, deployment: &str) -> MockAzure {
+    MockAzure::start(
+        SocketAddr::from(([127, 0, 0, 1], 0)),
+        MockConfig {
+            region: display.to_owned(),
+            api_key: key.to_owned(),
+            deployments: vec![deployment.to_owned()],
+            model: "gpt-4o-2024-11-20".to_owned(),
+        },
+    )
+    .await
+    .expect("mock region starts")
+}
+
+/// The acceptance path: discovery → import → proposal → gateway → key → a real data plane
+/// fed with the store's snapshot serves a chat completion from the PTU (priority 0).
+#[tokio::test]
+async fn a_proposed_gateway_serves_traffic_through_the_data_plane() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let ptu_account = Account::new("rg-b", "aoai-ptu", "OpenAI", "westus");
+    let paygo_account = Account::new("rg-a", "aoai-eus", "OpenAI", "eastus");
+    // Each mock region accepts exactly the key the ARM mock hands out for its account.
+    let ptu = region("West US", &ptu_account.key1, "gpt-4o-ptu").await;
+    let paygo = region("East US", &paygo_account.key1, "gpt-4o").await;
+    let inventory = Inventory::new()
+        .subscription(
+            Subscription::new("sub-a", "Team A").account(
+                paygo_account.with_endpoint(format!("{}/", paygo.base_url())).deployment(
+                    Deployment::new("gpt-4o", "gpt-4o", "2024-11-20")
+                        .sku("Standard", 50)
+                        .version_upgrade(Some("NoAutoUpgrade")),
+                ),
+            ),
+        )
+        .subscription(
+            Subscription::new("sub-b", "Team B").account(
+                ptu_account.with_endpoint(format!("{}/", ptu.base_url())).deployment(
+                    Deployment::new("gpt-4o-ptu", "gpt-4o", "2024-11-20")
+                        .sku("GlobalProvisionedManaged", 100)
+                        .version_upgrade(Some("NoAutoUpgrade")),
+                ),
+            ),
+        );
+    let azure = start_with(inventory).await;
+
+    let discovery = azure.discover().await;
+    assert_eq!(discovery["status"], "succeeded", "{discovery}");
+    let imported = azure.import(&deployment_ids(&discovery)).await;
+    assert_eq!(imported["created"].as_array().expect("created").len(), 2, "{imported}");
+    let proposals = azure
+        .harness
+        .call(Method::POST, "/api/v1/azure/gateway-proposals", None)
+        .await
+        .expect(StatusCode::OK)
+        .json();
+    let proposal = proposals["proposals"]
+        .as_array()
+        .expect("proposals")
+        .iter()
+        .find(|p| p["name"] == "gpt-4o-2024-11-20")
+        .expect("a gpt-4o proposal")
+        .clone();
+    let gateway = azure.harness.create_gateway(proposal).await;
+    let key = azure
+        .harness
+        .call(
+            Method::POST,
+            &format!("/api/v1/gateways/{}/keys", id_of(&gateway)),
+            Some(json!({"name": "acceptance"})),
+        )
+        .await
+        .expect(StatusCode::CREATED)
+        .json()["key"]
+        .as_str()
+        .expect("key shown once")
+        .to_owned();
+
+    let data_plane = DataPlane::bind(DataPlaneConfig {
+        gateway_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+        control_plane_url: String::new(),
+        node_id: "acceptance".to_owned(),
+        ..Default::default()
+    })
+    .await
+    .expect("data plane binds");
+    let base = format!("http://{}", data_plane.local_addr());
+    let snapshot = azure.harness.store.load_snapshot().await.expect("snapshot");
+    let table = RoutingTable::compile(&snapshot).expect("the store's snapshot compiles");
+    assert!(data_plane.snapshot_store().swap_if_newer(table));
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(data_plane.run(async move {
+        let _ = stopped.await;
+    }));
+
+    let response = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .expect("client")
+        .post(format!(
+            "{base}/openai/deployments/gpt-4o-2024-11-20/chat/completions?api-version=2024-10-21"
+        ))
+        .header("api-key", &key)
+        .header("content-type", "application/json")
+        .body(json!({"messages": [{"role": "user", "content": "Say hello"}]}).to_string())
+        .send()
+        .await
+        .expect("the data plane answers");
+    assert_eq!(response.status(), 200);
+    let endpoint = response
+        .headers()
+        .get("x-modelgw-endpoint")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    assert_eq!(endpoint, "aoai-ptu-gpt-4o-ptu", "the PTU (priority 0) serves");
+    let body: Value = response.json().await.expect("JSON answer");
+    assert_eq!(body["choices"][0]["message"]["content"], ptu.reply_text());
+    let seen = ptu.requests();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].path, "/openai/deployments/gpt-4o-ptu/chat/completions");
+    assert!(paygo.requests().is_empty(), "the standard deployment is not needed");
+
+    let _ = stop.send(());
+    task.await.expect("data plane task").expect("data plane stops cleanly");
+    ptu.shutdown();
+    paygo.shutdown();
 }

@@ -91,7 +91,9 @@ async fn patching_the_api_key_rotates_it_and_changes_the_hint() {
 
     // The data planes get the new key.
     let snapshot = h.store.load_snapshot().await.expect("snapshot");
-    let modelgw_model::Credential::ApiKey(key) = &snapshot.endpoints[0].credential;
+    let modelgw_model::Credential::ApiKey(key) = &snapshot.endpoints[0].credential else {
+        panic!("an api-key credential");
+    };
     assert_eq!(key.expose(), KEY_B);
 }
 
@@ -336,4 +338,66 @@ async fn internal_errors_answer_a_generic_problem() {
         }
     }
     assert_eq!(h.version().await, version, "the failed create wrote nothing");
+}
+
+#[tokio::test]
+async fn an_endpoint_can_use_entra_auth_and_switch_modes() {
+    use modelgw_model::{Credential, DEFAULT_ENTRA_SCOPE};
+    let h = Harness::start().await;
+    let credential = |snapshot: &modelgw_model::Snapshot| snapshot.endpoints[0].credential.clone();
+
+    // Entra mode takes no key; api_key mode needs one.
+    let mut with_key = endpoint_body("eus", KEY_A);
+    with_key["auth"] = json!("entra");
+    let reply = h
+        .call(Method::POST, "/api/v1/inference-endpoints", Some(with_key))
+        .await
+        .expect(StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(reply.error_fields(), ["api_key"]);
+    assert!(!reply.text.contains(KEY_A), "the key is never echoed");
+    let mut keyless = endpoint_body("eus", KEY_A);
+    keyless.as_object_mut().expect("object").remove("api_key");
+    let reply = h
+        .call(Method::POST, "/api/v1/inference-endpoints", Some(keyless.clone()))
+        .await
+        .expect(StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(reply.error_fields(), ["api_key"]);
+
+    keyless["auth"] = json!("entra");
+    let created = h
+        .call(Method::POST, "/api/v1/inference-endpoints", Some(keyless))
+        .await
+        .expect(StatusCode::CREATED)
+        .json();
+    assert_eq!(created["auth"], "entra");
+    assert!(created.get("api_key_hint").is_none(), "no key, no hint: {created}");
+    let snapshot = h.store.load_snapshot().await.expect("snapshot");
+    assert_eq!(credential(&snapshot), Credential::Entra { scope: DEFAULT_ENTRA_SCOPE.to_owned() });
+
+    // Setting a key switches to api_key mode; `auth: entra` switches back and drops it.
+    let path = format!("/api/v1/inference-endpoints/{}", id_of(&created));
+    let patched =
+        h.call(Method::PATCH, &path, Some(json!({"api_key": KEY_B}))).await.expect(StatusCode::OK);
+    assert_eq!(patched.json()["auth"], "api_key");
+    assert_eq!(patched.json()["api_key_hint"], "…2222");
+    let Credential::ApiKey(key) = credential(&h.store.load_snapshot().await.expect("snapshot"))
+    else {
+        panic!("an api-key credential");
+    };
+    assert_eq!(key.expose(), KEY_B);
+    let reply = h
+        .call(Method::PATCH, &path, Some(json!({"auth": "entra", "api_key": KEY_A})))
+        .await
+        .expect(StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(reply.error_fields(), ["api_key"]);
+    let patched =
+        h.call(Method::PATCH, &path, Some(json!({"auth": "entra"}))).await.expect(StatusCode::OK);
+    assert_eq!(patched.json()["auth"], "entra");
+    assert!(patched.json().get("api_key_hint").is_none());
+    assert_eq!(
+        credential(&h.store.load_snapshot().await.expect("snapshot")),
+        Credential::Entra { scope: DEFAULT_ENTRA_SCOPE.to_owned() }
+    );
+    let listed = h.get("/api/v1/inference-endpoints").await.json();
+    assert_eq!(listed[0]["auth"], "entra");
 }

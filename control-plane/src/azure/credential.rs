@@ -304,6 +304,23 @@ async fn attempt(
     }
 }
 
+/// Builds the credential of an explicit choice WITHOUT fetching a token, for callers that
+/// fetch (and retry) on their own schedule, like the data plane's Entra ID token refresh.
+/// `Ok(None)` for `auto`, whose pick needs a fetch (use [`resolve`]). The error says which
+/// configuration is missing and never contains the client secret.
+pub fn build_chosen(
+    settings: &CredentialSettings,
+    options: &CredentialOptions,
+) -> Result<Option<Arc<dyn TokenCredential>>, String> {
+    let kind = match settings.choice {
+        CredentialChoice::ManagedIdentity => CredentialKind::ManagedIdentity,
+        CredentialChoice::WorkloadIdentity => CredentialKind::WorkloadIdentity,
+        CredentialChoice::ClientSecret => CredentialKind::ClientSecret,
+        CredentialChoice::Auto => return Ok(None),
+    };
+    build(kind, settings, options).map(Some).map_err(|reason| format!("{kind}: {reason}"))
+}
+
 /// Constructs one credential, or says which configuration it lacks.
 fn build(
     kind: CredentialKind,
@@ -414,6 +431,25 @@ mod tests {
         assert_eq!(settings.choice, CredentialChoice::Auto);
         assert!(settings.client_secret.is_none());
         assert_eq!(settings.tenant_id.as_deref(), Some("t"));
+    }
+
+    #[test]
+    fn build_chosen_builds_without_a_fetch_and_leaves_auto_to_resolve() {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let options = CredentialOptions { allow_imds: false, ..Default::default() };
+        let auto = CredentialSettings::default();
+        assert!(build_chosen(&auto, &options).expect("auto is not an error").is_none());
+        let incomplete = CredentialSettings {
+            choice: CredentialChoice::ClientSecret,
+            tenant_id: Some("t".into()),
+            client_id: Some("c".into()),
+            ..Default::default()
+        };
+        let err = build_chosen(&incomplete, &options).expect_err("no secret");
+        assert!(err.contains(CLIENT_SECRET_ENV), "{err}");
+        let complete =
+            CredentialSettings { client_secret: Some(Secret::new("s3cr3t-value")), ..incomplete };
+        assert!(build_chosen(&complete, &options).expect("builds").is_some());
     }
 
     #[test]

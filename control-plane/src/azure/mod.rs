@@ -13,7 +13,7 @@ pub mod discovery;
 pub use arm::{ARM_SCOPE, ArmClient, ArmClientOptions, ArmError};
 pub use credential::{
     CredentialAttempt, CredentialChoice, CredentialError, CredentialKind, CredentialOptions,
-    CredentialSettings, ResolvedCredential, resolve,
+    CredentialSettings, ResolvedCredential, build_chosen, resolve,
 };
 pub use discovery::{
     DiscoveredDeployment, DiscoveryError, DiscoveryOptions, DiscoveryProgress, DiscoveryReport,

@@ -81,8 +81,9 @@ impl Store {
                     let id_text: String = row.try_get("id")?;
                     let id: EndpointId = parse_column("id", &id_text)?;
                     let sealed: String = row.try_get("api_key_ciphertext")?;
-                    let key_same =
-                        self.open_api_key(id, &sealed)?.expose() == item.api_key.expose();
+                    // Empty in Entra mode: the key is stored again, the mode stays.
+                    let key_same = !sealed.is_empty()
+                        && self.open_api_key(id, &sealed)?.expose() == item.api_key.expose();
                     let base_url: String = row.try_get("base_url")?;
                     let same = key_same
                         && base_url == item.endpoint.as_str()

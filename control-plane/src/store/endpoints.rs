@@ -6,14 +6,14 @@ use sqlx::Row as _;
 use sqlx::any::AnyRow;
 
 use super::{
-    EndpointPatch, EndpointRecord, NewEndpoint, Store, StoreError, commit, conflict_on_unique,
-    decode_error, now_ms, parse_column, time_from_db,
+    AuthMode, EndpointAuth, EndpointPatch, EndpointRecord, NewEndpoint, Store, StoreError, commit,
+    conflict_on_unique, decode_error, now_ms, parse_column, time_from_db,
 };
 
 const ENTITY: &str = "inference endpoint";
 
 const SELECT_ENDPOINT: &str = "SELECT id, name, platform, base_url, deployment, model_name, \
-     model_version, region, api_key_hint, created_at, updated_at FROM inference_endpoints";
+     model_version, region, auth, api_key_hint, created_at, updated_at FROM inference_endpoints";
 
 impl Store {
     #[tracing::instrument(name = "store.create_endpoint", skip_all, fields(endpoint.name = %new.name, endpoint.id))]
@@ -23,13 +23,13 @@ impl Store {
     ) -> Result<(EndpointRecord, ConfigVersion), StoreError> {
         let id = EndpointId::new();
         tracing::Span::current().record("endpoint.id", tracing::field::display(id));
-        let ciphertext = self.seal_api_key(id, &new.api_key)?;
+        let (ciphertext, hint) = self.seal_auth(id, &new.auth)?;
         let now = now_ms();
         let (mut tx, version) = self.begin_write().await?;
         sqlx::query(
             "INSERT INTO inference_endpoints (id, name, platform, base_url, deployment, \
              model_name, model_version, region, api_key_ciphertext, api_key_hint, created_at, \
-             updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+             updated_at, auth) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
         )
         .bind(id.to_string())
         .bind(new.name)
@@ -40,9 +40,10 @@ impl Store {
         .bind(new.model_version)
         .bind(new.region)
         .bind(ciphertext)
-        .bind(new.api_key.hint())
+        .bind(hint)
         .bind(now)
         .bind(now)
+        .bind(new.auth.mode().as_str())
         .execute(&mut *tx)
         .await
         .map_err(|e| name_conflict(e, ENTITY))?;
@@ -70,8 +71,8 @@ impl Store {
         id: EndpointId,
         patch: EndpointPatch,
     ) -> Result<(EndpointRecord, ConfigVersion), StoreError> {
-        let sealed = match &patch.api_key {
-            Some(key) => Some((self.seal_api_key(id, key)?, key.hint())),
+        let sealed = match &patch.auth {
+            Some(auth) => Some(self.seal_auth(id, auth)?),
             None => None,
         };
         let (mut tx, version) = self.begin_write().await?;
@@ -86,7 +87,7 @@ impl Store {
             "UPDATE inference_endpoints SET name = $2, platform = $3, base_url = $4, \
              deployment = $5, model_name = $6, model_version = $7, region = $8, \
              api_key_ciphertext = COALESCE($9, api_key_ciphertext), api_key_hint = $10, \
-             updated_at = $11 WHERE id = $1",
+             updated_at = $11, auth = $12 WHERE id = $1",
         )
         .bind(id.to_string())
         .bind(patch.name.unwrap_or(current.name))
@@ -99,11 +100,12 @@ impl Store {
         .bind(ciphertext)
         .bind(hint)
         .bind(now_ms().max(current.updated_at.timestamp_millis()))
+        .bind(patch.auth.as_ref().map_or(current.auth, EndpointAuth::mode).as_str())
         .execute(&mut *tx)
         .await
         .map_err(|e| name_conflict(e, ENTITY))?;
         let record = fetch_endpoint(&mut tx, id).await?;
-        tracing::debug!(endpoint.name = %record.name, key_rotated = patch.api_key.is_some(), "endpoint updated");
+        tracing::debug!(endpoint.name = %record.name, auth = record.auth.as_str(), credential_changed = patch.auth.is_some(), "endpoint updated");
         Ok((record, commit(tx, version, "endpoint updated").await?))
     }
 
@@ -153,6 +155,18 @@ impl Store {
             .map_err(|e| StoreError::Crypto(format!("{ENTITY} {id} api key: {e}")))
     }
 
+    /// Ciphertext and hint to store for `auth`; both empty in Entra mode (no key is kept).
+    fn seal_auth(
+        &self,
+        id: EndpointId,
+        auth: &EndpointAuth,
+    ) -> Result<(String, String), StoreError> {
+        match auth {
+            EndpointAuth::ApiKey(key) => Ok((self.seal_api_key(id, key)?, key.hint())),
+            EndpointAuth::Entra => Ok((String::new(), String::new())),
+        }
+    }
+
     /// Opens a stored API key; the AAD (the endpoint id) must match the row it came from.
     pub(super) fn open_api_key(&self, id: EndpointId, sealed: &str) -> Result<Secret, StoreError> {
         let bytes = self
@@ -187,6 +201,11 @@ pub(super) fn platform_from_db(value: &str) -> Result<Platform, StoreError> {
         .ok_or_else(|| decode_error("platform", format!("unknown platform {value:?}")))
 }
 
+pub(super) fn auth_from_db(value: &str) -> Result<AuthMode, StoreError> {
+    AuthMode::parse(value)
+        .ok_or_else(|| decode_error("auth", format!("unknown auth mode {value:?}")))
+}
+
 fn endpoint_from_row(row: &AnyRow) -> Result<EndpointRecord, StoreError> {
     let id: String = row.try_get("id")?;
     let platform: String = row.try_get("platform")?;
@@ -200,6 +219,7 @@ fn endpoint_from_row(row: &AnyRow) -> Result<EndpointRecord, StoreError> {
         model_name: row.try_get("model_name")?,
         model_version: row.try_get("model_version")?,
         region: row.try_get("region")?,
+        auth: auth_from_db(&row.try_get::<String, _>("auth")?)?,
         api_key_hint: row.try_get("api_key_hint")?,
         created_at: time_from_db("created_at", row.try_get("created_at")?)?,
         updated_at: time_from_db("updated_at", row.try_get("updated_at")?)?,

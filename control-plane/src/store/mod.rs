@@ -57,7 +57,8 @@ pub struct EndpointRecord {
     pub model_name: String,
     pub model_version: String,
     pub region: String,
-    /// e.g. `…a1b2`.
+    pub auth: AuthMode,
+    /// e.g. `…a1b2`; empty in [`AuthMode::Entra`].
     pub api_key_hint: String,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
@@ -73,7 +74,50 @@ pub struct NewEndpoint {
     pub model_name: String,
     pub model_version: String,
     pub region: String,
-    pub api_key: Secret,
+    pub auth: EndpointAuth,
+}
+
+/// How the data plane authenticates to an endpoint (stored as `auth`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum AuthMode {
+    /// The stored, sealed API key.
+    #[default]
+    ApiKey,
+    /// The data plane's own Microsoft Entra ID token; no key is stored.
+    Entra,
+}
+
+impl AuthMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuthMode::ApiKey => "api_key",
+            AuthMode::Entra => "entra",
+        }
+    }
+
+    pub fn parse(value: &str) -> Option<Self> {
+        match value {
+            "api_key" => Some(AuthMode::ApiKey),
+            "entra" => Some(AuthMode::Entra),
+            _ => None,
+        }
+    }
+}
+
+/// An endpoint's credential as written: a key to seal, or Entra ID (nothing to store).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum EndpointAuth {
+    ApiKey(Secret),
+    Entra,
+}
+
+impl EndpointAuth {
+    pub fn mode(&self) -> AuthMode {
+        match self {
+            EndpointAuth::ApiKey(_) => AuthMode::ApiKey,
+            EndpointAuth::Entra => AuthMode::Entra,
+        }
+    }
 }
 
 /// A partial update: `None` leaves the field as it is.
@@ -86,7 +130,8 @@ pub struct EndpointPatch {
     pub model_name: Option<String>,
     pub model_version: Option<String>,
     pub region: Option<String>,
-    pub api_key: Option<Secret>,
+    /// A new credential (switches mode, or rotates the key in `api_key` mode).
+    pub auth: Option<EndpointAuth>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -1,11 +1,11 @@
 //! The whole configuration at one version, as data planes route with it.
 
-use modelgw_model::{Credential, Endpoint, Gateway, GatewayKey, Snapshot};
+use modelgw_model::{Credential, DEFAULT_ENTRA_SCOPE, Endpoint, Gateway, GatewayKey, Snapshot};
 use sqlx::Row as _;
 
 use super::endpoints::platform_from_db;
 use super::gateways::{group_members, routing_from_row};
-use super::{Store, StoreError, decode_error, parse_column, version_from_db};
+use super::{AuthMode, Store, StoreError, decode_error, parse_column, version_from_db};
 
 impl Store {
     /// A consistent read of the whole configuration at one version, with endpoint keys
@@ -18,7 +18,7 @@ impl Store {
             .await?;
         let endpoint_rows = sqlx::query(
             "SELECT id, name, platform, base_url, deployment, model_name, model_version, region, \
-             api_key_ciphertext FROM inference_endpoints ORDER BY name",
+             api_key_ciphertext, auth FROM inference_endpoints ORDER BY name",
         )
         .fetch_all(&mut *tx)
         .await?;
@@ -52,6 +52,11 @@ impl Store {
             let platform: String = row.try_get("platform")?;
             let base_url: String = row.try_get("base_url")?;
             let sealed: String = row.try_get("api_key_ciphertext")?;
+            let auth: String = row.try_get("auth")?;
+            let credential = match super::endpoints::auth_from_db(&auth)? {
+                AuthMode::ApiKey => Credential::ApiKey(self.open_api_key(id, &sealed)?),
+                AuthMode::Entra => Credential::Entra { scope: DEFAULT_ENTRA_SCOPE.to_owned() },
+            };
             endpoints.push(Endpoint {
                 id,
                 name: row.try_get("name")?,
@@ -61,7 +66,7 @@ impl Store {
                 model_name: row.try_get("model_name")?,
                 model_version: row.try_get("model_version")?,
                 region: row.try_get("region")?,
-                credential: Credential::ApiKey(self.open_api_key(id, &sealed)?),
+                credential,
             });
         }
 

@@ -46,7 +46,7 @@ use crate::health::{
     Admission, GatewayState, HealthEvent, HealthRegistry, Unavailable, gateway_state,
     retry_after_from_headers, retry_after_from_message,
 };
-use crate::snapshot::{CompiledEndpoint, CompiledGateway, SnapshotStore};
+use crate::snapshot::{CompiledEndpoint, CompiledGateway, SnapshotStore, UpstreamAuth};
 use rewrite::{ModelProbe, probe_model};
 use route::{Route, client_key, parse_route};
 use upstream::{CLIENT_REQUEST_ID, RequestPlan, downstream_headers, upstream_headers};
@@ -106,6 +106,7 @@ pub(crate) struct Proxy {
     pub health: Arc<HealthRegistry>,
     pub selector: Arc<dyn EndpointSelector>,
     pub http: reqwest::Client,
+    pub entra: Arc<crate::entra::EntraTokens>,
     pub limits: Limits,
 }
 
@@ -129,6 +130,8 @@ enum Outcome {
     Transport,
     /// The request's deadline ended the attempt (not the endpoint's fault).
     Deadline,
+    /// Nothing was sent: the endpoint's credential is not available (no Entra ID token yet).
+    NoCredential,
 }
 
 impl Outcome {
@@ -144,6 +147,7 @@ impl Outcome {
             Outcome::Timeout => "timeout",
             Outcome::Transport => "transport_error",
             Outcome::Deadline => "deadline",
+            Outcome::NoCredential => "no_credential",
         }
     }
 }
@@ -499,7 +503,23 @@ impl Proxy {
         deadline: Instant,
     ) -> Attempt {
         let mut headers = plan.headers.clone();
-        headers.insert(endpoint.auth_name.clone(), endpoint.auth_value.clone());
+        match &endpoint.auth {
+            UpstreamAuth::Static { name, value } => {
+                headers.insert(name.clone(), value.clone());
+            }
+            UpstreamAuth::Entra { scope } => match self.entra.header(scope) {
+                Some(value) => {
+                    headers.insert(http::header::AUTHORIZATION, value);
+                }
+                None => {
+                    return Attempt::Failed {
+                        outcome: Outcome::NoCredential,
+                        status: None,
+                        reason: "no Entra token".to_owned(),
+                    };
+                }
+            },
+        }
         let request = self
             .http
             .request(plan.method.clone(), plan.url(endpoint))

@@ -76,6 +76,9 @@ pub struct Account {
     pub key1: String,
     pub key2: String,
     pub deployments: Vec<Deployment>,
+    /// Reported instead of the `https://{name}.openai.azure.com/` host when set, so that
+    /// discovered endpoints can point at a running mock region.
+    pub endpoint_override: Option<String>,
 }
 
 impl Account {
@@ -96,7 +99,15 @@ impl Account {
             key1: uuid::Uuid::new_v4().simple().to_string(),
             key2: uuid::Uuid::new_v4().simple().to_string(),
             deployments: Vec::new(),
+            endpoint_override: None,
         }
+    }
+
+    /// Reports `url` as both `properties.endpoint` and the OpenAI endpoint (e.g. a `MockAzure`
+    /// region's base URL), instead of the Azure host derived from the name.
+    pub fn with_endpoint(mut self, url: impl Into<String>) -> Self {
+        self.endpoint_override = Some(url.into());
+        self
     }
 
     pub fn deployment(mut self, deployment: Deployment) -> Self {
@@ -119,6 +130,9 @@ impl Account {
 
     /// The OpenAI endpoint this account reports (what discovery should pick).
     pub fn openai_endpoint(&self) -> String {
+        if let Some(url) = &self.endpoint_override {
+            return url.clone();
+        }
         if self.kind.eq_ignore_ascii_case("OpenAI") || self.openai_endpoints_entry {
             format!("https://{}.openai.azure.com/", self.name)
         } else {
@@ -128,6 +142,9 @@ impl Account {
 
     /// `properties.endpoint`.
     pub fn endpoint(&self) -> String {
+        if let Some(url) = &self.endpoint_override {
+            return url.clone();
+        }
         if self.kind.eq_ignore_ascii_case("OpenAI") {
             format!("https://{}.openai.azure.com/", self.name)
         } else {
@@ -140,10 +157,8 @@ impl Account {
         let is_openai = self.kind.eq_ignore_ascii_case("OpenAI");
         let is_ai_services = self.kind.eq_ignore_ascii_case("AIServices");
         if (is_openai || is_ai_services) && self.openai_endpoints_entry {
-            endpoints.insert(
-                "OpenAI Language Model Instance API".into(),
-                json!(format!("https://{}.openai.azure.com/", self.name)),
-            );
+            endpoints
+                .insert("OpenAI Language Model Instance API".into(), json!(self.openai_endpoint()));
         }
         if is_ai_services {
             let services = format!("https://{}.services.ai.azure.com/", self.name);

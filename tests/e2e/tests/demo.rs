@@ -24,6 +24,10 @@ async fn the_demo_prints_a_gateway_that_serves_a_chat_completion() -> anyhow::Re
     .await?;
     let stdout = demo.stdout();
     assert!(stdout.contains("curl -sS"), "prints a ready-to-paste curl:\n{stdout}");
+    // The gateway came from the Azure import flow against the mocked estate.
+    assert!(stdout.contains("Azure discovery") && stdout.contains(": 3 deployments"), "{stdout}");
+    assert!(stdout.contains("Imported as Inference Endpoints: 3 created"), "{stdout}");
+    assert!(stdout.contains("created from the proposal"), "{stdout}");
     let gateway = demo.field("gateway").to_owned();
     let key = demo.field("gateway_key").to_owned();
     assert!(stdout.contains(&gateway) && stdout.contains(&key));
@@ -35,7 +39,8 @@ async fn the_demo_prints_a_gateway_that_serves_a_chat_completion() -> anyhow::Re
             .is_some_and(|c| c.starts_with("Hello from")),
         "{body}"
     );
-    assert!(headers.contains_key("x-modelgw-endpoint"));
+    let served_by = headers.get("x-modelgw-endpoint").and_then(|v| v.to_str().ok()).unwrap_or("");
+    assert!(served_by.starts_with("aoai-"), "served by an imported endpoint: {served_by}");
     demo.stop().await;
     Ok(())
 }

@@ -19,7 +19,7 @@ use crate::fault::Fault;
 use crate::server::{Body, BodyError, MockError, full, read_body};
 use crate::state::{RecordedRequest, Remaining};
 use crate::wire::{self, Completion, EmbeddingsError, Operation};
-use crate::{Shared, state};
+use crate::{BearerCheck, Shared, state};
 
 const API_KEY: HeaderName = HeaderName::from_static("api-key");
 const CLIENT_REQUEST_ID: HeaderName = HeaderName::from_static("x-ms-client-request-id");
@@ -85,7 +85,14 @@ fn api_version_ok(v1: bool, version: Option<&str>) -> bool {
 
 /// Checks the credential; `Err` carries the 401 body. `api-key` wins when both headers are
 /// present (what openai 1.x sends); a bearer key is accepted only on v1 paths, as Azure does.
-fn check_auth(headers: &HeaderMap, key: &str, v1: bool) -> Result<(), &'static str> {
+/// With a `bearer` check set, an Entra token it accepts is valid on every path, as Azure takes
+/// Entra ID tokens on classic and v1 paths alike.
+fn check_auth(
+    headers: &HeaderMap,
+    key: &str,
+    v1: bool,
+    bearer: Option<&BearerCheck>,
+) -> Result<(), &'static str> {
     if let Some(k) = headers.get(API_KEY) {
         return if k.as_bytes() == key.as_bytes() { Ok(()) } else { Err(wire::INVALID_KEY) };
     }
@@ -94,6 +101,11 @@ fn check_auth(headers: &HeaderMap, key: &str, v1: bool) -> Result<(), &'static s
             .to_str()
             .ok()
             .and_then(|s| s.strip_prefix("Bearer ").or_else(|| s.strip_prefix("bearer ")));
+        if let (Some(check), Some(token)) = (bearer, token)
+            && check(token)
+        {
+            return Ok(());
+        }
         return if v1 && token == Some(key) { Ok(()) } else { Err(wire::INVALID_TOKEN) };
     }
     Err(wire::MISSING_KEY)
@@ -227,7 +239,9 @@ async fn answer(shared: &Shared, req: Request<Incoming>) -> Result<Response<Body
         ans.deployment = Some(dep.to_owned());
         ans.remaining = Some(shared.state().spend(dep, 0, 0));
     }
-    if let Err(body) = check_auth(&parts.headers, &shared.config.api_key, route.v1) {
+    let bearer = shared.bearer_check();
+    if let Err(body) = check_auth(&parts.headers, &shared.config.api_key, route.v1, bearer.as_ref())
+    {
         return Ok(ans.json(StatusCode::UNAUTHORIZED, body));
     }
     let Some(deployment) = deployment else {
@@ -530,14 +544,25 @@ mod tests {
     #[test]
     fn auth_precedence() {
         let mut h = HeaderMap::new();
-        assert_eq!(check_auth(&h, "k", true), Err(wire::MISSING_KEY));
+        assert_eq!(check_auth(&h, "k", true, None), Err(wire::MISSING_KEY));
         h.insert(AUTHORIZATION, HeaderValue::from_static("Bearer k"));
-        assert_eq!(check_auth(&h, "k", true), Ok(()));
-        assert_eq!(check_auth(&h, "k", false), Err(wire::INVALID_TOKEN));
+        assert_eq!(check_auth(&h, "k", true, None), Ok(()));
+        assert_eq!(check_auth(&h, "k", false, None), Err(wire::INVALID_TOKEN));
         h.insert(API_KEY, HeaderValue::from_static("wrong"));
-        assert_eq!(check_auth(&h, "k", true), Err(wire::INVALID_KEY));
+        assert_eq!(check_auth(&h, "k", true, None), Err(wire::INVALID_KEY));
         h.insert(API_KEY, HeaderValue::from_static("k"));
-        assert_eq!(check_auth(&h, "k", false), Ok(()));
+        assert_eq!(check_auth(&h, "k", false, None), Ok(()));
+    }
+
+    #[test]
+    fn an_accepted_bearer_token_is_valid_on_classic_paths_and_others_are_not() {
+        let check: BearerCheck = Arc::new(|token: &str| token == "entra-token");
+        let mut h = HeaderMap::new();
+        h.insert(AUTHORIZATION, HeaderValue::from_static("Bearer entra-token"));
+        assert_eq!(check_auth(&h, "k", false, Some(&check)), Ok(()));
+        assert_eq!(check_auth(&h, "k", false, None), Err(wire::INVALID_TOKEN));
+        h.insert(AUTHORIZATION, HeaderValue::from_static("Bearer expired"));
+        assert_eq!(check_auth(&h, "k", false, Some(&check)), Err(wire::INVALID_TOKEN));
     }
 
     #[test]

@@ -83,6 +83,10 @@ impl fmt::Debug for MockConfig {
     }
 }
 
+/// Decides whether a bearer token is an Entra ID token this region accepts (e.g. one a
+/// `TokenMock` issued and that has not expired).
+pub type BearerCheck = Arc<dyn Fn(&str) -> bool + Send + Sync>;
+
 /// A running mock region. Cheap to clone; every clone controls the same server. The server runs
 /// until [`MockAzure::shutdown`] (dropping the handles does not stop it).
 #[derive(Clone)]
@@ -101,6 +105,7 @@ pub(crate) struct Shared {
     pub(crate) latency_ms: AtomicU64,
     pub(crate) stream_gap_ms: AtomicU64,
     state: Mutex<state::State>,
+    bearer: Mutex<Option<BearerCheck>>,
     pub(crate) shutdown: watch::Sender<bool>,
 }
 
@@ -109,6 +114,10 @@ impl Shared {
     /// matters to a mock, so poisoning is ignored.
     pub(crate) fn state(&self) -> MutexGuard<'_, state::State> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub(crate) fn bearer_check(&self) -> Option<BearerCheck> {
+        self.bearer.lock().unwrap_or_else(PoisonError::into_inner).clone()
     }
 
     pub(crate) fn latency(&self) -> Duration {
@@ -146,10 +155,17 @@ impl MockAzure {
             latency_ms: AtomicU64::new(0),
             stream_gap_ms: AtomicU64::new(duration_ms(DEFAULT_STREAM_GAP)),
             state: Mutex::new(state::State::default()),
+            bearer: Mutex::new(None),
             shutdown,
         });
         tokio::spawn(server::accept_loop(listener, shared.clone()));
         Ok(MockAzure { shared })
+    }
+
+    /// Also accepts `Authorization: Bearer <token>` on every path when `check(token)` holds,
+    /// as Azure accepts Entra ID tokens; `api-key` handling is unchanged.
+    pub fn set_bearer_check(&self, check: impl Fn(&str) -> bool + Send + Sync + 'static) {
+        *self.shared.bearer.lock().unwrap_or_else(PoisonError::into_inner) = Some(Arc::new(check));
     }
 
     /// The bound address (the real port when started on port 0).
