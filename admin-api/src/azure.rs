@@ -4,7 +4,8 @@
 //! Discovery jobs live in memory only, in this control-plane replica: the last
 //! [`MAX_DISCOVERY_JOBS`] are kept (the oldest is dropped when a new one starts), and a restart
 //! forgets them. The account keys a discovery read are held with its job as [`Secret`]s and never
-//! returned; an import reads every key again (`listKeys`) so it stores the current one.
+//! returned; an import reads every key again (`listKeys`) so it stores the current one, unless
+//! it imports in Entra ID mode (`auth: "entra"`): then no key is read at all, nor stored.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -20,7 +21,7 @@ use modelgw_control_plane::azure::{
     ARM_SCOPE, ArmClient, ArmClientOptions, CredentialOptions, CredentialSettings,
     DiscoveredDeployment, DiscoveryOptions, DiscoveryProgress, DiscoveryReport, discover, resolve,
 };
-use modelgw_control_plane::store::{AzureEndpointRecord, AzureImportItem};
+use modelgw_control_plane::store::{AuthMode, AzureEndpointRecord, AzureImportItem, EndpointAuth};
 use modelgw_model::EndpointId;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
@@ -391,6 +392,13 @@ pub async fn get_discovery(
 pub struct ImportRequest {
     /// ARM resource ids of deployments found by a recent discovery.
     pub deployment_ids: Vec<String>,
+    /// How the data plane will authenticate to the imported endpoints: `api_key` (the
+    /// account's key, read with `listKeys` now) or `entra` (the data plane's own Microsoft
+    /// Entra ID token; no key is read or stored). When given, existing endpoints are switched
+    /// to this mode (switching to `entra` drops their stored key); when omitted, new endpoints
+    /// use `api_key` and existing ones keep their mode.
+    #[schema(default = "api_key", example = "entra")]
+    pub auth: Option<String>,
 }
 
 /// What an import did.
@@ -415,9 +423,10 @@ pub struct ImportResponse {
     request_body = ImportRequest,
     responses(
         (status = 200, description = "Imported", body = ImportResponse),
-        (status = 422, description = "An id no recent discovery found", body = Problem,
+        (status = 422, description = "An id no recent discovery found, or an unknown auth",
+            body = Problem,
             content_type = "application/problem+json"),
-        (status = 502, description = "listKeys failed", body = Problem,
+        (status = 502, description = "listKeys failed (api_key mode)", body = Problem,
             content_type = "application/problem+json"),
     )
 )]
@@ -425,10 +434,24 @@ pub async fn import(
     State(state): State<AdminState>,
     JsonBody(req): JsonBody<ImportRequest>,
 ) -> Result<Json<ImportResponse>, ApiError> {
+    let requested = import_auth_mode(req.auth.as_deref())?;
     let found = resolve_ids(&state.azure, &req.deployment_ids)?;
+    // Without `auth`, an endpoint imported before keeps its mode: a routine re-import (to pick
+    // up a changed capacity or version) must not put keys back on an endpoint an operator moved
+    // to Entra ID — its account may have local auth disabled. New endpoints use `api_key`.
+    let existing = match requested {
+        Some(_) => HashMap::new(),
+        None => existing_auth_modes(&state).await?,
+    };
+    let mode_of = |d: &DiscoveredDeployment| {
+        requested
+            .or_else(|| existing.get(&d.id.to_ascii_lowercase()).copied())
+            .unwrap_or(AuthMode::ApiKey)
+    };
     // Keys read now, one listKeys per account: the discovery's may have been rotated since.
+    // Entra mode reads none: the caller may not even hold `listKeys` permission.
     let mut keys = HashMap::new();
-    for (deployment, arm) in &found {
+    for (deployment, arm) in found.iter().filter(|(d, _)| mode_of(d) == AuthMode::ApiKey) {
         let account_id = account_id_of(&deployment.id);
         if keys.contains_key(&account_id.to_ascii_lowercase()) {
             continue;
@@ -449,8 +472,15 @@ pub async fn import(
             ));
             continue;
         };
-        let Some(api_key) = keys.get(&account_id_of(&d.id).to_ascii_lowercase()).cloned() else {
-            return Err(ApiError::Internal("import lost an account key".to_owned()));
+        let auth = match mode_of(d) {
+            AuthMode::Entra => EndpointAuth::Entra,
+            AuthMode::ApiKey => {
+                let Some(key) = keys.get(&account_id_of(&d.id).to_ascii_lowercase()).cloned()
+                else {
+                    return Err(ApiError::Internal("import lost an account key".to_owned()));
+                };
+                EndpointAuth::ApiKey(key)
+            }
         };
         items.push(AzureImportItem {
             arm_resource_id: d.id.clone(),
@@ -462,7 +492,7 @@ pub async fn import(
             region: d.location.clone(),
             sku_name: d.sku.clone(),
             sku_capacity: d.capacity,
-            api_key,
+            auth,
         });
     }
     if !errors.is_empty() {
@@ -470,6 +500,7 @@ pub async fn import(
     }
     let outcome = state.store.import_azure_endpoints(items).await?;
     tracing::info!(
+        auth = requested.map_or("as before (new: api_key)", AuthMode::as_str),
         created = outcome.created.len(),
         updated = outcome.updated.len(),
         unchanged = outcome.unchanged.len(),
@@ -494,6 +525,31 @@ pub async fn import(
         unchanged: outcome.unchanged,
         config_version: outcome.version.0,
     }))
+}
+
+/// The import's `auth` (default `api_key`), or a 422 naming `auth`.
+/// The mode the request asks for; `None` when it names none.
+fn import_auth_mode(value: Option<&str>) -> Result<Option<AuthMode>, ApiError> {
+    value
+        .map(|s| {
+            AuthMode::parse(s.trim()).ok_or_else(|| {
+                ApiError::Validation(vec![FieldError::new("auth", "must be api_key or entra")])
+            })
+        })
+        .transpose()
+}
+
+/// The auth mode of every imported endpoint, by lower-cased ARM resource id.
+async fn existing_auth_modes(state: &AdminState) -> Result<HashMap<String, AuthMode>, ApiError> {
+    let modes: HashMap<_, _> =
+        state.store.list_endpoints().await?.into_iter().map(|e| (e.id, e.auth)).collect();
+    Ok(state
+        .store
+        .list_azure_endpoints()
+        .await?
+        .into_iter()
+        .filter_map(|a| modes.get(&a.id).map(|m| (a.arm_resource_id.to_ascii_lowercase(), *m)))
+        .collect())
 }
 
 /// Each requested id with the most recent finished discovery that found it, or a 422 naming

@@ -906,7 +906,7 @@ fn import_item(
         region: "eastus".into(),
         sku_name: sku.into(),
         sku_capacity: Some(capacity),
-        api_key: Secret::new(key),
+        auth: EndpointAuth::ApiKey(Secret::new(key)),
     }
 }
 
@@ -952,6 +952,29 @@ async fn azure_import_upserts_by_arm_resource_id(db: &TestDb) {
     };
     assert_eq!(key.expose(), "key-b-2");
     assert_eq!(store.list_endpoints().await.expect("all").len(), 3, "no duplicates");
+
+    // Importing in Entra mode switches the endpoint and drops its key; again is unchanged;
+    // an api_key import switches it back with the key.
+    let entra = AzureImportItem { auth: EndpointAuth::Entra, ..items[0].clone() };
+    let fourth = store.import_azure_endpoints(vec![entra.clone()]).await.expect("entra");
+    assert_eq!(fourth.updated, [listed[0].id]);
+    assert_eq!(fourth.version, next(next(next(v0))));
+    let record = store.get_endpoint(listed[0].id).await.expect("get");
+    assert_eq!((record.auth, record.api_key_hint.as_str()), (AuthMode::Entra, ""));
+    let snapshot = store.load_snapshot().await.expect("snapshot");
+    let a = snapshot.endpoints.iter().find(|e| e.id == listed[0].id).expect("a");
+    assert!(matches!(a.credential, Credential::Entra { .. }), "no key kept");
+    let fifth = store.import_azure_endpoints(vec![entra]).await.expect("entra again");
+    assert_eq!(fifth.unchanged, [listed[0].id]);
+    assert_eq!(version(&store).await, next(next(next(v0))), "no bump");
+    let sixth = store.import_azure_endpoints(vec![items[0].clone()]).await.expect("key again");
+    assert_eq!(sixth.updated, [listed[0].id]);
+    let snapshot = store.load_snapshot().await.expect("snapshot");
+    let a = snapshot.endpoints.iter().find(|e| e.id == listed[0].id).expect("a");
+    let Credential::ApiKey(key) = &a.credential else {
+        panic!("an api-key credential again");
+    };
+    assert_eq!(key.expose(), "key-a-1");
 }
 
 async fn entra_auth_stores_no_key_and_modes_switch(db: &TestDb) {

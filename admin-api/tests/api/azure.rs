@@ -425,6 +425,127 @@ async fn bad_imports_are_problems_and_write_nothing() {
     assert!(endpoints.as_array().expect("list").is_empty());
 }
 
+/// `listKeys` requests the ARM mock has received so far.
+fn list_keys_calls(arm: &ArmMock) -> usize {
+    arm.requests().iter().filter(|r| r.path.to_ascii_lowercase().ends_with("/listkeys")).count()
+}
+
+fn ids_of(list: &Value) -> Vec<String> {
+    let mut ids: Vec<String> = list
+        .as_array()
+        .expect("an id list")
+        .iter()
+        .map(|v| v.as_str().expect("an id").to_owned())
+        .collect();
+    ids.sort();
+    ids
+}
+
+#[tokio::test]
+async fn importing_with_entra_auth_reads_no_keys_and_stores_none() {
+    let azure = start().await;
+    let ids = deployment_ids(&azure.discover().await);
+    assert_eq!(ids.len(), 3);
+
+    // An unknown mode is a 422 naming `auth`, and writes nothing.
+    let version = azure.harness.version().await;
+    let reply = azure
+        .harness
+        .call(
+            Method::POST,
+            "/api/v1/azure/imports",
+            Some(json!({"deployment_ids": ids, "auth": "managed_identity"})),
+        )
+        .await
+        .expect(StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(reply.error_fields(), ["auth"]);
+    assert_eq!(azure.harness.version().await, version);
+
+    // One deployment imported the default way first: api_key, reading the account key.
+    let keyed_calls = list_keys_calls(&azure.arm);
+    let keyed = azure.import(&ids[..1]).await;
+    let keyed_ids = ids_of(&keyed["created"]);
+    assert_eq!(keyed_ids.len(), 1, "{keyed}");
+    assert_eq!(list_keys_calls(&azure.arm), keyed_calls + 1, "api_key mode reads the key");
+    let keyed_path = format!("/api/v1/inference-endpoints/{}", keyed_ids[0]);
+    let before = azure.harness.get(&keyed_path).await.json();
+    assert_eq!(before["auth"], "api_key");
+    assert!(before["api_key_hint"].as_str().is_some_and(|h| !h.is_empty()), "{before}");
+
+    // All three in Entra mode: the keyed one switches (updated), the others are created, in
+    // one version bump, and no listKeys request reaches ARM.
+    let version = azure.harness.version().await;
+    let calls_before = list_keys_calls(&azure.arm);
+    let reply = azure
+        .harness
+        .call(
+            Method::POST,
+            "/api/v1/azure/imports",
+            Some(json!({"deployment_ids": ids, "auth": "entra"})),
+        )
+        .await
+        .expect(StatusCode::OK);
+    azure.assert_no_key(&reply.text, &[]);
+    let entra = reply.json();
+    assert_eq!(list_keys_calls(&azure.arm), calls_before, "entra mode reads no key");
+    assert_eq!(ids_of(&entra["updated"]), keyed_ids, "{entra}");
+    let created = ids_of(&entra["created"]);
+    assert_eq!(created.len(), 2, "{entra}");
+    assert!(entra["unchanged"].as_array().expect("unchanged").is_empty(), "{entra}");
+    assert_eq!(azure.harness.version().await.0, version.0 + 1);
+    assert_eq!(entra["config_version"], version.0 + 1);
+
+    let all: Vec<String> = keyed_ids.iter().chain(&created).cloned().collect();
+    for id in &all {
+        let endpoint = azure.harness.get(&format!("/api/v1/inference-endpoints/{id}")).await;
+        let body = endpoint.json();
+        assert_eq!(body["auth"], "entra", "{body}");
+        assert!(body.get("api_key_hint").is_none(), "no key, no hint: {body}");
+        azure.assert_no_key(&endpoint.text, &[]);
+    }
+    let snapshot = azure.harness.store.load_snapshot().await.expect("snapshot");
+    assert_eq!(snapshot.endpoints.len(), 3);
+    for endpoint in &snapshot.endpoints {
+        assert!(all.contains(&endpoint.id.to_string()), "{}", endpoint.name);
+        assert!(
+            matches!(endpoint.credential, Credential::Entra { .. }),
+            "{} keeps no key",
+            endpoint.name
+        );
+    }
+
+    // The same import again changes nothing: no write, no bump, still no listKeys.
+    let version = azure.harness.version().await;
+    let reply = azure
+        .harness
+        .call(
+            Method::POST,
+            "/api/v1/azure/imports",
+            Some(json!({"deployment_ids": ids, "auth": "entra"})),
+        )
+        .await
+        .expect(StatusCode::OK);
+    let again = reply.json();
+    let mut expected = all.clone();
+    expected.sort();
+    assert_eq!(ids_of(&again["unchanged"]), expected, "{again}");
+    assert!(again["created"].as_array().expect("created").is_empty(), "{again}");
+    assert!(again["updated"].as_array().expect("updated").is_empty(), "{again}");
+    assert_eq!(azure.harness.version().await, version, "an idle import bumps nothing");
+    assert_eq!(list_keys_calls(&azure.arm), calls_before);
+
+    // A routine re-import that names no mode keeps them on Entra ID: no keys read, nothing changed.
+    let reply = azure
+        .harness
+        .call(Method::POST, "/api/v1/azure/imports", Some(json!({"deployment_ids": ids})))
+        .await
+        .expect(StatusCode::OK);
+    let routine = reply.json();
+    assert_eq!(ids_of(&routine["unchanged"]), expected, "{routine}");
+    assert_eq!(azure.harness.version().await, version, "{routine}");
+    assert_eq!(list_keys_calls(&azure.arm), calls_before, "no listKeys for Entra endpoints");
+}
+
 /// A running mock region answering as an Azure OpenAI account with `key` and one deployment.
 async fn region(display: &str, key: &str, deployment: &str) -> MockAzure {
     MockAzure::start(

@@ -76,6 +76,7 @@ fn secrets_are_write_only_and_defaults_are_documented() {
     assert_eq!(schemas["UpdateEndpointRequest"]["properties"]["api_key"]["writeOnly"], true);
     assert!(schemas["EndpointResponse"]["properties"].get("api_key").is_none());
     assert!(schemas["KeyResponse"]["properties"].get("key").is_none());
+    assert_eq!(schemas["ImportRequest"]["properties"]["auth"]["default"], "api_key");
     let member = &schemas["GatewayMemberInput"]["properties"];
     assert_eq!(member["enabled"]["default"], true);
     assert_eq!(member["priority"]["default"], 0);

@@ -1,9 +1,10 @@
 //! Inference Endpoints imported from Azure: upserted by ARM resource id, all in one transaction.
 
-use modelgw_model::{ConfigVersion, EndpointId, Platform, Secret};
+use modelgw_model::{ConfigVersion, EndpointId, Platform};
 use sqlx::Row as _;
 
-use super::{StoreError, commit, now_ms, parse_column, u32_from_db};
+use super::endpoints::auth_from_db;
+use super::{AuthMode, EndpointAuth, StoreError, commit, now_ms, parse_column, u32_from_db};
 use crate::Store;
 
 /// How many `-2`, `-3`, … suffixes are tried to make a new import's name unique. An inventory
@@ -25,7 +26,10 @@ pub struct AzureImportItem {
     pub region: String,
     pub sku_name: String,
     pub sku_capacity: Option<u32>,
-    pub api_key: Secret,
+    /// The account key (read with `listKeys` at import), or Entra ID (no key read or kept).
+    /// An import puts the endpoint in this mode: an existing endpoint in the other mode is
+    /// switched (and its stored key dropped when switching to Entra).
+    pub auth: EndpointAuth,
 }
 
 /// What an import did, per endpoint id.
@@ -69,7 +73,7 @@ impl Store {
         for item in items {
             let existing = sqlx::query(
                 "SELECT id, base_url, deployment, model_name, model_version, region, sku_name, \
-                 sku_capacity, api_key_ciphertext FROM inference_endpoints \
+                 sku_capacity, api_key_ciphertext, auth FROM inference_endpoints \
                  WHERE LOWER(arm_resource_id) = LOWER($1)",
             )
             .bind(item.arm_resource_id.clone())
@@ -81,11 +85,19 @@ impl Store {
                     let id_text: String = row.try_get("id")?;
                     let id: EndpointId = parse_column("id", &id_text)?;
                     let sealed: String = row.try_get("api_key_ciphertext")?;
-                    // Empty in Entra mode: the key is stored again, the mode stays.
-                    let key_same = !sealed.is_empty()
-                        && self.open_api_key(id, &sealed)?.expose() == item.api_key.expose();
+                    let mode = auth_from_db(&row.try_get::<String, _>("auth")?)?;
+                    let credential_same = match &item.auth {
+                        // Empty in Entra mode, so an Entra endpoint gets a key again.
+                        EndpointAuth::ApiKey(key) => {
+                            mode == AuthMode::ApiKey
+                                && !sealed.is_empty()
+                                && self.open_api_key(id, &sealed)?.expose() == key.expose()
+                        }
+                        // A leftover ciphertext is dropped too: Entra mode keeps no key.
+                        EndpointAuth::Entra => mode == AuthMode::Entra && sealed.is_empty(),
+                    };
                     let base_url: String = row.try_get("base_url")?;
-                    let same = key_same
+                    let same = credential_same
                         && base_url == item.endpoint.as_str()
                         && row.try_get::<String, _>("deployment")? == item.deployment
                         && row.try_get::<String, _>("model_name")? == item.model_name
@@ -98,12 +110,13 @@ impl Store {
                         outcome.unchanged.push(id);
                         continue;
                     }
-                    let ciphertext = self.seal_import_key(id, &item.api_key)?;
+                    let (ciphertext, hint) = self.seal_auth(id, &item.auth)?;
+                    let new_mode = item.auth.mode();
                     sqlx::query(
                         "UPDATE inference_endpoints SET base_url = $2, deployment = $3, \
                          model_name = $4, model_version = $5, region = $6, sku_name = $7, \
                          sku_capacity = $8, api_key_ciphertext = $9, api_key_hint = $10, \
-                         updated_at = $11 WHERE id = $1",
+                         updated_at = $11, auth = $12 WHERE id = $1",
                     )
                     .bind(id.to_string())
                     .bind(item.endpoint.as_str().to_owned())
@@ -114,24 +127,33 @@ impl Store {
                     .bind(item.sku_name)
                     .bind(capacity)
                     .bind(ciphertext)
-                    .bind(item.api_key.hint())
+                    .bind(hint)
                     .bind(now_ms())
+                    .bind(new_mode.as_str())
                     .execute(&mut *tx)
                     .await?;
-                    tracing::info!(endpoint.id = %id, arm_resource_id = %item.arm_resource_id, key_rotated = !key_same, "imported endpoint updated");
+                    tracing::info!(
+                        endpoint.id = %id,
+                        arm_resource_id = %item.arm_resource_id,
+                        auth = new_mode.as_str(),
+                        auth_switched = mode != new_mode,
+                        credential_changed = !credential_same,
+                        "imported endpoint updated"
+                    );
                     outcome.updated.push(id);
                 }
                 None => {
                     let id = EndpointId::new();
                     let name = free_name(&mut tx, &item.name).await?;
-                    let ciphertext = self.seal_import_key(id, &item.api_key)?;
+                    let (ciphertext, hint) = self.seal_auth(id, &item.auth)?;
+                    let mode = item.auth.mode();
                     let now = now_ms();
                     sqlx::query(
                         "INSERT INTO inference_endpoints (id, name, platform, base_url, \
                          deployment, model_name, model_version, region, api_key_ciphertext, \
                          api_key_hint, created_at, updated_at, arm_resource_id, sku_name, \
-                         sku_capacity) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, \
-                         $12, $13, $14, $15)",
+                         sku_capacity, auth) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, \
+                         $11, $12, $13, $14, $15, $16)",
                     )
                     .bind(id.to_string())
                     .bind(name.clone())
@@ -142,15 +164,16 @@ impl Store {
                     .bind(item.model_version)
                     .bind(item.region)
                     .bind(ciphertext)
-                    .bind(item.api_key.hint())
+                    .bind(hint)
                     .bind(now)
                     .bind(now)
                     .bind(item.arm_resource_id.clone())
                     .bind(item.sku_name)
                     .bind(capacity)
+                    .bind(mode.as_str())
                     .execute(&mut *tx)
                     .await?;
-                    tracing::info!(endpoint.id = %id, endpoint.name = %name, arm_resource_id = %item.arm_resource_id, "imported endpoint created");
+                    tracing::info!(endpoint.id = %id, endpoint.name = %name, arm_resource_id = %item.arm_resource_id, auth = mode.as_str(), "imported endpoint created");
                     outcome.created.push(id);
                 }
             }
@@ -192,12 +215,6 @@ impl Store {
                 })
             })
             .collect()
-    }
-
-    fn seal_import_key(&self, id: EndpointId, key: &Secret) -> Result<String, StoreError> {
-        self.master_key
-            .seal(id.to_string().as_bytes(), key.expose().as_bytes())
-            .map_err(|e| StoreError::Crypto(format!("inference endpoint {id} api key: {e}")))
     }
 }
 

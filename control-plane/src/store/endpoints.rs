@@ -156,7 +156,7 @@ impl Store {
     }
 
     /// Ciphertext and hint to store for `auth`; both empty in Entra mode (no key is kept).
-    fn seal_auth(
+    pub(super) fn seal_auth(
         &self,
         id: EndpointId,
         auth: &EndpointAuth,
