@@ -1,161 +1,24 @@
 //! The real proxy, in process, against mock Azure regions on loopback. Snapshots are swapped in
 //! directly through `DataPlane::snapshot_store` (no control plane).
 
-use std::net::SocketAddr;
-use std::sync::Arc;
+mod support;
+
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use futures::StreamExt;
-use modelgw_data_plane::snapshot::{RoutingTable, SnapshotStore};
-use modelgw_data_plane::{
-    ApplyOutcome, DataPlane, DataPlaneConfig, DataPlaneError, apply_snapshot,
-};
-use modelgw_mock_azure::{Fault, MockAzure, MockConfig, wire};
-use modelgw_model::{
-    ConfigVersion, Credential, Endpoint, EndpointId, Gateway, GatewayId, GatewayKey, GatewayKeyId,
-    GatewayMember, Platform, Secret, Snapshot, gateway_key_hash,
-};
+use modelgw_data_plane::{ApplyOutcome, DataPlaneConfig, apply_snapshot};
+use modelgw_mock_azure::{Fault, wire};
+use modelgw_model::{ConfigVersion, RoutingPolicy};
 use modelgw_proto::cfg;
 use serde_json::{Value, json};
-use tokio::sync::oneshot;
-
-/// The client's gateway key.
-const CLIENT_KEY: &str = "mgw-test-client-key-0001";
-const GATEWAY: &str = "chat";
-const API_VERSION: &str = "api-version=2024-10-21";
-
-/// One mock Azure region serving one deployment.
-struct Region {
-    mock: MockAzure,
-    name: &'static str,
-    deployment: &'static str,
-    key: String,
-    id: EndpointId,
-}
-
-async fn region(name: &'static str, display: &str, deployment: &'static str) -> Result<Region> {
-    let key = format!("upstream-key-{name}-0123456789");
-    let mock = MockAzure::start(
-        SocketAddr::from(([127, 0, 0, 1], 0)),
-        MockConfig {
-            region: display.to_owned(),
-            api_key: key.clone(),
-            deployments: vec![deployment.to_owned()],
-            model: "gpt-4o-mini-2024-07-18".to_owned(),
-        },
-    )
-    .await?;
-    Ok(Region { mock, name, deployment, key, id: EndpointId::new() })
-}
-
-fn endpoint(r: &Region) -> Result<Endpoint> {
-    Ok(Endpoint {
-        id: r.id,
-        name: r.name.to_owned(),
-        platform: Platform::AzureOpenai,
-        base_url: url::Url::parse(&r.mock.base_url())?,
-        deployment: r.deployment.to_owned(),
-        model_name: "gpt-4o-mini".to_owned(),
-        model_version: "2024-07-18".to_owned(),
-        region: r.mock.region().to_owned(),
-        credential: Credential::ApiKey(Secret::new(r.key.clone())),
-    })
-}
-
-/// Gateway `chat` with `members` as (region, priority, weight).
-fn snapshot(version: u64, members: &[(&Region, u32, u32)]) -> Result<Snapshot> {
-    Ok(Snapshot {
-        version: ConfigVersion(version),
-        endpoints: members.iter().map(|(r, _, _)| endpoint(r)).collect::<Result<_>>()?,
-        gateways: vec![Gateway {
-            id: GatewayId::new(),
-            name: GATEWAY.to_owned(),
-            members: members
-                .iter()
-                .map(|(r, priority, weight)| GatewayMember {
-                    endpoint_id: r.id,
-                    enabled: true,
-                    priority: *priority,
-                    weight: *weight,
-                })
-                .collect(),
-            keys: vec![GatewayKey {
-                id: GatewayKeyId::new(),
-                sha256: gateway_key_hash(CLIENT_KEY),
-            }],
-            routing: Default::default(),
-        }],
-    })
-}
-
-/// A running data plane and a client for it.
-struct TestGateway {
-    base: String,
-    store: Arc<SnapshotStore>,
-    http: reqwest::Client,
-    stop: Option<oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<Result<(), DataPlaneError>>,
-}
-
-async fn gateway_with(config: DataPlaneConfig) -> Result<TestGateway> {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let dp = DataPlane::bind(DataPlaneConfig {
-        gateway_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
-        control_plane_url: String::new(),
-        node_id: "test-node".to_owned(),
-        ..config
-    })
-    .await?;
-    let base = format!("http://{}", dp.local_addr());
-    let store = dp.snapshot_store();
-    let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(dp.run(async move {
-        let _ = stopped.await;
-    }));
-    let http = reqwest::Client::builder().no_proxy().build()?;
-    Ok(TestGateway { base, store, http, stop: Some(stop), task })
-}
+use support::{
+    API_VERSION, CLIENT_KEY, GATEWAY, Region, TestGateway, chat_body, fast_config, header,
+    region_at, snapshot, start,
+};
 
 async fn gateway(members: &[(&Region, u32, u32)]) -> Result<TestGateway> {
-    let gw = gateway_with(DataPlaneConfig {
-        upstream_timeout: Duration::from_secs(5),
-        ..Default::default()
-    })
-    .await?;
-    gw.install(snapshot(1, members)?)?;
-    Ok(gw)
-}
-
-impl TestGateway {
-    fn install(&self, snapshot: Snapshot) -> Result<()> {
-        let table = RoutingTable::compile(&snapshot)?;
-        if !self.store.swap_if_newer(table) {
-            bail!("snapshot not newer");
-        }
-        Ok(())
-    }
-
-    fn post(&self, path: &str, body: &Value) -> reqwest::RequestBuilder {
-        self.http
-            .post(format!("{}{path}", self.base))
-            .header("api-key", CLIENT_KEY)
-            .header("content-type", "application/json")
-            .body(body.to_string())
-    }
-
-    async fn chat(&self) -> Result<reqwest::Response> {
-        let path = format!("/openai/deployments/auto/chat/completions?{API_VERSION}");
-        Ok(self.post(&path, &chat_body(false)).send().await?)
-    }
-}
-
-fn chat_body(stream: bool) -> Value {
-    json!({"model": "auto", "messages": [{"role": "user", "content": "Say hello"}], "stream": stream})
-}
-
-fn header<'a>(response: &'a reqwest::Response, name: &str) -> &'a str {
-    response.headers().get(name).and_then(|v| v.to_str().ok()).unwrap_or("")
+    support::gateway(members, RoutingPolicy::default(), fast_config()).await
 }
 
 async fn error_body(response: reqwest::Response) -> Result<(String, String)> {
@@ -168,7 +31,7 @@ async fn error_body(response: reqwest::Response) -> Result<(String, String)> {
 #[tokio::test]
 async fn json_chat_is_proxied_with_path_and_model_rewritten_and_the_credential_swapped()
 -> Result<()> {
-    let eus = region("eus", "East US", "gpt-4o-eus").await?;
+    let eus = region_at("eus", "East US", "gpt-4o-eus").await?;
     let gw = gateway(&[(&eus, 0, 1)]).await?;
 
     let response = gw
@@ -187,9 +50,9 @@ async fn json_chat_is_proxied_with_path_and_model_rewritten_and_the_credential_s
     assert_eq!(header(&response, "x-ms-region"), "East US", "upstream headers pass through");
     assert_eq!(header(&response, "x-ms-client-request-id"), "req-123");
     let body: Value = response.json().await?;
-    assert_eq!(body["choices"][0]["message"]["content"], eus.mock.reply_text());
+    assert_eq!(body["choices"][0]["message"]["content"], eus.mock().reply_text());
 
-    let requests = eus.mock.requests();
+    let requests = eus.mock().requests();
     assert_eq!(requests.len(), 1);
     let seen = &requests[0];
     assert_eq!(seen.path, "/openai/deployments/gpt-4o-eus/chat/completions");
@@ -204,7 +67,7 @@ async fn json_chat_is_proxied_with_path_and_model_rewritten_and_the_credential_s
 
 #[tokio::test]
 async fn deployment_paths_naming_the_gateway_keep_the_body_model() -> Result<()> {
-    let eus = region("eus", "East US", "gpt-4o-eus").await?;
+    let eus = region_at("eus", "East US", "gpt-4o-eus").await?;
     let gw = gateway(&[(&eus, 0, 1)]).await?;
     let body = json!({"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]});
     let response = gw
@@ -212,7 +75,7 @@ async fn deployment_paths_naming_the_gateway_keep_the_body_model() -> Result<()>
         .send()
         .await?;
     assert_eq!(response.status(), 200);
-    let seen = &eus.mock.requests()[0];
+    let seen = &eus.mock().requests()[0];
     assert_eq!(seen.path, "/openai/deployments/gpt-4o-eus/chat/completions");
     assert_eq!(&seen.body[..], body.to_string().as_bytes(), "body forwarded unchanged");
     Ok(())
@@ -220,7 +83,7 @@ async fn deployment_paths_naming_the_gateway_keep_the_body_model() -> Result<()>
 
 #[tokio::test]
 async fn v1_paths_rewrite_the_model_to_the_deployment() -> Result<()> {
-    let eus = region("eus", "East US", "gpt-4o-eus").await?;
+    let eus = region_at("eus", "East US", "gpt-4o-eus").await?;
     let gw = gateway(&[(&eus, 0, 1)]).await?;
     let body = json!({"messages": [{"role": "user", "content": "hi", "model": "nested"}], "model": GATEWAY});
     let response = gw
@@ -232,7 +95,7 @@ async fn v1_paths_rewrite_the_model_to_the_deployment() -> Result<()> {
         .send()
         .await?;
     assert_eq!(response.status(), 200, "{:?}", response.text().await);
-    let seen = &eus.mock.requests()[0];
+    let seen = &eus.mock().requests()[0];
     assert_eq!(seen.path, "/openai/v1/chat/completions");
     assert_eq!(seen.header("api-key"), Some(eus.key.as_str()));
     assert_eq!(seen.header("authorization"), None);
@@ -244,9 +107,9 @@ async fn v1_paths_rewrite_the_model_to_the_deployment() -> Result<()> {
 
 #[tokio::test]
 async fn sse_is_streamed_frame_by_frame() -> Result<()> {
-    let eus = region("eus", "East US", "gpt-4o-eus").await?;
+    let eus = region_at("eus", "East US", "gpt-4o-eus").await?;
     let gap = Duration::from_millis(60);
-    eus.mock.set_stream_gap(gap);
+    eus.mock().set_stream_gap(gap);
     let gw = gateway(&[(&eus, 0, 1)]).await?;
     let path = format!("/openai/deployments/auto/chat/completions?{API_VERSION}");
     let response = gw.post(&path, &chat_body(true)).send().await?;
@@ -272,7 +135,7 @@ async fn sse_is_streamed_frame_by_frame() -> Result<()> {
 
 #[tokio::test]
 async fn missing_or_unknown_keys_wrong_deployments_and_paths_are_refused() -> Result<()> {
-    let eus = region("eus", "East US", "gpt-4o-eus").await?;
+    let eus = region_at("eus", "East US", "gpt-4o-eus").await?;
     let gw = gateway(&[(&eus, 0, 1)]).await?;
     let path = format!("{}/openai/deployments/auto/chat/completions?{API_VERSION}", gw.base);
 
@@ -306,15 +169,15 @@ async fn missing_or_unknown_keys_wrong_deployments_and_paths_are_refused() -> Re
     assert_eq!(unknown_path.status(), 404);
     assert_eq!(unknown_path.text().await?, wire::RESOURCE_NOT_FOUND);
 
-    assert_eq!(eus.mock.calls(eus.deployment), 0, "nothing reached the upstream");
+    assert_eq!(eus.calls(), 0, "nothing reached the upstream");
     Ok(())
 }
 
 #[tokio::test]
 async fn oversized_bodies_get_413_declared_or_streamed() -> Result<()> {
-    let eus = region("eus", "East US", "gpt-4o-eus").await?;
-    let gw = gateway_with(DataPlaneConfig { max_body_bytes: 1024, ..Default::default() }).await?;
-    gw.install(snapshot(1, &[(&eus, 0, 1)])?)?;
+    let eus = region_at("eus", "East US", "gpt-4o-eus").await?;
+    let gw = start(DataPlaneConfig { max_body_bytes: 1024, ..Default::default() }).await?;
+    gw.install(snapshot(1, &[(&eus, 0, 1)], RoutingPolicy::default())?)?;
     let path = format!("{}/openai/deployments/auto/chat/completions?{API_VERSION}", gw.base);
     let big = json!({"model": "auto", "messages": [{"role": "user", "content": "x".repeat(2000)}]})
         .to_string();
@@ -335,19 +198,21 @@ async fn oversized_bodies_get_413_declared_or_streamed() -> Result<()> {
         .send()
         .await?;
     assert_eq!(streamed.status(), 413);
-    assert_eq!(eus.mock.calls(eus.deployment), 0);
+    assert_eq!(eus.calls(), 0);
     Ok(())
 }
 
 #[tokio::test]
 async fn a_429_fails_over_and_the_throttled_endpoint_is_skipped_during_its_window() -> Result<()> {
-    let eus = region("eus", "East US", "gpt-4o-eus").await?;
-    let swc = region("swc", "Sweden Central", "gpt-4o-swc").await?;
+    let eus = region_at("eus", "East US", "gpt-4o-eus").await?;
+    let swc = region_at("swc", "Sweden Central", "gpt-4o-swc").await?;
     let gw = gateway(&[(&eus, 0, 1), (&swc, 1, 1)]).await?;
-    eus.mock.script(
-        eus.deployment,
-        Fault::Status { status: 429, retry_after: Some(30), retry_after_ms: None, times: 1 },
-    );
+    eus.script(Fault::Status {
+        status: 429,
+        retry_after: Some(30),
+        retry_after_ms: None,
+        times: 1,
+    });
 
     let first = gw.chat().await?;
     assert_eq!(first.status(), 200);
@@ -355,40 +220,37 @@ async fn a_429_fails_over_and_the_throttled_endpoint_is_skipped_during_its_windo
     let attempts = header(&first, "x-modelgw-attempts").to_owned();
     assert!(attempts.starts_with("eus:throttled:") && attempts.contains(",swc:ok:"), "{attempts}");
     let body: Value = first.json().await?;
-    assert_eq!(body["choices"][0]["message"]["content"], swc.mock.reply_text());
+    assert_eq!(body["choices"][0]["message"]["content"], swc.mock().reply_text());
 
     let second = gw.chat().await?;
     assert_eq!(second.status(), 200);
     assert_eq!(header(&second, "x-modelgw-endpoint"), "swc");
     assert!(header(&second, "x-modelgw-attempts").starts_with("eus:skipped_throttling:0,swc:ok:"));
-    assert_eq!(eus.mock.calls(eus.deployment), 1, "the throttled endpoint got nothing more");
-    assert_eq!(swc.mock.calls(swc.deployment), 2);
+    assert_eq!(eus.calls(), 1, "the throttled endpoint got nothing more");
+    assert_eq!(swc.calls(), 2);
     Ok(())
 }
 
 #[tokio::test]
 async fn a_503_fails_over() -> Result<()> {
-    let eus = region("eus", "East US", "gpt-4o-eus").await?;
-    let swc = region("swc", "Sweden Central", "gpt-4o-swc").await?;
+    let eus = region_at("eus", "East US", "gpt-4o-eus").await?;
+    let swc = region_at("swc", "Sweden Central", "gpt-4o-swc").await?;
     let gw = gateway(&[(&eus, 0, 1), (&swc, 1, 1)]).await?;
-    eus.mock.script(
-        eus.deployment,
-        Fault::Status { status: 503, retry_after: None, retry_after_ms: None, times: 1 },
-    );
+    eus.script(Fault::Status { status: 503, retry_after: None, retry_after_ms: None, times: 1 });
     let response = gw.chat().await?;
     assert_eq!(response.status(), 200);
     assert_eq!(header(&response, "x-modelgw-endpoint"), "swc");
     assert!(header(&response, "x-modelgw-attempts").starts_with("eus:server_error:"));
-    assert_eq!(eus.mock.calls(eus.deployment), 1);
+    assert_eq!(eus.calls(), 1);
     Ok(())
 }
 
 #[tokio::test]
 async fn a_connection_reset_fails_over() -> Result<()> {
-    let eus = region("eus", "East US", "gpt-4o-eus").await?;
-    let swc = region("swc", "Sweden Central", "gpt-4o-swc").await?;
+    let eus = region_at("eus", "East US", "gpt-4o-eus").await?;
+    let swc = region_at("swc", "Sweden Central", "gpt-4o-swc").await?;
     let gw = gateway(&[(&eus, 0, 1), (&swc, 1, 1)]).await?;
-    eus.mock.script(eus.deployment, Fault::Reset { times: 1 });
+    eus.script(Fault::Reset { times: 1 });
     let response = gw.chat().await?;
     assert_eq!(response.status(), 200);
     assert_eq!(header(&response, "x-modelgw-endpoint"), "swc");
@@ -402,15 +264,15 @@ async fn a_connection_reset_fails_over() -> Result<()> {
 
 #[tokio::test]
 async fn a_slow_first_byte_fails_over() -> Result<()> {
-    let eus = region("eus", "East US", "gpt-4o-eus").await?;
-    let swc = region("swc", "Sweden Central", "gpt-4o-swc").await?;
-    let gw = gateway_with(DataPlaneConfig {
+    let eus = region_at("eus", "East US", "gpt-4o-eus").await?;
+    let swc = region_at("swc", "Sweden Central", "gpt-4o-swc").await?;
+    let gw = start(DataPlaneConfig {
         upstream_timeout: Duration::from_millis(300),
         ..Default::default()
     })
     .await?;
-    gw.install(snapshot(1, &[(&eus, 0, 1), (&swc, 1, 1)])?)?;
-    eus.mock.script(eus.deployment, Fault::Latency { ms: 3000, times: 1 });
+    gw.install(snapshot(1, &[(&eus, 0, 1), (&swc, 1, 1)], RoutingPolicy::default())?)?;
+    eus.script(Fault::Latency { ms: 3000, times: 1 });
     let response = gw.chat().await?;
     assert_eq!(response.status(), 200);
     assert!(header(&response, "x-modelgw-attempts").starts_with("eus:timeout:"));
@@ -420,17 +282,21 @@ async fn a_slow_first_byte_fails_over() -> Result<()> {
 
 #[tokio::test]
 async fn all_throttled_answers_429_with_the_earliest_retry_after() -> Result<()> {
-    let eus = region("eus", "East US", "gpt-4o-eus").await?;
-    let swc = region("swc", "Sweden Central", "gpt-4o-swc").await?;
+    let eus = region_at("eus", "East US", "gpt-4o-eus").await?;
+    let swc = region_at("swc", "Sweden Central", "gpt-4o-swc").await?;
     let gw = gateway(&[(&eus, 0, 1), (&swc, 1, 1)]).await?;
-    eus.mock.script(
-        eus.deployment,
-        Fault::Status { status: 429, retry_after: Some(30), retry_after_ms: None, times: 1 },
-    );
-    swc.mock.script(
-        swc.deployment,
-        Fault::Status { status: 429, retry_after: None, retry_after_ms: Some(2500), times: 1 },
-    );
+    eus.script(Fault::Status {
+        status: 429,
+        retry_after: Some(30),
+        retry_after_ms: None,
+        times: 1,
+    });
+    swc.script(Fault::Status {
+        status: 429,
+        retry_after: None,
+        retry_after_ms: Some(2500),
+        times: 1,
+    });
 
     let response = gw.chat().await?;
     assert_eq!(response.status(), 429);
@@ -451,18 +317,15 @@ async fn all_throttled_answers_429_with_the_earliest_retry_after() -> Result<()>
         header(&again, "x-modelgw-attempts"),
         "eus:skipped_throttling:0,swc:skipped_throttling:0"
     );
-    assert_eq!(eus.mock.calls(eus.deployment) + swc.mock.calls(swc.deployment), 2);
+    assert_eq!(eus.calls() + swc.calls(), 2);
     Ok(())
 }
 
 #[tokio::test]
 async fn a_throttle_without_hints_uses_the_message_or_the_default() -> Result<()> {
-    let eus = region("eus", "East US", "gpt-4o-eus").await?;
+    let eus = region_at("eus", "East US", "gpt-4o-eus").await?;
     let gw = gateway(&[(&eus, 0, 1)]).await?;
-    eus.mock.script(
-        eus.deployment,
-        Fault::Status { status: 429, retry_after: None, retry_after_ms: None, times: 1 },
-    );
+    eus.script(Fault::Status { status: 429, retry_after: None, retry_after_ms: None, times: 1 });
     let response = gw.chat().await?;
     assert_eq!(response.status(), 429);
     let retry: u64 = header(&response, "retry-after").parse()?;
@@ -472,17 +335,16 @@ async fn a_throttle_without_hints_uses_the_message_or_the_default() -> Result<()
 
 #[tokio::test]
 async fn failures_that_are_not_throttling_answer_503() -> Result<()> {
-    let eus = region("eus", "East US", "gpt-4o-eus").await?;
-    let swc = region("swc", "Sweden Central", "gpt-4o-swc").await?;
+    let eus = region_at("eus", "East US", "gpt-4o-eus").await?;
+    let swc = region_at("swc", "Sweden Central", "gpt-4o-swc").await?;
     let gw = gateway(&[(&eus, 0, 1), (&swc, 0, 1)]).await?;
-    eus.mock.script(
-        eus.deployment,
-        Fault::Status { status: 500, retry_after: None, retry_after_ms: None, times: 1 },
-    );
-    swc.mock.script(
-        swc.deployment,
-        Fault::Status { status: 429, retry_after: Some(20), retry_after_ms: None, times: 1 },
-    );
+    eus.script(Fault::Status { status: 500, retry_after: None, retry_after_ms: None, times: 1 });
+    swc.script(Fault::Status {
+        status: 429,
+        retry_after: Some(20),
+        retry_after_ms: None,
+        times: 1,
+    });
     let response = gw.chat().await?;
     assert_eq!(response.status(), 503);
     assert!(header(&response, "retry-after").parse::<u64>()? <= 5, "the error cooldown is sooner");
@@ -494,25 +356,25 @@ async fn failures_that_are_not_throttling_answer_503() -> Result<()> {
 
 #[tokio::test]
 async fn content_filter_rejections_pass_through_byte_for_byte_from_one_endpoint() -> Result<()> {
-    let eus = region("eus", "East US", "gpt-4o-eus").await?;
-    let swc = region("swc", "Sweden Central", "gpt-4o-swc").await?;
+    let eus = region_at("eus", "East US", "gpt-4o-eus").await?;
+    let swc = region_at("swc", "Sweden Central", "gpt-4o-swc").await?;
     let gw = gateway(&[(&eus, 0, 1), (&swc, 1, 1)]).await?;
-    eus.mock.script(eus.deployment, Fault::ContentFilter { times: 1 });
+    eus.script(Fault::ContentFilter { times: 1 });
     let response = gw.chat().await?;
     assert_eq!(response.status(), 400);
     assert_eq!(header(&response, "x-modelgw-endpoint"), "eus");
     assert_eq!(response.bytes().await?, wire::CONTENT_FILTER.as_bytes());
-    assert_eq!(eus.mock.calls(eus.deployment), 1);
-    assert_eq!(swc.mock.calls(swc.deployment), 0, "client errors are never retried elsewhere");
+    assert_eq!(eus.calls(), 1);
+    assert_eq!(swc.calls(), 0, "client errors are never retried elsewhere");
     Ok(())
 }
 
 #[tokio::test]
 async fn a_stream_cut_after_bytes_reaches_the_client_as_an_error() -> Result<()> {
-    let eus = region("eus", "East US", "gpt-4o-eus").await?;
-    let swc = region("swc", "Sweden Central", "gpt-4o-swc").await?;
+    let eus = region_at("eus", "East US", "gpt-4o-eus").await?;
+    let swc = region_at("swc", "Sweden Central", "gpt-4o-swc").await?;
     let gw = gateway(&[(&eus, 0, 1), (&swc, 1, 1)]).await?;
-    eus.mock.script(eus.deployment, Fault::StreamCut { after_chunks: 3, times: 1 });
+    eus.script(Fault::StreamCut { after_chunks: 3, times: 1 });
     let path = format!("/openai/deployments/auto/chat/completions?{API_VERSION}");
     let response = gw.post(&path, &chat_body(true)).send().await?;
     assert_eq!(response.status(), 200);
@@ -530,14 +392,14 @@ async fn a_stream_cut_after_bytes_reaches_the_client_as_an_error() -> Result<()>
     }
     assert!(received > 0, "some frames arrived first");
     assert!(failed, "the stream must not end cleanly");
-    assert_eq!(swc.mock.calls(swc.deployment), 0, "no failover once bytes were sent");
+    assert_eq!(swc.calls(), 0, "no failover once bytes were sent");
     Ok(())
 }
 
 #[tokio::test]
 async fn readyz_follows_the_first_snapshot_and_healthz_is_always_ok() -> Result<()> {
-    let eus = region("eus", "East US", "gpt-4o-eus").await?;
-    let gw = gateway_with(DataPlaneConfig::default()).await?;
+    let eus = region_at("eus", "East US", "gpt-4o-eus").await?;
+    let gw = start(DataPlaneConfig::default()).await?;
     let get = |path: &str| gw.http.get(format!("{}{path}", gw.base)).send();
     assert_eq!(get("/healthz").await?.status(), 200);
     assert_eq!(get("/readyz").await?.status(), 503);
@@ -546,7 +408,7 @@ async fn readyz_follows_the_first_snapshot_and_healthz_is_always_ok() -> Result<
     let early = gw.chat().await?;
     assert_eq!(early.status(), 503, "no configuration yet");
 
-    gw.install(snapshot(1, &[(&eus, 0, 1)])?)?;
+    gw.install(snapshot(1, &[(&eus, 0, 1)], RoutingPolicy::default())?)?;
     assert_eq!(get("/readyz").await?.status(), 200);
     assert_eq!(gw.http.head(format!("{}/readyz", gw.base)).send().await?.status(), 200);
     assert_eq!(get("/healthz").await?.status(), 200);
@@ -555,9 +417,9 @@ async fn readyz_follows_the_first_snapshot_and_healthz_is_always_ok() -> Result<
 
 #[tokio::test]
 async fn a_nacked_snapshot_keeps_the_last_good_one_serving() -> Result<()> {
-    let eus = region("eus", "East US", "gpt-4o-eus").await?;
+    let eus = region_at("eus", "East US", "gpt-4o-eus").await?;
     let gw = gateway(&[(&eus, 0, 1)]).await?;
-    let mut bad = cfg::Snapshot::from(&snapshot(2, &[(&eus, 0, 1)])?);
+    let mut bad = cfg::Snapshot::from(&snapshot(2, &[(&eus, 0, 1)], RoutingPolicy::default())?);
     bad.gateways[0].members[0].endpoint_id = "not-a-uuid".to_owned();
     let outcome = apply_snapshot(&gw.store, bad);
     let ApplyOutcome::Rejected { version, reason } = outcome else {
@@ -573,11 +435,14 @@ async fn a_nacked_snapshot_keeps_the_last_good_one_serving() -> Result<()> {
 
 #[tokio::test]
 async fn a_new_snapshot_reroutes_traffic() -> Result<()> {
-    let eus = region("eus", "East US", "gpt-4o-eus").await?;
-    let swc = region("swc", "Sweden Central", "gpt-4o-swc").await?;
+    let eus = region_at("eus", "East US", "gpt-4o-eus").await?;
+    let swc = region_at("swc", "Sweden Central", "gpt-4o-swc").await?;
     let gw = gateway(&[(&eus, 0, 1)]).await?;
     assert_eq!(header(&gw.chat().await?, "x-modelgw-endpoint"), "eus");
-    let outcome = apply_snapshot(&gw.store, cfg::Snapshot::from(&snapshot(2, &[(&swc, 0, 1)])?));
+    let outcome = apply_snapshot(
+        &gw.store,
+        cfg::Snapshot::from(&snapshot(2, &[(&swc, 0, 1)], RoutingPolicy::default())?),
+    );
     assert_eq!(outcome, ApplyOutcome::Applied { version: ConfigVersion(2) });
     assert_eq!(header(&gw.chat().await?, "x-modelgw-endpoint"), "swc");
     Ok(())
@@ -585,7 +450,7 @@ async fn a_new_snapshot_reroutes_traffic() -> Result<()> {
 
 #[tokio::test]
 async fn h2c_clients_are_served() -> Result<()> {
-    let eus = region("eus", "East US", "gpt-4o-eus").await?;
+    let eus = region_at("eus", "East US", "gpt-4o-eus").await?;
     let gw = gateway(&[(&eus, 0, 1)]).await?;
     let h2 = reqwest::Client::builder().no_proxy().http2_prior_knowledge().build()?;
     let response = h2
@@ -602,8 +467,8 @@ async fn h2c_clients_are_served() -> Result<()> {
 
 #[tokio::test]
 async fn shutdown_lets_an_in_flight_stream_finish_and_refuses_new_connections() -> Result<()> {
-    let eus = region("eus", "East US", "gpt-4o-eus").await?;
-    eus.mock.set_stream_gap(Duration::from_millis(50));
+    let eus = region_at("eus", "East US", "gpt-4o-eus").await?;
+    eus.mock().set_stream_gap(Duration::from_millis(50));
     let mut gw = gateway(&[(&eus, 0, 1)]).await?;
     let path = format!("/openai/deployments/auto/chat/completions?{API_VERSION}");
     let response = gw.post(&path, &chat_body(true)).send().await?;

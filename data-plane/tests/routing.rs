@@ -1,192 +1,22 @@
 //! The routing engine end to end (issue #3): the real proxy in process, mock Azure regions on
 //! loopback, snapshots swapped in directly. Each test reads like the behaviour it proves.
 
-use std::net::SocketAddr;
+mod support;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use futures::StreamExt;
-use modelgw_data_plane::health::{HealthPolicy, HealthRegistry};
-use modelgw_data_plane::snapshot::{RoutingTable, SnapshotStore};
-use modelgw_data_plane::{DataPlane, DataPlaneConfig, DataPlaneError, apply_fleet_health};
-use modelgw_mock_azure::{Fault, MockAzure, MockConfig, wire};
-use modelgw_model::{
-    ConfigVersion, Credential, Endpoint, EndpointId, Gateway, GatewayId, GatewayKey, GatewayKeyId,
-    GatewayMember, Platform, RoutingPolicy, RoutingStrategy, Secret, Snapshot, gateway_key_hash,
-};
+use modelgw_data_plane::health::HealthPolicy;
+use modelgw_data_plane::{DataPlaneConfig, apply_fleet_health};
+use modelgw_mock_azure::{Fault, wire};
+use modelgw_model::{RoutingPolicy, RoutingStrategy};
 use modelgw_proto::cfg;
 use serde_json::{Value, json};
-use tokio::sync::oneshot;
-
-const CLIENT_KEY: &str = "mgw-routing-client-key-0001";
-const API_VERSION: &str = "api-version=2024-10-21";
-
-/// One mock Azure region serving one deployment (or, with `refusing`, a closed port).
-struct Region {
-    mock: Option<MockAzure>,
-    name: &'static str,
-    deployment: String,
-    key: String,
-    base_url: String,
-    id: EndpointId,
-}
-
-impl Region {
-    fn mock(&self) -> &MockAzure {
-        self.mock.as_ref().expect("a mock region")
-    }
-
-    fn calls(&self) -> u64 {
-        self.mock.as_ref().map_or(0, |m| m.calls(&self.deployment))
-    }
-
-    fn script(&self, fault: Fault) {
-        self.mock().script(&self.deployment, fault);
-    }
-}
-
-async fn region(name: &'static str) -> Result<Region> {
-    let key = format!("upstream-key-{name}-0123456789");
-    let deployment = format!("gpt-4o-{name}");
-    let mock = MockAzure::start(
-        SocketAddr::from(([127, 0, 0, 1], 0)),
-        MockConfig {
-            region: name.to_owned(),
-            api_key: key.clone(),
-            deployments: vec![deployment.clone()],
-            model: "gpt-4o-mini-2024-07-18".to_owned(),
-        },
-    )
-    .await?;
-    let base_url = mock.base_url();
-    Ok(Region { mock: Some(mock), name, deployment, key, base_url, id: EndpointId::new() })
-}
-
-/// A region whose port refuses connections (bound once, then closed).
-async fn refusing(name: &'static str) -> Result<Region> {
-    let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
-    let base_url = format!("http://{}", listener.local_addr()?);
-    drop(listener);
-    Ok(Region {
-        mock: None,
-        name,
-        deployment: format!("gpt-4o-{name}"),
-        key: "unused-key-0123456789".to_owned(),
-        base_url,
-        id: EndpointId::new(),
-    })
-}
-
-fn endpoint(r: &Region) -> Result<Endpoint> {
-    Ok(Endpoint {
-        id: r.id,
-        name: r.name.to_owned(),
-        platform: Platform::AzureOpenai,
-        base_url: url::Url::parse(&r.base_url)?,
-        deployment: r.deployment.clone(),
-        model_name: "gpt-4o-mini".to_owned(),
-        model_version: "2024-07-18".to_owned(),
-        region: r.name.to_owned(),
-        credential: Credential::ApiKey(Secret::new(r.key.clone())),
-    })
-}
-
-/// Gateway `chat` with `members` as (region, priority, weight).
-fn snapshot(members: &[(&Region, u32, u32)], routing: RoutingPolicy) -> Result<Snapshot> {
-    Ok(Snapshot {
-        version: ConfigVersion(1),
-        endpoints: members.iter().map(|(r, _, _)| endpoint(r)).collect::<Result<_>>()?,
-        gateways: vec![Gateway {
-            id: GatewayId::new(),
-            name: "chat".to_owned(),
-            members: members
-                .iter()
-                .map(|(r, priority, weight)| GatewayMember {
-                    endpoint_id: r.id,
-                    enabled: true,
-                    priority: *priority,
-                    weight: *weight,
-                })
-                .collect(),
-            keys: vec![GatewayKey {
-                id: GatewayKeyId::new(),
-                sha256: gateway_key_hash(CLIENT_KEY),
-            }],
-            routing,
-        }],
-    })
-}
-
-struct TestGateway {
-    base: String,
-    store: Arc<SnapshotStore>,
-    health: Arc<HealthRegistry>,
-    http: reqwest::Client,
-    stop: Option<oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<Result<(), DataPlaneError>>,
-}
-
-impl Drop for TestGateway {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        self.task.abort();
-    }
-}
-
-async fn start(config: DataPlaneConfig) -> Result<TestGateway> {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let dp = DataPlane::bind(DataPlaneConfig {
-        gateway_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
-        control_plane_url: String::new(),
-        node_id: "routing-test".to_owned(),
-        ..config
-    })
-    .await?;
-    let base = format!("http://{}", dp.local_addr());
-    let store = dp.snapshot_store();
-    let health = dp.health();
-    let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(dp.run(async move {
-        let _ = stopped.await;
-    }));
-    let http = reqwest::Client::builder().no_proxy().build()?;
-    Ok(TestGateway { base, store, health, http, stop: Some(stop), task })
-}
-
-/// A gateway over `members` with `routing`, default settings otherwise (5 s first byte).
-async fn gateway(
-    members: &[(&Region, u32, u32)],
-    routing: RoutingPolicy,
-    config: DataPlaneConfig,
-) -> Result<TestGateway> {
-    let gw = start(config).await?;
-    if !gw.store.swap_if_newer(RoutingTable::compile(&snapshot(members, routing)?)?) {
-        bail!("snapshot not applied");
-    }
-    Ok(gw)
-}
-
-fn fast_config() -> DataPlaneConfig {
-    DataPlaneConfig { upstream_timeout: Duration::from_secs(5), ..Default::default() }
-}
+use support::{API_VERSION, TestGateway, fast_config, gateway, header, refusing, region};
 
 impl TestGateway {
-    fn request(&self, stream: bool) -> reqwest::RequestBuilder {
-        let body = json!({"model": "auto", "messages": [{"role": "user", "content": "Say hello"}], "stream": stream});
-        self.http
-            .post(format!("{}/openai/deployments/auto/chat/completions?{API_VERSION}", self.base))
-            .header("api-key", CLIENT_KEY)
-            .header("content-type", "application/json")
-            .body(body.to_string())
-    }
-
-    async fn chat(&self) -> Result<reqwest::Response> {
-        Ok(self.request(false).send().await?)
-    }
-
     /// Sends one chat and returns (status, serving endpoint); the body is read to the end.
     async fn chat_served_by(&self) -> Result<(u16, String)> {
         let served = self.chat_traced().await?;
@@ -232,10 +62,6 @@ impl Served {
 /// Derived from the elapsed time rather than bounding it, so machine load cannot break it.
 fn most_calls_within(elapsed: Duration, window: Duration) -> u64 {
     1 + elapsed.as_nanos().div_ceil(window.as_nanos()) as u64
-}
-
-fn header<'a>(response: &'a reqwest::Response, name: &str) -> &'a str {
-    response.headers().get(name).and_then(|v| v.to_str().ok()).unwrap_or("")
 }
 
 fn routing(strategy: RoutingStrategy) -> RoutingPolicy {

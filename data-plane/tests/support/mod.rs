@@ -1,0 +1,240 @@
+//! The shared harness for the in-process proxy tests: mock Azure regions on loopback, snapshots
+//! built from them, and a running data plane with no control plane.
+
+// Each test binary uses its own subset of the harness.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Result, bail};
+use modelgw_data_plane::health::HealthRegistry;
+use modelgw_data_plane::snapshot::{RoutingTable, SnapshotStore};
+use modelgw_data_plane::{DataPlane, DataPlaneConfig, DataPlaneError};
+use modelgw_mock_azure::{Fault, MockAzure, MockConfig};
+use modelgw_model::{
+    ConfigVersion, Credential, Endpoint, EndpointId, Gateway, GatewayId, GatewayKey, GatewayKeyId,
+    GatewayMember, Platform, RoutingPolicy, Secret, Snapshot, gateway_key_hash,
+};
+use serde_json::{Value, json};
+use tokio::sync::oneshot;
+
+/// The client's gateway key.
+pub const CLIENT_KEY: &str = "mgw-test-client-key-0001";
+pub const GATEWAY: &str = "chat";
+pub const API_VERSION: &str = "api-version=2024-10-21";
+
+/// One mock Azure region serving one deployment (or, from [`refusing`], a closed port).
+pub struct Region {
+    mock: Option<MockAzure>,
+    pub name: &'static str,
+    /// The Azure region the endpoint reports (`x-ms-region`).
+    pub display: String,
+    pub deployment: String,
+    pub key: String,
+    pub base_url: String,
+    pub id: EndpointId,
+}
+
+impl Region {
+    pub fn mock(&self) -> &MockAzure {
+        self.mock.as_ref().expect("a mock region")
+    }
+
+    /// Calls to this region's deployment (0 for a refusing region).
+    pub fn calls(&self) -> u64 {
+        self.mock.as_ref().map_or(0, |m| m.calls(&self.deployment))
+    }
+
+    pub fn script(&self, fault: Fault) {
+        self.mock().script(&self.deployment, fault);
+    }
+}
+
+/// A region named `name` in Azure region `name`, serving deployment `gpt-4o-{name}`.
+pub async fn region(name: &'static str) -> Result<Region> {
+    region_at(name, name, &format!("gpt-4o-{name}")).await
+}
+
+/// A region named `name` in Azure region `display`, serving `deployment`.
+pub async fn region_at(name: &'static str, display: &str, deployment: &str) -> Result<Region> {
+    let key = format!("upstream-key-{name}-0123456789");
+    let mock = MockAzure::start(
+        SocketAddr::from(([127, 0, 0, 1], 0)),
+        MockConfig {
+            region: display.to_owned(),
+            api_key: key.clone(),
+            deployments: vec![deployment.to_owned()],
+            model: "gpt-4o-mini-2024-07-18".to_owned(),
+        },
+    )
+    .await?;
+    let base_url = mock.base_url();
+    let display = mock.region().to_owned();
+    Ok(Region {
+        mock: Some(mock),
+        name,
+        display,
+        deployment: deployment.to_owned(),
+        key,
+        base_url,
+        id: EndpointId::new(),
+    })
+}
+
+/// A region whose port refuses connections (bound once, then closed).
+pub async fn refusing(name: &'static str) -> Result<Region> {
+    let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
+    let base_url = format!("http://{}", listener.local_addr()?);
+    drop(listener);
+    Ok(Region {
+        mock: None,
+        name,
+        display: name.to_owned(),
+        deployment: format!("gpt-4o-{name}"),
+        key: "unused-key-0123456789".to_owned(),
+        base_url,
+        id: EndpointId::new(),
+    })
+}
+
+pub fn endpoint(r: &Region) -> Result<Endpoint> {
+    Ok(Endpoint {
+        id: r.id,
+        name: r.name.to_owned(),
+        platform: Platform::AzureOpenai,
+        base_url: url::Url::parse(&r.base_url)?,
+        deployment: r.deployment.clone(),
+        model_name: "gpt-4o-mini".to_owned(),
+        model_version: "2024-07-18".to_owned(),
+        region: r.display.clone(),
+        credential: Credential::ApiKey(Secret::new(r.key.clone())),
+    })
+}
+
+/// Gateway `chat` at `version` with `members` as (region, priority, weight) and `routing`.
+pub fn snapshot(
+    version: u64,
+    members: &[(&Region, u32, u32)],
+    routing: RoutingPolicy,
+) -> Result<Snapshot> {
+    Ok(Snapshot {
+        version: ConfigVersion(version),
+        endpoints: members.iter().map(|(r, _, _)| endpoint(r)).collect::<Result<_>>()?,
+        gateways: vec![Gateway {
+            id: GatewayId::new(),
+            name: GATEWAY.to_owned(),
+            members: members
+                .iter()
+                .map(|(r, priority, weight)| GatewayMember {
+                    endpoint_id: r.id,
+                    enabled: true,
+                    priority: *priority,
+                    weight: *weight,
+                })
+                .collect(),
+            keys: vec![GatewayKey {
+                id: GatewayKeyId::new(),
+                sha256: gateway_key_hash(CLIENT_KEY),
+            }],
+            routing,
+        }],
+    })
+}
+
+/// A running data plane and a client for it.
+pub struct TestGateway {
+    pub base: String,
+    pub store: Arc<SnapshotStore>,
+    pub health: Arc<HealthRegistry>,
+    pub http: reqwest::Client,
+    pub stop: Option<oneshot::Sender<()>>,
+    pub task: tokio::task::JoinHandle<Result<(), DataPlaneError>>,
+}
+
+impl Drop for TestGateway {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        self.task.abort();
+    }
+}
+
+impl TestGateway {
+    /// Swaps `snapshot` in; an error if it is not newer than the one serving.
+    pub fn install(&self, snapshot: Snapshot) -> Result<()> {
+        let table = RoutingTable::compile(&snapshot)?;
+        if !self.store.swap_if_newer(table) {
+            bail!("snapshot not newer");
+        }
+        Ok(())
+    }
+
+    /// A POST to `path` with the client's key and `body` as JSON.
+    pub fn post(&self, path: &str, body: &Value) -> reqwest::RequestBuilder {
+        self.http
+            .post(format!("{}{path}", self.base))
+            .header("api-key", CLIENT_KEY)
+            .header("content-type", "application/json")
+            .body(body.to_string())
+    }
+
+    /// A chat to deployment `auto`, streaming or not, ready to send.
+    pub fn request(&self, stream: bool) -> reqwest::RequestBuilder {
+        let path = format!("/openai/deployments/auto/chat/completions?{API_VERSION}");
+        self.post(&path, &chat_body(stream))
+    }
+
+    /// Sends one non-streaming chat to deployment `auto`.
+    pub async fn chat(&self) -> Result<reqwest::Response> {
+        Ok(self.request(false).send().await?)
+    }
+}
+
+/// A one-message chat for model `auto`.
+pub fn chat_body(stream: bool) -> Value {
+    json!({"model": "auto", "messages": [{"role": "user", "content": "Say hello"}], "stream": stream})
+}
+
+/// A data plane on 127.0.0.1:0 with `config` and no control plane, serving nothing yet.
+pub async fn start(config: DataPlaneConfig) -> Result<TestGateway> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let dp = DataPlane::bind(DataPlaneConfig {
+        gateway_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+        control_plane_url: String::new(),
+        node_id: "test-node".to_owned(),
+        ..config
+    })
+    .await?;
+    let base = format!("http://{}", dp.local_addr());
+    let store = dp.snapshot_store();
+    let health = dp.health();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(dp.run(async move {
+        let _ = stopped.await;
+    }));
+    let http = reqwest::Client::builder().no_proxy().build()?;
+    Ok(TestGateway { base, store, health, http, stop: Some(stop), task })
+}
+
+/// Default settings but a 5 s first-byte timeout.
+pub fn fast_config() -> DataPlaneConfig {
+    DataPlaneConfig { upstream_timeout: Duration::from_secs(5), ..Default::default() }
+}
+
+/// A gateway over `members` with `routing` and `config`, serving snapshot version 1.
+pub async fn gateway(
+    members: &[(&Region, u32, u32)],
+    routing: RoutingPolicy,
+    config: DataPlaneConfig,
+) -> Result<TestGateway> {
+    let gw = start(config).await?;
+    gw.install(snapshot(1, members, routing)?)?;
+    Ok(gw)
+}
+
+pub fn header<'a>(response: &'a reqwest::Response, name: &str) -> &'a str {
+    response.headers().get(name).and_then(|v| v.to_str().ok()).unwrap_or("")
+}
