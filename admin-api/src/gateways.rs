@@ -85,20 +85,7 @@ impl From<RoutingPolicy> for RoutingResponse {
     }
 }
 
-/// A gateway's availability from the fleet health of its enabled members.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum GatewayState {
-    /// Every enabled member is available.
-    Healthy,
-    /// Some enabled members are unavailable; the others serve.
-    Degraded,
-    /// Every enabled member is unavailable and at least one is throttling (clients get 429
-    /// with `Retry-After`).
-    Throttling,
-    /// Every enabled member is unavailable and none is throttling, or no member is enabled.
-    Error,
-}
+pub use modelgw_model::GatewayState;
 
 /// A new gateway.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -158,18 +145,7 @@ pub fn gateway_state(
 ) -> GatewayState {
     let states: Vec<EndpointState> =
         members.iter().filter(|m| m.enabled).map(|m| health(m.endpoint_id)).collect();
-    let unavailable = states.iter().filter(|s| **s != EndpointState::Healthy).count();
-    if states.is_empty() {
-        GatewayState::Error
-    } else if unavailable == 0 {
-        GatewayState::Healthy
-    } else if unavailable < states.len() {
-        GatewayState::Degraded
-    } else if states.contains(&EndpointState::Throttling) {
-        GatewayState::Throttling
-    } else {
-        GatewayState::Error
-    }
+    GatewayState::of(&states)
 }
 
 fn respond(state: &AdminState, record: GatewayRecord) -> GatewayResponse {

@@ -219,46 +219,12 @@ pub struct RemoteHealth {
     pub reason: String,
 }
 
-/// Gateway state derived from its members (for logs and metrics; the admin API computes its
-/// own over control-plane data).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum GatewayState {
-    /// Every member available.
-    Healthy,
-    /// Some members unavailable, at least one available.
-    Degraded,
-    /// None available and at least one throttling.
-    Throttling,
-    /// None available and none throttling (or no member at all).
-    Error,
-}
+pub use modelgw_model::GatewayState;
 
-impl GatewayState {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            GatewayState::Healthy => "healthy",
-            GatewayState::Degraded => "degraded",
-            GatewayState::Throttling => "throttling",
-            GatewayState::Error => "error",
-        }
-    }
-}
-
-/// The gateway's state from its enabled members' states. No member at all is `Error`: such a
-/// gateway cannot serve anything.
+/// The gateway's state from its enabled members' states (the rule lives in the model, shared
+/// with the admin API).
 pub fn gateway_state(members: &[EndpointState]) -> GatewayState {
-    let available = members.iter().filter(|s| **s == EndpointState::Healthy).count();
-    if members.is_empty() {
-        GatewayState::Error
-    } else if available == members.len() {
-        GatewayState::Healthy
-    } else if available > 0 {
-        GatewayState::Degraded
-    } else if members.contains(&EndpointState::Throttling) {
-        GatewayState::Throttling
-    } else {
-        GatewayState::Error
-    }
+    GatewayState::of(members)
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

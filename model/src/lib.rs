@@ -13,5 +13,6 @@ pub use ids::{ConfigVersion, EndpointId, GatewayId, GatewayKeyId, NodeId};
 pub use secret::Secret;
 pub use snapshot::{
     Credential, DEFAULT_ENTRA_SCOPE, Endpoint, EndpointState, Gateway, GatewayKey, GatewayMember,
-    InvalidSnapshot, Platform, RoutingPolicy, RoutingStrategy, Snapshot, gateway_key_hash,
+    GatewayState, InvalidSnapshot, Platform, RoutingPolicy, RoutingStrategy, Snapshot,
+    gateway_key_hash,
 };

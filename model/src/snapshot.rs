@@ -58,6 +58,50 @@ impl EndpointState {
     }
 }
 
+/// A gateway's availability, derived from the health of its enabled members. One rule for the
+/// admin API (over fleet health) and the data plane (over its own view, for logs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum GatewayState {
+    /// Every enabled member is available.
+    Healthy,
+    /// Some enabled members are unavailable; the others serve.
+    Degraded,
+    /// Every enabled member is unavailable and at least one is throttling (clients get 429
+    /// with `Retry-After`).
+    Throttling,
+    /// Every enabled member is unavailable and none is throttling, or no member is enabled.
+    Error,
+}
+
+impl GatewayState {
+    /// The state of a gateway whose enabled members are in `members`. No member at all is
+    /// `Error`: such a gateway cannot serve anything.
+    pub fn of(members: &[EndpointState]) -> GatewayState {
+        let available = members.iter().filter(|s| **s == EndpointState::Healthy).count();
+        if members.is_empty() {
+            GatewayState::Error
+        } else if available == members.len() {
+            GatewayState::Healthy
+        } else if available > 0 {
+            GatewayState::Degraded
+        } else if members.contains(&EndpointState::Throttling) {
+            GatewayState::Throttling
+        } else {
+            GatewayState::Error
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GatewayState::Healthy => "healthy",
+            GatewayState::Degraded => "degraded",
+            GatewayState::Throttling => "throttling",
+            GatewayState::Error => "error",
+        }
+    }
+}
+
 /// The credential a data plane injects into upstream requests.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Credential {
