@@ -4,8 +4,14 @@
 //! see). `RUST_LOG` (or `MODELGW_LOG`) filters; `MODELGW_LOG_FORMAT=json` gives one JSON object
 //! per line for log pipelines. When `OTEL_EXPORTER_OTLP_ENDPOINT` is set, spans are also exported
 //! over OTLP/gRPC; a missing collector never blocks start-up.
+//!
+//! Lines are formatted on the thread that logs and written by a dedicated thread
+//! (`tracing-appender`), so a request never waits on the stderr lock or a slow log pipe. When that
+//! pipe cannot keep up the newest lines are dropped rather than the requests slowed, and the count
+//! of dropped lines is itself logged every [`DROPPED_REPORT_INTERVAL`].
 
 use std::io::IsTerminal;
+use std::time::Duration;
 
 use anyhow::Context;
 use opentelemetry::trace::TracerProvider as _;
@@ -13,13 +19,24 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
 
-/// Flushes exported spans on drop.
+/// Lines buffered for the writer thread before new ones are dropped (~ a second of logs at
+/// 100,000 requests per second).
+const LOG_BUFFER_LINES: usize = 128_000;
+
+/// How often the number of log lines dropped since the last report is logged (if any were).
+const DROPPED_REPORT_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Flushes buffered log lines and exported spans on drop.
 pub struct TelemetryGuard {
     provider: Option<opentelemetry_sdk::trace::SdkTracerProvider>,
+    reporter: tokio::task::JoinHandle<()>,
+    // Dropped last: flushes the lines still queued for stderr.
+    _writer: tracing_appender::non_blocking::WorkerGuard,
 }
 
 impl Drop for TelemetryGuard {
     fn drop(&mut self) {
+        self.reporter.abort();
         if let Some(provider) = self.provider.take() {
             let _ = provider.shutdown();
         }
@@ -35,20 +52,22 @@ pub fn init(service: &'static str) -> anyhow::Result<TelemetryGuard> {
     let filter =
         EnvFilter::try_new(&filter).context("invalid log filter in MODELGW_LOG/RUST_LOG")?;
     let json = std::env::var("MODELGW_LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json"));
+    let (writer, writer_guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .buffered_lines_limit(LOG_BUFFER_LINES)
+        .lossy(true)
+        .thread_name("modelgw-log-writer")
+        .finish(std::io::stderr());
+    let dropped = writer.error_counter();
 
     let fmt = if json {
-        tracing_subscriber::fmt::layer()
-            .json()
-            .with_current_span(true)
-            .with_writer(std::io::stderr)
-            .boxed()
+        tracing_subscriber::fmt::layer().json().with_current_span(true).with_writer(writer).boxed()
     } else {
         // Colour only for a person at a terminal: log files and collectors get plain text.
         let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
         tracing_subscriber::fmt::layer()
             .with_target(false)
             .with_ansi(ansi)
-            .with_writer(std::io::stderr)
+            .with_writer(writer)
             .boxed()
     };
 
@@ -70,5 +89,21 @@ pub fn init(service: &'static str) -> anyhow::Result<TelemetryGuard> {
     };
 
     tracing_subscriber::registry().with(filter).with(fmt).with(otel).try_init()?;
-    Ok(TelemetryGuard { provider })
+    let reporter = tokio::spawn(async move {
+        let mut reported = 0;
+        let mut tick = tokio::time::interval(DROPPED_REPORT_INTERVAL);
+        loop {
+            tick.tick().await;
+            let total = dropped.dropped_lines();
+            if total > reported {
+                tracing::warn!(
+                    dropped = total - reported,
+                    total,
+                    "log lines dropped: stderr could not keep up"
+                );
+                reported = total;
+            }
+        }
+    });
+    Ok(TelemetryGuard { provider, reporter, _writer: writer_guard })
 }

@@ -27,7 +27,7 @@ pub use health::{
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use modelgw_model::{ConfigVersion, EndpointId, EndpointState, NodeId, Snapshot};
@@ -339,10 +339,11 @@ impl Distribution {
     /// [`ConfigChanges::committed`] and checks the store's version every `poll_interval`
     /// (at least [`MIN_POLL_INTERVAL`]) for changes made by other replicas.
     pub async fn start(store: Store, poll_interval: Duration) -> Result<Distribution, StoreError> {
+        let started = Instant::now();
         let snapshot = store.load_snapshot().await?;
         let version = snapshot.version;
         let wire = Arc::new(to_wire(&snapshot));
-        log_publish(&snapshot, &wire);
+        log_publish(&snapshot, &wire, started.elapsed());
         let (snapshot_tx, snapshots) = watch::channel(wire);
         let (requested_tx, requested_rx) = watch::channel(version);
         let persist = Arc::new(health::PendingWrites::default());
@@ -487,8 +488,9 @@ impl Publisher {
                 },
             }
             // A failed load is retried by the next poll tick, which sees the version still ahead.
+            let started = Instant::now();
             match self.store.load_snapshot().await {
-                Ok(snapshot) => self.publish(snapshot),
+                Ok(snapshot) => self.publish(snapshot, started),
                 Err(e) => {
                     tracing::warn!(error = %e, "loading the snapshot failed; retrying at the next poll tick");
                 }
@@ -500,7 +502,9 @@ impl Publisher {
         ConfigVersion(self.snapshots.borrow().version)
     }
 
-    fn publish(&self, snapshot: Snapshot) {
+    /// Swaps in `snapshot` for every stream unless a newer one is already out; `started` is
+    /// when its load from the store began (logged as the build time).
+    fn publish(&self, snapshot: Snapshot, started: Instant) {
         let wire = to_wire(&snapshot);
         let version = wire.version;
         let mut wire = Some(wire);
@@ -518,7 +522,7 @@ impl Publisher {
         });
         if published {
             self.registry.retain_health(&snapshot);
-            log_publish(&snapshot, self.snapshots.borrow().as_ref());
+            log_publish(&snapshot, self.snapshots.borrow().as_ref(), started.elapsed());
         }
     }
 }
@@ -527,9 +531,10 @@ fn to_wire(snapshot: &Snapshot) -> cfg::Snapshot {
     cfg::Snapshot::from(snapshot)
 }
 
-/// Logs a publish, and loudly if data planes will reject it (they keep their last good
-/// snapshot and NACK, which shows in the registry).
-fn log_publish(snapshot: &Snapshot, wire: &cfg::Snapshot) {
+/// Logs a publish with its build time (store load + wire conversion) and encoded size, and
+/// loudly if data planes will reject it (they keep their last good snapshot and NACK, which
+/// shows in the registry).
+fn log_publish(snapshot: &Snapshot, wire: &cfg::Snapshot, build: Duration) {
     if let Err(e) = Snapshot::try_from(wire.clone()) {
         tracing::error!(config_version = wire.version, reason = %e, "publishing a snapshot that data planes will reject");
     }
@@ -537,6 +542,8 @@ fn log_publish(snapshot: &Snapshot, wire: &cfg::Snapshot) {
         config_version = wire.version,
         endpoints = snapshot.endpoints.len(),
         gateways = snapshot.gateways.len(),
+        bytes = prost::Message::encoded_len(wire),
+        build_us = build.as_micros() as u64,
         "snapshot published"
     );
 }

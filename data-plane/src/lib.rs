@@ -170,7 +170,7 @@ pub struct DataPlane {
     store: Arc<SnapshotStore>,
     health: Arc<HealthRegistry>,
     health_rx: mpsc::Receiver<HealthChange>,
-    http: reqwest::Client,
+    http: proxy::client::UpstreamClient,
     entra: Arc<EntraTokens>,
 }
 
@@ -188,7 +188,7 @@ impl DataPlane {
     /// Binds the listener and prepares the upstream client; nothing is served until `run`.
     /// Fails on an unusable address or control-plane URL.
     pub async fn bind(config: DataPlaneConfig) -> std::io::Result<DataPlane> {
-        // reqwest is built without a default crypto provider; install ring unless the
+        // rustls is built without a default crypto provider; install ring unless the
         // binary already chose one.
         if rustls::crypto::CryptoProvider::get_default().is_none() {
             let _ = rustls::crypto::ring::default_provider().install_default();
@@ -204,15 +204,11 @@ impl DataPlane {
             })?;
             Some(endpoint)
         };
-        let http = reqwest::Client::builder()
-            .connect_timeout(config.upstream_connect_timeout)
-            .pool_idle_timeout(UPSTREAM_POOL_IDLE_TIMEOUT)
-            .tcp_keepalive(UPSTREAM_TCP_KEEPALIVE)
-            .tcp_nodelay(true)
-            .redirect(reqwest::redirect::Policy::none())
-            .no_proxy()
-            .build()
-            .map_err(std::io::Error::other)?;
+        let http = proxy::client::build(proxy::client::ClientSettings {
+            connect_timeout: config.upstream_connect_timeout,
+            pool_idle_timeout: UPSTREAM_POOL_IDLE_TIMEOUT,
+            tcp_keepalive: UPSTREAM_TCP_KEEPALIVE,
+        })?;
         let listener = TcpListener::bind(config.gateway_addr).await?;
         let local_addr = listener.local_addr()?;
         let (health, health_rx) =

@@ -48,6 +48,11 @@ pub struct CompiledEndpoint {
     pub(crate) deployment_segment: String,
     /// Base URL without trailing slash, e.g. `https://res.openai.azure.com`.
     pub(crate) base: String,
+    /// Scheme and authority of `base`, and its path without trailing slash (often empty),
+    /// split once here: a request's URI is built from them without parsing a URL per request.
+    pub(crate) scheme: http::uri::Scheme,
+    pub(crate) authority: http::uri::Authority,
+    pub(crate) path_prefix: String,
     /// How the upstream request is authenticated.
     pub(crate) auth: UpstreamAuth,
     /// `name` as a response header value (`x-modelgw-endpoint`).
@@ -153,6 +158,13 @@ impl RoutingTable {
                 return Err(compile_error(field("base_url"), "must not have a query or fragment"));
             }
             let base = url.as_str().trim_end_matches('/').to_owned();
+            let scheme = http::uri::Scheme::try_from(url.scheme())
+                .map_err(|_| compile_error(field("base_url"), "unsupported scheme"))?;
+            let authority = http::uri::Authority::try_from(
+                &url[url::Position::BeforeHost..url::Position::AfterPort],
+            )
+            .map_err(|_| compile_error(field("base_url"), "not a valid host and port"))?;
+            let path_prefix = url.path().trim_end_matches('/').to_owned();
             let auth = match &e.credential {
                 Credential::ApiKey(key) => {
                     let (name, raw_value) = match e.platform {
@@ -188,6 +200,9 @@ impl RoutingTable {
                 deployment_json: Bytes::from(deployment_json),
                 deployment_segment: encode_path_segment(&e.deployment),
                 base,
+                scheme,
+                authority,
+                path_prefix,
                 auth,
                 name_header,
                 attempt_label,

@@ -18,6 +18,7 @@
 //! - Other statuses: at their head, passed through byte for byte (error bodies are small and
 //!   nothing is gained by failing over an answer that says no).
 
+pub(crate) mod client;
 mod reply;
 mod rewrite;
 mod route;
@@ -105,7 +106,7 @@ pub(crate) struct Proxy {
     pub store: Arc<SnapshotStore>,
     pub health: Arc<HealthRegistry>,
     pub selector: Arc<dyn EndpointSelector>,
-    pub http: reqwest::Client,
+    pub http: client::UpstreamClient,
     pub entra: Arc<crate::entra::EntraTokens>,
     pub limits: Limits,
 }
@@ -157,7 +158,7 @@ struct Answer {
     status: StatusCode,
     headers: HeaderMap,
     ahead: ReadAhead,
-    body: reqwest::Body,
+    body: Incoming,
     outcome: Outcome,
 }
 
@@ -198,15 +199,13 @@ impl Proxy {
             _ => {}
         }
         let request_id = request_id(&parts.headers);
-        let span = tracing::info_span!(
+        let span = tracing::debug_span!(
             "request",
             request_id = request_id.to_str().unwrap_or_default(),
             method = %parts.method,
             path = parts.uri.path(),
             gateway = field::Empty,
-            timeout_ms = field::Empty,
             status = field::Empty,
-            ms = field::Empty,
         );
         let started = Instant::now();
         let mut response = self
@@ -217,9 +216,25 @@ impl Proxy {
         let status = response.status().as_u16();
         let ms = started.elapsed().as_millis() as u64;
         span.record("status", status);
-        span.record("ms", ms);
-        // Logged when the response head is ready; a streamed body may still be flowing.
-        span.in_scope(|| info!(status, ms, "request answered"));
+        // The access-log line, one per request: logged when the response head is ready (a
+        // streamed body may still be flowing). A served first attempt logs nothing else at
+        // `info`; every failed or skipped member has its own `warn`/`info` line before this.
+        let header = |name: &HeaderName| {
+            response.headers().get(name).and_then(|v| v.to_str().ok()).unwrap_or_default()
+        };
+        span.in_scope(|| {
+            info!(
+                target: "modelgw::access",
+                request_id = response.headers().get(CLIENT_REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or_default(),
+                method = %parts.method,
+                path = parts.uri.path(),
+                status,
+                ms,
+                endpoint = header(&ENDPOINT_HEADER),
+                attempts = header(&ATTEMPTS_HEADER),
+                "request answered"
+            )
+        });
         response
     }
 
@@ -283,7 +298,7 @@ impl Proxy {
             self.limits.request_timeout,
             &parts.headers,
         );
-        span.record("timeout_ms", timeout.as_millis() as u64);
+        debug!(timeout_ms = timeout.as_millis() as u64, "request deadline");
         self.forward(&plan, gateway, started + timeout).await
     }
 
@@ -520,15 +535,24 @@ impl Proxy {
                 }
             },
         }
-        let request = self
-            .http
-            .request(plan.method.clone(), plan.url(endpoint))
-            .headers(headers)
-            .body(plan.body(endpoint));
+        let uri = match plan.url(endpoint) {
+            Ok(uri) => uri,
+            Err(err) => {
+                return Attempt::Failed {
+                    outcome: Outcome::Transport,
+                    status: None,
+                    reason: format!("could not build the upstream URI: {err}"),
+                };
+            }
+        };
+        let mut request = Request::new(client::UpstreamBody::new(plan.body(endpoint)));
+        *request.method_mut() = plan.method.clone();
+        *request.uri_mut() = uri;
+        *request.headers_mut() = headers;
         let first_byte = self.limits.upstream_timeout;
         let attempt_started = Instant::now();
         let (limit, by_deadline) = bounded(first_byte, deadline);
-        let response = match tokio::time::timeout(limit, request.send()).await {
+        let response = match tokio::time::timeout(limit, self.http.request(request)).await {
             Err(_) if by_deadline => return Attempt::Deadline,
             Err(_) => {
                 return Attempt::Failed {
@@ -539,17 +563,12 @@ impl Proxy {
             }
             Ok(Err(err)) => {
                 let outcome = if err.is_connect() {
+                    // The connector's own timeout (`upstream_connect_timeout`) lands here too.
                     Outcome::ConnectError
-                } else if err.is_timeout() {
-                    Outcome::Timeout
                 } else {
                     Outcome::Transport
                 };
-                return Attempt::Failed {
-                    outcome,
-                    status: None,
-                    reason: error_chain(&err.without_url()),
-                };
+                return Attempt::Failed { outcome, status: None, reason: error_chain(&err) };
             }
             Ok(Ok(response)) => response,
         };
@@ -578,7 +597,6 @@ impl Proxy {
             500..=599 => Outcome::ServerErrorPassedThrough,
             _ => Outcome::Ok,
         };
-        let response: http::Response<reqwest::Body> = response.into();
         let (parts, mut body) = response.into_parts();
         let sse = is_event_stream(&parts.headers);
         // A stream that breaks before its first byte reached the client can still fail over:
@@ -602,7 +620,7 @@ impl Proxy {
                         status: Some(status),
                         reason: format!(
                             "stream broke before its first byte: {}",
-                            error_chain(&err.without_url())
+                            error_chain(&err)
                         ),
                     };
                 }
@@ -629,7 +647,7 @@ impl Proxy {
         &self,
         endpoint: &CompiledEndpoint,
         headers: &HeaderMap,
-        body: &mut reqwest::Body,
+        body: &mut Incoming,
         status: StatusCode,
         deadline: Instant,
     ) -> Result<ReadAhead, Attempt> {
@@ -670,7 +688,7 @@ impl Proxy {
                         status: Some(status),
                         reason: format!(
                             "body broke after {read} bytes, before the client got any: {}",
-                            error_chain(&err.without_url())
+                            error_chain(&err)
                         ),
                     });
                 }
@@ -790,7 +808,8 @@ fn gateway_state_now(
     gateway_state(&states)
 }
 
-/// The structured line every upstream attempt gets: info when served, warn otherwise.
+/// The structured line every upstream attempt gets: `warn` when it failed; `debug` when it was
+/// answered (the request's own `info` line names the endpoint and every attempt).
 fn log_attempt(
     endpoint: &CompiledEndpoint,
     attempt: u32,
@@ -803,7 +822,7 @@ fn log_attempt(
     let status = status.map(|s| s.as_u16());
     let (name, region, outcome) = (&endpoint.name, &endpoint.region, outcome.as_str());
     if matches!(outcome, "ok" | "client_error") {
-        info!(endpoint = %name, region = %region, attempt, outcome, status, ms, half_open_trial, reason, "upstream attempt");
+        debug!(endpoint = %name, region = %region, attempt, outcome, status, ms, half_open_trial, reason, "upstream attempt");
     } else {
         warn!(endpoint = %name, region = %region, attempt, outcome, status, ms, half_open_trial, reason, "upstream attempt");
     }
@@ -843,7 +862,7 @@ fn is_event_stream(headers: &HeaderMap) -> bool {
 }
 
 /// The next data frame of `body` (trailers are skipped); `None` at the end.
-async fn next_data(body: &mut reqwest::Body) -> Result<Option<Bytes>, reqwest::Error> {
+async fn next_data(body: &mut Incoming) -> Result<Option<Bytes>, hyper::Error> {
     loop {
         match body.frame().await {
             None => return Ok(None),
@@ -877,7 +896,7 @@ enum Phase {
 /// forwards whole events only (up to the last blank line), so that an error event after a
 /// cut never lands inside a half-sent one.
 struct Relay {
-    body: reqwest::Body,
+    body: Incoming,
     /// Frames read before the answer was committed; sent first.
     ahead: VecDeque<Bytes>,
     /// The upstream body already ended: nothing more to read from it.
@@ -939,9 +958,7 @@ impl Relay {
                     let rest = self.framer.take().filter(|p| !p.is_empty());
                     return rest.map(|rest| (Ok(Frame::data(rest.freeze())), self));
                 }
-                Ok(Err(err)) => {
-                    (format!("upstream stream failed: {}", error_chain(&err.without_url())), true)
-                }
+                Ok(Err(err)) => (format!("upstream stream failed: {}", error_chain(&err)), true),
                 Err(false) => (format!("no upstream data for {} ms", self.idle.as_millis()), true),
                 Err(true) => ("the request deadline was reached".to_owned(), false),
             };
@@ -1007,11 +1024,12 @@ fn request_timeout(gateway_ms: Option<u32>, default: Duration, headers: &HeaderM
 
 /// Up to `limit` bytes of a response body, within [`THROTTLE_BODY_TIMEOUT`]; whatever arrived
 /// when the limit, the deadline or an error is hit.
-async fn read_prefix(mut response: reqwest::Response, limit: usize) -> Vec<u8> {
+async fn read_prefix(response: Response<Incoming>, limit: usize) -> Vec<u8> {
+    let mut body = response.into_body();
     let mut out = Vec::new();
     let read = async {
         while out.len() < limit {
-            match response.chunk().await {
+            match next_data(&mut body).await {
                 Ok(Some(chunk)) => {
                     out.extend_from_slice(&chunk[..chunk.len().min(limit - out.len())])
                 }
@@ -1023,7 +1041,7 @@ async fn read_prefix(mut response: reqwest::Response, limit: usize) -> Vec<u8> {
     out
 }
 
-/// An error and its sources, `: `-joined (reqwest's own message alone says little).
+/// An error and its sources, `: `-joined (hyper's own message alone says little).
 fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
     let mut out = err.to_string();
     let mut source = err.source();

@@ -3,6 +3,7 @@
 use std::ops::Range;
 
 use bytes::Bytes;
+use http::Uri;
 use http::header::{
     AUTHORIZATION, CONNECTION, CONTENT_LENGTH, EXPECT, HOST, HeaderName, PROXY_AUTHENTICATE,
     PROXY_AUTHORIZATION, TE, TRAILER, TRANSFER_ENCODING, UPGRADE,
@@ -91,43 +92,57 @@ pub(crate) struct RequestPlan<'a> {
 impl RequestPlan<'_> {
     /// `{base}/openai/deployments/{dep}/{op}?{query}` or `{base}/openai/v1/{op}?{query}` for
     /// Azure; `{base}/{op}` (query without `api-version`) for OpenAI-compatible APIs.
-    pub(crate) fn url(&self, endpoint: &CompiledEndpoint) -> String {
+    ///
+    /// Built from the endpoint's pre-split scheme, authority and path prefix: every piece is
+    /// already valid in a URI (the client's path and query came in as one, the deployment is
+    /// percent-encoded), so nothing is parsed but the final, cheap path-and-query check (which
+    /// therefore never fails in practice; the caller still treats a failure as a failed attempt).
+    pub(crate) fn url(&self, endpoint: &CompiledEndpoint) -> Result<Uri, http::Error> {
         let operation = self.route.operation();
-        let mut url = String::with_capacity(
-            endpoint.base.len() + operation.len() + self.query.map_or(0, str::len) + 64,
+        let query = self.query.unwrap_or("");
+        let mut target = String::with_capacity(
+            endpoint.path_prefix.len()
+                + endpoint.deployment_segment.len()
+                + operation.len()
+                + query.len()
+                + 24,
         );
-        url.push_str(&endpoint.base);
+        target.push_str(&endpoint.path_prefix);
         match endpoint.platform {
             Platform::AzureOpenai => {
                 if self.route.is_v1() {
-                    url.push_str("/openai/v1/");
+                    target.push_str("/openai/v1/");
                 } else {
-                    url.push_str("/openai/deployments/");
-                    url.push_str(&endpoint.deployment_segment);
-                    url.push('/');
+                    target.push_str("/openai/deployments/");
+                    target.push_str(&endpoint.deployment_segment);
+                    target.push('/');
                 }
-                url.push_str(operation);
-                if let Some(query) = self.query.filter(|q| !q.is_empty()) {
-                    url.push('?');
-                    url.push_str(query);
+                target.push_str(operation);
+                if !query.is_empty() {
+                    target.push('?');
+                    target.push_str(query);
                 }
             }
             Platform::OpenaiCompatible => {
-                url.push('/');
-                url.push_str(operation);
+                target.push('/');
+                target.push_str(operation);
                 let mut first = true;
-                for pair in self.query.unwrap_or("").split('&') {
+                for pair in query.split('&') {
                     let key = pair.split_once('=').map_or(pair, |(k, _)| k);
                     if pair.is_empty() || key == "api-version" {
                         continue;
                     }
-                    url.push(if first { '?' } else { '&' });
-                    url.push_str(pair);
+                    target.push(if first { '?' } else { '&' });
+                    target.push_str(pair);
                     first = false;
                 }
             }
         }
-        url
+        Uri::builder()
+            .scheme(endpoint.scheme.clone())
+            .authority(endpoint.authority.clone())
+            .path_and_query(target)
+            .build()
     }
 
     /// The body for `endpoint`: `model` becomes its deployment on v1 paths, for
@@ -171,7 +186,12 @@ mod tests {
     use std::sync::Arc;
 
     fn compiled(platform: Platform, deployment: &str) -> Arc<CompiledEndpoint> {
-        let e = endpoint("e", platform, deployment);
+        compiled_at(platform, deployment, "https://res.openai.azure.com/")
+    }
+
+    fn compiled_at(platform: Platform, deployment: &str, base: &str) -> Arc<CompiledEndpoint> {
+        let mut e = endpoint("e", platform, deployment);
+        e.base_url = url::Url::parse(base).expect("base url");
         let snapshot = Snapshot {
             version: ConfigVersion(1),
             gateways: vec![gateway("gw", "k", vec![member(&e, true, 0, 1)])],
@@ -198,14 +218,17 @@ mod tests {
         let p =
             plan("/openai/deployments/auto/chat/completions", Some("api-version=2024-10-21"), "{}");
         assert_eq!(
-            p.url(&azure),
+            p.url(&azure).expect("uri").to_string(),
             "https://res.openai.azure.com/openai/deployments/gpt%204o/chat/completions?api-version=2024-10-21"
         );
         let p = plan("/openai/v1/chat/completions", None, "{}");
-        assert_eq!(p.url(&azure), "https://res.openai.azure.com/openai/v1/chat/completions");
+        assert_eq!(
+            p.url(&azure).expect("uri").to_string(),
+            "https://res.openai.azure.com/openai/v1/chat/completions"
+        );
         let p = plan("/openai/v1/deployments/gw/embeddings", Some("api-version=preview"), "{}");
         assert_eq!(
-            p.url(&azure),
+            p.url(&azure).expect("uri").to_string(),
             "https://res.openai.azure.com/openai/v1/embeddings?api-version=preview"
         );
     }
@@ -218,9 +241,38 @@ mod tests {
             Some("api-version=2024-10-21&x=1"),
             "{}",
         );
-        assert_eq!(p.url(&compatible), "https://res.openai.azure.com/chat/completions?x=1");
+        assert_eq!(
+            p.url(&compatible).expect("uri").to_string(),
+            "https://res.openai.azure.com/chat/completions?x=1"
+        );
         let p = plan("/openai/v1/embeddings", Some("api-version=preview"), "{}");
-        assert_eq!(p.url(&compatible), "https://res.openai.azure.com/embeddings");
+        assert_eq!(
+            p.url(&compatible).expect("uri").to_string(),
+            "https://res.openai.azure.com/embeddings"
+        );
+    }
+
+    #[test]
+    fn base_paths_ports_and_ipv6_hosts_survive_into_the_upstream_uri() {
+        let p = plan(
+            "/openai/deployments/auto/chat/completions",
+            Some("api-version=2024-10-21&x=a%20b"),
+            "{}",
+        );
+        let vllm = compiled_at(Platform::OpenaiCompatible, "llama", "http://10.0.0.7:8000/v1/");
+        assert_eq!(
+            p.url(&vllm).expect("uri").to_string(),
+            "http://10.0.0.7:8000/v1/chat/completions?x=a%20b"
+        );
+        let apim = compiled_at(Platform::AzureOpenai, "dep", "https://apim.example.com/aoai");
+        assert_eq!(
+            p.url(&apim).expect("uri").to_string(),
+            "https://apim.example.com/aoai/openai/deployments/dep/chat/completions?api-version=2024-10-21&x=a%20b"
+        );
+        let v6 = compiled_at(Platform::AzureOpenai, "dep", "http://[::1]:9000");
+        let uri = p.url(&v6).expect("uri");
+        assert_eq!(uri.authority().map(|a| a.as_str()), Some("[::1]:9000"));
+        assert_eq!(uri.path(), "/openai/deployments/dep/chat/completions");
     }
 
     #[test]

@@ -1,0 +1,642 @@
+//! The report: a TARGETS table (each goal with measured value, baseline, ratio and whether
+//! it is met), then the detailed tables, as markdown. Printed to stdout and, with `--report`,
+//! written between `<!-- bench:begin -->` and `<!-- bench:end -->` in a file, leaving
+//! everything outside the markers untouched.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use anyhow::Context;
+
+use crate::fixture::Row;
+use crate::load::{LoadResults, Scenario};
+use crate::memory::MemoryResults;
+use crate::propagation::PropagationResults;
+use crate::snapshot::SnapshotResults;
+use crate::stats::{fmt_opt_secs, fmt_secs, max, median, percentile, sig3};
+use crate::stream::StreamResults;
+
+pub const BEGIN: &str = "<!-- bench:begin -->";
+pub const END: &str = "<!-- bench:end -->";
+
+/// Everything measured (sections not run are `None`).
+#[derive(Default)]
+pub struct Results {
+    pub load: Option<LoadResults>,
+    pub stream: Option<StreamResults>,
+    pub memory: Option<MemoryResults>,
+    pub propagation: Option<PropagationResults>,
+    pub snapshot: Option<SnapshotResults>,
+}
+
+/// Where and how the run happened.
+pub struct RunInfo {
+    pub date_utc: String,
+    pub command: String,
+    pub machine: Vec<(String, String)>,
+    pub settings: String,
+}
+
+/// A goal: the measured value must be at least / at most `limit`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Goal {
+    AtLeast(f64),
+    AtMost(f64),
+}
+
+impl Goal {
+    /// `None` when there is nothing to judge.
+    pub fn met(self, value: Option<f64>) -> Option<bool> {
+        let v = value.filter(|v| v.is_finite())?;
+        Some(match self {
+            Goal::AtLeast(l) => v >= l,
+            Goal::AtMost(l) => v <= l,
+        })
+    }
+
+    fn show(self, unit: &str) -> String {
+        match self {
+            Goal::AtLeast(l) => format!("≥ {l}{unit}"),
+            Goal::AtMost(l) => format!("≤ {l}{unit}"),
+        }
+    }
+}
+
+/// measured / baseline; `None` unless both exist and the baseline is positive (a ratio to a
+/// zero or negative added latency means nothing). A negative measured value (an added
+/// latency lost in the noise) counts as 0.
+pub fn ratio(measured: Option<f64>, baseline: Option<f64>) -> Option<f64> {
+    match (measured, baseline) {
+        (Some(m), Some(b)) if b > 0.0 && m.is_finite() => Some(m.max(0.0) / b),
+        _ => None,
+    }
+}
+
+/// One line of the TARGETS table.
+pub struct TargetLine {
+    pub metric: String,
+    pub measured: String,
+    pub baseline: String,
+    pub ratio: Option<f64>,
+    pub goal: String,
+    pub met: Option<bool>,
+}
+
+fn met_cell(m: Option<bool>) -> &'static str {
+    match m {
+        Some(true) => "yes",
+        Some(false) => "NO",
+        None => "n/a",
+    }
+}
+
+fn mib(kib: u64) -> String {
+    format!("{} MiB", sig3(kib as f64 / 1024.0))
+}
+
+fn kib(k: f64) -> String {
+    format!("{} KiB", sig3(k))
+}
+
+fn rps(r: Option<f64>) -> String {
+    r.map_or_else(|| "—".into(), |r| format!("{r:.0} req/s"))
+}
+
+/// A gateway/nginx comparison where the ratio is judged.
+fn compared(
+    metric: &str,
+    gw: Option<f64>,
+    nginx: Option<f64>,
+    goal: Goal,
+    fmt: fn(Option<f64>) -> String,
+) -> TargetLine {
+    let r = ratio(gw, nginx);
+    TargetLine {
+        metric: metric.into(),
+        measured: fmt(gw),
+        baseline: format!("nginx {}", fmt(nginx)),
+        ratio: r,
+        goal: goal.show(" × nginx"),
+        met: goal.met(r),
+    }
+}
+
+/// The TARGETS table's lines, from what was measured.
+pub fn targets(r: &Results) -> Vec<TargetLine> {
+    let mut lines = Vec::new();
+    if let Some(load) = &r.load {
+        let (gw, ng) = (load.summary(Row::Gateway), load.summary(Row::Nginx));
+        lines.push(compared("throughput, 64 conns", gw.rps, ng.rps, Goal::AtLeast(0.8), rps));
+        lines.push(compared(
+            "added p99 over the floor, 8 conns",
+            gw.added_p99_8,
+            ng.added_p99_8,
+            Goal::AtMost(1.5),
+            fmt_opt_secs,
+        ));
+        lines.push(compared(
+            "added p99 over the floor, 1000 req/s",
+            gw.added_p99_fixed,
+            ng.added_p99_fixed,
+            Goal::AtMost(1.5),
+            fmt_opt_secs,
+        ));
+        lines.push(compared(
+            "CPU time per request (64 conns)",
+            gw.cpu_per_req,
+            ng.cpu_per_req,
+            Goal::AtMost(2.0),
+            fmt_opt_secs,
+        ));
+    }
+    if let Some(mem) = &r.memory {
+        if let Some(idle) = mem.idle_before_load {
+            let goal = Goal::AtMost(30.0);
+            lines.push(TargetLine {
+                metric: "data-plane RSS idle (configured, before load)".into(),
+                measured: mib(idle.gateway_kib),
+                baseline: format!("nginx {}", mib(idle.nginx_kib)),
+                ratio: None,
+                goal: goal.show(" MiB"),
+                met: goal.met(Some(idle.gateway_kib as f64 / 1024.0)),
+            });
+        }
+        let cost = |row| mem.streams.iter().find(|s| s.row == row).map(|s| s.per_stream_kib());
+        if let Some(gw) = cost(Row::Gateway) {
+            let goal = Goal::AtMost(64.0);
+            lines.push(TargetLine {
+                metric: "memory per open stream (1,000 streams)".into(),
+                measured: kib(gw),
+                baseline: cost(Row::Nginx).map_or("—".into(), |n| format!("nginx {}", kib(n))),
+                ratio: None,
+                goal: goal.show(" KiB"),
+                met: goal.met(Some(gw)),
+            });
+        }
+    }
+    if let Some(p) = &r.propagation {
+        let goal = Goal::AtMost(0.100);
+        let v = p.all_applied_p99();
+        lines.push(TargetLine {
+            metric: format!("config change applied on all {} subscribers, p99", p.subscribers),
+            measured: fmt_opt_secs(v),
+            baseline: "—".into(),
+            ratio: None,
+            goal: "≤ 100 ms".into(),
+            met: goal.met(v),
+        });
+    }
+    if let Some(s) = &r.snapshot {
+        let goal = Goal::AtMost(0.050);
+        let applies: Vec<f64> = s.changes.iter().map(|c| c.apply_us as f64 / 1e6).collect();
+        let v = max(&applies);
+        lines.push(TargetLine {
+            metric: format!(
+                "{}-endpoint snapshot compiled and swapped (apply_us, max of {})",
+                thousands(s.endpoints),
+                s.changes.len()
+            ),
+            measured: fmt_opt_secs(v),
+            baseline: format!("p50 {}", fmt_opt_secs(median(&applies))),
+            ratio: None,
+            goal: "≤ 50 ms".into(),
+            met: goal.met(v),
+        });
+    }
+    lines
+}
+
+pub fn thousands(n: usize) -> String {
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// A compact per-round list: `a / b / c`.
+fn rounds(values: &[f64], fmt: impl Fn(f64) -> String) -> String {
+    if values.is_empty() {
+        return "—".into();
+    }
+    values.iter().map(|v| fmt(*v)).collect::<Vec<_>>().join("; ")
+}
+
+/// The whole generated block (without the markers).
+pub fn render(ctx: &RunInfo, r: &Results) -> String {
+    let mut s = String::new();
+    let w = &mut s;
+    let _ = writeln!(w, "Generated {} by `{}`.\n", ctx.date_utc, ctx.command);
+    let _ = writeln!(
+        w,
+        "Machine: {}.\n",
+        ctx.machine.iter().map(|(k, v)| format!("{k} {v}")).collect::<Vec<_>>().join("; ")
+    );
+    let _ = writeln!(w, "Settings: {}.\n", ctx.settings);
+
+    let _ = writeln!(w, "### Targets\n");
+    let _ = writeln!(w, "| metric | measured | baseline | ratio | target | met |");
+    let _ = writeln!(w, "|---|---|---|---|---|---|");
+    for t in targets(r) {
+        let _ = writeln!(
+            w,
+            "| {} | {} | {} | {} | {} | {} |",
+            t.metric,
+            t.measured,
+            t.baseline,
+            t.ratio.map_or("—".into(), |x| format!("{x:.2}")),
+            t.goal,
+            met_cell(t.met)
+        );
+    }
+    let _ = writeln!(w);
+    if let Some(load) = &r.load {
+        load_tables(w, load);
+    }
+    if let Some(st) = &r.stream {
+        stream_table(w, st);
+    }
+    if let Some(m) = &r.memory {
+        memory_table(w, m);
+    }
+    if let Some(p) = &r.propagation {
+        propagation_table(w, p);
+    }
+    if let Some(sn) = &r.snapshot {
+        snapshot_table(w, sn);
+    }
+    s
+}
+
+fn load_tables(w: &mut String, load: &LoadResults) {
+    let _ = writeln!(
+        w,
+        "### Load (oha, HTTP/1.1 keep-alive, {}-byte POST → 653-byte answer; median of {} round(s) × {} s per run)\n",
+        crate::fixture::REQUEST_BODY.len(),
+        load.rounds,
+        load.duration.as_secs_f64()
+    );
+    let _ = writeln!(
+        w,
+        "Added = row − floor in the same round, then the median. CPU = utime+stime of the row's processes during the 64-connection run ÷ requests (floor: the fake region itself).\n"
+    );
+    let _ = writeln!(
+        w,
+        "| row | req/s, 64 conns | CPU / req | p50, 8 conns | p99, 8 conns | added p50 / p99, 8 conns | p50, 1000 req/s | p99, 1000 req/s | added p50 / p99, 1000 req/s |"
+    );
+    let _ = writeln!(w, "|---|---|---|---|---|---|---|---|---|");
+    for row in Row::ALL {
+        let s = load.summary(row);
+        let added = |a: Option<f64>, b: Option<f64>| {
+            if row == Row::Floor {
+                "—".into()
+            } else {
+                format!("{} / {}", fmt_opt_secs(a), fmt_opt_secs(b))
+            }
+        };
+        let _ = writeln!(
+            w,
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            row.name(),
+            rps(s.rps),
+            fmt_opt_secs(s.cpu_per_req),
+            fmt_opt_secs(s.p50_8),
+            fmt_opt_secs(s.p99_8),
+            added(s.added_p50_8, s.added_p99_8),
+            fmt_opt_secs(s.p50_fixed),
+            fmt_opt_secs(s.p99_fixed),
+            added(s.added_p50_fixed, s.added_p99_fixed),
+        );
+    }
+    let _ = writeln!(w, "\nEach round, in order (round 1; round 2; …):\n");
+    let _ = writeln!(
+        w,
+        "| row | req/s, 64 conns | CPU / req | p50 / p99, 8 conns | p50 / p99, 1000 req/s |"
+    );
+    let _ = writeln!(w, "|---|---|---|---|---|");
+    for row in Row::ALL {
+        let pairs = |sc: Scenario| {
+            let p50 = load.per_round(row, sc, |r| r.result.p50);
+            let p99 = load.per_round(row, sc, |r| r.result.p99);
+            p50.iter()
+                .zip(&p99)
+                .map(|(a, b)| format!("{} / {}", fmt_secs(*a), fmt_secs(*b)))
+                .collect::<Vec<_>>()
+                .join("; ")
+        };
+        let _ = writeln!(
+            w,
+            "| {} | {} | {} | {} | {} |",
+            row.name(),
+            rounds(&load.per_round(row, Scenario::Throughput, |r| r.result.rps), |v| format!(
+                "{v:.0}"
+            )),
+            rounds(
+                &load.per_round(row, Scenario::Throughput, |r| r.cpu_per_req.unwrap_or(f64::NAN)),
+                fmt_secs
+            ),
+            pairs(Scenario::Conns8),
+            pairs(Scenario::FixedRate),
+        );
+    }
+    let _ = writeln!(w);
+}
+
+fn stream_table(w: &mut String, st: &StreamResults) {
+    let n_rounds = st.rounds.iter().map(|(n, _, _)| *n).max().unwrap_or(0);
+    let _ = writeln!(
+        w,
+        "### Streaming: time to first chunk (3-frame SSE, one keep-alive connection, {} sequential requests per row per round, median of {n_rounds} round(s))\n",
+        st.requests_per_round
+    );
+    let _ = writeln!(
+        w,
+        "| row | TTFB p50 | TTFB p99 | added p50 / p99 vs direct | total p50 | total p99 |"
+    );
+    let _ = writeln!(w, "|---|---|---|---|---|---|");
+    for row in Row::ALL {
+        let added = if row == Row::Floor {
+            "—".into()
+        } else {
+            format!(
+                "{} / {}",
+                fmt_opt_secs(st.added(row, |s| s.ttfb_p50)),
+                fmt_opt_secs(st.added(row, |s| s.ttfb_p99))
+            )
+        };
+        let _ = writeln!(
+            w,
+            "| {} | {} | {} | {} | {} | {} |",
+            if row == Row::Floor { "direct" } else { row.name() },
+            fmt_opt_secs(st.median(row, |s| s.ttfb_p50)),
+            fmt_opt_secs(st.median(row, |s| s.ttfb_p99)),
+            added,
+            fmt_opt_secs(st.median(row, |s| s.total_p50)),
+            fmt_opt_secs(st.median(row, |s| s.total_p99)),
+        );
+    }
+    let _ = writeln!(w);
+}
+
+fn memory_table(w: &mut String, m: &MemoryResults) {
+    let _ = writeln!(w, "### Memory (RSS; nginx = master + workers)\n");
+    let _ = writeln!(
+        w,
+        "| proxy | idle, configured | idle after load | before streams | 1,000 open streams | per stream |"
+    );
+    let _ = writeln!(w, "|---|---|---|---|---|---|");
+    for row in [Row::Gateway, Row::Nginx] {
+        let pick =
+            |i: &crate::memory::Idle| if row == Row::Gateway { i.gateway_kib } else { i.nginx_kib };
+        let cost = m.streams.iter().find(|s| s.row == row);
+        let _ = writeln!(
+            w,
+            "| {} | {} | {} | {} | {} | {} |",
+            if row == Row::Gateway { "gateway (data plane)" } else { "nginx" },
+            m.idle_before_load.as_ref().map_or("—".into(), |i| mib(pick(i))),
+            m.idle_after_load.as_ref().map_or("—".into(), |i| mib(pick(i))),
+            cost.map_or("—".into(), |c| mib(c.before_kib)),
+            cost.map_or("—".into(), |c| mib(c.open_kib)),
+            cost.map_or("—".into(), |c| kib(c.per_stream_kib())),
+        );
+    }
+    let _ = writeln!(w);
+}
+
+fn propagation_table(w: &mut String, p: &PropagationResults) {
+    let per = p.per_subscriber();
+    let all = p.all_applied();
+    let _ = writeln!(
+        w,
+        "### Propagation ({} data planes, {} changes one at a time; admin PATCH → each data plane's `snapshot applied` log line read by the bench)\n",
+        p.subscribers,
+        p.changes.len()
+    );
+    let _ = writeln!(w, "| | p50 | p99 | max |");
+    let _ = writeln!(w, "|---|---|---|---|");
+    let _ = writeln!(
+        w,
+        "| per subscriber | {} | {} | {} |",
+        fmt_opt_secs(percentile(&per, 0.5)),
+        fmt_opt_secs(percentile(&per, 0.99)),
+        fmt_opt_secs(max(&per))
+    );
+    let _ = writeln!(
+        w,
+        "| all applied (slowest of {}) | {} | {} | {} |",
+        p.subscribers,
+        fmt_opt_secs(percentile(&all, 0.5)),
+        fmt_opt_secs(percentile(&all, 0.99)),
+        fmt_opt_secs(max(&all))
+    );
+    let _ = writeln!(
+        w,
+        "\nStarting the {} data planes and applying the first configuration took {:.1} s. `/api/v1/status` listed all of them connected on the last version.\n",
+        p.subscribers,
+        p.startup.as_secs_f64()
+    );
+}
+
+fn snapshot_table(w: &mut String, s: &SnapshotResults) {
+    let col =
+        |f: fn(&crate::snapshot::Change) -> f64| -> Vec<f64> { s.changes.iter().map(f).collect() };
+    let e2e = col(|c| c.e2e.as_secs_f64());
+    let build = col(|c| c.build_us as f64 / 1e6);
+    let apply = col(|c| c.apply_us as f64 / 1e6);
+    let rest = col(|c| c.rest().as_secs_f64());
+    let bytes = col(|c| c.bytes as f64);
+    let _ = writeln!(
+        w,
+        "### Snapshot at scale ({} endpoints, {} gateways × {} members, one key each; {} changes)\n",
+        thousands(s.endpoints),
+        thousands(s.gateways),
+        s.members_per_gateway,
+        s.changes.len()
+    );
+    let _ = writeln!(w, "| per change | p50 | max |");
+    let _ = writeln!(w, "|---|---|---|");
+    for (name, v) in [
+        ("end to end (admin call → data plane applied)", &e2e),
+        ("control plane build (`build_us`: store load + to wire)", &build),
+        ("data plane apply (`apply_us`: validate + compile + swap)", &apply),
+        ("send + decode + admin call ≈ e2e − build − apply", &rest),
+    ] {
+        let _ = writeln!(w, "| {name} | {} | {} |", fmt_opt_secs(median(v)), fmt_opt_secs(max(v)));
+    }
+    let _ = writeln!(
+        w,
+        "| snapshot size | {} | {} |",
+        median(&bytes).map_or("—".into(), |b| format!("{} KiB", sig3(b / 1024.0))),
+        max(&bytes).map_or("—".into(), |b| format!("{} KiB", sig3(b / 1024.0))),
+    );
+    let _ = writeln!(
+        w,
+        "\nInitial snapshot at control-plane start: build {}, apply {}. Populated in-process through the store library: {} endpoints in one transaction via `import_azure_endpoints` (the Azure-import batch path) in {:.1} s; {} gateways and keys with `create_gateway` / `create_gateway_key` (one transaction each) in {:.1} s.\n",
+        fmt_secs(s.initial_build_us as f64 / 1e6),
+        fmt_secs(s.initial_apply_us as f64 / 1e6),
+        thousands(s.endpoints),
+        s.populate_endpoints.as_secs_f64(),
+        thousands(s.gateways),
+        s.populate_gateways.as_secs_f64()
+    );
+}
+
+/// `existing` with the text between the markers replaced by `block`; markers are appended
+/// when missing. Text outside the markers is kept byte for byte.
+pub fn replace_block(existing: &str, block: &str) -> String {
+    let inner = format!("{BEGIN}\n{}\n{END}", block.trim_end_matches('\n'));
+    if let Some(b) = existing.find(BEGIN)
+        && let Some(e) = existing[b..].find(END).map(|e| b + e)
+    {
+        return format!("{}{inner}{}", &existing[..b], &existing[e + END.len()..]);
+    }
+    let sep = if existing.is_empty() || existing.ends_with("\n\n") {
+        ""
+    } else if existing.ends_with('\n') {
+        "\n"
+    } else {
+        "\n\n"
+    };
+    format!("{existing}{sep}{inner}\n")
+}
+
+/// Writes `block` into `path` between the markers (creating the file with just the markers
+/// when missing).
+pub fn write_report(path: &Path, block: &str) -> anyhow::Result<()> {
+    let existing = match std::fs::read_to_string(path) {
+        Ok(s) => s,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => format!("{BEGIN}\n{END}\n"),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    std::fs::write(path, replace_block(&existing, block))
+        .with_context(|| format!("writing {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_block_between_the_markers_is_replaced_and_the_rest_kept() {
+        let doc = "# Benchmarks\n\nIntro.\n\n<!-- bench:begin -->\nold\nresults\n<!-- bench:end -->\n\nNotes after.\n";
+        let out = replace_block(doc, "new table\n");
+        assert_eq!(
+            out,
+            "# Benchmarks\n\nIntro.\n\n<!-- bench:begin -->\nnew table\n<!-- bench:end -->\n\nNotes after.\n"
+        );
+        // Idempotent.
+        assert_eq!(replace_block(&out, "new table"), out);
+    }
+
+    #[test]
+    fn missing_markers_are_appended() {
+        assert_eq!(replace_block("", "x"), "<!-- bench:begin -->\nx\n<!-- bench:end -->\n");
+        assert_eq!(
+            replace_block("# T\n", "x"),
+            "# T\n\n<!-- bench:begin -->\nx\n<!-- bench:end -->\n"
+        );
+        // An end marker before the begin marker does not count.
+        let odd = "<!-- bench:end -->\n";
+        assert!(replace_block(odd, "x").starts_with(odd));
+    }
+
+    #[test]
+    fn a_new_file_gets_just_the_markers_and_the_block() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("B.md");
+        write_report(&path, "table").expect("write");
+        assert_eq!(
+            std::fs::read_to_string(&path).expect("read"),
+            "<!-- bench:begin -->\ntable\n<!-- bench:end -->\n"
+        );
+        std::fs::write(&path, "keep\n<!-- bench:begin -->\nold\n<!-- bench:end -->\ntail")
+            .expect("w");
+        write_report(&path, "t2").expect("write");
+        assert_eq!(
+            std::fs::read_to_string(&path).expect("read"),
+            "keep\n<!-- bench:begin -->\nt2\n<!-- bench:end -->\ntail"
+        );
+    }
+
+    #[test]
+    fn ratios_and_goals() {
+        assert_eq!(ratio(Some(8.0), Some(10.0)), Some(0.8));
+        assert_eq!(ratio(Some(1.0), Some(0.0)), None);
+        assert_eq!(ratio(Some(1.0), Some(-0.1)), None);
+        assert_eq!(ratio(None, Some(1.0)), None);
+        assert_eq!(ratio(Some(-0.5), Some(1.0)), Some(0.0));
+        assert_eq!(Goal::AtLeast(0.8).met(Some(0.8)), Some(true));
+        assert_eq!(Goal::AtLeast(0.8).met(Some(0.79)), Some(false));
+        assert_eq!(Goal::AtMost(1.5).met(Some(1.5)), Some(true));
+        assert_eq!(Goal::AtMost(1.5).met(Some(1.51)), Some(false));
+        assert_eq!(Goal::AtMost(1.5).met(None), None);
+        assert_eq!(Goal::AtMost(1.5).met(Some(f64::NAN)), None);
+        assert_eq!(met_cell(Some(false)), "NO");
+    }
+
+    #[test]
+    fn targets_compare_the_gateway_to_nginx() {
+        use crate::load::{OhaResult, Run};
+        use std::collections::BTreeMap;
+        let mk = |row, scenario, rps: f64, p99: f64, cpu: f64| Run {
+            round: 1,
+            row,
+            scenario,
+            result: OhaResult {
+                total_secs: 1.0,
+                rps,
+                status: BTreeMap::from([(200, rps as u64)]),
+                errors: BTreeMap::new(),
+                p50: p99 / 2.0,
+                p99,
+            },
+            cpu_per_req: Some(cpu),
+        };
+        let mut load = LoadResults { rounds: 1, ..Default::default() };
+        for (row, rps, p99, cpu) in [
+            (Row::Floor, 100.0, 1.0, 1.0),
+            (Row::Nginx, 50.0, 2.0, 2.0),
+            (Row::Gateway, 45.0, 3.0, 5.0),
+        ] {
+            for sc in Scenario::ALL {
+                load.runs.push(mk(row, sc, rps, p99, cpu));
+            }
+        }
+        let r = Results { load: Some(load), ..Default::default() };
+        let t = targets(&r);
+        assert_eq!(t.len(), 4);
+        assert_eq!(t[0].ratio, Some(0.9));
+        assert_eq!(t[0].met, Some(true));
+        // Added p99: gateway 2, nginx 1 → 2.0 > 1.5.
+        assert_eq!(t[1].ratio, Some(2.0));
+        assert_eq!(t[1].met, Some(false));
+        assert_eq!(t[3].ratio, Some(2.5));
+        assert_eq!(t[3].met, Some(false));
+        let text = render(
+            &RunInfo {
+                date_utc: "2026-01-01 00:00 UTC".into(),
+                command: "bash bench/run.sh".into(),
+                machine: vec![("nproc".into(), "2".into())],
+                settings: "x".into(),
+            },
+            &r,
+        );
+        assert!(
+            text.contains(
+                "| throughput, 64 conns | 45 req/s | nginx 50 req/s | 0.90 | ≥ 0.8 × nginx | yes |"
+            ),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn thousands_separators() {
+        assert_eq!(thousands(10000), "10,000");
+        assert_eq!(thousands(999), "999");
+        assert_eq!(thousands(1000000), "1,000,000");
+    }
+}

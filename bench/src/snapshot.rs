@@ -1,0 +1,245 @@
+//! The snapshot section: a large estate's configuration change, end to end.
+//!
+//! Whole snapshots (not deltas) are pushed on every change, so their cost at scale matters:
+//! 10,000 endpoints and 1,000 gateways of 10 members (one key each). The database is filled
+//! in-process through the control-plane store library before the control plane starts
+//! (endpoints in one transaction through the Azure-import batch path — per-row inserts each
+//! commit and bump the version; gateways and keys per row). Then one control plane and one
+//! data plane (JSON logs piped) start, and K changes go through the admin API. Per change:
+//!
+//! - **e2e**: admin call → the data plane's `snapshot applied` line for that version;
+//! - **build**: the control plane's `build_us` (store load + conversion to the wire form);
+//! - **apply**: the data plane's `apply_us` (validate + compile + swap, after decoding);
+//! - **bytes**: the encoded snapshot;
+//! - **send + decode** ≈ e2e − build − apply (also the admin call, commit and log lines).
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, ensure};
+use modelgw_control_plane::store::{AzureImportItem, EndpointAuth, NewGateway};
+use modelgw_control_plane::{MasterKey, Store};
+use modelgw_model::{GatewayMember, RoutingPolicy, Secret};
+use serde_json::json;
+
+use crate::events::{EventLog, first_at_least};
+use crate::fixture::{self, MASTER_KEY_B64, random_token};
+use crate::procs::Logs;
+
+const PUBLISHED: &str = "snapshot published";
+const APPLIED: &str = "snapshot applied";
+const CP: usize = 0;
+const DP: usize = 1;
+
+/// One measured change.
+#[derive(Clone, Copy, Debug)]
+pub struct Change {
+    pub version: u64,
+    pub e2e: Duration,
+    pub build_us: u64,
+    pub apply_us: u64,
+    pub bytes: u64,
+}
+
+impl Change {
+    /// What is left of e2e after build and apply: admin call and commit, gRPC send,
+    /// protobuf decode, log lines.
+    pub fn rest(&self) -> Duration {
+        self.e2e.saturating_sub(Duration::from_micros(self.build_us + self.apply_us))
+    }
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct SnapshotResults {
+    pub endpoints: usize,
+    pub gateways: usize,
+    pub members_per_gateway: usize,
+    pub populate_endpoints: Duration,
+    pub populate_gateways: Duration,
+    /// The first snapshot at control-plane start: build time, and until the data plane applied it.
+    pub initial_build_us: u64,
+    pub initial_apply_us: u64,
+    pub changes: Vec<Change>,
+}
+
+/// Fills a fresh database; returns (endpoint time, gateway time, id of the first gateway and
+/// its members).
+async fn populate(
+    url: &str,
+    endpoints: usize,
+    gateways: usize,
+    members: usize,
+) -> anyhow::Result<(Duration, Duration, String, Vec<String>)> {
+    let key = MasterKey::from_base64(MASTER_KEY_B64).context("master key")?;
+    let store = Store::connect(url, key).await.context("opening the snapshot database")?;
+    let regions = ["eastus", "westeurope", "japaneast", "swedencentral", "australiaeast"];
+    let started = Instant::now();
+    let items: Vec<AzureImportItem> = (0..endpoints)
+        .map(|i| {
+            let account = format!("bench-aoai-{:04}", i / 10);
+            Ok(AzureImportItem {
+                arm_resource_id: format!(
+                    "/subscriptions/00000000-0000-0000-0000-{:012}/resourceGroups/rg-bench/\
+                     providers/Microsoft.CognitiveServices/accounts/{account}/deployments/gpt-4o-{i:05}",
+                    i / 1000
+                ),
+                name: format!("{account}-gpt-4o-{i:05}"),
+                endpoint: url::Url::parse(&format!("https://{account}.openai.azure.com/"))?,
+                deployment: format!("gpt-4o-{i:05}"),
+                model_name: "gpt-4o".into(),
+                model_version: "2024-11-20".into(),
+                region: regions[i % regions.len()].into(),
+                sku_name: "Standard".into(),
+                sku_capacity: Some(100),
+                auth: EndpointAuth::ApiKey(Secret::new(random_token("")?)),
+            })
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let outcome = store.import_azure_endpoints(items).await.context("importing endpoints")?;
+    ensure!(outcome.created.len() == endpoints, "created {} endpoints", outcome.created.len());
+    let endpoint_time = started.elapsed();
+
+    let started = Instant::now();
+    let mut first = None;
+    for g in 0..gateways {
+        let ids = outcome.created.iter().cycle().skip(g * members).take(members);
+        let member_list: Vec<GatewayMember> = ids
+            .map(|id| GatewayMember { endpoint_id: *id, enabled: true, priority: 0, weight: 1 })
+            .collect();
+        let (gw, _) = store
+            .create_gateway(NewGateway {
+                name: format!("gw-{g:04}"),
+                members: member_list.clone(),
+                routing: RoutingPolicy::default(),
+            })
+            .await
+            .context("creating a gateway")?;
+        store.create_gateway_key(gw.id, "bench".into()).await.context("creating a key")?;
+        if first.is_none() {
+            first = Some((
+                gw.id.to_string(),
+                member_list.iter().map(|m| m.endpoint_id.to_string()).collect(),
+            ));
+        }
+    }
+    let gateway_time = started.elapsed();
+    store.close().await;
+    let (gw, members) = first.context("no gateway")?;
+    Ok((endpoint_time, gateway_time, gw, members))
+}
+
+pub async fn run(
+    bin: &Path,
+    dir: &Path,
+    endpoints: usize,
+    gateways: usize,
+    changes: usize,
+) -> anyhow::Result<SnapshotResults> {
+    const MEMBERS: usize = 10;
+    let db = "snapshot.db";
+    let url = format!("sqlite://{}", dir.join(db).display());
+    eprintln!("  snapshot: populating {endpoints} endpoints and {gateways} gateways …");
+    let (populate_endpoints, populate_gateways, gateway, members) =
+        populate(&url, endpoints, gateways, MEMBERS).await?;
+    eprintln!(
+        "  snapshot: populated in {:.1} s (endpoints, one transaction) + {:.1} s (gateways and keys)",
+        populate_endpoints.as_secs_f64(),
+        populate_gateways.as_secs_f64()
+    );
+
+    let json_logs = [("MODELGW_LOG_FORMAT", "json".to_owned())];
+    let token = random_token("mgwadm_bench_")?;
+    let log = EventLog::default();
+    let (mut cp, admin) =
+        fixture::start_control_plane(bin, dir, db, &token, &json_logs, Logs::Piped).await?;
+    log.watch(CP, cp.proc.take_stderr().context("control-plane stderr")?, &[PUBLISHED]);
+    let mut dp =
+        fixture::start_data_plane(bin, cp.field("grpc")?, "snap-dp", &json_logs, Logs::Piped)
+            .await?;
+    log.watch(DP, dp.proc.take_stderr().context("data-plane stderr")?, &[APPLIED]);
+
+    let result = async {
+        let initial = admin.config_version().await?;
+        let applied = log
+            .wait_for(Duration::from_secs(120), "the initial snapshot to be applied", |ev| {
+                first_at_least(ev, DP, APPLIED, "version", initial).cloned()
+            })
+            .await?;
+        let initial_build_us = log.with(|ev| {
+            first_at_least(ev, CP, PUBLISHED, "config_version", initial)
+                .and_then(|e| e.u64("build_us"))
+                .unwrap_or(0)
+        });
+        let mut results = SnapshotResults {
+            endpoints,
+            gateways,
+            members_per_gateway: MEMBERS,
+            populate_endpoints,
+            populate_gateways,
+            initial_build_us,
+            initial_apply_us: applied.u64("apply_us").unwrap_or(0),
+            changes: Vec::new(),
+        };
+        ensure!(
+            applied.u64("endpoints") == Some(endpoints as u64),
+            "the data plane applied {:?} endpoints, expected {endpoints}",
+            applied.u64("endpoints")
+        );
+
+        for k in 0..changes {
+            let weight = if k % 2 == 0 { 2 } else { 1 };
+            let list: Vec<serde_json::Value> = members
+                .iter()
+                .enumerate()
+                .map(
+                    |(i, id)| json!({"endpoint_id": id, "weight": if i == 0 { weight } else { 1 }}),
+                )
+                .collect();
+            let t0 = Instant::now();
+            let (status, body) = admin
+                .call(
+                    "PATCH",
+                    &format!("/api/v1/gateways/{gateway}"),
+                    Some(json!({"endpoints": list})),
+                )
+                .await?;
+            ensure!(status == 200, "PATCH gateway: {status} {body}");
+            let version = admin.config_version().await?;
+            let (applied, published) = log
+                .wait_for(
+                    Duration::from_secs(60),
+                    &format!("version {version} to be applied"),
+                    |ev| {
+                        Some((
+                            first_at_least(ev, DP, APPLIED, "version", version)?.clone(),
+                            first_at_least(ev, CP, PUBLISHED, "config_version", version)?.clone(),
+                        ))
+                    },
+                )
+                .await?;
+            let change = Change {
+                version,
+                e2e: applied.at.saturating_duration_since(t0),
+                build_us: published.u64("build_us").unwrap_or(0),
+                apply_us: applied.u64("apply_us").unwrap_or(0),
+                bytes: published.u64("bytes").unwrap_or(0),
+            };
+            eprintln!(
+                "  snapshot change {} (version {}): e2e {}  build {}  apply {}  {} bytes",
+                k + 1,
+                change.version,
+                crate::stats::fmt_secs(change.e2e.as_secs_f64()),
+                crate::stats::fmt_secs(change.build_us as f64 / 1e6),
+                crate::stats::fmt_secs(change.apply_us as f64 / 1e6),
+                change.bytes
+            );
+            results.changes.push(change);
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        anyhow::Ok(results)
+    }
+    .await;
+    dp.proc.stop(Duration::from_secs(5)).await;
+    cp.proc.stop(Duration::from_secs(5)).await;
+    result
+}

@@ -1,0 +1,54 @@
+//! The upstream HTTP client: hyper's pooled client over rustls, HTTP/1.1 with keep-alive, and
+//! HTTP/2 wherever the upstream offers it in ALPN (Azure OpenAI does).
+//!
+//! hyper directly rather than reqwest: reqwest parsed each request's URL three times (once
+//! from our string, twice more inside its redirect and retry layers) — more instructions than
+//! the whole rest of the request path on loopback (see BENCHMARKS.md). The gateway needs none
+//! of what those layers add: it never follows redirects, retries itself across endpoints, and
+//! applies its own timeouts around each attempt.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use rustls_platform_verifier::ConfigVerifierExt as _;
+
+/// The request body type: the client's body, read once and re-sent on failover.
+pub(crate) type UpstreamBody = Full<Bytes>;
+
+/// The pooled upstream client shared by the request path.
+pub(crate) type UpstreamClient = Client<HttpsConnector<HttpConnector>, UpstreamBody>;
+
+/// Connection settings of the upstream client.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ClientSettings {
+    pub connect_timeout: Duration,
+    pub pool_idle_timeout: Duration,
+    pub tcp_keepalive: Duration,
+}
+
+/// Builds the client: TLS verified against the platform's roots (as the OS trusts them),
+/// `TCP_NODELAY`, TCP keep-alive, idle pooled connections closed after `pool_idle_timeout`.
+pub(crate) fn build(settings: ClientSettings) -> std::io::Result<UpstreamClient> {
+    let mut tcp = HttpConnector::new();
+    tcp.enforce_http(false);
+    tcp.set_nodelay(true);
+    tcp.set_connect_timeout(Some(settings.connect_timeout));
+    tcp.set_keepalive(Some(settings.tcp_keepalive));
+    let tls = rustls::ClientConfig::with_platform_verifier().map_err(std::io::Error::other)?;
+    let https = HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .enable_http2()
+        .wrap_connector(tcp);
+    Ok(Client::builder(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .pool_timer(TokioTimer::new())
+        .pool_idle_timeout(settings.pool_idle_timeout)
+        .build(https))
+}
