@@ -15,6 +15,10 @@ use modelgw_model::{
     GatewayMember, Platform, Secret, Snapshot, gateway_key_hash,
 };
 use tokio::sync::oneshot;
+use tracing_subscriber::Layer as _;
+use tracing_subscriber::filter::LevelFilter;
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
 
 const CLIENT_KEY: &str = "mgw-client-key-that-must-not-leak";
 
@@ -33,12 +37,22 @@ impl Write for Captured {
 
 #[tokio::test]
 async fn request_logs_name_endpoints_and_outcomes_but_never_a_key() -> Result<()> {
-    let captured = Captured::default();
-    let writer = captured.clone();
-    tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
+    // Everything at TRACE, and separately what an operator sees at the default INFO level.
+    let (captured, at_info) = (Captured::default(), Captured::default());
+    let (writer, info_writer) = (captured.clone(), at_info.clone());
+    tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_ansi(false)
+                .with_writer(move || writer.clone())
+                .with_filter(LevelFilter::TRACE),
+        )
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_ansi(false)
+                .with_writer(move || info_writer.clone())
+                .with_filter(LevelFilter::INFO),
+        )
         .init();
     let _ = rustls::crypto::ring::default_provider().install_default();
 
@@ -153,6 +167,44 @@ async fn request_logs_name_endpoints_and_outcomes_but_never_a_key() -> Result<()
     assert!(logs.contains("unknown gateway key"), "{logs}");
     for secret in [CLIENT_KEY, "upstream-key-eus", "upstream-key-swc", "must-not-leak"] {
         assert!(!logs.contains(secret), "a secret ({secret}) reached the logs");
+    }
+
+    // At INFO: one self-contained access line per request (request id, status, the endpoint
+    // that answered and every attempt); a served attempt adds no line of its own, a failed one
+    // names the request it belongs to (the request span is debug-level).
+    let info = String::from_utf8_lossy(
+        &at_info.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner),
+    )
+    .into_owned();
+    let answered: Vec<&str> = info.lines().filter(|l| l.contains("request answered")).collect();
+    assert_eq!(answered.len(), 4, "one access line per request:\n{info}");
+    assert!(answered.iter().all(|l| l.contains("request_id=") && l.contains("status=")), "{info}");
+    assert!(
+        answered.iter().any(|l| l.contains("status=200")
+            && l.contains("endpoint=\"eus\"")
+            && l.contains("attempts=\"eus:ok:")),
+        "the served request names its endpoint and attempts:\n{info}"
+    );
+    assert!(
+        answered.iter().any(|l| l.contains("status=401")
+            && l.contains("attempts=\"eus:throttled:")
+            && l.contains(",swc:credential_rejected:")),
+        "the failed-over request lists both attempts:\n{info}"
+    );
+    let attempt_lines: Vec<&str> =
+        info.lines().filter(|l| l.contains("upstream attempt")).collect();
+    assert!(
+        attempt_lines.iter().all(|l| !l.contains("outcome=\"ok\"")),
+        "a served attempt is not logged again at info:\n{info}"
+    );
+    assert!(
+        attempt_lines
+            .iter()
+            .any(|l| l.contains("outcome=\"throttled\"") && l.contains("request_id=")),
+        "a failed attempt names its request:\n{info}"
+    );
+    for secret in [CLIENT_KEY, "upstream-key-eus", "upstream-key-swc", "must-not-leak"] {
+        assert!(!info.contains(secret), "a secret ({secret}) reached the info logs");
     }
     Ok(())
 }

@@ -247,6 +247,9 @@ impl Proxy {
         span: &Span,
         started: Instant,
     ) -> Response<ProxyBody> {
+        // Lines logged before the answer carry the request id themselves: the `request` span
+        // is debug-level, so at `info` they have no span context.
+        let rid = request_id.to_str().unwrap_or_default();
         if route == Route::NotFound {
             debug!("unknown path");
             return reply::resource_not_found();
@@ -256,11 +259,11 @@ impl Proxy {
             return reply::not_ready();
         }
         let Some(key) = client_key(&parts.headers) else {
-            info!("no gateway key");
+            info!(request_id = rid, "no gateway key");
             return reply::access_denied();
         };
         let Some(gateway) = table.gateway_for_key(&gateway_key_hash(key)) else {
-            info!("unknown gateway key");
+            info!(request_id = rid, "unknown gateway key");
             return reply::access_denied();
         };
         span.record("gateway", gateway.name.as_str());
@@ -268,10 +271,10 @@ impl Proxy {
             && deployment != "auto"
             && deployment != gateway.name
         {
-            info!(deployment, "deployment is neither auto nor the gateway");
+            info!(request_id = rid, deployment, "deployment is neither auto nor the gateway");
             return reply::deployment_not_found();
         }
-        let body = match self.read_body(&parts.headers, body).await {
+        let body = match self.read_body(&parts.headers, body, rid).await {
             Ok(body) => body,
             Err(response) => return response,
         };
@@ -282,10 +285,11 @@ impl Proxy {
             && name != "auto"
             && name != gateway.name
         {
-            info!(model = name, "model is neither auto nor the gateway");
+            info!(request_id = rid, model = name, "model is neither auto nor the gateway");
             return reply::deployment_not_found();
         }
         let plan = RequestPlan {
+            request_id: rid,
             method: parts.method.clone(),
             route,
             query: parts.uri.query(),
@@ -306,6 +310,7 @@ impl Proxy {
         &self,
         headers: &HeaderMap,
         body: Incoming,
+        rid: &str,
     ) -> Result<Bytes, Response<ProxyBody>> {
         let limit = self.limits.max_body_bytes;
         let declared = headers
@@ -313,22 +318,23 @@ impl Proxy {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
         if declared.is_some_and(|len| len > limit as u64) {
-            info!(content_length = declared, limit, "request body too large");
+            info!(request_id = rid, content_length = declared, limit, "request body too large");
             return Err(reply::payload_too_large(limit));
         }
         let read = Limited::new(body, limit).collect();
         match tokio::time::timeout(self.limits.client_body_timeout, read).await {
             Ok(Ok(collected)) => Ok(collected.to_bytes()),
             Ok(Err(err)) if err.downcast_ref::<LengthLimitError>().is_some() => {
-                info!(limit, "request body too large");
+                info!(request_id = rid, limit, "request body too large");
                 Err(reply::payload_too_large(limit))
             }
             Ok(Err(err)) => {
-                info!(error = %err, "could not read the request body");
+                info!(request_id = rid, error = %err, "could not read the request body");
                 Err(reply::bad_body())
             }
             Err(_) => {
                 info!(
+                    request_id = rid,
                     timeout_ms = self.limits.client_body_timeout.as_millis() as u64,
                     "request body too slow"
                 );
@@ -346,6 +352,7 @@ impl Proxy {
         gateway: &CompiledGateway,
         deadline: Instant,
     ) -> Response<ProxyBody> {
+        let rid = plan.request_id;
         let mut attempts = String::new();
         let mut attempt = 0u32;
         let mut round = 0u32;
@@ -355,6 +362,7 @@ impl Proxy {
             for candidate in candidates.iter().filter(|c| c.low_headroom && c.skip.is_none()) {
                 let endpoint = &candidate.endpoint;
                 info!(
+                    request_id = rid,
                     endpoint = %endpoint.name,
                     region = %endpoint.region,
                     reason = "low_quota_headroom",
@@ -370,17 +378,18 @@ impl Proxy {
                 let admission = match admitted {
                     Ok(admission) => admission,
                     Err(skip) => {
-                        log_skip(endpoint, skip);
+                        log_skip(rid, endpoint, skip);
                         note(&mut attempts, endpoint, &format!("skipped_{}", skip.as_str()), 0);
                         unavailable.push(skip);
                         continue;
                     }
                 };
                 if Instant::now() >= deadline {
-                    return self.deadline_exceeded(gateway, &attempts);
+                    return self.deadline_exceeded(rid, gateway, &attempts);
                 }
                 attempt += 1;
                 let trial = admission.is_trial();
+                let tried = Tried { rid, endpoint, attempt, trial };
                 let started = Instant::now();
                 let result = self.attempt(plan, endpoint, deadline).await;
                 let ms = started.elapsed().as_millis() as u64;
@@ -391,18 +400,10 @@ impl Proxy {
                         let outcome = answer.outcome;
                         let event = if outcome == Outcome::CredentialRejected {
                             let reason = format!("credential rejected ({status})");
-                            log_attempt(
-                                endpoint,
-                                attempt,
-                                outcome,
-                                Some(status),
-                                ms,
-                                trial,
-                                &reason,
-                            );
+                            log_attempt(&tried, outcome, Some(status), ms, &reason);
                             HealthEvent::Failed { reason }
                         } else {
-                            log_attempt(endpoint, attempt, outcome, Some(status), ms, trial, "");
+                            log_attempt(&tried, outcome, Some(status), ms, "");
                             HealthEvent::Answered
                         };
                         self.health.record(endpoint.id, &event, now);
@@ -415,37 +416,29 @@ impl Proxy {
                         self.health.record_headroom(endpoint.id, &answer.headers, now);
                         note(&mut attempts, endpoint, outcome.as_str(), ms);
                         return self
-                            .pass_through(*answer, endpoint, admission, deadline, &attempts);
+                            .pass_through(rid, *answer, endpoint, admission, deadline, &attempts);
                     }
                     Attempt::Throttled { retry_after, status } => {
                         let retry_after = retry_after.min(self.health.policy().max_throttle);
                         let reason =
                             format!("throttled; retry after {} ms", retry_after.as_millis());
-                        log_attempt(
-                            endpoint,
-                            attempt,
-                            Outcome::Throttled,
-                            Some(status),
-                            ms,
-                            trial,
-                            &reason,
-                        );
+                        log_attempt(&tried, Outcome::Throttled, Some(status), ms, &reason);
                         let event = HealthEvent::Throttled { retry_after, reason };
                         self.health.record(endpoint.id, &event, now);
                         note(&mut attempts, endpoint, Outcome::Throttled.as_str(), ms);
                         unavailable.push(self.unavailable_now(endpoint, now));
                     }
                     Attempt::Failed { outcome, status, reason } => {
-                        log_attempt(endpoint, attempt, outcome, status, ms, trial, &reason);
+                        log_attempt(&tried, outcome, status, ms, &reason);
                         self.health.record(endpoint.id, &HealthEvent::Failed { reason }, now);
                         note(&mut attempts, endpoint, outcome.as_str(), ms);
                         unavailable.push(self.unavailable_now(endpoint, now));
                     }
                     Attempt::Deadline => {
                         let reason = "the request deadline passed before the answer was complete";
-                        log_attempt(endpoint, attempt, Outcome::Deadline, None, ms, trial, reason);
+                        log_attempt(&tried, Outcome::Deadline, None, ms, reason);
                         note(&mut attempts, endpoint, Outcome::Deadline.as_str(), ms);
-                        return self.deadline_exceeded(gateway, &attempts);
+                        return self.deadline_exceeded(rid, gateway, &attempts);
                     }
                 }
             }
@@ -463,8 +456,10 @@ impl Proxy {
                 if recovery < deadline {
                     round += 1;
                     info!(
+                        request_id = rid,
                         wait_ms = (recovery - now).as_millis() as u64,
-                        round, "no endpoint available; waiting for the earliest recovery"
+                        round,
+                        "no endpoint available; waiting for the earliest recovery"
                     );
                     tokio::time::sleep_until(recovery.into()).await;
                     continue;
@@ -475,6 +470,8 @@ impl Proxy {
                 response.headers_mut().insert(ATTEMPTS_HEADER, value);
             }
             warn!(
+                request_id = rid,
+                gateway = %gateway.name,
                 status = response.status().as_u16(),
                 attempts = %attempts,
                 gateway_state = gateway_state_now(gateway, &self.health, now).as_str(),
@@ -494,8 +491,13 @@ impl Proxy {
 
     /// 504 when the request's deadline passed before any endpoint answered. Not 429/503: the
     /// endpoints may be fine, the request just ran out of time (the client may retry).
-    fn deadline_exceeded(&self, gateway: &CompiledGateway, attempts: &str) -> Response<ProxyBody> {
-        warn!(gateway = %gateway.name, attempts = %attempts, "request deadline reached");
+    fn deadline_exceeded(
+        &self,
+        rid: &str,
+        gateway: &CompiledGateway,
+        attempts: &str,
+    ) -> Response<ProxyBody> {
+        warn!(request_id = rid, gateway = %gateway.name, attempts = %attempts, "request deadline reached");
         let mut response = reply::azure_error(
             StatusCode::GATEWAY_TIMEOUT,
             "Timeout",
@@ -716,6 +718,7 @@ impl Proxy {
     /// it) and then an aborted body; any other body is aborted. Never a clean end.
     fn pass_through(
         &self,
+        rid: &str,
         answer: Answer,
         endpoint: &Arc<CompiledEndpoint>,
         admission: Admission,
@@ -734,6 +737,7 @@ impl Proxy {
             health: Arc::clone(&self.health),
             endpoint: Arc::clone(endpoint),
             span: Span::current(),
+            request_id: Box::from(rid),
             _admission: admission,
             phase: Phase::Streaming,
         };
@@ -808,30 +812,39 @@ fn gateway_state_now(
     gateway_state(&states)
 }
 
+/// Which try an attempt line is about: the request, the endpoint, the attempt number, and
+/// whether it was the endpoint's half-open trial.
+struct Tried<'a> {
+    rid: &'a str,
+    endpoint: &'a CompiledEndpoint,
+    attempt: u32,
+    trial: bool,
+}
+
 /// The structured line every upstream attempt gets: `warn` when it failed; `debug` when it was
 /// answered (the request's own `info` line names the endpoint and every attempt).
 fn log_attempt(
-    endpoint: &CompiledEndpoint,
-    attempt: u32,
+    tried: &Tried<'_>,
     outcome: Outcome,
     status: Option<StatusCode>,
     ms: u64,
-    half_open_trial: bool,
     reason: &str,
 ) {
+    let Tried { rid, endpoint, attempt, trial: half_open_trial } = *tried;
     let status = status.map(|s| s.as_u16());
     let (name, region, outcome) = (&endpoint.name, &endpoint.region, outcome.as_str());
     if matches!(outcome, "ok" | "client_error") {
-        debug!(endpoint = %name, region = %region, attempt, outcome, status, ms, half_open_trial, reason, "upstream attempt");
+        debug!(request_id = rid, endpoint = %name, region = %region, attempt, outcome, status, ms, half_open_trial, reason, "upstream attempt");
     } else {
-        warn!(endpoint = %name, region = %region, attempt, outcome, status, ms, half_open_trial, reason, "upstream attempt");
+        warn!(request_id = rid, endpoint = %name, region = %region, attempt, outcome, status, ms, half_open_trial, reason, "upstream attempt");
     }
 }
 
 /// The line for a member that is not tried, with why and until when.
-fn log_skip(endpoint: &CompiledEndpoint, skip: Unavailable) {
+fn log_skip(rid: &str, endpoint: &CompiledEndpoint, skip: Unavailable) {
     let wait_ms = skip.until().map(|until| until.saturating_duration_since(Instant::now()));
     info!(
+        request_id = rid,
         endpoint = %endpoint.name,
         region = %endpoint.region,
         reason = skip.as_str(),
@@ -907,6 +920,8 @@ struct Relay {
     health: Arc<HealthRegistry>,
     endpoint: Arc<CompiledEndpoint>,
     span: Span,
+    /// Named in the line logged when the stream breaks (the span is debug-level).
+    request_id: Box<str>,
     /// Keeps the request counted in flight (and a half-open trial slot) until the body ends.
     _admission: Admission,
     phase: Phase,
@@ -965,6 +980,7 @@ impl Relay {
             let (reason, endpoint_fault) = failure;
             self.span.in_scope(|| {
                 warn!(
+                    request_id = &*self.request_id,
                     endpoint = %self.endpoint.name,
                     region = %self.endpoint.region,
                     reason = %reason,

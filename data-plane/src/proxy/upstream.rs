@@ -81,6 +81,8 @@ pub(crate) fn downstream_headers(mut upstream: HeaderMap) -> HeaderMap {
 
 /// Everything about the client's request that does not depend on the endpoint, prepared once.
 pub(crate) struct RequestPlan<'a> {
+    /// The request's id, named in every line logged about it.
+    pub request_id: &'a str,
     pub method: Method,
     pub route: Route<'a>,
     pub query: Option<&'a str>,
@@ -203,6 +205,7 @@ mod tests {
 
     fn plan<'a>(path: &'a str, query: Option<&'a str>, body: &'static str) -> RequestPlan<'a> {
         RequestPlan {
+            request_id: "test",
             method: Method::POST,
             route: parse_route(&Method::POST, path),
             query,
