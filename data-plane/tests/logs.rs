@@ -181,13 +181,14 @@ async fn request_logs_name_endpoints_and_outcomes_but_never_a_key() -> Result<()
     assert!(answered.iter().all(|l| l.contains("request_id=") && l.contains("status=")), "{info}");
     assert!(
         answered.iter().any(|l| l.contains("status=200")
-            && l.contains("endpoint=\"eus\"")
-            && l.contains("attempts=\"eus:ok:")),
+            && l.contains("gateway=chat")
+            && l.contains("endpoint=eus")
+            && l.contains("attempts=eus:ok:")),
         "the served request names its endpoint and attempts:\n{info}"
     );
     assert!(
         answered.iter().any(|l| l.contains("status=401")
-            && l.contains("attempts=\"eus:throttled:")
+            && l.contains("attempts=eus:throttled:")
             && l.contains(",swc:credential_rejected:")),
         "the failed-over request lists both attempts:\n{info}"
     );

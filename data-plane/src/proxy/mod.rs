@@ -208,30 +208,34 @@ impl Proxy {
             status = field::Empty,
         );
         let started = Instant::now();
+        let mut gateway = None;
         let mut response = self
-            .serve(&parts, body, route, &request_id, &span, started)
+            .serve(&parts, body, route, &request_id, started, &mut gateway)
             .instrument(span.clone())
             .await;
         response.headers_mut().entry(CLIENT_REQUEST_ID).or_insert(request_id);
         let status = response.status().as_u16();
         let ms = started.elapsed().as_millis() as u64;
         span.record("status", status);
-        // The access-log line, one per request: logged when the response head is ready (a
-        // streamed body may still be flowing). A served first attempt logs nothing else at
-        // `info`; every failed or skipped member has its own `warn`/`info` line before this.
+        // The access-log line (target `modelgw::access`), one per request: logged when the
+        // response head is ready (a streamed body may still be flowing). A served first attempt
+        // logs nothing else at `info`; every failed or skipped member has its own `warn`/`info`
+        // line before this. Fields are `Display`ed, not `Debug`-quoted: this line is a tenth of
+        // the request path's instructions, most of it in escaping and formatting.
         let header = |name: &HeaderName| {
-            response.headers().get(name).and_then(|v| v.to_str().ok()).unwrap_or_default()
+            response.headers().get(name).and_then(|v| v.to_str().ok()).unwrap_or("-")
         };
         span.in_scope(|| {
             info!(
                 target: "modelgw::access",
-                request_id = response.headers().get(CLIENT_REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or_default(),
+                request_id = %header(&CLIENT_REQUEST_ID),
                 method = %parts.method,
-                path = parts.uri.path(),
+                path = %parts.uri.path(),
+                gateway = %gateway.as_deref().unwrap_or("-"),
                 status,
                 ms,
-                endpoint = header(&ENDPOINT_HEADER),
-                attempts = header(&ATTEMPTS_HEADER),
+                endpoint = %header(&ENDPOINT_HEADER),
+                attempts = %header(&ATTEMPTS_HEADER),
                 "request answered"
             )
         });
@@ -244,8 +248,8 @@ impl Proxy {
         body: Incoming,
         route: Route<'_>,
         request_id: &HeaderValue,
-        span: &Span,
         started: Instant,
+        gateway_name: &mut Option<String>,
     ) -> Response<ProxyBody> {
         // Lines logged before the answer carry the request id themselves: the `request` span
         // is debug-level, so at `info` they have no span context.
@@ -266,7 +270,8 @@ impl Proxy {
             info!(request_id = rid, "unknown gateway key");
             return reply::access_denied();
         };
-        span.record("gateway", gateway.name.as_str());
+        Span::current().record("gateway", gateway.name.as_str());
+        *gateway_name = Some(gateway.name.clone());
         if let Some(deployment) = route.deployment()
             && deployment != "auto"
             && deployment != gateway.name
