@@ -2,9 +2,10 @@
 //!
 //! Whole snapshots (not deltas) are pushed on every change, so their cost at scale matters:
 //! 10,000 endpoints and 1,000 gateways of 10 members (one key each). The database is filled
-//! in-process through the control-plane store library before the control plane starts
-//! (endpoints in one transaction through the Azure-import batch path — per-row inserts each
-//! commit and bump the version; gateways and keys per row). Then one control plane and one
+//! in-process through the control-plane store library before the control plane starts: one
+//! transaction (and version bump) per row, as the admin API writes — unless per-row endpoint
+//! inserts would take over a minute, when the rest go through the Azure-import batch path
+//! (one transaction). Then one control plane and one
 //! data plane (JSON logs piped) start, and K changes go through the admin API. Per change:
 //!
 //! - **e2e**: admin call → the data plane's `snapshot applied` line for that version;
@@ -17,9 +18,9 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, ensure};
-use modelgw_control_plane::store::{AzureImportItem, EndpointAuth, NewGateway};
+use modelgw_control_plane::store::{AzureImportItem, EndpointAuth, NewEndpoint, NewGateway};
 use modelgw_control_plane::{MasterKey, Store};
-use modelgw_model::{GatewayMember, RoutingPolicy, Secret};
+use modelgw_model::{GatewayMember, Platform, RoutingPolicy, Secret};
 use serde_json::json;
 
 use crate::events::{EventLog, first_at_least};
@@ -54,6 +55,7 @@ pub struct SnapshotResults {
     pub endpoints: usize,
     pub gateways: usize,
     pub members_per_gateway: usize,
+    pub populated: Populated,
     pub populate_endpoints: Duration,
     pub populate_gateways: Duration,
     /// The first snapshot at control-plane start: build time, and until the data plane applied it.
@@ -62,48 +64,101 @@ pub struct SnapshotResults {
     pub changes: Vec<Change>,
 }
 
-/// Fills a fresh database; returns (endpoint time, gateway time, id of the first gateway and
-/// its members).
+/// Per-row endpoint inserts are used unless they would take longer than this in total; the
+/// rest then go through the Azure-import batch path (one transaction).
+const PER_ROW_BUDGET: Duration = Duration::from_secs(60);
+
+/// How the endpoints were written.
+#[derive(Clone, Debug, Default)]
+pub struct Populated {
+    pub per_row: usize,
+    pub batched: usize,
+}
+
+/// The endpoint fields of row `i` (a deployment of a made-up account, ten per account).
+fn endpoint_fields(i: usize) -> anyhow::Result<(String, url::Url, String, String)> {
+    const REGIONS: [&str; 5] =
+        ["eastus", "westeurope", "japaneast", "swedencentral", "australiaeast"];
+    let account = format!("bench-aoai-{:04}", i / 10);
+    Ok((
+        format!("{account}-gpt-4o-{i:05}"),
+        url::Url::parse(&format!("https://{account}.openai.azure.com/"))?,
+        format!("gpt-4o-{i:05}"),
+        REGIONS[i % REGIONS.len()].to_owned(),
+    ))
+}
+
+/// Fills a fresh database; returns how, the endpoint and gateway times, and the id of the
+/// first gateway with its members.
 async fn populate(
     url: &str,
     endpoints: usize,
     gateways: usize,
     members: usize,
-) -> anyhow::Result<(Duration, Duration, String, Vec<String>)> {
+) -> anyhow::Result<(Populated, Duration, Duration, String, Vec<String>)> {
     let key = MasterKey::from_base64(MASTER_KEY_B64).context("master key")?;
     let store = Store::connect(url, key).await.context("opening the snapshot database")?;
-    let regions = ["eastus", "westeurope", "japaneast", "swedencentral", "australiaeast"];
     let started = Instant::now();
-    let items: Vec<AzureImportItem> = (0..endpoints)
-        .map(|i| {
-            let account = format!("bench-aoai-{:04}", i / 10);
-            Ok(AzureImportItem {
-                arm_resource_id: format!(
-                    "/subscriptions/00000000-0000-0000-0000-{:012}/resourceGroups/rg-bench/\
-                     providers/Microsoft.CognitiveServices/accounts/{account}/deployments/gpt-4o-{i:05}",
-                    i / 1000
-                ),
-                name: format!("{account}-gpt-4o-{i:05}"),
-                endpoint: url::Url::parse(&format!("https://{account}.openai.azure.com/"))?,
-                deployment: format!("gpt-4o-{i:05}"),
+    let mut ids = Vec::with_capacity(endpoints);
+    let mut how = Populated::default();
+    // Per row (one transaction and version bump each, like the admin API) while the
+    // projected total stays within the budget.
+    while ids.len() < endpoints {
+        let done = ids.len();
+        if done >= 200 && started.elapsed().mul_f64(endpoints as f64 / done as f64) > PER_ROW_BUDGET
+        {
+            break;
+        }
+        let (name, endpoint, deployment, region) = endpoint_fields(done)?;
+        let (record, _) = store
+            .create_endpoint(NewEndpoint {
+                name,
+                platform: Platform::AzureOpenai,
+                endpoint,
+                deployment,
                 model_name: "gpt-4o".into(),
                 model_version: "2024-11-20".into(),
-                region: regions[i % regions.len()].into(),
-                sku_name: "Standard".into(),
-                sku_capacity: Some(100),
+                region,
                 auth: EndpointAuth::ApiKey(Secret::new(random_token("")?)),
             })
-        })
-        .collect::<anyhow::Result<_>>()?;
-    let outcome = store.import_azure_endpoints(items).await.context("importing endpoints")?;
-    ensure!(outcome.created.len() == endpoints, "created {} endpoints", outcome.created.len());
+            .await
+            .context("creating an endpoint")?;
+        ids.push(record.id);
+    }
+    how.per_row = ids.len();
+    if ids.len() < endpoints {
+        let items: Vec<AzureImportItem> = (ids.len()..endpoints)
+            .map(|i| {
+                let (name, endpoint, deployment, region) = endpoint_fields(i)?;
+                Ok(AzureImportItem {
+                    arm_resource_id: format!(
+                        "/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/\
+                         rg-bench/providers/Microsoft.CognitiveServices/accounts/{name}"
+                    ),
+                    name,
+                    endpoint,
+                    deployment,
+                    model_name: "gpt-4o".into(),
+                    model_version: "2024-11-20".into(),
+                    region,
+                    sku_name: "Standard".into(),
+                    sku_capacity: Some(100),
+                    auth: EndpointAuth::ApiKey(Secret::new(random_token("")?)),
+                })
+            })
+            .collect::<anyhow::Result<_>>()?;
+        let outcome = store.import_azure_endpoints(items).await.context("importing endpoints")?;
+        how.batched = outcome.created.len();
+        ids.extend(outcome.created);
+    }
+    ensure!(ids.len() == endpoints, "created {} endpoints", ids.len());
     let endpoint_time = started.elapsed();
 
     let started = Instant::now();
     let mut first = None;
     for g in 0..gateways {
-        let ids = outcome.created.iter().cycle().skip(g * members).take(members);
-        let member_list: Vec<GatewayMember> = ids
+        let chosen = ids.iter().cycle().skip(g * members).take(members);
+        let member_list: Vec<GatewayMember> = chosen
             .map(|id| GatewayMember { endpoint_id: *id, enabled: true, priority: 0, weight: 1 })
             .collect();
         let (gw, _) = store
@@ -125,7 +180,7 @@ async fn populate(
     let gateway_time = started.elapsed();
     store.close().await;
     let (gw, members) = first.context("no gateway")?;
-    Ok((endpoint_time, gateway_time, gw, members))
+    Ok((how, endpoint_time, gateway_time, gw, members))
 }
 
 pub async fn run(
@@ -139,11 +194,13 @@ pub async fn run(
     let db = "snapshot.db";
     let url = format!("sqlite://{}", dir.join(db).display());
     eprintln!("  snapshot: populating {endpoints} endpoints and {gateways} gateways …");
-    let (populate_endpoints, populate_gateways, gateway, members) =
+    let (populated, populate_endpoints, populate_gateways, gateway, members) =
         populate(&url, endpoints, gateways, MEMBERS).await?;
     eprintln!(
-        "  snapshot: populated in {:.1} s (endpoints, one transaction) + {:.1} s (gateways and keys)",
+        "  snapshot: populated in {:.1} s (endpoints: {} per row, {} batched) + {:.1} s (gateways and keys)",
         populate_endpoints.as_secs_f64(),
+        populated.per_row,
+        populated.batched,
         populate_gateways.as_secs_f64()
     );
 
@@ -174,6 +231,7 @@ pub async fn run(
             endpoints,
             gateways,
             members_per_gateway: MEMBERS,
+            populated,
             populate_endpoints,
             populate_gateways,
             initial_build_us,

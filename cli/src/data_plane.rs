@@ -41,6 +41,9 @@ pub struct Args {
     /// an error event.
     #[arg(long, env = "MODELGW_STREAM_IDLE_TIMEOUT", value_parser = crate::control_plane::parse_duration)]
     pub stream_idle_timeout: Option<Duration>,
+    /// Serving threads, each with its own upstream connection pool (default: one per core).
+    #[arg(long, env = "MODELGW_WORKERS", value_parser = clap::value_parser!(u16).range(1..))]
+    pub workers: Option<u16>,
 }
 
 impl Args {
@@ -54,6 +57,7 @@ impl Args {
             upstream_timeout: self.upstream_timeout.unwrap_or(defaults.upstream_timeout),
             request_timeout: self.request_timeout.unwrap_or(defaults.request_timeout),
             stream_idle_timeout: self.stream_idle_timeout.unwrap_or(defaults.stream_idle_timeout),
+            workers: self.workers.map_or(defaults.workers, usize::from),
             ..defaults
         }
     }

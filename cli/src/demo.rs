@@ -163,6 +163,7 @@ pub async fn run(
         upstream_timeout: None,
         request_timeout: None,
         stream_idle_timeout: None,
+        workers: None,
     };
     let dp = DataPlane::bind(dp_args.config()).await.context("binding the gateway")?;
     let gateway_url = format!("http://{}", dp.local_addr());

@@ -123,6 +123,9 @@ pub struct DataPlaneConfig {
     pub client_body_timeout: Duration,
     /// See [`DEFAULT_SHUTDOWN_GRACE`].
     pub shutdown_grace: Duration,
+    /// Serving threads (`MODELGW_WORKERS`), each with its own runtime and upstream connection
+    /// pool; default: one per available core.
+    pub workers: usize,
     /// How often a heartbeat goes to the control plane; see [`client::HEARTBEAT_INTERVAL`].
     pub heartbeat_interval: Duration,
     /// Azure credential for endpoints in Entra ID auth mode (built by the binary from
@@ -145,6 +148,7 @@ impl Default for DataPlaneConfig {
             upstream_connect_timeout: DEFAULT_UPSTREAM_CONNECT_TIMEOUT,
             client_body_timeout: DEFAULT_CLIENT_BODY_TIMEOUT,
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
+            workers: std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get),
             heartbeat_interval: client::HEARTBEAT_INTERVAL,
             entra_credential: None,
         }
@@ -170,7 +174,7 @@ pub struct DataPlane {
     store: Arc<SnapshotStore>,
     health: Arc<HealthRegistry>,
     health_rx: mpsc::Receiver<HealthChange>,
-    http: proxy::client::UpstreamClient,
+    tls: rustls::ClientConfig,
     entra: Arc<EntraTokens>,
 }
 
@@ -204,11 +208,7 @@ impl DataPlane {
             })?;
             Some(endpoint)
         };
-        let http = proxy::client::build(proxy::client::ClientSettings {
-            connect_timeout: config.upstream_connect_timeout,
-            pool_idle_timeout: UPSTREAM_POOL_IDLE_TIMEOUT,
-            tcp_keepalive: UPSTREAM_TCP_KEEPALIVE,
-        })?;
+        let tls = proxy::client::tls_config()?;
         let listener = TcpListener::bind(config.gateway_addr).await?;
         let local_addr = listener.local_addr()?;
         let (health, health_rx) =
@@ -223,7 +223,7 @@ impl DataPlane {
             store: Arc::new(SnapshotStore::new()),
             health: Arc::new(health),
             health_rx,
-            http,
+            tls,
         })
     }
 
@@ -272,7 +272,7 @@ impl DataPlane {
             store,
             health,
             health_rx,
-            http,
+            tls,
             entra,
         } = self;
         let entra_task = tokio::spawn(keep_entra_tokens(Arc::clone(&store), Arc::clone(&entra)));
@@ -290,25 +290,37 @@ impl DataPlane {
                 health_rx,
             ))
         });
-        let proxy = Arc::new(proxy::Proxy {
-            store,
-            health,
-            selector,
-            http,
-            entra,
-            limits: proxy::Limits {
-                max_body_bytes: config.max_body_bytes,
-                upstream_timeout: config.upstream_timeout,
-                idle_timeout: config.stream_idle_timeout,
-                request_timeout: config.request_timeout,
-                max_buffered_response_bytes: config.max_buffered_response_bytes,
-                client_body_timeout: config.client_body_timeout,
-            },
-        });
+        let limits = proxy::Limits {
+            max_body_bytes: config.max_body_bytes,
+            upstream_timeout: config.upstream_timeout,
+            idle_timeout: config.stream_idle_timeout,
+            request_timeout: config.request_timeout,
+            max_buffered_response_bytes: config.max_buffered_response_bytes,
+            client_body_timeout: config.client_body_timeout,
+        };
+        let settings = proxy::client::ClientSettings {
+            connect_timeout: config.upstream_connect_timeout,
+            pool_idle_timeout: UPSTREAM_POOL_IDLE_TIMEOUT,
+            tcp_keepalive: UPSTREAM_TCP_KEEPALIVE,
+        };
+        // One proxy per serving thread: shared routing table, health and tokens; its own
+        // upstream connection pool.
+        let workers = config.workers.max(1);
+        let proxies = (0..workers)
+            .map(|_| proxy::Proxy {
+                store: Arc::clone(&store),
+                health: Arc::clone(&health),
+                selector: Arc::clone(&selector),
+                http: proxy::client::build(settings, tls.clone()),
+                entra: Arc::clone(&entra),
+                limits: limits.clone(),
+            })
+            .collect();
         info!(
             addr = %local_addr,
             node_id = %config.node_id,
             control_plane = %config.control_plane_url,
+            workers,
             "data plane serving"
         );
 
@@ -338,7 +350,7 @@ impl DataPlane {
                 reason = client_died => died = Some(reason),
             }
         };
-        proxy::server::serve(listener, proxy, stop, config.shutdown_grace).await;
+        proxy::server::serve(listener, proxies, stop, config.shutdown_grace).await;
         if let Some(client) = client_abort {
             client.abort();
         }

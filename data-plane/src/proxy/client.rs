@@ -31,24 +31,31 @@ pub(crate) struct ClientSettings {
     pub tcp_keepalive: Duration,
 }
 
-/// Builds the client: TLS verified against the platform's roots (as the OS trusts them),
-/// `TCP_NODELAY`, TCP keep-alive, idle pooled connections closed after `pool_idle_timeout`.
-pub(crate) fn build(settings: ClientSettings) -> std::io::Result<UpstreamClient> {
+/// The TLS settings of every upstream connection: certificates verified against the
+/// platform's roots (as the OS trusts them). Built once at start, so a broken trust store
+/// fails the data plane before it serves.
+pub(crate) fn tls_config() -> std::io::Result<rustls::ClientConfig> {
+    rustls::ClientConfig::with_platform_verifier().map_err(std::io::Error::other)
+}
+
+/// Builds one client (one connection pool): `TCP_NODELAY`, TCP keep-alive, idle pooled
+/// connections closed after `pool_idle_timeout`. Each serving thread gets its own, so its
+/// connections live on its runtime.
+pub(crate) fn build(settings: ClientSettings, tls: rustls::ClientConfig) -> UpstreamClient {
     let mut tcp = HttpConnector::new();
     tcp.enforce_http(false);
     tcp.set_nodelay(true);
     tcp.set_connect_timeout(Some(settings.connect_timeout));
     tcp.set_keepalive(Some(settings.tcp_keepalive));
-    let tls = rustls::ClientConfig::with_platform_verifier().map_err(std::io::Error::other)?;
     let https = HttpsConnectorBuilder::new()
         .with_tls_config(tls)
         .https_or_http()
         .enable_http1()
         .enable_http2()
         .wrap_connector(tcp);
-    Ok(Client::builder(TokioExecutor::new())
+    Client::builder(TokioExecutor::new())
         .timer(TokioTimer::new())
         .pool_timer(TokioTimer::new())
         .pool_idle_timeout(settings.pool_idle_timeout)
-        .build(https))
+        .build(https)
 }
