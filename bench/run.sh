@@ -29,7 +29,7 @@ fi
 # 2. oha, the load generator.
 if [ ! -x "$OHA" ]; then
     echo "bench: installing oha into $TOOLS" >&2
-    cargo install oha --locked --root "$TOOLS"
+    cargo install oha --locked --version 1.16.0 --root "$TOOLS"
 fi
 
 # 3. Many connections at once (1,000 open streams, 64-connection load through two hops).

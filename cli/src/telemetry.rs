@@ -23,6 +23,10 @@ use tracing_subscriber::{EnvFilter, Layer};
 /// 100,000 requests per second).
 const LOG_BUFFER_LINES: usize = 128_000;
 
+/// Bytes gathered before a write to stderr (the writer also flushes whenever its queue is empty,
+/// so a line is never held back waiting for more).
+const LOG_WRITE_BUFFER: usize = 64 * 1024;
+
 /// How often the number of log lines dropped since the last report is logged (if any were).
 const DROPPED_REPORT_INTERVAL: Duration = Duration::from_secs(10);
 
@@ -56,7 +60,9 @@ pub fn init(service: &'static str) -> anyhow::Result<TelemetryGuard> {
         .buffered_lines_limit(LOG_BUFFER_LINES)
         .lossy(true)
         .thread_name("modelgw-log-writer")
-        .finish(std::io::stderr());
+        // The writer thread drains every queued line, then flushes: one write per batch, not
+        // one per line.
+        .finish(std::io::BufWriter::with_capacity(LOG_WRITE_BUFFER, std::io::stderr()));
     let dropped = writer.error_counter();
 
     let fmt = if json {
