@@ -19,6 +19,13 @@ mod telemetry;
 
 use clap::{Parser, Subcommand};
 
+/// jemalloc instead of glibc's malloc: the data plane allocates many small, short-lived buffers
+/// per request (headers, body chunks, log lines); jemalloc takes 7 % fewer instructions per
+/// request than glibc at the same idle RSS (mimalloc saved as much but started 14 MiB larger);
+/// see BENCHMARKS.md.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[derive(Parser)]
 #[command(
     name = "modelgw",
