@@ -14,6 +14,7 @@ mod control_plane;
 mod data_plane;
 mod demo;
 mod import;
+mod log_line;
 mod mock_azure;
 mod telemetry;
 

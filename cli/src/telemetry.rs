@@ -67,12 +67,15 @@ pub fn init(service: &'static str) -> anyhow::Result<TelemetryGuard> {
 
     let fmt = if json {
         tracing_subscriber::fmt::layer().json().with_current_span(true).with_writer(writer).boxed()
+    } else if std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none() {
+        // A person at a terminal: tracing-subscriber's coloured format.
+        tracing_subscriber::fmt::layer().with_target(false).with_writer(writer).boxed()
     } else {
-        // Colour only for a person at a terminal: log files and collectors get plain text.
-        let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+        // Log files and collectors: the same shape in plain text, written cheaply (one line
+        // per proxied request at `info`).
         tracing_subscriber::fmt::layer()
-            .with_target(false)
-            .with_ansi(ansi)
+            .event_format(crate::log_line::LineFormat)
+            .fmt_fields(crate::log_line::LineFields)
             .with_writer(writer)
             .boxed()
     };
