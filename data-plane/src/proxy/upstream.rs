@@ -32,14 +32,20 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
         || name.as_str() == "proxy-connection"
 }
 
-/// Header names listed in `Connection:` are hop-by-hop too.
+/// Header names listed in `Connection:` are hop-by-hop too. Connection options that are not
+/// header names in use (`close`, `keep-alive`: removed as hop-by-hop anyway) are skipped
+/// without building a `HeaderName`.
 fn connection_listed(headers: &HeaderMap) -> Vec<HeaderName> {
     headers
         .get_all(CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .map(str::trim)
+        .filter(|name| {
+            !name.eq_ignore_ascii_case("close") && !name.eq_ignore_ascii_case("keep-alive")
+        })
+        .filter_map(|name| HeaderName::from_bytes(name.as_bytes()).ok())
         .collect()
 }
 
@@ -69,11 +75,13 @@ pub(crate) fn upstream_headers(client: &HeaderMap, request_id: &HeaderValue) -> 
 
 /// The upstream's headers as sent to the client, without hop-by-hop headers.
 pub(crate) fn downstream_headers(mut upstream: HeaderMap) -> HeaderMap {
-    for name in connection_listed(&upstream) {
-        upstream.remove(name);
+    // Usually nothing (HTTP/2) or just `connection: keep-alive` (HTTP/1.1): no allocation then.
+    if upstream.contains_key(CONNECTION) {
+        for name in connection_listed(&upstream) {
+            upstream.remove(name);
+        }
     }
-    let hop: Vec<HeaderName> = upstream.keys().filter(|n| is_hop_by_hop(n)).cloned().collect();
-    for name in hop {
+    while let Some(name) = upstream.keys().find(|n| is_hop_by_hop(n)).cloned() {
         upstream.remove(name);
     }
     upstream
@@ -325,11 +333,18 @@ mod tests {
         assert_eq!(names, vec!["content-type", "x-ms-client-request-id", "x-stainless-lang"]);
 
         let mut upstream = HeaderMap::new();
-        upstream.insert("connection", HeaderValue::from_static("close"));
+        upstream.insert("connection", HeaderValue::from_static("close, x-hop"));
+        upstream.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        upstream.insert("x-hop", HeaderValue::from_static("1"));
         upstream.insert("transfer-encoding", HeaderValue::from_static("chunked"));
         upstream.insert("x-ratelimit-remaining-tokens", HeaderValue::from_static("9"));
         let down = downstream_headers(upstream);
-        assert_eq!(down.len(), 1);
+        assert_eq!(down.len(), 1, "{down:?}");
         assert!(down.contains_key("x-ratelimit-remaining-tokens"));
+
+        let mut clean = HeaderMap::new();
+        clean.insert("content-type", HeaderValue::from_static("application/json"));
+        clean.insert("apim-request-id", HeaderValue::from_static("abc"));
+        assert_eq!(downstream_headers(clean.clone()), clean, "nothing hop-by-hop: unchanged");
     }
 }
