@@ -176,6 +176,8 @@ async fn request_logs_name_endpoints_and_outcomes_but_never_a_key() -> Result<()
         &at_info.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner),
     )
     .into_owned();
+    // Values may be quoted or not, depending on the formatter: strip the quotes.
+    let info = info.replace('"', "");
     let answered: Vec<&str> = info.lines().filter(|l| l.contains("request answered")).collect();
     assert_eq!(answered.len(), 4, "one access line per request:\n{info}");
     assert!(answered.iter().all(|l| l.contains("request_id=") && l.contains("status=")), "{info}");
@@ -195,13 +197,11 @@ async fn request_logs_name_endpoints_and_outcomes_but_never_a_key() -> Result<()
     let attempt_lines: Vec<&str> =
         info.lines().filter(|l| l.contains("upstream attempt")).collect();
     assert!(
-        attempt_lines.iter().all(|l| !l.contains("outcome=\"ok\"")),
+        attempt_lines.iter().all(|l| !l.contains("outcome=ok")),
         "a served attempt is not logged again at info:\n{info}"
     );
     assert!(
-        attempt_lines
-            .iter()
-            .any(|l| l.contains("outcome=\"throttled\"") && l.contains("request_id=")),
+        attempt_lines.iter().any(|l| l.contains("outcome=throttled") && l.contains("request_id=")),
         "a failed attempt names its request:\n{info}"
     );
     for secret in [CLIENT_KEY, "upstream-key-eus", "upstream-key-swc", "must-not-leak"] {
