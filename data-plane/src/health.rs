@@ -34,13 +34,16 @@
 //! not sampled, so a recovered region is tried again.
 //!
 //! Locking: one `std::sync::Mutex` per endpoint, held for a few field updates and never across
-//! an await; the map is behind an `RwLock` written only when an endpoint is first seen. State
+//! an await; the map is copy-on-write behind an `ArcSwap` (lock-free reads), replaced only
+//! when an endpoint is first seen. State
 //! changes are offered to a bounded channel for the control-plane reporter; when it is full
 //! the change is dropped (the next one supersedes it).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use arc_swap::ArcSwap;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use http::HeaderMap;
@@ -303,7 +306,10 @@ impl Drop for Admission {
 #[derive(Debug)]
 pub struct HealthRegistry {
     policy: HealthPolicy,
-    endpoints: RwLock<HashMap<EndpointId, Arc<Entry>>>,
+    /// Copy-on-write: read on every request by every serving thread, written once per
+    /// endpoint ever seen. A lock-free load keeps the serving threads from contending on a
+    /// reader count.
+    endpoints: ArcSwap<HashMap<EndpointId, Arc<Entry>>>,
     changes: mpsc::Sender<HealthChange>,
 }
 
@@ -319,7 +325,7 @@ impl HealthRegistry {
         capacity: usize,
     ) -> (Self, mpsc::Receiver<HealthChange>) {
         let (changes, rx) = mpsc::channel(capacity.max(1));
-        (Self { policy, endpoints: RwLock::new(HashMap::new()), changes }, rx)
+        (Self { policy, endpoints: ArcSwap::from_pointee(HashMap::new()), changes }, rx)
     }
 
     pub fn policy(&self) -> &HealthPolicy {
@@ -348,7 +354,8 @@ impl HealthRegistry {
 
     /// Everything selection needs about `id`, under one lock.
     pub fn view(&self, id: EndpointId, now: Instant) -> EndpointView {
-        let Some(entry) = self.get(id) else {
+        let map = self.endpoints.load();
+        let Some(entry) = map.get(&id) else {
             return EndpointView {
                 unavailable: None,
                 low_headroom: false,
@@ -493,8 +500,7 @@ impl HealthRegistry {
             self.entry(remote.endpoint_id).lock().remote = Some(Window { kind, until: now + left });
             active += 1;
         }
-        let map = self.endpoints.read().unwrap_or_else(|poisoned| poisoned.into_inner());
-        for (id, entry) in map.iter() {
+        for (id, entry) in self.endpoints.load().iter() {
             if !listed.contains(id) {
                 entry.lock().remote = None;
             }
@@ -512,17 +518,22 @@ impl HealthRegistry {
         Some(latency * 0.5f64.powf(age.as_secs_f64() / half_life))
     }
 
-    fn get(&self, id: EndpointId) -> Option<Arc<Entry>> {
-        let map = self.endpoints.read().unwrap_or_else(|poisoned| poisoned.into_inner());
-        map.get(&id).cloned()
-    }
-
     fn entry(&self, id: EndpointId) -> Arc<Entry> {
-        if let Some(entry) = self.get(id) {
-            return entry;
+        loop {
+            if let Some(entry) = self.endpoints.load().get(&id) {
+                return Arc::clone(entry);
+            }
+            // First sight of this endpoint: publish a copy of the map with it added (rare:
+            // once per endpoint per process; racing writers retry on the newer map).
+            self.endpoints.rcu(|map| {
+                if map.contains_key(&id) {
+                    return Arc::clone(map);
+                }
+                let mut next = HashMap::clone(map);
+                next.insert(id, Arc::default());
+                Arc::new(next)
+            });
         }
-        let mut map = self.endpoints.write().unwrap_or_else(|poisoned| poisoned.into_inner());
-        Arc::clone(map.entry(id).or_default())
     }
 }
 

@@ -293,12 +293,14 @@ impl Proxy {
             info!(request_id = rid, model = name, "model is neither auto nor the gateway");
             return reply::deployment_not_found();
         }
-        let plan = RequestPlan {
+        let mut plan = RequestPlan {
             request_id: rid,
             method: parts.method.clone(),
             route,
             query: parts.uri.query(),
-            headers: upstream_headers(&parts.headers, request_id),
+            client_headers: &parts.headers,
+            request_id_header: request_id,
+            prepared: Some(upstream_headers(&parts.headers, request_id)),
             body,
             model,
         };
@@ -308,7 +310,7 @@ impl Proxy {
             &parts.headers,
         );
         debug!(timeout_ms = timeout.as_millis() as u64, "request deadline");
-        self.forward(&plan, gateway, started + timeout).await
+        self.forward(&mut plan, gateway, started + timeout).await
     }
 
     async fn read_body(
@@ -353,7 +355,7 @@ impl Proxy {
     /// in the deadline and tries again.
     async fn forward(
         &self,
-        plan: &RequestPlan<'_>,
+        plan: &mut RequestPlan<'_>,
         gateway: &CompiledGateway,
         deadline: Instant,
     ) -> Response<ProxyBody> {
@@ -520,11 +522,11 @@ impl Proxy {
     /// waits past `deadline`.
     async fn attempt(
         &self,
-        plan: &RequestPlan<'_>,
+        plan: &mut RequestPlan<'_>,
         endpoint: &CompiledEndpoint,
         deadline: Instant,
     ) -> Attempt {
-        let mut headers = plan.headers.clone();
+        let mut headers = plan.headers();
         match &endpoint.auth {
             UpstreamAuth::Static { name, value } => {
                 headers.insert(name.clone(), value.clone());

@@ -94,12 +94,24 @@ pub(crate) struct RequestPlan<'a> {
     pub method: Method,
     pub route: Route<'a>,
     pub query: Option<&'a str>,
-    pub headers: HeaderMap,
+    /// The client's headers and request id, to build an attempt's headers from.
+    pub client_headers: &'a HeaderMap,
+    pub request_id_header: &'a HeaderValue,
+    /// The first attempt's headers, built up front; later attempts (failover) build their own.
+    pub prepared: Option<HeaderMap>,
     pub body: Bytes,
     pub model: ModelProbe,
 }
 
 impl RequestPlan<'_> {
+    /// Headers for the next attempt (before its credential is added): the prepared set the
+    /// first time, a fresh one on failover — no copy on the common, single-attempt path.
+    pub(crate) fn headers(&mut self) -> HeaderMap {
+        self.prepared
+            .take()
+            .unwrap_or_else(|| upstream_headers(self.client_headers, self.request_id_header))
+    }
+
     /// `{base}/openai/deployments/{dep}/{op}?{query}` or `{base}/openai/v1/{op}?{query}` for
     /// Azure; `{base}/{op}` (query without `api-version`) for OpenAI-compatible APIs.
     ///
@@ -211,13 +223,18 @@ mod tests {
         Arc::clone(&table.gateways()[0].groups[0].members[0].endpoint)
     }
 
+    static EMPTY: std::sync::LazyLock<HeaderMap> = std::sync::LazyLock::new(HeaderMap::new);
+    static REQUEST_ID: HeaderValue = HeaderValue::from_static("test");
+
     fn plan<'a>(path: &'a str, query: Option<&'a str>, body: &'static str) -> RequestPlan<'a> {
         RequestPlan {
             request_id: "test",
             method: Method::POST,
             route: parse_route(&Method::POST, path),
             query,
-            headers: HeaderMap::new(),
+            client_headers: &EMPTY,
+            request_id_header: &REQUEST_ID,
+            prepared: None,
             body: Bytes::from_static(body.as_bytes()),
             model: probe_model(body.as_bytes()),
         }
