@@ -88,15 +88,20 @@ pub async fn refusing(name: &'static str) -> Result<Region> {
     let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
     let base_url = format!("http://{}", listener.local_addr()?);
     drop(listener);
-    Ok(Region {
+    Ok(unmocked(name, base_url))
+}
+
+/// A region at `base_url` served by something other than the mock (or by nothing).
+pub fn unmocked(name: &'static str, base_url: String) -> Region {
+    Region {
         mock: None,
         name,
         display: name.to_owned(),
         deployment: format!("gpt-4o-{name}"),
-        key: "unused-key-0123456789".to_owned(),
+        key: format!("upstream-key-{name}-0123456789"),
         base_url,
         id: EndpointId::new(),
-    })
+    }
 }
 
 pub fn endpoint(r: &Region) -> Result<Endpoint> {
