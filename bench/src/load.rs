@@ -332,6 +332,35 @@ pub async fn run(
 }
 
 #[cfg(test)]
+impl Run {
+    /// A run with every request answered 200, for the tests of the load and report modules.
+    pub(crate) fn sample(
+        round: usize,
+        row: Row,
+        scenario: Scenario,
+        rps: f64,
+        p50: f64,
+        p99: f64,
+        cpu_per_req: Option<f64>,
+    ) -> Run {
+        Run {
+            round,
+            row,
+            scenario,
+            result: OhaResult {
+                total_secs: 1.0,
+                rps,
+                status: BTreeMap::from([(200, rps as u64)]),
+                errors: BTreeMap::new(),
+                p50,
+                p99,
+            },
+            cpu_per_req,
+        }
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
@@ -374,20 +403,8 @@ mod tests {
     }
 
     fn run(round: usize, row: Row, scenario: Scenario, p50: f64, p99: f64, rps: f64) -> Run {
-        Run {
-            round,
-            row,
-            scenario,
-            result: OhaResult {
-                total_secs: 1.0,
-                rps,
-                status: BTreeMap::from([(200, rps as u64)]),
-                errors: BTreeMap::new(),
-                p50,
-                p99,
-            },
-            cpu_per_req: (scenario == Scenario::Throughput).then_some(1e-5 * round as f64),
-        }
+        let cpu = (scenario == Scenario::Throughput).then_some(1e-5 * round as f64);
+        Run::sample(round, row, scenario, rps, p50, p99, cpu)
     }
 
     #[test]

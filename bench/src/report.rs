@@ -593,21 +593,9 @@ mod tests {
 
     #[test]
     fn targets_compare_the_gateway_to_nginx() {
-        use crate::load::{OhaResult, Run};
-        use std::collections::BTreeMap;
-        let mk = |row, scenario, rps: f64, p99: f64, cpu: f64| Run {
-            round: 1,
-            row,
-            scenario,
-            result: OhaResult {
-                total_secs: 1.0,
-                rps,
-                status: BTreeMap::from([(200, rps as u64)]),
-                errors: BTreeMap::new(),
-                p50: p99 / 2.0,
-                p99,
-            },
-            cpu_per_req: Some(cpu),
+        use crate::load::Run;
+        let mk = |row, scenario, rps: f64, p99: f64, cpu: f64| {
+            Run::sample(1, row, scenario, rps, p99 / 2.0, p99, Some(cpu))
         };
         let mut load = LoadResults { rounds: 1, ..Default::default() };
         for (row, rps, p99, cpu) in [
