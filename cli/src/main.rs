@@ -15,6 +15,7 @@ mod data_plane;
 mod demo;
 mod import;
 mod log_line;
+mod log_writer;
 mod mock_azure;
 mod telemetry;
 

@@ -5,10 +5,10 @@
 //! per line for log pipelines. When `OTEL_EXPORTER_OTLP_ENDPOINT` is set, spans are also exported
 //! over OTLP/gRPC; a missing collector never blocks start-up.
 //!
-//! Lines are formatted on the thread that logs and written by a dedicated thread
-//! (`tracing-appender`), so a request never waits on the stderr lock or a slow log pipe. When that
-//! pipe cannot keep up the newest lines are dropped rather than the requests slowed, and the count
-//! of dropped lines is itself logged every [`DROPPED_REPORT_INTERVAL`].
+//! Lines are formatted on the thread that logs and written by a flusher thread
+//! ([`crate::log_writer`]), so a request never waits on the stderr lock or a slow log pipe. When
+//! that pipe cannot keep up the newest lines are dropped rather than the requests slowed, and the
+//! count of dropped lines is itself logged every [`DROPPED_REPORT_INTERVAL`].
 
 use std::io::IsTerminal;
 use std::time::Duration;
@@ -19,14 +19,6 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
 
-/// Lines buffered for the writer thread before new ones are dropped (~ a second of logs at
-/// 100,000 requests per second).
-const LOG_BUFFER_LINES: usize = 128_000;
-
-/// Bytes gathered before a write to stderr (the writer also flushes whenever its queue is empty,
-/// so a line is never held back waiting for more).
-const LOG_WRITE_BUFFER: usize = 64 * 1024;
-
 /// How often the number of log lines dropped since the last report is logged (if any were).
 const DROPPED_REPORT_INTERVAL: Duration = Duration::from_secs(10);
 
@@ -34,8 +26,8 @@ const DROPPED_REPORT_INTERVAL: Duration = Duration::from_secs(10);
 pub struct TelemetryGuard {
     provider: Option<opentelemetry_sdk::trace::SdkTracerProvider>,
     reporter: tokio::task::JoinHandle<()>,
-    // Dropped last: flushes the lines still queued for stderr.
-    _writer: tracing_appender::non_blocking::WorkerGuard,
+    // Dropped last: flushes the lines still buffered for stderr.
+    _writer: crate::log_writer::FlushGuard,
 }
 
 impl Drop for TelemetryGuard {
@@ -56,14 +48,9 @@ pub fn init(service: &'static str) -> anyhow::Result<TelemetryGuard> {
     let filter =
         EnvFilter::try_new(&filter).context("invalid log filter in MODELGW_LOG/RUST_LOG")?;
     let json = std::env::var("MODELGW_LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json"));
-    let (writer, writer_guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-        .buffered_lines_limit(LOG_BUFFER_LINES)
-        .lossy(true)
-        .thread_name("modelgw-log-writer")
-        // The writer thread drains every queued line, then flushes: one write per batch, not
-        // one per line.
-        .finish(std::io::BufWriter::with_capacity(LOG_WRITE_BUFFER, std::io::stderr()));
-    let dropped = writer.error_counter();
+    let (writer, writer_guard) = crate::log_writer::BatchWriter::new(std::io::stderr())
+        .context("starting the log writer thread")?;
+    let dropped = writer.clone();
 
     let fmt = if json {
         tracing_subscriber::fmt::layer().json().with_current_span(true).with_writer(writer).boxed()
