@@ -193,40 +193,9 @@ impl<'a> MakeWriter<'a> for BatchWriter {
 #[cfg(test)]
 mod tests {
     use std::io::Write as _;
-    use std::time::Instant;
 
     use super::*;
-
-    #[derive(Clone, Default)]
-    struct Out(Arc<Mutex<Vec<u8>>>);
-
-    impl std::io::Write for Out {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().expect("out").extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-
-    impl Out {
-        fn text(&self) -> String {
-            String::from_utf8_lossy(&self.0.lock().expect("out")).into_owned()
-        }
-
-        /// Waits up to `within` for `needle` to be written.
-        fn wait_for(&self, needle: &str, within: Duration) -> Option<Duration> {
-            let start = Instant::now();
-            while start.elapsed() < within {
-                if self.text().contains(needle) {
-                    return Some(start.elapsed());
-                }
-                std::thread::sleep(Duration::from_millis(1));
-            }
-            None
-        }
-    }
+    use crate::test_output::Output as Out;
 
     fn sink(writer: &BatchWriter, prompt: bool) -> LineSink<'_> {
         LineSink { shared: &writer.shared, prompt }

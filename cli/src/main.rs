@@ -18,6 +18,8 @@ mod log_line;
 mod log_writer;
 mod mock_azure;
 mod telemetry;
+#[cfg(test)]
+mod test_output;
 
 use clap::{Parser, Subcommand};
 
