@@ -59,14 +59,8 @@ impl Store {
         )))
         .fetch_all(&mut *tx)
         .await?;
-        let member_rows = sqlx::query(
-            "SELECT gateway_id, endpoint_id, enabled, priority, weight FROM gateway_members \
-             ORDER BY gateway_id, position",
-        )
-        .fetch_all(&mut *tx)
-        .await?;
+        let mut members = all_members(&mut tx).await?;
         tx.commit().await?;
-        let mut members = group_members(&member_rows)?;
         gateways
             .iter()
             .map(|row| {
@@ -206,11 +200,18 @@ async fn fetch_gateway(
 }
 
 /// Members keyed by gateway id (as stored), each list in position order.
-pub(super) fn group_members(
-    rows: &[AnyRow],
+/// Every gateway's members, in their configured order, keyed by gateway id (text).
+pub(super) async fn all_members(
+    conn: &mut AnyConnection,
 ) -> Result<HashMap<String, Vec<GatewayMember>>, StoreError> {
+    let rows = sqlx::query(
+        "SELECT gateway_id, endpoint_id, enabled, priority, weight FROM gateway_members \
+         ORDER BY gateway_id, position",
+    )
+    .fetch_all(&mut *conn)
+    .await?;
     let mut grouped: HashMap<String, Vec<GatewayMember>> = HashMap::new();
-    for row in rows {
+    for row in &rows {
         let gateway_id: String = row.try_get("gateway_id")?;
         grouped.entry(gateway_id).or_default().push(member_from_row(row)?);
     }

@@ -4,7 +4,7 @@ use modelgw_model::{Credential, DEFAULT_ENTRA_SCOPE, Endpoint, Gateway, GatewayK
 use sqlx::Row as _;
 
 use super::endpoints::platform_from_db;
-use super::gateways::{group_members, routing_from_row};
+use super::gateways::{all_members, routing_from_row};
 use super::{AuthMode, Store, StoreError, decode_error, parse_column, version_from_db};
 
 impl Store {
@@ -28,12 +28,7 @@ impl Store {
         )
         .fetch_all(&mut *tx)
         .await?;
-        let member_rows = sqlx::query(
-            "SELECT gateway_id, endpoint_id, enabled, priority, weight FROM gateway_members \
-             ORDER BY gateway_id, position",
-        )
-        .fetch_all(&mut *tx)
-        .await?;
+        let mut members = all_members(&mut tx).await?;
         let key_rows = sqlx::query(
             "SELECT id, gateway_id, sha256 FROM gateway_keys WHERE revoked_at IS NULL \
              ORDER BY gateway_id, created_at, id",
@@ -70,7 +65,6 @@ impl Store {
             });
         }
 
-        let mut members = group_members(&member_rows)?;
         let mut keys: std::collections::HashMap<String, Vec<GatewayKey>> =
             std::collections::HashMap::new();
         for row in &key_rows {
