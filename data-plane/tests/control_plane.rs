@@ -186,10 +186,7 @@ async fn snapshots_are_acked_or_nacked_health_is_reported_and_the_client_reconne
     assert_eq!(store.version().0, 1);
 
     // A throttled endpoint is reported.
-    mock.script(
-        "gpt-4o-eus",
-        Fault::Status { status: 429, retry_after: Some(7), retry_after_ms: None, times: 1 },
-    );
+    mock.script("gpt-4o-eus", Fault::throttled(7, 1));
     let throttled = http
         .post(format!("{base}/openai/deployments/auto/chat/completions?api-version=2024-10-21"))
         .header("api-key", CLIENT_KEY)

@@ -134,10 +134,7 @@ async fn request_logs_name_endpoints_and_outcomes_but_never_a_key() -> Result<()
     // 3: a wrong client key. 4: the same with Bearer.
     let ok = http.post(&url).header("api-key", CLIENT_KEY).body(body).send().await?;
     assert_eq!(ok.status(), 200);
-    regions[0].1.script(
-        "gpt-4o-eus",
-        Fault::Status { status: 429, retry_after: Some(9), retry_after_ms: None, times: 1 },
-    );
+    regions[0].1.script("gpt-4o-eus", Fault::throttled(9, 1));
     let rejected = http
         .post(&url)
         .header("api-key", CLIENT_KEY)

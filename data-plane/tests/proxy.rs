@@ -207,12 +207,7 @@ async fn a_429_fails_over_and_the_throttled_endpoint_is_skipped_during_its_windo
     let eus = region_at("eus", "East US", "gpt-4o-eus").await?;
     let swc = region_at("swc", "Sweden Central", "gpt-4o-swc").await?;
     let gw = gateway(&[(&eus, 0, 1), (&swc, 1, 1)]).await?;
-    eus.script(Fault::Status {
-        status: 429,
-        retry_after: Some(30),
-        retry_after_ms: None,
-        times: 1,
-    });
+    eus.script(Fault::throttled(30, 1));
 
     let first = gw.chat().await?;
     assert_eq!(first.status(), 200);
@@ -285,12 +280,7 @@ async fn all_throttled_answers_429_with_the_earliest_retry_after() -> Result<()>
     let eus = region_at("eus", "East US", "gpt-4o-eus").await?;
     let swc = region_at("swc", "Sweden Central", "gpt-4o-swc").await?;
     let gw = gateway(&[(&eus, 0, 1), (&swc, 1, 1)]).await?;
-    eus.script(Fault::Status {
-        status: 429,
-        retry_after: Some(30),
-        retry_after_ms: None,
-        times: 1,
-    });
+    eus.script(Fault::throttled(30, 1));
     swc.script(Fault::Status {
         status: 429,
         retry_after: None,
@@ -339,12 +329,7 @@ async fn failures_that_are_not_throttling_answer_503() -> Result<()> {
     let swc = region_at("swc", "Sweden Central", "gpt-4o-swc").await?;
     let gw = gateway(&[(&eus, 0, 1), (&swc, 0, 1)]).await?;
     eus.script(Fault::Status { status: 500, retry_after: None, retry_after_ms: None, times: 1 });
-    swc.script(Fault::Status {
-        status: 429,
-        retry_after: Some(20),
-        retry_after_ms: None,
-        times: 1,
-    });
+    swc.script(Fault::throttled(20, 1));
     let response = gw.chat().await?;
     assert_eq!(response.status(), 503);
     assert!(header(&response, "retry-after").parse::<u64>()? <= 5, "the error cooldown is sooner");

@@ -212,12 +212,7 @@ async fn refused_cut_mid_response_and_503_endpoints_are_invisible_to_clients() -
     // All three of another gateway throttled: 429 with the earliest recovery.
     let (x, y, z) = (region("x").await?, region("y").await?, region("z").await?);
     for (r, secs) in [(&x, 7), (&y, 3), (&z, 5)] {
-        r.script(Fault::Status {
-            status: 429,
-            retry_after: Some(secs),
-            retry_after_ms: None,
-            times: 1,
-        });
+        r.script(Fault::throttled(secs, 1));
     }
     let gw = gateway(
         &[(&x, 0, 1), (&y, 0, 1), (&z, 1, 1)],
@@ -580,12 +575,7 @@ async fn wait_for_recovery_waits_when_recovery_is_within_the_deadline() -> Resul
     assert!(attempts.starts_with("eus:throttled:") && attempts.contains(",eus:ok:"), "{attempts}");
 
     // A recovery beyond the deadline is not waited for (waiting would take the whole 5 s).
-    eus.script(Fault::Status {
-        status: 429,
-        retry_after: Some(10),
-        retry_after_ms: None,
-        times: 1,
-    });
+    eus.script(Fault::throttled(10, 1));
     let started = Instant::now();
     let response = gw.chat().await?;
     assert_eq!(response.status(), 429);

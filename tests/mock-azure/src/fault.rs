@@ -60,6 +60,18 @@ pub enum Fault {
     },
 }
 
+impl Fault {
+    /// A 429 with `retry-after: {retry_after_secs}` (Azure's throttling answer), `times` times.
+    pub fn throttled(retry_after_secs: u64, times: u32) -> Fault {
+        Fault::Status {
+            status: 429,
+            retry_after: Some(retry_after_secs),
+            retry_after_ms: None,
+            times,
+        }
+    }
+}
+
 fn one() -> u32 {
     1
 }
@@ -161,13 +173,7 @@ mod tests {
         let f: Fault = serde_json::from_str(r#"{"kind":"stream_cut","after_chunks":3}"#)
             .expect("valid fault JSON");
         assert_eq!(f, Fault::StreamCut { after_chunks: 3, times: 1 });
-        let s = serde_json::to_value(Fault::Status {
-            status: 429,
-            retry_after: Some(6),
-            retry_after_ms: None,
-            times: 2,
-        })
-        .expect("serializable");
+        let s = serde_json::to_value(Fault::throttled(6, 2)).expect("serializable");
         assert_eq!(
             s,
             serde_json::json!({"kind":"status","status":429,"retry_after":6,"retry_after_ms":null,"times":2})

@@ -16,7 +16,7 @@ async fn control_api_equals_the_rust_api() {
     let base = mock.base_url();
 
     // Script over HTTP; the fault behaves as if scripted in Rust.
-    let fault = Fault::Status { status: 429, retry_after: Some(3), retry_after_ms: None, times: 1 };
+    let fault = Fault::throttled(3, 1);
     let resp =
         client.post(format!("{base}/_mock/faults/{DEP}")).json(&fault).send().await.expect("resp");
     assert_eq!(resp.status(), 204);

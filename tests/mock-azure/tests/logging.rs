@@ -35,10 +35,7 @@ async fn requests_are_logged_without_credentials() {
 
     let mock = start().await;
     let client = client();
-    mock.script(
-        DEP,
-        Fault::Status { status: 429, retry_after: Some(1), retry_after_ms: None, times: 1 },
-    );
+    mock.script(DEP, Fault::throttled(1, 1));
     assert_eq!(chat(&client, &mock, &chat_body()).await.status(), 429);
     assert_eq!(chat(&client, &mock, &chat_body()).await.status(), 200);
     let wrong_key = "wrong-key-that-must-not-be-logged";
