@@ -249,10 +249,10 @@ impl From<StoreError> for ApiError {
                 )])
             }
             StoreError::InUse { gateways } => ApiError::InUse { gateways },
-            other
-            @ (StoreError::Crypto(_) | StoreError::Database(_) | StoreError::Migration(_)) => {
-                ApiError::Internal(format!("store: {other}"))
-            }
+            other @ (StoreError::Crypto(_)
+            | StoreError::Database(_)
+            | StoreError::Migration(_)
+            | StoreError::InvalidSnapshot(_)) => ApiError::Internal(format!("store: {other}")),
         }
     }
 }

@@ -3,13 +3,14 @@
 //! every subscribed data plane over the gRPC `Stream`; the registry tracks each data plane's
 //! applied version, last-seen time and reported endpoint health.
 //!
-//! The published value is one `watch` of `Arc<cfg::Snapshot>`: converted to wire form once
-//! per version, shared by every stream, and only ever replaced by a newer version. Streams
-//! read the latest value when they can send, so a slow data plane skips versions it no
-//! longer needs (snapshots are complete, never deltas).
+//! The published value is one `watch` of `Arc<PublishedSnapshot>`: the validated domain
+//! snapshot and its protobuf encoding, made once per version and shared by every stream (a
+//! stream sends the encoded bytes, never a copy), only ever replaced by a newer version.
+//! Streams read the latest value when they can send, so a slow data plane skips versions it
+//! no longer needs (snapshots are complete, never deltas).
 //!
 //! Fleet health works the same way: the registry aggregates every data plane's reports into
-//! one `watch` of `Arc<cfg::FleetHealth>` (replaced only when the aggregate changes), and
+//! one `watch` of `Arc<FleetHealth>` (replaced only when the aggregate changes), and
 //! each stream sends it after every snapshot and on every change. A report therefore reaches
 //! every other data plane in one in-memory hop; persisting it (for restarts and for other
 //! replicas, which merge stored reports on each poll tick) happens afterwards, in a
@@ -24,14 +25,15 @@ pub use health::{
     HEALTH_RETENTION, LastError, UNTIMED_REPORT_WINDOW,
 };
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use chrono::{DateTime, Utc};
+use modelgw_model::protocol::{EndpointHealth, FleetHealth};
 use modelgw_model::{ConfigVersion, EndpointId, EndpointState, NodeId, Snapshot};
-use modelgw_proto::cfg;
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 use tokio::time::MissedTickBehavior;
@@ -93,13 +95,13 @@ pub struct DataPlaneStatus {
 #[derive(Clone)]
 pub struct DataPlaneRegistry {
     inner: Arc<Mutex<RegistryInner>>,
-    fleet: Arc<watch::Sender<Arc<cfg::FleetHealth>>>,
+    fleet: Arc<watch::Sender<Arc<FleetHealth>>>,
     persist: Option<Arc<health::PendingWrites>>,
 }
 
 impl Default for DataPlaneRegistry {
     fn default() -> Self {
-        let (fleet, _) = watch::channel(Arc::new(cfg::FleetHealth::default()));
+        let (fleet, _) = watch::channel(Arc::new(FleetHealth::default()));
         DataPlaneRegistry { inner: Arc::default(), fleet: Arc::new(fleet), persist: None }
     }
 }
@@ -130,14 +132,6 @@ impl std::fmt::Display for ConnectionId {
     }
 }
 
-/// One entry of a data plane's health report, already parsed.
-pub(crate) struct HealthUpdate {
-    pub endpoint_id: EndpointId,
-    pub state: EndpointState,
-    pub reason: Option<String>,
-    pub until: Option<DateTime<Utc>>,
-}
-
 impl DataPlaneRegistry {
     /// All data planes ever seen by this control plane process, sorted by node id.
     pub fn data_planes(&self) -> Vec<DataPlaneStatus> {
@@ -156,14 +150,14 @@ impl DataPlaneRegistry {
 
     /// The fleet health data planes are sent: every endpoint unavailable somewhere. The
     /// receiver sees each change; for in-process consumers and tests.
-    pub fn subscribe_fleet_health(&self) -> watch::Receiver<Arc<cfg::FleetHealth>> {
+    pub fn subscribe_fleet_health(&self) -> watch::Receiver<Arc<FleetHealth>> {
         self.fleet.subscribe()
     }
 
     /// Recomputes the fleet aggregate and publishes it if it changed. Called inside the
     /// caller's critical section, so publishes happen in the order of the changes.
     fn publish_fleet(&self, inner: &RegistryInner) {
-        let message = health::fleet_message(&inner.health, Utc::now());
+        let message = health::fleet_health(&inner.health, Utc::now());
         let mut message = Some(message);
         let changed = self.fleet.send_if_modified(|current| {
             if message.as_ref().is_some_and(|m| m != current.as_ref())
@@ -245,7 +239,7 @@ impl DataPlaneRegistry {
 
     /// Records a data plane's report, pushes the fleet aggregate if it changed, then queues
     /// the report for persistence (in that order: the push must not wait on the database).
-    pub(crate) fn report_health(&self, node_id: &NodeId, updates: Vec<HealthUpdate>) {
+    pub(crate) fn report_health(&self, node_id: &NodeId, updates: Vec<EndpointHealth>) {
         let now = Utc::now();
         let mut written = Vec::with_capacity(updates.len());
         {
@@ -261,7 +255,7 @@ impl DataPlaneRegistry {
                 };
                 let report = health::NodeReport {
                     state: u.state,
-                    until: u.until,
+                    until: u.until.map(DateTime::<Utc>::from),
                     reason: u.reason,
                     last_error,
                     updated_at: now,
@@ -303,12 +297,46 @@ impl DataPlaneRegistry {
     }
 
     /// Forgets health of endpoints that are no longer configured.
-    fn retain_health(&self, snapshot: &Snapshot) {
-        let ids: std::collections::HashSet<EndpointId> =
-            snapshot.endpoints.iter().map(|e| e.id).collect();
+    fn retain_health(&self, published: &PublishedSnapshot) {
         let mut inner = self.lock();
-        inner.health.retain(|id, _| ids.contains(id));
+        inner.health.retain(|id, _| published.contains_endpoint(*id));
         self.publish_fleet(&inner);
+    }
+}
+
+/// A snapshot as it is distributed: the validated domain value, the set of its endpoint ids
+/// (health reports are checked against it in O(1)), and its protobuf encoding, made once per
+/// version and shared by every stream.
+#[derive(Debug)]
+pub struct PublishedSnapshot {
+    snapshot: Arc<Snapshot>,
+    endpoint_ids: HashSet<EndpointId>,
+    encoded: Bytes,
+}
+
+impl PublishedSnapshot {
+    /// Indexes and encodes `snapshot` (once per version).
+    pub fn new(snapshot: Snapshot) -> PublishedSnapshot {
+        let endpoint_ids = snapshot.endpoints.iter().map(|e| e.id).collect();
+        let encoded = modelgw_model::wire::encode_snapshot(&snapshot);
+        PublishedSnapshot { snapshot: Arc::new(snapshot), endpoint_ids, encoded }
+    }
+
+    pub fn version(&self) -> ConfigVersion {
+        self.snapshot.version
+    }
+
+    pub fn snapshot(&self) -> &Arc<Snapshot> {
+        &self.snapshot
+    }
+
+    pub fn contains_endpoint(&self, id: EndpointId) -> bool {
+        self.endpoint_ids.contains(&id)
+    }
+
+    /// The protobuf encoding of the `Snapshot` message (shared, reference-counted).
+    pub fn encoded(&self) -> &Bytes {
+        &self.encoded
     }
 }
 
@@ -317,7 +345,7 @@ const MIN_POLL_INTERVAL: Duration = Duration::from_millis(100);
 
 /// The running distribution: publisher task, registry and the gRPC service factory.
 pub struct Distribution {
-    snapshots: watch::Receiver<Arc<cfg::Snapshot>>,
+    snapshots: watch::Receiver<Arc<PublishedSnapshot>>,
     changes: ConfigChanges,
     registry: DataPlaneRegistry,
     /// For the final health flush at shutdown.
@@ -342,9 +370,9 @@ impl Distribution {
         let started = Instant::now();
         let snapshot = store.load_snapshot().await?;
         let version = snapshot.version;
-        let wire = Arc::new(to_wire(&snapshot));
-        log_publish(&snapshot, &wire, started.elapsed());
-        let (snapshot_tx, snapshots) = watch::channel(wire);
+        let published = Arc::new(PublishedSnapshot::new(snapshot));
+        log_publish(&published, started.elapsed());
+        let (snapshot_tx, snapshots) = watch::channel(published);
         let (requested_tx, requested_rx) = watch::channel(version);
         let persist = Arc::new(health::PendingWrites::default());
         let registry = DataPlaneRegistry { persist: Some(persist.clone()), ..Default::default() };
@@ -385,12 +413,12 @@ impl Distribution {
 
     /// The version of the snapshot currently being distributed.
     pub fn current_version(&self) -> ConfigVersion {
-        ConfigVersion(self.snapshots.borrow().version)
+        self.snapshots.borrow().version()
     }
 
-    /// The published snapshot in wire form (always the newest version), for in-process
-    /// consumers and tests.
-    pub fn subscribe(&self) -> watch::Receiver<Arc<cfg::Snapshot>> {
+    /// The published snapshot (always the newest version), for in-process consumers and
+    /// tests.
+    pub fn subscribe(&self) -> watch::Receiver<Arc<PublishedSnapshot>> {
         self.snapshots.clone()
     }
 
@@ -443,7 +471,7 @@ impl Drop for AbortOnDrop {
 struct Publisher {
     store: Store,
     registry: DataPlaneRegistry,
-    snapshots: watch::Sender<Arc<cfg::Snapshot>>,
+    snapshots: watch::Sender<Arc<PublishedSnapshot>>,
     requested: watch::Receiver<ConfigVersion>,
     poll_interval: Duration,
 }
@@ -499,50 +527,46 @@ impl Publisher {
     }
 
     fn current(&self) -> ConfigVersion {
-        ConfigVersion(self.snapshots.borrow().version)
+        self.snapshots.borrow().version()
     }
 
     /// Swaps in `snapshot` for every stream unless a newer one is already out; `started` is
-    /// when its load from the store began (logged as the build time).
+    /// when its load from the store began (logged as the build time: load, validation,
+    /// indexing and encoding).
     fn publish(&self, snapshot: Snapshot, started: Instant) {
-        let wire = to_wire(&snapshot);
-        let version = wire.version;
-        let mut wire = Some(wire);
+        let version = snapshot.version;
+        // Loads can finish out of order with concurrent writers: never encode (let alone
+        // publish) a version streams already have or have passed.
+        if version <= self.current() {
+            return;
+        }
+        let mut fresh = Some(Arc::new(PublishedSnapshot::new(snapshot)));
         let published = self.snapshots.send_if_modified(|current| {
-            // Never an older (or the same) version than what streams already have: loads
-            // can finish out of order with concurrent writers.
-            if version > current.version
-                && let Some(w) = wire.take()
+            if version > current.version()
+                && let Some(p) = fresh.take()
             {
-                *current = Arc::new(w);
+                *current = p;
                 true
             } else {
                 false
             }
         });
         if published {
-            self.registry.retain_health(&snapshot);
-            log_publish(&snapshot, self.snapshots.borrow().as_ref(), started.elapsed());
+            let current = self.snapshots.borrow().clone();
+            self.registry.retain_health(&current);
+            log_publish(&current, started.elapsed());
         }
     }
 }
 
-fn to_wire(snapshot: &Snapshot) -> cfg::Snapshot {
-    cfg::Snapshot::from(snapshot)
-}
-
-/// Logs a publish with its build time (store load + wire conversion) and encoded size, and
-/// loudly if data planes will reject it (they keep their last good snapshot and NACK, which
-/// shows in the registry).
-fn log_publish(snapshot: &Snapshot, wire: &cfg::Snapshot, build: Duration) {
-    if let Err(e) = Snapshot::try_from(wire.clone()) {
-        tracing::error!(config_version = wire.version, reason = %e, "publishing a snapshot that data planes will reject");
-    }
+/// Logs a publish with its build time (store load, validation, wire encoding) and encoded
+/// size. A snapshot that breaks a rule never gets here: the store's load refuses it.
+fn log_publish(published: &PublishedSnapshot, build: Duration) {
     tracing::info!(
-        config_version = wire.version,
-        endpoints = snapshot.endpoints.len(),
-        gateways = snapshot.gateways.len(),
-        bytes = prost::Message::encoded_len(wire),
+        config_version = published.version().0,
+        endpoints = published.snapshot.endpoints.len(),
+        gateways = published.snapshot.gateways.len(),
+        bytes = published.encoded.len(),
         build_us = build.as_micros() as u64,
         "snapshot published"
     );
@@ -550,6 +574,8 @@ fn log_publish(snapshot: &Snapshot, wire: &cfg::Snapshot, build: Duration) {
 
 #[cfg(test)]
 mod tests {
+    use std::time::SystemTime;
+
     use super::*;
 
     fn node(s: &str) -> NodeId {
@@ -563,17 +589,17 @@ mod tests {
         registry.report_health(
             &node("dp-1"),
             vec![
-                HealthUpdate {
+                EndpointHealth {
                     endpoint_id: past,
                     state: EndpointState::Throttling,
                     reason: Some("429".into()),
-                    until: Some(Utc::now() - chrono::Duration::seconds(1)),
+                    until: Some(SystemTime::now() - Duration::from_secs(1)),
                 },
-                HealthUpdate {
+                EndpointHealth {
                     endpoint_id: future,
                     state: EndpointState::Error,
                     reason: Some("503".into()),
-                    until: Some(Utc::now() + chrono::Duration::seconds(60)),
+                    until: Some(SystemTime::now() + Duration::from_secs(60)),
                 },
             ],
         );
@@ -590,11 +616,11 @@ mod tests {
         let registry = DataPlaneRegistry::default();
         let mut fleet = registry.subscribe_fleet_health();
         let id = EndpointId::new();
-        let until = Some(Utc::now() + chrono::Duration::seconds(60));
+        let until = Some(SystemTime::now() + Duration::from_secs(60));
         let throttle = |name: &str| {
             registry.report_health(
                 &node(name),
-                vec![HealthUpdate {
+                vec![EndpointHealth {
                     endpoint_id: id,
                     state: EndpointState::Throttling,
                     reason: Some("429".into()),
@@ -606,7 +632,7 @@ mod tests {
         assert!(fleet.has_changed().expect("open"));
         let seen = fleet.borrow_and_update().clone();
         assert_eq!(seen.endpoints.len(), 1);
-        assert_eq!(seen.endpoints[0].endpoint_id, id.to_string());
+        assert_eq!(seen.endpoints[0].endpoint_id, id);
         // The same window from the same or another data plane changes nothing.
         throttle("dp-1");
         throttle("dp-2");
@@ -614,7 +640,7 @@ mod tests {
         // dp-1 recovering leaves dp-2's window: still nothing to push.
         registry.report_health(
             &node("dp-1"),
-            vec![HealthUpdate {
+            vec![EndpointHealth {
                 endpoint_id: id,
                 state: EndpointState::Healthy,
                 reason: None,
@@ -622,7 +648,8 @@ mod tests {
             }],
         );
         assert!(!fleet.has_changed().expect("open"));
-        registry.retain_health(&Snapshot::default());
+        let empty = Snapshot::new(ConfigVersion(1), vec![], vec![]).expect("valid");
+        registry.retain_health(&PublishedSnapshot::new(empty));
         assert!(fleet.has_changed().expect("open"), "a removed endpoint is pushed");
         assert!(fleet.borrow_and_update().endpoints.is_empty());
     }

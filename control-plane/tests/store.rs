@@ -10,11 +10,11 @@ use modelgw_control_plane::store::{
     AuthMode, AzureImportItem, EndpointAuth, EndpointHealthRecord, EndpointPatch, EndpointRecord,
     GatewayPatch, NewEndpoint, NewGateway,
 };
+use modelgw_model::wire::{decode_snapshot, encode_snapshot};
 use modelgw_model::{
     ConfigVersion, Credential, EndpointId, EndpointState, GatewayId, GatewayKeyId, GatewayMember,
     NodeId, Platform, RoutingPolicy, RoutingStrategy, Secret, Snapshot, gateway_key_hash,
 };
-use modelgw_proto::cfg;
 use sqlx::Row as _;
 
 on_both_backends!(
@@ -492,7 +492,7 @@ async fn force_delete_removes_memberships(db: &TestDb) {
     assert_eq!(store.get_gateway(g2.id).await.expect("g2").members, vec![]);
     assert!(matches!(store.get_endpoint(b.id).await, Err(StoreError::NotFound { .. })));
     let snapshot = store.load_snapshot().await.expect("snapshot");
-    Snapshot::try_from(cfg::Snapshot::from(&snapshot)).expect("snapshot stays valid");
+    decode_snapshot(&encode_snapshot(&snapshot)).expect("snapshot stays valid");
     // Force on an unused endpoint is a plain delete.
     let d = create_endpoint(&store, "d").await;
     let v2 = version(&store).await;
@@ -678,9 +678,9 @@ async fn snapshot_round_trips_through_the_wire(db: &TestDb) {
     let sg2 = snapshot.gateways.iter().find(|g| g.id == g2.id).expect("g2");
     assert_eq!((sg2.keys[0].id, sg2.keys[0].sha256), (k3.id, gateway_key_hash(s3.expose())));
 
-    let wire = cfg::Snapshot::from(&snapshot);
-    assert_eq!(wire.version, v.0);
-    let back = Snapshot::try_from(wire).expect("the store's snapshot is valid on the wire");
+    let back = decode_snapshot(&encode_snapshot(&snapshot))
+        .expect("the store's snapshot is valid on the wire");
+    assert_eq!(back.version, v);
     assert_eq!(back, snapshot);
 }
 
@@ -692,7 +692,7 @@ async fn a_fresh_store_has_a_valid_empty_snapshot(db: &TestDb) {
         snapshot,
         Snapshot { version: ConfigVersion(1), endpoints: vec![], gateways: vec![] }
     );
-    Snapshot::try_from(cfg::Snapshot::from(&snapshot)).expect("valid on the wire");
+    decode_snapshot(&encode_snapshot(&snapshot)).expect("valid on the wire");
 }
 
 async fn admin_token_is_generated_once(db: &TestDb) {
@@ -774,7 +774,7 @@ async fn gateway_routing_round_trips_and_versions(db: &TestDb) {
     assert_eq!(store.get_gateway(gw.id).await.expect("get").routing, fastest);
     let snapshot = store.load_snapshot().await.expect("snapshot");
     assert_eq!(snapshot.gateways[0].routing, fastest);
-    let wire = Snapshot::try_from(cfg::Snapshot::from(&snapshot)).expect("valid");
+    let wire = decode_snapshot(&encode_snapshot(&snapshot)).expect("valid");
     assert_eq!(wire.gateways[0].routing, fastest, "survives the wire");
 
     // A patch without routing keeps it; with routing replaces it whole.

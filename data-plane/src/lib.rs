@@ -10,20 +10,23 @@
 //! across an await, or let a secret (endpoint key, gateway key) reach a log line, an error
 //! message or a response.
 //!
-//! Modules: [`snapshot`] (compiled routing table behind one `ArcSwap`), [`health`]
+//! Modules: [`routing_table`] (compiled routing table behind one `ArcSwap`), [`health`]
 //! (per-endpoint health state machine with half-open trials, fleet windows from the control
 //! plane, quota headroom and latency estimates — all surviving swaps), [`balance`] (selection:
 //! priority spillover, `weighted` and `fastest` per gateway), `proxy` (hyper server and the
 //! request path: one deadline per request, failover before the first byte — for non-streamed
-//! answers before the whole (bounded) body was read —, SSE error events after it, waiting for recovery), [`client`] (control-plane connection: snapshots, health
-//! reports, fleet health).
+//! answers before the whole (bounded) body was read —, SSE error events after it, waiting for
+//! recovery), [`apply`] (what the control plane sends, applied in domain form: snapshots with
+//! ACK/NACK, fleet health) and `control_plane_client` (the gRPC transport to the control
+//! plane: the only module that sees wire types).
 
+pub mod apply;
 pub mod balance;
-pub mod client;
+mod control_plane_client;
 pub mod entra;
 pub mod health;
 mod proxy;
-pub mod snapshot;
+pub mod routing_table;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -35,11 +38,15 @@ use tokio::sync::mpsc;
 use tracing::info;
 
 use crate::balance::{ByStrategy, EndpointSelector};
+use crate::control_plane_client as client;
 use crate::entra::EntraTokens;
 use crate::health::{HEALTH_CHANNEL_CAPACITY, HealthChange, HealthPolicy, HealthRegistry};
-use crate::snapshot::SnapshotStore;
+// Transitional alias while the request-path modules move to `routing_table`.
+use crate::routing_table as snapshot;
+use crate::routing_table::SnapshotStore;
 
-pub use crate::client::{ApplyOutcome, apply_fleet_health, apply_snapshot};
+pub use crate::apply::{ApplyOutcome, apply_fleet_health, apply_snapshot};
+pub use crate::control_plane_client::HEARTBEAT_INTERVAL;
 
 /// Default request-body limit: 32 MiB. Bodies are held in memory so they can be re-sent on
 /// failover; 32 MiB covers Azure's largest inputs (25 MB audio files plus multipart framing,

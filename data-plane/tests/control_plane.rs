@@ -5,12 +5,12 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
+use cfg::config_discovery_server::{ConfigDiscovery, ConfigDiscoveryServer};
+use cfg::data_plane_message::Kind;
 use modelgw_data_plane::{DataPlane, DataPlaneConfig};
 use modelgw_mock_azure::{Fault, MockAzure, MockConfig};
+use modelgw_model::wire::cfg;
 use modelgw_model::{EndpointId, GatewayId, GatewayKeyId, gateway_key_hash};
-use modelgw_proto::cfg;
-use modelgw_proto::cfg::config_discovery_server::{ConfigDiscovery, ConfigDiscoveryServer};
-use modelgw_proto::cfg::data_plane_message::Kind;
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 use tonic::{Request, Response, Status, Streaming};

@@ -13,7 +13,7 @@ use azure_core::http::{ClientOptions, RetryOptions};
 use azure_identity::{ClientSecretCredential, ClientSecretCredentialOptions};
 use modelgw_azure_mock::{RedirectTransport, TokenCheck, TokenMock};
 use modelgw_data_plane::entra::EntraTokens;
-use modelgw_data_plane::snapshot::RoutingTable;
+use modelgw_data_plane::routing_table::RoutingTable;
 use modelgw_data_plane::{DataPlane, DataPlaneConfig, DataPlaneError};
 use modelgw_mock_azure::{MockAzure, MockConfig};
 use modelgw_model::{

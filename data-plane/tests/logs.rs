@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Result;
-use modelgw_data_plane::snapshot::RoutingTable;
+use modelgw_data_plane::routing_table::RoutingTable;
 use modelgw_data_plane::{DataPlane, DataPlaneConfig};
 use modelgw_mock_azure::{Fault, MockAzure, MockConfig};
 use modelgw_model::{

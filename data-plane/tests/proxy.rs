@@ -9,8 +9,7 @@ use anyhow::{Context, Result, bail};
 use futures::StreamExt;
 use modelgw_data_plane::{ApplyOutcome, DataPlaneConfig, apply_snapshot};
 use modelgw_mock_azure::{Fault, wire};
-use modelgw_model::{ConfigVersion, RoutingPolicy};
-use modelgw_proto::cfg;
+use modelgw_model::{ConfigVersion, EndpointId, RoutingPolicy};
 use serde_json::{Value, json};
 use support::{
     API_VERSION, CLIENT_KEY, GATEWAY, Region, TestGateway, chat_body, fast_config, header,
@@ -404,9 +403,9 @@ async fn readyz_follows_the_first_snapshot_and_healthz_is_always_ok() -> Result<
 async fn a_nacked_snapshot_keeps_the_last_good_one_serving() -> Result<()> {
     let eus = region_at("eus", "East US", "gpt-4o-eus").await?;
     let gw = gateway(&[(&eus, 0, 1)]).await?;
-    let mut bad = cfg::Snapshot::from(&snapshot(2, &[(&eus, 0, 1)], RoutingPolicy::default())?);
-    bad.gateways[0].members[0].endpoint_id = "not-a-uuid".to_owned();
-    let outcome = apply_snapshot(&gw.store, bad);
+    let mut bad = snapshot(2, &[(&eus, 0, 1)], RoutingPolicy::default())?;
+    bad.gateways[0].members[0].endpoint_id = EndpointId::new();
+    let outcome = apply_snapshot(&gw.store, &bad);
     let ApplyOutcome::Rejected { version, reason } = outcome else {
         bail!("accepted: {outcome:?}")
     };
@@ -424,10 +423,8 @@ async fn a_new_snapshot_reroutes_traffic() -> Result<()> {
     let swc = region_at("swc", "Sweden Central", "gpt-4o-swc").await?;
     let gw = gateway(&[(&eus, 0, 1)]).await?;
     assert_eq!(header(&gw.chat().await?, "x-modelgw-endpoint"), "eus");
-    let outcome = apply_snapshot(
-        &gw.store,
-        cfg::Snapshot::from(&snapshot(2, &[(&swc, 0, 1)], RoutingPolicy::default())?),
-    );
+    let outcome =
+        apply_snapshot(&gw.store, &snapshot(2, &[(&swc, 0, 1)], RoutingPolicy::default())?);
     assert_eq!(outcome, ApplyOutcome::Applied { version: ConfigVersion(2) });
     assert_eq!(header(&gw.chat().await?, "x-modelgw-endpoint"), "swc");
     Ok(())

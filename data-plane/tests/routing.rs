@@ -11,8 +11,8 @@ use futures::StreamExt;
 use modelgw_data_plane::health::HealthPolicy;
 use modelgw_data_plane::{DataPlaneConfig, apply_fleet_health};
 use modelgw_mock_azure::{Fault, wire};
-use modelgw_model::{RoutingPolicy, RoutingStrategy};
-use modelgw_proto::cfg;
+use modelgw_model::protocol::{EndpointHealth, FleetHealth};
+use modelgw_model::{EndpointState, RoutingPolicy, RoutingStrategy};
 use serde_json::{Value, json};
 use support::{API_VERSION, TestGateway, fast_config, gateway, header, refusing, region};
 
@@ -595,14 +595,14 @@ async fn a_fleet_throttle_window_is_honoured_locally() -> Result<()> {
     // Read before the wall clock, less a margin for the two clocks' readings: no later than
     // the window's end as the data plane converts it.
     let window_end = Instant::now() + window - Duration::from_millis(50);
-    let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis();
-    let fleet = cfg::FleetHealth {
-        endpoints: vec![cfg::EndpointHealth {
-            endpoint_id: eus.id.to_string(),
-            state: cfg::EndpointState::Throttling as i32,
-            until_unix_ms: i64::try_from(now_ms + window.as_millis())?,
-            reason: "429 seen by another data plane".to_owned(),
+    let fleet = FleetHealth {
+        endpoints: vec![EndpointHealth {
+            endpoint_id: eus.id,
+            state: EndpointState::Throttling,
+            until: Some(std::time::SystemTime::now() + window),
+            reason: Some("429 seen by another data plane".to_owned()),
         }],
+        skipped: vec![],
     };
     assert_eq!(apply_fleet_health(&gw.health, &fleet), 1);
     // Every request answered inside the window went elsewhere, however few a loaded machine

@@ -1,13 +1,20 @@
 //! The domain model of Model Gateway, shared by the control plane and the data plane.
 //!
 //! Owns: identifiers and versions (newtypes), the configuration entities, the routing
-//! snapshot in domain form, and the `Secret` wrapper that keeps credentials out of logs.
-//! Converts from the wire (`modelgw-proto`) with `TryFrom`, naming the field that is wrong.
+//! snapshot in domain form and its one set of rules (`Snapshot::validate`), the limits and
+//! reserved names of the configuration (`limits`), every message of the control-plane ↔
+//! data-plane protocol in domain form (`protocol`), and the `Secret` wrapper that keeps
+//! credentials out of logs. With the `wire` feature, `wire` owns every conversion to and from
+//! the generated types of `modelgw-proto`, with a typed error naming the field.
 //! Never touches I/O.
 
 mod ids;
+pub mod limits;
+pub mod protocol;
 mod secret;
 mod snapshot;
+#[cfg(feature = "wire")]
+pub mod wire;
 
 pub use ids::{ConfigVersion, EndpointId, GatewayId, GatewayKeyId, NodeId};
 pub use secret::Secret;

@@ -1,8 +1,8 @@
-//! Configuration entities in domain form, and their conversion from/to the wire.
+//! Configuration entities in domain form and the one set of rules a snapshot must meet.
+//! Their wire form and its conversion live in `wire` (feature `wire`).
 
 use std::collections::HashSet;
 
-use modelgw_proto::cfg;
 use serde::{Deserialize, Serialize};
 
 use crate::{ConfigVersion, EndpointId, GatewayId, GatewayKeyId, Secret};
@@ -185,209 +185,123 @@ pub struct Snapshot {
     pub gateways: Vec<Gateway>,
 }
 
-/// Why a snapshot from the wire was rejected; becomes the NACK reason. Names the field.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum InvalidSnapshot {
-    #[error("{field}: {reason}")]
-    Field { field: String, reason: String },
+/// Why a snapshot was rejected: by the store's build, the wire conversion or a data plane's
+/// compile step (where it becomes the NACK reason). Names the field, never a secret.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+#[error("{field}: {reason}")]
+pub struct InvalidSnapshot {
+    /// The offending field's path, e.g. `gateways[0].members[1].endpoint_id`.
+    pub field: String,
+    pub reason: String,
+}
+
+impl InvalidSnapshot {
+    pub fn new(field: impl Into<String>, reason: impl Into<String>) -> InvalidSnapshot {
+        InvalidSnapshot { field: field.into(), reason: reason.into() }
+    }
 }
 
 fn invalid(field: impl Into<String>, reason: impl Into<String>) -> InvalidSnapshot {
-    InvalidSnapshot::Field { field: field.into(), reason: reason.into() }
+    InvalidSnapshot::new(field, reason)
 }
 
-fn parse_id<T: std::str::FromStr>(field: &str, value: &str) -> Result<T, InvalidSnapshot> {
-    value.parse().map_err(|_| invalid(field, format!("not a UUID: {value:?}")))
-}
+impl Snapshot {
+    /// A validated snapshot: the one constructor every producer goes through (the store's
+    /// build, the wire conversion, tests), so the rules live here only.
+    pub fn new(
+        version: ConfigVersion,
+        endpoints: Vec<Endpoint>,
+        gateways: Vec<Gateway>,
+    ) -> Result<Snapshot, InvalidSnapshot> {
+        let snapshot = Snapshot { version, endpoints, gateways };
+        snapshot.validate()?;
+        Ok(snapshot)
+    }
 
-impl TryFrom<cfg::Snapshot> for Snapshot {
-    type Error = InvalidSnapshot;
-
-    fn try_from(wire: cfg::Snapshot) -> Result<Self, Self::Error> {
-        if wire.version == 0 {
+    /// Checks every rule a data plane relies on to serve a snapshot safely; the error names
+    /// the first offending field. Rules:
+    /// - the version is at least 1; endpoint ids are unique;
+    /// - a base URL is http(s), with a host, without user info, query or fragment (it ends up
+    ///   in logs and error messages; credentials belong in the credential);
+    /// - a deployment is not empty; an API key is not empty and is what an HTTP header
+    ///   value may hold (it is sent as one); an Entra scope is not blank;
+    /// - gateway names are not empty and unique; a member names a configured endpoint, once;
+    ///   a key hash belongs to one gateway only.
+    pub fn validate(&self) -> Result<(), InvalidSnapshot> {
+        if self.version.0 == 0 {
             return Err(invalid("version", "must be at least 1"));
         }
-        let mut endpoint_ids = HashSet::with_capacity(wire.endpoints.len());
-        let mut endpoints = Vec::with_capacity(wire.endpoints.len());
-        for (i, e) in wire.endpoints.into_iter().enumerate() {
+        let mut endpoint_ids = HashSet::with_capacity(self.endpoints.len());
+        for (i, e) in self.endpoints.iter().enumerate() {
             let f = |name: &str| format!("endpoints[{i}].{name}");
-            let id: EndpointId = parse_id(&f("id"), &e.id)?;
-            if !endpoint_ids.insert(id) {
-                return Err(invalid(f("id"), format!("duplicate endpoint id {id}")));
+            if !endpoint_ids.insert(e.id) {
+                return Err(invalid(f("id"), format!("duplicate endpoint id {}", e.id)));
             }
-            let platform = match cfg::Platform::try_from(e.platform) {
-                Ok(cfg::Platform::AzureOpenai) => Platform::AzureOpenai,
-                Ok(cfg::Platform::OpenaiCompatible) => Platform::OpenaiCompatible,
-                _ => {
-                    return Err(invalid(f("platform"), format!("unknown platform {}", e.platform)));
-                }
-            };
-            let base_url = url::Url::parse(&e.base_url)
-                .map_err(|err| invalid(f("base_url"), err.to_string()))?;
-            if !matches!(base_url.scheme(), "http" | "https") {
+            let url = &e.base_url;
+            if !matches!(url.scheme(), "http" | "https") {
                 return Err(invalid(f("base_url"), "must be an http(s) URL"));
+            }
+            if url.host_str().is_none_or(str::is_empty) {
+                return Err(invalid(f("base_url"), "must have a host"));
+            }
+            if !url.username().is_empty() || url.password().is_some() {
+                return Err(invalid(f("base_url"), "must not carry user info"));
+            }
+            if url.query().is_some() || url.fragment().is_some() {
+                return Err(invalid(f("base_url"), "must not have a query or fragment"));
             }
             if e.deployment.is_empty() {
                 return Err(invalid(f("deployment"), "must not be empty"));
             }
-            let credential = match e.credential.and_then(|c| c.kind) {
-                Some(cfg::credential::Kind::ApiKey(k)) if !k.is_empty() => {
-                    Credential::ApiKey(Secret::new(k))
+            match &e.credential {
+                Credential::ApiKey(key) if key.is_empty() => {
+                    return Err(invalid(f("credential"), "missing"));
                 }
-                Some(cfg::credential::Kind::Entra(entra)) => Credential::Entra {
-                    scope: if entra.scope.is_empty() {
-                        DEFAULT_ENTRA_SCOPE.to_owned()
-                    } else {
-                        entra.scope
-                    },
-                },
-                _ => return Err(invalid(f("credential"), "missing")),
-            };
-            endpoints.push(Endpoint {
-                id,
-                name: e.name,
-                platform,
-                base_url,
-                deployment: e.deployment,
-                model_name: e.model_name,
-                model_version: e.model_version,
-                region: e.region,
-                credential,
-            });
+                Credential::ApiKey(key)
+                    if !key.expose().bytes().all(|b| b == b'\t' || (b' '..=b'~').contains(&b)) =>
+                {
+                    // What an HTTP header value may hold; the reason never quotes the value.
+                    return Err(invalid(f("credential"), "not a valid header value"));
+                }
+                Credential::Entra { scope } if scope.trim().is_empty() => {
+                    return Err(invalid(f("credential"), "empty Entra scope"));
+                }
+                Credential::ApiKey(_) | Credential::Entra { .. } => {}
+            }
         }
 
-        let mut gateway_names = HashSet::with_capacity(wire.gateways.len());
+        let mut gateway_names = HashSet::with_capacity(self.gateways.len());
         let mut key_hashes = HashSet::new();
-        let mut gateways = Vec::with_capacity(wire.gateways.len());
-        for (i, g) in wire.gateways.into_iter().enumerate() {
-            let f = |name: &str| format!("gateways[{i}].{name}");
-            let id: GatewayId = parse_id(&f("id"), &g.id)?;
+        for (i, g) in self.gateways.iter().enumerate() {
             if g.name.is_empty() {
-                return Err(invalid(f("name"), "must not be empty"));
+                return Err(invalid(format!("gateways[{i}].name"), "must not be empty"));
             }
-            if !gateway_names.insert(g.name.clone()) {
-                return Err(invalid(f("name"), format!("duplicate gateway name {:?}", g.name)));
+            if !gateway_names.insert(g.name.as_str()) {
+                return Err(invalid(
+                    format!("gateways[{i}].name"),
+                    format!("duplicate gateway name {:?}", g.name),
+                ));
             }
-            let mut members = Vec::with_capacity(g.members.len());
-            for (j, m) in g.members.into_iter().enumerate() {
+            let mut members = HashSet::with_capacity(g.members.len());
+            for (j, m) in g.members.iter().enumerate() {
                 let field = format!("gateways[{i}].members[{j}].endpoint_id");
-                let endpoint_id: EndpointId = parse_id(&field, &m.endpoint_id)?;
-                if !endpoint_ids.contains(&endpoint_id) {
-                    return Err(invalid(field, format!("unknown endpoint {endpoint_id}")));
+                if !endpoint_ids.contains(&m.endpoint_id) {
+                    return Err(invalid(field, format!("unknown endpoint {}", m.endpoint_id)));
                 }
-                members.push(GatewayMember {
-                    endpoint_id,
-                    enabled: m.enabled,
-                    priority: m.priority,
-                    weight: m.weight,
-                });
-            }
-            let mut keys = Vec::with_capacity(g.keys.len());
-            for (j, k) in g.keys.into_iter().enumerate() {
-                let field = format!("gateways[{i}].keys[{j}]");
-                let sha256: [u8; 32] = k
-                    .sha256
-                    .as_slice()
-                    .try_into()
-                    .map_err(|_| invalid(format!("{field}.sha256"), "must be 32 bytes"))?;
-                if !key_hashes.insert(sha256) {
-                    return Err(invalid(format!("{field}.sha256"), "key shared by two gateways"));
+                if !members.insert(m.endpoint_id) {
+                    return Err(invalid(field, format!("duplicate member {}", m.endpoint_id)));
                 }
-                keys.push(GatewayKey { id: parse_id(&format!("{field}.id"), &k.id)?, sha256 });
             }
-            let routing = match g.routing {
-                None => RoutingPolicy::default(),
-                Some(r) => RoutingPolicy {
-                    strategy: match cfg::RoutingStrategy::try_from(r.strategy) {
-                        Ok(cfg::RoutingStrategy::Unspecified | cfg::RoutingStrategy::Weighted) => {
-                            RoutingStrategy::Weighted
-                        }
-                        Ok(cfg::RoutingStrategy::Fastest) => RoutingStrategy::Fastest,
-                        Err(_) => {
-                            return Err(invalid(
-                                f("routing.strategy"),
-                                format!("unknown strategy {}", r.strategy),
-                            ));
-                        }
-                    },
-                    wait_for_recovery: r.wait_for_recovery,
-                    request_timeout_ms: (r.request_timeout_ms > 0).then_some(r.request_timeout_ms),
-                },
-            };
-            gateways.push(Gateway { id, name: g.name, members, keys, routing });
+            for (j, k) in g.keys.iter().enumerate() {
+                if !key_hashes.insert(k.sha256) {
+                    return Err(invalid(
+                        format!("gateways[{i}].keys[{j}].sha256"),
+                        "key shared by two gateways",
+                    ));
+                }
+            }
         }
-        Ok(Snapshot { version: ConfigVersion(wire.version), endpoints, gateways })
-    }
-}
-
-impl From<&Snapshot> for cfg::Snapshot {
-    fn from(s: &Snapshot) -> Self {
-        cfg::Snapshot {
-            version: s.version.0,
-            endpoints: s
-                .endpoints
-                .iter()
-                .map(|e| cfg::Endpoint {
-                    id: e.id.to_string(),
-                    name: e.name.clone(),
-                    platform: match e.platform {
-                        Platform::AzureOpenai => cfg::Platform::AzureOpenai,
-                        Platform::OpenaiCompatible => cfg::Platform::OpenaiCompatible,
-                    } as i32,
-                    base_url: e.base_url.to_string(),
-                    deployment: e.deployment.clone(),
-                    model_name: e.model_name.clone(),
-                    model_version: e.model_version.clone(),
-                    region: e.region.clone(),
-                    credential: Some(cfg::Credential {
-                        kind: Some(match &e.credential {
-                            Credential::ApiKey(k) => {
-                                cfg::credential::Kind::ApiKey(k.expose().to_owned())
-                            }
-                            Credential::Entra { scope } => {
-                                cfg::credential::Kind::Entra(cfg::EntraAuth {
-                                    scope: scope.clone(),
-                                })
-                            }
-                        }),
-                    }),
-                })
-                .collect(),
-            gateways: s
-                .gateways
-                .iter()
-                .map(|g| cfg::Gateway {
-                    id: g.id.to_string(),
-                    name: g.name.clone(),
-                    members: g
-                        .members
-                        .iter()
-                        .map(|m| cfg::GatewayMember {
-                            endpoint_id: m.endpoint_id.to_string(),
-                            enabled: m.enabled,
-                            priority: m.priority,
-                            weight: m.weight,
-                        })
-                        .collect(),
-                    keys: g
-                        .keys
-                        .iter()
-                        .map(|k| cfg::GatewayKey {
-                            id: k.id.to_string(),
-                            sha256: k.sha256.to_vec(),
-                        })
-                        .collect(),
-                    routing: Some(cfg::RoutingPolicy {
-                        strategy: match g.routing.strategy {
-                            RoutingStrategy::Weighted => cfg::RoutingStrategy::Weighted,
-                            RoutingStrategy::Fastest => cfg::RoutingStrategy::Fastest,
-                        } as i32,
-                        wait_for_recovery: g.routing.wait_for_recovery,
-                        request_timeout_ms: g.routing.request_timeout_ms.unwrap_or(0),
-                    }),
-                })
-                .collect(),
-        }
+        Ok(())
     }
 }
 
@@ -398,96 +312,113 @@ pub fn gateway_key_hash(secret: &str) -> [u8; 32] {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn wire() -> cfg::Snapshot {
+    /// A valid snapshot with one endpoint, one gateway and one key.
+    pub(crate) fn sample() -> Snapshot {
         let e = EndpointId::new();
-        cfg::Snapshot {
-            version: 3,
-            endpoints: vec![cfg::Endpoint {
-                id: e.to_string(),
+        Snapshot::new(
+            ConfigVersion(3),
+            vec![Endpoint {
+                id: e,
                 name: "eus".into(),
-                platform: cfg::Platform::AzureOpenai as i32,
-                base_url: "https://eus.openai.azure.com".into(),
+                platform: Platform::AzureOpenai,
+                base_url: "https://eus.openai.azure.com".parse().expect("url"),
                 deployment: "gpt-4o".into(),
                 model_name: "gpt-4o".into(),
                 model_version: "2024-11-20".into(),
                 region: "eastus".into(),
-                credential: Some(cfg::Credential {
-                    kind: Some(cfg::credential::Kind::ApiKey("k-123456789012".into())),
-                }),
+                credential: Credential::ApiKey(Secret::new("k-123456789012")),
             }],
-            gateways: vec![cfg::Gateway {
-                id: GatewayId::new().to_string(),
+            vec![Gateway {
+                id: GatewayId::new(),
                 name: "gw".into(),
-                members: vec![cfg::GatewayMember {
-                    endpoint_id: e.to_string(),
+                members: vec![GatewayMember {
+                    endpoint_id: e,
                     enabled: true,
                     priority: 0,
                     weight: 1,
                 }],
-                keys: vec![cfg::GatewayKey {
-                    id: GatewayKeyId::new().to_string(),
-                    sha256: gateway_key_hash("secret").to_vec(),
+                keys: vec![GatewayKey {
+                    id: GatewayKeyId::new(),
+                    sha256: gateway_key_hash("secret"),
                 }],
-                routing: Some(cfg::RoutingPolicy {
-                    strategy: cfg::RoutingStrategy::Fastest as i32,
+                routing: RoutingPolicy {
+                    strategy: RoutingStrategy::Fastest,
                     wait_for_recovery: true,
-                    request_timeout_ms: 30_000,
-                }),
+                    request_timeout_ms: Some(30_000),
+                },
             }],
-        }
+        )
+        .expect("valid")
     }
 
-    #[test]
-    fn round_trips_through_the_wire() {
-        let domain = Snapshot::try_from(wire()).expect("valid");
-        let back = Snapshot::try_from(cfg::Snapshot::from(&domain)).expect("valid");
-        assert_eq!(domain, back);
-    }
-
-    #[test]
-    fn an_entra_credential_round_trips_and_an_empty_scope_means_cognitive_services() {
-        let mut w = wire();
-        w.endpoints[0].credential = Some(cfg::Credential {
-            kind: Some(cfg::credential::Kind::Entra(cfg::EntraAuth { scope: String::new() })),
-        });
-        let domain = Snapshot::try_from(w).expect("valid");
-        assert_eq!(
-            domain.endpoints[0].credential,
-            Credential::Entra { scope: DEFAULT_ENTRA_SCOPE.to_owned() }
-        );
-        let wire = cfg::Snapshot::from(&domain);
-        let Some(cfg::credential::Kind::Entra(entra)) =
-            wire.endpoints[0].credential.as_ref().and_then(|c| c.kind.as_ref())
-        else {
-            panic!("entra on the wire: {:?}", wire.endpoints[0].credential);
-        };
-        assert_eq!(entra.scope, DEFAULT_ENTRA_SCOPE);
-        assert_eq!(Snapshot::try_from(wire).expect("valid"), domain);
+    fn rejected(s: &Snapshot) -> String {
+        s.validate().expect_err("invalid").to_string()
     }
 
     #[test]
     fn a_member_naming_an_unknown_endpoint_is_rejected_with_its_field() {
-        let mut w = wire();
-        w.gateways[0].members[0].endpoint_id = EndpointId::new().to_string();
-        let err = Snapshot::try_from(w).expect_err("invalid");
-        assert!(
-            err.to_string().starts_with("gateways[0].members[0].endpoint_id: unknown endpoint")
-        );
+        let mut s = sample();
+        s.gateways[0].members[0].endpoint_id = EndpointId::new();
+        assert!(rejected(&s).starts_with("gateways[0].members[0].endpoint_id: unknown endpoint"));
     }
 
     #[test]
-    fn a_non_http_base_url_is_rejected() {
-        let mut w = wire();
-        w.endpoints[0].base_url = "ftp://x".into();
-        let err = Snapshot::try_from(w).expect_err("invalid");
-        assert_eq!(err.to_string(), "endpoints[0].base_url: must be an http(s) URL");
+    fn a_duplicate_member_is_rejected() {
+        let mut s = sample();
+        let member = s.gateways[0].members[0].clone();
+        s.gateways[0].members.push(member);
+        assert!(rejected(&s).starts_with("gateways[0].members[1].endpoint_id: duplicate member"));
     }
 
     #[test]
-    fn wire_debug_never_shows_the_api_key() {
-        assert!(!format!("{:?}", wire()).contains("k-123456789012"));
+    fn base_url_rules_name_the_field() {
+        for (url, reason) in [
+            ("ftp://x", "must be an http(s) URL"),
+            ("https://user:pw@x", "must not carry user info"),
+            ("https://x/?a=b", "must not have a query or fragment"),
+            ("https://x/#f", "must not have a query or fragment"),
+        ] {
+            let mut s = sample();
+            s.endpoints[0].base_url = url.parse().expect("url");
+            assert_eq!(rejected(&s), format!("endpoints[0].base_url: {reason}"), "{url}");
+        }
+    }
+
+    #[test]
+    fn credentials_must_be_usable_and_are_never_quoted() {
+        let mut s = sample();
+        s.endpoints[0].credential = Credential::ApiKey(Secret::new("bad key\n"));
+        let reason = rejected(&s);
+        assert_eq!(reason, "endpoints[0].credential: not a valid header value");
+        s.endpoints[0].credential = Credential::ApiKey(Secret::new(""));
+        assert_eq!(rejected(&s), "endpoints[0].credential: missing");
+        s.endpoints[0].credential = Credential::Entra { scope: " ".into() };
+        assert_eq!(rejected(&s), "endpoints[0].credential: empty Entra scope");
+    }
+
+    #[test]
+    fn gateway_names_and_key_hashes_are_unique() {
+        let mut s = sample();
+        let mut second = s.gateways[0].clone();
+        second.id = GatewayId::new();
+        second.keys.clear();
+        s.gateways.push(second.clone());
+        assert_eq!(rejected(&s), "gateways[1].name: duplicate gateway name \"gw\"");
+        s.gateways[1].name = "other".into();
+        s.gateways[1].keys = s.gateways[0].keys.clone();
+        assert_eq!(rejected(&s), "gateways[1].keys[0].sha256: key shared by two gateways");
+    }
+
+    #[test]
+    fn version_zero_and_duplicate_endpoints_are_rejected() {
+        let mut s = sample();
+        s.version = ConfigVersion(0);
+        assert_eq!(rejected(&s), "version: must be at least 1");
+        let mut s = sample();
+        s.endpoints.push(s.endpoints[0].clone());
+        assert!(rejected(&s).starts_with("endpoints[1].id: duplicate endpoint id"));
     }
 }

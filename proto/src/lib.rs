@@ -1,7 +1,8 @@
 //! Wire types of the control-plane ↔ data-plane protocol, generated from `proto/`.
 //!
-//! Only this crate sees generated types; the rest of the workspace converts them into the
-//! domain model (`modelgw-model`) with `TryFrom`, which names the field that is wrong.
+//! Only `modelgw-model`'s `wire` module (the conversions) and the two transport files (the
+//! control plane's gRPC server, the data plane's control-plane client) name these types; the
+//! rest of the workspace speaks the domain model.
 
 #![allow(clippy::all, clippy::pedantic, missing_docs)]
 
@@ -26,3 +27,10 @@ pub mod config {
 }
 
 pub use config::v1 as cfg;
+
+/// The control plane's server of `ConfigDiscovery/Stream` whose responses are pre-encoded
+/// [`cfg::ControlPlaneFrame`]s (see `frames.proto`): the same route and wire bytes as
+/// `cfg::config_discovery_server`, without a deep clone or re-encode per stream.
+pub mod frames {
+    include!(concat!(env!("OUT_DIR"), "/frames/modelgw.config.v1.ConfigDiscovery.rs"));
+}

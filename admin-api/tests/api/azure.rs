@@ -13,7 +13,7 @@ use modelgw_azure_mock::{
 use modelgw_control_plane::azure::{
     ArmClientOptions, CredentialChoice, CredentialOptions, CredentialSettings, DiscoveryOptions,
 };
-use modelgw_data_plane::snapshot::RoutingTable;
+use modelgw_data_plane::routing_table::RoutingTable;
 use modelgw_data_plane::{DataPlane, DataPlaneConfig};
 use modelgw_mock_azure::{MockAzure, MockConfig};
 use modelgw_model::{Credential, Secret};

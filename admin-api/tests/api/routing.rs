@@ -33,9 +33,7 @@ async fn routing_defaults_round_trip_and_reach_the_snapshot() {
     // Distributed: the published snapshot carries it.
     let v = h.version().await;
     h.wait_for_published(v).await;
-    let snapshot =
-        modelgw_model::Snapshot::try_from(h.distribution.subscribe().borrow().as_ref().clone())
-            .expect("valid snapshot");
+    let snapshot = h.distribution.subscribe().borrow().snapshot().clone();
     let fast = snapshot.gateways.iter().find(|g| g.name == "fast").expect("fast gateway");
     assert_eq!(
         fast.routing,

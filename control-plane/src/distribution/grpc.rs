@@ -1,4 +1,11 @@
-//! The `ConfigDiscovery` gRPC service: one bidirectional stream per data plane.
+//! The `ConfigDiscovery` gRPC service: one bidirectional stream per data plane. One of the two
+//! transport files of the protocol (the other is the data plane's control-plane client): the
+//! only control-plane code that names generated types; everything it hands the registry is a
+//! domain message (`modelgw_model::protocol`).
+//!
+//! Responses are `ControlPlaneFrame`s (`proto/modelgw/config/v1/frames.proto`), wire-identical
+//! to `ControlPlaneMessage`: a snapshot goes out as the bytes encoded once per version, shared
+//! by every stream, never copied or re-encoded per data plane.
 //!
 //! Per stream, one task reads the data plane's messages into the registry, and the response
 //! stream sends the current snapshot at once (even when the `Hello` says the data plane
@@ -10,18 +17,17 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
 use futures::Stream;
-use modelgw_model::{ConfigVersion, EndpointId, EndpointState, NodeId};
-use modelgw_proto::cfg;
-use modelgw_proto::cfg::config_discovery_server::{ConfigDiscovery, ConfigDiscoveryServer};
-use modelgw_proto::cfg::data_plane_message::Kind;
+use modelgw_model::protocol::{DataPlaneMessage, FleetHealth, HealthReport, Hello};
+use modelgw_model::wire::cfg;
+use modelgw_model::{ConfigVersion, NodeId};
+use modelgw_proto::frames::config_discovery_server::{ConfigDiscovery, ConfigDiscoveryServer};
 use tokio::sync::{Notify, oneshot, watch};
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument as _;
 
-use super::{ConnectionId, DataPlaneRegistry, HealthUpdate};
+use super::{ConnectionId, DataPlaneRegistry, PublishedSnapshot};
 
 /// How long a new stream may take to send its `Hello`; a client that connects and says
 /// nothing holds a task and a connection, so it is cut off after this.
@@ -32,16 +38,9 @@ const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(15);
 /// How long to wait for the PING answer before closing the connection.
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Longest node id accepted: a fully qualified host name is at most 253 characters.
-const MAX_NODE_ID_CHARS: usize = 253;
-/// Longest NACK or health reason kept; reasons are for operators, and the registry lives in
-/// memory for the life of the process, so a misbehaving client cannot grow it unboundedly.
-const MAX_REASON_CHARS: usize = 512;
-/// Longest build version logged.
-const MAX_BUILD_VERSION_CHARS: usize = 64;
 
 pub(super) async fn serve(
-    snapshots: watch::Receiver<Arc<cfg::Snapshot>>,
+    snapshots: watch::Receiver<Arc<PublishedSnapshot>>,
     registry: DataPlaneRegistry,
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
@@ -82,12 +81,12 @@ fn incoming(
 }
 
 struct DiscoveryService {
-    snapshots: watch::Receiver<Arc<cfg::Snapshot>>,
+    snapshots: watch::Receiver<Arc<PublishedSnapshot>>,
     registry: DataPlaneRegistry,
     stopping: watch::Receiver<bool>,
 }
 
-type OutboundStream = Pin<Box<dyn Stream<Item = Result<cfg::ControlPlaneMessage, Status>> + Send>>;
+type OutboundStream = Pin<Box<dyn Stream<Item = Result<cfg::ControlPlaneFrame, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl ConfigDiscovery for DiscoveryService {
@@ -102,14 +101,13 @@ impl ConfigDiscovery for DiscoveryService {
         let hello = read_hello(&mut inbound).await.inspect_err(|status| {
             tracing::warn!(peer = ?peer, code = ?status.code(), reason = status.message(), "config stream refused");
         })?;
-        let node_id = NodeId(hello.node_id);
-        let (connection, replaced) =
-            self.registry.connect(&node_id, ConfigVersion(hello.applied_version));
+        let Hello { node_id, applied_version, build_version } = hello;
+        let (connection, replaced) = self.registry.connect(&node_id, applied_version);
         let span = tracing::info_span!("config_stream", node_id = %node_id, connection = %connection, peer = ?peer);
         span.in_scope(|| {
             tracing::info!(
-                applied_version = hello.applied_version,
-                build_version = truncate(&hello.build_version, MAX_BUILD_VERSION_CHARS),
+                applied_version = applied_version.0,
+                build_version,
                 "data plane subscribed"
             );
         });
@@ -129,22 +127,18 @@ impl ConfigDiscovery for DiscoveryService {
     }
 }
 
-async fn read_hello(inbound: &mut Streaming<cfg::DataPlaneMessage>) -> Result<cfg::Hello, Status> {
+async fn read_hello(inbound: &mut Streaming<cfg::DataPlaneMessage>) -> Result<Hello, Status> {
     let first = tokio::time::timeout(HELLO_TIMEOUT, inbound.message())
         .await
         .map_err(|_| Status::deadline_exceeded("no Hello within 10 s of opening the stream"))??;
-    let hello = match first.and_then(|m| m.kind) {
-        Some(Kind::Hello(hello)) => hello,
-        Some(_) => return Err(Status::invalid_argument("the first message must be Hello")),
-        None => return Err(Status::invalid_argument("the stream ended before Hello")),
+    let Some(first) = first else {
+        return Err(Status::invalid_argument("the stream ended before Hello"));
     };
-    let chars = hello.node_id.chars().count();
-    if chars == 0 || chars > MAX_NODE_ID_CHARS || hello.node_id.chars().any(char::is_control) {
-        return Err(Status::invalid_argument(format!(
-            "Hello.node_id must be 1–{MAX_NODE_ID_CHARS} printable characters"
-        )));
+    match DataPlaneMessage::try_from(first) {
+        Ok(DataPlaneMessage::Hello(hello)) => Ok(hello),
+        Ok(_) => Err(Status::invalid_argument("the first message must be Hello")),
+        Err(invalid) => Err(Status::invalid_argument(invalid.to_string())),
     }
-    Ok(hello)
 }
 
 /// The reading half of one stream.
@@ -152,7 +146,7 @@ struct Session {
     node_id: NodeId,
     connection: ConnectionId,
     registry: DataPlaneRegistry,
-    snapshots: watch::Receiver<Arc<cfg::Snapshot>>,
+    snapshots: watch::Receiver<Arc<PublishedSnapshot>>,
     /// Ends the response stream; `Some(status)` ends it with that error.
     stop: Option<oneshot::Sender<Option<Status>>>,
 }
@@ -211,84 +205,69 @@ impl Session {
     /// Applies one message to the registry. Returns false when a newer stream owns the entry.
     fn handle(&self, message: cfg::DataPlaneMessage) -> bool {
         let (node, conn) = (&self.node_id, self.connection);
-        match message.kind {
-            Some(Kind::Ack(ack)) => {
-                tracing::info!(version = ack.version, "data plane applied snapshot");
+        let message = match DataPlaneMessage::try_from(message) {
+            Ok(message) => message,
+            Err(invalid) => {
+                tracing::warn!(reason = %invalid, "ignoring an unreadable message");
+                return self.registry.update(node, conn, |_| {});
+            }
+        };
+        match message {
+            DataPlaneMessage::Ack { version } => {
+                tracing::info!(version = version.0, "data plane applied snapshot");
                 self.registry.update(node, conn, |s| {
-                    s.applied_version = ConfigVersion(ack.version);
+                    s.applied_version = version;
                     s.last_nack = None;
                 })
             }
-            Some(Kind::Nack(nack)) => {
-                let reason = truncate(&nack.reason, MAX_REASON_CHARS);
-                tracing::warn!(version = nack.version, reason = %reason, "data plane rejected snapshot");
-                self.registry.update(node, conn, |s| s.last_nack = Some(reason))
+            DataPlaneMessage::Nack(nack) => {
+                tracing::warn!(version = nack.version.0, reason = %nack.reason, "data plane rejected snapshot");
+                self.registry.update(node, conn, |s| s.last_nack = Some(nack.reason))
             }
-            Some(Kind::Heartbeat(beat)) => {
-                tracing::trace!(applied_version = beat.applied_version, "heartbeat");
-                self.registry
-                    .update(node, conn, |s| s.applied_version = ConfigVersion(beat.applied_version))
+            DataPlaneMessage::Heartbeat { applied_version } => {
+                tracing::trace!(applied_version = applied_version.0, "heartbeat");
+                self.registry.update(node, conn, |s| s.applied_version = applied_version)
             }
-            Some(Kind::Health(report)) => {
-                let updates = self.health_updates(report);
+            DataPlaneMessage::Health(report) => {
+                let report = self.configured_only(report);
                 let owned = self.registry.update(node, conn, |_| {});
                 if owned {
-                    self.registry.report_health(node, updates);
+                    self.registry.report_health(node, report.endpoints);
                 }
                 owned
             }
-            Some(Kind::Hello(_)) => {
+            DataPlaneMessage::Hello(_) => {
                 tracing::warn!("ignoring a second Hello on the same stream");
-                self.registry.update(node, conn, |_| {})
-            }
-            None => {
-                tracing::warn!("ignoring an empty message");
                 self.registry.update(node, conn, |_| {})
             }
         }
     }
 
-    /// Parses a health report, skipping (and logging) entries that are malformed or name an
-    /// endpoint that is not in the current configuration.
-    fn health_updates(&self, report: cfg::HealthReport) -> Vec<HealthUpdate> {
-        let snapshot = self.snapshots.borrow().clone();
-        let mut updates = Vec::with_capacity(report.endpoints.len());
-        for entry in report.endpoints {
-            let Ok(endpoint_id) = entry.endpoint_id.parse::<EndpointId>() else {
-                tracing::warn!(endpoint_id = %truncate(&entry.endpoint_id, 64), "health report names a malformed endpoint id; skipped");
-                continue;
-            };
-            let canonical = endpoint_id.to_string();
-            if !snapshot.endpoints.iter().any(|e| e.id == canonical) {
-                tracing::debug!(%endpoint_id, "health report for an endpoint not in the current configuration; skipped");
-                continue;
-            }
-            let state = match cfg::EndpointState::try_from(entry.state) {
-                Ok(cfg::EndpointState::Healthy) => EndpointState::Healthy,
-                Ok(cfg::EndpointState::Throttling) => EndpointState::Throttling,
-                Ok(cfg::EndpointState::Error) => EndpointState::Error,
-                _ => {
-                    tracing::warn!(%endpoint_id, state = entry.state, "health report with an unknown state; skipped");
-                    continue;
-                }
-            };
-            let until = (entry.until_unix_ms > 0)
-                .then(|| DateTime::<Utc>::from_timestamp_millis(entry.until_unix_ms))
-                .flatten();
-            let reason =
-                (!entry.reason.is_empty()).then(|| truncate(&entry.reason, MAX_REASON_CHARS));
-            tracing::info!(%endpoint_id, state = state.as_str(), reason = reason.as_deref(), until = ?until, "endpoint health reported");
-            updates.push(HealthUpdate { endpoint_id, state, reason, until });
+    /// Keeps the entries that name an endpoint of the current configuration, logging each one
+    /// kept and each one skipped (unreadable, or not configured).
+    fn configured_only(&self, mut report: HealthReport) -> HealthReport {
+        for skipped in &report.skipped {
+            tracing::warn!(reason = %skipped, "health report entry unreadable; skipped");
         }
-        updates
+        let snapshot = self.snapshots.borrow().clone();
+        report.endpoints.retain(|entry| {
+            let configured = snapshot.contains_endpoint(entry.endpoint_id);
+            if configured {
+                tracing::info!(endpoint_id = %entry.endpoint_id, state = entry.state.as_str(), reason = entry.reason.as_deref(), until = ?entry.until.map(chrono::DateTime::<chrono::Utc>::from), "endpoint health reported");
+            } else {
+                tracing::debug!(endpoint_id = %entry.endpoint_id, "health report for an endpoint not in the current configuration; skipped");
+            }
+            configured
+        });
+        report
     }
 }
 
 struct Outbound {
-    snapshots: watch::Receiver<Arc<cfg::Snapshot>>,
-    fleet: watch::Receiver<Arc<cfg::FleetHealth>>,
+    snapshots: watch::Receiver<Arc<PublishedSnapshot>>,
+    fleet: watch::Receiver<Arc<FleetHealth>>,
     stop: oneshot::Receiver<Option<Status>>,
-    last_sent: Option<u64>,
+    last_sent: Option<ConfigVersion>,
     /// A snapshot was just sent: the fleet health follows it, changed or not, so a data plane
     /// that (re)connects learns what the fleet avoids at once.
     fleet_due: bool,
@@ -301,8 +280,8 @@ struct Outbound {
 /// (each followed by the fleet health) and every change of the fleet health, until told to
 /// stop.
 fn outbound(
-    snapshots: watch::Receiver<Arc<cfg::Snapshot>>,
-    fleet: watch::Receiver<Arc<cfg::FleetHealth>>,
+    snapshots: watch::Receiver<Arc<PublishedSnapshot>>,
+    fleet: watch::Receiver<Arc<FleetHealth>>,
     stop: oneshot::Receiver<Option<Status>>,
     span: tracing::Span,
 ) -> OutboundStream {
@@ -326,7 +305,7 @@ fn outbound(
 }
 
 impl Outbound {
-    async fn next(&mut self) -> Option<Result<cfg::ControlPlaneMessage, Status>> {
+    async fn next(&mut self) -> Option<Result<cfg::ControlPlaneFrame, Status>> {
         if self.done {
             return None;
         }
@@ -353,7 +332,7 @@ impl Outbound {
                         return Some(Err(Status::unavailable("the config publisher stopped")));
                     }
                     let snapshot = self.snapshots.borrow_and_update().clone();
-                    if snapshot.version > last_sent {
+                    if snapshot.version() > last_sent {
                         return Some(Ok(self.send(&snapshot)));
                     }
                 }
@@ -368,29 +347,22 @@ impl Outbound {
         }
     }
 
-    fn send_fleet(&mut self) -> cfg::ControlPlaneMessage {
+    fn send_fleet(&mut self) -> cfg::ControlPlaneFrame {
+        use cfg::control_plane_frame::Kind;
         self.fleet_due = false;
         let fleet = self.fleet.borrow_and_update().clone();
         tracing::debug!(unavailable = fleet.endpoints.len(), "sending fleet health");
-        cfg::ControlPlaneMessage {
-            kind: Some(cfg::control_plane_message::Kind::FleetHealth(fleet.as_ref().clone())),
-        }
+        // Small (unavailable endpoints only), so encoded per send.
+        let encoded = prost::Message::encode_to_vec(&cfg::FleetHealth::from(fleet.as_ref()));
+        cfg::ControlPlaneFrame { kind: Some(Kind::FleetHealth(encoded.into())) }
     }
 
-    fn send(&mut self, snapshot: &Arc<cfg::Snapshot>) -> cfg::ControlPlaneMessage {
-        self.last_sent = Some(snapshot.version);
+    fn send(&mut self, snapshot: &PublishedSnapshot) -> cfg::ControlPlaneFrame {
+        use cfg::control_plane_frame::Kind;
+        self.last_sent = Some(snapshot.version());
         self.fleet_due = true;
-        tracing::debug!(version = snapshot.version, "sending snapshot");
-        cfg::ControlPlaneMessage {
-            kind: Some(cfg::control_plane_message::Kind::Snapshot(snapshot.as_ref().clone())),
-        }
-    }
-}
-
-/// At most `max` characters of `s` (client-supplied text kept in memory or logged).
-fn truncate(s: &str, max: usize) -> String {
-    match s.char_indices().nth(max) {
-        Some((i, _)) => format!("{}…", &s[..i]),
-        None => s.to_owned(),
+        tracing::debug!(version = snapshot.version().0, "sending snapshot");
+        // A reference-counted handle on the bytes encoded at publish time.
+        cfg::ControlPlaneFrame { kind: Some(Kind::Snapshot(snapshot.encoded().clone())) }
     }
 }

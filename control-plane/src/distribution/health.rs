@@ -15,8 +15,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use modelgw_model::protocol::{EndpointHealth, FleetHealth};
 use modelgw_model::{EndpointId, EndpointState, NodeId};
-use modelgw_proto::cfg;
 use tokio::sync::Notify;
 
 use crate::Store;
@@ -215,31 +215,27 @@ pub(crate) fn aggregate(
     view
 }
 
-/// The `FleetHealth` message for `health` at `now`: every endpoint unavailable somewhere,
-/// sorted by endpoint id so that equal states compare equal.
-pub(crate) fn fleet_message(
+/// The fleet health for `health` at `now`: every endpoint unavailable somewhere, sorted by
+/// endpoint id so that equal states compare equal.
+pub(crate) fn fleet_health(
     health: &HashMap<EndpointId, BTreeMap<NodeId, NodeReport>>,
     now: DateTime<Utc>,
-) -> cfg::FleetHealth {
-    let mut endpoints: Vec<cfg::EndpointHealth> = health
+) -> FleetHealth {
+    let mut endpoints: Vec<EndpointHealth> = health
         .iter()
         .filter_map(|(id, reports)| {
             let view = aggregate(reports, now);
-            let state = match view.state {
-                EndpointState::Healthy => return None,
-                EndpointState::Throttling => cfg::EndpointState::Throttling,
-                EndpointState::Error => cfg::EndpointState::Error,
-            };
-            Some(cfg::EndpointHealth {
-                endpoint_id: id.to_string(),
-                state: state as i32,
-                until_unix_ms: view.until.map_or(0, |t| t.timestamp_millis()),
-                reason: view.reason.unwrap_or_default(),
+            (view.state != EndpointState::Healthy).then(|| EndpointHealth {
+                endpoint_id: *id,
+                state: view.state,
+                until: view.until.map(std::time::SystemTime::from),
+                reason: view.reason,
             })
         })
         .collect();
-    endpoints.sort_by(|a, b| a.endpoint_id.cmp(&b.endpoint_id));
-    cfg::FleetHealth { endpoints }
+    // UUID order is the order of their canonical text, as data planes and operators see it.
+    endpoints.sort_by_key(|e| e.endpoint_id);
+    FleetHealth { endpoints, skipped: Vec::new() }
 }
 
 /// Reports waiting to be written: the newest per (endpoint, data plane), so the queue is
@@ -388,11 +384,12 @@ mod tests {
         health.insert(x, reports(vec![("a", report(EndpointState::Throttling, Some(60), "429"))]));
         health.insert(y, reports(vec![("a", report(EndpointState::Healthy, None, ""))]));
         health.insert(z, reports(vec![("b", report(EndpointState::Error, Some(60), "503"))]));
-        let message = fleet_message(&health, Utc::now());
+        let message = fleet_health(&health, Utc::now());
         let mut expected = vec![x.to_string(), z.to_string()];
         expected.sort();
-        let ids: Vec<String> = message.endpoints.iter().map(|e| e.endpoint_id.clone()).collect();
+        let ids: Vec<String> =
+            message.endpoints.iter().map(|e| e.endpoint_id.to_string()).collect();
         assert_eq!(ids, expected);
-        assert_eq!(message, fleet_message(&health, Utc::now()), "deterministic");
+        assert_eq!(message, fleet_health(&health, Utc::now()), "deterministic");
     }
 }

@@ -189,6 +189,10 @@ pub enum StoreError {
     InUse { gateways: Vec<String> },
     #[error("secret could not be decrypted or encrypted: {0}")]
     Crypto(String),
+    /// The stored configuration breaks a snapshot rule (it was written around the admin API
+    /// or by a bug): nothing is published until it is fixed.
+    #[error("the stored configuration is not a valid snapshot: {0}")]
+    InvalidSnapshot(#[from] modelgw_model::InvalidSnapshot),
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
     #[error("migration error: {0}")]

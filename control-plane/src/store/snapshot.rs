@@ -89,6 +89,7 @@ impl Store {
             });
         }
         tracing::debug!(endpoints = endpoints.len(), gateways = gateways.len(), "snapshot loaded");
-        Ok(Snapshot { version, endpoints, gateways })
+        // The one rule set every snapshot meets; a refused one is never published.
+        Ok(Snapshot::new(version, endpoints, gateways)?)
     }
 }

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::{Result, bail};
 use modelgw_data_plane::health::HealthRegistry;
-use modelgw_data_plane::snapshot::{RoutingTable, SnapshotStore};
+use modelgw_data_plane::routing_table::{RoutingTable, SnapshotStore};
 use modelgw_data_plane::{DataPlane, DataPlaneConfig, DataPlaneError};
 use modelgw_mock_azure::{Fault, MockAzure, MockConfig};
 use modelgw_model::{

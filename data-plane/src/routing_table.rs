@@ -6,7 +6,7 @@
 //! the credential as a ready `HeaderValue`, the deployment as a JSON literal for body
 //! rewrites. The request path then only reads (`SnapshotStore::load`), never locks or awaits.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 
@@ -14,24 +14,22 @@ use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::header::{AUTHORIZATION, HeaderName, HeaderValue};
 use modelgw_model::{
-    ConfigVersion, Credential, EndpointId, GatewayId, Platform, RoutingPolicy, Snapshot,
+    ConfigVersion, Credential, EndpointId, GatewayId, InvalidSnapshot, Platform, RoutingPolicy,
+    Snapshot,
 };
 use tokio::sync::watch;
 
 /// Header Azure OpenAI reads the resource key from.
 pub(crate) const API_KEY: HeaderName = HeaderName::from_static("api-key");
 
-/// Why a valid domain snapshot still cannot be served; becomes the NACK reason. Names the
-/// field and never contains a secret.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{field}: {reason}")]
-pub struct CompileError {
-    pub field: String,
-    pub reason: String,
-}
+/// Why a snapshot cannot be served; becomes the NACK reason. The rules are
+/// [`Snapshot::validate`]'s (one rule set for the store, the wire and this compile step);
+/// what remains here can only fail for values no rule lets through. Names the field and never
+/// contains a secret.
+pub type CompileError = InvalidSnapshot;
 
 fn compile_error(field: String, reason: impl Into<String>) -> CompileError {
-    CompileError { field, reason: reason.into() }
+    InvalidSnapshot::new(field, reason)
 }
 
 /// An Inference Endpoint with everything the upstream request needs precomputed.
@@ -142,21 +140,14 @@ impl RoutingTable {
         }
     }
 
-    /// Compiles a validated snapshot. Fails (with the field named) on what the domain model
-    /// accepts but this data plane cannot serve safely.
+    /// Validates ([`Snapshot::validate`]) and compiles a snapshot. Fails with the field named.
     pub fn compile(snapshot: &Snapshot) -> Result<Self, CompileError> {
+        snapshot.validate()?;
         let mut endpoints: HashMap<EndpointId, Arc<CompiledEndpoint>> =
             HashMap::with_capacity(snapshot.endpoints.len());
         for (i, e) in snapshot.endpoints.iter().enumerate() {
             let field = |name: &str| format!("endpoints[{i}].{name}");
             let url = &e.base_url;
-            if !url.username().is_empty() || url.password().is_some() {
-                // The URL ends up in error messages and logs; credentials belong in `credential`.
-                return Err(compile_error(field("base_url"), "must not carry user info"));
-            }
-            if url.query().is_some() || url.fragment().is_some() {
-                return Err(compile_error(field("base_url"), "must not have a query or fragment"));
-            }
             let base = url.as_str().trim_end_matches('/').to_owned();
             let scheme = http::uri::Scheme::try_from(url.scheme())
                 .map_err(|_| compile_error(field("base_url"), "unsupported scheme"))?;
@@ -180,9 +171,6 @@ impl RoutingTable {
                     UpstreamAuth::Static { name, value }
                 }
                 Credential::Entra { scope } => {
-                    if scope.trim().is_empty() {
-                        return Err(compile_error(field("credential"), "empty Entra scope"));
-                    }
                     UpstreamAuth::Entra { scope: Arc::from(scope.as_str()) }
                 }
             };
@@ -214,18 +202,14 @@ impl RoutingTable {
         let mut by_name = HashMap::with_capacity(snapshot.gateways.len());
         let mut by_key = HashMap::new();
         for (i, g) in snapshot.gateways.iter().enumerate() {
-            let mut seen = HashSet::with_capacity(g.members.len());
             let mut groups: Vec<PriorityGroup> = Vec::new();
             for (j, m) in g.members.iter().enumerate() {
-                let field = format!("gateways[{i}].members[{j}].endpoint_id");
-                if !seen.insert(m.endpoint_id) {
-                    return Err(compile_error(
-                        field,
-                        format!("duplicate member {}", m.endpoint_id),
-                    ));
-                }
+                // Unreachable after `validate`; kept so a bug there cannot become a panic.
                 let endpoint = endpoints.get(&m.endpoint_id).ok_or_else(|| {
-                    compile_error(field, format!("unknown endpoint {}", m.endpoint_id))
+                    compile_error(
+                        format!("gateways[{i}].members[{j}].endpoint_id"),
+                        format!("unknown endpoint {}", m.endpoint_id),
+                    )
                 })?;
                 if !m.enabled {
                     continue;
@@ -240,16 +224,9 @@ impl RoutingTable {
             }
             groups.sort_by_key(|group| group.priority);
             let index = gateways.len();
-            if by_name.insert(g.name.clone(), index).is_some() {
-                return Err(compile_error(format!("gateways[{i}].name"), "duplicate gateway name"));
-            }
-            for (j, k) in g.keys.iter().enumerate() {
-                if by_key.insert(k.sha256, index).is_some() {
-                    return Err(compile_error(
-                        format!("gateways[{i}].keys[{j}].sha256"),
-                        "key shared by two gateways",
-                    ));
-                }
+            by_name.insert(g.name.clone(), index);
+            for k in &g.keys {
+                by_key.insert(k.sha256, index);
             }
             gateways.push(CompiledGateway {
                 id: g.id,

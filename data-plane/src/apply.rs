@@ -1,0 +1,201 @@
+//! Applying what the control plane sends, in domain form: a snapshot is compiled and swapped
+//! in (ACK) or rejected with a reason naming the field (NACK, the last good one keeps
+//! serving); fleet health is merged into this node's health as remote windows. The transport
+//! (`control_plane_client`) decodes the wire and calls these; tests call them directly.
+
+use std::time::Instant;
+
+use modelgw_model::protocol::{DataPlaneMessage, FleetHealth, Nack};
+use modelgw_model::{ConfigVersion, EndpointState, Snapshot};
+use tracing::{info, warn};
+
+use crate::health::{HealthRegistry, RemoteHealth};
+use crate::routing_table::{RoutingTable, SnapshotStore};
+
+/// What applying one snapshot resulted in.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ApplyOutcome {
+    /// Compiled and swapped in.
+    Applied { version: ConfigVersion },
+    /// Valid, but this version (or a newer one) is already served.
+    AlreadyCurrent { version: ConfigVersion },
+    /// Rejected; the previous table keeps serving. `reason` names the field, never a secret.
+    Rejected { version: ConfigVersion, reason: String },
+}
+
+impl ApplyOutcome {
+    /// The ACK or NACK for the control plane.
+    pub fn to_message(&self) -> DataPlaneMessage {
+        match self {
+            ApplyOutcome::Applied { version } | ApplyOutcome::AlreadyCurrent { version } => {
+                DataPlaneMessage::Ack { version: *version }
+            }
+            ApplyOutcome::Rejected { version, reason } => {
+                DataPlaneMessage::Nack(Nack { version: *version, reason: reason.clone() })
+            }
+        }
+    }
+
+    /// A snapshot that could not even be read (the transport's decode failed): logged like
+    /// any rejection.
+    pub fn unreadable(store: &SnapshotStore, version: ConfigVersion, reason: String) -> Self {
+        reject(store, version, reason)
+    }
+}
+
+fn reject(store: &SnapshotStore, version: ConfigVersion, reason: String) -> ApplyOutcome {
+    warn!(
+        version = version.0,
+        serving = store.version().0,
+        %reason,
+        "snapshot rejected; keeping the last good one"
+    );
+    ApplyOutcome::Rejected { version, reason }
+}
+
+/// Validates, compiles and swaps in `snapshot`. An older version than the one served is
+/// rejected (versions only grow); the same version is acknowledged again.
+pub fn apply_snapshot(store: &SnapshotStore, snapshot: &Snapshot) -> ApplyOutcome {
+    let started = Instant::now();
+    let version = snapshot.version;
+    let table = match RoutingTable::compile(snapshot) {
+        Ok(table) => table,
+        Err(err) => return reject(store, version, err.to_string()),
+    };
+    let (gateways, endpoints) = (table.gateways().len(), table.endpoint_count());
+    if store.swap_if_newer(table) {
+        // Validation, compilation and the swap; protobuf decoding happened before.
+        let apply_us = started.elapsed().as_micros() as u64;
+        info!(version = version.0, gateways, endpoints, apply_us, "snapshot applied");
+        return ApplyOutcome::Applied { version };
+    }
+    let serving = store.version();
+    if serving == version {
+        info!(version = version.0, "snapshot already applied");
+        return ApplyOutcome::AlreadyCurrent { version };
+    }
+    let reason = format!("version {version} is older than the applied version {serving}");
+    warn!(version = version.0, serving = serving.0, "stale snapshot rejected");
+    ApplyOutcome::Rejected { version, reason }
+}
+
+/// Merges the control plane's fleet view into `health` as remote windows (replacing the
+/// previous fleet view). Healthy entries carry no window and are ignored; entries that could
+/// not be read were already left out by the decoder. Returns how many windows are active.
+pub fn apply_fleet_health(health: &HealthRegistry, fleet: &FleetHealth) -> usize {
+    let endpoints: Vec<RemoteHealth> = fleet
+        .endpoints
+        .iter()
+        .filter(|e| e.state != EndpointState::Healthy)
+        .map(|e| RemoteHealth {
+            endpoint_id: e.endpoint_id,
+            state: e.state,
+            until_unix_ms: e
+                .until
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
+            reason: e.reason.clone().unwrap_or_default(),
+        })
+        .collect();
+    let active = health.apply_fleet(&endpoints, Instant::now());
+    let listed = fleet.endpoints.len() + fleet.skipped.len();
+    info!(listed, active, "fleet health applied");
+    active
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use modelgw_model::{
+        Credential, Endpoint, EndpointId, Gateway, GatewayId, GatewayKey, GatewayKeyId,
+        GatewayMember, Platform, RoutingPolicy, Secret, gateway_key_hash,
+    };
+
+    fn snapshot(version: u64) -> Snapshot {
+        let endpoint = EndpointId::new();
+        Snapshot {
+            version: ConfigVersion(version),
+            endpoints: vec![Endpoint {
+                id: endpoint,
+                name: "eus".into(),
+                platform: Platform::AzureOpenai,
+                base_url: "https://eus.openai.azure.com".parse().expect("url"),
+                deployment: "gpt-4o".into(),
+                model_name: "gpt-4o".into(),
+                model_version: "2024-11-20".into(),
+                region: "eastus".into(),
+                credential: Credential::ApiKey(Secret::new("upstream-secret-1234")),
+            }],
+            gateways: vec![Gateway {
+                id: GatewayId::new(),
+                name: "chat".into(),
+                members: vec![GatewayMember {
+                    endpoint_id: endpoint,
+                    enabled: true,
+                    priority: 0,
+                    weight: 1,
+                }],
+                keys: vec![GatewayKey {
+                    id: GatewayKeyId::new(),
+                    sha256: gateway_key_hash("client-key"),
+                }],
+                routing: RoutingPolicy::default(),
+            }],
+        }
+    }
+
+    #[test]
+    fn a_valid_snapshot_is_applied_and_acked() {
+        let store = SnapshotStore::new();
+        let outcome = apply_snapshot(&store, &snapshot(3));
+        assert_eq!(outcome, ApplyOutcome::Applied { version: ConfigVersion(3) });
+        assert_eq!(store.version(), ConfigVersion(3));
+        assert_eq!(outcome.to_message(), DataPlaneMessage::Ack { version: ConfigVersion(3) });
+        assert_eq!(
+            apply_snapshot(&store, &snapshot(3)),
+            ApplyOutcome::AlreadyCurrent { version: ConfigVersion(3) }
+        );
+    }
+
+    #[test]
+    fn an_invalid_snapshot_is_nacked_naming_the_field_and_the_old_one_keeps_serving() {
+        let store = SnapshotStore::new();
+        apply_snapshot(&store, &snapshot(3));
+        let mut bad = snapshot(4);
+        bad.endpoints[0].base_url = "ftp://eus".parse().expect("url");
+        let outcome = apply_snapshot(&store, &bad);
+        let ApplyOutcome::Rejected { version, reason } = &outcome else { panic!("{outcome:?}") };
+        assert_eq!(*version, ConfigVersion(4));
+        assert_eq!(reason, "endpoints[0].base_url: must be an http(s) URL");
+        assert_eq!(store.version(), ConfigVersion(3), "the last good snapshot keeps serving");
+        assert!(store.load().gateway_by_name("chat").is_some());
+        assert_eq!(
+            outcome.to_message(),
+            DataPlaneMessage::Nack(Nack { version: ConfigVersion(4), reason: reason.clone() })
+        );
+    }
+
+    #[test]
+    fn compile_failures_are_nacked_without_the_secret() {
+        let store = SnapshotStore::new();
+        let mut bad = snapshot(2);
+        bad.endpoints[0].credential = Credential::ApiKey(Secret::new("upstream\nsecret"));
+        let ApplyOutcome::Rejected { reason, .. } = apply_snapshot(&store, &bad) else {
+            panic!("expected a rejection")
+        };
+        assert_eq!(reason, "endpoints[0].credential: not a valid header value");
+        assert!(!store.is_ready());
+    }
+
+    #[test]
+    fn an_older_snapshot_is_nacked() {
+        let store = SnapshotStore::new();
+        apply_snapshot(&store, &snapshot(5));
+        let outcome = apply_snapshot(&store, &snapshot(4));
+        assert!(
+            matches!(outcome, ApplyOutcome::Rejected { version: ConfigVersion(4), .. }),
+            "{outcome:?}"
+        );
+        assert_eq!(store.version(), ConfigVersion(5));
+    }
+}

@@ -1,0 +1,317 @@
+//! The connection to the control plane: receive snapshots, apply them (ACK) or reject them
+//! (NACK, keeping the last good one), send heartbeats and health changes. Reconnects forever
+//! with capped, fully jittered exponential backoff while the proxy keeps serving.
+//!
+//! One of the two transport files of the protocol (the other is the control plane's gRPC
+//! server): the only data-plane code that names generated types. It decodes each message into
+//! its domain form (`modelgw_model::protocol`) at once and hands that to [`crate::apply`].
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use cfg::config_discovery_client::ConfigDiscoveryClient;
+use modelgw_model::protocol::{
+    ControlPlaneMessage, DataPlaneMessage, EndpointHealth, HealthReport, Hello,
+};
+use modelgw_model::wire::{InvalidControlPlaneMessage, cfg};
+use modelgw_model::{EndpointId, NodeId};
+use rand::Rng;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::{ClientTlsConfig, Endpoint};
+use tracing::{info, warn};
+
+use crate::apply::{ApplyOutcome, apply_fleet_health, apply_snapshot};
+use crate::health::{HealthChange, HealthRegistry};
+use crate::routing_table::SnapshotStore;
+
+/// How often the data plane says it is alive. The control plane marks a data plane stale
+/// after missing a few; 5 s keeps that detection within ~15 s at negligible cost.
+pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
+
+/// First reconnect delay bound; doubled per failed attempt. 100 ms makes a control-plane
+/// restart invisible, while full jitter spreads hundreds of data planes apart.
+pub const RECONNECT_BASE: Duration = Duration::from_millis(100);
+
+/// Largest reconnect delay bound: a data plane notices a recovered control plane within 5 s.
+pub const RECONNECT_CAP: Duration = Duration::from_secs(5);
+
+/// Time allowed to establish the gRPC connection before counting the attempt as failed.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// HTTP/2 keep-alive ping interval on the control-plane connection, so a silently dropped
+/// connection (NAT, load balancer) is detected instead of waiting forever for a snapshot.
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Largest snapshot accepted. A snapshot holds every endpoint and gateway (a few hundred
+/// bytes each); tonic's 4 MiB default would cap a large fleet for no benefit.
+pub const MAX_SNAPSHOT_BYTES: usize = 64 * 1024 * 1024;
+
+/// Floor for a configured heartbeat interval, so a zero cannot turn into a busy loop.
+const MIN_HEARTBEAT_INTERVAL: Duration = Duration::from_millis(10);
+
+/// Most endpoint states sent in one `HealthReport`.
+const HEALTH_BATCH_MAX: usize = 256;
+
+/// Outbound queue towards the control plane (Hello, Ack/Nack, heartbeats, reports).
+const OUTBOUND_CAPACITY: usize = 64;
+
+/// Settings of the control-plane connection.
+#[derive(Clone, Debug)]
+pub struct ClientConfig {
+    pub control_plane_url: String,
+    pub node_id: String,
+    /// Default [`HEARTBEAT_INTERVAL`].
+    pub heartbeat_interval: Duration,
+}
+
+/// Delay before reconnect attempt `attempt` (0-based): uniform in
+/// `[0, min(cap, base·2^attempt)]` ("full jitter").
+pub fn backoff_delay<R: Rng + ?Sized>(attempt: u32, rng: &mut R) -> Duration {
+    let bound =
+        RECONNECT_BASE.saturating_mul(1u32.checked_shl(attempt.min(31)).unwrap_or(u32::MAX));
+    let bound = bound.min(RECONNECT_CAP);
+    Duration::from_millis(rng.random_range(0..=bound.as_millis() as u64))
+}
+
+/// Why a session with the control plane ended.
+#[derive(Debug, thiserror::Error)]
+enum SessionEnd {
+    #[error("connect failed: {0}")]
+    Connect(#[source] tonic::transport::Error),
+    #[error("stream refused: {0}")]
+    Refused(tonic::Status),
+    #[error("stream failed: {0}")]
+    Stream(tonic::Status),
+    #[error("control plane closed the stream")]
+    Closed,
+    #[error("outbound stream closed")]
+    OutboundClosed,
+}
+
+/// Runs forever (until the task is aborted): connect, serve the session, back off, repeat.
+pub(crate) async fn run(
+    config: ClientConfig,
+    endpoint: Endpoint,
+    store: Arc<SnapshotStore>,
+    health: Arc<HealthRegistry>,
+    mut health_rx: mpsc::Receiver<HealthChange>,
+) {
+    let mut pending: HashMap<EndpointId, HealthChange> = HashMap::new();
+    let mut failures = 0u32;
+    loop {
+        let mut got_snapshot = false;
+        let end = session(
+            &config,
+            &endpoint,
+            &store,
+            &health,
+            &mut health_rx,
+            &mut pending,
+            &mut got_snapshot,
+        )
+        .await;
+        if got_snapshot {
+            // The session worked; a drop after that is a fresh incident, not a persistent one.
+            failures = 0;
+        }
+        let delay = backoff_delay(failures, &mut rand::rng());
+        failures = failures.saturating_add(1);
+        warn!(
+            url = %config.control_plane_url,
+            reason = %end,
+            serving = store.version().0,
+            retry_in_ms = delay.as_millis() as u64,
+            "disconnected from the control plane"
+        );
+        // Keep folding health changes while waiting, so the newest state per endpoint is
+        // reported after reconnecting.
+        let sleep = tokio::time::sleep(delay);
+        tokio::pin!(sleep);
+        loop {
+            tokio::select! {
+                () = &mut sleep => break,
+                change = health_rx.recv() => match change {
+                    Some(change) => { pending.insert(change.endpoint_id, change); }
+                    None => { (&mut sleep).await; break; }
+                },
+            }
+        }
+    }
+}
+
+/// Builds the tonic endpoint for `url` (validated once, at bind time).
+pub(crate) fn endpoint(url: &str) -> Result<Endpoint, tonic::transport::Error> {
+    let endpoint = Endpoint::from_shared(url.to_owned())?
+        .connect_timeout(CONNECT_TIMEOUT)
+        .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+        .keep_alive_while_idle(true)
+        .tcp_nodelay(true);
+    if url.starts_with("https://") {
+        return endpoint.tls_config(ClientTlsConfig::new().with_enabled_roots());
+    }
+    Ok(endpoint)
+}
+
+async fn session(
+    config: &ClientConfig,
+    endpoint: &Endpoint,
+    store: &SnapshotStore,
+    health: &HealthRegistry,
+    health_rx: &mut mpsc::Receiver<HealthChange>,
+    pending: &mut HashMap<EndpointId, HealthChange>,
+    got_snapshot: &mut bool,
+) -> SessionEnd {
+    let channel = match endpoint.connect().await {
+        Ok(channel) => channel,
+        Err(err) => return SessionEnd::Connect(err),
+    };
+    let mut client =
+        ConfigDiscoveryClient::new(channel).max_decoding_message_size(MAX_SNAPSHOT_BYTES);
+    let (tx, rx) = mpsc::channel::<cfg::DataPlaneMessage>(OUTBOUND_CAPACITY);
+    let hello = DataPlaneMessage::Hello(Hello {
+        node_id: NodeId(config.node_id.clone()),
+        applied_version: store.version(),
+        build_version: env!("CARGO_PKG_VERSION").to_owned(),
+    });
+    if tx.send(cfg::DataPlaneMessage::from(&hello)).await.is_err() {
+        return SessionEnd::OutboundClosed;
+    }
+    let mut inbound = match client.stream(ReceiverStream::new(rx)).await {
+        Ok(response) => response.into_inner(),
+        Err(status) => return SessionEnd::Refused(status),
+    };
+    info!(
+        url = %config.control_plane_url,
+        node_id = %config.node_id,
+        applied_version = store.version().0,
+        "connected to the control plane"
+    );
+    let send = |message: DataPlaneMessage| {
+        let tx = tx.clone();
+        let wire = cfg::DataPlaneMessage::from(&message);
+        async move { tx.send(wire).await.map_err(|_| SessionEnd::OutboundClosed) }
+    };
+    if !pending.is_empty()
+        && let Err(end) = send(report(pending)).await
+    {
+        return end;
+    }
+    let mut heartbeat =
+        tokio::time::interval(config.heartbeat_interval.max(MIN_HEARTBEAT_INTERVAL));
+    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    heartbeat.tick().await; // The first tick is immediate; Hello already said we are alive.
+    let mut health_open = true;
+    loop {
+        let outbound = tokio::select! {
+            message = inbound.message() => match message {
+                Ok(Some(message)) => match ControlPlaneMessage::try_from(message) {
+                    Ok(ControlPlaneMessage::Snapshot(snapshot)) => {
+                        *got_snapshot = true;
+                        apply_snapshot(store, &snapshot).to_message()
+                    }
+                    Ok(ControlPlaneMessage::FleetHealth(fleet)) => {
+                        for skipped in &fleet.skipped {
+                            warn!(reason = %skipped, "fleet health entry unreadable; ignored");
+                        }
+                        apply_fleet_health(health, &fleet);
+                        continue;
+                    }
+                    Err(InvalidControlPlaneMessage::Snapshot { version, error }) => {
+                        *got_snapshot = true;
+                        ApplyOutcome::unreadable(store, version, error.to_string()).to_message()
+                    }
+                    // An empty or newer kind of message: nothing to do.
+                    Err(InvalidControlPlaneMessage::Unknown) => continue,
+                },
+                Ok(None) => return SessionEnd::Closed,
+                Err(status) => return SessionEnd::Stream(status),
+            },
+            _ = heartbeat.tick() => {
+                DataPlaneMessage::Heartbeat { applied_version: store.version() }
+            }
+            change = health_rx.recv(), if health_open => {
+                let Some(change) = change else {
+                    health_open = false; // The registry is gone (shutting down).
+                    continue;
+                };
+                pending.insert(change.endpoint_id, change);
+                while pending.len() < HEALTH_BATCH_MAX {
+                    match health_rx.try_recv() {
+                        Ok(change) => { pending.insert(change.endpoint_id, change); }
+                        Err(_) => break,
+                    }
+                }
+                report(pending)
+            }
+        };
+        if let Err(end) = send(outbound).await {
+            return end;
+        }
+    }
+}
+
+/// Drains `pending` into one `HealthReport`.
+fn report(pending: &mut HashMap<EndpointId, HealthChange>) -> DataPlaneMessage {
+    let endpoints = pending
+        .drain()
+        .map(|(_, change)| EndpointHealth {
+            endpoint_id: change.endpoint_id,
+            state: change.state,
+            until: u64::try_from(change.until_unix_ms)
+                .ok()
+                .filter(|ms| *ms > 0)
+                .map(|ms| std::time::UNIX_EPOCH + Duration::from_millis(ms)),
+            reason: (!change.reason.is_empty()).then_some(change.reason),
+        })
+        .collect();
+    DataPlaneMessage::Health(HealthReport { endpoints, skipped: Vec::new() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use modelgw_model::EndpointState;
+    use rand::SeedableRng;
+    use rand::rngs::StdRng;
+
+    #[test]
+    fn backoff_is_jittered_under_an_exponential_cap() {
+        let mut rng = StdRng::seed_from_u64(1);
+        for attempt in 0..40 {
+            let bound = (RECONNECT_BASE * 2u32.saturating_pow(attempt.min(20))).min(RECONNECT_CAP);
+            for _ in 0..50 {
+                assert!(backoff_delay(attempt, &mut rng) <= bound);
+            }
+        }
+        let late: Vec<Duration> = (0..200).map(|_| backoff_delay(30, &mut rng)).collect();
+        assert!(late.iter().any(|d| *d > Duration::from_secs(3)), "reaches towards the cap");
+        assert!(late.iter().any(|d| *d < Duration::from_secs(2)), "jittered, not fixed");
+    }
+
+    #[test]
+    fn health_reports_carry_the_latest_state_per_endpoint() {
+        let id = EndpointId::new();
+        let mut pending = HashMap::new();
+        pending.insert(
+            id,
+            HealthChange {
+                endpoint_id: id,
+                state: EndpointState::Throttling,
+                until_unix_ms: 42,
+                reason: "429".into(),
+            },
+        );
+        let wire = cfg::DataPlaneMessage::from(&report(&mut pending));
+        let Some(cfg::data_plane_message::Kind::Health(report)) = wire.kind else {
+            panic!("expected a report")
+        };
+        assert!(pending.is_empty());
+        assert_eq!(report.endpoints.len(), 1);
+        assert_eq!(report.endpoints[0].endpoint_id, id.to_string());
+        assert_eq!(report.endpoints[0].state, cfg::EndpointState::Throttling as i32);
+        assert_eq!(report.endpoints[0].until_unix_ms, 42);
+        assert_eq!(report.endpoints[0].reason, "429");
+    }
+}

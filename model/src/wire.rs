@@ -1,0 +1,636 @@
+//! The protocol boundary: every conversion between the domain types and the generated wire
+//! types of `modelgw-proto`, with one mapping per enum. Decoding is `TryFrom` with a typed
+//! error naming the field ([`InvalidSnapshot`] for snapshots, [`InvalidMessage`] for the rest);
+//! encoding is `From`.
+//!
+//! Outside this module only the two transport files (the control plane's gRPC server and the
+//! data plane's control-plane client) name a generated type; a test keeps it that way.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+pub use modelgw_proto::cfg;
+
+use crate::limits::{MAX_BUILD_VERSION_CHARS, MAX_REASON_CHARS, truncate_chars};
+use crate::protocol::{
+    ControlPlaneMessage, DataPlaneMessage, EndpointHealth, FleetHealth, HealthReport, Hello,
+    InvalidMessage, Nack, valid_node_id,
+};
+use crate::{
+    ConfigVersion, Credential, DEFAULT_ENTRA_SCOPE, Endpoint, EndpointId, EndpointState, Gateway,
+    GatewayId, GatewayKey, GatewayMember, InvalidSnapshot, NodeId, Platform, RoutingPolicy,
+    RoutingStrategy, Secret, Snapshot,
+};
+
+// ---- enums: one mapping each ----
+
+impl From<Platform> for cfg::Platform {
+    fn from(p: Platform) -> Self {
+        match p {
+            Platform::AzureOpenai => cfg::Platform::AzureOpenai,
+            Platform::OpenaiCompatible => cfg::Platform::OpenaiCompatible,
+        }
+    }
+}
+
+impl TryFrom<i32> for Platform {
+    type Error = String;
+    fn try_from(raw: i32) -> Result<Self, String> {
+        match cfg::Platform::try_from(raw) {
+            Ok(cfg::Platform::AzureOpenai) => Ok(Platform::AzureOpenai),
+            Ok(cfg::Platform::OpenaiCompatible) => Ok(Platform::OpenaiCompatible),
+            _ => Err(format!("unknown platform {raw}")),
+        }
+    }
+}
+
+impl From<RoutingStrategy> for cfg::RoutingStrategy {
+    fn from(s: RoutingStrategy) -> Self {
+        match s {
+            RoutingStrategy::Weighted => cfg::RoutingStrategy::Weighted,
+            RoutingStrategy::Fastest => cfg::RoutingStrategy::Fastest,
+        }
+    }
+}
+
+impl TryFrom<i32> for RoutingStrategy {
+    type Error = String;
+    fn try_from(raw: i32) -> Result<Self, String> {
+        match cfg::RoutingStrategy::try_from(raw) {
+            // An unset strategy is the default one (proto3 zero value).
+            Ok(cfg::RoutingStrategy::Unspecified | cfg::RoutingStrategy::Weighted) => {
+                Ok(RoutingStrategy::Weighted)
+            }
+            Ok(cfg::RoutingStrategy::Fastest) => Ok(RoutingStrategy::Fastest),
+            Err(_) => Err(format!("unknown strategy {raw}")),
+        }
+    }
+}
+
+impl From<EndpointState> for cfg::EndpointState {
+    fn from(s: EndpointState) -> Self {
+        match s {
+            EndpointState::Healthy => cfg::EndpointState::Healthy,
+            EndpointState::Throttling => cfg::EndpointState::Throttling,
+            EndpointState::Error => cfg::EndpointState::Error,
+        }
+    }
+}
+
+impl TryFrom<i32> for EndpointState {
+    type Error = String;
+    fn try_from(raw: i32) -> Result<Self, String> {
+        match cfg::EndpointState::try_from(raw) {
+            Ok(cfg::EndpointState::Healthy) => Ok(EndpointState::Healthy),
+            Ok(cfg::EndpointState::Throttling) => Ok(EndpointState::Throttling),
+            Ok(cfg::EndpointState::Error) => Ok(EndpointState::Error),
+            _ => Err(format!("unknown state {raw}")),
+        }
+    }
+}
+
+// ---- snapshot ----
+
+fn invalid(field: impl Into<String>, reason: impl Into<String>) -> InvalidSnapshot {
+    InvalidSnapshot::new(field, reason)
+}
+
+fn parse_id<T: std::str::FromStr>(field: &str, value: &str) -> Result<T, InvalidSnapshot> {
+    value.parse().map_err(|_| {
+        InvalidSnapshot::new(field, format!("not a UUID: {:?}", truncate_chars(value, 64)))
+    })
+}
+
+impl TryFrom<cfg::Snapshot> for Snapshot {
+    type Error = InvalidSnapshot;
+
+    /// Reads the structure (ids, enums, URLs, hashes), then applies [`Snapshot::validate`].
+    fn try_from(wire: cfg::Snapshot) -> Result<Self, Self::Error> {
+        let mut endpoints = Vec::with_capacity(wire.endpoints.len());
+        for (i, e) in wire.endpoints.into_iter().enumerate() {
+            let f = |name: &str| format!("endpoints[{i}].{name}");
+            let credential = match e.credential.and_then(|c| c.kind) {
+                Some(cfg::credential::Kind::ApiKey(k)) if !k.is_empty() => {
+                    Credential::ApiKey(Secret::new(k))
+                }
+                Some(cfg::credential::Kind::Entra(entra)) => Credential::Entra {
+                    scope: if entra.scope.is_empty() {
+                        DEFAULT_ENTRA_SCOPE.to_owned()
+                    } else {
+                        entra.scope
+                    },
+                },
+                _ => return Err(invalid(f("credential"), "missing")),
+            };
+            endpoints.push(Endpoint {
+                id: parse_id(&f("id"), &e.id)?,
+                name: e.name,
+                platform: Platform::try_from(e.platform).map_err(|r| invalid(f("platform"), r))?,
+                base_url: url::Url::parse(&e.base_url)
+                    .map_err(|err| invalid(f("base_url"), err.to_string()))?,
+                deployment: e.deployment,
+                model_name: e.model_name,
+                model_version: e.model_version,
+                region: e.region,
+                credential,
+            });
+        }
+        let mut gateways = Vec::with_capacity(wire.gateways.len());
+        for (i, g) in wire.gateways.into_iter().enumerate() {
+            let f = |name: &str| format!("gateways[{i}].{name}");
+            let mut members = Vec::with_capacity(g.members.len());
+            for (j, m) in g.members.into_iter().enumerate() {
+                members.push(GatewayMember {
+                    endpoint_id: parse_id(
+                        &f(&format!("members[{j}].endpoint_id")),
+                        &m.endpoint_id,
+                    )?,
+                    enabled: m.enabled,
+                    priority: m.priority,
+                    weight: m.weight,
+                });
+            }
+            let mut keys = Vec::with_capacity(g.keys.len());
+            for (j, k) in g.keys.into_iter().enumerate() {
+                let sha256: [u8; 32] =
+                    k.sha256.as_slice().try_into().map_err(|_| {
+                        invalid(f(&format!("keys[{j}].sha256")), "must be 32 bytes")
+                    })?;
+                keys.push(GatewayKey {
+                    id: parse_id(&f(&format!("keys[{j}].id")), &k.id)?,
+                    sha256,
+                });
+            }
+            let routing = match g.routing {
+                None => RoutingPolicy::default(),
+                Some(r) => RoutingPolicy {
+                    strategy: RoutingStrategy::try_from(r.strategy)
+                        .map_err(|reason| invalid(f("routing.strategy"), reason))?,
+                    wait_for_recovery: r.wait_for_recovery,
+                    request_timeout_ms: (r.request_timeout_ms > 0).then_some(r.request_timeout_ms),
+                },
+            };
+            gateways.push(Gateway {
+                id: parse_id::<GatewayId>(&f("id"), &g.id)?,
+                name: g.name,
+                members,
+                keys,
+                routing,
+            });
+        }
+        Snapshot::new(ConfigVersion(wire.version), endpoints, gateways)
+    }
+}
+
+impl From<&Snapshot> for cfg::Snapshot {
+    fn from(s: &Snapshot) -> Self {
+        cfg::Snapshot {
+            version: s.version.0,
+            endpoints: s.endpoints.iter().map(cfg::Endpoint::from).collect(),
+            gateways: s.gateways.iter().map(cfg::Gateway::from).collect(),
+        }
+    }
+}
+
+impl From<&Endpoint> for cfg::Endpoint {
+    fn from(e: &Endpoint) -> Self {
+        let kind = match &e.credential {
+            Credential::ApiKey(k) => cfg::credential::Kind::ApiKey(k.expose().to_owned()),
+            Credential::Entra { scope } => {
+                cfg::credential::Kind::Entra(cfg::EntraAuth { scope: scope.clone() })
+            }
+        };
+        cfg::Endpoint {
+            id: e.id.to_string(),
+            name: e.name.clone(),
+            platform: cfg::Platform::from(e.platform) as i32,
+            base_url: e.base_url.to_string(),
+            deployment: e.deployment.clone(),
+            model_name: e.model_name.clone(),
+            model_version: e.model_version.clone(),
+            region: e.region.clone(),
+            credential: Some(cfg::Credential { kind: Some(kind) }),
+        }
+    }
+}
+
+impl From<&Gateway> for cfg::Gateway {
+    fn from(g: &Gateway) -> Self {
+        cfg::Gateway {
+            id: g.id.to_string(),
+            name: g.name.clone(),
+            members: g
+                .members
+                .iter()
+                .map(|m| cfg::GatewayMember {
+                    endpoint_id: m.endpoint_id.to_string(),
+                    enabled: m.enabled,
+                    priority: m.priority,
+                    weight: m.weight,
+                })
+                .collect(),
+            keys: g
+                .keys
+                .iter()
+                .map(|k| cfg::GatewayKey { id: k.id.to_string(), sha256: k.sha256.to_vec() })
+                .collect(),
+            routing: Some(cfg::RoutingPolicy {
+                strategy: cfg::RoutingStrategy::from(g.routing.strategy) as i32,
+                wait_for_recovery: g.routing.wait_for_recovery,
+                request_timeout_ms: g.routing.request_timeout_ms.unwrap_or(0),
+            }),
+        }
+    }
+}
+
+/// The snapshot's protobuf encoding, done once per version and shared by every stream.
+pub fn encode_snapshot(snapshot: &Snapshot) -> bytes::Bytes {
+    bytes::Bytes::from(prost::Message::encode_to_vec(&cfg::Snapshot::from(snapshot)))
+}
+
+/// Decodes a snapshot from its protobuf encoding (as [`encode_snapshot`] makes it) and
+/// validates it.
+pub fn decode_snapshot(encoded: &[u8]) -> Result<Snapshot, InvalidSnapshot> {
+    let wire: cfg::Snapshot = prost::Message::decode(encoded)
+        .map_err(|e| InvalidSnapshot::new("snapshot", format!("not a Snapshot message: {e}")))?;
+    Snapshot::try_from(wire)
+}
+
+// ---- health ----
+
+fn unix_ms(t: Option<SystemTime>) -> i64 {
+    t.and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+fn from_unix_ms(ms: i64) -> Option<SystemTime> {
+    let ms = u64::try_from(ms).ok().filter(|ms| *ms > 0)?;
+    UNIX_EPOCH.checked_add(Duration::from_millis(ms))
+}
+
+impl From<&EndpointHealth> for cfg::EndpointHealth {
+    fn from(h: &EndpointHealth) -> Self {
+        cfg::EndpointHealth {
+            endpoint_id: h.endpoint_id.to_string(),
+            state: cfg::EndpointState::from(h.state) as i32,
+            until_unix_ms: unix_ms(h.until),
+            reason: h.reason.clone().unwrap_or_default(),
+        }
+    }
+}
+
+/// Decodes one entry of `message` (a `HealthReport` or `FleetHealth`) at index `i`.
+fn endpoint_health(
+    message: &'static str,
+    i: usize,
+    e: cfg::EndpointHealth,
+) -> Result<EndpointHealth, InvalidMessage> {
+    let field = |name: &str| format!("endpoints[{i}].{name}");
+    let endpoint_id = e.endpoint_id.parse::<EndpointId>().map_err(|_| {
+        InvalidMessage::new(
+            message,
+            field("endpoint_id"),
+            format!("not a UUID: {:?}", truncate_chars(&e.endpoint_id, 64)),
+        )
+    })?;
+    let state = EndpointState::try_from(e.state)
+        .map_err(|reason| InvalidMessage::new(message, field("state"), reason))?;
+    let reason = (!e.reason.is_empty()).then(|| truncate_chars(&e.reason, MAX_REASON_CHARS));
+    Ok(EndpointHealth { endpoint_id, state, until: from_unix_ms(e.until_unix_ms), reason })
+}
+
+/// Every readable entry, and why the others were skipped.
+fn endpoint_health_list(
+    message: &'static str,
+    entries: Vec<cfg::EndpointHealth>,
+) -> (Vec<EndpointHealth>, Vec<InvalidMessage>) {
+    let mut endpoints = Vec::with_capacity(entries.len());
+    let mut skipped = Vec::new();
+    for (i, e) in entries.into_iter().enumerate() {
+        match endpoint_health(message, i, e) {
+            Ok(h) => endpoints.push(h),
+            Err(err) => skipped.push(err),
+        }
+    }
+    (endpoints, skipped)
+}
+
+impl From<cfg::HealthReport> for HealthReport {
+    fn from(wire: cfg::HealthReport) -> Self {
+        let (endpoints, skipped) = endpoint_health_list("HealthReport", wire.endpoints);
+        HealthReport { endpoints, skipped }
+    }
+}
+
+impl From<&HealthReport> for cfg::HealthReport {
+    fn from(r: &HealthReport) -> Self {
+        cfg::HealthReport { endpoints: r.endpoints.iter().map(cfg::EndpointHealth::from).collect() }
+    }
+}
+
+impl From<cfg::FleetHealth> for FleetHealth {
+    fn from(wire: cfg::FleetHealth) -> Self {
+        let (endpoints, skipped) = endpoint_health_list("FleetHealth", wire.endpoints);
+        FleetHealth { endpoints, skipped }
+    }
+}
+
+impl From<&FleetHealth> for cfg::FleetHealth {
+    fn from(f: &FleetHealth) -> Self {
+        cfg::FleetHealth { endpoints: f.endpoints.iter().map(cfg::EndpointHealth::from).collect() }
+    }
+}
+
+// ---- the two stream messages ----
+
+impl TryFrom<cfg::Hello> for Hello {
+    type Error = InvalidMessage;
+    fn try_from(h: cfg::Hello) -> Result<Self, InvalidMessage> {
+        if !valid_node_id(&h.node_id) {
+            return Err(InvalidMessage::new(
+                "Hello",
+                "node_id",
+                format!("must be 1–{} printable characters", crate::limits::MAX_NODE_ID_CHARS),
+            ));
+        }
+        Ok(Hello {
+            node_id: NodeId(h.node_id),
+            applied_version: ConfigVersion(h.applied_version),
+            build_version: truncate_chars(&h.build_version, MAX_BUILD_VERSION_CHARS),
+        })
+    }
+}
+
+impl TryFrom<cfg::DataPlaneMessage> for DataPlaneMessage {
+    type Error = InvalidMessage;
+    fn try_from(m: cfg::DataPlaneMessage) -> Result<Self, InvalidMessage> {
+        use cfg::data_plane_message::Kind;
+        Ok(match m.kind {
+            Some(Kind::Hello(h)) => DataPlaneMessage::Hello(Hello::try_from(h)?),
+            Some(Kind::Ack(a)) => DataPlaneMessage::Ack { version: ConfigVersion(a.version) },
+            Some(Kind::Nack(n)) => DataPlaneMessage::Nack(Nack {
+                version: ConfigVersion(n.version),
+                reason: truncate_chars(&n.reason, MAX_REASON_CHARS),
+            }),
+            Some(Kind::Heartbeat(b)) => {
+                DataPlaneMessage::Heartbeat { applied_version: ConfigVersion(b.applied_version) }
+            }
+            Some(Kind::Health(r)) => DataPlaneMessage::Health(HealthReport::from(r)),
+            None => {
+                return Err(InvalidMessage::new("DataPlaneMessage", "kind", "empty message"));
+            }
+        })
+    }
+}
+
+impl From<&DataPlaneMessage> for cfg::DataPlaneMessage {
+    fn from(m: &DataPlaneMessage) -> Self {
+        use cfg::data_plane_message::Kind;
+        let kind = match m {
+            DataPlaneMessage::Hello(h) => Kind::Hello(cfg::Hello {
+                node_id: h.node_id.0.clone(),
+                applied_version: h.applied_version.0,
+                build_version: h.build_version.clone(),
+            }),
+            DataPlaneMessage::Ack { version } => Kind::Ack(cfg::Ack { version: version.0 }),
+            DataPlaneMessage::Nack(n) => {
+                Kind::Nack(cfg::Nack { version: n.version.0, reason: n.reason.clone() })
+            }
+            DataPlaneMessage::Heartbeat { applied_version } => {
+                Kind::Heartbeat(cfg::Heartbeat { applied_version: applied_version.0 })
+            }
+            DataPlaneMessage::Health(r) => Kind::Health(cfg::HealthReport::from(r)),
+        };
+        cfg::DataPlaneMessage { kind: Some(kind) }
+    }
+}
+
+/// Why a control-plane message could not be used.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidControlPlaneMessage {
+    /// A snapshot that breaks a rule: the data plane NACKs `version` with this reason.
+    #[error("snapshot v{version}: {error}")]
+    Snapshot { version: ConfigVersion, error: InvalidSnapshot },
+    /// No kind this data plane knows (empty, or from a newer protocol): ignored.
+    #[error("unknown or empty message")]
+    Unknown,
+}
+
+impl TryFrom<cfg::ControlPlaneMessage> for ControlPlaneMessage {
+    type Error = InvalidControlPlaneMessage;
+    fn try_from(m: cfg::ControlPlaneMessage) -> Result<Self, Self::Error> {
+        use cfg::control_plane_message::Kind;
+        match m.kind {
+            Some(Kind::Snapshot(s)) => {
+                let version = ConfigVersion(s.version);
+                Snapshot::try_from(s)
+                    .map(|s| ControlPlaneMessage::Snapshot(Arc::new(s)))
+                    .map_err(|error| InvalidControlPlaneMessage::Snapshot { version, error })
+            }
+            Some(Kind::FleetHealth(f)) => {
+                Ok(ControlPlaneMessage::FleetHealth(FleetHealth::from(f)))
+            }
+            None => Err(InvalidControlPlaneMessage::Unknown),
+        }
+    }
+}
+
+impl From<&ControlPlaneMessage> for cfg::ControlPlaneMessage {
+    fn from(m: &ControlPlaneMessage) -> Self {
+        use cfg::control_plane_message::Kind;
+        let kind = match m {
+            ControlPlaneMessage::Snapshot(s) => Kind::Snapshot(cfg::Snapshot::from(s.as_ref())),
+            ControlPlaneMessage::FleetHealth(f) => Kind::FleetHealth(cfg::FleetHealth::from(f)),
+        };
+        cfg::ControlPlaneMessage { kind: Some(kind) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::snapshot::tests::sample;
+
+    #[test]
+    fn a_snapshot_round_trips_through_the_wire() {
+        let domain = sample();
+        let back = Snapshot::try_from(cfg::Snapshot::from(&domain)).expect("valid");
+        assert_eq!(domain, back);
+        assert_eq!(decode_snapshot(&encode_snapshot(&domain)).expect("valid"), domain);
+        assert!(decode_snapshot(b"\xff\xff").is_err(), "garbage is refused, not a panic");
+    }
+
+    #[test]
+    fn an_entra_credential_round_trips_and_an_empty_scope_means_cognitive_services() {
+        let mut w = cfg::Snapshot::from(&sample());
+        w.endpoints[0].credential = Some(cfg::Credential {
+            kind: Some(cfg::credential::Kind::Entra(cfg::EntraAuth { scope: String::new() })),
+        });
+        let domain = Snapshot::try_from(w).expect("valid");
+        assert_eq!(
+            domain.endpoints[0].credential,
+            Credential::Entra { scope: DEFAULT_ENTRA_SCOPE.to_owned() }
+        );
+        let wire = cfg::Snapshot::from(&domain);
+        let Some(cfg::credential::Kind::Entra(entra)) =
+            wire.endpoints[0].credential.as_ref().and_then(|c| c.kind.as_ref())
+        else {
+            panic!("entra on the wire: {:?}", wire.endpoints[0].credential);
+        };
+        assert_eq!(entra.scope, DEFAULT_ENTRA_SCOPE);
+        assert_eq!(Snapshot::try_from(wire).expect("valid"), domain);
+    }
+
+    #[test]
+    fn wire_structure_errors_name_the_field() {
+        type Break = fn(&mut cfg::Snapshot);
+        let cases: [(Break, &str); 6] = [
+            (|w| w.endpoints[0].id = "nope".into(), "endpoints[0].id: not a UUID: \"nope\""),
+            (|w| w.endpoints[0].platform = 9, "endpoints[0].platform: unknown platform 9"),
+            (|w| w.endpoints[0].credential = None, "endpoints[0].credential: missing"),
+            (
+                |w| w.gateways[0].keys[0].sha256 = vec![1, 2],
+                "gateways[0].keys[0].sha256: must be 32 bytes",
+            ),
+            (
+                |w| w.gateways[0].routing.as_mut().expect("routing").strategy = 7,
+                "gateways[0].routing.strategy: unknown strategy 7",
+            ),
+            // Validation rules apply to the wire form too (one rule set: `Snapshot::validate`).
+            (
+                |w| w.endpoints[0].base_url = "ftp://x".into(),
+                "endpoints[0].base_url: must be an http(s) URL",
+            ),
+        ];
+        for (break_it, expected) in cases {
+            let mut w = cfg::Snapshot::from(&sample());
+            break_it(&mut w);
+            assert_eq!(Snapshot::try_from(w).expect_err("invalid").to_string(), expected);
+        }
+    }
+
+    #[test]
+    fn every_enum_value_maps_both_ways() {
+        for p in [Platform::AzureOpenai, Platform::OpenaiCompatible] {
+            assert_eq!(Platform::try_from(cfg::Platform::from(p) as i32), Ok(p));
+        }
+        for s in [RoutingStrategy::Weighted, RoutingStrategy::Fastest] {
+            assert_eq!(RoutingStrategy::try_from(cfg::RoutingStrategy::from(s) as i32), Ok(s));
+        }
+        for s in [EndpointState::Healthy, EndpointState::Throttling, EndpointState::Error] {
+            assert_eq!(EndpointState::try_from(cfg::EndpointState::from(s) as i32), Ok(s));
+        }
+        assert_eq!(RoutingStrategy::try_from(0), Ok(RoutingStrategy::Weighted), "unset");
+        assert!(EndpointState::try_from(0).is_err(), "unset state is not a state");
+        assert!(Platform::try_from(0).is_err());
+    }
+
+    #[test]
+    fn every_data_plane_message_round_trips() {
+        let health = EndpointHealth {
+            endpoint_id: EndpointId::new(),
+            state: EndpointState::Throttling,
+            until: Some(UNIX_EPOCH + Duration::from_millis(1_765_000_000_123)),
+            reason: Some("429".into()),
+        };
+        let messages = [
+            DataPlaneMessage::Hello(Hello {
+                node_id: NodeId("dp-1".into()),
+                applied_version: ConfigVersion(4),
+                build_version: "0.1.0".into(),
+            }),
+            DataPlaneMessage::Ack { version: ConfigVersion(5) },
+            DataPlaneMessage::Nack(Nack { version: ConfigVersion(6), reason: "x: y".into() }),
+            DataPlaneMessage::Heartbeat { applied_version: ConfigVersion(7) },
+            DataPlaneMessage::Health(HealthReport { endpoints: vec![health], skipped: vec![] }),
+        ];
+        for m in messages {
+            let back = DataPlaneMessage::try_from(cfg::DataPlaneMessage::from(&m)).expect("valid");
+            assert_eq!(back, m);
+        }
+    }
+
+    #[test]
+    fn a_bad_health_entry_is_skipped_with_its_field_and_the_rest_kept() {
+        let good = EndpointId::new();
+        let wire = cfg::HealthReport {
+            endpoints: vec![
+                cfg::EndpointHealth { endpoint_id: "nope".into(), state: 2, ..Default::default() },
+                cfg::EndpointHealth {
+                    endpoint_id: good.to_string(),
+                    state: 0,
+                    ..Default::default()
+                },
+                cfg::EndpointHealth {
+                    endpoint_id: good.to_string(),
+                    state: cfg::EndpointState::Error as i32,
+                    until_unix_ms: 0,
+                    reason: String::new(),
+                },
+            ],
+        };
+        let report = HealthReport::from(wire);
+        assert_eq!(report.endpoints.len(), 1);
+        assert_eq!(report.endpoints[0].state, EndpointState::Error);
+        assert_eq!(
+            (report.endpoints[0].until, report.endpoints[0].reason.as_deref()),
+            (None, None)
+        );
+        let skipped: Vec<String> = report.skipped.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            skipped,
+            [
+                "HealthReport.endpoints[0].endpoint_id: not a UUID: \"nope\"",
+                "HealthReport.endpoints[1].state: unknown state 0"
+            ]
+        );
+    }
+
+    #[test]
+    fn hello_needs_a_printable_bounded_node_id_and_bounds_the_rest() {
+        let hello = |node_id: &str, build: &str| cfg::Hello {
+            node_id: node_id.into(),
+            applied_version: 1,
+            build_version: build.into(),
+        };
+        let err = Hello::try_from(hello("dp\nforged", "1")).expect_err("invalid");
+        assert_eq!(err.to_string(), "Hello.node_id: must be 1–253 printable characters");
+        assert!(Hello::try_from(hello("", "1")).is_err());
+        let ok = Hello::try_from(hello("dp-1", &"v".repeat(100))).expect("valid");
+        assert_eq!(ok.build_version.chars().count(), 65, "64 characters and the cut mark");
+        let nack = cfg::DataPlaneMessage {
+            kind: Some(cfg::data_plane_message::Kind::Nack(cfg::Nack {
+                version: 1,
+                reason: "r".repeat(1000),
+            })),
+        };
+        let DataPlaneMessage::Nack(n) = DataPlaneMessage::try_from(nack).expect("valid") else {
+            panic!("a nack");
+        };
+        assert_eq!(n.reason.chars().count(), 513);
+    }
+
+    #[test]
+    fn a_bad_snapshot_names_its_version_for_the_nack() {
+        let mut w = cfg::Snapshot::from(&sample());
+        w.gateways[0].members[0].endpoint_id = EndpointId::new().to_string();
+        let message =
+            cfg::ControlPlaneMessage { kind: Some(cfg::control_plane_message::Kind::Snapshot(w)) };
+        match ControlPlaneMessage::try_from(message) {
+            Err(InvalidControlPlaneMessage::Snapshot { version, error }) => {
+                assert_eq!(version, ConfigVersion(3));
+                assert!(
+                    error
+                        .to_string()
+                        .starts_with("gateways[0].members[0].endpoint_id: unknown endpoint")
+                );
+            }
+            other => panic!("expected a snapshot error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn wire_debug_never_shows_the_api_key() {
+        assert!(!format!("{:?}", cfg::Snapshot::from(&sample())).contains("k-123456789012"));
+    }
+}
