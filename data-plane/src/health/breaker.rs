@@ -57,6 +57,16 @@ pub enum HealthEvent {
     Failed { reason: String },
 }
 
+impl HealthEvent {
+    /// The event's description; empty for an answer.
+    pub fn reason(&self) -> &str {
+        match self {
+            HealthEvent::Answered => "",
+            HealthEvent::Throttled { reason, .. } | HealthEvent::Failed { reason } => reason,
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Kind {
     Throttling,
@@ -163,10 +173,7 @@ impl HealthRegistry {
                 return;
             }
             state.published = now_state;
-            let reason = match event {
-                HealthEvent::Answered => "",
-                HealthEvent::Throttled { reason, .. } | HealthEvent::Failed { reason } => reason,
-            };
+            let reason = event.reason();
             match now_state {
                 None => HealthChange {
                     endpoint_id: id,
