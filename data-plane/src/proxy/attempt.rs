@@ -1,4 +1,4 @@
-//! One upstream attempt and what it came to.
+//! What one upstream attempt came to (the exchange itself is in `exchange.rs`).
 //!
 //! The classification lives here, in one table: [`Outcome::of_status`] and
 //! [`Outcome::of_request_error`] name what happened, and each [`Outcome`] knows which side it
@@ -6,18 +6,13 @@
 //! health. The failover loop only reads those answers.
 
 use std::borrow::Cow;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::Duration;
 
-use http::{HeaderMap, Request, StatusCode};
+use http::{HeaderMap, StatusCode};
 use hyper::body::Incoming;
 
-use super::Proxy;
-use super::deadline::bounded;
-use super::read_ahead::{ReadAhead, is_event_stream, next_data, read_prefix};
-use super::upstream::RequestPlan;
-use super::upstream_client::UpstreamBody;
-use crate::health::{HealthEvent, retry_after_from_headers};
-use crate::snapshot::{CompiledEndpoint, UpstreamAuth};
+use super::exchange::ReadAhead;
+use crate::health::HealthEvent;
 
 /// How an attempt ended: the `outcome` of its log line and its entry in `x-modelgw-attempts`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -184,7 +179,7 @@ pub(super) struct AttemptError {
 }
 
 impl AttemptError {
-    fn new(
+    pub(super) fn new(
         outcome: Outcome,
         status: Option<StatusCode>,
         reason: impl Into<Cow<'static, str>>,
@@ -192,7 +187,7 @@ impl AttemptError {
         Self { outcome, status, reason: reason.into(), retry_after: None }
     }
 
-    fn throttled(status: StatusCode, retry_after: Duration) -> Self {
+    pub(super) fn throttled(status: StatusCode, retry_after: Duration) -> Self {
         let reason = format!("throttled; retry after {} ms", retry_after.as_millis());
         Self {
             retry_after: Some(retry_after),
@@ -200,13 +195,13 @@ impl AttemptError {
         }
     }
 
-    fn deadline() -> Self {
+    pub(super) fn deadline() -> Self {
         let reason = "the request deadline passed before the answer was complete";
         Self::new(Outcome::Deadline, None, reason)
     }
 
     /// A wait that ran out: the deadline when it was the deadline that bound, else a timeout.
-    fn timed_out(
+    pub(super) fn timed_out(
         by_deadline: bool,
         status: Option<StatusCode>,
         reason: impl FnOnce() -> String,
@@ -261,107 +256,6 @@ impl Answer {
             }
             _ => HealthEvent::Answered,
         }
-    }
-}
-
-/// How much of a 429 body is read to find "retry after N seconds" when the headers give no
-/// delay. Azure's 429 bodies are a few hundred bytes.
-const THROTTLE_BODY_LIMIT: usize = 16 * 1024;
-
-impl Proxy {
-    /// One upstream request; classifies the answer without passing on a byte of a body the
-    /// client gets. Waits at most the first-byte timeout for the head (and an SSE answer's
-    /// first frame), reads a non-streamed 2xx body ahead (see the module docs of `proxy`), and
-    /// never waits past `deadline`.
-    pub(super) async fn attempt(
-        &self,
-        plan: &mut RequestPlan<'_>,
-        endpoint: &CompiledEndpoint,
-        deadline: Instant,
-    ) -> Result<Box<Answer>, AttemptError> {
-        let mut headers = plan.headers();
-        match &endpoint.auth {
-            UpstreamAuth::Static { name, value } => {
-                headers.insert(name.clone(), value.clone());
-            }
-            UpstreamAuth::Entra { scope } => match self.entra.header(scope) {
-                Some(value) => {
-                    headers.insert(http::header::AUTHORIZATION, value);
-                }
-                None => {
-                    return Err(AttemptError::new(Outcome::NoCredential, None, "no Entra token"));
-                }
-            },
-        }
-        let uri = plan.url(endpoint).map_err(|err| {
-            let reason = format!("could not build the upstream URI: {err}");
-            AttemptError::new(Outcome::Transport, None, reason)
-        })?;
-        let mut request = Request::new(UpstreamBody::new(plan.body(endpoint)));
-        *request.method_mut() = plan.method.clone();
-        *request.uri_mut() = uri;
-        *request.headers_mut() = headers;
-        let first_byte = self.limits.upstream_timeout;
-        let attempt_started = Instant::now();
-        let (limit, by_deadline) = bounded(first_byte, deadline);
-        let response = match tokio::time::timeout(limit, self.http.request(request)).await {
-            Err(_) => {
-                return Err(AttemptError::timed_out(by_deadline, None, || {
-                    format!("no response head within {} ms", first_byte.as_millis())
-                }));
-            }
-            Ok(Err(err)) => {
-                let outcome = Outcome::of_request_error(&err);
-                return Err(AttemptError::new(outcome, None, error_chain(&err)));
-            }
-            Ok(Ok(response)) => response,
-        };
-        let status = response.status();
-        let outcome = Outcome::of_status(status);
-        if outcome == Outcome::Throttled {
-            let now = SystemTime::now();
-            let (parts, body) = response.into_parts();
-            // The body is read only when no header says when to come back.
-            let text = match retry_after_from_headers(&parts.headers, now) {
-                Some(_) => None,
-                None => Some(read_prefix(body, THROTTLE_BODY_LIMIT).await),
-            };
-            let window = self.health.policy().throttle_window(&parts.headers, text.as_deref(), now);
-            return Err(AttemptError::throttled(status, window));
-        }
-        if outcome.retry() == Retry::NextEndpoint {
-            let reason = format!("upstream answered {status}");
-            return Err(AttemptError::new(outcome, Some(status), reason));
-        }
-        let (parts, mut body) = response.into_parts();
-        let sse = is_event_stream(&parts.headers);
-        // A stream that breaks before its first byte reached the client can still fail over:
-        // read the first frame before committing to this endpoint.
-        let ahead = if sse && outcome == Outcome::Ok {
-            // The first data frame is the first byte: it shares the first-byte budget.
-            let left = first_byte.saturating_sub(attempt_started.elapsed());
-            let (limit, by_deadline) = bounded(left, deadline);
-            match tokio::time::timeout(limit, next_data(&mut body)).await {
-                Err(_) => {
-                    return Err(AttemptError::timed_out(by_deadline, Some(status), || {
-                        format!("no stream data within {} ms", first_byte.as_millis())
-                    }));
-                }
-                Ok(Err(err)) => {
-                    let reason =
-                        format!("stream broke before its first byte: {}", error_chain(&err));
-                    return Err(AttemptError::new(Outcome::Transport, Some(status), reason));
-                }
-                Ok(Ok(first)) => {
-                    ReadAhead { complete: first.is_none(), frames: first.into_iter().collect() }
-                }
-            }
-        } else if status.is_success() {
-            self.read_ahead(endpoint, &parts.headers, &mut body, status, deadline).await?
-        } else {
-            ReadAhead::default()
-        };
-        Ok(Box::new(Answer { status, headers: parts.headers, ahead, body, outcome }))
     }
 }
 
@@ -505,7 +399,8 @@ mod tests {
     /// closed before any answer.
     #[tokio::test]
     async fn request_errors_classify_as_connect_or_transport() {
-        use super::super::upstream_client::{ClientSettings, build, tls_config};
+        use crate::proxy::upstream_client::{ClientSettings, UpstreamBody, build, tls_config};
+        use http::Request;
         let settings = ClientSettings {
             connect_timeout: Duration::from_secs(2),
             pool_idle_timeout: Duration::from_secs(1),

@@ -20,20 +20,20 @@
 //!
 //! Where each step lives, in the order a request meets them: `route` (what it asks for),
 //! `auth` (which gateway it may use), `body` (its body, read once), `deadline` (its budget),
-//! `failover` (candidates in order, recovery waits, the 429/503/504 answers), `attempt` (one
-//! upstream request and what it came to: [`attempt::Outcome`], [`attempt::AttemptError`]),
-//! `upstream` + `rewrite` (the request each endpoint gets), `upstream_client` (the pooled
-//! hyper client), `read_ahead` (body read before committing), `relay` (streaming a committed
-//! answer), `reply` (the gateway's own answers), `access_log` (the line per request), `server`
-//! (the listener and its threads).
+//! `failover` (candidates in order, recovery waits, the 429/503/504 answers), `exchange` (one
+//! request to an endpoint, up to the moment its answer may be committed), `attempt` (what it
+//! came to: [`attempt::Outcome`], [`attempt::AttemptError`]), `upstream` + `rewrite` (the
+//! request each endpoint gets), `upstream_client` (the pooled hyper client), `relay`
+//! (streaming a committed answer), `reply` (the gateway's own answers), `access_log` (the line
+//! per request), `server` (the listener and its threads).
 
 mod access_log;
 mod attempt;
 mod auth;
 mod body;
 mod deadline;
+mod exchange;
 mod failover;
-mod read_ahead;
 mod relay;
 mod reply;
 mod rewrite;

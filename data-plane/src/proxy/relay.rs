@@ -16,7 +16,7 @@ use tracing::{Span, warn};
 
 use super::attempt::{Answer, error_chain};
 use super::deadline::bounded;
-use super::read_ahead::{is_event_stream, next_data};
+use super::exchange::{is_event_stream, next_data};
 use super::upstream::downstream_headers;
 use super::{ATTEMPTS_HEADER, BoxError, ENDPOINT_HEADER, Proxy, ProxyBody};
 use crate::health::{Admission, HealthEvent, HealthRegistry};
