@@ -222,15 +222,14 @@ impl AttemptError {
 
     /// What the attempt means for the endpoint's health; `None` when it says nothing.
     pub(super) fn health_event(self) -> Option<HealthEvent> {
-        let reason = self.reason.into_owned();
         match self.outcome.health() {
             HealthImpact::Unchanged => None,
             HealthImpact::Answered => Some(HealthEvent::Answered),
-            HealthImpact::Failed => Some(HealthEvent::Failed { reason }),
+            HealthImpact::Failed => Some(HealthEvent::Failed { reason: self.reason.into_owned() }),
             HealthImpact::Throttled => {
                 // `throttled` is the only constructor of a `Throttled` error.
                 let retry_after = self.retry_after.unwrap_or_default();
-                Some(HealthEvent::Throttled { retry_after, reason })
+                Some(HealthEvent::Throttled { retry_after, reason: self.reason.into_owned() })
             }
         }
     }

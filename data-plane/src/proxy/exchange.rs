@@ -138,7 +138,7 @@ impl Proxy {
     /// over: all of it, or the first `max_buffered_response_bytes` (nothing when
     /// `Content-Length` already says more) after which the rest is streamed. Each chunk must
     /// come within the idle gap, and all of it before `deadline`.
-    pub(super) async fn read_ahead(
+    async fn read_ahead(
         &self,
         endpoint: &CompiledEndpoint,
         headers: &HeaderMap,
@@ -190,7 +190,7 @@ impl Proxy {
 
 /// Up to `limit` bytes of a response body, within [`THROTTLE_BODY_TIMEOUT`]; whatever arrived
 /// when the limit, the deadline or an error is hit.
-pub(super) async fn read_prefix(mut body: Incoming, limit: usize) -> Vec<u8> {
+async fn read_prefix(mut body: Incoming, limit: usize) -> Vec<u8> {
     let mut out = Vec::new();
     let read = async {
         while out.len() < limit {
@@ -207,6 +207,7 @@ pub(super) async fn read_prefix(mut body: Incoming, limit: usize) -> Vec<u8> {
 }
 
 /// The next data frame of `body` (trailers are skipped); `None` at the end.
+#[inline]
 pub(super) async fn next_data(body: &mut Incoming) -> Result<Option<Bytes>, hyper::Error> {
     loop {
         match body.frame().await {
