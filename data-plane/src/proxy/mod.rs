@@ -22,10 +22,10 @@
 //! `auth` (which gateway it may use), `body` (its body, read once), `deadline` (its budget),
 //! `failover` (candidates in order, recovery waits, the 429/503/504 answers), `exchange` (one
 //! request to an endpoint, up to the moment its answer may be committed), `attempt` (what it
-//! came to: `Outcome`, `AttemptError`), `upstream` + `rewrite` (the
-//! request each endpoint gets), `upstream_client` (the pooled hyper client), `relay`
-//! (streaming a committed answer), `reply` (the gateway's own answers), `access_log` (the line
-//! per request), `server` (the listener and its threads).
+//! came to: `Outcome`, `AttemptError`), `upstream` + `rewrite` (the request each endpoint
+//! gets), `upstream_client` (the pooled hyper client), `relay` (streaming a committed answer),
+//! `reply` (the gateway's own answers), `access_log` (the line per request), `server` (the
+//! listener and its threads).
 
 mod access_log;
 mod attempt;
