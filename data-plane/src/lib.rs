@@ -215,7 +215,7 @@ impl DataPlane {
             })?;
             Some(endpoint)
         };
-        let tls = proxy::client::tls_config()?;
+        let tls = proxy::upstream_client::tls_config()?;
         let listener = TcpListener::bind(config.gateway_addr).await?;
         let local_addr = listener.local_addr()?;
         let (health, health_rx) =
@@ -305,7 +305,7 @@ impl DataPlane {
             max_buffered_response_bytes: config.max_buffered_response_bytes,
             client_body_timeout: config.client_body_timeout,
         };
-        let settings = proxy::client::ClientSettings {
+        let settings = proxy::upstream_client::ClientSettings {
             connect_timeout: config.upstream_connect_timeout,
             pool_idle_timeout: UPSTREAM_POOL_IDLE_TIMEOUT,
             tcp_keepalive: UPSTREAM_TCP_KEEPALIVE,
@@ -318,7 +318,7 @@ impl DataPlane {
                 store: Arc::clone(&store),
                 health: Arc::clone(&health),
                 selector: Arc::clone(&selector),
-                http: proxy::client::build(settings, tls.clone()),
+                http: proxy::upstream_client::build(settings, tls.clone()),
                 entra: Arc::clone(&entra),
                 limits: limits.clone(),
             })

@@ -1,0 +1,123 @@
+//! Per-endpoint health as this data plane observes it, kept outside the routing table (keyed
+//! by `EndpointId`) so it survives snapshot swaps.
+//!
+//! # State machine (one per endpoint, local view; `breaker.rs`)
+//! - `healthy → throttling` on 429, until `retry-after-ms`, else `Retry-After` (seconds or
+//!   HTTP-date), else "retry after N seconds" in Azure's error message, else
+//!   [`HealthPolicy::default_throttle`]; capped at [`HealthPolicy::max_throttle`]
+//!   ([`HealthPolicy::throttle_window`]; the parsing is in `azure_headers.rs`).
+//! - `healthy → error` on 5xx, connect errors, timeouts, resets and 401/403 (a rejected
+//!   credential), for a cooldown of [`HealthPolicy::error_backoff_base`] doubled per
+//!   consecutive failure up to [`HealthPolicy::error_backoff_max`]. Only the failure that opens
+//!   the window and a failed half-open trial advance the backoff: a burst of concurrent
+//!   requests failing together counts once.
+//! - When a window has passed the endpoint is **half-open**: exactly one request at a time may
+//!   try it (others skip it, reason `half_open_trial_busy`). A success closes it and resets the
+//!   backoff; a failure re-opens it with the next backoff step; a 429 throttles it again.
+//! - A success that arrives while a window is still open (a request admitted before the 429 or
+//!   the failure) does not end the window.
+//!
+//! # Fleet windows (remote; `fleet.rs`)
+//! The control plane sends `FleetHealth`: endpoints unavailable somewhere in the fleet. They
+//! are kept apart from the local state as *remote* windows and the endpoint is skipped until
+//! the later of both. A remote window never shortens a local one (they are independent and
+//! the later wins). A local success clears a remote **error** window (it just worked from
+//! here, and errors are often local to a path or node) but never a remote **throttle** window
+//! (quota is shared by the whole fleet, so a success here only means this request got in
+//! before the quota ran out). Each `FleetHealth` replaces the remote view; a data plane that
+//! lost its control plane keeps its own view and the remote windows simply expire.
+//!
+//! # Quota headroom and latency (`headroom.rs`, `latency.rs`)
+//! Each answer's `x-ratelimit-remaining-requests` / `-tokens` (and `x-ratelimit-limit-tokens`)
+//! mark an endpoint *low on headroom* for [`HealthPolicy::headroom_ttl`]; selection then tries
+//! it after the other available members of its group. Time to first byte feeds an EWMA used by
+//! the `fastest` strategy, which decays toward an optimistic prior (zero) while an endpoint is
+//! not sampled, so a recovered region is tried again.
+//!
+//! Locking (`registry.rs`): one `std::sync::Mutex` per endpoint, held for a few field updates
+//! and never across an await; the map is copy-on-write behind an `ArcSwap` (lock-free reads),
+//! replaced only when an endpoint is first seen. State changes are offered to a bounded
+//! channel for the control-plane reporter; when it is full the change is dropped (the next one
+//! supersedes it).
+
+mod azure_headers;
+mod breaker;
+mod fleet;
+mod headroom;
+mod latency;
+mod policy;
+mod registry;
+
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use modelgw_model::{EndpointId, EndpointState};
+
+pub use azure_headers::{RateLimits, retry_after_from_headers, retry_after_from_message};
+pub use breaker::{Admission, HealthEvent, Unavailable};
+pub use headroom::low_headroom;
+pub use modelgw_model::GatewayState;
+pub use policy::{DEFAULT_THROTTLE, HealthPolicy, MAX_THROTTLE};
+pub use registry::{EndpointView, Health, HealthRegistry};
+
+/// Capacity of the health-change channel towards the control-plane reporter. Changes are
+/// rare (state transitions only); 1024 absorbs a burst across hundreds of endpoints.
+pub const HEALTH_CHANNEL_CAPACITY: usize = 1024;
+
+/// A state change, as reported to the control plane.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HealthChange {
+    pub endpoint_id: EndpointId,
+    pub state: EndpointState,
+    /// Unix milliseconds until which the endpoint should not be used; 0 when healthy.
+    pub until_unix_ms: i64,
+    /// Short, secret-free description of the failure; empty when healthy.
+    pub reason: String,
+}
+
+/// An endpoint's state as the fleet (control plane) reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RemoteHealth {
+    pub endpoint_id: EndpointId,
+    /// `Throttling` or `Error`; `Healthy` entries are ignored.
+    pub state: EndpointState,
+    pub until_unix_ms: i64,
+    pub reason: String,
+}
+
+/// The gateway's state from its enabled members' states (the rule lives in the model, shared
+/// with the admin API).
+pub fn gateway_state(members: &[EndpointState]) -> GatewayState {
+    GatewayState::of(members)
+}
+
+/// `until` as Unix milliseconds, reading the wall clock once (`now` is the same instant).
+fn unix_ms(until: Instant, now: Instant) -> i64 {
+    let wall = SystemTime::now() + until.saturating_duration_since(now);
+    wall.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use http::{HeaderMap, HeaderValue};
+
+    pub(crate) fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.insert(*name, HeaderValue::from_str(value).expect("value"));
+        }
+        map
+    }
+
+    #[test]
+    fn gateway_state_follows_its_members() {
+        use EndpointState::{Error, Healthy, Throttling};
+        assert_eq!(gateway_state(&[Healthy, Healthy]), GatewayState::Healthy);
+        assert_eq!(gateway_state(&[Healthy, Throttling]), GatewayState::Degraded);
+        assert_eq!(gateway_state(&[Error, Healthy]), GatewayState::Degraded);
+        assert_eq!(gateway_state(&[Error, Throttling]), GatewayState::Throttling);
+        assert_eq!(gateway_state(&[Throttling]), GatewayState::Throttling);
+        assert_eq!(gateway_state(&[Error, Error]), GatewayState::Error);
+        assert_eq!(gateway_state(&[]), GatewayState::Error);
+    }
+}

@@ -1,0 +1,159 @@
+//! The registry: every endpoint's health entry, found by id without a lock, and the reads
+//! selection makes of it. What changes an entry is in `breaker.rs` (windows, trials),
+//! `fleet.rs`, `headroom.rs` and `latency.rs`.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+
+use arc_swap::ArcSwap;
+use modelgw_model::{EndpointId, EndpointState};
+use tokio::sync::mpsc;
+
+use super::breaker::{Window, unavailable};
+use super::{HealthChange, HealthPolicy, Unavailable};
+
+/// Effective health of an endpoint at an instant.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Health {
+    /// Usable: closed, or half-open with its trial free.
+    Healthy,
+    /// Answered 429; skip until `until`.
+    Throttling { until: Instant },
+    /// Failed (5xx, transport, credential), or a half-open trial is in flight.
+    Error { until: Instant },
+}
+
+/// What selection needs to know about one endpoint, read under one short lock.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct EndpointView {
+    /// `None` when it may take a request (possibly as the half-open trial).
+    pub unavailable: Option<Unavailable>,
+    /// The last answer said the quota is nearly used up (see [`HealthPolicy`]).
+    pub low_headroom: bool,
+    /// Decayed EWMA of time to first byte in ms; `None` when never sampled.
+    pub latency_ms: Option<f64>,
+    /// Requests currently in flight to it from this data plane.
+    pub in_flight: u32,
+}
+
+/// One endpoint's health as this data plane sees it.
+#[derive(Debug, Default)]
+pub(super) struct State {
+    /// The local window; past `until` it means half-open until a trial closes it.
+    pub(super) local: Option<Window>,
+    /// Consecutive failures (backoff step); reset by a success that closes the breaker.
+    pub(super) failures: u32,
+    pub(super) trial_in_flight: bool,
+    pub(super) remote: Option<Window>,
+    pub(super) low_headroom_until: Option<Instant>,
+    pub(super) latency_ms: Option<f64>,
+    pub(super) sampled_at: Option<Instant>,
+    /// Last state published, so repeats are not.
+    pub(super) published: Option<Window>,
+}
+
+#[derive(Debug, Default)]
+pub(super) struct Entry {
+    state: Mutex<State>,
+    pub(super) in_flight: AtomicU32,
+}
+
+impl Entry {
+    #[inline]
+    pub(super) fn lock(&self) -> MutexGuard<'_, State> {
+        // Updates are a few field writes; a panic cannot leave a dangerous half state.
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// Health of every endpoint this data plane has sent traffic to or heard about.
+#[derive(Debug)]
+pub struct HealthRegistry {
+    pub(super) policy: HealthPolicy,
+    /// Copy-on-write: read on every request by every serving thread, written once per
+    /// endpoint ever seen. A lock-free load keeps the serving threads from contending on a
+    /// reader count.
+    pub(super) endpoints: ArcSwap<HashMap<EndpointId, Arc<Entry>>>,
+    pub(super) changes: mpsc::Sender<HealthChange>,
+}
+
+impl HealthRegistry {
+    /// A registry with the default policy and the receiving end of its change channel.
+    pub fn new(capacity: usize) -> (Self, mpsc::Receiver<HealthChange>) {
+        Self::with_policy(HealthPolicy::default(), capacity)
+    }
+
+    /// A registry with `policy`.
+    pub fn with_policy(
+        policy: HealthPolicy,
+        capacity: usize,
+    ) -> (Self, mpsc::Receiver<HealthChange>) {
+        let (changes, rx) = mpsc::channel(capacity.max(1));
+        (Self { policy, endpoints: ArcSwap::from_pointee(HashMap::new()), changes }, rx)
+    }
+
+    pub fn policy(&self) -> &HealthPolicy {
+        &self.policy
+    }
+
+    /// The effective health of `id` at `now` (unknown endpoints are healthy). A half-open
+    /// endpoint whose trial is busy reads as `Error` until now.
+    pub fn current(&self, id: EndpointId, now: Instant) -> Health {
+        match self.view(id, now).unavailable {
+            None => Health::Healthy,
+            Some(Unavailable::Throttling { until, .. }) => Health::Throttling { until },
+            Some(Unavailable::Error { until, .. }) => Health::Error { until },
+            Some(Unavailable::TrialBusy) => Health::Error { until: now },
+        }
+    }
+
+    /// The endpoint's state as reported: `Healthy`, `Throttling` or `Error`.
+    pub fn state(&self, id: EndpointId, now: Instant) -> EndpointState {
+        match self.current(id, now) {
+            Health::Healthy => EndpointState::Healthy,
+            Health::Throttling { .. } => EndpointState::Throttling,
+            Health::Error { .. } => EndpointState::Error,
+        }
+    }
+
+    /// Everything selection needs about `id`, under one lock.
+    pub fn view(&self, id: EndpointId, now: Instant) -> EndpointView {
+        let map = self.endpoints.load();
+        let Some(entry) = map.get(&id) else {
+            return EndpointView {
+                unavailable: None,
+                low_headroom: false,
+                latency_ms: None,
+                in_flight: 0,
+            };
+        };
+        let state = entry.lock();
+        EndpointView {
+            unavailable: unavailable(&state, now),
+            low_headroom: state.low_headroom_until.is_some_and(|until| until > now),
+            latency_ms: self.decayed_latency(&state, now),
+            in_flight: entry.in_flight.load(Ordering::Acquire),
+        }
+    }
+
+    /// The entry of `id`, added on first sight.
+    pub(super) fn entry(&self, id: EndpointId) -> Arc<Entry> {
+        loop {
+            if let Some(entry) = self.endpoints.load().get(&id) {
+                return Arc::clone(entry);
+            }
+            // First sight of this endpoint: publish a copy of the map with it added (rare:
+            // once per endpoint per process; racing writers retry on the newer map).
+            self.endpoints.rcu(|map| {
+                if map.contains_key(&id) {
+                    return Arc::clone(map);
+                }
+                let mut next = HashMap::clone(map);
+                next.insert(id, Arc::default());
+                Arc::new(next)
+            });
+        }
+    }
+}

@@ -1,0 +1,295 @@
+//! Failover: the gateway's candidates tried in order until one answers with something to pass
+//! on, skipping members whose health refuses them; when none can, an optional wait for the
+//! earliest recovery within the deadline, else an Azure-shaped 429/503 (or 504 past the
+//! deadline). Also the record of it all: one line per attempt or skip, and the
+//! `x-modelgw-attempts` list.
+
+use std::fmt::Write as _;
+use std::time::{Duration, Instant};
+
+use http::{HeaderValue, Response, StatusCode};
+use tracing::{debug, info, warn};
+
+use super::attempt::{Outcome, Side};
+use super::upstream::RequestPlan;
+use super::{ATTEMPTS_HEADER, Proxy, ProxyBody, reply};
+use crate::health::{GatewayState, HealthRegistry, Unavailable, gateway_state};
+use crate::snapshot::{CompiledEndpoint, CompiledGateway};
+
+/// Most times one request waits for a recovery (`routing.wait_for_recovery`) before giving
+/// up; the deadline bounds the total anyway, this only stops a flapping endpoint from
+/// turning one request into many attempts.
+const MAX_RECOVERY_ROUNDS: u32 = 8;
+/// Assumed recovery time of a member whose half-open trial is in flight: a trial usually
+/// answers within a second.
+const TRIAL_BUSY_RETRY: Duration = Duration::from_secs(1);
+/// Shortest wait before trying again after a recovery wait, so a window ending "now" (e.g.
+/// `retry-after-ms: 0`) cannot turn into a busy loop.
+const MIN_RECOVERY_WAIT: Duration = Duration::from_millis(50);
+
+impl Proxy {
+    /// Tries the gateway's candidates in order until one answers with something to pass on;
+    /// when none can and the gateway asks for it, waits for the earliest recovery that fits
+    /// in the deadline and tries again.
+    pub(super) async fn forward(
+        &self,
+        plan: &mut RequestPlan<'_>,
+        gateway: &CompiledGateway,
+        deadline: Instant,
+    ) -> Response<ProxyBody> {
+        let rid = plan.request_id;
+        let mut attempts = String::new();
+        let mut attempt = 0u32;
+        let mut round = 0u32;
+        loop {
+            let candidates = self.selector.candidates(gateway, &self.health, Instant::now());
+            let mut unavailable: Vec<Unavailable> = Vec::with_capacity(candidates.len());
+            for candidate in candidates.iter().filter(|c| c.low_headroom && c.skip.is_none()) {
+                let endpoint = &candidate.endpoint;
+                info!(
+                    request_id = rid,
+                    endpoint = %endpoint.name,
+                    region = %endpoint.region,
+                    reason = "low_quota_headroom",
+                    "endpoint deferred after the others of its group"
+                );
+            }
+            for candidate in &candidates {
+                let endpoint = &candidate.endpoint;
+                let admitted = match candidate.skip {
+                    Some(skip) => Err(skip),
+                    None => self.health.admit(endpoint.id, Instant::now()),
+                };
+                let mut admission = match admitted {
+                    Ok(admission) => admission,
+                    Err(skip) => {
+                        log_skip(rid, endpoint, skip);
+                        note(&mut attempts, endpoint, &format!("skipped_{}", skip.as_str()), 0);
+                        unavailable.push(skip);
+                        continue;
+                    }
+                };
+                if Instant::now() >= deadline {
+                    return self.deadline_exceeded(rid, gateway, &attempts);
+                }
+                attempt += 1;
+                let tried = Tried { rid, endpoint, attempt, trial: admission.is_trial() };
+                let started = Instant::now();
+                let result = self.attempt(plan, endpoint, deadline).await;
+                let ms = started.elapsed().as_millis() as u64;
+                let now = Instant::now();
+                match result {
+                    Ok(answer) => {
+                        let event = answer.health_event();
+                        log_attempt(
+                            &tried,
+                            answer.outcome,
+                            Some(answer.status),
+                            ms,
+                            event.reason(),
+                        );
+                        self.health.record(endpoint.id, &event, now);
+                        admission.finish_trial();
+                        if answer.outcome == Outcome::Ok {
+                            // A quick rejection says nothing about how fast it serves.
+                            self.health.record_latency(endpoint.id, now - started, now);
+                        }
+                        self.health.record_headroom(endpoint.id, &answer.headers, now);
+                        note(&mut attempts, endpoint, answer.outcome.label(), ms);
+                        return self
+                            .pass_through(rid, *answer, endpoint, admission, deadline, &attempts);
+                    }
+                    Err(error) if error.may_fail_over() => {
+                        log_attempt(&tried, error.outcome, error.status, ms, &error.reason);
+                        note(&mut attempts, endpoint, error.label(), ms);
+                        if let Some(event) = error.health_event() {
+                            self.health.record(endpoint.id, &event, now);
+                        }
+                        unavailable.push(self.unavailable_now(endpoint, now));
+                    }
+                    // Nothing to pass on and no other endpoint may answer: the deadline.
+                    Err(error) => {
+                        log_attempt(&tried, error.outcome, error.status, ms, &error.reason);
+                        note(&mut attempts, endpoint, error.label(), ms);
+                        return self.deadline_exceeded(rid, gateway, &attempts);
+                    }
+                }
+            }
+            let now = Instant::now();
+            if gateway.routing.wait_for_recovery
+                && !unavailable.is_empty()
+                && round < MAX_RECOVERY_ROUNDS
+            {
+                let recovery = unavailable
+                    .iter()
+                    .map(|u| u.until().unwrap_or(now + TRIAL_BUSY_RETRY))
+                    .min()
+                    .unwrap_or(now)
+                    .max(now + MIN_RECOVERY_WAIT);
+                if recovery < deadline {
+                    round += 1;
+                    info!(
+                        request_id = rid,
+                        wait_ms = (recovery - now).as_millis() as u64,
+                        round,
+                        "no endpoint available; waiting for the earliest recovery"
+                    );
+                    tokio::time::sleep_until(recovery.into()).await;
+                    continue;
+                }
+            }
+            let mut response = exhausted(gateway, &unavailable, now);
+            if let Ok(value) = HeaderValue::from_str(&attempts) {
+                response.headers_mut().insert(ATTEMPTS_HEADER, value);
+            }
+            warn!(
+                request_id = rid,
+                gateway = %gateway.name,
+                status = response.status().as_u16(),
+                attempts = %attempts,
+                gateway_state = gateway_state_now(gateway, &self.health, now).as_str(),
+                "no endpoint could serve the request"
+            );
+            return response;
+        }
+    }
+
+    /// Why `endpoint` is unavailable right after an attempt recorded its failure.
+    fn unavailable_now(&self, endpoint: &CompiledEndpoint, now: Instant) -> Unavailable {
+        self.health.view(endpoint.id, now).unavailable.unwrap_or(Unavailable::Error {
+            until: now + self.health.policy().error_backoff_base,
+            remote: false,
+        })
+    }
+
+    /// 504 when the request's deadline passed before any endpoint answered. Not 429/503: the
+    /// endpoints may be fine, the request just ran out of time (the client may retry).
+    fn deadline_exceeded(
+        &self,
+        rid: &str,
+        gateway: &CompiledGateway,
+        attempts: &str,
+    ) -> Response<ProxyBody> {
+        warn!(request_id = rid, gateway = %gateway.name, attempts = %attempts, "request deadline reached");
+        let mut response = reply::azure_error(
+            StatusCode::GATEWAY_TIMEOUT,
+            "Timeout",
+            "No inference endpoint answered within the request's deadline.",
+        );
+        if let Ok(value) = HeaderValue::from_str(attempts) {
+            response.headers_mut().insert(ATTEMPTS_HEADER, value);
+        }
+        response
+    }
+}
+
+/// The answer when no candidate served: 429 when every member is throttling (Retry-After =
+/// the earliest recovery), else 503 (Retry-After = the earliest recovery of any member).
+fn exhausted(
+    gateway: &CompiledGateway,
+    unavailable: &[Unavailable],
+    now: Instant,
+) -> Response<ProxyBody> {
+    let total = unavailable.len();
+    if total == 0 {
+        let message = format!("Gateway '{}' has no enabled inference endpoint.", gateway.name);
+        return reply::azure_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "NoEndpointAvailable",
+            &message,
+        );
+    }
+    let throttling = unavailable.iter().filter(|u| u.is_throttling()).count();
+    let earliest = unavailable
+        .iter()
+        .map(|u| u.until().unwrap_or(now + TRIAL_BUSY_RETRY))
+        .min()
+        .unwrap_or(now);
+    let wait = earliest.saturating_duration_since(now);
+    let secs = reply::retry_after_secs(wait);
+    let plural = if total == 1 { "" } else { "s" };
+    let secs_plural = if secs == 1 { "" } else { "s" };
+    if throttling == total {
+        let message = format!(
+            "All {total} inference endpoint{plural} of gateway '{}' are throttling; retry after {secs} second{secs_plural}.",
+            gateway.name,
+        );
+        let response = reply::azure_error(StatusCode::TOO_MANY_REQUESTS, "429", &message);
+        return reply::with_retry_after(response, wait);
+    }
+    let message = format!(
+        "No inference endpoint of gateway '{}' is available: {} of {total} failed, {throttling} throttling; retry after {secs} second{secs_plural}.",
+        gateway.name,
+        total - throttling,
+    );
+    let response =
+        reply::azure_error(StatusCode::SERVICE_UNAVAILABLE, "NoEndpointAvailable", &message);
+    reply::with_retry_after(response, wait)
+}
+
+/// The gateway's state from this data plane's view, for the log line of a refused request.
+fn gateway_state_now(
+    gateway: &CompiledGateway,
+    health: &HealthRegistry,
+    now: Instant,
+) -> GatewayState {
+    let states: Vec<_> = gateway
+        .groups
+        .iter()
+        .flat_map(|g| &g.members)
+        .map(|m| health.state(m.endpoint.id, now))
+        .collect();
+    gateway_state(&states)
+}
+
+/// Which try an attempt line is about: the request, the endpoint, the attempt number, and
+/// whether it was the endpoint's half-open trial.
+struct Tried<'a> {
+    rid: &'a str,
+    endpoint: &'a CompiledEndpoint,
+    attempt: u32,
+    trial: bool,
+}
+
+/// The structured line every upstream attempt gets: `warn` when the endpoint or the gateway
+/// failed; `debug` when it served or the client's request was refused (the request's own
+/// `info` line names the endpoint and every attempt).
+fn log_attempt(
+    tried: &Tried<'_>,
+    outcome: Outcome,
+    status: Option<StatusCode>,
+    ms: u64,
+    reason: &str,
+) {
+    let Tried { rid, endpoint, attempt, trial: half_open_trial } = *tried;
+    let status = status.map(|s| s.as_u16());
+    let (name, region, level) = (&endpoint.name, &endpoint.region, outcome.side());
+    let outcome = outcome.label();
+    if let None | Some(Side::Client) = level {
+        debug!(request_id = rid, endpoint = %name, region = %region, attempt, outcome, status, ms, half_open_trial, reason, "upstream attempt");
+    } else {
+        warn!(request_id = rid, endpoint = %name, region = %region, attempt, outcome, status, ms, half_open_trial, reason, "upstream attempt");
+    }
+}
+
+/// The line for a member that is not tried, with why and until when.
+fn log_skip(rid: &str, endpoint: &CompiledEndpoint, skip: Unavailable) {
+    let wait_ms = skip.until().map(|until| until.saturating_duration_since(Instant::now()));
+    info!(
+        request_id = rid,
+        endpoint = %endpoint.name,
+        region = %endpoint.region,
+        reason = skip.as_str(),
+        wait_ms = wait_ms.map(|w| w.as_millis() as u64),
+        "endpoint skipped"
+    );
+}
+
+/// Appends `<endpoint>:<outcome>:<ms>` to the `x-modelgw-attempts` list.
+#[inline]
+fn note(out: &mut String, endpoint: &CompiledEndpoint, outcome: &str, ms: u64) {
+    if !out.is_empty() {
+        out.push(',');
+    }
+    let _ = write!(out, "{}:{outcome}:{ms}", endpoint.attempt_label);
+}

@@ -1,0 +1,206 @@
+//! Streaming a committed answer to the client: the frames read ahead first, then the upstream
+//! body frame by frame within the idle gap and the deadline. Nothing here can fail over any
+//! more: a failure ends an SSE stream with an error event, then an aborted body (never a clean
+//! end), and cools the endpoint down when it was the endpoint's fault.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use http::{HeaderValue, Response};
+use http_body::Frame;
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use tracing::{Span, warn};
+
+use super::attempt::{Answer, error_chain};
+use super::deadline::bounded;
+use super::exchange::{is_event_stream, next_data};
+use super::upstream::downstream_headers;
+use super::{ATTEMPTS_HEADER, BoxError, ENDPOINT_HEADER, Proxy, ProxyBody};
+use crate::health::{Admission, HealthEvent, HealthRegistry};
+use crate::snapshot::CompiledEndpoint;
+
+/// Pause between sending the SSE error event and aborting the body. hyper discards buffered
+/// bytes when a body fails, so the event needs a moment on the wire first; 100 ms is plenty
+/// on any live connection and invisible next to the failure itself.
+const STREAM_ERROR_FLUSH_GRACE: Duration = Duration::from_millis(100);
+
+impl Proxy {
+    /// Streams the upstream answer to the client frame by frame. A failure after this point
+    /// cannot fail over: an SSE stream gets a final `data: {"error":…}` frame (the SDKs raise
+    /// it) and then an aborted body; any other body is aborted. Never a clean end.
+    pub(super) fn pass_through(
+        &self,
+        rid: &str,
+        answer: Answer,
+        endpoint: &Arc<CompiledEndpoint>,
+        admission: Admission,
+        deadline: Instant,
+        attempts: &str,
+    ) -> Response<ProxyBody> {
+        let Answer { status, headers, ahead, body, .. } = answer;
+        let sse = is_event_stream(&headers);
+        let relay = Relay {
+            body,
+            ahead: ahead.frames,
+            ended: ahead.complete,
+            framer: sse.then(BytesMut::new),
+            idle: self.limits.idle_timeout,
+            deadline,
+            health: Arc::clone(&self.health),
+            endpoint: Arc::clone(endpoint),
+            span: Span::current(),
+            request_id: Box::from(rid),
+            _admission: admission,
+            phase: Phase::Streaming,
+        };
+        let body = http_body_util::StreamBody::new(futures::stream::unfold(relay, Relay::step));
+        let mut out = Response::new(BodyExt::boxed(body));
+        *out.status_mut() = status;
+        *out.headers_mut() = downstream_headers(headers);
+        out.headers_mut().insert(ENDPOINT_HEADER, endpoint.name_header.clone());
+        if let Ok(value) = HeaderValue::from_str(attempts) {
+            out.headers_mut().insert(ATTEMPTS_HEADER, value);
+        }
+        out
+    }
+}
+
+enum Phase {
+    Streaming,
+    /// The error event was sent; the next poll aborts the body.
+    Failing(String),
+    Done,
+}
+
+/// Relays one upstream body to the client, with the idle-gap and deadline limits. For SSE it
+/// forwards whole events only (up to the last blank line), so that an error event after a
+/// cut never lands inside a half-sent one.
+struct Relay {
+    body: Incoming,
+    /// Frames read before the answer was committed; sent first.
+    ahead: VecDeque<Bytes>,
+    /// The upstream body already ended: nothing more to read from it.
+    ended: bool,
+    framer: Option<BytesMut>,
+    idle: Duration,
+    deadline: Instant,
+    health: Arc<HealthRegistry>,
+    endpoint: Arc<CompiledEndpoint>,
+    span: Span,
+    /// Named in the line logged when the stream breaks (the span is debug-level).
+    request_id: Box<str>,
+    /// Keeps the request counted in flight (and a half-open trial slot) until the body ends.
+    _admission: Admission,
+    phase: Phase,
+}
+
+type RelayItem = Result<Frame<Bytes>, BoxError>;
+
+impl Relay {
+    async fn step(mut self) -> Option<(RelayItem, Relay)> {
+        loop {
+            match std::mem::replace(&mut self.phase, Phase::Done) {
+                Phase::Done => return None,
+                Phase::Failing(reason) => {
+                    // hyper drops what it has buffered when a body fails; let it flush the
+                    // error event to the client first.
+                    tokio::time::sleep(STREAM_ERROR_FLUSH_GRACE).await;
+                    return Some((Err(reason.into()), self));
+                }
+                Phase::Streaming => self.phase = Phase::Streaming,
+            }
+            let next = match self.ahead.pop_front() {
+                Some(frame) => Ok(Ok(Some(frame))),
+                None if self.ended => Ok(Ok(None)),
+                None => {
+                    let (limit, by_deadline) = bounded(self.idle, self.deadline);
+                    tokio::time::timeout(limit, next_data(&mut self.body))
+                        .await
+                        .map_err(|_| by_deadline)
+                }
+            };
+            let failure = match next {
+                Ok(Ok(Some(bytes))) => {
+                    let out = match &mut self.framer {
+                        None => bytes,
+                        Some(pending) => {
+                            pending.extend_from_slice(&bytes);
+                            match last_event_end(pending) {
+                                Some(end) => pending.split_to(end).freeze(),
+                                None => continue,
+                            }
+                        }
+                    };
+                    if out.is_empty() {
+                        continue;
+                    }
+                    return Some((Ok(Frame::data(out)), self));
+                }
+                Ok(Ok(None)) => {
+                    let rest = self.framer.take().filter(|p| !p.is_empty());
+                    return rest.map(|rest| (Ok(Frame::data(rest.freeze())), self));
+                }
+                Ok(Err(err)) => (format!("upstream stream failed: {}", error_chain(&err)), true),
+                Err(false) => (format!("no upstream data for {} ms", self.idle.as_millis()), true),
+                Err(true) => ("the request deadline was reached".to_owned(), false),
+            };
+            let (reason, endpoint_fault) = failure;
+            self.span.in_scope(|| {
+                warn!(
+                    request_id = &*self.request_id,
+                    endpoint = %self.endpoint.name,
+                    region = %self.endpoint.region,
+                    reason = %reason,
+                    "stream ended early after the response started; telling the client"
+                );
+            });
+            if endpoint_fault {
+                let event = HealthEvent::Failed { reason: format!("stream cut: {reason}") };
+                self.health.record(self.endpoint.id, &event, Instant::now());
+            }
+            if self.framer.take().is_some() {
+                self.phase = Phase::Failing(reason.clone());
+                return Some((Ok(Frame::data(stream_error_event(&reason))), self));
+            }
+            return Some((Err(reason.into()), self));
+        }
+    }
+}
+
+/// End of the last complete SSE event in `buf` (after its blank line), if any.
+fn last_event_end(buf: &[u8]) -> Option<usize> {
+    let lf = buf.windows(2).rposition(|w| w == b"\n\n").map(|i| i + 2);
+    let crlf = buf.windows(4).rposition(|w| w == b"\r\n\r\n").map(|i| i + 4);
+    lf.max(crlf)
+}
+
+/// The SSE frame that tells the client a stream broke: the openai SDK raises `APIError` on a
+/// data frame with an `error` key.
+fn stream_error_event(message: &str) -> Bytes {
+    let value = serde_json::json!({
+        "error": { "code": "stream_interrupted", "message": message }
+    });
+    Bytes::from(format!("data: {value}\n\n"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sse_relay_cuts_at_event_boundaries_and_the_error_event_is_a_data_frame() {
+        assert_eq!(last_event_end(b"data: {}\n\ndata: {\"a\""), Some(10));
+        assert_eq!(last_event_end(b"data: {}\r\n\r\n"), Some(12));
+        assert_eq!(last_event_end(b"data: {\"partial"), None);
+        let event = stream_error_event("upstream \"cut\"");
+        let text = std::str::from_utf8(&event).expect("utf-8");
+        assert!(text.starts_with("data: ") && text.ends_with("\n\n"));
+        let value: serde_json::Value =
+            serde_json::from_str(text.trim_start_matches("data: ").trim_end()).expect("json");
+        assert_eq!(value["error"]["code"], "stream_interrupted");
+        assert_eq!(value["error"]["message"], "upstream \"cut\"");
+    }
+}
