@@ -6,10 +6,10 @@
 use std::time::Instant;
 
 use modelgw_model::protocol::{DataPlaneMessage, FleetHealth, Nack};
-use modelgw_model::{ConfigVersion, EndpointState, Snapshot};
+use modelgw_model::{ConfigVersion, Snapshot};
 use tracing::{info, warn};
 
-use crate::health::{HealthRegistry, RemoteHealth};
+use crate::health::HealthRegistry;
 use crate::routing_table::{RoutingTable, SnapshotStore};
 
 /// What applying one snapshot resulted in.
@@ -80,24 +80,10 @@ pub fn apply_snapshot(store: &SnapshotStore, snapshot: &Snapshot) -> ApplyOutcom
 }
 
 /// Merges the control plane's fleet view into `health` as remote windows (replacing the
-/// previous fleet view). Healthy entries carry no window and are ignored; entries that could
+/// previous fleet view). Healthy entries and ended windows are ignored; entries that could
 /// not be read were already left out by the decoder. Returns how many windows are active.
 pub fn apply_fleet_health(health: &HealthRegistry, fleet: &FleetHealth) -> usize {
-    let endpoints: Vec<RemoteHealth> = fleet
-        .endpoints
-        .iter()
-        .filter(|e| e.state != EndpointState::Healthy)
-        .map(|e| RemoteHealth {
-            endpoint_id: e.endpoint_id,
-            state: e.state,
-            until_unix_ms: e
-                .until
-                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-                .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
-            reason: e.reason.clone().unwrap_or_default(),
-        })
-        .collect();
-    let active = health.apply_fleet(&endpoints, Instant::now());
+    let active = health.apply_fleet(&fleet.endpoints, Instant::now());
     let listed = fleet.endpoints.len() + fleet.skipped.len();
     info!(listed, active, "fleet health applied");
     active

@@ -20,7 +20,7 @@ use rand::Rng;
 use rand::seq::SliceRandom;
 
 use crate::health::{EndpointView, HealthRegistry, Unavailable};
-use crate::snapshot::{CompiledEndpoint, CompiledGateway, CompiledMember};
+use crate::routing_table::{CompiledEndpoint, CompiledGateway, CompiledMember};
 
 /// Why a candidate is not tried for this request.
 pub type Skip = Unavailable;
@@ -206,8 +206,8 @@ pub(crate) fn weighted_order<R: Rng + ?Sized>(weights: &[u32], rng: &mut R) -> V
 mod tests {
     use super::*;
     use crate::health::HealthEvent;
-    use crate::snapshot::RoutingTable;
-    use crate::snapshot::tests::{endpoint, gateway, member};
+    use crate::routing_table::RoutingTable;
+    use crate::routing_table::tests::{endpoint, gateway, member};
     use modelgw_model::{ConfigVersion, Platform, Snapshot};
     use rand::SeedableRng;
     use rand::rngs::StdRng;

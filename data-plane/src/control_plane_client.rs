@@ -23,7 +23,7 @@ use tonic::transport::{ClientTlsConfig, Endpoint};
 use tracing::{info, warn};
 
 use crate::apply::{ApplyOutcome, apply_fleet_health, apply_snapshot};
-use crate::health::{HealthChange, HealthRegistry};
+use crate::health::HealthRegistry;
 use crate::routing_table::SnapshotStore;
 
 /// How often the data plane says it is alive. The control plane marks a data plane stale
@@ -96,9 +96,9 @@ pub(crate) async fn run(
     endpoint: Endpoint,
     store: Arc<SnapshotStore>,
     health: Arc<HealthRegistry>,
-    mut health_rx: mpsc::Receiver<HealthChange>,
+    mut health_rx: mpsc::Receiver<EndpointHealth>,
 ) {
-    let mut pending: HashMap<EndpointId, HealthChange> = HashMap::new();
+    let mut pending: HashMap<EndpointId, EndpointHealth> = HashMap::new();
     let mut failures = 0u32;
     loop {
         let mut got_snapshot = false;
@@ -159,8 +159,8 @@ async fn session(
     endpoint: &Endpoint,
     store: &SnapshotStore,
     health: &HealthRegistry,
-    health_rx: &mut mpsc::Receiver<HealthChange>,
-    pending: &mut HashMap<EndpointId, HealthChange>,
+    health_rx: &mut mpsc::Receiver<EndpointHealth>,
+    pending: &mut HashMap<EndpointId, EndpointHealth>,
     got_snapshot: &mut bool,
 ) -> SessionEnd {
     let channel = match endpoint.connect().await {
@@ -253,19 +253,8 @@ async fn session(
 }
 
 /// Drains `pending` into one `HealthReport`.
-fn report(pending: &mut HashMap<EndpointId, HealthChange>) -> DataPlaneMessage {
-    let endpoints = pending
-        .drain()
-        .map(|(_, change)| EndpointHealth {
-            endpoint_id: change.endpoint_id,
-            state: change.state,
-            until: u64::try_from(change.until_unix_ms)
-                .ok()
-                .filter(|ms| *ms > 0)
-                .map(|ms| std::time::UNIX_EPOCH + Duration::from_millis(ms)),
-            reason: (!change.reason.is_empty()).then_some(change.reason),
-        })
-        .collect();
+fn report(pending: &mut HashMap<EndpointId, EndpointHealth>) -> DataPlaneMessage {
+    let endpoints = pending.drain().map(|(_, change)| change).collect();
     DataPlaneMessage::Health(HealthReport { endpoints, skipped: Vec::new() })
 }
 
@@ -296,11 +285,11 @@ mod tests {
         let mut pending = HashMap::new();
         pending.insert(
             id,
-            HealthChange {
+            EndpointHealth {
                 endpoint_id: id,
                 state: EndpointState::Throttling,
-                until_unix_ms: 42,
-                reason: "429".into(),
+                until: Some(std::time::UNIX_EPOCH + Duration::from_millis(42)),
+                reason: Some("429".into()),
             },
         );
         let wire = cfg::DataPlaneMessage::from(&report(&mut pending));

@@ -40,9 +40,7 @@ use tracing::info;
 use crate::balance::{ByStrategy, EndpointSelector};
 use crate::control_plane_client as client;
 use crate::entra::EntraTokens;
-use crate::health::{HEALTH_CHANNEL_CAPACITY, HealthChange, HealthPolicy, HealthRegistry};
-// Transitional alias while the request-path modules move to `routing_table`.
-use crate::routing_table as snapshot;
+use crate::health::{EndpointHealth, HEALTH_CHANNEL_CAPACITY, HealthPolicy, HealthRegistry};
 use crate::routing_table::SnapshotStore;
 
 pub use crate::apply::{ApplyOutcome, apply_fleet_health, apply_snapshot};
@@ -180,7 +178,7 @@ pub struct DataPlane {
     control_plane: Option<tonic::transport::Endpoint>,
     store: Arc<SnapshotStore>,
     health: Arc<HealthRegistry>,
-    health_rx: mpsc::Receiver<HealthChange>,
+    health_rx: mpsc::Receiver<EndpointHealth>,
     tls: rustls::ClientConfig,
     entra: Arc<EntraTokens>,
 }

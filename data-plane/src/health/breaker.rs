@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use modelgw_model::{EndpointId, EndpointState};
 
 use super::registry::{Entry, State};
-use super::{HealthChange, HealthRegistry, unix_ms};
+use super::{EndpointHealth, HealthRegistry, wall_time};
 
 /// Why an endpoint cannot take a request now.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -175,20 +175,20 @@ impl HealthRegistry {
             state.published = now_state;
             let reason = event.reason();
             match now_state {
-                None => HealthChange {
+                None => EndpointHealth {
                     endpoint_id: id,
                     state: EndpointState::Healthy,
-                    until_unix_ms: 0,
-                    reason: String::new(),
+                    until: None,
+                    reason: None,
                 },
-                Some(Window { kind, until }) => HealthChange {
+                Some(Window { kind, until }) => EndpointHealth {
                     endpoint_id: id,
                     state: match kind {
                         Kind::Throttling => EndpointState::Throttling,
                         Kind::Error => EndpointState::Error,
                     },
-                    until_unix_ms: unix_ms(until, now),
-                    reason: reason.to_owned(),
+                    until: Some(wall_time(until, now)),
+                    reason: Some(reason.to_owned()),
                 },
             }
         };
@@ -242,8 +242,8 @@ mod tests {
         assert!(until >= t0 + Duration::from_secs(3) && until < t0 + Duration::from_millis(3002));
         let change = rx.try_recv().expect("published");
         assert_eq!(change.state, EndpointState::Throttling);
-        assert_eq!(change.reason, "429");
-        assert!(change.until_unix_ms > 0);
+        assert_eq!(change.reason.as_deref(), Some("429"));
+        assert!(change.until.is_some_and(|t| t > std::time::SystemTime::now()));
         assert!(matches!(
             registry.admit(id, t0 + Duration::from_secs(1)),
             Err(Unavailable::Throttling { remote: false, .. })

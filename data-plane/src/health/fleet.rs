@@ -2,18 +2,18 @@
 //! as *remote* windows beside the local state (the rules are in the module docs of `health`).
 
 use std::collections::HashSet;
-use std::time::{Duration, Instant};
+use std::time::{Instant, SystemTime};
 
 use modelgw_model::EndpointState;
 
 use super::breaker::{Kind, Window};
-use super::{HealthRegistry, RemoteHealth, unix_ms};
+use super::{EndpointHealth, HealthRegistry};
 
 impl HealthRegistry {
     /// Replaces the fleet view with `endpoints` (those unavailable somewhere in the fleet);
     /// endpoints not listed lose their remote window. Returns how many windows are active.
-    pub fn apply_fleet(&self, endpoints: &[RemoteHealth], now: Instant) -> usize {
-        let wall_now = unix_ms(now, now);
+    pub fn apply_fleet(&self, endpoints: &[EndpointHealth], now: Instant) -> usize {
+        let wall_now = SystemTime::now();
         let mut listed = HashSet::with_capacity(endpoints.len());
         let mut active = 0;
         for remote in endpoints {
@@ -22,11 +22,15 @@ impl HealthRegistry {
                 EndpointState::Error => Kind::Error,
                 EndpointState::Healthy => continue,
             };
-            let left = remote.until_unix_ms.saturating_sub(wall_now);
-            if left <= 0 {
+            // No window, or one that already ended (clocks differ by milliseconds at most).
+            let Some(left) = remote.until.and_then(|until| until.duration_since(wall_now).ok())
+            else {
+                continue;
+            };
+            if left.is_zero() {
                 continue;
             }
-            let left = Duration::from_millis(left as u64).min(self.policy.max_throttle);
+            let left = left.min(self.policy.max_throttle);
             listed.insert(remote.endpoint_id);
             self.entry(remote.endpoint_id).lock().remote = Some(Window { kind, until: now + left });
             active += 1;
@@ -42,6 +46,8 @@ impl HealthRegistry {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use modelgw_model::EndpointId;
 
     use super::*;
@@ -56,13 +62,13 @@ mod tests {
         let (registry, _rx) = HealthRegistry::new(16);
         let (a, b, c) = (EndpointId::new(), EndpointId::new(), EndpointId::new());
         let now = Instant::now();
-        let wall = unix_ms(now, now);
+        let wall = SystemTime::now();
         registry.record(a, &throttled(30), now);
-        let remote = |id, state, ms: i64| RemoteHealth {
+        let remote = |id, state, ms: u64| EndpointHealth {
             endpoint_id: id,
             state,
-            until_unix_ms: wall + ms,
-            reason: "elsewhere".into(),
+            until: Some(wall + Duration::from_millis(ms)),
+            reason: Some("elsewhere".into()),
         };
         let active = registry.apply_fleet(
             &[

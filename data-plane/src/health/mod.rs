@@ -48,9 +48,9 @@ mod latency;
 mod policy;
 mod registry;
 
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime};
 
-use modelgw_model::{EndpointId, EndpointState};
+use modelgw_model::EndpointState;
 
 pub use azure_headers::{RateLimits, retry_after_from_headers, retry_after_from_message};
 pub use breaker::{Admission, HealthEvent, Unavailable};
@@ -63,26 +63,9 @@ pub use registry::{EndpointView, Health, HealthRegistry};
 /// rare (state transitions only); 1024 absorbs a burst across hundreds of endpoints.
 pub const HEALTH_CHANNEL_CAPACITY: usize = 1024;
 
-/// A state change, as reported to the control plane.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct HealthChange {
-    pub endpoint_id: EndpointId,
-    pub state: EndpointState,
-    /// Unix milliseconds until which the endpoint should not be used; 0 when healthy.
-    pub until_unix_ms: i64,
-    /// Short, secret-free description of the failure; empty when healthy.
-    pub reason: String,
-}
-
-/// An endpoint's state as the fleet (control plane) reports it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RemoteHealth {
-    pub endpoint_id: EndpointId,
-    /// `Throttling` or `Error`; `Healthy` entries are ignored.
-    pub state: EndpointState,
-    pub until_unix_ms: i64,
-    pub reason: String,
-}
+/// A state change as reported to the control plane, and an endpoint's state as the fleet
+/// reports it back: the protocol's one shape of a health fact.
+pub use modelgw_model::protocol::EndpointHealth;
 
 /// The gateway's state from its enabled members' states (the rule lives in the model, shared
 /// with the admin API).
@@ -90,10 +73,9 @@ pub fn gateway_state(members: &[EndpointState]) -> GatewayState {
     GatewayState::of(members)
 }
 
-/// `until` as Unix milliseconds, reading the wall clock once (`now` is the same instant).
-fn unix_ms(until: Instant, now: Instant) -> i64 {
-    let wall = SystemTime::now() + until.saturating_duration_since(now);
-    wall.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+/// `until` on the wall clock, reading it once (`now` is the same instant).
+fn wall_time(until: Instant, now: Instant) -> SystemTime {
+    SystemTime::now() + until.saturating_duration_since(now)
 }
 
 #[cfg(test)]

@@ -12,7 +12,7 @@ use modelgw_model::{EndpointId, EndpointState};
 use tokio::sync::mpsc;
 
 use super::breaker::{Window, unavailable};
-use super::{HealthChange, HealthPolicy, Unavailable};
+use super::{EndpointHealth, HealthPolicy, Unavailable};
 
 /// Effective health of an endpoint at an instant.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -76,12 +76,12 @@ pub struct HealthRegistry {
     /// endpoint ever seen. A lock-free load keeps the serving threads from contending on a
     /// reader count.
     pub(super) endpoints: ArcSwap<HashMap<EndpointId, Arc<Entry>>>,
-    pub(super) changes: mpsc::Sender<HealthChange>,
+    pub(super) changes: mpsc::Sender<EndpointHealth>,
 }
 
 impl HealthRegistry {
     /// A registry with the default policy and the receiving end of its change channel.
-    pub fn new(capacity: usize) -> (Self, mpsc::Receiver<HealthChange>) {
+    pub fn new(capacity: usize) -> (Self, mpsc::Receiver<EndpointHealth>) {
         Self::with_policy(HealthPolicy::default(), capacity)
     }
 
@@ -89,7 +89,7 @@ impl HealthRegistry {
     pub fn with_policy(
         policy: HealthPolicy,
         capacity: usize,
-    ) -> (Self, mpsc::Receiver<HealthChange>) {
+    ) -> (Self, mpsc::Receiver<EndpointHealth>) {
         let (changes, rx) = mpsc::channel(capacity.max(1));
         (Self { policy, endpoints: ArcSwap::from_pointee(HashMap::new()), changes }, rx)
     }

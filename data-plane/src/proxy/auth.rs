@@ -9,7 +9,7 @@ use tracing::info;
 use super::rewrite::ModelProbe;
 use super::route::{Route, client_key};
 use super::{ProxyBody, reply};
-use crate::snapshot::{CompiledGateway, RoutingTable};
+use crate::routing_table::{CompiledGateway, RoutingTable};
 
 /// Why a request may not use any gateway, or not the one it names.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -20,7 +20,7 @@ use super::deadline::bounded;
 use super::upstream::RequestPlan;
 use super::upstream_client::UpstreamBody;
 use crate::health::retry_after_from_headers;
-use crate::snapshot::{CompiledEndpoint, UpstreamAuth};
+use crate::routing_table::{CompiledEndpoint, UpstreamAuth};
 
 /// How much of a 429 body is read to find "retry after N seconds" when the headers give no
 /// delay. Azure's 429 bodies are a few hundred bytes.

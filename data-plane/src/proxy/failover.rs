@@ -14,7 +14,7 @@ use super::attempt::{Outcome, Side};
 use super::upstream::RequestPlan;
 use super::{ATTEMPTS_HEADER, Proxy, ProxyBody, reply};
 use crate::health::{GatewayState, HealthRegistry, Unavailable, gateway_state};
-use crate::snapshot::{CompiledEndpoint, CompiledGateway};
+use crate::routing_table::{CompiledEndpoint, CompiledGateway};
 
 /// Most times one request waits for a recovery (`routing.wait_for_recovery`) before giving
 /// up; the deadline bounds the total anyway, this only stops a flapping endpoint from

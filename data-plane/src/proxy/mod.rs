@@ -54,7 +54,7 @@ use tracing::{Instrument, Span, debug, field};
 
 use crate::balance::EndpointSelector;
 use crate::health::HealthRegistry;
-use crate::snapshot::SnapshotStore;
+use crate::routing_table::SnapshotStore;
 use rewrite::probe_model;
 use route::{Route, parse_route};
 use upstream::{CLIENT_REQUEST_ID, RequestPlan, upstream_headers};

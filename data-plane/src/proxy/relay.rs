@@ -20,7 +20,7 @@ use super::exchange::{is_event_stream, next_data};
 use super::upstream::downstream_headers;
 use super::{ATTEMPTS_HEADER, BoxError, ENDPOINT_HEADER, Proxy, ProxyBody};
 use crate::health::{Admission, HealthEvent, HealthRegistry};
-use crate::snapshot::CompiledEndpoint;
+use crate::routing_table::CompiledEndpoint;
 
 /// Pause between sending the SSE error event and aborting the body. hyper discards buffered
 /// bytes when a body fails, so the event needs a moment on the wire first; 100 ms is plenty

@@ -13,7 +13,7 @@ use modelgw_model::Platform;
 
 use super::rewrite::{ModelProbe, insert_model, splice};
 use super::route::Route;
-use crate::snapshot::{API_KEY, CompiledEndpoint};
+use crate::routing_table::{API_KEY, CompiledEndpoint};
 
 /// Request id header Azure echoes back; forwarded so upstream logs correlate with ours.
 pub(crate) const CLIENT_REQUEST_ID: HeaderName = HeaderName::from_static("x-ms-client-request-id");
@@ -202,8 +202,8 @@ mod tests {
     use super::*;
     use crate::proxy::rewrite::probe_model;
     use crate::proxy::route::parse_route;
-    use crate::snapshot::RoutingTable;
-    use crate::snapshot::tests::{endpoint, gateway, member};
+    use crate::routing_table::RoutingTable;
+    use crate::routing_table::tests::{endpoint, gateway, member};
     use modelgw_model::{ConfigVersion, Snapshot};
     use std::sync::Arc;
 
