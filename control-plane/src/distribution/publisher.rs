@@ -1,0 +1,155 @@
+//! The publisher: reloads the snapshot from the store after each announced change (and when a
+//! poll finds a newer version, for replicas sharing PostgreSQL), validates, indexes and encodes
+//! it once, and swaps it in for every stream.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use modelgw_model::{ConfigVersion, EndpointId, Snapshot};
+use tokio::sync::watch;
+use tokio::time::MissedTickBehavior;
+
+use super::DataPlaneRegistry;
+use crate::Store;
+
+/// A snapshot as it is distributed: the validated domain value, the set of its endpoint ids
+/// (health reports are checked against it in O(1)), and its protobuf encoding, made once per
+/// version and shared by every stream.
+#[derive(Debug)]
+pub struct PublishedSnapshot {
+    snapshot: Arc<Snapshot>,
+    endpoint_ids: HashSet<EndpointId>,
+    encoded: Bytes,
+}
+
+impl PublishedSnapshot {
+    /// Indexes and encodes `snapshot` (once per version).
+    pub fn new(snapshot: Snapshot) -> PublishedSnapshot {
+        let endpoint_ids = snapshot.endpoints.iter().map(|e| e.id).collect();
+        let encoded = modelgw_model::wire::encode_snapshot(&snapshot);
+        PublishedSnapshot { snapshot: Arc::new(snapshot), endpoint_ids, encoded }
+    }
+
+    pub fn version(&self) -> ConfigVersion {
+        self.snapshot.version
+    }
+
+    pub fn snapshot(&self) -> &Arc<Snapshot> {
+        &self.snapshot
+    }
+
+    pub fn contains_endpoint(&self, id: EndpointId) -> bool {
+        self.endpoint_ids.contains(&id)
+    }
+
+    /// The protobuf encoding of the `Snapshot` message (shared, reference-counted).
+    pub fn encoded(&self) -> &Bytes {
+        &self.encoded
+    }
+}
+
+pub(super) struct Publisher {
+    pub(super) store: Store,
+    pub(super) registry: DataPlaneRegistry,
+    pub(super) snapshots: watch::Sender<Arc<PublishedSnapshot>>,
+    pub(super) requested: watch::Receiver<ConfigVersion>,
+    pub(super) poll_interval: Duration,
+}
+
+impl Publisher {
+    pub(super) async fn run(mut self) {
+        let start = tokio::time::Instant::now() + self.poll_interval;
+        let mut ticker = tokio::time::interval_at(start, self.poll_interval);
+        // After a stall, one check is enough: ticks carry no data.
+        ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        loop {
+            let announced = tokio::select! {
+                changed = self.requested.changed() => {
+                    if changed.is_err() {
+                        return; // every ConfigChanges handle is gone: nothing will announce
+                    }
+                    Some(*self.requested.borrow_and_update())
+                }
+                _ = ticker.tick() => {
+                    // Reports other replicas received (their data planes are not ours).
+                    match self.store.load_endpoint_health().await {
+                        Ok(records) => self.registry.merge_stored(records),
+                        Err(e) => tracing::warn!(error = %e, "endpoint health poll failed; retrying at the next tick"),
+                    }
+                    None
+                }
+            };
+            let current = self.current();
+            match announced {
+                Some(v) if v <= current => continue,
+                Some(_) => {}
+                // The cheap version check first; a full load only when something changed.
+                None => match self.store.config_version().await {
+                    Ok(v) if v > current => {
+                        tracing::debug!(config_version = %v, "poll found a newer version");
+                    }
+                    Ok(_) => continue,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "config version poll failed; retrying at the next tick");
+                        continue;
+                    }
+                },
+            }
+            // A failed load is retried by the next poll tick, which sees the version still ahead.
+            let started = Instant::now();
+            match self.store.load_snapshot().await {
+                Ok(snapshot) => self.publish(snapshot, started),
+                Err(e) => {
+                    tracing::warn!(error = %e, "loading the snapshot failed; retrying at the next poll tick");
+                }
+            }
+        }
+    }
+
+    fn current(&self) -> ConfigVersion {
+        self.snapshots.borrow().version()
+    }
+
+    /// Swaps in `snapshot` for every stream unless a newer one is already out; `started` is
+    /// when its load from the store began (logged as the build time: load, validation,
+    /// indexing and encoding).
+    fn publish(&self, snapshot: Snapshot, started: Instant) {
+        let version = snapshot.version;
+        // Loads can finish out of order with concurrent writers: never encode (let alone
+        // publish) a version streams already have or have passed.
+        if version <= self.current() {
+            return;
+        }
+        let mut fresh = Some(Arc::new(PublishedSnapshot::new(snapshot)));
+        let published = self.snapshots.send_if_modified(|current| {
+            if version > current.version()
+                && let Some(p) = fresh.take()
+            {
+                *current = p;
+                true
+            } else {
+                false
+            }
+        });
+        if published {
+            let current = self.snapshots.borrow().clone();
+            self.registry.retain_health(&current);
+            log_publish(&current, started.elapsed());
+        }
+    }
+}
+
+/// Logs a publish with its build time (store load, validation, wire encoding) and encoded
+/// size. A snapshot that breaks a rule never gets here: the store's load refuses it.
+pub(super) fn log_publish(published: &PublishedSnapshot, build: Duration) {
+    tracing::info!(
+        config_version = published.version().0,
+        endpoints = published.snapshot.endpoints.len(),
+        gateways = published.snapshot.gateways.len(),
+        bytes = published.encoded.len(),
+        build_us = build.as_micros() as u64,
+        "snapshot published"
+    );
+}

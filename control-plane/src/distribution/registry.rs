@@ -1,0 +1,369 @@
+//! The registry of data planes: who is connected, what each applied, and what each reported
+//! about endpoint health (aggregated into the fleet view pushed to every data plane).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use chrono::{DateTime, Utc};
+use modelgw_model::protocol::{EndpointHealth, FleetHealth};
+use modelgw_model::{ConfigVersion, EndpointId, EndpointState, NodeId};
+use tokio::sync::{Notify, watch};
+
+use super::PublishedSnapshot;
+use super::health::{self, EndpointHealthView};
+
+/// What operators see of one data plane.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DataPlaneStatus {
+    pub node_id: NodeId,
+    pub applied_version: ConfigVersion,
+    pub connected: bool,
+    pub last_seen: DateTime<Utc>,
+    /// Reason of the last NACK, if the last snapshot sent was rejected.
+    pub last_nack: Option<String>,
+}
+
+/// Registry of data planes. Cheap to clone.
+///
+/// Semantics:
+/// - One entry per node id, kept after disconnect (`connected = false`) for operators.
+/// - A second stream with the same node id takes over the entry; the older stream is ended
+///   with `ABORTED`, so two processes that share a node id show up as a flapping connection
+///   in the logs rather than as silently mixed state.
+/// - `applied_version` comes from `Hello`, then from each `Ack` (which also clears
+///   `last_nack`) and `Heartbeat`; every message refreshes `last_seen`.
+/// - Endpoint health keeps the latest report per (endpoint, data plane) and aggregates them
+///   into a fleet state (rules in [`health`]); reports naming endpoints outside the current
+///   snapshot are ignored, and health of endpoints that leave the configuration is forgotten
+///   when the next snapshot publishes.
+/// - Whenever the fleet aggregate changes, the new `FleetHealth` is published to every stream
+///   (a `watch`, so a burst of reports coalesces and nothing is sent when nothing changed).
+/// - With a store attached (by [`Distribution::start`]) each report is also persisted by a
+///   background writer, after the push; health is never configuration and never bumps the
+///   version.
+#[derive(Clone)]
+pub struct DataPlaneRegistry {
+    inner: Arc<Mutex<RegistryInner>>,
+    fleet: Arc<watch::Sender<Arc<FleetHealth>>>,
+    pub(super) persist: Option<Arc<health::PendingWrites>>,
+}
+
+impl Default for DataPlaneRegistry {
+    fn default() -> Self {
+        let (fleet, _) = watch::channel(Arc::new(FleetHealth::default()));
+        DataPlaneRegistry { inner: Arc::default(), fleet: Arc::new(fleet), persist: None }
+    }
+}
+
+#[derive(Default)]
+struct RegistryInner {
+    nodes: BTreeMap<NodeId, NodeEntry>,
+    /// Latest report per endpoint and data plane.
+    health: HashMap<EndpointId, BTreeMap<NodeId, health::NodeReport>>,
+    next_connection: u64,
+}
+
+struct NodeEntry {
+    status: DataPlaneStatus,
+    /// The stream that currently owns this entry.
+    connection: ConnectionId,
+    /// Woken when a newer stream with the same node id takes over.
+    replaced: Arc<Notify>,
+}
+
+/// Identifies one gRPC stream within this process.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct ConnectionId(u64);
+
+impl std::fmt::Display for ConnectionId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl DataPlaneRegistry {
+    /// A registry whose health reports are also queued for `persist`'s writer.
+    pub(super) fn persisting(persist: Arc<health::PendingWrites>) -> Self {
+        DataPlaneRegistry { persist: Some(persist), ..Default::default() }
+    }
+
+    /// All data planes ever seen by this control plane process, sorted by node id.
+    pub fn data_planes(&self) -> Vec<DataPlaneStatus> {
+        self.lock().nodes.values().map(|n| n.status.clone()).collect()
+    }
+
+    /// Fleet health of an endpoint; `Healthy` with no reason when nothing was reported.
+    /// After every window has passed, the last failure's reason and reporter are kept (so
+    /// operators can see what happened) but `until` is cleared.
+    pub fn endpoint_health(&self, id: EndpointId) -> EndpointHealthView {
+        match self.lock().health.get(&id) {
+            Some(reports) => health::aggregate(reports, Utc::now()),
+            None => EndpointHealthView::healthy(),
+        }
+    }
+
+    /// The fleet health data planes are sent: every endpoint unavailable somewhere. The
+    /// receiver sees each change; for in-process consumers and tests.
+    pub fn subscribe_fleet_health(&self) -> watch::Receiver<Arc<FleetHealth>> {
+        self.fleet.subscribe()
+    }
+
+    /// Recomputes the fleet aggregate and publishes it if it changed. Called inside the
+    /// caller's critical section, so publishes happen in the order of the changes.
+    fn publish_fleet(&self, inner: &RegistryInner) {
+        let message = health::fleet_health(&inner.health, Utc::now());
+        let mut message = Some(message);
+        let changed = self.fleet.send_if_modified(|current| {
+            if message.as_ref().is_some_and(|m| m != current.as_ref())
+                && let Some(m) = message.take()
+            {
+                *current = Arc::new(m);
+                true
+            } else {
+                false
+            }
+        });
+        if changed {
+            let unavailable = self.fleet.borrow().endpoints.len();
+            tracing::info!(unavailable, "fleet health changed; pushing to every data plane");
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, RegistryInner> {
+        // Every critical section leaves the maps consistent, so a panic elsewhere while the
+        // lock was held does not make the data unusable.
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Registers a stream after its `Hello`, taking over any older stream of the same node.
+    pub(crate) fn connect(
+        &self,
+        node_id: &NodeId,
+        applied_version: ConfigVersion,
+    ) -> (ConnectionId, Arc<Notify>) {
+        let mut inner = self.lock();
+        inner.next_connection += 1;
+        let connection = ConnectionId(inner.next_connection);
+        let replaced = Arc::new(Notify::new());
+        let entry = NodeEntry {
+            status: DataPlaneStatus {
+                node_id: node_id.clone(),
+                applied_version,
+                connected: true,
+                last_seen: Utc::now(),
+                last_nack: None,
+            },
+            connection,
+            replaced: replaced.clone(),
+        };
+        if let Some(old) = inner.nodes.insert(node_id.clone(), entry)
+            && old.status.connected
+        {
+            // `notify_one` stores a permit, so the old stream sees it even if it is not
+            // waiting at this instant.
+            old.replaced.notify_one();
+            tracing::warn!(node_id = %node_id, old_connection = %old.connection, new_connection = %connection, "a second stream with the same node id replaces the first");
+        }
+        (connection, replaced)
+    }
+
+    /// Applies `f` to the node's status if `connection` still owns the entry; also marks
+    /// the node seen now. Returns false when a newer stream has taken over.
+    pub(crate) fn update(
+        &self,
+        node_id: &NodeId,
+        connection: ConnectionId,
+        f: impl FnOnce(&mut DataPlaneStatus),
+    ) -> bool {
+        let mut inner = self.lock();
+        match inner.nodes.get_mut(node_id) {
+            Some(entry) if entry.connection == connection => {
+                entry.status.last_seen = Utc::now();
+                f(&mut entry.status);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Marks the node disconnected, unless a newer stream owns the entry.
+    pub(crate) fn disconnect(&self, node_id: &NodeId, connection: ConnectionId) {
+        self.update(node_id, connection, |s| s.connected = false);
+    }
+
+    /// Records a data plane's report, pushes the fleet aggregate if it changed, then queues
+    /// the report for persistence (in that order: the push must not wait on the database).
+    pub(crate) fn report_health(&self, node_id: &NodeId, updates: Vec<EndpointHealth>) {
+        let now = Utc::now();
+        let mut written = Vec::with_capacity(updates.len());
+        {
+            let mut inner = self.lock();
+            for u in updates {
+                let reports = inner.health.entry(u.endpoint_id).or_default();
+                let previous_error = reports.get(node_id).and_then(|r| r.last_error.clone());
+                let last_error = if u.state == EndpointState::Healthy {
+                    previous_error
+                } else {
+                    let reason = u.reason.clone().unwrap_or_else(|| u.state.as_str().to_owned());
+                    Some((reason, now))
+                };
+                let report = health::NodeReport {
+                    state: u.state,
+                    until: u.until.map(DateTime::<Utc>::from),
+                    reason: u.reason,
+                    last_error,
+                    updated_at: now,
+                };
+                written.push(report.to_record(u.endpoint_id, node_id));
+                reports.insert(node_id.clone(), report);
+            }
+            self.publish_fleet(&inner);
+        }
+        if let Some(persist) = &self.persist {
+            for record in written {
+                persist.push(record);
+            }
+        }
+    }
+
+    /// Merges reports read from the store (at start, and from other replicas on each poll):
+    /// a stored report replaces ours only when it is newer.
+    pub(crate) fn merge_stored(&self, records: Vec<crate::store::EndpointHealthRecord>) {
+        let mut inner = self.lock();
+        for record in records {
+            let (endpoint_id, node_id, report) = health::NodeReport::from_record(record);
+            let reports = inner.health.entry(endpoint_id).or_default();
+            if reports.get(&node_id).is_none_or(|r| r.updated_at < report.updated_at) {
+                reports.insert(node_id, report);
+            }
+        }
+        self.publish_fleet(&inner);
+    }
+
+    /// Forgets reports received before `cutoff` whose windows also ended before it.
+    pub(crate) fn prune_health(&self, cutoff: DateTime<Utc>) {
+        let mut inner = self.lock();
+        for reports in inner.health.values_mut() {
+            reports.retain(|_, r| !r.expired(cutoff));
+        }
+        inner.health.retain(|_, reports| !reports.is_empty());
+        self.publish_fleet(&inner);
+    }
+
+    /// Forgets health of endpoints that are no longer configured.
+    pub(super) fn retain_health(&self, published: &PublishedSnapshot) {
+        let mut inner = self.lock();
+        inner.health.retain(|id, _| published.contains_endpoint(*id));
+        self.publish_fleet(&inner);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, SystemTime};
+
+    use modelgw_model::Snapshot;
+
+    use super::*;
+
+    fn node(s: &str) -> NodeId {
+        NodeId(s.to_owned())
+    }
+
+    #[test]
+    fn an_expired_window_reads_as_healthy_and_keeps_the_reason() {
+        let registry = DataPlaneRegistry::default();
+        let (past, future) = (EndpointId::new(), EndpointId::new());
+        registry.report_health(
+            &node("dp-1"),
+            vec![
+                EndpointHealth {
+                    endpoint_id: past,
+                    state: EndpointState::Throttling,
+                    reason: Some("429".into()),
+                    until: Some(SystemTime::now() - Duration::from_secs(1)),
+                },
+                EndpointHealth {
+                    endpoint_id: future,
+                    state: EndpointState::Error,
+                    reason: Some("503".into()),
+                    until: Some(SystemTime::now() + Duration::from_secs(60)),
+                },
+            ],
+        );
+        let view = registry.endpoint_health(past);
+        assert_eq!(view.state, EndpointState::Healthy);
+        assert_eq!(view.reason.as_deref(), Some("429"));
+        assert_eq!(view.until, None);
+        assert_eq!(registry.endpoint_health(future).state, EndpointState::Error);
+        assert_eq!(registry.endpoint_health(EndpointId::new()), EndpointHealthView::healthy());
+    }
+
+    #[test]
+    fn fleet_health_is_published_only_when_the_aggregate_changes() {
+        let registry = DataPlaneRegistry::default();
+        let mut fleet = registry.subscribe_fleet_health();
+        let id = EndpointId::new();
+        let until = Some(SystemTime::now() + Duration::from_secs(60));
+        let throttle = |name: &str| {
+            registry.report_health(
+                &node(name),
+                vec![EndpointHealth {
+                    endpoint_id: id,
+                    state: EndpointState::Throttling,
+                    reason: Some("429".into()),
+                    until,
+                }],
+            );
+        };
+        throttle("dp-1");
+        assert!(fleet.has_changed().expect("open"));
+        let seen = fleet.borrow_and_update().clone();
+        assert_eq!(seen.endpoints.len(), 1);
+        assert_eq!(seen.endpoints[0].endpoint_id, id);
+        // The same window from the same or another data plane changes nothing.
+        throttle("dp-1");
+        throttle("dp-2");
+        assert!(!fleet.has_changed().expect("open"), "a repeat is not pushed");
+        // dp-1 recovering leaves dp-2's window: still nothing to push.
+        registry.report_health(
+            &node("dp-1"),
+            vec![EndpointHealth {
+                endpoint_id: id,
+                state: EndpointState::Healthy,
+                reason: None,
+                until: None,
+            }],
+        );
+        assert!(!fleet.has_changed().expect("open"));
+        let empty = Snapshot::new(ConfigVersion(1), vec![], vec![]).expect("valid");
+        registry.retain_health(&PublishedSnapshot::new(empty));
+        assert!(fleet.has_changed().expect("open"), "a removed endpoint is pushed");
+        assert!(fleet.borrow_and_update().endpoints.is_empty());
+    }
+
+    #[test]
+    fn a_newer_stream_owns_the_entry_and_the_old_one_cannot_update_it() {
+        let registry = DataPlaneRegistry::default();
+        let n = node("dp-1");
+        let (first, _) = registry.connect(&n, ConfigVersion(1));
+        let (second, _) = registry.connect(&n, ConfigVersion(2));
+        assert!(!registry.update(&n, first, |s| s.applied_version = ConfigVersion(9)));
+        registry.disconnect(&n, first);
+        let status = &registry.data_planes()[0];
+        assert!(status.connected);
+        assert_eq!(status.applied_version, ConfigVersion(2));
+        registry.disconnect(&n, second);
+        assert!(!registry.data_planes()[0].connected);
+    }
+
+    #[test]
+    fn data_planes_are_sorted_by_node_id() {
+        let registry = DataPlaneRegistry::default();
+        for n in ["c", "a", "b"] {
+            registry.connect(&node(n), ConfigVersion(0));
+        }
+        let ids: Vec<String> = registry.data_planes().into_iter().map(|s| s.node_id.0).collect();
+        assert_eq!(ids, ["a", "b", "c"]);
+    }
+}
