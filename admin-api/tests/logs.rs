@@ -3,6 +3,8 @@
 //! A binary of its own: a thread-local subscriber in a binary whose other tests log
 //! concurrently can miss events (callsite interest is cached process-wide).
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test stops where its setup fails
+
 #[path = "api/harness.rs"]
 #[allow(dead_code)] // Not every helper is used here.
 mod harness;

@@ -5,7 +5,7 @@
 //! A line looks like `{"timestamp":…,"level":"INFO","fields":{"message":"snapshot applied",
 //! "version":7,…},"target":…}`.
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use anyhow::bail;
@@ -59,7 +59,12 @@ impl EventLog {
                 if let Some((message, fields)) = parse_line(&line)
                     && messages.contains(&message.as_str())
                 {
-                    events.lock().expect("event log").push(Event { at, source, message, fields });
+                    events.lock().unwrap_or_else(PoisonError::into_inner).push(Event {
+                        at,
+                        source,
+                        message,
+                        fields,
+                    });
                 }
             }
         });
@@ -67,7 +72,7 @@ impl EventLog {
 
     /// Runs `f` over the events so far.
     pub fn with<T>(&self, f: impl FnOnce(&[Event]) -> T) -> T {
-        f(&self.events.lock().expect("event log"))
+        f(&self.events.lock().unwrap_or_else(PoisonError::into_inner))
     }
 
     /// Polls (every millisecond) until `f` returns `Some`, at most `within`.

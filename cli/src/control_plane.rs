@@ -1,5 +1,6 @@
 //! `modelgw control-plane`: wires the store, the admin API and snapshot distribution together.
 
+use crate::stdout::out;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -192,7 +193,7 @@ pub async fn run(
     let azure = AzureImportConfig::from_env().context("reading the Azure import settings")?;
     let cp = ControlPlane::start(&args, azure).await?;
     if let Some(token) = &cp.generated_admin_token {
-        println!(
+        out!(
             "Generated admin token (shown once; only its hash is stored — set MODELGW_ADMIN_TOKEN to choose your own):\n  {token}"
         );
     }

@@ -8,6 +8,7 @@
 //! proposes, and a gateway key. It waits until a chat completion succeeds through the gateway and
 //! prints what a newcomer needs to try it.
 
+use crate::stdout::out;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -191,13 +192,13 @@ pub async fn run(
         .iter()
         .map(|d| d["id"].clone())
         .collect();
-    println!(
+    out!(
         "Azure discovery {discovery_id}: {} deployments of {DEMO_MODEL} {DEMO_MODEL_VERSION} in subscription {DEMO_SUBSCRIPTION}",
         deployment_ids.len()
     );
     let imported =
         admin.post("/api/v1/azure/imports", json!({"deployment_ids": deployment_ids})).await?;
-    println!(
+    out!(
         "Imported as Inference Endpoints: {} created",
         imported["created"].as_array().map_or(0, Vec::len)
     );
@@ -210,7 +211,7 @@ pub async fn run(
     // Apps address the gateway by name; call it after the deployment they already use.
     proposal["name"] = json!(DEMO_DEPLOYMENT);
     let gw = admin.post("/api/v1/gateways", proposal).await.context("creating the gateway")?;
-    println!("Gateway \"{DEMO_DEPLOYMENT}\" created from the proposal (weights from capacity)");
+    out!("Gateway \"{DEMO_DEPLOYMENT}\" created from the proposal (weights from capacity)");
     let gw_id = gw["id"].as_str().context("gateway id")?;
     let key = admin
         .post(&format!("/api/v1/gateways/{gw_id}/keys"), json!({"name": "demo"}))
@@ -242,7 +243,7 @@ pub async fn run(
         }
     }
 
-    println!(
+    out!(
         r#"
 Model Gateway demo is ready.
 

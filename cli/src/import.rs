@@ -4,6 +4,7 @@
 //! Talks only to the control plane's admin API; the control plane holds the Azure credential.
 //! Never prints the admin token or an account key (the API never returns keys).
 
+use crate::stdout::out;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -67,37 +68,37 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     print_table(&deployments);
     let errors = discovery["errors"].as_array().cloned().unwrap_or_default();
     if !errors.is_empty() {
-        println!("\nerrors:");
+        out!("\nerrors:");
         for e in &errors {
             let permission =
                 e["permission"].as_str().map(|p| format!(" (needs {p})")).unwrap_or_default();
-            println!("  {}: {}{permission}", text(&e["scope"]), text(&e["message"]));
+            out!("  {}: {}{permission}", text(&e["scope"]), text(&e["message"]));
         }
     }
     if discovery["status"] == "failed" {
         bail!("discovery {id} failed");
     }
     if args.dry_run {
-        println!("\ndry run: nothing imported");
+        out!("\ndry run: nothing imported");
         return Ok(());
     }
     if deployments.is_empty() {
-        println!("\nnothing to import");
+        out!("\nnothing to import");
         return Ok(());
     }
     let ids: Vec<&str> = deployments.iter().filter_map(|d| d["id"].as_str()).collect();
     let result = api
         .send(reqwest::Method::POST, "/api/v1/azure/imports", Some(json!({"deployment_ids": ids})))
         .await?;
-    println!();
+    out!();
     for outcome in ["created", "updated", "unchanged"] {
         let list = result[outcome].as_array().cloned().unwrap_or_default();
-        println!("{outcome}: {}", list.len());
+        out!("{outcome}: {}", list.len());
         for id in list {
-            println!("  {}", text(&id));
+            out!("  {}", text(&id));
         }
     }
-    println!("config version: {}", result["config_version"]);
+    out!("config version: {}", result["config_version"]);
     Ok(())
 }
 
@@ -182,13 +183,13 @@ fn print_table(deployments: &[Value]) {
             .trim_end()
             .to_owned()
     };
-    println!("{}", line(&header.map(str::to_owned)));
+    out!("{}", line(&header.map(str::to_owned)));
     for row in &rows {
-        println!("{}", line(row));
+        out!("{}", line(row));
     }
     for d in deployments {
         for w in d["warnings"].as_array().into_iter().flatten() {
-            println!("  warning {}: {}", short_id(d), text(w));
+            out!("  warning {}: {}", short_id(d), text(w));
         }
     }
 }

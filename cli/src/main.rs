@@ -17,6 +17,7 @@ mod import;
 mod log_line;
 mod log_writer;
 mod mock_azure;
+mod stdout;
 mod telemetry;
 #[cfg(test)]
 mod test_output;

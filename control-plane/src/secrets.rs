@@ -133,9 +133,12 @@ impl MasterKey {
 }
 
 /// Fills `buf` from the operating system's CSPRNG. Used for keys and tokens.
+#[allow(
+    clippy::expect_used,
+    reason = "the OS RNG failing means the platform cannot produce secrets at all; continuing \
+              with anything weaker would be worse than stopping"
+)]
 pub(crate) fn random_bytes(buf: &mut [u8]) {
-    // The OS RNG failing means the platform cannot produce secrets at all; continuing with
-    // anything weaker would be worse than stopping.
     rand::rngs::OsRng.try_fill_bytes(buf).expect("the operating system's random source failed");
 }
 

@@ -3,6 +3,8 @@
 //! needs process environment variables and has its own binary (`azure_managed_identity.rs`).
 //! Here managed identity is kept off the instance metadata service with `allow_imds: false`.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test stops where its setup fails
+
 use std::io::Write;
 
 use azure_core::http::{ClientOptions, RetryOptions};

@@ -2,6 +2,8 @@
 //! mock: paging, a 429 with Retry-After, a 403 on one account, other account kinds, warnings,
 //! progress, token caching and refresh.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test stops where its setup fails
+
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -2,6 +2,8 @@
 //! resolution (including a failing one) and a discovery run. Its own binary: the capturing
 //! subscriber is process-global, so no other test may share the process.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test stops where its setup fails
+
 use azure_core::http::{ClientOptions, RetryOptions};
 use modelgw_azure_mock::{
     Account, ArmAuth, ArmMock, Deployment, Inventory, RedirectTransport, Subscription, TokenMock,

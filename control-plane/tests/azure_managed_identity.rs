@@ -8,6 +8,8 @@
 //! status and on what the mocks saw. The child never lacks `IDENTITY_ENDPOINT`, so it can never
 //! reach the instance metadata service, and `allow_imds: false` guards that too.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test stops where its setup fails
+
 use std::process::Stdio;
 use std::time::Duration;
 

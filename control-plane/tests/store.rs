@@ -1,5 +1,7 @@
 //! Store behaviour, each scenario run on SQLite and on PostgreSQL.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test stops where its setup fails
+
 #[macro_use]
 mod common;
 

@@ -1,6 +1,8 @@
 //! The data plane's control-plane client against a scripted in-test `ConfigDiscovery` server:
 //! Hello, ACK/NACK, heartbeats, health reports, reconnect after the stream ends.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test stops where its setup fails
+
 use std::net::SocketAddr;
 use std::time::Duration;
 

@@ -2,6 +2,8 @@
 //! a real azure_identity credential (client secret, against the token mock), refreshes it
 //! before it expires, and treats the endpoint as unavailable while it has none.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test stops where its setup fails
+
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -1,6 +1,8 @@
 //! Logs say what happened on the request path and never contain a credential, at any level.
 //! Its own test binary: it installs the global tracing subscriber.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test stops where its setup fails
+
 use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};

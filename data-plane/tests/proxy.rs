@@ -1,6 +1,8 @@
 //! The real proxy, in process, against mock Azure regions on loopback. Snapshots are swapped in
 //! directly through `DataPlane::snapshot_store` (no control plane).
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test stops where its setup fails
+
 mod support;
 
 use std::time::{Duration, Instant};

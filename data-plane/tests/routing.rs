@@ -1,6 +1,8 @@
 //! The routing engine end to end (issue #3): the real proxy in process, mock Azure regions on
 //! loopback, snapshots swapped in directly. Each test reads like the behaviour it proves.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test stops where its setup fails
+
 mod support;
 
 use std::sync::Arc;

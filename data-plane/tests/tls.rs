@@ -2,6 +2,8 @@
 //! nobody vouches for is a failed attempt, and it never receives the request — nor the
 //! endpoint's API key, which travels in the request's headers.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test stops where its setup fails
+
 mod support;
 
 use std::net::SocketAddr;

@@ -1,5 +1,7 @@
 //! HTTP-level tests of the admin API on a real SQLite store, one binary (faster to link).
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test stops where its setup fails
+
 mod auth;
 mod azure;
 mod bad_input;

@@ -122,16 +122,16 @@ pub(crate) async fn serve(
             }
         };
         // Round robin over the workers still alive (a dead one's inbox is closed).
-        let mut stream = Some(stream);
+        let mut unsent = Some(stream);
         for _ in 0..inboxes.len() {
+            let Some(stream) = unsent.take() else { break };
             let inbox = &inboxes[next % inboxes.len()];
             next = next.wrapping_add(1);
-            match inbox.send(stream.take().expect("present until sent")) {
-                Ok(()) => break,
-                Err(returned) => stream = Some(returned.0),
+            if let Err(returned) = inbox.send(stream) {
+                unsent = Some(returned.0);
             }
         }
-        if stream.is_some() {
+        if unsent.is_some() {
             warn!(%peer, "every worker thread is gone; dropping the connection");
         }
     }

@@ -1,5 +1,7 @@
 //! The mocks answer with the shapes of `/work/shared/azure-wire.md` §3–4.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test stops where its setup fails
+
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use modelgw_azure_mock::{

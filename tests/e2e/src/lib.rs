@@ -8,6 +8,9 @@
 //! Scenario tests live in `tests/e2e/tests/` and are built as test targets of the `modelgw`
 //! package (see `cli/Cargo.toml`), so cargo builds the binary before running them.
 
+// A test harness: a setup that fails should stop the test right there, saying why.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;

@@ -3,6 +3,8 @@
 //! Needs a Python with `openai` installed: `MODELGW_PYTHON` (set by `tests/run.sh`, which
 //! creates the virtualenv). Without it the test fails and says how to get one — it never skips.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test stops where its setup fails
+
 use modelgw_e2e::{API_VERSION, Cluster};
 
 const BIN: &str = env!("CARGO_BIN_EXE_modelgw");

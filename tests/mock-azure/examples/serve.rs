@@ -16,7 +16,10 @@ async fn main() -> std::io::Result<()> {
         model: "gpt-4o-mini-2024-07-18".into(),
     };
     let mock = MockAzure::start(addr, config).await?;
-    println!("{}", mock.base_url());
+    #[allow(clippy::print_stdout, reason = "the base URL is this example's output")]
+    {
+        println!("{}", mock.base_url());
+    }
     mock.stopped().await;
     Ok(())
 }

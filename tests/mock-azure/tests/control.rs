@@ -1,5 +1,7 @@
 //! The `/_mock/` control API drives the same state as the Rust API.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test stops where its setup fails
+
 mod common;
 
 use std::collections::BTreeMap;

@@ -1,5 +1,7 @@
 //! Scripted faults, their consumption, counts, records, reset and shutdown.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test stops where its setup fails
+
 mod common;
 
 use std::time::{Duration, Instant};

@@ -1,5 +1,7 @@
 //! Every request is logged at debug level, and no credential ever is.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test stops where its setup fails
+
 mod common;
 
 use std::io::Write;
