@@ -8,20 +8,22 @@ use axum::Json;
 use axum::extract::State;
 use modelgw_control_plane::store::AzureEndpointRecord;
 use modelgw_model::EndpointId;
+use modelgw_model::limits::{
+    MAX_GATEWAY_NAME_CHARS, WEIGHT_RANGE, is_gateway_name_char, is_reserved_gateway_name,
+};
 use serde::Serialize;
 use utoipa::ToSchema;
 
 use crate::AdminState;
 use crate::problem::ApiError;
 
-/// Gateway member weights are 1..=1000 (see `validate::WEIGHT_RANGE`); the largest capacity of
-/// a proposal gets the top weight.
-const MAX_PROPOSAL_WEIGHT: u64 = 1000;
 /// SKU names ending in this are provisioned throughput (PTU): reserved capacity, paid for
 /// whether used or not, so proposals route to them first.
 const PROVISIONED_SKU_SUFFIX: &str = "provisionedmanaged";
-/// Longest gateway name (`validate::MAX_GATEWAY_NAME_CHARS`).
-const MAX_GATEWAY_NAME_CHARS: usize = 64;
+/// Member weights of a proposal span [`WEIGHT_RANGE`]: the largest capacity gets the top
+/// weight, the others their share of it, never less than the bottom one.
+const PROPOSAL_WEIGHTS: (u64, u64) =
+    (WEIGHT_RANGE.start().unsigned_abs(), WEIGHT_RANGE.end().unsigned_abs());
 
 /// A member of a proposed gateway, as `POST /api/v1/gateways` takes it.
 #[derive(Debug, Serialize, ToSchema)]
@@ -93,15 +95,16 @@ fn proposals(endpoints: Vec<AzureEndpointRecord>) -> Vec<GatewayProposal> {
             // A deployment without a reported capacity counts as one unit.
             let capacity = |e: &AzureEndpointRecord| u64::from(e.sku_capacity.unwrap_or(1).max(1));
             let max = members.iter().map(capacity).max().unwrap_or(1);
+            let (lowest, top) = PROPOSAL_WEIGHTS;
             let endpoints = members
                 .iter()
                 .map(|e| {
-                    let weight = (capacity(e) * MAX_PROPOSAL_WEIGHT).div_ceil(max);
+                    let weight = (capacity(e) * top).div_ceil(max);
                     ProposedMember {
                         endpoint_id: e.id,
                         enabled: true,
                         priority: if is_provisioned(e.sku_name.as_deref()) { 0 } else { 1 },
-                        weight: u32::try_from(weight.clamp(1, MAX_PROPOSAL_WEIGHT)).unwrap_or(1),
+                        weight: u32::try_from(weight.clamp(lowest, top)).unwrap_or(1),
                     }
                 })
                 .collect();
@@ -117,15 +120,17 @@ fn proposals(endpoints: Vec<AzureEndpointRecord>) -> Vec<GatewayProposal> {
         .collect()
 }
 
-/// `<model>-<version>` in the characters a gateway name allows.
+/// `<model>-<version>` in the characters a gateway name allows, at most
+/// [`MAX_GATEWAY_NAME_CHARS`] of them; an empty or reserved result gets a `model-` prefix (and
+/// its dots become dashes), so every proposal passes `Validator::gateway_name`.
 fn gateway_name(model: &str, version: &str) -> String {
     let raw = if version.is_empty() { model.to_owned() } else { format!("{model}-{version}") };
     let mut name: String = raw
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') { c } else { '-' })
+        .map(|c| if is_gateway_name_char(c) { c } else { '-' })
         .take(MAX_GATEWAY_NAME_CHARS)
         .collect();
-    if name.is_empty() || name == "." || name == ".." || name.eq_ignore_ascii_case("auto") {
+    if name.is_empty() || is_reserved_gateway_name(&name) {
         name = format!("model-{name}").replace('.', "-");
     }
     name
@@ -134,6 +139,7 @@ fn gateway_name(model: &str, version: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::validate::Validator;
 
     fn record(name: &str, sku: &str, capacity: Option<u32>) -> AzureEndpointRecord {
         AzureEndpointRecord {
@@ -166,5 +172,36 @@ mod tests {
     fn gateway_names_are_valid() {
         assert_eq!(gateway_name("gpt 4o", "v/1"), "gpt-4o-v-1");
         assert_eq!(gateway_name("auto", ""), "model-auto");
+    }
+
+    /// The proposal's name rule and the admin API's gateway-name rule are two sites over the
+    /// same limits: whatever a model is called, its proposal must be creatable as proposed.
+    #[test]
+    fn proposed_names_are_never_reserved_and_always_pass_validation() {
+        let long = "m".repeat(100);
+        let cases = [
+            ("auto", ""),
+            ("AUTO", ""),
+            ("Auto", ""),
+            (".", ""),
+            ("..", ""),
+            ("", ""),
+            ("", "."),
+            (".", "."),
+            ("auto", "2024-11-20"),
+            (long.as_str(), ""),
+            (long.as_str(), "2024-11-20"),
+            ("gpt 4o/mini", "v 1"),
+            ("gpt-4o", "2024/11/20"),
+            ("modèle", "ü"),
+            ("../..", ""),
+        ];
+        for (model, version) in cases {
+            let name = gateway_name(model, version);
+            assert!(!is_reserved_gateway_name(&name), "{model:?} {version:?} -> {name:?}");
+            let mut v = Validator::new();
+            assert_eq!(v.gateway_name("name", &name), name);
+            assert!(!v.has_errors(), "{model:?} {version:?} -> {name:?} fails validation");
+        }
     }
 }
