@@ -8,6 +8,9 @@ use axum::response::IntoResponse;
 use chrono::{DateTime, Utc};
 use http::{StatusCode, header};
 use modelgw_control_plane::store::{GatewayPatch, GatewayRecord, NewGateway};
+use modelgw_model::limits::{
+    MAX_GATEWAY_MEMBERS, PRIORITY_RANGE, REQUEST_TIMEOUT_MS_RANGE, WEIGHT_RANGE,
+};
 use modelgw_model::{
     EndpointId, EndpointState, GatewayId, GatewayMember, RoutingPolicy, RoutingStrategy,
 };
@@ -16,9 +19,7 @@ use utoipa::ToSchema;
 
 use crate::body::JsonBody;
 use crate::problem::{ApiError, Problem};
-use crate::validate::{
-    MAX_GATEWAY_MEMBERS, PRIORITY_RANGE, REQUEST_TIMEOUT_MS_RANGE, Validator, WEIGHT_RANGE, path_id,
-};
+use crate::validate::{Validator, path_id};
 use crate::{AdminState, ConfigChange};
 
 const ENTITY: &str = "gateway";

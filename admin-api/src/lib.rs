@@ -99,10 +99,10 @@ pub fn router(state: AdminState) -> Router {
         .route("/gateways/{id}/keys", get(keys::list).post(keys::create))
         .route("/gateways/{id}/keys/{key_id}", delete(keys::revoke))
         .route("/status", get(status::get))
-        .route("/azure/discoveries", post(azure::start_discovery))
-        .route("/azure/discoveries/{id}", get(azure::get_discovery))
-        .route("/azure/imports", post(azure::import))
-        .route("/azure/gateway-proposals", post(azure::propose_gateways))
+        .route("/azure/discoveries", post(azure::discovery::start_discovery))
+        .route("/azure/discoveries/{id}", get(azure::discovery::get_discovery))
+        .route("/azure/imports", post(azure::import::import))
+        .route("/azure/gateway-proposals", post(azure::proposals::propose_gateways))
         // Both fallbacks before the auth layer, so an unauthenticated caller learns nothing
         // about which routes exist.
         .method_not_allowed_fallback(method_not_allowed)

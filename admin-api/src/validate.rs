@@ -1,39 +1,13 @@
-//! Field validation that collects every error of a request before answering.
+//! Field validation that collects every error of a request before answering. The limits it
+//! enforces (lengths, ranges, reserved gateway names) are `modelgw_model::limits`.
 
+use modelgw_model::limits::{
+    MAX_API_KEY_CHARS, MAX_GATEWAY_NAME_CHARS, MAX_TEXT_CHARS, is_gateway_name_char,
+    is_reserved_gateway_name,
+};
 use modelgw_model::{Platform, RoutingStrategy, Secret};
 
 use crate::problem::{ApiError, FieldError};
-
-/// Longest free-text value (names, deployments, model names, regions). Generous for real
-/// names; bounds what one row and one snapshot entry can carry.
-pub const MAX_TEXT_CHARS: usize = 256;
-
-/// Longest gateway name. Gateway names are a path segment of client URLs
-/// (`/openai/deployments/{name}/…`), where Azure allows 64 characters for deployment names.
-pub const MAX_GATEWAY_NAME_CHARS: usize = 64;
-
-/// Gateway names that would be ambiguous in client URLs: `auto` is reserved for gateway-side
-/// deployment selection, and `.`/`..` are dot segments that URL normalisers rewrite.
-const RESERVED_GATEWAY_NAMES: [&str; 3] = ["auto", ".", ".."];
-
-/// Longest accepted endpoint API key. Azure keys are 32–84 characters; OpenAI-compatible
-/// bearer tokens (JWTs included) stay well below this.
-pub const MAX_API_KEY_CHARS: usize = 4096;
-
-/// Accepted `priority` range; lower is preferred.
-pub const PRIORITY_RANGE: std::ops::RangeInclusive<i64> = 0..=100;
-
-/// Accepted `weight` range: relative share within a priority group. 1000 gives 0.1% steps.
-pub const WEIGHT_RANGE: std::ops::RangeInclusive<i64> = 1..=1000;
-
-/// Accepted `routing.request_timeout_ms`: end-to-end deadline of one request. Below 1 s not
-/// even a short completion's first token arrives reliably; above 10 min a client has long
-/// given up (Azure itself ends idle streams well before).
-pub const REQUEST_TIMEOUT_MS_RANGE: std::ops::RangeInclusive<i64> = 1_000..=600_000;
-
-/// Most members one gateway can have; well above any real failover set, and it bounds the
-/// work of one request.
-pub const MAX_GATEWAY_MEMBERS: usize = 256;
 
 /// Collects field errors; `finish` turns any into a 422.
 #[derive(Default)]
@@ -147,10 +121,9 @@ impl Validator {
         let len = value.chars().count();
         if len == 0 || len > MAX_GATEWAY_NAME_CHARS {
             self.error(field, format!("must be 1 to {MAX_GATEWAY_NAME_CHARS} characters"));
-        } else if !value.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
-        {
+        } else if !value.chars().all(is_gateway_name_char) {
             self.error(field, "may contain only A-Z, a-z, 0-9, '.', '_' and '-'");
-        } else if RESERVED_GATEWAY_NAMES.iter().any(|r| value.eq_ignore_ascii_case(r)) {
+        } else if is_reserved_gateway_name(value) {
             self.error(field, "is reserved");
         }
         value.to_owned()
@@ -187,6 +160,8 @@ pub fn path_id<T: std::str::FromStr>(entity: &str, raw: &str) -> Result<T, ApiEr
 
 #[cfg(test)]
 mod tests {
+    use modelgw_model::limits::{PRIORITY_RANGE, WEIGHT_RANGE};
+
     use super::*;
 
     fn errors_of(f: impl FnOnce(&mut Validator)) -> Vec<FieldError> {

@@ -175,3 +175,33 @@ fn routing_and_health_fields_are_documented() {
     }
     assert_eq!(strings(&schemas["LastErrorResponse"]["required"]), ["reason", "at", "node_id"]);
 }
+
+/// utoipa's `minimum`, `maximum` and `pattern` take literals only, so the schema repeats the
+/// bounds of `modelgw_model::limits`; this keeps the two from drifting apart.
+#[test]
+fn schema_bounds_are_the_limits() {
+    use modelgw_model::limits::{
+        MAX_GATEWAY_NAME_CHARS, PRIORITY_RANGE, REQUEST_TIMEOUT_MS_RANGE, WEIGHT_RANGE,
+    };
+
+    let doc = document();
+    let schemas = &doc["components"]["schemas"];
+    let bounds = |schema: &str, field: &str| {
+        let property = &schemas[schema]["properties"][field];
+        (property["minimum"].as_i64(), property["maximum"].as_i64())
+    };
+    let range = |r: std::ops::RangeInclusive<i64>| (Some(*r.start()), Some(*r.end()));
+    assert_eq!(bounds("GatewayMemberInput", "priority"), range(PRIORITY_RANGE));
+    assert_eq!(bounds("GatewayMemberInput", "weight"), range(WEIGHT_RANGE));
+    for schema in ["RoutingInput", "RoutingResponse"] {
+        assert_eq!(
+            bounds(schema, "request_timeout_ms"),
+            range(REQUEST_TIMEOUT_MS_RANGE),
+            "{schema}"
+        );
+    }
+    let pattern = format!("^[A-Za-z0-9._-]{{1,{MAX_GATEWAY_NAME_CHARS}}}$");
+    for schema in ["CreateGatewayRequest", "UpdateGatewayRequest"] {
+        assert_eq!(schemas[schema]["properties"]["name"]["pattern"], pattern.as_str(), "{schema}");
+    }
+}
