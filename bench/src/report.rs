@@ -452,6 +452,7 @@ fn snapshot_table(w: &mut String, s: &SnapshotResults) {
     let build = col(|c| c.build_us as f64 / 1e6);
     let apply = col(|c| c.apply_us as f64 / 1e6);
     let rest = col(|c| c.rest().as_secs_f64());
+    let cp_cpu = col(|c| c.cp_cpu.as_secs_f64());
     let bytes = col(|c| c.bytes as f64);
     let _ = writeln!(
         w,
@@ -465,7 +466,8 @@ fn snapshot_table(w: &mut String, s: &SnapshotResults) {
     let _ = writeln!(w, "|---|---|---|");
     for (name, v) in [
         ("end to end (admin call → data plane applied)", &e2e),
-        ("control plane build (`build_us`: store load + to wire)", &build),
+        ("control plane build (`build_us`: store load + validate + encode once)", &build),
+        ("control-plane CPU per change (admin call → 200 ms after applied)", &cp_cpu),
         ("data plane apply (`apply_us`: validate + compile + swap)", &apply),
         ("send + decode + admin call ≈ e2e − build − apply", &rest),
     ] {

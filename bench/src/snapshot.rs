@@ -9,7 +9,10 @@
 //! data plane (JSON logs piped) start, and K changes go through the admin API. Per change:
 //!
 //! - **e2e**: admin call → the data plane's `snapshot applied` line for that version;
-//! - **build**: the control plane's `build_us` (store load + conversion to the wire form);
+//! - **build**: the control plane's `build_us` (store load, validation, encoding once);
+//! - **control-plane CPU**: the control plane's CPU time from the admin call until 200 ms after
+//!   the data plane applied (everything the change cost it: the admin call, the publish and
+//!   whatever follows it, e.g. per-stream work);
 //! - **apply**: the data plane's `apply_us` (validate + compile + swap, after decoding);
 //! - **bytes**: the encoded snapshot;
 //! - **send + decode** ≈ e2e − build − apply (also the admin call, commit and log lines).
@@ -40,6 +43,8 @@ pub struct Change {
     pub build_us: u64,
     pub apply_us: u64,
     pub bytes: u64,
+    /// Control-plane CPU time spent on the change (see the module docs).
+    pub cp_cpu: Duration,
 }
 
 impl Change {
@@ -253,6 +258,8 @@ pub async fn run(
                     |(i, id)| json!({"endpoint_id": id, "weight": if i == 0 { weight } else { 1 }}),
                 )
                 .collect();
+            let cp_pids = cp.proc.pids();
+            let cp_ticks = crate::procs::cpu_ticks(&cp_pids);
             let t0 = Instant::now();
             let (status, body) = admin
                 .call(
@@ -275,24 +282,31 @@ pub async fn run(
                     },
                 )
                 .await?;
+            // Work the publisher does after the publish line (it used to re-validate the
+            // snapshot there) and per-stream sends finish within this.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let ticks = crate::procs::cpu_ticks(&cp_pids).saturating_sub(cp_ticks);
             let change = Change {
                 version,
                 e2e: applied.at.saturating_duration_since(t0),
                 build_us: published.u64("build_us").unwrap_or(0),
                 apply_us: applied.u64("apply_us").unwrap_or(0),
                 bytes: published.u64("bytes").unwrap_or(0),
+                cp_cpu: Duration::from_secs_f64(
+                    ticks as f64 / crate::procs::clock_ticks_per_sec() as f64,
+                ),
             };
             eprintln!(
-                "  snapshot change {} (version {}): e2e {}  build {}  apply {}  {} bytes",
+                "  snapshot change {} (version {}): e2e {}  build {}  apply {}  control-plane CPU {}  {} bytes",
                 k + 1,
                 change.version,
                 crate::stats::fmt_secs(change.e2e.as_secs_f64()),
                 crate::stats::fmt_secs(change.build_us as f64 / 1e6),
                 crate::stats::fmt_secs(change.apply_us as f64 / 1e6),
+                crate::stats::fmt_secs(change.cp_cpu.as_secs_f64()),
                 change.bytes
             );
             results.changes.push(change);
-            tokio::time::sleep(Duration::from_millis(200)).await;
         }
         anyhow::Ok(results)
     }

@@ -198,7 +198,7 @@ pub async fn run(
         );
     }
     tracing::info!(admin = %cp.admin_addr, grpc = %cp.grpc_addr, "control plane listening");
-    crate::print_ready(
+    crate::stdout::print_ready(
         "control-plane",
         &[
             ("admin", format!("http://{}", cp.admin_addr)),

@@ -82,7 +82,7 @@ pub async fn run(
         .with_context(|| format!("binding the gateway on {}", args.gateway_addr))?;
     let addr = dp.local_addr();
     tracing::info!(%addr, node_id, control_plane = %args.control_plane_url, "data plane listening");
-    crate::print_ready(
+    crate::stdout::print_ready(
         "data-plane",
         &[("gateway", format!("http://{addr}")), ("node_id", node_id)],
     );

@@ -267,7 +267,7 @@ Press Ctrl-C to stop."#,
         regions = REGIONS.iter().map(|(d, _, _)| *d).collect::<Vec<_>>().join(", "),
         dir = dir.display(),
     );
-    crate::print_ready(
+    crate::stdout::print_ready(
         "demo",
         &[
             ("gateway", gateway_url.clone()),

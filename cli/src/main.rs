@@ -107,14 +107,3 @@ async fn shutdown_signal() {
     tracing::info!("shutdown signal received, draining");
 }
 
-/// Prints the machine-readable ready line on stdout and flushes it.
-pub(crate) fn print_ready(component: &str, fields: &[(&str, String)]) {
-    use std::io::Write;
-    let mut line = format!("modelgw {component} ready:");
-    for (k, v) in fields {
-        line.push_str(&format!(" {k}={v}"));
-    }
-    let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "{line}");
-    let _ = out.flush();
-}

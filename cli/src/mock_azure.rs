@@ -39,7 +39,7 @@ pub async fn run(
     )
     .await?;
     tracing::info!(addr = %mock.addr(), region = %args.region, "mock Azure OpenAI region listening");
-    crate::print_ready(
+    crate::stdout::print_ready(
         "mock-azure",
         &[("url", mock.base_url()), ("region", args.region.replace(' ', "_"))],
     );

@@ -4,6 +4,18 @@
 
 #![allow(clippy::print_stdout, reason = "this module is the CLI's stdout")]
 
+/// The `modelgw <component> ready: k=v …` line, flushed at once: tests and scripts wait for it.
+pub(crate) fn print_ready(component: &str, fields: &[(&str, String)]) {
+    use std::io::Write;
+    let mut line = format!("modelgw {component} ready:");
+    for (k, v) in fields {
+        line.push_str(&format!(" {k}={v}"));
+    }
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+}
+
 /// Prints one line of intended output (use the `out!` macro).
 pub fn line(args: std::fmt::Arguments<'_>) {
     println!("{args}");

@@ -1,0 +1,115 @@
+#!/usr/bin/env bash
+# Instructions per proxied request, in user space, of the data plane's request path:
+#
+#   bash bench/callgrind.sh [MODELGW_BINARY ...]
+#
+# For each binary (default: the release build), one data plane with one serving thread runs
+# under valgrind's callgrind in front of a mock Azure region (`modelgw mock-azure`), with a
+# control plane on SQLite; it serves N1 requests in one run and N2 in another, and
+# (Ir(N2) − Ir(N1)) / (N2 − N1) leaves out start-up, snapshot apply and shutdown. Instruction
+# counts do not depend on machine noise, so two binaries compare in one run (BENCHMARKS.md).
+# Everything listens on 127.0.0.1; every process is stopped on exit.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/modelgw/target}"
+OHA="$HOME/.cache/modelgw/tools/bin/oha"
+N1="${CALLGRIND_N1:-500}"
+N2="${CALLGRIND_N2:-2500}"
+command -v valgrind >/dev/null || { echo "callgrind: valgrind is not installed" >&2; exit 1; }
+[ -x "$OHA" ] || { echo "callgrind: run bench/run.sh once (it installs oha)" >&2; exit 1; }
+if [ "$#" -eq 0 ]; then
+    cargo build --release --locked -p modelgw
+    set -- "$CARGO_TARGET_DIR/release/modelgw"
+fi
+
+TMP="$(mktemp -d)"
+PIDS=()
+cleanup() {
+    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$TMP"
+}
+trap cleanup EXIT INT TERM
+
+# Waits for `modelgw <component> ready:` in $1 and prints the value of field $2.
+ready_field() {
+    local file="$1" key="$2"
+    for _ in $(seq 1 600); do
+        if grep -q " ready:" "$file" 2>/dev/null; then
+            grep " ready:" "$file" | head -n1 | tr ' ' '\n' | sed -n "s/^$key=//p"
+            return 0
+        fi
+        sleep 0.1
+    done
+    echo "callgrind: no ready line in $file" >&2
+    cat "${file%.out}.err" >&2 || true
+    return 1
+}
+
+json_field() { python3 -c "import json,sys; print(json.load(sys.stdin)[sys.argv[1]])" "$1"; }
+
+measure() {
+    local bin="$1" tag="$2"
+    local api_key="azkey-callgrind-0001" token="mgwadm_callgrind_$$"
+
+    MODELGW_MOCK_API_KEY="$api_key" "$bin" mock-azure --region "East US" \
+        --deployment gpt-4o-mini >"$TMP/mock.$tag.out" 2>"$TMP/mock.$tag.err" &
+    PIDS+=($!)
+    local mock_url
+    mock_url="$(ready_field "$TMP/mock.$tag.out" url)"
+
+    MODELGW_DATABASE_URL="sqlite://$TMP/cp-$tag.db" MODELGW_ADMIN_ADDR=127.0.0.1:0 \
+        MODELGW_GRPC_ADDR=127.0.0.1:0 MODELGW_ADMIN_TOKEN="$token" RUST_LOG=warn \
+        "$bin" control-plane >"$TMP/cp.$tag.out" 2>"$TMP/cp.$tag.err" &
+    PIDS+=($!)
+    local admin grpc
+    admin="$(ready_field "$TMP/cp.$tag.out" admin)"
+    grpc="$(ready_field "$TMP/cp.$tag.out" grpc)"
+    local api=(curl -sf -H "Authorization: Bearer $token" -H "Content-Type: application/json")
+    local endpoint gateway key
+    endpoint="$("${api[@]}" -X POST "$admin/api/v1/inference-endpoints" -d "{\"name\":\"eus\",\
+\"platform\":\"azure_openai\",\"endpoint\":\"$mock_url\",\"deployment\":\"gpt-4o-mini\",\
+\"model_name\":\"gpt-4o-mini\",\"model_version\":\"2024-07-18\",\"region\":\"East US\",\
+\"api_key\":\"$api_key\"}" | json_field id)"
+    gateway="$("${api[@]}" -X POST "$admin/api/v1/gateways" -d "{\"name\":\"chat\",\
+\"endpoints\":[{\"endpoint_id\":\"$endpoint\",\"enabled\":true,\"priority\":0,\"weight\":1}]}" \
+        | json_field id)"
+    key="$("${api[@]}" -X POST "$admin/api/v1/gateways/$gateway/keys" -d '{"name":"bench"}' \
+        | json_field key)"
+
+    local body='{"messages":[{"role":"user","content":"Say hello"}],"max_tokens":16}'
+    local totals=()
+    for n in "$N1" "$N2"; do
+        local out="$TMP/callgrind.$tag.$n"
+        MODELGW_WORKERS=1 MODELGW_GATEWAY_ADDR=127.0.0.1:0 MODELGW_NODE_ID="cg-$tag-$n" \
+            MODELGW_CONTROL_PLANE_URL="$grpc" \
+            valgrind --tool=callgrind --callgrind-out-file="$out" "$bin" data-plane \
+            >"$TMP/dp.$tag.$n.out" 2>"$TMP/dp.$tag.$n.err" &
+        local dp_pid=$!
+        PIDS+=("$dp_pid")
+        local url
+        url="$(ready_field "$TMP/dp.$tag.$n.out" gateway)"
+        for _ in $(seq 1 600); do
+            curl -sf "$url/readyz" >/dev/null && break
+            sleep 0.1
+        done
+        "$OHA" --no-tui -n "$n" -c 4 -m POST -H "api-key: $key" -T application/json -d "$body" \
+            "$url/openai/deployments/chat/chat/completions?api-version=2024-10-21" \
+            >"$TMP/oha.$tag.$n" 2>&1
+        grep -q '\[200\] '"$n"' responses' "$TMP/oha.$tag.$n" \
+            || { echo "callgrind: not every request answered 200:" >&2; cat "$TMP/oha.$tag.$n" >&2; exit 1; }
+        kill -TERM "$dp_pid"
+        wait "$dp_pid" 2>/dev/null || true
+        totals+=("$(callgrind_annotate "$out" 2>/dev/null | sed -n 's/^\([0-9,]*\) .*PROGRAM TOTALS.*/\1/p' | tr -d ,)")
+    done
+    local per=$(( (totals[1] - totals[0]) / (N2 - N1) ))
+    printf '%s\t%s\tinstructions/request=%s\t(Ir %s requests: %s, %s requests: %s)\n' \
+        "$tag" "$bin" "$per" "$N1" "${totals[0]}" "$N2" "${totals[1]}"
+}
+
+i=0
+for bin in "$@"; do
+    measure "$bin" "bin$i"
+    i=$((i + 1))
+done
