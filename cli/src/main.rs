@@ -106,4 +106,3 @@ async fn shutdown_signal() {
     }
     tracing::info!("shutdown signal received, draining");
 }
-
