@@ -630,6 +630,43 @@ mod tests {
     }
 
     #[test]
+    fn a_frame_of_pre_encoded_bytes_is_byte_identical_to_the_message() {
+        use prost::Message as _;
+        let snapshot = sample();
+        let message = cfg::ControlPlaneMessage::from(&ControlPlaneMessage::Snapshot(Arc::new(
+            snapshot.clone(),
+        )));
+        let frame = cfg::ControlPlaneFrame {
+            kind: Some(cfg::control_plane_frame::Kind::Snapshot(encode_snapshot(&snapshot))),
+        };
+        assert_eq!(frame.encode_to_vec(), message.encode_to_vec());
+
+        let fleet = FleetHealth {
+            endpoints: vec![EndpointHealth {
+                endpoint_id: EndpointId::new(),
+                state: EndpointState::Error,
+                until: Some(UNIX_EPOCH + Duration::from_millis(1_765_000_000_000)),
+                reason: Some("503".into()),
+            }],
+            skipped: vec![],
+        };
+        let message =
+            cfg::ControlPlaneMessage::from(&ControlPlaneMessage::FleetHealth(fleet.clone()));
+        let frame = cfg::ControlPlaneFrame {
+            kind: Some(cfg::control_plane_frame::Kind::FleetHealth(
+                cfg::FleetHealth::from(&fleet).encode_to_vec().into(),
+            )),
+        };
+        assert_eq!(frame.encode_to_vec(), message.encode_to_vec());
+        let decoded =
+            cfg::ControlPlaneMessage::decode(frame.encode_to_vec().as_slice()).expect("decodes");
+        assert_eq!(
+            ControlPlaneMessage::try_from(decoded).expect("valid"),
+            ControlPlaneMessage::FleetHealth(fleet)
+        );
+    }
+
+    #[test]
     fn wire_debug_never_shows_the_api_key() {
         assert!(!format!("{:?}", cfg::Snapshot::from(&sample())).contains("k-123456789012"));
     }
