@@ -47,6 +47,7 @@ fn files(dir: &Path, out: &mut Vec<PathBuf>) {
 fn names_wire_type(line: &str) -> bool {
     let code = line.split("//").next().unwrap_or_default();
     code.contains("modelgw_proto")
+        || code.contains("wire::cfg")
         || code.match_indices("cfg::").any(|(i, _)| {
             // `cfg::` as a path segment, not the tail of another identifier.
             code[..i].chars().last().is_none_or(|c| !(c.is_alphanumeric() || c == '_'))
@@ -117,6 +118,7 @@ fn the_detector_sees_what_it_must() {
     assert!(names_wire_type("use modelgw_proto::cfg;"));
     assert!(names_wire_type("    let m = cfg::Snapshot::default();"));
     assert!(names_wire_type("fn f(x: &wire::cfg::Hello) {}"));
+    assert!(names_wire_type("use modelgw_model::wire::cfg;"));
     assert!(!names_wire_type("#[cfg(test)]"));
     assert!(!names_wire_type("let mycfg::x = 1; // not a path segment"));
     assert!(!names_wire_type("// cfg::Snapshot in a comment"));
