@@ -56,6 +56,22 @@ async fn status_429_carries_retry_headers_and_azure_body() {
 }
 
 #[tokio::test]
+async fn a_throttle_by_message_has_the_retry_sentence_and_no_retry_header() {
+    let mock = start().await;
+    let client = client();
+    mock.script(DEP, Fault::ThrottledByMessage { retry_after_secs: 7, times: 1 });
+    let resp = chat(&client, &mock, &chat_body()).await;
+    assert_eq!(resp.status(), 429);
+    assert!(resp.headers().get("retry-after").is_none());
+    assert!(resp.headers().get("retry-after-ms").is_none());
+    let body: Value = resp.json().await.expect("json");
+    assert_eq!(body["error"]["code"], "429");
+    let message = body["error"]["message"].as_str().expect("message");
+    assert!(message.contains("Please retry after 7 seconds."), "{message}");
+    assert_eq!(chat(&client, &mock, &chat_body()).await.status(), 200, "consumed");
+}
+
+#[tokio::test]
 async fn status_500_and_503_use_azure_bodies_naming_the_request_id() {
     let mock = start().await;
     let client = client();
