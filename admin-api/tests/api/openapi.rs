@@ -71,17 +71,23 @@ fn concrete(path: &str) -> String {
         .join("/")
 }
 
+/// What tells one problem from another: its type and detail (the body also has a request id).
+fn problem(text: &str) -> (Value, Value) {
+    let body: Value = serde_json::from_str(text).unwrap_or(Value::Null);
+    (body["type"].clone(), body["detail"].clone())
+}
+
 /// The methods the real router serves on `path`: every one it answers with something other
 /// than "no such route" (404 with the route-not-found problem) or 405. HEAD is left out: axum
 /// answers it wherever it answers GET.
-async fn served_methods(h: &Harness, path: &str, no_route: &str) -> BTreeSet<String> {
+async fn served_methods(h: &Harness, path: &str, no_route: &(Value, Value)) -> BTreeSet<String> {
     let mut served = BTreeSet::new();
     for method in ["GET", "PUT", "POST", "PATCH", "DELETE", "OPTIONS", "TRACE"] {
         let method = Method::from_bytes(method.as_bytes()).expect("method");
         // No body: a served route refuses it (400/415/422) or answers; it never says 404/405.
         let reply = h.call(method.clone(), &concrete(path), None).await;
         let unrouted = reply.status == StatusCode::METHOD_NOT_ALLOWED
-            || (reply.status == StatusCode::NOT_FOUND && reply.text == no_route);
+            || (reply.status == StatusCode::NOT_FOUND && problem(&reply.text) == *no_route);
         if !unrouted {
             served.insert(method.as_str().to_lowercase());
         }
@@ -92,8 +98,11 @@ async fn served_methods(h: &Harness, path: &str, no_route: &str) -> BTreeSet<Str
 #[tokio::test]
 async fn the_document_lists_exactly_the_routes_the_router_serves() {
     let h = Harness::start().await;
-    let no_route = h.get("/api/v1/no-such-route").await.expect(StatusCode::NOT_FOUND).text;
-    assert!(no_route.contains("no such route"), "{no_route}");
+    let no_route =
+        problem(&h.get("/api/v1/no-such-route").await.expect(StatusCode::NOT_FOUND).text);
+    assert!(no_route.1.as_str().is_some_and(|d| d.contains("no such route")), "{no_route:?}");
+    let nothing = served_methods(&h, "/api/v1/gateways/{id}/no-such-route", &no_route).await;
+    assert!(nothing.is_empty(), "the probe tells an unrouted path: {nothing:?}");
     let documented = documented();
     let registered = registered_paths();
     let mut served = BTreeMap::new();
