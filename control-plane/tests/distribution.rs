@@ -240,7 +240,11 @@ async fn a_subscriber_gets_the_current_snapshot_then_each_committed_change(db: &
     // A reload takes milliseconds on loopback; a second is far more than one needs, and a
     // correct implementation passes however long this waits.
     let publish = tokio::time::timeout(Duration::from_secs(1), published.changed()).await;
-    assert!(publish.is_err(), "an old announcement published {}", published.borrow().version);
+    assert!(
+        publish.is_err(),
+        "after an old announcement: {publish:?} (Ok(Err) = the publisher is gone), version {}",
+        published.borrow().version
+    );
     assert_eq!(server.distribution.current_version(), last, "never goes backwards");
     assert!(
         tokio::time::timeout(
