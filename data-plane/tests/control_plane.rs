@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use modelgw_data_plane::{DataPlane, DataPlaneConfig};
-use modelgw_mock_azure::{Fault, MockAzure, MockConfig};
+use modelgw_mock_openai::{Fault, MockAzure, MockConfig};
 use modelgw_model::{EndpointId, GatewayId, GatewayKeyId, gateway_key_hash};
 use modelgw_proto::cfg;
 use modelgw_proto::cfg::config_discovery_server::{ConfigDiscovery, ConfigDiscoveryServer};

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use futures::StreamExt;
 use modelgw_data_plane::{ApplyOutcome, DataPlaneConfig, apply_snapshot};
-use modelgw_mock_azure::{Fault, wire};
+use modelgw_mock_openai::{Fault, wire};
 use modelgw_model::{ConfigVersion, RoutingPolicy};
 use modelgw_proto::cfg;
 use serde_json::{Value, json};

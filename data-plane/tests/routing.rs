@@ -10,11 +10,11 @@ use anyhow::{Context, Result, bail};
 use futures::StreamExt;
 use modelgw_data_plane::health::HealthPolicy;
 use modelgw_data_plane::{DataPlaneConfig, apply_fleet_health};
-use modelgw_mock_azure::{Fault, wire};
+use modelgw_mock_openai::{Fault, wire};
 use modelgw_model::{RoutingPolicy, RoutingStrategy};
 use modelgw_proto::cfg;
 use serde_json::{Value, json};
-use support::{API_VERSION, TestGateway, fast_config, gateway, header, refusing, region};
+use support::{API_VERSION, TestGateway, fast_config, gateway, header, id, refusing, region};
 
 impl TestGateway {
     /// Sends one chat and returns (status, serving endpoint); the body is read to the end.
@@ -272,7 +272,7 @@ async fn a_json_answer_cut_mid_body_fails_over_before_the_client_sees_a_byte() -
     assert_eq!(eus.calls(), 1);
     assert!(
         matches!(
-            gw.health.view(eus.id, Instant::now()).unavailable,
+            gw.health.view(id(&eus), Instant::now()).unavailable,
             Some(modelgw_data_plane::health::Unavailable::Error { .. })
         ),
         "the cut counts against the endpoint"
@@ -422,7 +422,8 @@ async fn low_quota_headroom_steers_away_before_429() -> Result<()> {
     for _ in 0..20 {
         let url = format!(
             "{}/openai/deployments/{}/chat/completions?{API_VERSION}",
-            hot.base_url, hot.deployment
+            hot.url(),
+            hot.deployment
         );
         let response = direct
             .post(url)
@@ -664,7 +665,7 @@ async fn a_stalled_stream_ends_with_an_sse_error_event_after_the_idle_gap_or_the
     );
     assert!(
         matches!(
-            gw.health.view(eus.id, Instant::now()).unavailable,
+            gw.health.view(id(&eus), Instant::now()).unavailable,
             Some(modelgw_data_plane::health::Unavailable::Error { .. })
         ),
         "a stalled stream counts against the endpoint"
@@ -684,6 +685,6 @@ async fn a_stalled_stream_ends_with_an_sse_error_event_after_the_idle_gap_or_the
         elapsed >= Duration::from_millis(650) && elapsed < Duration::from_secs(10),
         "{elapsed:?}"
     );
-    assert_eq!(gw.health.view(a.id, Instant::now()).unavailable, None);
+    assert_eq!(gw.health.view(id(&a), Instant::now()).unavailable, None);
     Ok(())
 }
