@@ -31,10 +31,20 @@ if ! "$VENV/bin/python" -c "import openai" 2>/dev/null; then
 fi
 export MODELGW_PYTHON="$VENV/bin/python"
 
-if cargo nextest --version >/dev/null 2>&1; then
-  cargo nextest run --workspace --locked --no-fail-fast "$@"
-  # nextest does not run doctests.
-  cargo test --workspace --locked --doc
-else
-  cargo test --workspace --locked --no-fail-fast "$@"
+# cargo-nextest runs the scenarios as .config/nextest.toml says (the process-level ones one at a
+# time); `cargo test` would run them all at once and measure contention, not the gateway. Install
+# it into a cached root when missing, never fall back.
+TOOLS="$CACHE/tools"
+export PATH="$TOOLS/bin:$PATH"
+if ! cargo nextest --version >/dev/null 2>&1; then
+  echo "installing cargo-nextest into $TOOLS"
+  if ! cargo install --locked --root "$TOOLS" cargo-nextest || ! cargo nextest --version >/dev/null 2>&1; then
+    echo "error: cargo-nextest is required (the scenario tests rely on its per-test settings in" >&2
+    echo "       .config/nextest.toml) and could not be installed into $TOOLS;" >&2
+    echo "       install it with: cargo install --locked cargo-nextest" >&2
+    exit 1
+  fi
 fi
+cargo nextest run --workspace --locked --no-fail-fast "$@"
+# nextest does not run doctests.
+cargo test --workspace --locked --doc

@@ -17,14 +17,14 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use azure_core::http::{ClientOptions, RetryOptions};
 use modelgw_admin_api::AzureImportConfig;
-use modelgw_azure_mock::{
-    Account, ArmAuth, ArmMock, Deployment, Inventory, RedirectTransport, Subscription, TokenMock,
-};
 use modelgw_control_plane::azure::{
     ArmClientOptions, CredentialChoice, CredentialOptions, CredentialSettings, DiscoveryOptions,
 };
 use modelgw_data_plane::DataPlane;
-use modelgw_mock_azure::{MockAzure, MockConfig};
+use modelgw_mock_arm::{
+    Account, ArmAuth, ArmMock, Deployment, Inventory, RedirectTransport, Subscription, TokenMock,
+};
+use modelgw_mock_openai::{MockAzure, MockConfig};
 use modelgw_model::Secret;
 use serde_json::{Value, json};
 

@@ -3,7 +3,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 
-use modelgw_mock_azure::{MockAzure, MockConfig};
+use modelgw_mock_openai::{MockAzure, MockConfig};
 
 #[derive(clap::Args, Clone, Debug)]
 pub struct Args {

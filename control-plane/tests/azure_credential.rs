@@ -8,10 +8,10 @@
 use std::io::Write;
 
 use azure_core::http::{ClientOptions, RetryOptions};
-use modelgw_azure_mock::{ARM_AUDIENCE, Grant, RedirectTransport, TokenMock};
 use modelgw_control_plane::azure::{
     ARM_SCOPE, CredentialChoice, CredentialKind, CredentialOptions, CredentialSettings, resolve,
 };
+use modelgw_mock_arm::{ARM_AUDIENCE, Grant, RedirectTransport, TokenMock};
 use modelgw_model::Secret;
 
 const TENANT: &str = "72f988bf-0000-4000-8000-000000000002";

@@ -9,16 +9,16 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use azure_core::http::{ClientOptions, RetryOptions};
-use modelgw_azure_mock::{
-    Account, ArmAuth, ArmMock, Deployment, Grant, Inventory, RedirectTransport, Subscription,
-    TokenMock, actions,
-};
 use modelgw_control_plane::azure::arm::ArmClient;
 use modelgw_control_plane::azure::discovery::permissions;
 use modelgw_control_plane::azure::{
     ARM_SCOPE, ArmClientOptions, CredentialChoice, CredentialKind, CredentialOptions,
     CredentialSettings, DiscoveryOptions, DiscoveryProgress, DiscoveryReport, SubscriptionScope,
     discover, resolve,
+};
+use modelgw_mock_arm::{
+    Account, ArmAuth, ArmMock, Deployment, Grant, Inventory, RedirectTransport, Subscription,
+    TokenMock, actions,
 };
 use modelgw_model::Secret;
 use tokio::sync::watch;

@@ -5,14 +5,14 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test stops where its setup fails
 
 use azure_core::http::{ClientOptions, RetryOptions};
-use modelgw_azure_mock::{
-    Account, ArmAuth, ArmMock, Deployment, Inventory, RedirectTransport, Subscription, TokenMock,
-    actions,
-};
 use modelgw_control_plane::azure::arm::ArmClient;
 use modelgw_control_plane::azure::{
     ARM_SCOPE, ArmClientOptions, CredentialChoice, CredentialOptions, CredentialSettings,
     DiscoveryOptions, DiscoveryProgress, discover, resolve,
+};
+use modelgw_mock_arm::{
+    Account, ArmAuth, ArmMock, Deployment, Inventory, RedirectTransport, Subscription, TokenMock,
+    actions,
 };
 use modelgw_model::Secret;
 use tokio::sync::watch;

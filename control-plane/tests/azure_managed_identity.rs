@@ -14,14 +14,14 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use azure_core::http::{ClientOptions, RetryOptions};
-use modelgw_azure_mock::{
-    ARM_AUDIENCE, Account, ArmAuth, ArmMock, Deployment, Grant, Inventory, RedirectTransport,
-    Subscription, TokenMock,
-};
 use modelgw_control_plane::azure::arm::{ArmClient, arm_endpoint_from_lookup};
 use modelgw_control_plane::azure::{
     ARM_SCOPE, ArmClientOptions, CredentialKind, CredentialOptions, CredentialSettings,
     DiscoveryOptions, DiscoveryProgress, discover, resolve,
+};
+use modelgw_mock_arm::{
+    ARM_AUDIENCE, Account, ArmAuth, ArmMock, Deployment, Grant, Inventory, RedirectTransport,
+    Subscription, TokenMock,
 };
 
 /// Set in the child process; its value is the test to run there.

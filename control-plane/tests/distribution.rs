@@ -229,9 +229,41 @@ async fn a_subscriber_gets_the_current_snapshot_then_each_committed_change(db: &
     }
     assert_eq!(server.distribution.current_version(), last);
 
-    // Announcing an old version changes nothing.
+    // Announcing an old version (or the current one again) neither reloads nor publishes. To
+    // tell, the store holds a newer version nobody announced (with no polling, only a reload
+    // would publish it): an implementation that reloads on any announcement publishes it.
+    let mut published = server.distribution.subscribe();
+    published.mark_unchanged();
+    let (unannounced, newer) =
+        store.create_endpoint(new_endpoint("unannounced")).await.expect("endpoint");
+    assert!(newer > last);
     server.distribution.changes().committed(ConfigVersion(1));
-    assert_eq!(server.distribution.current_version(), last);
+    server.distribution.changes().committed(last);
+    // A reload takes milliseconds on loopback; a second is far more than one needs, and a
+    // correct implementation passes however long this waits.
+    let publish = tokio::time::timeout(Duration::from_secs(1), published.changed()).await;
+    assert!(
+        publish.is_err(),
+        "after an old announcement: {publish:?} (Ok(Err) = the publisher is gone), version {}",
+        published.borrow().version()
+    );
+    assert_eq!(server.distribution.current_version(), last, "never goes backwards");
+    assert!(
+        tokio::time::timeout(
+            Duration::from_millis(200),
+            dp.next_snapshot(Duration::from_secs(3600))
+        )
+        .await
+        .is_err(),
+        "nothing pushed to the data plane"
+    );
+
+    // The newer version, announced, is still published and pushed.
+    server.distribution.changes().committed(newer);
+    let pushed = dp.next_snapshot(PUSH_DEADLINE).await;
+    assert_eq!(pushed.version, newer.0);
+    assert!(pushed.endpoints.iter().any(|e| e.id == unannounced.id.to_string()));
+    assert_eq!(server.distribution.current_version(), newer);
 }
 
 async fn acks_nacks_heartbeats_and_disconnects_show_in_the_registry(db: &TestDb) {

@@ -10,7 +10,7 @@ use anyhow::{Context, Result, bail};
 use cfg::config_discovery_server::{ConfigDiscovery, ConfigDiscoveryServer};
 use cfg::data_plane_message::Kind;
 use modelgw_data_plane::{DataPlane, DataPlaneConfig};
-use modelgw_mock_azure::{Fault, MockAzure, MockConfig};
+use modelgw_mock_openai::{Fault, MockAzure, MockConfig};
 use modelgw_model::wire::cfg;
 use modelgw_model::{EndpointId, GatewayId, GatewayKeyId, gateway_key_hash};
 use tokio::sync::{mpsc, oneshot};
@@ -218,7 +218,7 @@ async fn snapshots_are_acked_or_nacked_health_is_reported_and_the_client_reconne
 }
 
 #[tokio::test]
-async fn a_429_is_reported_within_100_ms_and_fleet_windows_from_the_stream_are_honoured()
+async fn a_429_is_pushed_at_once_and_a_fleet_window_from_the_stream_is_honoured_until_it_expires()
 -> Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let upstream_key = "upstream-key-eus-0123456789";
@@ -237,6 +237,8 @@ async fn a_429_is_reported_within_100_ms_and_fleet_windows_from_the_stream_are_h
         gateway_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
         control_plane_url: url,
         node_id: "dp-test-2".into(),
+        // No heartbeat during the test: a health report can only come from the push.
+        heartbeat_interval: Duration::from_secs(3600),
         ..Default::default()
     })
     .await?;
@@ -253,12 +255,20 @@ async fn a_429_is_reported_within_100_ms_and_fleet_windows_from_the_stream_are_h
             .body(r#"{"messages":[{"role":"user","content":"hi"}]}"#)
             .send()
     };
+    let attempts = |response: &reqwest::Response| {
+        let value = response.headers().get("x-modelgw-attempts");
+        value.and_then(|v| v.to_str().ok()).unwrap_or("").to_owned()
+    };
     let mut session = next_session(&mut sessions).await?;
     let endpoint_id = EndpointId::new();
     session.send(wire_snapshot(1, endpoint_id, &mock.base_url(), upstream_key)).await?;
     session.expect(|k| if let Kind::Ack(a) = k { Some(a) } else { None }).await?;
 
-    // A 429 reaches the control plane promptly: the fleet-wide budget is 1 s.
+    // A 429 is pushed to the control plane at once: with no heartbeat (an hour away), nothing
+    // else would carry it. README's fleet-wide budget is 1 s, which a loopback message keeps by
+    // far on a quiet machine; 3 s is a margin a loaded 2-core machine keeps (one run in a few
+    // hundred took over 1 s while another engineer's test suite ran), still well before the
+    // 5 s default heartbeat that a batching implementation would wait for.
     mock.script(
         "gpt-4o-eus",
         Fault::Status { status: 429, retry_after: None, retry_after_ms: Some(300), times: 1 },
@@ -267,18 +277,21 @@ async fn a_429_is_reported_within_100_ms_and_fleet_windows_from_the_stream_are_h
     let answered = std::time::Instant::now();
     let report = session.expect(|k| if let Kind::Health(r) = k { Some(r) } else { None }).await?;
     let latency = answered.elapsed();
-    // Pushed at once, not with the next heartbeat (5 s): the fleet budget of 1 s leaves room
-    // for a loaded machine.
-    assert!(latency < Duration::from_secs(1), "reported after {latency:?}");
+    assert!(latency < Duration::from_secs(3), "reported after {latency:?}");
     assert_eq!(report.endpoints[0].state, cfg::EndpointState::Throttling as i32);
 
-    // A throttle seen elsewhere in the fleet is honoured here, and expires.
+    // A throttle seen elsewhere in the fleet is honoured here while it lasts…
+    let window = Duration::from_secs(3);
+    // Read before the wall clock, less a margin for the two clocks' readings: no later than
+    // the window's end as the data plane converts it.
+    let window_end = std::time::Instant::now() + window - Duration::from_millis(50);
     let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis();
+    let until_unix_ms = i64::try_from(now_ms + window.as_millis())?;
     let fleet = cfg::FleetHealth {
         endpoints: vec![cfg::EndpointHealth {
             endpoint_id: endpoint_id.to_string(),
             state: cfg::EndpointState::Throttling as i32,
-            until_unix_ms: i64::try_from(now_ms)? + 3_000,
+            until_unix_ms,
             reason: "429 on dp-other".into(),
         }],
     };
@@ -289,16 +302,8 @@ async fn a_429_is_reported_within_100_ms_and_fleet_windows_from_the_stream_are_h
     let refused = tokio::time::timeout(DEADLINE, async {
         loop {
             let response = chat().await?;
-            if response.status() == 429 {
-                let attempts = response
-                    .headers()
-                    .get("x-modelgw-attempts")
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or("")
-                    .to_owned();
-                if attempts == "eus:skipped_fleet_throttling:0" {
-                    return anyhow::Ok(response);
-                }
+            if response.status() == 429 && attempts(&response) == "eus:skipped_fleet_throttling:0" {
+                return anyhow::Ok(response);
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -307,10 +312,31 @@ async fn a_429_is_reported_within_100_ms_and_fleet_windows_from_the_stream_are_h
     .context("the fleet window was never applied")??;
     let retry: u64 = refused.headers()["retry-after"].to_str()?.parse()?;
     assert!((1..=3).contains(&retry), "{retry}");
+    // Every request answered inside the window is refused without a call, however few a
+    // loaded machine manages.
     let calls = mock.calls("gpt-4o-eus");
-    for _ in 0..5 {
-        assert_eq!(chat().await?.status(), 429);
+    loop {
+        let response = chat().await?;
+        if std::time::Instant::now() >= window_end {
+            break;
+        }
+        assert_eq!(response.status(), 429);
+        assert_eq!(attempts(&response), "eus:skipped_fleet_throttling:0");
+        assert_eq!(mock.calls("gpt-4o-eus"), calls, "nothing sent into the fleet's window");
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert_eq!(mock.calls("gpt-4o-eus"), calls, "nothing sent into the fleet's window");
+
+    // …and expires: once the wall clock is past it, the endpoint serves again.
+    let past = u128::try_from(until_unix_ms)? + 100;
+    loop {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis();
+        if now >= past {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(u64::try_from(past - now)?)).await;
+    }
+    let response = chat().await?;
+    assert_eq!(response.status(), 200, "{}", attempts(&response));
+    assert!(attempts(&response).starts_with("eus:ok:"), "{}", attempts(&response));
     Ok(())
 }

@@ -13,11 +13,11 @@ use anyhow::{Result, bail};
 use azure_core::credentials::TokenCredential;
 use azure_core::http::{ClientOptions, RetryOptions};
 use azure_identity::{ClientSecretCredential, ClientSecretCredentialOptions};
-use modelgw_azure_mock::{RedirectTransport, TokenCheck, TokenMock};
 use modelgw_data_plane::entra::EntraTokens;
 use modelgw_data_plane::routing_table::RoutingTable;
 use modelgw_data_plane::{DataPlane, DataPlaneConfig, DataPlaneError};
-use modelgw_mock_azure::{MockAzure, MockConfig};
+use modelgw_mock_arm::{RedirectTransport, TokenCheck, TokenMock};
+use modelgw_mock_openai::{MockAzure, MockConfig};
 use modelgw_model::{
     ConfigVersion, Credential, DEFAULT_ENTRA_SCOPE, Endpoint, EndpointId, Gateway, GatewayId,
     GatewayKey, GatewayKeyId, GatewayMember, Platform, Secret, Snapshot, gateway_key_hash,

@@ -11,7 +11,7 @@ use std::time::Duration;
 use anyhow::Result;
 use modelgw_data_plane::routing_table::RoutingTable;
 use modelgw_data_plane::{DataPlane, DataPlaneConfig};
-use modelgw_mock_azure::{Fault, MockAzure, MockConfig};
+use modelgw_mock_openai::{Fault, MockAzure, MockConfig};
 use modelgw_model::{
     ConfigVersion, Credential, Endpoint, EndpointId, Gateway, GatewayId, GatewayKey, GatewayKeyId,
     GatewayMember, Platform, Secret, Snapshot, gateway_key_hash,

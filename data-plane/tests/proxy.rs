@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use futures::StreamExt;
 use modelgw_data_plane::{ApplyOutcome, DataPlaneConfig, apply_snapshot};
-use modelgw_mock_azure::{Fault, wire};
+use modelgw_mock_openai::{Fault, wire};
 use modelgw_model::{ConfigVersion, EndpointId, RoutingPolicy};
 use serde_json::{Value, json};
 use support::{
@@ -242,6 +242,48 @@ async fn a_503_fails_over() -> Result<()> {
 }
 
 #[tokio::test]
+async fn a_502_or_a_504_fails_over() -> Result<()> {
+    for status in [502, 504] {
+        let eus = region_at("eus", "East US", "gpt-4o-eus").await?;
+        let swc = region_at("swc", "Sweden Central", "gpt-4o-swc").await?;
+        let gw = gateway(&[(&eus, 0, 1), (&swc, 1, 1)]).await?;
+        eus.script(Fault::Status { status, retry_after: None, retry_after_ms: None, times: 1 });
+        let response = gw.chat().await?;
+        assert_eq!(response.status(), 200, "after an upstream {status}");
+        assert_eq!(header(&response, "x-modelgw-endpoint"), "swc", "after an upstream {status}");
+        let attempts = header(&response, "x-modelgw-attempts").to_owned();
+        assert!(attempts.starts_with("eus:server_error:"), "{status}: {attempts}");
+        let body: Value = response.json().await?;
+        assert_eq!(body["choices"][0]["message"]["content"], swc.mock().reply_text());
+        assert_eq!((eus.calls(), swc.calls()), (1, 1), "after an upstream {status}");
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn upstream_404_413_and_422_pass_through_byte_for_byte_and_are_not_retried() -> Result<()> {
+    for status in [404u16, 413, 422] {
+        let eus = region_at("eus", "East US", "gpt-4o-eus").await?;
+        let swc = region_at("swc", "Sweden Central", "gpt-4o-swc").await?;
+        let gw = gateway(&[(&eus, 0, 1), (&swc, 1, 1)]).await?;
+        eus.script(Fault::Status { status, retry_after: None, retry_after_ms: None, times: 1 });
+        // What the mock answers for this status (Azure's own body for the 404).
+        let sent = match status {
+            404 => wire::DEPLOYMENT_NOT_FOUND.to_owned(),
+            _ => wire::generic_error(http::StatusCode::from_u16(status)?),
+        };
+        let response = gw.chat().await?;
+        assert_eq!(response.status().as_u16(), status);
+        assert_eq!(header(&response, "x-modelgw-endpoint"), "eus", "{status}");
+        assert_eq!(header(&response, "content-type"), "application/json", "{status}");
+        assert_eq!(response.bytes().await?, sent.as_bytes(), "{status}: byte for byte");
+        assert_eq!(eus.calls(), 1, "{status}: sent once");
+        assert_eq!(swc.calls(), 0, "{status}: never retried on another region");
+    }
+    Ok(())
+}
+
+#[tokio::test]
 async fn a_connection_reset_fails_over() -> Result<()> {
     let eus = region_at("eus", "East US", "gpt-4o-eus").await?;
     let swc = region_at("swc", "Sweden Central", "gpt-4o-swc").await?;
@@ -312,15 +354,35 @@ async fn all_throttled_answers_429_with_the_earliest_retry_after() -> Result<()>
     Ok(())
 }
 
+/// The throttle window of a 429 with no retry hint at all, as README documents it ("10 s if
+/// none"): written out rather than read from the code's own constant, so a changed default
+/// fails here.
+const DOCUMENTED_DEFAULT_THROTTLE: Duration = Duration::from_secs(10);
+
 #[tokio::test]
 async fn a_throttle_without_hints_uses_the_message_or_the_default() -> Result<()> {
+    // No retry header, but Azure's message says "Please retry after 4 seconds.": a 4 s window.
     let eus = region_at("eus", "East US", "gpt-4o-eus").await?;
     let gw = gateway(&[(&eus, 0, 1)]).await?;
-    eus.script(Fault::Status { status: 429, retry_after: None, retry_after_ms: None, times: 1 });
+    eus.script(Fault::ThrottledByMessage { retry_after_secs: 4, times: 1 });
     let response = gw.chat().await?;
     assert_eq!(response.status(), 429);
     let retry: u64 = header(&response, "retry-after").parse()?;
-    assert_eq!(retry, modelgw_data_plane::health::DEFAULT_THROTTLE.as_secs());
+    assert_eq!(retry, 4, "the window read from the message");
+    let again = gw.chat().await?;
+    assert_eq!(header(&again, "x-modelgw-attempts"), "eus:skipped_throttling:0");
+    let retry: u64 = header(&again, "retry-after").parse()?;
+    assert!((1..=4).contains(&retry), "the same window, counting down: {retry}");
+    assert_eq!(eus.calls(), 1);
+
+    // Neither a header nor a sentence in the message: the documented default.
+    let swc = region_at("swc", "Sweden Central", "gpt-4o-swc").await?;
+    let gw = gateway(&[(&swc, 0, 1)]).await?;
+    swc.script(Fault::Status { status: 429, retry_after: None, retry_after_ms: None, times: 1 });
+    let response = gw.chat().await?;
+    assert_eq!(response.status(), 429);
+    let retry: u64 = header(&response, "retry-after").parse()?;
+    assert_eq!(retry, DOCUMENTED_DEFAULT_THROTTLE.as_secs());
     Ok(())
 }
 

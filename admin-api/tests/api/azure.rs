@@ -6,16 +6,16 @@ use std::time::{Duration, Instant};
 use azure_core::http::{ClientOptions, RetryOptions};
 use http::{Method, StatusCode};
 use modelgw_admin_api::AzureImportConfig;
-use modelgw_azure_mock::{
-    Account, ArmAuth, ArmMock, Deployment, Inventory, RedirectTransport, Subscription, TokenMock,
-    actions,
-};
 use modelgw_control_plane::azure::{
     ArmClientOptions, CredentialChoice, CredentialOptions, CredentialSettings, DiscoveryOptions,
 };
 use modelgw_data_plane::routing_table::RoutingTable;
 use modelgw_data_plane::{DataPlane, DataPlaneConfig};
-use modelgw_mock_azure::{MockAzure, MockConfig};
+use modelgw_mock_arm::{
+    Account, ArmAuth, ArmMock, Deployment, Inventory, RedirectTransport, Subscription, TokenMock,
+    actions,
+};
+use modelgw_mock_openai::{MockAzure, MockConfig};
 use modelgw_model::{Credential, Secret};
 use serde_json::{Value, json};
 use tokio::sync::oneshot;

@@ -2,19 +2,22 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use http::{Method, StatusCode};
 use serde_json::Value;
+
+use crate::harness::Harness;
 
 fn document() -> Value {
     let json = modelgw_admin_api::openapi().to_json().expect("serializes");
     serde_json::from_str(&json).expect("parses as JSON")
 }
 
-#[test]
-fn the_document_lists_every_path_with_its_methods() {
+/// The methods the document lists per path.
+fn documented() -> BTreeMap<String, BTreeSet<String>> {
     let doc = document();
     assert!(doc["openapi"].as_str().expect("version").starts_with("3.1"), "{}", doc["openapi"]);
     let methods = ["get", "put", "post", "patch", "delete", "head", "options", "trace"];
-    let actual: BTreeMap<String, BTreeSet<String>> = doc["paths"]
+    doc["paths"]
         .as_object()
         .expect("paths")
         .iter()
@@ -22,25 +25,100 @@ fn the_document_lists_every_path_with_its_methods() {
             let ms = methods.iter().filter(|m| item.get(**m).is_some()).map(|m| m.to_string());
             (path.clone(), ms.collect())
         })
-        .collect();
-    let expected: BTreeMap<String, BTreeSet<String>> = [
-        ("/api/v1/inference-endpoints", &["get", "post"][..]),
-        ("/api/v1/inference-endpoints/{id}", &["get", "patch", "delete"]),
-        ("/api/v1/gateways", &["get", "post"]),
-        ("/api/v1/gateways/{id}", &["get", "patch", "delete"]),
-        ("/api/v1/gateways/{id}/keys", &["get", "post"]),
-        ("/api/v1/gateways/{id}/keys/{key_id}", &["delete"]),
-        ("/api/v1/status", &["get"]),
-        ("/api/v1/azure/discoveries", &["post"]),
-        ("/api/v1/azure/discoveries/{id}", &["get"]),
-        ("/api/v1/azure/imports", &["post"]),
-        ("/api/v1/azure/gateway-proposals", &["post"]),
-        ("/api/v1/openapi.json", &["get"]),
-    ]
-    .into_iter()
-    .map(|(p, ms)| (p.to_owned(), ms.iter().map(|m| m.to_string()).collect()))
-    .collect();
-    assert_eq!(actual, expected);
+        .collect()
+}
+
+/// Every path the admin API's source registers on a router: the `.route("…")` literals of
+/// `admin-api/src`, under the `.nest("…")` prefix. axum cannot list its routes, so this is how a
+/// test learns of a route added to the router; which methods each path really answers is then
+/// asked of the real router.
+fn registered_paths() -> BTreeSet<String> {
+    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = vec![src];
+    let mut text = String::new();
+    while let Some(path) = files.pop() {
+        if path.is_dir() {
+            files.extend(
+                std::fs::read_dir(&path).expect("src dir").map(|e| e.expect("entry").path()),
+            );
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            text.push_str(&std::fs::read_to_string(&path).expect("source file"));
+        }
+    }
+    // The string literal that opens each `call(` (rustfmt may break the line after it).
+    let literals = |call: &str| -> Vec<String> {
+        text.split(call)
+            .skip(1)
+            .filter_map(|s| s.trim_start().strip_prefix('"')?.split('"').next())
+            .map(str::to_owned)
+            .collect()
+    };
+    assert!(!text.contains(".route_service("), "routes this test cannot see: extend it");
+    let prefixes = literals(".nest(");
+    assert_eq!(prefixes, ["/api/v1"], "one nest, of everything, under /api/v1");
+    literals(".route(").into_iter().map(|p| format!("{}{p}", prefixes[0])).collect()
+}
+
+/// `path` with every `{param}` replaced by a fresh id (nothing exists with it).
+fn concrete(path: &str) -> String {
+    path.split('/')
+        .map(
+            |seg| {
+                if seg.starts_with('{') { uuid::Uuid::new_v4().to_string() } else { seg.to_owned() }
+            },
+        )
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+/// What tells one problem from another: its type and detail (the body also has a request id).
+fn problem(text: &str) -> (Value, Value) {
+    let body: Value = serde_json::from_str(text).unwrap_or(Value::Null);
+    (body["type"].clone(), body["detail"].clone())
+}
+
+/// The methods the real router serves on `path`: every one it answers with something other
+/// than "no such route" (404 with the route-not-found problem) or 405. HEAD is left out: axum
+/// answers it wherever it answers GET.
+async fn served_methods(h: &Harness, path: &str, no_route: &(Value, Value)) -> BTreeSet<String> {
+    let mut served = BTreeSet::new();
+    for method in ["GET", "PUT", "POST", "PATCH", "DELETE", "OPTIONS", "TRACE"] {
+        let method = Method::from_bytes(method.as_bytes()).expect("method");
+        // No body: a served route refuses it (400/415/422) or answers; it never says 404/405.
+        let reply = h.call(method.clone(), &concrete(path), None).await;
+        let unrouted = reply.status == StatusCode::METHOD_NOT_ALLOWED
+            || (reply.status == StatusCode::NOT_FOUND && problem(&reply.text) == *no_route);
+        if !unrouted {
+            served.insert(method.as_str().to_lowercase());
+        }
+    }
+    served
+}
+
+#[tokio::test]
+async fn the_document_lists_exactly_the_routes_the_router_serves() {
+    let h = Harness::start().await;
+    let no_route =
+        problem(&h.get("/api/v1/no-such-route").await.expect(StatusCode::NOT_FOUND).text);
+    assert!(no_route.1.as_str().is_some_and(|d| d.contains("no such route")), "{no_route:?}");
+    let nothing = served_methods(&h, "/api/v1/gateways/{id}/no-such-route", &no_route).await;
+    assert!(nothing.is_empty(), "the probe tells an unrouted path: {nothing:?}");
+    let documented = documented();
+    let registered = registered_paths();
+    let mut served = BTreeMap::new();
+    for path in documented.keys().chain(&registered).collect::<BTreeSet<_>>() {
+        let methods = served_methods(&h, path, &no_route).await;
+        if !methods.is_empty() {
+            served.insert(path.clone(), methods);
+        }
+    }
+    assert_eq!(
+        served.keys().collect::<BTreeSet<_>>(),
+        registered.iter().collect::<BTreeSet<_>>(),
+        "the probe sees exactly the registered paths"
+    );
+    assert_eq!(documented, served, "documented (left) vs served by the router (right)");
+    assert_eq!(documented.len(), 12, "the twelve paths of /api/v1");
 }
 
 #[test]

@@ -1,5 +1,6 @@
-//! The shared harness for the in-process proxy tests: mock Azure regions on loopback, snapshots
-//! built from them, and a running data plane with no control plane.
+//! The shared harness for the in-process proxy tests: mock Azure OpenAI regions on loopback
+//! ([`Region`], the same harness type the process-level scenarios use), snapshots built from
+//! them, and a running data plane with no control plane.
 
 // Each test binary uses its own subset of the harness.
 #![allow(dead_code)]
@@ -12,7 +13,7 @@ use anyhow::{Result, bail};
 use modelgw_data_plane::health::HealthRegistry;
 use modelgw_data_plane::routing_table::{RoutingTable, SnapshotStore};
 use modelgw_data_plane::{DataPlane, DataPlaneConfig, DataPlaneError};
-use modelgw_mock_azure::{Fault, MockAzure, MockConfig};
+pub use modelgw_mock_openai::Region;
 use modelgw_model::{
     ConfigVersion, Credential, Endpoint, EndpointId, Gateway, GatewayId, GatewayKey, GatewayKeyId,
     GatewayMember, Platform, RoutingPolicy, Secret, Snapshot, gateway_key_hash,
@@ -25,66 +26,22 @@ pub const CLIENT_KEY: &str = "mgw-test-client-key-0001";
 pub const GATEWAY: &str = "chat";
 pub const API_VERSION: &str = "api-version=2024-10-21";
 
-/// One mock Azure region serving one deployment (or, from [`refusing`], a closed port).
-pub struct Region {
-    mock: Option<MockAzure>,
-    pub name: &'static str,
-    /// The Azure region the endpoint reports (`x-ms-region`).
-    pub display: String,
-    pub deployment: String,
-    pub key: String,
-    pub base_url: String,
-    pub id: EndpointId,
-}
-
-impl Region {
-    pub fn mock(&self) -> &MockAzure {
-        self.mock.as_ref().expect("a mock region")
-    }
-
-    /// Calls to this region's deployment (0 for a refusing region).
-    pub fn calls(&self) -> u64 {
-        self.mock.as_ref().map_or(0, |m| m.calls(&self.deployment))
-    }
-
-    pub fn script(&self, fault: Fault) {
-        self.mock().script(&self.deployment, fault);
-    }
-}
-
 /// A region named `name` in Azure region `name`, serving deployment `gpt-4o-{name}`.
-pub async fn region(name: &'static str) -> Result<Region> {
+pub async fn region(name: &str) -> Result<Region> {
     region_at(name, name, &format!("gpt-4o-{name}")).await
 }
 
 /// A region named `name` in Azure region `display`, serving `deployment`.
-pub async fn region_at(name: &'static str, display: &str, deployment: &str) -> Result<Region> {
-    let key = format!("upstream-key-{name}-0123456789");
-    let mock = MockAzure::start(
-        SocketAddr::from(([127, 0, 0, 1], 0)),
-        MockConfig {
-            region: display.to_owned(),
-            api_key: key.clone(),
-            deployments: vec![deployment.to_owned()],
-            model: "gpt-4o-mini-2024-07-18".to_owned(),
-        },
-    )
-    .await?;
-    let base_url = mock.base_url();
-    let display = mock.region().to_owned();
-    Ok(Region {
-        mock: Some(mock),
-        name,
-        display,
-        deployment: deployment.to_owned(),
-        key,
-        base_url,
-        id: EndpointId::new(),
-    })
+pub async fn region_at(name: &str, display: &str, deployment: &str) -> Result<Region> {
+    Ok(Region::start(name, display, deployment, &upstream_key(name)).await?)
+}
+
+fn upstream_key(name: &str) -> String {
+    format!("upstream-key-{name}-0123456789")
 }
 
 /// A region whose port refuses connections (bound once, then closed).
-pub async fn refusing(name: &'static str) -> Result<Region> {
+pub async fn refusing(name: &str) -> Result<Region> {
     let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
     let base_url = format!("http://{}", listener.local_addr()?);
     drop(listener);
@@ -92,24 +49,21 @@ pub async fn refusing(name: &'static str) -> Result<Region> {
 }
 
 /// A region at `base_url` served by something other than the mock (or by nothing).
-pub fn unmocked(name: &'static str, base_url: String) -> Region {
-    Region {
-        mock: None,
-        name,
-        display: name.to_owned(),
-        deployment: format!("gpt-4o-{name}"),
-        key: format!("upstream-key-{name}-0123456789"),
-        base_url,
-        id: EndpointId::new(),
-    }
+pub fn unmocked(name: &str, base_url: String) -> Region {
+    Region::elsewhere(name, name, &format!("gpt-4o-{name}"), &upstream_key(name), &base_url)
+}
+
+/// The id of `r`'s endpoint in the snapshots.
+pub fn id(r: &Region) -> EndpointId {
+    EndpointId(r.id)
 }
 
 pub fn endpoint(r: &Region) -> Result<Endpoint> {
     Ok(Endpoint {
-        id: r.id,
-        name: r.name.to_owned(),
+        id: id(r),
+        name: r.name.clone(),
         platform: Platform::AzureOpenai,
-        base_url: url::Url::parse(&r.base_url)?,
+        base_url: url::Url::parse(r.url())?,
         deployment: r.deployment.clone(),
         model_name: "gpt-4o-mini".to_owned(),
         model_version: "2024-07-18".to_owned(),
@@ -133,7 +87,7 @@ pub fn snapshot(
             members: members
                 .iter()
                 .map(|(r, priority, weight)| GatewayMember {
-                    endpoint_id: r.id,
+                    endpoint_id: id(r),
                     enabled: true,
                     priority: *priority,
                     weight: *weight,

@@ -1,5 +1,8 @@
 //! Test harness that starts real `modelgw` processes — control plane, data planes, mock Azure
 //! regions — on 127.0.0.1 port 0, in the right order, and talks to them over real HTTP and gRPC.
+//! A mock region is held as a [`Region`] (from `modelgw-mock-openai`, the type the in-process
+//! proxy tests use too) that drives its `modelgw mock-azure` process through the mock's control
+//! API, scripted with typed [`Fault`]s.
 //!
 //! Each process prints one `modelgw <component> ready: k=v …` line on stdout; the harness waits
 //! for it and reads the bound addresses from it. Stderr (the logs) is kept so a test can search
@@ -18,6 +21,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+/// The mock regions: the same harness type and typed faults as the in-process proxy tests.
+pub use modelgw_mock_openai::{Fault, Region};
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use tokio::process::{Child, Command};
@@ -171,37 +176,6 @@ pub async fn spawn(
     Ok(Proc { name: name.to_owned(), child, ready, logs, stdout: out })
 }
 
-/// A mock Azure OpenAI region running as its own process.
-pub struct Region {
-    pub proc: Proc,
-    pub display: String,
-    pub api_key: String,
-    pub deployment: String,
-}
-
-impl Region {
-    pub fn url(&self) -> &str {
-        self.proc.field("url")
-    }
-
-    /// Scripts a fault (JSON of `modelgw_mock_azure::Fault`) for this region's deployment.
-    pub async fn script(&self, fault: Value) -> anyhow::Result<()> {
-        let res = reqwest::Client::new()
-            .post(format!("{}/_mock/faults/{}", self.url(), self.deployment))
-            .json(&fault)
-            .send()
-            .await?;
-        anyhow::ensure!(res.status().is_success(), "scripting fault: {}", res.status());
-        Ok(())
-    }
-
-    /// Requests this region received for its deployment.
-    pub async fn calls(&self) -> anyhow::Result<u64> {
-        let v: Value = reqwest::get(format!("{}/_mock/calls", self.url())).await?.json().await?;
-        Ok(v.get(&self.deployment).and_then(Value::as_u64).unwrap_or(0))
-    }
-}
-
 /// The admin API of a control plane, as internal tooling calls it.
 #[derive(Clone)]
 pub struct Admin {
@@ -260,7 +234,7 @@ impl Admin {
                     "model_name": "gpt-4o-mini",
                     "model_version": "2024-07-18",
                     "region": region.display,
-                    "api_key": region.api_key,
+                    "api_key": region.key,
                 })),
                 201,
             )
@@ -350,6 +324,8 @@ pub struct Cluster {
     pub admin_addr: String,
     pub data_planes: Vec<Proc>,
     pub regions: Vec<Region>,
+    /// The `modelgw mock-azure` process of each region, in the same order.
+    pub region_procs: Vec<Proc>,
     /// Extra environment for every process (e.g. RUST_LOG=debug).
     pub env: Vec<(&'static str, String)>,
 }
@@ -366,6 +342,7 @@ impl Cluster {
             admin_addr: "127.0.0.1:0".into(),
             data_planes: Vec::new(),
             regions: Vec::new(),
+            region_procs: Vec::new(),
             env: Vec::new(),
         })
     }
@@ -426,7 +403,15 @@ impl Cluster {
             &env,
         )
         .await?;
-        self.regions.push(Region { proc, display: display.to_owned(), api_key, deployment });
+        let name = format!("gpt-4o-mini-{}", display.replace(' ', "-").to_lowercase());
+        self.regions.push(Region::process(
+            &name,
+            display,
+            &deployment,
+            &api_key,
+            proc.field("url"),
+        ));
+        self.region_procs.push(proc);
         Ok(self.regions.len() - 1)
     }
 
@@ -443,8 +428,7 @@ impl Cluster {
         let admin = self.admin();
         let mut ids = Vec::new();
         for r in &self.regions {
-            let name = format!("gpt-4o-mini-{}", r.display.replace(' ', "-").to_lowercase());
-            ids.push(admin.create_endpoint(&name, r).await?);
+            ids.push(admin.create_endpoint(&r.name, r).await?);
         }
         let gw = admin.create_gateway("gpt-4o-mini", &ids).await?;
         let key = admin.create_key(&gw).await?;
@@ -466,7 +450,7 @@ impl Cluster {
             s.push_str(&cp.logs());
             s.push_str(&cp.stdout());
         }
-        for p in self.data_planes.iter().chain(self.regions.iter().map(|r| &r.proc)) {
+        for p in self.data_planes.iter().chain(&self.region_procs) {
             s.push_str(&p.logs());
             s.push_str(&p.stdout());
         }

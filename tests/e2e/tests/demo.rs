@@ -2,9 +2,19 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test stops where its setup fails
 
-use modelgw_e2e::{chat, init, spawn};
+use modelgw_e2e::{Admin, chat, init, spawn};
 
 const BIN: &str = env!("CARGO_BIN_EXE_modelgw");
+
+/// The demo gateway's name as README documents it (apps call it as their deployment).
+const DOCUMENTED_GATEWAY: &str = "gpt-4o-mini";
+
+/// The value after `label` on the first line of `text` that contains it, up to `end`.
+fn after<'a>(text: &'a str, label: &str, end: char) -> &'a str {
+    let line = text.lines().find(|l| l.contains(label)).unwrap_or_else(|| panic!("no {label}"));
+    let rest = &line[line.find(label).expect("found") + label.len()..];
+    rest.trim_start().split(end).next().unwrap_or("")
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_demo_prints_a_gateway_that_serves_a_chat_completion() -> anyhow::Result<()> {
@@ -25,24 +35,58 @@ async fn the_demo_prints_a_gateway_that_serves_a_chat_completion() -> anyhow::Re
     )
     .await?;
     let stdout = demo.stdout();
-    assert!(stdout.contains("curl -sS"), "prints a ready-to-paste curl:\n{stdout}");
     // The gateway came from the Azure import flow against the mocked estate.
     assert!(stdout.contains("Azure discovery") && stdout.contains(": 3 deployments"), "{stdout}");
     assert!(stdout.contains("Imported as Inference Endpoints: 3 created"), "{stdout}");
     assert!(stdout.contains("created from the proposal"), "{stdout}");
-    let gateway = demo.field("gateway").to_owned();
-    let key = demo.field("gateway_key").to_owned();
-    assert!(stdout.contains(&gateway) && stdout.contains(&key));
-    let (status, headers, body) = chat(&gateway, &key, "gpt-4o-mini").await?;
-    assert_eq!(status, 200, "{body}");
+
+    // What a newcomer copies from the human-readable part (not the machine-readable ready
+    // line): the ready-to-paste curl, its URL and its key.
+    let human = stdout.split("Model Gateway demo is ready.").nth(1).expect("the summary");
+    let curl_url = after(human, "curl -sS '", '\'');
+    let curl_key = after(human, "-H 'api-key: ", '\'');
+    let printed_url = after(human, "Gateway URL", ' ');
+    let deployment_path = format!("/openai/deployments/{DOCUMENTED_GATEWAY}/chat/completions?");
+    assert!(curl_url.starts_with(&format!("{printed_url}{deployment_path}")), "{curl_url}");
+    assert_eq!(after(human, "Gateway key", ' '), curl_key, "{human}");
+
+    // The curl, as printed, gets a chat completion from an imported endpoint…
+    let http = reqwest::Client::new();
+    let send = |key: &str| {
+        http.post(curl_url)
+            .header("api-key", key)
+            .header("content-type", "application/json")
+            .body(r#"{"messages":[{"role":"user","content":"Hello!"}]}"#)
+            .send()
+    };
+    let response = send(curl_key).await?;
+    assert_eq!(response.status(), 200);
+    let served_by =
+        response.headers().get("x-modelgw-endpoint").and_then(|v| v.to_str().ok()).unwrap_or("");
+    assert!(served_by.starts_with("aoai-"), "served by an imported endpoint: {served_by}");
+    let body: serde_json::Value = response.json().await?;
     assert!(
         body["choices"][0]["message"]["content"]
             .as_str()
             .is_some_and(|c| c.starts_with("Hello from")),
         "{body}"
     );
-    let served_by = headers.get("x-modelgw-endpoint").and_then(|v| v.to_str().ok()).unwrap_or("");
-    assert!(served_by.starts_with("aoai-"), "served by an imported endpoint: {served_by}");
+    // …because of the key: another one is refused.
+    let wrong = send("mgw-not-the-demo-key-0000000000").await?;
+    assert_eq!(wrong.status(), 401);
+
+    // The gateway is the documented one, as the admin API (with the printed token) lists it.
+    let token = after(human, "Admin token", ' ');
+    let admin = Admin::new(after(human, "Admin API", ' ').trim_end_matches("/api/v1"), token);
+    let (status, gateways) = admin.call("GET", "/api/v1/gateways", None).await?;
+    assert_eq!(status, 200, "{gateways}");
+    let names: Vec<&str> =
+        gateways.as_array().expect("a list").iter().filter_map(|g| g["name"].as_str()).collect();
+    assert_eq!(names, [DOCUMENTED_GATEWAY]);
+    // The same through the ready line's fields (the harness's way of reading them).
+    let (status, _, body) =
+        chat(demo.field("gateway"), demo.field("gateway_key"), DOCUMENTED_GATEWAY).await?;
+    assert_eq!(status, 200, "{body}");
     demo.stop().await;
     Ok(())
 }

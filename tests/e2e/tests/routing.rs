@@ -5,8 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use modelgw_e2e::{API_VERSION, Cluster, chat};
-use serde_json::json;
+use modelgw_e2e::{API_VERSION, Cluster, Fault, chat};
 
 const BIN: &str = env!("CARGO_BIN_EXE_modelgw");
 
@@ -18,9 +17,7 @@ async fn a_429_seen_by_one_data_plane_steers_the_other_within_one_second() -> an
     let mut cluster = Cluster::new(BIN)?;
     let key = cluster.standard(2).await?;
     // East US throttles its next request for 10 s.
-    cluster.regions[0]
-        .script(json!({"kind": "status", "status": 429, "retry_after": 10, "times": 1}))
-        .await?;
+    cluster.regions[0].script(Fault::throttled(10, 1));
 
     // Traffic through dp-0 until it meets the 429 (it fails over: the client sees 200).
     let mut seen_at = None;
@@ -35,7 +32,7 @@ async fn a_429_seen_by_one_data_plane_steers_the_other_within_one_second() -> an
         }
     }
     let seen_at = seen_at.expect("dp-0 met the scripted 429");
-    let east_calls = cluster.regions[0].calls().await?;
+    let east_calls = cluster.regions[0].calls();
 
     // Within the budget, dp-1 — which never saw the 429 itself — stops sending to East US.
     tokio::time::sleep(FLEET_BUDGET.saturating_sub(seen_at.elapsed())).await;
@@ -46,11 +43,7 @@ async fn a_429_seen_by_one_data_plane_steers_the_other_within_one_second() -> an
             headers.get("x-modelgw-endpoint").and_then(|v| v.to_str().ok()).unwrap_or("");
         assert_ne!(served_by, "gpt-4o-mini-east-us", "dp-1 still routes to the throttled endpoint");
     }
-    assert_eq!(
-        cluster.regions[0].calls().await?,
-        east_calls,
-        "East US received requests in its window"
-    );
+    assert_eq!(cluster.regions[0].calls(), east_calls, "East US received requests in its window");
 
     // Operators see it too.
     let (_, endpoints) = cluster.admin().call("GET", "/api/v1/inference-endpoints", None).await?;
@@ -71,7 +64,7 @@ async fn a_stream_cut_midway_reaches_the_openai_sdk_as_an_error() -> anyhow::Res
     let mut cluster = Cluster::new(BIN)?;
     let key = cluster.standard(1).await?;
     for r in &cluster.regions {
-        r.script(json!({"kind": "stream_cut", "after_chunks": 4, "times": 1})).await?;
+        r.script(Fault::StreamCut { after_chunks: 4, times: 1 });
     }
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/e2e/python/stream_cut.py");
     let out = tokio::process::Command::new(&python)

@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use modelgw_e2e::{API_VERSION, Cluster, chat};
+use modelgw_e2e::{API_VERSION, Cluster, Fault, chat};
 use serde_json::json;
 
 const BIN: &str = env!("CARGO_BIN_EXE_modelgw");
@@ -49,8 +49,7 @@ async fn a_streamed_chat_reaches_the_client_chunk_by_chunk() -> anyhow::Result<(
     // Every region stalls 1.5 s after the second frame: a buffering proxy would deliver nothing
     // until the end.
     for r in &cluster.regions {
-        r.script(json!({"kind": "stream_stall", "after_chunks": 2, "ms": 1500, "times": 1}))
-            .await?;
+        r.script(Fault::StreamStall { after_chunks: 2, ms: 1500, times: 1 });
     }
     let started = Instant::now();
     let res = reqwest::Client::new()
@@ -141,9 +140,7 @@ async fn endpoint_api_keys_never_appear_in_responses_debug_logs_or_the_database(
     let admin = cluster.admin();
 
     // Traffic, including a failover, so every code path that handles the key runs.
-    cluster.regions[0]
-        .script(json!({"kind": "status", "status": 429, "retry_after": 1, "times": 3}))
-        .await?;
+    cluster.regions[0].script(Fault::throttled(1, 3));
     for _ in 0..6 {
         let (status, _, _) = chat(cluster.gateway_url(0), &key, "gpt-4o-mini").await?;
         assert_eq!(status, 200);
@@ -179,7 +176,7 @@ async fn endpoint_api_keys_never_appear_in_responses_debug_logs_or_the_database(
     }
     let db = String::from_utf8_lossy(&db);
     for region in &cluster.regions {
-        let secret = &region.api_key;
+        let secret = &region.key;
         assert!(
             !responses.contains(secret.as_str()),
             "{} key in an admin response",

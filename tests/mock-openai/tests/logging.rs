@@ -8,7 +8,7 @@ use std::io::Write;
 use std::sync::{Arc, Mutex};
 
 use common::*;
-use modelgw_mock_azure::Fault;
+use modelgw_mock_openai::Fault;
 
 #[derive(Clone, Default)]
 struct Captured(Arc<Mutex<Vec<u8>>>);
@@ -57,7 +57,7 @@ async fn requests_are_logged_without_credentials() {
         .await
         .expect("resp");
     assert_eq!(resp.status(), 200);
-    tracing::debug!(config = ?modelgw_mock_azure::MockConfig {
+    tracing::debug!(config = ?modelgw_mock_openai::MockConfig {
         region: REGION.into(),
         api_key: KEY.into(),
         deployments: vec![],

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use common::*;
-use modelgw_mock_azure::{Fault, wire};
+use modelgw_mock_openai::{Fault, wire};
 use serde_json::{Value, json};
 
 fn assert_azure_headers(resp: &reqwest::Response) {

@@ -63,8 +63,10 @@ impl Operation {
     }
 }
 
-/// The 429 body (§1.6). The "Please retry after N seconds." sentence is present only when the
-/// mock also sends a retry hint header, so a gateway can be tested without any hint.
+/// The 429 body (§1.6). The "Please retry after N seconds." sentence is present only when
+/// `retry_after_secs` is given: with a retry hint header ([`crate::Fault::Status`]), on its own
+/// ([`crate::Fault::ThrottledByMessage`]), or not at all, so a gateway can be tested without any
+/// hint.
 pub fn too_many_requests(
     op: Operation,
     api_version: &str,

@@ -58,6 +58,14 @@ pub enum Fault {
         #[serde(default = "one")]
         times: u32,
     },
+    /// Answer 429 whose only retry hint is the sentence "Please retry after N seconds." in
+    /// Azure's message (§1.6), with no `retry-after` / `retry-after-ms` header: what a gateway
+    /// must still read its throttle window from.
+    ThrottledByMessage {
+        retry_after_secs: u64,
+        #[serde(default = "one")]
+        times: u32,
+    },
 }
 
 impl Fault {
@@ -85,7 +93,8 @@ impl Fault {
             | Fault::Reset { times }
             | Fault::StreamStall { times, .. }
             | Fault::StreamCut { times, .. }
-            | Fault::ContentFilter { times } => *times,
+            | Fault::ContentFilter { times }
+            | Fault::ThrottledByMessage { times, .. } => *times,
         }
     }
 
@@ -96,7 +105,8 @@ impl Fault {
             | Fault::Reset { times }
             | Fault::StreamStall { times, .. }
             | Fault::StreamCut { times, .. }
-            | Fault::ContentFilter { times } => times,
+            | Fault::ContentFilter { times }
+            | Fault::ThrottledByMessage { times, .. } => times,
         }
     }
 
@@ -109,6 +119,7 @@ impl Fault {
             Fault::StreamStall { .. } => "stream_stall",
             Fault::StreamCut { .. } => "stream_cut",
             Fault::ContentFilter { .. } => "content_filter",
+            Fault::ThrottledByMessage { .. } => "throttled_by_message",
         }
     }
 }

@@ -4,7 +4,7 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use modelgw_azure_mock::{
+use modelgw_mock_arm::{
     Account, ArmAuth, ArmMock, Deployment, Grant, Inventory, Subscription, TokenCheck, TokenMock,
     actions,
 };

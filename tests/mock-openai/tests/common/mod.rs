@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use modelgw_mock_azure::{MockAzure, MockConfig};
+use modelgw_mock_openai::{MockAzure, MockConfig};
 use serde_json::{Value, json};
 
 pub const KEY: &str = "mock-key-0123456789abcdefWXYZ";

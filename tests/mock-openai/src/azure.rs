@@ -270,6 +270,11 @@ async fn answer(shared: &Shared, req: Request<Incoming>) -> Result<Response<Body
             let version = api_version.unwrap_or("v1");
             return Ok(status_answer(&ans, route.op, version, status, retry_after, retry_after_ms));
         }
+        Some(Fault::ThrottledByMessage { retry_after_secs, .. }) => {
+            let version = api_version.unwrap_or("v1");
+            let body = wire::too_many_requests(route.op, version, Some(retry_after_secs));
+            return Ok(ans.json(StatusCode::TOO_MANY_REQUESTS, body));
+        }
         Some(Fault::Latency { ms, .. }) => tokio::time::sleep(Duration::from_millis(ms)).await,
         Some(Fault::StreamStall { after_chunks, ms, .. }) => {
             shape = BodyShape::Stall { after: after_chunks, pause: Duration::from_millis(ms) };

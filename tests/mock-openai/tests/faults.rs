@@ -7,7 +7,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
-use modelgw_mock_azure::{Fault, wire};
+use modelgw_mock_openai::{Fault, wire};
 use serde_json::{Value, json};
 
 fn status(status: u16, times: u32) -> Fault {
@@ -55,6 +55,22 @@ async fn status_429_carries_retry_headers_and_azure_body() {
     assert!(resp.headers().get("retry-after").is_none());
     assert_eq!(header(&resp, "retry-after-ms"), "250");
     assert!(resp.text().await.expect("body").contains("Please retry after 1 seconds."));
+}
+
+#[tokio::test]
+async fn a_throttle_by_message_has_the_retry_sentence_and_no_retry_header() {
+    let mock = start().await;
+    let client = client();
+    mock.script(DEP, Fault::ThrottledByMessage { retry_after_secs: 7, times: 1 });
+    let resp = chat(&client, &mock, &chat_body()).await;
+    assert_eq!(resp.status(), 429);
+    assert!(resp.headers().get("retry-after").is_none());
+    assert!(resp.headers().get("retry-after-ms").is_none());
+    let body: Value = resp.json().await.expect("json");
+    assert_eq!(body["error"]["code"], "429");
+    let message = body["error"]["message"].as_str().expect("message");
+    assert!(message.contains("Please retry after 7 seconds."), "{message}");
+    assert_eq!(chat(&client, &mock, &chat_body()).await.status(), 200, "consumed");
 }
 
 #[tokio::test]

@@ -1,18 +1,24 @@
-//! A faithful, scriptable mock of one Azure OpenAI region's data plane.
+//! `modelgw-mock-openai`: a faithful, scriptable mock of one Azure OpenAI region's *inference*
+//! API (`/openai/deployments/{deployment}/…`, `/openai/v1/…`: chat completions, completions,
+//! embeddings) — what the gateway proxies to. The Azure *management* side that the control
+//! plane's discovery talks to (Resource Manager, Entra ID tokens) is mocked by `modelgw-mock-arm`.
 //!
-//! It speaks the wire described in `/work/shared/azure-wire.md` §1 (paths, api-version rules,
+//! It is faithful to the wire described in `../shared/azure-wire.md` §1 (paths, api-version rules,
 //! `api-key` auth, exact error bodies, response headers, Azure's SSE framing) so that the gateway
 //! can be shown transparent to real clients, and it can be told to misbehave per deployment
 //! ([`Fault`]): statuses with retry hints, latency, connection resets, stalled or cut streams,
 //! content-filter rejections. It counts and records every request so a test can assert what an
 //! upstream received (or that a throttled region received nothing).
 //!
-//! Used in-process by tests ([`MockAzure::start`]), out of process as `modelgw mock-azure`
-//! ([`run`]), and by the demo as several "regions". The same listener serves a small control API
-//! under `/_mock/` (below) so another process can script it.
+//! Who runs it: tests in-process ([`MockAzure::start`]), the end-to-end scenarios out of process
+//! as `modelgw mock-azure` ([`run`]), and `modelgw demo`, which starts three as its regions. Tests
+//! of either kind hold a region through one harness type, [`Region`], scripted with the same
+//! typed [`Fault`]s. The same listener serves a small control API under `/_mock/` (below) so
+//! another process can script it.
 //!
-//! This crate owns nothing but the mock: it must never be linked into a production binary path
-//! that serves real traffic, and it must never log a credential (the `api-key` and
+//! This crate owns nothing but the mock. The `modelgw` binary links it for `demo` and
+//! `mock-azure`, and only those two subcommands ever start one: no path that serves real traffic
+//! (`control-plane`, `data-plane`) does. It must never log a credential (the `api-key` and
 //! `Authorization` values are neither logged nor returned by the control API, which shows only a
 //! hint of them). [`MockAzure::requests`] does keep the full values in memory, so an in-process
 //! test can check which credential the gateway injected.
@@ -45,11 +51,13 @@ use tokio::sync::watch;
 mod azure;
 mod control;
 mod fault;
+mod region;
 mod server;
 mod state;
 pub mod wire;
 
 pub use fault::Fault;
+pub use region::{DEFAULT_MODEL, Region};
 pub use state::{MAX_RECORDED_REQUESTS, RecordedRequest};
 
 /// Pause between two SSE frames unless changed with [`MockAzure::set_stream_gap`]: long enough

@@ -1,8 +1,8 @@
 //! Serves one mock region for manual checks (e.g. with the openai Python SDK):
-//! `MOCK_ADDR=127.0.0.1:8089 MOCK_KEY=k cargo run -p modelgw-mock-azure --example serve`.
+//! `MOCK_ADDR=127.0.0.1:8089 MOCK_KEY=k cargo run -p modelgw-mock-openai --example serve`.
 //! Deployment `gpt-4o-mini`, region "East US"; prints the base URL on stdout.
 
-use modelgw_mock_azure::{MockAzure, MockConfig};
+use modelgw_mock_openai::{MockAzure, MockConfig};
 
 #[tokio::main]
 async fn main() -> std::io::Result<()> {

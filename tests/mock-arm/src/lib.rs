@@ -1,5 +1,7 @@
-//! Faithful, scriptable mocks of the Azure control-plane services the gateway's discovery talks
-//! to, as `/work/shared/azure-wire.md` §3 and §4 describe them:
+//! `modelgw-mock-arm`: faithful, scriptable mocks of the Azure *management* services the control
+//! plane's Azure discovery (and the data plane's Entra ID auth) talks to — not the inference API
+//! the gateway proxies to, which `modelgw-mock-openai` mocks. Faithful to `../shared/azure-wire.md`
+//! §3 and §4:
 //!
 //! - [`TokenMock`]: Entra ID's `POST /{tenant}/oauth2/v2.0/token` (client credentials with a
 //!   secret or a federated assertion) and the App Service managed-identity endpoint
@@ -14,8 +16,10 @@
 //! - [`RedirectTransport`]: an azure_core HTTP client that sends Entra calls to the token mock,
 //!   since azure_identity only accepts an `https` authority host.
 //!
-//! Both mocks listen on 127.0.0.1, port 0. This crate is test support: it must never be linked
-//! into a production binary, and it never logs a token, secret or key.
+//! Both mocks listen on 127.0.0.1, port 0. Who runs them: the control-plane, admin-API and
+//! data-plane tests, and `modelgw demo`, whose mocked Azure estate they are. The `modelgw` binary
+//! links this crate for `demo`, and only `demo` starts its servers: no path that serves real
+//! traffic (`control-plane`, `data-plane`) does. It never logs a token, secret or key.
 
 mod arm;
 mod inventory;

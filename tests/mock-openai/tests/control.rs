@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use common::*;
-use modelgw_mock_azure::{Fault, RecordedRequest};
+use modelgw_mock_openai::{Fault, RecordedRequest};
 use serde_json::{Value, json};
 
 #[tokio::test]
