@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/modelgw/target}"
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 CACHE="${MODELGW_CACHE:-$HOME/.cache/modelgw}"
-OPENAI_SDK_VERSION="3.57.0" # the version ../shared/azure-wire.md verified against
+OPENAI_SDK_VERSION="3.57.0" # the SDK version the mocks' wire shapes were checked against
 
 # PostgreSQL: the store tests run on it as well as SQLite, and fail (never skip) without it.
 if ! pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; then

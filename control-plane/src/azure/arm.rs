@@ -1,5 +1,5 @@
 //! A minimal Azure Resource Manager client over reqwest (the `azure_mgmt_*` crates are on an
-//! incompatible azure_core; see `/work/shared/rust-deps.md` §4): bearer token from the resolved
+//! incompatible azure_core, and cannot share a build with `azure_identity` 1.x): bearer token from the resolved
 //! credential, `nextLink` paging, and bounded retries on 429 honouring `Retry-After`.
 //!
 //! Never logs or returns the bearer token or an account key; errors carry the request path (no

@@ -1,5 +1,6 @@
 //! Responses the gateway produces itself, shaped like Azure OpenAI's so SDKs map them to the
-//! same exceptions (`../shared/azure-wire.md` §1.6).
+//! same exceptions (Azure's error body: `{"error":{"code","message",…}}`, its status and
+//! `Retry-After` headers).
 
 use std::time::Duration;
 

@@ -1,7 +1,8 @@
 //! `modelgw-mock-arm`: faithful, scriptable mocks of the Azure *management* services the control
 //! plane's Azure discovery (and the data plane's Entra ID auth) talks to — not the inference API
-//! the gateway proxies to, which `modelgw-mock-openai` mocks. Faithful to `../shared/azure-wire.md`
-//! §3 and §4:
+//! the gateway proxies to, which `modelgw-mock-openai` mocks. Faithful to Azure's documented
+//! wire (Resource Manager's Cognitive Services REST API, the Microsoft identity platform's token
+//! endpoints):
 //!
 //! - [`TokenMock`]: Entra ID's `POST /{tenant}/oauth2/v2.0/token` (client credentials with a
 //!   secret or a federated assertion) and the App Service managed-identity endpoint

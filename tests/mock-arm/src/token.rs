@@ -1,5 +1,5 @@
 //! The Entra ID token endpoint (client credentials, with a secret or a federated assertion) and
-//! the App Service managed-identity endpoint, as `/work/shared/azure-wire.md` §4 describes them.
+//! the App Service managed-identity endpoint, as the Microsoft identity platform documents them.
 
 use std::collections::HashMap;
 use std::fmt;

@@ -1,4 +1,4 @@
-//! The mocks answer with the shapes of `/work/shared/azure-wire.md` §3–4.
+//! The mocks answer with the shapes Azure documents for Resource Manager and Entra ID tokens.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test stops where its setup fails
 

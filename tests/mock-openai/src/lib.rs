@@ -3,7 +3,7 @@
 //! embeddings) — what the gateway proxies to. The Azure *management* side that the control
 //! plane's discovery talks to (Resource Manager, Entra ID tokens) is mocked by `modelgw-mock-arm`.
 //!
-//! It is faithful to the wire described in `../shared/azure-wire.md` §1 (paths, api-version rules,
+//! It is faithful to Azure OpenAI's wire (paths, api-version rules,
 //! `api-key` auth, exact error bodies, response headers, Azure's SSE framing) so that the gateway
 //! can be shown transparent to real clients, and it can be told to misbehave per deployment
 //! ([`Fault`]): statuses with retry hints, latency, connection resets, stalled or cut streams,

@@ -1,4 +1,4 @@
-//! Azure OpenAI wire shapes (`/work/shared/azure-wire.md` §1): exact error bodies, success bodies
+//! Azure OpenAI wire shapes (as the Azure OpenAI REST reference and real responses show them): exact error bodies, success bodies
 //! and SSE frames. Everything here is pure: no state, no I/O.
 
 use base64::Engine as _;
