@@ -276,7 +276,8 @@ fn validate_create(req: CreateEndpointRequest) -> Result<NewEndpoint, ApiError> 
 
 /// Parses `auth`, recording a field error for anything but `api_key` / `entra`.
 fn auth_mode(v: &mut Validator, value: &str) -> Option<AuthMode> {
-    let mode = AuthMode::parse(value.trim());
+    // Exact, like the document's enum.
+    let mode = AuthMode::parse(value);
     if mode.is_none() {
         v.error("auth", "must be api_key or entra");
     }

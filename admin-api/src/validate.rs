@@ -24,21 +24,24 @@ impl Validator {
         self.errors.push(FieldError::new(field, reason));
     }
 
-    /// A trimmed, non-empty string of at most `MAX_TEXT_CHARS` without control characters.
+    /// A string of at most `MAX_TEXT_CHARS` without control characters that is not empty once
+    /// trimmed; the trimmed value. The limits apply to the value as sent, so that the
+    /// document's `maxLength` and `pattern` (`limits::text_pattern`) state them exactly.
     pub fn text(&mut self, field: &str, value: &str) -> String {
-        let value = value.trim();
-        if value.is_empty() {
+        let trimmed = value.trim();
+        if trimmed.is_empty() {
             self.error(field, "must not be empty");
         } else if value.chars().count() > MAX_TEXT_CHARS {
             self.error(field, format!("must be at most {MAX_TEXT_CHARS} characters"));
         } else if value.chars().any(char::is_control) {
             self.error(field, "must not contain control characters");
         }
-        value.to_owned()
+        trimmed.to_owned()
     }
 
     pub fn platform(&mut self, field: &str, value: &str) -> Option<Platform> {
-        let platform = Platform::parse(value.trim());
+        // Exact, like the document's enum: no trimming, no other case.
+        let platform = Platform::parse(value);
         if platform.is_none() {
             self.error(field, "must be one of: azure_openai, openai_compatible");
         }
@@ -87,13 +90,15 @@ impl Validator {
     }
 
     pub fn api_key(&mut self, field: &str, value: &str) -> Option<Secret> {
-        // Trimmed: a key pasted with a trailing newline would otherwise fail upstream.
+        // Trimmed: a key pasted with a trailing newline would otherwise fail upstream. The
+        // length counts the value as sent, like the document's `maxLength`.
+        let sent_chars = value.chars().count();
         let value = value.trim();
         // Reasons never quote the value.
         if value.is_empty() {
             self.error(field, "must not be empty");
             None
-        } else if value.chars().count() > MAX_API_KEY_CHARS {
+        } else if sent_chars > MAX_API_KEY_CHARS {
             self.error(field, format!("must be at most {MAX_API_KEY_CHARS} characters"));
             None
         } else if !value.bytes().all(|b| b.is_ascii_graphic()) {
@@ -106,7 +111,7 @@ impl Validator {
     }
 
     pub fn routing_strategy(&mut self, field: &str, value: &str) -> RoutingStrategy {
-        match value.trim() {
+        match value {
             "weighted" => RoutingStrategy::Weighted,
             "fastest" => RoutingStrategy::Fastest,
             _ => {
@@ -114,6 +119,17 @@ impl Validator {
                 RoutingStrategy::default()
             }
         }
+    }
+
+    /// An id in a body: a UUID in its hyphenated form (the document's `limits::UUID_PATTERN`).
+    pub fn uuid<T: std::str::FromStr>(&mut self, field: &str, value: &str) -> Option<T> {
+        // 36 characters: the hyphenated form only (the parser also takes simple, braced and
+        // URN forms, which the document does not allow).
+        let id = (value.len() == 36).then(|| value.parse().ok()).flatten();
+        if id.is_none() {
+            self.error(field, "must be a UUID");
+        }
+        id
     }
 
     /// A gateway name: it is the `{deployment}` path segment clients call.
