@@ -43,8 +43,9 @@ pub struct CreateEndpointRequest {
     /// Which API the upstream speaks.
     #[schema(value_type = Platform)]
     pub platform: String,
-    /// Base URL of the upstream resource: absolute http(s), with a host, no credentials, query
-    /// or fragment. A trailing slash is removed.
+    /// Base URL of the upstream resource: http(s), a host name (letters, digits, single
+    /// hyphens) or IPv4 address, an optional port and path, no credentials, query or fragment.
+    /// A trailing slash is removed.
     #[schema(format = "uri", example = "https://contoso-eastus.openai.azure.com")]
     pub endpoint: String,
     /// Deployment name at the upstream (Azure) or model id (OpenAI-compatible).

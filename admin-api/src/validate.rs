@@ -2,12 +2,16 @@
 //! enforces (lengths, ranges, reserved gateway names) are `modelgw_model::limits`.
 
 use modelgw_model::limits::{
-    MAX_API_KEY_CHARS, MAX_GATEWAY_NAME_CHARS, MAX_TEXT_CHARS, is_gateway_name_char,
-    is_reserved_gateway_name,
+    MAX_API_KEY_CHARS, MAX_GATEWAY_NAME_CHARS, MAX_TEXT_CHARS, base_url_pattern,
+    is_gateway_name_char, is_reserved_gateway_name,
 };
 use modelgw_model::{Platform, RoutingStrategy, Secret};
 
 use crate::problem::{ApiError, FieldError};
+
+/// `limits::base_url_pattern`, the document's pattern of base URLs, compiled once.
+static BASE_URL: std::sync::LazyLock<Result<regex::Regex, regex::Error>> =
+    std::sync::LazyLock::new(|| regex::Regex::new(&base_url_pattern()));
 
 /// Collects field errors; `finish` turns any into a 422.
 #[derive(Default)]
@@ -51,6 +55,7 @@ impl Validator {
     /// An absolute http(s) base URL with a host, without credentials, query or fragment; a
     /// trailing slash is removed from the path.
     pub fn base_url(&mut self, field: &str, value: &str) -> Option<url::Url> {
+        let raw = value;
         let value = value.trim();
         let mut url = match url::Url::parse(value) {
             Ok(url) => url,
@@ -79,6 +84,16 @@ impl Validator {
         }
         if url.fragment().is_some() {
             self.error(field, "must not have a fragment");
+            ok = false;
+        }
+        if ok && !BASE_URL.as_ref().is_ok_and(|pattern| pattern.is_match(raw)) {
+            // What the URL parser also takes but the document's pattern does not: IPv6 and
+            // IDNA hosts, labels with `_` or `--`, characters a browser would escape.
+            self.error(
+                field,
+                "must be http(s)://host[:port][/path] with a host name of letters, digits and \
+                 hyphens or an IPv4 address, and a path of URL characters",
+            );
             ok = false;
         }
         if !ok {
@@ -188,6 +203,11 @@ mod tests {
             Err(ApiError::Validation(errors)) => errors,
             Err(other) => panic!("unexpected {other:?}"),
         }
+    }
+
+    #[test]
+    fn the_base_url_pattern_compiles() {
+        assert!(BASE_URL.is_ok(), "{:?}", BASE_URL.as_ref().err());
     }
 
     #[test]

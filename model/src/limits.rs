@@ -133,16 +133,16 @@ pub fn gateway_name_pattern() -> String {
 pub const UUID_PATTERN: &str =
     "^[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}$";
 
-/// The document's `pattern` of an upstream base URL: `http` or `https`, a host name (labels of
-/// `[A-Za-z0-9-]`, the last starting with a letter, none an IDNA `xn--` label) or a dotted IPv4
-/// address, an optional port, a path of URL characters, no credentials, query or fragment, and
-/// whitespace around it that trimming removes. Every URL it matches is one the validator
-/// accepts; the validator (a WHATWG URL parser) also accepts some exotic spellings it does not
-/// match, such as IPv6 literals.
+/// The document's `pattern` of an upstream base URL, which the validator also applies: `http`
+/// or `https`, a host name (labels of letters and digits joined by single hyphens, the last
+/// starting with a letter) or a dotted IPv4 address, an optional port, a path of URL
+/// characters, no credentials, query or fragment, and whitespace around it that trimming
+/// removes. No lookaround, so that ECMA-262, Python and the `regex` crate read it alike.
 pub fn base_url_pattern() -> String {
     let space = class_body(&WHITESPACE);
-    let label = "(?![Xx][Nn]--)";
-    let host = format!("(?:{label}[A-Za-z0-9-]+\\.)*{label}[A-Za-z][A-Za-z0-9-]*");
+    let label = "[A-Za-z0-9]+(?:-[A-Za-z0-9]+)*";
+    let last = "[A-Za-z][A-Za-z0-9]*(?:-[A-Za-z0-9]+)*";
+    let host = format!("(?:{label}\\.)*{last}");
     let octet = "(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])";
     let ipv4 = format!("(?:{octet}\\.){{3}}{octet}");
     let port =
