@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # The test command (README): builds everything and runs every test of the workspace —
 # unit, store (SQLite and PostgreSQL), admin API, data plane, and the end-to-end scenarios
-# over real processes, including the official openai Python SDK against the gateway.
+# over real processes, including the official openai Python SDK against the gateway; then
+# schemathesis holds the admin API of a real control plane to its OpenAPI document.
 #
 # Needs: PostgreSQL on 127.0.0.1:5432 (trust auth; override with MODELGW_TEST_POSTGRES_URL) and
-# python3 with venv (the openai SDK is installed into a cached virtualenv).
+# python3 with venv (the openai SDK and schemathesis are installed into cached virtualenvs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -48,3 +49,8 @@ fi
 cargo nextest run --workspace --locked --no-fail-fast "$@"
 # nextest does not run doctests.
 cargo test --workspace --locked --doc
+
+# The admin API against its OpenAPI document (every check, stateful phase included), on the
+# binary the tests above built; about half a minute. See tests/schemathesis/run.sh.
+cargo build --locked -p modelgw
+bash tests/schemathesis/run.sh "$CARGO_TARGET_DIR/debug/modelgw"

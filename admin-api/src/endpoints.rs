@@ -43,8 +43,9 @@ pub struct CreateEndpointRequest {
     /// Which API the upstream speaks.
     #[schema(value_type = Platform)]
     pub platform: String,
-    /// Base URL of the upstream resource: absolute http(s), with a host, no credentials, query
-    /// or fragment. A trailing slash is removed.
+    /// Base URL of the upstream resource: http(s), a host name (letters, digits, single
+    /// hyphens) or IPv4 address, an optional port and path, no credentials, query or fragment.
+    /// A trailing slash is removed.
     #[schema(format = "uri", example = "https://contoso-eastus.openai.azure.com")]
     pub endpoint: String,
     /// Deployment name at the upstream (Azure) or model id (OpenAI-compatible).
@@ -276,7 +277,8 @@ fn validate_create(req: CreateEndpointRequest) -> Result<NewEndpoint, ApiError> 
 
 /// Parses `auth`, recording a field error for anything but `api_key` / `entra`.
 fn auth_mode(v: &mut Validator, value: &str) -> Option<AuthMode> {
-    let mode = AuthMode::parse(value.trim());
+    // Exact, like the document's enum.
+    let mode = AuthMode::parse(value);
     if mode.is_none() {
         v.error("auth", "must be api_key or entra");
     }

@@ -24,6 +24,12 @@ use crate::{AdminState, ConfigChange};
 
 const ENTITY: &str = "gateway";
 
+/// The 422 of the operations that take members: besides the fields the schema describes, a
+/// member must name an existing inference endpoint, once.
+const UNKNOWN_MEMBER: &str = "Unknown, missing, mistyped or invalid fields, all named in \
+    `errors` — including an `endpoints[i].endpoint_id` that names no inference endpoint, or \
+    one that repeats another member's";
+
 /// Member defaults when a field is omitted (also stated in the schema).
 const DEFAULT_ENABLED: bool = true;
 const DEFAULT_PRIORITY: i64 = 0;
@@ -41,10 +47,10 @@ pub struct GatewayMemberInput {
     pub enabled: Option<bool>,
     /// Priority group, 0–100; lower is preferred. Higher groups are used only when every
     /// member of the lower ones is unavailable.
-    #[schema(value_type = Option<u32>, default = 0, minimum = 0, maximum = 100)]
+    #[schema(value_type = Option<u32>, default = 0)]
     pub priority: Option<i64>,
     /// Relative share of traffic within its priority group, 1–1000.
-    #[schema(value_type = Option<u32>, default = 1, minimum = 1, maximum = 1000)]
+    #[schema(value_type = Option<u32>, default = 1)]
     pub weight: Option<i64>,
 }
 
@@ -62,7 +68,7 @@ pub struct RoutingInput {
     pub wait_for_recovery: Option<bool>,
     /// End-to-end deadline of one request in milliseconds, 1000–600000; `null` = the data
     /// plane's default.
-    #[schema(value_type = Option<u32>, minimum = 1000, maximum = 600000)]
+    #[schema(value_type = Option<u32>)]
     pub request_timeout_ms: Option<i64>,
 }
 
@@ -72,7 +78,7 @@ pub struct RoutingResponse {
     pub strategy: RoutingStrategy,
     pub wait_for_recovery: bool,
     /// Milliseconds; `null` = the data plane's default deadline.
-    #[schema(required = true, minimum = 1000, maximum = 600000)]
+    #[schema(required = true)]
     pub request_timeout_ms: Option<u32>,
 }
 
@@ -94,7 +100,7 @@ pub use modelgw_model::GatewayState;
 pub struct CreateGatewayRequest {
     /// What clients put in the URL (`/openai/deployments/{name}/…`): 1–64 characters of
     /// `[A-Za-z0-9._-]`, unique, not `auto`, `.` or `..`.
-    #[schema(example = "gpt-4o", pattern = "^[A-Za-z0-9._-]{1,64}$")]
+    #[schema(example = "gpt-4o")]
     pub name: String,
     /// Members in order of preference for display; may be empty.
     pub endpoints: Vec<GatewayMemberInput>,
@@ -108,7 +114,6 @@ pub struct CreateGatewayRequest {
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateGatewayRequest {
-    #[schema(pattern = "^[A-Za-z0-9._-]{1,64}$")]
     pub name: Option<String>,
     pub endpoints: Option<Vec<GatewayMemberInput>>,
     pub routing: Option<RoutingInput>,
@@ -188,12 +193,9 @@ fn validate_members(v: &mut Validator, inputs: Vec<GatewayMemberInput>) -> Vec<G
         );
         let weight =
             v.in_range(&field("weight"), input.weight.unwrap_or(DEFAULT_WEIGHT), WEIGHT_RANGE);
-        let endpoint_id = match input.endpoint_id.trim().parse::<EndpointId>() {
-            Ok(id) => id,
-            Err(_) => {
-                v.error(field("endpoint_id"), "must be a UUID");
-                continue;
-            }
+        let Some(endpoint_id) = v.uuid::<EndpointId>(&field("endpoint_id"), &input.endpoint_id)
+        else {
+            continue;
         };
         if let Some(first) = seen.get(&endpoint_id) {
             v.error(field("endpoint_id"), format!("duplicate of endpoints[{first}].endpoint_id"));
@@ -256,6 +258,8 @@ fn validate_update(req: UpdateGatewayRequest) -> Result<GatewayPatch, ApiError> 
         (status = 201, description = "Created", body = GatewayResponse,
             headers(("location" = String, description = "URL of the new gateway"))),
         (status = 409, description = "A gateway with this name exists", body = Problem,
+            content_type = "application/problem+json"),
+        (status = 422, description = UNKNOWN_MEMBER, body = Problem,
             content_type = "application/problem+json"),
     )
 )]
@@ -321,6 +325,8 @@ pub async fn get(
         (status = 404, description = "No such gateway", body = Problem,
             content_type = "application/problem+json"),
         (status = 409, description = "Another gateway has this name", body = Problem,
+            content_type = "application/problem+json"),
+        (status = 422, description = UNKNOWN_MEMBER, body = Problem,
             content_type = "application/problem+json"),
     )
 )]

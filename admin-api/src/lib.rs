@@ -18,6 +18,7 @@
 mod auth;
 mod azure;
 mod body;
+mod contract;
 mod endpoints;
 mod gateways;
 mod keys;

@@ -13,6 +13,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement
 use utoipa::openapi::{Content, Ref, RefOr};
 use utoipa::{Modify, OpenApi};
 
+use crate::contract::Rules as ContractRules;
 use crate::problem::ApiError;
 use crate::{azure, endpoints, gateways, keys, problem, status};
 
@@ -52,7 +53,7 @@ const SECURITY_SCHEME: &str = "admin_token";
         openapi_json,
     ),
     components(schemas(problem::Problem, problem::FieldError)),
-    modifiers(&Security, &CommonResponses),
+    modifiers(&Security, &CommonResponses, &ContractRules),
     tags(
         (name = "inference-endpoints", description = "Upstream model deployments"),
         (name = "gateways", description = "Names clients call, routing over inference endpoints"),

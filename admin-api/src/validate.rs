@@ -2,12 +2,16 @@
 //! enforces (lengths, ranges, reserved gateway names) are `modelgw_model::limits`.
 
 use modelgw_model::limits::{
-    MAX_API_KEY_CHARS, MAX_GATEWAY_NAME_CHARS, MAX_TEXT_CHARS, is_gateway_name_char,
-    is_reserved_gateway_name,
+    MAX_API_KEY_CHARS, MAX_GATEWAY_NAME_CHARS, MAX_TEXT_CHARS, base_url_pattern,
+    is_gateway_name_char, is_reserved_gateway_name,
 };
 use modelgw_model::{Platform, RoutingStrategy, Secret};
 
 use crate::problem::{ApiError, FieldError};
+
+/// `limits::base_url_pattern`, the document's pattern of base URLs, compiled once.
+static BASE_URL: std::sync::LazyLock<Result<regex::Regex, regex::Error>> =
+    std::sync::LazyLock::new(|| regex::Regex::new(&base_url_pattern()));
 
 /// Collects field errors; `finish` turns any into a 422.
 #[derive(Default)]
@@ -24,21 +28,24 @@ impl Validator {
         self.errors.push(FieldError::new(field, reason));
     }
 
-    /// A trimmed, non-empty string of at most `MAX_TEXT_CHARS` without control characters.
+    /// A string of at most `MAX_TEXT_CHARS` without control characters that is not empty once
+    /// trimmed; the trimmed value. The limits apply to the value as sent, so that the
+    /// document's `maxLength` and `pattern` (`limits::text_pattern`) state them exactly.
     pub fn text(&mut self, field: &str, value: &str) -> String {
-        let value = value.trim();
-        if value.is_empty() {
+        let trimmed = value.trim();
+        if trimmed.is_empty() {
             self.error(field, "must not be empty");
         } else if value.chars().count() > MAX_TEXT_CHARS {
             self.error(field, format!("must be at most {MAX_TEXT_CHARS} characters"));
         } else if value.chars().any(char::is_control) {
             self.error(field, "must not contain control characters");
         }
-        value.to_owned()
+        trimmed.to_owned()
     }
 
     pub fn platform(&mut self, field: &str, value: &str) -> Option<Platform> {
-        let platform = Platform::parse(value.trim());
+        // Exact, like the document's enum: no trimming, no other case.
+        let platform = Platform::parse(value);
         if platform.is_none() {
             self.error(field, "must be one of: azure_openai, openai_compatible");
         }
@@ -48,6 +55,7 @@ impl Validator {
     /// An absolute http(s) base URL with a host, without credentials, query or fragment; a
     /// trailing slash is removed from the path.
     pub fn base_url(&mut self, field: &str, value: &str) -> Option<url::Url> {
+        let raw = value;
         let value = value.trim();
         let mut url = match url::Url::parse(value) {
             Ok(url) => url,
@@ -78,6 +86,16 @@ impl Validator {
             self.error(field, "must not have a fragment");
             ok = false;
         }
+        if ok && !BASE_URL.as_ref().is_ok_and(|pattern| pattern.is_match(raw)) {
+            // What the URL parser also takes but the document's pattern does not: IPv6 and
+            // IDNA hosts, labels with `_` or `--`, characters a browser would escape.
+            self.error(
+                field,
+                "must be http(s)://host[:port][/path] with a host name of letters, digits and \
+                 hyphens or an IPv4 address, and a path of URL characters",
+            );
+            ok = false;
+        }
         if !ok {
             return None;
         }
@@ -87,13 +105,15 @@ impl Validator {
     }
 
     pub fn api_key(&mut self, field: &str, value: &str) -> Option<Secret> {
-        // Trimmed: a key pasted with a trailing newline would otherwise fail upstream.
+        // Trimmed: a key pasted with a trailing newline would otherwise fail upstream. The
+        // length counts the value as sent, like the document's `maxLength`.
+        let sent_chars = value.chars().count();
         let value = value.trim();
         // Reasons never quote the value.
         if value.is_empty() {
             self.error(field, "must not be empty");
             None
-        } else if value.chars().count() > MAX_API_KEY_CHARS {
+        } else if sent_chars > MAX_API_KEY_CHARS {
             self.error(field, format!("must be at most {MAX_API_KEY_CHARS} characters"));
             None
         } else if !value.bytes().all(|b| b.is_ascii_graphic()) {
@@ -106,7 +126,7 @@ impl Validator {
     }
 
     pub fn routing_strategy(&mut self, field: &str, value: &str) -> RoutingStrategy {
-        match value.trim() {
+        match value {
             "weighted" => RoutingStrategy::Weighted,
             "fastest" => RoutingStrategy::Fastest,
             _ => {
@@ -114,6 +134,17 @@ impl Validator {
                 RoutingStrategy::default()
             }
         }
+    }
+
+    /// An id in a body: a UUID in its hyphenated form (the document's `limits::UUID_PATTERN`).
+    pub fn uuid<T: std::str::FromStr>(&mut self, field: &str, value: &str) -> Option<T> {
+        // 36 characters: the hyphenated form only (the parser also takes simple, braced and
+        // URN forms, which the document does not allow).
+        let id = (value.len() == 36).then(|| value.parse().ok()).flatten();
+        if id.is_none() {
+            self.error(field, "must be a UUID");
+        }
+        id
     }
 
     /// A gateway name: it is the `{deployment}` path segment clients call.
@@ -172,6 +203,11 @@ mod tests {
             Err(ApiError::Validation(errors)) => errors,
             Err(other) => panic!("unexpected {other:?}"),
         }
+    }
+
+    #[test]
+    fn the_base_url_pattern_compiles() {
+        assert!(BASE_URL.is_ok(), "{:?}", BASE_URL.as_ref().err());
     }
 
     #[test]

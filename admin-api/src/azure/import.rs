@@ -18,9 +18,7 @@ use crate::body::JsonBody;
 use crate::problem::{ApiError, FieldError, Problem};
 use crate::{AdminState, ConfigChange};
 
-/// Most deployment ids one import accepts: far above any real tenant's OpenAI deployments,
-/// low enough that one request cannot hold the write transaction for long.
-pub const MAX_IMPORT_IDS: usize = 1000;
+pub use modelgw_model::limits::MAX_IMPORT_IDS;
 
 /// Deployments to import.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -168,7 +166,7 @@ pub async fn import(
 fn import_auth_mode(value: Option<&str>) -> Result<Option<AuthMode>, ApiError> {
     value
         .map(|s| {
-            AuthMode::parse(s.trim()).ok_or_else(|| {
+            AuthMode::parse(s).ok_or_else(|| {
                 ApiError::Validation(vec![FieldError::new("auth", "must be api_key or entra")])
             })
         })

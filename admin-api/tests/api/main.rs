@@ -5,6 +5,7 @@
 mod auth;
 mod azure;
 mod bad_input;
+mod contract;
 mod crud;
 mod harness;
 mod health;
