@@ -131,7 +131,7 @@ pub struct DataPlaneConfig {
     /// Serving threads (`MODELGW_WORKERS`), each with its own runtime and upstream connection
     /// pool; default: one per available core.
     pub workers: usize,
-    /// How often a heartbeat goes to the control plane; see [`client::HEARTBEAT_INTERVAL`].
+    /// How often a heartbeat goes to the control plane; see [`HEARTBEAT_INTERVAL`].
     pub heartbeat_interval: Duration,
     /// Azure credential for endpoints in Entra ID auth mode (built by the binary from
     /// `MODELGW_AZURE_CREDENTIAL` & co.). `None`: such endpoints are unavailable.

@@ -14,7 +14,7 @@ pub use modelgw_proto::cfg;
 use crate::limits::{MAX_BUILD_VERSION_CHARS, MAX_REASON_CHARS, truncate_chars};
 use crate::protocol::{
     ControlPlaneMessage, DataPlaneMessage, EndpointHealth, FleetHealth, HealthReport, Hello,
-    InvalidMessage, Nack, valid_node_id,
+    InvalidMessage, Nack, bounded_reason, valid_node_id,
 };
 use crate::{
     ConfigVersion, Credential, DEFAULT_ENTRA_SCOPE, Endpoint, EndpointId, EndpointState, Gateway,
@@ -295,7 +295,7 @@ fn endpoint_health(
     })?;
     let state = EndpointState::try_from(e.state)
         .map_err(|reason| InvalidMessage::new(message, field("state"), reason))?;
-    let reason = (!e.reason.is_empty()).then(|| truncate_chars(&e.reason, MAX_REASON_CHARS));
+    let reason = bounded_reason(&e.reason);
     Ok(EndpointHealth { endpoint_id, state, until: from_unix_ms(e.until_unix_ms), reason })
 }
 
