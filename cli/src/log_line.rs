@@ -156,6 +156,24 @@ impl LineVisitor<'_> {
     }
 }
 
+/// Whether a string holds a character that could end the line or rewrite the terminal (a
+/// control character): such text is always written escaped, so no input can forge a line.
+fn has_controls(value: &str) -> bool {
+    value.chars().any(char::is_control)
+}
+
+/// `value` with every control character escaped (`\n`, `\u{1b}`, …), the rest as it is.
+fn write_escaping_controls(w: &mut Writer<'_>, value: &str) -> fmt::Result {
+    for c in value.chars() {
+        if c.is_control() {
+            write!(w, "{}", c.escape_debug())?;
+        } else {
+            w.write_char(c)?;
+        }
+    }
+    Ok(())
+}
+
 /// Whether a string must be quoted to keep the line splittable into `name=value` pairs.
 fn needs_quotes(value: &str) -> bool {
     value.is_empty()
@@ -166,7 +184,9 @@ impl Visit for LineVisitor<'_> {
     fn record_str(&mut self, field: &Field, value: &str) {
         let message = field.name() == "message";
         self.field(field, |w| {
-            if message || !needs_quotes(value) {
+            if message {
+                write_escaping_controls(w, value)
+            } else if !needs_quotes(value) {
                 w.write_str(value)
             } else {
                 write!(w, "{value:?}")
@@ -191,12 +211,14 @@ impl Visit for LineVisitor<'_> {
         // when that text needs it, like strings.
         let message = field.name() == "message";
         self.field(field, |w| {
-            if message {
-                return write!(w, "{value:?}");
-            }
             let mut text = String::new();
             write!(text, "{value:?}")?;
-            if needs_quotes(&text) && !text.starts_with('"') {
+            if message {
+                return write_escaping_controls(w, &text);
+            }
+            // Text that is already a quoted `Debug` string has no raw control character; a
+            // `Display` value that merely starts with a quote may (a NACK reason, say).
+            if needs_quotes(&text) && (!text.starts_with('"') || has_controls(&text)) {
                 write!(w, "{text:?}")
             } else {
                 w.write_str(&text)
@@ -267,6 +289,28 @@ mod tests {
                 "ms=12 ok=false delta=-3 endpoint=eus reason=\"throttled; retry after 2000 ms\" ",
                 "empty=\"\" quoted=\"say \\\"hi\\\"\""
             )
+        );
+    }
+
+    #[test]
+    fn no_value_or_message_can_start_a_new_line() {
+        let forged =
+            "\"x\n2026-12-06T00:00:00.000000Z  INFO config_stream: data plane applied snapshot";
+        let out = capture(|| {
+            tracing::warn!(reason = %forged, "data plane rejected snapshot");
+            tracing::warn!(reason = forged, node_id = ?forged, "a str and a Debug value");
+            tracing::warn!("a message with an input in it: {forged}");
+        });
+        assert_eq!(out.lines().count(), 3, "one line per event: {out}");
+        for line in out.lines() {
+            assert!(line.contains("\\n2026-12-06T00:00:00.000000Z"), "escaped: {line}");
+        }
+        let first = out.lines().next().expect("a line");
+        assert!(
+            first.ends_with(
+                r#"reason="\"x\n2026-12-06T00:00:00.000000Z  INFO config_stream: data plane applied snapshot""#
+            ),
+            "{first}"
         );
     }
 
