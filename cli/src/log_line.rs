@@ -162,16 +162,24 @@ fn has_controls(value: &str) -> bool {
     value.chars().any(char::is_control)
 }
 
-/// `value` with every control character escaped (`\n`, `\u{1b}`, …), the rest as it is.
-fn write_escaping_controls(w: &mut Writer<'_>, value: &str) -> fmt::Result {
-    for c in value.chars() {
-        if c.is_control() {
-            write!(w, "{}", c.escape_debug())?;
-        } else {
-            w.write_char(c)?;
+/// A writer that passes text through with every control character escaped (`\n`,
+/// `\u{1b}`, …): messages are written through it as they are formatted, with no copy.
+struct EscapeControls<'a, 'w>(&'a mut Writer<'w>);
+
+impl fmt::Write for EscapeControls<'_, '_> {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        if !has_controls(s) {
+            return self.0.write_str(s);
         }
+        for c in s.chars() {
+            if c.is_control() {
+                write!(self.0, "{}", c.escape_debug())?;
+            } else {
+                self.0.write_char(c)?;
+            }
+        }
+        Ok(())
     }
-    Ok(())
 }
 
 /// Whether a string must be quoted to keep the line splittable into `name=value` pairs.
@@ -185,7 +193,7 @@ impl Visit for LineVisitor<'_> {
         let message = field.name() == "message";
         self.field(field, |w| {
             if message {
-                write_escaping_controls(w, value)
+                EscapeControls(w).write_str(value)
             } else if !needs_quotes(value) {
                 w.write_str(value)
             } else {
@@ -211,11 +219,11 @@ impl Visit for LineVisitor<'_> {
         // when that text needs it, like strings.
         let message = field.name() == "message";
         self.field(field, |w| {
+            if message {
+                return write!(EscapeControls(w), "{value:?}");
+            }
             let mut text = String::new();
             write!(text, "{value:?}")?;
-            if message {
-                return write_escaping_controls(w, &text);
-            }
             // Text that is already a quoted `Debug` string has no raw control character; a
             // `Display` value that merely starts with a quote may (a NACK reason, say).
             if needs_quotes(&text) && (!text.starts_with('"') || has_controls(&text)) {
