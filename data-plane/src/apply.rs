@@ -92,42 +92,13 @@ pub fn apply_fleet_health(health: &HealthRegistry, fleet: &FleetHealth) -> usize
 #[cfg(test)]
 mod tests {
     use super::*;
-    use modelgw_model::{
-        Credential, Endpoint, EndpointId, Gateway, GatewayId, GatewayKey, GatewayKeyId,
-        GatewayMember, Platform, RoutingPolicy, Secret, gateway_key_hash,
-    };
+    use crate::routing_table::tests::{endpoint, gateway, member};
+    use modelgw_model::{Credential, Platform, Secret};
 
     fn snapshot(version: u64) -> Snapshot {
-        let endpoint = EndpointId::new();
-        Snapshot {
-            version: ConfigVersion(version),
-            endpoints: vec![Endpoint {
-                id: endpoint,
-                name: "eus".into(),
-                platform: Platform::AzureOpenai,
-                base_url: "https://eus.openai.azure.com".parse().expect("url"),
-                deployment: "gpt-4o".into(),
-                model_name: "gpt-4o".into(),
-                model_version: "2024-11-20".into(),
-                region: "eastus".into(),
-                credential: Credential::ApiKey(Secret::new("upstream-secret-1234")),
-            }],
-            gateways: vec![Gateway {
-                id: GatewayId::new(),
-                name: "chat".into(),
-                members: vec![GatewayMember {
-                    endpoint_id: endpoint,
-                    enabled: true,
-                    priority: 0,
-                    weight: 1,
-                }],
-                keys: vec![GatewayKey {
-                    id: GatewayKeyId::new(),
-                    sha256: gateway_key_hash("client-key"),
-                }],
-                routing: RoutingPolicy::default(),
-            }],
-        }
+        let e = endpoint("eus", Platform::AzureOpenai, "gpt-4o");
+        let gw = gateway("chat", "client-key", vec![member(&e, true, 0, 1)]);
+        Snapshot { version: ConfigVersion(version), endpoints: vec![e], gateways: vec![gw] }
     }
 
     #[test]
