@@ -21,6 +21,7 @@ mod body;
 mod contract;
 mod endpoints;
 mod gateways;
+pub mod identity;
 mod keys;
 mod openapi;
 mod problem;
