@@ -397,6 +397,38 @@ pub async fn get(
     Ok(Json(respond(&state, record)))
 }
 
+/// Clear an inference endpoint's health: every report received so far stops counting, the
+/// fleet push that follows at once makes every data plane use the endpoint again (each also
+/// forgets the window it opened itself), and the reset survives restarts and reaches other
+/// control-plane replicas. Reports that arrive after it count as usual. Not configuration:
+/// the version does not change.
+#[utoipa::path(
+    post,
+    path = "/api/v1/inference-endpoints/{id}/health:reset",
+    operation_id = "reset_inference_endpoint_health",
+    tag = "inference-endpoints",
+    params(("id" = String, Path, format = Uuid, description = "Inference endpoint id")),
+    responses(
+        (status = 200, description = "The inference endpoint, with its health after the reset",
+            body = EndpointResponse),
+        (status = 404, description = "No such endpoint", body = Problem,
+            content_type = "application/problem+json"),
+    )
+)]
+pub async fn reset_health(
+    State(state): State<AdminState>,
+    Path(id): Path<String>,
+) -> Result<Json<EndpointResponse>, ApiError> {
+    let id: EndpointId = path_id("inference endpoint", &id)?;
+    let record = state.store.get_endpoint(id).await?;
+    let at = chrono::Utc::now();
+    // Stored first: a reset that cannot be kept is not announced.
+    state.store.record_health_reset(id, at).await?;
+    let health = state.registry.reset_endpoint_health(id, at);
+    tracing::info!(endpoint_id = %id, name = %record.name, "endpoint health reset");
+    Ok(Json(EndpointResponse::new(record, health)))
+}
+
 /// Change fields of an inference endpoint; `api_key` rotates the key.
 #[utoipa::path(
     patch,

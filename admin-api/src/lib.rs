@@ -93,6 +93,7 @@ pub fn router(state: AdminState) -> Router {
             "/inference-endpoints/{id}",
             get(endpoints::get).patch(endpoints::update).delete(endpoints::delete),
         )
+        .route("/inference-endpoints/{id}/health:reset", post(endpoints::reset_health))
         .route("/gateways", get(gateways::list).post(gateways::create))
         .route(
             "/gateways/{id}",

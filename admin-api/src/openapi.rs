@@ -37,6 +37,7 @@ const SECURITY_SCHEME: &str = "admin_token";
         endpoints::get,
         endpoints::update,
         endpoints::delete,
+        endpoints::reset_health,
         gateways::create,
         gateways::list,
         gateways::get,

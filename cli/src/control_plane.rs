@@ -9,13 +9,16 @@ use std::time::Duration;
 use anyhow::Context;
 use modelgw_admin_api::{AdminState, AzureImport, AzureImportConfig};
 use modelgw_control_plane::store::Backend;
-use modelgw_control_plane::{Distribution, MasterKey, Store};
+use modelgw_control_plane::{Distribution, DistributionSettings, MasterKey, Store};
 use tokio::net::TcpListener;
 
 /// How often the publisher re-reads the configuration version, so that control-plane
 /// replicas sharing one PostgreSQL see each other's changes. A local change is pushed at once;
 /// this only bounds the delay for changes made through another replica.
 const DEFAULT_CONFIG_POLL: &str = "1s";
+
+/// [`modelgw_control_plane::DEFAULT_MAX_HEALTH_WINDOW`], as the flag's default text.
+const DEFAULT_MAX_HEALTH_WINDOW: &str = "5m";
 
 #[derive(clap::Args, Clone, Debug)]
 pub struct Args {
@@ -42,6 +45,10 @@ pub struct Args {
     /// How often to poll the store for changes made by other control-plane replicas.
     #[arg(long, env = "MODELGW_CONFIG_POLL_INTERVAL", default_value = DEFAULT_CONFIG_POLL, value_parser = parse_duration)]
     pub config_poll_interval: Duration,
+    /// The longest a data plane's health report can keep an endpoint out of the fleet (a
+    /// longer `Retry-After` or window is capped; Azure's own are seconds to about a minute).
+    #[arg(long, env = "MODELGW_MAX_HEALTH_WINDOW", default_value = DEFAULT_MAX_HEALTH_WINDOW, value_parser = parse_duration)]
+    pub max_health_window: Duration,
 }
 
 pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -120,7 +127,14 @@ impl ControlPlane {
             Backend::Postgres => "postgres",
         };
         let (token_sha256, generated) = store.admin_token(args.admin_token.as_deref()).await?;
-        let distribution = Distribution::start(store.clone(), args.config_poll_interval).await?;
+        let distribution = Distribution::start(
+            store.clone(),
+            DistributionSettings {
+                poll_interval: args.config_poll_interval,
+                max_health_window: args.max_health_window,
+            },
+        )
+        .await?;
         let version = distribution.current_version();
         tracing::info!(backend, config_version = %version, "configuration store ready");
 
@@ -232,5 +246,13 @@ mod tests {
         assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
         assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
         assert!(parse_duration("fast").is_err());
+    }
+
+    #[test]
+    fn the_health_window_flag_defaults_to_the_library_default() {
+        assert_eq!(
+            parse_duration(DEFAULT_MAX_HEALTH_WINDOW),
+            Ok(modelgw_control_plane::DEFAULT_MAX_HEALTH_WINDOW)
+        );
     }
 }

@@ -145,6 +145,7 @@ pub async fn run(
         master_key: None,
         master_key_file: None,
         config_poll_interval: Duration::from_secs(1),
+        max_health_window: modelgw_control_plane::DEFAULT_MAX_HEALTH_WINDOW,
     };
     let cp = ControlPlane::start(&cp_args, azure).await?;
     let admin_url = format!("http://{}", cp.admin_addr);

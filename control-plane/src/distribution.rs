@@ -23,8 +23,8 @@ mod publisher;
 mod registry;
 
 pub use health::{
-    DataPlaneHealth, EndpointHealthView, HEALTH_FLUSH_TIMEOUT, HEALTH_PRUNE_INTERVAL,
-    HEALTH_RETENTION, LastError, UNTIMED_REPORT_WINDOW,
+    DEFAULT_MAX_HEALTH_WINDOW, DataPlaneHealth, EndpointHealthView, HEALTH_FLUSH_TIMEOUT,
+    HEALTH_PRUNE_INTERVAL, HEALTH_RETENTION, LastError, RESET_PUSH_WINDOW, UNTIMED_REPORT_WINDOW,
 };
 pub use publisher::PublishedSnapshot;
 pub(crate) use registry::ConnectionId;
@@ -88,11 +88,34 @@ impl std::fmt::Debug for Distribution {
     }
 }
 
+/// How distribution behaves; [`Default`] gives the production defaults.
+#[derive(Clone, Copy, Debug)]
+pub struct DistributionSettings {
+    /// How often the store is checked for changes made through other replicas (at least
+    /// [`MIN_POLL_INTERVAL`]).
+    pub poll_interval: Duration,
+    /// The longest window one health report can hold an endpoint out of the fleet.
+    pub max_health_window: Duration,
+}
+
+impl Default for DistributionSettings {
+    fn default() -> Self {
+        DistributionSettings {
+            poll_interval: Duration::from_secs(1),
+            max_health_window: DEFAULT_MAX_HEALTH_WINDOW,
+        }
+    }
+}
+
 impl Distribution {
     /// Loads the current snapshot and spawns the publisher, which reloads on
-    /// [`ConfigChanges::committed`] and checks the store's version every `poll_interval`
-    /// (at least [`MIN_POLL_INTERVAL`]) for changes made by other replicas.
-    pub async fn start(store: Store, poll_interval: Duration) -> Result<Distribution, StoreError> {
+    /// [`ConfigChanges::committed`] and checks the store's version every poll interval for
+    /// changes made by other replicas.
+    pub async fn start(
+        store: Store,
+        settings: DistributionSettings,
+    ) -> Result<Distribution, StoreError> {
+        let DistributionSettings { poll_interval, max_health_window } = settings;
         let started = Instant::now();
         let snapshot = store.load_snapshot().await?;
         let version = snapshot.version;
@@ -101,9 +124,10 @@ impl Distribution {
         let (snapshot_tx, snapshots) = watch::channel(published);
         let (requested_tx, requested_rx) = watch::channel(version);
         let persist = Arc::new(health::PendingWrites::default());
-        let registry = DataPlaneRegistry::persisting(persist.clone());
+        let registry = DataPlaneRegistry::persisting(persist.clone(), max_health_window);
         // What the fleet reported before this process started (or to other replicas).
         registry.merge_stored(store.load_endpoint_health().await?);
+        registry.merge_resets(store.load_health_resets().await?);
         let writer = tokio::spawn(
             persist.run_writer(store.clone()).instrument(tracing::info_span!("health_writer")),
         );

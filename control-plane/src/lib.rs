@@ -15,8 +15,8 @@ pub mod secrets;
 pub mod store;
 
 pub use distribution::{
-    ConfigChanges, DataPlaneHealth, DataPlaneRegistry, DataPlaneStatus, Distribution,
-    EndpointHealthView, LastError,
+    ConfigChanges, DEFAULT_MAX_HEALTH_WINDOW, DataPlaneHealth, DataPlaneRegistry, DataPlaneStatus,
+    Distribution, DistributionSettings, EndpointHealthView, LastError,
 };
 pub use secrets::MasterKey;
 pub use store::{Store, StoreError};

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use common::{TestDb, wait_until};
 use modelgw_control_plane::store::{EndpointAuth, NewEndpoint, NewGateway};
-use modelgw_control_plane::{DataPlaneStatus, Distribution, Store};
+use modelgw_control_plane::{DataPlaneStatus, Distribution, DistributionSettings, Store};
 use modelgw_model::{
     ConfigVersion, EndpointId, EndpointState, GatewayMember, NodeId, Platform, RoutingPolicy,
     Secret,
@@ -61,7 +61,14 @@ struct Server {
 
 impl Server {
     async fn start(store: Store, poll: Duration) -> Server {
-        let distribution = Arc::new(Distribution::start(store, poll).await.expect("distribution"));
+        let distribution = Arc::new(
+            Distribution::start(
+                store,
+                DistributionSettings { poll_interval: poll, ..Default::default() },
+            )
+            .await
+            .expect("distribution"),
+        );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let (shutdown, stop) = oneshot::channel::<()>();

@@ -35,6 +35,7 @@ on_both_backends!(
     gateway_routing_round_trips_and_versions,
     gateways_stored_before_routing_existed_read_as_defaults,
     endpoint_health_is_stored_without_bumping_the_version,
+    health_resets_keep_the_latest_and_are_pruned,
     azure_import_upserts_by_arm_resource_id,
     entra_auth_stores_no_key_and_modes_switch,
 );
@@ -887,6 +888,33 @@ async fn endpoint_health_is_stored_without_bumping_the_version(db: &TestDb) {
     assert_eq!(store.prune_endpoint_health(cutoff).await.expect("prune"), 1);
     assert_eq!(store.load_endpoint_health().await.expect("load").len(), 2);
     assert_eq!(version(&store).await, next(v), "only the endpoint delete bumped the version");
+}
+
+async fn health_resets_keep_the_latest_and_are_pruned(db: &TestDb) {
+    let store = db.open().await;
+    let a = create_endpoint(&store, "a").await;
+    let b = create_endpoint(&store, "b").await;
+    let v = version(&store).await;
+    let at = |ms: i64| chrono::DateTime::from_timestamp_millis(ms).expect("time");
+    let now = chrono::Utc::now().timestamp_millis();
+    store.record_health_reset(a.id, at(now)).await.expect("reset a");
+    // An older reset (a slower replica) does not replace a newer one.
+    store.record_health_reset(a.id, at(now - 10)).await.expect("older reset");
+    store.record_health_reset(b.id, at(now - 3_600_000)).await.expect("reset b");
+    assert_eq!(version(&store).await, v, "a reset is not configuration");
+    let mut expected = vec![(a.id, at(now)), (b.id, at(now - 3_600_000))];
+    expected.sort_by_key(|(id, _)| id.to_string());
+    assert_eq!(store.load_health_resets().await.expect("load"), expected);
+
+    // Survives reopening; pruning forgets resets older than the cutoff.
+    store.close().await;
+    let store = db.open().await;
+    assert_eq!(store.prune_endpoint_health(at(now - 60_000)).await.expect("prune"), 1);
+    assert_eq!(store.load_health_resets().await.expect("load"), [(a.id, at(now))]);
+    // A deleted endpoint's reset is not loaded, and the next prune deletes it.
+    store.delete_endpoint(a.id, false).await.expect("delete a");
+    assert!(store.load_health_resets().await.expect("load").is_empty());
+    assert_eq!(store.prune_endpoint_health(at(now - 60_000)).await.expect("prune"), 1);
 }
 
 fn import_item(

@@ -83,8 +83,13 @@ pub fn apply_snapshot(store: &SnapshotStore, snapshot: &Snapshot) -> ApplyOutcom
 /// previous fleet view). Healthy entries and ended windows are ignored; entries that could
 /// not be read were already left out by the decoder. Returns how many windows are active.
 pub fn apply_fleet_health(health: &HealthRegistry, fleet: &FleetHealth) -> usize {
-    let active = health.apply_fleet(&fleet.endpoints, Instant::now());
+    let now = Instant::now();
+    let active = health.apply_fleet(&fleet.endpoints, now);
+    let cleared = health.apply_resets(&fleet.resets, now);
     let listed = fleet.endpoints.len() + fleet.skipped.len();
+    if cleared > 0 {
+        info!(cleared, "operator health reset applied to this data plane's own windows");
+    }
     info!(listed, active, "fleet health applied");
     active
 }

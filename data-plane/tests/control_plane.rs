@@ -294,6 +294,7 @@ async fn a_429_is_pushed_at_once_and_a_fleet_window_from_the_stream_is_honoured_
             until_unix_ms,
             reason: "429 on dp-other".into(),
         }],
+        resets: vec![],
     };
     let message = cfg::ControlPlaneMessage {
         kind: Some(cfg::control_plane_message::Kind::FleetHealth(fleet)),

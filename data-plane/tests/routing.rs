@@ -621,6 +621,7 @@ async fn a_fleet_throttle_window_is_honoured_locally() -> Result<()> {
             until: Some(std::time::SystemTime::now() + window),
             reason: Some("429 seen by another data plane".to_owned()),
         }],
+        resets: vec![],
         skipped: vec![],
     };
     assert_eq!(apply_fleet_health(&gw.health, &fleet), 1);

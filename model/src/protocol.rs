@@ -82,8 +82,18 @@ pub struct HealthReport {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct FleetHealth {
     pub endpoints: Vec<EndpointHealth>,
+    /// Operator health resets still relevant to a data plane, sorted by endpoint id.
+    pub resets: Vec<HealthReset>,
     /// Entries that could not be read (filled on decode only; never sent).
     pub skipped: Vec<InvalidMessage>,
+}
+
+/// An operator cleared an endpoint's health at `at`: every report received before it stops
+/// counting, and each data plane forgets the local window it opened before it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HealthReset {
+    pub endpoint_id: EndpointId,
+    pub at: SystemTime,
 }
 
 /// Why a protocol message (or one entry of it) could not be read. Names the message and the

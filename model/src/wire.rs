@@ -13,8 +13,8 @@ pub use modelgw_proto::cfg;
 
 use crate::limits::{MAX_BUILD_VERSION_CHARS, MAX_REASON_CHARS, truncate_chars};
 use crate::protocol::{
-    ControlPlaneMessage, DataPlaneMessage, EndpointHealth, FleetHealth, HealthReport, Hello,
-    InvalidMessage, Nack, bounded_reason, valid_node_id,
+    ControlPlaneMessage, DataPlaneMessage, EndpointHealth, FleetHealth, HealthReport, HealthReset,
+    Hello, InvalidMessage, Nack, bounded_reason, valid_node_id,
 };
 use crate::{
     ConfigVersion, Credential, DEFAULT_ENTRA_SCOPE, Endpoint, EndpointId, EndpointState, Gateway,
@@ -330,14 +330,47 @@ impl From<&HealthReport> for cfg::HealthReport {
 
 impl From<cfg::FleetHealth> for FleetHealth {
     fn from(wire: cfg::FleetHealth) -> Self {
-        let (endpoints, skipped) = endpoint_health_list("FleetHealth", wire.endpoints);
-        FleetHealth { endpoints, skipped }
+        let (endpoints, mut skipped) = endpoint_health_list("FleetHealth", wire.endpoints);
+        let mut resets = Vec::with_capacity(wire.resets.len());
+        for (i, r) in wire.resets.into_iter().enumerate() {
+            match health_reset(i, r) {
+                Ok(r) => resets.push(r),
+                Err(err) => skipped.push(err),
+            }
+        }
+        FleetHealth { endpoints, resets, skipped }
     }
+}
+
+/// Decodes `FleetHealth.resets[i]`.
+fn health_reset(i: usize, r: cfg::HealthReset) -> Result<HealthReset, InvalidMessage> {
+    let field = |name: &str| format!("resets[{i}].{name}");
+    let endpoint_id = r.endpoint_id.parse::<EndpointId>().map_err(|_| {
+        InvalidMessage::new(
+            "FleetHealth",
+            field("endpoint_id"),
+            format!("not a UUID: {:?}", truncate_chars(&r.endpoint_id, 64)),
+        )
+    })?;
+    let at = from_unix_ms(r.at_unix_ms).ok_or_else(|| {
+        InvalidMessage::new("FleetHealth", field("at_unix_ms"), "must be a positive time")
+    })?;
+    Ok(HealthReset { endpoint_id, at })
 }
 
 impl From<&FleetHealth> for cfg::FleetHealth {
     fn from(f: &FleetHealth) -> Self {
-        cfg::FleetHealth { endpoints: f.endpoints.iter().map(cfg::EndpointHealth::from).collect() }
+        cfg::FleetHealth {
+            endpoints: f.endpoints.iter().map(cfg::EndpointHealth::from).collect(),
+            resets: f
+                .resets
+                .iter()
+                .map(|r| cfg::HealthReset {
+                    endpoint_id: r.endpoint_id.to_string(),
+                    at_unix_ms: unix_ms(Some(r.at)),
+                })
+                .collect(),
+        }
     }
 }
 
@@ -587,6 +620,32 @@ mod tests {
     }
 
     #[test]
+    fn fleet_health_resets_round_trip_and_a_bad_one_is_skipped_alone() {
+        let good = HealthReset {
+            endpoint_id: EndpointId::new(),
+            at: UNIX_EPOCH + Duration::from_millis(1_765_000_000_000),
+        };
+        let mut wire = cfg::FleetHealth::from(&FleetHealth {
+            endpoints: vec![],
+            resets: vec![good],
+            skipped: vec![],
+        });
+        wire.resets.push(cfg::HealthReset { endpoint_id: "nope".into(), at_unix_ms: 1 });
+        wire.resets
+            .push(cfg::HealthReset { endpoint_id: EndpointId::new().to_string(), at_unix_ms: 0 });
+        let fleet = FleetHealth::from(wire);
+        assert_eq!(fleet.resets, [good]);
+        let skipped: Vec<String> = fleet.skipped.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            skipped,
+            [
+                "FleetHealth.resets[1].endpoint_id: not a UUID: \"nope\"",
+                "FleetHealth.resets[2].at_unix_ms: must be a positive time"
+            ]
+        );
+    }
+
+    #[test]
     fn hello_needs_a_printable_bounded_node_id_and_bounds_the_rest() {
         let hello = |node_id: &str, build: &str| cfg::Hello {
             node_id: node_id.into(),
@@ -647,6 +706,10 @@ mod tests {
                 state: EndpointState::Error,
                 until: Some(UNIX_EPOCH + Duration::from_millis(1_765_000_000_000)),
                 reason: Some("503".into()),
+            }],
+            resets: vec![HealthReset {
+                endpoint_id: EndpointId::new(),
+                at: UNIX_EPOCH + Duration::from_millis(1_765_000_001_000),
             }],
             skipped: vec![],
         };

@@ -7,7 +7,7 @@ use axum::body::Body;
 use http::{HeaderMap, Method, Request, StatusCode, header};
 use http_body_util::BodyExt;
 use modelgw_admin_api::{AdminState, AzureImport, AzureImportConfig, router};
-use modelgw_control_plane::{Distribution, MasterKey, Store};
+use modelgw_control_plane::{Distribution, DistributionSettings, MasterKey, Store};
 use modelgw_model::ConfigVersion;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
@@ -80,8 +80,12 @@ impl Harness {
         let dir = tempfile::tempdir().expect("temp dir");
         let url = format!("sqlite://{}", dir.path().join("modelgw.db").display());
         let store = Store::connect(&url, MasterKey::generate()).await.expect("store opens");
-        let distribution =
-            Distribution::start(store.clone(), POLL_INTERVAL).await.expect("distribution starts");
+        let distribution = Distribution::start(
+            store.clone(),
+            DistributionSettings { poll_interval: POLL_INTERVAL, ..Default::default() },
+        )
+        .await
+        .expect("distribution starts");
         let state = AdminState {
             store: store.clone(),
             changes: distribution.changes(),

@@ -189,3 +189,119 @@ async fn states_follow_fleet_health_reports() {
     let (served, ()) = tokio::join!(server, scenario);
     served.expect("gRPC server");
 }
+
+impl DataPlane {
+    /// The next fleet health the control plane pushes, skipping anything else.
+    async fn next_fleet_health(&mut self) -> cfg::FleetHealth {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let next = tokio::time::timeout_at(deadline, self.inbound.message())
+                .await
+                .expect("a fleet health push in time")
+                .expect("message")
+                .expect("a message");
+            if let Some(cfg::control_plane_message::Kind::FleetHealth(f)) = next.kind {
+                return f;
+            }
+        }
+    }
+
+    /// Waits for a fleet health push that satisfies `check`.
+    async fn fleet_health_until(
+        &mut self,
+        check: impl Fn(&cfg::FleetHealth) -> bool,
+    ) -> cfg::FleetHealth {
+        loop {
+            let fleet = self.next_fleet_health().await;
+            if check(&fleet) {
+                return fleet;
+            }
+        }
+    }
+}
+
+/// A report that claims a window of thousands of years is capped at the maximum window
+/// (5 minutes by default), in the API and in what every other data plane is sent; an
+/// operator's reset then reaches every data plane within a second, and later reports count
+/// again.
+#[tokio::test]
+async fn long_windows_are_capped_and_a_reset_reaches_every_data_plane_at_once() {
+    let h = Harness::start().await;
+    let e1 = id_of(&h.create_endpoint(endpoint_body("eus", "azkey-0123456789abcdef-1")).await);
+    let e1_path = format!("/api/v1/inference-endpoints/{e1}");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = h.distribution.serve_grpc(listener, async {
+        let _ = stop_rx.await;
+    });
+
+    let scenario = async {
+        let mut dp_a = DataPlane::subscribe(&h, addr, "dp-a").await;
+        let mut dp_b = DataPlane::subscribe(&h, addr, "dp-b").await;
+        let until_9999 = chrono::DateTime::parse_from_rfc3339("9999-12-31T00:00:00Z")
+            .expect("a date")
+            .timestamp_millis();
+        let sent = chrono::Utc::now();
+        dp_a.send(msg(cfg::data_plane_message::Kind::Health(cfg::HealthReport {
+            endpoints: vec![cfg::EndpointHealth {
+                endpoint_id: e1.clone(),
+                state: cfg::EndpointState::Throttling as i32,
+                until_unix_ms: until_9999,
+                reason: "429".into(),
+            }],
+        })))
+        .await;
+        let pushed = dp_b.fleet_health_until(|f| !f.endpoints.is_empty()).await;
+        // Read after the push: the window is capped from the report's reception.
+        let cap = modelgw_control_plane::DEFAULT_MAX_HEALTH_WINDOW;
+        let latest = (chrono::Utc::now() + chrono::Duration::from_std(cap).expect("fits"))
+            .timestamp_millis();
+        let until = pushed.endpoints[0].until_unix_ms;
+        assert!(
+            until > sent.timestamp_millis() && until <= latest,
+            "the window pushed to the fleet is capped: {until} > {latest}"
+        );
+        let body = wait_until(&h, &e1_path, |b| b["state"] == "throttling").await;
+        let shown =
+            chrono::DateTime::parse_from_rfc3339(body["state_until"].as_str().expect("until"))
+                .expect("a time")
+                .timestamp_millis();
+        assert!(shown <= latest, "the API shows the capped window: {body}");
+
+        // The reset: both data planes are sent a fleet view without the endpoint, naming the
+        // reset, within a second.
+        let reset_sent = Instant::now();
+        let reset = h.call(http::Method::POST, &format!("{e1_path}/health:reset"), None).await;
+        let body = reset.expect(StatusCode::OK).json();
+        assert_eq!(body["state"], "healthy", "{body}");
+        assert_eq!(body["last_error"]["reason"], "429", "the history stays visible");
+        for dp in [&mut dp_a, &mut dp_b] {
+            let fleet =
+                dp.fleet_health_until(|f| f.endpoints.is_empty() && !f.resets.is_empty()).await;
+            assert_eq!(fleet.resets.len(), 1, "{fleet:?}");
+            assert_eq!(fleet.resets[0].endpoint_id, e1);
+        }
+        assert!(reset_sent.elapsed() < Duration::from_secs(1), "took {:?}", reset_sent.elapsed());
+        assert_eq!(h.get(&e1_path).await.json()["state"], "healthy");
+
+        // A report after the reset counts again.
+        dp_b.send(health(&e1, cfg::EndpointState::Error, "503")).await;
+        let body = wait_until(&h, &e1_path, |b| b["state"] == "error").await;
+        assert_eq!(body["state_reported_by"], "dp-b");
+
+        // An unknown endpoint is a 404, and nothing is stored for it.
+        h.call(
+            http::Method::POST,
+            &format!("/api/v1/inference-endpoints/{}/health:reset", uuid::Uuid::new_v4()),
+            None,
+        )
+        .await
+        .expect(StatusCode::NOT_FOUND);
+
+        drop((dp_a, dp_b));
+        let _ = stop_tx.send(());
+    };
+    let (served, ()) = tokio::join!(server, scenario);
+    served.expect("gRPC server");
+}

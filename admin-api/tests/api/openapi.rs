@@ -118,7 +118,7 @@ async fn the_document_lists_exactly_the_routes_the_router_serves() {
         "the probe sees exactly the registered paths"
     );
     assert_eq!(documented, served, "documented (left) vs served by the router (right)");
-    assert_eq!(documented.len(), 12, "the twelve paths of /api/v1");
+    assert_eq!(documented.len(), 13, "the thirteen paths of /api/v1");
 }
 
 #[test]
@@ -198,7 +198,7 @@ fn operation_ids_are_unique() {
             assert!(ids.insert(id.to_owned()), "duplicate operationId {id}");
         }
     }
-    assert_eq!(ids.len(), 19);
+    assert_eq!(ids.len(), 20);
 }
 
 #[test]

@@ -8,14 +8,20 @@
 //!   says error, else `healthy`; `until` is the latest `until` among the reports of that
 //!   state, and `reason` / `reported_by` come from the report holding that `until`;
 //! - reports of data planes that disconnected keep counting until their windows end: a 429
-//!   seen by a replica that then died is still true of the endpoint.
+//!   seen by a replica that then died is still true of the endpoint;
+//! - a window never runs longer than the registry's maximum ([`DEFAULT_MAX_HEALTH_WINDOW`])
+//!   after the report was received, whatever `until` a data plane (or a stored row) claims;
+//! - an operator's reset of an endpoint ([`DataPlaneRegistry::reset_endpoint_health`]) makes
+//!   every report received up to that instant stop counting; later reports count again.
+//!
+//! [`DataPlaneRegistry::reset_endpoint_health`]: super::DataPlaneRegistry::reset_endpoint_health
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use modelgw_model::protocol::{EndpointHealth, FleetHealth};
+use modelgw_model::protocol::{EndpointHealth, FleetHealth, HealthReset};
 use modelgw_model::{EndpointId, EndpointState, NodeId};
 use tokio::sync::Notify;
 
@@ -26,6 +32,17 @@ use crate::store::EndpointHealthRecord;
 /// one that does not still re-reports within seconds while the failure lasts, and 30 s bounds
 /// how long a lost recovery report can keep an endpoint out of the fleet's rotation.
 pub const UNTIMED_REPORT_WINDOW: Duration = Duration::from_secs(30);
+
+/// The longest window a report can hold an endpoint out of the fleet, counted from the
+/// report's reception. Azure's own `Retry-After` values are seconds to about a minute; a
+/// longer claim is capped, so one bad or hostile report cannot take an endpoint away for
+/// long. Configurable (`MODELGW_MAX_HEALTH_WINDOW`).
+pub const DEFAULT_MAX_HEALTH_WINDOW: Duration = Duration::from_secs(5 * 60);
+
+/// How long a reset is pushed to data planes: as long as a data plane's own window can run
+/// (its longest throttle window is one hour), so one that reconnects later still forgets
+/// what it saw before the reset.
+pub const RESET_PUSH_WINDOW: Duration = Duration::from_secs(60 * 60);
 
 /// How long the report of a data plane is kept after both its reception and its window
 /// passed: long enough for operators to see yesterday's failures (`last_error`), short
@@ -72,6 +89,35 @@ impl NodeReport {
         match self.window_end() {
             Some(end) if end > now => self.state,
             _ => EndpointState::Healthy,
+        }
+    }
+
+    /// Caps `until` at `max_window` after the report's reception. Returns whether it was
+    /// capped.
+    pub(crate) fn cap_window(&mut self, max_window: Duration) -> bool {
+        let latest = self.updated_at
+            + chrono::Duration::from_std(max_window).unwrap_or(chrono::Duration::MAX);
+        match self.until {
+            Some(until) if until > latest => {
+                self.until = Some(latest);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// The report as it counts after a reset at `reset_at`: one received up to the reset is
+    /// healthy (its reason and last error stay visible).
+    fn after_reset(&self, reset_at: Option<DateTime<Utc>>) -> std::borrow::Cow<'_, NodeReport> {
+        match reset_at {
+            Some(at) if self.updated_at <= at && self.state != EndpointState::Healthy => {
+                std::borrow::Cow::Owned(NodeReport {
+                    state: EndpointState::Healthy,
+                    until: None,
+                    ..self.clone()
+                })
+            }
+            _ => std::borrow::Cow::Borrowed(self),
         }
     }
 
@@ -165,11 +211,15 @@ impl EndpointHealthView {
     }
 }
 
-/// Applies the aggregation rules (module docs) to one endpoint's reports at `now`.
+/// Applies the aggregation rules (module docs) to one endpoint's reports at `now`, given the
+/// endpoint's last reset.
 pub(crate) fn aggregate(
     reports: &BTreeMap<NodeId, NodeReport>,
+    reset_at: Option<DateTime<Utc>>,
     now: DateTime<Utc>,
 ) -> EndpointHealthView {
+    let reports: BTreeMap<&NodeId, std::borrow::Cow<'_, NodeReport>> =
+        reports.iter().map(|(node, r)| (node, r.after_reset(reset_at))).collect();
     let mut view = EndpointHealthView::healthy();
     view.last_error = reports
         .iter()
@@ -177,7 +227,7 @@ pub(crate) fn aggregate(
             r.last_error.as_ref().map(|(reason, at)| LastError {
                 reason: reason.clone(),
                 at: *at,
-                node_id: node.clone(),
+                node_id: (*node).clone(),
             })
         })
         .max_by_key(|e| e.at);
@@ -186,7 +236,7 @@ pub(crate) fn aggregate(
         .map(|(node, r)| {
             let state = r.state_at(now);
             DataPlaneHealth {
-                node_id: node.clone(),
+                node_id: (*node).clone(),
                 state,
                 until: r.window_end().filter(|_| state != EndpointState::Healthy),
                 reason: r.reason.clone(),
@@ -204,7 +254,7 @@ pub(crate) fn aggregate(
             view.state = wanted;
             view.until = Some(end);
             view.reason = r.reason.clone();
-            view.reported_by = Some(node.clone());
+            view.reported_by = Some((*node).clone());
             return view;
         }
     }
@@ -215,16 +265,18 @@ pub(crate) fn aggregate(
     view
 }
 
-/// The fleet health for `health` at `now`: every endpoint unavailable somewhere, sorted by
-/// endpoint id so that equal states compare equal.
+/// The fleet health for `health` at `now`: every endpoint unavailable somewhere, and the
+/// resets of the last [`RESET_PUSH_WINDOW`], each sorted by endpoint id so that equal states
+/// compare equal.
 pub(crate) fn fleet_health(
     health: &HashMap<EndpointId, BTreeMap<NodeId, NodeReport>>,
+    resets: &HashMap<EndpointId, DateTime<Utc>>,
     now: DateTime<Utc>,
 ) -> FleetHealth {
     let mut endpoints: Vec<EndpointHealth> = health
         .iter()
         .filter_map(|(id, reports)| {
-            let view = aggregate(reports, now);
+            let view = aggregate(reports, resets.get(id).copied(), now);
             (view.state != EndpointState::Healthy).then(|| EndpointHealth {
                 endpoint_id: *id,
                 state: view.state,
@@ -235,7 +287,14 @@ pub(crate) fn fleet_health(
         .collect();
     // UUID order is the order of their canonical text, as data planes and operators see it.
     endpoints.sort_by_key(|e| e.endpoint_id);
-    FleetHealth { endpoints, skipped: Vec::new() }
+    let push_since = now - chrono::Duration::from_std(RESET_PUSH_WINDOW).unwrap_or_default();
+    let mut resets: Vec<HealthReset> = resets
+        .iter()
+        .filter(|(_, at)| **at > push_since)
+        .map(|(id, at)| HealthReset { endpoint_id: *id, at: std::time::SystemTime::from(*at) })
+        .collect();
+    resets.sort_by_key(|r| r.endpoint_id);
+    FleetHealth { endpoints, resets, skipped: Vec::new() }
 }
 
 /// Reports waiting to be written: the newest per (endpoint, data plane), so the queue is
@@ -333,7 +392,7 @@ mod tests {
             ("c", report(EndpointState::Throttling, Some(60), "429 long")),
             ("d", report(EndpointState::Healthy, None, "")),
         ]);
-        let view = aggregate(&r, Utc::now());
+        let view = aggregate(&r, None, Utc::now());
         assert_eq!(view.state, EndpointState::Throttling);
         assert_eq!(view.reason.as_deref(), Some("429 long"));
         assert_eq!(view.reported_by, Some(NodeId("c".into())));
@@ -347,7 +406,7 @@ mod tests {
             ("a", report(EndpointState::Error, Some(60), "503")),
             ("b", report(EndpointState::Throttling, Some(-1), "429")),
         ]);
-        let view = aggregate(&r, Utc::now());
+        let view = aggregate(&r, None, Utc::now());
         assert_eq!((view.state, view.reason.as_deref()), (EndpointState::Error, Some("503")));
         let b = &view.data_planes[1];
         assert_eq!((b.state, b.until), (EndpointState::Healthy, None));
@@ -360,7 +419,7 @@ mod tests {
         older.last_error = Some(("old 503".into(), at(-10)));
         let r =
             reports(vec![("a", older), ("b", report(EndpointState::Throttling, Some(-1), "429"))]);
-        let view = aggregate(&r, Utc::now());
+        let view = aggregate(&r, None, Utc::now());
         assert_eq!(view.state, EndpointState::Healthy);
         assert_eq!(view.until, None);
         let last = view.last_error.expect("last error");
@@ -370,11 +429,11 @@ mod tests {
     #[test]
     fn an_unhealthy_report_without_until_counts_for_a_bounded_window() {
         let r = reports(vec![("a", report(EndpointState::Error, None, "reset"))]);
-        assert_eq!(aggregate(&r, Utc::now()).state, EndpointState::Error);
+        assert_eq!(aggregate(&r, None, Utc::now()).state, EndpointState::Error);
         let later = Utc::now()
             + chrono::Duration::from_std(UNTIMED_REPORT_WINDOW).expect("fits")
             + chrono::Duration::seconds(1);
-        assert_eq!(aggregate(&r, later).state, EndpointState::Healthy);
+        assert_eq!(aggregate(&r, None, later).state, EndpointState::Healthy);
     }
 
     #[test]
@@ -384,12 +443,12 @@ mod tests {
         health.insert(x, reports(vec![("a", report(EndpointState::Throttling, Some(60), "429"))]));
         health.insert(y, reports(vec![("a", report(EndpointState::Healthy, None, ""))]));
         health.insert(z, reports(vec![("b", report(EndpointState::Error, Some(60), "503"))]));
-        let message = fleet_health(&health, Utc::now());
+        let message = fleet_health(&health, &HashMap::new(), Utc::now());
         let mut expected = vec![x.to_string(), z.to_string()];
         expected.sort();
         let ids: Vec<String> =
             message.endpoints.iter().map(|e| e.endpoint_id.to_string()).collect();
         assert_eq!(ids, expected);
-        assert_eq!(message, fleet_health(&health, Utc::now()), "deterministic");
+        assert_eq!(message, fleet_health(&health, &HashMap::new(), Utc::now()), "deterministic");
     }
 }

@@ -78,6 +78,10 @@ impl Publisher {
                         Ok(records) => self.registry.merge_stored(records),
                         Err(e) => tracing::warn!(error = %e, "endpoint health poll failed; retrying at the next tick"),
                     }
+                    match self.store.load_health_resets().await {
+                        Ok(resets) => self.registry.merge_resets(resets),
+                        Err(e) => tracing::warn!(error = %e, "endpoint health reset poll failed; retrying at the next tick"),
+                    }
                     None
                 }
             };

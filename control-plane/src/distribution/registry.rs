@@ -3,6 +3,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use modelgw_model::protocol::{EndpointHealth, FleetHealth};
@@ -46,12 +47,19 @@ pub struct DataPlaneRegistry {
     inner: Arc<Mutex<RegistryInner>>,
     fleet: Arc<watch::Sender<Arc<FleetHealth>>>,
     pub(super) persist: Option<Arc<health::PendingWrites>>,
+    /// The longest window a report may claim, from its reception (see [`health`]).
+    max_health_window: Duration,
 }
 
 impl Default for DataPlaneRegistry {
     fn default() -> Self {
         let (fleet, _) = watch::channel(Arc::new(FleetHealth::default()));
-        DataPlaneRegistry { inner: Arc::default(), fleet: Arc::new(fleet), persist: None }
+        DataPlaneRegistry {
+            inner: Arc::default(),
+            fleet: Arc::new(fleet),
+            persist: None,
+            max_health_window: health::DEFAULT_MAX_HEALTH_WINDOW,
+        }
     }
 }
 
@@ -60,6 +68,8 @@ struct RegistryInner {
     nodes: BTreeMap<NodeId, NodeEntry>,
     /// Latest report per endpoint and data plane.
     health: HashMap<EndpointId, BTreeMap<NodeId, health::NodeReport>>,
+    /// The latest operator reset per endpoint: reports received up to it do not count.
+    resets: HashMap<EndpointId, DateTime<Utc>>,
     next_connection: u64,
 }
 
@@ -83,8 +93,19 @@ impl std::fmt::Display for ConnectionId {
 
 impl DataPlaneRegistry {
     /// A registry whose health reports are also queued for `persist`'s writer.
-    pub(super) fn persisting(persist: Arc<health::PendingWrites>) -> Self {
+    pub(super) fn persisting(
+        persist: Arc<health::PendingWrites>,
+        max_health_window: Duration,
+    ) -> Self {
         DataPlaneRegistry { persist: Some(persist), ..Default::default() }
+            .with_max_health_window(max_health_window)
+    }
+
+    /// Caps every reported window at `max` from its reception (default
+    /// [`health::DEFAULT_MAX_HEALTH_WINDOW`]).
+    pub fn with_max_health_window(mut self, max: Duration) -> Self {
+        self.max_health_window = max;
+        self
     }
 
     /// All data planes ever seen by this control plane process, sorted by node id.
@@ -96,8 +117,9 @@ impl DataPlaneRegistry {
     /// After every window has passed, the last failure's reason and reporter are kept (so
     /// operators can see what happened) but `until` is cleared.
     pub fn endpoint_health(&self, id: EndpointId) -> EndpointHealthView {
-        match self.lock().health.get(&id) {
-            Some(reports) => health::aggregate(reports, Utc::now()),
+        let inner = self.lock();
+        match inner.health.get(&id) {
+            Some(reports) => health::aggregate(reports, inner.resets.get(&id).copied(), Utc::now()),
             None => EndpointHealthView::healthy(),
         }
     }
@@ -111,7 +133,7 @@ impl DataPlaneRegistry {
     /// Recomputes the fleet aggregate and publishes it if it changed. Called inside the
     /// caller's critical section, so publishes happen in the order of the changes.
     fn publish_fleet(&self, inner: &RegistryInner) {
-        let message = health::fleet_health(&inner.health, Utc::now());
+        let message = health::fleet_health(&inner.health, &inner.resets, Utc::now());
         let mut message = Some(message);
         let changed = self.fleet.send_if_modified(|current| {
             if message.as_ref().is_some_and(|m| m != current.as_ref())
@@ -207,13 +229,22 @@ impl DataPlaneRegistry {
                     let reason = u.reason.clone().unwrap_or_else(|| u.state.as_str().to_owned());
                     Some((reason, now))
                 };
-                let report = health::NodeReport {
+                let mut report = health::NodeReport {
                     state: u.state,
                     until: u.until.map(DateTime::<Utc>::from),
                     reason: u.reason,
                     last_error,
                     updated_at: now,
                 };
+                if report.cap_window(self.max_health_window) {
+                    tracing::warn!(
+                        node_id = %node_id,
+                        endpoint_id = %u.endpoint_id,
+                        claimed_until = ?u.until.map(DateTime::<Utc>::from),
+                        max_window_s = self.max_health_window.as_secs(),
+                        "reported health window longer than the maximum; capped"
+                    );
+                }
                 written.push(report.to_record(u.endpoint_id, node_id));
                 reports.insert(node_id.clone(), report);
             }
@@ -231,7 +262,9 @@ impl DataPlaneRegistry {
     pub(crate) fn merge_stored(&self, records: Vec<crate::store::EndpointHealthRecord>) {
         let mut inner = self.lock();
         for record in records {
-            let (endpoint_id, node_id, report) = health::NodeReport::from_record(record);
+            let (endpoint_id, node_id, mut report) = health::NodeReport::from_record(record);
+            // Rows written before the cap existed, or by a replica configured with a longer one.
+            report.cap_window(self.max_health_window);
             let reports = inner.health.entry(endpoint_id).or_default();
             if reports.get(&node_id).is_none_or(|r| r.updated_at < report.updated_at) {
                 reports.insert(node_id, report);
@@ -240,13 +273,53 @@ impl DataPlaneRegistry {
         self.publish_fleet(&inner);
     }
 
-    /// Forgets reports received before `cutoff` whose windows also ended before it.
+    /// An operator cleared the endpoint's health at `at`: every report received up to then
+    /// stops counting here and, through the next fleet push (sent at once when the aggregate
+    /// changes), on every data plane, which also forget the local windows they opened before
+    /// it. Returns the endpoint's health after the reset.
+    pub fn reset_endpoint_health(&self, id: EndpointId, at: DateTime<Utc>) -> EndpointHealthView {
+        let mut inner = self.lock();
+        let reset = inner.resets.entry(id).or_insert(at);
+        *reset = (*reset).max(at);
+        let reset_at = Some(*reset);
+        self.publish_fleet(&inner);
+        match inner.health.get(&id) {
+            Some(reports) => health::aggregate(reports, reset_at, Utc::now()),
+            None => EndpointHealthView::healthy(),
+        }
+    }
+
+    /// Merges resets read from the store (at start, and made through other replicas).
+    pub(crate) fn merge_resets(&self, resets: Vec<(EndpointId, DateTime<Utc>)>) {
+        let mut inner = self.lock();
+        let mut changed = false;
+        for (id, at) in resets {
+            match inner.resets.get_mut(&id) {
+                Some(current) if *current >= at => {}
+                Some(current) => {
+                    *current = at;
+                    changed = true;
+                }
+                None => {
+                    inner.resets.insert(id, at);
+                    changed = true;
+                }
+            }
+        }
+        if changed {
+            self.publish_fleet(&inner);
+        }
+    }
+
+    /// Forgets reports received before `cutoff` whose windows also ended before it, and
+    /// resets older than `cutoff` (no report they could clear is left).
     pub(crate) fn prune_health(&self, cutoff: DateTime<Utc>) {
         let mut inner = self.lock();
         for reports in inner.health.values_mut() {
             reports.retain(|_, r| !r.expired(cutoff));
         }
         inner.health.retain(|_, reports| !reports.is_empty());
+        inner.resets.retain(|_, at| *at >= cutoff);
         self.publish_fleet(&inner);
     }
 
@@ -254,6 +327,7 @@ impl DataPlaneRegistry {
     pub(super) fn retain_health(&self, published: &PublishedSnapshot) {
         let mut inner = self.lock();
         inner.health.retain(|id, _| published.contains_endpoint(*id));
+        inner.resets.retain(|id, _| published.contains_endpoint(*id));
         self.publish_fleet(&inner);
     }
 }
@@ -365,5 +439,78 @@ mod tests {
         }
         let ids: Vec<String> = registry.data_planes().into_iter().map(|s| s.node_id.0).collect();
         assert_eq!(ids, ["a", "b", "c"]);
+    }
+
+    fn throttled_until(id: EndpointId, until: SystemTime) -> EndpointHealth {
+        EndpointHealth {
+            endpoint_id: id,
+            state: EndpointState::Throttling,
+            reason: Some("429".into()),
+            until: Some(until),
+        }
+    }
+
+    #[test]
+    fn a_window_longer_than_the_maximum_is_capped_from_its_reception() {
+        let registry =
+            DataPlaneRegistry::default().with_max_health_window(Duration::from_secs(120));
+        let id = EndpointId::new();
+        let year_9999 = SystemTime::UNIX_EPOCH + Duration::from_secs(253_402_214_400);
+        let before = Utc::now();
+        registry.report_health(&node("dp-1"), vec![throttled_until(id, year_9999)]);
+        let until = registry.endpoint_health(id).until.expect("a window");
+        assert!(until <= Utc::now() + chrono::Duration::seconds(120), "{until}");
+        assert!(until >= before + chrono::Duration::seconds(119), "{until}");
+        let pushed = registry.subscribe_fleet_health().borrow().endpoints[0].until;
+        assert_eq!(pushed, Some(SystemTime::from(until)), "the fleet is sent the capped window");
+        // A stored row from before the cap is capped when merged.
+        let mut record = crate::store::EndpointHealthRecord {
+            endpoint_id: id,
+            node_id: node("dp-2"),
+            state: EndpointState::Error,
+            until: Some(DateTime::<Utc>::from(year_9999)),
+            reason: Some("503".into()),
+            last_error: None,
+            last_error_at: None,
+            updated_at: Utc::now(),
+        };
+        record.endpoint_id = EndpointId::new();
+        let stored = record.endpoint_id;
+        registry.merge_stored(vec![record]);
+        let until = registry.endpoint_health(stored).until.expect("a window");
+        assert!(until <= Utc::now() + chrono::Duration::seconds(120), "{until}");
+    }
+
+    #[test]
+    fn a_reset_clears_earlier_reports_everywhere_and_later_ones_count() {
+        let registry = DataPlaneRegistry::default();
+        let mut fleet = registry.subscribe_fleet_health();
+        let (id, other) = (EndpointId::new(), EndpointId::new());
+        let soon = SystemTime::now() + Duration::from_secs(60);
+        registry.report_health(&node("dp-1"), vec![throttled_until(id, soon)]);
+        registry.report_health(&node("dp-2"), vec![throttled_until(id, soon)]);
+        registry.report_health(&node("dp-2"), vec![throttled_until(other, soon)]);
+        fleet.borrow_and_update();
+
+        let at = Utc::now();
+        let view = registry.reset_endpoint_health(id, at);
+        assert_eq!(view.state, EndpointState::Healthy);
+        assert_eq!(view.last_error.map(|e| e.reason).as_deref(), Some("429"));
+        assert!(fleet.has_changed().expect("open"), "the reset is pushed at once");
+        let pushed = fleet.borrow_and_update().clone();
+        let unavailable: Vec<EndpointId> = pushed.endpoints.iter().map(|e| e.endpoint_id).collect();
+        assert_eq!(unavailable, [other], "only the reset endpoint is cleared");
+        assert_eq!(pushed.resets.len(), 1);
+        assert_eq!((pushed.resets[0].endpoint_id, pushed.resets[0].at), (id, at.into()));
+
+        // A later report counts; an older reset merged from the store changes nothing.
+        std::thread::sleep(Duration::from_millis(2));
+        registry.report_health(&node("dp-1"), vec![throttled_until(id, soon)]);
+        assert_eq!(registry.endpoint_health(id).state, EndpointState::Throttling);
+        registry.merge_resets(vec![(id, at - chrono::Duration::seconds(1))]);
+        assert_eq!(registry.endpoint_health(id).state, EndpointState::Throttling);
+        // A newer reset from another replica clears it again.
+        registry.merge_resets(vec![(id, Utc::now())]);
+        assert_eq!(registry.endpoint_health(id).state, EndpointState::Healthy);
     }
 }

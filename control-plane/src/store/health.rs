@@ -76,18 +76,68 @@ impl Store {
     }
 
     /// Deletes reports received before `cutoff` whose window (if any) also ended before it,
-    /// so node ids of long-gone data planes do not accumulate. Returns the rows deleted.
+    /// so node ids of long-gone data planes do not accumulate, and resets older than `cutoff`
+    /// or of deleted endpoints. Returns the rows deleted.
     #[tracing::instrument(name = "store.prune_endpoint_health", skip_all, level = "debug")]
     pub async fn prune_endpoint_health(&self, cutoff: DateTime<Utc>) -> Result<u64, StoreError> {
         let ms = cutoff.timestamp_millis();
-        let done = sqlx::query(
+        let mut tx = self.pool.begin().await?;
+        let reports = sqlx::query(
             "DELETE FROM endpoint_health WHERE updated_at < $1 \
              AND (until_ms IS NULL OR until_ms < $1)",
         )
         .bind(ms)
+        .execute(&mut *tx)
+        .await?;
+        let resets = sqlx::query(
+            "DELETE FROM endpoint_health_resets WHERE reset_at < $1 \
+             OR endpoint_id NOT IN (SELECT id FROM inference_endpoints)",
+        )
+        .bind(ms)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(reports.rows_affected() + resets.rows_affected())
+    }
+
+    /// Records an operator's reset of an endpoint's health at `at` (a later stored reset is
+    /// kept). Not configuration: the version does not change.
+    #[tracing::instrument(name = "store.record_health_reset", skip_all, fields(endpoint_id = %endpoint_id), level = "debug")]
+    pub async fn record_health_reset(
+        &self,
+        endpoint_id: EndpointId,
+        at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO endpoint_health_resets (endpoint_id, reset_at) VALUES ($1, $2) \
+             ON CONFLICT (endpoint_id) DO UPDATE SET reset_at = excluded.reset_at \
+             WHERE endpoint_health_resets.reset_at < excluded.reset_at",
+        )
+        .bind(endpoint_id.to_string())
+        .bind(at.timestamp_millis())
         .execute(&self.pool)
         .await?;
-        Ok(done.rows_affected())
+        Ok(())
+    }
+
+    /// The latest reset of every configured endpoint that has one.
+    #[tracing::instrument(name = "store.load_health_resets", skip_all, level = "debug")]
+    pub async fn load_health_resets(&self) -> Result<Vec<(EndpointId, DateTime<Utc>)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT r.endpoint_id, r.reset_at FROM endpoint_health_resets r \
+             JOIN inference_endpoints e ON e.id = r.endpoint_id ORDER BY r.endpoint_id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let id: String = row.try_get("endpoint_id")?;
+                Ok((
+                    parse_column("endpoint_health_resets.endpoint_id", &id)?,
+                    time_from_db("endpoint_health_resets.reset_at", row.try_get("reset_at")?)?,
+                ))
+            })
+            .collect()
     }
 }
 

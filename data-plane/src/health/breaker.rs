@@ -155,6 +155,7 @@ impl HealthRegistry {
                     let later = open.is_some_and(|w| w.until >= until);
                     if !later {
                         state.local = Some(Window { kind: Kind::Throttling, until });
+                        state.local_since = Some(now);
                     }
                 }
                 HealthEvent::Failed { .. } => {
@@ -166,6 +167,7 @@ impl HealthRegistry {
                     state.failures = state.failures.saturating_add(1);
                     let until = now + self.policy.error_backoff(state.failures);
                     state.local = Some(Window { kind: Kind::Error, until });
+                    state.local_since = Some(now);
                 }
             }
             let now_state = state.local.filter(|w| w.until > now);

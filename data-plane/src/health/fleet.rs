@@ -5,6 +5,7 @@ use std::collections::HashSet;
 use std::time::{Instant, SystemTime};
 
 use modelgw_model::EndpointState;
+use modelgw_model::protocol::HealthReset;
 
 use super::breaker::{Kind, Window};
 use super::{EndpointHealth, HealthRegistry};
@@ -41,6 +42,36 @@ impl HealthRegistry {
             }
         }
         active
+    }
+
+    /// Applies operator resets: for each one newer than the last applied to its endpoint,
+    /// forgets the local window, backoff and low-headroom mark this data plane recorded
+    /// before the reset (what it observed after the reset stands). Returns how many endpoints
+    /// were cleared.
+    pub fn apply_resets(&self, resets: &[HealthReset], now: Instant) -> usize {
+        let wall_now = SystemTime::now();
+        let mut cleared = 0;
+        for reset in resets {
+            let entry = self.entry(reset.endpoint_id);
+            let mut state = entry.lock();
+            if state.reset_seen.is_some_and(|seen| seen >= reset.at) {
+                continue;
+            }
+            state.reset_seen = Some(reset.at);
+            // The reset's instant on this clock; a reset stamped in the future (clock skew)
+            // counts as now.
+            let ago = wall_now.duration_since(reset.at).unwrap_or_default();
+            let Some(reset_instant) = now.checked_sub(ago) else { continue };
+            if state.local_since.is_some_and(|since| since <= reset_instant) {
+                state.local = None;
+                state.local_since = None;
+                state.failures = 0;
+                state.low_headroom_until = None;
+                state.published = None;
+                cleared += 1;
+            }
+        }
+        cleared
     }
 }
 
@@ -99,5 +130,26 @@ mod tests {
         assert!(matches!(registry.current(b, now), Health::Error { .. }));
         registry.apply_fleet(&[], now);
         assert_eq!(registry.current(b, now), Health::Healthy, "each report replaces the view");
+    }
+
+    #[test]
+    fn a_reset_clears_local_windows_opened_before_it_once() {
+        let (registry, _rx) = HealthRegistry::new(16);
+        let (before, after) = (EndpointId::new(), EndpointId::new());
+        let t0 = Instant::now();
+        // The clock of this data plane reads `now` when the wall clock reads "now"; the reset
+        // was made a second ago, so it falls between the two windows opened at t0 and t0 + 5 s.
+        let now = t0 + Duration::from_secs(5);
+        registry.record(before, &throttled(3_000), t0);
+        registry.record(after, &throttled(3_000), now);
+        let at = SystemTime::now() - Duration::from_secs(1);
+        let reset = |id| HealthReset { endpoint_id: id, at };
+        assert_eq!(registry.apply_resets(&[reset(before), reset(after)], now), 1);
+        assert_eq!(registry.current(before, now), Health::Healthy);
+        assert!(matches!(registry.current(after, now), Health::Throttling { .. }));
+        // The same reset again changes nothing, even after a new local window opened before it.
+        registry.record(before, &throttled(30), t0);
+        assert_eq!(registry.apply_resets(&[reset(before)], now), 0);
+        assert!(matches!(registry.current(before, now), Health::Throttling { .. }));
     }
 }

@@ -43,6 +43,10 @@ pub struct EndpointView {
 pub(super) struct State {
     /// The local window; past `until` it means half-open until a trial closes it.
     pub(super) local: Option<Window>,
+    /// When the local window was last opened or extended (what an operator reset compares).
+    pub(super) local_since: Option<Instant>,
+    /// The latest operator reset applied to this endpoint.
+    pub(super) reset_seen: Option<std::time::SystemTime>,
     /// Consecutive failures (backoff step); reset by a success that closes the breaker.
     pub(super) failures: u32,
     pub(super) trial_in_flight: bool,
