@@ -23,6 +23,7 @@ mod endpoints;
 mod gateways;
 pub mod identity;
 mod keys;
+pub mod oidc;
 mod openapi;
 mod problem;
 mod status;

@@ -9,5 +9,6 @@ mod contract;
 mod crud;
 mod harness;
 mod health;
+mod oidc;
 mod openapi;
 mod routing;
