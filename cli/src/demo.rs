@@ -142,6 +142,7 @@ pub async fn run(
         admin_addr: args.admin_addr,
         grpc_addr: args.grpc_addr,
         admin_token: Some(admin_token.clone()),
+        admin_token_file: None,
         master_key: None,
         master_key_file: None,
         config_poll_interval: Duration::from_secs(1),

@@ -2,6 +2,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test stops where its setup fails
 
+mod api_tokens;
+mod audit;
 mod auth;
 mod azure;
 mod bad_input;
@@ -10,4 +12,5 @@ mod crud;
 mod harness;
 mod health;
 mod openapi;
+mod roles;
 mod routing;
