@@ -64,8 +64,7 @@ pub async fn authenticate(
         return Err(ApiError::MissingToken);
     };
     let principal = principal_of(&state, token).await?;
-    let span = tracing::Span::current();
-    span.record("actor", principal.actor().as_str());
+    tracing::Span::current().record("actor", tracing::field::display(principal.actor()));
     tracing::debug!(actor = %principal.actor(), role = %principal.role, "admin request authenticated");
     request.extensions_mut().insert(principal);
     Ok(next.run(request).await)
