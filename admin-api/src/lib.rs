@@ -2,24 +2,26 @@
 //!
 //! Owns: the HTTP surface operators and tooling use to manage inference endpoints, gateways
 //! and gateway keys and to see data-plane status; request validation (all errors at once, as
-//! `application/problem+json` naming each field); admin-token authentication; and telling
-//! distribution that configuration was committed (`ConfigChanges::committed`).
+//! `application/problem+json` naming each field); authentication, roles and API tokens; the
+//! audit log's API; and telling distribution that configuration was committed
+//! (`ConfigChanges::committed`).
 //!
 //! Never: writes anything when a request is rejected (validation happens before the store is
 //! called, and the store commits each change in one transaction); returns, logs or quotes a
-//! secret — endpoint API keys are write-only (responses carry `api_key_hint`), a gateway key
-//! is shown once in the response that creates it, and the admin token is only compared by its
-//! SHA-256; leaks internal error text in a 5xx (it is logged with the request id instead).
+//! secret — endpoint API keys are write-only (responses carry `api_key_hint`), gateway keys and
+//! API tokens are shown once in the response that creates them (`Cache-Control: no-store`),
+//! and the bootstrap token is only compared by its SHA-256; leaks internal error text in a 5xx
+//! (it is logged with the request id instead).
 //!
 //! Authentication and roles: every route requires `Authorization: Bearer <token>` — the
 //! bootstrap admin token, an API token (`/api/v1/api-tokens`), or a JWT handed to the optional
-//! [`identity::BearerVerifier`] — and the least [`identity::Role`] that [`protected_routes`]
-//! names for it (403 otherwise). The exception is `GET /api/v1/openapi.json`, which is public:
+//! [`identity::BearerVerifier`] — and the least [`identity::Role`] that the role table
+//! (`protected_routes`, below) names for it (403 otherwise). The exception is `GET /api/v1/openapi.json`, which is public:
 //! it describes the API's shape only (no configuration, no secrets) and tooling fetches it
 //! before it has credentials.
 //!
 //! Audit: every change is recorded by the store in the change's own transaction, with the
-//! caller's actor, request id and address ([`audit::Caller`]); `GET /api/v1/audit-log` reads it.
+//! caller's actor, request id and address (`audit::Caller`); `GET /api/v1/audit-log` reads it.
 
 mod api_tokens;
 mod audit;
