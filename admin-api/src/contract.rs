@@ -13,6 +13,8 @@
 use std::ops::RangeInclusive;
 
 use modelgw_control_plane::store::AuthMode;
+
+use crate::api_tokens::{MAX_EXPIRES_IN_SECONDS, MIN_EXPIRES_IN_SECONDS};
 use modelgw_model::limits::{
     MAX_API_KEY_CHARS, MAX_GATEWAY_MEMBERS, MAX_GATEWAY_NAME_CHARS, MAX_IMPORT_IDS, MAX_TEXT_CHARS,
     PRIORITY_RANGE, REQUEST_TIMEOUT_MS_RANGE, UUID_PATTERN, WEIGHT_RANGE, api_key_pattern,
@@ -71,6 +73,12 @@ pub fn rules() -> Vec<(&'static str, &'static str, Rule)> {
     rules.push(("RoutingResponse", "request_timeout_ms", Rule::Range(REQUEST_TIMEOUT_MS_RANGE)));
     rules.push(("ImportRequest", "deployment_ids", Rule::Items { min: 1, max: MAX_IMPORT_IDS }));
     rules.push(("ImportRequest", "auth", auth));
+    rules.push(("CreateApiTokenRequest", "name", Rule::Text));
+    rules.push((
+        "CreateApiTokenRequest",
+        "expires_in_seconds",
+        Rule::Range(MIN_EXPIRES_IN_SECONDS..=MAX_EXPIRES_IN_SECONDS),
+    ));
     rules
 }
 

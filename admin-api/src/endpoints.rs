@@ -14,6 +14,7 @@ use modelgw_model::{EndpointId, EndpointState, Platform};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
+use crate::audit::Caller;
 use crate::body::JsonBody;
 use crate::problem::{ApiError, Problem};
 use crate::validate::{Validator, path_id};
@@ -348,11 +349,13 @@ fn validate_update(req: UpdateEndpointRequest) -> Result<EndpointPatch, ApiError
 )]
 pub async fn create(
     State(state): State<AdminState>,
+    caller: Caller,
     JsonBody(req): JsonBody<CreateEndpointRequest>,
 ) -> Result<impl IntoResponse, ApiError> {
     let new = validate_create(req)?;
-    let (record, version) = state.store.create_endpoint(new).await?;
+    let (record, version) = state.store.create_endpoint(new, &caller.audit).await?;
     state.committed(
+        &caller,
         ConfigChange { entity: ENTITY, action: "create", id: &record.id, name: &record.name },
         version,
     );
@@ -417,15 +420,16 @@ pub async fn get(
 )]
 pub async fn reset_health(
     State(state): State<AdminState>,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<EndpointResponse>, ApiError> {
     let id: EndpointId = path_id("inference endpoint", &id)?;
     let record = state.store.get_endpoint(id).await?;
     let at = chrono::Utc::now();
-    // Stored first: a reset that cannot be kept is not announced.
-    state.store.record_health_reset(id, at).await?;
+    // Stored (with its audit row) first: a reset that cannot be kept is not announced.
+    state.store.record_health_reset(id, at, &caller.audit).await?;
     let health = state.registry.reset_endpoint_health(id, at);
-    tracing::info!(endpoint_id = %id, name = %record.name, "endpoint health reset");
+    tracing::info!(actor = %caller.audit.actor, endpoint_id = %id, name = %record.name, "endpoint health reset");
     Ok(Json(EndpointResponse::new(record, health)))
 }
 
@@ -447,6 +451,7 @@ pub async fn reset_health(
 )]
 pub async fn update(
     State(state): State<AdminState>,
+    caller: Caller,
     Path(id): Path<String>,
     JsonBody(req): JsonBody<UpdateEndpointRequest>,
 ) -> Result<Json<EndpointResponse>, ApiError> {
@@ -457,8 +462,9 @@ pub async fn update(
         Some(EndpointAuth::Entra) => "update (entra auth)",
         None => "update",
     };
-    let (record, version) = state.store.update_endpoint(id, patch).await?;
+    let (record, version) = state.store.update_endpoint(id, patch, &caller.audit).await?;
     state.committed(
+        &caller,
         ConfigChange { entity: ENTITY, action, id: &record.id, name: &record.name },
         version,
     );
@@ -484,6 +490,7 @@ pub async fn update(
 )]
 pub async fn delete(
     State(state): State<AdminState>,
+    caller: Caller,
     Path(id): Path<String>,
     query: Result<Query<DeleteEndpointQuery>, QueryRejection>,
 ) -> Result<StatusCode, ApiError> {
@@ -492,9 +499,13 @@ pub async fn delete(
         .map_err(|rejection| ApiError::BadQuery { reason: query_reason(&rejection.body_text()) })?;
     let force = query.force.unwrap_or(false);
     let record = state.store.get_endpoint(id).await?;
-    let version = state.store.delete_endpoint(id, force).await?;
+    let version = state.store.delete_endpoint(id, force, &caller.audit).await?;
     let action = if force { "delete (forced)" } else { "delete" };
-    state.committed(ConfigChange { entity: ENTITY, action, id: &id, name: &record.name }, version);
+    state.committed(
+        &caller,
+        ConfigChange { entity: ENTITY, action, id: &id, name: &record.name },
+        version,
+    );
     Ok(StatusCode::NO_CONTENT)
 }
 

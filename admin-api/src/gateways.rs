@@ -17,6 +17,7 @@ use modelgw_model::{
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+use crate::audit::Caller;
 use crate::body::JsonBody;
 use crate::problem::{ApiError, Problem};
 use crate::validate::{Validator, path_id};
@@ -265,11 +266,13 @@ fn validate_update(req: UpdateGatewayRequest) -> Result<GatewayPatch, ApiError> 
 )]
 pub async fn create(
     State(state): State<AdminState>,
+    caller: Caller,
     JsonBody(req): JsonBody<CreateGatewayRequest>,
 ) -> Result<impl IntoResponse, ApiError> {
     let new = validate_create(req)?;
-    let (record, version) = state.store.create_gateway(new).await?;
+    let (record, version) = state.store.create_gateway(new, &caller.audit).await?;
     state.committed(
+        &caller,
         ConfigChange { entity: ENTITY, action: "create", id: &record.id, name: &record.name },
         version,
     );
@@ -332,13 +335,15 @@ pub async fn get(
 )]
 pub async fn update(
     State(state): State<AdminState>,
+    caller: Caller,
     Path(id): Path<String>,
     JsonBody(req): JsonBody<UpdateGatewayRequest>,
 ) -> Result<Json<GatewayResponse>, ApiError> {
     let id: GatewayId = path_id("gateway", &id)?;
     let patch = validate_update(req)?;
-    let (record, version) = state.store.update_gateway(id, patch).await?;
+    let (record, version) = state.store.update_gateway(id, patch, &caller.audit).await?;
     state.committed(
+        &caller,
         ConfigChange { entity: ENTITY, action: "update", id: &record.id, name: &record.name },
         version,
     );
@@ -360,12 +365,14 @@ pub async fn update(
 )]
 pub async fn delete(
     State(state): State<AdminState>,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     let id: GatewayId = path_id("gateway", &id)?;
     let record = state.store.get_gateway(id).await?;
-    let version = state.store.delete_gateway(id).await?;
+    let version = state.store.delete_gateway(id, &caller.audit).await?;
     state.committed(
+        &caller,
         ConfigChange { entity: ENTITY, action: "delete", id: &id, name: &record.name },
         version,
     );

@@ -5,6 +5,9 @@
 //! Connect bearer tokens), by the role checks on each route, and by the audit log, which
 //! records [`Principal::actor`] for every change.
 
+use std::future::Future;
+use std::pin::Pin;
+
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -69,6 +72,15 @@ pub struct Principal {
 }
 
 impl Principal {
+    /// The holder of the bootstrap admin token.
+    pub fn bootstrap() -> Principal {
+        Principal {
+            kind: PrincipalKind::Bootstrap,
+            name: "bootstrap".to_owned(),
+            role: Role::Admin,
+        }
+    }
+
     /// The actor recorded in the audit log and in `config change` log lines:
     /// `bootstrap`, `token:<name>` or `oidc:<subject>`.
     pub fn actor(&self) -> String {
@@ -82,6 +94,37 @@ impl Principal {
     /// Whether this principal's role includes `required`.
     pub fn can(&self, required: Role) -> bool {
         self.role >= required
+    }
+}
+
+/// Verifies bearer tokens shaped like a JWT (three base64url segments joined by `.`), which
+/// neither the bootstrap token check nor the API token lookup answers: the hook through which
+/// OpenID Connect sign-in (`oidc.rs`) plugs into the auth middleware, as
+/// `AdminState::bearer_verifier`. Without one, such tokens get 401.
+pub trait BearerVerifier: Send + Sync + 'static {
+    /// The principal `token` authenticates, or why it does not. The reason is logged (so it
+    /// must never contain the token) and the caller gets 401 (503 when `unavailable`).
+    fn verify<'a>(&'a self, token: &'a str) -> BearerVerification<'a>;
+}
+
+/// What [`BearerVerifier::verify`] returns.
+pub type BearerVerification<'a> =
+    Pin<Box<dyn Future<Output = Result<Principal, BearerRejected>> + Send + 'a>>;
+
+/// Why a bearer token was refused, for the log (never sent to the caller, never the token).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{reason}")]
+pub struct BearerRejected {
+    pub reason: String,
+    /// The token could not be checked now (the identity provider's keys are unavailable):
+    /// the caller gets 503, not a 401 that would call a good credential bad.
+    pub unavailable: bool,
+}
+
+impl BearerRejected {
+    /// The token authenticates no one (the caller gets 401).
+    pub fn invalid(reason: impl Into<String>) -> Self {
+        Self { reason: reason.into(), unavailable: false }
     }
 }
 

@@ -10,6 +10,8 @@ use modelgw_model::{GatewayId, GatewayKeyId};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+use crate::api_tokens::no_store;
+use crate::audit::Caller;
 use crate::body::JsonBody;
 use crate::problem::{ApiError, Problem};
 use crate::validate::{Validator, path_id};
@@ -84,13 +86,16 @@ impl From<GatewayKeyRecord> for KeyResponse {
     params(("id" = String, Path, format = Uuid, description = "Gateway id")),
     request_body = CreateKeyRequest,
     responses(
-        (status = 201, description = "Created; `key` is shown only here", body = CreatedKeyResponse),
+        (status = 201, description = "Created; `key` is shown only here (sent with \
+            `Cache-Control: no-store`)", body = CreatedKeyResponse,
+            headers(("cache-control" = String, description = "`no-store`"))),
         (status = 404, description = "No such gateway", body = Problem,
             content_type = "application/problem+json"),
     )
 )]
 pub async fn create(
     State(state): State<AdminState>,
+    caller: Caller,
     Path(gateway_id): Path<String>,
     JsonBody(req): JsonBody<CreateKeyRequest>,
 ) -> Result<impl IntoResponse, ApiError> {
@@ -98,8 +103,10 @@ pub async fn create(
     let mut v = Validator::new();
     let name = v.text("name", &req.name);
     let name = v.finish(name)?;
-    let (record, secret, version) = state.store.create_gateway_key(gateway_id, name).await?;
+    let (record, secret, version) =
+        state.store.create_gateway_key(gateway_id, name, &caller.audit).await?;
     state.committed(
+        &caller,
         ConfigChange { entity: ENTITY, action: "create", id: &record.id, name: &record.name },
         version,
     );
@@ -110,7 +117,7 @@ pub async fn create(
         hint: record.hint,
         created_at: record.created_at,
     };
-    Ok((StatusCode::CREATED, Json(response)))
+    Ok((StatusCode::CREATED, no_store(), Json(response)))
 }
 
 /// List the keys of a gateway, revoked ones included.
@@ -156,23 +163,19 @@ pub async fn list(
 )]
 pub async fn revoke(
     State(state): State<AdminState>,
+    caller: Caller,
     Path((gateway_id, key_id)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
     let gateway_id: GatewayId = path_id("gateway", &gateway_id)?;
     let key_id: GatewayKeyId = path_id("gateway key", &key_id)?;
-    // Looked up for the change log line (and a 404 that names the key, not the gateway).
-    let name = state
-        .store
-        .list_gateway_keys(gateway_id)
-        .await?
-        .into_iter()
-        .find(|k| k.id == key_id)
-        .map(|k| k.name)
-        .ok_or_else(|| ApiError::NotFound { detail: format!("gateway key {key_id} not found") })?;
-    let version = state.store.revoke_gateway_key(gateway_id, key_id).await?;
-    state.committed(
-        ConfigChange { entity: ENTITY, action: "revoke", id: &key_id, name: &name },
-        version,
-    );
+    let (key, version) = state.store.revoke_gateway_key(gateway_id, key_id, &caller.audit).await?;
+    // `None`: it was revoked already, and nothing changed.
+    if let Some(version) = version {
+        state.committed(
+            &caller,
+            ConfigChange { entity: ENTITY, action: "revoke", id: &key_id, name: &key.name },
+            version,
+        );
+    }
     Ok(StatusCode::NO_CONTENT)
 }

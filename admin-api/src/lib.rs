@@ -2,19 +2,29 @@
 //!
 //! Owns: the HTTP surface operators and tooling use to manage inference endpoints, gateways
 //! and gateway keys and to see data-plane status; request validation (all errors at once, as
-//! `application/problem+json` naming each field); admin-token authentication; and telling
-//! distribution that configuration was committed (`ConfigChanges::committed`).
+//! `application/problem+json` naming each field); authentication, roles and API tokens; the
+//! audit log's API; and telling distribution that configuration was committed
+//! (`ConfigChanges::committed`).
 //!
 //! Never: writes anything when a request is rejected (validation happens before the store is
 //! called, and the store commits each change in one transaction); returns, logs or quotes a
-//! secret — endpoint API keys are write-only (responses carry `api_key_hint`), a gateway key
-//! is shown once in the response that creates it, and the admin token is only compared by its
-//! SHA-256; leaks internal error text in a 5xx (it is logged with the request id instead).
+//! secret — endpoint API keys are write-only (responses carry `api_key_hint`), gateway keys and
+//! API tokens are shown once in the response that creates them (`Cache-Control: no-store`),
+//! and the bootstrap token is only compared by its SHA-256; leaks internal error text in a 5xx
+//! (it is logged with the request id instead).
 //!
-//! Authentication: every route requires `Authorization: Bearer <admin token>`, except
-//! `GET /api/v1/openapi.json`, which is public: it describes the API's shape only (no
-//! configuration, no secrets) and tooling fetches it before it has credentials.
+//! Authentication and roles: every route requires `Authorization: Bearer <token>` — the
+//! bootstrap admin token, an API token (`/api/v1/api-tokens`), or a JWT handed to the optional
+//! [`identity::BearerVerifier`] — and the least [`identity::Role`] that the role table
+//! (`protected_routes`, below) names for it (403 otherwise). The exception is `GET /api/v1/openapi.json`, which is public:
+//! it describes the API's shape only (no configuration, no secrets) and tooling fetches it
+//! before it has credentials.
+//!
+//! Audit: every change is recorded by the store in the change's own transaction, with the
+//! caller's actor, request id and address (`audit::Caller`); `GET /api/v1/audit-log` reads it.
 
+mod api_tokens;
+mod audit;
 mod auth;
 mod azure;
 mod body;
@@ -30,13 +40,18 @@ mod status;
 mod trace;
 mod validate;
 
+use std::sync::Arc;
+
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
+use axum::handler::Handler;
 use axum::middleware::{from_fn, from_fn_with_state};
-use axum::routing::{delete, get, post};
+use axum::routing::MethodRouter;
+use http::Method;
 use modelgw_control_plane::{ConfigChanges, DataPlaneRegistry, Store};
 use modelgw_model::ConfigVersion;
 
+pub use auth::{BootstrapTokenError, MIN_BOOTSTRAP_TOKEN_CHARS, check_bootstrap_token};
 pub use azure::{
     AzureConfigError, AzureImport, AzureImportConfig, MAX_DISCOVERY_JOBS, MAX_IMPORT_IDS,
 };
@@ -45,7 +60,9 @@ pub use openapi::openapi;
 pub use problem::{FieldError, PROBLEM_JSON, Problem};
 pub use trace::REQUEST_ID_HEADER;
 
-use crate::auth::{AdminTokenHash, require_admin_token};
+use crate::audit::Caller;
+use crate::auth::{authenticate, require_role};
+use crate::identity::{BearerVerifier, Role};
 use crate::problem::ApiError;
 
 /// What the admin API works on. Cheap to clone (every field is a handle).
@@ -56,16 +73,19 @@ pub struct AdminState {
     pub changes: ConfigChanges,
     /// Data-plane status and the endpoint health they report.
     pub registry: DataPlaneRegistry,
-    /// SHA-256 of the admin bearer token.
+    /// SHA-256 of the bootstrap admin token (role `admin`).
     pub admin_token_sha256: [u8; 32],
+    /// Verifies JWT bearer tokens (OpenID Connect); `None`: JWTs get 401.
+    pub bearer_verifier: Option<Arc<dyn BearerVerifier>>,
     /// Azure discovery/import: configuration read once at start, and the in-memory jobs.
     pub azure: AzureImport,
 }
 
 impl AdminState {
     /// Logs the change and tells distribution about it. Call after every successful mutation.
-    fn committed(&self, change: ConfigChange<'_>, version: ConfigVersion) {
+    fn committed(&self, caller: &Caller, change: ConfigChange<'_>, version: ConfigVersion) {
         tracing::info!(
+            actor = %caller.audit.actor,
             entity = change.entity,
             action = change.action,
             id = %change.id,
@@ -85,36 +105,120 @@ struct ConfigChange<'a> {
     name: &'a str,
 }
 
+/// A route under `/api/v1` that needs authentication, with the least role that may call it.
+struct ProtectedRoute {
+    method: Method,
+    path: &'static str,
+    role: Role,
+    handler: MethodRouter<AdminState>,
+}
+
+impl ProtectedRoute {
+    fn new(
+        method: Method,
+        path: &'static str,
+        role: Role,
+        handler: MethodRouter<AdminState>,
+    ) -> Self {
+        Self { method, path, role, handler }
+    }
+
+    // One constructor per method, so the method in the table is the one the handler serves.
+    fn get<H: Handler<T, AdminState>, T: 'static>(path: &'static str, role: Role, h: H) -> Self {
+        Self::new(Method::GET, path, role, axum::routing::get(h))
+    }
+
+    fn post<H: Handler<T, AdminState>, T: 'static>(path: &'static str, role: Role, h: H) -> Self {
+        Self::new(Method::POST, path, role, axum::routing::post(h))
+    }
+
+    fn patch<H: Handler<T, AdminState>, T: 'static>(path: &'static str, role: Role, h: H) -> Self {
+        Self::new(Method::PATCH, path, role, axum::routing::patch(h))
+    }
+
+    fn delete<H: Handler<T, AdminState>, T: 'static>(path: &'static str, role: Role, h: H) -> Self {
+        Self::new(Method::DELETE, path, role, axum::routing::delete(h))
+    }
+}
+
+/// THE ROLE TABLE: every authenticated route and the least role that may call it.
+///
+/// The router is built from this list only, each route behind `require_role` with its role,
+/// so a route cannot be served without one. `viewer` reads (every GET); `operator` also
+/// changes inference endpoints, gateways, gateway keys and runs the Azure discovery, import
+/// and proposals; `admin` also manages API tokens. The OpenAPI document states each
+/// operation's role from here too (`openapi.rs`), and `tests/api/roles.rs` calls every route
+/// with every role.
+fn protected_routes() -> Vec<ProtectedRoute> {
+    use Role::{Admin, Operator, Viewer};
+    type R = ProtectedRoute;
+    vec![
+        R::get("/inference-endpoints", Viewer, endpoints::list),
+        R::post("/inference-endpoints", Operator, endpoints::create),
+        R::get("/inference-endpoints/{id}", Viewer, endpoints::get),
+        R::patch("/inference-endpoints/{id}", Operator, endpoints::update),
+        R::delete("/inference-endpoints/{id}", Operator, endpoints::delete),
+        R::post("/inference-endpoints/{id}/health:reset", Operator, endpoints::reset_health),
+        R::get("/gateways", Viewer, gateways::list),
+        R::post("/gateways", Operator, gateways::create),
+        R::get("/gateways/{id}", Viewer, gateways::get),
+        R::patch("/gateways/{id}", Operator, gateways::update),
+        R::delete("/gateways/{id}", Operator, gateways::delete),
+        R::get("/gateways/{id}/keys", Viewer, keys::list),
+        R::post("/gateways/{id}/keys", Operator, keys::create),
+        R::delete("/gateways/{id}/keys/{key_id}", Operator, keys::revoke),
+        R::get("/status", Viewer, status::get),
+        R::post("/azure/discoveries", Operator, azure::discovery::start_discovery),
+        R::get("/azure/discoveries/{id}", Viewer, azure::discovery::get_discovery),
+        R::post("/azure/imports", Operator, azure::import::import),
+        R::post("/azure/gateway-proposals", Operator, azure::proposals::propose_gateways),
+        R::get("/api-tokens", Viewer, api_tokens::list),
+        R::post("/api-tokens", Admin, api_tokens::create),
+        R::delete("/api-tokens/{id}", Admin, api_tokens::revoke),
+        R::get("/audit-log", Viewer, audit::list),
+    ]
+}
+
+/// One row of the role table, for tests and tooling.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RouteRole {
+    pub method: Method,
+    /// The full path template, e.g. `/api/v1/gateways/{id}`.
+    pub path: String,
+    pub role: Role,
+}
+
+/// The role table ([`protected_routes`]): every authenticated route and its least role.
+pub fn route_roles() -> Vec<RouteRole> {
+    protected_routes()
+        .into_iter()
+        .map(|r| RouteRole {
+            method: r.method,
+            path: format!("{API_PREFIX}{}", r.path),
+            role: r.role,
+        })
+        .collect()
+}
+
+/// Where the admin API lives.
+const API_PREFIX: &str = "/api/v1";
+
 /// The admin API: every route under `/api/v1`, ready to serve.
 pub fn router(state: AdminState) -> Router {
-    let token = AdminTokenHash(state.admin_token_sha256);
-    let protected = Router::new()
-        .route("/inference-endpoints", get(endpoints::list).post(endpoints::create))
-        .route(
-            "/inference-endpoints/{id}",
-            get(endpoints::get).patch(endpoints::update).delete(endpoints::delete),
-        )
-        .route("/inference-endpoints/{id}/health:reset", post(endpoints::reset_health))
-        .route("/gateways", get(gateways::list).post(gateways::create))
-        .route(
-            "/gateways/{id}",
-            get(gateways::get).patch(gateways::update).delete(gateways::delete),
-        )
-        .route("/gateways/{id}/keys", get(keys::list).post(keys::create))
-        .route("/gateways/{id}/keys/{key_id}", delete(keys::revoke))
-        .route("/status", get(status::get))
-        .route("/azure/discoveries", post(azure::discovery::start_discovery))
-        .route("/azure/discoveries/{id}", get(azure::discovery::get_discovery))
-        .route("/azure/imports", post(azure::import::import))
-        .route("/azure/gateway-proposals", post(azure::proposals::propose_gateways))
+    let mut protected = Router::new();
+    for route in protected_routes() {
+        let handler = route.handler.route_layer(from_fn_with_state(route.role, require_role));
+        protected = protected.route(route.path, handler);
+    }
+    let protected = protected
         // Both fallbacks before the auth layer, so an unauthenticated caller learns nothing
         // about which routes exist.
         .method_not_allowed_fallback(method_not_allowed)
         .fallback(route_not_found)
-        .layer(from_fn_with_state(token, require_admin_token))
+        .layer(from_fn_with_state(state.clone(), authenticate))
         .with_state(state);
     let public = Router::new()
-        .route("/openapi.json", get(openapi::serve(openapi::openapi())))
+        .route("/openapi.json", axum::routing::get(openapi::serve(openapi::openapi())))
         .method_not_allowed_fallback(method_not_allowed);
     Router::new()
         .nest("/api/v1", public.merge(protected))

@@ -461,6 +461,20 @@ fn truncate(s: &str) -> &str {
     s.char_indices().nth(MAX_ID_CHARS).map_or(s, |(i, _)| &s[..i])
 }
 
+/// OpenID Connect as the admin API's bearer verifier: a token without a mapped role
+/// authenticates no one (401, as the API has no role-less principal), and keys that cannot be
+/// fetched answer 503.
+impl crate::identity::BearerVerifier for OidcVerifier {
+    fn verify<'a>(&'a self, token: &'a str) -> crate::identity::BearerVerification<'a> {
+        Box::pin(async move {
+            OidcVerifier::verify(self, token).await.map_err(|e| crate::identity::BearerRejected {
+                reason: e.to_string(),
+                unavailable: e.is_retryable(),
+            })
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,8 +1,10 @@
 //! The OpenAPI 3.1 document of the admin API, served at `GET /api/v1/openapi.json`.
 //!
-//! The document is public (no admin token needed): it describes the API's shape only, and
-//! tooling fetches it to learn how to authenticate. Every other operation requires the
-//! `admin_token` bearer scheme.
+//! The document is public (no token needed): it describes the API's shape only, and tooling
+//! fetches it to learn how to authenticate. Every other operation requires the `admin_token`
+//! bearer scheme with the least role the role table (`lib.rs`) gives it: stated as the
+//! requirement's role list (OpenAPI 3.1 allows role names for non-OAuth schemes), in the
+//! operation's description, and by a 403 response where a role below it exists.
 
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
@@ -14,8 +16,9 @@ use utoipa::openapi::{Content, Ref, RefOr};
 use utoipa::{Modify, OpenApi};
 
 use crate::contract::Rules as ContractRules;
+use crate::identity::Role;
 use crate::problem::ApiError;
-use crate::{azure, endpoints, gateways, keys, problem, status};
+use crate::{api_tokens, audit, azure, endpoints, gateways, keys, problem, route_roles, status};
 
 /// Name of the security scheme every protected operation requires.
 const SECURITY_SCHEME: &str = "admin_token";
@@ -25,11 +28,14 @@ const SECURITY_SCHEME: &str = "admin_token";
     info(
         title = "Model Gateway admin API",
         description = "Manage inference endpoints, gateways and gateway keys, and see data-plane \
-            status. Every operation except this document requires `Authorization: Bearer <admin \
-            token>`. Errors are `application/problem+json` (RFC 9457) with `errors[]` naming each \
-            rejected field; a rejected request writes nothing. Secrets are write-only: endpoint \
-            API keys are never returned (only `api_key_hint`), and a gateway key is shown once, \
-            in the response that creates it.",
+            status. Every operation except this document requires `Authorization: Bearer \
+            <token>` (the bootstrap admin token or an API token) whose role includes the one the \
+            operation names: `viewer` reads, `operator` also changes configuration, `admin` also \
+            manages API tokens. Errors are `application/problem+json` (RFC 9457) with `errors[]` \
+            naming each rejected field; a rejected request writes nothing. Every change is \
+            recorded in the audit log with its actor. Secrets are write-only: endpoint API keys \
+            are never returned (only `api_key_hint`), and gateway keys and API tokens are shown \
+            once, in the response that creates them (sent with `Cache-Control: no-store`).",
     ),
     paths(
         endpoints::create,
@@ -51,16 +57,22 @@ const SECURITY_SCHEME: &str = "admin_token";
         azure::discovery::get_discovery,
         azure::import::import,
         azure::proposals::propose_gateways,
+        api_tokens::create,
+        api_tokens::list,
+        api_tokens::revoke,
+        audit::list,
         openapi_json,
     ),
-    components(schemas(problem::Problem, problem::FieldError)),
-    modifiers(&Security, &CommonResponses, &ContractRules),
+    components(schemas(problem::Problem, problem::FieldError, Role)),
+    modifiers(&Security, &CommonResponses, &ContractRules, &Roles),
     tags(
         (name = "inference-endpoints", description = "Upstream model deployments"),
         (name = "gateways", description = "Names clients call, routing over inference endpoints"),
         (name = "gateway-keys", description = "Keys clients present to a gateway"),
         (name = "status", description = "Configuration version and data planes"),
         (name = "azure", description = "Discover Azure OpenAI deployments, import them, propose gateways"),
+        (name = "api-tokens", description = "Named bearer tokens for this API, each with a role"),
+        (name = "audit-log", description = "Every change: who, what, when, from where"),
         (name = "meta", description = "This document"),
     )
 )]
@@ -116,8 +128,10 @@ impl Modify for Security {
                 HttpBuilder::new()
                     .scheme(HttpAuthScheme::Bearer)
                     .description(Some(
-                        "The admin token: set with MODELGW_ADMIN_TOKEN, or generated and printed \
-                         once on the control plane's first start.",
+                        "The bootstrap admin token (role `admin`: MODELGW_ADMIN_TOKEN or \
+                         MODELGW_ADMIN_TOKEN_FILE, or generated and printed once on the control \
+                         plane's first start), or an API token from `POST /api/v1/api-tokens` \
+                         (its own role). Each operation lists the least role it requires.",
                     ))
                     .build(),
             ),
@@ -131,9 +145,9 @@ impl Modify for Security {
 struct CommonResponses;
 
 /// (status, component name, description, applies to).
-const COMMON: [(&str, &str, &str, Applies); 7] = [
+const COMMON: [(&str, &str, &str, Applies); 8] = [
     ("400", "MalformedBody", "The body is not valid JSON", Applies::WithBody),
-    ("401", "Unauthorized", "Missing or invalid admin token", Applies::Protected),
+    ("401", "Unauthorized", "Missing, unknown, revoked or expired token", Applies::Protected),
     ("404", "NotFound", "No resource with this id", Applies::WithPathId),
     ("413", "PayloadTooLarge", "The body is larger than 1 MiB", Applies::WithBody),
     ("415", "UnsupportedMediaType", "The body is not application/json", Applies::WithBody),
@@ -149,6 +163,13 @@ const COMMON: [(&str, &str, &str, Applies); 7] = [
         "InternalError",
         "Internal error; details are in the control-plane log under \
         `request_id`",
+        Applies::Protected,
+    ),
+    (
+        "503",
+        "AuthUnavailable",
+        "An OpenID Connect bearer token cannot be checked now: the identity provider's \
+        signing keys are unavailable",
         Applies::Protected,
     ),
 ];
@@ -208,5 +229,61 @@ fn add_common(op: &mut Operation, has_path_id: bool) {
                 .entry(status.to_owned())
                 .or_insert_with(|| RefOr::Ref(Ref::from_response_name(name)));
         }
+    }
+}
+
+/// States each operation's role from the role table: the security requirement's role list, a
+/// sentence in the description, and a 403 where a caller can have a lower role.
+struct Roles;
+
+/// Name of the response component of a 403.
+const FORBIDDEN: &str = "Forbidden";
+
+impl Modify for Roles {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        let forbidden = ResponseBuilder::new()
+            .description(
+                "The caller's role is below the one this operation requires (named in \
+                 `required_role`)",
+            )
+            .content(problem::PROBLEM_JSON, Content::new(Some(Ref::from_schema_name("Problem"))))
+            .build();
+        components.responses.insert(FORBIDDEN.to_owned(), RefOr::T(forbidden));
+        let roles = route_roles();
+        for (path, item) in openapi.paths.paths.iter_mut() {
+            let ops = [
+                (http::Method::GET, &mut item.get),
+                (http::Method::POST, &mut item.post),
+                (http::Method::PATCH, &mut item.patch),
+                (http::Method::DELETE, &mut item.delete),
+                (http::Method::PUT, &mut item.put),
+            ];
+            for (method, op) in ops {
+                let Some(op) = op.as_mut() else { continue };
+                // Operations outside the table are public (the contract test checks that
+                // only this document is).
+                let Some(route) = roles.iter().find(|r| r.method == method && r.path == *path)
+                else {
+                    continue;
+                };
+                set_role(op, route.role);
+            }
+        }
+    }
+}
+
+fn set_role(op: &mut Operation, role: Role) {
+    op.security = Some(vec![SecurityRequirement::new(SECURITY_SCHEME, [role.as_str()])]);
+    let sentence = format!("Requires the `{role}` role.");
+    op.description = Some(match op.description.take() {
+        Some(d) if !d.is_empty() => format!("{d}\n\n{sentence}"),
+        _ => sentence,
+    });
+    if role > Role::Viewer {
+        op.responses
+            .responses
+            .entry("403".to_owned())
+            .or_insert_with(|| RefOr::Ref(Ref::from_response_name(FORBIDDEN)));
     }
 }

@@ -11,6 +11,7 @@ use modelgw_control_plane::StoreError;
 use serde::Serialize;
 use utoipa::ToSchema;
 
+use crate::identity::Role;
 use crate::trace::current_request_id;
 
 /// Media type of every error body.
@@ -33,6 +34,8 @@ impl FieldError {
 }
 
 /// An error response body (RFC 9457 problem details).
+///
+/// Its `title` and `detail` never quote a value the client sent.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Problem {
     /// `urn:modelgw:problem:<kind>`, stable for tooling to match on.
@@ -50,6 +53,9 @@ pub struct Problem {
     /// Names of the gateways that use an inference endpoint (`in-use` problems only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub gateways: Option<Vec<String>>,
+    /// The least role the operation requires (`forbidden` problems only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub required_role: Option<Role>,
     /// Id of the request in the control-plane log (also in the `x-request-id` header).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub request_id: Option<String>,
@@ -60,8 +66,14 @@ pub struct Problem {
 pub enum ApiError {
     /// No `Authorization: Bearer` header, or a malformed one.
     MissingToken,
-    /// A bearer token that is not the admin token.
+    /// A bearer token that authenticates no one (unknown, revoked, expired, or a JWT that was
+    /// not verified).
     InvalidToken,
+    /// The caller is authenticated, but its role is below the one the route requires.
+    Forbidden {
+        required: Role,
+        actual: Role,
+    },
     /// An id in the path that names nothing (or is not an id at all).
     NotFound {
         detail: String,
@@ -94,6 +106,9 @@ pub enum ApiError {
     AzureUnavailable {
         detail: String,
     },
+    /// A bearer token could not be checked now (the OpenID Connect provider's keys are
+    /// unavailable); retrying later may succeed.
+    AuthUnavailable,
     /// Anything else. The message is logged, never sent.
     Internal(String),
 }
@@ -102,6 +117,7 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
             ApiError::MissingToken | ApiError::InvalidToken => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden { .. } => StatusCode::FORBIDDEN,
             ApiError::NotFound { .. } | ApiError::RouteNotFound => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::MalformedBody { .. } | ApiError::BadQuery { .. } => StatusCode::BAD_REQUEST,
@@ -110,6 +126,7 @@ impl ApiError {
             ApiError::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::Conflict(_) | ApiError::InUse { .. } => StatusCode::CONFLICT,
             ApiError::AzureUnavailable { .. } => StatusCode::BAD_GATEWAY,
+            ApiError::AuthUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -121,7 +138,14 @@ impl ApiError {
             ApiError::MissingToken => (
                 "unauthorized",
                 "Unauthorized",
-                "an `Authorization: Bearer <admin token>` header is required".to_owned(),
+                "an `Authorization: Bearer <token>` header is required".to_owned(),
+                vec![],
+                None,
+            ),
+            ApiError::Forbidden { required, actual } => (
+                "forbidden",
+                "Forbidden",
+                format!("this operation requires the `{required}` role; the caller has `{actual}`"),
                 vec![],
                 None,
             ),
@@ -129,6 +153,15 @@ impl ApiError {
                 "unauthorized",
                 "Unauthorized",
                 "the bearer token is not valid".to_owned(),
+                vec![],
+                None,
+            ),
+            ApiError::AuthUnavailable => (
+                "auth-unavailable",
+                "Service unavailable",
+                "the bearer token cannot be checked now (the identity provider's signing keys \
+                 are unavailable); retry later"
+                    .to_owned(),
                 vec![],
                 None,
             ),
@@ -228,6 +261,10 @@ impl ApiError {
             detail,
             errors,
             gateways,
+            required_role: match self {
+                ApiError::Forbidden { required, .. } => Some(*required),
+                _ => None,
+            },
             request_id: current_request_id().map(|id| id.to_string()),
         }
     }
@@ -341,5 +378,15 @@ mod tests {
         assert_eq!(err.status(), StatusCode::UNPROCESSABLE_ENTITY);
         let problem = err.to_problem();
         assert_eq!(problem.errors[0].field, "endpoints[1].endpoint_id");
+    }
+
+    #[test]
+    fn forbidden_problems_name_the_required_role() {
+        let err = ApiError::Forbidden { required: Role::Operator, actual: Role::Viewer };
+        assert_eq!(err.status(), StatusCode::FORBIDDEN);
+        let body = serde_json::to_value(err.to_problem()).expect("serializes");
+        assert_eq!(body["type"], "urn:modelgw:problem:forbidden");
+        assert_eq!(body["required_role"], "operator");
+        assert!(body["detail"].as_str().is_some_and(|d| d.contains("`operator`")), "{body}");
     }
 }

@@ -42,6 +42,8 @@ pub async fn trace_request(request: Request, next: Next) -> Response {
         request_id = %request_id,
         method = %method,
         route = %route,
+        // Set by the auth middleware once the caller is known (never a token).
+        actor = tracing::field::Empty,
         status = tracing::field::Empty,
         latency_ms = tracing::field::Empty,
     );

@@ -83,11 +83,18 @@ async fn requests_and_config_changes_are_logged_without_secrets() {
     let gateway_key = created["key"].as_str().expect("key").to_owned();
     h.get(&format!("/api/v1/gateways/{gw}/keys")).await.expect(StatusCode::OK);
     h.call(Method::DELETE, &e_path, None).await.expect(StatusCode::CONFLICT);
+    // Auth decisions: a viewer's change is forbidden, a revoked token refused.
+    let (token_id, viewer) = h.api_token("dashboards", "viewer").await;
+    h.call_as(&viewer, Method::DELETE, &e_path, None).await.expect(StatusCode::FORBIDDEN);
+    h.call(Method::DELETE, &format!("/api/v1/api-tokens/{token_id}"), None)
+        .await
+        .expect(StatusCode::NO_CONTENT);
+    h.call_as(&viewer, Method::GET, "/api/v1/status", None).await.expect(StatusCode::UNAUTHORIZED);
     let version = h.version().await;
     h.wait_for_published(version).await;
 
     let logs = captured.text();
-    for secret in [ENDPOINT_KEY, ROTATED_KEY, &gateway_key, ADMIN_TOKEN] {
+    for secret in [ENDPOINT_KEY, ROTATED_KEY, &gateway_key, ADMIN_TOKEN, &viewer] {
         assert!(!logs.contains(secret), "a secret was logged:\n{logs}");
     }
     // Also no recognisable fragment of them (e.g. a truncated key).
@@ -102,8 +109,25 @@ async fn requests_and_config_changes_are_logged_without_secrets() {
     assert!(changes[0].contains(&format!("id={e}")), "{}", changes[0]);
     assert!(changes[0].contains(r#"name="eus""#), "{}", changes[0]);
     assert!(changes[0].contains("route=/api/v1/inference-endpoints"), "inside the request span");
+    for change in &changes {
+        assert!(change.contains("actor=bootstrap"), "the line names its actor: {change}");
+    }
     assert!(changes[3].contains(&format!("version={}", version.0)), "{}", changes[3]);
     assert!(changes[3].contains("gateway_key"), "{}", changes[3]);
+
+    let forbidden = logs
+        .lines()
+        .find(|l| l.contains("admin request forbidden"))
+        .unwrap_or_else(|| panic!("no forbidden line:\n{logs}"));
+    for field in ["actor=token:dashboards", "role=viewer", "required=operator"] {
+        assert!(forbidden.contains(field), "{field} missing: {forbidden}");
+    }
+    assert!(
+        logs.lines().any(|l| l.contains("admin request refused")
+            && l.contains("actor=token:dashboards")
+            && l.contains("revoked")),
+        "the refusal of a revoked token names it and why:\n{logs}"
+    );
 
     let requests: Vec<&str> = logs.lines().filter(|l| l.contains("admin request")).collect();
     assert!(

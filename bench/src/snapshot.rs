@@ -21,7 +21,9 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, ensure};
-use modelgw_control_plane::store::{AzureImportItem, EndpointAuth, NewEndpoint, NewGateway};
+use modelgw_control_plane::store::{
+    AuditContext, AzureImportItem, EndpointAuth, NewEndpoint, NewGateway,
+};
 use modelgw_control_plane::{MasterKey, Store};
 use modelgw_model::{GatewayMember, Platform, RoutingPolicy, Secret};
 use serde_json::json;
@@ -103,6 +105,7 @@ async fn populate(
 ) -> anyhow::Result<(Populated, Duration, Duration, String, Vec<String>)> {
     let key = MasterKey::from_base64(MASTER_KEY_B64).context("master key")?;
     let store = Store::connect(url, key).await.context("opening the snapshot database")?;
+    let audit = AuditContext::system("bench");
     let started = Instant::now();
     let mut ids = Vec::with_capacity(endpoints);
     let mut how = Populated::default();
@@ -116,16 +119,19 @@ async fn populate(
         }
         let (name, endpoint, deployment, region) = endpoint_fields(done)?;
         let (record, _) = store
-            .create_endpoint(NewEndpoint {
-                name,
-                platform: Platform::AzureOpenai,
-                endpoint,
-                deployment,
-                model_name: "gpt-4o".into(),
-                model_version: "2024-11-20".into(),
-                region,
-                auth: EndpointAuth::ApiKey(Secret::new(random_token("")?)),
-            })
+            .create_endpoint(
+                NewEndpoint {
+                    name,
+                    platform: Platform::AzureOpenai,
+                    endpoint,
+                    deployment,
+                    model_name: "gpt-4o".into(),
+                    model_version: "2024-11-20".into(),
+                    region,
+                    auth: EndpointAuth::ApiKey(Secret::new(random_token("")?)),
+                },
+                &audit,
+            )
             .await
             .context("creating an endpoint")?;
         ids.push(record.id);
@@ -152,7 +158,8 @@ async fn populate(
                 })
             })
             .collect::<anyhow::Result<_>>()?;
-        let outcome = store.import_azure_endpoints(items).await.context("importing endpoints")?;
+        let outcome =
+            store.import_azure_endpoints(items, &audit).await.context("importing endpoints")?;
         how.batched = outcome.created.len();
         ids.extend(outcome.created);
     }
@@ -167,14 +174,17 @@ async fn populate(
             .map(|id| GatewayMember { endpoint_id: *id, enabled: true, priority: 0, weight: 1 })
             .collect();
         let (gw, _) = store
-            .create_gateway(NewGateway {
-                name: format!("gw-{g:04}"),
-                members: member_list.clone(),
-                routing: RoutingPolicy::default(),
-            })
+            .create_gateway(
+                NewGateway {
+                    name: format!("gw-{g:04}"),
+                    members: member_list.clone(),
+                    routing: RoutingPolicy::default(),
+                },
+                &audit,
+            )
             .await
             .context("creating a gateway")?;
-        store.create_gateway_key(gw.id, "bench".into()).await.context("creating a key")?;
+        store.create_gateway_key(gw.id, "bench".into(), &audit).await.context("creating a key")?;
         if first.is_none() {
             first = Some((
                 gw.id.to_string(),

@@ -7,7 +7,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
-use modelgw_admin_api::{AdminState, AzureImport, AzureImportConfig};
+use modelgw_admin_api::identity::BearerVerifier;
+use modelgw_admin_api::oidc::{OidcConfig, OidcVerifier};
+use modelgw_admin_api::{AdminState, AzureImport, AzureImportConfig, check_bootstrap_token};
 use modelgw_control_plane::store::Backend;
 use modelgw_control_plane::{Distribution, DistributionSettings, MasterKey, Store};
 use tokio::net::TcpListener;
@@ -31,12 +33,19 @@ pub struct Args {
     /// Listen address of the snapshot distribution service (gRPC) that data planes subscribe to.
     #[arg(long, env = "MODELGW_GRPC_ADDR", default_value = "127.0.0.1:4002")]
     pub grpc_addr: SocketAddr,
-    /// Admin API bearer token. When unset, one is generated on first start, printed once, and
+    /// The bootstrap admin token (role admin, at least 32 characters): from
+    /// MODELGW_ADMIN_TOKEN, or the file MODELGW_ADMIN_TOKEN_FILE names. Never a flag: `ps`
+    /// shows flags. When neither is set, one is generated on first start, printed once, and
     /// only its hash is stored.
-    #[arg(long, env = "MODELGW_ADMIN_TOKEN", hide_env_values = true)]
+    #[arg(skip)]
     pub admin_token: Option<String>,
-    /// Base64 of the 32-byte master key that seals endpoint API keys at rest.
-    #[arg(long, env = "MODELGW_MASTER_KEY", hide_env_values = true)]
+    /// File holding the bootstrap admin token (alternative to MODELGW_ADMIN_TOKEN; surrounding
+    /// whitespace is ignored).
+    #[arg(long, env = "MODELGW_ADMIN_TOKEN_FILE")]
+    pub admin_token_file: Option<PathBuf>,
+    /// Base64 of the 32-byte master key that seals endpoint API keys at rest: from
+    /// MODELGW_MASTER_KEY (never a flag: `ps` shows flags), or see `--master-key-file`.
+    #[arg(skip)]
     pub master_key: Option<String>,
     /// File holding the base64 master key (alternative to MODELGW_MASTER_KEY). With SQLite and
     /// neither set, a development key is generated next to the database file.
@@ -63,6 +72,48 @@ pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
     }
 }
 
+/// Environment variables that carry secrets: read here, never accepted as flags.
+const ADMIN_TOKEN_ENV: &str = "MODELGW_ADMIN_TOKEN";
+const MASTER_KEY_ENV: &str = "MODELGW_MASTER_KEY";
+
+impl Args {
+    /// Fills the secrets from MODELGW_ADMIN_TOKEN and MODELGW_MASTER_KEY (those not already
+    /// set in-process, as `modelgw demo` does).
+    pub fn with_secrets_from_env(mut self) -> Self {
+        let env = |name: &str| std::env::var(name).ok();
+        self.admin_token = self.admin_token.or_else(|| env(ADMIN_TOKEN_ENV));
+        self.master_key = self.master_key.or_else(|| env(MASTER_KEY_ENV));
+        self
+    }
+}
+
+/// The configured bootstrap admin token, if any: MODELGW_ADMIN_TOKEN or the file
+/// MODELGW_ADMIN_TOKEN_FILE names (not both), refused when shorter than
+/// `MIN_BOOTSTRAP_TOKEN_CHARS`. An empty one counts as not configured.
+fn bootstrap_token(args: &Args) -> anyhow::Result<Option<String>> {
+    let from_file = match &args.admin_token_file {
+        Some(path) => Some(
+            std::fs::read_to_string(path)
+                .with_context(|| format!("MODELGW_ADMIN_TOKEN_FILE: reading {}", path.display()))?,
+        ),
+        None => None,
+    };
+    let (token, source) = match (&args.admin_token, from_file) {
+        (Some(_), Some(_)) => anyhow::bail!(
+            "both {ADMIN_TOKEN_ENV} and MODELGW_ADMIN_TOKEN_FILE are set; set one of them"
+        ),
+        (Some(token), None) => (token.trim().to_owned(), ADMIN_TOKEN_ENV),
+        (None, Some(token)) => (token.trim().to_owned(), "MODELGW_ADMIN_TOKEN_FILE"),
+        (None, None) => return Ok(None),
+    };
+    if token.is_empty() {
+        tracing::warn!(source, "the configured admin token is empty; ignoring it");
+        return Ok(None);
+    }
+    check_bootstrap_token(&token).with_context(|| format!("{source} refused"))?;
+    Ok(Some(token))
+}
+
 /// The file path of a `sqlite:` URL, if it is one (for placing the development master key).
 fn sqlite_path(url: &str) -> Option<PathBuf> {
     let rest = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:"))?;
@@ -75,7 +126,7 @@ fn sqlite_path(url: &str) -> Option<PathBuf> {
 
 fn master_key(args: &Args) -> anyhow::Result<MasterKey> {
     if let Some(b64) = &args.master_key {
-        return MasterKey::from_base64(b64).context("MODELGW_MASTER_KEY");
+        return MasterKey::from_base64(b64).context(MASTER_KEY_ENV);
     }
     if let Some(path) = &args.master_key_file {
         return MasterKey::from_file(path).context("MODELGW_MASTER_KEY_FILE");
@@ -117,7 +168,14 @@ pub struct ControlPlane {
 impl ControlPlane {
     /// `azure`: the credential and ARM endpoint that Azure discoveries use (read from the
     /// environment by `run`; the demo points it at its mocks).
-    pub async fn start(args: &Args, azure: AzureImportConfig) -> anyhow::Result<ControlPlane> {
+    /// `oidc`: OpenID Connect sign-in to the admin API (`MODELGW_OIDC_*`), when configured.
+    pub async fn start(
+        args: &Args,
+        azure: AzureImportConfig,
+        oidc: Option<OidcConfig>,
+    ) -> anyhow::Result<ControlPlane> {
+        // Checked first: a refused token must stop the start before anything is opened.
+        let admin_token = bootstrap_token(args)?;
         let key = master_key(args)?;
         let store = Store::connect(&args.database_url, key).await.with_context(|| {
             format!("opening the configuration store ({})", redact_url(&args.database_url))
@@ -126,7 +184,7 @@ impl ControlPlane {
             Backend::Sqlite => "sqlite",
             Backend::Postgres => "postgres",
         };
-        let (token_sha256, generated) = store.admin_token(args.admin_token.as_deref()).await?;
+        let (token_sha256, generated) = store.admin_token(admin_token.as_deref()).await?;
         let distribution = Distribution::start(
             store.clone(),
             DistributionSettings {
@@ -149,6 +207,7 @@ impl ControlPlane {
             changes: distribution.changes(),
             registry: distribution.registry(),
             admin_token_sha256: token_sha256,
+            bearer_verifier: oidc_verifier(oidc).await?,
             azure: AzureImport::new(azure),
         };
         Ok(ControlPlane {
@@ -173,8 +232,12 @@ impl ControlPlane {
             let _ = rx.wait_for(|s| *s).await;
         };
         let router = modelgw_admin_api::router(self.admin_state);
-        let admin = axum::serve(self.admin_listener, router)
-            .with_graceful_shutdown(stopped(stop_rx.clone()));
+        // With the peer's address, which the audit log records for every change.
+        let admin = axum::serve(
+            self.admin_listener,
+            router.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(stopped(stop_rx.clone()));
         let grpc = self.distribution.serve_grpc(self.grpc_listener, stopped(stop_rx));
         tokio::spawn(async move {
             shutdown.await;
@@ -187,6 +250,29 @@ impl ControlPlane {
         g.context("gRPC distribution server")?;
         Ok(())
     }
+}
+
+/// The OpenID Connect verifier of the admin API, with its signing keys fetched once now. A
+/// fetch that fails does not stop the start: tokens get 503 until a later fetch succeeds.
+async fn oidc_verifier(
+    config: Option<OidcConfig>,
+) -> anyhow::Result<Option<std::sync::Arc<dyn BearerVerifier>>> {
+    let Some(config) = config else {
+        return Ok(None);
+    };
+    let http = reqwest::Client::builder()
+        .timeout(config.fetch_timeout)
+        .build()
+        .context("building the OpenID Connect HTTP client")?;
+    let issuer = config.issuer.clone();
+    let verifier = OidcVerifier::new(config, http).context("OpenID Connect settings")?;
+    match verifier.fetch_keys().await {
+        Ok(keys) => tracing::info!(%issuer, keys, "OpenID Connect sign-in enabled"),
+        Err(e) => {
+            tracing::warn!(%issuer, error = %e, "OpenID Connect signing keys not fetched yet; bearer tokens get 503 until they are")
+        }
+    }
+    Ok(Some(std::sync::Arc::new(verifier)))
 }
 
 /// Database URLs may carry a password: show scheme and host only.
@@ -205,10 +291,12 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     // Read once: discovery jobs use this credential and ARM endpoint until restart.
     let azure = AzureImportConfig::from_env().context("reading the Azure import settings")?;
-    let cp = ControlPlane::start(&args, azure).await?;
+    let args = args.with_secrets_from_env();
+    let oidc = OidcConfig::from_env().context("reading the OpenID Connect settings")?;
+    let cp = ControlPlane::start(&args, azure, oidc).await?;
     if let Some(token) = &cp.generated_admin_token {
         out!(
-            "Generated admin token (shown once; only its hash is stored — set MODELGW_ADMIN_TOKEN to choose your own):\n  {token}"
+            "Generated admin token (shown once; only its hash is stored — set MODELGW_ADMIN_TOKEN or MODELGW_ADMIN_TOKEN_FILE to choose your own):\n  {token}"
         );
     }
     tracing::info!(admin = %cp.admin_addr, grpc = %cp.grpc_addr, "control plane listening");
@@ -238,6 +326,57 @@ mod tests {
     #[test]
     fn database_passwords_are_not_shown() {
         assert!(!redact_url("postgres://app:hunter2@db.internal/modelgw").contains("hunter2"));
+    }
+
+    fn test_args(dir: &std::path::Path) -> Args {
+        Args {
+            database_url: format!("sqlite://{}", dir.join("modelgw.db").display()),
+            admin_addr: "127.0.0.1:0".parse().expect("address"),
+            grpc_addr: "127.0.0.1:0".parse().expect("address"),
+            admin_token: None,
+            admin_token_file: None,
+            master_key: None,
+            master_key_file: None,
+            config_poll_interval: Duration::from_secs(1),
+            max_health_window: modelgw_control_plane::DEFAULT_MAX_HEALTH_WINDOW,
+        }
+    }
+
+    fn no_azure() -> AzureImportConfig {
+        AzureImportConfig::from_lookup(|_| None).expect("empty Azure config")
+    }
+
+    #[tokio::test]
+    async fn a_short_bootstrap_token_is_refused_at_start() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let short = "mgwadm_only-31-characters-long_"; // 31 characters
+        assert_eq!(short.chars().count(), 31);
+        let args = Args { admin_token: Some(short.to_owned()), ..test_args(dir.path()) };
+        let Err(err) = ControlPlane::start(&args, no_azure(), None).await else {
+            panic!("a 31-character admin token was accepted");
+        };
+        let message = format!("{err:#}");
+        assert!(
+            message.contains("MODELGW_ADMIN_TOKEN") && message.contains("at least 32"),
+            "{message}"
+        );
+        assert!(!message.contains(short), "the token is quoted: {message}");
+        assert!(!dir.path().join("modelgw.db").exists(), "nothing was opened");
+
+        // From a file too; 32 characters (and a trailing newline) are enough.
+        let file = dir.path().join("admin-token");
+        std::fs::write(&file, format!("{short}\n")).expect("write");
+        let args = Args { admin_token_file: Some(file.clone()), ..test_args(dir.path()) };
+        let Err(err) = ControlPlane::start(&args, no_azure(), None).await else {
+            panic!("a 31-character admin token file was accepted");
+        };
+        assert!(format!("{err:#}").contains("MODELGW_ADMIN_TOKEN_FILE"), "{err:#}");
+        std::fs::write(&file, format!("{short}x\n")).expect("write");
+        let cp = ControlPlane::start(&args, no_azure(), None)
+            .await
+            .expect("a 32-character token starts");
+        assert!(cp.generated_admin_token.is_none());
+        cp.store.close().await;
     }
 
     #[test]

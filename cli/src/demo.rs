@@ -142,12 +142,13 @@ pub async fn run(
         admin_addr: args.admin_addr,
         grpc_addr: args.grpc_addr,
         admin_token: Some(admin_token.clone()),
+        admin_token_file: None,
         master_key: None,
         master_key_file: None,
         config_poll_interval: Duration::from_secs(1),
         max_health_window: modelgw_control_plane::DEFAULT_MAX_HEALTH_WINDOW,
     };
-    let cp = ControlPlane::start(&cp_args, azure).await?;
+    let cp = ControlPlane::start(&cp_args, azure, None).await?;
     let admin_url = format!("http://{}", cp.admin_addr);
     let grpc_url = format!("http://{}", cp.grpc_addr);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

@@ -2,7 +2,7 @@
 //! (unless `--dry-run`) imports every deployment it listed as Inference Endpoints.
 //!
 //! Talks only to the control plane's admin API; the control plane holds the Azure credential.
-//! Never prints the admin token or an account key (the API never returns keys).
+//! Never prints the token or an account key (the API never returns keys).
 
 use crate::stdout::out;
 use std::time::{Duration, Instant};
@@ -26,9 +26,11 @@ pub struct Args {
     /// Admin API base URL of the control plane.
     #[arg(long, env = "MODELGW_ADMIN_URL", default_value = DEFAULT_ADMIN_URL)]
     pub admin_url: String,
-    /// Admin token of the control plane.
-    #[arg(long, env = "MODELGW_ADMIN_TOKEN", hide_env_values = true)]
-    pub admin_token: String,
+    /// File holding a token of the admin API with the `operator` role (an API token or the
+    /// bootstrap admin token). Otherwise the token is read from MODELGW_ADMIN_TOKEN; never
+    /// from a flag, which `ps` would show.
+    #[arg(long, env = "MODELGW_ADMIN_TOKEN_FILE")]
+    pub admin_token_file: Option<std::path::PathBuf>,
     /// Only discover and show; import nothing.
     #[arg(long)]
     pub dry_run: bool,
@@ -37,7 +39,16 @@ pub struct Args {
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let client = reqwest::Client::builder().timeout(REQUEST_TIMEOUT).build()?;
     let base = args.admin_url.trim_end_matches('/').to_owned();
-    let api = Api { client, base, token: args.admin_token };
+    let token = match &args.admin_token_file {
+        Some(path) => std::fs::read_to_string(path)
+            .with_context(|| format!("MODELGW_ADMIN_TOKEN_FILE: reading {}", path.display()))?
+            .trim()
+            .to_owned(),
+        None => std::env::var("MODELGW_ADMIN_TOKEN").map_err(|_| {
+            anyhow::anyhow!("set MODELGW_ADMIN_TOKEN or MODELGW_ADMIN_TOKEN_FILE to a token with the operator role")
+        })?,
+    };
+    let api = Api { client, base, token };
 
     let started = api.send(reqwest::Method::POST, "/api/v1/azure/discoveries", None).await?;
     let id = started["id"].as_str().context("the control plane returned no discovery id")?;

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{TestDb, wait_until};
-use modelgw_control_plane::store::{EndpointAuth, NewEndpoint, NewGateway};
+use modelgw_control_plane::store::{AuditContext, EndpointAuth, NewEndpoint, NewGateway};
 use modelgw_control_plane::{DataPlaneStatus, Distribution, DistributionSettings, Store};
 use modelgw_model::{
     ConfigVersion, EndpointId, EndpointState, GatewayMember, NodeId, Platform, RoutingPolicy,
@@ -174,6 +174,11 @@ impl DataPlane {
     }
 }
 
+/// Who the test's changes are recorded as.
+fn audit() -> AuditContext {
+    AuditContext::system("test")
+}
+
 fn new_endpoint(name: &str) -> NewEndpoint {
     NewEndpoint {
         name: name.into(),
@@ -189,7 +194,7 @@ fn new_endpoint(name: &str) -> NewEndpoint {
 
 async fn a_subscriber_gets_the_current_snapshot_then_each_committed_change(db: &TestDb) {
     let store = db.open().await;
-    store.create_endpoint(new_endpoint("before")).await.expect("endpoint");
+    store.create_endpoint(new_endpoint("before"), &audit()).await.expect("endpoint");
     let server = Server::start(store.clone(), NO_POLL).await;
     let current = store.config_version().await.expect("version");
     assert_eq!(server.distribution.current_version(), current);
@@ -203,7 +208,8 @@ async fn a_subscriber_gets_the_current_snapshot_then_each_committed_change(db: &
         store.load_snapshot().await.expect("snapshot")
     );
 
-    let (endpoint, v) = store.create_endpoint(new_endpoint("after")).await.expect("endpoint");
+    let (endpoint, v) =
+        store.create_endpoint(new_endpoint("after"), &audit()).await.expect("endpoint");
     server.distribution.changes().committed(v);
     let pushed = dp.next_snapshot(PUSH_DEADLINE).await;
     assert_eq!(pushed.version, v.0);
@@ -213,16 +219,19 @@ async fn a_subscriber_gets_the_current_snapshot_then_each_committed_change(db: &
     let mut last = v;
     for name in ["g1", "g2", "g3"] {
         let (_, v) = store
-            .create_gateway(NewGateway {
-                routing: RoutingPolicy::default(),
-                name: name.into(),
-                members: vec![GatewayMember {
-                    endpoint_id: endpoint.id,
-                    enabled: true,
-                    priority: 0,
-                    weight: 1,
-                }],
-            })
+            .create_gateway(
+                NewGateway {
+                    routing: RoutingPolicy::default(),
+                    name: name.into(),
+                    members: vec![GatewayMember {
+                        endpoint_id: endpoint.id,
+                        enabled: true,
+                        priority: 0,
+                        weight: 1,
+                    }],
+                },
+                &audit(),
+            )
             .await
             .expect("gateway");
         server.distribution.changes().committed(v);
@@ -242,7 +251,7 @@ async fn a_subscriber_gets_the_current_snapshot_then_each_committed_change(db: &
     let mut published = server.distribution.subscribe();
     published.mark_unchanged();
     let (unannounced, newer) =
-        store.create_endpoint(new_endpoint("unannounced")).await.expect("endpoint");
+        store.create_endpoint(new_endpoint("unannounced"), &audit()).await.expect("endpoint");
     assert!(newer > last);
     server.distribution.changes().committed(ConfigVersion(1));
     server.distribution.changes().committed(last);
@@ -290,7 +299,7 @@ async fn acks_nacks_heartbeats_and_disconnects_show_in_the_registry(db: &TestDb)
     })
     .await;
 
-    let (_, v) = store.create_endpoint(new_endpoint("x")).await.expect("endpoint");
+    let (_, v) = store.create_endpoint(new_endpoint("x"), &audit()).await.expect("endpoint");
     server.distribution.changes().committed(v);
     assert_eq!(dp.next_snapshot(PUSH_DEADLINE).await.version, v.0);
     dp.send(Kind::Nack(cfg::Nack { version: v.0, reason: "endpoints[0].base_url: bad".into() }))
@@ -331,9 +340,9 @@ async fn acks_nacks_heartbeats_and_disconnects_show_in_the_registry(db: &TestDb)
 
 async fn health_reports_show_per_endpoint(db: &TestDb) {
     let store = db.open().await;
-    let (a, _) = store.create_endpoint(new_endpoint("a")).await.expect("endpoint");
-    let (b, _) = store.create_endpoint(new_endpoint("b")).await.expect("endpoint");
-    let (c, _) = store.create_endpoint(new_endpoint("c")).await.expect("endpoint");
+    let (a, _) = store.create_endpoint(new_endpoint("a"), &audit()).await.expect("endpoint");
+    let (b, _) = store.create_endpoint(new_endpoint("b"), &audit()).await.expect("endpoint");
+    let (c, _) = store.create_endpoint(new_endpoint("c"), &audit()).await.expect("endpoint");
     let server = Server::start(store.clone(), NO_POLL).await;
     let mut dp = subscribe(server.addr, "dp-health").await;
     dp.next_snapshot(PUSH_DEADLINE).await;
@@ -404,7 +413,7 @@ async fn health_reports_show_per_endpoint(db: &TestDb) {
         registry.endpoint_health(c.id).state == EndpointState::Error
     })
     .await;
-    let v = store.delete_endpoint(c.id, false).await.expect("delete");
+    let v = store.delete_endpoint(c.id, false, &audit()).await.expect("delete");
     server.distribution.changes().committed(v);
     assert_eq!(dp.next_snapshot(PUSH_DEADLINE).await.version, v.0);
     assert_eq!(registry.endpoint_health(c.id).reason, None);
@@ -433,7 +442,8 @@ async fn changes_made_by_another_replica_arrive_by_polling(db: &TestDb) {
 
     // Another control-plane process writes to the same database and never tells us.
     let replica = db.open().await;
-    let (endpoint, v) = replica.create_endpoint(new_endpoint("remote")).await.expect("endpoint");
+    let (endpoint, v) =
+        replica.create_endpoint(new_endpoint("remote"), &audit()).await.expect("endpoint");
     let s = dp.next_snapshot(PUSH_DEADLINE).await;
     assert_eq!(s.version, v.0);
     assert!(s.endpoints.iter().any(|e| e.id == endpoint.id.to_string()));
@@ -505,7 +515,7 @@ async fn fleet_health_follows_each_snapshot(db: &TestDb) {
         Inbound::FleetHealth(f) => assert!(f.endpoints.is_empty(), "nothing unavailable: {f:?}"),
         other => panic!("expected fleet health after the snapshot, got {other:?}"),
     }
-    let (_, v) = store.create_endpoint(new_endpoint("a")).await.expect("endpoint");
+    let (_, v) = store.create_endpoint(new_endpoint("a"), &audit()).await.expect("endpoint");
     server.distribution.changes().committed(v);
     match dp.next_message(PUSH_DEADLINE).await {
         Inbound::Snapshot(s) => assert_eq!(s.version, v.0),
@@ -516,8 +526,8 @@ async fn fleet_health_follows_each_snapshot(db: &TestDb) {
 
 async fn a_report_from_one_data_plane_reaches_every_other_within_a_second(db: &TestDb) {
     let store = db.open().await;
-    let (a, _) = store.create_endpoint(new_endpoint("a")).await.expect("endpoint");
-    let (b, _) = store.create_endpoint(new_endpoint("b")).await.expect("endpoint");
+    let (a, _) = store.create_endpoint(new_endpoint("a"), &audit()).await.expect("endpoint");
+    let (b, _) = store.create_endpoint(new_endpoint("b"), &audit()).await.expect("endpoint");
     let server = Server::start(store, NO_POLL).await;
     let mut first = subscribe(server.addr, "dp-1").await;
     let mut second = subscribe(server.addr, "dp-2").await;
@@ -563,7 +573,7 @@ async fn a_report_from_one_data_plane_reaches_every_other_within_a_second(db: &T
 
 async fn fleet_state_aggregates_every_data_plane_and_outlives_a_disconnect(db: &TestDb) {
     let store = db.open().await;
-    let (a, _) = store.create_endpoint(new_endpoint("a")).await.expect("endpoint");
+    let (a, _) = store.create_endpoint(new_endpoint("a"), &audit()).await.expect("endpoint");
     let server = Server::start(store, NO_POLL).await;
     let registry = server.distribution.registry();
     let mut first = subscribe(server.addr, "dp-1").await;
@@ -615,7 +625,7 @@ async fn fleet_state_aggregates_every_data_plane_and_outlives_a_disconnect(db: &
 
 async fn health_survives_a_restart_and_never_bumps_the_version(db: &TestDb) {
     let store = db.open().await;
-    let (a, v) = store.create_endpoint(new_endpoint("a")).await.expect("endpoint");
+    let (a, v) = store.create_endpoint(new_endpoint("a"), &audit()).await.expect("endpoint");
     let until = in_secs(300);
     {
         let server = Server::start(store.clone(), NO_POLL).await;
@@ -657,7 +667,7 @@ async fn health_survives_a_restart_and_never_bumps_the_version(db: &TestDb) {
 
 async fn another_replica_sees_reported_health_by_polling(db: &TestDb) {
     let store = db.open().await;
-    let (a, _) = store.create_endpoint(new_endpoint("a")).await.expect("endpoint");
+    let (a, _) = store.create_endpoint(new_endpoint("a"), &audit()).await.expect("endpoint");
     let server = Server::start(store, NO_POLL).await;
     let replica = Server::start(db.open().await, Duration::from_millis(100)).await;
     let mut remote = subscribe(replica.addr, "dp-remote").await;

@@ -9,8 +9,9 @@ use common::{Backend, TestDb};
 use modelgw_control_plane::Store;
 use modelgw_control_plane::StoreError;
 use modelgw_control_plane::store::{
-    AuthMode, AzureImportItem, EndpointAuth, EndpointHealthRecord, EndpointPatch, EndpointRecord,
-    GatewayPatch, NewEndpoint, NewGateway,
+    AuditAction, AuditContext, AuditEntity, AuditEntry, AuditQuery, AuthMode, AzureImportItem,
+    EndpointAuth, EndpointHealthRecord, EndpointPatch, EndpointRecord, GatewayPatch, NewApiToken,
+    NewEndpoint, NewGateway,
 };
 use modelgw_model::wire::{decode_snapshot, encode_snapshot};
 use modelgw_model::{
@@ -38,6 +39,9 @@ on_both_backends!(
     health_resets_keep_the_latest_and_are_pruned,
     azure_import_upserts_by_arm_resource_id,
     entra_auth_stores_no_key_and_modes_switch,
+    every_change_writes_one_audit_row_in_its_transaction,
+    api_tokens_are_stored_as_hashes_and_are_not_configuration,
+    the_audit_log_filters_and_pages,
 );
 
 const API_KEY: &str = "sk-PLAINTEXT-api-key-3f9a7c21";
@@ -55,6 +59,11 @@ fn new_endpoint(name: &str, api_key: &str) -> NewEndpoint {
     }
 }
 
+/// Who the test's changes are recorded as.
+fn audit() -> AuditContext {
+    AuditContext::system("test")
+}
+
 fn member(endpoint_id: EndpointId, priority: u32, weight: u32) -> GatewayMember {
     GatewayMember { endpoint_id, enabled: true, priority, weight }
 }
@@ -65,7 +74,7 @@ async fn version(store: &Store) -> ConfigVersion {
 
 async fn create_endpoint(store: &Store, name: &str) -> EndpointRecord {
     store
-        .create_endpoint(new_endpoint(name, &format!("{API_KEY}-{name}")))
+        .create_endpoint(new_endpoint(name, &format!("{API_KEY}-{name}")), &audit())
         .await
         .expect("create endpoint")
         .0
@@ -79,7 +88,8 @@ async fn endpoint_crud(db: &TestDb) {
     let store = db.open().await;
     let v0 = version(&store).await;
 
-    let (created, v1) = store.create_endpoint(new_endpoint("eus", API_KEY)).await.expect("create");
+    let (created, v1) =
+        store.create_endpoint(new_endpoint("eus", API_KEY), &audit()).await.expect("create");
     assert_eq!(v1, next(v0));
     assert_eq!(version(&store).await, v1);
     assert_eq!(created.name, "eus");
@@ -89,8 +99,10 @@ async fn endpoint_crud(db: &TestDb) {
     assert_eq!(created.created_at, created.updated_at);
     assert_eq!(store.get_endpoint(created.id).await.expect("get"), created);
 
-    let (second, v2) =
-        store.create_endpoint(new_endpoint("aus", "sk-another-key-0000")).await.expect("create");
+    let (second, v2) = store
+        .create_endpoint(new_endpoint("aus", "sk-another-key-0000"), &audit())
+        .await
+        .expect("create");
     assert_eq!(v2, next(v1));
     let names: Vec<String> =
         store.list_endpoints().await.expect("list").into_iter().map(|e| e.name).collect();
@@ -102,7 +114,7 @@ async fn endpoint_crud(db: &TestDb) {
         auth: Some(EndpointAuth::ApiKey(Secret::new("sk-rotated-key-value-9b8e"))),
         ..EndpointPatch::default()
     };
-    let (updated, v3) = store.update_endpoint(created.id, patch).await.expect("update");
+    let (updated, v3) = store.update_endpoint(created.id, patch, &audit()).await.expect("update");
     assert_eq!(v3, next(v2));
     assert_eq!(updated.deployment, "gpt-4o-mini");
     assert_eq!(updated.region, "westus");
@@ -121,6 +133,7 @@ async fn endpoint_crud(db: &TestDb) {
         .update_endpoint(
             created.id,
             EndpointPatch { name: Some("eus2".into()), ..Default::default() },
+            &audit(),
         )
         .await
         .expect("rename");
@@ -130,7 +143,7 @@ async fn endpoint_crud(db: &TestDb) {
     let endpoint = snapshot.endpoints.iter().find(|e| e.id == created.id).expect("in snapshot");
     assert_eq!(endpoint.credential, Credential::ApiKey(Secret::new("sk-rotated-key-value-9b8e")));
 
-    let v5 = store.delete_endpoint(created.id, false).await.expect("delete");
+    let v5 = store.delete_endpoint(created.id, false, &audit()).await.expect("delete");
     assert_eq!(v5, next(v4));
     assert!(matches!(
         store.get_endpoint(created.id).await,
@@ -140,9 +153,12 @@ async fn endpoint_crud(db: &TestDb) {
 
     // Calls on an unknown id fail without bumping the version.
     let unknown = EndpointId::new();
-    assert!(matches!(store.delete_endpoint(unknown, true).await, Err(StoreError::NotFound { .. })));
     assert!(matches!(
-        store.update_endpoint(unknown, EndpointPatch::default()).await,
+        store.delete_endpoint(unknown, true, &audit()).await,
+        Err(StoreError::NotFound { .. })
+    ));
+    assert!(matches!(
+        store.update_endpoint(unknown, EndpointPatch::default(), &audit()).await,
         Err(StoreError::NotFound { .. })
     ));
     assert_eq!(version(&store).await, v5);
@@ -158,11 +174,14 @@ async fn gateway_crud(db: &TestDb) {
     // Member order is the given order, not id or name order.
     let members = vec![member(c.id, 0, 3), member(a.id, 1, 1), member(b.id, 0, 1)];
     let (gw, v1) = store
-        .create_gateway(NewGateway {
-            routing: RoutingPolicy::default(),
-            name: "gpt-4o".into(),
-            members: members.clone(),
-        })
+        .create_gateway(
+            NewGateway {
+                routing: RoutingPolicy::default(),
+                name: "gpt-4o".into(),
+                members: members.clone(),
+            },
+            &audit(),
+        )
         .await
         .expect("create gateway");
     assert_eq!(v1, next(v0));
@@ -170,11 +189,10 @@ async fn gateway_crud(db: &TestDb) {
     assert_eq!(store.get_gateway(gw.id).await.expect("get"), gw);
 
     let (empty, v2) = store
-        .create_gateway(NewGateway {
-            routing: RoutingPolicy::default(),
-            name: "empty".into(),
-            members: vec![],
-        })
+        .create_gateway(
+            NewGateway { routing: RoutingPolicy::default(), name: "empty".into(), members: vec![] },
+            &audit(),
+        )
         .await
         .expect("create empty gateway");
     assert_eq!(v2, next(v1));
@@ -185,6 +203,7 @@ async fn gateway_crud(db: &TestDb) {
         .update_gateway(
             gw.id,
             GatewayPatch { routing: None, name: Some("gpt-4o-prod".into()), members: None },
+            &audit(),
         )
         .await
         .expect("rename");
@@ -199,6 +218,7 @@ async fn gateway_crud(db: &TestDb) {
                 name: None,
                 members: Some(vec![disabled.clone(), member(a.id, 0, 1)]),
             },
+            &audit(),
         )
         .await
         .expect("replace members");
@@ -207,9 +227,9 @@ async fn gateway_crud(db: &TestDb) {
     assert_eq!(replaced.members, vec![disabled, member(a.id, 0, 1)]);
     assert_eq!(store.get_gateway(gw.id).await.expect("get"), replaced);
 
-    store.create_gateway_key(gw.id, "ci".into()).await.expect("key");
+    store.create_gateway_key(gw.id, "ci".into(), &audit()).await.expect("key");
     let v5 = version(&store).await;
-    let v6 = store.delete_gateway(gw.id).await.expect("delete");
+    let v6 = store.delete_gateway(gw.id, &audit()).await.expect("delete");
     assert_eq!(v6, next(v5));
     assert!(matches!(
         store.get_gateway(gw.id).await,
@@ -225,9 +245,12 @@ async fn gateway_crud(db: &TestDb) {
         "the deleted gateway's keys are gone"
     );
 
-    assert!(matches!(store.delete_gateway(gw.id).await, Err(StoreError::NotFound { .. })));
     assert!(matches!(
-        store.update_gateway(GatewayId::new(), GatewayPatch::default()).await,
+        store.delete_gateway(gw.id, &audit()).await,
+        Err(StoreError::NotFound { .. })
+    ));
+    assert!(matches!(
+        store.update_gateway(GatewayId::new(), GatewayPatch::default(), &audit()).await,
         Err(StoreError::NotFound { .. })
     ));
     assert_eq!(version(&store).await, v6);
@@ -236,17 +259,16 @@ async fn gateway_crud(db: &TestDb) {
 async fn gateway_key_lifecycle(db: &TestDb) {
     let store = db.open().await;
     let (gw, _) = store
-        .create_gateway(NewGateway {
-            routing: RoutingPolicy::default(),
-            name: "gw".into(),
-            members: vec![],
-        })
+        .create_gateway(
+            NewGateway { routing: RoutingPolicy::default(), name: "gw".into(), members: vec![] },
+            &audit(),
+        )
         .await
         .expect("gateway");
     let v0 = version(&store).await;
 
     let (record, secret, v1) =
-        store.create_gateway_key(gw.id, "ci".into()).await.expect("create key");
+        store.create_gateway_key(gw.id, "ci".into(), &audit()).await.expect("create key");
     assert_eq!(v1, next(v0));
     let body = secret.expose().strip_prefix("mgw_").expect("mgw_ prefix");
     assert_eq!(body.len(), 43);
@@ -258,7 +280,7 @@ async fn gateway_key_lifecycle(db: &TestDb) {
     assert!(!format!("{record:?}").contains(secret.expose()));
 
     let (other, other_secret, v2) =
-        store.create_gateway_key(gw.id, "ops".into()).await.expect("second key");
+        store.create_gateway_key(gw.id, "ops".into(), &audit()).await.expect("second key");
     assert_eq!(v2, next(v1));
     assert_ne!(secret, other_secret);
     assert_eq!(
@@ -272,8 +294,9 @@ async fn gateway_key_lifecycle(db: &TestDb) {
     assert_eq!(keys[0].id, record.id);
     assert_eq!(keys[0].sha256, gateway_key_hash(secret.expose()), "only the hash is distributed");
 
-    let v3 = store.revoke_gateway_key(gw.id, record.id).await.expect("revoke");
-    assert_eq!(v3, next(v2));
+    let (revoked, v3) = store.revoke_gateway_key(gw.id, record.id, &audit()).await.expect("revoke");
+    assert_eq!(v3, Some(next(v2)));
+    assert!(revoked.revoked_at.is_some());
     let listed = store.list_gateway_keys(gw.id).await.expect("list");
     let revoked_at = listed[0].revoked_at.expect("revoked key keeps its row with revoked_at");
     assert_eq!(listed[1], other);
@@ -281,31 +304,33 @@ async fn gateway_key_lifecycle(db: &TestDb) {
     let ids: Vec<GatewayKeyId> = snapshot.gateways[0].keys.iter().map(|k| k.id).collect();
     assert_eq!(ids, vec![other.id], "revoked keys leave the snapshot");
 
-    // Revoking again succeeds and keeps the first revocation time.
-    let v4 = store.revoke_gateway_key(gw.id, record.id).await.expect("revoke again");
-    assert_eq!(v4, next(v3));
+    // Revoking again succeeds, keeps the first revocation time and commits nothing.
+    let (again, v4) =
+        store.revoke_gateway_key(gw.id, record.id, &audit()).await.expect("revoke again");
+    assert_eq!(v4, None);
+    assert_eq!(again.revoked_at, Some(revoked_at));
+    assert_eq!(version(&store).await, next(v2));
     assert_eq!(store.list_gateway_keys(gw.id).await.expect("list")[0].revoked_at, Some(revoked_at));
 
     // Unknown key, key of another gateway, unknown gateway: NotFound, nothing bumped.
     let (gw2, _) = store
-        .create_gateway(NewGateway {
-            routing: RoutingPolicy::default(),
-            name: "gw2".into(),
-            members: vec![],
-        })
+        .create_gateway(
+            NewGateway { routing: RoutingPolicy::default(), name: "gw2".into(), members: vec![] },
+            &audit(),
+        )
         .await
         .expect("gateway");
     let v5 = version(&store).await;
     assert!(matches!(
-        store.revoke_gateway_key(gw.id, GatewayKeyId::new()).await,
+        store.revoke_gateway_key(gw.id, GatewayKeyId::new(), &audit()).await,
         Err(StoreError::NotFound { entity: "gateway key", .. })
     ));
     assert!(matches!(
-        store.revoke_gateway_key(gw2.id, other.id).await,
+        store.revoke_gateway_key(gw2.id, other.id, &audit()).await,
         Err(StoreError::NotFound { .. })
     ));
     assert!(matches!(
-        store.create_gateway_key(GatewayId::new(), "x".into()).await,
+        store.create_gateway_key(GatewayId::new(), "x".into(), &audit()).await,
         Err(StoreError::NotFound { entity: "gateway", .. })
     ));
     assert!(matches!(
@@ -321,19 +346,25 @@ async fn failed_calls_change_neither_version_nor_data(db: &TestDb) {
     let a = create_endpoint(&store, "a").await;
     let b = create_endpoint(&store, "b").await;
     let (gw, _) = store
-        .create_gateway(NewGateway {
-            routing: RoutingPolicy::default(),
-            name: "gw".into(),
-            members: vec![member(a.id, 0, 1)],
-        })
+        .create_gateway(
+            NewGateway {
+                routing: RoutingPolicy::default(),
+                name: "gw".into(),
+                members: vec![member(a.id, 0, 1)],
+            },
+            &audit(),
+        )
         .await
         .expect("gateway");
     store
-        .create_gateway(NewGateway {
-            routing: RoutingPolicy::default(),
-            name: "other".into(),
-            members: vec![member(a.id, 0, 1)],
-        })
+        .create_gateway(
+            NewGateway {
+                routing: RoutingPolicy::default(),
+                name: "other".into(),
+                members: vec![member(a.id, 0, 1)],
+            },
+            &audit(),
+        )
         .await
         .expect("gateway");
 
@@ -360,7 +391,10 @@ async fn failed_calls_change_neither_version_nor_data(db: &TestDb) {
         );
     };
 
-    let err = store.create_endpoint(new_endpoint("a", API_KEY)).await.expect_err("duplicate name");
+    let err = store
+        .create_endpoint(new_endpoint("a", API_KEY), &audit())
+        .await
+        .expect_err("duplicate name");
     assert!(matches!(&err, StoreError::Conflict { field, .. } if field == "name"), "{err:?}");
     unchanged("duplicate endpoint name").await;
 
@@ -372,6 +406,7 @@ async fn failed_calls_change_neither_version_nor_data(db: &TestDb) {
                 auth: Some(EndpointAuth::ApiKey(Secret::new("sk-never-stored-1234"))),
                 ..Default::default()
             },
+            &audit(),
         )
         .await
         .expect_err("rename onto an existing name");
@@ -379,11 +414,10 @@ async fn failed_calls_change_neither_version_nor_data(db: &TestDb) {
     unchanged("rename endpoint onto an existing name").await;
 
     let err = store
-        .create_gateway(NewGateway {
-            routing: RoutingPolicy::default(),
-            name: "gw".into(),
-            members: vec![],
-        })
+        .create_gateway(
+            NewGateway { routing: RoutingPolicy::default(), name: "gw".into(), members: vec![] },
+            &audit(),
+        )
         .await
         .expect_err("dup");
     assert!(matches!(&err, StoreError::Conflict { field, .. } if field == "name"), "{err:?}");
@@ -393,6 +427,7 @@ async fn failed_calls_change_neither_version_nor_data(db: &TestDb) {
         .update_gateway(
             gw.id,
             GatewayPatch { routing: None, name: Some("other".into()), members: None },
+            &audit(),
         )
         .await
         .expect_err("rename gateway onto an existing name");
@@ -401,11 +436,14 @@ async fn failed_calls_change_neither_version_nor_data(db: &TestDb) {
 
     let ghost = EndpointId::new();
     let err = store
-        .create_gateway(NewGateway {
-            routing: RoutingPolicy::default(),
-            name: "new".into(),
-            members: vec![member(a.id, 0, 1), member(ghost, 0, 1)],
-        })
+        .create_gateway(
+            NewGateway {
+                routing: RoutingPolicy::default(),
+                name: "new".into(),
+                members: vec![member(a.id, 0, 1), member(ghost, 0, 1)],
+            },
+            &audit(),
+        )
         .await
         .expect_err("unknown member");
     match &err {
@@ -429,6 +467,7 @@ async fn failed_calls_change_neither_version_nor_data(db: &TestDb) {
                 name: Some("renamed".into()),
                 members: Some(vec![member(ghost, 0, 1)]),
             },
+            &audit(),
         )
         .await
         .expect_err("unknown member on update");
@@ -446,6 +485,7 @@ async fn failed_calls_change_neither_version_nor_data(db: &TestDb) {
                 name: None,
                 members: Some(vec![member(b.id, 0, 1), member(b.id, 1, 1)]),
             },
+            &audit(),
         )
         .await
         .expect_err("repeated member");
@@ -455,7 +495,7 @@ async fn failed_calls_change_neither_version_nor_data(db: &TestDb) {
     );
     unchanged("repeated member").await;
 
-    let err = store.delete_endpoint(a.id, false).await.expect_err("in use");
+    let err = store.delete_endpoint(a.id, false, &audit()).await.expect_err("in use");
     match &err {
         StoreError::InUse { gateways } => assert_eq!(gateways, &["gw", "other"]),
         other => panic!("expected InUse, got {other:?}"),
@@ -469,24 +509,30 @@ async fn force_delete_removes_memberships(db: &TestDb) {
     let b = create_endpoint(&store, "b").await;
     let c = create_endpoint(&store, "c").await;
     let (g1, _) = store
-        .create_gateway(NewGateway {
-            routing: RoutingPolicy::default(),
-            name: "g1".into(),
-            members: vec![member(a.id, 0, 1), member(b.id, 0, 1), member(c.id, 1, 1)],
-        })
+        .create_gateway(
+            NewGateway {
+                routing: RoutingPolicy::default(),
+                name: "g1".into(),
+                members: vec![member(a.id, 0, 1), member(b.id, 0, 1), member(c.id, 1, 1)],
+            },
+            &audit(),
+        )
         .await
         .expect("gateway");
     let (g2, _) = store
-        .create_gateway(NewGateway {
-            routing: RoutingPolicy::default(),
-            name: "g2".into(),
-            members: vec![member(b.id, 0, 1)],
-        })
+        .create_gateway(
+            NewGateway {
+                routing: RoutingPolicy::default(),
+                name: "g2".into(),
+                members: vec![member(b.id, 0, 1)],
+            },
+            &audit(),
+        )
         .await
         .expect("gateway");
     let v = version(&store).await;
 
-    let v1 = store.delete_endpoint(b.id, true).await.expect("forced delete");
+    let v1 = store.delete_endpoint(b.id, true, &audit()).await.expect("forced delete");
     assert_eq!(v1, next(v));
     assert_eq!(
         store.get_gateway(g1.id).await.expect("g1").members,
@@ -499,7 +545,7 @@ async fn force_delete_removes_memberships(db: &TestDb) {
     // Force on an unused endpoint is a plain delete.
     let d = create_endpoint(&store, "d").await;
     let v2 = version(&store).await;
-    assert_eq!(store.delete_endpoint(d.id, true).await.expect("delete unused"), next(v2));
+    assert_eq!(store.delete_endpoint(d.id, true, &audit()).await.expect("delete unused"), next(v2));
     assert_eq!(store.get_gateway(g1.id).await.expect("g1").members.len(), 2);
 }
 
@@ -507,14 +553,17 @@ async fn version_and_data_survive_reopening(db: &TestDb) {
     let store = db.open().await;
     let a = create_endpoint(&store, "a").await;
     let (gw, _) = store
-        .create_gateway(NewGateway {
-            routing: RoutingPolicy::default(),
-            name: "gw".into(),
-            members: vec![member(a.id, 0, 1)],
-        })
+        .create_gateway(
+            NewGateway {
+                routing: RoutingPolicy::default(),
+                name: "gw".into(),
+                members: vec![member(a.id, 0, 1)],
+            },
+            &audit(),
+        )
         .await
         .expect("gateway");
-    let v = store.delete_gateway(gw.id).await.expect("delete");
+    let v = store.delete_gateway(gw.id, &audit()).await.expect("delete");
     let before = store.load_snapshot().await.expect("snapshot");
     store.close().await;
 
@@ -526,11 +575,10 @@ async fn version_and_data_survive_reopening(db: &TestDb) {
         "keys decrypt after a restart"
     );
     let (_, v1) = reopened
-        .create_gateway(NewGateway {
-            routing: RoutingPolicy::default(),
-            name: "gw".into(),
-            members: vec![],
-        })
+        .create_gateway(
+            NewGateway { routing: RoutingPolicy::default(), name: "gw".into(), members: vec![] },
+            &audit(),
+        )
         .await
         .expect("gateway");
     assert_eq!(v1, next(v), "and keeps counting up from there");
@@ -547,7 +595,8 @@ async fn version_and_data_survive_reopening(db: &TestDb) {
 
 async fn api_key_is_sealed_at_rest(db: &TestDb) {
     let store = db.open().await;
-    let (created, _) = store.create_endpoint(new_endpoint("eus", API_KEY)).await.expect("create");
+    let (created, _) =
+        store.create_endpoint(new_endpoint("eus", API_KEY), &audit()).await.expect("create");
     let rotated = "sk-ROTATED-plaintext-5d6e";
     let (updated, _) = store
         .update_endpoint(
@@ -556,6 +605,7 @@ async fn api_key_is_sealed_at_rest(db: &TestDb) {
                 auth: Some(EndpointAuth::ApiKey(Secret::new(rotated))),
                 ..Default::default()
             },
+            &audit(),
         )
         .await
         .expect("rotate");
@@ -641,31 +691,38 @@ async fn snapshot_round_trips_through_the_wire(db: &TestDb) {
     let mut compatible = new_endpoint("b", "sk-compatible-key-1111");
     compatible.platform = Platform::OpenaiCompatible;
     compatible.endpoint = url::Url::parse("http://127.0.0.1:8080/v1").expect("url");
-    let (b, _) = store.create_endpoint(compatible).await.expect("endpoint");
+    let (b, _) = store.create_endpoint(compatible, &audit()).await.expect("endpoint");
     let members = vec![
         member(b.id, 0, 5),
         GatewayMember { endpoint_id: a.id, enabled: false, priority: 1, weight: 1 },
     ];
     let (g1, _) = store
-        .create_gateway(NewGateway {
-            routing: RoutingPolicy::default(),
-            name: "g1".into(),
-            members: members.clone(),
-        })
+        .create_gateway(
+            NewGateway {
+                routing: RoutingPolicy::default(),
+                name: "g1".into(),
+                members: members.clone(),
+            },
+            &audit(),
+        )
         .await
         .expect("gateway");
     let (g2, _) = store
-        .create_gateway(NewGateway {
-            routing: RoutingPolicy::default(),
-            name: "g2".into(),
-            members: vec![member(a.id, 0, 1)],
-        })
+        .create_gateway(
+            NewGateway {
+                routing: RoutingPolicy::default(),
+                name: "g2".into(),
+                members: vec![member(a.id, 0, 1)],
+            },
+            &audit(),
+        )
         .await
         .expect("gateway");
-    let (k1, s1, _) = store.create_gateway_key(g1.id, "k1".into()).await.expect("key");
-    let (k2, _, _) = store.create_gateway_key(g1.id, "k2".into()).await.expect("key");
-    let (k3, s3, _) = store.create_gateway_key(g2.id, "k3".into()).await.expect("key");
-    let v = store.revoke_gateway_key(g1.id, k2.id).await.expect("revoke");
+    let (k1, s1, _) = store.create_gateway_key(g1.id, "k1".into(), &audit()).await.expect("key");
+    let (k2, _, _) = store.create_gateway_key(g1.id, "k2".into(), &audit()).await.expect("key");
+    let (k3, s3, _) = store.create_gateway_key(g2.id, "k3".into(), &audit()).await.expect("key");
+    let v =
+        store.revoke_gateway_key(g1.id, k2.id, &audit()).await.expect("revoke").1.expect("revoked");
 
     let snapshot = store.load_snapshot().await.expect("snapshot");
     assert_eq!(snapshot.version, v);
@@ -742,9 +799,9 @@ async fn concurrent_writes_get_distinct_versions(db: &TestDb) {
     let v0 = version(&store).await;
     let writes = (0..8).map(|i| {
         let store = store.clone();
-        tokio::spawn(
-            async move { store.create_endpoint(new_endpoint(&format!("e{i}"), API_KEY)).await },
-        )
+        tokio::spawn(async move {
+            store.create_endpoint(new_endpoint(&format!("e{i}"), API_KEY), &audit()).await
+        })
     });
     let mut versions: Vec<u64> = Vec::new();
     for w in writes {
@@ -766,11 +823,10 @@ async fn gateway_routing_round_trips_and_versions(db: &TestDb) {
         request_timeout_ms: Some(45_000),
     };
     let (gw, v1) = store
-        .create_gateway(NewGateway {
-            name: "gw".into(),
-            members: vec![member(a.id, 0, 1)],
-            routing: fastest,
-        })
+        .create_gateway(
+            NewGateway { name: "gw".into(), members: vec![member(a.id, 0, 1)], routing: fastest },
+            &audit(),
+        )
         .await
         .expect("create");
     assert_eq!(gw.routing, fastest);
@@ -782,14 +838,22 @@ async fn gateway_routing_round_trips_and_versions(db: &TestDb) {
 
     // A patch without routing keeps it; with routing replaces it whole.
     let (renamed, v2) = store
-        .update_gateway(gw.id, GatewayPatch { name: Some("gw2".into()), ..Default::default() })
+        .update_gateway(
+            gw.id,
+            GatewayPatch { name: Some("gw2".into()), ..Default::default() },
+            &audit(),
+        )
         .await
         .expect("rename");
     assert_eq!(v2, next(v1));
     assert_eq!(renamed.routing, fastest);
     let weighted = RoutingPolicy { request_timeout_ms: Some(1_000), ..RoutingPolicy::default() };
     let (patched, v3) = store
-        .update_gateway(gw.id, GatewayPatch { routing: Some(weighted), ..Default::default() })
+        .update_gateway(
+            gw.id,
+            GatewayPatch { routing: Some(weighted), ..Default::default() },
+            &audit(),
+        )
         .await
         .expect("patch routing");
     assert_eq!(v3, next(v2));
@@ -869,7 +933,7 @@ async fn endpoint_health_is_stored_without_bumping_the_version(db: &TestDb) {
     assert_eq!(version(&store).await, v);
 
     // Deleting an endpoint deletes its health.
-    store.delete_endpoint(b.id, false).await.expect("delete b");
+    store.delete_endpoint(b.id, false, &audit()).await.expect("delete b");
     let stored = store.load_endpoint_health().await.expect("load");
     assert!(stored.iter().all(|r| r.endpoint_id == a.id), "{stored:?}");
     let mut raw = db.raw().await;
@@ -897,11 +961,26 @@ async fn health_resets_keep_the_latest_and_are_pruned(db: &TestDb) {
     let v = version(&store).await;
     let at = |ms: i64| chrono::DateTime::from_timestamp_millis(ms).expect("time");
     let now = chrono::Utc::now().timestamp_millis();
-    store.record_health_reset(a.id, at(now)).await.expect("reset a");
+    let ctx = AuditContext::new("token:ops");
+    store.record_health_reset(a.id, at(now), &ctx).await.expect("reset a");
     // An older reset (a slower replica) does not replace a newer one.
-    store.record_health_reset(a.id, at(now - 10)).await.expect("older reset");
-    store.record_health_reset(b.id, at(now - 3_600_000)).await.expect("reset b");
+    store.record_health_reset(a.id, at(now - 10), &ctx).await.expect("older reset");
+    store.record_health_reset(b.id, at(now - 3_600_000), &ctx).await.expect("reset b");
     assert_eq!(version(&store).await, v, "a reset is not configuration");
+    let resets = store
+        .audit_log(&AuditQuery {
+            action: Some(AuditAction::ResetHealth),
+            limit: 10,
+            ..AuditQuery::default()
+        })
+        .await
+        .expect("log");
+    assert_eq!(resets.len(), 3, "each reset is audited once");
+    assert!(resets.iter().all(|r| r.actor == "token:ops" && r.config_version.is_none()));
+    assert_eq!(resets[2].entity_id, a.id.to_string());
+    assert_eq!(resets[2].entity_name, "a");
+    let unknown = store.record_health_reset(EndpointId::new(), at(now), &ctx).await;
+    assert!(matches!(unknown, Err(StoreError::NotFound { .. })), "{unknown:?}");
     let mut expected = vec![(a.id, at(now)), (b.id, at(now - 3_600_000))];
     expected.sort_by_key(|(id, _)| id.to_string());
     assert_eq!(store.load_health_resets().await.expect("load"), expected);
@@ -912,7 +991,7 @@ async fn health_resets_keep_the_latest_and_are_pruned(db: &TestDb) {
     assert_eq!(store.prune_endpoint_health(at(now - 60_000)).await.expect("prune"), 1);
     assert_eq!(store.load_health_resets().await.expect("load"), [(a.id, at(now))]);
     // A deleted endpoint's reset is not loaded, and the next prune deletes it.
-    store.delete_endpoint(a.id, false).await.expect("delete a");
+    store.delete_endpoint(a.id, false, &audit()).await.expect("delete a");
     assert!(store.load_health_resets().await.expect("load").is_empty());
     assert_eq!(store.prune_endpoint_health(at(now - 60_000)).await.expect("prune"), 1);
 }
@@ -949,7 +1028,7 @@ async fn azure_import_upserts_by_arm_resource_id(db: &TestDb) {
         import_item("acct-a", "gpt", "Standard", 10, "key-a-1"),
         import_item("acct-b", "gpt", "GlobalProvisionedManaged", 100, "key-b-1"),
     ];
-    let first = store.import_azure_endpoints(items.clone()).await.expect("import");
+    let first = store.import_azure_endpoints(items.clone(), &audit()).await.expect("import");
     assert_eq!(first.created.len(), 2);
     assert_eq!(first.version, next(v0), "one bump for the whole import");
     let listed = store.list_azure_endpoints().await.expect("list");
@@ -959,7 +1038,7 @@ async fn azure_import_upserts_by_arm_resource_id(db: &TestDb) {
     assert_eq!(listed[1].sku_capacity, Some(100));
 
     // Same again: nothing written, no bump.
-    let again = store.import_azure_endpoints(items.clone()).await.expect("import again");
+    let again = store.import_azure_endpoints(items.clone(), &audit()).await.expect("import again");
     assert!(again.created.is_empty() && again.updated.is_empty());
     assert_eq!(again.unchanged.len(), 2);
     assert_eq!(version(&store).await, next(v0));
@@ -968,7 +1047,7 @@ async fn azure_import_upserts_by_arm_resource_id(db: &TestDb) {
     let mut changed = import_item("acct-b", "gpt", "GlobalProvisionedManaged", 200, "key-b-2");
     changed.arm_resource_id = changed.arm_resource_id.to_uppercase();
     let third = store
-        .import_azure_endpoints(vec![items[0].clone(), changed])
+        .import_azure_endpoints(vec![items[0].clone(), changed], &audit())
         .await
         .expect("import changed");
     assert_eq!(third.updated, [listed[1].id]);
@@ -986,7 +1065,7 @@ async fn azure_import_upserts_by_arm_resource_id(db: &TestDb) {
     // Importing in Entra mode switches the endpoint and drops its key; again is unchanged;
     // an api_key import switches it back with the key.
     let entra = AzureImportItem { auth: EndpointAuth::Entra, ..items[0].clone() };
-    let fourth = store.import_azure_endpoints(vec![entra.clone()]).await.expect("entra");
+    let fourth = store.import_azure_endpoints(vec![entra.clone()], &audit()).await.expect("entra");
     assert_eq!(fourth.updated, [listed[0].id]);
     assert_eq!(fourth.version, next(next(next(v0))));
     let record = store.get_endpoint(listed[0].id).await.expect("get");
@@ -994,10 +1073,11 @@ async fn azure_import_upserts_by_arm_resource_id(db: &TestDb) {
     let snapshot = store.load_snapshot().await.expect("snapshot");
     let a = snapshot.endpoints.iter().find(|e| e.id == listed[0].id).expect("a");
     assert!(matches!(a.credential, Credential::Entra { .. }), "no key kept");
-    let fifth = store.import_azure_endpoints(vec![entra]).await.expect("entra again");
+    let fifth = store.import_azure_endpoints(vec![entra], &audit()).await.expect("entra again");
     assert_eq!(fifth.unchanged, [listed[0].id]);
     assert_eq!(version(&store).await, next(next(next(v0))), "no bump");
-    let sixth = store.import_azure_endpoints(vec![items[0].clone()]).await.expect("key again");
+    let sixth =
+        store.import_azure_endpoints(vec![items[0].clone()], &audit()).await.expect("key again");
     assert_eq!(sixth.updated, [listed[0].id]);
     let snapshot = store.load_snapshot().await.expect("snapshot");
     let a = snapshot.endpoints.iter().find(|e| e.id == listed[0].id).expect("a");
@@ -1010,7 +1090,7 @@ async fn azure_import_upserts_by_arm_resource_id(db: &TestDb) {
 async fn entra_auth_stores_no_key_and_modes_switch(db: &TestDb) {
     let store = db.open().await;
     let entra = NewEndpoint { auth: EndpointAuth::Entra, ..new_endpoint("eus", API_KEY) };
-    let (created, _) = store.create_endpoint(entra).await.expect("create");
+    let (created, _) = store.create_endpoint(entra, &audit()).await.expect("create");
     assert_eq!(created.auth, AuthMode::Entra);
     assert_eq!(created.api_key_hint, "");
     let entra_credential = Credential::Entra { scope: modelgw_model::DEFAULT_ENTRA_SCOPE.into() };
@@ -1021,7 +1101,7 @@ async fn entra_auth_stores_no_key_and_modes_switch(db: &TestDb) {
         auth: Some(EndpointAuth::ApiKey(Secret::new(API_KEY))),
         ..EndpointPatch::default()
     };
-    let (updated, _) = store.update_endpoint(created.id, to_key).await.expect("update");
+    let (updated, _) = store.update_endpoint(created.id, to_key, &audit()).await.expect("update");
     assert_eq!(updated.auth, AuthMode::ApiKey);
     assert_eq!(updated.api_key_hint, "…7c21");
     let snapshot = store.load_snapshot().await.expect("snapshot");
@@ -1029,16 +1109,334 @@ async fn entra_auth_stores_no_key_and_modes_switch(db: &TestDb) {
 
     // Another field alone keeps the mode.
     let rename = EndpointPatch { region: Some("westus".into()), ..EndpointPatch::default() };
-    let (renamed, _) = store.update_endpoint(created.id, rename).await.expect("update");
+    let (renamed, _) = store.update_endpoint(created.id, rename, &audit()).await.expect("update");
     assert_eq!(renamed.auth, AuthMode::ApiKey);
 
     let back = EndpointPatch { auth: Some(EndpointAuth::Entra), ..EndpointPatch::default() };
-    let (updated, _) = store.update_endpoint(created.id, back).await.expect("update");
+    let (updated, _) = store.update_endpoint(created.id, back, &audit()).await.expect("update");
     assert_eq!(updated.auth, AuthMode::Entra);
     assert_eq!(updated.api_key_hint, "");
     let snapshot = store.load_snapshot().await.expect("snapshot");
     assert_eq!(snapshot.endpoints[0].credential, entra_credential);
     // An api_key endpoint beside it keeps its mode.
-    let (legacy, _) = store.create_endpoint(new_endpoint("aus", API_KEY)).await.expect("create");
+    let (legacy, _) =
+        store.create_endpoint(new_endpoint("aus", API_KEY), &audit()).await.expect("create");
     assert_eq!(legacy.auth, AuthMode::ApiKey);
+}
+
+/// Every audit row of the store, oldest first.
+async fn audit_rows(store: &Store) -> Vec<AuditEntry> {
+    let mut rows =
+        store.audit_log(&AuditQuery { limit: 10_000, ..AuditQuery::default() }).await.expect("log");
+    rows.reverse();
+    rows
+}
+
+/// Makes the database refuse, from inside a transaction, inserts into `table` where `column`
+/// is `value`: a failure the store cannot see coming.
+async fn refuse_inserts(db: &TestDb, table: &str, column: &str, value: &str) {
+    let mut raw = db.raw().await;
+    let statements = match db.backend {
+        Backend::Sqlite => vec![format!(
+            "CREATE TRIGGER refuse_{table} BEFORE INSERT ON {table} \
+             WHEN NEW.{column} = '{value}' BEGIN SELECT RAISE(ABORT, 'refused by test'); END"
+        )],
+        Backend::Postgres => vec![
+            format!(
+                "CREATE FUNCTION refuse_{table}() RETURNS trigger LANGUAGE plpgsql AS \
+                 'BEGIN RAISE EXCEPTION ''refused by test''; END'"
+            ),
+            format!(
+                "CREATE TRIGGER refuse_{table} BEFORE INSERT ON {table} FOR EACH ROW \
+                 WHEN (NEW.{column} = '{value}') EXECUTE FUNCTION refuse_{table}()"
+            ),
+        ],
+    };
+    for sql in statements {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(&mut raw).await.expect("trigger");
+    }
+}
+
+async fn every_change_writes_one_audit_row_in_its_transaction(db: &TestDb) {
+    let store = db.open().await;
+    let context = AuditContext {
+        actor: "token:ops".into(),
+        request_id: Some("req-1".into()),
+        client_ip: Some("2001:db8::7".parse().expect("ip")),
+    };
+    let (e, v1) =
+        store.create_endpoint(new_endpoint("eus", API_KEY), &context).await.expect("create");
+    let (_, v2) = store
+        .update_endpoint(
+            e.id,
+            EndpointPatch {
+                auth: Some(EndpointAuth::ApiKey(Secret::new("sk-second-key-value-7c21"))),
+                ..EndpointPatch::default()
+            },
+            &context,
+        )
+        .await
+        .expect("rotate");
+    let (gw, v3) = store
+        .create_gateway(
+            NewGateway {
+                name: "gw".into(),
+                members: vec![member(e.id, 0, 1)],
+                routing: RoutingPolicy::default(),
+            },
+            &context,
+        )
+        .await
+        .expect("gateway");
+    let (key, gateway_key, v4) =
+        store.create_gateway_key(gw.id, "k".into(), &context).await.expect("key");
+    let (_, v5) = store.revoke_gateway_key(gw.id, key.id, &context).await.expect("revoke");
+    let v6 = store.delete_endpoint(e.id, true, &context).await.expect("forced delete");
+    let (token, api_token) = store
+        .create_api_token(
+            NewApiToken { name: "ci".into(), role: "viewer".into(), expires_at: None },
+            &context,
+        )
+        .await
+        .expect("token");
+    let rows = audit_rows(&store).await;
+    let summary: Vec<(AuditEntity, AuditAction, String, Option<ConfigVersion>)> =
+        rows.iter().map(|r| (r.entity, r.action, r.entity_id.clone(), r.config_version)).collect();
+    use AuditAction::{Create, Delete, Revoke, Update};
+    use AuditEntity::{ApiToken, Gateway, GatewayKey, InferenceEndpoint};
+    assert_eq!(
+        summary,
+        vec![
+            (InferenceEndpoint, Create, e.id.to_string(), Some(v1)),
+            (InferenceEndpoint, Update, e.id.to_string(), Some(v2)),
+            (Gateway, Create, gw.id.to_string(), Some(v3)),
+            (GatewayKey, Create, key.id.to_string(), Some(v4)),
+            (GatewayKey, Revoke, key.id.to_string(), v5),
+            // The forced delete: the gateway it leaves, then the endpoint, in one version.
+            (Gateway, Update, gw.id.to_string(), Some(v6)),
+            (InferenceEndpoint, Delete, e.id.to_string(), Some(v6)),
+            (ApiToken, Create, token.id.to_string(), None),
+        ]
+    );
+    for row in &rows {
+        assert_eq!(row.actor, "token:ops");
+        assert_eq!(row.request_id.as_deref(), Some("req-1"));
+        assert_eq!(row.client_ip.as_deref(), Some("2001:db8::7"));
+    }
+    assert_eq!(rows[1].before.as_ref().map(|b| b["api_key_hint"].clone()), Some("…7c21".into()));
+    assert_eq!(rows[1].after.as_ref().map(|a| a["api_key_hint"].clone()), Some("…7c21".into()));
+    assert_eq!(rows[6].before.as_ref().map(|b| b["name"].clone()), Some("eus".into()));
+    assert!(rows[6].after.is_none() && rows[0].before.is_none());
+
+    // No secret in any column of any row.
+    let mut raw = db.raw().await;
+    let texts: Vec<String> = sqlx::query_scalar(
+        "SELECT actor || entity || entity_id || entity_name || action || \
+         COALESCE(before_fields, '') || COALESCE(after_fields, '') FROM audit_log",
+    )
+    .fetch_all(&mut raw)
+    .await
+    .expect("rows");
+    assert_eq!(texts.len(), rows.len());
+    for text in &texts {
+        for secret in
+            [API_KEY, "sk-second-key-value-7c21", gateway_key.expose(), api_token.expose()]
+        {
+            assert!(!text.contains(secret), "a secret in the audit log: {text}");
+        }
+    }
+
+    // Failed calls leave no row.
+    let count = rows.len();
+    let (other, _) =
+        store.create_endpoint(new_endpoint("weu", API_KEY), &context).await.expect("e");
+    let (_, _) = store
+        .create_gateway(
+            NewGateway {
+                name: "gw2".into(),
+                members: vec![member(other.id, 0, 1)],
+                routing: RoutingPolicy::default(),
+            },
+            &context,
+        )
+        .await
+        .expect("gateway");
+    let count = count + 2;
+    let v = version(&store).await;
+    assert!(matches!(
+        store.create_endpoint(new_endpoint("weu", API_KEY), &context).await,
+        Err(StoreError::Conflict { .. })
+    ));
+    assert!(matches!(
+        store.delete_endpoint(other.id, false, &context).await,
+        Err(StoreError::InUse { .. })
+    ));
+    assert!(matches!(
+        store.update_gateway(GatewayId::new(), GatewayPatch::default(), &context).await,
+        Err(StoreError::NotFound { .. })
+    ));
+    assert!(matches!(
+        store.revoke_api_token(uuid::Uuid::new_v4(), &context).await,
+        Err(StoreError::NotFound { .. })
+    ));
+    assert!(matches!(
+        store
+            .create_api_token(
+                NewApiToken { name: "ci".into(), role: "admin".into(), expires_at: None },
+                &context
+            )
+            .await,
+        Err(StoreError::Conflict { .. })
+    ));
+    assert_eq!(audit_rows(&store).await.len(), count);
+    assert_eq!(version(&store).await, v);
+
+    // When the audit row cannot be written, the change is not made either.
+    refuse_inserts(db, "audit_log", "entity_name", "doomed").await;
+    let err = store.create_endpoint(new_endpoint("doomed", API_KEY), &context).await;
+    assert!(matches!(err, Err(StoreError::Database(_))), "{err:?}");
+    assert!(store.list_endpoints().await.expect("list").iter().all(|e| e.name != "doomed"));
+    let err = store
+        .create_api_token(
+            NewApiToken { name: "doomed".into(), role: "viewer".into(), expires_at: None },
+            &context,
+        )
+        .await;
+    assert!(matches!(err, Err(StoreError::Database(_))), "{err:?}");
+    assert!(store.list_api_tokens().await.expect("list").iter().all(|t| t.name != "doomed"));
+    assert_eq!(version(&store).await, v);
+
+    // When the change fails after its audit row was written, the row goes with it: an import
+    // whose second endpoint the database refuses, after the first one's row was inserted.
+    refuse_inserts(db, "inference_endpoints", "deployment", "refused").await;
+    let items = vec![
+        import_item("acct-a", "gpt", "Standard", 10, "key-a-1"),
+        import_item("acct-b", "refused", "Standard", 10, "key-b-1"),
+    ];
+    let err = store.import_azure_endpoints(items, &context).await;
+    assert!(matches!(err, Err(StoreError::Database(_))), "{err:?}");
+    assert_eq!(audit_rows(&store).await.len(), count, "the first item's row was rolled back");
+    assert!(store.list_azure_endpoints().await.expect("list").is_empty());
+    assert_eq!(version(&store).await, v);
+}
+
+async fn api_tokens_are_stored_as_hashes_and_are_not_configuration(db: &TestDb) {
+    let store = db.open().await;
+    let v = version(&store).await;
+    let context = AuditContext::system("test");
+    let expires = chrono::DateTime::from_timestamp_millis(4_102_444_800_000).expect("2100");
+    let (record, token) = store
+        .create_api_token(
+            NewApiToken { name: "ci".into(), role: "operator".into(), expires_at: Some(expires) },
+            &context,
+        )
+        .await
+        .expect("create");
+    let body = token.expose().strip_prefix("mgwtok_").expect("prefix");
+    assert_eq!(body.len(), 43);
+    assert!(!body.contains('.'), "never shaped like a JWT");
+    assert_eq!(record.hint, token.hint());
+    assert_eq!((record.role.as_str(), record.expires_at), ("operator", Some(expires)));
+    assert_eq!(record.created_by, "system:test");
+    assert_eq!(version(&store).await, v, "tokens are not configuration");
+
+    // Only the hash is stored.
+    let mut raw = db.raw().await;
+    let row = sqlx::query("SELECT sha256, hint, name FROM api_tokens")
+        .fetch_one(&mut raw)
+        .await
+        .expect("row");
+    let sha: Vec<u8> = row.try_get("sha256").expect("sha256");
+    assert_eq!(sha, gateway_key_hash(token.expose()).to_vec());
+    let found = store.find_api_token(&gateway_key_hash(token.expose())).await.expect("find");
+    assert_eq!(found, Some(record.clone()));
+    assert_eq!(store.find_api_token(&[0; 32]).await.expect("find"), None);
+
+    // Last use: written once, then not again within the minute.
+    store.touch_api_token(&record).await.expect("touch");
+    let used = store.list_api_tokens().await.expect("list")[0].clone();
+    let first_use = used.last_used_at.expect("last used");
+    store.touch_api_token(&used).await.expect("touch again");
+    assert_eq!(store.list_api_tokens().await.expect("list")[0].last_used_at, Some(first_use));
+
+    // Revoke: once it changes something, twice it does not; the name stays taken.
+    let (revoked, changed) = store.revoke_api_token(record.id, &context).await.expect("revoke");
+    assert!(changed && revoked.revoked_at.is_some());
+    let (again, changed) = store.revoke_api_token(record.id, &context).await.expect("again");
+    assert!(!changed);
+    assert_eq!(again.revoked_at, revoked.revoked_at);
+    assert!(matches!(
+        store
+            .create_api_token(
+                NewApiToken { name: "ci".into(), role: "viewer".into(), expires_at: None },
+                &context
+            )
+            .await,
+        Err(StoreError::Conflict { field, .. }) if field == "name"
+    ));
+    let actions: Vec<AuditAction> = audit_rows(&store).await.iter().map(|r| r.action).collect();
+    assert_eq!(actions, [AuditAction::Create, AuditAction::Revoke]);
+    assert_eq!(version(&store).await, v);
+}
+
+async fn the_audit_log_filters_and_pages(db: &TestDb) {
+    let store = db.open().await;
+    let a = AuditContext::new("token:a");
+    let b = AuditContext::new("token:b");
+    let (e1, _) = store.create_endpoint(new_endpoint("e1", API_KEY), &a).await.expect("e1");
+    let (e2, _) = store.create_endpoint(new_endpoint("e2", API_KEY), &b).await.expect("e2");
+    store
+        .update_endpoint(
+            e1.id,
+            EndpointPatch { region: Some("x".into()), ..Default::default() },
+            &b,
+        )
+        .await
+        .expect("update");
+    store.delete_endpoint(e2.id, false, &a).await.expect("delete");
+    let all = store.audit_log(&AuditQuery { limit: 100, ..Default::default() }).await.expect("all");
+    let ids: Vec<i64> = all.iter().map(|r| r.id).collect();
+    assert_eq!(ids.len(), 4);
+    assert!(ids.windows(2).all(|w| w[0] > w[1]), "newest first: {ids:?}");
+    let query = |q: AuditQuery| {
+        let store = store.clone();
+        async move { store.audit_log(&q).await.expect("query").iter().map(|r| r.id).collect::<Vec<_>>() }
+    };
+    let base = AuditQuery { limit: 100, ..Default::default() };
+    assert_eq!(
+        query(AuditQuery { actor: Some("token:b".into()), ..base.clone() }).await,
+        [ids[1], ids[2]]
+    );
+    assert_eq!(
+        query(AuditQuery { entity_id: Some(e2.id.to_string()), ..base.clone() }).await,
+        [ids[0], ids[2]]
+    );
+    assert_eq!(
+        query(AuditQuery { action: Some(AuditAction::Update), ..base.clone() }).await,
+        [ids[1]]
+    );
+    assert_eq!(
+        query(AuditQuery { entity: Some(AuditEntity::Gateway), ..base.clone() }).await,
+        Vec::<i64>::new()
+    );
+    assert_eq!(query(AuditQuery { limit: 2, ..base.clone() }).await, ids[..2]);
+    assert_eq!(
+        query(AuditQuery { limit: 2, before_id: Some(ids[1]), ..base.clone() }).await,
+        ids[2..]
+    );
+    let at = all[1].at;
+    let since = query(AuditQuery { since: Some(at), ..base.clone() }).await;
+    let until = query(AuditQuery { until: Some(at), ..base.clone() }).await;
+    assert!(since.contains(&ids[1]) && !until.contains(&ids[1]));
+    assert_eq!(since.len() + until.len(), 4);
+    assert_eq!(
+        query(AuditQuery {
+            actor: Some("token:a".into()),
+            entity: Some(AuditEntity::InferenceEndpoint),
+            action: Some(AuditAction::Create),
+            ..base
+        })
+        .await,
+        [ids[3]]
+    );
 }

@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::{AzureImport, Job, JobOutcome};
+use crate::audit::Caller;
 use crate::body::JsonBody;
 use crate::problem::{ApiError, FieldError, Problem};
 use crate::{AdminState, ConfigChange};
@@ -66,6 +67,7 @@ pub struct ImportResponse {
 )]
 pub async fn import(
     State(state): State<AdminState>,
+    caller: Caller,
     JsonBody(req): JsonBody<ImportRequest>,
 ) -> Result<Json<ImportResponse>, ApiError> {
     let requested = import_auth_mode(req.auth.as_deref())?;
@@ -132,7 +134,7 @@ pub async fn import(
     if !errors.is_empty() {
         return Err(ApiError::Validation(errors));
     }
-    let outcome = state.store.import_azure_endpoints(items).await?;
+    let outcome = state.store.import_azure_endpoints(items, &caller.audit).await?;
     tracing::info!(
         auth = requested.map_or("as before (new: api_key)", AuthMode::as_str),
         created = outcome.created.len(),
@@ -144,6 +146,7 @@ pub async fn import(
         let summary =
             format!("{} created, {} updated", outcome.created.len(), outcome.updated.len());
         state.committed(
+            &caller,
             ConfigChange {
                 entity: "inference_endpoint",
                 action: "azure_import",

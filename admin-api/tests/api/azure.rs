@@ -309,6 +309,30 @@ async fn importing_twice_creates_nothing_and_a_rotated_key_updates_the_endpoint(
         panic!("an api-key credential");
     };
     assert_eq!(key.expose(), rotated);
+
+    // The audit log: one entry per endpoint an import created or updated (none for the idle
+    // one), naming the key only by its hint.
+    let log = azure.harness.audit_log().await;
+    let entries: Vec<(&str, &str, bool)> = log
+        .iter()
+        .map(|e| {
+            let created = e.get("before").is_none();
+            (e["action"].as_str().unwrap_or(""), e["entity_name"].as_str().unwrap_or(""), created)
+        })
+        .collect();
+    assert_eq!(
+        entries,
+        [
+            ("import", "aoai-eus-gpt-4o", true),
+            ("import", "aoai-eus-mini", true),
+            ("import", "aoai-ptu-gpt-4o-ptu", true),
+            ("import", "aoai-ptu-gpt-4o-ptu", false),
+        ]
+    );
+    let hint = format!("…{}", &rotated[rotated.len() - 4..]);
+    assert_eq!(log[3]["after"]["api_key_hint"], hint, "{}", log[3]);
+    assert!(log[0]["after"]["arm_resource_id"].is_string(), "{}", log[0]);
+    azure.assert_no_key(&serde_json::to_string(&log).expect("json"), &[&rotated]);
 }
 
 #[tokio::test]

@@ -16,7 +16,8 @@ use crate::harness::{Harness, Reply, endpoint_body, id_of};
 const KEY: &str = "azkey-0123456789abcdef0123456789abcdef";
 
 /// The request schemas and the operation each is sent to.
-const REQUEST_SCHEMAS: [&str; 7] = [
+const REQUEST_SCHEMAS: [&str; 8] = [
+    "CreateApiTokenRequest",
     "CreateEndpointRequest",
     "UpdateEndpointRequest",
     "CreateKeyRequest",
@@ -140,6 +141,11 @@ impl World {
             "RoutingInput" => {
                 let body = json!({"name": fresh_name, "endpoints": [], "routing": {field: value}});
                 (Method::POST, "/api/v1/gateways".to_owned(), body, format!("routing.{field}"))
+            }
+            "CreateApiTokenRequest" => {
+                let mut body = json!({"name": fresh_name, "role": "viewer"});
+                body[field] = value;
+                (Method::POST, "/api/v1/api-tokens".to_owned(), body, field.to_owned())
             }
             other => panic!("no operation for {other}"),
         };
@@ -323,6 +329,9 @@ async fn every_documented_rule_is_the_validators_rule() {
         "GatewayMemberInput.weight",
         "RoutingInput.strategy",
         "RoutingInput.request_timeout_ms",
+        "CreateApiTokenRequest.name",
+        "CreateApiTokenRequest.role",
+        "CreateApiTokenRequest.expires_in_seconds",
     ] {
         assert!(checked.contains(expected), "{expected} has no rule in the document");
     }

@@ -2,10 +2,15 @@
 
 use std::time::{Duration, Instant};
 
+use std::net::SocketAddr;
+use std::sync::Arc;
+
 use axum::Router;
 use axum::body::Body;
+use axum::extract::connect_info::MockConnectInfo;
 use http::{HeaderMap, Method, Request, StatusCode, header};
 use http_body_util::BodyExt;
+use modelgw_admin_api::identity::BearerVerifier;
 use modelgw_admin_api::{AdminState, AzureImport, AzureImportConfig, router};
 use modelgw_control_plane::{Distribution, DistributionSettings, MasterKey, Store};
 use modelgw_model::ConfigVersion;
@@ -13,8 +18,11 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use tower::ServiceExt;
 
-/// The admin token every harness accepts.
+/// The bootstrap admin token every harness accepts.
 pub const ADMIN_TOKEN: &str = "mgwadm_test-admin-token-0123456789";
+
+/// The address every request of the harness comes from (as `ConnectInfo`).
+pub const CLIENT_ADDR: &str = "192.0.2.7:50123";
 
 /// How long a test waits for something asynchronous (a publish, a health report) before it
 /// fails. Generous: CI machines are slow; success normally takes milliseconds.
@@ -77,6 +85,20 @@ impl Harness {
 
     /// A harness whose Azure discovery uses `azure` (tests point it at the mocks).
     pub async fn start_with_azure(azure: AzureImportConfig) -> Harness {
+        Harness::start_with(azure, None).await
+    }
+
+    /// A harness that hands JWTs to `verifier`.
+    pub async fn start_with_verifier(verifier: Arc<dyn BearerVerifier>) -> Harness {
+        let mut azure = AzureImportConfig::from_lookup(|_| None).expect("empty Azure config");
+        azure.credential_options.allow_imds = false;
+        Harness::start_with(azure, Some(verifier)).await
+    }
+
+    async fn start_with(
+        azure: AzureImportConfig,
+        bearer_verifier: Option<Arc<dyn BearerVerifier>>,
+    ) -> Harness {
         let dir = tempfile::tempdir().expect("temp dir");
         let url = format!("sqlite://{}", dir.path().join("modelgw.db").display());
         let store = Store::connect(&url, MasterKey::generate()).await.expect("store opens");
@@ -91,9 +113,12 @@ impl Harness {
             changes: distribution.changes(),
             registry: distribution.registry(),
             admin_token_sha256: Sha256::digest(ADMIN_TOKEN.as_bytes()).into(),
+            bearer_verifier,
             azure: AzureImport::new(azure),
         };
-        Harness { router: router(state), store, distribution, database_url: url, _dir: dir }
+        let client: SocketAddr = CLIENT_ADDR.parse().expect("address");
+        let router = router(state).layer(MockConnectInfo(client));
+        Harness { router, store, distribution, database_url: url, _dir: dir }
     }
 
     pub async fn send(&self, request: Request<Body>) -> Reply {
@@ -105,12 +130,23 @@ impl Harness {
         Reply { status, headers, text }
     }
 
-    /// An authenticated request; `body` is sent as `application/json`.
+    /// A request with the bootstrap admin token; `body` is sent as `application/json`.
     pub async fn call(&self, method: Method, path: &str, body: Option<Value>) -> Reply {
+        self.call_as(ADMIN_TOKEN, method, path, body).await
+    }
+
+    /// A request with `token`; `body` is sent as `application/json`.
+    pub async fn call_as(
+        &self,
+        token: &str,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Reply {
         let mut builder = Request::builder()
             .method(method)
             .uri(path)
-            .header(header::AUTHORIZATION, format!("Bearer {ADMIN_TOKEN}"));
+            .header(header::AUTHORIZATION, format!("Bearer {token}"));
         let body = match body {
             Some(v) => {
                 builder = builder.header(header::CONTENT_TYPE, "application/json");
@@ -141,6 +177,32 @@ impl Harness {
 
     pub async fn get(&self, path: &str) -> Reply {
         self.call(Method::GET, path, None).await
+    }
+
+    /// Creates an API token with `role` (as the bootstrap admin); returns its id and token.
+    pub async fn api_token(&self, name: &str, role: &str) -> (String, String) {
+        let created = self
+            .call(Method::POST, "/api/v1/api-tokens", Some(json!({"name": name, "role": role})))
+            .await
+            .expect(StatusCode::CREATED)
+            .json();
+        (id_of(&created), created["token"].as_str().expect("token").to_owned())
+    }
+
+    /// The whole audit log, oldest first.
+    pub async fn audit_log(&self) -> Vec<Value> {
+        let mut entries = Vec::new();
+        let mut path = "/api/v1/audit-log?limit=500".to_owned();
+        loop {
+            let page = self.get(&path).await.expect(StatusCode::OK).json();
+            entries.extend(page["entries"].as_array().expect("entries").iter().cloned());
+            match page["next_cursor"].as_str() {
+                Some(cursor) => path = format!("/api/v1/audit-log?limit=500&cursor={cursor}"),
+                None => break,
+            }
+        }
+        entries.reverse();
+        entries
     }
 
     pub async fn version(&self) -> ConfigVersion {

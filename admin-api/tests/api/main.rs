@@ -2,6 +2,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test stops where its setup fails
 
+mod api_tokens;
+mod audit;
 mod auth;
 mod azure;
 mod bad_input;
@@ -11,4 +13,5 @@ mod harness;
 mod health;
 mod oidc;
 mod openapi;
+mod roles;
 mod routing;

@@ -667,3 +667,72 @@ impl std::io::Write for Captured {
         Ok(())
     }
 }
+
+/// Through the admin API itself, with the real verifier: a token with the `operator` role
+/// changes configuration and is the actor of its audit entry; an expired, wrongly signed or
+/// wrong-audience token gets 401; a `viewer` token gets 403 on a change; a token whose
+/// identity provider cannot be reached gets 503.
+#[tokio::test]
+async fn the_admin_api_signs_in_with_openid_connect_tokens() {
+    use crate::harness::{Harness, endpoint_body};
+    let key = TestKey::es256("k1");
+    let idp = Idp::start(&[&key]).await;
+    let h = Harness::start_with_verifier(Arc::new(idp.verifier(|_| {}))).await;
+    let call = |token: String, method: &str, path: &str, body: Option<Value>| {
+        let mut request = axum::http::Request::builder()
+            .method(method)
+            .uri(path)
+            .header(header::AUTHORIZATION, format!("Bearer {token}"));
+        let body = match body {
+            Some(v) => {
+                request = request.header(header::CONTENT_TYPE, "application/json");
+                axum::body::Body::from(v.to_string())
+            }
+            None => axum::body::Body::empty(),
+        };
+        h.send(request.body(body).unwrap())
+    };
+    let operator = key.token(&idp.claims(json!(["operator"])));
+    let created = call(
+        operator.clone(),
+        "POST",
+        "/api/v1/inference-endpoints",
+        Some(endpoint_body("eus", "azkey-0123456789abcdef-1")),
+    )
+    .await
+    .expect(StatusCode::CREATED);
+    let id = created.json()["id"].as_str().unwrap().to_owned();
+    let log = h.get(&format!("/api/v1/audit-log?entity_id={id}")).await.expect(StatusCode::OK);
+    assert_eq!(log.json()["entries"][0]["actor"], format!("oidc:{OID}"), "{}", log.text);
+
+    let viewer = key.token(&idp.claims(json!(["viewer"])));
+    call(viewer.clone(), "GET", "/api/v1/inference-endpoints", None).await.expect(StatusCode::OK);
+    call(viewer, "DELETE", &format!("/api/v1/inference-endpoints/{id}"), None)
+        .await
+        .expect(StatusCode::FORBIDDEN);
+
+    let base = idp.claims(json!(["admin"]));
+    let expired = key.token(&with(&base, json!({"exp": now() - 3600, "nbf": now() - 7200})));
+    let wrong_audience = key.token(&with(&base, json!({"aud": "api://someone-else"})));
+    let other_key = TestKey::es256("k1").token(&base);
+    for (what, token) in
+        [("expired", expired), ("wrong audience", wrong_audience), ("wrong signature", other_key)]
+    {
+        let reply = call(token, "GET", "/api/v1/status", None).await;
+        assert_eq!(reply.status, StatusCode::UNAUTHORIZED, "{what}: {}", reply.text);
+        assert_eq!(reply.json()["type"], "urn:modelgw:problem:unauthorized", "{what}");
+    }
+
+    // An identity provider that cannot be reached: 503, not a 401 calling the token bad.
+    let gone = Harness::start_with_verifier(Arc::new(idp.verifier(|c| {
+        c.jwks_uri = Some("http://127.0.0.1:9/keys".parse().unwrap());
+        c.fetch_timeout = Duration::from_millis(500);
+    })))
+    .await;
+    let request = axum::http::Request::builder()
+        .uri("/api/v1/status")
+        .header(header::AUTHORIZATION, format!("Bearer {operator}"))
+        .body(axum::body::Body::empty())
+        .unwrap();
+    gone.send(request).await.expect(StatusCode::SERVICE_UNAVAILABLE);
+}

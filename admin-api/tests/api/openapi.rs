@@ -28,10 +28,11 @@ fn documented() -> BTreeMap<String, BTreeSet<String>> {
         .collect()
 }
 
-/// Every path the admin API's source registers on a router: the `.route("…")` literals of
-/// `admin-api/src`, under the `.nest("…")` prefix. axum cannot list its routes, so this is how a
-/// test learns of a route added to the router; which methods each path really answers is then
-/// asked of the real router.
+/// Every path the admin API registers on a router: the role table's (`route_roles`), from
+/// which the router builds every authenticated route, and the `.route("…")` literals of
+/// `admin-api/src` under the `.nest("…")` prefix (the public document). axum cannot list its
+/// routes, so the source is read to make sure no route is registered any other way; which
+/// methods each path really answers is then asked of the real router.
 fn registered_paths() -> BTreeSet<String> {
     let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
     let mut files = vec![src];
@@ -56,7 +57,17 @@ fn registered_paths() -> BTreeSet<String> {
     assert!(!text.contains(".route_service("), "routes this test cannot see: extend it");
     let prefixes = literals(".nest(");
     assert_eq!(prefixes, ["/api/v1"], "one nest, of everything, under /api/v1");
-    literals(".route(").into_iter().map(|p| format!("{}{p}", prefixes[0])).collect()
+    let public = literals(".route(");
+    assert_eq!(public, ["/openapi.json"], "only the public document is routed by hand");
+    assert_eq!(
+        text.matches(".route(").count(),
+        2,
+        "a route registered outside the role table (`protected_routes` in lib.rs)"
+    );
+    let mut paths: BTreeSet<String> =
+        modelgw_admin_api::route_roles().into_iter().map(|r| r.path).collect();
+    paths.extend(public.into_iter().map(|p| format!("{}{p}", prefixes[0])));
+    paths
 }
 
 /// `path` with every `{param}` replaced by a fresh id (nothing exists with it).
@@ -118,24 +129,48 @@ async fn the_document_lists_exactly_the_routes_the_router_serves() {
         "the probe sees exactly the registered paths"
     );
     assert_eq!(documented, served, "documented (left) vs served by the router (right)");
-    assert_eq!(documented.len(), 13, "the thirteen paths of /api/v1");
+    assert_eq!(documented.len(), 16, "the sixteen paths of /api/v1");
 }
 
 #[test]
-fn every_operation_but_the_document_requires_the_admin_token() {
+fn every_operation_but_the_document_requires_a_token_with_its_role() {
     let doc = document();
     assert_eq!(doc["components"]["securitySchemes"]["admin_token"]["scheme"], "bearer");
     assert_eq!(doc["security"], serde_json::json!([{"admin_token": []}]));
+    let roles = modelgw_admin_api::route_roles();
+    let mut seen = 0;
     for (path, item) in doc["paths"].as_object().expect("paths") {
         for (method, op) in item.as_object().expect("path item") {
             let responses = op["responses"].as_object().expect("responses");
             if path == "/api/v1/openapi.json" {
                 assert_eq!(op["security"], serde_json::json!([{}]), "public");
                 assert!(!responses.contains_key("401"));
+                assert!(!responses.contains_key("403"));
             } else {
-                assert!(op.get("security").is_none(), "{method} {path} overrides security");
+                let route = roles
+                    .iter()
+                    .find(|r| r.method.as_str().eq_ignore_ascii_case(method) && r.path == *path)
+                    .unwrap_or_else(|| panic!("{method} {path} has no role in the role table"));
+                seen += 1;
+                let role = route.role.as_str();
+                assert_eq!(
+                    op["security"],
+                    serde_json::json!([{"admin_token": [role]}]),
+                    "{method} {path}"
+                );
+                let description = op["description"].as_str().unwrap_or("");
+                assert!(
+                    description.ends_with(&format!("Requires the `{role}` role.")),
+                    "{method} {path}: {description}"
+                );
                 assert!(responses.contains_key("401"), "{method} {path} lacks 401");
                 assert!(responses.contains_key("500"), "{method} {path} lacks 500");
+                // Every caller has at least `viewer`: only operations above it can be forbidden.
+                assert_eq!(
+                    responses.contains_key("403"),
+                    role != "viewer",
+                    "{method} {path} ({role}): 403 documented iff a lower role exists"
+                );
             }
             if op.get("requestBody").is_some() {
                 for status in ["400", "413", "415", "422"] {
@@ -144,6 +179,26 @@ fn every_operation_but_the_document_requires_the_admin_token() {
             }
         }
     }
+    assert_eq!(seen, roles.len(), "every row of the role table is a documented operation");
+    let forbidden =
+        &doc["components"]["responses"]["Forbidden"]["content"]["application/problem+json"];
+    assert_eq!(forbidden["schema"]["$ref"], "#/components/schemas/Problem");
+    assert!(doc["components"]["schemas"]["Problem"]["properties"].get("required_role").is_some());
+}
+
+#[test]
+fn shown_once_secrets_are_documented_as_not_cached() {
+    let doc = document();
+    for (path, status) in [("/api/v1/gateways/{id}/keys", "201"), ("/api/v1/api-tokens", "201")] {
+        let response = &doc["paths"][path]["post"]["responses"][status];
+        assert!(
+            response["headers"].get("cache-control").is_some(),
+            "POST {path} {status} does not document Cache-Control: {response}"
+        );
+    }
+    let schemas = &doc["components"]["schemas"];
+    assert!(schemas["ApiTokenResponse"]["properties"].get("token").is_none());
+    assert!(schemas["CreatedApiTokenResponse"]["properties"].get("token").is_some());
 }
 
 #[test]
@@ -198,7 +253,7 @@ fn operation_ids_are_unique() {
             assert!(ids.insert(id.to_owned()), "duplicate operationId {id}");
         }
     }
-    assert_eq!(ids.len(), 20);
+    assert_eq!(ids.len(), 24);
 }
 
 #[test]

@@ -1,8 +1,10 @@
 //! Inference Endpoints imported from Azure: upserted by ARM resource id, all in one transaction.
 
 use modelgw_model::{ConfigVersion, EndpointId, Platform};
+use serde_json::{Map, Value, json};
 use sqlx::Row as _;
 
+use super::audit::{self, AuditAction, AuditContext, AuditEntity, Change};
 use super::endpoints::auth_from_db;
 use super::{AuthMode, EndpointAuth, StoreError, commit, now_ms, parse_column, u32_from_db};
 use crate::Store;
@@ -63,18 +65,21 @@ pub struct AzureEndpointRecord {
 impl Store {
     /// Creates or updates one endpoint per item in ONE transaction and at most ONE version
     /// bump. Nothing is written (and the version is not bumped) when every item is unchanged.
+    /// Each created or updated endpoint gets an audit entry of its own (action `import`), so
+    /// an endpoint's history is complete when the log is filtered by its id.
     #[tracing::instrument(name = "store.import_azure_endpoints", skip_all, fields(items = items.len()))]
     pub async fn import_azure_endpoints(
         &self,
         items: Vec<AzureImportItem>,
+        audit: &AuditContext,
     ) -> Result<AzureImportOutcome, StoreError> {
         let (mut tx, version) = self.begin_write().await?;
         let mut outcome = AzureImportOutcome::default();
         for item in items {
             let existing = sqlx::query(
-                "SELECT id, base_url, deployment, model_name, model_version, region, sku_name, \
-                 sku_capacity, api_key_ciphertext, auth FROM inference_endpoints \
-                 WHERE LOWER(arm_resource_id) = LOWER($1)",
+                "SELECT id, name, base_url, deployment, model_name, model_version, region, \
+                 sku_name, sku_capacity, api_key_ciphertext, api_key_hint, auth, arm_resource_id \
+                 FROM inference_endpoints WHERE LOWER(arm_resource_id) = LOWER($1)",
             )
             .bind(item.arm_resource_id.clone())
             .fetch_optional(&mut *tx)
@@ -112,6 +117,47 @@ impl Store {
                     }
                     let (ciphertext, hint) = self.seal_auth(id, &item.auth)?;
                     let new_mode = item.auth.mode();
+                    let name: String = row.try_get("name")?;
+                    let before = ImportView {
+                        name: &name,
+                        arm_resource_id: &row.try_get::<String, _>("arm_resource_id")?,
+                        endpoint: &base_url,
+                        deployment: &row.try_get::<String, _>("deployment")?,
+                        model_name: &row.try_get::<String, _>("model_name")?,
+                        model_version: &row.try_get::<String, _>("model_version")?,
+                        region: &row.try_get::<String, _>("region")?,
+                        sku_name: row.try_get::<Option<String>, _>("sku_name")?.as_deref(),
+                        sku_capacity: row.try_get::<Option<i64>, _>("sku_capacity")?,
+                        auth: mode,
+                        api_key_hint: &row.try_get::<String, _>("api_key_hint")?,
+                    }
+                    .fields();
+                    let after = ImportView {
+                        name: &name,
+                        arm_resource_id: &item.arm_resource_id,
+                        endpoint: item.endpoint.as_str(),
+                        deployment: &item.deployment,
+                        model_name: &item.model_name,
+                        model_version: &item.model_version,
+                        region: &item.region,
+                        sku_name: Some(&item.sku_name),
+                        sku_capacity: capacity,
+                        auth: new_mode,
+                        api_key_hint: &hint,
+                    }
+                    .fields();
+                    let key_set = !credential_same && new_mode == AuthMode::ApiKey;
+                    let always: &[&str] = if key_set { &["api_key_hint"] } else { &[] };
+                    let change = Change::changed(
+                        AuditEntity::InferenceEndpoint,
+                        id,
+                        &name,
+                        AuditAction::Import,
+                        &before,
+                        &after,
+                        always,
+                    );
+                    audit::record(&mut tx, audit, change, Some(version)).await?;
                     sqlx::query(
                         "UPDATE inference_endpoints SET base_url = $2, deployment = $3, \
                          model_name = $4, model_version = $5, region = $6, sku_name = $7, \
@@ -148,6 +194,28 @@ impl Store {
                     let (ciphertext, hint) = self.seal_auth(id, &item.auth)?;
                     let mode = item.auth.mode();
                     let now = now_ms();
+                    let view = ImportView {
+                        name: &name,
+                        arm_resource_id: &item.arm_resource_id,
+                        endpoint: item.endpoint.as_str(),
+                        deployment: &item.deployment,
+                        model_name: &item.model_name,
+                        model_version: &item.model_version,
+                        region: &item.region,
+                        sku_name: Some(&item.sku_name),
+                        sku_capacity: capacity,
+                        auth: mode,
+                        api_key_hint: &hint,
+                    }
+                    .fields();
+                    let change = Change::created(
+                        AuditEntity::InferenceEndpoint,
+                        id,
+                        &name,
+                        AuditAction::Import,
+                        view,
+                    );
+                    audit::record(&mut tx, audit, change, Some(version)).await?;
                     sqlx::query(
                         "INSERT INTO inference_endpoints (id, name, platform, base_url, \
                          deployment, model_name, model_version, region, api_key_ciphertext, \
@@ -215,6 +283,43 @@ impl Store {
                 })
             })
             .collect()
+    }
+}
+
+/// An imported endpoint as the audit log shows it: the hint, never the key.
+struct ImportView<'a> {
+    name: &'a str,
+    arm_resource_id: &'a str,
+    endpoint: &'a str,
+    deployment: &'a str,
+    model_name: &'a str,
+    model_version: &'a str,
+    region: &'a str,
+    sku_name: Option<&'a str>,
+    sku_capacity: Option<i64>,
+    auth: AuthMode,
+    api_key_hint: &'a str,
+}
+
+impl ImportView<'_> {
+    fn fields(&self) -> Map<String, Value> {
+        match json!({
+            "name": self.name,
+            "platform": Platform::AzureOpenai.as_str(),
+            "arm_resource_id": self.arm_resource_id,
+            "endpoint": self.endpoint,
+            "deployment": self.deployment,
+            "model_name": self.model_name,
+            "model_version": self.model_version,
+            "region": self.region,
+            "sku_name": self.sku_name,
+            "sku_capacity": self.sku_capacity,
+            "auth": self.auth.as_str(),
+            "api_key_hint": self.api_key_hint,
+        }) {
+            Value::Object(map) => map,
+            _ => Map::new(),
+        }
     }
 }
 

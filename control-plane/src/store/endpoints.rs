@@ -5,6 +5,10 @@ use sqlx::AnyConnection;
 use sqlx::Row as _;
 use sqlx::any::AnyRow;
 
+use super::audit::{
+    self, AuditAction, AuditContext, AuditEntity, Change, endpoint_view, gateway_view,
+};
+use super::gateways::fetch_gateway;
 use super::{
     AuthMode, EndpointAuth, EndpointPatch, EndpointRecord, NewEndpoint, Store, StoreError, commit,
     conflict_on_unique, decode_error, now_ms, parse_column, time_from_db,
@@ -20,6 +24,7 @@ impl Store {
     pub async fn create_endpoint(
         &self,
         new: NewEndpoint,
+        audit: &AuditContext,
     ) -> Result<(EndpointRecord, ConfigVersion), StoreError> {
         let id = EndpointId::new();
         tracing::Span::current().record("endpoint.id", tracing::field::display(id));
@@ -48,6 +53,14 @@ impl Store {
         .await
         .map_err(|e| name_conflict(e, ENTITY))?;
         let record = fetch_endpoint(&mut tx, id).await?;
+        let change = Change::created(
+            AuditEntity::InferenceEndpoint,
+            id,
+            &record.name,
+            AuditAction::Create,
+            endpoint_view(&record),
+        );
+        audit::record(&mut tx, audit, change, Some(version)).await?;
         Ok((record, commit(tx, version, "endpoint created").await?))
     }
 
@@ -70,6 +83,7 @@ impl Store {
         &self,
         id: EndpointId,
         patch: EndpointPatch,
+        audit: &AuditContext,
     ) -> Result<(EndpointRecord, ConfigVersion), StoreError> {
         let sealed = match &patch.auth {
             Some(auth) => Some(self.seal_auth(id, auth)?),
@@ -77,6 +91,8 @@ impl Store {
         };
         let (mut tx, version) = self.begin_write().await?;
         let current = fetch_endpoint(&mut tx, id).await?;
+        let before = endpoint_view(&current);
+        let key_set = matches!(patch.auth, Some(EndpointAuth::ApiKey(_)));
         let (ciphertext, hint) = match sealed {
             Some((c, h)) => (Some(c), h),
             None => (None, current.api_key_hint.clone()),
@@ -106,15 +122,29 @@ impl Store {
         .map_err(|e| name_conflict(e, ENTITY))?;
         let record = fetch_endpoint(&mut tx, id).await?;
         tracing::debug!(endpoint.name = %record.name, auth = record.auth.as_str(), credential_changed = patch.auth.is_some(), "endpoint updated");
+        // A key rotated to one with the same last four characters is still a rotation.
+        let always: &[&str] = if key_set { &["api_key_hint"] } else { &[] };
+        let change = Change::changed(
+            AuditEntity::InferenceEndpoint,
+            id,
+            &record.name,
+            AuditAction::Update,
+            &before,
+            &endpoint_view(&record),
+            always,
+        );
+        audit::record(&mut tx, audit, change, Some(version)).await?;
         Ok((record, commit(tx, version, "endpoint updated").await?))
     }
 
-    /// Refuses with `InUse` when a gateway uses it, unless `force` (then memberships go too).
+    /// Refuses with `InUse` when a gateway uses it, unless `force` (then memberships go too,
+    /// and each gateway it leaves gets an audit entry of its own).
     #[tracing::instrument(name = "store.delete_endpoint", skip_all, fields(endpoint.id = %id, force))]
     pub async fn delete_endpoint(
         &self,
         id: EndpointId,
         force: bool,
+        audit: &AuditContext,
     ) -> Result<ConfigVersion, StoreError> {
         let (mut tx, version) = self.begin_write().await?;
         // Checked inside the write transaction, which writers take one at a time.
@@ -129,6 +159,29 @@ impl Store {
         if !gateways.is_empty() {
             if !force {
                 return Err(StoreError::InUse { gateways });
+            }
+            let gateway_ids: Vec<String> = sqlx::query_scalar(
+                "SELECT DISTINCT gateway_id FROM gateway_members WHERE endpoint_id = $1 \
+                 ORDER BY gateway_id",
+            )
+            .bind(id.to_string())
+            .fetch_all(&mut *tx)
+            .await?;
+            for gateway_id in gateway_ids {
+                let gateway =
+                    fetch_gateway(&mut tx, parse_column("gateway_id", &gateway_id)?).await?;
+                let mut after = gateway.clone();
+                after.members.retain(|m| m.endpoint_id != id);
+                let change = Change::changed(
+                    AuditEntity::Gateway,
+                    gateway.id,
+                    &gateway.name,
+                    AuditAction::Update,
+                    &gateway_view(&gateway),
+                    &gateway_view(&after),
+                    &[],
+                );
+                audit::record(&mut tx, audit, change, Some(version)).await?;
             }
             sqlx::query("DELETE FROM gateway_members WHERE endpoint_id = $1")
                 .bind(id.to_string())
@@ -146,6 +199,13 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         tracing::debug!(endpoint.name = %record.name, "endpoint deleted");
+        let change = Change::deleted(
+            AuditEntity::InferenceEndpoint,
+            id,
+            &record.name,
+            endpoint_view(&record),
+        );
+        audit::record(&mut tx, audit, change, Some(version)).await?;
         commit(tx, version, "endpoint deleted").await
     }
 

@@ -8,6 +8,7 @@ use sqlx::any::AnyRow;
 use sqlx::error::ErrorKind;
 use sqlx::{AnyConnection, AssertSqlSafe};
 
+use super::audit::{self, AuditAction, AuditContext, AuditEntity, Change, gateway_view};
 use super::endpoints::name_conflict;
 use super::{
     GatewayPatch, GatewayRecord, NewGateway, Store, StoreError, commit, constraint_kind,
@@ -25,6 +26,7 @@ impl Store {
     pub async fn create_gateway(
         &self,
         new: NewGateway,
+        audit: &AuditContext,
     ) -> Result<(GatewayRecord, ConfigVersion), StoreError> {
         let id = GatewayId::new();
         tracing::Span::current().record("gateway.id", tracing::field::display(id));
@@ -47,6 +49,14 @@ impl Store {
         .map_err(|e| name_conflict(e, ENTITY))?;
         insert_members(&mut tx, id, &new.members).await?;
         let record = fetch_gateway(&mut tx, id).await?;
+        let change = Change::created(
+            AuditEntity::Gateway,
+            id,
+            &record.name,
+            AuditAction::Create,
+            gateway_view(&record),
+        );
+        audit::record(&mut tx, audit, change, Some(version)).await?;
         Ok((record, commit(tx, version, "gateway created").await?))
     }
 
@@ -84,6 +94,7 @@ impl Store {
         &self,
         id: GatewayId,
         patch: GatewayPatch,
+        audit: &AuditContext,
     ) -> Result<(GatewayRecord, ConfigVersion), StoreError> {
         let (mut tx, version) = self.begin_write().await?;
         let current = fetch_gateway(&mut tx, id).await?;
@@ -93,7 +104,7 @@ impl Store {
              routing_wait_for_recovery = $5, routing_request_timeout_ms = $6 WHERE id = $1",
         )
         .bind(id.to_string())
-        .bind(patch.name.unwrap_or(current.name))
+        .bind(patch.name.unwrap_or_else(|| current.name.clone()))
         .bind(super::now_ms().max(current.updated_at.timestamp_millis()))
         .bind(strategy_to_db(routing.strategy))
         .bind(i64::from(routing.wait_for_recovery))
@@ -110,13 +121,28 @@ impl Store {
         }
         let record = fetch_gateway(&mut tx, id).await?;
         tracing::debug!(gateway.name = %record.name, members = record.members.len(), "gateway updated");
+        let change = Change::changed(
+            AuditEntity::Gateway,
+            id,
+            &record.name,
+            AuditAction::Update,
+            &gateway_view(&current),
+            &gateway_view(&record),
+            &[],
+        );
+        audit::record(&mut tx, audit, change, Some(version)).await?;
         Ok((record, commit(tx, version, "gateway updated").await?))
     }
 
-    /// Deletes the gateway and its keys.
+    /// Deletes the gateway and its keys (one audit entry, for the gateway).
     #[tracing::instrument(name = "store.delete_gateway", skip_all, fields(gateway.id = %id))]
-    pub async fn delete_gateway(&self, id: GatewayId) -> Result<ConfigVersion, StoreError> {
+    pub async fn delete_gateway(
+        &self,
+        id: GatewayId,
+        audit: &AuditContext,
+    ) -> Result<ConfigVersion, StoreError> {
         let (mut tx, version) = self.begin_write().await?;
+        let record = fetch_gateway(&mut tx, id).await?;
         // Explicit rather than relying on ON DELETE CASCADE alone: the intent stays visible
         // and does not depend on a per-connection SQLite pragma.
         for sql in [
@@ -125,13 +151,12 @@ impl Store {
         ] {
             sqlx::query(sql).bind(id.to_string()).execute(&mut *tx).await?;
         }
-        let deleted = sqlx::query("DELETE FROM gateways WHERE id = $1")
+        sqlx::query("DELETE FROM gateways WHERE id = $1")
             .bind(id.to_string())
             .execute(&mut *tx)
             .await?;
-        if deleted.rows_affected() == 0 {
-            return Err(not_found(id));
-        }
+        let change = Change::deleted(AuditEntity::Gateway, id, &record.name, gateway_view(&record));
+        audit::record(&mut tx, audit, change, Some(version)).await?;
         commit(tx, version, "gateway deleted").await
     }
 }
@@ -178,7 +203,7 @@ async fn insert_members(
     Ok(())
 }
 
-async fn fetch_gateway(
+pub(super) async fn fetch_gateway(
     conn: &mut AnyConnection,
     id: GatewayId,
 ) -> Result<GatewayRecord, StoreError> {

@@ -7,6 +7,7 @@ use modelgw_model::{EndpointId, EndpointState, NodeId};
 use sqlx::Row as _;
 use sqlx::any::AnyRow;
 
+use super::audit::{self, AuditAction, AuditContext, AuditEntity};
 use super::{Store, StoreError, decode_error, parse_column, time_from_db};
 
 /// One data plane's latest report about one endpoint.
@@ -101,13 +102,29 @@ impl Store {
     }
 
     /// Records an operator's reset of an endpoint's health at `at` (a later stored reset is
-    /// kept). Not configuration: the version does not change.
+    /// kept), with its audit row in the same transaction. Not configuration: the version does
+    /// not change.
     #[tracing::instrument(name = "store.record_health_reset", skip_all, fields(endpoint_id = %endpoint_id), level = "debug")]
     pub async fn record_health_reset(
         &self,
         endpoint_id: EndpointId,
         at: DateTime<Utc>,
+        audit: &AuditContext,
     ) -> Result<(), StoreError> {
+        // Reads, then writes: on SQLite the write lock is taken up front, or a concurrent
+        // health write would make the upgrade fail with SQLITE_BUSY.
+        let mut tx = self.begin_unversioned_write().await?;
+        let name: Option<String> =
+            sqlx::query_scalar("SELECT name FROM inference_endpoints WHERE id = $1")
+                .bind(endpoint_id.to_string())
+                .fetch_optional(&mut *tx)
+                .await?;
+        let Some(name) = name else {
+            return Err(StoreError::NotFound {
+                entity: "inference endpoint",
+                id: endpoint_id.to_string(),
+            });
+        };
         sqlx::query(
             "INSERT INTO endpoint_health_resets (endpoint_id, reset_at) VALUES ($1, $2) \
              ON CONFLICT (endpoint_id) DO UPDATE SET reset_at = excluded.reset_at \
@@ -115,8 +132,20 @@ impl Store {
         )
         .bind(endpoint_id.to_string())
         .bind(at.timestamp_millis())
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
+        let mut after = serde_json::Map::new();
+        after.insert("health_reset_at".to_owned(), audit::time_value(at));
+        let change = audit::Change {
+            entity: AuditEntity::InferenceEndpoint,
+            entity_id: endpoint_id.to_string(),
+            entity_name: name,
+            action: AuditAction::ResetHealth,
+            before: None,
+            after: Some(after),
+        };
+        audit::record(&mut tx, audit, change, None).await?;
+        tx.commit().await?;
         Ok(())
     }
 

@@ -7,6 +7,9 @@ use sqlx::AnyConnection;
 use sqlx::Row as _;
 use sqlx::any::AnyRow;
 
+use super::audit::{
+    self, AuditAction, AuditContext, AuditEntity, Change, gateway_key_view, revoked_view,
+};
 use super::gateways::not_found as gateway_not_found;
 use super::{
     ADMIN_TOKEN_SETTING, GatewayKeyRecord, Store, StoreError, commit, conflict_on_unique,
@@ -33,6 +36,7 @@ impl Store {
         &self,
         gateway_id: GatewayId,
         name: String,
+        audit: &AuditContext,
     ) -> Result<(GatewayKeyRecord, Secret, ConfigVersion), StoreError> {
         let id = GatewayKeyId::new();
         tracing::Span::current().record("key.id", tracing::field::display(id));
@@ -54,6 +58,14 @@ impl Store {
         // 256 random bits do not collide; if they ever did, the unique index refuses it.
         .map_err(|e| conflict_on_unique(e, "key", "generated key collided; retry"))?;
         let record = fetch_key(&mut tx, gateway_id, id).await?;
+        let change = Change::created(
+            AuditEntity::GatewayKey,
+            id,
+            &record.name,
+            AuditAction::Create,
+            gateway_key_view(&record),
+        );
+        audit::record(&mut tx, audit, change, Some(version)).await?;
         let version = commit(tx, version, "gateway key created").await?;
         Ok((record, secret, version))
     }
@@ -76,28 +88,45 @@ impl Store {
         rows.iter().map(key_from_row).collect()
     }
 
-    /// Revoking an already revoked key succeeds and keeps its first `revoked_at` (DELETE is
-    /// idempotent for clients that retry).
+    /// Returns the key (with its `revoked_at`) and the version committed. Revoking an already
+    /// revoked key succeeds, keeps its first `revoked_at` and commits nothing (`None`): DELETE
+    /// is idempotent for clients that retry, and a retry is not a change to audit.
     #[tracing::instrument(name = "store.revoke_gateway_key", skip_all, fields(gateway.id = %gateway_id, key.id = %key_id))]
     pub async fn revoke_gateway_key(
         &self,
         gateway_id: GatewayId,
         key_id: GatewayKeyId,
-    ) -> Result<ConfigVersion, StoreError> {
+        audit: &AuditContext,
+    ) -> Result<(GatewayKeyRecord, Option<ConfigVersion>), StoreError> {
         let (mut tx, version) = self.begin_write().await?;
         ensure_gateway(&mut tx, gateway_id).await?;
         let key = fetch_key(&mut tx, gateway_id, key_id).await?;
-        sqlx::query(
-            "UPDATE gateway_keys SET revoked_at = COALESCE(revoked_at, $3) \
-             WHERE id = $1 AND gateway_id = $2",
-        )
-        .bind(key_id.to_string())
-        .bind(gateway_id.to_string())
-        .bind(now_ms())
-        .execute(&mut *tx)
-        .await?;
-        tracing::debug!(key.name = %key.name, already_revoked = key.revoked_at.is_some(), "gateway key revoked");
-        commit(tx, version, "gateway key revoked").await
+        if key.revoked_at.is_some() {
+            // Also undoes the version bump.
+            tx.rollback().await?;
+            tracing::debug!(key.name = %key.name, "gateway key already revoked");
+            return Ok((key, None));
+        }
+        sqlx::query("UPDATE gateway_keys SET revoked_at = $3 WHERE id = $1 AND gateway_id = $2")
+            .bind(key_id.to_string())
+            .bind(gateway_id.to_string())
+            .bind(now_ms())
+            .execute(&mut *tx)
+            .await?;
+        let revoked = fetch_key(&mut tx, gateway_id, key_id).await?;
+        let change = Change::changed(
+            AuditEntity::GatewayKey,
+            key_id,
+            &revoked.name,
+            AuditAction::Revoke,
+            &revoked_view(None),
+            &revoked_view(revoked.revoked_at),
+            &[],
+        );
+        audit::record(&mut tx, audit, change, Some(version)).await?;
+        tracing::debug!(key.name = %revoked.name, "gateway key revoked");
+        let version = commit(tx, version, "gateway key revoked").await?;
+        Ok((revoked, Some(version)))
     }
 
     /// The admin token's SHA-256: from `env_token` when given; else the stored one; else a new
@@ -169,7 +198,7 @@ impl Store {
 }
 
 /// A new secret: `prefix` + 43 characters of URL-safe base64 of 32 random bytes.
-fn generate_secret(prefix: &str) -> Secret {
+pub(super) fn generate_secret(prefix: &str) -> Secret {
     let mut bytes = [0u8; SECRET_RANDOM_BYTES];
     random_bytes(&mut bytes);
     Secret::new(format!("{prefix}{}", URL_SAFE_NO_PAD.encode(bytes)))

@@ -11,8 +11,13 @@
 //! transaction cannot race), on SQLite it takes the write lock at once (so a deferred
 //! transaction never has to upgrade its lock, which `busy_timeout` cannot resolve).
 //!
+//! Every mutating call also takes an [`AuditContext`] and writes the change's audit row in the
+//! same transaction (`audit.rs`): a change that rolls back leaves no audit row.
+//!
 //! CONTRACT (shared with `modelgw-admin-api`): the public signatures here are fixed.
 
+mod api_tokens;
+mod audit;
 mod azure_import;
 mod endpoints;
 mod gateways;
@@ -35,6 +40,8 @@ use tracing::Instrument as _;
 
 use crate::MasterKey;
 
+pub use api_tokens::{API_TOKEN_PREFIX, ApiTokenRecord, NewApiToken};
+pub use audit::{AuditAction, AuditContext, AuditEntity, AuditEntry, AuditQuery};
 pub use azure_import::{AzureEndpointRecord, AzureImportItem, AzureImportOutcome};
 pub use health::EndpointHealthRecord;
 
@@ -454,11 +461,14 @@ mod tests {
     async fn an_in_memory_store_keeps_its_data_across_calls() {
         let store = Store::connect("sqlite::memory:", MasterKey::generate()).await.expect("open");
         let (gw, v) = store
-            .create_gateway(NewGateway {
-                name: "gw".into(),
-                members: vec![],
-                routing: RoutingPolicy::default(),
-            })
+            .create_gateway(
+                NewGateway {
+                    name: "gw".into(),
+                    members: vec![],
+                    routing: RoutingPolicy::default(),
+                },
+                &AuditContext::system("test"),
+            )
             .await
             .expect("create");
         assert_eq!(v, ConfigVersion(2));

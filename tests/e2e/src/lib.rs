@@ -336,7 +336,8 @@ impl Cluster {
         Ok(Cluster {
             bin: bin.into(),
             dir: tempfile::Builder::new().prefix("modelgw-e2e-").tempdir()?,
-            admin_token: format!("mgwadm_test_{}", std::process::id()),
+            // At least 32 characters: the control plane refuses a shorter bootstrap token.
+            admin_token: format!("mgwadm_test_{:0>32}", std::process::id()),
             control_plane: None,
             grpc_addr: "127.0.0.1:0".into(),
             admin_addr: "127.0.0.1:0".into(),

@@ -145,8 +145,19 @@ async fn endpoint_api_keys_never_appear_in_responses_debug_logs_or_the_database(
         let (status, _, _) = chat(cluster.gateway_url(0), &key, "gpt-4o-mini").await?;
         assert_eq!(status, 200);
     }
+    // The audit log of the real process records who set the keys, and from where (the TCP
+    // peer the control plane serves the admin API with).
+    let (status, audit) = admin.call("GET", "/api/v1/audit-log", None).await?;
+    assert_eq!(status, 200);
+    let entries = audit["entries"].as_array().expect("entries");
+    assert!(!entries.is_empty(), "{audit}");
+    for entry in entries {
+        assert_eq!(entry["actor"], "bootstrap", "{entry}");
+        assert_eq!(entry["client_ip"], "127.0.0.1", "{entry}");
+    }
+    assert!(!audit.to_string().contains(&key), "the gateway key is in the audit log");
     // Every admin read.
-    let mut responses = String::new();
+    let mut responses = audit.to_string();
     for path in ["/api/v1/inference-endpoints", "/api/v1/gateways", "/api/v1/status"] {
         let (status, body) = admin.call("GET", path, None).await?;
         assert_eq!(status, 200);
