@@ -12,6 +12,9 @@
 
 use std::ops::RangeInclusive;
 
+use modelgw_control_plane::distribution::join_tokens::{
+    MAX_DATA_PLANES_PER_TOKEN_RANGE, MAX_TOKEN_NAME_CHARS, token_name_pattern,
+};
 use modelgw_control_plane::store::AuthMode;
 use modelgw_model::limits::{
     MAX_API_KEY_CHARS, MAX_GATEWAY_MEMBERS, MAX_GATEWAY_NAME_CHARS, MAX_IMPORT_IDS, MAX_TEXT_CHARS,
@@ -39,6 +42,9 @@ pub enum Rule {
     GatewayName,
     /// `limits::UUID_PATTERN`.
     Uuid,
+    /// `join_tokens::token_name_pattern` (which holds the length), at most
+    /// `MAX_TOKEN_NAME_CHARS`.
+    DataPlaneTokenName,
     /// An inclusive integer range.
     Range(RangeInclusive<i64>),
     /// Array length bounds.
@@ -71,6 +77,12 @@ pub fn rules() -> Vec<(&'static str, &'static str, Rule)> {
     rules.push(("RoutingResponse", "request_timeout_ms", Rule::Range(REQUEST_TIMEOUT_MS_RANGE)));
     rules.push(("ImportRequest", "deployment_ids", Rule::Items { min: 1, max: MAX_IMPORT_IDS }));
     rules.push(("ImportRequest", "auth", auth));
+    rules.push(("CreateDataPlaneTokenRequest", "name", Rule::DataPlaneTokenName));
+    rules.push((
+        "CreateDataPlaneTokenRequest",
+        "max_data_planes",
+        Rule::Range(MAX_DATA_PLANES_PER_TOKEN_RANGE),
+    ));
     rules
 }
 
@@ -171,6 +183,7 @@ fn apply_to_object(property: &mut Object, rule: &Rule) -> bool {
         Rule::ApiKey => (Some(MAX_API_KEY_CHARS), api_key_pattern()),
         Rule::BaseUrl => (None, base_url_pattern()),
         Rule::GatewayName => (Some(MAX_GATEWAY_NAME_CHARS), gateway_name_pattern()),
+        Rule::DataPlaneTokenName => (Some(MAX_TOKEN_NAME_CHARS), token_name_pattern()),
         Rule::Uuid => (None, UUID_PATTERN.to_owned()),
         Rule::Range(range) => {
             property.minimum = Some((*range.start()).into());

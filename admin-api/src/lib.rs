@@ -19,6 +19,7 @@ mod auth;
 mod azure;
 mod body;
 mod contract;
+mod data_plane_tokens;
 mod endpoints;
 mod gateways;
 pub mod identity;
@@ -101,6 +102,8 @@ pub fn router(state: AdminState) -> Router {
         .route("/gateways/{id}/keys", get(keys::list).post(keys::create))
         .route("/gateways/{id}/keys/{key_id}", delete(keys::revoke))
         .route("/status", get(status::get))
+        .route("/data-plane-tokens", get(data_plane_tokens::list).post(data_plane_tokens::create))
+        .route("/data-plane-tokens/{id}", delete(data_plane_tokens::revoke))
         .route("/azure/discoveries", post(azure::discovery::start_discovery))
         .route("/azure/discoveries/{id}", get(azure::discovery::get_discovery))
         .route("/azure/imports", post(azure::import::import))

@@ -15,7 +15,7 @@ use utoipa::{Modify, OpenApi};
 
 use crate::contract::Rules as ContractRules;
 use crate::problem::ApiError;
-use crate::{azure, endpoints, gateways, keys, problem, status};
+use crate::{azure, data_plane_tokens, endpoints, gateways, keys, problem, status};
 
 /// Name of the security scheme every protected operation requires.
 const SECURITY_SCHEME: &str = "admin_token";
@@ -29,7 +29,7 @@ const SECURITY_SCHEME: &str = "admin_token";
             token>`. Errors are `application/problem+json` (RFC 9457) with `errors[]` naming each \
             rejected field; a rejected request writes nothing. Secrets are write-only: endpoint \
             API keys are never returned (only `api_key_hint`), and a gateway key is shown once, \
-            in the response that creates it.",
+            in the response that creates it; so is a data-plane token.",
     ),
     paths(
         endpoints::create,
@@ -46,6 +46,9 @@ const SECURITY_SCHEME: &str = "admin_token";
         keys::list,
         keys::revoke,
         status::get,
+        data_plane_tokens::create,
+        data_plane_tokens::list,
+        data_plane_tokens::revoke,
         azure::discovery::start_discovery,
         azure::discovery::get_discovery,
         azure::import::import,
@@ -59,6 +62,7 @@ const SECURITY_SCHEME: &str = "admin_token";
         (name = "gateways", description = "Names clients call, routing over inference endpoints"),
         (name = "gateway-keys", description = "Keys clients present to a gateway"),
         (name = "status", description = "Configuration version and data planes"),
+        (name = "data-plane-tokens", description = "Join tokens data planes present on the gRPC distribution port"),
         (name = "azure", description = "Discover Azure OpenAI deployments, import them, propose gateways"),
         (name = "meta", description = "This document"),
     )

@@ -15,8 +15,8 @@ pub mod secrets;
 pub mod store;
 
 pub use distribution::{
-    ConfigChanges, DataPlaneHealth, DataPlaneRegistry, DataPlaneStatus, Distribution,
-    EndpointHealthView, LastError,
+    ClientAuth, ConfigChanges, DataPlaneHealth, DataPlaneRegistry, DataPlaneStatus, Distribution,
+    EndpointHealthView, GrpcSecurity, GrpcSettings, LastError, RegistrationLimits, TlsFiles,
 };
 pub use secrets::MasterKey;
 pub use store::{Store, StoreError};

@@ -37,6 +37,7 @@ on_both_backends!(
     endpoint_health_is_stored_without_bumping_the_version,
     azure_import_upserts_by_arm_resource_id,
     entra_auth_stores_no_key_and_modes_switch,
+    data_plane_tokens_are_stored_as_hashes_unique_while_active_and_revocable,
 );
 
 const API_KEY: &str = "sk-PLAINTEXT-api-key-3f9a7c21";
@@ -1013,4 +1014,49 @@ async fn entra_auth_stores_no_key_and_modes_switch(db: &TestDb) {
     // An api_key endpoint beside it keeps its mode.
     let (legacy, _) = store.create_endpoint(new_endpoint("aus", API_KEY)).await.expect("create");
     assert_eq!(legacy.auth, AuthMode::ApiKey);
+}
+
+async fn data_plane_tokens_are_stored_as_hashes_unique_while_active_and_revocable(db: &TestDb) {
+    let store = db.open().await;
+    let version = store.config_version().await.expect("version");
+    let (east, secret) = store.create_data_plane_token("eastus".into(), 7).await.expect("create");
+    assert_eq!((east.name.as_str(), east.max_data_planes, east.revoked_at), ("eastus", 7, None));
+    assert!(secret.expose().starts_with("mgwdp_"));
+    assert_eq!(east.hint, secret.hint());
+    let dup = store.create_data_plane_token("eastus".into(), 1).await.expect_err("same name");
+    assert!(matches!(dup, StoreError::Conflict { ref field, .. } if field == "name"), "{dup:?}");
+    let (west, _) = store.create_data_plane_token("westus".into(), 1).await.expect("create");
+
+    // Only the SHA-256 is stored.
+    let mut raw = db.raw().await;
+    let rows = sqlx::query("SELECT name, sha256, hint FROM data_plane_tokens")
+        .fetch_all(&mut raw)
+        .await
+        .expect("raw select");
+    for row in &rows {
+        let hash: Vec<u8> = row.get(1);
+        assert_eq!(hash.len(), 32);
+    }
+    let active = store.active_data_plane_tokens().await.expect("active");
+    let east_active = active.iter().find(|t| t.id == east.id).expect("listed");
+    assert_eq!(east_active.sha256, modelgw_model::gateway_key_hash(secret.expose()));
+
+    // Revoked (idempotently): gone from the active set, kept in the list, name free again.
+    let revoked = store.revoke_data_plane_token(east.id).await.expect("revoke");
+    let first = revoked.revoked_at.expect("revoked_at");
+    let again = store.revoke_data_plane_token(east.id).await.expect("revoke again");
+    assert_eq!(again.revoked_at, Some(first));
+    let active = store.active_data_plane_tokens().await.expect("active");
+    assert_eq!(active.iter().map(|t| t.id).collect::<Vec<_>>(), [west.id]);
+    let (replacement, _) = store.create_data_plane_token("eastus".into(), 2).await.expect("reuse");
+    let listed = store.list_data_plane_tokens().await.expect("list");
+    assert_eq!(listed.len(), 3);
+    assert!(listed.iter().any(|t| t.id == east.id && t.revoked_at.is_some()));
+    assert!(listed.iter().any(|t| t.id == replacement.id && t.revoked_at.is_none()));
+    let unknown = modelgw_control_plane::store::DataPlaneTokenId::new();
+    assert!(matches!(
+        store.revoke_data_plane_token(unknown).await,
+        Err(StoreError::NotFound { .. })
+    ));
+    assert_eq!(store.config_version().await.expect("version"), version, "not configuration");
 }

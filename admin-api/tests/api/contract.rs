@@ -16,7 +16,7 @@ use crate::harness::{Harness, Reply, endpoint_body, id_of};
 const KEY: &str = "azkey-0123456789abcdef0123456789abcdef";
 
 /// The request schemas and the operation each is sent to.
-const REQUEST_SCHEMAS: [&str; 7] = [
+const REQUEST_SCHEMAS: [&str; 8] = [
     "CreateEndpointRequest",
     "UpdateEndpointRequest",
     "CreateKeyRequest",
@@ -24,6 +24,7 @@ const REQUEST_SCHEMAS: [&str; 7] = [
     "UpdateGatewayRequest",
     "GatewayMemberInput",
     "RoutingInput",
+    "CreateDataPlaneTokenRequest",
 ];
 
 const RULE_KEYWORDS: [&str; 7] =
@@ -140,6 +141,11 @@ impl World {
             "RoutingInput" => {
                 let body = json!({"name": fresh_name, "endpoints": [], "routing": {field: value}});
                 (Method::POST, "/api/v1/gateways".to_owned(), body, format!("routing.{field}"))
+            }
+            "CreateDataPlaneTokenRequest" => {
+                let mut body = json!({"name": self.unique(12)});
+                body[field] = value;
+                (Method::POST, "/api/v1/data-plane-tokens".to_owned(), body, field.to_owned())
             }
             other => panic!("no operation for {other}"),
         };
@@ -323,6 +329,8 @@ async fn every_documented_rule_is_the_validators_rule() {
         "GatewayMemberInput.weight",
         "RoutingInput.strategy",
         "RoutingInput.request_timeout_ms",
+        "CreateDataPlaneTokenRequest.name",
+        "CreateDataPlaneTokenRequest.max_data_planes",
     ] {
         assert!(checked.contains(expected), "{expected} has no rule in the document");
     }

@@ -118,7 +118,7 @@ async fn the_document_lists_exactly_the_routes_the_router_serves() {
         "the probe sees exactly the registered paths"
     );
     assert_eq!(documented, served, "documented (left) vs served by the router (right)");
-    assert_eq!(documented.len(), 12, "the twelve paths of /api/v1");
+    assert_eq!(documented.len(), 14, "the fourteen paths of /api/v1");
 }
 
 #[test]
@@ -154,6 +154,7 @@ fn secrets_are_write_only_and_defaults_are_documented() {
     assert_eq!(schemas["UpdateEndpointRequest"]["properties"]["api_key"]["writeOnly"], true);
     assert!(schemas["EndpointResponse"]["properties"].get("api_key").is_none());
     assert!(schemas["KeyResponse"]["properties"].get("key").is_none());
+    assert!(schemas["DataPlaneTokenResponse"]["properties"].get("token").is_none());
     assert_eq!(schemas["ImportRequest"]["properties"]["auth"]["default"], "api_key");
     let member = &schemas["GatewayMemberInput"]["properties"];
     assert_eq!(member["enabled"]["default"], true);
@@ -198,7 +199,7 @@ fn operation_ids_are_unique() {
             assert!(ids.insert(id.to_owned()), "duplicate operationId {id}");
         }
     }
-    assert_eq!(ids.len(), 19);
+    assert_eq!(ids.len(), 22);
 }
 
 #[test]

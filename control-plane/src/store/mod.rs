@@ -14,6 +14,7 @@
 //! CONTRACT (shared with `modelgw-admin-api`): the public signatures here are fixed.
 
 mod azure_import;
+mod data_plane_tokens;
 mod endpoints;
 mod gateways;
 mod health;
@@ -36,6 +37,7 @@ use tracing::Instrument as _;
 use crate::MasterKey;
 
 pub use azure_import::{AzureEndpointRecord, AzureImportItem, AzureImportOutcome};
+pub use data_plane_tokens::{ActiveDataPlaneToken, DataPlaneTokenId, DataPlaneTokenRecord};
 pub use health::EndpointHealthRecord;
 
 /// Which database the store runs on.
