@@ -8,7 +8,9 @@
 //!   ([`node_id_bound_to_token`]).
 //! - Insecure (plaintext, `--insecure-grpc`): any node id; a development mode only.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, PoisonError};
 #[cfg(test)]
 use std::time::Duration;
 use std::time::Instant;
@@ -117,16 +119,64 @@ impl MessageBudget {
         self.take_at(Instant::now())
     }
 
-    fn take_at(&mut self, now: Instant) -> bool {
+    fn refill(&mut self, now: Instant) {
         let elapsed = now.saturating_duration_since(self.last);
         self.last = now;
         self.available = (self.available + elapsed.as_secs_f64() * self.per_second).min(self.burst);
+    }
+
+    /// Whether the bucket is back to its full burst (nothing to remember about its user).
+    fn is_full_at(&mut self, now: Instant) -> bool {
+        self.refill(now);
+        self.available >= self.burst
+    }
+
+    fn take_at(&mut self, now: Instant) -> bool {
+        self.refill(now);
         if self.available >= 1.0 {
             self.available -= 1.0;
             true
         } else {
             false
         }
+    }
+}
+
+/// Connections whose registration budgets are remembered at once; past it, budgets back at
+/// their full burst are forgotten (a connection that registers again starts full anyway).
+const MAX_TRACKED_CONNECTIONS: usize = 4096;
+
+/// Registrations (admitted `Hello`s) per connection: one token bucket per peer address and
+/// port, i.e. per TCP connection (a port reused by a later connection of the same host
+/// inherits what is left of the bucket, which only matters to a host that spent it). A data
+/// plane registers once per connection; a peer that opens and closes streams on one connection
+/// to churn node ids is slowed to the rate.
+pub(crate) struct RegistrationRate {
+    buckets: Mutex<HashMap<SocketAddr, MessageBudget>>,
+    burst: u32,
+    per_second: u32,
+}
+
+impl RegistrationRate {
+    pub(crate) fn new(burst: u32, per_second: u32) -> RegistrationRate {
+        RegistrationRate { buckets: Mutex::default(), burst, per_second }
+    }
+
+    /// Takes one registration from `peer`'s budget; false when it is spent.
+    pub(crate) fn allow(&self, peer: SocketAddr) -> bool {
+        let now = Instant::now();
+        let mut buckets = self.buckets.lock().unwrap_or_else(PoisonError::into_inner);
+        if buckets.len() >= MAX_TRACKED_CONNECTIONS && !buckets.contains_key(&peer) {
+            buckets.retain(|_, b| !b.is_full_at(now));
+            if buckets.len() >= MAX_TRACKED_CONNECTIONS {
+                // A flood of fresh connections: the registry's bounds still hold.
+                buckets.clear();
+            }
+        }
+        buckets
+            .entry(peer)
+            .or_insert_with(|| MessageBudget::new(self.burst, self.per_second))
+            .take_at(now)
     }
 }
 
@@ -161,6 +211,16 @@ mod tests {
         let refused = peer.may_register("westus-1").expect_err("another token's node");
         assert!(refused.contains("eastus-"), "{refused}");
         assert!(!peer.describe().contains("mgwdp_"));
+    }
+
+    #[test]
+    fn registrations_are_budgeted_per_connection() {
+        let rate = RegistrationRate::new(2, 1);
+        let (a, b) =
+            (SocketAddr::from(([127, 0, 0, 1], 1000)), SocketAddr::from(([127, 0, 0, 1], 1001)));
+        assert!(rate.allow(a) && rate.allow(a));
+        assert!(!rate.allow(a), "a's burst is spent");
+        assert!(rate.allow(b), "another connection has its own");
     }
 
     #[test]

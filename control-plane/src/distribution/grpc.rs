@@ -36,7 +36,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument as _;
 
-use super::admission::{MessageBudget, Peer};
+use super::admission::{MessageBudget, Peer, RegistrationRate};
 use super::join_tokens::{ActiveTokens, JoinTokens, TOKEN_POLL_INTERVAL};
 use super::registry::RegistrationLimits;
 use super::tls::{ServerTls, TLS_RELOAD_INTERVAL, TlsError, TlsFiles, certificate_identities};
@@ -73,6 +73,14 @@ pub const MESSAGE_BURST: u32 = 100;
 /// `RESOURCE_EXHAUSTED` (the data plane reconnects with backoff, so a bug slows down rather
 /// than floods the registry and the health writer).
 pub const MESSAGES_PER_SECOND: u32 = 20;
+
+/// Registrations a connection may make at once (each admitted `Hello`), then
+/// [`REGISTRATIONS_PER_SECOND`]. A data plane registers once per connection; a few allow for a
+/// stream replaced on the same connection.
+pub const REGISTRATION_BURST: u32 = 8;
+
+/// Sustained registrations per second per connection.
+pub const REGISTRATIONS_PER_SECOND: u32 = 1;
 
 /// Longest node id quoted in a log line.
 const LOGGED_NODE_ID_CHARS: usize = 128;
@@ -195,6 +203,7 @@ pub(super) async fn serve(
     }
     let service = DiscoveryService {
         snapshots,
+        registrations: RegistrationRate::new(REGISTRATION_BURST, REGISTRATIONS_PER_SECOND),
         tokens: registry.tokens.clone(),
         registry,
         stopping,
@@ -257,6 +266,8 @@ struct DiscoveryService {
     snapshots: watch::Receiver<Arc<PublishedSnapshot>>,
     registry: DataPlaneRegistry,
     tokens: JoinTokens,
+    /// Registrations per connection.
+    registrations: RegistrationRate,
     stopping: watch::Receiver<bool>,
     client_auth: ClientAuth,
 }
@@ -321,6 +332,15 @@ impl ConfigDiscovery for DiscoveryService {
         peer.may_register(&node_id.0)
             .map_err(Status::permission_denied)
             .inspect_err(|status| refused(&who, Some(&node_id), status))?;
+        if let Some(addr) = addr
+            && !self.registrations.allow(addr)
+        {
+            let status = Status::resource_exhausted(format!(
+                "more than {REGISTRATION_BURST} registrations on one connection, or {REGISTRATIONS_PER_SECOND} per second"
+            ));
+            refused(&who, Some(&node_id), &status);
+            return Err(status);
+        }
         let (connection, replaced) = self
             .registry
             .connect(&node_id, applied_version, &peer)
