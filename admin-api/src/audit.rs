@@ -64,6 +64,7 @@ pub enum AuditEntityKind {
     Gateway,
     GatewayKey,
     ApiToken,
+    DataPlaneToken,
 }
 
 impl From<AuditEntityKind> for AuditEntity {
@@ -73,6 +74,7 @@ impl From<AuditEntityKind> for AuditEntity {
             AuditEntityKind::Gateway => AuditEntity::Gateway,
             AuditEntityKind::GatewayKey => AuditEntity::GatewayKey,
             AuditEntityKind::ApiToken => AuditEntity::ApiToken,
+            AuditEntityKind::DataPlaneToken => AuditEntity::DataPlaneToken,
         }
     }
 }
@@ -84,6 +86,7 @@ impl From<AuditEntity> for AuditEntityKind {
             AuditEntity::Gateway => AuditEntityKind::Gateway,
             AuditEntity::GatewayKey => AuditEntityKind::GatewayKey,
             AuditEntity::ApiToken => AuditEntityKind::ApiToken,
+            AuditEntity::DataPlaneToken => AuditEntityKind::DataPlaneToken,
         }
     }
 }

@@ -12,6 +12,9 @@
 
 use std::ops::RangeInclusive;
 
+use modelgw_control_plane::distribution::join_tokens::{
+    MAX_DATA_PLANES_PER_TOKEN_RANGE, MAX_TOKEN_NAME_CHARS, token_name_pattern,
+};
 use modelgw_control_plane::store::AuthMode;
 
 use crate::api_tokens::{MAX_EXPIRES_IN_SECONDS, MIN_EXPIRES_IN_SECONDS};
@@ -41,6 +44,9 @@ pub enum Rule {
     GatewayName,
     /// `limits::UUID_PATTERN`.
     Uuid,
+    /// `join_tokens::token_name_pattern` (which holds the length), at most
+    /// `MAX_TOKEN_NAME_CHARS`.
+    DataPlaneTokenName,
     /// An inclusive integer range.
     Range(RangeInclusive<i64>),
     /// Array length bounds.
@@ -78,6 +84,12 @@ pub fn rules() -> Vec<(&'static str, &'static str, Rule)> {
         "CreateApiTokenRequest",
         "expires_in_seconds",
         Rule::Range(MIN_EXPIRES_IN_SECONDS..=MAX_EXPIRES_IN_SECONDS),
+    ));
+    rules.push(("CreateDataPlaneTokenRequest", "name", Rule::DataPlaneTokenName));
+    rules.push((
+        "CreateDataPlaneTokenRequest",
+        "max_data_planes",
+        Rule::Range(MAX_DATA_PLANES_PER_TOKEN_RANGE),
     ));
     rules
 }
@@ -179,6 +191,7 @@ fn apply_to_object(property: &mut Object, rule: &Rule) -> bool {
         Rule::ApiKey => (Some(MAX_API_KEY_CHARS), api_key_pattern()),
         Rule::BaseUrl => (None, base_url_pattern()),
         Rule::GatewayName => (Some(MAX_GATEWAY_NAME_CHARS), gateway_name_pattern()),
+        Rule::DataPlaneTokenName => (Some(MAX_TOKEN_NAME_CHARS), token_name_pattern()),
         Rule::Uuid => (None, UUID_PATTERN.to_owned()),
         Rule::Range(range) => {
             property.minimum = Some((*range.start()).into());

@@ -29,6 +29,7 @@ mod auth;
 mod azure;
 mod body;
 mod contract;
+mod data_plane_tokens;
 mod endpoints;
 mod gateways;
 pub mod identity;
@@ -168,6 +169,9 @@ fn protected_routes() -> Vec<ProtectedRoute> {
         R::post("/gateways/{id}/keys", Operator, keys::create),
         R::delete("/gateways/{id}/keys/{key_id}", Operator, keys::revoke),
         R::get("/status", Viewer, status::get),
+        R::get("/data-plane-tokens", Viewer, data_plane_tokens::list),
+        R::post("/data-plane-tokens", Admin, data_plane_tokens::create),
+        R::delete("/data-plane-tokens/{id}", Admin, data_plane_tokens::revoke),
         R::post("/azure/discoveries", Operator, azure::discovery::start_discovery),
         R::get("/azure/discoveries/{id}", Viewer, azure::discovery::get_discovery),
         R::post("/azure/imports", Operator, azure::import::import),

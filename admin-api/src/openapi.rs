@@ -18,7 +18,10 @@ use utoipa::{Modify, OpenApi};
 use crate::contract::Rules as ContractRules;
 use crate::identity::Role;
 use crate::problem::ApiError;
-use crate::{api_tokens, audit, azure, endpoints, gateways, keys, problem, route_roles, status};
+use crate::{
+    api_tokens, audit, azure, data_plane_tokens, endpoints, gateways, keys, problem, route_roles,
+    status,
+};
 
 /// Name of the security scheme every protected operation requires.
 const SECURITY_SCHEME: &str = "admin_token";
@@ -31,10 +34,10 @@ const SECURITY_SCHEME: &str = "admin_token";
             status. Every operation except this document requires `Authorization: Bearer \
             <token>` (the bootstrap admin token or an API token) whose role includes the one the \
             operation names: `viewer` reads, `operator` also changes configuration, `admin` also \
-            manages API tokens. Errors are `application/problem+json` (RFC 9457) with `errors[]` \
+            manages API tokens and data-plane tokens. Errors are `application/problem+json` (RFC 9457) with `errors[]` \
             naming each rejected field; a rejected request writes nothing. Every change is \
             recorded in the audit log with its actor. Secrets are write-only: endpoint API keys \
-            are never returned (only `api_key_hint`), and gateway keys and API tokens are shown \
+            are never returned (only `api_key_hint`), and gateway keys, API tokens and data-plane tokens are shown \
             once, in the response that creates them (sent with `Cache-Control: no-store`).",
     ),
     paths(
@@ -53,6 +56,9 @@ const SECURITY_SCHEME: &str = "admin_token";
         keys::list,
         keys::revoke,
         status::get,
+        data_plane_tokens::create,
+        data_plane_tokens::list,
+        data_plane_tokens::revoke,
         azure::discovery::start_discovery,
         azure::discovery::get_discovery,
         azure::import::import,
@@ -70,6 +76,7 @@ const SECURITY_SCHEME: &str = "admin_token";
         (name = "gateways", description = "Names clients call, routing over inference endpoints"),
         (name = "gateway-keys", description = "Keys clients present to a gateway"),
         (name = "status", description = "Configuration version and data planes"),
+        (name = "data-plane-tokens", description = "Join tokens data planes present on the gRPC distribution port"),
         (name = "azure", description = "Discover Azure OpenAI deployments, import them, propose gateways"),
         (name = "api-tokens", description = "Named bearer tokens for this API, each with a role"),
         (name = "audit-log", description = "Every change: who, what, when, from where"),

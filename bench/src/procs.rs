@@ -238,7 +238,67 @@ impl Modelgw {
     }
 }
 
-/// Starts `modelgw <args>` with `env` (plus a clean logging setup) and waits for its
+/// The benchmark's PKI: the distribution port is TLS (mTLS) here as in production, with one
+/// throwaway CA per benchmark run. Its directory lives as long as the process (a static is
+/// never dropped; the files are a few KiB in the temporary directory).
+struct BenchPki {
+    pki: modelgw_e2e::TestPki,
+    _dir: tempfile::TempDir,
+}
+
+fn bench_pki() -> anyhow::Result<&'static BenchPki> {
+    static PKI: std::sync::OnceLock<Result<BenchPki, String>> = std::sync::OnceLock::new();
+    let made = PKI.get_or_init(|| {
+        let dir = tempfile::Builder::new()
+            .prefix("modelgw-bench-pki-")
+            .tempdir()
+            .map_err(|e| e.to_string())?;
+        let pki = modelgw_e2e::TestPki::write(dir.path()).map_err(|e| e.to_string())?;
+        Ok(BenchPki { pki, _dir: dir })
+    });
+    made.as_ref().map_err(|e| anyhow::anyhow!("the benchmark's test PKI: {e}"))
+}
+
+/// The TLS environment a `modelgw` process of the benchmark gets unless `env` chose its own:
+/// the control plane serves the bench CA's certificate and requires client certificates from
+/// it; a data plane trusts that CA and presents a certificate naming its `MODELGW_NODE_ID`.
+fn tls_env(args: &[&str], env: &[(&str, String)]) -> anyhow::Result<Vec<(&'static str, String)>> {
+    let has = |key: &str| env.iter().any(|(k, _)| *k == key);
+    let path = |p: &Path| p.display().to_string();
+    match args.first() {
+        Some(&"control-plane")
+            if !has("MODELGW_GRPC_TLS_CERT_FILE") && !has("MODELGW_INSECURE_GRPC") =>
+        {
+            let b = &bench_pki()?.pki;
+            Ok(vec![
+                ("MODELGW_GRPC_TLS_CERT_FILE", path(&b.server_cert_file)),
+                ("MODELGW_GRPC_TLS_KEY_FILE", path(&b.server_key_file)),
+                ("MODELGW_GRPC_CLIENT_CA_FILE", path(&b.ca_file)),
+            ])
+        }
+        Some(&"data-plane")
+            if !has("MODELGW_DATA_PLANE_CERT_FILE")
+                && !has("MODELGW_DATA_PLANE_TOKEN_FILE")
+                && !has("MODELGW_INSECURE_CONTROL_PLANE") =>
+        {
+            let b = &bench_pki()?.pki;
+            let node_id =
+                env.iter().find(|(k, _)| *k == "MODELGW_NODE_ID").map(|(_, v)| v.clone()).context(
+                    "a benchmark data plane needs MODELGW_NODE_ID (its certificate names it)",
+                )?;
+            let (cert, key) = b.client_files(&node_id)?;
+            Ok(vec![
+                ("MODELGW_CONTROL_PLANE_CA_FILE", path(&b.ca_file)),
+                ("MODELGW_DATA_PLANE_CERT_FILE", path(&cert)),
+                ("MODELGW_DATA_PLANE_KEY_FILE", path(&key)),
+            ])
+        }
+        _ => Ok(Vec::new()),
+    }
+}
+
+/// Starts `modelgw <args>` with `env` (plus a clean logging setup and, for control and data
+/// planes, the benchmark's TLS: see [`tls_env`]) and waits for its
 /// `modelgw <component> ready: k=v …` line on stdout; stdout is drained afterwards.
 pub async fn spawn_modelgw(
     bin: &Path,
@@ -255,6 +315,7 @@ pub async fn spawn_modelgw(
         .env_remove("MODELGW_ADMIN_TOKEN")
         .env_remove("MODELGW_MASTER_KEY")
         .env_remove("MODELGW_DATABASE_URL")
+        .env_remove("MODELGW_DATA_PLANE_TOKEN")
         .env_remove("MODELGW_LOG")
         .env_remove("RUST_LOG")
         .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
@@ -275,6 +336,9 @@ pub async fn spawn_modelgw(
             None
         }
     };
+    for (k, v) in tls_env(args, env)? {
+        cmd.env(k, v);
+    }
     for (k, v) in env {
         cmd.env(k, v);
     }

@@ -10,8 +10,12 @@ use anyhow::Context;
 use modelgw_admin_api::identity::BearerVerifier;
 use modelgw_admin_api::oidc::{OidcConfig, OidcVerifier};
 use modelgw_admin_api::{AdminState, AzureImport, AzureImportConfig, check_bootstrap_token};
+use modelgw_control_plane::distribution::dev_pki;
 use modelgw_control_plane::store::Backend;
-use modelgw_control_plane::{Distribution, DistributionSettings, MasterKey, Store};
+use modelgw_control_plane::{
+    Distribution, DistributionSettings, GrpcSecurity, GrpcSettings, MasterKey, RegistrationLimits,
+    Store, TlsFiles,
+};
 use tokio::net::TcpListener;
 
 /// How often the publisher re-reads the configuration version, so that control-plane
@@ -58,6 +62,33 @@ pub struct Args {
     /// longer `Retry-After` or window is capped; Azure's own are seconds to about a minute).
     #[arg(long, env = "MODELGW_MAX_HEALTH_WINDOW", default_value = DEFAULT_MAX_HEALTH_WINDOW, value_parser = parse_duration)]
     pub max_health_window: Duration,
+    /// The gRPC port's TLS settings and bounds on data-plane registrations.
+    #[command(flatten)]
+    pub grpc: GrpcArgs,
+}
+
+/// TLS of the distribution port (README "Securing the distribution port").
+#[derive(clap::Args, Clone, Debug)]
+pub struct GrpcArgs {
+    /// Server certificate chain (PEM) of the gRPC port; reloaded when the file changes.
+    #[arg(long, env = "MODELGW_GRPC_TLS_CERT_FILE")]
+    pub grpc_tls_cert_file: Option<PathBuf>,
+    /// Private key (PEM) of that certificate; reloaded when the file changes.
+    #[arg(long, env = "MODELGW_GRPC_TLS_KEY_FILE")]
+    pub grpc_tls_key_file: Option<PathBuf>,
+    /// mTLS: CA (PEM) that issues data planes' client certificates; a data plane's node id
+    /// must be a DNS or URI name of its certificate. Unset: data planes use join tokens.
+    #[arg(long, env = "MODELGW_GRPC_CLIENT_CA_FILE")]
+    pub grpc_client_ca_file: Option<PathBuf>,
+    /// Serve the gRPC port in plaintext with no authentication (development only).
+    #[arg(long, env = "MODELGW_INSECURE_GRPC")]
+    pub insecure_grpc: bool,
+    /// Most data planes registered at once (connected or recently disconnected).
+    #[arg(long, env = "MODELGW_MAX_DATA_PLANES", default_value_t = modelgw_control_plane::distribution::DEFAULT_MAX_DATA_PLANES)]
+    pub max_data_planes: usize,
+    /// How long a disconnected data plane stays in the registry and /api/v1/status.
+    #[arg(long, env = "MODELGW_DATA_PLANE_RETENTION", default_value = "15m", value_parser = parse_duration)]
+    pub data_plane_retention: Duration,
 }
 
 pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -137,12 +168,7 @@ fn master_key(args: &Args) -> anyhow::Result<MasterKey> {
              random bytes, e.g. `openssl rand -base64 32`) or MODELGW_MASTER_KEY_FILE"
         );
     };
-    let dir = db
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("."));
-    let path = dir.join("modelgw-master.key");
+    let path = database_dir(&db).join("modelgw-master.key");
     let (key, created) = MasterKey::load_or_generate(&path).context("development master key")?;
     if created {
         tracing::warn!(path = %path.display(), "generated a development master key for the embedded database; set MODELGW_MASTER_KEY in production and keep it out of the database backup");
@@ -150,6 +176,87 @@ fn master_key(args: &Args) -> anyhow::Result<MasterKey> {
         tracing::info!(path = %path.display(), "using the development master key file");
     }
     Ok(key)
+}
+
+impl Default for GrpcArgs {
+    /// No TLS files (so a development certificate on SQLite), the default bounds.
+    fn default() -> Self {
+        let limits = RegistrationLimits::default();
+        GrpcArgs {
+            grpc_tls_cert_file: None,
+            grpc_tls_key_file: None,
+            grpc_client_ca_file: None,
+            insecure_grpc: false,
+            max_data_planes: limits.max_data_planes,
+            data_plane_retention: limits.retention,
+        }
+    }
+}
+
+/// How the gRPC port is secured, from the flags; with none on SQLite, a development CA and
+/// certificate next to the database (like the development master key). Returns the settings
+/// and, when one was used, the development CA file data planes must trust.
+fn grpc_settings(args: &Args) -> anyhow::Result<(GrpcSettings, Option<PathBuf>)> {
+    let g = &args.grpc;
+    let limits = RegistrationLimits {
+        max_data_planes: g.max_data_planes.max(1),
+        retention: g.data_plane_retention,
+    };
+    let any_tls = g.grpc_tls_cert_file.is_some()
+        || g.grpc_tls_key_file.is_some()
+        || g.grpc_client_ca_file.is_some();
+    if g.insecure_grpc {
+        anyhow::ensure!(
+            !any_tls,
+            "MODELGW_INSECURE_GRPC and MODELGW_GRPC_TLS_* / MODELGW_GRPC_CLIENT_CA_FILE are both set: choose TLS or plaintext"
+        );
+        tracing::warn!(
+            "MODELGW_INSECURE_GRPC: the gRPC port is plaintext and unauthenticated; anyone who reaches it gets every endpoint's API key"
+        );
+        return Ok((GrpcSettings { limits, ..GrpcSettings::new(GrpcSecurity::insecure()) }, None));
+    }
+    let (files, dev_ca) = match (&g.grpc_tls_cert_file, &g.grpc_tls_key_file) {
+        (Some(cert), Some(key)) => (
+            TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+                client_ca: g.grpc_client_ca_file.clone(),
+            },
+            None,
+        ),
+        (None, None) => {
+            let Some(db) = sqlite_path(&args.database_url) else {
+                anyhow::bail!(
+                    "the gRPC distribution port needs TLS with this database: set                      MODELGW_GRPC_TLS_CERT_FILE and MODELGW_GRPC_TLS_KEY_FILE (and                      MODELGW_GRPC_CLIENT_CA_FILE for mTLS; without it data planes use join                      tokens from /api/v1/data-plane-tokens), or MODELGW_INSECURE_GRPC=true on a                      development machine"
+                );
+            };
+            anyhow::ensure!(
+                g.grpc_client_ca_file.is_none(),
+                "MODELGW_GRPC_CLIENT_CA_FILE needs MODELGW_GRPC_TLS_CERT_FILE and MODELGW_GRPC_TLS_KEY_FILE"
+            );
+            let pki = dev_pki::load_or_generate(&database_dir(&db))
+                .context("development certificate of the gRPC port")?;
+            if pki.created {
+                tracing::warn!(ca = %pki.ca_file.display(), cert = %pki.cert_file.display(), "generated a development CA and certificate for the gRPC port (SQLite, no MODELGW_GRPC_TLS_CERT_FILE); data planes trust it with MODELGW_CONTROL_PLANE_CA_FILE and join with a token from /api/v1/data-plane-tokens; use your own certificate in production");
+            } else {
+                tracing::info!(ca = %pki.ca_file.display(), "using the development certificate of the gRPC port");
+            }
+            (pki.tls_files(), Some(pki.ca_file))
+        }
+        _ => anyhow::bail!(
+            "MODELGW_GRPC_TLS_CERT_FILE and MODELGW_GRPC_TLS_KEY_FILE must be set together"
+        ),
+    };
+    let security = GrpcSecurity::tls(files).context("TLS of the gRPC distribution port")?;
+    Ok((GrpcSettings { limits, ..GrpcSettings::new(security) }, dev_ca))
+}
+
+/// The directory of a SQLite database file (`.` for a bare file name).
+fn database_dir(db: &std::path::Path) -> PathBuf {
+    db.parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."))
 }
 
 /// The running control plane: bound listeners and the wired services.
@@ -160,8 +267,11 @@ pub struct ControlPlane {
     pub distribution: Distribution,
     /// Set only when the admin token was generated by this start.
     pub generated_admin_token: Option<String>,
+    /// The development CA of the gRPC port, when no TLS settings were given (SQLite only).
+    pub grpc_dev_ca: Option<PathBuf>,
     admin_listener: TcpListener,
     grpc_listener: TcpListener,
+    grpc_settings: GrpcSettings,
     admin_state: AdminState,
 }
 
@@ -177,6 +287,7 @@ impl ControlPlane {
         // Checked first: a refused token must stop the start before anything is opened.
         let admin_token = bootstrap_token(args)?;
         let key = master_key(args)?;
+        let (grpc_settings, grpc_dev_ca) = grpc_settings(args)?;
         let store = Store::connect(&args.database_url, key).await.with_context(|| {
             format!("opening the configuration store ({})", redact_url(&args.database_url))
         })?;
@@ -216,13 +327,26 @@ impl ControlPlane {
             store,
             distribution,
             generated_admin_token: generated.map(|s| s.expose().to_owned()),
+            grpc_dev_ca,
             admin_listener,
             grpc_listener,
+            grpc_settings,
             admin_state,
         })
     }
 
     /// Serves until `shutdown` resolves.
+    /// The gRPC URL data planes use (`https://` unless the port is plaintext).
+    pub fn grpc_url(&self) -> String {
+        let scheme = if self.grpc_settings.security.is_tls() { "https" } else { "http" };
+        format!("{scheme}://{}", self.grpc_addr)
+    }
+
+    /// How data planes authenticate: `certificate`, `token` or `none`.
+    pub fn client_auth(&self) -> &'static str {
+        self.grpc_settings.security.client_auth().as_str()
+    }
+
     pub async fn serve(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
@@ -238,7 +362,8 @@ impl ControlPlane {
             router.into_make_service_with_connect_info::<SocketAddr>(),
         )
         .with_graceful_shutdown(stopped(stop_rx.clone()));
-        let grpc = self.distribution.serve_grpc(self.grpc_listener, stopped(stop_rx));
+        let grpc =
+            self.distribution.serve_grpc(self.grpc_listener, self.grpc_settings, stopped(stop_rx));
         tokio::spawn(async move {
             shutdown.await;
             let _ = stop_tx.send(true);
@@ -300,14 +425,16 @@ pub async fn run(
         );
     }
     tracing::info!(admin = %cp.admin_addr, grpc = %cp.grpc_addr, "control plane listening");
-    crate::stdout::print_ready(
-        "control-plane",
-        &[
-            ("admin", format!("http://{}", cp.admin_addr)),
-            ("grpc", format!("http://{}", cp.grpc_addr)),
-            ("config_version", cp.distribution.current_version().to_string()),
-        ],
-    );
+    let mut ready = vec![
+        ("admin", format!("http://{}", cp.admin_addr)),
+        ("grpc", cp.grpc_url()),
+        ("client_auth", cp.client_auth().to_owned()),
+        ("config_version", cp.distribution.current_version().to_string()),
+    ];
+    if let Some(ca) = &cp.grpc_dev_ca {
+        ready.push(("grpc_ca", ca.display().to_string()));
+    }
+    crate::stdout::print_ready("control-plane", &ready);
     cp.serve(shutdown).await
 }
 
@@ -339,6 +466,7 @@ mod tests {
             master_key_file: None,
             config_poll_interval: Duration::from_secs(1),
             max_health_window: modelgw_control_plane::DEFAULT_MAX_HEALTH_WINDOW,
+            grpc: GrpcArgs::default(),
         }
     }
 

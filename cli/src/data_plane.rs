@@ -2,6 +2,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -9,8 +10,14 @@ use anyhow::Context;
 use azure_core::credentials::TokenCredential;
 use modelgw_control_plane::azure::credential::CREDENTIAL_ENV;
 use modelgw_control_plane::azure::{CredentialOptions, CredentialSettings, build_chosen, resolve};
-use modelgw_data_plane::{DataPlane, DataPlaneConfig};
-use modelgw_model::DEFAULT_ENTRA_SCOPE;
+use modelgw_data_plane::{
+    ClientCertFiles, ControlPlaneTrust, DataPlane, DataPlaneConfig, TokenSource,
+};
+use modelgw_model::{DEFAULT_ENTRA_SCOPE, Secret};
+
+/// The environment variable that may hold the join token itself (there is no flag: a secret on
+/// the command line shows in `ps` and in shell history).
+pub(crate) const TOKEN_ENV: &str = "MODELGW_DATA_PLANE_TOKEN";
 
 /// Bound on picking a credential at start in `auto` mode (one token fetch per candidate, the
 /// managed-identity probe included); past it the data plane serves without Entra ID.
@@ -21,9 +28,33 @@ pub struct Args {
     /// Listen address of the gateway (the Gateway URL apps call).
     #[arg(long, env = "MODELGW_GATEWAY_ADDR", default_value = "127.0.0.1:4001")]
     pub gateway_addr: SocketAddr,
-    /// gRPC URL of the control plane's distribution service.
-    #[arg(long, env = "MODELGW_CONTROL_PLANE_URL", default_value = "http://127.0.0.1:4002")]
+    /// gRPC URL of the control plane's distribution service (https://; http:// only with
+    /// --insecure-control-plane).
+    #[arg(long, env = "MODELGW_CONTROL_PLANE_URL", default_value = "https://127.0.0.1:4002")]
     pub control_plane_url: String,
+    /// CA (PEM) the control plane's certificate must chain to (default: the system's roots).
+    /// Re-read at every reconnect.
+    #[arg(long, env = "MODELGW_CONTROL_PLANE_CA_FILE")]
+    pub control_plane_ca_file: Option<PathBuf>,
+    /// Name the control plane's certificate must hold, when not the URL's host.
+    #[arg(long, env = "MODELGW_CONTROL_PLANE_SERVER_NAME")]
+    pub control_plane_server_name: Option<String>,
+    /// mTLS: this data plane's client certificate (PEM); it must name the node id.
+    #[arg(long, env = "MODELGW_DATA_PLANE_CERT_FILE", requires = "key_file")]
+    pub cert_file: Option<PathBuf>,
+    /// mTLS: the client certificate's private key (PEM).
+    #[arg(long, env = "MODELGW_DATA_PLANE_KEY_FILE", requires = "cert_file")]
+    pub key_file: Option<PathBuf>,
+    /// File holding a join token from /api/v1/data-plane-tokens (or set MODELGW_DATA_PLANE_TOKEN).
+    /// The node id must then be the token's name or start with `<name>-`.
+    #[arg(long, env = "MODELGW_DATA_PLANE_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+    /// The join token itself, from MODELGW_DATA_PLANE_TOKEN only (never a flag).
+    #[arg(skip)]
+    pub token: Option<Secret>,
+    /// Allow a plaintext http:// control-plane URL (development only).
+    #[arg(long, env = "MODELGW_INSECURE_CONTROL_PLANE")]
+    pub insecure_control_plane: bool,
     /// Identity reported to the control plane (default: the host name).
     #[arg(long, env = "MODELGW_NODE_ID")]
     pub node_id: Option<String>,
@@ -52,6 +83,7 @@ impl Args {
         DataPlaneConfig {
             gateway_addr: self.gateway_addr,
             control_plane_url: self.control_plane_url.clone(),
+            control_plane_trust: self.trust(),
             node_id: self.node_id.clone().unwrap_or_else(default_node_id),
             max_body_bytes: self.max_body_bytes.unwrap_or(defaults.max_body_bytes),
             upstream_timeout: self.upstream_timeout.unwrap_or(defaults.upstream_timeout),
@@ -59,6 +91,29 @@ impl Args {
             stream_idle_timeout: self.stream_idle_timeout.unwrap_or(defaults.stream_idle_timeout),
             workers: self.workers.map_or(defaults.workers, usize::from),
             ..defaults
+        }
+    }
+}
+
+impl Args {
+    fn trust(&self) -> ControlPlaneTrust {
+        let client_cert = match (&self.cert_file, &self.key_file) {
+            (Some(cert), Some(key)) => {
+                Some(ClientCertFiles { cert: cert.clone(), key: key.clone() })
+            }
+            _ => None,
+        };
+        let token = match (&self.token_file, &self.token) {
+            (Some(file), _) => Some(TokenSource::File(file.clone())),
+            (None, Some(token)) => Some(TokenSource::Value(token.clone())),
+            (None, None) => None,
+        };
+        ControlPlaneTrust {
+            ca_file: self.control_plane_ca_file.clone(),
+            server_name: self.control_plane_server_name.clone(),
+            client_cert,
+            token,
+            allow_insecure: self.insecure_control_plane,
         }
     }
 }
@@ -72,14 +127,19 @@ pub(crate) fn default_node_id() -> String {
 }
 
 pub async fn run(
-    args: Args,
+    mut args: Args,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    if args.token.is_none()
+        && let Some(token) = std::env::var(TOKEN_ENV).ok().filter(|t| !t.trim().is_empty())
+    {
+        args.token = Some(Secret::new(token.trim()));
+    }
     let config = DataPlaneConfig { entra_credential: entra_credential().await?, ..args.config() };
     let node_id = config.node_id.clone();
     let dp = DataPlane::bind(config)
         .await
-        .with_context(|| format!("binding the gateway on {}", args.gateway_addr))?;
+        .with_context(|| format!("starting the data plane (gateway on {})", args.gateway_addr))?;
     let addr = dp.local_addr();
     tracing::info!(%addr, node_id, control_plane = %args.control_plane_url, "data plane listening");
     crate::stdout::print_ready(

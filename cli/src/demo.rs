@@ -3,7 +3,9 @@
 //! Starts a mock Azure estate — three Azure OpenAI regions, Azure Resource Manager listing them
 //! as accounts of one subscription, and an Entra ID token endpoint — a control plane on a fresh
 //! SQLite file, and one data plane subscribed to it over gRPC: the same components and wire
-//! protocols as production, in one process. Then it configures them through the admin API the
+//! protocols as production, in one process. The gRPC port is TLS with the control plane's
+//! development certificate (made next to the SQLite file), and the data plane joins with a
+//! data-plane token the demo creates through the admin API, as an operator would. Then it configures them through the admin API the
 //! way an operator would: an Azure discovery, the import of what it found, the gateway it
 //! proposes, and a gateway key. It waits until a chat completion succeeds through the gateway and
 //! prints what a newcomer needs to try it.
@@ -46,6 +48,8 @@ const DEMO_MODEL_VERSION: &str = "2024-07-18";
 /// How long the demo waits for the first chat completion to succeed end to end.
 const READY_DEADLINE: Duration = Duration::from_secs(20);
 const API_VERSION: &str = "2024-10-21";
+/// The demo data plane's join token; its node id is `demo-data-plane`.
+const DEMO_TOKEN_NAME: &str = "demo";
 
 #[derive(clap::Args, Clone, Debug)]
 pub struct Args {
@@ -147,21 +151,37 @@ pub async fn run(
         master_key_file: None,
         config_poll_interval: Duration::from_secs(1),
         max_health_window: modelgw_control_plane::DEFAULT_MAX_HEALTH_WINDOW,
+        grpc: control_plane::GrpcArgs::default(),
     };
     let cp = ControlPlane::start(&cp_args, azure, None).await?;
     let admin_url = format!("http://{}", cp.admin_addr);
-    let grpc_url = format!("http://{}", cp.grpc_addr);
+    let grpc_url = cp.grpc_url();
+    let grpc_ca = cp.grpc_dev_ca.clone().context("the control plane's development CA")?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
     let cp_task = tokio::spawn(cp.serve(stopped(stop_rx.clone())));
 
-    // 3. One data plane subscribed over gRPC.
+    // 3. One data plane subscribed over gRPC (TLS), with a join token made for it.
+    let http = reqwest::Client::new();
+    let admin = Admin { http: &http, base: &admin_url, token: &admin_token };
+    let join = admin
+        .post("/api/v1/data-plane-tokens", json!({"name": DEMO_TOKEN_NAME}))
+        .await
+        .context("creating the data-plane token")?;
+    let join_token = join["token"].as_str().context("data-plane token")?;
     let dp_args = crate::data_plane::Args {
         gateway_addr: args.gateway_addr,
         control_plane_url: grpc_url,
-        node_id: Some("demo-data-plane".to_owned()),
+        control_plane_ca_file: Some(grpc_ca),
+        control_plane_server_name: None,
+        cert_file: None,
+        key_file: None,
+        token_file: None,
+        token: Some(Secret::new(join_token)),
+        insecure_control_plane: false,
+        node_id: Some(format!("{DEMO_TOKEN_NAME}-data-plane")),
         max_body_bytes: None,
         upstream_timeout: None,
         request_timeout: None,
@@ -173,8 +193,6 @@ pub async fn run(
     let dp_task = tokio::spawn(dp.run(stopped(stop_rx)));
 
     // 4. Configure through the admin API, as an operator would: discover, import, propose.
-    let http = reqwest::Client::new();
-    let admin = Admin { http: &http, base: &admin_url, token: &admin_token };
     let discovery = admin.post("/api/v1/azure/discoveries", json!({})).await?;
     let discovery_id = discovery["id"].as_str().context("discovery id")?.to_owned();
     let started = Instant::now();

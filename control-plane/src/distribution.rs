@@ -17,18 +17,31 @@
 //! background writer. Window ends are not pushed: every entry carries its `until`, which
 //! data planes honour themselves.
 
+mod admission;
+pub mod dev_pki;
 mod grpc;
 mod health;
+pub mod join_tokens;
 mod publisher;
 mod registry;
+mod tls;
 
+pub use grpc::{
+    ClientAuth, GrpcSecurity, GrpcServeError, GrpcSettings, MAX_INBOUND_MESSAGE_BYTES,
+    MAX_STREAMS_PER_CONNECTION, MESSAGE_BURST, MESSAGES_PER_SECOND, REGISTRATION_BURST,
+    REGISTRATIONS_PER_SECOND,
+};
 pub use health::{
     DEFAULT_MAX_HEALTH_WINDOW, DataPlaneHealth, EndpointHealthView, HEALTH_FLUSH_TIMEOUT,
     HEALTH_PRUNE_INTERVAL, HEALTH_RETENTION, LastError, RESET_PUSH_WINDOW, UNTIMED_REPORT_WINDOW,
 };
 pub use publisher::PublishedSnapshot;
 pub(crate) use registry::ConnectionId;
-pub use registry::{DataPlaneRegistry, DataPlaneStatus};
+pub use registry::{
+    DEFAULT_DATA_PLANE_RETENTION, DEFAULT_MAX_DATA_PLANES, DataPlaneRegistry, DataPlaneStatus,
+    RegistrationLimits,
+};
+pub use tls::{TLS_RELOAD_INTERVAL, TlsError, TlsFiles};
 
 use std::future::Future;
 use std::sync::Arc;
@@ -172,17 +185,26 @@ impl Distribution {
         self.snapshots.clone()
     }
 
-    /// Serves `ConfigDiscovery` on `listener` until `shutdown` resolves. Open streams are
-    /// ended with `UNAVAILABLE` at shutdown (otherwise the server would wait for them
-    /// forever), and data planes reconnect elsewhere or later. Health reports not yet
-    /// persisted are written before it returns (for at most [`HEALTH_FLUSH_TIMEOUT`]).
+    /// Serves `ConfigDiscovery` on `listener`, secured and bounded by `settings`, until
+    /// `shutdown` resolves. Open streams are ended with `UNAVAILABLE` at shutdown (otherwise
+    /// the server would wait for them forever), and data planes reconnect elsewhere or later.
+    /// Health reports not yet persisted are written before it returns (for at most
+    /// [`HEALTH_FLUSH_TIMEOUT`]).
     pub async fn serve_grpc(
         &self,
         listener: tokio::net::TcpListener,
+        settings: GrpcSettings,
         shutdown: impl Future<Output = ()> + Send + 'static,
-    ) -> Result<(), tonic::transport::Error> {
-        let served =
-            grpc::serve(self.snapshots.clone(), self.registry.clone(), listener, shutdown).await;
+    ) -> Result<(), GrpcServeError> {
+        let served = grpc::serve(
+            self.snapshots.clone(),
+            self.registry.clone(),
+            self.store.clone(),
+            listener,
+            settings,
+            shutdown,
+        )
+        .await;
         if let Some(persist) = &self.registry.persist {
             persist.flush(&self.store, HEALTH_FLUSH_TIMEOUT).await;
         }

@@ -15,8 +15,9 @@ pub mod secrets;
 pub mod store;
 
 pub use distribution::{
-    ConfigChanges, DEFAULT_MAX_HEALTH_WINDOW, DataPlaneHealth, DataPlaneRegistry, DataPlaneStatus,
-    Distribution, DistributionSettings, EndpointHealthView, LastError,
+    ClientAuth, ConfigChanges, DEFAULT_MAX_HEALTH_WINDOW, DataPlaneHealth, DataPlaneRegistry,
+    DataPlaneStatus, Distribution, DistributionSettings, EndpointHealthView, GrpcSecurity,
+    GrpcSettings, LastError, RegistrationLimits, TlsFiles,
 };
 pub use secrets::MasterKey;
 pub use store::{Store, StoreError};

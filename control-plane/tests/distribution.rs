@@ -1,4 +1,6 @@
-//! Snapshot distribution over real gRPC on 127.0.0.1, on SQLite and on PostgreSQL.
+//! Snapshot distribution over real gRPC on 127.0.0.1, on SQLite and on PostgreSQL. The port is
+//! TLS as in production: by default with client certificates (mTLS) from a throwaway test CA;
+//! the trust tests also run it with join tokens and in plaintext.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test stops where its setup fails
 
@@ -11,7 +13,11 @@ use std::time::Duration;
 
 use common::{TestDb, wait_until};
 use modelgw_control_plane::store::{AuditContext, EndpointAuth, NewEndpoint, NewGateway};
-use modelgw_control_plane::{DataPlaneStatus, Distribution, DistributionSettings, Store};
+use modelgw_control_plane::{
+    DataPlaneStatus, Distribution, DistributionSettings, GrpcSecurity, GrpcSettings,
+    RegistrationLimits, Store, TlsFiles,
+};
+use modelgw_mock_openai::pki::{CertifiedKey, TestCa, TestPki};
 use modelgw_model::{
     ConfigVersion, EndpointId, EndpointState, GatewayMember, NodeId, Platform, RoutingPolicy,
     Secret,
@@ -23,6 +29,7 @@ use modelgw_proto::cfg::data_plane_message::Kind;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tonic::{Code, Status, Streaming};
 
 on_both_backends!(
@@ -38,7 +45,28 @@ on_both_backends!(
     fleet_state_aggregates_every_data_plane_and_outlives_a_disconnect,
     health_survives_a_restart_and_never_bumps_the_version,
     another_replica_sees_reported_health_by_polling,
+    a_join_token_admits_its_own_node_ids_and_its_revocation_ends_its_streams,
 );
+
+/// Trust scenarios that do not depend on the backend run on SQLite only.
+macro_rules! on_sqlite {
+    ($($scenario:ident),* $(,)?) => {$(
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $scenario() {
+            common::run(common::Backend::Sqlite, trust::$scenario).await;
+        }
+    )*};
+}
+
+on_sqlite!(
+    clients_without_a_certificate_from_the_ca_or_for_another_node_get_nothing,
+    a_rotated_server_certificate_is_served_to_new_connections_without_a_restart,
+    a_stream_over_its_message_budget_is_ended,
+    plaintext_only_when_the_operator_chose_it,
+    the_registry_bound_refuses_new_node_ids_and_retention_drops_departed_ones,
+);
+
+use trust::a_join_token_admits_its_own_node_ids_and_its_revocation_ends_its_streams;
 
 /// A fleet-health push must reach every data plane within this time (the requirement is
 /// "well within 1 s"; on loopback it takes milliseconds).
@@ -51,16 +79,69 @@ const DEADLINE: Duration = Duration::from_secs(5);
 /// Long enough that only `ConfigChanges::committed` can explain a prompt push.
 const NO_POLL: Duration = Duration::from_secs(3600);
 
+/// How the test server's data planes authenticate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Auth {
+    /// mTLS: a client certificate from the test CA naming the node id.
+    Certificates,
+    /// Join tokens over TLS; [`Server::token`] is an active token named `dp`.
+    Tokens,
+    /// `--insecure-grpc`.
+    Plaintext,
+}
+
 /// A distribution serving gRPC on 127.0.0.1 port 0.
 struct Server {
     distribution: Arc<Distribution>,
     addr: SocketAddr,
     shutdown: Option<oneshot::Sender<()>>,
-    task: JoinHandle<Result<(), tonic::transport::Error>>,
+    task: JoinHandle<Result<(), modelgw_control_plane::distribution::GrpcServeError>>,
+    auth: Auth,
+    pki: TestPki,
+    /// With [`Auth::Tokens`]: a token named `dp` (node ids `dp` and `dp-…`).
+    token: String,
+    _dir: tempfile::TempDir,
+}
+
+/// How a test client presents itself.
+enum Credential<'a> {
+    Certificate(&'a CertifiedKey),
+    Token(&'a str),
+    Nothing,
 }
 
 impl Server {
     async fn start(store: Store, poll: Duration) -> Server {
+        Server::start_with(store, poll, Auth::Certificates, |s| s).await
+    }
+
+    async fn start_with(
+        store: Store,
+        poll: Duration,
+        auth: Auth,
+        adjust: impl FnOnce(GrpcSettings) -> GrpcSettings,
+    ) -> Server {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let dir = tempfile::tempdir().expect("temp dir");
+        let pki = TestPki::write(dir.path()).expect("test PKI");
+        let security = match auth {
+            Auth::Plaintext => GrpcSecurity::insecure(),
+            Auth::Certificates | Auth::Tokens => GrpcSecurity::tls(TlsFiles {
+                cert: pki.server_cert_file.clone(),
+                key: pki.server_key_file.clone(),
+                client_ca: (auth == Auth::Certificates).then(|| pki.ca_file.clone()),
+            })
+            .expect("TLS settings"),
+        };
+        let token = match auth {
+            Auth::Tokens => {
+                let (_, token) =
+                    store.create_data_plane_token("dp".into(), 100, &audit()).await.expect("token");
+                token.expose().to_owned()
+            }
+            _ => String::new(),
+        };
+        let settings = adjust(GrpcSettings::new(security));
         let distribution = Arc::new(
             Distribution::start(
                 store,
@@ -75,17 +156,81 @@ impl Server {
         let serving = distribution.clone();
         let task = tokio::spawn(async move {
             serving
-                .serve_grpc(listener, async move {
+                .serve_grpc(listener, settings, async move {
                     let _ = stop.await;
                 })
                 .await
         });
-        Server { distribution, addr, shutdown: Some(shutdown), task }
+        Server { distribution, addr, shutdown: Some(shutdown), task, auth, pki, token, _dir: dir }
     }
 
     fn node(&self, node_id: &str) -> Option<DataPlaneStatus> {
         self.distribution.registry().data_planes().into_iter().find(|s| s.node_id.0 == node_id)
     }
+
+    /// A channel to the server: TLS trusting the test CA (unless plaintext), with `identity`.
+    async fn channel(
+        &self,
+        identity: Option<&CertifiedKey>,
+    ) -> Result<Channel, tonic::transport::Error> {
+        if self.auth == Auth::Plaintext {
+            return Endpoint::from_shared(format!("http://{}", self.addr))?.connect().await;
+        }
+        let mut tls =
+            ClientTlsConfig::new().ca_certificate(Certificate::from_pem(self.pki.ca.cert_pem()));
+        if let Some(id) = identity {
+            tls = tls.identity(Identity::from_pem(&id.cert_pem, &id.key_pem));
+        }
+        Endpoint::from_shared(format!("https://{}", self.addr))?.tls_config(tls)?.connect().await
+    }
+
+    /// Opens a stream presenting `credential`, whose first message is `first`; the error is
+    /// the call's status (or the connection's failure, as `UNAVAILABLE`).
+    async fn open_as(
+        &self,
+        credential: Credential<'_>,
+        first: cfg::DataPlaneMessage,
+    ) -> Result<DataPlane, Status> {
+        let identity = match &credential {
+            Credential::Certificate(id) => Some(*id),
+            _ => None,
+        };
+        let channel = self
+            .channel(identity)
+            .await
+            .map_err(|e| Status::unavailable(format!("connect: {e:?}")))?;
+        let (outbound, rx) = mpsc::channel(16);
+        outbound.send(first).await.expect("queue first message");
+        let mut request = tonic::Request::new(ReceiverStream::new(rx));
+        if let Credential::Token(token) = credential {
+            request
+                .metadata_mut()
+                .insert("authorization", format!("Bearer {token}").parse().expect("header value"));
+        }
+        let inbound = ConfigDiscoveryClient::new(channel).stream(request).await?.into_inner();
+        Ok(DataPlane { outbound, inbound })
+    }
+}
+
+/// Opens a stream whose first message is `first`, with the credential a legitimate data plane
+/// of `server` holds for the `Hello`'s node id; the error is the call's status.
+async fn open(server: &Server, first: cfg::DataPlaneMessage) -> Result<DataPlane, Status> {
+    let node_id = match &first.kind {
+        Some(Kind::Hello(h)) if !h.node_id.is_empty() => h.node_id.clone(),
+        _ => "dp-any".to_owned(),
+    };
+    match server.auth {
+        Auth::Certificates => {
+            let cert = server.pki.ca.client_cert(&node_id).expect("client certificate");
+            server.open_as(Credential::Certificate(&cert), first).await
+        }
+        Auth::Tokens => server.open_as(Credential::Token(&server.token), first).await,
+        Auth::Plaintext => server.open_as(Credential::Nothing, first).await,
+    }
+}
+
+async fn subscribe(server: &Server, node_id: &str) -> DataPlane {
+    open(server, hello(node_id, 0)).await.expect("subscribe")
 }
 
 /// A data plane's side of the stream.
@@ -104,20 +249,6 @@ fn hello(node_id: &str, applied_version: u64) -> cfg::DataPlaneMessage {
         applied_version,
         build_version: "test".into(),
     }))
-}
-
-/// Opens a stream whose first message is `first`; the error is the call's status.
-async fn open(addr: SocketAddr, first: cfg::DataPlaneMessage) -> Result<DataPlane, Status> {
-    let mut client =
-        ConfigDiscoveryClient::connect(format!("http://{addr}")).await.expect("connect");
-    let (outbound, rx) = mpsc::channel(16);
-    outbound.send(first).await.expect("queue first message");
-    let inbound = client.stream(ReceiverStream::new(rx)).await?.into_inner();
-    Ok(DataPlane { outbound, inbound })
-}
-
-async fn subscribe(addr: SocketAddr, node_id: &str) -> DataPlane {
-    open(addr, hello(node_id, 0)).await.expect("subscribe")
 }
 
 impl DataPlane {
@@ -199,7 +330,7 @@ async fn a_subscriber_gets_the_current_snapshot_then_each_committed_change(db: &
     let current = store.config_version().await.expect("version");
     assert_eq!(server.distribution.current_version(), current);
 
-    let mut dp = subscribe(server.addr, "dp-1").await;
+    let mut dp = subscribe(&server, "dp-1").await;
     let first = dp.next_snapshot(PUSH_DEADLINE).await;
     assert_eq!(first.version, current.0, "the current snapshot, at once");
     assert_eq!(first.endpoints.len(), 1);
@@ -285,7 +416,7 @@ async fn a_subscriber_gets_the_current_snapshot_then_each_committed_change(db: &
 async fn acks_nacks_heartbeats_and_disconnects_show_in_the_registry(db: &TestDb) {
     let store = db.open().await;
     let server = Server::start(store.clone(), NO_POLL).await;
-    let mut dp = subscribe(server.addr, "dp-ack").await;
+    let mut dp = subscribe(&server, "dp-ack").await;
     let s = dp.next_snapshot(PUSH_DEADLINE).await;
 
     let status = server.node("dp-ack").expect("registered on Hello");
@@ -344,7 +475,7 @@ async fn health_reports_show_per_endpoint(db: &TestDb) {
     let (b, _) = store.create_endpoint(new_endpoint("b"), &audit()).await.expect("endpoint");
     let (c, _) = store.create_endpoint(new_endpoint("c"), &audit()).await.expect("endpoint");
     let server = Server::start(store.clone(), NO_POLL).await;
-    let mut dp = subscribe(server.addr, "dp-health").await;
+    let mut dp = subscribe(&server, "dp-health").await;
     dp.next_snapshot(PUSH_DEADLINE).await;
     let registry = server.distribution.registry();
     let in_a_minute = chrono::Utc::now() + chrono::Duration::seconds(60);
@@ -421,15 +552,14 @@ async fn health_reports_show_per_endpoint(db: &TestDb) {
 
 async fn the_first_message_must_be_hello(db: &TestDb) {
     let server = Server::start(db.open().await, NO_POLL).await;
-    let refused =
-        open(server.addr, message(Kind::Heartbeat(cfg::Heartbeat { applied_version: 0 })))
-            .await
-            .err()
-            .expect("refused");
+    let refused = open(&server, message(Kind::Heartbeat(cfg::Heartbeat { applied_version: 0 })))
+        .await
+        .err()
+        .expect("refused");
     assert_eq!(refused.code(), Code::InvalidArgument);
     assert!(refused.message().contains("Hello"), "{}", refused.message());
 
-    let refused = open(server.addr, hello("", 0)).await.err().expect("empty node id refused");
+    let refused = open(&server, hello("", 0)).await.err().expect("empty node id refused");
     assert_eq!(refused.code(), Code::InvalidArgument);
     assert!(server.distribution.registry().data_planes().is_empty(), "nothing registered");
 }
@@ -437,7 +567,7 @@ async fn the_first_message_must_be_hello(db: &TestDb) {
 async fn changes_made_by_another_replica_arrive_by_polling(db: &TestDb) {
     let store = db.open().await;
     let server = Server::start(store, Duration::from_millis(100)).await;
-    let mut dp = subscribe(server.addr, "dp-poll").await;
+    let mut dp = subscribe(&server, "dp-poll").await;
     dp.next_snapshot(PUSH_DEADLINE).await;
 
     // Another control-plane process writes to the same database and never tells us.
@@ -451,9 +581,9 @@ async fn changes_made_by_another_replica_arrive_by_polling(db: &TestDb) {
 
 async fn a_second_stream_with_the_same_node_id_replaces_the_first(db: &TestDb) {
     let server = Server::start(db.open().await, NO_POLL).await;
-    let mut first = subscribe(server.addr, "dp-twin").await;
+    let mut first = subscribe(&server, "dp-twin").await;
     first.next_snapshot(PUSH_DEADLINE).await;
-    let mut second = open(server.addr, hello("dp-twin", 7)).await.expect("second stream");
+    let mut second = open(&server, hello("dp-twin", 7)).await.expect("second stream");
     second.next_snapshot(PUSH_DEADLINE).await;
 
     let ended = first.end().await.expect_err("the first stream is ended with a status");
@@ -466,7 +596,7 @@ async fn a_second_stream_with_the_same_node_id_replaces_the_first(db: &TestDb) {
 
 async fn shutdown_ends_open_streams(db: &TestDb) {
     let mut server = Server::start(db.open().await, NO_POLL).await;
-    let mut dp = subscribe(server.addr, "dp-shutdown").await;
+    let mut dp = subscribe(&server, "dp-shutdown").await;
     dp.next_snapshot(PUSH_DEADLINE).await;
 
     let _ = server.shutdown.take().expect("shutdown handle").send(());
@@ -509,7 +639,7 @@ fn listed(fleet: &cfg::FleetHealth) -> Vec<(String, i32)> {
 async fn fleet_health_follows_each_snapshot(db: &TestDb) {
     let store = db.open().await;
     let server = Server::start(store.clone(), NO_POLL).await;
-    let mut dp = subscribe(server.addr, "dp-1").await;
+    let mut dp = subscribe(&server, "dp-1").await;
     assert!(matches!(dp.next_message(PUSH_DEADLINE).await, Inbound::Snapshot(_)));
     match dp.next_message(PUSH_DEADLINE).await {
         Inbound::FleetHealth(f) => assert!(f.endpoints.is_empty(), "nothing unavailable: {f:?}"),
@@ -529,8 +659,8 @@ async fn a_report_from_one_data_plane_reaches_every_other_within_a_second(db: &T
     let (a, _) = store.create_endpoint(new_endpoint("a"), &audit()).await.expect("endpoint");
     let (b, _) = store.create_endpoint(new_endpoint("b"), &audit()).await.expect("endpoint");
     let server = Server::start(store, NO_POLL).await;
-    let mut first = subscribe(server.addr, "dp-1").await;
-    let mut second = subscribe(server.addr, "dp-2").await;
+    let mut first = subscribe(&server, "dp-1").await;
+    let mut second = subscribe(&server, "dp-2").await;
     for dp in [&mut first, &mut second] {
         dp.next_snapshot(PUSH_DEADLINE).await;
         assert!(dp.next_fleet_health(PUSH_DEADLINE).await.endpoints.is_empty());
@@ -576,8 +706,8 @@ async fn fleet_state_aggregates_every_data_plane_and_outlives_a_disconnect(db: &
     let (a, _) = store.create_endpoint(new_endpoint("a"), &audit()).await.expect("endpoint");
     let server = Server::start(store, NO_POLL).await;
     let registry = server.distribution.registry();
-    let mut first = subscribe(server.addr, "dp-1").await;
-    let mut second = subscribe(server.addr, "dp-2").await;
+    let mut first = subscribe(&server, "dp-1").await;
+    let mut second = subscribe(&server, "dp-2").await;
     first.next_snapshot(PUSH_DEADLINE).await;
     second.next_snapshot(PUSH_DEADLINE).await;
 
@@ -629,7 +759,7 @@ async fn health_survives_a_restart_and_never_bumps_the_version(db: &TestDb) {
     let until = in_secs(300);
     {
         let server = Server::start(store.clone(), NO_POLL).await;
-        let mut dp = subscribe(server.addr, "dp-1").await;
+        let mut dp = subscribe(&server, "dp-1").await;
         dp.next_snapshot(PUSH_DEADLINE).await;
         dp.send(report(a.id, cfg::EndpointState::Throttling, Some(until), "429")).await;
         let deadline = tokio::time::Instant::now() + DEADLINE;
@@ -660,7 +790,7 @@ async fn health_survives_a_restart_and_never_bumps_the_version(db: &TestDb) {
     assert_eq!(view.state, EndpointState::Throttling);
     assert_eq!(view.reason.as_deref(), Some("429"));
     assert_eq!(view.data_planes.len(), 1);
-    let mut dp = subscribe(server.addr, "dp-2").await;
+    let mut dp = subscribe(&server, "dp-2").await;
     let fleet = dp.next_fleet_health(PUSH_DEADLINE).await;
     assert_eq!(listed(&fleet), [(a.id.to_string(), cfg::EndpointState::Throttling as i32)]);
 }
@@ -670,11 +800,11 @@ async fn another_replica_sees_reported_health_by_polling(db: &TestDb) {
     let (a, _) = store.create_endpoint(new_endpoint("a"), &audit()).await.expect("endpoint");
     let server = Server::start(store, NO_POLL).await;
     let replica = Server::start(db.open().await, Duration::from_millis(100)).await;
-    let mut remote = subscribe(replica.addr, "dp-remote").await;
+    let mut remote = subscribe(&replica, "dp-remote").await;
     remote.next_snapshot(PUSH_DEADLINE).await;
     assert!(remote.next_fleet_health(PUSH_DEADLINE).await.endpoints.is_empty());
 
-    let mut dp = subscribe(server.addr, "dp-1").await;
+    let mut dp = subscribe(&server, "dp-1").await;
     dp.next_snapshot(PUSH_DEADLINE).await;
     dp.send(report(a.id, cfg::EndpointState::Error, Some(in_secs(60)), "503")).await;
     // Persisted, then read by the replica's poll and pushed to its own data planes.
@@ -682,4 +812,274 @@ async fn another_replica_sees_reported_health_by_polling(db: &TestDb) {
     assert_eq!(listed(&fleet), [(a.id.to_string(), cfg::EndpointState::Error as i32)]);
     let view = replica.distribution.registry().endpoint_health(a.id);
     assert_eq!(view.reported_by, Some(NodeId("dp-1".into())));
+}
+
+mod trust {
+    //! Who may open a stream, as which node, and what a refused one gets (nothing).
+
+    use super::*;
+
+    /// How a connection the TLS handshake refused shows to the client (under TLS 1.3 the
+    /// client learns only when it uses the connection).
+    const HANDSHAKE_REFUSED: [Code; 3] = [Code::Unavailable, Code::Unknown, Code::Cancelled];
+
+    /// A configured endpoint and a legitimate data plane `dp-1` that knows it.
+    async fn one_endpoint(db: &TestDb, auth: Auth) -> (Server, EndpointId) {
+        let store = db.open().await;
+        let (a, _) = store.create_endpoint(new_endpoint("a"), &audit()).await.expect("endpoint");
+        (Server::start_with(store, NO_POLL, auth, |s| s).await, a.id)
+    }
+
+    /// A `Hello` as `node_id` followed at once by a throttling report about `endpoint`: if the
+    /// stream were admitted, the report would reach the registry.
+    async fn hello_then_report(
+        server: &Server,
+        credential: Credential<'_>,
+        node_id: &str,
+        endpoint: EndpointId,
+    ) -> Result<DataPlane, Status> {
+        let dp = server.open_as(credential, hello(node_id, 0)).await?;
+        dp.send(report(endpoint, cfg::EndpointState::Throttling, Some(in_secs(3600)), "forged"))
+            .await;
+        Ok(dp)
+    }
+
+    /// Asserts that a refused client got no snapshot and registered and reported nothing.
+    fn refused_with_nothing(
+        server: &Server,
+        endpoint: EndpointId,
+        outcome: Result<DataPlane, Status>,
+        codes: &[Code],
+        node_id: &str,
+    ) {
+        let status = match outcome {
+            Ok(_) => panic!("{node_id}: a stream was admitted"),
+            Err(status) => status,
+        };
+        assert!(codes.contains(&status.code()), "{node_id}: {status:?}");
+        let health = server.distribution.registry().endpoint_health(endpoint);
+        assert_eq!(health.state, EndpointState::Healthy, "{node_id}: a report got through");
+    }
+
+    pub(crate) async fn clients_without_a_certificate_from_the_ca_or_for_another_node_get_nothing(
+        db: &TestDb,
+    ) {
+        let (server, a) = one_endpoint(db, Auth::Certificates).await;
+        let mut legit = subscribe(&server, "dp-1").await;
+        legit.next_snapshot(PUSH_DEADLINE).await;
+
+        // No certificate: the handshake fails (or the stream does, under TLS 1.3).
+        let none = server.open_as(Credential::Nothing, hello("dp-2", 0)).await;
+        refused_with_nothing(&server, a, none, &HANDSHAKE_REFUSED, "dp-2");
+        assert!(server.node("dp-2").is_none());
+
+        // A certificate for the right name from another CA.
+        let rogue_ca = TestCa::new("rogue CA").expect("CA");
+        let foreign = rogue_ca.client_cert("dp-2").expect("cert");
+        let outcome =
+            hello_then_report(&server, Credential::Certificate(&foreign), "dp-2", a).await;
+        refused_with_nothing(&server, a, outcome, &HANDSHAKE_REFUSED, "dp-2");
+        assert!(server.node("dp-2").is_none());
+
+        // A valid certificate for dp-3 claiming dp-1: refused, and dp-1 keeps its stream.
+        let dp3 = server.pki.ca.client_cert("dp-3").expect("cert");
+        let outcome = hello_then_report(&server, Credential::Certificate(&dp3), "dp-1", a).await;
+        refused_with_nothing(&server, a, outcome, &[Code::PermissionDenied], "dp-1");
+        assert!(server.node("dp-1").is_some_and(|n| n.connected));
+        assert_eq!(server.distribution.registry().data_planes().len(), 1, "only dp-1");
+        legit.send(Kind::Heartbeat(cfg::Heartbeat { applied_version: 0 })).await;
+        assert!(
+            tokio::time::timeout(Duration::from_millis(200), legit.end()).await.is_err(),
+            "dp-1's stream was not taken over"
+        );
+    }
+
+    pub(crate) async fn a_join_token_admits_its_own_node_ids_and_its_revocation_ends_its_streams(
+        db: &TestDb,
+    ) {
+        let (server, a) = one_endpoint(db, Auth::Tokens).await;
+        let store = db.open().await;
+        let (west, west_token) =
+            store.create_data_plane_token("west".into(), 100, &audit()).await.expect("token");
+        server.distribution.registry().data_plane_tokens_changed();
+
+        // Without a token, or with an unknown one: nothing.
+        let outcome = hello_then_report(&server, Credential::Nothing, "dp-1", a).await;
+        refused_with_nothing(&server, a, outcome, &[Code::Unauthenticated], "dp-1");
+        let outcome =
+            hello_then_report(&server, Credential::Token("mgwdp_not-a-token"), "dp-1", a).await;
+        refused_with_nothing(&server, a, outcome, &[Code::Unauthenticated], "dp-1");
+        assert!(server.distribution.registry().data_planes().is_empty());
+        // The `dp` token cannot register the `west` token's node ids, nor a look-alike.
+        for claimed in ["west-1", "dpx-1", "dp-"] {
+            let outcome =
+                hello_then_report(&server, Credential::Token(&server.token), claimed, a).await;
+            refused_with_nothing(&server, a, outcome, &[Code::PermissionDenied], claimed);
+        }
+        assert!(server.distribution.registry().data_planes().is_empty());
+
+        // Its own node ids are admitted; the other token's stream too.
+        let mut dp = subscribe(&server, "dp-1").await;
+        dp.next_snapshot(PUSH_DEADLINE).await;
+        let mut west_dp = wait_for_admission(&server, west_token.expose(), "west-1").await;
+        west_dp.next_snapshot(PUSH_DEADLINE).await;
+
+        // Revoking ends the token's stream within a second, refuses it afterwards, and
+        // leaves the other token alone.
+        let dp_token = store
+            .list_data_plane_tokens()
+            .await
+            .expect("tokens")
+            .into_iter()
+            .find(|t| t.name == "dp")
+            .expect("dp token");
+        store.revoke_data_plane_token(dp_token.id, &audit()).await.expect("revoke");
+        let revoked = tokio::time::Instant::now();
+        server.distribution.registry().data_plane_tokens_changed();
+        let ended = dp.end().await.expect_err("ended with a status");
+        assert_eq!(ended.code(), Code::Unauthenticated, "{ended:?}");
+        assert!(revoked.elapsed() < Duration::from_secs(1), "took {:?}", revoked.elapsed());
+        let outcome = hello_then_report(&server, Credential::Token(&server.token), "dp-1", a).await;
+        refused_with_nothing(&server, a, outcome, &[Code::Unauthenticated], "dp-1");
+        assert!(server.node("dp-1").is_some_and(|n| !n.connected));
+        assert!(server.node("west-1").is_some_and(|n| n.connected), "{west:?}");
+    }
+
+    /// Opens a stream with `token`, retrying while the token is not yet loaded (it was
+    /// created behind the server's back and announced).
+    async fn wait_for_admission(server: &Server, token: &str, node_id: &str) -> DataPlane {
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        loop {
+            match server.open_as(Credential::Token(token), hello(node_id, 0)).await {
+                Ok(dp) => return dp,
+                Err(status) if status.code() == Code::Unauthenticated => {
+                    assert!(tokio::time::Instant::now() < deadline, "never admitted: {status:?}");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(status) => panic!("{node_id}: {status:?}"),
+            }
+        }
+    }
+
+    /// The certificate a TLS handshake with `server` presents.
+    async fn served_certificate(server: &Server) -> Vec<u8> {
+        use rustls::pki_types::ServerName;
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(pem_certificate(server.pki.ca.cert_pem())).expect("CA");
+        let config =
+            rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth();
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+        let tcp = tokio::net::TcpStream::connect(server.addr).await.expect("connect");
+        let name = ServerName::try_from("localhost").expect("name");
+        let tls = connector.connect(name, tcp).await.expect("handshake");
+        let (_, session) = tls.get_ref();
+        session.peer_certificates().expect("a certificate")[0].to_vec()
+    }
+
+    fn pem_certificate(pem: &str) -> rustls::pki_types::CertificateDer<'static> {
+        use rustls::pki_types::pem::PemObject as _;
+        rustls::pki_types::CertificateDer::from_pem_slice(pem.as_bytes()).expect("PEM")
+    }
+
+    pub(crate) async fn a_rotated_server_certificate_is_served_to_new_connections_without_a_restart(
+        db: &TestDb,
+    ) {
+        let server = Server::start_with(db.open().await, NO_POLL, Auth::Tokens, |s| GrpcSettings {
+            tls_reload_interval: Duration::from_millis(50),
+            ..s
+        })
+        .await;
+        let first = std::fs::read_to_string(&server.pki.server_cert_file).expect("cert");
+        assert_eq!(served_certificate(&server).await, pem_certificate(&first).to_vec());
+        let mut dp = subscribe(&server, "dp-1").await;
+        dp.next_snapshot(PUSH_DEADLINE).await;
+
+        let rotated = server.pki.rotate_server_cert().expect("rotate");
+        let rotated = pem_certificate(&rotated).to_vec();
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        while served_certificate(&server).await != rotated {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the rotated certificate is never served"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // New streams work with it, and the open one was not cut.
+        let mut again = subscribe(&server, "dp-2").await;
+        again.next_snapshot(PUSH_DEADLINE).await;
+        assert!(server.node("dp-1").is_some_and(|n| n.connected));
+    }
+
+    pub(crate) async fn a_stream_over_its_message_budget_is_ended(db: &TestDb) {
+        use modelgw_control_plane::distribution::MESSAGE_BURST;
+        let server = Server::start(db.open().await, NO_POLL).await;
+        let mut dp = subscribe(&server, "dp-1").await;
+        dp.next_snapshot(PUSH_DEADLINE).await;
+        for _ in 0..MESSAGE_BURST * 2 {
+            if dp
+                .outbound
+                .send(message(Kind::Heartbeat(cfg::Heartbeat { applied_version: 0 })))
+                .await
+                .is_err()
+            {
+                break;
+            }
+        }
+        let ended = dp.end().await.expect_err("ended with a status");
+        assert_eq!(ended.code(), Code::ResourceExhausted, "{ended:?}");
+        wait_until("dp-1 disconnected", DEADLINE, || {
+            server.node("dp-1").is_some_and(|n| !n.connected)
+        })
+        .await;
+    }
+
+    pub(crate) async fn plaintext_only_when_the_operator_chose_it(db: &TestDb) {
+        let plain = Server::start_with(db.open().await, NO_POLL, Auth::Plaintext, |s| s).await;
+        let mut dp = subscribe(&plain, "anything").await;
+        dp.next_snapshot(PUSH_DEADLINE).await;
+
+        // A TLS port does not speak plaintext.
+        let tls = Server::start(db.open().await, NO_POLL).await;
+        let connected =
+            Endpoint::from_shared(format!("http://{}", tls.addr)).expect("URL").connect().await;
+        if let Ok(channel) = connected {
+            let (tx, rx) = mpsc::channel(1);
+            tx.send(hello("dp-1", 0)).await.expect("queue");
+            let refused = ConfigDiscoveryClient::new(channel).stream(ReceiverStream::new(rx)).await;
+            assert!(refused.is_err(), "a plaintext client was served by the TLS port");
+        }
+        assert!(tls.node("dp-1").is_none());
+    }
+
+    pub(crate) async fn the_registry_bound_refuses_new_node_ids_and_retention_drops_departed_ones(
+        db: &TestDb,
+    ) {
+        let server =
+            Server::start_with(db.open().await, NO_POLL, Auth::Certificates, |s| GrpcSettings {
+                limits: RegistrationLimits {
+                    max_data_planes: 2,
+                    retention: Duration::from_secs(3600),
+                },
+                ..s
+            })
+            .await;
+        let mut one = subscribe(&server, "dp-1").await;
+        one.next_snapshot(PUSH_DEADLINE).await;
+        let mut two = subscribe(&server, "dp-2").await;
+        two.next_snapshot(PUSH_DEADLINE).await;
+        let full = open(&server, hello("dp-3", 0)).await.err().expect("refused");
+        assert_eq!(full.code(), Code::ResourceExhausted, "{full:?}");
+        // A known node reconnects; a departed one makes room for a new one.
+        drop(two);
+        wait_until("dp-2 disconnected", DEADLINE, || {
+            server.node("dp-2").is_some_and(|n| !n.connected)
+        })
+        .await;
+        let mut three = subscribe(&server, "dp-3").await;
+        three.next_snapshot(PUSH_DEADLINE).await;
+        let names: Vec<String> =
+            server.distribution.registry().data_planes().into_iter().map(|s| s.node_id.0).collect();
+        assert_eq!(names, ["dp-1", "dp-3"]);
+        drop(one);
+    }
 }

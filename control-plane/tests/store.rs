@@ -42,6 +42,7 @@ on_both_backends!(
     every_change_writes_one_audit_row_in_its_transaction,
     api_tokens_are_stored_as_hashes_and_are_not_configuration,
     the_audit_log_filters_and_pages,
+    data_plane_tokens_are_stored_as_hashes_unique_while_active_and_revocable,
 );
 
 const API_KEY: &str = "sk-PLAINTEXT-api-key-3f9a7c21";
@@ -1439,4 +1440,53 @@ async fn the_audit_log_filters_and_pages(db: &TestDb) {
         .await,
         [ids[3]]
     );
+}
+
+async fn data_plane_tokens_are_stored_as_hashes_unique_while_active_and_revocable(db: &TestDb) {
+    let store = db.open().await;
+    let version = store.config_version().await.expect("version");
+    let (east, secret) =
+        store.create_data_plane_token("eastus".into(), 7, &audit()).await.expect("create");
+    assert_eq!((east.name.as_str(), east.max_data_planes, east.revoked_at), ("eastus", 7, None));
+    assert!(secret.expose().starts_with("mgwdp_"));
+    assert_eq!(east.hint, secret.hint());
+    let dup =
+        store.create_data_plane_token("eastus".into(), 1, &audit()).await.expect_err("same name");
+    assert!(matches!(dup, StoreError::Conflict { ref field, .. } if field == "name"), "{dup:?}");
+    let (west, _) =
+        store.create_data_plane_token("westus".into(), 1, &audit()).await.expect("create");
+
+    // Only the SHA-256 is stored.
+    let mut raw = db.raw().await;
+    let rows = sqlx::query("SELECT name, sha256, hint FROM data_plane_tokens")
+        .fetch_all(&mut raw)
+        .await
+        .expect("raw select");
+    for row in &rows {
+        let hash: Vec<u8> = row.get(1);
+        assert_eq!(hash.len(), 32);
+    }
+    let active = store.active_data_plane_tokens().await.expect("active");
+    let east_active = active.iter().find(|t| t.id == east.id).expect("listed");
+    assert_eq!(east_active.sha256, modelgw_model::gateway_key_hash(secret.expose()));
+
+    // Revoked (idempotently): gone from the active set, kept in the list, name free again.
+    let revoked = store.revoke_data_plane_token(east.id, &audit()).await.expect("revoke");
+    let first = revoked.revoked_at.expect("revoked_at");
+    let again = store.revoke_data_plane_token(east.id, &audit()).await.expect("revoke again");
+    assert_eq!(again.revoked_at, Some(first));
+    let active = store.active_data_plane_tokens().await.expect("active");
+    assert_eq!(active.iter().map(|t| t.id).collect::<Vec<_>>(), [west.id]);
+    let (replacement, _) =
+        store.create_data_plane_token("eastus".into(), 2, &audit()).await.expect("reuse");
+    let listed = store.list_data_plane_tokens().await.expect("list");
+    assert_eq!(listed.len(), 3);
+    assert!(listed.iter().any(|t| t.id == east.id && t.revoked_at.is_some()));
+    assert!(listed.iter().any(|t| t.id == replacement.id && t.revoked_at.is_none()));
+    let unknown = modelgw_control_plane::store::DataPlaneTokenId::new();
+    assert!(matches!(
+        store.revoke_data_plane_token(unknown, &audit()).await,
+        Err(StoreError::NotFound { .. })
+    ));
+    assert_eq!(store.config_version().await.expect("version"), version, "not configuration");
 }

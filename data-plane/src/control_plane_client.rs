@@ -5,8 +5,18 @@
 //! One of the two transport files of the protocol (the other is the control plane's gRPC
 //! server): the only data-plane code that names generated types. It decodes each message into
 //! its domain form (`modelgw_model::protocol`) at once and hands that to [`crate::apply`].
+//!
+//! Trust: an `https://` control plane must present a certificate that chains to the
+//! configured CA (`MODELGW_CONTROL_PLANE_CA_FILE`) or, without one, to the system roots; one
+//! that does not is refused (the reason is logged) and retried with backoff while the proxy
+//! keeps serving its last snapshot. The data plane authenticates with a client certificate
+//! (mTLS) or a join token (`authorization: Bearer …`). Every file (CA, certificate, key,
+//! token) is read again at each (re)connect, so rotated files are picked up without a
+//! restart. `http://` is refused unless the operator allowed plaintext
+//! (`MODELGW_INSECURE_CONTROL_PLANE=true`).
 
 use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,11 +25,12 @@ use modelgw_model::protocol::{
     ControlPlaneMessage, DataPlaneMessage, EndpointHealth, HealthReport, Hello,
 };
 use modelgw_model::wire::{InvalidControlPlaneMessage, cfg};
-use modelgw_model::{EndpointId, NodeId};
+use modelgw_model::{EndpointId, NodeId, Secret};
 use rand::Rng;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::{ClientTlsConfig, Endpoint};
+use tonic::metadata::MetadataValue;
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 use tracing::{info, warn};
 
 use crate::apply::{ApplyOutcome, apply_fleet_health, apply_snapshot};
@@ -66,6 +77,162 @@ pub struct ClientConfig {
     pub heartbeat_interval: Duration,
 }
 
+/// How the data plane trusts the control plane and proves who it is.
+#[derive(Clone, Debug, Default)]
+pub struct ControlPlaneTrust {
+    /// CA (PEM) the control plane's certificate must chain to (`MODELGW_CONTROL_PLANE_CA_FILE`);
+    /// `None`: the system's roots.
+    pub ca_file: Option<PathBuf>,
+    /// The name the control plane's certificate must hold, when it is not the URL's host
+    /// (`MODELGW_CONTROL_PLANE_SERVER_NAME`).
+    pub server_name: Option<String>,
+    /// mTLS: this data plane's certificate and key, PEM (`MODELGW_DATA_PLANE_CERT_FILE`,
+    /// `MODELGW_DATA_PLANE_KEY_FILE`); the certificate must name the node id.
+    pub client_cert: Option<ClientCertFiles>,
+    /// Join token (`MODELGW_DATA_PLANE_TOKEN_FILE` or `MODELGW_DATA_PLANE_TOKEN`).
+    pub token: Option<TokenSource>,
+    /// Allows a plaintext `http://` control-plane URL (`MODELGW_INSECURE_CONTROL_PLANE=true`).
+    pub allow_insecure: bool,
+}
+
+/// A client certificate and its key, PEM files.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClientCertFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// Where the join token comes from.
+#[derive(Clone, Debug)]
+pub enum TokenSource {
+    /// A file holding the token (read at each connect, so it can be rotated in place).
+    File(PathBuf),
+    /// The token itself (from the environment).
+    Value(Secret),
+}
+
+impl TokenSource {
+    fn read(&self) -> Result<Secret, String> {
+        match self {
+            TokenSource::Value(secret) => Ok(secret.clone()),
+            TokenSource::File(path) => std::fs::read_to_string(path)
+                .map(|t| Secret::new(t.trim()))
+                .map_err(|e| format!("reading the data-plane token {}: {e}", path.display())),
+        }
+    }
+}
+
+/// Why the control-plane connection cannot be set up as configured.
+#[derive(Debug, thiserror::Error)]
+pub enum TrustError {
+    #[error(
+        "the control-plane URL {0:?} is plaintext (http://): use https://, or set MODELGW_INSECURE_CONTROL_PLANE=true on a development machine"
+    )]
+    PlaintextNotAllowed(String),
+    #[error("the control-plane URL {0:?} must start with https:// (or http:// in insecure mode)")]
+    Scheme(String),
+    #[error(
+        "no data-plane credential: set MODELGW_DATA_PLANE_CERT_FILE and MODELGW_DATA_PLANE_KEY_FILE (mTLS) or MODELGW_DATA_PLANE_TOKEN_FILE (join token)"
+    )]
+    NoCredential,
+    #[error("{0}")]
+    File(String),
+    #[error("control-plane URL: {0}")]
+    Endpoint(#[from] tonic::transport::Error),
+}
+
+/// The connection settings, checked: builds a fresh endpoint (files re-read) per connect.
+#[derive(Clone, Debug)]
+pub(crate) struct Connector {
+    url: String,
+    tls: bool,
+    trust: ControlPlaneTrust,
+}
+
+impl Connector {
+    /// Checks the URL and reads every file once, so a misconfiguration fails the start.
+    pub(crate) fn new(url: &str, trust: ControlPlaneTrust) -> Result<Connector, TrustError> {
+        let tls = if url.starts_with("https://") {
+            true
+        } else if url.starts_with("http://") {
+            if !trust.allow_insecure {
+                return Err(TrustError::PlaintextNotAllowed(url.to_owned()));
+            }
+            false
+        } else {
+            return Err(TrustError::Scheme(url.to_owned()));
+        };
+        if tls && trust.client_cert.is_none() && trust.token.is_none() {
+            return Err(TrustError::NoCredential);
+        }
+        let connector = Connector { url: url.to_owned(), tls, trust };
+        connector.endpoint()?;
+        connector.token()?;
+        if !tls {
+            warn!(
+                url,
+                "the control-plane connection is PLAINTEXT and the control plane is not authenticated (MODELGW_INSECURE_CONTROL_PLANE): anyone on the path can read endpoint keys and push a snapshot; use https:// outside a development machine"
+            );
+        }
+        Ok(connector)
+    }
+
+    /// The endpoint for one connection attempt, with the CA and client certificate read now.
+    fn endpoint(&self) -> Result<Endpoint, TrustError> {
+        let endpoint = Endpoint::from_shared(self.url.clone())?
+            .connect_timeout(CONNECT_TIMEOUT)
+            .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+            .keep_alive_while_idle(true)
+            .tcp_nodelay(true);
+        if !self.tls {
+            return Ok(endpoint);
+        }
+        let mut tls = match &self.trust.ca_file {
+            Some(ca) => ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read(ca)?)),
+            None => ClientTlsConfig::new().with_native_roots(),
+        };
+        if let Some(files) = &self.trust.client_cert {
+            tls = tls.identity(Identity::from_pem(read(&files.cert)?, read(&files.key)?));
+        }
+        if let Some(name) = &self.trust.server_name {
+            tls = tls.domain_name(name.clone());
+        }
+        Ok(endpoint.tls_config(tls)?)
+    }
+
+    /// The `authorization` value to send, when a join token is configured.
+    fn token(&self) -> Result<Option<MetadataValue<tonic::metadata::Ascii>>, TrustError> {
+        let Some(source) = &self.trust.token else { return Ok(None) };
+        let token = source.read().map_err(TrustError::File)?;
+        let mut value =
+            MetadataValue::try_from(format!("Bearer {}", token.expose())).map_err(|_| {
+                TrustError::File("the data-plane token holds characters a header cannot".to_owned())
+            })?;
+        value.set_sensitive(true);
+        Ok(Some(value))
+    }
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, TrustError> {
+    std::fs::read(path).map_err(|e| TrustError::File(format!("reading {}: {e}", path.display())))
+}
+
+/// An error and its sources, one line: tonic's "transport error" alone hides the reason
+/// (e.g. `invalid peer certificate: UnknownIssuer`).
+fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(e) = source {
+        let next = e.to_string();
+        if !text.contains(&next) {
+            text.push_str(": ");
+            text.push_str(&next);
+        }
+        source = e.source();
+    }
+    text
+}
+
 /// Delay before reconnect attempt `attempt` (0-based): uniform in
 /// `[0, min(cap, base·2^attempt)]` ("full jitter").
 pub fn backoff_delay<R: Rng + ?Sized>(attempt: u32, rng: &mut R) -> Duration {
@@ -78,8 +245,10 @@ pub fn backoff_delay<R: Rng + ?Sized>(attempt: u32, rng: &mut R) -> Duration {
 /// Why a session with the control plane ended.
 #[derive(Debug, thiserror::Error)]
 enum SessionEnd {
-    #[error("connect failed: {0}")]
-    Connect(#[source] tonic::transport::Error),
+    #[error("connect failed: {}", chain(.0))]
+    Connect(tonic::transport::Error),
+    #[error("not connecting: {0}")]
+    Settings(TrustError),
     #[error("stream refused: {0}")]
     Refused(tonic::Status),
     #[error("stream failed: {0}")]
@@ -93,7 +262,7 @@ enum SessionEnd {
 /// Runs forever (until the task is aborted): connect, serve the session, back off, repeat.
 pub(crate) async fn run(
     config: ClientConfig,
-    endpoint: Endpoint,
+    connector: Connector,
     store: Arc<SnapshotStore>,
     health: Arc<HealthRegistry>,
     mut health_rx: mpsc::Receiver<EndpointHealth>,
@@ -104,7 +273,7 @@ pub(crate) async fn run(
         let mut got_snapshot = false;
         let end = session(
             &config,
-            &endpoint,
+            &connector,
             &store,
             &health,
             &mut health_rx,
@@ -141,28 +310,19 @@ pub(crate) async fn run(
     }
 }
 
-/// Builds the tonic endpoint for `url` (validated once, at bind time).
-pub(crate) fn endpoint(url: &str) -> Result<Endpoint, tonic::transport::Error> {
-    let endpoint = Endpoint::from_shared(url.to_owned())?
-        .connect_timeout(CONNECT_TIMEOUT)
-        .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
-        .keep_alive_while_idle(true)
-        .tcp_nodelay(true);
-    if url.starts_with("https://") {
-        return endpoint.tls_config(ClientTlsConfig::new().with_enabled_roots());
-    }
-    Ok(endpoint)
-}
-
 async fn session(
     config: &ClientConfig,
-    endpoint: &Endpoint,
+    connector: &Connector,
     store: &SnapshotStore,
     health: &HealthRegistry,
     health_rx: &mut mpsc::Receiver<EndpointHealth>,
     pending: &mut HashMap<EndpointId, EndpointHealth>,
     got_snapshot: &mut bool,
 ) -> SessionEnd {
+    let (endpoint, token) = match connector.endpoint().and_then(|e| Ok((e, connector.token()?))) {
+        Ok(settings) => settings,
+        Err(err) => return SessionEnd::Settings(err),
+    };
     let channel = match endpoint.connect().await {
         Ok(channel) => channel,
         Err(err) => return SessionEnd::Connect(err),
@@ -178,7 +338,11 @@ async fn session(
     if tx.send(cfg::DataPlaneMessage::from(&hello)).await.is_err() {
         return SessionEnd::OutboundClosed;
     }
-    let mut inbound = match client.stream(ReceiverStream::new(rx)).await {
+    let mut request = tonic::Request::new(ReceiverStream::new(rx));
+    if let Some(token) = token {
+        request.metadata_mut().insert("authorization", token);
+    }
+    let mut inbound = match client.stream(request).await {
         Ok(response) => response.into_inner(),
         Err(status) => return SessionEnd::Refused(status),
     };

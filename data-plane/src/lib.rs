@@ -44,7 +44,9 @@ use crate::health::{EndpointHealth, HEALTH_CHANNEL_CAPACITY, HealthPolicy, Healt
 use crate::routing_table::SnapshotStore;
 
 pub use crate::apply::{ApplyOutcome, apply_fleet_health, apply_snapshot};
-pub use crate::control_plane_client::HEARTBEAT_INTERVAL;
+pub use crate::control_plane_client::{
+    ClientCertFiles, ControlPlaneTrust, HEARTBEAT_INTERVAL, TokenSource, TrustError,
+};
 
 /// Default request-body limit: 32 MiB. Bodies are held in memory so they can be re-sent on
 /// failover; 32 MiB covers Azure's largest inputs (25 MB audio files plus multipart framing,
@@ -101,9 +103,12 @@ const UPSTREAM_TCP_KEEPALIVE: Duration = Duration::from_secs(30);
 pub struct DataPlaneConfig {
     /// Listen address of the gateway (`MODELGW_GATEWAY_ADDR`); port 0 picks a free port.
     pub gateway_addr: SocketAddr,
-    /// gRPC URL of the control plane (`MODELGW_CONTROL_PLANE_URL`). Empty = run without a
-    /// control plane (snapshots only through [`DataPlane::snapshot_store`], e.g. in tests).
+    /// gRPC URL of the control plane (`MODELGW_CONTROL_PLANE_URL`), `https://` unless
+    /// `control_plane_trust.allow_insecure`. Empty = run without a control plane (snapshots
+    /// only through [`DataPlane::snapshot_store`], e.g. in tests).
     pub control_plane_url: String,
+    /// How the control plane is verified and how this data plane authenticates to it.
+    pub control_plane_trust: ControlPlaneTrust,
     /// Identity reported to the control plane (`MODELGW_NODE_ID`).
     pub node_id: String,
     /// Largest request body accepted (`MODELGW_MAX_BODY_BYTES`); see [`DEFAULT_MAX_BODY_BYTES`].
@@ -142,7 +147,8 @@ impl Default for DataPlaneConfig {
     fn default() -> Self {
         Self {
             gateway_addr: SocketAddr::from(([127, 0, 0, 1], 4001)),
-            control_plane_url: "http://127.0.0.1:4002".to_owned(),
+            control_plane_url: "https://127.0.0.1:4002".to_owned(),
+            control_plane_trust: ControlPlaneTrust::default(),
             node_id: "data-plane".to_owned(),
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             upstream_timeout: DEFAULT_UPSTREAM_TIMEOUT,
@@ -175,7 +181,7 @@ pub struct DataPlane {
     listener: TcpListener,
     local_addr: SocketAddr,
     config: DataPlaneConfig,
-    control_plane: Option<tonic::transport::Endpoint>,
+    control_plane: Option<client::Connector>,
     store: Arc<SnapshotStore>,
     health: Arc<HealthRegistry>,
     health_rx: mpsc::Receiver<EndpointHealth>,
@@ -195,7 +201,8 @@ impl std::fmt::Debug for DataPlane {
 
 impl DataPlane {
     /// Binds the listener and prepares the upstream client; nothing is served until `run`.
-    /// Fails on an unusable address or control-plane URL.
+    /// Fails on an unusable address, control-plane URL or TLS file (plaintext without
+    /// `allow_insecure`, no credential, an unreadable CA, certificate or token).
     pub async fn bind(config: DataPlaneConfig) -> std::io::Result<DataPlane> {
         // rustls is built without a default crypto provider; install ring unless the
         // binary already chose one.
@@ -205,13 +212,12 @@ impl DataPlane {
         let control_plane = if config.control_plane_url.is_empty() {
             None
         } else {
-            let endpoint = client::endpoint(&config.control_plane_url).map_err(|err| {
-                std::io::Error::new(
-                    std::io::ErrorKind::InvalidInput,
-                    format!("control plane URL {:?}: {err}", config.control_plane_url),
-                )
-            })?;
-            Some(endpoint)
+            let connector = client::Connector::new(
+                &config.control_plane_url,
+                config.control_plane_trust.clone(),
+            )
+            .map_err(|err| std::io::Error::new(std::io::ErrorKind::InvalidInput, err))?;
+            Some(connector)
         };
         let tls = proxy::upstream_client::tls_config()?;
         let listener = TcpListener::bind(config.gateway_addr).await?;
@@ -281,7 +287,7 @@ impl DataPlane {
             entra,
         } = self;
         let entra_task = tokio::spawn(keep_entra_tokens(Arc::clone(&store), Arc::clone(&entra)));
-        let mut client_task = control_plane.map(|endpoint| {
+        let mut client_task = control_plane.map(|connector| {
             let client_config = client::ClientConfig {
                 control_plane_url: config.control_plane_url.clone(),
                 node_id: config.node_id.clone(),
@@ -289,7 +295,7 @@ impl DataPlane {
             };
             tokio::spawn(client::run(
                 client_config,
-                endpoint,
+                connector,
                 Arc::clone(&store),
                 Arc::clone(&health),
                 health_rx,

@@ -1,5 +1,6 @@
-//! The data plane's control-plane client against a scripted in-test `ConfigDiscovery` server:
-//! Hello, ACK/NACK, heartbeats, health reports, reconnect after the stream ends.
+//! The data plane's control-plane client against a scripted in-test `ConfigDiscovery` server
+//! over TLS: Hello, ACK/NACK, heartbeats, health reports, reconnect after the stream ends, the
+//! join token sent, and a control plane it does not trust refused while it keeps serving.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test stops where its setup fails
 
@@ -9,20 +10,27 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use cfg::config_discovery_server::{ConfigDiscovery, ConfigDiscoveryServer};
 use cfg::data_plane_message::Kind;
-use modelgw_data_plane::{DataPlane, DataPlaneConfig};
+use modelgw_data_plane::{ControlPlaneTrust, DataPlane, DataPlaneConfig, TokenSource};
+use modelgw_mock_openai::pki::{LOOPBACK_NAMES, TestCa, TestPki};
 use modelgw_mock_openai::{Fault, MockAzure, MockConfig};
 use modelgw_model::wire::cfg;
 use modelgw_model::{EndpointId, GatewayId, GatewayKeyId, gateway_key_hash};
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tonic::transport::{Identity, ServerTlsConfig};
 use tonic::{Request, Response, Status, Streaming};
 
 const CLIENT_KEY: &str = "mgw-test-client-key-0002";
 /// Upper bound for anything the data plane should do promptly.
 const DEADLINE: Duration = Duration::from_secs(10);
 
+/// The join token the data planes of these tests present.
+const JOIN_TOKEN: &str = "mgwdp_test-token-0123456789";
+
 /// One `Stream` call as the fake control plane sees it.
 struct Session {
+    /// The `authorization` metadata it came with.
+    authorization: Option<String>,
     inbound: Streaming<cfg::DataPlaneMessage>,
     outbound: mpsc::Sender<Result<cfg::ControlPlaneMessage, Status>>,
 }
@@ -62,21 +70,53 @@ impl ConfigDiscovery for FakeControlPlane {
         request: Request<Streaming<cfg::DataPlaneMessage>>,
     ) -> Result<Response<Self::StreamStream>, Status> {
         let (outbound, rx) = mpsc::channel(16);
-        let _ = self.sessions.send(Session { inbound: request.into_inner(), outbound });
+        let authorization = request
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let _ =
+            self.sessions.send(Session { authorization, inbound: request.into_inner(), outbound });
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 }
 
-async fn fake_control_plane() -> Result<(String, mpsc::UnboundedReceiver<Session>)> {
-    let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
-    let url = format!("http://{}", listener.local_addr()?);
+/// A fake control plane over TLS with a certificate from `ca`, on `listener`.
+fn serve_fake(
+    ca: &TestCa,
+    listener: tokio::net::TcpListener,
+) -> Result<(mpsc::UnboundedReceiver<Session>, tokio::task::JoinHandle<()>)> {
+    let cert = ca.server_cert(&LOOPBACK_NAMES)?;
+    let tls = ServerTlsConfig::new().identity(Identity::from_pem(&cert.cert_pem, &cert.key_pem));
     let (sessions, rx) = mpsc::unbounded_channel();
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(ConfigDiscoveryServer::new(FakeControlPlane { sessions }))
-            .serve_with_incoming(TcpListenerStream::new(listener)),
-    );
-    Ok((url, rx))
+    let server = tonic::transport::Server::builder()
+        .tls_config(tls)?
+        .add_service(ConfigDiscoveryServer::new(FakeControlPlane { sessions }))
+        .serve_with_incoming(TcpListenerStream::new(listener));
+    let task = tokio::spawn(async move {
+        let _ = server.await;
+    });
+    Ok((rx, task))
+}
+
+/// A fake control plane the data plane trusts: its URL, its sessions, and the data plane's
+/// trust settings (the test CA, a join token).
+async fn fake_control_plane(
+    dir: &std::path::Path,
+) -> Result<(String, mpsc::UnboundedReceiver<Session>, ControlPlaneTrust)> {
+    let pki = TestPki::write(dir)?;
+    let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
+    let url = format!("https://{}", listener.local_addr()?);
+    let (rx, _task) = serve_fake(&pki.ca, listener)?;
+    Ok((url, rx, trust(&pki)))
+}
+
+fn trust(pki: &TestPki) -> ControlPlaneTrust {
+    ControlPlaneTrust {
+        ca_file: Some(pki.ca_file.clone()),
+        token: Some(TokenSource::Value(modelgw_model::Secret::new(JOIN_TOKEN))),
+        ..Default::default()
+    }
 }
 
 async fn next_session(sessions: &mut mpsc::UnboundedReceiver<Session>) -> Result<Session> {
@@ -140,10 +180,12 @@ async fn snapshots_are_acked_or_nacked_health_is_reported_and_the_client_reconne
         },
     )
     .await?;
-    let (url, mut sessions) = fake_control_plane().await?;
+    let dir = tempfile::tempdir()?;
+    let (url, mut sessions, trust) = fake_control_plane(dir.path()).await?;
     let dp = DataPlane::bind(DataPlaneConfig {
         gateway_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
         control_plane_url: url,
+        control_plane_trust: trust,
         node_id: "dp-test-1".into(),
         heartbeat_interval: Duration::from_millis(100),
         ..Default::default()
@@ -157,8 +199,9 @@ async fn snapshots_are_acked_or_nacked_health_is_reported_and_the_client_reconne
     }));
     let http = reqwest::Client::builder().no_proxy().build()?;
 
-    // Hello first, with nothing applied yet.
+    // Hello first, with nothing applied yet, and the join token as a bearer credential.
     let mut session = next_session(&mut sessions).await?;
+    assert_eq!(session.authorization.as_deref(), Some(&*format!("Bearer {JOIN_TOKEN}")));
     let hello = session.expect(|k| if let Kind::Hello(h) = k { Some(h) } else { None }).await?;
     assert_eq!(hello.node_id, "dp-test-1");
     assert_eq!(hello.applied_version, 0);
@@ -232,10 +275,12 @@ async fn a_429_is_pushed_at_once_and_a_fleet_window_from_the_stream_is_honoured_
         },
     )
     .await?;
-    let (url, mut sessions) = fake_control_plane().await?;
+    let dir = tempfile::tempdir()?;
+    let (url, mut sessions, trust) = fake_control_plane(dir.path()).await?;
     let dp = DataPlane::bind(DataPlaneConfig {
         gateway_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
         control_plane_url: url,
+        control_plane_trust: trust,
         node_id: "dp-test-2".into(),
         // No heartbeat during the test: a health report can only come from the push.
         heartbeat_interval: Duration::from_secs(3600),
@@ -339,5 +384,83 @@ async fn a_429_is_pushed_at_once_and_a_fleet_window_from_the_stream_is_honoured_
     let response = chat().await?;
     assert_eq!(response.status(), 200, "{}", attempts(&response));
     assert!(attempts(&response).starts_with("eus:ok:"), "{}", attempts(&response));
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_control_plane_the_data_plane_does_not_trust_is_refused_and_the_last_snapshot_serves()
+-> Result<()> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let upstream_key = "upstream-key-eus-0123456789";
+    let mock = MockAzure::start(
+        SocketAddr::from(([127, 0, 0, 1], 0)),
+        MockConfig {
+            region: "East US".into(),
+            api_key: upstream_key.into(),
+            deployments: vec!["gpt-4o-eus".into()],
+            model: "gpt-4o-mini-2024-07-18".into(),
+        },
+    )
+    .await?;
+    let dir = tempfile::tempdir()?;
+    let pki = TestPki::write(dir.path())?;
+    let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
+    let addr = listener.local_addr()?;
+    let (mut sessions, trusted) = serve_fake(&pki.ca, listener)?;
+    let dp = DataPlane::bind(DataPlaneConfig {
+        gateway_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+        control_plane_url: format!("https://{addr}"),
+        control_plane_trust: trust(&pki),
+        node_id: "dp-test-3".into(),
+        heartbeat_interval: Duration::from_secs(3600),
+        ..Default::default()
+    })
+    .await?;
+    let base = format!("http://{}", dp.local_addr());
+    let store = dp.snapshot_store();
+    let (_stop, stopped) = oneshot::channel::<()>();
+    tokio::spawn(dp.run(async move {
+        let _ = stopped.await;
+    }));
+    let http = reqwest::Client::builder().no_proxy().build()?;
+    let chat = || {
+        http.post(format!("{base}/openai/deployments/auto/chat/completions?api-version=2024-10-21"))
+            .header("api-key", CLIENT_KEY)
+            .header("content-type", "application/json")
+            .body(r#"{"messages":[{"role":"user","content":"hi"}]}"#)
+            .send()
+    };
+
+    // The trusted control plane's snapshot is applied and serves.
+    let session = next_session(&mut sessions).await?;
+    let mut session = session;
+    session.send(wire_snapshot(1, EndpointId::new(), &mock.base_url(), upstream_key)).await?;
+    session.expect(|k| if let Kind::Ack(a) = k { Some(a) } else { None }).await?;
+    assert_eq!(chat().await?.status(), 200);
+
+    // The control plane goes away and something else answers on its address with a
+    // certificate from another CA, ready to push a snapshot of its own.
+    trusted.abort();
+    drop(session);
+    drop(sessions);
+    let rogue_ca = TestCa::new("rogue CA")?;
+    let listener = loop {
+        // The trusted server's socket may take a moment to close.
+        match tokio::net::TcpListener::bind(addr).await {
+            Ok(listener) => break listener,
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    };
+    let (mut rogue_sessions, _rogue) = serve_fake(&rogue_ca, listener)?;
+    // Several reconnect attempts (backoff starts at 100 ms, capped at 5 s) all refuse it.
+    let reached = tokio::time::timeout(Duration::from_secs(3), rogue_sessions.recv()).await;
+    assert!(
+        reached.is_err(),
+        "the data plane opened a stream to a control plane it does not trust"
+    );
+    assert_eq!(store.version().0, 1, "nothing applied from it");
+    let response = chat().await?;
+    assert_eq!(response.status(), 200, "the last snapshot keeps serving");
+    assert_eq!(mock.calls("gpt-4o-eus"), 2);
     Ok(())
 }

@@ -16,7 +16,7 @@ use crate::harness::{Harness, Reply, endpoint_body, id_of};
 const KEY: &str = "azkey-0123456789abcdef0123456789abcdef";
 
 /// The request schemas and the operation each is sent to.
-const REQUEST_SCHEMAS: [&str; 8] = [
+const REQUEST_SCHEMAS: [&str; 9] = [
     "CreateApiTokenRequest",
     "CreateEndpointRequest",
     "UpdateEndpointRequest",
@@ -25,6 +25,7 @@ const REQUEST_SCHEMAS: [&str; 8] = [
     "UpdateGatewayRequest",
     "GatewayMemberInput",
     "RoutingInput",
+    "CreateDataPlaneTokenRequest",
 ];
 
 const RULE_KEYWORDS: [&str; 7] =
@@ -146,6 +147,11 @@ impl World {
                 let mut body = json!({"name": fresh_name, "role": "viewer"});
                 body[field] = value;
                 (Method::POST, "/api/v1/api-tokens".to_owned(), body, field.to_owned())
+            }
+            "CreateDataPlaneTokenRequest" => {
+                let mut body = json!({"name": self.unique(12)});
+                body[field] = value;
+                (Method::POST, "/api/v1/data-plane-tokens".to_owned(), body, field.to_owned())
             }
             other => panic!("no operation for {other}"),
         };
@@ -332,6 +338,8 @@ async fn every_documented_rule_is_the_validators_rule() {
         "CreateApiTokenRequest.name",
         "CreateApiTokenRequest.role",
         "CreateApiTokenRequest.expires_in_seconds",
+        "CreateDataPlaneTokenRequest.name",
+        "CreateDataPlaneTokenRequest.max_data_planes",
     ] {
         assert!(checked.contains(expected), "{expected} has no rule in the document");
     }

@@ -4,16 +4,11 @@ use std::time::{Duration, Instant};
 
 use http::StatusCode;
 use modelgw_proto::cfg;
-use modelgw_proto::cfg::config_discovery_client::ConfigDiscoveryClient;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 
 use crate::harness::{Harness, WAIT, endpoint_body, id_of};
-
-fn msg(kind: cfg::data_plane_message::Kind) -> cfg::DataPlaneMessage {
-    cfg::DataPlaneMessage { kind: Some(kind) }
-}
+use peer::{Grpc, msg};
 
 fn health(endpoint_id: &str, state: cfg::EndpointState, reason: &str) -> cfg::DataPlaneMessage {
     let until = chrono::Utc::now() + chrono::Duration::minutes(10);
@@ -51,19 +46,10 @@ impl DataPlane {
     /// publisher reloads asynchronously after each commit, so the first snapshot sent may
     /// predate the endpoints just created, and reports about endpoints a snapshot does not
     /// know are ignored.
-    async fn subscribe(h: &Harness, addr: std::net::SocketAddr, node_id: &str) -> DataPlane {
-        let mut client =
-            ConfigDiscoveryClient::connect(format!("http://{addr}")).await.expect("connects");
-        let (tx, rx) = mpsc::channel(16);
-        tx.send(msg(cfg::data_plane_message::Kind::Hello(cfg::Hello {
-            node_id: node_id.into(),
-            applied_version: 0,
-            build_version: "test".into(),
-        })))
-        .await
-        .expect("send hello");
-        let inbound = client.stream(ReceiverStream::new(rx)).await.expect("stream").into_inner();
-        let mut dp = DataPlane { tx, inbound };
+    async fn subscribe(h: &Harness, grpc: &Grpc, token: &str, node_id: &str) -> DataPlane {
+        let channel = grpc.channel().await;
+        let stream = Grpc::open(&channel, token, node_id).await.expect("stream");
+        let mut dp = DataPlane { tx: stream.tx, inbound: stream.inbound };
         let current = h.store.config_version().await.expect("version").0;
         loop {
             let next = dp.inbound.message().await.expect("message").expect("a message");
@@ -101,16 +87,12 @@ async fn states_follow_fleet_health_reports() {
     let e1_path = format!("/api/v1/inference-endpoints/{e1}");
     let e2_path = format!("/api/v1/inference-endpoints/{e2}");
 
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = h.distribution.serve_grpc(listener, async {
-        let _ = stop_rx.await;
-    });
+    let (grpc, stop_tx, server) = Grpc::start(&h).await;
+    let token = peer::token(&h, "dp").await;
 
     let scenario = async {
-        let dp_a = DataPlane::subscribe(&h, addr, "dp-a").await;
-        let dp_b = DataPlane::subscribe(&h, addr, "dp-b").await;
+        let dp_a = DataPlane::subscribe(&h, &grpc, &token, "dp-a").await;
+        let dp_b = DataPlane::subscribe(&h, &grpc, &token, "dp-b").await;
         let version = h.store.config_version().await.expect("version").0;
         let status = wait_until(&h, "/api/v1/status", |s| {
             s["data_planes"]
@@ -186,8 +168,144 @@ async fn states_follow_fleet_health_reports() {
         drop((dp_a, dp_b));
         let _ = stop_tx.send(());
     };
-    let (served, ()) = tokio::join!(server, scenario);
-    served.expect("gRPC server");
+    tokio::join!(server, scenario);
+}
+
+/// The harness's distribution served over gRPC with TLS on loopback, in join-token mode (the
+/// mode an admin API test can drive end to end: tokens come from `/api/v1/data-plane-tokens`),
+/// and a data plane's side of a stream. Here because this file is the admin API tests' one
+/// wire peer (`model/tests/protocol_boundary.rs`); other tests use it without naming wire types.
+pub(crate) mod peer {
+    use http::{Method, StatusCode};
+    use modelgw_control_plane::{GrpcSecurity, GrpcSettings, TlsFiles};
+    use modelgw_mock_openai::pki::TestPki;
+    use modelgw_proto::cfg;
+    use modelgw_proto::cfg::config_discovery_client::ConfigDiscoveryClient;
+    use serde_json::{Value, json};
+    use std::future::Future;
+    use std::net::SocketAddr;
+    use tokio::sync::{mpsc, oneshot};
+    use tokio_stream::wrappers::ReceiverStream;
+    use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+
+    use crate::harness::Harness;
+
+    /// The address and CA of a gRPC server of `Harness::distribution`.
+    pub struct Grpc {
+        pub addr: SocketAddr,
+        pki: TestPki,
+        _dir: tempfile::TempDir,
+    }
+
+    /// Stops the server when sent (or dropped).
+    pub type Stop = oneshot::Sender<()>;
+
+    impl Grpc {
+        /// Binds a server of `h`'s distribution with a fresh test CA's certificate (data planes
+        /// use tokens); the returned future serves until `Stop` fires. Run it next to the
+        /// scenario (`tokio::join!`): it borrows the harness.
+        pub async fn start(h: &Harness) -> (Grpc, Stop, impl Future<Output = ()> + '_) {
+            Grpc::start_with(h, |settings| settings).await
+        }
+
+        /// Like [`Grpc::start`], with the settings adjusted by `adjust`.
+        pub async fn start_with(
+            h: &Harness,
+            adjust: impl FnOnce(GrpcSettings) -> GrpcSettings,
+        ) -> (Grpc, Stop, impl Future<Output = ()> + '_) {
+            let dir = tempfile::tempdir().expect("temp dir");
+            let pki = TestPki::write(dir.path()).expect("test PKI");
+            let files = TlsFiles {
+                cert: pki.server_cert_file.clone(),
+                key: pki.server_key_file.clone(),
+                client_ca: None,
+            };
+            let settings = adjust(GrpcSettings::new(GrpcSecurity::tls(files).expect("TLS")));
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            let addr = listener.local_addr().expect("addr");
+            let (stop, stopped) = oneshot::channel::<()>();
+            let serve = async move {
+                h.distribution
+                    .serve_grpc(listener, settings, async {
+                        let _ = stopped.await;
+                    })
+                    .await
+                    .expect("gRPC server");
+            };
+            (Grpc { addr, pki, _dir: dir }, stop, serve)
+        }
+
+        /// A TLS channel that trusts the server's CA.
+        pub async fn channel(&self) -> Channel {
+            let ca = std::fs::read(&self.pki.ca_file).expect("CA file");
+            Endpoint::from_shared(format!("https://{}", self.addr))
+                .expect("URL")
+                .tls_config(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca)))
+                .expect("TLS config")
+                .connect()
+                .await
+                .expect("connects")
+        }
+
+        /// Opens a stream on `channel` presenting `token`, whose first message is a `Hello` as
+        /// `node_id`; the error is the call's status.
+        pub async fn open(
+            channel: &Channel,
+            token: &str,
+            node_id: &str,
+        ) -> Result<Stream, tonic::Status> {
+            let (tx, rx) = mpsc::channel(16);
+            tx.send(msg(cfg::data_plane_message::Kind::Hello(cfg::Hello {
+                node_id: node_id.into(),
+                applied_version: 0,
+                build_version: "test".into(),
+            })))
+            .await
+            .expect("send hello");
+            let mut request = tonic::Request::new(ReceiverStream::new(rx));
+            request
+                .metadata_mut()
+                .insert("authorization", format!("Bearer {token}").parse().expect("header value"));
+            let inbound =
+                ConfigDiscoveryClient::new(channel.clone()).stream(request).await?.into_inner();
+            Ok(Stream { tx, inbound })
+        }
+    }
+
+    /// A data plane's side of a stream.
+    pub struct Stream {
+        pub tx: mpsc::Sender<cfg::DataPlaneMessage>,
+        pub inbound: tonic::Streaming<cfg::ControlPlaneMessage>,
+    }
+
+    pub fn msg(kind: cfg::data_plane_message::Kind) -> cfg::DataPlaneMessage {
+        cfg::DataPlaneMessage { kind: Some(kind) }
+    }
+
+    /// Creates a data-plane token through the admin API; returns the response body.
+    pub async fn create_token(h: &Harness, body: Value) -> Value {
+        h.call(Method::POST, "/api/v1/data-plane-tokens", Some(body))
+            .await
+            .expect(StatusCode::CREATED)
+            .json()
+    }
+
+    /// Creates a token named `name`; returns the token.
+    pub async fn token(h: &Harness, name: &str) -> String {
+        let created = create_token(h, json!({"name": name})).await;
+        created["token"].as_str().expect("token").to_owned()
+    }
+
+    impl Stream {
+        /// The next message, which must be a snapshot.
+        pub async fn snapshot(&mut self) {
+            let first = self.inbound.message().await.expect("message").expect("a message");
+            assert!(
+                matches!(first.kind, Some(cfg::control_plane_message::Kind::Snapshot(_))),
+                "{first:?}"
+            );
+        }
+    }
 }
 
 impl DataPlane {
@@ -229,16 +347,12 @@ async fn long_windows_are_capped_and_a_reset_reaches_every_data_plane_at_once() 
     let h = Harness::start().await;
     let e1 = id_of(&h.create_endpoint(endpoint_body("eus", "azkey-0123456789abcdef-1")).await);
     let e1_path = format!("/api/v1/inference-endpoints/{e1}");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = h.distribution.serve_grpc(listener, async {
-        let _ = stop_rx.await;
-    });
+    let (grpc, stop_tx, server) = Grpc::start(&h).await;
+    let token = peer::token(&h, "dp").await;
 
     let scenario = async {
-        let mut dp_a = DataPlane::subscribe(&h, addr, "dp-a").await;
-        let mut dp_b = DataPlane::subscribe(&h, addr, "dp-b").await;
+        let mut dp_a = DataPlane::subscribe(&h, &grpc, &token, "dp-a").await;
+        let mut dp_b = DataPlane::subscribe(&h, &grpc, &token, "dp-b").await;
         let until_9999 = chrono::DateTime::parse_from_rfc3339("9999-12-31T00:00:00Z")
             .expect("a date")
             .timestamp_millis();
@@ -302,6 +416,5 @@ async fn long_windows_are_capped_and_a_reset_reaches_every_data_plane_at_once() 
         drop((dp_a, dp_b));
         let _ = stop_tx.send(());
     };
-    let (served, ()) = tokio::join!(server, scenario);
-    served.expect("gRPC server");
+    tokio::join!(server, scenario);
 }

@@ -9,6 +9,7 @@ mod azure;
 mod bad_input;
 mod contract;
 mod crud;
+mod data_plane_tokens;
 mod harness;
 mod health;
 mod oidc;

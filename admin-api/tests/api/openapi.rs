@@ -129,7 +129,7 @@ async fn the_document_lists_exactly_the_routes_the_router_serves() {
         "the probe sees exactly the registered paths"
     );
     assert_eq!(documented, served, "documented (left) vs served by the router (right)");
-    assert_eq!(documented.len(), 16, "the sixteen paths of /api/v1");
+    assert_eq!(documented.len(), 18, "the eighteen paths of /api/v1");
 }
 
 #[test]
@@ -209,6 +209,7 @@ fn secrets_are_write_only_and_defaults_are_documented() {
     assert_eq!(schemas["UpdateEndpointRequest"]["properties"]["api_key"]["writeOnly"], true);
     assert!(schemas["EndpointResponse"]["properties"].get("api_key").is_none());
     assert!(schemas["KeyResponse"]["properties"].get("key").is_none());
+    assert!(schemas["DataPlaneTokenResponse"]["properties"].get("token").is_none());
     assert_eq!(schemas["ImportRequest"]["properties"]["auth"]["default"], "api_key");
     let member = &schemas["GatewayMemberInput"]["properties"];
     assert_eq!(member["enabled"]["default"], true);
@@ -253,7 +254,7 @@ fn operation_ids_are_unique() {
             assert!(ids.insert(id.to_owned()), "duplicate operationId {id}");
         }
     }
-    assert_eq!(ids.len(), 24);
+    assert_eq!(ids.len(), 27);
 }
 
 #[test]

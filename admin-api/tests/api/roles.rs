@@ -13,11 +13,14 @@ use serde_json::{Value, json};
 use crate::harness::{Harness, endpoint_body, id_of};
 
 /// The policy: `viewer` reads; `operator` also changes endpoints, gateways, keys and
-/// runs Azure discovery, import and proposals; `admin` also manages API tokens.
+/// runs Azure discovery, import and proposals and resets endpoint health; `admin` also manages
+/// API tokens and data-plane tokens.
 fn expected_role(method: &Method, path: &str) -> Role {
     if method == Method::GET {
         Role::Viewer
-    } else if path.starts_with("/api/v1/api-tokens") {
+    } else if path.starts_with("/api/v1/api-tokens")
+        || path.starts_with("/api/v1/data-plane-tokens")
+    {
         Role::Admin
     } else {
         Role::Operator
@@ -175,6 +178,26 @@ impl World {
             ("DELETE", "/api/v1/api-tokens/{id}") => {
                 let (id, _) = self.h.api_token(&self.unique("t"), "viewer").await;
                 ok(format!("/api/v1/api-tokens/{id}"), None, StatusCode::NO_CONTENT)
+            }
+            ("GET", "/api/v1/data-plane-tokens") => ok(template.into(), None, StatusCode::OK),
+            ("POST", "/api/v1/data-plane-tokens") => ok(
+                template.into(),
+                Some(json!({"name": self.unique("dp").replace('-', "_")})),
+                StatusCode::CREATED,
+            ),
+            ("DELETE", "/api/v1/data-plane-tokens/{id}") => {
+                let name = self.unique("dp").replace('-', "_");
+                let created = self
+                    .h
+                    .call(Method::POST, "/api/v1/data-plane-tokens", Some(json!({"name": name})))
+                    .await
+                    .expect(StatusCode::CREATED)
+                    .json();
+                ok(
+                    format!("/api/v1/data-plane-tokens/{}", id_of(&created)),
+                    None,
+                    StatusCode::NO_CONTENT,
+                )
             }
             ("GET", "/api/v1/audit-log") => ok(template.into(), None, StatusCode::OK),
             (m, p) => panic!("no fixture for {m} {p}: add one to tests/api/roles.rs"),

@@ -11,13 +11,22 @@
 //! stream sends the current snapshot at once (even when the `Hello` says the data plane
 //! already has that version: a repeat is harmless and keeps the protocol stateless), then
 //! each newer published version. The reader tells the response stream when to end (client
-//! gone, replaced by a newer stream of the same node, or shutdown).
+//! gone, replaced by a newer stream of the same node, its token revoked, its message budget
+//! spent, or shutdown).
+//!
+//! Trust: the port is TLS ([`GrpcSecurity::tls`]) unless the operator chose plaintext
+//! ([`GrpcSecurity::insecure`]). Before anything is read from a stream its peer is
+//! authenticated (client certificate from the configured CA, or an active join token); then
+//! its `Hello` must name a node id the peer is bound to ([`Peer::may_register`]) and fit the
+//! registry's bounds. A refused stream gets its status and nothing else: no snapshot, and no
+//! message of it reaches the registry.
 
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::Stream;
+use modelgw_model::limits::truncate_chars;
 use modelgw_model::protocol::{DataPlaneMessage, FleetHealth, HealthReport, Hello};
 use modelgw_model::wire::cfg;
 use modelgw_model::{ConfigVersion, NodeId};
@@ -27,7 +36,13 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument as _;
 
+use super::admission::{MessageBudget, Peer, RegistrationRate};
+use super::join_tokens::{ActiveTokens, JoinTokens, TOKEN_POLL_INTERVAL};
+use super::registry::RegistrationLimits;
+use super::tls::{ServerTls, TLS_RELOAD_INTERVAL, TlsError, TlsFiles, certificate_identities};
 use super::{ConnectionId, DataPlaneRegistry, PublishedSnapshot};
+use crate::store::DataPlaneTokenId;
+use crate::{Store, StoreError};
 
 /// How long a new stream may take to send its `Hello`; a client that connects and says
 /// nothing holds a task and a connection, so it is cut off after this.
@@ -39,28 +54,195 @@ const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(15);
 /// How long to wait for the PING answer before closing the connection.
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Largest message a data plane may send. Its messages are a `Hello`, ACK/NACKs, heartbeats
+/// and health reports of at most 256 endpoints (a few dozen KiB); 1 MiB leaves room while a
+/// peer cannot make the control plane buffer tonic's 4 MiB default (or more) per message.
+pub const MAX_INBOUND_MESSAGE_BYTES: usize = 1024 * 1024;
+
+/// Concurrent streams on one HTTP/2 connection. A data plane needs one (a reconnect opens a
+/// new connection); a few allow for an overlap, while one connection cannot register
+/// hundreds of node ids at once.
+pub const MAX_STREAMS_PER_CONNECTION: u32 = 4;
+
+/// Messages a stream may send at once before the rate applies. A data plane sends a
+/// heartbeat every 5 s, an ACK per snapshot and a health report per burst of changes (256
+/// endpoints each): 100 covers a fleet-wide incident's reports.
+pub const MESSAGE_BURST: u32 = 100;
+
+/// Sustained messages per second per stream; a stream beyond it is ended with
+/// `RESOURCE_EXHAUSTED` (the data plane reconnects with backoff, so a bug slows down rather
+/// than floods the registry and the health writer).
+pub const MESSAGES_PER_SECOND: u32 = 20;
+
+/// Registrations a connection may make at once (each admitted `Hello`), then
+/// [`REGISTRATIONS_PER_SECOND`]. A data plane registers once per connection; a few allow for a
+/// stream replaced on the same connection.
+pub const REGISTRATION_BURST: u32 = 8;
+
+/// Sustained registrations per second per connection.
+pub const REGISTRATIONS_PER_SECOND: u32 = 1;
+
+/// Longest node id quoted in a log line.
+const LOGGED_NODE_ID_CHARS: usize = 128;
+
+/// How the distribution port is secured; built once at start, so unreadable or mismatched
+/// files fail the start rather than the first data plane.
+#[derive(Clone, Debug)]
+pub struct GrpcSecurity(Security);
+
+#[derive(Clone, Debug)]
+enum Security {
+    Tls(Arc<ServerTls>),
+    Insecure,
+}
+
+/// How data planes authenticate on the distribution port.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClientAuth {
+    /// mTLS: a client certificate from the configured CA; node id = a SAN of it.
+    Certificate,
+    /// A join token (`authorization: Bearer …`) over TLS; node id bound to the token's name.
+    Token,
+    /// Plaintext, nobody authenticated (`--insecure-grpc`).
+    None,
+}
+
+impl ClientAuth {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClientAuth::Certificate => "certificate",
+            ClientAuth::Token => "token",
+            ClientAuth::None => "none",
+        }
+    }
+}
+
+impl GrpcSecurity {
+    /// TLS with these files, read and checked now: mTLS when `files.client_ca` is set, join
+    /// tokens otherwise.
+    pub fn tls(files: TlsFiles) -> Result<GrpcSecurity, TlsError> {
+        Ok(GrpcSecurity(Security::Tls(Arc::new(ServerTls::load(files)?))))
+    }
+
+    /// Plaintext and unauthenticated: for a development machine only.
+    pub fn insecure() -> GrpcSecurity {
+        GrpcSecurity(Security::Insecure)
+    }
+
+    pub fn client_auth(&self) -> ClientAuth {
+        match &self.0 {
+            Security::Tls(tls) if tls.client_certificates() => ClientAuth::Certificate,
+            Security::Tls(_) => ClientAuth::Token,
+            Security::Insecure => ClientAuth::None,
+        }
+    }
+
+    /// Whether the port speaks TLS (`https://` for data planes).
+    pub fn is_tls(&self) -> bool {
+        matches!(self.0, Security::Tls(_))
+    }
+}
+
+/// Everything the gRPC server is configured with.
+#[derive(Clone, Debug)]
+pub struct GrpcSettings {
+    pub security: GrpcSecurity,
+    pub limits: RegistrationLimits,
+    /// How often certificate files are checked for changes; see [`TLS_RELOAD_INTERVAL`].
+    pub tls_reload_interval: Duration,
+    /// How often active join tokens are re-read; see [`TOKEN_POLL_INTERVAL`].
+    pub token_poll_interval: Duration,
+}
+
+impl GrpcSettings {
+    /// `security` with the default bounds and intervals.
+    pub fn new(security: GrpcSecurity) -> GrpcSettings {
+        GrpcSettings {
+            security,
+            limits: RegistrationLimits::default(),
+            tls_reload_interval: TLS_RELOAD_INTERVAL,
+            token_poll_interval: TOKEN_POLL_INTERVAL,
+        }
+    }
+}
+
+/// Why the gRPC server stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum GrpcServeError {
+    #[error("gRPC transport: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    #[error("reading the data-plane tokens: {0}")]
+    Store(#[from] StoreError),
+}
+
 pub(super) async fn serve(
     snapshots: watch::Receiver<Arc<PublishedSnapshot>>,
     registry: DataPlaneRegistry,
+    store: Store,
     listener: tokio::net::TcpListener,
+    settings: GrpcSettings,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<(), tonic::transport::Error> {
+) -> Result<(), GrpcServeError> {
     let (stopping_tx, stopping) = watch::channel(false);
-    let service = DiscoveryService { snapshots, registry, stopping };
-    if let Ok(addr) = listener.local_addr() {
-        tracing::info!(%addr, "config distribution (gRPC) listening");
+    registry.set_limits(settings.limits);
+    let client_auth = settings.security.client_auth();
+    let mut tasks = Vec::new();
+    if client_auth == ClientAuth::Token {
+        // Before the first connection, so a valid token is never refused at start.
+        registry.tokens.reload(&store).await?;
+        let tokens = registry.tokens.clone().keep_fresh(store, settings.token_poll_interval);
+        tasks.push(super::AbortOnDrop(tokio::spawn(
+            tokens.instrument(tracing::info_span!("data_plane_tokens")),
+        )));
     }
-    tonic::transport::Server::builder()
+    if let Security::Tls(tls) = &settings.security.0 {
+        let reload = tls.clone().keep_fresh(settings.tls_reload_interval);
+        tasks.push(super::AbortOnDrop(tokio::spawn(
+            reload.instrument(tracing::info_span!("tls_reload")),
+        )));
+    }
+    let service = DiscoveryService {
+        snapshots,
+        registrations: RegistrationRate::new(REGISTRATION_BURST, REGISTRATIONS_PER_SECOND),
+        tokens: registry.tokens.clone(),
+        registry,
+        stopping,
+        client_auth,
+    };
+    if let Ok(addr) = listener.local_addr() {
+        match client_auth {
+            ClientAuth::None => {
+                tracing::warn!(%addr, "config distribution (gRPC) listening in PLAINTEXT with no authentication (--insecure-grpc): anyone who reaches this port gets every endpoint's API key; use TLS outside a development machine")
+            }
+            auth => {
+                tracing::info!(%addr, tls = true, client_auth = auth.as_str(), "config distribution (gRPC) listening")
+            }
+        }
+    }
+    let router = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
-        .add_service(ConfigDiscoveryServer::new(service))
-        .serve_with_incoming_shutdown(incoming(listener), async move {
-            shutdown.await;
-            tracing::info!("config distribution shutting down; ending open streams");
-            // Streams never end by themselves: tell them to, or graceful shutdown waits forever.
-            let _ = stopping_tx.send(true);
-        })
-        .await
+        .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
+        .add_service(
+            ConfigDiscoveryServer::new(service)
+                .max_decoding_message_size(MAX_INBOUND_MESSAGE_BYTES),
+        );
+    let shutdown = async move {
+        shutdown.await;
+        tracing::info!("config distribution shutting down; ending open streams");
+        // Streams never end by themselves: tell them to, or graceful shutdown waits forever.
+        let _ = stopping_tx.send(true);
+    };
+    let served = match &settings.security.0 {
+        Security::Tls(tls) => {
+            router.serve_with_incoming_shutdown(tls.incoming(listener), shutdown).await
+        }
+        Security::Insecure => {
+            router.serve_with_incoming_shutdown(incoming(listener), shutdown).await
+        }
+    };
+    drop(tasks);
+    Ok(served?)
 }
 
 /// Accepted connections with Nagle's algorithm off. tonic ignores its own `tcp_nodelay` for
@@ -83,7 +265,45 @@ fn incoming(
 struct DiscoveryService {
     snapshots: watch::Receiver<Arc<PublishedSnapshot>>,
     registry: DataPlaneRegistry,
+    tokens: JoinTokens,
+    /// Registrations per connection.
+    registrations: RegistrationRate,
     stopping: watch::Receiver<bool>,
+    client_auth: ClientAuth,
+}
+
+impl DiscoveryService {
+    /// Who opened the stream, from its TLS client certificate or its join token.
+    fn authenticate<T>(&self, request: &Request<T>) -> Result<Peer, Status> {
+        match self.client_auth {
+            ClientAuth::None => Ok(Peer::Unauthenticated),
+            ClientAuth::Certificate => {
+                // The handshake already required a certificate from the configured CA.
+                let certs = request.peer_certs().unwrap_or_default();
+                let leaf = certs
+                    .first()
+                    .ok_or_else(|| Status::unauthenticated("a client certificate is required"))?;
+                Ok(Peer::Certificate { identities: certificate_identities(leaf) })
+            }
+            ClientAuth::Token => {
+                let presented = request
+                    .metadata()
+                    .get("authorization")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.strip_prefix("Bearer "))
+                    .map(str::trim)
+                    .ok_or_else(|| {
+                        Status::unauthenticated(
+                            "a data-plane token is required (authorization: Bearer <token>)",
+                        )
+                    })?;
+                self.tokens
+                    .authenticate(presented)
+                    .map(Peer::Token)
+                    .ok_or_else(|| Status::unauthenticated("unknown or revoked data-plane token"))
+            }
+        }
+    }
 }
 
 type OutboundStream = Pin<Box<dyn Stream<Item = Result<cfg::ControlPlaneFrame, Status>> + Send>>;
@@ -96,14 +316,37 @@ impl ConfigDiscovery for DiscoveryService {
         &self,
         request: Request<Streaming<cfg::DataPlaneMessage>>,
     ) -> Result<Response<Self::StreamStream>, Status> {
-        let peer = request.remote_addr();
+        let addr = request.remote_addr();
+        let refused = |who: &str, node_id: Option<&NodeId>, status: &Status| {
+            let node_id = node_id.map(|n| truncate_chars(&n.0, LOGGED_NODE_ID_CHARS));
+            tracing::warn!(peer = ?addr, who, node_id, code = ?status.code(), reason = status.message(), "config stream refused");
+        };
+        let peer = self
+            .authenticate(&request)
+            .inspect_err(|status| refused("unauthenticated", None, status))?;
+        let who = peer.describe();
         let mut inbound = request.into_inner();
-        let hello = read_hello(&mut inbound).await.inspect_err(|status| {
-            tracing::warn!(peer = ?peer, code = ?status.code(), reason = status.message(), "config stream refused");
-        })?;
+        let hello =
+            read_hello(&mut inbound).await.inspect_err(|status| refused(&who, None, status))?;
         let Hello { node_id, applied_version, build_version } = hello;
-        let (connection, replaced) = self.registry.connect(&node_id, applied_version);
-        let span = tracing::info_span!("config_stream", node_id = %node_id, connection = %connection, peer = ?peer);
+        peer.may_register(&node_id.0)
+            .map_err(Status::permission_denied)
+            .inspect_err(|status| refused(&who, Some(&node_id), status))?;
+        if let Some(addr) = addr
+            && !self.registrations.allow(addr)
+        {
+            let status = Status::resource_exhausted(format!(
+                "more than {REGISTRATION_BURST} registrations on one connection, or {REGISTRATIONS_PER_SECOND} per second"
+            ));
+            refused(&who, Some(&node_id), &status);
+            return Err(status);
+        }
+        let (connection, replaced) = self
+            .registry
+            .connect(&node_id, applied_version, &peer)
+            .map_err(|full| Status::resource_exhausted(full.to_string()))
+            .inspect_err(|status| refused(&who, Some(&node_id), status))?;
+        let span = tracing::info_span!("config_stream", node_id = %node_id, connection = %connection, peer = ?addr, who);
         span.in_scope(|| {
             tracing::info!(
                 applied_version = applied_version.0,
@@ -112,12 +355,18 @@ impl ConfigDiscovery for DiscoveryService {
             );
         });
         let (stop_tx, stop_rx) = oneshot::channel();
+        let revocation = match &peer {
+            Peer::Token(grant) => Some((grant.id, self.tokens.subscribe())),
+            _ => None,
+        };
         let session = Session {
             node_id,
             connection,
             registry: self.registry.clone(),
             snapshots: self.snapshots.clone(),
             stop: Some(stop_tx),
+            budget: MessageBudget::new(MESSAGE_BURST, MESSAGES_PER_SECOND),
+            revocation,
         };
         tokio::spawn(
             session.run(inbound, replaced, self.stopping.clone()).instrument(span.clone()),
@@ -149,6 +398,25 @@ struct Session {
     snapshots: watch::Receiver<Arc<PublishedSnapshot>>,
     /// Ends the response stream; `Some(status)` ends it with that error.
     stop: Option<oneshot::Sender<Option<Status>>>,
+    /// Messages this stream may still send (a token bucket).
+    budget: MessageBudget,
+    /// The join token the stream authenticated with, and the active tokens to watch.
+    revocation: Option<(DataPlaneTokenId, watch::Receiver<Arc<ActiveTokens>>)>,
+}
+
+/// Resolves when the token `id` is no longer active (never for a stream without a token).
+async fn revoked(revocation: Option<(DataPlaneTokenId, watch::Receiver<Arc<ActiveTokens>>)>) {
+    let Some((id, mut active)) = revocation else {
+        return std::future::pending().await;
+    };
+    loop {
+        if !active.borrow_and_update().contains(id) {
+            return;
+        }
+        if active.changed().await.is_err() {
+            return std::future::pending().await;
+        }
+    }
 }
 
 impl Session {
@@ -158,8 +426,16 @@ impl Session {
         replaced: Arc<Notify>,
         mut stopping: watch::Receiver<bool>,
     ) {
+        let revoked = revoked(self.revocation.take());
+        tokio::pin!(revoked);
         loop {
             tokio::select! {
+                () = &mut revoked => {
+                    tracing::warn!("the stream's data-plane token was revoked; closing it");
+                    self.registry.disconnect(&self.node_id, self.connection);
+                    self.end(Some(Status::unauthenticated("the data-plane token was revoked")));
+                    return;
+                }
                 () = replaced.notified() => {
                     tracing::warn!("stream replaced by a newer one with the same node id; closing it");
                     self.end(Some(Status::aborted("replaced by a newer stream with the same node id")));
@@ -172,6 +448,14 @@ impl Session {
                 }
                 message = inbound.message() => match message {
                     Ok(Some(message)) => {
+                        if !self.budget.take() {
+                            tracing::warn!(burst = MESSAGE_BURST, per_second = MESSAGES_PER_SECOND, "data plane exceeded its message budget; closing the stream");
+                            self.registry.disconnect(&self.node_id, self.connection);
+                            self.end(Some(Status::resource_exhausted(format!(
+                                "more than {MESSAGE_BURST} messages at once or {MESSAGES_PER_SECOND} per second"
+                            ))));
+                            return;
+                        }
                         if !self.handle(message) {
                             tracing::warn!("stream no longer owns its registry entry; closing it");
                             self.end(Some(Status::aborted("replaced by a newer stream with the same node id")));

@@ -11,7 +11,46 @@ use modelgw_model::{ConfigVersion, EndpointId, EndpointState, NodeId};
 use tokio::sync::{Notify, watch};
 
 use super::PublishedSnapshot;
+use super::admission::{Owner, Peer};
 use super::health::{self, EndpointHealthView};
+use super::join_tokens::JoinTokens;
+
+/// Data planes the registry holds at most unless the operator sets a bound
+/// (`MODELGW_MAX_DATA_PLANES`): far above any real fleet of one control plane, low enough that
+/// `/api/v1/status` and the registry's memory stay small whatever connects.
+pub const DEFAULT_MAX_DATA_PLANES: usize = 1_000;
+
+/// How long a disconnected data plane stays in the registry (and `/api/v1/status`) unless the
+/// operator sets it (`MODELGW_DATA_PLANE_RETENTION`): long enough to see a replica that went
+/// away in the last incident or rollout, short enough that churned pod names do not pile up.
+pub const DEFAULT_DATA_PLANE_RETENTION: Duration = Duration::from_secs(15 * 60);
+
+/// Bounds on node registrations.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RegistrationLimits {
+    /// Most entries (connected or not) at once; see [`DEFAULT_MAX_DATA_PLANES`].
+    pub max_data_planes: usize,
+    /// How long a disconnected entry is kept; see [`DEFAULT_DATA_PLANE_RETENTION`].
+    pub retention: Duration,
+}
+
+impl Default for RegistrationLimits {
+    fn default() -> Self {
+        RegistrationLimits {
+            max_data_planes: DEFAULT_MAX_DATA_PLANES,
+            retention: DEFAULT_DATA_PLANE_RETENTION,
+        }
+    }
+}
+
+/// Why a registration was refused.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum RegistrationRefused {
+    #[error("the registry holds its maximum of {max} connected data planes")]
+    RegistryFull { max: usize },
+    #[error("token {token:?} already has its maximum of {max} connected data planes")]
+    TokenFull { token: String, max: u32 },
+}
 
 /// What operators see of one data plane.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -27,7 +66,11 @@ pub struct DataPlaneStatus {
 /// Registry of data planes. Cheap to clone.
 ///
 /// Semantics:
-/// - One entry per node id, kept after disconnect (`connected = false`) for operators.
+/// - One entry per node id, kept after disconnect (`connected = false`) for operators for
+///   [`RegistrationLimits::retention`], then dropped.
+/// - Bounded: at most [`RegistrationLimits::max_data_planes`] entries, and at most a token's
+///   `max_data_planes` entries registered with that token. A new node id beyond a bound first
+///   pushes out the oldest disconnected entry it counts against; with none, it is refused.
 /// - A second stream with the same node id takes over the entry; the older stream is ended
 ///   with `ABORTED`, so two processes that share a node id show up as a flapping connection
 ///   in the logs rather than as silently mixed state.
@@ -49,6 +92,8 @@ pub struct DataPlaneRegistry {
     pub(super) persist: Option<Arc<health::PendingWrites>>,
     /// The longest window a report may claim, from its reception (see [`health`]).
     max_health_window: Duration,
+    /// The join tokens data planes may present (kept fresh while the gRPC port serves).
+    pub(super) tokens: JoinTokens,
 }
 
 impl Default for DataPlaneRegistry {
@@ -59,6 +104,7 @@ impl Default for DataPlaneRegistry {
             fleet: Arc::new(fleet),
             persist: None,
             max_health_window: health::DEFAULT_MAX_HEALTH_WINDOW,
+            tokens: JoinTokens::default(),
         }
     }
 }
@@ -71,6 +117,7 @@ struct RegistryInner {
     /// The latest operator reset per endpoint: reports received up to it do not count.
     resets: HashMap<EndpointId, DateTime<Utc>>,
     next_connection: u64,
+    limits: RegistrationLimits,
 }
 
 struct NodeEntry {
@@ -79,6 +126,8 @@ struct NodeEntry {
     connection: ConnectionId,
     /// Woken when a newer stream with the same node id takes over.
     replaced: Arc<Notify>,
+    /// How the stream that registered it authenticated.
+    owner: Owner,
 }
 
 /// Identifies one gRPC stream within this process.
@@ -108,9 +157,22 @@ impl DataPlaneRegistry {
         self
     }
 
-    /// All data planes ever seen by this control plane process, sorted by node id.
+    /// The data planes connected now or within the retention, sorted by node id.
     pub fn data_planes(&self) -> Vec<DataPlaneStatus> {
-        self.lock().nodes.values().map(|n| n.status.clone()).collect()
+        let mut inner = self.lock();
+        inner.forget_departed(Utc::now());
+        inner.nodes.values().map(|n| n.status.clone()).collect()
+    }
+
+    /// Sets the bounds on registrations (applied from the next registration on).
+    pub fn set_limits(&self, limits: RegistrationLimits) {
+        self.lock().limits = limits;
+    }
+
+    /// Tells distribution that a data-plane token was created or revoked: the active tokens
+    /// are reloaded at once, and streams of a revoked token end.
+    pub fn data_plane_tokens_changed(&self) {
+        self.tokens.changed();
     }
 
     /// Fleet health of an endpoint; `Healthy` with no reason when nothing was reported.
@@ -158,12 +220,30 @@ impl DataPlaneRegistry {
     }
 
     /// Registers a stream after its `Hello`, taking over any older stream of the same node.
+    /// A new node id must fit the bounds (see the type's docs), or it is refused.
     pub(crate) fn connect(
         &self,
         node_id: &NodeId,
         applied_version: ConfigVersion,
-    ) -> (ConnectionId, Arc<Notify>) {
+        peer: &Peer,
+    ) -> Result<(ConnectionId, Arc<Notify>), RegistrationRefused> {
+        let now = Utc::now();
+        let owner = peer.owner();
         let mut inner = self.lock();
+        inner.forget_departed(now);
+        if !inner.nodes.contains_key(node_id) {
+            if let Peer::Token(grant) = peer {
+                let max = grant.max_data_planes;
+                let held = inner.nodes.values().filter(|n| n.owner == owner).count();
+                if held >= max as usize && !inner.evict_oldest_disconnected(|n| n.owner == owner) {
+                    return Err(RegistrationRefused::TokenFull { token: grant.name.clone(), max });
+                }
+            }
+            let max = inner.limits.max_data_planes;
+            if inner.nodes.len() >= max && !inner.evict_oldest_disconnected(|_| true) {
+                return Err(RegistrationRefused::RegistryFull { max });
+            }
+        }
         inner.next_connection += 1;
         let connection = ConnectionId(inner.next_connection);
         let replaced = Arc::new(Notify::new());
@@ -172,11 +252,12 @@ impl DataPlaneRegistry {
                 node_id: node_id.clone(),
                 applied_version,
                 connected: true,
-                last_seen: Utc::now(),
+                last_seen: now,
                 last_nack: None,
             },
             connection,
             replaced: replaced.clone(),
+            owner,
         };
         if let Some(old) = inner.nodes.insert(node_id.clone(), entry)
             && old.status.connected
@@ -186,7 +267,7 @@ impl DataPlaneRegistry {
             old.replaced.notify_one();
             tracing::warn!(node_id = %node_id, old_connection = %old.connection, new_connection = %connection, "a second stream with the same node id replaces the first");
         }
-        (connection, replaced)
+        Ok((connection, replaced))
     }
 
     /// Applies `f` to the node's status if `connection` still owns the entry; also marks
@@ -332,6 +413,44 @@ impl DataPlaneRegistry {
     }
 }
 
+impl RegistryInner {
+    /// Drops the entries disconnected for longer than the retention.
+    fn forget_departed(&mut self, now: DateTime<Utc>) {
+        let retention =
+            chrono::Duration::from_std(self.limits.retention).unwrap_or(chrono::Duration::MAX);
+        let cutoff = now.checked_sub_signed(retention).unwrap_or(DateTime::<Utc>::MIN_UTC);
+        let before = self.nodes.len();
+        self.nodes.retain(|_, n| n.status.connected || n.status.last_seen >= cutoff);
+        let dropped = before - self.nodes.len();
+        if dropped > 0 {
+            tracing::info!(
+                dropped,
+                retention_s = self.limits.retention.as_secs(),
+                "disconnected data planes dropped from the registry"
+            );
+        }
+    }
+
+    /// Removes the disconnected entry with the oldest `last_seen` among those `counts`;
+    /// false when every one of them is connected.
+    fn evict_oldest_disconnected(&mut self, counts: impl Fn(&NodeEntry) -> bool) -> bool {
+        let oldest = self
+            .nodes
+            .iter()
+            .filter(|(_, n)| !n.status.connected && counts(n))
+            .min_by_key(|(_, n)| n.status.last_seen)
+            .map(|(id, _)| id.clone());
+        match oldest {
+            Some(id) => {
+                self.nodes.remove(&id);
+                tracing::info!(node_id = %id, "disconnected data plane dropped to make room for a new one");
+                true
+            }
+            None => false,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::{Duration, SystemTime};
@@ -420,8 +539,10 @@ mod tests {
     fn a_newer_stream_owns_the_entry_and_the_old_one_cannot_update_it() {
         let registry = DataPlaneRegistry::default();
         let n = node("dp-1");
-        let (first, _) = registry.connect(&n, ConfigVersion(1));
-        let (second, _) = registry.connect(&n, ConfigVersion(2));
+        let (first, _) =
+            registry.connect(&n, ConfigVersion(1), &Peer::Unauthenticated).expect("room");
+        let (second, _) =
+            registry.connect(&n, ConfigVersion(2), &Peer::Unauthenticated).expect("room");
         assert!(!registry.update(&n, first, |s| s.applied_version = ConfigVersion(9)));
         registry.disconnect(&n, first);
         let status = &registry.data_planes()[0];
@@ -435,7 +556,7 @@ mod tests {
     fn data_planes_are_sorted_by_node_id() {
         let registry = DataPlaneRegistry::default();
         for n in ["c", "a", "b"] {
-            registry.connect(&node(n), ConfigVersion(0));
+            registry.connect(&node(n), ConfigVersion(0), &Peer::Unauthenticated).expect("room");
         }
         let ids: Vec<String> = registry.data_planes().into_iter().map(|s| s.node_id.0).collect();
         assert_eq!(ids, ["a", "b", "c"]);
@@ -512,5 +633,63 @@ mod tests {
         // A newer reset from another replica clears it again.
         registry.merge_resets(vec![(id, Utc::now())]);
         assert_eq!(registry.endpoint_health(id).state, EndpointState::Healthy);
+    }
+
+    fn token_peer(name: &str, max: u32) -> Peer {
+        Peer::Token(Arc::new(super::super::join_tokens::TokenGrant {
+            id: crate::store::DataPlaneTokenId::new(),
+            name: name.into(),
+            max_data_planes: max,
+        }))
+    }
+
+    #[test]
+    fn a_token_registers_at_most_its_bound_making_room_from_its_disconnected_entries() {
+        let registry = DataPlaneRegistry::default();
+        let eastus = token_peer("eastus", 2);
+        let other = token_peer("westus", 2);
+        let (c1, _) = registry.connect(&node("eastus-1"), ConfigVersion(0), &eastus).expect("1");
+        registry.connect(&node("eastus-2"), ConfigVersion(0), &eastus).expect("2");
+        registry.connect(&node("westus-1"), ConfigVersion(0), &other).expect("another token");
+        let refused = registry.connect(&node("eastus-3"), ConfigVersion(0), &eastus);
+        assert_eq!(
+            refused.err(),
+            Some(RegistrationRefused::TokenFull { token: "eastus".into(), max: 2 })
+        );
+        // An existing node id reconnects whatever the count.
+        registry.connect(&node("eastus-2"), ConfigVersion(0), &eastus).expect("reconnect");
+        // A disconnected entry of the same token makes room.
+        registry.disconnect(&node("eastus-1"), c1);
+        registry.connect(&node("eastus-3"), ConfigVersion(0), &eastus).expect("room made");
+        let ids: Vec<String> = registry.data_planes().into_iter().map(|s| s.node_id.0).collect();
+        assert_eq!(ids, ["eastus-2", "eastus-3", "westus-1"]);
+    }
+
+    #[test]
+    fn the_registry_is_bounded_and_forgets_departed_data_planes() {
+        let registry = DataPlaneRegistry::default();
+        registry.set_limits(RegistrationLimits {
+            max_data_planes: 2,
+            retention: Duration::from_secs(3600),
+        });
+        let (a, _) =
+            registry.connect(&node("a"), ConfigVersion(0), &Peer::Unauthenticated).expect("a");
+        registry.connect(&node("b"), ConfigVersion(0), &Peer::Unauthenticated).expect("b");
+        let refused = registry.connect(&node("c"), ConfigVersion(0), &Peer::Unauthenticated);
+        assert_eq!(refused.err(), Some(RegistrationRefused::RegistryFull { max: 2 }));
+        registry.disconnect(&node("a"), a);
+        registry.connect(&node("c"), ConfigVersion(0), &Peer::Unauthenticated).expect("room made");
+        assert_eq!(registry.data_planes().len(), 2);
+
+        registry.set_limits(RegistrationLimits {
+            max_data_planes: 2,
+            retention: Duration::from_secs(60),
+        });
+        let (c, _) =
+            registry.connect(&node("c"), ConfigVersion(0), &Peer::Unauthenticated).expect("c");
+        registry.disconnect(&node("c"), c);
+        registry.lock().forget_departed(Utc::now() + chrono::Duration::seconds(61));
+        let ids: Vec<String> = registry.data_planes().into_iter().map(|s| s.node_id.0).collect();
+        assert_eq!(ids, ["b"], "a disconnected entry past the retention is gone");
     }
 }

@@ -48,14 +48,16 @@ pub enum AuditEntity {
     Gateway,
     GatewayKey,
     ApiToken,
+    DataPlaneToken,
 }
 
 impl AuditEntity {
-    pub const ALL: [AuditEntity; 4] = [
+    pub const ALL: [AuditEntity; 5] = [
         AuditEntity::InferenceEndpoint,
         AuditEntity::Gateway,
         AuditEntity::GatewayKey,
         AuditEntity::ApiToken,
+        AuditEntity::DataPlaneToken,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -64,6 +66,7 @@ impl AuditEntity {
             AuditEntity::Gateway => "gateway",
             AuditEntity::GatewayKey => "gateway_key",
             AuditEntity::ApiToken => "api_token",
+            AuditEntity::DataPlaneToken => "data_plane_token",
         }
     }
 

@@ -19,6 +19,7 @@
 mod api_tokens;
 mod audit;
 mod azure_import;
+mod data_plane_tokens;
 mod endpoints;
 mod gateways;
 mod health;
@@ -43,6 +44,7 @@ use crate::MasterKey;
 pub use api_tokens::{API_TOKEN_PREFIX, ApiTokenRecord, NewApiToken};
 pub use audit::{AuditAction, AuditContext, AuditEntity, AuditEntry, AuditQuery};
 pub use azure_import::{AzureEndpointRecord, AzureImportItem, AzureImportOutcome};
+pub use data_plane_tokens::{ActiveDataPlaneToken, DataPlaneTokenId, DataPlaneTokenRecord};
 pub use health::EndpointHealthRecord;
 
 /// Which database the store runs on.

@@ -4,6 +4,10 @@
 //! proxy tests use too) that drives its `modelgw mock-azure` process through the mock's control
 //! API, scripted with typed [`Fault`]s.
 //!
+//! The distribution port is TLS as in production: a [`Cluster`] makes a throwaway CA
+//! ([`TestPki`]) and runs its control plane in mTLS mode, each data plane with a client
+//! certificate naming its node id.
+//!
 //! Each process prints one `modelgw <component> ready: k=v …` line on stdout; the harness waits
 //! for it and reads the bound addresses from it. Stderr (the logs) is kept so a test can search
 //! it (for leaked secrets) and so a failing test can show it.
@@ -22,6 +26,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 /// The mock regions: the same harness type and typed faults as the in-process proxy tests.
+pub use modelgw_mock_openai::pki::{TestCa, TestPki};
 pub use modelgw_mock_openai::{Fault, Region};
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
@@ -109,6 +114,7 @@ pub async fn spawn(
         .env_remove("MODELGW_ADMIN_TOKEN")
         .env_remove("MODELGW_MASTER_KEY")
         .env_remove("MODELGW_DATABASE_URL")
+        .env_remove("MODELGW_DATA_PLANE_TOKEN")
         .env("MODELGW_LOG_FORMAT", "text")
         .env("NO_COLOR", "1");
     if std::env::var_os("RUST_LOG").is_none() {
@@ -328,14 +334,19 @@ pub struct Cluster {
     pub region_procs: Vec<Proc>,
     /// Extra environment for every process (e.g. RUST_LOG=debug).
     pub env: Vec<(&'static str, String)>,
+    /// The CA and server certificate of the gRPC port; data planes get client certificates.
+    pub pki: TestPki,
 }
 
 impl Cluster {
     pub fn new(bin: impl Into<PathBuf>) -> anyhow::Result<Cluster> {
         init();
+        let dir = tempfile::Builder::new().prefix("modelgw-e2e-").tempdir()?;
+        let pki = TestPki::write(dir.path())?;
         Ok(Cluster {
             bin: bin.into(),
-            dir: tempfile::Builder::new().prefix("modelgw-e2e-").tempdir()?,
+            pki,
+            dir,
             // At least 32 characters: the control plane refuses a shorter bootstrap token.
             admin_token: format!("mgwadm_test_{:0>32}", std::process::id()),
             control_plane: None,
@@ -361,9 +372,10 @@ impl Cluster {
             ("MODELGW_GRPC_ADDR", self.grpc_addr.clone()),
             ("MODELGW_ADMIN_TOKEN", self.admin_token.clone()),
         ]);
+        env.extend(self.control_plane_tls());
         let proc = spawn(&self.bin, "control-plane", &["control-plane"], &env).await?;
         self.admin_addr = proc.field("admin").trim_start_matches("http://").to_owned();
-        self.grpc_addr = proc.field("grpc").trim_start_matches("http://").to_owned();
+        self.grpc_addr = address_of(proc.field("grpc"));
         self.control_plane = Some(proc);
         Ok(())
     }
@@ -378,13 +390,35 @@ impl Cluster {
         Admin::new(&format!("http://{}", self.admin_addr), &self.admin_token)
     }
 
+    /// The control plane's TLS environment: this cluster's certificate, mTLS with its CA.
+    pub fn control_plane_tls(&self) -> Vec<(&'static str, String)> {
+        let path = |p: &Path| p.display().to_string();
+        vec![
+            ("MODELGW_GRPC_TLS_CERT_FILE", path(&self.pki.server_cert_file)),
+            ("MODELGW_GRPC_TLS_KEY_FILE", path(&self.pki.server_key_file)),
+            ("MODELGW_GRPC_CLIENT_CA_FILE", path(&self.pki.ca_file)),
+        ]
+    }
+
+    /// A data plane's TLS environment: trust this cluster's CA, and a client certificate
+    /// naming `node_id`.
+    pub fn data_plane_tls(&self, node_id: &str) -> anyhow::Result<Vec<(&'static str, String)>> {
+        let (cert, key) = self.pki.client_files(node_id)?;
+        Ok(vec![
+            ("MODELGW_CONTROL_PLANE_URL", format!("https://{}", self.grpc_addr)),
+            ("MODELGW_CONTROL_PLANE_CA_FILE", self.pki.ca_file.display().to_string()),
+            ("MODELGW_DATA_PLANE_CERT_FILE", cert.display().to_string()),
+            ("MODELGW_DATA_PLANE_KEY_FILE", key.display().to_string()),
+        ])
+    }
+
     pub async fn start_data_plane(&mut self, node_id: &str) -> anyhow::Result<String> {
         let mut env = self.env.clone();
         env.extend([
             ("MODELGW_GATEWAY_ADDR", "127.0.0.1:0".to_owned()),
-            ("MODELGW_CONTROL_PLANE_URL", format!("http://{}", self.grpc_addr)),
             ("MODELGW_NODE_ID", node_id.to_owned()),
         ]);
+        env.extend(self.data_plane_tls(node_id)?);
         let proc =
             spawn(&self.bin, &format!("data-plane {node_id}"), &["data-plane"], &env).await?;
         let url = proc.field("gateway").to_owned();
@@ -477,6 +511,11 @@ pub async fn chat(
     let headers = res.headers().clone();
     let body = res.json().await.unwrap_or(Value::Null);
     Ok((status, headers, body))
+}
+
+/// `host:port` of a URL from a ready line (`https://…` or `http://…`).
+pub fn address_of(url: &str) -> String {
+    url.trim_start_matches("https://").trim_start_matches("http://").to_owned()
 }
 
 fn uuid_like() -> String {

@@ -51,6 +51,7 @@ use tokio::sync::watch;
 mod azure;
 mod control;
 mod fault;
+pub mod pki;
 mod region;
 mod server;
 mod state;
