@@ -43,47 +43,8 @@ pub struct CreateApiTokenRequest {
     pub role: String,
     /// Seconds until the token expires, 60 to ten years; omitted: it never expires.
     #[schema(value_type = Option<u32>, example = 7776000)]
-    #[serde(default, deserialize_with = "whole_seconds")]
+    #[serde(default, deserialize_with = "crate::body::optional_whole_number")]
     pub expires_in_seconds: Option<i64>,
-}
-
-/// An optional integer, also written as a number with a zero fraction (`90.0`): JSON Schema
-/// calls that an integer too, so the document's `integer` must accept it.
-fn whole_seconds<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
-    struct Whole;
-
-    impl serde::de::Visitor<'_> for Whole {
-        type Value = Option<i64>;
-
-        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            // The body parser words errors by serde's type names: this one reads "an integer".
-            f.write_str("i64")
-        }
-
-        fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
-            Ok(None)
-        }
-
-        fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Self::Value, E> {
-            Ok(Some(v))
-        }
-
-        fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Self::Value, E> {
-            // Beyond i64 is beyond every bound: the range check names it.
-            Ok(Some(i64::try_from(v).unwrap_or(i64::MAX)))
-        }
-
-        fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Self::Value, E> {
-            // Whole and within i64: exact in f64 up to 2^53, and far past every bound beyond.
-            if v.fract() == 0.0 && v.abs() < 9.0e15 {
-                #[allow(clippy::cast_possible_truncation)]
-                return Ok(Some(v as i64));
-            }
-            Err(E::invalid_type(serde::de::Unexpected::Float(v), &self))
-        }
-    }
-
-    d.deserialize_any(Whole)
 }
 
 /// A new token. `token` appears in this response only; store it now.

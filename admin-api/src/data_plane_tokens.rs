@@ -34,6 +34,7 @@ pub struct CreateDataPlaneTokenRequest {
     pub name: String,
     /// How many distinct data planes may be registered with the token at once (default 100).
     #[schema(example = 100, default = 100)]
+    #[serde(default, deserialize_with = "crate::body::optional_whole_number")]
     pub max_data_planes: Option<i64>,
 }
 

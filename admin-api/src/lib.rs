@@ -147,7 +147,8 @@ impl ProtectedRoute {
 /// The router is built from this list only, each route behind `require_role` with its role,
 /// so a route cannot be served without one. `viewer` reads (every GET); `operator` also
 /// changes inference endpoints, gateways, gateway keys and runs the Azure discovery, import
-/// and proposals; `admin` also manages API tokens. The OpenAPI document states each
+/// and proposals and resets endpoint health; `admin` also manages API tokens and data-plane
+/// tokens. The OpenAPI document states each
 /// operation's role from here too (`openapi.rs`), and `tests/api/roles.rs` calls every route
 /// with every role.
 fn protected_routes() -> Vec<ProtectedRoute> {

@@ -67,6 +67,16 @@ async fn a_token_is_shown_once_and_listed_by_its_hint_only() {
         .await
         .expect(StatusCode::NOT_FOUND);
     assert_eq!(h.version().await, version, "tokens are not configuration");
+
+    // Audited: created, revoked once (the repeat changed nothing), created again; by whom; and
+    // the token itself never in the log.
+    let log = h.get("/api/v1/audit-log?entity=data_plane_token").await.expect(StatusCode::OK);
+    assert!(!log.text.contains(&secret), "the audit log never holds the token");
+    let entries = log.json()["entries"].as_array().expect("entries").clone();
+    let actions: Vec<&str> = entries.iter().filter_map(|e| e["action"].as_str()).collect();
+    assert_eq!(actions, ["create", "revoke", "create"], "newest first: {}", log.text);
+    assert!(entries.iter().all(|e| e["actor"] == "bootstrap" && e["entity_name"] == "eastus"));
+    assert_eq!(entries[2]["after"]["hint"], created["hint"]);
 }
 
 #[tokio::test]
