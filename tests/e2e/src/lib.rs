@@ -109,6 +109,8 @@ pub async fn spawn(
         .env_remove("MODELGW_ADMIN_TOKEN")
         .env_remove("MODELGW_MASTER_KEY")
         .env_remove("MODELGW_DATABASE_URL")
+        // Every upstream of the scenarios is a mock on 127.0.0.1.
+        .env("MODELGW_ALLOW_LOOPBACK_UPSTREAMS", "true")
         .env("MODELGW_LOG_FORMAT", "text")
         .env("NO_COLOR", "1");
     if std::env::var_os("RUST_LOG").is_none() {
