@@ -41,6 +41,8 @@ mod exchange;
 mod failed_auth;
 mod failover;
 pub(crate) mod operations;
+#[cfg(test)]
+mod properties;
 mod relay;
 mod reply;
 mod rewrite;

@@ -198,9 +198,10 @@ async fn worker(
 ) -> Drained {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     // hyper's own HTTP/1 head timeout re-arms before every request head, keep-alive waits
-    // included: the idle timeout is the bound there (`drive` bounds the first head, from
-    // accept, with the shorter header deadline).
-    let head_timeout = limits.connection.idle_timeout.max(limits.connection.header_read_timeout);
+    // included: only a backstop behind `drive`, which bounds the first head from accept and
+    // idle keep-alive after each answer (and counts what it closes).
+    let head_timeout = limits.connection.idle_timeout.max(limits.connection.header_read_timeout)
+        + Duration::from_secs(5);
     builder.http1().timer(TokioTimer::new()).header_read_timeout(head_timeout);
     builder
         .http2()
