@@ -173,8 +173,8 @@ impl ControlPlane {
             let _ = rx.wait_for(|s| *s).await;
         };
         let router = modelgw_admin_api::router(self.admin_state);
-        let admin = axum::serve(self.admin_listener, router)
-            .with_graceful_shutdown(stopped(stop_rx.clone()));
+        let admin =
+            crate::admin_server::serve(self.admin_listener, router, stopped(stop_rx.clone()));
         let grpc = self.distribution.serve_grpc(self.grpc_listener, stopped(stop_rx));
         tokio::spawn(async move {
             shutdown.await;
