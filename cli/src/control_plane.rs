@@ -180,7 +180,7 @@ impl ControlPlane {
             shutdown.await;
             let _ = stop_tx.send(true);
         });
-        let (a, g) = tokio::join!(async { admin.await }, grpc);
+        let (a, g) = tokio::join!(admin, grpc);
         // Close the pool so SQLite checkpoints its WAL and PostgreSQL sessions end cleanly.
         self.store.close().await;
         a.context("admin API server")?;
