@@ -83,6 +83,7 @@ measure() {
     for n in "$N1" "$N2"; do
         local out="$TMP/callgrind.$tag.$n"
         MODELGW_WORKERS=1 MODELGW_GATEWAY_ADDR=127.0.0.1:0 MODELGW_NODE_ID="cg-$tag-$n" \
+            MODELGW_ALLOW_LOOPBACK_UPSTREAMS=true \
             MODELGW_CONTROL_PLANE_URL="$grpc" \
             valgrind --tool=callgrind --callgrind-out-file="$out" "$bin" data-plane \
             >"$TMP/dp.$tag.$n.out" 2>"$TMP/dp.$tag.$n.err" &

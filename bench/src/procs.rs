@@ -319,6 +319,8 @@ pub async fn spawn_modelgw(
         .env_remove("MODELGW_LOG")
         .env_remove("RUST_LOG")
         .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+        // The benchmark's upstreams (nginx, mocks) listen on 127.0.0.1.
+        .env("MODELGW_ALLOW_LOOPBACK_UPSTREAMS", "true")
         .env("MODELGW_LOG_FORMAT", "text")
         .env("NO_COLOR", "1");
     let log_path = match logs {

@@ -356,19 +356,17 @@ impl ControlPlane {
             let _ = rx.wait_for(|s| *s).await;
         };
         let router = modelgw_admin_api::router(self.admin_state);
-        // With the peer's address, which the audit log records for every change.
-        let admin = axum::serve(
-            self.admin_listener,
-            router.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(stopped(stop_rx.clone()));
+        // The admin API's own server (header deadline, HTTP/2 keepalive); each request carries
+        // the peer's address, which the audit log records for every change.
+        let admin =
+            crate::admin_server::serve(self.admin_listener, router, stopped(stop_rx.clone()));
         let grpc =
             self.distribution.serve_grpc(self.grpc_listener, self.grpc_settings, stopped(stop_rx));
         tokio::spawn(async move {
             shutdown.await;
             let _ = stop_tx.send(true);
         });
-        let (a, g) = tokio::join!(async { admin.await }, grpc);
+        let (a, g) = tokio::join!(admin, grpc);
         // Close the pool so SQLite checkpoints its WAL and PostgreSQL sessions end cleanly.
         self.store.close().await;
         a.context("admin API server")?;

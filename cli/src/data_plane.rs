@@ -75,12 +75,79 @@ pub struct Args {
     /// Serving threads, each with its own upstream connection pool (default: one per core).
     #[arg(long, env = "MODELGW_WORKERS", value_parser = clap::value_parser!(u16).range(1..))]
     pub workers: Option<u16>,
+    /// The gateway edge: connection limits, SSE bounds, failed authentications, egress.
+    #[command(flatten)]
+    pub edge: EdgeArgs,
+}
+
+/// Limits of the gateway's edge (issue #11). Every field unset takes the data plane's default
+/// (`modelgw_data_plane::DEFAULT_*`).
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct EdgeArgs {
+    /// Deadline, from accept, for a connection's first complete request head (HTTP/1 and h2c;
+    /// default 30s).
+    #[arg(long, env = "MODELGW_HEADER_READ_TIMEOUT", value_parser = crate::control_plane::parse_duration)]
+    pub header_read_timeout: Option<Duration>,
+    /// Close a client connection after this long without a request in flight (default 75s).
+    #[arg(long, env = "MODELGW_CLIENT_IDLE_TIMEOUT", value_parser = crate::control_plane::parse_duration)]
+    pub client_idle_timeout: Option<Duration>,
+    /// HTTP/2 PING interval on client connections; 0s disables (default 30s).
+    #[arg(long, env = "MODELGW_HTTP2_KEEPALIVE_INTERVAL", value_parser = crate::control_plane::parse_duration)]
+    pub http2_keepalive_interval: Option<Duration>,
+    /// Wait for a PING's acknowledgement before closing (default 20s).
+    #[arg(long, env = "MODELGW_HTTP2_KEEPALIVE_TIMEOUT", value_parser = crate::control_plane::parse_duration)]
+    pub http2_keepalive_timeout: Option<Duration>,
+    /// Most client connections open at once; beyond, new ones are closed at once and counted
+    /// (default 10000, lowered to fit the open-file limit).
+    #[arg(long, env = "MODELGW_MAX_CONNECTIONS", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: Option<u32>,
+    /// Largest SSE event relayed from an upstream, in bytes (default 1 MiB).
+    #[arg(long, env = "MODELGW_MAX_SSE_EVENT_BYTES", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_sse_event_bytes: Option<u32>,
+    /// Window of the failed-authentication log line per client address, and of the limit
+    /// (default 60s).
+    #[arg(long, env = "MODELGW_FAILED_AUTH_WINDOW", value_parser = crate::control_plane::parse_duration)]
+    pub failed_auth_window: Option<Duration>,
+    /// Failed authentications per client address per window before it gets 429 for a window;
+    /// 0 or unset: no limit.
+    #[arg(long, env = "MODELGW_FAILED_AUTH_LIMIT")]
+    pub failed_auth_limit: Option<u32>,
+    /// Allow endpoints on loopback addresses (demo and tests only).
+    #[arg(long, env = "MODELGW_ALLOW_LOOPBACK_UPSTREAMS")]
+    pub allow_loopback_upstreams: bool,
+    /// Forward the client's X-Forwarded-* and Forwarded headers upstream.
+    #[arg(long, env = "MODELGW_FORWARD_CLIENT_ADDRESS_HEADERS")]
+    pub forward_client_address_headers: bool,
+}
+
+impl EdgeArgs {
+    fn apply(&self, config: DataPlaneConfig) -> DataPlaneConfig {
+        DataPlaneConfig {
+            header_read_timeout: self.header_read_timeout.unwrap_or(config.header_read_timeout),
+            client_idle_timeout: self.client_idle_timeout.unwrap_or(config.client_idle_timeout),
+            http2_keepalive_interval: self
+                .http2_keepalive_interval
+                .unwrap_or(config.http2_keepalive_interval),
+            http2_keepalive_timeout: self
+                .http2_keepalive_timeout
+                .unwrap_or(config.http2_keepalive_timeout),
+            max_connections: self.max_connections.map_or(config.max_connections, |n| n as usize),
+            max_sse_event_bytes: self
+                .max_sse_event_bytes
+                .map_or(config.max_sse_event_bytes, |n| n as usize),
+            failed_auth_window: self.failed_auth_window.unwrap_or(config.failed_auth_window),
+            failed_auth_limit: self.failed_auth_limit.filter(|n| *n > 0),
+            allow_loopback_upstreams: self.allow_loopback_upstreams,
+            forward_client_address_headers: self.forward_client_address_headers,
+            ..config
+        }
+    }
 }
 
 impl Args {
     pub fn config(&self) -> DataPlaneConfig {
         let defaults = DataPlaneConfig::default();
-        DataPlaneConfig {
+        let config = DataPlaneConfig {
             gateway_addr: self.gateway_addr,
             control_plane_url: self.control_plane_url.clone(),
             control_plane_trust: self.trust(),
@@ -91,7 +158,8 @@ impl Args {
             stream_idle_timeout: self.stream_idle_timeout.unwrap_or(defaults.stream_idle_timeout),
             workers: self.workers.map_or(defaults.workers, usize::from),
             ..defaults
-        }
+        };
+        self.edge.apply(config)
     }
 }
 

@@ -187,6 +187,8 @@ pub async fn run(
         request_timeout: None,
         stream_idle_timeout: None,
         workers: None,
+        // The demo's regions are mocks on 127.0.0.1.
+        edge: crate::data_plane::EdgeArgs { allow_loopback_upstreams: true, ..Default::default() },
     };
     let dp = DataPlane::bind(dp_args.config()).await.context("binding the gateway")?;
     let gateway_url = format!("http://{}", dp.local_addr());

@@ -10,6 +10,7 @@
 //! prints one `modelgw <component> ready: key=value …` line on stdout once it listens; logs go
 //! to stderr.
 
+mod admin_server;
 mod control_plane;
 mod data_plane;
 mod demo;

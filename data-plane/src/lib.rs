@@ -35,7 +35,7 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::balance::{ByStrategy, EndpointSelector};
 use crate::control_plane_client as client;
@@ -47,6 +47,7 @@ pub use crate::apply::{ApplyOutcome, apply_fleet_health, apply_snapshot};
 pub use crate::control_plane_client::{
     ClientCertFiles, ControlPlaneTrust, HEARTBEAT_INTERVAL, TokenSource, TrustError,
 };
+pub use crate::proxy::connection::ConnectionStats;
 
 /// Default request-body limit: 32 MiB. Bodies are held in memory so they can be re-sent on
 /// failover; 32 MiB covers Azure's largest inputs (25 MB audio files plus multipart framing,
@@ -90,6 +91,46 @@ pub const DEFAULT_CLIENT_BODY_TIMEOUT: Duration = Duration::from_secs(60);
 /// Default time in-flight requests get to finish on shutdown; matches Kubernetes' default
 /// termination grace period.
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+
+/// Default deadline, from accept, for a client connection's first complete request head (HTTP/1
+/// and h2c alike): 30 s, between Envoy's edge recommendation (10 s for request headers) and
+/// nginx's `client_header_timeout` (60 s). SDK clients send their head at once; a connection
+/// that has sent nothing in 30 s is a stuck or hostile one.
+pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Default idle timeout of a client connection with no request in flight (HTTP/1 keep-alive,
+/// HTTP/2 without streams): 75 s, nginx's `keepalive_timeout`. Long enough that an SDK's
+/// pooled connection is reused across a conversation's turns, short enough that idle
+/// connections do not pile up.
+pub const DEFAULT_CLIENT_IDLE_TIMEOUT: Duration = Duration::from_secs(75);
+
+/// Default HTTP/2 PING interval on client connections: 30 s, so a peer that vanished during
+/// a long, quiet stream is noticed within a minute.
+pub const DEFAULT_HTTP2_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+
+/// Default wait for a PING's acknowledgement before the connection is closed: 20 s (hyper's
+/// and gRPC's default).
+pub const DEFAULT_HTTP2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Default maximum of open client connections per data-plane process: 10,000 (Envoy's edge
+/// guidance caps downstream connections in the same range). Lowered at start to what the
+/// process's open-file limit allows (each proxied request may also hold an upstream
+/// connection), so the limit — a clean refusal, counted — is reached before `accept` fails
+/// with "too many open files".
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+
+/// File descriptors kept free of client connections for upstream pools, the control-plane
+/// stream, logs and the listener.
+const RESERVED_FDS: usize = 64;
+
+/// Default largest SSE event relayed: 1 MiB. Azure's events are a few hundred bytes (a
+/// Responses API event carrying a whole output item is a few KiB); 1 MiB is generous while one
+/// stream's framing buffer stays bounded.
+pub const DEFAULT_MAX_SSE_EVENT_BYTES: usize = 1024 * 1024;
+
+/// Default window of the failed-authentication log (one line per client address per window)
+/// and of the optional per-address limit.
+pub const DEFAULT_FAILED_AUTH_WINDOW: Duration = Duration::from_secs(60);
 
 /// How long idle upstream connections stay pooled. Azure's front ends close idle connections
 /// after a few minutes; 90 s reuses warm TLS sessions without meeting a closed socket.
@@ -141,6 +182,32 @@ pub struct DataPlaneConfig {
     /// Azure credential for endpoints in Entra ID auth mode (built by the binary from
     /// `MODELGW_AZURE_CREDENTIAL` & co.). `None`: such endpoints are unavailable.
     pub entra_credential: Option<Arc<dyn azure_core::credentials::TokenCredential>>,
+    /// `MODELGW_HEADER_READ_TIMEOUT`; see [`DEFAULT_HEADER_READ_TIMEOUT`].
+    pub header_read_timeout: Duration,
+    /// `MODELGW_CLIENT_IDLE_TIMEOUT`; see [`DEFAULT_CLIENT_IDLE_TIMEOUT`].
+    pub client_idle_timeout: Duration,
+    /// `MODELGW_HTTP2_KEEPALIVE_INTERVAL` (zero: no PINGs); see
+    /// [`DEFAULT_HTTP2_KEEPALIVE_INTERVAL`].
+    pub http2_keepalive_interval: Duration,
+    /// `MODELGW_HTTP2_KEEPALIVE_TIMEOUT`; see [`DEFAULT_HTTP2_KEEPALIVE_TIMEOUT`].
+    pub http2_keepalive_timeout: Duration,
+    /// `MODELGW_MAX_CONNECTIONS`; see [`DEFAULT_MAX_CONNECTIONS`].
+    pub max_connections: usize,
+    /// `MODELGW_MAX_SSE_EVENT_BYTES`; see [`DEFAULT_MAX_SSE_EVENT_BYTES`]. An upstream event
+    /// above it ends the stream with an SSE error event and fails the endpoint.
+    pub max_sse_event_bytes: usize,
+    /// `MODELGW_FAILED_AUTH_WINDOW`; see [`DEFAULT_FAILED_AUTH_WINDOW`].
+    pub failed_auth_window: Duration,
+    /// `MODELGW_FAILED_AUTH_LIMIT`: failed authentications per client address per window
+    /// after which the address gets 429 for a window. `None` (default): no limit (behind a
+    /// proxy every client shares its address).
+    pub failed_auth_limit: Option<u32>,
+    /// `MODELGW_ALLOW_LOOPBACK_UPSTREAMS`: let endpoints resolve to loopback addresses (the
+    /// demo and tests). Off by default; link-local and metadata addresses are never allowed.
+    pub allow_loopback_upstreams: bool,
+    /// `MODELGW_FORWARD_CLIENT_ADDRESS_HEADERS`: forward the client's `X-Forwarded-*` and
+    /// `Forwarded` headers upstream. Off by default.
+    pub forward_client_address_headers: bool,
 }
 
 impl Default for DataPlaneConfig {
@@ -162,6 +229,16 @@ impl Default for DataPlaneConfig {
             workers: std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get),
             heartbeat_interval: client::HEARTBEAT_INTERVAL,
             entra_credential: None,
+            header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
+            client_idle_timeout: DEFAULT_CLIENT_IDLE_TIMEOUT,
+            http2_keepalive_interval: DEFAULT_HTTP2_KEEPALIVE_INTERVAL,
+            http2_keepalive_timeout: DEFAULT_HTTP2_KEEPALIVE_TIMEOUT,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_sse_event_bytes: DEFAULT_MAX_SSE_EVENT_BYTES,
+            failed_auth_window: DEFAULT_FAILED_AUTH_WINDOW,
+            failed_auth_limit: None,
+            allow_loopback_upstreams: false,
+            forward_client_address_headers: false,
         }
     }
 }
@@ -187,6 +264,7 @@ pub struct DataPlane {
     health_rx: mpsc::Receiver<EndpointHealth>,
     tls: rustls::ClientConfig,
     entra: Arc<EntraTokens>,
+    connections: Arc<ConnectionStats>,
 }
 
 impl std::fmt::Debug for DataPlane {
@@ -227,6 +305,7 @@ impl DataPlane {
         let entra = Arc::new(EntraTokens::new(config.entra_credential.clone()));
         Ok(DataPlane {
             entra,
+            connections: Arc::new(ConnectionStats::default()),
             listener,
             local_addr,
             config,
@@ -259,6 +338,11 @@ impl DataPlane {
         Arc::clone(&self.health)
     }
 
+    /// The listener's connection counters (open, refused at the limit, closed by a limit).
+    pub fn connection_stats(&self) -> Arc<ConnectionStats> {
+        Arc::clone(&self.connections)
+    }
+
     /// Serves until `shutdown` resolves (selecting endpoints per gateway by its
     /// `routing.strategy`, see [`ByStrategy`]), then drains in-flight requests for up to
     /// `shutdown_grace`.
@@ -285,6 +369,7 @@ impl DataPlane {
             health_rx,
             tls,
             entra,
+            connections,
         } = self;
         let entra_task = tokio::spawn(keep_entra_tokens(Arc::clone(&store), Arc::clone(&entra)));
         let mut client_task = control_plane.map(|connector| {
@@ -308,11 +393,27 @@ impl DataPlane {
             request_timeout: config.request_timeout,
             max_buffered_response_bytes: config.max_buffered_response_bytes,
             client_body_timeout: config.client_body_timeout,
+            max_sse_event_bytes: config.max_sse_event_bytes.max(1),
+            forward_client_address_headers: config.forward_client_address_headers,
         };
         let settings = proxy::upstream_client::ClientSettings {
             connect_timeout: config.upstream_connect_timeout,
             pool_idle_timeout: UPSTREAM_POOL_IDLE_TIMEOUT,
             tcp_keepalive: UPSTREAM_TCP_KEEPALIVE,
+            egress: proxy::egress::EgressPolicy { allow_loopback: config.allow_loopback_upstreams },
+        };
+        let failed_auths =
+            Arc::new(proxy::FailedAuths::new(config.failed_auth_window, config.failed_auth_limit));
+        let failed_auth_task = tokio::spawn(proxy::report_failed_auths(Arc::clone(&failed_auths)));
+        let server_limits = proxy::server::ServerLimits {
+            connection: proxy::connection::ConnectionLimits {
+                header_read_timeout: config.header_read_timeout,
+                idle_timeout: config.client_idle_timeout,
+            },
+            max_connections: max_connections(config.max_connections),
+            http2_keepalive_interval: Some(config.http2_keepalive_interval)
+                .filter(|interval| !interval.is_zero()),
+            http2_keepalive_timeout: config.http2_keepalive_timeout,
         };
         // One proxy per serving thread: shared routing table, health and tokens; its own
         // upstream connection pool.
@@ -325,6 +426,7 @@ impl DataPlane {
                 http: proxy::upstream_client::build(settings, tls.clone()),
                 entra: Arc::clone(&entra),
                 limits: limits.clone(),
+                failed_auths: Arc::clone(&failed_auths),
             })
             .collect();
         info!(
@@ -332,6 +434,8 @@ impl DataPlane {
             node_id = %config.node_id,
             control_plane = %config.control_plane_url,
             workers,
+            max_connections = server_limits.max_connections,
+            allow_loopback_upstreams = config.allow_loopback_upstreams,
             "data plane serving"
         );
 
@@ -361,7 +465,16 @@ impl DataPlane {
                 reason = client_died => died = Some(reason),
             }
         };
-        proxy::server::serve(listener, proxies, stop, config.shutdown_grace).await;
+        proxy::server::serve(
+            listener,
+            proxies,
+            stop,
+            config.shutdown_grace,
+            server_limits,
+            connections,
+        )
+        .await;
+        failed_auth_task.abort();
         if let Some(client) = client_abort {
             client.abort();
         }
@@ -375,6 +488,32 @@ impl DataPlane {
             None => Ok(()),
         }
     }
+}
+
+/// `configured`, lowered to what the open-file limit leaves for client connections (half of
+/// it after [`RESERVED_FDS`]: each proxied request may hold an upstream connection too).
+fn max_connections(configured: usize) -> usize {
+    let configured = configured.max(1);
+    let Some(files) = open_file_limit() else { return configured };
+    let fitting = (files.saturating_sub(RESERVED_FDS) / 2).max(1);
+    if fitting < configured {
+        warn!(
+            configured,
+            open_file_limit = files,
+            max_connections = fitting,
+            "open-file limit too low for the connection limit; lowering it"
+        );
+        return fitting;
+    }
+    configured
+}
+
+/// The soft limit on open files (`RLIMIT_NOFILE`), from `/proc/self/limits` (Linux; `None`
+/// elsewhere or when unlimited).
+fn open_file_limit() -> Option<usize> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    line["Max open files".len()..].split_whitespace().next()?.parse().ok()
 }
 
 /// Starts token refresh for every Entra ID scope of each routing table applied.

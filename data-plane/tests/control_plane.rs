@@ -188,6 +188,7 @@ async fn snapshots_are_acked_or_nacked_health_is_reported_and_the_client_reconne
         control_plane_trust: trust,
         node_id: "dp-test-1".into(),
         heartbeat_interval: Duration::from_millis(100),
+        allow_loopback_upstreams: true,
         ..Default::default()
     })
     .await?;
@@ -284,6 +285,7 @@ async fn a_429_is_pushed_at_once_and_a_fleet_window_from_the_stream_is_honoured_
         node_id: "dp-test-2".into(),
         // No heartbeat during the test: a health report can only come from the push.
         heartbeat_interval: Duration::from_secs(3600),
+        allow_loopback_upstreams: true,
         ..Default::default()
     })
     .await?;

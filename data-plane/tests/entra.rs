@@ -127,6 +127,7 @@ async fn run(
         control_plane_url: String::new(),
         node_id: "entra-test".to_owned(),
         entra_credential,
+        allow_loopback_upstreams: true,
         ..Default::default()
     })
     .await?;

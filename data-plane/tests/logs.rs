@@ -119,6 +119,7 @@ async fn request_logs_name_endpoints_and_outcomes_but_never_a_key() -> Result<()
         gateway_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
         control_plane_url: String::new(),
         upstream_timeout: Duration::from_secs(5),
+        allow_loopback_upstreams: true,
         ..Default::default()
     })
     .await?;

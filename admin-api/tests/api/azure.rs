@@ -652,6 +652,7 @@ async fn a_proposed_gateway_serves_traffic_through_the_data_plane() {
         gateway_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
         control_plane_url: String::new(),
         node_id: "acceptance".to_owned(),
+        allow_loopback_upstreams: true,
         ..Default::default()
     })
     .await

@@ -4,6 +4,14 @@
 //! [`Outcome::of_request_error`] name what happened, and each [`Outcome`] knows which side it
 //! lies with, whether another endpoint may be tried, and what it means for the endpoint's
 //! health. The failover loop only reads those answers.
+//!
+//! Health accounting a client cannot poison: an answer the request itself caused (400, 404,
+//! 413, 422 and every other 4xx but 401/403/429, `content_filter` included) never changes
+//! the endpoint's health ([`HealthImpact::Unchanged`]), and a 401/403 marks the endpoint
+//! `error` only when nothing client-controlled reached the upstream that it could authorise
+//! by — with the header allowlist that leaves the endpoint's own credential, unless the
+//! client sent an identity header (`openai-organization`, `openai-project`) or query
+//! parameters besides `api-version` ([`Outcome::of_status`]'s `client_scoped_auth`).
 
 use std::borrow::Cow;
 use std::time::Duration;
@@ -19,11 +27,13 @@ use crate::health::HealthEvent;
 pub(super) enum Outcome {
     /// 1xx–3xx: served.
     Ok,
-    /// 4xx other than 401/403/429: the client's problem, passed through.
+    /// 4xx other than 429 (401/403 only when the request carried something of the client's
+    /// an upstream may authorise by): the client's problem, passed through.
     ClientError,
     /// A 5xx that another endpoint would answer the same way (501, 505, …): passed through.
     ServerErrorPassedThrough,
-    /// 401/403: the endpoint rejected the gateway's credential; passed through.
+    /// 401/403 to a request that carried only the gateway's credential: the endpoint rejected
+    /// it; passed through.
     CredentialRejected,
     /// 429: the endpoint's quota is used up for now.
     Throttled,
@@ -76,13 +86,15 @@ pub(super) enum HealthImpact {
 }
 
 impl Outcome {
-    /// What a response head's status makes of an attempt.
+    /// What a response head's status makes of an attempt. `client_scoped_auth`: the request
+    /// carried something of the client's that the upstream may authorise by, so a 401/403
+    /// may be the client's doing.
     #[inline]
-    pub(super) fn of_status(status: StatusCode) -> Self {
+    pub(super) fn of_status(status: StatusCode, client_scoped_auth: bool) -> Self {
         match status.as_u16() {
             429 => Outcome::Throttled,
             500 | 502 | 503 | 504 => Outcome::ServerError,
-            401 | 403 => Outcome::CredentialRejected,
+            401 | 403 if !client_scoped_auth => Outcome::CredentialRejected,
             400..=499 => Outcome::ClientError,
             500..=599 => Outcome::ServerErrorPassedThrough,
             _ => Outcome::Ok,
@@ -151,9 +163,7 @@ impl Outcome {
     #[inline]
     pub(super) const fn health(self) -> HealthImpact {
         match self {
-            Outcome::Ok | Outcome::ClientError | Outcome::ServerErrorPassedThrough => {
-                HealthImpact::Answered
-            }
+            Outcome::Ok | Outcome::ServerErrorPassedThrough => HealthImpact::Answered,
             Outcome::Throttled => HealthImpact::Throttled,
             Outcome::CredentialRejected
             | Outcome::ServerError
@@ -161,7 +171,9 @@ impl Outcome {
             | Outcome::Timeout
             | Outcome::Transport
             | Outcome::NoCredential => HealthImpact::Failed,
-            Outcome::Deadline => HealthImpact::Unchanged,
+            // The request caused it (another endpoint would answer the same), or the request
+            // ran out of time: nothing about the endpoint.
+            Outcome::ClientError | Outcome::Deadline => HealthImpact::Unchanged,
         }
     }
 }
@@ -247,13 +259,15 @@ pub(super) struct Answer {
 
 impl Answer {
     /// What passing this answer on means for the endpoint's health: a rejected credential
-    /// fails it, anything else it answered closes it.
-    pub(super) fn health_event(&self) -> HealthEvent {
+    /// fails it, an answer the client caused says nothing (`None`), anything else it answered
+    /// closes it.
+    pub(super) fn health_event(&self) -> Option<HealthEvent> {
         match self.outcome.health() {
-            HealthImpact::Failed => {
-                HealthEvent::Failed { reason: format!("credential rejected ({})", self.status) }
-            }
-            _ => HealthEvent::Answered,
+            HealthImpact::Failed => Some(HealthEvent::Failed {
+                reason: format!("credential rejected ({})", self.status),
+            }),
+            HealthImpact::Unchanged => None,
+            HealthImpact::Answered | HealthImpact::Throttled => Some(HealthEvent::Answered),
         }
     }
 }
@@ -300,7 +314,7 @@ mod tests {
     /// (status, label, side, retry, health): every family and the statuses singled out.
     #[test]
     fn statuses_classify_by_label_side_retry_and_health() {
-        use HealthImpact::{Answered, Failed, Throttled};
+        use HealthImpact::{Answered, Failed, Throttled, Unchanged};
         use Retry::{Never, NextEndpoint};
         use Side::{Client, Gateway, Upstream};
         let table = [
@@ -308,10 +322,10 @@ mod tests {
             (200, "ok", None, Never, Answered),
             (204, "ok", None, Never, Answered),
             (302, "ok", None, Never, Answered),
-            (400, "client_error", Some(Client), Never, Answered),
-            (404, "client_error", Some(Client), Never, Answered),
-            (413, "client_error", Some(Client), Never, Answered),
-            (422, "client_error", Some(Client), Never, Answered),
+            (400, "client_error", Some(Client), Never, Unchanged),
+            (404, "client_error", Some(Client), Never, Unchanged),
+            (413, "client_error", Some(Client), Never, Unchanged),
+            (422, "client_error", Some(Client), Never, Unchanged),
             (401, "credential_rejected", Some(Gateway), Never, Failed),
             (403, "credential_rejected", Some(Gateway), Never, Failed),
             (429, "throttled", Some(Upstream), NextEndpoint, Throttled),
@@ -324,12 +338,28 @@ mod tests {
             (599, "server_error_passed_through", Some(Upstream), Never, Answered),
         ];
         for (code, label, side, retry, health) in table {
-            let outcome = Outcome::of_status(StatusCode::from_u16(code).expect("status"));
+            let outcome = Outcome::of_status(StatusCode::from_u16(code).expect("status"), false);
             assert_eq!(
                 (outcome.label(), outcome.side(), outcome.retry(), outcome.health()),
                 (label, side, retry, health),
                 "{code}"
             );
+        }
+    }
+
+    /// A 401/403 to a request carrying an identity of the client's (e.g. `openai-organization`)
+    /// may be the client's doing: passed through, health unchanged.
+    #[test]
+    fn a_401_the_client_may_have_caused_leaves_health_alone() {
+        for code in [401u16, 403] {
+            let outcome = Outcome::of_status(StatusCode::from_u16(code).expect("status"), true);
+            assert_eq!(outcome, Outcome::ClientError, "{code}");
+            assert_eq!(outcome.health(), HealthImpact::Unchanged);
+            assert_eq!(outcome.retry(), Retry::Never);
+        }
+        for code in [429u16, 500, 503] {
+            let status = StatusCode::from_u16(code).expect("status");
+            assert_eq!(Outcome::of_status(status, true), Outcome::of_status(status, false));
         }
     }
 
@@ -404,6 +434,7 @@ mod tests {
             connect_timeout: Duration::from_secs(2),
             pool_idle_timeout: Duration::from_secs(1),
             tcp_keepalive: Duration::from_secs(30),
+            egress: crate::proxy::egress::EgressPolicy { allow_loopback: true },
         };
         let client = build(settings, tls_config().expect("platform roots"));
         let send = |addr: std::net::SocketAddr| {

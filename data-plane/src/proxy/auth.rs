@@ -1,13 +1,15 @@
 //! Which gateway a request may use: its key names one, and the deployment in its path (or
-//! `model` in a v1 body) must be `auto` or that gateway's name. Refusals are Azure-shaped
-//! (401 `AccessDenied`, 404 `DeploymentNotFound`) and logged without the key.
+//! `model` in a v1 or `/openai/responses` body) must be `auto` or that gateway's name.
+//! Refusals are Azure-shaped (401 `AccessDenied`, 404 `DeploymentNotFound`, 400 for a `model`
+//! that is not a name) and logged without the key: failed keys at `debug` only, their
+//! aggregate per client address by `failed_auth`.
 
 use http::{HeaderMap, Response};
 use modelgw_model::gateway_key_hash;
-use tracing::info;
+use tracing::{debug, info};
 
 use super::rewrite::ModelProbe;
-use super::route::{Route, client_key};
+use super::route::{Call, client_key};
 use super::{ProxyBody, reply};
 use crate::routing_table::{CompiledGateway, RoutingTable};
 
@@ -18,6 +20,8 @@ pub(super) enum Refusal {
     AccessDenied,
     /// The path's deployment or the body's `model` is neither `auto` nor the gateway: 404.
     DeploymentNotFound,
+    /// Where `model` names the deployment, it is not a string: 400.
+    ModelNotAName,
 }
 
 impl Refusal {
@@ -26,6 +30,9 @@ impl Refusal {
         match self {
             Refusal::AccessDenied => reply::access_denied(),
             Refusal::DeploymentNotFound => reply::deployment_not_found(),
+            Refusal::ModelNotAName => {
+                reply::bad_request("'model' must be a string: 'auto' or the gateway's name.")
+            }
         }
     }
 }
@@ -37,11 +44,11 @@ pub(super) fn gateway_for_key<'t>(
     rid: &str,
 ) -> Result<&'t CompiledGateway, Refusal> {
     let Some(key) = client_key(headers) else {
-        info!(request_id = rid, "no gateway key");
+        debug!(request_id = rid, "no gateway key");
         return Err(Refusal::AccessDenied);
     };
     let Some(gateway) = table.gateway_for_key(&gateway_key_hash(key)) else {
-        info!(request_id = rid, "unknown gateway key");
+        debug!(request_id = rid, "unknown gateway key");
         return Err(Refusal::AccessDenied);
     };
     Ok(gateway)
@@ -49,11 +56,11 @@ pub(super) fn gateway_for_key<'t>(
 
 /// The deployment in the path, if any, must be `auto` or the gateway's name.
 pub(super) fn check_deployment(
-    route: Route<'_>,
+    call: Call<'_>,
     gateway: &CompiledGateway,
     rid: &str,
 ) -> Result<(), Refusal> {
-    if let Some(deployment) = route.deployment()
+    if let Some(deployment) = call.deployment
         && deployment != "auto"
         && deployment != gateway.name
     {
@@ -63,19 +70,23 @@ pub(super) fn check_deployment(
     Ok(())
 }
 
-/// On `/openai/v1/…` the body's `model` is the deployment: `auto` or the gateway's name.
+/// Where the body's `model` names the deployment (`/openai/v1/{op}`, `/openai/responses`) it
+/// is `auto` or the gateway's name, or absent (the upstream then says it is required).
 pub(super) fn check_model(
-    route: Route<'_>,
+    call: Call<'_>,
     model: &ModelProbe,
     gateway: &CompiledGateway,
     rid: &str,
 ) -> Result<(), Refusal> {
-    if let Route::V1 { .. } = route
-        && let ModelProbe::Present(field) = model
-        && let Some(name) = field.value.as_deref()
-        && name != "auto"
-        && name != gateway.name
-    {
+    if !call.model_names_deployment() {
+        return Ok(());
+    }
+    let ModelProbe::Present(field) = model else { return Ok(()) };
+    let Some(name) = field.value.as_deref() else {
+        info!(request_id = rid, "model is not a string");
+        return Err(Refusal::ModelNotAName);
+    };
+    if name != "auto" && name != gateway.name {
         info!(request_id = rid, model = name, "model is neither auto nor the gateway");
         return Err(Refusal::DeploymentNotFound);
     }

@@ -87,7 +87,7 @@ impl Proxy {
             Ok(Ok(response)) => response,
         };
         let status = response.status();
-        let outcome = Outcome::of_status(status);
+        let outcome = Outcome::of_status(status, plan.client_scoped_auth);
         if outcome == Outcome::Throttled {
             let now = SystemTime::now();
             let (parts, body) = response.into_parts();
@@ -228,4 +228,12 @@ pub(super) fn is_event_stream(headers: &HeaderMap) -> bool {
         .get(CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.trim_start().to_ascii_lowercase().starts_with("text/event-stream"))
+}
+
+/// Whether the body has a content coding other than `identity` (e.g. gzip).
+#[inline]
+pub(super) fn is_encoded(headers: &HeaderMap) -> bool {
+    headers
+        .get(http::header::CONTENT_ENCODING)
+        .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"))
 }

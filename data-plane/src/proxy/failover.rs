@@ -13,7 +13,7 @@ use tracing::{debug, info, warn};
 use super::attempt::{Outcome, Side};
 use super::upstream::RequestPlan;
 use super::{ATTEMPTS_HEADER, Proxy, ProxyBody, reply};
-use crate::health::{GatewayState, HealthRegistry, Unavailable, gateway_state};
+use crate::health::{GatewayState, HealthEvent, HealthRegistry, Unavailable, gateway_state};
 use crate::routing_table::{CompiledEndpoint, CompiledGateway};
 
 /// Most times one request waits for a recovery (`routing.wait_for_recovery`) before giving
@@ -81,14 +81,11 @@ impl Proxy {
                 match result {
                     Ok(answer) => {
                         let event = answer.health_event();
-                        log_attempt(
-                            &tried,
-                            answer.outcome,
-                            Some(answer.status),
-                            ms,
-                            event.reason(),
-                        );
-                        self.health.record(endpoint.id, &event, now);
+                        let reason = event.as_ref().map_or("", HealthEvent::reason);
+                        log_attempt(&tried, answer.outcome, Some(answer.status), ms, reason);
+                        if let Some(event) = &event {
+                            self.health.record(endpoint.id, event, now);
+                        }
                         admission.finish_trial();
                         if answer.outcome == Outcome::Ok {
                             // A quick rejection says nothing about how fast it serves.

@@ -18,30 +18,41 @@
 //! - Other statuses: at their head, passed through byte for byte (error bodies are small and
 //!   nothing is gained by failing over an answer that says no).
 //!
-//! Where each step lives, in the order a request meets them: `route` (what it asks for),
-//! `auth` (which gateway it may use), `body` (its body, read once), `deadline` (its budget),
+//! Where each step lives, in the order a request meets them: `server` (the listener, its
+//! threads and the connection limits), `route` + `operations` (what it asks for, from the one
+//! table of operations a key reaches), `failed_auth` (addresses refused after failed keys),
+//! `auth` (which gateway it may use), `body` (its body, read once), `rewrite` (its `model`,
+//! read strictly), `deadline` (its budget),
 //! `failover` (candidates in order, recovery waits, the 429/503/504 answers), `exchange` (one
 //! request to an endpoint, up to the moment its answer may be committed), `attempt` (what it
 //! came to: `Outcome`, `AttemptError`), `upstream` + `rewrite` (the request each endpoint
-//! gets), `upstream_client` (the pooled hyper client), `relay` (streaming a committed answer),
-//! `reply` (the gateway's own answers), `access_log` (the line per request), `server` (the
-//! listener and its threads).
+//! gets), `upstream_client` (the pooled hyper client, its connect-time address guard in `egress`),
+//! `relay` + `sse` (streaming a committed answer; bounded SSE framing), `reply` (the gateway's
+//! own answers), `access_log` (the line per request).
 
 mod access_log;
 mod attempt;
 mod auth;
 mod body;
+pub(crate) mod connection;
 mod deadline;
+pub(crate) mod egress;
 mod exchange;
+mod failed_auth;
 mod failover;
+pub(crate) mod operations;
+#[cfg(test)]
+mod properties;
 mod relay;
 mod reply;
 mod rewrite;
 mod route;
 pub(crate) mod server;
+mod sse;
 mod upstream;
 pub(crate) mod upstream_client;
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -50,14 +61,19 @@ use http::request::Parts;
 use http::{HeaderName, HeaderValue, Request, Response, StatusCode};
 use http_body_util::combinators::BoxBody;
 use hyper::body::Incoming;
-use tracing::{Instrument, Span, debug, field};
+use tracing::{Instrument, Span, debug, field, info};
 
 use crate::balance::EndpointSelector;
 use crate::health::HealthRegistry;
 use crate::routing_table::SnapshotStore;
-use rewrite::probe_model;
-use route::{Route, parse_route};
-use upstream::{CLIENT_REQUEST_ID, RequestPlan, upstream_headers};
+use operations::BodyKind;
+use rewrite::{ModelProbe, probe_model};
+use route::{Route, client_key, parse_route};
+use upstream::{
+    CLIENT_REQUEST_ID, RequestPlan, carries_client_identity, upstream_headers, upstream_query,
+};
+
+pub(crate) use failed_auth::{FailedAuths, report as report_failed_auths};
 
 pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// The body of every response the gateway sends.
@@ -81,6 +97,10 @@ pub(crate) struct Limits {
     /// Most bytes of a non-streamed 2xx answer read before committing it to the client.
     pub max_buffered_response_bytes: usize,
     pub client_body_timeout: Duration,
+    /// Largest SSE event relayed; a larger one ends the stream with an error event.
+    pub max_sse_event_bytes: usize,
+    /// Forward `X-Forwarded-*` / `Forwarded` from the client.
+    pub forward_client_address_headers: bool,
 }
 
 /// Shared state of the request path.
@@ -91,11 +111,18 @@ pub(crate) struct Proxy {
     pub http: upstream_client::UpstreamClient,
     pub entra: Arc<crate::entra::EntraTokens>,
     pub limits: Limits,
+    /// Failed authentications per client address (shared by every serving thread).
+    pub failed_auths: Arc<FailedAuths>,
 }
 
 impl Proxy {
-    /// Serves one request. Infallible: every failure becomes an Azure-shaped response.
-    pub(crate) async fn handle(self: Arc<Self>, request: Request<Incoming>) -> Response<ProxyBody> {
+    /// Serves one request from `peer`. Infallible: every failure becomes an Azure-shaped
+    /// response.
+    pub(crate) async fn handle(
+        self: Arc<Self>,
+        request: Request<Incoming>,
+        peer: Option<IpAddr>,
+    ) -> Response<ProxyBody> {
         let (parts, body) = request.into_parts();
         let route = parse_route(&parts.method, parts.uri.path());
         match route {
@@ -121,7 +148,7 @@ impl Proxy {
         let started = Instant::now();
         let mut gateway = None;
         let mut response = self
-            .serve(&parts, body, route, &request_id, started, &mut gateway)
+            .serve(&parts, body, route, peer, &request_id, started, &mut gateway)
             .instrument(span.clone())
             .await;
         response.headers_mut().entry(CLIENT_REQUEST_ID).or_insert(request_id);
@@ -132,11 +159,13 @@ impl Proxy {
 
     /// Everything between the request's head and its answer: the gateway it may use, its
     /// body, its deadline, then failover across the gateway's endpoints.
+    #[allow(clippy::too_many_arguments)]
     async fn serve(
         &self,
         parts: &Parts,
         body: Incoming,
         route: Route<'_>,
+        peer: Option<IpAddr>,
         request_id: &HeaderValue,
         started: Instant,
         gateway_name: &mut Option<String>,
@@ -144,9 +173,19 @@ impl Proxy {
         // Lines logged before the answer carry the request id themselves: the `request` span
         // is debug-level, so at `info` they have no span context.
         let rid = request_id.to_str().unwrap_or_default();
-        if route == Route::NotFound {
-            debug!("unknown path");
-            return reply::resource_not_found();
+        let call = match route {
+            Route::Call(call) => call,
+            Route::NotFound(reason) => {
+                // Before any key check or upstream: the table has no such operation.
+                debug!(request_id = rid, reason, "not an operation the gateway serves");
+                return reply::resource_not_found();
+            }
+            Route::Healthz | Route::Readyz => return reply::resource_not_found(),
+        };
+        debug!(operation = call.operation.label(), "operation");
+        if let Some(wait) = self.failed_auths.refused_for(peer, started) {
+            debug!(request_id = rid, "client address over the failed-authentication limit");
+            return reply::too_many_failed_authentications(wait);
         }
         let table = self.store.load();
         if table.version().0 == 0 {
@@ -154,29 +193,58 @@ impl Proxy {
         }
         let gateway = match auth::gateway_for_key(&table, &parts.headers, rid) {
             Ok(gateway) => gateway,
-            Err(refusal) => return refusal.response(),
+            Err(refusal) => {
+                self.failed_auths.record(peer, started);
+                return refusal.response();
+            }
         };
         Span::current().record("gateway", gateway.name.as_str());
         *gateway_name = Some(gateway.name.clone());
-        if let Err(refusal) = auth::check_deployment(route, gateway, rid) {
+        if let Err(refusal) = auth::check_deployment(call, gateway, rid) {
             return refusal.response();
         }
         let body = match body::read_body(&self.limits, &parts.headers, body, rid).await {
             Ok(body) => body,
             Err(response) => return response,
         };
-        let model = probe_model(&body);
-        if let Err(refusal) = auth::check_model(route, &model, gateway, rid) {
+        let model = match call.operation.body() {
+            BodyKind::Json => match probe_model(&body) {
+                Ok(model) => model,
+                Err(refusal) => {
+                    info!(request_id = rid, reason = refusal.label(), "request body refused");
+                    return reply::bad_request(&refusal.message());
+                }
+            },
+            BodyKind::Multipart => ModelProbe::Unread,
+            BodyKind::Empty if body.is_empty() => ModelProbe::Unread,
+            BodyKind::Empty => {
+                info!(request_id = rid, "request body where the operation takes none");
+                return reply::bad_request("This operation takes no request body.");
+            }
+        };
+        if let Err(refusal) = auth::check_model(call, &model, gateway, rid) {
             return refusal.response();
         }
+        let forward_address = self.limits.forward_client_address_headers;
+        let prepared = upstream_headers(&parts.headers, request_id, forward_address);
+        let query = upstream_query(parts.uri.query(), client_key(&parts.headers));
+        if query.as_deref() != parts.uri.query().filter(|q| !q.is_empty()) {
+            debug!(request_id = rid, "credential parameters removed from the query");
+        }
+        let client_scoped_auth = carries_client_identity(&prepared)
+            || query.as_deref().is_some_and(|q| {
+                q.split('&').any(|pair| !pair.is_empty() && !pair.starts_with("api-version="))
+            });
         let mut plan = RequestPlan {
             request_id: rid,
             method: parts.method.clone(),
-            route,
-            query: parts.uri.query(),
+            call,
+            query,
             client_headers: &parts.headers,
             request_id_header: request_id,
-            prepared: Some(upstream_headers(&parts.headers, request_id)),
+            client_address_headers: forward_address,
+            prepared: Some(prepared),
+            client_scoped_auth,
             body,
             model,
         };

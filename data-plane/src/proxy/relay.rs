@@ -7,7 +7,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http::{HeaderValue, Response};
 use http_body::Frame;
 use http_body_util::BodyExt;
@@ -16,7 +16,8 @@ use tracing::{Span, warn};
 
 use super::attempt::{Answer, error_chain};
 use super::deadline::bounded;
-use super::exchange::{is_event_stream, next_data};
+use super::exchange::{is_encoded, is_event_stream, next_data};
+use super::sse::SseFramer;
 use super::upstream::downstream_headers;
 use super::{ATTEMPTS_HEADER, BoxError, ENDPOINT_HEADER, Proxy, ProxyBody};
 use crate::health::{Admission, HealthEvent, HealthRegistry};
@@ -41,12 +42,14 @@ impl Proxy {
         attempts: &str,
     ) -> Response<ProxyBody> {
         let Answer { status, headers, ahead, body, .. } = answer;
-        let sse = is_event_stream(&headers);
+        // An encoded (e.g. gzip) stream cannot be framed, nor an error event appended to it:
+        // relayed as it comes, aborted on failure.
+        let sse = is_event_stream(&headers) && !is_encoded(&headers);
         let relay = Relay {
             body,
             ahead: ahead.frames,
             ended: ahead.complete,
-            framer: sse.then(BytesMut::new),
+            framer: sse.then(|| SseFramer::new(self.limits.max_sse_event_bytes)),
             idle: self.limits.idle_timeout,
             deadline,
             health: Arc::clone(&self.health),
@@ -84,7 +87,8 @@ struct Relay {
     ahead: VecDeque<Bytes>,
     /// The upstream body already ended: nothing more to read from it.
     ended: bool,
-    framer: Option<BytesMut>,
+    /// SSE only: whole events out, one event at most `max_sse_event_bytes`.
+    framer: Option<SseFramer>,
     idle: Duration,
     deadline: Instant,
     health: Arc<HealthRegistry>,
@@ -125,23 +129,24 @@ impl Relay {
             let failure = match next {
                 Ok(Ok(Some(bytes))) => {
                     let out = match &mut self.framer {
-                        None => bytes,
-                        Some(pending) => {
-                            pending.extend_from_slice(&bytes);
-                            match last_event_end(pending) {
-                                Some(end) => pending.split_to(end).freeze(),
-                                None => continue,
-                            }
-                        }
+                        None => Ok(bytes),
+                        Some(framer) => framer.push(bytes),
                     };
-                    if out.is_empty() {
-                        continue;
+                    match out {
+                        Ok(out) if out.is_empty() => continue,
+                        Ok(out) => return Some((Ok(Frame::data(out)), self)),
+                        Err(too_large) => (
+                            format!(
+                                "the upstream sent an SSE event larger than {} bytes",
+                                too_large.max_event
+                            ),
+                            true,
+                        ),
                     }
-                    return Some((Ok(Frame::data(out)), self));
                 }
                 Ok(Ok(None)) => {
-                    let rest = self.framer.take().filter(|p| !p.is_empty());
-                    return rest.map(|rest| (Ok(Frame::data(rest.freeze())), self));
+                    let rest = self.framer.take().and_then(|mut framer| framer.finish());
+                    return rest.map(|rest| (Ok(Frame::data(rest)), self));
                 }
                 Ok(Err(err)) => (format!("upstream stream failed: {}", error_chain(&err)), true),
                 Err(false) => (format!("no upstream data for {} ms", self.idle.as_millis()), true),
@@ -170,13 +175,6 @@ impl Relay {
     }
 }
 
-/// End of the last complete SSE event in `buf` (after its blank line), if any.
-fn last_event_end(buf: &[u8]) -> Option<usize> {
-    let lf = buf.windows(2).rposition(|w| w == b"\n\n").map(|i| i + 2);
-    let crlf = buf.windows(4).rposition(|w| w == b"\r\n\r\n").map(|i| i + 4);
-    lf.max(crlf)
-}
-
 /// The SSE frame that tells the client a stream broke: the openai SDK raises `APIError` on a
 /// data frame with an `error` key.
 fn stream_error_event(message: &str) -> Bytes {
@@ -191,10 +189,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn sse_relay_cuts_at_event_boundaries_and_the_error_event_is_a_data_frame() {
-        assert_eq!(last_event_end(b"data: {}\n\ndata: {\"a\""), Some(10));
-        assert_eq!(last_event_end(b"data: {}\r\n\r\n"), Some(12));
-        assert_eq!(last_event_end(b"data: {\"partial"), None);
+    fn the_error_event_is_a_data_frame() {
         let event = stream_error_event("upstream \"cut\"");
         let text = std::str::from_utf8(&event).expect("utf-8");
         assert!(text.starts_with("data: ") && text.ends_with("\n\n"));

@@ -79,6 +79,23 @@ pub(crate) fn body_timeout(limit: Duration) -> Response<ProxyBody> {
     )
 }
 
+/// 400 in Azure's shape with `message`.
+pub(crate) fn bad_request(message: &str) -> Response<ProxyBody> {
+    azure_error(StatusCode::BAD_REQUEST, "400", message)
+}
+
+/// 429 for a client address over the failed-authentication limit.
+pub(crate) fn too_many_failed_authentications(wait: Duration) -> Response<ProxyBody> {
+    with_retry_after(
+        azure_error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "429",
+            "Too many failed authentications from this address; retry later.",
+        ),
+        wait,
+    )
+}
+
 pub(crate) fn bad_body() -> Response<ProxyBody> {
     azure_error(StatusCode::BAD_REQUEST, "400", "The request body could not be read.")
 }

@@ -1,12 +1,22 @@
-//! Rewriting the body's top-level `model` without re-serialising the JSON: locate the value's
-//! byte span once per request, then splice the endpoint's deployment in per attempt. Bytes
-//! outside the span (key order, whitespace, number formats, nested `model` keys) are untouched.
+//! Reading and rewriting the body's top-level `model` without re-serialising the JSON: locate
+//! the value's byte span once per request, then splice the endpoint's deployment in per
+//! attempt. Bytes outside the span (key order, whitespace, number formats, nested `model`
+//! keys) are untouched.
+//!
+//! Strict, because the gateway and the upstream must read the same `model`: a body the gateway
+//! reads `model` from must be exactly one JSON object (JSON whitespace around it, nothing
+//! else: no BOM, no second value, no trailing bytes), valid JSON throughout, with at most one
+//! top-level `model` member (`"mod\u0065l"` counts: it is the same key once unescaped).
+//! Anything else is refused ([`BodyRefusal`], a 400) before an upstream sees it: a parser
+//! that keeps the last duplicate, skips a BOM or stops at the first value would otherwise
+//! route by a `model` the gateway never checked.
 
 use std::borrow::Cow;
+use std::fmt;
 use std::ops::Range;
 
 use bytes::{Bytes, BytesMut};
-use serde::de::{Deserialize, Deserializer};
+use serde::de::{self, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde_json::value::RawValue;
 
 /// The top-level `model` member of a JSON object body.
@@ -21,53 +31,128 @@ pub(crate) struct ModelField {
 /// What the body says about `model`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum ModelProbe {
-    /// Not a JSON object (multipart audio, empty body, an array…): never touched.
-    NotAnObject,
+    /// The body is not read for `model` (multipart, or an operation without a body).
+    Unread,
     /// A JSON object without a top-level `model`.
     Absent,
     Present(ModelField),
 }
 
-/// A borrowed raw value; unlike `Option<&RawValue>`, keeps `null` as a value.
-enum Field<'a> {
-    Absent,
-    Raw(&'a RawValue),
+/// Why a JSON body is refused (a 400 in Azure's shape).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum BodyRefusal {
+    /// Something other than one JSON object (an array, a BOM or other bytes first, empty).
+    NotAnObject,
+    /// A second top-level `model` member.
+    DuplicateModel,
+    /// Not valid JSON, or bytes after the object; serde's message with its position.
+    Invalid(String),
 }
 
-impl<'de: 'a, 'a> Deserialize<'de> for Field<'a> {
+impl BodyRefusal {
+    /// The message of the 400; says where, never echoes the body.
+    pub(crate) fn message(&self) -> String {
+        match self {
+            BodyRefusal::NotAnObject => {
+                "The request body must be one JSON object (no byte order mark, nothing before or after it).".to_owned()
+            }
+            BodyRefusal::DuplicateModel => {
+                "The request body has more than one top-level 'model' member.".to_owned()
+            }
+            BodyRefusal::Invalid(why) => {
+                format!("The request body is not one valid JSON object: {why}.")
+            }
+        }
+    }
+
+    /// Low-cardinality reason for logs.
+    pub(crate) fn label(&self) -> &'static str {
+        match self {
+            BodyRefusal::NotAnObject => "not_one_object",
+            BodyRefusal::DuplicateModel => "duplicate_model",
+            BodyRefusal::Invalid(_) => "invalid_json",
+        }
+    }
+}
+
+/// The marker of the visitor's duplicate-`model` error, told apart from serde's own errors.
+const DUPLICATE_MODEL: &str = "duplicate top-level `model`";
+
+/// Whether a key is `model` (escapes decoded; no allocation for plain keys).
+struct IsModel(bool);
+
+impl<'de> de::Deserialize<'de> for IsModel {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        <&'a RawValue>::deserialize(deserializer).map(Field::Raw)
+        struct KeyVisitor;
+        impl Visitor<'_> for KeyVisitor {
+            type Value = IsModel;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an object key")
+            }
+            fn visit_str<E: de::Error>(self, key: &str) -> Result<IsModel, E> {
+                Ok(IsModel(key == "model"))
+            }
+        }
+        deserializer.deserialize_str(KeyVisitor)
     }
 }
 
-#[derive(serde::Deserialize)]
-struct Probe<'a> {
-    #[serde(borrow, default = "absent")]
-    model: Field<'a>,
-}
+/// The object's `model` value, raw and borrowed from the body; every other member is skipped
+/// (still validated as JSON).
+struct Probe<'a>(Option<&'a RawValue>);
 
-fn absent<'a>() -> Field<'a> {
-    Field::Absent
-}
-
-pub(crate) fn probe_model(body: &[u8]) -> ModelProbe {
-    // A derived struct would also accept a JSON array; only objects have members.
-    if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
-        return ModelProbe::NotAnObject;
+impl<'de> de::Deserialize<'de> for Probe<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ObjectVisitor;
+        impl<'de> Visitor<'de> for ObjectVisitor {
+            type Value = Probe<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Probe<'de>, A::Error> {
+                let mut model = None;
+                while let Some(IsModel(is_model)) = map.next_key()? {
+                    if !is_model {
+                        map.next_value::<IgnoredAny>()?;
+                    } else if model.is_some() {
+                        return Err(de::Error::custom(DUPLICATE_MODEL));
+                    } else {
+                        model = Some(map.next_value::<&'de RawValue>()?);
+                    }
+                }
+                Ok(Probe(model))
+            }
+        }
+        deserializer.deserialize_map(ObjectVisitor)
     }
-    let Ok(probe) = serde_json::from_slice::<Probe<'_>>(body) else {
-        return ModelProbe::NotAnObject;
+}
+
+/// The top-level `model` of a body that must be one JSON object; see the module docs.
+pub(crate) fn probe_model(body: &[u8]) -> Result<ModelProbe, BodyRefusal> {
+    // JSON's own whitespace only: a BOM or anything else before the object is refused here,
+    // and `deserialize_map` alone would also take an array.
+    let first = body.iter().find(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r'));
+    if first != Some(&b'{') {
+        return Err(BodyRefusal::NotAnObject);
+    }
+    let probe = match serde_json::from_slice::<Probe<'_>>(body) {
+        Ok(probe) => probe,
+        Err(err) if err.to_string().starts_with(DUPLICATE_MODEL) => {
+            return Err(BodyRefusal::DuplicateModel);
+        }
+        Err(err) => return Err(BodyRefusal::Invalid(err.to_string())),
     };
-    let Field::Raw(raw) = probe.model else { return ModelProbe::Absent };
+    let Some(raw) = probe.0 else { return Ok(ModelProbe::Absent) };
     let text = raw.get();
     // The raw value borrows from `body`, so its address gives its offset.
     let start = (text.as_ptr() as usize).wrapping_sub(body.as_ptr() as usize);
     let span = start..start + text.len();
     if body.get(span.clone()) != Some(text.as_bytes()) {
-        return ModelProbe::NotAnObject;
+        // Unreachable: a borrowed raw value is a slice of the body.
+        return Err(BodyRefusal::Invalid("model value not located".to_owned()));
     }
     let value = serde_json::from_str::<Cow<'_, str>>(text).ok().map(Cow::into_owned);
-    ModelProbe::Present(ModelField { span, value })
+    Ok(ModelProbe::Present(ModelField { span, value }))
 }
 
 /// `body` with `span` replaced by `replacement`.
@@ -101,7 +186,7 @@ mod tests {
 
     fn present(body: &str) -> ModelField {
         match probe_model(body.as_bytes()) {
-            ModelProbe::Present(field) => field,
+            Ok(ModelProbe::Present(field)) => field,
             other => panic!("expected a model in {body}: {other:?}"),
         }
     }
@@ -146,16 +231,43 @@ mod tests {
     }
 
     #[test]
-    fn bodies_without_a_model_or_not_objects() {
-        assert_eq!(probe_model(br#"{"messages":[{"model":"x"}]}"#), ModelProbe::Absent);
-        assert_eq!(probe_model(b"{}"), ModelProbe::Absent);
-        assert_eq!(probe_model(br#"["model"]"#), ModelProbe::NotAnObject);
-        assert_eq!(probe_model(b""), ModelProbe::NotAnObject);
+    fn bodies_without_a_model_or_not_one_object() {
+        assert_eq!(probe_model(br#"{"messages":[{"model":"x"}]}"#), Ok(ModelProbe::Absent));
+        assert_eq!(probe_model(b" {}\r\n"), Ok(ModelProbe::Absent));
+        assert_eq!(probe_model(br#"["model"]"#), Err(BodyRefusal::NotAnObject));
+        assert_eq!(probe_model(b""), Err(BodyRefusal::NotAnObject));
         assert_eq!(
             probe_model(b"--boundary\r\nContent-Disposition: form-data"),
-            ModelProbe::NotAnObject
+            Err(BodyRefusal::NotAnObject)
         );
-        assert_eq!(probe_model(br#"{"model":"a""#), ModelProbe::NotAnObject, "truncated JSON");
+        assert!(matches!(probe_model(br#"{"model":"a""#), Err(BodyRefusal::Invalid(_))));
+    }
+
+    #[test]
+    fn what_could_route_by_another_model_is_refused() {
+        let refused = |body: &[u8]| probe_model(body).expect_err("refused");
+        assert_eq!(
+            refused(br#"{"model":"gw","model":"o1-expensive"}"#),
+            BodyRefusal::DuplicateModel
+        );
+        assert_eq!(refused(br#"{"model":"gw","mod\u0065l":"o1"}"#), BodyRefusal::DuplicateModel);
+        assert_eq!(refused(b"\xEF\xBB\xBF{\"model\":\"gw\"}"), BodyRefusal::NotAnObject, "BOM");
+        assert!(matches!(refused(br#"{"model":"gw"} {"model":"o1"}"#), BodyRefusal::Invalid(_)));
+        assert!(matches!(refused(br#"{"model":"gw"}x"#), BodyRefusal::Invalid(_)));
+        assert!(matches!(refused(br#"{"model":"gw",}"#), BodyRefusal::Invalid(_)));
+        assert!(matches!(refused(br#"{"model":"gw" "n":1}"#), BodyRefusal::Invalid(_)));
+        assert!(matches!(refused(b"{\"model\":\"g\xFFw\"}"), BodyRefusal::Invalid(_)));
+        assert_eq!(
+            refused(b"\x0c{}"),
+            BodyRefusal::NotAnObject,
+            "form feed is not JSON whitespace"
+        );
+        // Nested duplicates are not the top-level model: kept as they are.
+        assert_eq!(
+            probe_model(br#"{"a":{"model":1,"model":2},"model":"gw"}"#)
+                .map(|p| matches!(p, ModelProbe::Present(_))),
+            Ok(true)
+        );
     }
 
     #[test]

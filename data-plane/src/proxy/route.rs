@@ -1,7 +1,10 @@
-//! What a request asks for: the route from its path, the client key from its headers.
+//! What a request asks for: the route from its path and method (through the operations
+//! table), the client key from its headers.
 
 use http::header::AUTHORIZATION;
 use http::{HeaderMap, Method};
+
+use super::operations::{Lookup, Operation, Scope, Surface, lookup, stateful_surface_enabled};
 
 /// The routes the gateway serves. Paths are the Azure OpenAI surface, unchanged for clients.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -10,47 +13,34 @@ pub(crate) enum Route<'a> {
     Healthz,
     /// `GET|HEAD /readyz`: a snapshot is applied.
     Readyz,
-    /// `/openai/deployments/{deployment}/{operation}` (dated API versions).
-    Deployment {
-        deployment: &'a str,
-        operation: &'a str,
-    },
-    /// `/openai/v1/{operation}`: the deployment is the body's `model`.
-    V1 {
-        operation: &'a str,
-    },
-    /// `/openai/v1/deployments/{deployment}/{operation}`: what `AzureOpenAI(base_url=…/openai/v1/)`
-    /// sends; served like v1 upstream.
-    V1Deployment {
-        deployment: &'a str,
-        operation: &'a str,
-    },
-    NotFound,
+    /// An operation of the table (`operations.rs`).
+    Call(Call<'a>),
+    /// Anything else: Azure's 404, from the gateway itself; the reason is logged.
+    NotFound(&'static str),
 }
 
-impl<'a> Route<'a> {
-    /// The deployment named in the path, if the route has one.
-    pub(crate) fn deployment(&self) -> Option<&'a str> {
-        match *self {
-            Route::Deployment { deployment, .. } | Route::V1Deployment { deployment, .. } => {
-                Some(deployment)
-            }
-            _ => None,
-        }
+/// An inference call: the operation, the surface it came on, and the deployment its path
+/// names (if any).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Call<'a> {
+    pub operation: Operation,
+    pub surface: Surface,
+    pub deployment: Option<&'a str>,
+}
+
+impl Call<'_> {
+    /// Whether the body's `model` names the deployment (`auto` or the gateway), as on
+    /// `/openai/v1/{op}` and `/openai/responses`: it is checked, and always rewritten to the
+    /// endpoint's deployment.
+    #[inline]
+    pub(crate) fn model_names_deployment(&self) -> bool {
+        self.deployment.is_none()
     }
 
-    pub(crate) fn operation(&self) -> &'a str {
-        match *self {
-            Route::Deployment { operation, .. }
-            | Route::V1 { operation }
-            | Route::V1Deployment { operation, .. } => operation,
-            _ => "",
-        }
-    }
-
-    /// Whether the upstream request uses the v1 surface (and so `model` = deployment).
+    /// Whether the upstream request uses the v1 surface.
+    #[inline]
     pub(crate) fn is_v1(&self) -> bool {
-        matches!(self, Route::V1 { .. } | Route::V1Deployment { .. })
+        self.surface == Surface::V1
     }
 }
 
@@ -61,30 +51,37 @@ pub(crate) fn parse_route<'a>(method: &Method, path: &'a str) -> Route<'a> {
         "/readyz" if probe => return Route::Readyz,
         _ => {}
     }
-    let Some(rest) = path.strip_prefix("/openai/") else { return Route::NotFound };
+    let Some(rest) = path.strip_prefix("/openai/") else {
+        return Route::NotFound("outside /openai/");
+    };
     if rest.split('/').any(is_dot_segment) {
         // Upstream URL parsing would resolve `..` and let a gateway key reach other paths
         // of the upstream resource with the endpoint's credential.
-        return Route::NotFound;
+        return Route::NotFound("dot segment");
     }
-    if let Some(rest) = rest.strip_prefix("deployments/") {
-        match split_deployment(rest) {
-            Some((deployment, operation)) => Route::Deployment { deployment, operation },
-            None => Route::NotFound,
+    let (surface, rest) = match rest.strip_prefix("v1/") {
+        Some(rest) => (Surface::V1, rest),
+        None => (Surface::Dated, rest),
+    };
+    let (deployment, scope, rest) = match rest.strip_prefix("deployments/") {
+        Some(rest) => match split_deployment(rest) {
+            Some((deployment, rest)) => (Some(deployment), Scope::Deployment, rest),
+            None => return Route::NotFound("no deployment or operation"),
+        },
+        None => (None, Scope::Surface, rest),
+    };
+    match lookup(surface, scope, rest, method) {
+        Lookup::Served(operation) => Route::Call(Call { operation, surface, deployment }),
+        Lookup::WrongMethod(_) => Route::NotFound("method not served for this operation"),
+        // The hook for enabling them per gateway, with pinning, later: off for every gateway.
+        Lookup::Stateful(_) if !stateful_surface_enabled() => {
+            Route::NotFound("stateful surface, not enabled")
         }
-    } else if let Some(rest) = rest.strip_prefix("v1/") {
-        if let Some(rest) = rest.strip_prefix("deployments/") {
-            match split_deployment(rest) {
-                Some((deployment, operation)) => Route::V1Deployment { deployment, operation },
-                None => Route::NotFound,
-            }
-        } else if rest.is_empty() {
-            Route::NotFound
-        } else {
-            Route::V1 { operation: rest }
+        Lookup::Stateful(_) => Route::NotFound("stateful surface, not implemented"),
+        Lookup::NeedsDeploymentPath(_) => {
+            Route::NotFound("multipart operation outside a deployment path")
         }
-    } else {
-        Route::NotFound
+        Lookup::Unknown => Route::NotFound("not an operation the gateway serves"),
     }
 }
 
@@ -120,52 +117,76 @@ mod tests {
         parse_route(&Method::POST, path)
     }
 
+    fn call(operation: Operation, surface: Surface, deployment: Option<&str>) -> Route<'_> {
+        Route::Call(Call { operation, surface, deployment })
+    }
+
     #[test]
     fn deployment_paths() {
+        use Operation::{ChatCompletions, ImageGenerations};
         assert_eq!(
             post("/openai/deployments/auto/chat/completions"),
-            Route::Deployment { deployment: "auto", operation: "chat/completions" }
+            call(ChatCompletions, Surface::Dated, Some("auto"))
         );
         assert_eq!(
             post("/openai/deployments/gw/images/generations"),
-            Route::Deployment { deployment: "gw", operation: "images/generations" }
+            call(ImageGenerations, Surface::Dated, Some("gw"))
         );
-        assert_eq!(post("/openai/deployments/gw"), Route::NotFound);
-        assert_eq!(post("/openai/deployments/gw/"), Route::NotFound);
-        assert_eq!(post("/openai/deployments//chat/completions"), Route::NotFound);
+        assert!(matches!(post("/openai/deployments/gw"), Route::NotFound(_)));
+        assert!(matches!(post("/openai/deployments/gw/"), Route::NotFound(_)));
+        assert!(matches!(post("/openai/deployments//chat/completions"), Route::NotFound(_)));
+        assert!(matches!(post("/openai/deployments/gw/files"), Route::NotFound(_)));
     }
 
     #[test]
-    fn v1_paths() {
-        assert_eq!(
-            post("/openai/v1/chat/completions"),
-            Route::V1 { operation: "chat/completions" }
-        );
-        assert_eq!(post("/openai/v1/responses"), Route::V1 { operation: "responses" });
+    fn v1_and_dated_surface_paths() {
+        use Operation::{ChatCompletions, Embeddings, Models, Responses};
+        assert_eq!(post("/openai/v1/chat/completions"), call(ChatCompletions, Surface::V1, None));
+        assert_eq!(post("/openai/v1/responses"), call(Responses, Surface::V1, None));
+        assert_eq!(post("/openai/responses"), call(Responses, Surface::Dated, None));
+        assert_eq!(parse_route(&Method::GET, "/openai/models"), call(Models, Surface::Dated, None));
+        assert_eq!(parse_route(&Method::GET, "/openai/v1/models"), call(Models, Surface::V1, None));
         assert_eq!(
             post("/openai/v1/deployments/auto/chat/completions"),
-            Route::V1Deployment { deployment: "auto", operation: "chat/completions" }
+            call(ChatCompletions, Surface::V1, Some("auto"))
         );
-        assert_eq!(post("/openai/v1/"), Route::NotFound);
-        assert!(post("/openai/v1/embeddings").is_v1());
-        assert!(!post("/openai/deployments/a/embeddings").is_v1());
+        assert!(matches!(post("/openai/v1/"), Route::NotFound(_)));
+        assert!(post("/openai/v1/embeddings") == call(Embeddings, Surface::V1, None));
+        let Route::Call(c) = post("/openai/v1/embeddings") else { panic!("served") };
+        assert!(c.is_v1() && c.model_names_deployment());
+        let Route::Call(c) = post("/openai/deployments/a/embeddings") else { panic!("served") };
+        assert!(!c.is_v1() && !c.model_names_deployment());
     }
 
     #[test]
-    fn probes_and_unknown_paths() {
+    fn probes_unknown_paths_and_management_surfaces() {
         assert_eq!(parse_route(&Method::GET, "/healthz"), Route::Healthz);
         assert_eq!(parse_route(&Method::HEAD, "/readyz"), Route::Readyz);
-        assert_eq!(parse_route(&Method::POST, "/healthz"), Route::NotFound);
-        assert_eq!(post("/"), Route::NotFound);
-        assert_eq!(post("/openai/responses"), Route::NotFound);
-        assert_eq!(post("/v1/chat/completions"), Route::NotFound);
+        assert!(matches!(parse_route(&Method::POST, "/healthz"), Route::NotFound(_)));
+        assert!(matches!(post("/"), Route::NotFound(_)));
+        assert!(matches!(post("/v1/chat/completions"), Route::NotFound(_)));
+        assert!(matches!(post("/openai/chat/completions"), Route::NotFound(_)));
+        for (method, path) in [
+            (Method::GET, "/openai/v1/files"),
+            (Method::DELETE, "/openai/v1/files/file-1"),
+            (Method::GET, "/openai/v1/fine_tuning/jobs"),
+            (Method::GET, "/openai/v1/responses/resp_someone_else"),
+            (Method::GET, "/openai/v1/vector_stores"),
+            (Method::POST, "/openai/v1/batches"),
+            (Method::PUT, "/openai/v1/anything/at/all"),
+            (Method::GET, "/openai/v1/chat/completions"),
+            (Method::POST, "/openai/v1/audio/transcriptions"),
+            (Method::GET, "/openai/files?api-version=2024-10-21"),
+        ] {
+            assert!(matches!(parse_route(&method, path), Route::NotFound(_)), "{method} {path}");
+        }
     }
 
     #[test]
     fn dot_segments_are_refused() {
-        assert_eq!(post("/openai/deployments/auto/../../keys"), Route::NotFound);
-        assert_eq!(post("/openai/v1/%2E%2e/x"), Route::NotFound);
-        assert_eq!(post("/openai/deployments/./chat/completions"), Route::NotFound);
+        assert!(matches!(post("/openai/deployments/auto/../../keys"), Route::NotFound(_)));
+        assert!(matches!(post("/openai/v1/%2E%2e/x"), Route::NotFound(_)));
+        assert!(matches!(post("/openai/deployments/./chat/completions"), Route::NotFound(_)));
     }
 
     fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {

@@ -9,6 +9,11 @@
 //! workers share is read-mostly: the routing table (`ArcSwap`), endpoint health (one short
 //! mutex per endpoint), Entra tokens.
 //!
+//! Limits (`connection.rs`): at most `max_connections` open per process — beyond it a new
+//! connection is accepted and closed at once, counted, and logged once per second at most —;
+//! per connection a header deadline from accept, an idle timeout, and PING keepalive on
+//! HTTP/2.
+//!
 //! Shutdown: the accept loop stops, each worker stops taking connections and lets its
 //! in-flight requests finish for up to the grace period. If the `serve` future is dropped
 //! instead (the embedding runtime went away), workers close their connections at once.
@@ -16,33 +21,39 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
 use super::Proxy;
+use super::connection::{
+    Activity, ConnectionLimits, ConnectionStats, OpenSlot, Stop, Tracked, drive,
+};
 
-/// Time a client has to send a complete request head on HTTP/1.1 before the connection is
-/// closed; bounds slow-loris connections without affecting honest clients.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// The listener's limits, from `DataPlaneConfig`.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ServerLimits {
+    pub connection: ConnectionLimits,
+    /// Most client connections open at once in this process.
+    pub max_connections: usize,
+    /// HTTP/2 PING interval; `None`: no pings.
+    pub http2_keepalive_interval: Option<Duration>,
+    /// How long a PING may go unanswered before the connection is closed.
+    pub http2_keepalive_timeout: Duration,
+}
+
+/// Longest silence between two "connections refused" lines while the limit holds.
+const REFUSED_LOG_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Pause after a failed `accept` (e.g. out of file descriptors) so the loop does not spin
 /// while the condition lasts; the same choice axum makes.
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
-
-/// What a worker is told when serving ends.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Stop {
-    Running,
-    /// Stop accepting; drain in-flight requests for up to the grace period.
-    Drain,
-}
 
 /// How a worker ended: the connections still open at shutdown, and whether they all finished
 /// within the grace period.
@@ -59,12 +70,15 @@ pub(crate) async fn serve(
     proxies: Vec<Proxy>,
     shutdown: impl Future<Output = ()>,
     grace: Duration,
+    limits: ServerLimits,
+    stats: Arc<ConnectionStats>,
 ) {
     let (stop_tx, stop_rx) = watch::channel(Stop::Running);
     let mut inboxes = Vec::with_capacity(proxies.len());
     let mut finished = Vec::with_capacity(proxies.len());
     for (i, proxy) in proxies.into_iter().enumerate() {
-        let (inbox, connections) = mpsc::unbounded_channel::<std::net::TcpStream>();
+        let (inbox, connections) = mpsc::unbounded_channel::<(std::net::TcpStream, OpenSlot)>();
+        let stats = Arc::clone(&stats);
         let (done_tx, done_rx) = oneshot::channel::<Drained>();
         let stop = stop_rx.clone();
         // Worker threads log through the caller's subscriber (a test's thread-local one too).
@@ -80,7 +94,8 @@ pub(crate) async fn serve(
                         }
                     };
                 let drained = tracing::dispatcher::with_default(&dispatch, || {
-                    runtime.block_on(worker(i, Arc::new(proxy), connections, stop, grace))
+                    let proxy = Arc::new(proxy);
+                    runtime.block_on(worker(i, proxy, connections, stop, grace, limits, stats))
                 });
                 let _ = done_tx.send(drained);
             });
@@ -100,6 +115,7 @@ pub(crate) async fn serve(
 
     tokio::pin!(shutdown);
     let mut next = 0usize;
+    let mut refused_logged: Option<(Instant, u64)> = None;
     loop {
         let (stream, peer) = tokio::select! {
             () = &mut shutdown => break,
@@ -112,6 +128,24 @@ pub(crate) async fn serve(
                 }
             },
         };
+        let Some(slot) = stats.try_open(limits.max_connections) else {
+            // Closed at once (FIN, not RST): the client sees a clean refusal and can retry.
+            drop(stream);
+            let refused = stats.refused();
+            let now = Instant::now();
+            if refused_logged.is_none_or(|(at, _)| now >= at + REFUSED_LOG_INTERVAL) {
+                let since = refused - refused_logged.map_or(0, |(_, n)| n);
+                warn!(
+                    %peer,
+                    max_connections = limits.max_connections,
+                    refused_since_last_line = since,
+                    refused_total = refused,
+                    "connection limit reached; refusing new connections"
+                );
+                refused_logged = Some((now, refused));
+            }
+            continue;
+        };
         let _ = stream.set_nodelay(true);
         // Deregistered from this runtime's reactor; the worker registers it with its own.
         let stream = match stream.into_std() {
@@ -122,12 +156,12 @@ pub(crate) async fn serve(
             }
         };
         // Round robin over the workers still alive (a dead one's inbox is closed).
-        let mut unsent = Some(stream);
+        let mut unsent = Some((stream, slot));
         for _ in 0..inboxes.len() {
-            let Some(stream) = unsent.take() else { break };
+            let Some(handed) = unsent.take() else { break };
             let inbox = &inboxes[next % inboxes.len()];
             next = next.wrapping_add(1);
-            if let Err(returned) = inbox.send(stream) {
+            if let Err(returned) = inbox.send(handed) {
                 unsent = Some(returned.0);
             }
         }
@@ -156,27 +190,45 @@ pub(crate) async fn serve(
 async fn worker(
     index: usize,
     proxy: Arc<Proxy>,
-    mut connections: mpsc::UnboundedReceiver<std::net::TcpStream>,
+    mut connections: mpsc::UnboundedReceiver<(std::net::TcpStream, OpenSlot)>,
     mut stop: watch::Receiver<Stop>,
     grace: Duration,
+    limits: ServerLimits,
+    stats: Arc<ConnectionStats>,
 ) -> Drained {
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT);
-    builder.http2().timer(TokioTimer::new());
-    let graceful = GracefulShutdown::new();
+    // hyper's own HTTP/1 head timeout re-arms before every request head, keep-alive waits
+    // included: only a backstop behind `drive`, which bounds the first head from accept and
+    // idle keep-alive after each answer (and counts what it closes).
+    let head_timeout = limits.connection.idle_timeout.max(limits.connection.header_read_timeout)
+        + Duration::from_secs(5);
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(head_timeout);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(limits.http2_keepalive_interval)
+        .keep_alive_timeout(limits.http2_keepalive_timeout);
+    let mut open = JoinSet::new();
     loop {
-        let stream = tokio::select! {
+        let (stream, slot) = tokio::select! {
             changed = stop.changed() => match changed {
                 Ok(()) if *stop.borrow() == Stop::Running => continue,
                 Ok(()) => break,
                 // `serve` was dropped: nobody waits for a drain; close everything now.
-                Err(_) => return Drained { open: graceful.count(), complete: false },
+                Err(_) => {
+                    let count = open.len();
+                    open.abort_all();
+                    return Drained { open: count, complete: false };
+                }
             },
+            // Reap finished connections so the set holds only open ones.
+            Some(_) = open.join_next(), if !open.is_empty() => continue,
             received = connections.recv() => match received {
-                Some(stream) => stream,
+                Some(handed) => handed,
                 None => break,
             },
         };
+        let accepted = Instant::now();
         let stream = match tokio::net::TcpStream::from_std(stream) {
             Ok(stream) => stream,
             Err(err) => {
@@ -185,21 +237,30 @@ async fn worker(
             }
         };
         let peer = stream.peer_addr().ok();
+        let peer_ip = peer.map(|p| p.ip());
+        let activity = Arc::new(Activity::new(accepted));
         let proxy = Arc::clone(&proxy);
+        let requests = Arc::clone(&activity);
         let service = service_fn(move |request| {
             let proxy = Arc::clone(&proxy);
-            async move { Ok::<_, Infallible>(proxy.handle(request).await) }
-        });
-        let connection = builder.serve_connection(TokioIo::new(stream), service).into_owned();
-        let connection = graceful.watch(connection);
-        tokio::spawn(async move {
-            if let Err(err) = connection.await {
-                debug!(?peer, error = %err, "connection ended with an error");
+            let active = requests.start();
+            async move {
+                let response = proxy.handle(request, peer_ip).await;
+                Ok::<_, Infallible>(response.map(|body| Tracked::new(body, active)))
             }
         });
+        let connection = builder.serve_connection(TokioIo::new(stream), service).into_owned();
+        let stop = stop.clone();
+        let stats = Arc::clone(&stats);
+        open.spawn(async move {
+            drive(connection, activity, limits.connection, stop, stats, peer).await;
+            drop(slot);
+        });
     }
-    let open = graceful.count();
-    debug!(worker = index, open_connections = open, "worker draining");
-    let complete = tokio::time::timeout(grace, graceful.shutdown()).await.is_ok();
-    Drained { open, complete }
+    let count = open.len();
+    debug!(worker = index, open_connections = count, "worker draining");
+    let drained = async { while open.join_next().await.is_some() {} };
+    let complete = tokio::time::timeout(grace, drained).await.is_ok();
+    open.abort_all();
+    Drained { open: count, complete }
 }

@@ -1,22 +1,80 @@
 //! Building the upstream request for one endpoint: URL, headers, body.
+//!
+//! Request headers go upstream by allowlist ([`is_forwarded`]): what Azure OpenAI and the
+//! SDKs use, nothing else — no cookie, no proxy or platform header (`Metadata`,
+//! `Ocp-Apim-*`, `X-Forwarded-*` unless configured), never the client's credential. The query
+//! string loses every gateway credential ([`upstream_query`]). Responses keep Azure's headers.
 
+use std::borrow::Cow;
 use std::ops::Range;
 
 use bytes::Bytes;
 use http::Uri;
 use http::header::{
-    AUTHORIZATION, CONNECTION, CONTENT_LENGTH, EXPECT, HOST, HeaderName, PROXY_AUTHENTICATE,
-    PROXY_AUTHORIZATION, TE, TRAILER, TRANSFER_ENCODING, UPGRADE,
+    ACCEPT, ACCEPT_ENCODING, ACCEPT_LANGUAGE, CONNECTION, CONTENT_TYPE, HeaderName,
+    PROXY_AUTHENTICATE, PROXY_AUTHORIZATION, TE, TRAILER, TRANSFER_ENCODING, UPGRADE, USER_AGENT,
 };
 use http::{HeaderMap, HeaderValue, Method};
 use modelgw_model::Platform;
 
 use super::rewrite::{ModelProbe, insert_model, splice};
-use super::route::Route;
-use crate::routing_table::{API_KEY, CompiledEndpoint};
+use super::route::Call;
+use crate::routing_table::CompiledEndpoint;
 
 /// Request id header Azure echoes back; forwarded so upstream logs correlate with ours.
 pub(crate) const CLIENT_REQUEST_ID: HeaderName = HeaderName::from_static("x-ms-client-request-id");
+
+/// Request headers forwarded upstream by exact name, besides the standard `accept`,
+/// `accept-encoding`, `accept-language`, `content-type` and `user-agent` (matched by their
+/// interned names). `x-ms-client-request-id` is always set by the gateway itself.
+pub(crate) const FORWARDED_HEADERS: [&str; 4] =
+    ["traceparent", "tracestate", "x-ms-useragent", "idempotency-key"];
+
+/// Families forwarded by prefix: the SDKs' `x-stainless-*` (language, version, retry count,
+/// timeouts) and OpenAI's `openai-*` (`openai-organization`, `openai-project`, `openai-beta`).
+pub(crate) const FORWARDED_PREFIXES: [&str; 2] = ["x-stainless-", "openai-"];
+
+/// Client-address headers, forwarded only with `MODELGW_FORWARD_CLIENT_ADDRESS_HEADERS`
+/// (they are whatever the client wrote unless a trusted proxy in front rewrites them).
+pub(crate) const CLIENT_ADDRESS_HEADERS: [&str; 4] =
+    ["x-forwarded-for", "x-forwarded-host", "x-forwarded-proto", "forwarded"];
+
+/// Forwarded headers that carry an identity the upstream may authorise by
+/// (`openai-organization`, `openai-project`): with one of them, a 401/403 may be the request's
+/// doing, not the endpoint credential's.
+const IDENTITY_HEADERS: [&str; 2] = ["openai-organization", "openai-project"];
+
+/// Query parameters that carry a credential (compared case-insensitively, percent-decoded):
+/// never sent upstream, whatever their value. A parameter whose value is the client's own
+/// gateway key is dropped too.
+pub(crate) const CREDENTIAL_PARAMS: [&str; 9] = [
+    "api-key",
+    "api_key",
+    "apikey",
+    "key",
+    "subscription-key",
+    "ocp-apim-subscription-key",
+    "access_token",
+    "token",
+    "code",
+];
+
+/// Whether a client request header goes upstream; see [`FORWARDED_HEADERS`].
+#[inline]
+pub(crate) fn is_forwarded(name: &HeaderName, client_address_headers: bool) -> bool {
+    if name == CONTENT_TYPE
+        || name == ACCEPT
+        || name == USER_AGENT
+        || name == ACCEPT_ENCODING
+        || name == ACCEPT_LANGUAGE
+    {
+        return true;
+    }
+    let name = name.as_str();
+    FORWARDED_HEADERS.contains(&name)
+        || FORWARDED_PREFIXES.iter().any(|prefix| name.starts_with(prefix))
+        || (client_address_headers && CLIENT_ADDRESS_HEADERS.contains(&name))
+}
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1, plus the de-facto `keep-alive`/`proxy-connection`):
 /// they describe one connection and must not cross the proxy in either direction.
@@ -49,28 +107,80 @@ fn connection_listed(headers: &HeaderMap) -> Vec<HeaderName> {
         .collect()
 }
 
-/// The client's headers as sent upstream: without its credentials, hop-by-hop headers,
-/// `host` and `content-length` (both recomputed by the client library), `expect`, and the
-/// gateway's own `x-modelgw-*` controls (e.g. `x-modelgw-timeout-ms`), which mean nothing
-/// upstream.
-pub(crate) fn upstream_headers(client: &HeaderMap, request_id: &HeaderValue) -> HeaderMap {
-    let listed = connection_listed(client);
+/// The client's headers as sent upstream: the allowlisted ones ([`is_forwarded`]) that the
+/// client's `Connection` header does not declare hop-by-hop, plus the request id.
+pub(crate) fn upstream_headers(
+    client: &HeaderMap,
+    request_id: &HeaderValue,
+    client_address_headers: bool,
+) -> HeaderMap {
+    let listed =
+        if client.contains_key(CONNECTION) { connection_listed(client) } else { Vec::new() };
     let mut out = HeaderMap::with_capacity(client.len() + 2);
     for (name, value) in client {
-        let drop = is_hop_by_hop(name)
-            || name == HOST
-            || name == CONTENT_LENGTH
-            || name == EXPECT
-            || name == API_KEY
-            || name == AUTHORIZATION
-            || name.as_str().starts_with("x-modelgw-")
-            || listed.contains(name);
-        if !drop {
+        if is_forwarded(name, client_address_headers) && !listed.contains(name) {
             out.append(name.clone(), value.clone());
         }
     }
     out.insert(CLIENT_REQUEST_ID, request_id.clone());
     out
+}
+
+/// Whether forwarded headers carry an identity the upstream may authorise by; see
+/// [`IDENTITY_HEADERS`].
+pub(crate) fn carries_client_identity(forwarded: &HeaderMap) -> bool {
+    IDENTITY_HEADERS.iter().any(|name| forwarded.contains_key(*name))
+}
+
+/// The client's query string as sent upstream: without credential parameters
+/// ([`CREDENTIAL_PARAMS`]) and without any parameter whose value is the client's gateway key.
+/// Borrowed (no copy) when nothing is removed, the common case (`api-version=…` alone).
+pub(crate) fn upstream_query<'a>(
+    query: Option<&'a str>,
+    client_key: Option<&str>,
+) -> Option<Cow<'a, str>> {
+    let query = query.filter(|q| !q.is_empty())?;
+    let keep = |pair: &str| {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let name = percent_decode(name);
+        if CREDENTIAL_PARAMS.iter().any(|c| name.eq_ignore_ascii_case(c)) {
+            return false;
+        }
+        !client_key.is_some_and(|key| !key.is_empty() && percent_decode(value) == key)
+    };
+    if query.split('&').all(keep) {
+        return Some(Cow::Borrowed(query));
+    }
+    let kept: Vec<&str> = query.split('&').filter(|pair| !pair.is_empty() && keep(pair)).collect();
+    (!kept.is_empty()).then(|| Cow::Owned(kept.join("&")))
+}
+
+/// `%XX` decoded (and `+` as a space, as forms encode it); invalid escapes are kept as they
+/// are. Borrowed when there is nothing to decode.
+fn percent_decode(s: &str) -> Cow<'_, str> {
+    if !s.bytes().any(|b| b == b'%' || b == b'+') {
+        return Cow::Borrowed(s);
+    }
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        match bytes[i] {
+            b'%' if i + 2 < bytes.len() => match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                (Some(h), Some(l)) => {
+                    out.push((h * 16 + l) as u8);
+                    i += 3;
+                    continue;
+                }
+                _ => out.push(b'%'),
+            },
+            b'+' => out.push(b' '),
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    Cow::Owned(String::from_utf8_lossy(&out).into_owned())
 }
 
 /// The upstream's headers as sent to the client, without hop-by-hop headers.
@@ -92,13 +202,20 @@ pub(crate) struct RequestPlan<'a> {
     /// The request's id, named in every line logged about it.
     pub request_id: &'a str,
     pub method: Method,
-    pub route: Route<'a>,
-    pub query: Option<&'a str>,
+    pub call: Call<'a>,
+    /// The query as sent upstream (credentials removed); see [`upstream_query`].
+    pub query: Option<Cow<'a, str>>,
     /// The client's headers and request id, to build an attempt's headers from.
     pub client_headers: &'a HeaderMap,
     pub request_id_header: &'a HeaderValue,
+    /// Whether client-address headers are forwarded (`MODELGW_FORWARD_CLIENT_ADDRESS_HEADERS`).
+    pub client_address_headers: bool,
     /// The first attempt's headers, built up front; later attempts (failover) build their own.
     pub prepared: Option<HeaderMap>,
+    /// Whether the request carries something of the client's that an upstream may authorise
+    /// by (an identity header, query parameters besides `api-version`): a 401/403 is then not
+    /// proof that the endpoint's credential is bad.
+    pub client_scoped_auth: bool,
     pub body: Bytes,
     pub model: ModelProbe,
 }
@@ -107,21 +224,27 @@ impl RequestPlan<'_> {
     /// Headers for the next attempt (before its credential is added): the prepared set the
     /// first time, a fresh one on failover — no copy on the common, single-attempt path.
     pub(crate) fn headers(&mut self) -> HeaderMap {
-        self.prepared
-            .take()
-            .unwrap_or_else(|| upstream_headers(self.client_headers, self.request_id_header))
+        self.prepared.take().unwrap_or_else(|| {
+            upstream_headers(
+                self.client_headers,
+                self.request_id_header,
+                self.client_address_headers,
+            )
+        })
     }
 
-    /// `{base}/openai/deployments/{dep}/{op}?{query}` or `{base}/openai/v1/{op}?{query}` for
-    /// Azure; `{base}/{op}` (query without `api-version`) for OpenAI-compatible APIs.
+    /// `{base}/openai/deployments/{dep}/{op}?{query}`, `{base}/openai/{op}?{query}` (dated
+    /// operations without a deployment) or `{base}/openai/v1/{op}?{query}` for Azure;
+    /// `{base}/{op}` (query without `api-version`) for OpenAI-compatible APIs. `{op}` is the
+    /// operation's path from the operations table, never the client's.
     ///
     /// Built from the endpoint's pre-split scheme, authority and path prefix: every piece is
-    /// already valid in a URI (the client's path and query came in as one, the deployment is
+    /// already valid in a URI (the client's query came in as one, the deployment is
     /// percent-encoded), so nothing is parsed but the final, cheap path-and-query check (which
     /// therefore never fails in practice; the caller still treats a failure as a failed attempt).
     pub(crate) fn url(&self, endpoint: &CompiledEndpoint) -> Result<Uri, http::Error> {
-        let operation = self.route.operation();
-        let query = self.query.unwrap_or("");
+        let operation = self.call.operation.path();
+        let query = self.query.as_deref().unwrap_or("");
         let mut target = String::with_capacity(
             endpoint.path_prefix.len()
                 + endpoint.deployment_segment.len()
@@ -132,12 +255,14 @@ impl RequestPlan<'_> {
         target.push_str(&endpoint.path_prefix);
         match endpoint.platform {
             Platform::AzureOpenai => {
-                if self.route.is_v1() {
+                if self.call.is_v1() {
                     target.push_str("/openai/v1/");
-                } else {
+                } else if self.call.deployment.is_some() {
                     target.push_str("/openai/deployments/");
                     target.push_str(&endpoint.deployment_segment);
                     target.push('/');
+                } else {
+                    target.push_str("/openai/");
                 }
                 target.push_str(operation);
                 if !query.is_empty() {
@@ -167,24 +292,22 @@ impl RequestPlan<'_> {
             .build()
     }
 
-    /// The body for `endpoint`: `model` becomes its deployment on v1 paths, for
-    /// OpenAI-compatible APIs, and where the client asked for `auto`; otherwise unchanged.
+    /// The body for `endpoint`: `model` becomes its deployment where it names the deployment
+    /// (v1, `/openai/responses`), for OpenAI-compatible APIs (which route by it; inserted when
+    /// absent), and where the client asked for `auto`; otherwise unchanged.
     pub(crate) fn body(&self, endpoint: &CompiledEndpoint) -> Bytes {
         let compatible = endpoint.platform == Platform::OpenaiCompatible;
         match &self.model {
             ModelProbe::Present(field) => {
                 let is_auto = field.value.as_deref() == Some("auto");
-                if compatible || self.route.is_v1() || is_auto {
+                if compatible || self.call.is_v1() || self.call.model_names_deployment() || is_auto
+                {
                     self.replace(field.span.clone(), &endpoint.deployment_json)
                 } else {
                     self.body.clone()
                 }
             }
-            // OpenAI's deployment-scoped operations (chat, embeddings, audio, images) all take
-            // `model`; other v1 operations may reject an unexpected one, so only insert here.
-            ModelProbe::Absent if compatible && !self.route.is_v1() => {
-                insert_model(&self.body, &endpoint.deployment_json)
-            }
+            ModelProbe::Absent if compatible => insert_model(&self.body, &endpoint.deployment_json),
             _ => self.body.clone(),
         }
     }
@@ -201,7 +324,7 @@ impl RequestPlan<'_> {
 mod tests {
     use super::*;
     use crate::proxy::rewrite::probe_model;
-    use crate::proxy::route::parse_route;
+    use crate::proxy::route::{Route, parse_route};
     use crate::routing_table::RoutingTable;
     use crate::routing_table::tests::{endpoint, gateway, member};
     use modelgw_model::{ConfigVersion, Snapshot};
@@ -227,16 +350,21 @@ mod tests {
     static REQUEST_ID: HeaderValue = HeaderValue::from_static("test");
 
     fn plan<'a>(path: &'a str, query: Option<&'a str>, body: &'static str) -> RequestPlan<'a> {
+        let Route::Call(call) = parse_route(&Method::POST, path) else {
+            panic!("{path} is not an operation")
+        };
         RequestPlan {
             request_id: "test",
             method: Method::POST,
-            route: parse_route(&Method::POST, path),
-            query,
+            call,
+            query: upstream_query(query, None),
             client_headers: &EMPTY,
             request_id_header: &REQUEST_ID,
+            client_address_headers: false,
             prepared: None,
+            client_scoped_auth: false,
             body: Bytes::from_static(body.as_bytes()),
-            model: probe_model(body.as_bytes()),
+            model: probe_model(body.as_bytes()).expect("one JSON object"),
         }
     }
 
@@ -322,33 +450,91 @@ mod tests {
         let missing = plan(deployment_path, None, r#"{"n":1}"#);
         assert_eq!(&missing.body(&azure)[..], br#"{"n":1}"#);
         assert_eq!(&missing.body(&compatible)[..], br#"{"model":"llama","n":1}"#);
-        let missing_v1 = plan("/openai/v1/files", None, r#"{"n":1}"#);
-        assert_eq!(&missing_v1.body(&compatible)[..], br#"{"n":1}"#);
+        let missing_v1 = plan("/openai/v1/embeddings", None, r#"{"n":1}"#);
+        assert_eq!(&missing_v1.body(&azure)[..], br#"{"n":1}"#);
+        assert_eq!(&missing_v1.body(&compatible)[..], br#"{"model":"llama","n":1}"#);
+
+        let responses = plan("/openai/responses", None, r#"{"model":"gw"}"#);
+        assert_eq!(&responses.body(&azure)[..], br#"{"model":"dep-eus"}"#);
     }
 
     #[test]
-    fn credentials_and_hop_by_hop_headers_are_stripped() {
+    fn only_allowlisted_headers_go_upstream() {
         let mut client = HeaderMap::new();
         for (name, value) in [
             ("api-key", "client-key"),
             ("authorization", "Bearer client-key"),
             ("host", "gw.example"),
             ("content-length", "12"),
-            ("connection", "keep-alive, x-drop-me"),
-            ("x-drop-me", "1"),
+            ("connection", "keep-alive, x-stainless-drop"),
+            ("x-stainless-drop", "1"),
             ("transfer-encoding", "chunked"),
             ("content-type", "application/json"),
+            ("accept", "application/json"),
+            ("user-agent", "AzureOpenAI/Python 1.109.1"),
             ("x-stainless-lang", "python"),
+            ("openai-organization", "org-1"),
+            ("traceparent", "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"),
             ("x-ms-client-request-id", "client-id"),
             ("x-modelgw-timeout-ms", "500"),
+            ("cookie", "session=1"),
+            ("x-forwarded-for", "10.0.0.1"),
+            ("ocp-apim-subscription-key", "k"),
+            ("metadata", "true"),
+            ("x-custom", "1"),
         ] {
             client.append(name, HeaderValue::from_static(value));
         }
-        let out = upstream_headers(&client, &HeaderValue::from_static("client-id"));
+        let out = upstream_headers(&client, &HeaderValue::from_static("client-id"), false);
         let mut names: Vec<&str> = out.keys().map(HeaderName::as_str).collect();
         names.sort_unstable();
-        assert_eq!(names, vec!["content-type", "x-ms-client-request-id", "x-stainless-lang"]);
+        assert_eq!(
+            names,
+            vec![
+                "accept",
+                "content-type",
+                "openai-organization",
+                "traceparent",
+                "user-agent",
+                "x-ms-client-request-id",
+                "x-stainless-lang"
+            ]
+        );
+        assert!(carries_client_identity(&out));
+        let with_address = upstream_headers(&client, &HeaderValue::from_static("id"), true);
+        assert_eq!(
+            with_address.get("x-forwarded-for").map(|v| v.as_bytes()),
+            Some(&b"10.0.0.1"[..])
+        );
+    }
 
+    #[test]
+    fn credentials_leave_the_query() {
+        let q = |query: &'static str, key: Option<&str>| {
+            upstream_query(Some(query), key).map(|q| q.into_owned())
+        };
+        assert!(matches!(
+            upstream_query(Some("api-version=2024-10-21"), Some("k")),
+            Some(Cow::Borrowed(_))
+        ));
+        assert_eq!(
+            q("api-version=2024-10-21&api-key=mgw-1", None).as_deref(),
+            Some("api-version=2024-10-21")
+        );
+        assert_eq!(q("API-KEY=x&api-version=v", None).as_deref(), Some("api-version=v"));
+        assert_eq!(q("api%2Dkey=x&api-version=v", None).as_deref(), Some("api-version=v"));
+        assert_eq!(
+            q("api-version=v&mine=mgw-secret", Some("mgw-secret")).as_deref(),
+            Some("api-version=v")
+        );
+        assert_eq!(q("x=mgw%2Dsecret", Some("mgw-secret")), None);
+        assert_eq!(q("subscription-key=1", None), None);
+        assert_eq!(upstream_query(None, None), None);
+        assert_eq!(upstream_query(Some(""), None), None);
+    }
+
+    #[test]
+    fn hop_by_hop_headers_leave_answers() {
         let mut upstream = HeaderMap::new();
         upstream.insert("connection", HeaderValue::from_static("close, x-hop"));
         upstream.insert("keep-alive", HeaderValue::from_static("timeout=5"));

@@ -17,11 +17,17 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rustls_platform_verifier::ConfigVerifierExt as _;
 
+use super::egress::{EgressPolicy, GuardedConnector, GuardedResolver};
+
 /// The request body type: the client's body, read once and re-sent on failover.
 pub(crate) type UpstreamBody = Full<Bytes>;
 
+/// The TCP connector: the system resolver and every dialled address checked by the egress
+/// policy (`egress.rs`).
+pub(crate) type TcpConnector = GuardedConnector<HttpConnector<GuardedResolver>>;
+
 /// The pooled upstream client shared by the request path.
-pub(crate) type UpstreamClient = Client<HttpsConnector<HttpConnector>, UpstreamBody>;
+pub(crate) type UpstreamClient = Client<HttpsConnector<TcpConnector>, UpstreamBody>;
 
 /// Connection settings of the upstream client.
 #[derive(Clone, Copy, Debug)]
@@ -29,6 +35,8 @@ pub(crate) struct ClientSettings {
     pub connect_timeout: Duration,
     pub pool_idle_timeout: Duration,
     pub tcp_keepalive: Duration,
+    /// Which addresses may be dialled.
+    pub egress: EgressPolicy,
 }
 
 /// The TLS settings of every upstream connection: certificates verified against the
@@ -39,10 +47,10 @@ pub(crate) fn tls_config() -> std::io::Result<rustls::ClientConfig> {
 }
 
 /// Builds one client (one connection pool): `TCP_NODELAY`, TCP keep-alive, idle pooled
-/// connections closed after `pool_idle_timeout`. Each serving thread gets its own, so its
+/// connections closed after `pool_idle_timeout`, only the addresses `egress` allows dialled. Each serving thread gets its own, so its
 /// connections live on its runtime.
 pub(crate) fn build(settings: ClientSettings, tls: rustls::ClientConfig) -> UpstreamClient {
-    let mut tcp = HttpConnector::new();
+    let mut tcp = HttpConnector::new_with_resolver(GuardedResolver::new(settings.egress));
     tcp.enforce_http(false);
     tcp.set_nodelay(true);
     tcp.set_connect_timeout(Some(settings.connect_timeout));
@@ -52,7 +60,7 @@ pub(crate) fn build(settings: ClientSettings, tls: rustls::ClientConfig) -> Upst
         .https_or_http()
         .enable_http1()
         .enable_http2()
-        .wrap_connector(tcp);
+        .wrap_connector(GuardedConnector::new(tcp, settings.egress));
     Client::builder(TokioExecutor::new())
         .timer(TokioTimer::new())
         .pool_timer(TokioTimer::new())

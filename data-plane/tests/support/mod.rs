@@ -12,7 +12,7 @@ use std::time::Duration;
 use anyhow::{Result, bail};
 use modelgw_data_plane::health::HealthRegistry;
 use modelgw_data_plane::routing_table::{RoutingTable, SnapshotStore};
-use modelgw_data_plane::{DataPlane, DataPlaneConfig, DataPlaneError};
+use modelgw_data_plane::{ConnectionStats, DataPlane, DataPlaneConfig, DataPlaneError};
 pub use modelgw_mock_openai::Region;
 use modelgw_model::{
     ConfigVersion, Credential, Endpoint, EndpointId, Gateway, GatewayId, GatewayKey, GatewayKeyId,
@@ -107,6 +107,7 @@ pub struct TestGateway {
     pub base: String,
     pub store: Arc<SnapshotStore>,
     pub health: Arc<HealthRegistry>,
+    pub connections: Arc<ConnectionStats>,
     pub http: reqwest::Client,
     pub stop: Option<oneshot::Sender<()>>,
     pub task: tokio::task::JoinHandle<Result<(), DataPlaneError>>,
@@ -157,8 +158,14 @@ pub fn chat_body(stream: bool) -> Value {
     json!({"model": "auto", "messages": [{"role": "user", "content": "Say hello"}], "stream": stream})
 }
 
-/// A data plane on 127.0.0.1:0 with `config` and no control plane, serving nothing yet.
+/// A data plane on 127.0.0.1:0 with `config` and no control plane, serving nothing yet;
+/// upstreams on loopback allowed (the mock regions listen there).
 pub async fn start(config: DataPlaneConfig) -> Result<TestGateway> {
+    start_exactly(DataPlaneConfig { allow_loopback_upstreams: true, ..config }).await
+}
+
+/// [`start`] with `config` as it is (e.g. loopback upstreams refused).
+pub async fn start_exactly(config: DataPlaneConfig) -> Result<TestGateway> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let dp = DataPlane::bind(DataPlaneConfig {
         gateway_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
@@ -167,6 +174,7 @@ pub async fn start(config: DataPlaneConfig) -> Result<TestGateway> {
         ..config
     })
     .await?;
+    let connections = dp.connection_stats();
     let base = format!("http://{}", dp.local_addr());
     let store = dp.snapshot_store();
     let health = dp.health();
@@ -175,7 +183,7 @@ pub async fn start(config: DataPlaneConfig) -> Result<TestGateway> {
         let _ = stopped.await;
     }));
     let http = reqwest::Client::builder().no_proxy().build()?;
-    Ok(TestGateway { base, store, health, http, stop: Some(stop), task })
+    Ok(TestGateway { base, store, health, connections, http, stop: Some(stop), task })
 }
 
 /// Default settings but a 5 s first-byte timeout.

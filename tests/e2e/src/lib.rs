@@ -115,6 +115,8 @@ pub async fn spawn(
         .env_remove("MODELGW_MASTER_KEY")
         .env_remove("MODELGW_DATABASE_URL")
         .env_remove("MODELGW_DATA_PLANE_TOKEN")
+        // Every upstream of the scenarios is a mock on 127.0.0.1.
+        .env("MODELGW_ALLOW_LOOPBACK_UPSTREAMS", "true")
         .env("MODELGW_LOG_FORMAT", "text")
         .env("NO_COLOR", "1");
     if std::env::var_os("RUST_LOG").is_none() {

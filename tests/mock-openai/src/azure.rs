@@ -266,6 +266,7 @@ async fn answer(shared: &Shared, req: Request<Incoming>) -> Result<Response<Body
         Some(Fault::ContentFilter { .. }) => {
             return Ok(ans.json(StatusCode::BAD_REQUEST, wire::CONTENT_FILTER));
         }
+        Some(Fault::UnboundedEvent { bytes, .. }) => return Ok(unbounded_event(&ans, bytes)),
         Some(Fault::Status { status, retry_after, retry_after_ms, .. }) => {
             let version = api_version.unwrap_or("v1");
             return Ok(status_answer(&ans, route.op, version, status, retry_after, retry_after_ms));
@@ -443,6 +444,45 @@ fn sse(ans: &Answer<'_>, payloads: Vec<String>, gap: Duration, shape: BodyShape)
         StatusCode::OK,
         "text/event-stream; charset=utf-8",
         pieces(frames, gap, shape),
+    );
+    resp.headers_mut().insert(http::header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    resp
+}
+
+/// Size of each chunk of [`Fault::UnboundedEvent`]'s event.
+const UNBOUNDED_CHUNK: usize = 64 * 1024;
+
+/// Azure's first SSE frame, then `bytes` bytes of one `data:` line that never ends.
+fn unbounded_event(ans: &Answer<'_>, bytes: u64) -> Response<Body> {
+    let first = Bytes::from(format!("data: {}\n\n", wire::FIRST_SSE_FRAME));
+    let filler = Bytes::from(vec![b'x'; UNBOUNDED_CHUNK]);
+    let s = stream::unfold((0u64, true), move |(sent, head)| {
+        let first = first.clone();
+        let filler = filler.clone();
+        async move {
+            if head {
+                return Some((Ok(Frame::data(first)), (0, false)));
+            }
+            if sent >= bytes {
+                return None;
+            }
+            let chunk = if sent == 0 {
+                let mut start = b"data: ".to_vec();
+                start.extend_from_slice(&filler[6..]);
+                Bytes::from(start)
+            } else {
+                filler.slice(
+                    ..usize::try_from(bytes - sent).unwrap_or(UNBOUNDED_CHUNK).min(UNBOUNDED_CHUNK),
+                )
+            };
+            let len = chunk.len() as u64;
+            Some((Ok(Frame::data(chunk)), (sent + len, false)))
+        }
+    });
+    let mut resp = ans.with_body(
+        StatusCode::OK,
+        "text/event-stream; charset=utf-8",
+        StreamBody::new(s).boxed_unsync(),
     );
     resp.headers_mut().insert(http::header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     resp

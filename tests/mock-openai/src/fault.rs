@@ -58,6 +58,14 @@ pub enum Fault {
         #[serde(default = "one")]
         times: u32,
     },
+    /// Answer 200 `text/event-stream` with Azure's first frame, then one event of `bytes`
+    /// bytes that never ends (no blank line), sent in 64 KiB chunks as fast as the client
+    /// reads: an upstream a gateway must not buffer without bound.
+    UnboundedEvent {
+        bytes: u64,
+        #[serde(default = "one")]
+        times: u32,
+    },
     /// Answer 429 whose only retry hint is the sentence "Please retry after N seconds." in
     /// Azure's message (§1.6), with no `retry-after` / `retry-after-ms` header: what a gateway
     /// must still read its throttle window from.
@@ -94,6 +102,7 @@ impl Fault {
             | Fault::StreamStall { times, .. }
             | Fault::StreamCut { times, .. }
             | Fault::ContentFilter { times }
+            | Fault::UnboundedEvent { times, .. }
             | Fault::ThrottledByMessage { times, .. } => *times,
         }
     }
@@ -106,6 +115,7 @@ impl Fault {
             | Fault::StreamStall { times, .. }
             | Fault::StreamCut { times, .. }
             | Fault::ContentFilter { times }
+            | Fault::UnboundedEvent { times, .. }
             | Fault::ThrottledByMessage { times, .. } => times,
         }
     }
@@ -119,6 +129,7 @@ impl Fault {
             Fault::StreamStall { .. } => "stream_stall",
             Fault::StreamCut { .. } => "stream_cut",
             Fault::ContentFilter { .. } => "content_filter",
+            Fault::UnboundedEvent { .. } => "unbounded_event",
             Fault::ThrottledByMessage { .. } => "throttled_by_message",
         }
     }
