@@ -415,6 +415,7 @@ async fn a_control_plane_the_data_plane_does_not_trust_is_refused_and_the_last_s
         control_plane_trust: trust(&pki),
         node_id: "dp-test-3".into(),
         heartbeat_interval: Duration::from_secs(3600),
+        allow_loopback_upstreams: true,
         ..Default::default()
     })
     .await?;
