@@ -7,25 +7,21 @@
 //! data plane for nothing). Distribution reads the active tokens on its own poll, and the
 //! admin API tells it at once (`DataPlaneRegistry::data_plane_tokens_changed`).
 
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, Utc};
 use modelgw_model::{Secret, gateway_key_hash};
 use sqlx::Row as _;
 use sqlx::any::AnyRow;
 
 use super::audit::{self, AuditAction, AuditContext, AuditEntity, Change, revoked_view};
+use super::keys::generate_secret;
 use super::{
     Store, StoreError, conflict_on_unique, decode_error, now_ms, parse_column, time_from_db,
 };
-use crate::secrets::random_bytes;
 
 const ENTITY: &str = "data-plane token";
 /// Prefix of data-plane tokens: recognisable to secret scanners, and distinct from gateway
 /// keys (`mgw_`) and admin tokens (`mgwadm_`).
 const TOKEN_PREFIX: &str = "mgwdp_";
-/// Random bytes in a token: 256 bits, 43 characters of URL-safe base64.
-const TOKEN_RANDOM_BYTES: usize = 32;
 
 const SELECT_TOKEN: &str =
     "SELECT id, name, hint, max_data_planes, created_at, revoked_at FROM data_plane_tokens";
@@ -198,7 +194,6 @@ impl Store {
     }
 }
 
-/// A new token: `mgwdp_` + 43 characters of URL-safe base64 of 32 random bytes.
 /// A token as the audit log shows it: never the token, only its hint.
 fn token_view(t: &DataPlaneTokenRecord) -> serde_json::Map<String, serde_json::Value> {
     let mut view = serde_json::Map::new();
@@ -208,10 +203,9 @@ fn token_view(t: &DataPlaneTokenRecord) -> serde_json::Map<String, serde_json::V
     view
 }
 
+/// A new token: `mgwdp_` + 43 characters of URL-safe base64 of 32 random bytes.
 fn generate_token() -> Secret {
-    let mut bytes = [0u8; TOKEN_RANDOM_BYTES];
-    random_bytes(&mut bytes);
-    Secret::new(format!("{TOKEN_PREFIX}{}", URL_SAFE_NO_PAD.encode(bytes)))
+    generate_secret(TOKEN_PREFIX)
 }
 
 async fn fetch(
