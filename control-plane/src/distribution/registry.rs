@@ -359,15 +359,12 @@ impl DataPlaneRegistry {
     /// changes), on every data plane, which also forget the local windows they opened before
     /// it. Returns the endpoint's health after the reset.
     pub fn reset_endpoint_health(&self, id: EndpointId, at: DateTime<Utc>) -> EndpointHealthView {
-        let mut inner = self.lock();
-        let reset = inner.resets.entry(id).or_insert(at);
-        *reset = (*reset).max(at);
-        let reset_at = Some(*reset);
-        self.publish_fleet(&inner);
-        match inner.health.get(&id) {
-            Some(reports) => health::aggregate(reports, reset_at, Utc::now()),
-            None => EndpointHealthView::healthy(),
+        {
+            let mut inner = self.lock();
+            inner.raise_reset(id, at);
+            self.publish_fleet(&inner);
         }
+        self.endpoint_health(id)
     }
 
     /// Merges resets read from the store (at start, and made through other replicas).
@@ -375,17 +372,7 @@ impl DataPlaneRegistry {
         let mut inner = self.lock();
         let mut changed = false;
         for (id, at) in resets {
-            match inner.resets.get_mut(&id) {
-                Some(current) if *current >= at => {}
-                Some(current) => {
-                    *current = at;
-                    changed = true;
-                }
-                None => {
-                    inner.resets.insert(id, at);
-                    changed = true;
-                }
-            }
+            changed |= inner.raise_reset(id, at);
         }
         if changed {
             self.publish_fleet(&inner);
@@ -414,6 +401,21 @@ impl DataPlaneRegistry {
 }
 
 impl RegistryInner {
+    /// Makes `at` the endpoint's reset unless a later one is held. Returns whether it changed.
+    fn raise_reset(&mut self, id: EndpointId, at: DateTime<Utc>) -> bool {
+        match self.resets.get_mut(&id) {
+            Some(current) if *current >= at => false,
+            Some(current) => {
+                *current = at;
+                true
+            }
+            None => {
+                self.resets.insert(id, at);
+                true
+            }
+        }
+    }
+
     /// Drops the entries disconnected for longer than the retention.
     fn forget_departed(&mut self, now: DateTime<Utc>) {
         let retention =
