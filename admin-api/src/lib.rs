@@ -34,6 +34,7 @@ mod endpoints;
 mod gateways;
 pub mod identity;
 mod keys;
+mod me;
 pub mod oidc;
 mod openapi;
 mod problem;
@@ -59,7 +60,7 @@ pub use azure::{
 pub use body::MAX_BODY_BYTES;
 pub use openapi::openapi;
 pub use problem::{FieldError, PROBLEM_JSON, Problem};
-pub use trace::REQUEST_ID_HEADER;
+pub use trace::{REQUEST_ID_HEADER, trace_request};
 
 use crate::audit::Caller;
 use crate::auth::{authenticate, require_role};
@@ -181,6 +182,7 @@ fn protected_routes() -> Vec<ProtectedRoute> {
         R::post("/api-tokens", Admin, api_tokens::create),
         R::delete("/api-tokens/{id}", Admin, api_tokens::revoke),
         R::get("/audit-log", Viewer, audit::list),
+        R::get("/me", Viewer, me::get),
     ]
 }
 

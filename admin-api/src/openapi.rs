@@ -19,8 +19,8 @@ use crate::contract::Rules as ContractRules;
 use crate::identity::Role;
 use crate::problem::ApiError;
 use crate::{
-    api_tokens, audit, azure, data_plane_tokens, endpoints, gateways, keys, problem, route_roles,
-    status,
+    api_tokens, audit, azure, data_plane_tokens, endpoints, gateways, keys, me, problem,
+    route_roles, status,
 };
 
 /// Name of the security scheme every protected operation requires.
@@ -67,6 +67,7 @@ const SECURITY_SCHEME: &str = "admin_token";
         api_tokens::list,
         api_tokens::revoke,
         audit::list,
+        me::get,
         openapi_json,
     ),
     components(schemas(problem::Problem, problem::FieldError, Role)),
@@ -80,7 +81,7 @@ const SECURITY_SCHEME: &str = "admin_token";
         (name = "azure", description = "Discover Azure OpenAI deployments, import them, propose gateways"),
         (name = "api-tokens", description = "Named bearer tokens for this API, each with a role"),
         (name = "audit-log", description = "Every change: who, what, when, from where"),
-        (name = "meta", description = "This document"),
+        (name = "meta", description = "This document, and who the caller is"),
     )
 )]
 struct AdminApiDoc;

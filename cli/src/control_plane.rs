@@ -10,6 +10,7 @@ use anyhow::Context;
 use modelgw_admin_api::identity::BearerVerifier;
 use modelgw_admin_api::oidc::{OidcConfig, OidcVerifier};
 use modelgw_admin_api::{AdminState, AzureImport, AzureImportConfig, check_bootstrap_token};
+use modelgw_console::ConsoleSettings;
 use modelgw_control_plane::distribution::dev_pki;
 use modelgw_control_plane::store::Backend;
 use modelgw_control_plane::{
@@ -65,6 +66,28 @@ pub struct Args {
     /// The gRPC port's TLS settings and bounds on data-plane registrations.
     #[command(flatten)]
     pub grpc: GrpcArgs,
+    /// The Admin Console served under `/` on the admin port.
+    #[command(flatten)]
+    pub console: ConsoleArgs,
+}
+
+/// The Admin Console (README "Admin Console").
+#[derive(clap::Args, Clone, Debug)]
+pub struct ConsoleArgs {
+    /// The public Gateway URL applications call (the data planes, e.g. behind Azure Front
+    /// Door): shown in the console's snippets and used by its playground.
+    #[arg(long, env = "MODELGW_GATEWAY_URL")]
+    pub gateway_url: Option<String>,
+    /// A console session ends after this long without a request.
+    #[arg(long, env = "MODELGW_CONSOLE_IDLE_TIMEOUT", default_value = "30m", value_parser = parse_duration)]
+    pub console_idle_timeout: Duration,
+    /// A console session ends this long after sign-in.
+    #[arg(long, env = "MODELGW_CONSOLE_MAX_AGE", default_value = "12h", value_parser = parse_duration)]
+    pub console_max_age: Duration,
+    /// Send the console's session cookie without `Secure` to non-loopback hosts (plain HTTP
+    /// with no TLS in front; development only). Loopback hosts never need it.
+    #[arg(long, env = "MODELGW_CONSOLE_INSECURE_COOKIES")]
+    pub console_insecure_cookies: bool,
 }
 
 /// TLS of the distribution port (README "Securing the distribution port").
@@ -99,7 +122,8 @@ pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
         "ms" => Ok(Duration::from_millis(n)),
         "s" | "" => Ok(Duration::from_secs(n)),
         "m" => Ok(Duration::from_secs(n * 60)),
-        _ => Err(format!("invalid duration unit in {s:?} (use ms, s or m)")),
+        "h" => Ok(Duration::from_secs(n * 3600)),
+        _ => Err(format!("invalid duration unit in {s:?} (use ms, s, m or h)")),
     }
 }
 
@@ -193,6 +217,18 @@ impl Default for GrpcArgs {
     }
 }
 
+impl Default for ConsoleArgs {
+    /// No Gateway URL, the default session lifetimes, Secure cookies.
+    fn default() -> Self {
+        ConsoleArgs {
+            gateway_url: None,
+            console_idle_timeout: ConsoleSettings::DEFAULT_IDLE_TIMEOUT,
+            console_max_age: ConsoleSettings::DEFAULT_MAX_AGE,
+            console_insecure_cookies: false,
+        }
+    }
+}
+
 /// How the gRPC port is secured, from the flags; with none on SQLite, a development CA and
 /// certificate next to the database (like the development master key). Returns the settings
 /// and, when one was used, the development CA file data planes must trust.
@@ -273,6 +309,7 @@ pub struct ControlPlane {
     grpc_listener: TcpListener,
     grpc_settings: GrpcSettings,
     admin_state: AdminState,
+    console: ConsoleSettings,
 }
 
 impl ControlPlane {
@@ -287,6 +324,7 @@ impl ControlPlane {
         // Checked first: a refused token must stop the start before anything is opened.
         let admin_token = bootstrap_token(args)?;
         let key = master_key(args)?;
+        let console = console_settings(&args.console, &key);
         let (grpc_settings, grpc_dev_ca) = grpc_settings(args)?;
         let store = Store::connect(&args.database_url, key).await.with_context(|| {
             format!("opening the configuration store ({})", redact_url(&args.database_url))
@@ -332,10 +370,17 @@ impl ControlPlane {
             grpc_listener,
             grpc_settings,
             admin_state,
+            console,
         })
     }
 
     /// Serves until `shutdown` resolves.
+    /// Where the console's snippets and playground send clients, when it was not configured
+    /// (the demo sets it once its data plane is bound).
+    pub fn console_gateway_url(&self) -> std::sync::Arc<std::sync::OnceLock<String>> {
+        self.console.gateway_url.clone()
+    }
+
     /// The gRPC URL data planes use (`https://` unless the port is plaintext).
     pub fn grpc_url(&self) -> String {
         let scheme = if self.grpc_settings.security.is_tls() { "https" } else { "http" };
@@ -355,7 +400,10 @@ impl ControlPlane {
         let stopped = move |mut rx: tokio::sync::watch::Receiver<bool>| async move {
             let _ = rx.wait_for(|s| *s).await;
         };
-        let router = modelgw_admin_api::router(self.admin_state);
+        // The console under `/`, the JSON API under `/api/v1` behind it (the console calls it
+        // in process for everything it reads and changes).
+        let router =
+            modelgw_console::router(self.console, modelgw_admin_api::router(self.admin_state));
         // The admin API's own server (header deadline, HTTP/2 keepalive); each request carries
         // the peer's address, which the audit log records for every change.
         let admin =
@@ -373,6 +421,25 @@ impl ControlPlane {
         g.context("gRPC distribution server")?;
         Ok(())
     }
+}
+
+/// The console's settings; its session key is derived from the master key, so every replica
+/// opens every session.
+fn console_settings(args: &ConsoleArgs, key: &MasterKey) -> ConsoleSettings {
+    let mut settings = ConsoleSettings::new(key.derive(modelgw_console::SESSION_KEY_PURPOSE));
+    settings.idle_timeout = args.console_idle_timeout;
+    settings.max_age = args.console_max_age;
+    if let Some(url) = &args.gateway_url {
+        let _ = settings.gateway_url.set(url.trim_end_matches('/').to_owned());
+    }
+    settings.insecure_cookies = args.console_insecure_cookies;
+    if settings.insecure_cookies {
+        tracing::warn!(
+            "MODELGW_CONSOLE_INSECURE_COOKIES is set: console session cookies are sent without Secure \
+             over plain HTTP, where anyone on the path can read them; use only for development"
+        );
+    }
+    settings
 }
 
 /// The OpenID Connect verifier of the admin API, with its signing keys fetched once now. A
@@ -465,6 +532,7 @@ mod tests {
             config_poll_interval: Duration::from_secs(1),
             max_health_window: modelgw_control_plane::DEFAULT_MAX_HEALTH_WINDOW,
             grpc: GrpcArgs::default(),
+            console: ConsoleArgs::default(),
         }
     }
 

@@ -152,8 +152,10 @@ pub async fn run(
         config_poll_interval: Duration::from_secs(1),
         max_health_window: modelgw_control_plane::DEFAULT_MAX_HEALTH_WINDOW,
         grpc: control_plane::GrpcArgs::default(),
+        console: control_plane::ConsoleArgs::default(),
     };
     let cp = ControlPlane::start(&cp_args, azure, None).await?;
+    let console_gateway_url = cp.console_gateway_url();
     let admin_url = format!("http://{}", cp.admin_addr);
     let grpc_url = cp.grpc_url();
     let grpc_ca = cp.grpc_dev_ca.clone().context("the control plane's development CA")?;
@@ -192,6 +194,7 @@ pub async fn run(
     };
     let dp = DataPlane::bind(dp_args.config()).await.context("binding the gateway")?;
     let gateway_url = format!("http://{}", dp.local_addr());
+    let _ = console_gateway_url.set(gateway_url.clone());
     let dp_task = tokio::spawn(dp.run(stopped(stop_rx)));
 
     // 4. Configure through the admin API, as an operator would: discover, import, propose.
@@ -269,6 +272,7 @@ pub async fn run(
         r#"
 Model Gateway demo is ready.
 
+  Admin Console  {admin_url}/   (sign in with the admin token)
   Admin API      {admin_url}/api/v1   (OpenAPI: {admin_url}/api/v1/openapi.json)
   Admin token    {admin_token}
   Gateway URL    {gateway_url}
@@ -294,6 +298,7 @@ Press Ctrl-C to stop."#,
         &[
             ("gateway", gateway_url.clone()),
             ("admin", admin_url.clone()),
+            ("console", format!("{admin_url}/")),
             ("gateway_key", gateway_key.clone()),
             ("admin_token", admin_token.clone()),
         ],

@@ -99,6 +99,20 @@ impl MasterKey {
         }
     }
 
+    /// A key for another purpose, derived from this one: SHA-256 over a domain-separation
+    /// label, the purpose and the key. With a uniformly random 256-bit master key this is a
+    /// sound KDF, and no derived key reveals the master key or another purpose's key. Used for
+    /// the console's session cookies, so every control-plane replica opens every session.
+    pub fn derive(&self, purpose: &str) -> [u8; KEY_LEN] {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        h.update(b"modelgw key derivation v1\0");
+        h.update(purpose.as_bytes());
+        h.update(b"\0");
+        h.update(self.bytes);
+        h.finalize().into()
+    }
+
     pub fn generate() -> MasterKey {
         let mut bytes = [0u8; KEY_LEN];
         random_bytes(&mut bytes);

@@ -148,6 +148,7 @@ impl World {
                 ok(format!("/api/v1/gateways/{gateway}/keys/{key}"), None, StatusCode::NO_CONTENT)
             }
             ("GET", "/api/v1/status") => ok(template.into(), None, StatusCode::OK),
+            ("GET", "/api/v1/me") => ok(template.into(), None, StatusCode::OK),
             ("POST", "/api/v1/azure/discoveries") => {
                 ok(template.into(), None, StatusCode::ACCEPTED)
             }

@@ -1,0 +1,10 @@
+//! The audit log (`/audit`).
+
+use axum::Router;
+
+use crate::Console;
+
+/// This section's routes (behind the session guard).
+pub(crate) fn routes() -> Router<Console> {
+    Router::new()
+}
