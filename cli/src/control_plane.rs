@@ -78,6 +78,10 @@ pub struct ConsoleArgs {
     /// Door): shown in the console's snippets and used by its playground.
     #[arg(long, env = "MODELGW_GATEWAY_URL")]
     pub gateway_url: Option<String>,
+    /// PEM CA bundle the playground trusts for the Gateway URL, beside the platform's roots
+    /// (data planes behind a private CA).
+    #[arg(long, env = "MODELGW_GATEWAY_CA_FILE")]
+    pub gateway_ca_file: Option<PathBuf>,
     /// A console session ends after this long without a request.
     #[arg(long, env = "MODELGW_CONSOLE_IDLE_TIMEOUT", default_value = "30m", value_parser = parse_duration)]
     pub console_idle_timeout: Duration,
@@ -222,6 +226,7 @@ impl Default for ConsoleArgs {
     fn default() -> Self {
         ConsoleArgs {
             gateway_url: None,
+            gateway_ca_file: None,
             console_idle_timeout: ConsoleSettings::DEFAULT_IDLE_TIMEOUT,
             console_max_age: ConsoleSettings::DEFAULT_MAX_AGE,
             console_insecure_cookies: false,
@@ -324,7 +329,7 @@ impl ControlPlane {
         // Checked first: a refused token must stop the start before anything is opened.
         let admin_token = bootstrap_token(args)?;
         let key = master_key(args)?;
-        let console = console_settings(&args.console, &key);
+        let console = console_settings(&args.console, &key)?;
         let (grpc_settings, grpc_dev_ca) = grpc_settings(args)?;
         let store = Store::connect(&args.database_url, key).await.with_context(|| {
             format!("opening the configuration store ({})", redact_url(&args.database_url))
@@ -425,7 +430,7 @@ impl ControlPlane {
 
 /// The console's settings; its session key is derived from the master key, so every replica
 /// opens every session.
-fn console_settings(args: &ConsoleArgs, key: &MasterKey) -> ConsoleSettings {
+fn console_settings(args: &ConsoleArgs, key: &MasterKey) -> anyhow::Result<ConsoleSettings> {
     let mut settings = ConsoleSettings::new(key.derive(modelgw_console::SESSION_KEY_PURPOSE));
     settings.idle_timeout = args.console_idle_timeout;
     settings.max_age = args.console_max_age;
@@ -433,13 +438,25 @@ fn console_settings(args: &ConsoleArgs, key: &MasterKey) -> ConsoleSettings {
         let _ = settings.gateway_url.set(url.trim_end_matches('/').to_owned());
     }
     settings.insecure_cookies = args.console_insecure_cookies;
+    if let Some(path) = &args.gateway_ca_file {
+        let pem = std::fs::read(path)
+            .with_context(|| format!("reading MODELGW_GATEWAY_CA_FILE {}", path.display()))?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem)
+            .with_context(|| format!("MODELGW_GATEWAY_CA_FILE {}", path.display()))?;
+        anyhow::ensure!(
+            !certs.is_empty(),
+            "MODELGW_GATEWAY_CA_FILE {} holds no PEM certificate",
+            path.display()
+        );
+        settings.gateway_ca_pem = Some(pem);
+    }
     if settings.insecure_cookies {
         tracing::warn!(
             "MODELGW_CONSOLE_INSECURE_COOKIES is set: console session cookies are sent without Secure \
              over plain HTTP, where anyone on the path can read them; use only for development"
         );
     }
-    settings
+    Ok(settings)
 }
 
 /// The OpenID Connect verifier of the admin API, with its signing keys fetched once now. A

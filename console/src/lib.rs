@@ -57,6 +57,10 @@ pub struct ConsoleSettings {
     /// Send session cookies without `Secure` to non-loopback hosts too (plain HTTP behind no
     /// TLS terminator). Off by default; the control plane warns when it is on.
     pub insecure_cookies: bool,
+    /// PEM bundle of the CA that issued the Gateway URL's certificate, trusted by the
+    /// playground beside the platform's roots (`MODELGW_GATEWAY_CA_FILE`: data planes behind
+    /// a private CA).
+    pub gateway_ca_pem: Option<Vec<u8>>,
 }
 
 impl ConsoleSettings {
@@ -70,6 +74,7 @@ impl ConsoleSettings {
             max_age: Self::DEFAULT_MAX_AGE,
             gateway_url: Arc::new(OnceLock::new()),
             insecure_cookies: false,
+            gateway_ca_pem: None,
         }
     }
 }
@@ -84,6 +89,7 @@ struct Inner {
     api: api::Api,
     sessions: session::Sessions,
     settings: ConsoleSettings,
+    playground: pages::playground::Playground,
 }
 
 impl Console {
@@ -98,6 +104,10 @@ impl Console {
     pub(crate) fn settings(&self) -> &ConsoleSettings {
         &self.inner.settings
     }
+
+    pub(crate) fn playground(&self) -> &pages::playground::Playground {
+        &self.inner.playground
+    }
 }
 
 /// The console's routes, with `api` (the admin API's router) behind them: a request the console
@@ -109,6 +119,7 @@ pub fn router(settings: ConsoleSettings, api: Router) -> Router {
             api: api::Api::new(api.clone()),
             sessions: session::Sessions::new(&settings),
             settings,
+            playground: pages::playground::Playground::default(),
         }),
     };
     // Behind the session guard: a session, and for unsafe methods the CSRF token.
