@@ -18,6 +18,9 @@
 // A test harness: a setup that fails should stop the test right there, saying why.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+/// Headless Chromium over WebDriver, for the console's browser tests.
+pub mod browser;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -338,6 +341,9 @@ pub struct Cluster {
     pub env: Vec<(&'static str, String)>,
     /// The CA and server certificate of the gRPC port; data planes get client certificates.
     pub pki: TestPki,
+    /// Extra environment for the control plane only (e.g. `MODELGW_GATEWAY_URL`, the Azure
+    /// import settings).
+    pub control_plane_env: Vec<(&'static str, String)>,
 }
 
 impl Cluster {
@@ -358,6 +364,7 @@ impl Cluster {
             regions: Vec::new(),
             region_procs: Vec::new(),
             env: Vec::new(),
+            control_plane_env: Vec::new(),
         })
     }
 
@@ -368,6 +375,7 @@ impl Cluster {
     /// Starts (or restarts, on the same ports and database) the control plane.
     pub async fn start_control_plane(&mut self) -> anyhow::Result<()> {
         let mut env = self.env.clone();
+        env.extend(self.control_plane_env.iter().cloned());
         env.extend([
             ("MODELGW_DATABASE_URL", format!("sqlite://{}", self.database_path().display())),
             ("MODELGW_ADMIN_ADDR", self.admin_addr.clone()),
@@ -415,9 +423,19 @@ impl Cluster {
     }
 
     pub async fn start_data_plane(&mut self, node_id: &str) -> anyhow::Result<String> {
+        self.start_data_plane_at(node_id, "127.0.0.1:0").await
+    }
+
+    /// A data plane whose gateway listens on `addr` (a port picked in advance, e.g. for the
+    /// control plane's `MODELGW_GATEWAY_URL`).
+    pub async fn start_data_plane_at(
+        &mut self,
+        node_id: &str,
+        addr: &str,
+    ) -> anyhow::Result<String> {
         let mut env = self.env.clone();
         env.extend([
-            ("MODELGW_GATEWAY_ADDR", "127.0.0.1:0".to_owned()),
+            ("MODELGW_GATEWAY_ADDR", addr.to_owned()),
             ("MODELGW_NODE_ID", node_id.to_owned()),
         ]);
         env.extend(self.data_plane_tls(node_id)?);
@@ -430,6 +448,16 @@ impl Cluster {
 
     pub async fn start_region(&mut self, display: &str) -> anyhow::Result<usize> {
         let api_key = format!("azkey-{}-{}", display.replace(' ', "").to_lowercase(), uuid_like());
+        self.start_region_with_key(display, &api_key).await
+    }
+
+    /// A region that accepts `api_key` (e.g. the key a mock ARM account lists for it).
+    pub async fn start_region_with_key(
+        &mut self,
+        display: &str,
+        api_key: &str,
+    ) -> anyhow::Result<usize> {
+        let api_key = api_key.to_owned();
         let deployment = "gpt-4o-mini".to_owned();
         let mut env = self.env.clone();
         env.push(("MODELGW_MOCK_API_KEY", api_key.clone()));

@@ -134,6 +134,39 @@ impl Region {
         }
     }
 
+    /// Clears the region's faults, counts and rate-limit windows (settings stay).
+    ///
+    /// # Panics
+    /// For a region served [`Region::elsewhere`], or when a mock process cannot be reached.
+    pub fn reset(&self) {
+        match &self.driver {
+            Driver::InProcess(mock) => mock.reset(),
+            Driver::Process => {
+                let (status, answer) = self.control("POST", "/_mock/reset", b"");
+                assert!((200..300).contains(&status), "resetting: {status} {answer}");
+            }
+            Driver::Elsewhere => panic!("region {} is not served by a mock", self.name),
+        }
+    }
+
+    /// The pause between two SSE frames of a streamed answer (a slow stream shows tokens
+    /// arriving one by one).
+    ///
+    /// # Panics
+    /// For a region served [`Region::elsewhere`], or when a mock process cannot be reached.
+    pub fn set_stream_gap(&self, gap: Duration) {
+        match &self.driver {
+            Driver::InProcess(mock) => mock.set_stream_gap(gap),
+            Driver::Process => {
+                let ms = u64::try_from(gap.as_millis()).unwrap_or(u64::MAX);
+                let body = format!(r#"{{"stream_gap_ms":{ms}}}"#);
+                let (status, answer) = self.control("POST", "/_mock/settings", body.as_bytes());
+                assert!((200..300).contains(&status), "setting the stream gap: {status} {answer}");
+            }
+            Driver::Elsewhere => panic!("region {} is not served by a mock", self.name),
+        }
+    }
+
     /// Requests the deployment received, whatever their outcome (0 for a region served
     /// [`Region::elsewhere`]).
     ///
