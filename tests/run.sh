@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # The test command (README): builds everything and runs every test of the workspace —
 # unit, store (SQLite and PostgreSQL), admin API, data plane, and the end-to-end scenarios
-# over real processes, including the official openai Python SDK against the gateway; then
+# over real processes, including the official openai Python SDK against the gateway and the
+# Admin Console in headless Chromium; then
 # schemathesis holds the admin API of a real control plane to its OpenAPI document.
 #
 # Needs: PostgreSQL on 127.0.0.1:5432 (trust auth; override with MODELGW_TEST_POSTGRES_URL) and
-# python3 with venv (the openai SDK and schemathesis are installed into cached virtualenvs).
+# python3 with venv (the openai SDK and schemathesis are installed into cached virtualenvs);
+# chromium and chromium-driver are installed with apt-get when missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -31,6 +33,15 @@ if ! "$VENV/bin/python" -c "import openai" 2>/dev/null; then
   "$VENV/bin/pip" install --quiet --disable-pip-version-check "openai==$OPENAI_SDK_VERSION"
 fi
 export MODELGW_PYTHON="$VENV/bin/python"
+
+# Headless Chromium and its WebDriver for the Admin Console's browser tests
+# (tests/e2e/tests/console.rs); Debian's packages, matched versions.
+if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
+  echo "installing chromium and chromium-driver"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends chromium chromium-driver >/dev/null
+fi
 
 # cargo-nextest runs the scenarios as .config/nextest.toml says (the process-level ones one at a
 # time); `cargo test` would run them all at once and measure contention, not the gateway. Install

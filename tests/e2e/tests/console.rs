@@ -529,7 +529,7 @@ async fn a_viewer_gets_no_controls_and_forged_or_tokenless_posts_are_refused() -
     for path in ["/endpoints/new", "/endpoints"] {
         let forged = b.js_with(post, vec![json!(path), json!(endpoint), json!(true)]).await?;
         let status = forged["status"].as_u64().unwrap();
-        assert!(matches!(status, 403 | 404 | 405), "{path}: {forged}");
+        assert!((403..=405).contains(&status), "{path}: {forged}");
     }
     assert_eq!(c.endpoints().await?.len(), before, "nothing was saved");
     let (_, keys) =
