@@ -27,6 +27,7 @@ mod assets;
 mod error;
 mod layout;
 mod live;
+mod oidc;
 mod operator;
 mod pages;
 mod session;
@@ -38,6 +39,7 @@ use axum::Router;
 use axum::middleware::{from_fn, from_fn_with_state};
 use axum::routing::{get, post};
 
+pub use oidc::OidcSignIn;
 pub use session::SESSION_KEY_PURPOSE;
 
 /// How the console is configured (the control plane reads it from its environment).
@@ -57,6 +59,8 @@ pub struct ConsoleSettings {
     /// Send session cookies without `Secure` to non-loopback hosts too (plain HTTP behind no
     /// TLS terminator). Off by default; the control plane warns when it is on.
     pub insecure_cookies: bool,
+    /// Single sign-on with OpenID Connect (e.g. Entra ID), beside token sign-in.
+    pub oidc: Option<OidcSignIn>,
 }
 
 impl ConsoleSettings {
@@ -70,6 +74,7 @@ impl ConsoleSettings {
             max_age: Self::DEFAULT_MAX_AGE,
             gateway_url: Arc::new(OnceLock::new()),
             insecure_cookies: false,
+            oidc: None,
         }
     }
 }
@@ -83,7 +88,15 @@ pub(crate) struct Console {
 struct Inner {
     api: api::Api,
     sessions: session::Sessions,
+    oidc: Option<oidc::OidcClient>,
     settings: ConsoleSettings,
+}
+
+/// The console could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("building the HTTP client for single sign-on: {0}")]
+    HttpClient(#[from] reqwest::Error),
 }
 
 impl Console {
@@ -98,16 +111,22 @@ impl Console {
     pub(crate) fn settings(&self) -> &ConsoleSettings {
         &self.inner.settings
     }
+
+    pub(crate) fn oidc(&self) -> Option<&oidc::OidcClient> {
+        self.inner.oidc.as_ref()
+    }
 }
 
 /// The console's routes, with `api` (the admin API's router) behind them: a request the console
 /// does not serve (everything under `/api/v1`, and unknown paths) goes to `api`, which the
 /// console also calls in process for every read and change.
-pub fn router(settings: ConsoleSettings, api: Router) -> Router {
+pub fn router(settings: ConsoleSettings, api: Router) -> Result<Router, StartError> {
+    let oidc = settings.oidc.clone().map(oidc::OidcClient::new).transpose()?;
     let console = Console {
         inner: Arc::new(Inner {
             api: api::Api::new(api.clone()),
             sessions: session::Sessions::new(&settings),
+            oidc,
             settings,
         }),
     };
@@ -127,11 +146,13 @@ pub fn router(settings: ConsoleSettings, api: Router) -> Router {
         .route_layer(from_fn_with_state(console.clone(), operator::guard));
     let open = Router::new()
         .route("/sign-in", get(pages::sign_in::page).post(pages::sign_in::submit))
+        .route("/sign-in/oidc", get(oidc::start))
+        .route(oidc::CALLBACK_PATH, get(oidc::callback))
         .route("/assets/{name}", get(assets::serve));
-    signed_in
+    Ok(signed_in
         .merge(open)
         .layer(from_fn(layout::security_headers))
         .layer(from_fn(modelgw_admin_api::trace_request))
         .with_state(console)
-        .fallback_service(api)
+        .fallback_service(api))
 }
