@@ -92,6 +92,27 @@ pub struct ConsoleArgs {
     /// with no TLS in front; development only). Loopback hosts never need it.
     #[arg(long, env = "MODELGW_CONSOLE_INSECURE_COOKIES")]
     pub console_insecure_cookies: bool,
+    /// Single sign-on to the console: the console's application (client) id at the OpenID
+    /// Connect provider (MODELGW_OIDC_ISSUER). It must also be an accepted audience
+    /// (MODELGW_OIDC_AUDIENCE): the console signs in with the ID token, whose audience it is.
+    #[arg(long, env = "MODELGW_OIDC_CLIENT_ID")]
+    pub oidc_client_id: Option<String>,
+    /// The client secret, for a confidential client (Entra ID web app): from
+    /// MODELGW_OIDC_CLIENT_SECRET (never a flag) or this file. Without one, a public client
+    /// with PKCE.
+    #[arg(long, env = "MODELGW_OIDC_CLIENT_SECRET_FILE")]
+    pub oidc_client_secret_file: Option<PathBuf>,
+    /// Scopes requested at sign-in (space-separated; `openid` is required).
+    #[arg(long, env = "MODELGW_OIDC_SCOPES", default_value = "openid profile")]
+    pub oidc_scopes: String,
+    /// What the console's sign-in button calls the provider.
+    #[arg(long, env = "MODELGW_OIDC_PROVIDER_NAME", default_value = "single sign-on")]
+    pub oidc_provider_name: String,
+    /// The console's public base URL (e.g. https://modelgw-admin.example.com), from which the
+    /// sign-in redirect URI `<url>/sign-in/oidc/callback` is made; register that URI at the
+    /// provider. Unset: taken from each request's host.
+    #[arg(long, env = "MODELGW_CONSOLE_URL")]
+    pub console_url: Option<String>,
 }
 
 /// TLS of the distribution port (README "Securing the distribution port").
@@ -230,6 +251,11 @@ impl Default for ConsoleArgs {
             console_idle_timeout: ConsoleSettings::DEFAULT_IDLE_TIMEOUT,
             console_max_age: ConsoleSettings::DEFAULT_MAX_AGE,
             console_insecure_cookies: false,
+            oidc_client_id: None,
+            oidc_client_secret_file: None,
+            oidc_scopes: "openid profile".to_owned(),
+            oidc_provider_name: "single sign-on".to_owned(),
+            console_url: None,
         }
     }
 }
@@ -329,7 +355,7 @@ impl ControlPlane {
         // Checked first: a refused token must stop the start before anything is opened.
         let admin_token = bootstrap_token(args)?;
         let key = master_key(args)?;
-        let console = console_settings(&args.console, &key)?;
+        let console = console_settings(&args.console, &key, oidc.as_ref())?;
         let (grpc_settings, grpc_dev_ca) = grpc_settings(args)?;
         let store = Store::connect(&args.database_url, key).await.with_context(|| {
             format!("opening the configuration store ({})", redact_url(&args.database_url))
@@ -408,7 +434,8 @@ impl ControlPlane {
         // The console under `/`, the JSON API under `/api/v1` behind it (the console calls it
         // in process for everything it reads and changes).
         let router =
-            modelgw_console::router(self.console, modelgw_admin_api::router(self.admin_state));
+            modelgw_console::router(self.console, modelgw_admin_api::router(self.admin_state))
+                .context("setting up the Admin Console")?;
         // The admin API's own server (header deadline, HTTP/2 keepalive); each request carries
         // the peer's address, which the audit log records for every change.
         let admin =
@@ -430,7 +457,11 @@ impl ControlPlane {
 
 /// The console's settings; its session key is derived from the master key, so every replica
 /// opens every session.
-fn console_settings(args: &ConsoleArgs, key: &MasterKey) -> anyhow::Result<ConsoleSettings> {
+fn console_settings(
+    args: &ConsoleArgs,
+    key: &MasterKey,
+    oidc: Option<&OidcConfig>,
+) -> anyhow::Result<ConsoleSettings> {
     let mut settings = ConsoleSettings::new(key.derive(modelgw_console::SESSION_KEY_PURPOSE));
     settings.idle_timeout = args.console_idle_timeout;
     settings.max_age = args.console_max_age;
@@ -456,7 +487,57 @@ fn console_settings(args: &ConsoleArgs, key: &MasterKey) -> anyhow::Result<Conso
              over plain HTTP, where anyone on the path can read them; use only for development"
         );
     }
+    settings.oidc = console_sign_in(args, oidc)?;
     Ok(settings)
+}
+
+/// Single sign-on to the console, when a client id is configured: checked against the admin
+/// API's OpenID Connect settings, which verify the tokens it yields.
+fn console_sign_in(
+    args: &ConsoleArgs,
+    oidc: Option<&OidcConfig>,
+) -> anyhow::Result<Option<modelgw_console::OidcSignIn>> {
+    let Some(client_id) = args.oidc_client_id.as_deref().map(str::trim).filter(|c| !c.is_empty())
+    else {
+        return Ok(None);
+    };
+    let Some(oidc) = oidc else {
+        anyhow::bail!(
+            "MODELGW_OIDC_CLIENT_ID is set but MODELGW_OIDC_ISSUER is not: console single sign-on \
+             needs the admin API's OpenID Connect settings"
+        );
+    };
+    if !oidc.audiences.iter().any(|a| a == client_id) {
+        anyhow::bail!(
+            "MODELGW_OIDC_CLIENT_ID must also be in MODELGW_OIDC_AUDIENCE: the console signs in with \
+             the ID token, whose audience is the client id"
+        );
+    }
+    if !args.oidc_scopes.split_whitespace().any(|s| s == "openid") {
+        anyhow::bail!("MODELGW_OIDC_SCOPES must include `openid`");
+    }
+    let secret =
+        match (&args.oidc_client_secret_file, std::env::var("MODELGW_OIDC_CLIENT_SECRET").ok()) {
+            (Some(_), Some(_)) => anyhow::bail!(
+                "set MODELGW_OIDC_CLIENT_SECRET or MODELGW_OIDC_CLIENT_SECRET_FILE, not both"
+            ),
+            (Some(path), None) => Some(
+                std::fs::read_to_string(path)
+                    .with_context(|| format!("reading the client secret file {}", path.display()))?
+                    .trim()
+                    .to_owned(),
+            ),
+            (None, secret) => secret.map(|s| s.trim().to_owned()),
+        };
+    tracing::info!(issuer = %oidc.issuer, client_id, confidential = secret.is_some(), "console single sign-on enabled");
+    Ok(Some(modelgw_console::OidcSignIn {
+        issuer: oidc.issuer.clone(),
+        client_id: client_id.to_owned(),
+        client_secret: secret.filter(|s| !s.is_empty()),
+        scopes: args.oidc_scopes.clone(),
+        public_url: args.console_url.clone(),
+        provider_name: args.oidc_provider_name.clone(),
+    }))
 }
 
 /// The OpenID Connect verifier of the admin API, with its signing keys fetched once now. A

@@ -27,6 +27,7 @@ mod assets;
 mod error;
 mod layout;
 mod live;
+mod oidc;
 mod operator;
 mod pages;
 mod session;
@@ -38,6 +39,7 @@ use axum::Router;
 use axum::middleware::{from_fn, from_fn_with_state};
 use axum::routing::{get, post};
 
+pub use oidc::OidcSignIn;
 pub use session::SESSION_KEY_PURPOSE;
 
 /// How the console is configured (the control plane reads it from its environment).
@@ -61,6 +63,8 @@ pub struct ConsoleSettings {
     /// playground beside the platform's roots (`MODELGW_GATEWAY_CA_FILE`: data planes behind
     /// a private CA).
     pub gateway_ca_pem: Option<Vec<u8>>,
+    /// Single sign-on with OpenID Connect (e.g. Entra ID), beside token sign-in.
+    pub oidc: Option<OidcSignIn>,
 }
 
 impl ConsoleSettings {
@@ -75,6 +79,7 @@ impl ConsoleSettings {
             gateway_url: Arc::new(OnceLock::new()),
             insecure_cookies: false,
             gateway_ca_pem: None,
+            oidc: None,
         }
     }
 }
@@ -88,8 +93,16 @@ pub(crate) struct Console {
 struct Inner {
     api: api::Api,
     sessions: session::Sessions,
+    oidc: Option<oidc::OidcClient>,
     settings: ConsoleSettings,
     playground: pages::playground::Playground,
+}
+
+/// The console could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("building the HTTP client for single sign-on: {0}")]
+    HttpClient(#[from] reqwest::Error),
 }
 
 impl Console {
@@ -108,16 +121,22 @@ impl Console {
     pub(crate) fn playground(&self) -> &pages::playground::Playground {
         &self.inner.playground
     }
+
+    pub(crate) fn oidc(&self) -> Option<&oidc::OidcClient> {
+        self.inner.oidc.as_ref()
+    }
 }
 
 /// The console's routes, with `api` (the admin API's router) behind them: a request the console
 /// does not serve (everything under `/api/v1`, and unknown paths) goes to `api`, which the
 /// console also calls in process for every read and change.
-pub fn router(settings: ConsoleSettings, api: Router) -> Router {
+pub fn router(settings: ConsoleSettings, api: Router) -> Result<Router, StartError> {
+    let oidc = settings.oidc.clone().map(oidc::OidcClient::new).transpose()?;
     let console = Console {
         inner: Arc::new(Inner {
             api: api::Api::new(api.clone()),
             sessions: session::Sessions::new(&settings),
+            oidc,
             settings,
             playground: pages::playground::Playground::default(),
         }),
@@ -138,11 +157,13 @@ pub fn router(settings: ConsoleSettings, api: Router) -> Router {
         .route_layer(from_fn_with_state(console.clone(), operator::guard));
     let open = Router::new()
         .route("/sign-in", get(pages::sign_in::page).post(pages::sign_in::submit))
+        .route("/sign-in/oidc", get(oidc::start))
+        .route(oidc::CALLBACK_PATH, get(oidc::callback))
         .route("/assets/{name}", get(assets::serve));
-    signed_in
+    Ok(signed_in
         .merge(open)
         .layer(from_fn(layout::security_headers))
         .layer(from_fn(modelgw_admin_api::trace_request))
         .with_state(console)
-        .fallback_service(api)
+        .fallback_service(api))
 }

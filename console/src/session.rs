@@ -150,18 +150,29 @@ impl Sessions {
     }
 
     fn seal(&self, session: &Session) -> String {
+        self.seal_value(AAD, session)
+    }
+
+    fn unseal(&self, value: &str) -> Option<Session> {
+        self.open_value(AAD, value)
+    }
+
+    /// Seals `value` (JSON) under the console key, bound to `aad`: base64url of nonce and
+    /// ciphertext. Also used for the sign-in transaction of OpenID Connect.
+    pub fn seal_value<T: Serialize>(&self, aad: &[u8], value: &T) -> String {
         let nonce = XChaCha20Poly1305::generate_nonce(&mut OsRng);
-        let plaintext = serde_json::to_vec(session).unwrap_or_default();
-        // Encryption with a valid key and nonce does not fail; an empty cookie would just not open.
+        let plaintext = serde_json::to_vec(value).unwrap_or_default();
+        // Encryption with a valid key and nonce does not fail; an empty value would just not open.
         let ciphertext =
-            self.cipher.encrypt(&nonce, Payload { msg: &plaintext, aad: AAD }).unwrap_or_default();
+            self.cipher.encrypt(&nonce, Payload { msg: &plaintext, aad }).unwrap_or_default();
         let mut blob = Vec::with_capacity(NONCE_LEN + ciphertext.len());
         blob.extend_from_slice(&nonce);
         blob.extend_from_slice(&ciphertext);
         URL_SAFE_NO_PAD.encode(blob)
     }
 
-    fn unseal(&self, value: &str) -> Option<Session> {
+    /// Opens what [`Sessions::seal_value`] sealed with the same `aad`.
+    pub fn open_value<T: serde::de::DeserializeOwned>(&self, aad: &[u8], value: &str) -> Option<T> {
         let blob = URL_SAFE_NO_PAD.decode(value).ok()?;
         if blob.len() <= NONCE_LEN {
             return None;
@@ -169,9 +180,14 @@ impl Sessions {
         let (nonce, ciphertext) = blob.split_at(NONCE_LEN);
         let plaintext = self
             .cipher
-            .decrypt(XNonce::from_slice(nonce), Payload { msg: ciphertext, aad: AAD })
+            .decrypt(XNonce::from_slice(nonce), Payload { msg: ciphertext, aad })
             .ok()?;
         serde_json::from_slice(&plaintext).ok()
+    }
+
+    /// `; Secure` unless the request is to a loopback host or insecure cookies were configured.
+    pub fn secure_attribute(&self, headers: &HeaderMap) -> &'static str {
+        self.cookie_name(headers).1
     }
 }
 
@@ -185,7 +201,7 @@ pub(crate) fn random_token() -> String {
 }
 
 /// The value of cookie `name` in the request's `Cookie` headers.
-fn cookie_value<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+pub(crate) fn cookie_value<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers
         .get_all(COOKIE)
         .iter()

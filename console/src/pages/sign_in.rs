@@ -48,10 +48,10 @@ pub(crate) async fn page(
         Some("out") => Some("You are signed out."),
         _ => None,
     };
-    form(notice, None).into_response()
+    form(&console, notice, None).into_response()
 }
 
-fn form(notice: Option<&str>, error: Option<&str>) -> Markup {
+fn form(console: &Console, notice: Option<&str>, error: Option<&str>) -> Markup {
     layout::bare(
         "Sign in",
         html! {
@@ -59,6 +59,10 @@ fn form(notice: Option<&str>, error: Option<&str>) -> Markup {
                 h1 { "Sign in to Model Gateway" }
                 p.sub { "Use an API token, the bootstrap admin token, or an OpenID Connect access token issued for this control plane." }
                 @if let Some(n) = notice { div.notice role="status" { (n) } }
+                @if let Some(oidc) = console.oidc() {
+                    p { a.button #sign-in-sso href="/sign-in/oidc" { "Sign in with " (oidc.provider_name()) } }
+                    p.sub { "or with a token:" }
+                }
                 form.stacked method="post" action="/sign-in" {
                     div.field {
                         label for="token" { "Token" }
@@ -84,9 +88,11 @@ pub(crate) async fn submit(
     check_same_site(&headers)?;
     let token = f.token.trim();
     if token.is_empty() {
-        return Ok(
-            (StatusCode::UNPROCESSABLE_ENTITY, form(None, Some("Enter a token."))).into_response()
-        );
+        return Ok((
+            StatusCode::UNPROCESSABLE_ENTITY,
+            form(&console, None, Some("Enter a token.")),
+        )
+            .into_response());
     }
     let api = console.api().as_caller(token, peer.map(|Extension(ConnectInfo(a))| a));
     let me = match api.me().await {
@@ -95,14 +101,18 @@ pub(crate) async fn submit(
             tracing::info!("console sign-in refused: the token was not accepted");
             return Ok((
                 StatusCode::UNAUTHORIZED,
-                form(None, Some("This token was not accepted: it is unknown, revoked or expired.")),
+                form(
+                    &console,
+                    None,
+                    Some("This token was not accepted: it is unknown, revoked or expired."),
+                ),
             )
                 .into_response());
         }
         Err(ConsoleError::Unavailable(_)) => {
             return Ok((
                 StatusCode::SERVICE_UNAVAILABLE,
-                form(None, Some("The identity provider cannot be reached to check this token. Try again shortly.")),
+                form(&console, None, Some("The identity provider cannot be reached to check this token. Try again shortly.")),
             )
                 .into_response());
         }

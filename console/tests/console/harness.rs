@@ -52,6 +52,14 @@ impl Page {
 
 impl Console {
     pub async fn start() -> Console {
+        Console::start_with(|_| {}, None).await
+    }
+
+    /// A console whose settings `tweak` changes, whose API hands JWTs to `verifier`.
+    pub async fn start_with(
+        tweak: impl FnOnce(&mut ConsoleSettings),
+        verifier: Option<std::sync::Arc<dyn modelgw_admin_api::identity::BearerVerifier>>,
+    ) -> Console {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}", dir.path().join("modelgw.db").display());
         let key = MasterKey::generate();
@@ -66,12 +74,15 @@ impl Console {
             changes: distribution.changes(),
             registry: distribution.registry(),
             admin_token_sha256: Sha256::digest(ADMIN_TOKEN.as_bytes()).into(),
-            bearer_verifier: None,
+            bearer_verifier: verifier,
             azure: AzureImport::new(azure),
         };
         let api = modelgw_admin_api::router(state);
         let client: SocketAddr = "192.0.2.9:50000".parse().unwrap();
-        let router = modelgw_console::router(ConsoleSettings::new(session_key), api)
+        let mut settings = ConsoleSettings::new(session_key);
+        tweak(&mut settings);
+        let router = modelgw_console::router(settings, api)
+            .expect("console router")
             .layer(MockConnectInfo(client));
         Console { router, _dir: dir, _distribution: distribution }
     }

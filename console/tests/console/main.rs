@@ -6,3 +6,4 @@
 mod harness;
 mod playground;
 mod session;
+mod sso;
