@@ -201,7 +201,6 @@ pub(crate) fn empty_state(message: &str, action: Option<Markup>) -> Markup {
 }
 
 /// A non-breaking separator for inline lists.
-#[allow(dead_code, reason = "used by the section pages")]
 pub(crate) fn sep() -> Markup {
     PreEscaped("&nbsp;·&nbsp;".to_owned())
 }

@@ -52,6 +52,13 @@ impl Page {
 
 impl Console {
     pub async fn start() -> Console {
+        let mut azure = AzureImportConfig::from_lookup(|_| None).unwrap();
+        azure.credential_options.allow_imds = false;
+        Console::start_with_azure(azure).await
+    }
+
+    /// A console whose Azure discovery uses `azure` (tests point it at the ARM and token mocks).
+    pub async fn start_with_azure(azure: AzureImportConfig) -> Console {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}", dir.path().join("modelgw.db").display());
         let key = MasterKey::generate();
@@ -59,8 +66,6 @@ impl Console {
         let store = Store::connect(&url, key).await.unwrap();
         let distribution =
             Distribution::start(store.clone(), DistributionSettings::default()).await.unwrap();
-        let mut azure = AzureImportConfig::from_lookup(|_| None).unwrap();
-        azure.credential_options.allow_imds = false;
         let state = AdminState {
             store,
             changes: distribution.changes(),

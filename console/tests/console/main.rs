@@ -5,4 +5,5 @@
 
 mod endpoints;
 mod harness;
+mod import;
 mod session;
