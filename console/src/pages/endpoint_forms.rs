@@ -321,6 +321,21 @@ fn detail_page(
     layout::page(op, &e.name, Nav::Endpoints, content)
 }
 
+/// Above a refused form: when every reason is already shown next to its field, one line that
+/// points there (the API's detail repeats them); otherwise the API's whole summary.
+pub(crate) fn form_alert(
+    problem: Option<&Problem>,
+    fields: &[&str],
+    (lead, pointer): (&str, &str),
+) -> Markup {
+    match problem {
+        Some(p) if !p.errors.is_empty() && p.other_errors(fields).next().is_none() => html! {
+            div.alert role="alert" { strong { (lead) } " " (pointer) }
+        },
+        _ => problem_summary(problem, fields),
+    }
+}
+
 /// The regions, model names and versions already in the inventory, for the pickers.
 struct Pickers {
     regions: BTreeSet<String>,
@@ -432,7 +447,7 @@ fn form_page(
                 p { "One model deployment at one upstream resource. Gateways route over endpoints." }
             }
         }
-        (problem_summary(problem, &FIELDS))
+        (form_alert(problem, &FIELDS, ("Not saved.", "Check the marked fields below.")))
         form.stacked method="post" action=(action) novalidate {
             (csrf_field(op))
             fieldset.group {

@@ -22,10 +22,11 @@ use serde_json::json;
 use uuid::Uuid;
 
 use super::EndpointView;
+use super::endpoint_forms::form_alert;
 use crate::Console;
 use crate::api::Problem;
 use crate::error::ConsoleError;
-use crate::layout::{self, Nav, csrf_field, empty_state, field_errors, problem_summary, sep};
+use crate::layout::{self, Nav, csrf_field, empty_state, field_errors, sep};
 use crate::operator::Operator;
 
 /// This section's routes (behind the session guard).
@@ -240,7 +241,7 @@ fn page(
     problem: Option<&Problem>,
     outcome: Option<Markup>,
 ) -> Markup {
-    let again = (!d.running()).then_some("Run discovery again");
+    let again = Some("New discovery");
     let content = html! {
         (head(op, again))
         @if let Some(o) = outcome { (o) }
@@ -342,7 +343,7 @@ fn results(
             p.sub {
                 (d.deployments.len()) " found" (sep()) (imported) " already imported"
             }
-            (problem_summary(problem, &["deployment_ids", "auth"]))
+            (form_alert(problem, &["deployment_ids", "auth"], ("Nothing imported.", "The reason is below the table.")))
             form method="post" action={ "/import/" (d.id) } {
                 (csrf_field(op))
                 div.toolbar {
@@ -388,8 +389,8 @@ fn results(
                                         span id=(label_id) { strong { (x.deployment) } span.sub { " on " (x.account) } }
                                         @for w in &x.warnings { p.row-warning { "⚠ " (w) } }
                                     }
-                                    td { (x.model_name) }
-                                    td.mono { (x.model_version) }
+                                    td.nowrap { (x.model_name) }
+                                    td.mono.nowrap { (x.model_version) }
                                     td { (x.sku) @if let Some(c) = x.capacity { span.sub { " · " (c) } } }
                                     td { (x.location) }
                                     td { span.mono.sub { (x.subscription_id) } br; span.sub { (x.resource_group) } }
