@@ -19,7 +19,6 @@ use serde::Deserialize;
 
 /// `GET /api/v1/inference-endpoints` (one element).
 #[derive(Clone, Debug, Deserialize)]
-#[allow(dead_code, reason = "fields the section pages read")]
 pub(crate) struct EndpointView {
     pub id: String,
     pub name: String,
@@ -45,7 +44,6 @@ pub(crate) struct EndpointView {
 }
 
 #[derive(Clone, Debug, Deserialize)]
-#[allow(dead_code, reason = "fields the section pages read")]
 pub(crate) struct LastErrorView {
     pub reason: String,
     pub at: DateTime<Utc>,
@@ -53,7 +51,6 @@ pub(crate) struct LastErrorView {
 }
 
 #[derive(Clone, Debug, Deserialize)]
-#[allow(dead_code, reason = "fields the section pages read")]
 pub(crate) struct DataPlaneHealthView {
     pub node_id: String,
     pub state: String,

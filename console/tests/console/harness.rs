@@ -52,13 +52,27 @@ impl Page {
 
 impl Console {
     pub async fn start() -> Console {
-        Console::start_with(|_| {}, None).await
+        Console::start_with(|_| {}, None, Console::no_azure()).await
     }
 
-    /// A console whose settings `tweak` changes, whose API hands JWTs to `verifier`.
+    /// Nothing configured and no instance metadata service: a discovery fails fast.
+    pub fn no_azure() -> AzureImportConfig {
+        let mut azure = AzureImportConfig::from_lookup(|_| None).unwrap();
+        azure.credential_options.allow_imds = false;
+        azure
+    }
+
+    /// A console whose Azure discovery uses `azure` (tests point it at the ARM and token mocks).
+    pub async fn start_with_azure(azure: AzureImportConfig) -> Console {
+        Console::start_with(|_| {}, None, azure).await
+    }
+
+    /// A console whose settings `tweak` changes, whose API hands JWTs to `verifier`, and whose
+    /// Azure discovery uses `azure`.
     pub async fn start_with(
         tweak: impl FnOnce(&mut ConsoleSettings),
         verifier: Option<std::sync::Arc<dyn modelgw_admin_api::identity::BearerVerifier>>,
+        azure: AzureImportConfig,
     ) -> Console {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}", dir.path().join("modelgw.db").display());
@@ -67,8 +81,6 @@ impl Console {
         let store = Store::connect(&url, key).await.unwrap();
         let distribution =
             Distribution::start(store.clone(), DistributionSettings::default()).await.unwrap();
-        let mut azure = AzureImportConfig::from_lookup(|_| None).unwrap();
-        azure.credential_options.allow_imds = false;
         let state = AdminState {
             store,
             changes: distribution.changes(),

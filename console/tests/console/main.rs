@@ -3,6 +3,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod endpoints;
 mod harness;
+mod import;
 mod session;
 mod sso;
