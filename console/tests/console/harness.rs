@@ -17,6 +17,10 @@ pub const HOST: &str = "127.0.0.1:4000";
 
 pub struct Console {
     pub router: Router,
+    /// The store under the API, for what no API call makes (e.g. imported Azure endpoints).
+    pub store: Store,
+    /// The console's Gateway URL (unset until a test sets it).
+    pub gateway_url: std::sync::Arc<std::sync::OnceLock<String>>,
     _dir: tempfile::TempDir,
     _distribution: Distribution,
 }
@@ -61,6 +65,7 @@ impl Console {
             Distribution::start(store.clone(), DistributionSettings::default()).await.unwrap();
         let mut azure = AzureImportConfig::from_lookup(|_| None).unwrap();
         azure.credential_options.allow_imds = false;
+        let state_store = store.clone();
         let state = AdminState {
             store,
             changes: distribution.changes(),
@@ -71,9 +76,10 @@ impl Console {
         };
         let api = modelgw_admin_api::router(state);
         let client: SocketAddr = "192.0.2.9:50000".parse().unwrap();
-        let router = modelgw_console::router(ConsoleSettings::new(session_key), api)
-            .layer(MockConnectInfo(client));
-        Console { router, _dir: dir, _distribution: distribution }
+        let settings = ConsoleSettings::new(session_key);
+        let gateway_url = settings.gateway_url.clone();
+        let router = modelgw_console::router(settings, api).layer(MockConnectInfo(client));
+        Console { router, store: state_store, gateway_url, _dir: dir, _distribution: distribution }
     }
 
     pub async fn send(
@@ -122,6 +128,11 @@ impl Console {
 }
 
 impl Console {
+    /// The distribution under the API (to serve its gRPC port in a test).
+    pub fn distribution(&self) -> &Distribution {
+        &self._distribution
+    }
+
     /// `method path` on the JSON API as the bootstrap admin; the status and the JSON answer.
     #[allow(dead_code, reason = "used by the section tests")]
     pub async fn api(

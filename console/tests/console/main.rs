@@ -3,5 +3,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod audit;
+mod data_planes;
+mod gateways;
 mod harness;
 mod session;

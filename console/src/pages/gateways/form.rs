@@ -63,18 +63,25 @@ impl GatewayForm {
                 .endpoints
                 .iter()
                 .map(|m| {
-                    (m.endpoint_id.clone(), MemberInput {
-                        enabled: m.enabled,
-                        current: true,
-                        remove: false,
-                        priority: m.priority.to_string(),
-                        weight: m.weight.to_string(),
-                    })
+                    (
+                        m.endpoint_id.clone(),
+                        MemberInput {
+                            enabled: m.enabled,
+                            current: true,
+                            remove: false,
+                            priority: m.priority.to_string(),
+                            weight: m.weight.to_string(),
+                        },
+                    )
                 })
                 .collect(),
             strategy: g.routing.strategy.clone(),
             wait_for_recovery: g.routing.wait_for_recovery,
-            request_timeout_ms: g.routing.request_timeout_ms.map(|ms| ms.to_string()).unwrap_or_default(),
+            request_timeout_ms: g
+                .routing
+                .request_timeout_ms
+                .map(|ms| ms.to_string())
+                .unwrap_or_default(),
         }
     }
 
@@ -85,13 +92,16 @@ impl GatewayForm {
                 .endpoints
                 .iter()
                 .map(|m| {
-                    (m.endpoint_id.clone(), MemberInput {
-                        enabled: m.enabled,
-                        current: false,
-                        remove: false,
-                        priority: m.priority.to_string(),
-                        weight: m.weight.to_string(),
-                    })
+                    (
+                        m.endpoint_id.clone(),
+                        MemberInput {
+                            enabled: m.enabled,
+                            current: false,
+                            remove: false,
+                            priority: m.priority.to_string(),
+                            weight: m.weight.to_string(),
+                        },
+                    )
                 })
                 .collect(),
             strategy: p.routing.strategy.clone(),
@@ -307,7 +317,8 @@ fn render(
 ) -> Markup {
     let mut rows: Vec<&EndpointView> = endpoints.iter().collect();
     rows.sort_by(|a, b| {
-        (row_rank(form.members.get(&a.id)), &a.name).cmp(&(row_rank(form.members.get(&b.id)), &b.name))
+        (row_rank(form.members.get(&a.id)), &a.name)
+            .cmp(&(row_rank(form.members.get(&b.id)), &b.name))
     });
     let (title, action, cancel) = match target {
         Target::New => ("New gateway".to_owned(), "/gateways".to_owned(), "/gateways".to_owned()),
@@ -596,7 +607,8 @@ pub(super) async fn create_from_proposal(
     match reply.form_result::<GatewayView>()? {
         Ok(g) => Ok(Redirect::to(&format!("/gateways/{}?created=1", g.id)).into_response()),
         Err(problem) => {
-            let ids: Vec<String> = proposal.endpoints.iter().map(|m| m.endpoint_id.clone()).collect();
+            let ids: Vec<String> =
+                proposal.endpoints.iter().map(|m| m.endpoint_id.clone()).collect();
             let problem = form_problem(problem, &ids);
             let form = GatewayForm::from_proposal(&proposal);
             Ok(refused(render(&op, &Target::New, &form, &endpoints, Some(&problem), None)))

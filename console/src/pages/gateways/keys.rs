@@ -147,13 +147,16 @@ pub(super) async fn create(
         )
         .await?;
     let (status, extras) = match reply.form_result::<CreatedKeyView>()? {
-        Ok(created) => (
-            StatusCode::OK,
-            DetailExtras { new_key: Some(created), ..DetailExtras::default() },
-        ),
+        Ok(created) => {
+            (StatusCode::OK, DetailExtras { new_key: Some(created), ..DetailExtras::default() })
+        }
         Err(problem) => (
             StatusCode::UNPROCESSABLE_ENTITY,
-            DetailExtras { key_problem: Some(problem), key_name: form.name, ..DetailExtras::default() },
+            DetailExtras {
+                key_problem: Some(problem),
+                key_name: form.name,
+                ..DetailExtras::default()
+            },
         ),
     };
     let page = detail_page(&console, &op, &gateway_id, extras).await?;
