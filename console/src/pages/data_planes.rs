@@ -14,7 +14,7 @@ use maud::{Markup, html};
 use super::{DataPlaneView, StatusView, ago};
 use crate::Console;
 use crate::error::ConsoleError;
-use crate::layout::{self, Nav, empty_state, state_badge};
+use crate::layout::{self, Nav, empty_state};
 use crate::operator::Operator;
 
 /// This section's routes (behind the session guard).
@@ -61,7 +61,7 @@ async fn list(op: Operator) -> Result<Markup, ConsoleError> {
                             tr data-node=(d.node_id) class=[behind.then_some("behind")] {
                                 td.mono { (d.node_id) }
                                 td {
-                                    @if d.connected { (state_badge("healthy", None)) }
+                                    @if d.connected { span.badge.ok data-state="connected" { span.dot aria-hidden="true" {} "Connected" } }
                                     @else { span.badge.muted data-state="disconnected" { span.dot aria-hidden="true" {} "Disconnected" } }
                                 }
                                 td.num {

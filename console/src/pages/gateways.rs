@@ -292,7 +292,6 @@ pub(crate) async fn detail_page(
                 p.hint { "Clients call the gateway as an Azure OpenAI resource: the gateway's name " code { (gateway.name) }
                     " is the deployment. Send a gateway key as " code { "api-key" } "." }
             }
-            (snippets(&gateway.name, url.as_deref().unwrap_or(URL_PLACEHOLDER)))
         }
 
         section aria-labelledby="h-members" {
@@ -352,6 +351,11 @@ pub(crate) async fn detail_page(
         }
 
         (keys::section(op, &gateway, &keys, &extras, now))
+
+        section aria-labelledby="h-code" {
+            h2 #h-code { "Call it from code" }
+            (snippets(&gateway.name, url.as_deref().unwrap_or(URL_PLACEHOLDER)))
+        }
         p.sub { "Last changed " (ago(gateway.updated_at, now)) "." }
     };
     Ok(layout::page(op, &gateway.name, Nav::Gateways, content))

@@ -547,3 +547,52 @@ async fn proposals_create_a_gateway_with_one_click_or_prefill_the_form() {
     assert!(again.body.contains(r#"id="error-name""#));
     assert_eq!(gateways(&c).await.len(), 1);
 }
+
+#[tokio::test]
+async fn a_thousand_endpoints_and_a_hundred_gateways_stay_quick() {
+    let c = Console::start().await;
+    let items = (0..1000)
+        .map(|i| AzureImportItem {
+            arm_resource_id: format!("/subscriptions/s/resourceGroups/rg/providers/Microsoft.CognitiveServices/accounts/a{i}/deployments/d"),
+            name: format!("ep-{i:04}"),
+            endpoint: url::Url::parse("https://a.openai.azure.com/").unwrap(),
+            deployment: "d".to_owned(),
+            model_name: format!("model-{}", i % 50),
+            model_version: "1".to_owned(),
+            region: "eastus".to_owned(),
+            sku_name: "Standard".to_owned(),
+            sku_capacity: Some(1),
+            auth: EndpointAuth::Entra,
+        })
+        .collect();
+    c.store.import_azure_endpoints(items, &AuditContext::system("test")).await.unwrap();
+    let (_, endpoints) = c.api(Method::GET, "/api/v1/inference-endpoints", None).await;
+    let ids: Vec<&str> =
+        endpoints.as_array().unwrap().iter().map(|e| e["id"].as_str().unwrap()).collect();
+    for g in 0..100 {
+        let members: Vec<&str> = ids.iter().skip(g * 10).take(10).copied().collect();
+        gateway(&c, &format!("gw-{g:03}"), &members).await;
+    }
+    let first = gateways(&c).await[0]["id"].as_str().unwrap().to_owned();
+    let cookie = c.sign_in(ADMIN_TOKEN).await;
+    for path in [
+        "/gateways".to_owned(),
+        "/gateways/new".to_owned(),
+        format!("/gateways/{first}/edit"),
+        format!("/gateways/{first}"),
+    ] {
+        // Once to warm up, then timed.
+        c.send(Method::GET, &path, Some(&cookie), None).await;
+        let started = std::time::Instant::now();
+        let page = c.send(Method::GET, &path, Some(&cookie), None).await;
+        let took = started.elapsed();
+        assert_eq!(page.status, StatusCode::OK);
+        println!("{path}: {took:?}, {} KiB", page.body.len() / 1024);
+        // Unoptimized test builds are several times slower than a release; this bounds a
+        // regression (quadratic rendering) without being flaky.
+        assert!(took < std::time::Duration::from_millis(1500), "{path} took {took:?}");
+    }
+    let edit = c.send(Method::GET, &format!("/gateways/{first}/edit"), Some(&cookie), None).await;
+    assert_eq!(edit.body.matches(r#"name="member""#).count(), 1000);
+    assert_eq!(edit.body.matches(" checked ").count() + edit.body.matches(" checked>").count(), 10);
+}

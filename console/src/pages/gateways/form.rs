@@ -515,6 +515,16 @@ fn proposals_page(
         endpoints.iter().map(|e| (e.id.as_str(), e)).collect();
     let existing: HashMap<&str, &str> =
         gateways.iter().map(|g| (g.name.as_str(), g.id.as_str())).collect();
+    // A gateway over exactly a proposal's endpoints, under another name.
+    let member_set = |ids: Vec<&str>| -> Vec<String> {
+        let mut ids: Vec<String> = ids.into_iter().map(str::to_owned).collect();
+        ids.sort();
+        ids
+    };
+    let same_members: HashMap<Vec<String>, &GatewayView> = gateways
+        .iter()
+        .map(|g| (member_set(g.endpoints.iter().map(|m| m.endpoint_id.as_str()).collect()), g))
+        .collect();
     let can_change = op.can(Role::Operator);
     let content = html! {
         div.page-head {
@@ -541,7 +551,13 @@ fn proposals_page(
                     tbody {
                         @for p in proposals {
                             tr data-proposal=(p.name) {
-                                td.mono { (p.name) }
+                                td {
+                                    span.mono { (p.name) }
+                                    @if !existing.contains_key(p.name.as_str())
+                                        && let Some(g) = same_members.get(&member_set(p.endpoints.iter().map(|m| m.endpoint_id.as_str()).collect())) {
+                                        div.sub { "Same endpoints as " a href={ "/gateways/" (g.id) } { (g.name) } }
+                                    }
+                                }
                                 td {
                                     ul.plain {
                                         @for m in &p.endpoints {
