@@ -194,6 +194,10 @@ fn form_problem(mut problem: Problem, ids: &[String]) -> Problem {
     for e in &mut problem.errors {
         e.field = form_field(&e.field, ids);
     }
+    if !problem.errors.is_empty() {
+        // The API's detail names its own fields; each reason is shown by its input instead.
+        problem.detail = "Nothing was saved: correct the fields marked below.".to_owned();
+    }
     problem
 }
 
@@ -372,7 +376,7 @@ fn render(
                 } @else {
                     div.toolbar {
                         input type="search" data-filter="members-table" placeholder="Filter by name, model, region or deployment" aria-label="Filter endpoints";
-                        span.sub { (member_count) " members · " (endpoints.len()) " endpoints" }
+                        span.sub { (member_count) (if member_count == 1 { " member" } else { " members" }) " · " (endpoints.len()) " endpoints" }
                     }
                     p.hint { "Checked endpoints receive traffic. Lower priority is preferred (0–100; higher groups are used only when the lower ones are all unavailable); weight shares traffic within a group. Blank takes the API's default." }
                     div.table-wrap.members-wrap {
