@@ -248,12 +248,14 @@ pub(crate) async fn detail_page(
     let url = console.settings().gateway_url.get().map(|u| u.trim_end_matches('/').to_owned());
     let enabled = gateway.endpoints.iter().filter(|m| m.enabled).count();
     let content = html! {
+        // One health stream for every badge on the page (the gateway's and its members').
+        div hx-ext="sse" sse-connect="/events/health" {
         div.page-head {
             div {
                 p.crumbs { a href="/gateways" { "Gateways" } " /" }
                 h1 { (gateway.name) }
                 p {
-                    span #{ "gw-state-" (gateway.id) } sse-swap={ "gw-" (gateway.id) } hx-ext="sse" sse-connect="/events/health" {
+                    span #{ "gw-state-" (gateway.id) } sse-swap={ "gw-" (gateway.id) } {
                         (state_badge(&gateway.state, None))
                     }
                     " " (enabled) " of " (gateway.endpoints.len()) " members enabled · "
@@ -300,7 +302,7 @@ pub(crate) async fn detail_page(
                 (empty_state("This gateway has no members: clients get 503 until an endpoint is added.",
                     can_change.then(|| html! { a.button href={ "/gateways/" (gateway.id) "/edit" } { "Add members" } })))
             } @else {
-                div.table-wrap hx-ext="sse" sse-connect="/events/health" {
+                div.table-wrap {
                     table #members-table {
                         thead {
                             tr {
@@ -357,6 +359,7 @@ pub(crate) async fn detail_page(
             (snippets(&gateway.name, url.as_deref().unwrap_or(URL_PLACEHOLDER)))
         }
         p.sub { "Last changed " (ago(gateway.updated_at, now)) "." }
+        }
     };
     Ok(layout::page(op, &gateway.name, Nav::Gateways, content))
 }

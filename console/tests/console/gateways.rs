@@ -405,6 +405,13 @@ async fn a_viewer_sees_no_changes_and_a_forged_post_is_refused() {
         assert!(!page.body.contains(control), "{control} shown to a viewer");
     }
 
+    let form_page = c.send(Method::GET, &format!("/gateways/{id}/edit"), Some(&viewer), None).await;
+    assert_eq!(form_page.status, StatusCode::FORBIDDEN);
+    assert_eq!(
+        c.send(Method::GET, "/gateways/new", Some(&viewer), None).await.status,
+        StatusCode::FORBIDDEN
+    );
+
     // A forged post with the viewer's own session and CSRF token: the API refuses it.
     let forged = c
         .send(

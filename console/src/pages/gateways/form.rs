@@ -232,6 +232,7 @@ pub(crate) struct NewQuery {
 }
 
 pub(super) async fn new(op: Operator, Query(q): Query<NewQuery>) -> Result<Markup, ConsoleError> {
+    may_change(&op)?;
     let endpoints: Vec<EndpointView> = op.api.get("/api/v1/inference-endpoints").await?;
     let mut form = GatewayForm { strategy: "weighted".to_owned(), ..GatewayForm::default() };
     let mut notice = None;
@@ -267,6 +268,7 @@ pub(super) async fn create(
 
 /// `GET /gateways/{id}/edit`.
 pub(super) async fn edit(op: Operator, Path(id): Path<String>) -> Result<Markup, ConsoleError> {
+    may_change(&op)?;
     let id = path_uuid(&id, "gateway")?;
     let path = format!("/api/v1/gateways/{id}");
     let (gateway, endpoints) = tokio::try_join!(
@@ -295,6 +297,20 @@ pub(super) async fn update(
             Ok(refused(render(&op, &Target::Edit { id }, &form, &endpoints, Some(&problem), None)))
         }
     }
+}
+
+/// The form is not offered to a role that may not change gateways (the API would refuse the
+/// post anyway).
+fn may_change(op: &Operator) -> Result<(), ConsoleError> {
+    if op.can(Role::Operator) {
+        return Ok(());
+    }
+    Err(ConsoleError::Forbidden(Box::new(Problem {
+        title: "Forbidden".to_owned(),
+        status: 403,
+        detail: "Changing gateways needs the operator role.".to_owned(),
+        ..Problem::default()
+    })))
 }
 
 /// A form the API refused, re-rendered with its reasons.
