@@ -17,6 +17,10 @@ pub const HOST: &str = "127.0.0.1:4000";
 
 pub struct Console {
     pub router: Router,
+    /// The store under the API, for what no API call makes (e.g. imported Azure endpoints).
+    pub store: Store,
+    /// The console's Gateway URL (unset until a test sets it).
+    pub gateway_url: std::sync::Arc<std::sync::OnceLock<String>>,
     _dir: tempfile::TempDir,
     _distribution: Distribution,
 }
@@ -81,6 +85,7 @@ impl Console {
         let store = Store::connect(&url, key).await.unwrap();
         let distribution =
             Distribution::start(store.clone(), DistributionSettings::default()).await.unwrap();
+        let state_store = store.clone();
         let state = AdminState {
             store,
             changes: distribution.changes(),
@@ -93,10 +98,11 @@ impl Console {
         let client: SocketAddr = "192.0.2.9:50000".parse().unwrap();
         let mut settings = ConsoleSettings::new(session_key);
         tweak(&mut settings);
+        let gateway_url = settings.gateway_url.clone();
         let router = modelgw_console::router(settings, api)
             .expect("console router")
             .layer(MockConnectInfo(client));
-        Console { router, _dir: dir, _distribution: distribution }
+        Console { router, store: state_store, gateway_url, _dir: dir, _distribution: distribution }
     }
 
     pub async fn send(
@@ -145,6 +151,11 @@ impl Console {
 }
 
 impl Console {
+    /// The distribution under the API (to serve its gRPC port in a test).
+    pub fn distribution(&self) -> &Distribution {
+        &self._distribution
+    }
+
     /// `method path` on the JSON API as the bootstrap admin; the status and the JSON answer.
     #[allow(dead_code, reason = "used by the section tests")]
     pub async fn api(

@@ -3,7 +3,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod audit;
+mod data_planes;
 mod endpoints;
+mod gateways;
 mod harness;
 mod import;
 mod session;
