@@ -59,4 +59,23 @@
       row.hidden = q !== "" && row.textContent.toLowerCase().indexOf(q) === -1;
     });
   });
+  // <input data-filter-rows="table-id" data-filter-key="model"> hides rows of that table whose
+  // data-<key> does not contain the input's text; several such inputs on one table combine.
+  document.addEventListener("input", function (e) {
+    var input = e.target.closest("[data-filter-rows]");
+    if (!input) return;
+    var tableId = input.getAttribute("data-filter-rows");
+    var table = document.getElementById(tableId);
+    if (!table) return;
+    var filters = document.querySelectorAll('[data-filter-rows="' + tableId + '"]');
+    table.querySelectorAll("tbody tr").forEach(function (row) {
+      var shown = true;
+      filters.forEach(function (f) {
+        var q = f.value.trim().toLowerCase();
+        var v = row.getAttribute("data-" + f.getAttribute("data-filter-key")) || "";
+        if (q !== "" && v.indexOf(q) === -1) shown = false;
+      });
+      row.hidden = !shown;
+    });
+  });
 })();

@@ -72,7 +72,6 @@ impl Reply {
 
     /// The body as `T` on success, or the problem the API answered (for a form to show next to
     /// its fields). Being signed out, forbidden or an internal error is still an `Err`.
-    #[allow(dead_code, reason = "used by the section forms")]
     pub fn form_result<T: DeserializeOwned>(self) -> Result<Result<T, Problem>, ConsoleError> {
         match self.status {
             StatusCode::BAD_REQUEST | StatusCode::CONFLICT | StatusCode::UNPROCESSABLE_ENTITY => {
@@ -170,7 +169,6 @@ impl Me {
 
 /// The API's problem details (`application/problem+json`).
 #[derive(Clone, Debug, Default, Deserialize)]
-#[allow(dead_code, reason = "fields the section forms read")]
 pub(crate) struct Problem {
     #[serde(default)]
     pub title: String,
@@ -193,7 +191,6 @@ pub(crate) struct FieldError {
     pub reason: String,
 }
 
-#[allow(dead_code, reason = "used by the section forms")]
 impl Problem {
     /// The reasons given for `field` (exactly, or for an element or member of it).
     pub fn reasons_for<'a>(&'a self, field: &'a str) -> impl Iterator<Item = &'a str> + 'a {

@@ -165,7 +165,6 @@ pub(crate) fn state_badge(state: &str, detail: Option<&str>) -> Markup {
 }
 
 /// The API's reasons for `field`, shown under it.
-#[allow(dead_code, reason = "used by the section pages")]
 pub(crate) fn field_errors(problem: Option<&Problem>, field: &str) -> Markup {
     html! {
         @if let Some(p) = problem {
@@ -177,7 +176,6 @@ pub(crate) fn field_errors(problem: Option<&Problem>, field: &str) -> Markup {
 }
 
 /// A problem's summary, above a form.
-#[allow(dead_code, reason = "used by the section pages")]
 pub(crate) fn problem_summary(problem: Option<&Problem>, fields: &[&str]) -> Markup {
     html! {
         @if let Some(p) = problem {
@@ -203,7 +201,6 @@ pub(crate) fn empty_state(message: &str, action: Option<Markup>) -> Markup {
 }
 
 /// A non-breaking separator for inline lists.
-#[allow(dead_code, reason = "used by the section pages")]
 pub(crate) fn sep() -> Markup {
     PreEscaped("&nbsp;·&nbsp;".to_owned())
 }

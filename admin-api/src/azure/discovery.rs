@@ -2,6 +2,7 @@
 //! credential can see (a background job over ARM), and poll it for progress, per-scope errors
 //! and the deployments found. Responses never carry an account key.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use axum::Json;
@@ -13,6 +14,7 @@ use modelgw_control_plane::azure::{
     ARM_SCOPE, ArmClient, DiscoveredDeployment, DiscoveryProgress, DiscoveryReport, discover,
     resolve,
 };
+use modelgw_model::EndpointId;
 use serde::Serialize;
 use tokio::sync::watch;
 use tracing::Instrument as _;
@@ -83,6 +85,12 @@ pub struct DiscoveredDeploymentResponse {
     pub capacity: Option<u32>,
     /// What an operator should read before importing it.
     pub warnings: Vec<String>,
+    /// The inference endpoint an import already made from this deployment (the same ARM
+    /// resource id an import matches on), so a client can mark it as imported. Absent when
+    /// none was imported.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, format = Uuid)]
+    pub endpoint_id: Option<EndpointId>,
 }
 
 impl From<&DiscoveredDeployment> for DiscoveredDeploymentResponse {
@@ -100,6 +108,7 @@ impl From<&DiscoveredDeployment> for DiscoveredDeploymentResponse {
             sku: d.sku.clone(),
             capacity: d.capacity,
             warnings: d.warnings.clone(),
+            endpoint_id: None,
         }
     }
 }
@@ -216,7 +225,21 @@ pub async fn get_discovery(
             "discovery {id} not found (only the last {MAX_DISCOVERY_JOBS} are kept, in memory)"
         ),
     })?;
-    Ok(Json(job_response(&job)))
+    let mut response = job_response(&job);
+    if !response.deployments.is_empty() {
+        // Imported endpoints by lower-cased ARM id: the identity an import updates by.
+        let imported: HashMap<String, EndpointId> = state
+            .store
+            .list_azure_endpoints()
+            .await?
+            .into_iter()
+            .map(|e| (e.arm_resource_id.to_ascii_lowercase(), e.id))
+            .collect();
+        for d in &mut response.deployments {
+            d.endpoint_id = imported.get(&d.id.to_ascii_lowercase()).copied();
+        }
+    }
+    Ok(Json(response))
 }
 
 fn job_response(job: &Job) -> DiscoveryResponse {

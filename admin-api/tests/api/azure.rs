@@ -204,6 +204,7 @@ async fn a_discovery_job_succeeds_with_the_deployments_and_the_403() {
     for want in [("aoai-eus", "gpt-4o"), ("aoai-eus", "mini"), ("aoai-ptu", "gpt-4o-ptu")] {
         assert!(names.contains(&want), "{want:?} missing from {names:?}");
     }
+    assert!(deployments.iter().all(|d| d.get("endpoint_id").is_none()), "nothing imported yet");
     let ptu = deployments.iter().find(|d| d["deployment"] == "gpt-4o-ptu").expect("ptu");
     assert_eq!(ptu["sku"], "GlobalProvisionedManaged");
     assert_eq!(ptu["capacity"], 100);
@@ -262,6 +263,12 @@ async fn importing_twice_creates_nothing_and_a_rotated_key_updates_the_endpoint(
     // One transaction, one version bump for all three.
     let after_first = azure.harness.version().await;
     assert_eq!(after_first.0, before.0 + 1);
+    // A discovery now names the endpoint each deployment was imported as.
+    let again = azure.discover().await;
+    let created: Vec<&Value> = first["created"].as_array().expect("created").iter().collect();
+    for d in again["deployments"].as_array().expect("deployments") {
+        assert!(created.contains(&&d["endpoint_id"]), "not marked imported: {d}");
+    }
 
     let endpoints = azure.harness.get("/api/v1/inference-endpoints").await.json();
     let names: Vec<&str> =

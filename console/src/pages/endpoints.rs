@@ -26,6 +26,9 @@ pub(crate) struct ListQuery {
     desc: Option<bool>,
     #[serde(default)]
     page: Option<usize>,
+    /// The name of the endpoint just deleted (the detail page's delete redirects here).
+    #[serde(default)]
+    deleted: Option<String>,
 }
 
 /// The columns a list can be sorted by.
@@ -90,6 +93,9 @@ pub(crate) async fn list(op: Operator, Query(q): Query<ListQuery>) -> Result<Mar
                     a.button #new-endpoint href="/endpoints/new" { "New endpoint" }
                 }
             }
+        }
+        @if let Some(name) = &q.deleted {
+            div.success role="status" { "Deleted “" (name) "”." }
         }
         @if total == 0 {
             (empty_state("No inference endpoints yet. Import your Azure OpenAI deployments, or add one by hand.",

@@ -19,7 +19,6 @@ use serde::Deserialize;
 
 /// `GET /api/v1/inference-endpoints` (one element).
 #[derive(Clone, Debug, Deserialize)]
-#[allow(dead_code, reason = "fields the section pages read")]
 pub(crate) struct EndpointView {
     pub id: String,
     pub name: String,
@@ -45,7 +44,6 @@ pub(crate) struct EndpointView {
 }
 
 #[derive(Clone, Debug, Deserialize)]
-#[allow(dead_code, reason = "fields the section pages read")]
 pub(crate) struct LastErrorView {
     pub reason: String,
     pub at: DateTime<Utc>,
@@ -53,7 +51,6 @@ pub(crate) struct LastErrorView {
 }
 
 #[derive(Clone, Debug, Deserialize)]
-#[allow(dead_code, reason = "fields the section pages read")]
 pub(crate) struct DataPlaneHealthView {
     pub node_id: String,
     pub state: String,
@@ -66,7 +63,6 @@ pub(crate) struct DataPlaneHealthView {
 
 /// `GET /api/v1/gateways` (one element).
 #[derive(Clone, Debug, Deserialize)]
-#[allow(dead_code, reason = "fields the section pages read")]
 pub(crate) struct GatewayView {
     pub id: String,
     pub name: String,
@@ -77,7 +73,6 @@ pub(crate) struct GatewayView {
 }
 
 #[derive(Clone, Debug, Deserialize)]
-#[allow(dead_code, reason = "fields the section pages read")]
 pub(crate) struct GatewayMemberView {
     pub endpoint_id: String,
     pub enabled: bool,
@@ -86,7 +81,6 @@ pub(crate) struct GatewayMemberView {
 }
 
 #[derive(Clone, Debug, Deserialize)]
-#[allow(dead_code, reason = "fields the section pages read")]
 pub(crate) struct RoutingView {
     pub strategy: String,
     pub wait_for_recovery: bool,
@@ -96,14 +90,12 @@ pub(crate) struct RoutingView {
 
 /// `GET /api/v1/status`.
 #[derive(Clone, Debug, Deserialize)]
-#[allow(dead_code, reason = "fields the section pages read")]
 pub(crate) struct StatusView {
     pub config_version: u64,
     pub data_planes: Vec<DataPlaneView>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
-#[allow(dead_code, reason = "fields the section pages read")]
 pub(crate) struct DataPlaneView {
     pub node_id: String,
     pub applied_version: u64,
@@ -165,7 +157,6 @@ mod tests {
 
 /// `GET /api/v1/audit-log` (one page).
 #[derive(Clone, Debug, Deserialize)]
-#[allow(dead_code, reason = "fields the section pages read")]
 pub(crate) struct AuditPageView {
     pub entries: Vec<AuditEntryView>,
     #[serde(default)]
@@ -173,7 +164,6 @@ pub(crate) struct AuditPageView {
 }
 
 #[derive(Clone, Debug, Deserialize)]
-#[allow(dead_code, reason = "fields the section pages read")]
 pub(crate) struct AuditEntryView {
     pub at: DateTime<Utc>,
     pub actor: String,
@@ -185,6 +175,8 @@ pub(crate) struct AuditEntryView {
     pub config_version: Option<u64>,
     #[serde(default)]
     pub client_ip: Option<String>,
+    #[serde(default)]
+    pub request_id: Option<String>,
     #[serde(default)]
     pub before: Option<serde_json::Map<String, serde_json::Value>>,
     #[serde(default)]

@@ -17,6 +17,10 @@ pub const HOST: &str = "127.0.0.1:4000";
 
 pub struct Console {
     pub router: Router,
+    /// The store under the API, for what no API call makes (e.g. imported Azure endpoints).
+    pub store: Store,
+    /// The console's Gateway URL (unset until a test sets it).
+    pub gateway_url: std::sync::Arc<std::sync::OnceLock<String>>,
     _dir: tempfile::TempDir,
     _distribution: Distribution,
 }
@@ -52,13 +56,27 @@ impl Page {
 
 impl Console {
     pub async fn start() -> Console {
-        Console::start_with(|_| {}, None).await
+        Console::start_with(|_| {}, None, Console::no_azure()).await
     }
 
-    /// A console whose settings `tweak` changes, whose API hands JWTs to `verifier`.
+    /// Nothing configured and no instance metadata service: a discovery fails fast.
+    pub fn no_azure() -> AzureImportConfig {
+        let mut azure = AzureImportConfig::from_lookup(|_| None).unwrap();
+        azure.credential_options.allow_imds = false;
+        azure
+    }
+
+    /// A console whose Azure discovery uses `azure` (tests point it at the ARM and token mocks).
+    pub async fn start_with_azure(azure: AzureImportConfig) -> Console {
+        Console::start_with(|_| {}, None, azure).await
+    }
+
+    /// A console whose settings `tweak` changes, whose API hands JWTs to `verifier`, and whose
+    /// Azure discovery uses `azure`.
     pub async fn start_with(
         tweak: impl FnOnce(&mut ConsoleSettings),
         verifier: Option<std::sync::Arc<dyn modelgw_admin_api::identity::BearerVerifier>>,
+        azure: AzureImportConfig,
     ) -> Console {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}", dir.path().join("modelgw.db").display());
@@ -67,8 +85,7 @@ impl Console {
         let store = Store::connect(&url, key).await.unwrap();
         let distribution =
             Distribution::start(store.clone(), DistributionSettings::default()).await.unwrap();
-        let mut azure = AzureImportConfig::from_lookup(|_| None).unwrap();
-        azure.credential_options.allow_imds = false;
+        let state_store = store.clone();
         let state = AdminState {
             store,
             changes: distribution.changes(),
@@ -81,10 +98,11 @@ impl Console {
         let client: SocketAddr = "192.0.2.9:50000".parse().unwrap();
         let mut settings = ConsoleSettings::new(session_key);
         tweak(&mut settings);
+        let gateway_url = settings.gateway_url.clone();
         let router = modelgw_console::router(settings, api)
             .expect("console router")
             .layer(MockConnectInfo(client));
-        Console { router, _dir: dir, _distribution: distribution }
+        Console { router, store: state_store, gateway_url, _dir: dir, _distribution: distribution }
     }
 
     pub async fn send(
@@ -133,6 +151,11 @@ impl Console {
 }
 
 impl Console {
+    /// The distribution under the API (to serve its gRPC port in a test).
+    pub fn distribution(&self) -> &Distribution {
+        &self._distribution
+    }
+
     /// `method path` on the JSON API as the bootstrap admin; the status and the JSON answer.
     #[allow(dead_code, reason = "used by the section tests")]
     pub async fn api(

@@ -3,7 +3,12 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod audit;
+mod data_planes;
+mod endpoints;
+mod gateways;
 mod harness;
+mod import;
 mod playground;
 mod session;
 mod sso;

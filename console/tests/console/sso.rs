@@ -166,6 +166,7 @@ async fn console_for(idp: &Idp) -> Console {
             });
         },
         Some(Arc::new(verifier)),
+        Console::no_azure(),
     )
     .await
 }
