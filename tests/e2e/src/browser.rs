@@ -247,12 +247,24 @@ impl Browser {
 impl Drop for Browser {
     fn drop(&mut self) {
         if let Some(pid) = self.driver.id() {
+            // The whole group only when it is chromedriver's own (it leads it): never anyone
+            // else's.
+            let target =
+                if process_group(pid) == Some(pid) { format!("-{pid}") } else { pid.to_string() };
             let _ = std::process::Command::new("kill")
                 .arg("-KILL")
-                .arg(format!("-{pid}"))
+                .arg("--")
+                .arg(target)
                 .stderr(Stdio::null())
                 .status();
         }
         let _ = self.driver.start_kill();
     }
+}
+
+/// The process group of `pid`, from `/proc/<pid>/stat` (the field after state and parent).
+fn process_group(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after_name = &stat[stat.rfind(')')? + 1..];
+    after_name.split_whitespace().nth(2)?.parse().ok()
 }
