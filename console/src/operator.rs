@@ -143,6 +143,20 @@ impl Operator {
     pub fn can(&self, role: Role) -> bool {
         self.me.can(role)
     }
+
+    /// A page or form that only `role` and up are offered: 403 below it, saying `why` (the
+    /// API would refuse the change anyway; this keeps the form from being shown at all).
+    pub fn require(&self, role: Role, why: &str) -> Result<(), ConsoleError> {
+        if self.can(role) {
+            return Ok(());
+        }
+        Err(ConsoleError::Forbidden(Box::new(crate::api::Problem {
+            title: "Forbidden".to_owned(),
+            status: 403,
+            detail: why.to_owned(),
+            ..crate::api::Problem::default()
+        })))
+    }
 }
 
 impl FromRequestParts<Console> for Operator {

@@ -152,14 +152,7 @@ pub(crate) struct DeleteForm {
 
 /// An endpoint id from the path, checked before it goes into an API path.
 fn endpoint_id(raw: &str) -> Result<Uuid, ConsoleError> {
-    Uuid::parse_str(raw).map_err(|_| {
-        ConsoleError::NotFound(Box::new(Problem {
-            title: "Not found".to_owned(),
-            status: 404,
-            detail: format!("There is no inference endpoint {raw}."),
-            ..Problem::default()
-        }))
-    })
+    super::path_id(raw, "inference endpoint")
 }
 
 fn api_path(id: Uuid) -> String {
@@ -167,14 +160,7 @@ fn api_path(id: Uuid) -> String {
 }
 
 fn operators_only(op: &Operator) -> Result<(), ConsoleError> {
-    if op.can(Role::Operator) {
-        return Ok(());
-    }
-    Err(ConsoleError::Forbidden(Box::new(Problem {
-        detail: "Changing inference endpoints needs the operator role.".to_owned(),
-        status: 403,
-        ..Problem::default()
-    })))
+    op.require(Role::Operator, "Changing inference endpoints needs the operator role.")
 }
 
 /// `GET /endpoints/{id}`.

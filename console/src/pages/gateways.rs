@@ -49,14 +49,7 @@ pub(crate) fn routes() -> Router<Console> {
 /// A path id, checked to be a UUID before it goes into an API path (so a crafted id cannot
 /// name another API route); anything else is a 404, as the API would answer.
 fn path_uuid(id: &str, what: &str) -> Result<String, ConsoleError> {
-    uuid::Uuid::parse_str(id).map(|u| u.to_string()).map_err(|_| {
-        ConsoleError::NotFound(Box::new(Problem {
-            title: "Not found".to_owned(),
-            status: 404,
-            detail: format!("There is no {what} with this id."),
-            ..Problem::default()
-        }))
-    })
+    super::path_id(id, what).map(|u| u.to_string())
 }
 
 /// `GET /api/v1/gateways/{id}/keys` (one element).

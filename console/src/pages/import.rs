@@ -110,13 +110,7 @@ struct ImportResultView {
 
 /// A discovery id from the path, checked before it goes into an API path.
 fn discovery_id(raw: &str) -> Result<Uuid, ConsoleError> {
-    Uuid::parse_str(raw).map_err(|_| {
-        ConsoleError::NotFound(Box::new(Problem {
-            status: 404,
-            detail: format!("There is no discovery {raw}."),
-            ..Problem::default()
-        }))
-    })
+    super::path_id(raw, "discovery")
 }
 
 fn api_path(id: Uuid) -> String {

@@ -105,6 +105,19 @@ pub(crate) struct DataPlaneView {
     pub last_nack: Option<String>,
 }
 
+/// An id from a URL path or form, checked to be a UUID before it goes into an API path (so a
+/// crafted id cannot name another API route); anything else is a 404, as the API would answer.
+pub(crate) fn path_id(raw: &str, what: &str) -> Result<uuid::Uuid, crate::error::ConsoleError> {
+    uuid::Uuid::parse_str(raw).map_err(|_| {
+        crate::error::ConsoleError::NotFound(Box::new(crate::api::Problem {
+            title: "Not found".to_owned(),
+            status: 404,
+            detail: format!("There is no {what} with this id."),
+            ..crate::api::Problem::default()
+        }))
+    })
+}
+
 /// What an endpoint's badge says next to its state: the time until retry while throttling,
 /// the reason while in error.
 pub(crate) fn endpoint_state_detail(e: &EndpointView, now: DateTime<Utc>) -> Option<String> {

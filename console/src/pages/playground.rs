@@ -37,7 +37,7 @@ use tokio::sync::mpsc;
 
 use super::{GatewayView, StatusView};
 use crate::Console;
-use crate::api::{ApiCaller, Problem};
+use crate::api::ApiCaller;
 use crate::error::ConsoleError;
 use crate::layout::{self, Nav, csrf_field, empty_state};
 use crate::operator::Operator;
@@ -131,16 +131,10 @@ fn build_client(ca_pem: Option<&[u8]>) -> Result<reqwest::Client, String> {
 }
 
 fn operators_only(op: &Operator) -> Result<(), ConsoleError> {
-    if op.can(Role::Operator) {
-        return Ok(());
-    }
-    Err(ConsoleError::Forbidden(Box::new(Problem {
-        title: "Forbidden".to_owned(),
-        status: 403,
-        detail: "The playground creates a gateway key for each chat: it needs the operator role."
-            .to_owned(),
-        ..Problem::default()
-    })))
+    op.require(
+        Role::Operator,
+        "The playground creates a gateway key for each chat: it needs the operator role.",
+    )
 }
 
 /// `GET /playground`.
@@ -224,8 +218,10 @@ async fn start(
         return Ok(refused("The message is too long for the playground."));
     }
     // The gateway must exist and be visible to this operator (a 404 is shown as such).
-    let gateway: GatewayView =
-        op.api.get(&format!("/api/v1/gateways/{}", path_segment(&form.gateway))).await?;
+    let gateway: GatewayView = op
+        .api
+        .get(&format!("/api/v1/gateways/{}", super::path_id(&form.gateway, "gateway")?))
+        .await?;
     let Some(id) = console.playground().insert(Pending {
         actor: op.me.actor.clone(),
         gateway_id: gateway.id.clone(),
@@ -247,11 +243,6 @@ async fn start(
             div #chat-error sse-swap="chat-error" {}
         }
     })
-}
-
-/// An id from a form, made safe for a path segment (the API validates it).
-fn path_segment(id: &str) -> String {
-    id.chars().filter(|c| c.is_ascii_alphanumeric() || *c == '-').collect()
 }
 
 /// `GET /playground/chats/<id>/stream`.

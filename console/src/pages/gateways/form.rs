@@ -299,18 +299,8 @@ pub(super) async fn update(
     }
 }
 
-/// The form is not offered to a role that may not change gateways (the API would refuse the
-/// post anyway).
 fn may_change(op: &Operator) -> Result<(), ConsoleError> {
-    if op.can(Role::Operator) {
-        return Ok(());
-    }
-    Err(ConsoleError::Forbidden(Box::new(Problem {
-        title: "Forbidden".to_owned(),
-        status: 403,
-        detail: "Changing gateways needs the operator role.".to_owned(),
-        ..Problem::default()
-    })))
+    op.require(Role::Operator, "Changing gateways needs the operator role.")
 }
 
 /// A form the API refused, re-rendered with its reasons.
