@@ -10,10 +10,12 @@
 //! - [`stream`]: time to first chunk of a streamed answer;
 //! - [`memory`]: data-plane RSS idle and per open stream;
 //! - [`propagation`]: a config change reaching 50 data planes;
-//! - [`snapshot`]: a change to a 10,000-endpoint estate, build/apply/size.
+//! - [`snapshot`]: a change to a 10,000-endpoint estate, build/apply/size;
+//! - [`console`]: the Admin Console's pages on a 1,000-endpoint estate.
 //!
 //! Every child process is stopped on exit, error or Ctrl-C; every run is bounded in time.
 
+mod console;
 mod events;
 mod fixture;
 mod load;
@@ -36,6 +38,10 @@ use clap::{Parser, ValueEnum};
 use crate::fixture::{Fixture, Row};
 use crate::report::{Results, RunInfo};
 
+/// The console section's estate: the "1,000 endpoints and 100 gateways".
+const CONSOLE_ENDPOINTS: usize = 1_000;
+const CONSOLE_GATEWAYS: usize = 100;
+
 /// The longest a whole run may take before it is stopped (the full run takes well under 15 min).
 const MAX_RUN: Duration = Duration::from_secs(25 * 60);
 
@@ -46,6 +52,7 @@ enum Section {
     Memory,
     Propagation,
     Snapshot,
+    Console,
 }
 
 /// Model Gateway performance benchmark: gateway vs nginx vs direct, on 127.0.0.1.
@@ -236,6 +243,16 @@ async fn run(args: &Args, results: &mut Results) -> Vec<anyhow::Error> {
         {
             Ok(s) => results.snapshot = Some(s),
             Err(e) => errors.push(e.context("snapshot section")),
+        }
+    }
+    if selected(Section::Console) {
+        eprintln!("console: {} endpoints, {} gateways", CONSOLE_ENDPOINTS, CONSOLE_GATEWAYS);
+        let fetches = if settings.rounds > 1 { 50 } else { 10 };
+        match console::run(&args.modelgw, dir.path(), CONSOLE_ENDPOINTS, CONSOLE_GATEWAYS, fetches)
+            .await
+        {
+            Ok(c) => results.console = Some(c),
+            Err(e) => errors.push(e.context("console section")),
         }
     }
     if !errors.is_empty() {

@@ -8,6 +8,7 @@ use std::path::Path;
 
 use anyhow::Context;
 
+use crate::console::ConsoleResults;
 use crate::fixture::Row;
 use crate::load::{LoadResults, Scenario};
 use crate::memory::MemoryResults;
@@ -27,6 +28,7 @@ pub struct Results {
     pub memory: Option<MemoryResults>,
     pub propagation: Option<PropagationResults>,
     pub snapshot: Option<SnapshotResults>,
+    pub console: Option<ConsoleResults>,
 }
 
 /// Where and how the run happened.
@@ -269,7 +271,35 @@ pub fn render(ctx: &RunInfo, r: &Results) -> String {
     if let Some(sn) = &r.snapshot {
         snapshot_table(w, sn);
     }
+    if let Some(c) = &r.console {
+        console_table(w, c);
+    }
     s
+}
+
+fn console_table(w: &mut String, c: &ConsoleResults) {
+    let _ = writeln!(
+        w,
+        "### Admin Console pages ({} endpoints, {} gateways × 10 members; {} fetches per page after one warm-up, signed in, one keep-alive connection)\n",
+        thousands(c.endpoints),
+        thousands(c.gateways),
+        c.fetches
+    );
+    let _ = writeln!(w, "| page | shows | p50 | p95 | max | size |");
+    let _ = writeln!(w, "|---|---|---|---|---|---|");
+    for p in &c.pages {
+        let _ = writeln!(
+            w,
+            "| `{}` | {} | {} | {} | {} | {} KiB |",
+            p.path,
+            p.what,
+            fmt_opt_secs(percentile(&p.secs, 50.0)),
+            fmt_opt_secs(percentile(&p.secs, 95.0)),
+            fmt_opt_secs(max(&p.secs)),
+            sig3(p.bytes as f64 / 1024.0)
+        );
+    }
+    let _ = writeln!(w);
 }
 
 fn load_tables(w: &mut String, load: &LoadResults) {

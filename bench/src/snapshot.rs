@@ -97,7 +97,7 @@ fn endpoint_fields(i: usize) -> anyhow::Result<(String, url::Url, String, String
 
 /// Fills a fresh database; returns how, the endpoint and gateway times, and the id of the
 /// first gateway with its members.
-async fn populate(
+pub(crate) async fn populate(
     url: &str,
     endpoints: usize,
     gateways: usize,
