@@ -83,6 +83,31 @@ async fn the_demo_prints_a_gateway_that_serves_a_chat_completion() -> anyhow::Re
     let names: Vec<&str> =
         gateways.as_array().expect("a list").iter().filter_map(|g| g["name"].as_str()).collect();
     assert_eq!(names, [DOCUMENTED_GATEWAY]);
+
+    // The Admin Console, as printed: signing in with the printed token shows the demo's gateway.
+    let console = after(human, "Admin Console", ' ');
+    assert_eq!(console, format!("{}/", demo.field("admin")), "{human}");
+    let no_redirects =
+        reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build()?;
+    let signed_in = no_redirects
+        .post(format!("{console}sign-in"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("token={token}"))
+        .send()
+        .await?;
+    assert_eq!(signed_in.status(), 303);
+    let cookie = signed_in
+        .headers()
+        .get("set-cookie")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|c| c.split(';').next())
+        .expect("a session cookie")
+        .to_owned();
+    let overview = no_redirects.get(console).header("cookie", cookie).send().await?;
+    assert_eq!(overview.status(), 200);
+    let page = overview.text().await?;
+    assert!(page.contains(&format!(">{DOCUMENTED_GATEWAY}</a>")), "{page}");
+
     // The same through the ready line's fields (the harness's way of reading them).
     let (status, _, body) =
         chat(demo.field("gateway"), demo.field("gateway_key"), DOCUMENTED_GATEWAY).await?;
