@@ -18,7 +18,9 @@ use crate::procs::Logs;
 use crate::stats;
 
 /// The pages measured, with what they show.
-const PAGES: [(&str, &str); 4] = [
+const PAGES: [(&str, &str); 6] = [
+    ("/api/v1/inference-endpoints", "JSON API: every endpoint with its fleet health (what the endpoint pages read)"),
+    ("/api/v1/gateways", "JSON API: every gateway"),
     ("/", "overview (gateways, data planes, counts, recent changes)"),
     ("/endpoints", "inference endpoints, first page of 100 (sorted by name)"),
     ("/endpoints?sort=state&page=5", "inference endpoints sorted by state, page 5"),
@@ -88,8 +90,13 @@ pub async fn run(
             // One warm-up fetch (first use of the page's code and the store's statements).
             for i in 0..=fetches {
                 let t0 = Instant::now();
-                let res =
-                    http.get(format!("{base}{path}")).header("cookie", &cookie).send().await?;
+                // The console pages need the session cookie, the JSON API the bearer token.
+                let res = http
+                    .get(format!("{base}{path}"))
+                    .header("cookie", &cookie)
+                    .header("authorization", format!("Bearer {token}"))
+                    .send()
+                    .await?;
                 ensure!(res.status() == 200, "{path} answered {}", res.status());
                 let body = res.bytes().await?;
                 if i > 0 {
@@ -99,8 +106,8 @@ pub async fn run(
             }
             eprintln!(
                 "  console {path}: p50 {}  p95 {}  {} KiB",
-                stats::fmt_secs(stats::percentile(&secs, 50.0).unwrap_or(0.0)),
-                stats::fmt_secs(stats::percentile(&secs, 95.0).unwrap_or(0.0)),
+                stats::fmt_secs(stats::percentile(&secs, 0.5).unwrap_or(0.0)),
+                stats::fmt_secs(stats::percentile(&secs, 0.95).unwrap_or(0.0)),
                 bytes / 1024
             );
             results.pages.push(PageTiming { path, what, bytes, secs });

@@ -293,8 +293,8 @@ fn console_table(w: &mut String, c: &ConsoleResults) {
             "| `{}` | {} | {} | {} | {} | {} KiB |",
             p.path,
             p.what,
-            fmt_opt_secs(percentile(&p.secs, 50.0)),
-            fmt_opt_secs(percentile(&p.secs, 95.0)),
+            fmt_opt_secs(percentile(&p.secs, 0.5)),
+            fmt_opt_secs(percentile(&p.secs, 0.95)),
             fmt_opt_secs(max(&p.secs)),
             sig3(p.bytes as f64 / 1024.0)
         );
