@@ -19,7 +19,10 @@ use crate::stats;
 
 /// The pages measured, with what they show.
 const PAGES: [(&str, &str); 6] = [
-    ("/api/v1/inference-endpoints", "JSON API: every endpoint with its fleet health (what the endpoint pages read)"),
+    (
+        "/api/v1/inference-endpoints",
+        "JSON API: every endpoint with its fleet health (what the endpoint pages read)",
+    ),
     ("/api/v1/gateways", "JSON API: every gateway"),
     ("/", "overview (gateways, data planes, counts, recent changes)"),
     ("/endpoints", "inference endpoints, first page of 100 (sorted by name)"),
