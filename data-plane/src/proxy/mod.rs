@@ -146,10 +146,14 @@ impl Proxy {
         );
         let started = Instant::now();
         let mut gateway = None;
-        let mut response = self
-            .serve(&parts, body, route, peer, &request_id, started, &mut gateway)
-            .instrument(span.clone())
-            .await;
+        // Boxed: the request's future (body read, failover, upstream exchange) is kilobytes,
+        // and unboxed every future around it — up to the one hyper stores per request — has
+        // its size and is copied whole when it is created and moved; one allocation is cheaper.
+        let mut response = Box::pin(
+            self.serve(&parts, body, route, peer, &request_id, started, &mut gateway)
+                .instrument(span.clone()),
+        )
+        .await;
         response.headers_mut().entry(CLIENT_REQUEST_ID).or_insert(request_id);
         let ms = started.elapsed().as_millis() as u64;
         access_log::log_request(&span, &parts, gateway.as_deref(), &response, ms);
