@@ -10,12 +10,15 @@
 //! - [`stream`]: time to first chunk of a streamed answer;
 //! - [`memory`]: data-plane RSS idle and per open stream;
 //! - [`propagation`]: a config change reaching 50 data planes;
-//! - [`snapshot`]: a change to a 10,000-endpoint estate, build/apply/size.
+//! - [`snapshot`]: a change to a 10,000-endpoint estate, build/apply/size;
+//! - [`flood`]: a 64 MiB SSE event without a boundary, through one serving thread that also
+//!   serves chats (its own mock region, control plane and data planes).
 //!
 //! Every child process is stopped on exit, error or Ctrl-C; every run is bounded in time.
 
 mod events;
 mod fixture;
+mod flood;
 mod load;
 mod memory;
 mod nginx;
@@ -46,6 +49,7 @@ enum Section {
     Memory,
     Propagation,
     Snapshot,
+    Flood,
 }
 
 /// Model Gateway performance benchmark: gateway vs nginx vs direct, on 127.0.0.1.
@@ -236,6 +240,13 @@ async fn run(args: &Args, results: &mut Results) -> Vec<anyhow::Error> {
         {
             Ok(s) => results.snapshot = Some(s),
             Err(e) => errors.push(e.context("snapshot section")),
+        }
+    }
+    if selected(Section::Flood) {
+        eprintln!("flood: a {} MiB SSE event without a boundary", flood::FLOOD_BYTES >> 20);
+        match flood::run(&args.modelgw, dir.path()).await {
+            Ok(f) => results.flood = Some(f),
+            Err(e) => errors.push(e.context("flood section")),
         }
     }
     if !errors.is_empty() {
