@@ -289,7 +289,7 @@ fn flood_table(w: &mut String, f: &FloodResults) {
     );
     let _ = writeln!(
         w,
-        "| event cap | CPU / flood (utime+stime) | peak RSS before → after | to the error event, median (max) | most bytes a client got | chats p50 / p99, no flood | chats p50 / p99, during floods | floods / chats during | failed chats |"
+        "| event cap | CPU / flood, schedstat (utime+stime) | peak RSS before → after | to the error event, median (max) | most bytes a client got | chats p50 / p99, no flood | chats p50 / p99, during floods | floods / chats during | failed chats |"
     );
     let _ = writeln!(w, "|---|---|---|---|---|---|---|---|---|");
     for c in &f.cases {
