@@ -3,6 +3,10 @@
 #
 #   bash bench/callgrind.sh [MODELGW_BINARY ...]
 #
+# CALLGRIND_OUT_DIR=dir keeps the callgrind files there (callgrind.bin<i>.<requests>) for a look
+# with `callgrind_annotate`: the per-function difference of the two runs is where a request's
+# instructions go.
+#
 # For each binary (default: the release build), one data plane with one serving thread runs
 # under valgrind's callgrind in front of a mock Azure region (`modelgw mock-azure`), with a
 # control plane on SQLite; it serves N1 requests in one run and N2 in another, and
@@ -51,7 +55,7 @@ json_field() { python3 -c "import json,sys; print(json.load(sys.stdin)[sys.argv[
 
 measure() {
     local bin="$1" tag="$2"
-    local api_key="azkey-callgrind-0001" token="mgwadm_callgrind_$$"
+    local api_key="azkey-callgrind-0001" token="mgwadm_callgrind_0123456789abcdef_$$"
 
     MODELGW_MOCK_API_KEY="$api_key" "$bin" mock-azure --region "East US" \
         --deployment gpt-4o-mini >"$TMP/mock.$tag.out" 2>"$TMP/mock.$tag.err" &
@@ -59,8 +63,11 @@ measure() {
     local mock_url
     mock_url="$(ready_field "$TMP/mock.$tag.out" url)"
 
+    # A plaintext distribution port: the measurement is the request path, and binaries from
+    # before the port's TLS (which ignore these variables) speak plaintext anyway.
     MODELGW_DATABASE_URL="sqlite://$TMP/cp-$tag.db" MODELGW_ADMIN_ADDR=127.0.0.1:0 \
         MODELGW_GRPC_ADDR=127.0.0.1:0 MODELGW_ADMIN_TOKEN="$token" RUST_LOG=warn \
+        MODELGW_INSECURE_GRPC=true \
         "$bin" control-plane >"$TMP/cp.$tag.out" 2>"$TMP/cp.$tag.err" &
     PIDS+=($!)
     local admin grpc
@@ -83,7 +90,7 @@ measure() {
     for n in "$N1" "$N2"; do
         local out="$TMP/callgrind.$tag.$n"
         MODELGW_WORKERS=1 MODELGW_GATEWAY_ADDR=127.0.0.1:0 MODELGW_NODE_ID="cg-$tag-$n" \
-            MODELGW_ALLOW_LOOPBACK_UPSTREAMS=true \
+            MODELGW_ALLOW_LOOPBACK_UPSTREAMS=true MODELGW_INSECURE_CONTROL_PLANE=true \
             MODELGW_CONTROL_PLANE_URL="$grpc" \
             valgrind --tool=callgrind --callgrind-out-file="$out" "$bin" data-plane \
             >"$TMP/dp.$tag.$n.out" 2>"$TMP/dp.$tag.$n.err" &
@@ -102,6 +109,10 @@ measure() {
             || { echo "callgrind: not every request answered 200:" >&2; cat "$TMP/oha.$tag.$n" >&2; exit 1; }
         kill -TERM "$dp_pid"
         wait "$dp_pid" 2>/dev/null || true
+        if [ -n "${CALLGRIND_OUT_DIR:-}" ]; then
+            mkdir -p "$CALLGRIND_OUT_DIR"
+            cp "$out" "$CALLGRIND_OUT_DIR/"
+        fi
         totals+=("$(callgrind_annotate "$out" 2>/dev/null | sed -n 's/^\([0-9,]*\) .*PROGRAM TOTALS.*/\1/p' | tr -d ,)")
     done
     local per=$(( (totals[1] - totals[0]) / (N2 - N1) ))

@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # The Model Gateway performance benchmark, in one command:
 #
-#   bash bench/run.sh [--quick] [--duration SECS] [--rounds N] [--only load,stream,…]
-#                     [--report PATH | --no-report]
+#   bash bench/run.sh [--quick] [--duration SECS] [--rounds N] [--only load,stream,…,flood]
+#                     [--report PATH | --no-report] [--modelgw BINARY]
+#
+# `--modelgw BINARY` measures that binary instead of the fresh build (a later flag overrides
+# the one this script passes), e.g. a release build of an older commit for a before/after.
 #
 # Results go into BENCHMARKS.md (between its bench markers) unless another --report PATH or
 # --no-report (print only) is given.

@@ -12,12 +12,15 @@
 //! - [`propagation`]: a config change reaching 50 data planes;
 //! - [`snapshot`]: a change to a 10,000-endpoint estate, build/apply/size;
 //! - [`console`]: the Admin Console's pages on a 1,000-endpoint estate.
+//! - [`flood`]: a 64 MiB SSE event without a boundary, through one serving thread that also
+//!   serves chats (its own mock region, control plane and data planes).
 //!
 //! Every child process is stopped on exit, error or Ctrl-C; every run is bounded in time.
 
 mod console;
 mod events;
 mod fixture;
+mod flood;
 mod load;
 mod memory;
 mod nginx;
@@ -53,6 +56,7 @@ enum Section {
     Propagation,
     Snapshot,
     Console,
+    Flood,
 }
 
 /// Model Gateway performance benchmark: gateway vs nginx vs direct, on 127.0.0.1.
@@ -253,6 +257,13 @@ async fn run(args: &Args, results: &mut Results) -> Vec<anyhow::Error> {
         {
             Ok(c) => results.console = Some(c),
             Err(e) => errors.push(e.context("console section")),
+        }
+    }
+    if selected(Section::Flood) {
+        eprintln!("flood: a {} MiB SSE event without a boundary", flood::FLOOD_BYTES >> 20);
+        match flood::run(&args.modelgw, dir.path()).await {
+            Ok(f) => results.flood = Some(f),
+            Err(e) => errors.push(e.context("flood section")),
         }
     }
     if !errors.is_empty() {

@@ -55,12 +55,25 @@ pub fn parse_stat(text: &str) -> anyhow::Result<ProcStat> {
 
 /// Parses `VmRSS:  12345 kB` out of the text of `/proc/<pid>/status`; KiB.
 pub fn parse_vm_rss_kib(text: &str) -> anyhow::Result<u64> {
-    let line = text.lines().find(|l| l.starts_with("VmRSS:")).context("no VmRSS line")?;
-    let mut parts = line["VmRSS:".len()..].split_whitespace();
-    let value: u64 = parts.next().context("VmRSS has no value")?.parse().context("VmRSS value")?;
+    parse_status_kib(text, "VmRSS")
+}
+
+/// Parses `<field>:  12345 kB` (`VmRSS`, `VmHWM`, …) out of the text of `/proc/<pid>/status`;
+/// KiB.
+pub fn parse_status_kib(text: &str, field: &str) -> anyhow::Result<u64> {
+    let line = text
+        .lines()
+        .find(|l| l.strip_prefix(field).is_some_and(|rest| rest.starts_with(':')))
+        .with_context(|| format!("no {field} line"))?;
+    let mut parts = line[field.len() + 1..].split_whitespace();
+    let value: u64 = parts
+        .next()
+        .with_context(|| format!("{field} has no value"))?
+        .parse()
+        .with_context(|| format!("{field} value"))?;
     match parts.next() {
         Some("kB") | None => Ok(value),
-        Some(unit) => bail!("unexpected VmRSS unit {unit}"),
+        Some(unit) => bail!("unexpected {field} unit {unit}"),
     }
 }
 
@@ -74,6 +87,28 @@ pub fn rss_kib(pid: u32) -> anyhow::Result<u64> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/status"))
         .with_context(|| format!("reading /proc/{pid}/status"))?;
     parse_vm_rss_kib(&text)
+}
+
+/// Peak resident memory of the process so far (`VmHWM`), KiB.
+pub fn hwm_kib(pid: u32) -> anyhow::Result<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .with_context(|| format!("reading /proc/{pid}/status"))?;
+    parse_status_kib(&text, "VmHWM")
+}
+
+/// CPU time of all threads of the process in nanoseconds: the first field of each
+/// `/proc/<pid>/task/<tid>/schedstat` (finer than `stat`'s clock ticks; threads that ended
+/// no longer count, so read it while the threads of interest live).
+pub fn cpu_ns(pid: u32) -> anyhow::Result<u64> {
+    let dir = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .with_context(|| format!("reading /proc/{pid}/task"))?;
+    let mut total = 0;
+    for task in dir.filter_map(Result::ok) {
+        let Ok(text) = std::fs::read_to_string(task.path().join("schedstat")) else { continue };
+        let ns = text.split_whitespace().next().context("empty schedstat")?;
+        total += ns.parse::<u64>().context("schedstat run time")?;
+    }
+    Ok(total)
 }
 
 /// Pids whose parent is `ppid` (e.g. an nginx master's workers).
@@ -415,6 +450,10 @@ mod tests {
         let text = "Name:\tmodelgw\nVmPeak:\t  99999 kB\nVmRSS:\t   18324 kB\nThreads:\t3\n";
         assert_eq!(parse_vm_rss_kib(text).expect("rss"), 18324);
         assert!(parse_vm_rss_kib("Name:\tx\n").is_err());
+        let text = "VmHWMx:\t1 kB\nVmHWM:\t  20480 kB\n";
+        assert_eq!(parse_status_kib(text, "VmHWM").expect("hwm"), 20480);
+        assert!(hwm_kib(std::process::id()).expect("own hwm") > 0);
+        assert!(cpu_ns(std::process::id()).expect("own cpu") > 0);
         assert!(rss_kib(std::process::id()).expect("own rss") > 0);
     }
 }

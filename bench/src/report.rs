@@ -10,6 +10,7 @@ use anyhow::Context;
 
 use crate::console::ConsoleResults;
 use crate::fixture::Row;
+use crate::flood::{FloodResults, p50_p99};
 use crate::load::{LoadResults, Scenario};
 use crate::memory::MemoryResults;
 use crate::propagation::PropagationResults;
@@ -29,6 +30,7 @@ pub struct Results {
     pub propagation: Option<PropagationResults>,
     pub snapshot: Option<SnapshotResults>,
     pub console: Option<ConsoleResults>,
+    pub flood: Option<FloodResults>,
 }
 
 /// Where and how the run happened.
@@ -274,6 +276,9 @@ pub fn render(ctx: &RunInfo, r: &Results) -> String {
     if let Some(c) = &r.console {
         console_table(w, c);
     }
+    if let Some(f) = &r.flood {
+        flood_table(w, f);
+    }
     s
 }
 
@@ -297,6 +302,51 @@ fn console_table(w: &mut String, c: &ConsoleResults) {
             fmt_opt_secs(percentile(&p.secs, 0.95)),
             fmt_opt_secs(max(&p.secs)),
             sig3(p.bytes as f64 / 1024.0)
+        );
+    }
+    let _ = writeln!(w);
+}
+
+fn flood_table(w: &mut String, f: &FloodResults) {
+    let _ = writeln!(
+        w,
+        "### A {} MiB SSE event without a boundary (one serving thread; chats sequential on their own connection)\n",
+        crate::flood::FLOOD_BYTES >> 20
+    );
+    let _ = writeln!(
+        w,
+        "CPU and peak RSS of the data plane from `/proc` over floods alone; time = request sent → SSE error event at the client. Chats: p50 / p99 without a flood, then while floods run back to back.\n"
+    );
+    let _ = writeln!(
+        w,
+        "| event cap | CPU / flood, schedstat (utime+stime) | peak RSS before → after | to the error event, median (max) | most bytes a client got | chats p50 / p99, no flood | chats p50 / p99, during floods | floods / chats during | failed chats |"
+    );
+    let _ = writeln!(w, "|---|---|---|---|---|---|---|---|---|");
+    for c in &f.cases {
+        let (b50, b99) = p50_p99(&c.baseline);
+        let (d50, d99) = p50_p99(&c.during);
+        let to_error = if c.without_error_event > 0 {
+            format!("{} without an error event", c.without_error_event)
+        } else {
+            format!("{} ({})", fmt_opt_secs(median(&c.to_error)), fmt_opt_secs(max(&c.to_error)))
+        };
+        let _ = writeln!(
+            w,
+            "| {} | {} ({}) | {} → {} | {} | {} | {} / {} | {} / {} | {} / {} | {} |",
+            c.cap_label(),
+            fmt_secs(c.cpu_per_flood),
+            fmt_secs(c.cpu_ticks_per_flood),
+            mib(c.hwm_before_kib),
+            mib(c.hwm_after_kib),
+            to_error,
+            kib(c.max_flood_bytes as f64 / 1024.0),
+            fmt_opt_secs(b50),
+            fmt_opt_secs(b99),
+            fmt_opt_secs(d50),
+            fmt_opt_secs(d99),
+            c.floods_during,
+            c.during.len(),
+            c.chat_failures,
         );
     }
     let _ = writeln!(w);

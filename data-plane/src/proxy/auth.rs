@@ -37,12 +37,13 @@ impl Refusal {
     }
 }
 
-/// The gateway the request's key (`api-key`, else `Authorization: Bearer`) opens.
-pub(super) fn gateway_for_key<'t>(
+/// The gateway the request's key (`api-key`, else `Authorization: Bearer`) opens, and that
+/// key (the query filter drops any parameter that repeats it).
+pub(super) fn gateway_for_key<'t, 'h>(
     table: &'t RoutingTable,
-    headers: &HeaderMap,
+    headers: &'h HeaderMap,
     rid: &str,
-) -> Result<&'t CompiledGateway, Refusal> {
+) -> Result<(&'t CompiledGateway, &'h str), Refusal> {
     let Some(key) = client_key(headers) else {
         debug!(request_id = rid, "no gateway key");
         return Err(Refusal::AccessDenied);
@@ -51,7 +52,7 @@ pub(super) fn gateway_for_key<'t>(
         debug!(request_id = rid, "unknown gateway key");
         return Err(Refusal::AccessDenied);
     };
-    Ok(gateway)
+    Ok((gateway, key))
 }
 
 /// The deployment in the path, if any, must be `auto` or the gateway's name.

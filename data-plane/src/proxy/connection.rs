@@ -229,6 +229,11 @@ pub(crate) async fn drive<C>(
     }
     loop {
         tokio::select! {
+            // In this order, without the random start of an unbiased select (a thread-local
+            // RNG draw on every wake-up): the connection is the branch that is nearly always
+            // the one woken, and the other two cannot starve behind it (it ends the loop when
+            // ready).
+            biased;
             result = connection.as_mut() => {
                 if let Err(err) = result {
                     debug!(?peer, error = %err, "connection ended with an error");

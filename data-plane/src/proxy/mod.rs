@@ -52,6 +52,7 @@ mod sse;
 mod upstream;
 pub(crate) mod upstream_client;
 
+use std::borrow::Cow;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -68,10 +69,8 @@ use crate::health::HealthRegistry;
 use crate::routing_table::SnapshotStore;
 use operations::BodyKind;
 use rewrite::{ModelProbe, probe_model};
-use route::{Route, client_key, parse_route};
-use upstream::{
-    CLIENT_REQUEST_ID, RequestPlan, carries_client_identity, upstream_headers, upstream_query,
-};
+use route::{Route, parse_route};
+use upstream::{CLIENT_REQUEST_ID, RequestPlan, upstream_headers, upstream_query};
 
 pub(crate) use failed_auth::{FailedAuths, report as report_failed_auths};
 
@@ -147,10 +146,14 @@ impl Proxy {
         );
         let started = Instant::now();
         let mut gateway = None;
-        let mut response = self
-            .serve(&parts, body, route, peer, &request_id, started, &mut gateway)
-            .instrument(span.clone())
-            .await;
+        // Boxed: the request's future (body read, failover, upstream exchange) is kilobytes,
+        // and unboxed every future around it — up to the one hyper stores per request — has
+        // its size and is copied whole when it is created and moved; one allocation is cheaper.
+        let mut response = Box::pin(
+            self.serve(&parts, body, route, peer, &request_id, started, &mut gateway)
+                .instrument(span.clone()),
+        )
+        .await;
         response.headers_mut().entry(CLIENT_REQUEST_ID).or_insert(request_id);
         let ms = started.elapsed().as_millis() as u64;
         access_log::log_request(&span, &parts, gateway.as_deref(), &response, ms);
@@ -191,8 +194,8 @@ impl Proxy {
         if table.version().0 == 0 {
             return reply::not_ready();
         }
-        let gateway = match auth::gateway_for_key(&table, &parts.headers, rid) {
-            Ok(gateway) => gateway,
+        let (gateway, key) = match auth::gateway_for_key(&table, &parts.headers, rid) {
+            Ok(found) => found,
             Err(refusal) => {
                 self.failed_auths.record(peer, started);
                 return refusal.response();
@@ -226,12 +229,16 @@ impl Proxy {
             return refusal.response();
         }
         let forward_address = self.limits.forward_client_address_headers;
-        let prepared = upstream_headers(&parts.headers, request_id, forward_address);
-        let query = upstream_query(parts.uri.query(), client_key(&parts.headers));
-        if query.as_deref() != parts.uri.query().filter(|q| !q.is_empty()) {
+        let (prepared, client_identity) =
+            upstream_headers(&parts.headers, request_id, forward_address);
+        let query = upstream_query(parts.uri.query(), Some(key));
+        // Borrowed: nothing was removed (the common case); owned or gone: something was.
+        if !matches!(query, Some(Cow::Borrowed(_)))
+            && parts.uri.query().is_some_and(|q| !q.is_empty())
+        {
             debug!(request_id = rid, "credential parameters removed from the query");
         }
-        let client_scoped_auth = carries_client_identity(&prepared)
+        let client_scoped_auth = client_identity
             || query.as_deref().is_some_and(|q| {
                 q.split('&').any(|pair| !pair.is_empty() && !pair.starts_with("api-version="))
             });

@@ -11,7 +11,8 @@ use super::rewrite::{BodyRefusal, ModelProbe, probe_model, splice};
 use super::route::{Route, parse_route};
 use super::sse::SseFramer;
 use super::upstream::{
-    CLIENT_ADDRESS_HEADERS, FORWARDED_HEADERS, FORWARDED_PREFIXES, upstream_headers,
+    CLIENT_ADDRESS_HEADERS, FORWARDED_HEADERS, FORWARDED_PREFIXES, filtered_query,
+    upstream_headers, upstream_query,
 };
 
 /// Whether `text` ends with a blank line: a line end (CRLF, LF or CR) right after another.
@@ -157,6 +158,8 @@ proptest! {
             Just("metadata".to_owned()),
             Just("x-stainless-lang".to_owned()),
             Just("openai-beta".to_owned()),
+            Just("openai-organization".to_owned()),
+            Just("openai-project".to_owned()),
             Just("connection".to_owned()),
         ], 0..12),
         forward_address in any::<bool>(),
@@ -167,7 +170,13 @@ proptest! {
                 client.append(name, HeaderValue::from_static("v"));
             }
         }
-        let out = upstream_headers(&client, &HeaderValue::from_static("id"), forward_address);
+        let (out, identity) =
+            upstream_headers(&client, &HeaderValue::from_static("id"), forward_address);
+        prop_assert_eq!(
+            identity,
+            out.contains_key("openai-organization") || out.contains_key("openai-project"),
+            "the identity flag says whether an identity header went upstream"
+        );
         for name in out.keys() {
             let name = name.as_str();
             let allowed = ["accept", "accept-encoding", "accept-language", "content-type", "user-agent", "x-ms-client-request-id"].contains(&name)
@@ -176,6 +185,21 @@ proptest! {
                 || (forward_address && CLIENT_ADDRESS_HEADERS.contains(&name));
             prop_assert!(allowed, "{name} was forwarded");
         }
+    }
+
+    /// The query filter's shortcut for one `api-version` pair answers exactly what the
+    /// general pass over every pair answers.
+    #[test]
+    fn the_query_shortcut_agrees_with_the_general_filter(
+        version in prop_oneof!["[a-z0-9-]{0,12}", "[a-z0-9%+&=-]{0,12}", Just("k3y".to_owned())],
+        rest in prop_oneof![Just(String::new()), "&[a-z_-]{1,8}=[a-z0-9%-]{0,8}"],
+        key in prop_oneof![Just(None), Just(Some(String::new())), Just(Some("k3y".to_owned()))],
+    ) {
+        let query = format!("api-version={version}{rest}");
+        prop_assert_eq!(
+            upstream_query(Some(&query), key.as_deref()),
+            filtered_query(&query, key.as_deref())
+        );
     }
 
     /// SSE framing of any stream cut into any chunks: what goes out is always whole events (a

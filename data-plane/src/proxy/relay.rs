@@ -4,7 +4,9 @@
 //! end), and cools the endpoint down when it was the endpoint's fault.
 
 use std::collections::VecDeque;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -45,22 +47,32 @@ impl Proxy {
         // An encoded (e.g. gzip) stream cannot be framed, nor an error event appended to it:
         // relayed as it comes, aborted on failure.
         let sse = is_event_stream(&headers) && !is_encoded(&headers);
-        let relay = Relay {
-            body,
-            ahead: ahead.frames,
-            ended: ahead.complete,
-            framer: sse.then(|| SseFramer::new(self.limits.max_sse_event_bytes)),
-            idle: self.limits.idle_timeout,
-            deadline,
-            health: Arc::clone(&self.health),
-            endpoint: Arc::clone(endpoint),
-            span: Span::current(),
-            request_id: Box::from(rid),
-            _admission: admission,
-            phase: Phase::Streaming,
+        let body = if ahead.complete && !sse {
+            // Read whole before the commit (a chat or embeddings answer): nothing left that
+            // could fail, nothing to frame; its frames go out as they are.
+            drop(body);
+            BodyExt::boxed(ReadWhole { frames: ahead.frames, _admission: admission })
+        } else {
+            let relay = Relay {
+                body,
+                ahead: ahead.frames,
+                ended: ahead.complete,
+                framer: sse.then(|| SseFramer::new(self.limits.max_sse_event_bytes)),
+                idle: self.limits.idle_timeout,
+                deadline,
+                health: Arc::clone(&self.health),
+                endpoint: Arc::clone(endpoint),
+                span: Span::current(),
+                request_id: Box::from(rid),
+                _admission: admission,
+                phase: Phase::Streaming,
+            };
+            BodyExt::boxed(http_body_util::StreamBody::new(futures::stream::unfold(
+                relay,
+                Relay::step,
+            )))
         };
-        let body = http_body_util::StreamBody::new(futures::stream::unfold(relay, Relay::step));
-        let mut out = Response::new(BodyExt::boxed(body));
+        let mut out = Response::new(body);
         *out.status_mut() = status;
         *out.headers_mut() = downstream_headers(headers);
         out.headers_mut().insert(ENDPOINT_HEADER, endpoint.name_header.clone());
@@ -68,6 +80,36 @@ impl Proxy {
             out.headers_mut().insert(ATTEMPTS_HEADER, value);
         }
         out
+    }
+}
+
+/// The body of an answer read whole before it was committed: the frames read, then the end.
+/// Holds the admission like [`Relay`] does, until the body is sent or dropped.
+struct ReadWhole {
+    frames: VecDeque<Bytes>,
+    _admission: Admission,
+}
+
+impl http_body::Body for ReadWhole {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let frames = &mut self.get_mut().frames;
+        // Empty frames are skipped, as the relay skips them.
+        while let Some(frame) = frames.pop_front() {
+            if !frame.is_empty() {
+                return Poll::Ready(Some(Ok(Frame::data(frame))));
+            }
+        }
+        Poll::Ready(None)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.frames.iter().all(Bytes::is_empty)
     }
 }
 

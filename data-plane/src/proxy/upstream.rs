@@ -1,6 +1,6 @@
 //! Building the upstream request for one endpoint: URL, headers, body.
 //!
-//! Request headers go upstream by allowlist ([`is_forwarded`]): what Azure OpenAI and the
+//! Request headers go upstream by allowlist ([`forwarding`]): what Azure OpenAI and the
 //! SDKs use, nothing else — no cookie, no proxy or platform header (`Metadata`,
 //! `Ocp-Apim-*`, `X-Forwarded-*` unless configured), never the client's credential. The query
 //! string loses every gateway credential ([`upstream_query`]). Responses keep Azure's headers.
@@ -59,21 +59,43 @@ pub(crate) const CREDENTIAL_PARAMS: [&str; 9] = [
     "code",
 ];
 
+/// What the allowlist makes of one client request header.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Forwarding {
+    Dropped,
+    Forwarded,
+    /// Forwarded, and it carries an identity the upstream may authorise by
+    /// ([`IDENTITY_HEADERS`]).
+    Identity,
+}
+
 /// Whether a client request header goes upstream; see [`FORWARDED_HEADERS`].
 #[inline]
-pub(crate) fn is_forwarded(name: &HeaderName, client_address_headers: bool) -> bool {
+pub(crate) fn forwarding(name: &HeaderName, client_address_headers: bool) -> Forwarding {
     if name == CONTENT_TYPE
         || name == ACCEPT
         || name == USER_AGENT
         || name == ACCEPT_ENCODING
         || name == ACCEPT_LANGUAGE
     {
-        return true;
+        return Forwarding::Forwarded;
     }
     let name = name.as_str();
-    FORWARDED_HEADERS.contains(&name)
-        || FORWARDED_PREFIXES.iter().any(|prefix| name.starts_with(prefix))
+    if FORWARDED_PREFIXES.iter().any(|prefix| name.starts_with(prefix)) {
+        // The identity headers are of the `openai-*` family: checked only here.
+        return if IDENTITY_HEADERS.contains(&name) {
+            Forwarding::Identity
+        } else {
+            Forwarding::Forwarded
+        };
+    }
+    if FORWARDED_HEADERS.contains(&name)
         || (client_address_headers && CLIENT_ADDRESS_HEADERS.contains(&name))
+    {
+        Forwarding::Forwarded
+    } else {
+        Forwarding::Dropped
+    }
 }
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1, plus the de-facto `keep-alive`/`proxy-connection`):
@@ -107,29 +129,28 @@ fn connection_listed(headers: &HeaderMap) -> Vec<HeaderName> {
         .collect()
 }
 
-/// The client's headers as sent upstream: the allowlisted ones ([`is_forwarded`]) that the
-/// client's `Connection` header does not declare hop-by-hop, plus the request id.
+/// The client's headers as sent upstream: the allowlisted ones ([`forwarding`]) that the
+/// client's `Connection` header does not declare hop-by-hop, plus the request id; and whether
+/// they carry an identity the upstream may authorise by ([`IDENTITY_HEADERS`]), found in the
+/// same pass.
 pub(crate) fn upstream_headers(
     client: &HeaderMap,
     request_id: &HeaderValue,
     client_address_headers: bool,
-) -> HeaderMap {
+) -> (HeaderMap, bool) {
     let listed =
         if client.contains_key(CONNECTION) { connection_listed(client) } else { Vec::new() };
     let mut out = HeaderMap::with_capacity(client.len() + 2);
+    let mut client_identity = false;
     for (name, value) in client {
-        if is_forwarded(name, client_address_headers) && !listed.contains(name) {
+        let verdict = forwarding(name, client_address_headers);
+        if verdict != Forwarding::Dropped && !listed.contains(name) {
+            client_identity |= verdict == Forwarding::Identity;
             out.append(name.clone(), value.clone());
         }
     }
     out.insert(CLIENT_REQUEST_ID, request_id.clone());
-    out
-}
-
-/// Whether forwarded headers carry an identity the upstream may authorise by; see
-/// [`IDENTITY_HEADERS`].
-pub(crate) fn carries_client_identity(forwarded: &HeaderMap) -> bool {
-    IDENTITY_HEADERS.iter().any(|name| forwarded.contains_key(*name))
+    (out, client_identity)
 }
 
 /// The client's query string as sent upstream: without credential parameters
@@ -140,6 +161,19 @@ pub(crate) fn upstream_query<'a>(
     client_key: Option<&str>,
 ) -> Option<Cow<'a, str>> {
     let query = query.filter(|q| !q.is_empty())?;
+    // The common case, one `api-version` pair whose value needs no decoding: kept unless the
+    // value is the client's key, without the general pass below.
+    if let Some(version) = query.strip_prefix("api-version=")
+        && !version.bytes().any(|b| matches!(b, b'&' | b'%' | b'+'))
+    {
+        let is_key = client_key.is_some_and(|key| !key.is_empty() && version == key);
+        return (!is_key).then_some(Cow::Borrowed(query));
+    }
+    filtered_query(query, client_key)
+}
+
+/// [`upstream_query`]'s general pass over every pair of a non-empty query.
+pub(crate) fn filtered_query<'a>(query: &'a str, client_key: Option<&str>) -> Option<Cow<'a, str>> {
     let keep = |pair: &str| {
         let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
         let name = percent_decode(name);
@@ -230,6 +264,7 @@ impl RequestPlan<'_> {
                 self.request_id_header,
                 self.client_address_headers,
             )
+            .0
         })
     }
 
@@ -485,7 +520,8 @@ mod tests {
         ] {
             client.append(name, HeaderValue::from_static(value));
         }
-        let out = upstream_headers(&client, &HeaderValue::from_static("client-id"), false);
+        let (out, client_identity) =
+            upstream_headers(&client, &HeaderValue::from_static("client-id"), false);
         let mut names: Vec<&str> = out.keys().map(HeaderName::as_str).collect();
         names.sort_unstable();
         assert_eq!(
@@ -500,8 +536,8 @@ mod tests {
                 "x-stainless-lang"
             ]
         );
-        assert!(carries_client_identity(&out));
-        let with_address = upstream_headers(&client, &HeaderValue::from_static("id"), true);
+        assert!(client_identity);
+        let (with_address, _) = upstream_headers(&client, &HeaderValue::from_static("id"), true);
         assert_eq!(
             with_address.get("x-forwarded-for").map(|v| v.as_bytes()),
             Some(&b"10.0.0.1"[..])
@@ -529,6 +565,9 @@ mod tests {
         );
         assert_eq!(q("x=mgw%2Dsecret", Some("mgw-secret")), None);
         assert_eq!(q("subscription-key=1", None), None);
+        assert_eq!(q("api-version=mgw-secret", Some("mgw-secret")), None, "the key as a version");
+        assert_eq!(q("api-version=mgw%2Dsecret", Some("mgw-secret")), None);
+        assert_eq!(q("api-version=v", Some("")).as_deref(), Some("api-version=v"));
         assert_eq!(upstream_query(None, None), None);
         assert_eq!(upstream_query(Some(""), None), None);
     }
