@@ -7,20 +7,22 @@
 use std::path::{Path, PathBuf};
 
 /// Files allowed to name generated types, relative to the workspace root, with why.
-const ALLOWED: [(&str, &str); 6] = [
+const ALLOWED: [(&str, &str); 7] = [
     ("model/src/wire.rs", "the conversion module"),
     ("control-plane/src/distribution/grpc.rs", "transport: the gRPC server"),
     ("data-plane/src/control_plane_client.rs", "transport: the data plane's client"),
     ("control-plane/tests/distribution.rs", "plays data planes against the real server"),
     ("data-plane/tests/control_plane.rs", "plays a control plane against a real data plane"),
     ("admin-api/tests/api/health.rs", "plays data planes reporting health"),
+    ("console/tests/console/data_planes.rs", "plays a data plane the console's page shows"),
 ];
 
 /// Crates allowed to depend on `modelgw-proto`, with why.
-const ALLOWED_DEPENDENTS: [(&str, &str); 3] = [
+const ALLOWED_DEPENDENTS: [(&str, &str); 4] = [
     ("model/Cargo.toml", "the conversions (optional `wire` feature)"),
     ("control-plane/Cargo.toml", "the pre-encoded frames server of the transport"),
     ("admin-api/Cargo.toml", "dev-dependency of the test that plays data planes"),
+    ("console/Cargo.toml", "dev-dependency of the test that plays a data plane"),
 ];
 
 fn workspace_root() -> PathBuf {
