@@ -18,8 +18,9 @@ use crate::api::{ApiCaller, Me};
 use crate::error::ConsoleError;
 use crate::session::{NoSession, Session};
 
-/// The largest form body the console accepts (an endpoint form is well under 4 KiB).
-pub(crate) const MAX_FORM_BYTES: usize = 64 * 1024;
+/// The largest form body the console accepts: the gateway form sends a priority and a weight for
+/// every endpoint (~100 bytes each), so 1,000 endpoints are ~100 KiB.
+pub(crate) const MAX_FORM_BYTES: usize = 1024 * 1024;
 /// The header htmx requests carry the CSRF token in (console.js sets it from the page's meta).
 pub(crate) const CSRF_HEADER: &str = "x-csrf-token";
 /// The form field plain form posts carry it in.
@@ -90,13 +91,17 @@ fn is_safe(method: &Method) -> bool {
     method == Method::GET || method == Method::HEAD
 }
 
-/// Refuses a request the browser says came from another site.
+/// Refuses a request the browser says came from another site: `Sec-Fetch-Site` when the browser
+/// sends it (every current one does); otherwise `Origin` against `Host`. `Origin` is not
+/// compared when `Sec-Fetch-Site` is present, because a proxy in front (Azure Front Door, an
+/// ingress) may rewrite `Host` to the backend's name.
 pub(crate) fn check_same_site(headers: &HeaderMap) -> Result<(), ConsoleError> {
-    if let Some(site) = headers.get("sec-fetch-site")
-        && site != "same-origin"
-        && site != "none"
-    {
-        return Err(ConsoleError::Csrf);
+    if let Some(site) = headers.get("sec-fetch-site") {
+        return if site == "same-origin" || site == "none" {
+            Ok(())
+        } else {
+            Err(ConsoleError::Csrf)
+        };
     }
     if let Some(origin) = headers.get(header::ORIGIN).and_then(|o| o.to_str().ok()) {
         let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("");
@@ -115,7 +120,14 @@ async fn check_csrf(session: &Session, request: Request) -> Result<Request, Cons
         return if session.csrf_matches(token) { Ok(request) } else { Err(ConsoleError::Csrf) };
     }
     let (parts, body) = request.into_parts();
-    let bytes = axum::body::to_bytes(body, MAX_FORM_BYTES).await.map_err(|_| ConsoleError::Csrf)?;
+    let bytes = axum::body::to_bytes(body, MAX_FORM_BYTES).await.map_err(|_| {
+        ConsoleError::Refused(Box::new(crate::api::Problem {
+            title: "Form too large".to_owned(),
+            status: 413,
+            detail: format!("A form may carry at most {} KiB.", MAX_FORM_BYTES / 1024),
+            ..crate::api::Problem::default()
+        }))
+    })?;
     let presented = form_urlencoded_field(&bytes, CSRF_FIELD);
     if !presented.is_some_and(|t| session.csrf_matches(&t)) {
         return Err(ConsoleError::Csrf);

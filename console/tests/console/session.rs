@@ -158,3 +158,53 @@ async fn assets_are_served_with_long_lived_caching() {
         StatusCode::NOT_FOUND
     );
 }
+
+#[tokio::test]
+async fn a_large_form_still_passes_the_csrf_check_and_a_huge_one_is_refused_as_too_large() {
+    let c = Console::start().await;
+    let cookie = c.sign_in(ADMIN_TOKEN).await;
+    let csrf = c.send(Method::GET, "/", Some(&cookie), None).await.csrf();
+    // A gateway form over 1,000 endpoints sends ~100 KiB; the token comes last.
+    let filler: String =
+        (0..1000).map(|i| format!("priority_{i:036}=0&weight_{i:036}=1&")).collect();
+    assert!(filler.len() > 64 * 1024);
+    let large = c
+        .send(Method::POST, "/sign-out", Some(&cookie), Some(&format!("{filler}_csrf={csrf}")))
+        .await;
+    assert_eq!(large.status, StatusCode::SEE_OTHER, "{}", large.body);
+    let huge = "x".repeat(2 * 1024 * 1024);
+    let refused = c
+        .send(Method::POST, "/sign-out", Some(&cookie), Some(&format!("{huge}&_csrf={csrf}")))
+        .await;
+    assert_eq!(refused.status, StatusCode::PAYLOAD_TOO_LARGE, "{}", refused.body);
+}
+
+#[tokio::test]
+async fn behind_a_proxy_that_rewrites_host_a_same_origin_post_is_accepted() {
+    let c = Console::start().await;
+    let cookie = c.sign_in(ADMIN_TOKEN).await;
+    let csrf = c.send(Method::GET, "/", Some(&cookie), None).await.csrf();
+    // The browser talks to console.example.com; the proxy sends the backend's Host.
+    let req = Request::builder()
+        .method(Method::POST)
+        .uri("/sign-out")
+        .header(header::HOST, HOST)
+        .header(header::COOKIE, &cookie)
+        .header("sec-fetch-site", "same-origin")
+        .header(header::ORIGIN, "https://console.example.com")
+        .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+        .body(Body::from(format!("_csrf={csrf}")))
+        .unwrap();
+    assert_eq!(c.router.clone().oneshot(req).await.unwrap().status(), StatusCode::SEE_OTHER);
+    // Without Sec-Fetch-Site (an old browser), a foreign Origin is still refused.
+    let req = Request::builder()
+        .method(Method::POST)
+        .uri("/sign-out")
+        .header(header::HOST, HOST)
+        .header(header::COOKIE, &cookie)
+        .header(header::ORIGIN, "https://evil.example")
+        .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+        .body(Body::from(format!("_csrf={csrf}")))
+        .unwrap();
+    assert_eq!(c.router.clone().oneshot(req).await.unwrap().status(), StatusCode::FORBIDDEN);
+}
