@@ -3,7 +3,8 @@
 //! Owns: identifiers and versions (newtypes), the configuration entities, the routing
 //! snapshot in domain form and its one set of rules (`Snapshot::validate`), the limits and
 //! reserved names of the configuration (`limits`), every message of the control-plane ↔
-//! data-plane protocol in domain form (`protocol`), and the `Secret` wrapper that keeps
+//! data-plane protocol in domain form (`protocol`), traffic statistics and their shared
+//! latency buckets (`stats`), and the `Secret` wrapper that keeps
 //! credentials out of logs. With the `wire` feature, `wire` owns every conversion to and from
 //! the generated types of `modelgw-proto`, with a typed error naming the field.
 //! Never touches I/O.
@@ -13,6 +14,7 @@ pub mod limits;
 pub mod protocol;
 mod secret;
 mod snapshot;
+pub mod stats;
 #[cfg(feature = "wire")]
 pub mod wire;
 
