@@ -28,6 +28,11 @@ pub struct Args {
     /// Listen address of the gateway (the Gateway URL apps call).
     #[arg(long, env = "MODELGW_GATEWAY_ADDR", default_value = "127.0.0.1:4001")]
     pub gateway_addr: SocketAddr,
+    /// Where Prometheus metrics are served (`GET /metrics`), never on the gateway's own
+    /// address; `off` also stops the request path's counting (and the statistics the Admin
+    /// Console charts).
+    #[arg(long, env = "MODELGW_METRICS_ADDR", default_value = "127.0.0.1:4003", value_parser = parse_listen_addr)]
+    pub metrics_addr: ListenAddr,
     /// gRPC URL of the control plane's distribution service (https://; http:// only with
     /// --insecure-control-plane).
     #[arg(long, env = "MODELGW_CONTROL_PLANE_URL", default_value = "https://127.0.0.1:4002")]
@@ -157,6 +162,8 @@ impl Args {
             request_timeout: self.request_timeout.unwrap_or(defaults.request_timeout),
             stream_idle_timeout: self.stream_idle_timeout.unwrap_or(defaults.stream_idle_timeout),
             workers: self.workers.map_or(defaults.workers, usize::from),
+            metrics_enabled: self.metrics_addr.0.is_some(),
+            metrics_addr: self.metrics_addr.0,
             ..defaults
         };
         self.edge.apply(config)
@@ -186,6 +193,20 @@ impl Args {
     }
 }
 
+/// A listen address, or `off`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ListenAddr(pub Option<SocketAddr>);
+
+/// `off` (any case) or a socket address.
+pub fn parse_listen_addr(value: &str) -> Result<ListenAddr, String> {
+    if value.trim().eq_ignore_ascii_case("off") {
+        return Ok(ListenAddr(None));
+    }
+    value.trim().parse::<SocketAddr>().map(|addr| ListenAddr(Some(addr))).map_err(|err| {
+        format!("`{value}` is neither `off` nor an address like 127.0.0.1:4003: {err}")
+    })
+}
+
 pub(crate) fn default_node_id() -> String {
     hostname::get()
         .ok()
@@ -210,10 +231,14 @@ pub async fn run(
         .with_context(|| format!("starting the data plane (gateway on {})", args.gateway_addr))?;
     let addr = dp.local_addr();
     tracing::info!(%addr, node_id, control_plane = %args.control_plane_url, "data plane listening");
-    crate::stdout::print_ready(
-        "data-plane",
-        &[("gateway", format!("http://{addr}")), ("node_id", node_id)],
-    );
+    let mut ready = vec![("gateway", format!("http://{addr}")), ("node_id", node_id)];
+    match dp.metrics_addr() {
+        Some(metrics) => ready.push(("metrics", format!("http://{metrics}/metrics"))),
+        None => {
+            tracing::warn!("MODELGW_METRICS_ADDR=off: no metrics, no statistics for the console")
+        }
+    }
+    crate::stdout::print_ready("data-plane", &ready);
     dp.run(shutdown).await.context("data plane")?;
     Ok(())
 }

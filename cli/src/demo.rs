@@ -189,11 +189,17 @@ pub async fn run(
         request_timeout: None,
         stream_idle_timeout: None,
         workers: None,
+        // Prometheus metrics on a free port (printed below).
+        metrics_addr: crate::data_plane::ListenAddr(Some(std::net::SocketAddr::from((
+            [127, 0, 0, 1],
+            0,
+        )))),
         // The demo's regions are mocks on 127.0.0.1.
         edge: crate::data_plane::EdgeArgs { allow_loopback_upstreams: true, ..Default::default() },
     };
     let dp = DataPlane::bind(dp_args.config()).await.context("binding the gateway")?;
     let gateway_url = format!("http://{}", dp.local_addr());
+    let dp_metrics = dp.metrics_addr().map(|addr| format!("http://{addr}/metrics"));
     let _ = console_gateway_url.set(gateway_url.clone());
     let dp_task = tokio::spawn(dp.run(stopped(stop_rx)));
 
@@ -278,6 +284,7 @@ Model Gateway demo is ready.
   Gateway URL    {gateway_url}
   Gateway key    {gateway_key}
   Gateway        "{DEMO_DEPLOYMENT}" over 3 mock regions: {regions}
+  Metrics        {metrics}   (Prometheus, the data plane's)
   Data           {dir}
 
 Try it:
@@ -291,6 +298,7 @@ Status of the data planes:  curl -sS {admin_url}/api/v1/status -H 'authorization
 
 Press Ctrl-C to stop."#,
         regions = REGIONS.iter().map(|(d, _, _)| *d).collect::<Vec<_>>().join(", "),
+        metrics = dp_metrics.as_deref().unwrap_or("off"),
         dir = dir.display(),
     );
     crate::stdout::print_ready(

@@ -86,6 +86,7 @@ impl Proxy {
             }
             Ok(Ok(response)) => response,
         };
+        let ttfb = attempt_started.elapsed();
         let status = response.status();
         let outcome = Outcome::of_status(status, plan.client_scoped_auth);
         if outcome == Outcome::Throttled {
@@ -131,7 +132,7 @@ impl Proxy {
         } else {
             ReadAhead::default()
         };
-        Ok(Box::new(Answer { status, headers: parts.headers, ahead, body, outcome }))
+        Ok(Box::new(Answer { status, headers: parts.headers, ahead, body, outcome, ttfb }))
     }
 
     /// Reads a non-streamed 2xx body before it is committed, so that a cut inside it fails

@@ -120,6 +120,9 @@ pub async fn spawn(
         .env_remove("MODELGW_DATA_PLANE_TOKEN")
         // Every upstream of the scenarios is a mock on 127.0.0.1.
         .env("MODELGW_ALLOW_LOOPBACK_UPSTREAMS", "true")
+        // Many processes per test, tests in parallel: metrics on a free port (printed in the
+        // ready line as `metrics`).
+        .env("MODELGW_METRICS_ADDR", "127.0.0.1:0")
         .env("MODELGW_LOG_FORMAT", "text")
         .env("NO_COLOR", "1");
     if std::env::var_os("RUST_LOG").is_none() {
