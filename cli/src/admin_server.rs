@@ -1,5 +1,5 @@
 //! The admin API's HTTP server: axum's router on hyper, with the deadlines `axum::serve` does
-//! not have (the control plane's `/metrics` listener is served by it too). A client must complete its first request head within [`HEADER_READ_TIMEOUT`] of
+//! not have. A client must complete its first request head within [`HEADER_READ_TIMEOUT`] of
 //! the TCP accept (HTTP/1 and h2c alike: this covers the bytes hyper-util reads to tell the
 //! protocols apart), and each later HTTP/1 head within the same time, so slow-loris
 //! connections cannot pile up; idle HTTP/2 connections are pinged and dropped when the peer
@@ -38,16 +38,15 @@ pub(crate) async fn serve(
     router: Router,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
-    serve_with(listener, router, shutdown, HEADER_READ_TIMEOUT, "admin API").await
+    serve_with(listener, router, shutdown, HEADER_READ_TIMEOUT).await
 }
 
-/// [`serve`] with another header deadline (tests), and the server's name in its log lines.
+/// [`serve`] with another header deadline (tests).
 pub(crate) async fn serve_with(
     listener: TcpListener,
     router: Router,
     shutdown: impl Future<Output = ()>,
     header_read_timeout: Duration,
-    server: &'static str,
 ) -> std::io::Result<()> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder.http1().timer(TokioTimer::new()).header_read_timeout(header_read_timeout);
@@ -64,7 +63,7 @@ pub(crate) async fn serve_with(
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
                 Err(err) => {
-                    tracing::warn!(server, error = %err, "accept failed");
+                    tracing::warn!(error = %err, "admin API: accept failed");
                     tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
                     continue;
                 }
@@ -91,18 +90,18 @@ pub(crate) async fn serve_with(
             tokio::select! {
                 result = &mut connection => {
                     if let Err(err) = result {
-                        tracing::debug!(server, %peer, error = %err, "connection ended with an error");
+                        tracing::debug!(%peer, error = %err, "admin API connection ended with an error");
                     }
                     return;
                 }
                 () = tokio::time::sleep(header_read_timeout) => {}
             }
             if !seen_request.load(Ordering::Relaxed) {
-                tracing::debug!(server, %peer, "no request head within the deadline; closing");
+                tracing::debug!(%peer, "admin API: no request head within the deadline; closing");
                 return;
             }
             if let Err(err) = connection.await {
-                tracing::debug!(server, %peer, error = %err, "connection ended with an error");
+                tracing::debug!(%peer, error = %err, "admin API connection ended with an error");
             }
         });
     }
@@ -131,7 +130,6 @@ mod tests {
                 let _ = stopped.await;
             },
             Duration::from_millis(300),
-            "test",
         ));
         let mut silent = Vec::new();
         for _ in 0..50 {

@@ -19,7 +19,7 @@ use modelgw_control_plane::{
 };
 use tokio::net::TcpListener;
 
-use crate::metrics_server::{MetricsAddr, parse_metrics_addr};
+use crate::metrics_server::{ListenAddr, parse_listen_addr};
 
 /// How often the publisher re-reads the configuration version, so that control-plane
 /// replicas sharing one PostgreSQL see each other's changes. A local change is pushed at once;
@@ -46,8 +46,8 @@ pub struct Args {
     #[arg(long, env = "MODELGW_GRPC_ADDR", default_value = "127.0.0.1:4002")]
     pub grpc_addr: SocketAddr,
     /// Listen address of the Prometheus metrics (`GET /metrics`, OpenMetrics text), or `off`.
-    #[arg(long, env = "MODELGW_METRICS_ADDR", default_value = DEFAULT_METRICS_ADDR, value_parser = parse_metrics_addr)]
-    pub metrics_addr: MetricsAddr,
+    #[arg(long, env = "MODELGW_METRICS_ADDR", default_value = DEFAULT_METRICS_ADDR, value_parser = parse_listen_addr)]
+    pub metrics_addr: ListenAddr,
     /// The bootstrap admin token (role admin, at least 32 characters): from
     /// MODELGW_ADMIN_TOKEN, or the file MODELGW_ADMIN_TOKEN_FILE names. Never a flag: `ps`
     /// shows flags. When neither is set, one is generated on first start, printed once, and
@@ -456,28 +456,26 @@ impl ControlPlane {
         // the peer's address, which the audit log records for every change.
         let admin =
             crate::admin_server::serve(self.admin_listener, router, stopped(stop_rx.clone()));
-        let metrics_stopped = stopped(stop_rx.clone());
-        let metrics = async {
-            match self.metrics_listener {
-                Some(listener) => {
-                    let registry = std::sync::Arc::new(self.distribution.metrics_registry());
-                    crate::metrics_server::serve(listener, registry, metrics_stopped).await
-                }
-                None => Ok(()),
-            }
-        };
+        // The data plane's `/metrics` listener serves the control plane's registry too.
+        if let Some(listener) = self.metrics_listener {
+            let registry = self.distribution.metrics_registry();
+            tokio::spawn(modelgw_data_plane::metrics::server::serve(
+                listener,
+                registry,
+                stopped(stop_rx.clone()),
+            ));
+        }
         let grpc =
             self.distribution.serve_grpc(self.grpc_listener, self.grpc_settings, stopped(stop_rx));
         tokio::spawn(async move {
             shutdown.await;
             let _ = stop_tx.send(true);
         });
-        let (a, g, m) = tokio::join!(admin, grpc, metrics);
+        let (a, g) = tokio::join!(admin, grpc);
         // Close the pool so SQLite checkpoints its WAL and PostgreSQL sessions end cleanly.
         self.store.close().await;
         a.context("admin API server")?;
         g.context("gRPC distribution server")?;
-        m.context("metrics server")?;
         Ok(())
     }
 }
@@ -620,8 +618,11 @@ pub async fn run(
         ("grpc", cp.grpc_url()),
         ("client_auth", cp.client_auth().to_owned()),
         ("config_version", cp.distribution.current_version().to_string()),
-        ("metrics", crate::metrics_server::url(cp.metrics_addr)),
     ];
+    match cp.metrics_addr {
+        Some(metrics) => ready.push(("metrics", crate::metrics_server::url(Some(metrics)))),
+        None => tracing::info!("MODELGW_METRICS_ADDR=off: no Prometheus metrics"),
+    }
     if let Some(ca) = &cp.grpc_dev_ca {
         ready.push(("grpc_ca", ca.display().to_string()));
     }
@@ -651,7 +652,7 @@ mod tests {
             database_url: format!("sqlite://{}", dir.join("modelgw.db").display()),
             admin_addr: "127.0.0.1:0".parse().expect("address"),
             grpc_addr: "127.0.0.1:0".parse().expect("address"),
-            metrics_addr: MetricsAddr::Off,
+            metrics_addr: ListenAddr(None),
             admin_token: None,
             admin_token_file: None,
             master_key: None,

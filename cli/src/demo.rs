@@ -60,8 +60,8 @@ pub struct Args {
     #[arg(long, env = "MODELGW_GRPC_ADDR", default_value = "127.0.0.1:4002")]
     pub grpc_addr: SocketAddr,
     /// The control plane's Prometheus metrics (`GET /metrics`), or `off`.
-    #[arg(long, env = "MODELGW_CONTROL_PLANE_METRICS_ADDR", default_value = control_plane::DEFAULT_METRICS_ADDR, value_parser = crate::metrics_server::parse_metrics_addr)]
-    pub control_plane_metrics_addr: crate::metrics_server::MetricsAddr,
+    #[arg(long, env = "MODELGW_CONTROL_PLANE_METRICS_ADDR", default_value = control_plane::DEFAULT_METRICS_ADDR, value_parser = crate::metrics_server::parse_listen_addr)]
+    pub control_plane_metrics_addr: crate::metrics_server::ListenAddr,
     /// Directory for the demo's SQLite file and development master key (default: a new
     /// temporary directory, removed on exit).
     #[arg(long)]
@@ -194,11 +194,17 @@ pub async fn run(
         request_timeout: None,
         stream_idle_timeout: None,
         workers: None,
+        // Prometheus metrics on a free port (printed below).
+        metrics_addr: crate::metrics_server::ListenAddr(Some(std::net::SocketAddr::from((
+            [127, 0, 0, 1],
+            0,
+        )))),
         // The demo's regions are mocks on 127.0.0.1.
         edge: crate::data_plane::EdgeArgs { allow_loopback_upstreams: true, ..Default::default() },
     };
     let dp = DataPlane::bind(dp_args.config()).await.context("binding the gateway")?;
     let gateway_url = format!("http://{}", dp.local_addr());
+    let dp_metrics = dp.metrics_addr().map(|addr| format!("http://{addr}/metrics"));
     let _ = console_gateway_url.set(gateway_url.clone());
     let dp_task = tokio::spawn(dp.run(stopped(stop_rx)));
 
@@ -283,7 +289,8 @@ Model Gateway demo is ready.
   Gateway URL    {gateway_url}
   Gateway key    {gateway_key}
   Gateway        "{DEMO_DEPLOYMENT}" over 3 mock regions: {regions}
-  Metrics        control plane {control_plane_metrics}   (Grafana dashboard: deploy/grafana/)
+  Metrics        {metrics}   (Prometheus, the data plane's)
+  CP metrics     {control_plane_metrics}   (Prometheus, the control plane's; Grafana dashboard: deploy/grafana/)
   Data           {dir}
 
 Try it:
@@ -297,6 +304,7 @@ Status of the data planes:  curl -sS {admin_url}/api/v1/status -H 'authorization
 
 Press Ctrl-C to stop."#,
         regions = REGIONS.iter().map(|(d, _, _)| *d).collect::<Vec<_>>().join(", "),
+        metrics = dp_metrics.as_deref().unwrap_or("off"),
         dir = dir.display(),
     );
     crate::stdout::print_ready(

@@ -189,7 +189,7 @@ impl Distribution {
     /// - `modelgw_connected_data_planes`: data planes with an open stream;
     /// - `modelgw_data_planes_current`: those of them that applied that version.
     ///
-    /// Build it once and encode it per scrape ([`crate::metrics::encode`]).
+    /// Build it once; it is encoded at each scrape.
     pub fn metrics_registry(&self) -> prometheus_client::registry::Registry {
         let mut registry = prometheus_client::registry::Registry::default();
         self.store.metrics().register(&mut registry);

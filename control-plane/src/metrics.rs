@@ -31,10 +31,6 @@ use prometheus_client::registry::Registry;
 pub const CONTROL_PLANE_BUCKETS_SECONDS: [f64; 14] =
     [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
 
-/// The OpenMetrics text content type a scrape answers with.
-pub const OPENMETRICS_CONTENT_TYPE: &str =
-    "application/openmetrics-text; version=1.0.0; charset=utf-8";
-
 /// A label set of one label whose values are this enum's variants, each a fixed identifier.
 macro_rules! label_enum {
     ($(#[$doc:meta])* $name:ident, $label:literal, { $($(#[$vdoc:meta])* $variant:ident => $value:literal),+ $(,)? }) => {
@@ -285,13 +281,6 @@ impl Drop for StoreTimer<'_> {
     }
 }
 
-/// The OpenMetrics text of `registry` (ends with `# EOF`).
-pub fn encode(registry: &Registry) -> Result<String, std::fmt::Error> {
-    let mut text = String::new();
-    prometheus_client::encoding::text::encode(&mut text, registry)?;
-    Ok(text)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -299,7 +288,9 @@ mod tests {
     fn exposition(metrics: &ControlPlaneMetrics) -> String {
         let mut registry = Registry::default();
         metrics.register(&mut registry);
-        encode(&registry).expect("encodes")
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).expect("encodes");
+        text
     }
 
     #[test]

@@ -115,7 +115,7 @@ async fn the_demo_prints_a_gateway_that_serves_a_chat_completion() -> anyhow::Re
     assert_eq!(status, 200, "{body}");
 
     // The control plane's metrics, as printed: the version the admin API reports.
-    let metrics = after(human, "Metrics        control plane", ' ');
+    let metrics = after(human, "CP metrics", ' ');
     assert_eq!(metrics, demo.field("control_plane_metrics"), "{human}");
     let scrape = Scrape::get(metrics).await?;
     let version = admin.config_version().await? as f64;
