@@ -140,6 +140,7 @@ impl Publisher {
         if published {
             let current = self.snapshots.borrow().clone();
             self.registry.retain_health(&current);
+            self.registry.retain_stats(&current);
             log_publish(&current, started.elapsed());
         }
     }
