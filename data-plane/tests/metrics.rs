@@ -170,13 +170,16 @@ async fn a_stream_without_include_usage_is_counted_and_unchanged() {
     let exact = region("exact").await.unwrap();
     exact.mock().set_fixed_ids(true);
     let gw = gateway(&[(&exact, 0, 1)], RoutingPolicy::default(), config()).await.unwrap();
-    let through = gw.request(true).send().await.unwrap();
+    // A client that accepts gzip: the stream must stay unencoded to be edited.
+    let through = gw.request(true).header("accept-encoding", "gzip").send().await.unwrap();
     assert_eq!(through.status(), 200);
     let through = through.bytes().await.unwrap();
 
     let received = exact.mock().requests();
     let sent = received.last().and_then(|r| r.json()).expect("the upstream got the request");
     assert_eq!(sent["stream_options"], json!({"include_usage": true}), "the gateway asked");
+    let request = received.last().unwrap();
+    assert_eq!(request.header("accept-encoding"), None, "asked for an unencoded stream");
 
     // The same request straight to the upstream, as the client sent it.
     let direct = |body: &Value| {

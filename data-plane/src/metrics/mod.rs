@@ -128,7 +128,7 @@ pub(crate) fn skip_index(reason: &str) -> usize {
 }
 
 /// Answers the gateway gives itself: `(reason, status)`; indexed by [`Local`].
-pub(crate) const LOCAL_RESPONSES: [(&str, u16); 9] = [
+pub(crate) const LOCAL_RESPONSES: [(&str, u16); 10] = [
     ("unauthorized", 401),
     ("not_found", 404),
     ("bad_request", 400),
@@ -138,6 +138,7 @@ pub(crate) const LOCAL_RESPONSES: [(&str, u16); 9] = [
     ("deadline", 504),
     ("not_ready", 503),
     ("auth_limited", 429),
+    ("body_timeout", 408),
 ];
 
 /// Why the gateway answered a request itself (index into [`LOCAL_RESPONSES`]).
@@ -152,6 +153,7 @@ pub(crate) enum Local {
     Deadline = 6,
     NotReady = 7,
     AuthLimited = 8,
+    BodyTimeout = 9,
 }
 
 impl Local {
@@ -160,6 +162,7 @@ impl Local {
         match status {
             401 => Local::Unauthorized,
             404 => Local::NotFound,
+            408 => Local::BodyTimeout,
             413 => Local::PayloadTooLarge,
             429 => Local::AllThrottling,
             503 => Local::NoEndpoint,

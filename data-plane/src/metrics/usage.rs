@@ -5,6 +5,8 @@
 //! arrival, and — when the gateway itself asked the upstream for usage — removing what the
 //! client did not ask for.
 
+use std::sync::LazyLock;
+
 use bytes::{Bytes, BytesMut};
 use memchr::memmem;
 use serde::Deserialize;
@@ -46,9 +48,14 @@ fn usage_at(bytes: &[u8], at: usize) -> Option<Usage> {
     Some(Usage { input, output })
 }
 
+/// Searchers for the key, built once (a searcher's set-up costs more than a short search).
+static USAGE: LazyLock<memmem::Finder<'static>> = LazyLock::new(|| memmem::Finder::new(USAGE_KEY));
+static USAGE_REV: LazyLock<memmem::FinderRev<'static>> =
+    LazyLock::new(|| memmem::FinderRev::new(USAGE_KEY));
+
 /// The last `usage` object in `bytes` (a JSON body or SSE events).
 pub(crate) fn find_usage(bytes: &[u8]) -> Option<Usage> {
-    memmem::rfind_iter(bytes, USAGE_KEY).find_map(|at| usage_at(bytes, at))
+    USAGE_REV.rfind_iter(bytes).find_map(|at| usage_at(bytes, at))
 }
 
 /// The `usage` of a non-streamed answer read whole, from its frames. The object is at the end
@@ -120,7 +127,7 @@ impl StreamUsage {
         if first {
             self.first_token_seen = true;
         }
-        if memmem::find(&events, USAGE_KEY).is_none() {
+        if USAGE.find(&events).is_none() {
             return (events, first);
         }
         if !self.strip {

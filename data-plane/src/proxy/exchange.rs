@@ -50,6 +50,11 @@ impl Proxy {
         deadline: Instant,
     ) -> Result<Box<Answer>, AttemptError> {
         let mut headers = plan.headers();
+        if plan.strip_usage {
+            // The usage chunk the gateway asked for is taken out of the stream again, which
+            // needs the stream unencoded: the upstream may not compress it.
+            headers.remove(http::header::ACCEPT_ENCODING);
+        }
         match &endpoint.auth {
             UpstreamAuth::Static { name, value } => {
                 headers.insert(name.clone(), value.clone());

@@ -327,3 +327,21 @@ fn stream_options_supported(surface: Surface, query: Option<&str>) -> bool {
     // Dated versions compare as text: `YYYY-MM-DD` with an optional `-preview`.
     version.is_some_and(|v| v.get(..10).is_some_and(|date| date >= "2024-09-01"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stream_options_are_sent_only_to_api_versions_that_know_them() {
+        let dated = |q| stream_options_supported(Surface::Dated, Some(q));
+        assert!(dated("api-version=2024-10-21"));
+        assert!(dated("api-version=2024-09-01-preview"));
+        assert!(dated("foo=1&api-version=2025-04-01-preview"));
+        assert!(!dated("api-version=2024-06-01"));
+        assert!(!dated("api-version=2024-08-01-preview"));
+        assert!(!dated("api-version=preview"));
+        assert!(!stream_options_supported(Surface::Dated, None));
+        assert!(stream_options_supported(Surface::V1, None));
+    }
+}
