@@ -7,8 +7,9 @@
 use chrono::{DateTime, Duration, Utc};
 use maud::{Markup, html};
 
-/// The SVG's coordinate system (it scales to the figure's width).
-const WIDTH: f64 = 720.0;
+/// The SVG's coordinate system (it scales to the figure's width): about the width a chart
+/// gets in the console's grid, so its text renders near its nominal size.
+const WIDTH: f64 = 480.0;
 /// Height of a per-minute chart's plot area.
 const PLOT_HEIGHT: f64 = 160.0;
 /// Room for the axis labels: left of the plot (values), below it (times).
@@ -17,7 +18,7 @@ const BOTTOM: f64 = 22.0;
 const TOP: f64 = 8.0;
 /// One row of a bar chart, and the width of its label column.
 const ROW: f64 = 30.0;
-const LABEL: f64 = 180.0;
+const LABEL: f64 = 120.0;
 /// Room right of the bars for the value.
 const VALUE: f64 = 150.0;
 
@@ -89,6 +90,10 @@ pub(crate) fn per_minute(id: &str, title: &str, from: DateTime<Utc>, lines: &[Li
                         .collect::<Vec<_>>().join(" ");
                     polyline class={ "series " (line.class) } data-series=(line.name) points=(points)
                         fill="none" stroke-width="2" stroke-linejoin="round" {}
+                    // Sparse traffic is a spike at most: a dot marks each minute with any.
+                    @for (i, v) in line.values.iter().enumerate().filter(|(_, v)| **v > 0) {
+                        circle class={ "dot " (line.class) } cx=(format!("{:.1}", x(i))) cy=(format!("{:.1}", y(*v))) r="2.5" {}
+                    }
                 }
             }
             ul.legend {
@@ -258,7 +263,9 @@ pub(crate) fn quantile_bars(id: &str, title: &str, rows: &[Quantiles]) -> Markup
                         rect class="bar q-p50" data-part="p50" x=(LABEL) y=(y + 4.0) width=(format!("{:.1}", bar_w * p50 / top)) height=(ROW - 18.0) {}
                     }
                     text.value x=(LABEL + bar_w + 6.0) y=(y + 15.0) font-size="12" fill="#5f6b7a" {
-                        @if row.samples == 0 { "no streams" } @else { "p50 " (ms(row.p50_ms)) " · p95 " (ms(row.p95_ms)) }
+                        @if row.samples == 0 { "no streams" } @else {
+                            "p50 " (row.p50_ms.map_or("–".to_owned(), |v| format!("{v:.0}"))) " · p95 " (ms(row.p95_ms))
+                        }
                     }
                 }
             }
@@ -312,7 +319,7 @@ mod tests {
         )
         .into_string();
         assert!(html.contains("points=\"48.0,168.0"), "the first minute at zero: {html}");
-        assert!(html.contains("712.0,8.0\""), "the last at the top of a 10 axis: {html}");
+        assert!(html.contains("472.0,8.0\""), "the last at the top of a 10 axis: {html}");
         assert!(html.contains("<td>10:59</td><td class=\"num\">10</td>"), "{html}");
         assert!(!html.contains("style="), "no inline style (CSP)");
         assert!(html.contains("<title id=\"c-title\">Requests</title>"));

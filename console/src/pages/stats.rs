@@ -187,8 +187,9 @@ pub(crate) async fn gateway(op: &Operator, gateway_id: &str) -> Result<Markup, C
         section.stats aria-labelledby="h-traffic" {
             h2 #h-traffic { "Traffic, last hour" }
             p.sub {
-                (totals.requests) " requests, " (totals.errors) " errors, " (totals.throttled) " throttled, "
-                (totals.prompt_tokens + totals.completion_tokens) " tokens, as the data planes connected to this control plane report it."
+                "Requests " strong { (totals.requests) } " · errors " strong { (totals.errors) }
+                " · throttled " strong { (totals.throttled) } " · tokens " strong { (totals.prompt_tokens + totals.completion_tokens) }
+                ", as the data planes connected to this control plane report it."
             }
             div.charts {
                 (requests_chart(gateways.from, this.into_iter().flat_map(|g| &g.series),
