@@ -131,6 +131,7 @@ pub async fn start_control_plane(
         ("MODELGW_DATABASE_URL", format!("sqlite://{}", dir.join(db_name).display())),
         ("MODELGW_ADMIN_ADDR", "127.0.0.1:0".to_owned()),
         ("MODELGW_GRPC_ADDR", "127.0.0.1:0".to_owned()),
+        ("MODELGW_METRICS_ADDR", "127.0.0.1:0".to_owned()),
         ("MODELGW_ADMIN_TOKEN", admin_token.to_owned()),
         ("MODELGW_MASTER_KEY", MASTER_KEY_B64.to_owned()),
     ];

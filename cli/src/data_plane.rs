@@ -15,6 +15,8 @@ use modelgw_data_plane::{
 };
 use modelgw_model::{DEFAULT_ENTRA_SCOPE, Secret};
 
+use crate::metrics_server::{ListenAddr, parse_listen_addr};
+
 /// The environment variable that may hold the join token itself (there is no flag: a secret on
 /// the command line shows in `ps` and in shell history).
 pub(crate) const TOKEN_ENV: &str = "MODELGW_DATA_PLANE_TOKEN";
@@ -197,20 +199,6 @@ impl Args {
             allow_insecure: self.insecure_control_plane,
         }
     }
-}
-
-/// A listen address, or `off`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ListenAddr(pub Option<SocketAddr>);
-
-/// `off` (any case) or a socket address.
-pub fn parse_listen_addr(value: &str) -> Result<ListenAddr, String> {
-    if value.trim().eq_ignore_ascii_case("off") {
-        return Ok(ListenAddr(None));
-    }
-    value.trim().parse::<SocketAddr>().map(|addr| ListenAddr(Some(addr))).map_err(|err| {
-        format!("`{value}` is neither `off` nor an address like 127.0.0.1:4003: {err}")
-    })
 }
 
 pub(crate) fn default_node_id() -> String {

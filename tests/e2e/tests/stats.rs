@@ -188,6 +188,16 @@ async fn the_stats_api_shows_what_two_data_planes_served_within_10_seconds() -> 
         }
     }
 
+    // The control plane counted the reports it received (`modelgw_stats_reports_total`).
+    let metrics = cluster.control_plane.as_ref().expect("control plane").field("metrics");
+    let scrape = reqwest::get(metrics).await?.text().await?;
+    let received = scrape
+        .lines()
+        .find_map(|l| l.strip_prefix("modelgw_stats_reports_total "))
+        .and_then(|n| n.trim().parse::<f64>().ok())
+        .unwrap_or_else(|| panic!("no modelgw_stats_reports_total in {scrape}"));
+    assert!(received >= 2.0, "at least one report from each data plane: {received}");
+
     // Per region, from the merged buckets.
     let (status, regions) = admin.call("GET", "/api/v1/stats/regions?minutes=10", None).await?;
     assert_eq!(status, 200, "{regions}");
