@@ -20,7 +20,6 @@ use rand::Rng;
 use rand::seq::SliceRandom;
 
 use crate::health::{EndpointView, HealthRegistry, Unavailable};
-use crate::metrics::RouteMetrics;
 use crate::routing_table::{CompiledEndpoint, CompiledGateway, CompiledMember};
 
 /// Why a candidate is not tried for this request.
@@ -35,8 +34,10 @@ pub struct Candidate {
     /// The member's last answer said it is about to throttle; it was placed after the other
     /// available members of its group.
     pub low_headroom: bool,
-    /// The (gateway, endpoint) pair's counters (`None` with metrics off).
-    pub metrics: Option<Arc<RouteMetrics>>,
+    /// Where the member is in the gateway (`groups[group].members[member]`): its counters
+    /// are reached from there, by reference.
+    pub group: usize,
+    pub member: usize,
 }
 
 /// Orders a gateway's members for one request.
@@ -59,7 +60,7 @@ fn frame(
     mut order: impl FnMut(&[CompiledMember], &[(usize, EndpointView)]) -> Vec<usize>,
 ) -> Vec<Candidate> {
     let mut out = Vec::with_capacity(gateway.member_count());
-    for group in &gateway.groups {
+    for (group_index, group) in gateway.groups.iter().enumerate() {
         let views: Vec<EndpointView> =
             group.members.iter().map(|m| health.view(m.endpoint.id, now)).collect();
         let available: Vec<(usize, EndpointView)> = views
@@ -76,7 +77,8 @@ fn frame(
                 endpoint: Arc::clone(&group.members[i].endpoint),
                 skip: None,
                 low_headroom: views[i].low_headroom,
-                metrics: group.members[i].metrics.clone(),
+                group: group_index,
+                member: i,
             });
         }
         for (i, view) in views.iter().enumerate() {
@@ -85,7 +87,8 @@ fn frame(
                     endpoint: Arc::clone(&group.members[i].endpoint),
                     skip: Some(skip),
                     low_headroom: view.low_headroom,
-                    metrics: group.members[i].metrics.clone(),
+                    group: group_index,
+                    member: i,
                 });
             }
         }

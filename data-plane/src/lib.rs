@@ -319,7 +319,8 @@ impl DataPlane {
             Some(addr) => Some(TcpListener::bind(addr).await?),
             None => None,
         };
-        let metrics = Arc::new(metrics::Metrics::new(config.metrics_enabled));
+        let metrics =
+            Arc::new(metrics::Metrics::new(config.metrics_enabled, config.workers.max(1)));
         let (health, health_rx) =
             HealthRegistry::with_policy(config.health_policy.clone(), HEALTH_CHANNEL_CAPACITY);
         let entra = Arc::new(EntraTokens::new(config.entra_credential.clone()));
@@ -466,7 +467,7 @@ impl DataPlane {
         // upstream connection pool.
         let workers = config.workers.max(1);
         let proxies = (0..workers)
-            .map(|_| proxy::Proxy {
+            .map(|shard| proxy::Proxy {
                 store: Arc::clone(&store),
                 health: Arc::clone(&health),
                 selector: Arc::clone(&selector),
@@ -475,6 +476,7 @@ impl DataPlane {
                 limits: limits.clone(),
                 failed_auths: Arc::clone(&failed_auths),
                 metrics: Arc::clone(&metrics),
+                shard,
             })
             .collect();
         info!(

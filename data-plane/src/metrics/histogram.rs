@@ -16,22 +16,23 @@ pub(crate) struct Bounds {
     pub(crate) scale: f64,
 }
 
+/// Most bounds a histogram has (its counts are inline, so a histogram in a per-thread shard
+/// shares no cache line with another thread's).
+const MAX_BUCKETS: usize = 16;
+
 /// Counts per bucket (not cumulative; the last one is open), the sum and nothing else: the
 /// count is the buckets' total.
 #[derive(Debug)]
 pub(crate) struct Histogram {
     bounds: &'static Bounds,
-    counts: Box<[AtomicU64]>,
+    counts: [AtomicU64; MAX_BUCKETS],
     sum: AtomicU64,
 }
 
 impl Histogram {
     pub(crate) fn new(bounds: &'static Bounds) -> Self {
-        Histogram {
-            bounds,
-            counts: (0..=bounds.upper.len()).map(|_| AtomicU64::new(0)).collect(),
-            sum: AtomicU64::new(0),
-        }
+        debug_assert!(bounds.upper.len() < MAX_BUCKETS);
+        Histogram { bounds, counts: Default::default(), sum: AtomicU64::new(0) }
     }
 
     /// Records one observation of `value` (in the bounds' unit).
@@ -48,7 +49,7 @@ impl Histogram {
 
     /// The per-bucket counts now (not cumulative), `upper.len() + 1` of them.
     pub(crate) fn counts(&self) -> Vec<u64> {
-        self.counts.iter().map(|c| c.load(Ordering::Relaxed)).collect()
+        self.counts[..=self.bounds.upper.len()].iter().map(|c| c.load(Ordering::Relaxed)).collect()
     }
 
     /// The sum of every observation, in the bounds' unit.
@@ -57,13 +58,54 @@ impl Histogram {
     }
 
     /// Observations so far.
+    #[cfg(test)]
     pub(crate) fn count(&self) -> u64 {
         self.counts.iter().map(|c| c.load(Ordering::Relaxed)).sum()
+    }
+}
+
+/// The same histogram kept per serving thread, read as one: counts and sums added.
+#[derive(Debug)]
+pub(crate) struct Merged {
+    bounds: &'static Bounds,
+    counts: Vec<u64>,
+    sum: u64,
+}
+
+impl Merged {
+    pub(crate) fn of<'a>(parts: impl IntoIterator<Item = &'a Histogram>) -> Option<Merged> {
+        let mut merged: Option<Merged> = None;
+        for part in parts {
+            let m = merged.get_or_insert_with(|| Merged {
+                bounds: part.bounds,
+                counts: vec![0; part.bounds.upper.len() + 1],
+                sum: 0,
+            });
+            for (total, count) in m.counts.iter_mut().zip(part.counts()) {
+                *total += count;
+            }
+            m.sum += part.sum();
+        }
+        merged
+    }
+
+    #[cfg(test)]
+    pub(crate) fn counts(&self) -> &[u64] {
+        &self.counts
+    }
+
+    #[cfg(test)]
+    pub(crate) fn sum(&self) -> u64 {
+        self.sum
+    }
+
+    pub(crate) fn count(&self) -> u64 {
+        self.counts.iter().sum()
     }
 
     /// Encodes it as an OpenMetrics histogram (cumulative buckets, `+Inf` last).
     pub(crate) fn encode(&self, mut encoder: MetricEncoder<'_>) -> std::fmt::Result {
-        let counts = self.counts();
+        let counts = &self.counts;
         let scale = self.bounds.scale;
         let mut cumulative = 0u64;
         let mut buckets = Vec::with_capacity(counts.len());
@@ -73,12 +115,7 @@ impl Histogram {
                 self.bounds.upper.get(i).map_or(f64::INFINITY, |&upper| upper as f64 * scale);
             buckets.push((bound, cumulative));
         }
-        encoder.encode_histogram::<NoLabelSet>(
-            self.sum() as f64 * scale,
-            cumulative,
-            &buckets,
-            None,
-        )
+        encoder.encode_histogram::<NoLabelSet>(self.sum as f64 * scale, cumulative, &buckets, None)
     }
 }
 
@@ -97,5 +134,10 @@ mod tests {
         assert_eq!(h.counts(), vec![2, 2, 0, 1]);
         assert_eq!(h.sum(), 5121);
         assert_eq!(h.count(), 5);
+        let other = Histogram::new(&MS);
+        other.observe(50);
+        let merged = Merged::of([&h, &other]).expect("two parts");
+        assert_eq!(merged.counts(), &[2, 3, 0, 1]);
+        assert_eq!((merged.sum(), merged.count()), (5171, 6));
     }
 }

@@ -24,7 +24,7 @@ use arc_swap::ArcSwap;
 use modelgw_model::stats::{Buckets, GatewayStats, LATENCY_BUCKETS_MS, RouteStats, StatsReport};
 use modelgw_model::{EndpointId, GatewayId};
 
-pub(crate) use histogram::{Bounds, Histogram};
+pub(crate) use histogram::{Bounds, Histogram, Merged};
 pub use scrape::Scrape;
 
 use crate::routing_table::RoutingTable;
@@ -180,8 +180,11 @@ pub(crate) struct RouteLabels {
     pub region: Box<str>,
 }
 
-/// What one operation did through one pair; allocated on the operation's first request.
+/// What one operation did through one pair on one serving thread; allocated on the
+/// operation's first request there. Aligned so that no two threads' counters share a cache
+/// line.
 #[derive(Debug)]
+#[repr(align(128))]
 pub(crate) struct OperationMetrics {
     /// Answers by status class: index 0 = 1xx … 4 = 5xx.
     status: [AtomicU64; 5],
@@ -208,12 +211,11 @@ impl OperationMetrics {
     }
 }
 
-/// Everything counted for one (gateway, endpoint) pair.
+/// What one serving thread counted for one (gateway, endpoint) pair: each thread writes only
+/// its own shard (no cache line bounces between cores on every request); a scrape adds them.
 #[derive(Debug)]
-pub struct RouteMetrics {
-    gateway_id: GatewayId,
-    endpoint_id: EndpointId,
-    labels: ArcSwap<RouteLabels>,
+#[repr(align(128))]
+pub(crate) struct RouteShard {
     attempts: [AtomicU64; ATTEMPT_OUTCOMES.len()],
     failovers: [AtomicU64; ATTEMPT_OUTCOMES.len()],
     /// Upstream time to the response head, in ms.
@@ -223,12 +225,9 @@ pub struct RouteMetrics {
     operations: [OnceLock<Box<OperationMetrics>>; OPERATIONS.len()],
 }
 
-impl RouteMetrics {
-    fn new(gateway_id: GatewayId, endpoint_id: EndpointId, labels: RouteLabels) -> Self {
-        RouteMetrics {
-            gateway_id,
-            endpoint_id,
-            labels: ArcSwap::from_pointee(labels),
+impl RouteShard {
+    fn new() -> Self {
+        RouteShard {
             attempts: Default::default(),
             failovers: Default::default(),
             ttfb: Histogram::new(&LATENCY_MS),
@@ -242,29 +241,61 @@ impl RouteMetrics {
         let slot = self.operations.get(op)?;
         Some(slot.get_or_init(|| Box::new(OperationMetrics::new())))
     }
+}
+
+/// Everything counted for one (gateway, endpoint) pair, one shard per serving thread.
+#[derive(Debug)]
+pub struct RouteMetrics {
+    gateway_id: GatewayId,
+    endpoint_id: EndpointId,
+    labels: ArcSwap<RouteLabels>,
+    shards: Box<[RouteShard]>,
+}
+
+impl RouteMetrics {
+    fn new(gateway_id: GatewayId, endpoint_id: EndpointId, shards: usize) -> Self {
+        RouteMetrics {
+            gateway_id,
+            endpoint_id,
+            labels: ArcSwap::from_pointee(RouteLabels::default()),
+            shards: (0..shards.max(1)).map(|_| RouteShard::new()).collect(),
+        }
+    }
+
+    /// The shard of serving thread `shard`.
+    #[inline]
+    fn at(&self, shard: usize) -> &RouteShard {
+        &self.shards[shard % self.shards.len()]
+    }
+
+    /// Every shard's operation `op` that counted anything.
+    fn operations(&self, op: usize) -> impl Iterator<Item = &OperationMetrics> {
+        self.shards.iter().filter_map(move |s| s.operations[op].get().map(|b| &**b))
+    }
 
     /// One attempt (or skip) with the outcome at `outcome` in [`ATTEMPT_OUTCOMES`]; `moved_on`
     /// when the request then went on to another member.
     #[inline]
-    pub(crate) fn attempt(&self, outcome: usize, moved_on: bool) {
-        if let Some(count) = self.attempts.get(outcome) {
+    pub(crate) fn attempt(&self, shard: usize, outcome: usize, moved_on: bool) {
+        let shard = self.at(shard);
+        if let Some(count) = shard.attempts.get(outcome) {
             count.fetch_add(1, Ordering::Relaxed);
         }
-        if moved_on && let Some(count) = self.failovers.get(outcome) {
+        if moved_on && let Some(count) = shard.failovers.get(outcome) {
             count.fetch_add(1, Ordering::Relaxed);
         }
     }
 
     /// The upstream's time to its response head.
     #[inline]
-    pub(crate) fn time_to_first_byte(&self, ttfb: Duration) {
-        self.ttfb.observe(ttfb.as_millis() as u64);
+    pub(crate) fn time_to_first_byte(&self, shard: usize, ttfb: Duration) {
+        self.at(shard).ttfb.observe(ttfb.as_millis() as u64);
     }
 
     /// An answer this endpoint gave for operation `op`, with `status`, passed to the client.
     #[inline]
-    pub(crate) fn answered(&self, op: usize, status: u16) {
-        if let Some(m) = self.operation(op) {
+    pub(crate) fn answered(&self, shard: usize, op: usize, status: u16) {
+        if let Some(m) = self.at(shard).operation(op) {
             let class = usize::from(status / 100).clamp(1, 5) - 1;
             m.status[class].fetch_add(1, Ordering::Relaxed);
         }
@@ -272,8 +303,9 @@ impl RouteMetrics {
 
     /// The end of an answer for `op`: its duration since the request arrived, its `usage`
     /// when known, and for streams the time of its first token.
-    pub(crate) fn finished(&self, op: usize, end: &Finished) {
-        let Some(m) = self.operation(op) else { return };
+    pub(crate) fn finished(&self, shard: usize, op: usize, end: &Finished) {
+        let shard = self.at(shard);
+        let Some(m) = shard.operation(op) else { return };
         m.duration.observe(end.elapsed.as_millis() as u64);
         if let Some(first) = end.first_token {
             m.ttft.observe(first.as_millis() as u64);
@@ -289,8 +321,18 @@ impl RouteMetrics {
             }
         }
         if end.cut {
-            self.stream_cuts.fetch_add(1, Ordering::Relaxed);
+            shard.stream_cuts.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// Attempts with `outcome` over all shards.
+    fn attempts(&self, outcome: usize) -> u64 {
+        self.shards.iter().map(|s| s.attempts[outcome].load(Ordering::Relaxed)).sum()
+    }
+
+    /// Failovers after `outcome` over all shards.
+    fn failovers(&self, outcome: usize) -> u64 {
+        self.shards.iter().map(|s| s.failovers[outcome].load(Ordering::Relaxed)).sum()
     }
 }
 
@@ -306,36 +348,57 @@ pub(crate) struct Finished {
     pub cut: bool,
 }
 
-/// What one gateway answered itself, and its overhead.
+/// One serving thread's share of a gateway's counters.
 #[derive(Debug)]
-pub struct GatewayMetrics {
-    gateway_id: Option<GatewayId>,
-    name: ArcSwap<Box<str>>,
+#[repr(align(128))]
+struct GatewayShard {
     local: [AtomicU64; LOCAL_RESPONSES.len()],
     /// Time inside the gateway per request, in µs.
     overhead: Histogram,
 }
 
+/// What one gateway answered itself, and its overhead, one shard per serving thread.
+#[derive(Debug)]
+pub struct GatewayMetrics {
+    gateway_id: Option<GatewayId>,
+    name: ArcSwap<Box<str>>,
+    shards: Box<[GatewayShard]>,
+}
+
 impl GatewayMetrics {
-    fn new(gateway_id: Option<GatewayId>, name: &str) -> Self {
+    fn new(gateway_id: Option<GatewayId>, name: &str, shards: usize) -> Self {
         GatewayMetrics {
             gateway_id,
             name: ArcSwap::from_pointee(Box::from(name)),
-            local: Default::default(),
-            overhead: Histogram::new(&OVERHEAD_US),
+            shards: (0..shards.max(1))
+                .map(|_| GatewayShard {
+                    local: Default::default(),
+                    overhead: Histogram::new(&OVERHEAD_US),
+                })
+                .collect(),
         }
+    }
+
+    #[inline]
+    fn at(&self, shard: usize) -> &GatewayShard {
+        &self.shards[shard % self.shards.len()]
     }
 
     /// An answer the gateway gave itself.
     #[inline]
-    pub(crate) fn local(&self, why: Local) {
-        self.local[why as usize].fetch_add(1, Ordering::Relaxed);
+    pub(crate) fn local(&self, shard: usize, why: Local) {
+        self.at(shard).local[why as usize].fetch_add(1, Ordering::Relaxed);
     }
 
     /// The time a request spent in the gateway itself.
     #[inline]
-    pub(crate) fn overhead(&self, spent: Duration) {
-        self.overhead.observe(spent.as_micros() as u64);
+    pub(crate) fn overhead(&self, shard: usize, spent: Duration) {
+        self.at(shard).overhead.observe(spent.as_micros() as u64);
+    }
+
+    /// Local answers for `why` over all shards.
+    fn locals(&self, why: usize) -> u64 {
+        self.shards.iter().map(|s| s.local[why].load(Ordering::Relaxed)).sum()
     }
 }
 
@@ -396,6 +459,8 @@ struct Reported {
 #[derive(Debug)]
 pub struct Metrics {
     enabled: bool,
+    /// Shards per counter set: one per serving thread.
+    shards: usize,
     catalog: Mutex<Catalog>,
     /// Answers given before a gateway was known (unknown key, unknown path, not ready).
     pub(crate) unrouted: Arc<GatewayMetrics>,
@@ -411,17 +476,20 @@ pub struct Metrics {
 
 impl Default for Metrics {
     fn default() -> Self {
-        Metrics::new(true)
+        let threads = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+        Metrics::new(true, threads)
     }
 }
 
 impl Metrics {
-    /// `enabled: false` attaches nothing: the request path then records nothing.
-    pub fn new(enabled: bool) -> Self {
+    /// `enabled: false` attaches nothing: the request path then records nothing. `shards`:
+    /// the serving threads, each of which records into its own copy of every counter.
+    pub fn new(enabled: bool, shards: usize) -> Self {
         Metrics {
             enabled,
+            shards: shards.max(1),
             catalog: Mutex::default(),
-            unrouted: Arc::new(GatewayMetrics::new(None, "")),
+            unrouted: Arc::new(GatewayMetrics::new(None, "", shards)),
             open_streams: AtomicI64::new(0),
             failed_authentications: AtomicU64::new(0),
             control_plane_connected: AtomicI64::new(0),
@@ -453,10 +521,9 @@ impl Metrics {
         let mut gateways = HashMap::new();
         let mut endpoints = HashMap::new();
         for gateway in table.gateways_mut() {
-            let g = catalog
-                .gateways
-                .remove(&gateway.id)
-                .unwrap_or_else(|| Arc::new(GatewayMetrics::new(Some(gateway.id), &gateway.name)));
+            let g = catalog.gateways.remove(&gateway.id).unwrap_or_else(|| {
+                Arc::new(GatewayMetrics::new(Some(gateway.id), &gateway.name, self.shards))
+            });
             if ***g.name.load() != *gateway.name {
                 g.name.store(Arc::new(Box::from(gateway.name.as_str())));
             }
@@ -472,13 +539,10 @@ impl Metrics {
                     region: Box::from(endpoint.region.as_str()),
                 };
                 let key = (gateway_id, endpoint.id);
-                let route = catalog
-                    .routes
-                    .remove(&key)
-                    .or_else(|| routes.remove(&key))
-                    .unwrap_or_else(|| {
-                        Arc::new(RouteMetrics::new(gateway_id, endpoint.id, RouteLabels::default()))
-                    });
+                let route =
+                    catalog.routes.remove(&key).or_else(|| routes.remove(&key)).unwrap_or_else(
+                        || Arc::new(RouteMetrics::new(gateway_id, endpoint.id, self.shards)),
+                    );
                 if **route.labels.load() != labels {
                     route.labels.store(Arc::new(labels));
                 }
@@ -579,24 +643,21 @@ fn route_totals(route: &RouteMetrics) -> RouteStats {
     let mut out = RouteStats {
         gateway_id: route.gateway_id,
         endpoint_id: route.endpoint_id,
-        throttled: load(&route.attempts[THROTTLED]),
-        errors: load(&route.stream_cuts),
+        throttled: route.attempts(THROTTLED),
+        errors: route.shards.iter().map(|s| load(&s.stream_cuts)).sum(),
         ..Default::default()
     };
-    out.failed_attempts = route
-        .failovers
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| *i != THROTTLED && *i < FIRST_SKIP)
-        .map(|(_, c)| load(c))
-        .sum();
-    for m in route.operations.iter().filter_map(OnceLock::get) {
-        out.requests += m.status.iter().map(load).sum::<u64>();
-        out.errors += load(&m.status[4]);
-        out.prompt_tokens += m.input_tokens.sum();
-        out.completion_tokens += m.output_tokens.sum();
-        out.latency.add(&Buckets { counts: m.duration.counts() });
-        out.ttft.add(&Buckets { counts: m.ttft.counts() });
+    out.failed_attempts =
+        (0..FIRST_SKIP).filter(|i| *i != THROTTLED).map(|i| route.failovers(i)).sum();
+    for op in 0..OPERATIONS.len() {
+        for m in route.operations(op) {
+            out.requests += m.status.iter().map(load).sum::<u64>();
+            out.errors += load(&m.status[4]);
+            out.prompt_tokens += m.input_tokens.sum();
+            out.completion_tokens += m.output_tokens.sum();
+            out.latency.add(&Buckets { counts: m.duration.counts() });
+            out.ttft.add(&Buckets { counts: m.ttft.counts() });
+        }
     }
     out
 }
@@ -632,7 +693,7 @@ fn route_delta(now: &RouteStats, before: &RouteStats) -> RouteStats {
 
 /// A gateway's totals of answers it gave itself.
 fn gateway_totals(gateway: &GatewayMetrics, id: GatewayId) -> GatewayStats {
-    let count = |why: Local| gateway.local[why as usize].load(Ordering::Relaxed);
+    let count = |why: Local| gateway.locals(why as usize);
     GatewayStats {
         gateway_id: id,
         throttled: count(Local::AllThrottling),
@@ -651,7 +712,7 @@ mod tests {
     use crate::routing_table::{RoutingTable, SnapshotStore};
 
     fn store_with(snapshot: &Snapshot) -> (SnapshotStore, Arc<RouteMetrics>) {
-        let store = SnapshotStore::new();
+        let store = SnapshotStore::with_metrics(Arc::new(Metrics::new(true, 2)));
         assert!(store.swap_if_newer(RoutingTable::compile(snapshot).expect("compiles")));
         let table = store.load();
         let route = table.gateways()[0].groups[0].members[0].metrics.clone().expect("attached");
@@ -669,9 +730,9 @@ mod tests {
         snapshot.gateways[0].routing = RoutingPolicy::default();
         let (store, route) = store_with(&snapshot);
         let metrics = Arc::clone(store.metrics());
-        route.answered(0, 200);
-        route.answered(0, 503);
-        route.attempt(4, true); // throttled, moved on
+        route.answered(0, 0, 200);
+        route.answered(1, 0, 503); // on the other serving thread
+        route.attempt(0, 4, true); // throttled, moved on
         let usage = usage::Usage { input: 10, output: 5 };
         let end = Finished {
             elapsed: Duration::from_millis(120),
@@ -679,7 +740,7 @@ mod tests {
             usage: Some(usage),
             cut: false,
         };
-        route.finished(0, &end);
+        route.finished(1, 0, &end);
         let first = metrics.stats_report();
         assert_eq!(first.routes.len(), 1);
         let r = &first.routes[0];
@@ -694,7 +755,7 @@ mod tests {
         assert!(store.swap_if_newer(RoutingTable::compile(&snapshot).expect("compiles")));
         let again = store.load().gateways()[0].groups[0].members[0].metrics.clone().expect("kept");
         assert!(Arc::ptr_eq(&route, &again));
-        again.answered(0, 200);
+        again.answered(0, 0, 200);
         let next = metrics.stats_report();
         assert_eq!(next.routes[0].requests, 1);
         assert_eq!(next.routes[0].latency, Buckets::default(), "no new latency observed");
@@ -714,7 +775,7 @@ mod tests {
             endpoints: vec![e.clone()],
             gateways: vec![gateway("chat", "key-1", vec![member(&e, true, 0, 1)])],
         };
-        let store = SnapshotStore::with_metrics(Arc::new(Metrics::new(false)));
+        let store = SnapshotStore::with_metrics(Arc::new(Metrics::new(false, 2)));
         assert!(store.swap_if_newer(RoutingTable::compile(&snapshot).expect("compiles")));
         let table = store.load();
         assert!(table.gateways()[0].metrics.is_none());

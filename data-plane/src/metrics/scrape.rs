@@ -16,8 +16,8 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
 use super::{
-    ATTEMPT_OUTCOMES, GEN_AI_OPERATIONS, GatewayMetrics, Histogram, LOCAL_RESPONSES, Metrics,
-    OPERATIONS, OperationMetrics, RouteMetrics,
+    ATTEMPT_OUTCOMES, GEN_AI_OPERATIONS, GatewayMetrics, Histogram, LOCAL_RESPONSES, Merged,
+    Metrics, OPERATIONS, OperationMetrics, RouteMetrics,
 };
 use crate::health::HealthRegistry;
 use crate::proxy::connection::ConnectionStats;
@@ -124,9 +124,14 @@ fn gauge_f64(
 
 fn histogram(
     encoder: prometheus_client::encoding::MetricEncoder<'_>,
-    h: &&Histogram,
+    h: &Merged,
 ) -> std::fmt::Result {
     h.encode(encoder)
+}
+
+/// One histogram over every serving thread's copy, when anything was observed.
+fn merged<'a>(parts: impl IntoIterator<Item = &'a Histogram>) -> Option<Merged> {
+    Merged::of(parts).filter(|m| m.count() > 0)
 }
 
 const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
@@ -159,35 +164,41 @@ impl Collector for Scrape {
                 ("endpoint", &*labels.endpoint),
                 ("region", &*labels.region),
             ];
-            for (op, m) in route.operations.iter().enumerate() {
-                let Some(m): Option<&OperationMetrics> = m.get().map(|b| &**b) else { continue };
-                for (class, count) in m.status.iter().enumerate() {
-                    let count = load(count);
+            for op in 0..OPERATIONS.len() {
+                let parts: Vec<&OperationMetrics> = route.operations(op).collect();
+                if parts.is_empty() {
+                    continue;
+                }
+                for (class, class_label) in STATUS_CLASSES.iter().enumerate() {
+                    let count: u64 = parts.iter().map(|m| load(&m.status[class])).sum();
                     if count > 0 {
                         let mut l = base.to_vec();
                         l.push(("operation", OPERATIONS[op]));
-                        l.push(("status_class", STATUS_CLASSES[class]));
+                        l.push(("status_class", class_label));
                         requests.push((l, count));
                     }
                 }
                 let mut l = base.to_vec();
                 l.push(("gen_ai_operation_name", GEN_AI_OPERATIONS[op]));
-                if m.duration.count() > 0 {
-                    durations.push((l.clone(), &m.duration));
+                if let Some(h) = merged(parts.iter().map(|m| &m.duration)) {
+                    durations.push((l.clone(), h));
                 }
-                if m.ttft.count() > 0 {
-                    ttfts.push((l.clone(), &m.ttft));
+                if let Some(h) = merged(parts.iter().map(|m| &m.ttft)) {
+                    ttfts.push((l.clone(), h));
                 }
-                if m.token_time.count() > 0 {
-                    token_times.push((l.clone(), &m.token_time));
+                if let Some(h) = merged(parts.iter().map(|m| &m.token_time)) {
+                    token_times.push((l.clone(), h));
                 }
-                if m.input_tokens.count() > 0 {
-                    let mut input = l.clone();
-                    input.push(("gen_ai_token_type", "input"));
-                    tokens.push((input, &m.input_tokens));
-                    let mut output = l;
-                    output.push(("gen_ai_token_type", "output"));
-                    tokens.push((output, &m.output_tokens));
+                if let Some(input) = merged(parts.iter().map(|m| &m.input_tokens)) {
+                    let output = Merged::of(parts.iter().map(|m| &m.output_tokens));
+                    let mut input_labels = l.clone();
+                    input_labels.push(("gen_ai_token_type", "input"));
+                    tokens.push((input_labels, input));
+                    if let Some(output) = output {
+                        let mut output_labels = l;
+                        output_labels.push(("gen_ai_token_type", "output"));
+                        tokens.push((output_labels, output));
+                    }
                 }
             }
         }
@@ -212,17 +223,17 @@ impl Collector for Scrape {
             for (i, outcome) in ATTEMPT_OUTCOMES.iter().enumerate() {
                 let mut l = base.to_vec();
                 l.push(("outcome", outcome));
-                let tried = load(&route.attempts[i]);
+                let tried = route.attempts(i);
                 if tried > 0 {
                     attempts.push((l.clone(), tried));
                 }
-                let moved = load(&route.failovers[i]);
+                let moved = route.failovers(i);
                 if moved > 0 {
                     failovers.push((l, moved));
                 }
             }
-            if route.ttfb.count() > 0 {
-                ttfbs.push((base.to_vec(), &route.ttfb));
+            if let Some(h) = merged(route.shards.iter().map(|s| &s.ttfb)) {
+                ttfbs.push((base.to_vec(), h));
             }
         }
         family(
@@ -298,7 +309,7 @@ impl Collector for Scrape {
         }
         for (gateway, name) in &all_gateways {
             for (i, (reason, _)) in LOCAL_RESPONSES.iter().enumerate() {
-                let count = load(&gateway.local[i]);
+                let count = gateway.locals(i);
                 if count > 0 {
                     // Before a key named a gateway there is none: the label is left out (an
                     // empty label is the same to Prometheus, not to every parser).
@@ -311,8 +322,8 @@ impl Collector for Scrape {
                     local.push((labels, count));
                 }
             }
-            if gateway.overhead.count() > 0 {
-                overheads.push((vec![("gateway", *name)], &gateway.overhead));
+            if let Some(h) = merged(gateway.shards.iter().map(|s| &s.overhead)) {
+                overheads.push((vec![("gateway", *name)], h));
             }
         }
         family(

@@ -5,6 +5,7 @@
 //! `x-modelgw-attempts` list.
 
 use std::fmt::Write as _;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use http::{HeaderValue, Response, StatusCode};
@@ -14,8 +15,9 @@ use super::attempt::{Outcome, Side};
 use super::relay::Committed;
 use super::upstream::RequestPlan;
 use super::{ATTEMPTS_HEADER, Proxy, ProxyBody, Tally, reply};
+use crate::balance::Candidate;
 use crate::health::{GatewayState, HealthEvent, HealthRegistry, Unavailable, gateway_state};
-use crate::metrics::skip_index;
+use crate::metrics::{RouteMetrics, skip_index};
 use crate::routing_table::{CompiledEndpoint, CompiledGateway};
 
 /// Most times one request waits for a recovery (`routing.wait_for_recovery`) before giving
@@ -38,7 +40,7 @@ impl Proxy {
         plan: &mut RequestPlan<'_>,
         gateway: &CompiledGateway,
         deadline: Instant,
-        tally: &mut Tally,
+        tally: &mut Tally<'_>,
     ) -> Response<ProxyBody> {
         let rid = plan.request_id;
         let mut attempts = String::new();
@@ -66,8 +68,8 @@ impl Proxy {
                 let mut admission = match admitted {
                     Ok(admission) => admission,
                     Err(skip) => {
-                        if let Some(counters) = &candidate.metrics {
-                            counters.attempt(skip_index(skip.as_str()), false);
+                        if let Some(counters) = member_metrics(gateway, candidate) {
+                            counters.attempt(self.shard, skip_index(skip.as_str()), false);
                         }
                         log_skip(rid, endpoint, skip);
                         note(&mut attempts, endpoint, &format!("skipped_{}", skip.as_str()), 0);
@@ -85,12 +87,13 @@ impl Proxy {
                 let now = Instant::now();
                 tally.waited += now - started;
                 let ms = (now - started).as_millis() as u64;
-                let counters = candidate.metrics.as_deref();
+                let member = member_metrics(gateway, candidate);
+                let counters = member.map(|m| &**m);
                 match result {
                     Ok(answer) => {
                         if let Some(counters) = counters {
-                            counters.attempt(answer.outcome.index(), false);
-                            counters.time_to_first_byte(answer.ttfb);
+                            counters.attempt(self.shard, answer.outcome.index(), false);
+                            counters.time_to_first_byte(self.shard, answer.ttfb);
                         }
                         if let Some(quota) = endpoint.metrics.get() {
                             quota.remaining(&answer.headers);
@@ -109,17 +112,21 @@ impl Proxy {
                         }
                         self.health.record_headroom(endpoint.id, &answer.headers, now);
                         note(&mut attempts, endpoint, answer.outcome.label(), ms);
-                        let accounting = candidate.metrics.clone();
                         return self.pass_through(
                             plan,
                             *answer,
                             endpoint,
-                            Committed { admission, accounting, deadline, attempts: &attempts },
+                            Committed {
+                                admission,
+                                accounting: member,
+                                deadline,
+                                attempts: &attempts,
+                            },
                         );
                     }
                     Err(error) if error.may_fail_over() => {
                         if let Some(counters) = counters {
-                            counters.attempt(error.outcome.index(), true);
+                            counters.attempt(self.shard, error.outcome.index(), true);
                         }
                         log_attempt(&tried, error.outcome, error.status, ms, &error.reason);
                         note(&mut attempts, endpoint, error.label(), ms);
@@ -131,7 +138,7 @@ impl Proxy {
                     // Nothing to pass on and no other endpoint may answer: the deadline.
                     Err(error) => {
                         if let Some(counters) = counters {
-                            counters.attempt(error.outcome.index(), false);
+                            counters.attempt(self.shard, error.outcome.index(), false);
                         }
                         log_attempt(&tried, error.outcome, error.status, ms, &error.reason);
                         note(&mut attempts, endpoint, error.label(), ms);
@@ -308,6 +315,16 @@ fn log_skip(rid: &str, endpoint: &CompiledEndpoint, skip: Unavailable) {
         wait_ms = wait_ms.map(|w| w.as_millis() as u64),
         "endpoint skipped"
     );
+}
+
+/// The counters of a candidate's (gateway, endpoint) pair, by reference (`None` with
+/// metrics off).
+#[inline]
+fn member_metrics<'g>(
+    gateway: &'g CompiledGateway,
+    candidate: &Candidate,
+) -> Option<&'g Arc<RouteMetrics>> {
+    gateway.groups.get(candidate.group)?.members.get(candidate.member)?.metrics.as_ref()
 }
 
 /// Appends `<endpoint>:<outcome>:<ms>` to the `x-modelgw-attempts` list.

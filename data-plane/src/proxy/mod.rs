@@ -116,14 +116,17 @@ pub(crate) struct Proxy {
     pub failed_auths: Arc<FailedAuths>,
     /// What the request path counts (shared by every serving thread).
     pub metrics: Arc<Metrics>,
+    /// This serving thread's shard of every counter (its index among the serving threads).
+    pub shard: usize,
 }
 
 /// What a request's accounting needs, filled in as it goes; recorded once its answer's head
 /// is ready.
 #[derive(Default)]
-pub(super) struct Tally {
-    /// The gateway's counters, once the key named it (and metrics are on).
-    gateway: Option<Arc<GatewayMetrics>>,
+pub(super) struct Tally<'t> {
+    /// The gateway's counters, once the key named it (and metrics are on); borrowed from the
+    /// routing table the request holds.
+    gateway: Option<&'t GatewayMetrics>,
     /// Why the gateway answered itself, where the status alone does not say.
     local: Option<Local>,
     /// An endpoint's answer was passed on (not a local answer).
@@ -165,21 +168,29 @@ impl Proxy {
         let started = Instant::now();
         let mut gateway = None;
         let mut tally = Tally::default();
+        let table = self.store.load();
         // Boxed: the request's future (body read, failover, upstream exchange) is kilobytes,
         // and unboxed every future around it — up to the one hyper stores per request — has
         // its size and is copied whole when it is created and moved; one allocation is cheaper.
         let mut response = Box::pin(
-            self.serve(&parts, body, route, peer, &request_id, started, &mut gateway, &mut tally)
-                .instrument(span.clone()),
+            self.serve(
+                &parts,
+                body,
+                Context { route, peer, request_id: &request_id, started, table: &table },
+                &mut gateway,
+                &mut tally,
+            )
+            .instrument(span.clone()),
         )
         .await;
         if self.metrics.enabled() {
-            let counters = tally.gateway.as_deref().unwrap_or(&self.metrics.unrouted);
+            let counters = tally.gateway.unwrap_or(&self.metrics.unrouted);
             if !tally.served {
                 let status = response.status().as_u16();
-                counters.local(tally.local.unwrap_or_else(|| Local::of_status(status)));
+                let why = tally.local.unwrap_or_else(|| Local::of_status(status));
+                counters.local(self.shard, why);
             }
-            counters.overhead(started.elapsed().saturating_sub(tally.waited));
+            counters.overhead(self.shard, started.elapsed().saturating_sub(tally.waited));
         }
         response.headers_mut().entry(CLIENT_REQUEST_ID).or_insert(request_id);
         let ms = started.elapsed().as_millis() as u64;
@@ -189,18 +200,15 @@ impl Proxy {
 
     /// Everything between the request's head and its answer: the gateway it may use, its
     /// body, its deadline, then failover across the gateway's endpoints.
-    #[allow(clippy::too_many_arguments)]
-    async fn serve(
+    async fn serve<'t>(
         &self,
         parts: &Parts,
         body: Incoming,
-        route: Route<'_>,
-        peer: Option<IpAddr>,
-        request_id: &HeaderValue,
-        started: Instant,
+        context: Context<'_, 't>,
         gateway_name: &mut Option<String>,
-        tally: &mut Tally,
+        tally: &mut Tally<'t>,
     ) -> Response<ProxyBody> {
+        let Context { route, peer, request_id, started, table } = context;
         // Lines logged before the answer carry the request id themselves: the `request` span
         // is debug-level, so at `info` they have no span context.
         let rid = request_id.to_str().unwrap_or_default();
@@ -219,12 +227,11 @@ impl Proxy {
             tally.local = Some(Local::AuthLimited);
             return reply::too_many_failed_authentications(wait);
         }
-        let table = self.store.load();
         if table.version().0 == 0 {
             tally.local = Some(Local::NotReady);
             return reply::not_ready();
         }
-        let (gateway, key) = match auth::gateway_for_key(&table, &parts.headers, rid) {
+        let (gateway, key) = match auth::gateway_for_key(table, &parts.headers, rid) {
             Ok(found) => found,
             Err(refusal) => {
                 self.failed_auths.record(peer, started);
@@ -234,7 +241,7 @@ impl Proxy {
                 return refusal.response();
             }
         };
-        tally.gateway.clone_from(&gateway.metrics);
+        tally.gateway = gateway.metrics.as_deref();
         Span::current().record("gateway", gateway.name.as_str());
         *gateway_name = Some(gateway.name.clone());
         if let Err(refusal) = auth::check_deployment(call, gateway, rid) {
@@ -313,6 +320,16 @@ impl Proxy {
         debug!(timeout_ms = timeout.as_millis() as u64, "request deadline");
         self.forward(&mut plan, gateway, started + timeout, tally).await
     }
+}
+
+/// What `serve` is given about the request besides its head and body.
+struct Context<'r, 't> {
+    route: Route<'r>,
+    peer: Option<IpAddr>,
+    request_id: &'r HeaderValue,
+    started: Instant,
+    /// The routing table, loaded once for the whole request.
+    table: &'t crate::routing_table::RoutingTable,
 }
 
 /// Whether the request's API version accepts `stream_options` (Azure added it in

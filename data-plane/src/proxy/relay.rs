@@ -37,7 +37,7 @@ const STREAM_ERROR_FLUSH_GRACE: Duration = Duration::from_millis(100);
 /// ends, the pair's counters, the request's deadline and its `x-modelgw-attempts` list.
 pub(super) struct Committed<'a> {
     pub(super) admission: Admission,
-    pub(super) accounting: Option<Arc<RouteMetrics>>,
+    pub(super) accounting: Option<&'a Arc<RouteMetrics>>,
     pub(super) deadline: Instant,
     pub(super) attempts: &'a str,
 }
@@ -56,8 +56,9 @@ impl Proxy {
         let Committed { admission, accounting, deadline, attempts } = committed;
         let Answer { status, headers, ahead, body, .. } = answer;
         let operation = plan.call.operation.index();
-        if let Some(counters) = &accounting {
-            counters.answered(operation, status.as_u16());
+        let shard = self.shard;
+        if let Some(counters) = accounting {
+            counters.answered(shard, operation, status.as_u16());
         }
         // An encoded (e.g. gzip) stream cannot be framed, nor an error event appended to it:
         // relayed as it comes, aborted on failure.
@@ -66,19 +67,21 @@ impl Proxy {
             // Read whole before the commit (a chat or embeddings answer): nothing left that
             // could fail, nothing to frame; its frames go out as they are.
             drop(body);
-            if let Some(counters) = &accounting {
+            if let Some(counters) = accounting {
                 let usage = if status.is_success() && !is_encoded(&headers) {
                     usage::usage_of_frames(ahead.frames.iter())
                 } else {
                     None
                 };
                 let elapsed = plan.started.elapsed();
-                counters.finished(operation, &Finished { elapsed, usage, ..Finished::default() });
+                let end = Finished { elapsed, usage, ..Finished::default() };
+                counters.finished(shard, operation, &end);
             }
             BodyExt::boxed(ReadWhole { frames: ahead.frames, _admission: admission })
         } else {
             let tally = accounting.map(|route| StreamTally {
-                route,
+                route: Arc::clone(route),
+                shard,
                 operation,
                 started: plan.started,
                 usage: usage::StreamUsage::new(plan.strip_usage),
@@ -138,6 +141,8 @@ impl Drop for OpenStream {
 /// dropped by a client that went away.
 struct StreamTally {
     route: Arc<RouteMetrics>,
+    /// The serving thread's shard of the counters.
+    shard: usize,
     operation: usize,
     started: Instant,
     usage: usage::StreamUsage,
@@ -168,7 +173,7 @@ impl StreamTally {
             usage: self.usage.usage,
             cut,
         };
-        self.route.finished(self.operation, &end);
+        self.route.finished(self.shard, self.operation, &end);
     }
 }
 
