@@ -48,6 +48,7 @@ pub use crate::control_plane_client::{
     ClientCertFiles, ControlPlaneTrust, HEARTBEAT_INTERVAL, TokenSource, TrustError,
 };
 pub use crate::proxy::connection::ConnectionStats;
+pub use crate::proxy::trace_context::RequestTracer;
 
 /// Default request-body limit: 32 MiB. Bodies are held in memory so they can be re-sent on
 /// failover; 32 MiB covers Azure's largest inputs (25 MB audio files plus multipart framing,
@@ -208,6 +209,11 @@ pub struct DataPlaneConfig {
     /// `MODELGW_FORWARD_CLIENT_ADDRESS_HEADERS`: forward the client's `X-Forwarded-*` and
     /// `Forwarded` headers upstream. Off by default.
     pub forward_client_address_headers: bool,
+    /// OpenTelemetry spans for each request and upstream attempt, with W3C trace context
+    /// taken from the client and passed to the upstream (the binary sets it when an OTLP
+    /// endpoint is configured). `None` (default): no span is made, the client's
+    /// `traceparent` goes upstream as it came.
+    pub tracer: Option<RequestTracer>,
 }
 
 impl Default for DataPlaneConfig {
@@ -239,6 +245,7 @@ impl Default for DataPlaneConfig {
             failed_auth_limit: None,
             allow_loopback_upstreams: false,
             forward_client_address_headers: false,
+            tracer: None,
         }
     }
 }
@@ -427,6 +434,7 @@ impl DataPlane {
                 entra: Arc::clone(&entra),
                 limits: limits.clone(),
                 failed_auths: Arc::clone(&failed_auths),
+                tracer: config.tracer.clone(),
             })
             .collect();
         info!(

@@ -12,7 +12,7 @@ use tracing::{debug, info, warn};
 
 use super::attempt::{Outcome, Side};
 use super::upstream::RequestPlan;
-use super::{ATTEMPTS_HEADER, Proxy, ProxyBody, reply};
+use super::{ATTEMPTS_HEADER, Proxy, ProxyBody, reply, trace_context};
 use crate::health::{GatewayState, HealthEvent, HealthRegistry, Unavailable, gateway_state};
 use crate::routing_table::{CompiledEndpoint, CompiledGateway};
 
@@ -75,7 +75,9 @@ impl Proxy {
                 attempt += 1;
                 let tried = Tried { rid, endpoint, attempt, trial: admission.is_trial() };
                 let started = Instant::now();
+                let span = trace_context::attempt_started(plan, endpoint, &gateway.name);
                 let result = self.attempt(plan, endpoint, deadline).await;
+                trace_context::attempt_finished(plan, span, endpoint, &result);
                 let ms = started.elapsed().as_millis() as u64;
                 let now = Instant::now();
                 match result {

@@ -28,7 +28,8 @@
 //! came to: `Outcome`, `AttemptError`), `upstream` + `rewrite` (the request each endpoint
 //! gets), `upstream_client` (the pooled hyper client, its connect-time address guard in `egress`),
 //! `relay` + `sse` (streaming a committed answer; bounded SSE framing), `reply` (the gateway's
-//! own answers), `access_log` (the line per request).
+//! own answers), `access_log` (the line per request), `trace_context` (OpenTelemetry spans
+//! and W3C trace context, when tracing is on).
 
 mod access_log;
 mod attempt;
@@ -49,6 +50,7 @@ mod rewrite;
 mod route;
 pub(crate) mod server;
 mod sse;
+pub(crate) mod trace_context;
 mod upstream;
 pub(crate) mod upstream_client;
 
@@ -112,6 +114,8 @@ pub(crate) struct Proxy {
     pub limits: Limits,
     /// Failed authentications per client address (shared by every serving thread).
     pub failed_auths: Arc<FailedAuths>,
+    /// Spans for requests and attempts (`trace_context`); `None`: tracing off, no cost.
+    pub tracer: Option<trace_context::RequestTracer>,
 }
 
 impl Proxy {
@@ -145,19 +149,20 @@ impl Proxy {
             status = field::Empty,
         );
         let started = Instant::now();
+        let mut trace = trace_context::start(self.tracer.as_ref(), &parts, &route);
         let mut gateway = None;
         // Boxed: the request's future (body read, failover, upstream exchange) is kilobytes,
         // and unboxed every future around it — up to the one hyper stores per request — has
         // its size and is copied whole when it is created and moved; one allocation is cheaper.
         let mut response = Box::pin(
-            self.serve(&parts, body, route, peer, &request_id, started, &mut gateway)
+            self.serve(&parts, body, route, peer, &request_id, started, &mut gateway, &mut trace)
                 .instrument(span.clone()),
         )
         .await;
         response.headers_mut().entry(CLIENT_REQUEST_ID).or_insert(request_id);
         let ms = started.elapsed().as_millis() as u64;
         access_log::log_request(&span, &parts, gateway.as_deref(), &response, ms);
-        response
+        trace_context::finish(trace, gateway.as_deref(), response)
     }
 
     /// Everything between the request's head and its answer: the gateway it may use, its
@@ -172,6 +177,7 @@ impl Proxy {
         request_id: &HeaderValue,
         started: Instant,
         gateway_name: &mut Option<String>,
+        trace: &mut Option<Box<trace_context::RequestTrace>>,
     ) -> Response<ProxyBody> {
         // Lines logged before the answer carry the request id themselves: the `request` span
         // is debug-level, so at `info` they have no span context.
@@ -254,6 +260,7 @@ impl Proxy {
             client_scoped_auth,
             body,
             model,
+            trace: trace.as_deref_mut(),
         };
         let timeout = deadline::request_timeout(
             gateway.routing.request_timeout_ms,

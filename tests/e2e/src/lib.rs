@@ -20,6 +20,8 @@
 
 /// Headless Chromium over WebDriver, for the console's browser tests.
 pub mod browser;
+/// An OTLP trace receiver, for the trace tests.
+pub mod otlp;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
