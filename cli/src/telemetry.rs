@@ -22,7 +22,7 @@ use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing::Subscriber;
-use tracing_subscriber::filter::LevelFilter;
+use tracing_subscriber::filter::{LevelFilter, Targets};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt;
@@ -132,7 +132,7 @@ pub fn init(service: &'static str, export: SpanExport) -> anyhow::Result<Telemet
         // not flood the collector).
         Some(bridge) => tracing_subscriber::registry()
             .with(fmt_layer(json, writer).with_filter(filter))
-            .with(bridge.with_filter(LevelFilter::INFO))
+            .with(bridge.with_filter(exported_spans()))
             .try_init()?,
         None => {
             tracing_subscriber::registry().with(filter).with(fmt_layer(json, writer)).try_init()?
@@ -159,6 +159,24 @@ pub fn init(service: &'static str, export: SpanExport) -> anyhow::Result<Telemet
         }
     });
     Ok(TelemetryGuard { provider, reporter, _writer: writer_guard })
+}
+
+/// Which `tracing` spans (and events, which become span events) are exported: `info` and
+/// above, but nothing of the exporter's own stack — a span it made while exporting would be
+/// exported in turn.
+fn exported_spans() -> Targets {
+    Targets::new().with_default(LevelFilter::INFO).with_targets(
+        [
+            "opentelemetry",
+            "opentelemetry_sdk",
+            "opentelemetry_otlp",
+            "tonic",
+            "h2",
+            "hyper",
+            "tower",
+        ]
+        .map(|target| (target, LevelFilter::OFF)),
+    )
 }
 
 /// The log-line layer: JSON, coloured text for a person at a terminal, or plain text.

@@ -16,7 +16,8 @@
 //! priority spillover, `weighted` and `fastest` per gateway), `proxy` (hyper server and the
 //! request path: one deadline per request, failover before the first byte — for non-streamed
 //! answers before the whole (bounded) body was read —, SSE error events after it, waiting for
-//! recovery), [`apply`] (what the control plane sends, applied in domain form: snapshots with
+//! recovery; OpenTelemetry spans per request and attempt when [`DataPlaneConfig::tracer`] is
+//! set), [`apply`] (what the control plane sends, applied in domain form: snapshots with
 //! ACK/NACK, fleet health) and `control_plane_client` (the gRPC transport to the control
 //! plane: the only module that sees wire types).
 
