@@ -66,8 +66,8 @@ measure() {
     # A plaintext distribution port: the measurement is the request path, and binaries from
     # before the port's TLS (which ignore these variables) speak plaintext anyway.
     MODELGW_DATABASE_URL="sqlite://$TMP/cp-$tag.db" MODELGW_ADMIN_ADDR=127.0.0.1:0 \
-        MODELGW_GRPC_ADDR=127.0.0.1:0 MODELGW_ADMIN_TOKEN="$token" RUST_LOG=warn \
-        MODELGW_INSECURE_GRPC=true \
+        MODELGW_GRPC_ADDR=127.0.0.1:0 MODELGW_METRICS_ADDR=127.0.0.1:0 \
+        MODELGW_ADMIN_TOKEN="$token" RUST_LOG=warn MODELGW_INSECURE_GRPC=true \
         "$bin" control-plane >"$TMP/cp.$tag.out" 2>"$TMP/cp.$tag.err" &
     PIDS+=($!)
     local admin grpc

@@ -2,12 +2,13 @@
 # The test command (README): builds everything and runs every test of the workspace —
 # unit, store (SQLite and PostgreSQL), admin API, data plane, and the end-to-end scenarios
 # over real processes, including the official openai Python SDK against the gateway and the
-# Admin Console in headless Chromium; then
+# Admin Console in headless Chromium; the Grafana dashboard against Grafana's schema; then
 # schemathesis holds the admin API of a real control plane to its OpenAPI document.
 #
 # Needs: PostgreSQL on 127.0.0.1:5432 (trust auth; override with MODELGW_TEST_POSTGRES_URL) and
 # python3 with venv (the openai SDK and schemathesis are installed into cached virtualenvs);
-# chromium and chromium-driver are installed with apt-get when missing.
+# chromium and chromium-driver are installed with apt-get when missing, as are node and npm
+# (the dashboard's schema check installs @grafana/schema and typescript into a cached prefix).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -42,6 +43,9 @@ if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; the
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends chromium chromium-driver >/dev/null
 fi
+
+# The Grafana dashboard (deploy/grafana/) against Grafana's own schema; a few seconds.
+bash tests/grafana/run.sh
 
 # cargo-nextest runs the scenarios as .config/nextest.toml says (the process-level ones one at a
 # time); `cargo test` would run them all at once and measure contention, not the gateway. Install

@@ -38,6 +38,7 @@ mod me;
 pub mod oidc;
 mod openapi;
 mod problem;
+mod request_metrics;
 mod status;
 mod trace;
 mod validate;
@@ -213,6 +214,7 @@ const API_PREFIX: &str = "/api/v1";
 
 /// The admin API: every route under `/api/v1`, ready to serve.
 pub fn router(state: AdminState) -> Router {
+    let metrics = state.store.metrics().clone();
     let mut protected = Router::new();
     for route in protected_routes() {
         let handler = route.handler.route_layer(from_fn_with_state(route.role, require_role));
@@ -233,6 +235,7 @@ pub fn router(state: AdminState) -> Router {
         .fallback(route_not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(from_fn(trace::trace_request))
+        .layer(from_fn_with_state(metrics, request_metrics::count_request))
 }
 
 async fn route_not_found() -> ApiError {

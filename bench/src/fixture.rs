@@ -42,16 +42,20 @@ pub enum Row {
     Floor,
     Nginx,
     Gateway,
+    /// The same gateway configuration through a second data plane with
+    /// `MODELGW_METRICS_ADDR=off`: the request path's accounting costs the difference.
+    GatewayMetricsOff,
 }
 
 impl Row {
-    pub const ALL: [Row; 3] = [Row::Floor, Row::Nginx, Row::Gateway];
+    pub const ALL: [Row; 4] = [Row::Floor, Row::Nginx, Row::Gateway, Row::GatewayMetricsOff];
 
     pub fn name(self) -> &'static str {
         match self {
             Row::Floor => "floor",
             Row::Nginx => "nginx",
             Row::Gateway => "gateway",
+            Row::GatewayMetricsOff => "gateway, metrics off",
         }
     }
 }
@@ -99,6 +103,9 @@ pub struct Fixture {
     /// The data plane's stderr (its logs).
     pub data_plane_log: PathBuf,
     gateway_url: String,
+    /// The data plane with metrics off (same snapshot), and its gateway URL.
+    pub quiet_data_plane: Modelgw,
+    quiet_url: String,
     keys: Keys,
 }
 
@@ -124,6 +131,7 @@ pub async fn start_control_plane(
         ("MODELGW_DATABASE_URL", format!("sqlite://{}", dir.join(db_name).display())),
         ("MODELGW_ADMIN_ADDR", "127.0.0.1:0".to_owned()),
         ("MODELGW_GRPC_ADDR", "127.0.0.1:0".to_owned()),
+        ("MODELGW_METRICS_ADDR", "127.0.0.1:0".to_owned()),
         ("MODELGW_ADMIN_TOKEN", admin_token.to_owned()),
         ("MODELGW_MASTER_KEY", MASTER_KEY_B64.to_owned()),
     ];
@@ -221,6 +229,17 @@ impl Fixture {
         )
         .await?;
         let gateway_url = data_plane.field("gateway")?.to_owned();
+        let mut quiet_env = filter.clone();
+        quiet_env.push(("MODELGW_METRICS_ADDR", "off".to_owned()));
+        let quiet_data_plane = start_data_plane(
+            bin,
+            control_plane.field("grpc")?,
+            "bench-dp-quiet",
+            &quiet_env,
+            Logs::File(&dir.join("data-plane-quiet.log")),
+        )
+        .await?;
+        let quiet_url = quiet_data_plane.field("gateway")?.to_owned();
 
         let mut key_for = Vec::new();
         for (gateway, deployment) in
@@ -237,7 +256,8 @@ impl Fixture {
         let [chat, stream, slow]: [String; 3] =
             key_for.try_into().map_err(|_| anyhow::anyhow!("three keys"))?;
         let version = admin.config_version().await?;
-        admin.wait_for_applied(&["bench-dp"], version, Duration::from_secs(15)).await?;
+        let nodes = ["bench-dp", "bench-dp-quiet"];
+        admin.wait_for_applied(&nodes, version, Duration::from_secs(15)).await?;
         Ok(Fixture {
             upstreams,
             proxy,
@@ -245,6 +265,8 @@ impl Fixture {
             data_plane,
             data_plane_log,
             gateway_url,
+            quiet_data_plane,
+            quiet_url,
             keys: Keys { chat, stream, slow },
         })
     }
@@ -261,8 +283,8 @@ impl Fixture {
         let (chat_url, stream_url, slow_url) = match row {
             Row::Floor => upstream_paths(self.upstreams[0].base_url()),
             Row::Nginx => upstream_paths(self.proxy.base_url()),
-            Row::Gateway => {
-                let base = &self.gateway_url;
+            Row::Gateway | Row::GatewayMetricsOff => {
+                let base = if row == Row::Gateway { &self.gateway_url } else { &self.quiet_url };
                 (
                     format!("{base}/openai/deployments/bench/chat/completions{q}"),
                     format!("{base}/openai/deployments/bench-stream/chat/completions{q}"),
@@ -288,6 +310,7 @@ impl Fixture {
             Row::Floor => self.upstreams[0].pids(),
             Row::Nginx => self.proxy.pids(),
             Row::Gateway => vec![self.data_plane.proc.pid()],
+            Row::GatewayMetricsOff => vec![self.quiet_data_plane.proc.pid()],
         }
     }
 
@@ -298,6 +321,7 @@ impl Fixture {
         }
         self.proxy.proc.ensure_running()?;
         self.control_plane.proc.ensure_running()?;
+        self.quiet_data_plane.proc.ensure_running()?;
         self.data_plane
             .proc
             .ensure_running()

@@ -356,6 +356,8 @@ pub async fn spawn_modelgw(
         .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
         // The benchmark's upstreams (nginx, mocks) listen on 127.0.0.1.
         .env("MODELGW_ALLOW_LOOPBACK_UPSTREAMS", "true")
+        // Metrics on (the production default) on a free port; a run may turn them off.
+        .env("MODELGW_METRICS_ADDR", "127.0.0.1:0")
         .env("MODELGW_LOG_FORMAT", "text")
         .env("NO_COLOR", "1");
     let log_path = match logs {

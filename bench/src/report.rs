@@ -152,6 +152,19 @@ pub fn targets(r: &Results) -> Vec<TargetLine> {
             Goal::AtMost(2.0),
             fmt_opt_secs,
         ));
+        // The request path's accounting (metrics, token usage, statistics): the same gateway
+        // through a data plane with it off, in the same rounds.
+        let quiet = load.summary(Row::GatewayMetricsOff);
+        let r = ratio(gw.cpu_per_req, quiet.cpu_per_req);
+        let goal = Goal::AtMost(1.05);
+        lines.push(TargetLine {
+            metric: "CPU time per request, metrics on vs off (64 conns)".into(),
+            measured: fmt_opt_secs(gw.cpu_per_req),
+            baseline: format!("metrics off {}", fmt_opt_secs(quiet.cpu_per_req)),
+            ratio: r,
+            goal: goal.show(" × metrics off"),
+            met: goal.met(r),
+        });
     }
     if let Some(mem) = &r.memory {
         if let Some(idle) = mem.idle_before_load {

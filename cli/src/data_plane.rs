@@ -15,6 +15,8 @@ use modelgw_data_plane::{
 };
 use modelgw_model::{DEFAULT_ENTRA_SCOPE, Secret};
 
+use crate::metrics_server::{ListenAddr, parse_listen_addr};
+
 /// The environment variable that may hold the join token itself (there is no flag: a secret on
 /// the command line shows in `ps` and in shell history).
 pub(crate) const TOKEN_ENV: &str = "MODELGW_DATA_PLANE_TOKEN";
@@ -28,6 +30,11 @@ pub struct Args {
     /// Listen address of the gateway (the Gateway URL apps call).
     #[arg(long, env = "MODELGW_GATEWAY_ADDR", default_value = "127.0.0.1:4001")]
     pub gateway_addr: SocketAddr,
+    /// Where Prometheus metrics are served (`GET /metrics`), never on the gateway's own
+    /// address; `off` also stops the request path's counting (and the statistics the Admin
+    /// Console charts).
+    #[arg(long, env = "MODELGW_METRICS_ADDR", default_value = "127.0.0.1:4003", value_parser = parse_listen_addr)]
+    pub metrics_addr: ListenAddr,
     /// gRPC URL of the control plane's distribution service (https://; http:// only with
     /// --insecure-control-plane).
     #[arg(long, env = "MODELGW_CONTROL_PLANE_URL", default_value = "https://127.0.0.1:4002")]
@@ -157,6 +164,8 @@ impl Args {
             request_timeout: self.request_timeout.unwrap_or(defaults.request_timeout),
             stream_idle_timeout: self.stream_idle_timeout.unwrap_or(defaults.stream_idle_timeout),
             workers: self.workers.map_or(defaults.workers, usize::from),
+            metrics_enabled: self.metrics_addr.0.is_some(),
+            metrics_addr: self.metrics_addr.0,
             ..defaults
         };
         self.edge.apply(config)
@@ -214,10 +223,14 @@ pub async fn run(
         .with_context(|| format!("starting the data plane (gateway on {})", args.gateway_addr))?;
     let addr = dp.local_addr();
     tracing::info!(%addr, node_id, control_plane = %args.control_plane_url, "data plane listening");
-    crate::stdout::print_ready(
-        "data-plane",
-        &[("gateway", format!("http://{addr}")), ("node_id", node_id)],
-    );
+    let mut ready = vec![("gateway", format!("http://{addr}")), ("node_id", node_id)];
+    match dp.metrics_addr() {
+        Some(metrics) => ready.push(("metrics", format!("http://{metrics}/metrics"))),
+        None => {
+            tracing::warn!("MODELGW_METRICS_ADDR=off: no metrics, no statistics for the console")
+        }
+    }
+    crate::stdout::print_ready("data-plane", &ready);
     dp.run(shutdown).await.context("data plane")?;
     Ok(())
 }

@@ -59,6 +59,9 @@ pub struct Args {
     pub gateway_addr: SocketAddr,
     #[arg(long, env = "MODELGW_GRPC_ADDR", default_value = "127.0.0.1:4002")]
     pub grpc_addr: SocketAddr,
+    /// The control plane's Prometheus metrics (`GET /metrics`), or `off`.
+    #[arg(long, env = "MODELGW_CONTROL_PLANE_METRICS_ADDR", default_value = control_plane::DEFAULT_METRICS_ADDR, value_parser = crate::metrics_server::parse_listen_addr)]
+    pub control_plane_metrics_addr: crate::metrics_server::ListenAddr,
     /// Directory for the demo's SQLite file and development master key (default: a new
     /// temporary directory, removed on exit).
     #[arg(long)]
@@ -146,6 +149,7 @@ pub async fn run(
         database_url: format!("sqlite://{}", dir.join("modelgw.db").display()),
         admin_addr: args.admin_addr,
         grpc_addr: args.grpc_addr,
+        metrics_addr: args.control_plane_metrics_addr,
         admin_token: Some(admin_token.clone()),
         admin_token_file: None,
         master_key: None,
@@ -159,6 +163,7 @@ pub async fn run(
     let console_gateway_url = cp.console_gateway_url();
     let admin_url = format!("http://{}", cp.admin_addr);
     let grpc_url = cp.grpc_url();
+    let control_plane_metrics = crate::metrics_server::url(cp.metrics_addr);
     let grpc_ca = cp.grpc_dev_ca.clone().context("the control plane's development CA")?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
@@ -190,12 +195,18 @@ pub async fn run(
         request_timeout: None,
         stream_idle_timeout: None,
         workers: None,
+        // Prometheus metrics on a free port (printed below).
+        metrics_addr: crate::metrics_server::ListenAddr(Some(std::net::SocketAddr::from((
+            [127, 0, 0, 1],
+            0,
+        )))),
         // The demo's regions are mocks on 127.0.0.1.
         edge: crate::data_plane::EdgeArgs { allow_loopback_upstreams: true, ..Default::default() },
     };
     let dp_config = modelgw_data_plane::DataPlaneConfig { tracer, ..dp_args.config() };
     let dp = DataPlane::bind(dp_config).await.context("binding the gateway")?;
     let gateway_url = format!("http://{}", dp.local_addr());
+    let dp_metrics = dp.metrics_addr().map(|addr| format!("http://{addr}/metrics"));
     let _ = console_gateway_url.set(gateway_url.clone());
     let dp_task = tokio::spawn(dp.run(stopped(stop_rx)));
 
@@ -280,6 +291,8 @@ Model Gateway demo is ready.
   Gateway URL    {gateway_url}
   Gateway key    {gateway_key}
   Gateway        "{DEMO_DEPLOYMENT}" over 3 mock regions: {regions}
+  Metrics        {metrics}   (Prometheus, the data plane's)
+  CP metrics     {control_plane_metrics}   (Prometheus, the control plane's; Grafana dashboard: deploy/grafana/)
   Data           {dir}
 
 Try it:
@@ -293,6 +306,7 @@ Status of the data planes:  curl -sS {admin_url}/api/v1/status -H 'authorization
 
 Press Ctrl-C to stop."#,
         regions = REGIONS.iter().map(|(d, _, _)| *d).collect::<Vec<_>>().join(", "),
+        metrics = dp_metrics.as_deref().unwrap_or("off"),
         dir = dir.display(),
     );
     crate::stdout::print_ready(
@@ -303,6 +317,7 @@ Press Ctrl-C to stop."#,
             ("console", format!("{admin_url}/")),
             ("gateway_key", gateway_key.clone()),
             ("admin_token", admin_token.clone()),
+            ("control_plane_metrics", control_plane_metrics.clone()),
         ],
     );
 

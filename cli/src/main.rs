@@ -17,6 +17,7 @@ mod demo;
 mod import;
 mod log_line;
 mod log_writer;
+mod metrics_server;
 mod mock_azure;
 mod stdout;
 mod telemetry;

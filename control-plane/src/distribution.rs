@@ -133,7 +133,9 @@ impl Distribution {
         let snapshot = store.load_snapshot().await?;
         let version = snapshot.version;
         let published = Arc::new(PublishedSnapshot::new(snapshot));
-        log_publish(&published, started.elapsed());
+        let build = started.elapsed();
+        store.metrics().snapshot_published(build);
+        log_publish(&published, build);
         let (snapshot_tx, snapshots) = watch::channel(published);
         let (requested_tx, requested_rx) = watch::channel(version);
         let persist = Arc::new(health::PendingWrites::default());
@@ -154,6 +156,7 @@ impl Distribution {
             snapshots: snapshot_tx,
             requested: requested_rx,
             poll_interval: poll_interval.max(MIN_POLL_INTERVAL),
+            metrics: store.metrics().clone(),
         };
         let task =
             tokio::spawn(publisher.run().instrument(tracing::info_span!("config_publisher")));
@@ -177,6 +180,24 @@ impl Distribution {
     /// The version of the snapshot currently being distributed.
     pub fn current_version(&self) -> ConfigVersion {
         self.snapshots.borrow().version()
+    }
+
+    /// The control plane's Prometheus metrics for a `/metrics` scrape: the event instruments
+    /// ([`ControlPlaneMetrics`], from the store) and, read at scrape time, the published
+    /// version and the registry's data planes:
+    /// - `modelgw_config_version`: the version being distributed;
+    /// - `modelgw_connected_data_planes`: data planes with an open stream;
+    /// - `modelgw_data_planes_current`: those of them that applied that version.
+    ///
+    /// Build it once; it is encoded at each scrape.
+    pub fn metrics_registry(&self) -> prometheus_client::registry::Registry {
+        let mut registry = prometheus_client::registry::Registry::default();
+        self.store.metrics().register(&mut registry);
+        registry.register_collector(Box::new(DistributionGauges {
+            snapshots: self.snapshots.clone(),
+            registry: self.registry.clone(),
+        }));
+        registry
     }
 
     /// The published snapshot (always the newest version), for in-process consumers and
@@ -228,6 +249,53 @@ async fn prune_health(store: Store, registry: DataPlaneRegistry) {
                 tracing::warn!(error = %e, "pruning endpoint health failed; retrying at the next interval")
             }
         }
+    }
+}
+
+/// The gauges of [`Distribution::metrics_registry`], read from the published snapshot and the
+/// registry at each scrape (no copy of either is kept in sync).
+struct DistributionGauges {
+    snapshots: watch::Receiver<Arc<PublishedSnapshot>>,
+    registry: DataPlaneRegistry,
+}
+
+impl std::fmt::Debug for DistributionGauges {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DistributionGauges").finish_non_exhaustive()
+    }
+}
+
+impl prometheus_client::collector::Collector for DistributionGauges {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::DescriptorEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        use prometheus_client::encoding::EncodeMetric as _;
+        use prometheus_client::metrics::gauge::ConstGauge;
+        let version = self.snapshots.borrow().version();
+        let (connected, current) = self.registry.connection_counts(version);
+        let gauges = [
+            (
+                "modelgw_config_version",
+                "The configuration version this control plane distributes",
+                version.0,
+            ),
+            (
+                "modelgw_connected_data_planes",
+                "Data planes with an open configuration stream to this control plane",
+                connected as u64,
+            ),
+            (
+                "modelgw_data_planes_current",
+                "Connected data planes that applied the version this control plane distributes",
+                current as u64,
+            ),
+        ];
+        for (name, help, value) in gauges {
+            let gauge = ConstGauge::new(value);
+            gauge.encode(encoder.encode_descriptor(name, help, None, gauge.metric_type())?)?;
+        }
+        Ok(())
     }
 }
 

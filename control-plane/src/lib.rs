@@ -5,12 +5,13 @@
 //! of versioned routing snapshots to data planes over gRPC, with the registry of connected
 //! data planes and the health they report: aggregated per endpoint across the fleet, pushed
 //! to every data plane when it changes, and stored (outside the versioned configuration) so
-//! restarts and other replicas see it.
+//! restarts and other replicas see it; and its Prometheus metrics (`metrics`).
 //!
 //! Never: proxies inference traffic, or lets a secret reach a log line or an error message.
 
 pub mod azure;
 pub mod distribution;
+pub mod metrics;
 pub mod secrets;
 pub mod store;
 
@@ -19,5 +20,6 @@ pub use distribution::{
     DataPlaneStatus, Distribution, DistributionSettings, EndpointHealthView, GrpcSecurity,
     GrpcSettings, LastError, RegistrationLimits, TlsFiles,
 };
+pub use metrics::ControlPlaneMetrics;
 pub use secrets::MasterKey;
 pub use store::{Store, StoreError};

@@ -20,6 +20,7 @@ use rand::Rng;
 use rand::seq::SliceRandom;
 
 use crate::health::{EndpointView, HealthRegistry, Unavailable};
+use crate::metrics::RouteMetrics;
 use crate::routing_table::{CompiledEndpoint, CompiledGateway, CompiledMember};
 
 /// Why a candidate is not tried for this request.
@@ -34,6 +35,8 @@ pub struct Candidate {
     /// The member's last answer said it is about to throttle; it was placed after the other
     /// available members of its group.
     pub low_headroom: bool,
+    /// The (gateway, endpoint) pair's counters (`None` with metrics off).
+    pub metrics: Option<Arc<RouteMetrics>>,
 }
 
 /// Orders a gateway's members for one request.
@@ -73,6 +76,7 @@ fn frame(
                 endpoint: Arc::clone(&group.members[i].endpoint),
                 skip: None,
                 low_headroom: views[i].low_headroom,
+                metrics: group.members[i].metrics.clone(),
             });
         }
         for (i, view) in views.iter().enumerate() {
@@ -81,6 +85,7 @@ fn frame(
                     endpoint: Arc::clone(&group.members[i].endpoint),
                     skip: Some(skip),
                     low_headroom: view.low_headroom,
+                    metrics: group.members[i].metrics.clone(),
                 });
             }
         }

@@ -281,6 +281,7 @@ pub(crate) async fn run(
             &mut got_snapshot,
         )
         .await;
+        store.metrics().set_control_plane_connected(false);
         if got_snapshot {
             // The session worked; a drop after that is a fresh incident, not a persistent one.
             failures = 0;
@@ -352,6 +353,7 @@ async fn session(
         applied_version = store.version().0,
         "connected to the control plane"
     );
+    store.metrics().set_control_plane_connected(true);
     let send = |message: DataPlaneMessage| {
         let tx = tx.clone();
         let wire = cfg::DataPlaneMessage::from(&message);

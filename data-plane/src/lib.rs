@@ -26,6 +26,7 @@ pub mod balance;
 mod control_plane_client;
 pub mod entra;
 pub mod health;
+pub mod metrics;
 mod proxy;
 pub mod routing_table;
 
@@ -215,6 +216,12 @@ pub struct DataPlaneConfig {
     /// endpoint is configured). `None` (default): no span is made, the client's
     /// `traceparent` goes upstream as it came.
     pub tracer: Option<RequestTracer>,
+    /// Whether the request path counts (Prometheus metrics and the statistics reported to the
+    /// control plane). On by default; `MODELGW_METRICS_ADDR=off` turns it off.
+    pub metrics_enabled: bool,
+    /// Where `GET /metrics` is served (`MODELGW_METRICS_ADDR`); `None`: nowhere (counting
+    /// still feeds the control plane's statistics). Never the gateway's own address.
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 impl Default for DataPlaneConfig {
@@ -247,6 +254,8 @@ impl Default for DataPlaneConfig {
             allow_loopback_upstreams: false,
             forward_client_address_headers: false,
             tracer: None,
+            metrics_enabled: true,
+            metrics_addr: None,
         }
     }
 }
@@ -273,6 +282,7 @@ pub struct DataPlane {
     tls: rustls::ClientConfig,
     entra: Arc<EntraTokens>,
     connections: Arc<ConnectionStats>,
+    metrics_listener: Option<TcpListener>,
 }
 
 impl std::fmt::Debug for DataPlane {
@@ -308,6 +318,11 @@ impl DataPlane {
         let tls = proxy::upstream_client::tls_config()?;
         let listener = TcpListener::bind(config.gateway_addr).await?;
         let local_addr = listener.local_addr()?;
+        let metrics_listener = match config.metrics_addr.filter(|_| config.metrics_enabled) {
+            Some(addr) => Some(TcpListener::bind(addr).await?),
+            None => None,
+        };
+        let metrics = Arc::new(metrics::Metrics::new(config.metrics_enabled));
         let (health, health_rx) =
             HealthRegistry::with_policy(config.health_policy.clone(), HEALTH_CHANNEL_CAPACITY);
         let entra = Arc::new(EntraTokens::new(config.entra_credential.clone()));
@@ -318,11 +333,22 @@ impl DataPlane {
             local_addr,
             config,
             control_plane,
-            store: Arc::new(SnapshotStore::new()),
+            store: Arc::new(SnapshotStore::with_metrics(metrics)),
             health: Arc::new(health),
             health_rx,
             tls,
+            metrics_listener,
         })
+    }
+
+    /// The address `/metrics` is served on, when it is.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_listener.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
+    /// What the request path counts.
+    pub fn metrics(&self) -> Arc<metrics::Metrics> {
+        Arc::clone(self.store.metrics())
     }
 
     /// The address actually bound (useful with port 0).
@@ -378,7 +404,22 @@ impl DataPlane {
             tls,
             entra,
             connections,
+            metrics_listener,
         } = self;
+        let metrics = Arc::clone(store.metrics());
+        let (metrics_stop_tx, metrics_stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let metrics_task = metrics_listener.map(|listener| {
+            let registry = metrics::Scrape {
+                metrics: Arc::clone(&metrics),
+                health: Arc::clone(&health),
+                connections: Arc::clone(&connections),
+                store: Arc::clone(&store),
+            }
+            .registry();
+            tokio::spawn(metrics::server::serve(listener, registry, async {
+                let _ = metrics_stop_rx.await;
+            }))
+        });
         let entra_task = tokio::spawn(keep_entra_tokens(Arc::clone(&store), Arc::clone(&entra)));
         let mut client_task = control_plane.map(|connector| {
             let client_config = client::ClientConfig {
@@ -436,6 +477,7 @@ impl DataPlane {
                 limits: limits.clone(),
                 failed_auths: Arc::clone(&failed_auths),
                 tracer: config.tracer.clone(),
+                metrics: Arc::clone(&metrics),
             })
             .collect();
         info!(
@@ -484,6 +526,10 @@ impl DataPlane {
         )
         .await;
         failed_auth_task.abort();
+        let _ = metrics_stop_tx.send(());
+        if let Some(task) = metrics_task {
+            task.abort();
+        }
         if let Some(client) = client_abort {
             client.abort();
         }

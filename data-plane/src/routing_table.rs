@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
@@ -18,6 +18,8 @@ use modelgw_model::{
     Snapshot,
 };
 use tokio::sync::watch;
+
+use crate::metrics::{EndpointMetrics, GatewayMetrics, Metrics, RouteMetrics};
 
 /// Header Azure OpenAI reads the resource key from.
 pub(crate) const API_KEY: HeaderName = HeaderName::from_static("api-key");
@@ -57,6 +59,8 @@ pub struct CompiledEndpoint {
     pub(crate) name_header: HeaderValue,
     /// `name` reduced to characters safe inside `x-modelgw-attempts` (no `,` or `:`).
     pub(crate) attempt_label: String,
+    /// Quota gauges, set when the table is attached to the metrics (unset with metrics off).
+    pub(crate) metrics: OnceLock<Arc<EndpointMetrics>>,
 }
 
 impl fmt::Debug for CompiledEndpoint {
@@ -88,6 +92,8 @@ pub struct CompiledMember {
     pub endpoint: Arc<CompiledEndpoint>,
     /// Relative share within its priority group; 0 = only when the others are unusable.
     pub weight: u32,
+    /// The pair's counters, attached with the table (`None` with metrics off).
+    pub metrics: Option<Arc<RouteMetrics>>,
 }
 
 /// Enabled members sharing one priority; lower priorities are tried first.
@@ -106,6 +112,9 @@ pub struct CompiledGateway {
     pub groups: Vec<PriorityGroup>,
     /// Strategy, recovery waiting and deadline, as configured.
     pub routing: RoutingPolicy,
+    /// The gateway's own answers and overhead, attached with the table (`None` with metrics
+    /// off).
+    pub metrics: Option<Arc<GatewayMetrics>>,
 }
 
 impl CompiledGateway {
@@ -194,6 +203,7 @@ impl RoutingTable {
                 auth,
                 name_header,
                 attempt_label,
+                metrics: OnceLock::new(),
             };
             endpoints.insert(e.id, Arc::new(compiled));
         }
@@ -214,7 +224,11 @@ impl RoutingTable {
                 if !m.enabled {
                     continue;
                 }
-                let member = CompiledMember { endpoint: Arc::clone(endpoint), weight: m.weight };
+                let member = CompiledMember {
+                    endpoint: Arc::clone(endpoint),
+                    weight: m.weight,
+                    metrics: None,
+                };
                 match groups.iter_mut().find(|group| group.priority == m.priority) {
                     Some(group) => group.members.push(member),
                     None => {
@@ -233,6 +247,7 @@ impl RoutingTable {
                 name: g.name.clone(),
                 groups,
                 routing: g.routing,
+                metrics: None,
             });
         }
         let mut entra_scopes: Vec<Arc<str>> = endpoints
@@ -272,6 +287,11 @@ impl RoutingTable {
         self.by_name.get(name).map(|&i| &self.gateways[i])
     }
 
+    /// The gateways, to attach their counters before the table is served.
+    pub(crate) fn gateways_mut(&mut self) -> &mut [CompiledGateway] {
+        &mut self.gateways
+    }
+
     pub fn gateways(&self) -> &[CompiledGateway] {
         &self.gateways
     }
@@ -305,6 +325,8 @@ fn encode_path_segment(segment: &str) -> String {
 pub struct SnapshotStore {
     current: ArcSwap<RoutingTable>,
     version_tx: watch::Sender<ConfigVersion>,
+    /// Gives each table swapped in its counters (kept across swaps by id).
+    metrics: Arc<Metrics>,
 }
 
 impl Default for SnapshotStore {
@@ -322,8 +344,18 @@ impl fmt::Debug for SnapshotStore {
 impl SnapshotStore {
     /// A store holding the empty table (version 0): not ready.
     pub fn new() -> Self {
+        Self::with_metrics(Arc::new(Metrics::default()))
+    }
+
+    /// A store whose tables get their counters from `metrics`.
+    pub fn with_metrics(metrics: Arc<Metrics>) -> Self {
         let (version_tx, _) = watch::channel(ConfigVersion(0));
-        Self { current: ArcSwap::from_pointee(RoutingTable::empty()), version_tx }
+        Self { current: ArcSwap::from_pointee(RoutingTable::empty()), version_tx, metrics }
+    }
+
+    /// The metrics the tables are attached to.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     /// The current table. Cheap (one atomic increment); hold it for the whole request so
@@ -333,8 +365,13 @@ impl SnapshotStore {
     }
 
     /// Installs `table` if its version is newer than the current one; `true` if it did.
-    pub fn swap_if_newer(&self, table: RoutingTable) -> bool {
+    pub fn swap_if_newer(&self, mut table: RoutingTable) -> bool {
         let new_version = table.version;
+        if new_version <= self.version() {
+            return false;
+        }
+        // Snapshots are applied by one task; the check above and the swap below do not race.
+        self.metrics.attach(&mut table);
         let table = Arc::new(table);
         let previous = self.current.rcu(|current| {
             if new_version > current.version { Arc::clone(&table) } else { Arc::clone(current) }

@@ -38,7 +38,7 @@ mkfifo "$WORK/stdout"
 # fail in the background with a per-scope error, which is what the document says.
 env -u MODELGW_MASTER_KEY -u MODELGW_MASTER_KEY_FILE \
   MODELGW_DATABASE_URL="sqlite://$WORK/modelgw.db" \
-  MODELGW_ADMIN_ADDR=127.0.0.1:0 MODELGW_GRPC_ADDR=127.0.0.1:0 \
+  MODELGW_ADMIN_ADDR=127.0.0.1:0 MODELGW_GRPC_ADDR=127.0.0.1:0 MODELGW_METRICS_ADDR=127.0.0.1:0 \
   MODELGW_ADMIN_TOKEN="$TOKEN" MODELGW_LOG_FORMAT=text NO_COLOR=1 RUST_LOG="${RUST_LOG:-error}" \
   "$BIN" control-plane >"$WORK/stdout" 2>"$WORK/control-plane.log" &
 CP_PID=$!

@@ -14,6 +14,7 @@ use modelgw_control_plane::azure::{
     ARM_SCOPE, ArmClient, DiscoveredDeployment, DiscoveryProgress, DiscoveryReport, discover,
     resolve,
 };
+use modelgw_control_plane::metrics::DiscoveryOutcome;
 use modelgw_model::EndpointId;
 use serde::Serialize;
 use tokio::sync::watch;
@@ -160,17 +161,29 @@ pub async fn start_discovery(State(state): State<AdminState>) -> impl IntoRespon
     let config = azure.config.clone();
     let span = tracing::info_span!("azure.discovery.job", discovery.id = %job.id);
     let task_job = job.clone();
+    let metrics = state.store.metrics().clone();
     tokio::spawn(
         async move {
             let result = run_discovery(&config, &progress_tx).await;
-            match &result {
-                Ok((report, _)) => tracing::info!(
-                    deployments = report.deployments.len(),
-                    errors = report.errors.len(),
-                    "discovery job finished"
-                ),
-                Err(message) => tracing::warn!(error = %message, "discovery job failed"),
-            }
+            let outcome = match &result {
+                Ok((report, _)) => {
+                    tracing::info!(
+                        deployments = report.deployments.len(),
+                        errors = report.errors.len(),
+                        "discovery job finished"
+                    );
+                    if report_failed(report) {
+                        DiscoveryOutcome::Failed
+                    } else {
+                        DiscoveryOutcome::Succeeded
+                    }
+                }
+                Err(message) => {
+                    tracing::warn!(error = %message, "discovery job failed");
+                    DiscoveryOutcome::Failed
+                }
+            };
+            metrics.discovery_finished(outcome);
             *task_job.outcome() = Some(JobOutcome { finished_at: Utc::now(), result });
         }
         .instrument(span),

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use axum::Json;
 use axum::extract::State;
 use modelgw_control_plane::azure::{ArmClient, DiscoveredDeployment};
+use modelgw_control_plane::metrics::ImportOutcome;
 use modelgw_control_plane::store::{AuthMode, AzureImportItem, EndpointAuth};
 use modelgw_model::EndpointId;
 use serde::{Deserialize, Serialize};
@@ -70,6 +71,22 @@ pub async fn import(
     caller: Caller,
     JsonBody(req): JsonBody<ImportRequest>,
 ) -> Result<Json<ImportResponse>, ApiError> {
+    let imported = import_deployments(&state, &caller, req).await;
+    let outcome = match &imported {
+        Ok(Json(r)) if r.created.is_empty() && r.updated.is_empty() => ImportOutcome::Unchanged,
+        Ok(_) => ImportOutcome::Changed,
+        Err(e) if e.status().is_client_error() => ImportOutcome::Refused,
+        Err(_) => ImportOutcome::Failed,
+    };
+    state.store.metrics().import_finished(outcome);
+    imported
+}
+
+async fn import_deployments(
+    state: &AdminState,
+    caller: &Caller,
+    req: ImportRequest,
+) -> Result<Json<ImportResponse>, ApiError> {
     let requested = import_auth_mode(req.auth.as_deref())?;
     let found = resolve_ids(&state.azure, &req.deployment_ids)?;
     // Without `auth`, an endpoint imported before keeps its mode: a routine re-import (to pick
@@ -77,7 +94,7 @@ pub async fn import(
     // to Entra ID — its account may have local auth disabled. New endpoints use `api_key`.
     let existing = match requested {
         Some(_) => HashMap::new(),
-        None => existing_auth_modes(&state).await?,
+        None => existing_auth_modes(state).await?,
     };
     let mode_of = |d: &DiscoveredDeployment| {
         requested
@@ -146,7 +163,7 @@ pub async fn import(
         let summary =
             format!("{} created, {} updated", outcome.created.len(), outcome.updated.len());
         state.committed(
-            &caller,
+            caller,
             ConfigChange {
                 entity: "inference_endpoint",
                 action: "azure_import",

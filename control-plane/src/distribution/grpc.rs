@@ -23,7 +23,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::Stream;
 use modelgw_model::limits::truncate_chars;
@@ -42,7 +42,7 @@ use super::registry::RegistrationLimits;
 use super::tls::{ServerTls, TLS_RELOAD_INTERVAL, TlsError, TlsFiles, certificate_identities};
 use super::{ConnectionId, DataPlaneRegistry, PublishedSnapshot};
 use crate::store::DataPlaneTokenId;
-use crate::{Store, StoreError};
+use crate::{ControlPlaneMetrics, Store, StoreError};
 
 /// How long a new stream may take to send its `Hello`; a client that connects and says
 /// nothing holds a task and a connection, so it is cut off after this.
@@ -184,6 +184,7 @@ pub(super) async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), GrpcServeError> {
     let (stopping_tx, stopping) = watch::channel(false);
+    let metrics = store.metrics().clone();
     registry.set_limits(settings.limits);
     let client_auth = settings.security.client_auth();
     let mut tasks = Vec::new();
@@ -202,6 +203,7 @@ pub(super) async fn serve(
         )));
     }
     let service = DiscoveryService {
+        metrics,
         snapshots,
         registrations: RegistrationRate::new(REGISTRATION_BURST, REGISTRATIONS_PER_SECOND),
         tokens: registry.tokens.clone(),
@@ -270,6 +272,7 @@ struct DiscoveryService {
     registrations: RegistrationRate,
     stopping: watch::Receiver<bool>,
     client_auth: ClientAuth,
+    metrics: ControlPlaneMetrics,
 }
 
 impl DiscoveryService {
@@ -341,6 +344,7 @@ impl ConfigDiscovery for DiscoveryService {
             refused(&who, Some(&node_id), &status);
             return Err(status);
         }
+        let subscribed_at = Instant::now();
         let (connection, replaced) = self
             .registry
             .connect(&node_id, applied_version, &peer)
@@ -367,6 +371,9 @@ impl ConfigDiscovery for DiscoveryService {
             stop: Some(stop_tx),
             budget: MessageBudget::new(MESSAGE_BURST, MESSAGES_PER_SECOND),
             revocation,
+            metrics: self.metrics.clone(),
+            subscribed_at,
+            acked: applied_version,
         };
         tokio::spawn(
             session.run(inbound, replaced, self.stopping.clone()).instrument(span.clone()),
@@ -402,6 +409,13 @@ struct Session {
     budget: MessageBudget,
     /// The join token the stream authenticated with, and the active tokens to watch.
     revocation: Option<(DataPlaneTokenId, watch::Receiver<Arc<ActiveTokens>>)>,
+    metrics: ControlPlaneMetrics,
+    /// When the stream was admitted: versions published before it are a catch-up, not a
+    /// propagation.
+    subscribed_at: Instant,
+    /// The highest version this data plane said it applied on this stream (its `Hello`, then
+    /// ACKs), so each version's propagation is observed once.
+    acked: ConfigVersion,
 }
 
 /// Resolves when the token `id` is no longer active (never for a stream without a token).
@@ -487,15 +501,18 @@ impl Session {
     }
 
     /// Applies one message to the registry. Returns false when a newer stream owns the entry.
-    fn handle(&self, message: cfg::DataPlaneMessage) -> bool {
-        let (node, conn) = (&self.node_id, self.connection);
+    fn handle(&mut self, message: cfg::DataPlaneMessage) -> bool {
         let message = match DataPlaneMessage::try_from(message) {
             Ok(message) => message,
             Err(invalid) => {
                 tracing::warn!(reason = %invalid, "ignoring an unreadable message");
-                return self.registry.update(node, conn, |_| {});
+                return self.registry.update(&self.node_id, self.connection, |_| {});
             }
         };
+        if let DataPlaneMessage::Ack { version } = message {
+            self.observe_propagation(version);
+        }
+        let (node, conn) = (&self.node_id, self.connection);
         match message {
             DataPlaneMessage::Ack { version } => {
                 tracing::info!(version = version.0, "data plane applied snapshot");
@@ -513,6 +530,7 @@ impl Session {
                 self.registry.update(node, conn, |s| s.applied_version = applied_version)
             }
             DataPlaneMessage::Health(report) => {
+                self.metrics.health_report_received();
                 let report = self.configured_only(report);
                 let owned = self.registry.update(node, conn, |_| {});
                 if owned {
@@ -524,6 +542,21 @@ impl Session {
                 tracing::warn!("ignoring a second Hello on the same stream");
                 self.registry.update(node, conn, |_| {})
             }
+        }
+    }
+
+    /// Observes the propagation time of `version` (publish → this ACK) when it is the version
+    /// being distributed, was published while this stream was open, and is acknowledged here
+    /// for the first time. A data plane that (re)connects and catches up is not a propagation;
+    /// an ACK of a version already superseded is not observed (its publish time is gone).
+    fn observe_propagation(&mut self, version: ConfigVersion) {
+        if version <= self.acked {
+            return;
+        }
+        self.acked = version;
+        let snapshot = self.snapshots.borrow().clone();
+        if snapshot.version() == version && snapshot.ready_at() >= self.subscribed_at {
+            self.metrics.snapshot_propagated(snapshot.ready_at().elapsed());
         }
     }
 

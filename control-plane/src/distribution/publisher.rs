@@ -13,7 +13,7 @@ use tokio::time::MissedTickBehavior;
 use tracing::Instrument as _;
 
 use super::DataPlaneRegistry;
-use crate::Store;
+use crate::{ControlPlaneMetrics, Store};
 
 /// A snapshot as it is distributed: the validated domain value, the set of its endpoint ids
 /// (health reports are checked against it in O(1)), and its protobuf encoding, made once per
@@ -23,6 +23,8 @@ pub struct PublishedSnapshot {
     snapshot: Arc<Snapshot>,
     endpoint_ids: HashSet<EndpointId>,
     encoded: Bytes,
+    /// When it was ready to send (encoded): the start of its propagation to data planes.
+    ready_at: Instant,
 }
 
 impl PublishedSnapshot {
@@ -30,7 +32,17 @@ impl PublishedSnapshot {
     pub fn new(snapshot: Snapshot) -> PublishedSnapshot {
         let endpoint_ids = snapshot.endpoints.iter().map(|e| e.id).collect();
         let encoded = modelgw_model::wire::encode_snapshot(&snapshot);
-        PublishedSnapshot { snapshot: Arc::new(snapshot), endpoint_ids, encoded }
+        PublishedSnapshot {
+            snapshot: Arc::new(snapshot),
+            endpoint_ids,
+            encoded,
+            ready_at: Instant::now(),
+        }
+    }
+
+    /// When it was encoded and ready to send to data planes.
+    pub fn ready_at(&self) -> Instant {
+        self.ready_at
     }
 
     pub fn version(&self) -> ConfigVersion {
@@ -57,6 +69,7 @@ pub(super) struct Publisher {
     pub(super) snapshots: watch::Sender<Arc<PublishedSnapshot>>,
     pub(super) requested: watch::Receiver<ConfigVersion>,
     pub(super) poll_interval: Duration,
+    pub(super) metrics: ControlPlaneMetrics,
 }
 
 impl Publisher {
@@ -144,7 +157,9 @@ impl Publisher {
         if published {
             let current = self.snapshots.borrow().clone();
             self.registry.retain_health(&current);
-            log_publish(&current, started.elapsed());
+            let build = started.elapsed();
+            self.metrics.snapshot_published(build);
+            log_publish(&current, build);
         }
     }
 }

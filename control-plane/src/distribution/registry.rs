@@ -164,6 +164,16 @@ impl DataPlaneRegistry {
         inner.nodes.values().map(|n| n.status.clone()).collect()
     }
 
+    /// How many data planes are connected, and how many of those applied `version` (or a
+    /// later one). For the metrics; copies nothing.
+    pub fn connection_counts(&self, version: ConfigVersion) -> (usize, usize) {
+        let inner = self.lock();
+        let connected = inner.nodes.values().filter(|n| n.status.connected);
+        connected.fold((0, 0), |(connected, current), n| {
+            (connected + 1, current + usize::from(n.status.applied_version >= version))
+        })
+    }
+
     /// Sets the bounds on registrations (applied from the next registration on).
     pub fn set_limits(&self, limits: RegistrationLimits) {
         self.lock().limits = limits;

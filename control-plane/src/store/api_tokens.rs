@@ -15,6 +15,7 @@ use super::audit::{
 };
 use super::keys::generate_secret;
 use super::{Backend, Store, StoreError, conflict_on_unique, now_ms, parse_column, time_from_db};
+use crate::metrics::StoreOperation;
 
 const ENTITY: &str = "api token";
 /// Prefix of API tokens: recognisable to secret scanners, and distinct from gateway keys
@@ -157,6 +158,7 @@ impl Store {
         &self,
         sha256: &[u8; 32],
     ) -> Result<Option<ApiTokenRecord>, StoreError> {
+        let _timer = self.metrics.time_store(StoreOperation::FindApiToken);
         let row = sqlx::query(AssertSqlSafe(format!("{SELECT_TOKEN} WHERE sha256 = $1")))
             .bind(sha256.to_vec())
             .fetch_optional(&self.pool)

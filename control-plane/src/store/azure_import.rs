@@ -6,7 +6,7 @@ use sqlx::Row as _;
 
 use super::audit::{self, AuditAction, AuditContext, AuditEntity, Change};
 use super::endpoints::auth_from_db;
-use super::{AuthMode, EndpointAuth, StoreError, commit, now_ms, parse_column, u32_from_db};
+use super::{AuthMode, EndpointAuth, StoreError, now_ms, parse_column, u32_from_db};
 use crate::Store;
 
 /// How many `-2`, `-3`, … suffixes are tried to make a new import's name unique. An inventory
@@ -247,7 +247,7 @@ impl Store {
             }
         }
         if outcome.changed() {
-            outcome.version = commit(tx, version, "azure endpoints imported").await?;
+            outcome.version = self.commit(tx, version, "azure endpoints imported").await?;
         } else {
             // Rolling back undoes the version bump too: an import that changes nothing must
             // not make every data plane reload an identical snapshot.

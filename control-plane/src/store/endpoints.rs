@@ -10,7 +10,7 @@ use super::audit::{
 };
 use super::gateways::fetch_gateway;
 use super::{
-    AuthMode, EndpointAuth, EndpointPatch, EndpointRecord, NewEndpoint, Store, StoreError, commit,
+    AuthMode, EndpointAuth, EndpointPatch, EndpointRecord, NewEndpoint, Store, StoreError,
     conflict_on_unique, decode_error, now_ms, parse_column, time_from_db,
 };
 
@@ -61,7 +61,7 @@ impl Store {
             endpoint_view(&record),
         );
         audit::record(&mut tx, audit, change, Some(version)).await?;
-        Ok((record, commit(tx, version, "endpoint created").await?))
+        Ok((record, self.commit(tx, version, "endpoint created").await?))
     }
 
     #[tracing::instrument(name = "store.list_endpoints", skip_all)]
@@ -134,7 +134,7 @@ impl Store {
             always,
         );
         audit::record(&mut tx, audit, change, Some(version)).await?;
-        Ok((record, commit(tx, version, "endpoint updated").await?))
+        Ok((record, self.commit(tx, version, "endpoint updated").await?))
     }
 
     /// Refuses with `InUse` when a gateway uses it, unless `force` (then memberships go too,
@@ -206,7 +206,7 @@ impl Store {
             endpoint_view(&record),
         );
         audit::record(&mut tx, audit, change, Some(version)).await?;
-        commit(tx, version, "endpoint deleted").await
+        self.commit(tx, version, "endpoint deleted").await
     }
 
     fn seal_api_key(&self, id: EndpointId, key: &Secret) -> Result<String, StoreError> {

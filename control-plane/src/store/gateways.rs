@@ -11,8 +11,8 @@ use sqlx::{AnyConnection, AssertSqlSafe};
 use super::audit::{self, AuditAction, AuditContext, AuditEntity, Change, gateway_view};
 use super::endpoints::name_conflict;
 use super::{
-    GatewayPatch, GatewayRecord, NewGateway, Store, StoreError, commit, constraint_kind,
-    decode_error, parse_column, time_from_db, u32_from_db,
+    GatewayPatch, GatewayRecord, NewGateway, Store, StoreError, constraint_kind, decode_error,
+    parse_column, time_from_db, u32_from_db,
 };
 
 pub(super) const ENTITY: &str = "gateway";
@@ -57,7 +57,7 @@ impl Store {
             gateway_view(&record),
         );
         audit::record(&mut tx, audit, change, Some(version)).await?;
-        Ok((record, commit(tx, version, "gateway created").await?))
+        Ok((record, self.commit(tx, version, "gateway created").await?))
     }
 
     #[tracing::instrument(name = "store.list_gateways", skip_all)]
@@ -131,7 +131,7 @@ impl Store {
             &[],
         );
         audit::record(&mut tx, audit, change, Some(version)).await?;
-        Ok((record, commit(tx, version, "gateway updated").await?))
+        Ok((record, self.commit(tx, version, "gateway updated").await?))
     }
 
     /// Deletes the gateway and its keys (one audit entry, for the gateway).
@@ -157,7 +157,7 @@ impl Store {
             .await?;
         let change = Change::deleted(AuditEntity::Gateway, id, &record.name, gateway_view(&record));
         audit::record(&mut tx, audit, change, Some(version)).await?;
-        commit(tx, version, "gateway deleted").await
+        self.commit(tx, version, "gateway deleted").await
     }
 }
 

@@ -9,6 +9,7 @@ use sqlx::any::AnyRow;
 
 use super::audit::{self, AuditAction, AuditContext, AuditEntity};
 use super::{Store, StoreError, decode_error, parse_column, time_from_db};
+use crate::metrics::StoreOperation;
 
 /// One data plane's latest report about one endpoint.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -35,6 +36,7 @@ impl Store {
         &self,
         records: &[EndpointHealthRecord],
     ) -> Result<(), StoreError> {
+        let _timer = self.metrics.time_store(StoreOperation::WriteEndpointHealth);
         let mut tx = self.pool.begin().await?;
         for r in records {
             sqlx::query(
@@ -65,6 +67,7 @@ impl Store {
     /// out), sorted by endpoint and node.
     #[tracing::instrument(name = "store.load_endpoint_health", skip_all, level = "debug")]
     pub async fn load_endpoint_health(&self) -> Result<Vec<EndpointHealthRecord>, StoreError> {
+        let _timer = self.metrics.time_store(StoreOperation::LoadEndpointHealth);
         let rows = sqlx::query(
             "SELECT h.endpoint_id, h.node_id, h.state, h.until_ms, h.reason, h.last_error, \
              h.last_error_at, h.updated_at FROM endpoint_health h \

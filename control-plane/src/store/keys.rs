@@ -12,8 +12,8 @@ use super::audit::{
 };
 use super::gateways::not_found as gateway_not_found;
 use super::{
-    ADMIN_TOKEN_SETTING, GatewayKeyRecord, Store, StoreError, commit, conflict_on_unique,
-    decode_error, now_ms, parse_column, time_from_db,
+    ADMIN_TOKEN_SETTING, GatewayKeyRecord, Store, StoreError, conflict_on_unique, decode_error,
+    now_ms, parse_column, time_from_db,
 };
 use crate::secrets::random_bytes;
 
@@ -66,7 +66,7 @@ impl Store {
             gateway_key_view(&record),
         );
         audit::record(&mut tx, audit, change, Some(version)).await?;
-        let version = commit(tx, version, "gateway key created").await?;
+        let version = self.commit(tx, version, "gateway key created").await?;
         Ok((record, secret, version))
     }
 
@@ -125,7 +125,7 @@ impl Store {
         );
         audit::record(&mut tx, audit, change, Some(version)).await?;
         tracing::debug!(key.name = %revoked.name, "gateway key revoked");
-        let version = commit(tx, version, "gateway key revoked").await?;
+        let version = self.commit(tx, version, "gateway key revoked").await?;
         Ok((revoked, Some(version)))
     }
 

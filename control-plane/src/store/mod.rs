@@ -40,6 +40,7 @@ use sqlx::{AnyConnection, AnyPool, AssertSqlSafe, Transaction};
 use tracing::Instrument as _;
 
 use crate::MasterKey;
+use crate::metrics::{ControlPlaneMetrics, StoreOperation};
 
 pub use api_tokens::{API_TOKEN_PREFIX, ApiTokenRecord, NewApiToken};
 pub use audit::{AuditAction, AuditContext, AuditEntity, AuditEntry, AuditQuery};
@@ -214,6 +215,9 @@ pub struct Store {
     pool: AnyPool,
     backend: Backend,
     master_key: MasterKey,
+    /// The control plane's metrics: store operations are timed here, and every component
+    /// that holds the store counts its events in the same instruments.
+    metrics: ControlPlaneMetrics,
 }
 
 impl std::fmt::Debug for Store {
@@ -277,7 +281,8 @@ impl Store {
                 Backend::Postgres => &POSTGRES_MIGRATOR,
             };
             migrator.run(&pool).await?;
-            let store = Store { pool, backend, master_key };
+            let store =
+                Store { pool, backend, master_key, metrics: ControlPlaneMetrics::default() };
             let version = store.config_version().await?;
             tracing::info!(config_version = %version, "configuration store open");
             Ok(store)
@@ -290,6 +295,11 @@ impl Store {
         self.backend
     }
 
+    /// The control plane's metrics (one set per store, shared by its clones).
+    pub fn metrics(&self) -> &ControlPlaneMetrics {
+        &self.metrics
+    }
+
     /// Closes the connection pool; later calls fail. For orderly shutdown and for tests that
     /// reopen the same database.
     pub async fn close(&self) {
@@ -299,6 +309,7 @@ impl Store {
     /// The committed version; one cheap query (the publisher polls it).
     #[tracing::instrument(name = "store.config_version", skip_all, level = "debug")]
     pub async fn config_version(&self) -> Result<ConfigVersion, StoreError> {
+        let _timer = self.metrics.time_store(StoreOperation::ConfigVersion);
         let v: i64 = sqlx::query_scalar("SELECT version FROM config_version WHERE id = 1")
             .fetch_one(&self.pool)
             .await?;
@@ -330,15 +341,21 @@ impl Store {
     }
 }
 
-/// Commits a write transaction and logs the change with its new version.
-async fn commit(
-    tx: Transaction<'static, Any>,
-    version: ConfigVersion,
-    change: &'static str,
-) -> Result<ConfigVersion, StoreError> {
-    tx.commit().await?;
-    tracing::info!(config_version = %version, change, "config change committed");
-    Ok(version)
+impl Store {
+    /// Commits a configuration change's write transaction and logs it with its new version.
+    async fn commit(
+        &self,
+        tx: Transaction<'static, Any>,
+        version: ConfigVersion,
+        change: &'static str,
+    ) -> Result<ConfigVersion, StoreError> {
+        {
+            let _timer = self.metrics.time_store(StoreOperation::ConfigCommit);
+            tx.commit().await?;
+        }
+        tracing::info!(config_version = %version, change, "config change committed");
+        Ok(version)
+    }
 }
 
 fn backend_of(url: &str) -> Result<Backend, StoreError> {

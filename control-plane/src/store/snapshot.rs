@@ -5,6 +5,8 @@ use sqlx::Row as _;
 
 use super::endpoints::platform_from_db;
 use super::gateways::{all_members, routing_from_row};
+use crate::metrics::StoreOperation;
+
 use super::{AuthMode, Store, StoreError, decode_error, parse_column, version_from_db};
 
 impl Store {
@@ -12,6 +14,7 @@ impl Store {
     /// decrypted and revoked gateway keys left out.
     #[tracing::instrument(name = "store.load_snapshot", skip_all, fields(config_version))]
     pub async fn load_snapshot(&self) -> Result<Snapshot, StoreError> {
+        let _timer = self.metrics.time_store(StoreOperation::LoadSnapshot);
         let mut tx = self.begin_read().await?;
         let version: i64 = sqlx::query_scalar("SELECT version FROM config_version WHERE id = 1")
             .fetch_one(&mut *tx)

@@ -107,6 +107,12 @@ impl Outcome {
         if err.is_connect() { Outcome::ConnectError } else { Outcome::Transport }
     }
 
+    /// The outcome's index in `metrics::ATTEMPT_OUTCOMES` (its declaration order).
+    #[inline]
+    pub(super) const fn index(self) -> usize {
+        self as usize
+    }
+
     /// The outcome's name in logs and `x-modelgw-attempts` (a documented contract).
     #[inline]
     pub(super) const fn label(self) -> &'static str {
@@ -255,6 +261,8 @@ pub(super) struct Answer {
     pub(super) body: Incoming,
     /// `Ok`, or an outcome that is passed through ([`Retry::Never`]).
     pub(super) outcome: Outcome,
+    /// From sending the request to its response head.
+    pub(super) ttfb: Duration,
 }
 
 impl Answer {
@@ -310,6 +318,40 @@ pub(super) fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The metrics' outcome labels are indexed by `Outcome::index`, skips after them.
+    #[test]
+    fn metric_outcome_labels_follow_the_outcomes() {
+        use crate::health::Unavailable;
+        use crate::metrics::{ATTEMPT_OUTCOMES, skip_index};
+        let all = [
+            Outcome::Ok,
+            Outcome::ClientError,
+            Outcome::ServerErrorPassedThrough,
+            Outcome::CredentialRejected,
+            Outcome::Throttled,
+            Outcome::ServerError,
+            Outcome::ConnectError,
+            Outcome::Timeout,
+            Outcome::Transport,
+            Outcome::Deadline,
+            Outcome::NoCredential,
+        ];
+        for outcome in all {
+            assert_eq!(ATTEMPT_OUTCOMES[outcome.index()], outcome.label());
+        }
+        let now = std::time::Instant::now();
+        for skip in [
+            Unavailable::Throttling { until: now, remote: false },
+            Unavailable::Throttling { until: now, remote: true },
+            Unavailable::Error { until: now, remote: false },
+            Unavailable::Error { until: now, remote: true },
+            Unavailable::TrialBusy,
+        ] {
+            let label = ATTEMPT_OUTCOMES[skip_index(skip.as_str())];
+            assert_eq!(label, format!("skipped_{}", skip.as_str()));
+        }
+    }
 
     /// (status, label, side, retry, health): every family and the statuses singled out.
     #[test]

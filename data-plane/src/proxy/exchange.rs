@@ -50,6 +50,11 @@ impl Proxy {
         deadline: Instant,
     ) -> Result<Box<Answer>, AttemptError> {
         let mut headers = plan.headers();
+        if plan.strip_usage {
+            // The usage chunk the gateway asked for is taken out of the stream again, which
+            // needs the stream unencoded: the upstream may not compress it.
+            headers.remove(http::header::ACCEPT_ENCODING);
+        }
         match &endpoint.auth {
             UpstreamAuth::Static { name, value } => {
                 headers.insert(name.clone(), value.clone());
@@ -86,6 +91,7 @@ impl Proxy {
             }
             Ok(Ok(response)) => response,
         };
+        let ttfb = attempt_started.elapsed();
         let status = response.status();
         let outcome = Outcome::of_status(status, plan.client_scoped_auth);
         if outcome == Outcome::Throttled {
@@ -131,7 +137,7 @@ impl Proxy {
         } else {
             ReadAhead::default()
         };
-        Ok(Box::new(Answer { status, headers: parts.headers, ahead, body, outcome }))
+        Ok(Box::new(Answer { status, headers: parts.headers, ahead, body, outcome, ttfb }))
     }
 
     /// Reads a non-streamed 2xx body before it is committed, so that a cut inside it fails

@@ -11,9 +11,11 @@ use http::{HeaderValue, Response, StatusCode};
 use tracing::{debug, info, warn};
 
 use super::attempt::{Outcome, Side};
+use super::relay::Committed;
 use super::upstream::RequestPlan;
-use super::{ATTEMPTS_HEADER, Proxy, ProxyBody, reply, trace_context};
+use super::{ATTEMPTS_HEADER, Proxy, ProxyBody, Tally, reply, trace_context};
 use crate::health::{GatewayState, HealthEvent, HealthRegistry, Unavailable, gateway_state};
+use crate::metrics::skip_index;
 use crate::routing_table::{CompiledEndpoint, CompiledGateway};
 
 /// Most times one request waits for a recovery (`routing.wait_for_recovery`) before giving
@@ -36,6 +38,7 @@ impl Proxy {
         plan: &mut RequestPlan<'_>,
         gateway: &CompiledGateway,
         deadline: Instant,
+        tally: &mut Tally,
     ) -> Response<ProxyBody> {
         let rid = plan.request_id;
         let mut attempts = String::new();
@@ -63,6 +66,9 @@ impl Proxy {
                 let mut admission = match admitted {
                     Ok(admission) => admission,
                     Err(skip) => {
+                        if let Some(counters) = &candidate.metrics {
+                            counters.attempt(skip_index(skip.as_str()), false);
+                        }
                         log_skip(rid, endpoint, skip);
                         note(&mut attempts, endpoint, &format!("skipped_{}", skip.as_str()), 0);
                         unavailable.push(skip);
@@ -78,10 +84,20 @@ impl Proxy {
                 let span = trace_context::attempt_started(plan, endpoint, &gateway.name);
                 let result = self.attempt(plan, endpoint, deadline).await;
                 trace_context::attempt_finished(plan, span, endpoint, &result);
-                let ms = started.elapsed().as_millis() as u64;
                 let now = Instant::now();
+                tally.waited += now - started;
+                let ms = (now - started).as_millis() as u64;
+                let counters = candidate.metrics.as_deref();
                 match result {
                     Ok(answer) => {
+                        if let Some(counters) = counters {
+                            counters.attempt(answer.outcome.index(), false);
+                            counters.time_to_first_byte(answer.ttfb);
+                        }
+                        if let Some(quota) = endpoint.metrics.get() {
+                            quota.remaining(&answer.headers);
+                        }
+                        tally.served = true;
                         let event = answer.health_event();
                         let reason = event.as_ref().map_or("", HealthEvent::reason);
                         log_attempt(&tried, answer.outcome, Some(answer.status), ms, reason);
@@ -95,10 +111,18 @@ impl Proxy {
                         }
                         self.health.record_headroom(endpoint.id, &answer.headers, now);
                         note(&mut attempts, endpoint, answer.outcome.label(), ms);
-                        return self
-                            .pass_through(rid, *answer, endpoint, admission, deadline, &attempts);
+                        let accounting = candidate.metrics.clone();
+                        return self.pass_through(
+                            plan,
+                            *answer,
+                            endpoint,
+                            Committed { admission, accounting, deadline, attempts: &attempts },
+                        );
                     }
                     Err(error) if error.may_fail_over() => {
+                        if let Some(counters) = counters {
+                            counters.attempt(error.outcome.index(), true);
+                        }
                         log_attempt(&tried, error.outcome, error.status, ms, &error.reason);
                         note(&mut attempts, endpoint, error.label(), ms);
                         if let Some(event) = error.health_event() {
@@ -108,6 +132,9 @@ impl Proxy {
                     }
                     // Nothing to pass on and no other endpoint may answer: the deadline.
                     Err(error) => {
+                        if let Some(counters) = counters {
+                            counters.attempt(error.outcome.index(), false);
+                        }
                         log_attempt(&tried, error.outcome, error.status, ms, &error.reason);
                         note(&mut attempts, endpoint, error.label(), ms);
                         return self.deadline_exceeded(rid, gateway, &attempts);
@@ -134,6 +161,7 @@ impl Proxy {
                         "no endpoint available; waiting for the earliest recovery"
                     );
                     tokio::time::sleep_until(recovery.into()).await;
+                    tally.waited += now.elapsed();
                     continue;
                 }
             }

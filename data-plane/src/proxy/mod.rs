@@ -57,6 +57,7 @@ pub(crate) mod upstream_client;
 use std::borrow::Cow;
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -68,9 +69,10 @@ use tracing::{Instrument, Span, debug, field, info};
 
 use crate::balance::EndpointSelector;
 use crate::health::HealthRegistry;
+use crate::metrics::{GatewayMetrics, Local, Metrics};
 use crate::routing_table::SnapshotStore;
-use operations::BodyKind;
-use rewrite::{ModelProbe, probe_model};
+use operations::{BodyKind, Surface};
+use rewrite::{ModelProbe, StreamUsage, probe_body};
 use route::{Route, parse_route};
 use upstream::{CLIENT_REQUEST_ID, RequestPlan, upstream_headers, upstream_query};
 
@@ -114,8 +116,24 @@ pub(crate) struct Proxy {
     pub limits: Limits,
     /// Failed authentications per client address (shared by every serving thread).
     pub failed_auths: Arc<FailedAuths>,
+    /// What the request path counts (shared by every serving thread).
+    pub metrics: Arc<Metrics>,
     /// Spans for requests and attempts (`trace_context`); `None`: tracing off, no cost.
     pub tracer: Option<trace_context::RequestTracer>,
+}
+
+/// What a request's accounting needs, filled in as it goes; recorded once its answer's head
+/// is ready.
+#[derive(Default)]
+pub(super) struct Tally {
+    /// The gateway's counters, once the key named it (and metrics are on).
+    gateway: Option<Arc<GatewayMetrics>>,
+    /// Why the gateway answered itself, where the status alone does not say.
+    local: Option<Local>,
+    /// An endpoint's answer was passed on (not a local answer).
+    served: bool,
+    /// Time spent waiting on others: the client's body, upstream attempts, recovery waits.
+    waited: Duration,
 }
 
 impl Proxy {
@@ -151,14 +169,33 @@ impl Proxy {
         let started = Instant::now();
         let mut trace = trace_context::start(self.tracer.as_ref(), &parts, &route);
         let mut gateway = None;
+        let mut tally = Tally::default();
         // Boxed: the request's future (body read, failover, upstream exchange) is kilobytes,
         // and unboxed every future around it — up to the one hyper stores per request — has
         // its size and is copied whole when it is created and moved; one allocation is cheaper.
         let mut response = Box::pin(
-            self.serve(&parts, body, route, peer, &request_id, started, &mut gateway, &mut trace)
-                .instrument(span.clone()),
+            self.serve(
+                &parts,
+                body,
+                route,
+                peer,
+                &request_id,
+                started,
+                &mut gateway,
+                &mut tally,
+                &mut trace,
+            )
+            .instrument(span.clone()),
         )
         .await;
+        if self.metrics.enabled() {
+            let counters = tally.gateway.as_deref().unwrap_or(&self.metrics.unrouted);
+            if !tally.served {
+                let status = response.status().as_u16();
+                counters.local(tally.local.unwrap_or_else(|| Local::of_status(status)));
+            }
+            counters.overhead(started.elapsed().saturating_sub(tally.waited));
+        }
         response.headers_mut().entry(CLIENT_REQUEST_ID).or_insert(request_id);
         let ms = started.elapsed().as_millis() as u64;
         access_log::log_request(&span, &parts, gateway.as_deref(), &response, ms);
@@ -177,6 +214,7 @@ impl Proxy {
         request_id: &HeaderValue,
         started: Instant,
         gateway_name: &mut Option<String>,
+        tally: &mut Tally,
         trace: &mut Option<Box<trace_context::RequestTrace>>,
     ) -> Response<ProxyBody> {
         // Lines logged before the answer carry the request id themselves: the `request` span
@@ -194,38 +232,47 @@ impl Proxy {
         debug!(operation = call.operation.label(), "operation");
         if let Some(wait) = self.failed_auths.refused_for(peer, started) {
             debug!(request_id = rid, "client address over the failed-authentication limit");
+            tally.local = Some(Local::AuthLimited);
             return reply::too_many_failed_authentications(wait);
         }
         let table = self.store.load();
         if table.version().0 == 0 {
+            tally.local = Some(Local::NotReady);
             return reply::not_ready();
         }
         let (gateway, key) = match auth::gateway_for_key(&table, &parts.headers, rid) {
             Ok(found) => found,
             Err(refusal) => {
                 self.failed_auths.record(peer, started);
+                if self.metrics.enabled() {
+                    self.metrics.failed_authentications.fetch_add(1, Ordering::Relaxed);
+                }
                 return refusal.response();
             }
         };
+        tally.gateway.clone_from(&gateway.metrics);
         Span::current().record("gateway", gateway.name.as_str());
         *gateway_name = Some(gateway.name.clone());
         if let Err(refusal) = auth::check_deployment(call, gateway, rid) {
             return refusal.response();
         }
-        let body = match body::read_body(&self.limits, &parts.headers, body, rid).await {
+        let reading = Instant::now();
+        let body = body::read_body(&self.limits, &parts.headers, body, rid).await;
+        tally.waited += reading.elapsed();
+        let mut body = match body {
             Ok(body) => body,
             Err(response) => return response,
         };
-        let model = match call.operation.body() {
-            BodyKind::Json => match probe_model(&body) {
-                Ok(model) => model,
+        let (model, stream_usage) = match call.operation.body() {
+            BodyKind::Json => match probe_body(&body) {
+                Ok(probed) => probed,
                 Err(refusal) => {
                     info!(request_id = rid, reason = refusal.label(), "request body refused");
                     return reply::bad_request(&refusal.message());
                 }
             },
-            BodyKind::Multipart => ModelProbe::Unread,
-            BodyKind::Empty if body.is_empty() => ModelProbe::Unread,
+            BodyKind::Multipart => (ModelProbe::Unread, StreamUsage::NotStreamed),
+            BodyKind::Empty if body.is_empty() => (ModelProbe::Unread, StreamUsage::NotStreamed),
             BodyKind::Empty => {
                 info!(request_id = rid, "request body where the operation takes none");
                 return reply::bad_request("This operation takes no request body.");
@@ -233,6 +280,17 @@ impl Proxy {
         };
         if let Err(refusal) = auth::check_model(call, &model, gateway, rid) {
             return refusal.response();
+        }
+        // Streams count their tokens from the usage chunk: ask for it when the client did
+        // not (and the API version knows `stream_options`), and take it out again on the way
+        // back (`strip_usage`).
+        let strip_usage = stream_usage == StreamUsage::Unrequested
+            && gateway.metrics.is_some()
+            && call.operation.takes_stream_options()
+            && stream_options_supported(call.surface, parts.uri.query());
+        if strip_usage {
+            debug!(request_id = rid, "asking the upstream for the stream's usage");
+            body = crate::metrics::usage::request_usage(&body);
         }
         let forward_address = self.limits.forward_client_address_headers;
         let (prepared, client_identity) =
@@ -260,6 +318,8 @@ impl Proxy {
             client_scoped_auth,
             body,
             model,
+            strip_usage,
+            started,
             trace: trace.as_deref_mut(),
         };
         let timeout = deadline::request_timeout(
@@ -268,6 +328,37 @@ impl Proxy {
             &parts.headers,
         );
         debug!(timeout_ms = timeout.as_millis() as u64, "request deadline");
-        self.forward(&mut plan, gateway, started + timeout).await
+        self.forward(&mut plan, gateway, started + timeout, tally).await
+    }
+}
+
+/// Whether the request's API version accepts `stream_options` (Azure added it in
+/// `2024-09-01-preview`; older versions refuse unknown parameters). The v1 surface always
+/// does.
+fn stream_options_supported(surface: Surface, query: Option<&str>) -> bool {
+    if surface == Surface::V1 {
+        return true;
+    }
+    let version =
+        query.and_then(|q| q.split('&').find_map(|pair| pair.strip_prefix("api-version=")));
+    // Dated versions compare as text: `YYYY-MM-DD` with an optional `-preview`.
+    version.is_some_and(|v| v.get(..10).is_some_and(|date| date >= "2024-09-01"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stream_options_are_sent_only_to_api_versions_that_know_them() {
+        let dated = |q| stream_options_supported(Surface::Dated, Some(q));
+        assert!(dated("api-version=2024-10-21"));
+        assert!(dated("api-version=2024-09-01-preview"));
+        assert!(dated("foo=1&api-version=2025-04-01-preview"));
+        assert!(!dated("api-version=2024-06-01"));
+        assert!(!dated("api-version=2024-08-01-preview"));
+        assert!(!dated("api-version=preview"));
+        assert!(!stream_options_supported(Surface::Dated, None));
+        assert!(stream_options_supported(Surface::V1, None));
     }
 }

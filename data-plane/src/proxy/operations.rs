@@ -97,6 +97,18 @@ impl Operation {
         }
     }
 
+    /// The operation's index in `metrics::OPERATIONS` (its declaration order).
+    #[inline]
+    pub(crate) const fn index(self) -> usize {
+        self as usize
+    }
+
+    /// Whether a streamed request takes `stream_options.include_usage` (chat and legacy
+    /// completions; the Responses API always reports usage in `response.completed`).
+    pub(crate) const fn takes_stream_options(self) -> bool {
+        matches!(self, Operation::ChatCompletions | Operation::Completions)
+    }
+
     /// Low-cardinality name for logs.
     pub(crate) const fn label(self) -> &'static str {
         match self {
@@ -227,6 +239,13 @@ pub(crate) fn lookup(surface: Surface, scope: Scope, rest: &str, method: &Method
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn metric_operation_labels_follow_the_operations() {
+        for op in ALL {
+            assert_eq!(crate::metrics::OPERATIONS[op.index()], op.label());
+        }
+    }
 
     #[test]
     fn every_operation_is_found_at_its_own_path_with_its_method() {

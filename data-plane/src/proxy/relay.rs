@@ -6,6 +6,7 @@
 use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -20,9 +21,11 @@ use super::attempt::{Answer, error_chain};
 use super::deadline::bounded;
 use super::exchange::{is_encoded, is_event_stream, next_data};
 use super::sse::SseFramer;
+use super::upstream::RequestPlan;
 use super::upstream::downstream_headers;
 use super::{ATTEMPTS_HEADER, BoxError, ENDPOINT_HEADER, Proxy, ProxyBody};
 use crate::health::{Admission, HealthEvent, HealthRegistry};
+use crate::metrics::{Finished, Metrics, RouteMetrics, usage};
 use crate::routing_table::CompiledEndpoint;
 
 /// Pause between sending the SSE error event and aborting the body. hyper discards buffered
@@ -30,20 +33,32 @@ use crate::routing_table::CompiledEndpoint;
 /// on any live connection and invisible next to the failure itself.
 const STREAM_ERROR_FLUSH_GRACE: Duration = Duration::from_millis(100);
 
+/// What a committed answer carries besides itself: the admission it holds until its body
+/// ends, the pair's counters, the request's deadline and its `x-modelgw-attempts` list.
+pub(super) struct Committed<'a> {
+    pub(super) admission: Admission,
+    pub(super) accounting: Option<Arc<RouteMetrics>>,
+    pub(super) deadline: Instant,
+    pub(super) attempts: &'a str,
+}
+
 impl Proxy {
     /// Streams the upstream answer to the client frame by frame. A failure after this point
     /// cannot fail over: an SSE stream gets a final `data: {"error":…}` frame (the SDKs raise
     /// it) and then an aborted body; any other body is aborted. Never a clean end.
     pub(super) fn pass_through(
         &self,
-        rid: &str,
+        plan: &RequestPlan<'_>,
         answer: Answer,
         endpoint: &Arc<CompiledEndpoint>,
-        admission: Admission,
-        deadline: Instant,
-        attempts: &str,
+        committed: Committed<'_>,
     ) -> Response<ProxyBody> {
+        let Committed { admission, accounting, deadline, attempts } = committed;
         let Answer { status, headers, ahead, body, .. } = answer;
+        let operation = plan.call.operation.index();
+        if let Some(counters) = &accounting {
+            counters.answered(operation, status.as_u16());
+        }
         // An encoded (e.g. gzip) stream cannot be framed, nor an error event appended to it:
         // relayed as it comes, aborted on failure.
         let sse = is_event_stream(&headers) && !is_encoded(&headers);
@@ -51,8 +66,26 @@ impl Proxy {
             // Read whole before the commit (a chat or embeddings answer): nothing left that
             // could fail, nothing to frame; its frames go out as they are.
             drop(body);
+            if let Some(counters) = &accounting {
+                let usage = if status.is_success() && !is_encoded(&headers) {
+                    usage::usage_of_frames(ahead.frames.iter())
+                } else {
+                    None
+                };
+                let elapsed = plan.started.elapsed();
+                counters.finished(operation, &Finished { elapsed, usage, ..Finished::default() });
+            }
             BodyExt::boxed(ReadWhole { frames: ahead.frames, _admission: admission })
         } else {
+            let tally = accounting.map(|route| StreamTally {
+                route,
+                operation,
+                started: plan.started,
+                usage: usage::StreamUsage::new(plan.strip_usage),
+                first_token: None,
+                open: sse.then(|| OpenStream::new(&self.metrics)),
+                done: false,
+            });
             let relay = Relay {
                 body,
                 ahead: ahead.frames,
@@ -63,9 +96,10 @@ impl Proxy {
                 health: Arc::clone(&self.health),
                 endpoint: Arc::clone(endpoint),
                 span: Span::current(),
-                request_id: Box::from(rid),
+                request_id: Box::from(plan.request_id),
                 _admission: admission,
                 phase: Phase::Streaming,
+                tally,
             };
             BodyExt::boxed(http_body_util::StreamBody::new(futures::stream::unfold(
                 relay,
@@ -80,6 +114,67 @@ impl Proxy {
             out.headers_mut().insert(ATTEMPTS_HEADER, value);
         }
         out
+    }
+}
+
+/// Counts one stream open while it is (the `modelgw_open_streams` gauge).
+struct OpenStream(Arc<Metrics>);
+
+impl OpenStream {
+    fn new(metrics: &Arc<Metrics>) -> Self {
+        metrics.open_streams.fetch_add(1, Ordering::Relaxed);
+        OpenStream(Arc::clone(metrics))
+    }
+}
+
+impl Drop for OpenStream {
+    fn drop(&mut self) {
+        self.0.open_streams.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A relayed answer's accounting: its first token, its usage (and, when the gateway asked
+/// for usage itself, what to take out again), recorded once when it ends — cleanly, cut, or
+/// dropped by a client that went away.
+struct StreamTally {
+    route: Arc<RouteMetrics>,
+    operation: usize,
+    started: Instant,
+    usage: usage::StreamUsage,
+    first_token: Option<Duration>,
+    open: Option<OpenStream>,
+    done: bool,
+}
+
+impl StreamTally {
+    /// Events on their way to the client: what the client gets.
+    #[inline]
+    fn on_events(&mut self, events: Bytes) -> Bytes {
+        let (out, first) = self.usage.on_events(events);
+        if first {
+            self.first_token = Some(self.started.elapsed());
+        }
+        out
+    }
+
+    fn finish(&mut self, cut: bool) {
+        if std::mem::replace(&mut self.done, true) {
+            return;
+        }
+        self.open = None;
+        let end = Finished {
+            elapsed: self.started.elapsed(),
+            first_token: self.first_token,
+            usage: self.usage.usage,
+            cut,
+        };
+        self.route.finished(self.operation, &end);
+    }
+}
+
+impl Drop for StreamTally {
+    fn drop(&mut self) {
+        self.finish(false);
     }
 }
 
@@ -141,6 +236,8 @@ struct Relay {
     /// Keeps the request counted in flight (and a half-open trial slot) until the body ends.
     _admission: Admission,
     phase: Phase,
+    /// The answer's accounting (`None` with metrics off).
+    tally: Option<StreamTally>,
 }
 
 type RelayItem = Result<Frame<Bytes>, BoxError>;
@@ -172,7 +269,10 @@ impl Relay {
                 Ok(Ok(Some(bytes))) => {
                     let out = match &mut self.framer {
                         None => Ok(bytes),
-                        Some(framer) => framer.push(bytes),
+                        Some(framer) => framer.push(bytes).map(|events| match &mut self.tally {
+                            Some(tally) if !events.is_empty() => tally.on_events(events),
+                            _ => events,
+                        }),
                     };
                     match out {
                         Ok(out) if out.is_empty() => continue,
@@ -188,6 +288,13 @@ impl Relay {
                 }
                 Ok(Ok(None)) => {
                     let rest = self.framer.take().and_then(|mut framer| framer.finish());
+                    let rest = match (rest, &mut self.tally) {
+                        (Some(rest), Some(tally)) => Some(tally.on_events(rest)),
+                        (rest, _) => rest,
+                    };
+                    if let Some(tally) = &mut self.tally {
+                        tally.finish(false);
+                    }
                     return rest.map(|rest| (Ok(Frame::data(rest)), self));
                 }
                 Ok(Err(err)) => (format!("upstream stream failed: {}", error_chain(&err)), true),
@@ -207,6 +314,9 @@ impl Relay {
             if endpoint_fault {
                 let event = HealthEvent::Failed { reason: format!("stream cut: {reason}") };
                 self.health.record(self.endpoint.id, &event, Instant::now());
+            }
+            if let Some(tally) = &mut self.tally {
+                tally.finish(endpoint_fault);
             }
             if self.framer.take().is_some() {
                 self.phase = Phase::Failing(reason.clone());

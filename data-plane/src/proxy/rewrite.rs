@@ -78,28 +78,52 @@ impl BodyRefusal {
 /// The marker of the visitor's duplicate-`model` error, told apart from serde's own errors.
 const DUPLICATE_MODEL: &str = "duplicate top-level `model`";
 
-/// Whether a key is `model` (escapes decoded; no allocation for plain keys).
-struct IsModel(bool);
+/// The top-level keys the probe reads (escapes decoded; no allocation for plain keys).
+enum Key {
+    Model,
+    Stream,
+    StreamOptions,
+    Other,
+}
 
-impl<'de> de::Deserialize<'de> for IsModel {
+impl<'de> de::Deserialize<'de> for Key {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         struct KeyVisitor;
         impl Visitor<'_> for KeyVisitor {
-            type Value = IsModel;
+            type Value = Key;
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str("an object key")
             }
-            fn visit_str<E: de::Error>(self, key: &str) -> Result<IsModel, E> {
-                Ok(IsModel(key == "model"))
+            fn visit_str<E: de::Error>(self, key: &str) -> Result<Key, E> {
+                Ok(match key {
+                    "model" => Key::Model,
+                    "stream" => Key::Stream,
+                    "stream_options" => Key::StreamOptions,
+                    _ => Key::Other,
+                })
             }
         }
         deserializer.deserialize_str(KeyVisitor)
     }
 }
 
-/// The object's `model` value, raw and borrowed from the body; every other member is skipped
-/// (still validated as JSON).
-struct Probe<'a>(Option<&'a RawValue>);
+/// Whether a streamed answer will carry its token usage.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) enum StreamUsage {
+    /// Not a streamed request (`stream` is absent or not `true`).
+    #[default]
+    NotStreamed,
+    /// Streamed, without `stream_options`: the gateway may ask for usage itself.
+    Unrequested,
+    /// Streamed with `stream_options.include_usage: true`: the client asked.
+    Requested,
+    /// Streamed with `stream_options` that do not ask for usage: left as the client sent it.
+    Declined,
+}
+
+/// The object's `model` value, raw and borrowed from the body, and whether it streams with
+/// usage; every other member is skipped (still validated as JSON).
+struct Probe<'a>(Option<&'a RawValue>, StreamUsage);
 
 impl<'de> de::Deserialize<'de> for Probe<'de> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
@@ -111,16 +135,37 @@ impl<'de> de::Deserialize<'de> for Probe<'de> {
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Probe<'de>, A::Error> {
                 let mut model = None;
-                while let Some(IsModel(is_model)) = map.next_key()? {
-                    if !is_model {
-                        map.next_value::<IgnoredAny>()?;
-                    } else if model.is_some() {
-                        return Err(de::Error::custom(DUPLICATE_MODEL));
-                    } else {
-                        model = Some(map.next_value::<&'de RawValue>()?);
+                let mut stream = false;
+                let mut options = None;
+                while let Some(key) = map.next_key()? {
+                    match key {
+                        Key::Other => {
+                            map.next_value::<IgnoredAny>()?;
+                        }
+                        Key::Model if model.is_some() => {
+                            return Err(de::Error::custom(DUPLICATE_MODEL));
+                        }
+                        Key::Model => model = Some(map.next_value::<&'de RawValue>()?),
+                        // The last one counts, as in most parsers; only accounting reads them.
+                        Key::Stream => stream = map.next_value::<&'de RawValue>()?.get() == "true",
+                        Key::StreamOptions => options = Some(map.next_value::<&'de RawValue>()?),
                     }
                 }
-                Ok(Probe(model))
+                let usage = match (stream, options) {
+                    (false, _) => StreamUsage::NotStreamed,
+                    (true, None) => StreamUsage::Unrequested,
+                    (true, Some(raw)) => {
+                        #[derive(serde::Deserialize)]
+                        struct Options {
+                            include_usage: Option<bool>,
+                        }
+                        match serde_json::from_str::<Options>(raw.get()) {
+                            Ok(Options { include_usage: Some(true) }) => StreamUsage::Requested,
+                            _ => StreamUsage::Declined,
+                        }
+                    }
+                };
+                Ok(Probe(model, usage))
             }
         }
         deserializer.deserialize_map(ObjectVisitor)
@@ -128,7 +173,13 @@ impl<'de> de::Deserialize<'de> for Probe<'de> {
 }
 
 /// The top-level `model` of a body that must be one JSON object; see the module docs.
+#[cfg(test)]
 pub(crate) fn probe_model(body: &[u8]) -> Result<ModelProbe, BodyRefusal> {
+    probe_body(body).map(|(model, _)| model)
+}
+
+/// [`probe_model`], and whether the body asks for a stream with its usage.
+pub(crate) fn probe_body(body: &[u8]) -> Result<(ModelProbe, StreamUsage), BodyRefusal> {
     // JSON's own whitespace only: a BOM or anything else before the object is refused here,
     // and `deserialize_map` alone would also take an array.
     let first = body.iter().find(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r'));
@@ -142,7 +193,8 @@ pub(crate) fn probe_model(body: &[u8]) -> Result<ModelProbe, BodyRefusal> {
         }
         Err(err) => return Err(BodyRefusal::Invalid(err.to_string())),
     };
-    let Some(raw) = probe.0 else { return Ok(ModelProbe::Absent) };
+    let usage = probe.1;
+    let Some(raw) = probe.0 else { return Ok((ModelProbe::Absent, usage)) };
     let text = raw.get();
     // The raw value borrows from `body`, so its address gives its offset.
     let start = (text.as_ptr() as usize).wrapping_sub(body.as_ptr() as usize);
@@ -152,7 +204,7 @@ pub(crate) fn probe_model(body: &[u8]) -> Result<ModelProbe, BodyRefusal> {
         return Err(BodyRefusal::Invalid("model value not located".to_owned()));
     }
     let value = serde_json::from_str::<Cow<'_, str>>(text).ok().map(Cow::into_owned);
-    Ok(ModelProbe::Present(ModelField { span, value }))
+    Ok((ModelProbe::Present(ModelField { span, value }), usage))
 }
 
 /// `body` with `span` replaced by `replacement`.
@@ -268,6 +320,24 @@ mod tests {
                 .map(|p| matches!(p, ModelProbe::Present(_))),
             Ok(true)
         );
+    }
+
+    #[test]
+    fn streamed_requests_say_whether_they_asked_for_usage() {
+        let usage = |body: &str| probe_body(body.as_bytes()).expect("valid").1;
+        assert_eq!(usage(r#"{"model":"gw"}"#), StreamUsage::NotStreamed);
+        assert_eq!(usage(r#"{"stream":false}"#), StreamUsage::NotStreamed);
+        assert_eq!(usage(r#"{"stream":"true"}"#), StreamUsage::NotStreamed);
+        assert_eq!(usage(r#"{"stream":true,"model":"gw"}"#), StreamUsage::Unrequested);
+        assert_eq!(
+            usage(r#"{"stream":true,"stream_options":{"include_usage":true}}"#),
+            StreamUsage::Requested
+        );
+        assert_eq!(
+            usage(r#"{"stream_options":{"include_usage":false},"stream":true}"#),
+            StreamUsage::Declined
+        );
+        assert_eq!(usage(r#"{"stream":true,"stream_options":{}}"#), StreamUsage::Declined);
     }
 
     #[test]

@@ -253,6 +253,11 @@ pub(crate) struct RequestPlan<'a> {
     pub client_scoped_auth: bool,
     pub body: Bytes,
     pub model: ModelProbe,
+    /// The gateway added `stream_options.include_usage` to `body`: what the client did not
+    /// ask for is taken out of the stream again.
+    pub strip_usage: bool,
+    /// When the request arrived (durations and time to first token count from here).
+    pub started: std::time::Instant,
     /// The request's spans when tracing is on: each attempt's `traceparent` comes from them.
     pub trace: Option<&'a mut RequestTrace>,
 }
@@ -407,6 +412,8 @@ mod tests {
             client_scoped_auth: false,
             body: Bytes::from_static(body.as_bytes()),
             model: probe_model(body.as_bytes()).expect("one JSON object"),
+            strip_usage: false,
+            started: std::time::Instant::now(),
             trace: None,
         }
     }

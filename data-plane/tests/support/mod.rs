@@ -108,6 +108,8 @@ pub struct TestGateway {
     pub store: Arc<SnapshotStore>,
     pub health: Arc<HealthRegistry>,
     pub connections: Arc<ConnectionStats>,
+    /// Where `/metrics` is served, when the config asked for it.
+    pub metrics_addr: Option<SocketAddr>,
     pub http: reqwest::Client,
     pub stop: Option<oneshot::Sender<()>>,
     pub task: tokio::task::JoinHandle<Result<(), DataPlaneError>>,
@@ -178,12 +180,13 @@ pub async fn start_exactly(config: DataPlaneConfig) -> Result<TestGateway> {
     let base = format!("http://{}", dp.local_addr());
     let store = dp.snapshot_store();
     let health = dp.health();
+    let metrics_addr = dp.metrics_addr();
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(dp.run(async move {
         let _ = stopped.await;
     }));
     let http = reqwest::Client::builder().no_proxy().build()?;
-    Ok(TestGateway { base, store, health, connections, http, stop: Some(stop), task })
+    Ok(TestGateway { base, store, health, connections, metrics_addr, http, stop: Some(stop), task })
 }
 
 /// Default settings but a 5 s first-byte timeout.

@@ -20,6 +20,8 @@
 
 /// Headless Chromium over WebDriver, for the console's browser tests.
 pub mod browser;
+/// Scrapes of `/metrics` and the metric selectors of PromQL expressions.
+pub mod metrics;
 /// An OTLP trace receiver, for the trace tests.
 pub mod otlp;
 
@@ -74,6 +76,13 @@ impl Proc {
             .unwrap_or_else(|| panic!("{} ready line has no {key}", self.name))
     }
 
+    /// The URL of the process's `/metrics`, from the `metrics` field of its ready line.
+    pub fn metrics_url(&self) -> String {
+        let addr = address_of(self.field("metrics"));
+        let addr = addr.split('/').next().unwrap_or_default();
+        format!("http://{addr}/metrics")
+    }
+
     pub fn pid(&self) -> Option<u32> {
         self.child.id()
     }
@@ -122,6 +131,10 @@ pub async fn spawn(
         .env_remove("MODELGW_DATA_PLANE_TOKEN")
         // Every upstream of the scenarios is a mock on 127.0.0.1.
         .env("MODELGW_ALLOW_LOOPBACK_UPSTREAMS", "true")
+        // Metrics listeners on free ports: the defaults (4003, 4004) would collide between
+        // the processes of one scenario and between scenarios running at once.
+        .env("MODELGW_METRICS_ADDR", "127.0.0.1:0")
+        .env("MODELGW_CONTROL_PLANE_METRICS_ADDR", "127.0.0.1:0")
         .env("MODELGW_LOG_FORMAT", "text")
         .env("NO_COLOR", "1");
     if std::env::var_os("RUST_LOG").is_none() {

@@ -2,6 +2,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test stops where its setup fails
 
+use modelgw_e2e::metrics::Scrape;
 use modelgw_e2e::{Admin, chat, init, spawn};
 
 const BIN: &str = env!("CARGO_BIN_EXE_modelgw");
@@ -112,6 +113,14 @@ async fn the_demo_prints_a_gateway_that_serves_a_chat_completion() -> anyhow::Re
     let (status, _, body) =
         chat(demo.field("gateway"), demo.field("gateway_key"), DOCUMENTED_GATEWAY).await?;
     assert_eq!(status, 200, "{body}");
+
+    // The control plane's metrics, as printed: the version the admin API reports.
+    let metrics = after(human, "CP metrics", ' ');
+    assert_eq!(metrics, demo.field("control_plane_metrics"), "{human}");
+    let scrape = Scrape::get(metrics).await?;
+    let version = admin.config_version().await? as f64;
+    assert_eq!(scrape.value("modelgw_config_version", &[]), Some(version), "{}", scrape.text);
+    assert_eq!(scrape.value("modelgw_connected_data_planes", &[]), Some(1.0), "{}", scrape.text);
     demo.stop().await;
     Ok(())
 }

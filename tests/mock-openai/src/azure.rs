@@ -293,7 +293,9 @@ async fn answer(shared: &Shared, req: Request<Incoming>) -> Result<Response<Body
         };
         return Ok(ans.json(StatusCode::BAD_REQUEST, body));
     };
-    let created = chrono::Utc::now().timestamp();
+    let fixed = shared.fixed_ids.load(std::sync::atomic::Ordering::Relaxed);
+    let created = if fixed { 1_736_407_895 } else { chrono::Utc::now().timestamp() };
+    let id = |prefix: &str| if fixed { format!("{prefix}fixed") } else { random_id(prefix) };
     let stream = request.get("stream").and_then(Value::as_bool) == Some(true);
     let include_usage =
         request.pointer("/stream_options/include_usage").and_then(Value::as_bool) == Some(true);
@@ -312,7 +314,7 @@ async fn answer(shared: &Shared, req: Request<Incoming>) -> Result<Response<Body
                 }
                 Some(_) => {}
             }
-            let c = Completion::new(random_id("chatcmpl-"), created, model, region, &request);
+            let c = Completion::new(id("chatcmpl-"), created, model, region, &request);
             ans.remaining = Some(shared.state().spend(&deployment, 0, c.total_tokens()));
             if stream {
                 Ok(sse(&ans, c.chat_sse_payloads(include_usage), shared.stream_gap(), shape))
@@ -321,7 +323,7 @@ async fn answer(shared: &Shared, req: Request<Incoming>) -> Result<Response<Body
             }
         }
         Operation::Completions => {
-            let c = Completion::new(random_id("cmpl-"), created, model, region, &request);
+            let c = Completion::new(id("cmpl-"), created, model, region, &request);
             ans.remaining = Some(shared.state().spend(&deployment, 0, c.total_tokens()));
             if stream {
                 Ok(sse(&ans, c.text_sse_payloads(include_usage), shared.stream_gap(), shape))

@@ -113,6 +113,8 @@ pub(crate) struct Shared {
     pub(crate) session_header: HeaderValue,
     pub(crate) latency_ms: AtomicU64,
     pub(crate) stream_gap_ms: AtomicU64,
+    /// Answers carry a fixed id and `created` (tests comparing two answers byte for byte).
+    pub(crate) fixed_ids: std::sync::atomic::AtomicBool,
     state: Mutex<state::State>,
     bearer: Mutex<Option<BearerCheck>>,
     pub(crate) shutdown: watch::Sender<bool>,
@@ -163,6 +165,7 @@ impl MockAzure {
             session_header,
             latency_ms: AtomicU64::new(0),
             stream_gap_ms: AtomicU64::new(duration_ms(DEFAULT_STREAM_GAP)),
+            fixed_ids: std::sync::atomic::AtomicBool::new(false),
             state: Mutex::new(state::State::default()),
             bearer: Mutex::new(None),
             shutdown,
@@ -234,6 +237,12 @@ impl MockAzure {
     /// Pause between SSE frames. Default [`DEFAULT_STREAM_GAP`].
     pub fn set_stream_gap(&self, gap: Duration) {
         self.shared.stream_gap_ms.store(duration_ms(gap), Ordering::Relaxed);
+    }
+
+    /// Answers with a fixed id and `created` from now on, so that the same request gets the
+    /// same bytes (a test comparing what a client gets with and without the gateway).
+    pub fn set_fixed_ids(&self, fixed: bool) {
+        self.shared.fixed_ids.store(fixed, Ordering::Relaxed);
     }
 
     /// Stops accepting and closes every open connection (in-flight answers are cut). Returns at

@@ -1,0 +1,448 @@
+//! The Prometheus view of the data plane: a `prometheus-client` collector that reads the
+//! request path's atomics, endpoint health and the connection counters at scrape time.
+//! Label values come from configuration (gateway, endpoint and region names) and are escaped
+//! here, since the crate's text encoder writes them as given.
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{
+    DescriptorEncoder, EncodeLabelSet, EncodeLabelValue, LabelSetEncoder, LabelValueEncoder,
+};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
+
+use super::{
+    ATTEMPT_OUTCOMES, GEN_AI_OPERATIONS, GatewayMetrics, Histogram, LOCAL_RESPONSES, Metrics,
+    OPERATIONS, OperationMetrics, RouteMetrics,
+};
+use crate::health::HealthRegistry;
+use crate::proxy::connection::ConnectionStats;
+use crate::routing_table::SnapshotStore;
+use modelgw_model::EndpointState;
+
+/// A label value escaped as the exposition format requires (`\`, `"` and line feeds).
+#[derive(Debug)]
+struct Escaped<'a>(&'a str);
+
+impl EncodeLabelValue for Escaped<'_> {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> std::fmt::Result {
+        for c in self.0.chars() {
+            match c {
+                '\\' => encoder.write_str("\\\\")?,
+                '"' => encoder.write_str("\\\"")?,
+                '\n' => encoder.write_str("\\n")?,
+                c => encoder.write_char(c)?,
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Up to six `(name, value)` labels, values escaped.
+struct Labels<'a>(&'a [(&'static str, &'a str)]);
+
+impl EncodeLabelSet for Labels<'_> {
+    fn encode(&self, encoder: &mut LabelSetEncoder<'_>) -> std::fmt::Result {
+        for (name, value) in self.0 {
+            let mut label = encoder.encode_label();
+            let mut key = label.encode_label_key()?;
+            key.write_str(name)?;
+            let mut value_encoder = key.encode_label_value()?;
+            Escaped(value).encode(&mut value_encoder)?;
+            value_encoder.finish()?;
+        }
+        Ok(())
+    }
+}
+
+/// Everything the scrape reads.
+#[derive(Debug)]
+pub struct Scrape {
+    pub metrics: Arc<Metrics>,
+    pub health: Arc<HealthRegistry>,
+    pub connections: Arc<ConnectionStats>,
+    pub store: Arc<SnapshotStore>,
+}
+
+impl Scrape {
+    /// A registry holding this collector (what the `/metrics` listener encodes).
+    pub fn registry(self) -> Registry {
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(self));
+        registry
+    }
+}
+
+/// One metric family with rows of `(labels, value)`.
+fn family<T>(
+    encoder: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    kind: MetricType,
+    rows: &[(Vec<(&'static str, &str)>, T)],
+    mut write: impl FnMut(prometheus_client::encoding::MetricEncoder<'_>, &T) -> std::fmt::Result,
+) -> std::fmt::Result {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let mut metric = encoder.encode_descriptor(name, help, None, kind)?;
+    if let [(labels, value)] = rows
+        && labels.is_empty()
+    {
+        // A single series without labels: `name value`, not `name{} value`.
+        return write(metric, value);
+    }
+    for (labels, value) in rows {
+        let labels = Labels(labels);
+        let row = metric.encode_family(&labels)?;
+        write(row, value)?;
+    }
+    Ok(())
+}
+
+fn counter(
+    mut encoder: prometheus_client::encoding::MetricEncoder<'_>,
+    v: &u64,
+) -> std::fmt::Result {
+    encoder.encode_counter::<prometheus_client::encoding::NoLabelSet, u64, u64>(v, None)
+}
+
+fn gauge(mut encoder: prometheus_client::encoding::MetricEncoder<'_>, v: &i64) -> std::fmt::Result {
+    encoder.encode_gauge(v)
+}
+
+fn gauge_f64(
+    mut encoder: prometheus_client::encoding::MetricEncoder<'_>,
+    v: &f64,
+) -> std::fmt::Result {
+    encoder.encode_gauge(v)
+}
+
+fn histogram(
+    encoder: prometheus_client::encoding::MetricEncoder<'_>,
+    h: &&Histogram,
+) -> std::fmt::Result {
+    h.encode(encoder)
+}
+
+const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+impl Collector for Scrape {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> std::fmt::Result {
+        let (routes, gateways, endpoints) = {
+            let catalog = self.metrics.catalog();
+            let mut routes: Vec<Arc<RouteMetrics>> = catalog.routes.values().cloned().collect();
+            let mut gateways: Vec<Arc<GatewayMetrics>> =
+                catalog.gateways.values().cloned().collect();
+            let mut endpoints: Vec<_> = catalog.endpoints.values().cloned().collect();
+            routes.sort_by_key(|r| (r.gateway_id, r.endpoint_id));
+            gateways.sort_by_key(|g| g.gateway_id);
+            endpoints.sort_by_key(|e| e.endpoint_id);
+            (routes, gateways, endpoints)
+        };
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let route_labels: Vec<_> = routes.iter().map(|r| r.labels.load_full()).collect();
+
+        // Answers by endpoint, operation and status class.
+        let mut requests = Vec::new();
+        let mut durations = Vec::new();
+        let mut ttfts = Vec::new();
+        let mut token_times = Vec::new();
+        let mut tokens = Vec::new();
+        for (route, labels) in routes.iter().zip(&route_labels) {
+            let base = [
+                ("gateway", &*labels.gateway),
+                ("endpoint", &*labels.endpoint),
+                ("region", &*labels.region),
+            ];
+            for (op, m) in route.operations.iter().enumerate() {
+                let Some(m): Option<&OperationMetrics> = m.get().map(|b| &**b) else { continue };
+                for (class, count) in m.status.iter().enumerate() {
+                    let count = load(count);
+                    if count > 0 {
+                        let mut l = base.to_vec();
+                        l.push(("operation", OPERATIONS[op]));
+                        l.push(("status_class", STATUS_CLASSES[class]));
+                        requests.push((l, count));
+                    }
+                }
+                let mut l = base.to_vec();
+                l.push(("gen_ai_operation_name", GEN_AI_OPERATIONS[op]));
+                if m.duration.count() > 0 {
+                    durations.push((l.clone(), &m.duration));
+                }
+                if m.ttft.count() > 0 {
+                    ttfts.push((l.clone(), &m.ttft));
+                }
+                if m.token_time.count() > 0 {
+                    token_times.push((l.clone(), &m.token_time));
+                }
+                if m.input_tokens.count() > 0 {
+                    let mut input = l.clone();
+                    input.push(("gen_ai_token_type", "input"));
+                    tokens.push((input, &m.input_tokens));
+                    let mut output = l;
+                    output.push(("gen_ai_token_type", "output"));
+                    tokens.push((output, &m.output_tokens));
+                }
+            }
+        }
+        family(
+            &mut encoder,
+            "modelgw_requests",
+            "Answers an endpoint gave the gateway's clients.",
+            MetricType::Counter,
+            &requests,
+            counter,
+        )?;
+
+        let mut attempts = Vec::new();
+        let mut failovers = Vec::new();
+        let mut ttfbs = Vec::new();
+        for (route, labels) in routes.iter().zip(&route_labels) {
+            let base = [
+                ("gateway", &*labels.gateway),
+                ("endpoint", &*labels.endpoint),
+                ("region", &*labels.region),
+            ];
+            for (i, outcome) in ATTEMPT_OUTCOMES.iter().enumerate() {
+                let mut l = base.to_vec();
+                l.push(("outcome", outcome));
+                let tried = load(&route.attempts[i]);
+                if tried > 0 {
+                    attempts.push((l.clone(), tried));
+                }
+                let moved = load(&route.failovers[i]);
+                if moved > 0 {
+                    failovers.push((l, moved));
+                }
+            }
+            if route.ttfb.count() > 0 {
+                ttfbs.push((base.to_vec(), &route.ttfb));
+            }
+        }
+        family(
+            &mut encoder,
+            "modelgw_upstream_attempts",
+            "Upstream attempts and skipped members, by outcome.",
+            MetricType::Counter,
+            &attempts,
+            counter,
+        )?;
+        family(
+            &mut encoder,
+            "modelgw_failovers",
+            "Failed attempts the gateway moved on from (to the next member, a recovery wait or its own answer).",
+            MetricType::Counter,
+            &failovers,
+            counter,
+        )?;
+        family(
+            &mut encoder,
+            "modelgw_upstream_time_to_first_byte_seconds",
+            "Upstream time to the response head, per attempt that got one.",
+            MetricType::Histogram,
+            &ttfbs,
+            histogram,
+        )?;
+        family(
+            &mut encoder,
+            "gen_ai_server_request_duration_seconds",
+            "Time from the request's arrival to the end of its answer.",
+            MetricType::Histogram,
+            &durations,
+            histogram,
+        )?;
+        family(
+            &mut encoder,
+            "gen_ai_server_time_to_first_token_seconds",
+            "Streams: time from the request's arrival to its first token.",
+            MetricType::Histogram,
+            &ttfts,
+            histogram,
+        )?;
+        family(
+            &mut encoder,
+            "gen_ai_server_time_per_output_token_seconds",
+            "Streams: time per output token after the first.",
+            MetricType::Histogram,
+            &token_times,
+            histogram,
+        )?;
+        family(
+            &mut encoder,
+            "gen_ai_client_token_usage",
+            "Tokens per answer, from its usage.",
+            MetricType::Histogram,
+            &tokens,
+            histogram,
+        )?;
+
+        // Answers the gateway gave itself, and its overhead.
+        let gateway_names: Vec<_> = gateways.iter().map(|g| g.name.load_full()).collect();
+        let unrouted_name = self.metrics.unrouted.name.load_full();
+        let all_gateways: Vec<(&GatewayMetrics, &str)> =
+            std::iter::once((&*self.metrics.unrouted, &**unrouted_name))
+                .chain(gateways.iter().map(|g| &**g).zip(gateway_names.iter().map(|n| &***n)))
+                .collect();
+        let mut local = Vec::new();
+        let mut overheads = Vec::new();
+        let mut status_text: Vec<String> = Vec::new();
+        for (reason, status) in LOCAL_RESPONSES {
+            status_text.push(status.to_string());
+            let _ = reason;
+        }
+        for (gateway, name) in &all_gateways {
+            for (i, (reason, _)) in LOCAL_RESPONSES.iter().enumerate() {
+                let count = load(&gateway.local[i]);
+                if count > 0 {
+                    // Before a key named a gateway there is none: the label is left out (an
+                    // empty label is the same to Prometheus, not to every parser).
+                    let mut labels = Vec::with_capacity(3);
+                    if !name.is_empty() {
+                        labels.push(("gateway", *name));
+                    }
+                    labels.push(("status", status_text[i].as_str()));
+                    labels.push(("reason", *reason));
+                    local.push((labels, count));
+                }
+            }
+            if gateway.overhead.count() > 0 {
+                overheads.push((vec![("gateway", *name)], &gateway.overhead));
+            }
+        }
+        family(
+            &mut encoder,
+            "modelgw_local_responses",
+            "Answers the gateway gave itself (no endpoint's answer passed on).",
+            MetricType::Counter,
+            &local,
+            counter,
+        )?;
+        family(
+            &mut encoder,
+            "modelgw_overhead_seconds",
+            "Time a request spent in the gateway itself: end to end minus the waits on the client's body, the upstreams and recovery.",
+            MetricType::Histogram,
+            &overheads,
+            histogram,
+        )?;
+
+        // Endpoints: health and quota.
+        let now = Instant::now();
+        let endpoint_labels: Vec<_> = endpoints.iter().map(|e| e.labels.load_full()).collect();
+        let mut states = Vec::new();
+        let mut remaining = Vec::new();
+        for (endpoint, labels) in endpoints.iter().zip(&endpoint_labels) {
+            let (name, region) = (&*labels.0, &*labels.1);
+            let current = self.health.state(endpoint.endpoint_id, now);
+            for (state, label) in [
+                (EndpointState::Healthy, "healthy"),
+                (EndpointState::Throttling, "throttling"),
+                (EndpointState::Error, "error"),
+            ] {
+                let value = i64::from(current == state);
+                states
+                    .push((vec![("endpoint", name), ("region", region), ("state", label)], value));
+            }
+            for (kind, value) in [
+                ("requests", endpoint.remaining_requests.load(Ordering::Relaxed)),
+                ("tokens", endpoint.remaining_tokens.load(Ordering::Relaxed)),
+            ] {
+                if value >= 0 {
+                    remaining.push((
+                        vec![("endpoint", name), ("region", region), ("kind", kind)],
+                        value,
+                    ));
+                }
+            }
+        }
+        family(
+            &mut encoder,
+            "modelgw_endpoint_health_state",
+            "1 for the endpoint's current health state as this data plane sees it, else 0.",
+            MetricType::Gauge,
+            &states,
+            gauge,
+        )?;
+        family(
+            &mut encoder,
+            "modelgw_endpoint_ratelimit_remaining",
+            "The quota left at the endpoint's last answer (x-ratelimit-remaining-*).",
+            MetricType::Gauge,
+            &remaining,
+            gauge,
+        )?;
+
+        // The process.
+        let none: Vec<(&'static str, &str)> = Vec::new();
+        let open = self.connections.open() as i64;
+        family(
+            &mut encoder,
+            "modelgw_open_connections",
+            "Client connections open.",
+            MetricType::Gauge,
+            &[(none.clone(), open)],
+            gauge,
+        )?;
+        family(
+            &mut encoder,
+            "modelgw_connections_refused",
+            "Client connections refused at the connection limit.",
+            MetricType::Counter,
+            &[(none.clone(), self.connections.refused())],
+            counter,
+        )?;
+        let streams = self.metrics.open_streams.load(Ordering::Relaxed).max(0);
+        family(
+            &mut encoder,
+            "modelgw_open_streams",
+            "Answers being streamed to clients now.",
+            MetricType::Gauge,
+            &[(none.clone(), streams)],
+            gauge,
+        )?;
+        let failed = load(&self.metrics.failed_authentications);
+        family(
+            &mut encoder,
+            "modelgw_failed_authentications",
+            "Requests refused for an unknown or missing gateway key.",
+            MetricType::Counter,
+            &[(none.clone(), failed)],
+            counter,
+        )?;
+        let version = self.store.version().0 as i64;
+        family(
+            &mut encoder,
+            "modelgw_snapshot_version",
+            "Configuration version served (0: none yet).",
+            MetricType::Gauge,
+            &[(none.clone(), version)],
+            gauge,
+        )?;
+        if let Some(age) = self.metrics.snapshot_age() {
+            family(
+                &mut encoder,
+                "modelgw_snapshot_age_seconds",
+                "Seconds since the last snapshot was applied.",
+                MetricType::Gauge,
+                &[(none.clone(), age)],
+                gauge_f64,
+            )?;
+        }
+        let connected = self.metrics.control_plane_connected.load(Ordering::Relaxed);
+        family(
+            &mut encoder,
+            "modelgw_control_plane_connected",
+            "1 while the control-plane stream is up.",
+            MetricType::Gauge,
+            &[(none, connected)],
+            gauge,
+        )?;
+        Ok(())
+    }
+}
