@@ -22,6 +22,9 @@
 //!
 //! Audit: every change is recorded by the store in the change's own transaction, with the
 //! caller's actor, request id and address (`audit::Caller`); `GET /api/v1/audit-log` reads it.
+//!
+//! Statistics: `GET /api/v1/stats/{gateways,endpoints,regions}` read the traffic data planes
+//! report, from the control plane's rolling window (`stats.rs`).
 
 mod api_tokens;
 mod audit;
@@ -39,6 +42,7 @@ pub mod oidc;
 mod openapi;
 mod problem;
 mod request_metrics;
+mod stats;
 mod status;
 mod trace;
 mod validate;
@@ -184,6 +188,9 @@ fn protected_routes() -> Vec<ProtectedRoute> {
         R::post("/api-tokens", Admin, api_tokens::create),
         R::delete("/api-tokens/{id}", Admin, api_tokens::revoke),
         R::get("/audit-log", Viewer, audit::list),
+        R::get("/stats/gateways", Viewer, stats::gateways),
+        R::get("/stats/endpoints", Viewer, stats::endpoints),
+        R::get("/stats/regions", Viewer, stats::regions),
         R::get("/me", Viewer, me::get),
     ]
 }

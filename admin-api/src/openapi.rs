@@ -20,7 +20,7 @@ use crate::identity::Role;
 use crate::problem::ApiError;
 use crate::{
     api_tokens, audit, azure, data_plane_tokens, endpoints, gateways, keys, me, problem,
-    route_roles, status,
+    route_roles, stats, status,
 };
 
 /// Name of the security scheme every protected operation requires.
@@ -67,6 +67,9 @@ const SECURITY_SCHEME: &str = "admin_token";
         api_tokens::list,
         api_tokens::revoke,
         audit::list,
+        stats::gateways,
+        stats::endpoints,
+        stats::regions,
         me::get,
         openapi_json,
     ),
@@ -81,6 +84,7 @@ const SECURITY_SCHEME: &str = "admin_token";
         (name = "azure", description = "Discover Azure OpenAI deployments, import them, propose gateways"),
         (name = "api-tokens", description = "Named bearer tokens for this API, each with a role"),
         (name = "audit-log", description = "Every change: who, what, when, from where"),
+        (name = "stats", description = "Traffic per gateway, endpoint and region, per minute for up to 24 hours, as the data planes connected to this control plane reported it"),
         (name = "meta", description = "This document, and who the caller is"),
     )
 )]

@@ -89,6 +89,11 @@ pub enum ApiError {
     BadQuery {
         reason: String,
     },
+    /// One query parameter has a value outside what it accepts (the field is named).
+    BadParameter {
+        field: &'static str,
+        reason: String,
+    },
     UnsupportedMediaType,
     PayloadTooLarge {
         limit_bytes: usize,
@@ -120,7 +125,9 @@ impl ApiError {
             ApiError::Forbidden { .. } => StatusCode::FORBIDDEN,
             ApiError::NotFound { .. } | ApiError::RouteNotFound => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            ApiError::MalformedBody { .. } | ApiError::BadQuery { .. } => StatusCode::BAD_REQUEST,
+            ApiError::MalformedBody { .. }
+            | ApiError::BadQuery { .. }
+            | ApiError::BadParameter { .. } => StatusCode::BAD_REQUEST,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
@@ -195,6 +202,13 @@ impl ApiError {
                 "Invalid query string",
                 format!("query string: {reason}"),
                 vec![FieldError::new("query", reason.clone())],
+                None,
+            ),
+            ApiError::BadParameter { field, reason } => (
+                "bad-query",
+                "Invalid query string",
+                format!("{field}: {reason}"),
+                vec![FieldError::new(*field, reason.clone())],
                 None,
             ),
             ApiError::UnsupportedMediaType => (

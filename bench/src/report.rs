@@ -697,6 +697,7 @@ mod tests {
             (Row::Floor, 100.0, 1.0, 1.0),
             (Row::Nginx, 50.0, 2.0, 2.0),
             (Row::Gateway, 45.0, 3.0, 5.0),
+            (Row::GatewayMetricsOff, 46.0, 3.0, 4.9),
         ] {
             for sc in Scenario::ALL {
                 load.runs.push(mk(row, sc, rps, p99, cpu));
@@ -704,7 +705,10 @@ mod tests {
         }
         let r = Results { load: Some(load), ..Default::default() };
         let t = targets(&r);
-        assert_eq!(t.len(), 4);
+        assert_eq!(t.len(), 5);
+        // Metrics on vs off: 5.0 / 4.9 ≈ 1.02 ≤ 1.05.
+        assert_eq!(t[4].ratio.map(|r| (r * 100.0).round()), Some(102.0));
+        assert_eq!(t[4].met, Some(true));
         assert_eq!(t[0].ratio, Some(0.9));
         assert_eq!(t[0].met, Some(true));
         // Added p99: gateway 2, nginx 1 → 2.0 > 1.5.

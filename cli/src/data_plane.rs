@@ -82,6 +82,11 @@ pub struct Args {
     /// Serving threads, each with its own upstream connection pool (default: one per core).
     #[arg(long, env = "MODELGW_WORKERS", value_parser = clap::value_parser!(u16).range(1..))]
     pub workers: Option<u16>,
+    /// How often the traffic counted since the previous report goes to the control plane for
+    /// the Admin Console's statistics (default 5s; nothing is sent for an interval without
+    /// traffic).
+    #[arg(long, env = "MODELGW_STATS_INTERVAL", value_parser = crate::control_plane::parse_duration)]
+    pub stats_interval: Option<Duration>,
     /// The gateway edge: connection limits, SSE bounds, failed authentications, egress.
     #[command(flatten)]
     pub edge: EdgeArgs,
@@ -164,6 +169,7 @@ impl Args {
             request_timeout: self.request_timeout.unwrap_or(defaults.request_timeout),
             stream_idle_timeout: self.stream_idle_timeout.unwrap_or(defaults.stream_idle_timeout),
             workers: self.workers.map_or(defaults.workers, usize::from),
+            stats_interval: self.stats_interval.unwrap_or(defaults.stats_interval),
             metrics_enabled: self.metrics_addr.0.is_some(),
             metrics_addr: self.metrics_addr.0,
             ..defaults

@@ -24,6 +24,7 @@
 
 mod api;
 mod assets;
+mod charts;
 mod error;
 mod layout;
 mod live;

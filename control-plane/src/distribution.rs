@@ -16,6 +16,10 @@
 //! replicas, which merge stored reports on each poll tick) happens afterwards, in a
 //! background writer. Window ends are not pushed: every entry carries its `until`, which
 //! data planes honour themselves.
+//!
+//! Traffic statistics ride the same streams the other way: each data plane sends the counts
+//! it served since its previous report, and the registry adds them into a rolling window
+//! (`stats.rs`: per minute, 24 h, memory bounded) that the admin API reads for the console.
 
 mod admission;
 pub mod dev_pki;
@@ -24,6 +28,7 @@ mod health;
 pub mod join_tokens;
 mod publisher;
 mod registry;
+pub mod stats;
 mod tls;
 
 pub use grpc::{
@@ -140,6 +145,7 @@ impl Distribution {
         let (requested_tx, requested_rx) = watch::channel(version);
         let persist = Arc::new(health::PendingWrites::default());
         let registry = DataPlaneRegistry::persisting(persist.clone(), max_health_window);
+        registry.retain_stats(&snapshots.borrow());
         // What the fleet reported before this process started (or to other replicas).
         registry.merge_stored(store.load_endpoint_health().await?);
         registry.merge_resets(store.load_health_resets().await?);

@@ -36,6 +36,7 @@ on_both_backends!(
     a_subscriber_gets_the_current_snapshot_then_each_committed_change,
     acks_nacks_heartbeats_and_disconnects_show_in_the_registry,
     health_reports_show_per_endpoint,
+    stats_reports_of_two_data_planes_add_up_for_configured_pairs_only,
     the_first_message_must_be_hello,
     changes_made_by_another_replica_arrive_by_polling,
     a_second_stream_with_the_same_node_id_replaces_the_first,
@@ -548,6 +549,88 @@ async fn health_reports_show_per_endpoint(db: &TestDb) {
     server.distribution.changes().committed(v);
     assert_eq!(dp.next_snapshot(PUSH_DEADLINE).await.version, v.0);
     assert_eq!(registry.endpoint_health(c.id).reason, None);
+}
+
+async fn stats_reports_of_two_data_planes_add_up_for_configured_pairs_only(db: &TestDb) {
+    let store = db.open().await;
+    let (a, _) = store.create_endpoint(new_endpoint("a"), &audit()).await.expect("endpoint");
+    let (b, _) = store.create_endpoint(new_endpoint("b"), &audit()).await.expect("endpoint");
+    let member = |endpoint_id| GatewayMember { endpoint_id, enabled: true, priority: 0, weight: 1 };
+    let (gw, _) = store
+        .create_gateway(
+            NewGateway {
+                routing: RoutingPolicy::default(),
+                name: "chat".into(),
+                members: vec![member(a.id)],
+            },
+            &audit(),
+        )
+        .await
+        .expect("gateway");
+    let server = Server::start(store.clone(), NO_POLL).await;
+    let mut dp1 = subscribe(&server, "dp-stats-1").await;
+    let mut dp2 = subscribe(&server, "dp-stats-2").await;
+    dp1.next_snapshot(PUSH_DEADLINE).await;
+    dp2.next_snapshot(PUSH_DEADLINE).await;
+    let buckets = |at: usize, n: u64| {
+        let mut counts = vec![0; modelgw_model::stats::LATENCY_BUCKETS_MS.len() + 1];
+        counts[at] = n;
+        counts
+    };
+    let route = |endpoint: EndpointId, requests: u64| cfg::RouteStats {
+        gateway_id: gw.id.to_string(),
+        endpoint_id: endpoint.to_string(),
+        requests,
+        throttled: 1,
+        prompt_tokens: 7 * requests,
+        completion_tokens: 3 * requests,
+        latency_buckets: buckets(4, requests),
+        ttft_buckets: vec![],
+        ..Default::default()
+    };
+    dp1.send(Kind::Stats(cfg::StatsReport {
+        routes: vec![
+            route(a.id, 2),
+            // `b` is not a member of `chat`: dropped.
+            route(b.id, 100),
+            // Unreadable: skipped, the rest kept.
+            cfg::RouteStats { latency_buckets: vec![1], ..route(a.id, 1000) },
+        ],
+        gateways: vec![cfg::GatewayStats {
+            gateway_id: gw.id.to_string(),
+            throttled: 1,
+            unavailable: 0,
+        }],
+    }))
+    .await;
+    dp2.send(Kind::Stats(cfg::StatsReport { routes: vec![route(a.id, 3)], gateways: vec![] }))
+        .await;
+    let registry = server.distribution.registry();
+    let stats = registry.stats();
+    wait_until("both reports", DEADLINE, || {
+        stats.endpoints(60, None).first().map(|e| e.totals.requests) == Some(5)
+    })
+    .await;
+    let endpoints = stats.endpoints(60, None);
+    assert_eq!(endpoints.len(), 1, "only the configured pair");
+    let ep = &endpoints[0];
+    assert_eq!(ep.endpoint_id, a.id);
+    assert_eq!(
+        (ep.totals.throttled, ep.totals.prompt_tokens, ep.totals.completion_tokens),
+        (2, 35, 15)
+    );
+    assert_eq!(ep.latency.counts[4], 5, "buckets of both data planes");
+    let gateways = stats.gateways(60);
+    assert_eq!(gateways.len(), 1);
+    assert_eq!((gateways[0].gateway_id, gateways[0].own_throttled), (gw.id, 1));
+    assert_eq!(gateways[0].totals.throttled, 3, "two endpoint 429s and the gateway's own");
+
+    // The gateway goes away with the next snapshot, and so do its statistics.
+    let v = store.delete_gateway(gw.id, &audit()).await.expect("delete");
+    server.distribution.changes().committed(v);
+    assert_eq!(dp1.next_snapshot(PUSH_DEADLINE).await.version, v.0);
+    wait_until("statistics dropped", DEADLINE, || stats.gateways(60).is_empty()).await;
+    assert!(stats.endpoints(60, None).is_empty());
 }
 
 async fn the_first_message_must_be_hello(db: &TestDb) {

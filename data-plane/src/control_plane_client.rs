@@ -1,6 +1,16 @@
 //! The connection to the control plane: receive snapshots, apply them (ACK) or reject them
-//! (NACK, keeping the last good one), send heartbeats and health changes. Reconnects forever
-//! with capped, fully jittered exponential backoff while the proxy keeps serving.
+//! (NACK, keeping the last good one), send heartbeats, health changes and traffic statistics.
+//! Reconnects forever with capped, fully jittered exponential backoff while the proxy keeps
+//! serving.
+//!
+//! Statistics: every [`ClientConfig::stats_interval`] this task asks the metrics for what
+//! happened since it last asked (`Metrics::stats_report`, deltas read from the request path's
+//! atomic counters — the request path itself never waits on this) and sends it when it is not
+//! empty, split into reports within the protocol's bounds. While the stream is down nothing is
+//! read, so the counters keep what happens meanwhile, and a report read but refused by a
+//! closed stream is kept and merged (added) into the next one: counts survive a reconnect. A
+//! report already handed to the transport when the stream breaks is not resent (the protocol
+//! has no acknowledgement for statistics; the control plane's window is in memory anyway).
 //!
 //! One of the two transport files of the protocol (the other is the control plane's gRPC
 //! server): the only data-plane code that names generated types. It decodes each message into
@@ -22,7 +32,7 @@ use std::time::Duration;
 
 use cfg::config_discovery_client::ConfigDiscoveryClient;
 use modelgw_model::protocol::{
-    ControlPlaneMessage, DataPlaneMessage, EndpointHealth, HealthReport, Hello,
+    ControlPlaneMessage, DataPlaneMessage, EndpointHealth, HealthReport, Hello, StatsReport,
 };
 use modelgw_model::wire::{InvalidControlPlaneMessage, cfg};
 use modelgw_model::{EndpointId, NodeId, Secret};
@@ -40,6 +50,15 @@ use crate::routing_table::SnapshotStore;
 /// How often the data plane says it is alive. The control plane marks a data plane stale
 /// after missing a few; 5 s keeps that detection within ~15 s at negligible cost.
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
+
+/// How often traffic statistics go to the control plane (`MODELGW_STATS_INTERVAL`). The
+/// console charts per minute; 5 s keeps its newest minute nearly current at one small message
+/// per interval (nothing at all while there is no traffic).
+pub const STATS_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Floor for a configured statistics interval, so a zero cannot flood the stream (the control
+/// plane ends a stream beyond 20 messages a second).
+const MIN_STATS_INTERVAL: Duration = Duration::from_millis(100);
 
 /// First reconnect delay bound; doubled per failed attempt. 100 ms makes a control-plane
 /// restart invisible, while full jitter spreads hundreds of data planes apart.
@@ -75,6 +94,8 @@ pub struct ClientConfig {
     pub node_id: String,
     /// Default [`HEARTBEAT_INTERVAL`].
     pub heartbeat_interval: Duration,
+    /// Default [`STATS_INTERVAL`].
+    pub stats_interval: Duration,
 }
 
 /// How the data plane trusts the control plane and proves who it is.
@@ -268,6 +289,7 @@ pub(crate) async fn run(
     mut health_rx: mpsc::Receiver<EndpointHealth>,
 ) {
     let mut pending: HashMap<EndpointId, EndpointHealth> = HashMap::new();
+    let mut unsent_stats = StatsReport::default();
     let mut failures = 0u32;
     loop {
         let mut got_snapshot = false;
@@ -277,7 +299,7 @@ pub(crate) async fn run(
             &store,
             &health,
             &mut health_rx,
-            &mut pending,
+            Pending { health: &mut pending, stats: &mut unsent_stats },
             &mut got_snapshot,
         )
         .await;
@@ -311,15 +333,23 @@ pub(crate) async fn run(
     }
 }
 
+/// What waits for the next session: the newest health change per endpoint, and statistics
+/// that could not be sent.
+struct Pending<'a> {
+    health: &'a mut HashMap<EndpointId, EndpointHealth>,
+    stats: &'a mut StatsReport,
+}
+
 async fn session(
     config: &ClientConfig,
     connector: &Connector,
     store: &SnapshotStore,
     health: &HealthRegistry,
     health_rx: &mut mpsc::Receiver<EndpointHealth>,
-    pending: &mut HashMap<EndpointId, EndpointHealth>,
+    pending: Pending<'_>,
     got_snapshot: &mut bool,
 ) -> SessionEnd {
+    let Pending { health: pending, stats: unsent_stats } = pending;
     let (endpoint, token) = match connector.endpoint().and_then(|e| Ok((e, connector.token()?))) {
         Ok(settings) => settings,
         Err(err) => return SessionEnd::Settings(err),
@@ -368,6 +398,9 @@ async fn session(
         tokio::time::interval(config.heartbeat_interval.max(MIN_HEARTBEAT_INTERVAL));
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     heartbeat.tick().await; // The first tick is immediate; Hello already said we are alive.
+    // The first tick is immediate: what was counted while disconnected goes out at once.
+    let mut stats = tokio::time::interval(config.stats_interval.max(MIN_STATS_INTERVAL));
+    stats.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut health_open = true;
     loop {
         let outbound = tokio::select! {
@@ -396,6 +429,24 @@ async fn session(
             },
             _ = heartbeat.tick() => {
                 DataPlaneMessage::Heartbeat { applied_version: store.version() }
+            }
+            _ = stats.tick() => {
+                let mut report = std::mem::take(unsent_stats);
+                report.merge(store.metrics().stats_report());
+                let mut reports = report.into_bounded().into_iter();
+                while let Some(report) = reports.next() {
+                    let message = DataPlaneMessage::Stats(report);
+                    let wire = cfg::DataPlaneMessage::from(&message);
+                    if tx.send(wire).await.is_err() {
+                        // Kept for the next session, added to what is counted meanwhile.
+                        if let DataPlaneMessage::Stats(report) = message {
+                            unsent_stats.merge(report);
+                        }
+                        reports.for_each(|rest| unsent_stats.merge(rest));
+                        return SessionEnd::OutboundClosed;
+                    }
+                }
+                continue;
             }
             change = health_rx.recv(), if health_open => {
                 let Some(change) = change else {

@@ -47,7 +47,7 @@ use crate::routing_table::SnapshotStore;
 
 pub use crate::apply::{ApplyOutcome, apply_fleet_health, apply_snapshot};
 pub use crate::control_plane_client::{
-    ClientCertFiles, ControlPlaneTrust, HEARTBEAT_INTERVAL, TokenSource, TrustError,
+    ClientCertFiles, ControlPlaneTrust, HEARTBEAT_INTERVAL, STATS_INTERVAL, TokenSource, TrustError,
 };
 pub use crate::proxy::connection::ConnectionStats;
 pub use crate::proxy::trace_context::RequestTracer;
@@ -182,6 +182,10 @@ pub struct DataPlaneConfig {
     pub workers: usize,
     /// How often a heartbeat goes to the control plane; see [`HEARTBEAT_INTERVAL`].
     pub heartbeat_interval: Duration,
+    /// How often the traffic counted since the previous report goes to the control plane for
+    /// the Admin Console's statistics (`MODELGW_STATS_INTERVAL`); see [`STATS_INTERVAL`].
+    /// Nothing is sent when nothing happened, or with metrics off.
+    pub stats_interval: Duration,
     /// Azure credential for endpoints in Entra ID auth mode (built by the binary from
     /// `MODELGW_AZURE_CREDENTIAL` & co.). `None`: such endpoints are unavailable.
     pub entra_credential: Option<Arc<dyn azure_core::credentials::TokenCredential>>,
@@ -242,6 +246,7 @@ impl Default for DataPlaneConfig {
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
             workers: std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get),
             heartbeat_interval: client::HEARTBEAT_INTERVAL,
+            stats_interval: client::STATS_INTERVAL,
             entra_credential: None,
             header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
             client_idle_timeout: DEFAULT_CLIENT_IDLE_TIMEOUT,
@@ -426,6 +431,7 @@ impl DataPlane {
                 control_plane_url: config.control_plane_url.clone(),
                 node_id: config.node_id.clone(),
                 heartbeat_interval: config.heartbeat_interval,
+                stats_interval: config.stats_interval,
             };
             tokio::spawn(client::run(
                 client_config,

@@ -1,6 +1,7 @@
 //! The data plane's control-plane client against a scripted in-test `ConfigDiscovery` server
-//! over TLS: Hello, ACK/NACK, heartbeats, health reports, reconnect after the stream ends, the
-//! join token sent, and a control plane it does not trust refused while it keeps serving.
+//! over TLS: Hello, ACK/NACK, heartbeats, health reports, statistics reports (kept across a
+//! reconnect), reconnect after the stream ends, the join token sent, and a control plane it
+//! does not trust refused while it keeps serving.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test stops where its setup fails
 
@@ -258,6 +259,132 @@ async fn snapshots_are_acked_or_nacked_health_is_reported_and_the_client_reconne
     if store.version().0 != 1 {
         bail!("the snapshot must survive the reconnect");
     }
+    Ok(())
+}
+
+/// One chat through the data plane at `base`: the answer's status and `usage` tokens.
+async fn chat(http: &reqwest::Client, base: &str, stream: bool) -> Result<(u16, u64, u64)> {
+    let body = if stream {
+        r#"{"messages":[{"role":"user","content":"hi"}],"stream":true,"stream_options":{"include_usage":true}}"#
+    } else {
+        r#"{"messages":[{"role":"user","content":"hi"}]}"#
+    };
+    let response = http
+        .post(format!("{base}/openai/deployments/auto/chat/completions?api-version=2024-10-21"))
+        .header("api-key", CLIENT_KEY)
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await?;
+    let status = response.status().as_u16();
+    let text = response.text().await?;
+    // The usage object: the body's, or the final SSE chunk's.
+    let usage = text
+        .lines()
+        .map(|l| l.trim_start_matches("data: "))
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find_map(|v| v.get("usage").filter(|u| u.is_object()).cloned())
+        .context("an answer with usage")?;
+    let tokens = |k: &str| usage[k].as_u64().unwrap_or(0);
+    Ok((status, tokens("prompt_tokens"), tokens("completion_tokens")))
+}
+
+/// Sums statistics reports of `session` until `requests` answers were reported; returns
+/// (requests, prompt tokens, completion tokens, time-to-first-token samples).
+async fn reported_until(session: &mut Session, requests: u64) -> Result<(u64, u64, u64, u64)> {
+    let mut sum = (0, 0, 0, 0);
+    while sum.0 < requests {
+        let report =
+            session.expect(|k| if let Kind::Stats(r) = k { Some(r) } else { None }).await?;
+        for r in report.routes {
+            sum.0 += r.requests;
+            sum.1 += r.prompt_tokens;
+            sum.2 += r.completion_tokens;
+            sum.3 += r.ttft_buckets.iter().sum::<u64>();
+        }
+    }
+    Ok(sum)
+}
+
+#[tokio::test]
+async fn statistics_are_reported_every_interval_and_survive_a_reconnect() -> Result<()> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let upstream_key = "upstream-key-eus-0123456789";
+    let mock = MockAzure::start(
+        SocketAddr::from(([127, 0, 0, 1], 0)),
+        MockConfig {
+            region: "East US".into(),
+            api_key: upstream_key.into(),
+            deployments: vec!["gpt-4o-eus".into()],
+            model: "gpt-4o-mini-2024-07-18".into(),
+        },
+    )
+    .await?;
+    let dir = tempfile::tempdir()?;
+    let pki = TestPki::write(dir.path())?;
+    let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
+    let addr = listener.local_addr()?;
+    let (mut sessions, server) = serve_fake(&pki.ca, listener)?;
+    let dp = DataPlane::bind(DataPlaneConfig {
+        gateway_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+        control_plane_url: format!("https://{addr}"),
+        control_plane_trust: trust(&pki),
+        node_id: "dp-stats".into(),
+        stats_interval: Duration::from_millis(100),
+        allow_loopback_upstreams: true,
+        ..Default::default()
+    })
+    .await?;
+    let base = format!("http://{}", dp.local_addr());
+    let metrics = dp.metrics();
+    let (_stop, stopped) = oneshot::channel::<()>();
+    tokio::spawn(dp.run(async move {
+        let _ = stopped.await;
+    }));
+    let http = reqwest::Client::builder().no_proxy().build()?;
+    let mut session = next_session(&mut sessions).await?;
+    session.send(wire_snapshot(1, EndpointId::new(), &mock.base_url(), upstream_key)).await?;
+    session.expect(|k| if let Kind::Ack(a) = k { Some(a) } else { None }).await?;
+
+    // Three answers, one streamed, reported within a few intervals.
+    let mut sent = (0, 0, 0);
+    for stream in [false, true, false] {
+        let (status, prompt, completion) = chat(&http, &base, stream).await?;
+        assert_eq!(status, 200);
+        sent = (sent.0 + 1, sent.1 + prompt, sent.2 + completion);
+    }
+    let reported = reported_until(&mut session, 3).await?;
+    assert_eq!(reported, (sent.0, sent.1, sent.2, 1), "one stream, one time to first token");
+
+    // The control plane goes away; two answers are served while the data plane is cut off.
+    drop(session);
+    server.abort();
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while metrics.control_plane_connected() {
+        assert!(tokio::time::Instant::now() < deadline, "the data plane never noticed");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let mut meanwhile = (0, 0, 0);
+    for stream in [true, false] {
+        let (status, prompt, completion) = chat(&http, &base, stream).await?;
+        assert_eq!(status, 200);
+        meanwhile = (meanwhile.0 + 1, meanwhile.1 + prompt, meanwhile.2 + completion);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await; // several intervals pass, unsent
+
+    // It comes back on the same address: the next session carries exactly what was missed.
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let (mut sessions, _server) = serve_fake(&pki.ca, listener)?;
+    let mut session = next_session(&mut sessions).await?;
+    let reported = reported_until(&mut session, 2).await?;
+    assert_eq!(reported, (meanwhile.0, meanwhile.1, meanwhile.2, 1));
+    // Nothing is reported twice: no traffic, no report.
+    let more = tokio::time::timeout(
+        Duration::from_millis(500),
+        session.expect(|k| if let Kind::Stats(r) = k { Some(r) } else { None }),
+    )
+    .await;
+    assert!(more.is_err(), "an empty interval sends nothing: {more:?}");
     Ok(())
 }
 

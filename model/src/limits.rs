@@ -47,6 +47,16 @@ pub const MAX_REASON_CHARS: usize = 512;
 /// Longest data-plane build version kept (it is only logged).
 pub const MAX_BUILD_VERSION_CHARS: usize = 64;
 
+/// Most (gateway, endpoint) entries in one statistics report; a data plane with more active
+/// pairs in one interval sends several reports. At the worst case of every count at
+/// `u64::MAX` an entry encodes to ~451 bytes, so 2,000 of them and
+/// [`MAX_STATS_GATEWAYS_PER_REPORT`] gateway entries (~62 bytes each) stay under the control
+/// plane's 1 MiB message cap; a decoder keeps the first ones and names the rest as skipped.
+pub const MAX_STATS_ROUTES_PER_REPORT: usize = 2_000;
+
+/// Most gateway entries in one statistics report (see [`MAX_STATS_ROUTES_PER_REPORT`]).
+pub const MAX_STATS_GATEWAYS_PER_REPORT: usize = 1_000;
+
 /// Most deployment ids one Azure import accepts (and at least one): far above any real tenant's
 /// OpenAI deployments, low enough that one request cannot hold the write transaction for long.
 pub const MAX_IMPORT_IDS: usize = 1000;

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use crate::limits::{MAX_NODE_ID_CHARS, MAX_REASON_CHARS, truncate_chars};
+pub use crate::stats::StatsReport;
 use crate::{ConfigVersion, EndpointId, EndpointState, NodeId, Snapshot};
 
 /// What a data plane sends.
@@ -25,6 +26,8 @@ pub enum DataPlaneMessage {
     Heartbeat { applied_version: ConfigVersion },
     /// Endpoint health changes as this data plane sees them.
     Health(HealthReport),
+    /// Traffic served since the previous statistics report (deltas).
+    Stats(StatsReport),
 }
 
 /// What the control plane sends.

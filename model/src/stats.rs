@@ -3,6 +3,10 @@
 //! shared by the data plane's Prometheus histograms, the reports and the control plane's
 //! rolling window (so buckets add up across data planes and minutes without re-binning).
 
+use std::collections::BTreeMap;
+use std::collections::btree_map::Entry;
+
+use crate::limits::{MAX_STATS_GATEWAYS_PER_REPORT, MAX_STATS_ROUTES_PER_REPORT};
 use crate::protocol::InvalidMessage;
 use crate::{EndpointId, GatewayId};
 
@@ -97,6 +101,18 @@ pub struct RouteStats {
 }
 
 impl RouteStats {
+    /// Adds `other`'s counts (the same pair's, from another interval or data plane) to these.
+    pub fn add(&mut self, other: &RouteStats) {
+        self.requests = self.requests.saturating_add(other.requests);
+        self.errors = self.errors.saturating_add(other.errors);
+        self.throttled = self.throttled.saturating_add(other.throttled);
+        self.failed_attempts = self.failed_attempts.saturating_add(other.failed_attempts);
+        self.prompt_tokens = self.prompt_tokens.saturating_add(other.prompt_tokens);
+        self.completion_tokens = self.completion_tokens.saturating_add(other.completion_tokens);
+        self.latency.add(&other.latency);
+        self.ttft.add(&other.ttft);
+    }
+
     /// Whether nothing happened (such entries are not sent).
     pub fn is_empty(&self) -> bool {
         self.requests == 0
@@ -121,6 +137,12 @@ pub struct GatewayStats {
 }
 
 impl GatewayStats {
+    /// Adds `other`'s counts (the same gateway's) to these.
+    pub fn add(&mut self, other: &GatewayStats) {
+        self.throttled = self.throttled.saturating_add(other.throttled);
+        self.unavailable = self.unavailable.saturating_add(other.unavailable);
+    }
+
     /// Whether nothing happened (such entries are not sent).
     pub fn is_empty(&self) -> bool {
         self.throttled == 0 && self.unavailable == 0
@@ -141,6 +163,54 @@ impl StatsReport {
     /// Whether the report carries nothing (not sent).
     pub fn is_empty(&self) -> bool {
         self.routes.is_empty() && self.gateways.is_empty()
+    }
+
+    /// Adds `other` into this report, entry by entry (a pair or gateway in both is summed, so
+    /// no count is lost or doubled); entries stay sorted by id. `skipped` is concatenated.
+    pub fn merge(&mut self, other: StatsReport) {
+        let mut routes: BTreeMap<(GatewayId, EndpointId), RouteStats> =
+            self.routes.drain(..).map(|r| ((r.gateway_id, r.endpoint_id), r)).collect();
+        for r in other.routes {
+            match routes.entry((r.gateway_id, r.endpoint_id)) {
+                Entry::Occupied(mut mine) => mine.get_mut().add(&r),
+                Entry::Vacant(slot) => {
+                    slot.insert(r);
+                }
+            }
+        }
+        self.routes = routes.into_values().collect();
+        let mut gateways: BTreeMap<GatewayId, GatewayStats> =
+            self.gateways.drain(..).map(|g| (g.gateway_id, g)).collect();
+        for g in other.gateways {
+            match gateways.entry(g.gateway_id) {
+                Entry::Occupied(mut mine) => mine.get_mut().add(&g),
+                Entry::Vacant(slot) => {
+                    slot.insert(g);
+                }
+            }
+        }
+        self.gateways = gateways.into_values().collect();
+        self.skipped.extend(other.skipped);
+    }
+
+    /// This report as reports of at most [`MAX_STATS_ROUTES_PER_REPORT`] routes and
+    /// [`MAX_STATS_GATEWAYS_PER_REPORT`] gateways each, which together carry the same counts
+    /// (one report, unchanged, when it fits; none when it is empty).
+    pub fn into_bounded(self) -> Vec<StatsReport> {
+        let chunks = self
+            .routes
+            .len()
+            .div_ceil(MAX_STATS_ROUTES_PER_REPORT)
+            .max(self.gateways.len().div_ceil(MAX_STATS_GATEWAYS_PER_REPORT));
+        let mut routes = self.routes.into_iter();
+        let mut gateways = self.gateways.into_iter();
+        (0..chunks)
+            .map(|_| StatsReport {
+                routes: routes.by_ref().take(MAX_STATS_ROUTES_PER_REPORT).collect(),
+                gateways: gateways.by_ref().take(MAX_STATS_GATEWAYS_PER_REPORT).collect(),
+                skipped: Vec::new(),
+            })
+            .collect()
     }
 }
 
@@ -172,5 +242,62 @@ mod tests {
         let mut top = Buckets { counts: vec![0; LATENCY_BUCKETS_MS.len() + 1] };
         top.counts[LATENCY_BUCKETS_MS.len()] = 1;
         assert_eq!(top.quantile_ms(0.99), Some(120_000.0));
+    }
+
+    fn route(gateway_id: GatewayId, endpoint_id: EndpointId, requests: u64) -> RouteStats {
+        let mut latency = Buckets { counts: vec![0; LATENCY_BUCKETS_MS.len() + 1] };
+        latency.counts[3] = requests;
+        RouteStats {
+            gateway_id,
+            endpoint_id,
+            requests,
+            throttled: 1,
+            prompt_tokens: 10 * requests,
+            latency,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn merging_adds_the_same_entries_and_keeps_the_others() {
+        let (g, e1, e2) = (GatewayId::new(), EndpointId::new(), EndpointId::new());
+        let mut kept = StatsReport {
+            routes: vec![route(g, e1, 2)],
+            gateways: vec![GatewayStats { gateway_id: g, throttled: 1, unavailable: 0 }],
+            skipped: vec![],
+        };
+        kept.merge(StatsReport {
+            routes: vec![route(g, e2, 5), route(g, e1, 3)],
+            gateways: vec![GatewayStats { gateway_id: g, throttled: 0, unavailable: 4 }],
+            skipped: vec![],
+        });
+        assert_eq!(kept.routes.len(), 2);
+        let first = kept.routes.iter().find(|r| r.endpoint_id == e1).expect("e1");
+        assert_eq!((first.requests, first.throttled, first.prompt_tokens), (5, 2, 50));
+        assert_eq!(first.latency.counts[3], 5);
+        let second = kept.routes.iter().find(|r| r.endpoint_id == e2).expect("e2");
+        assert_eq!(second.requests, 5);
+        assert_eq!(kept.gateways, [GatewayStats { gateway_id: g, throttled: 1, unavailable: 4 }]);
+    }
+
+    #[test]
+    fn a_large_report_is_split_into_bounded_ones_carrying_the_same_counts() {
+        let g = GatewayId::new();
+        let report = StatsReport {
+            routes: (0..MAX_STATS_ROUTES_PER_REPORT * 2 + 1)
+                .map(|_| route(g, EndpointId::new(), 1))
+                .collect(),
+            gateways: vec![GatewayStats { gateway_id: g, throttled: 1, unavailable: 0 }],
+            skipped: vec![],
+        };
+        let parts = report.clone().into_bounded();
+        assert_eq!(parts.len(), 3);
+        assert!(parts.iter().all(|p| p.routes.len() <= MAX_STATS_ROUTES_PER_REPORT));
+        let requests: u64 = parts.iter().flat_map(|p| &p.routes).map(|r| r.requests).sum();
+        assert_eq!(requests, report.routes.len() as u64);
+        assert_eq!(parts.iter().map(|p| p.gateways.len()).sum::<usize>(), 1);
+        assert_eq!(StatsReport::default().into_bounded(), Vec::<StatsReport>::new());
+        let small = StatsReport { routes: vec![route(g, EndpointId::new(), 1)], ..report };
+        assert_eq!(small.clone().into_bounded(), [small]);
     }
 }

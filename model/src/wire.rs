@@ -11,11 +11,15 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 pub use modelgw_proto::cfg;
 
-use crate::limits::{MAX_BUILD_VERSION_CHARS, MAX_REASON_CHARS, truncate_chars};
+use crate::limits::{
+    MAX_BUILD_VERSION_CHARS, MAX_REASON_CHARS, MAX_STATS_GATEWAYS_PER_REPORT,
+    MAX_STATS_ROUTES_PER_REPORT, truncate_chars,
+};
 use crate::protocol::{
     ControlPlaneMessage, DataPlaneMessage, EndpointHealth, FleetHealth, HealthReport, HealthReset,
     Hello, InvalidMessage, Nack, bounded_reason, valid_node_id,
 };
+use crate::stats::{Buckets, GatewayStats, LATENCY_BUCKETS_MS, RouteStats, StatsReport};
 use crate::{
     ConfigVersion, Credential, DEFAULT_ENTRA_SCOPE, Endpoint, EndpointId, EndpointState, Gateway,
     GatewayId, GatewayKey, GatewayMember, InvalidSnapshot, NodeId, Platform, RoutingPolicy,
@@ -374,6 +378,130 @@ impl From<&FleetHealth> for cfg::FleetHealth {
     }
 }
 
+// ---- statistics ----
+
+/// Parses an id field of entry `i` of a `StatsReport` list.
+fn stats_id<T: std::str::FromStr>(
+    list: &str,
+    i: usize,
+    name: &str,
+    value: &str,
+) -> Result<T, InvalidMessage> {
+    value.parse::<T>().map_err(|_| {
+        InvalidMessage::new(
+            "StatsReport",
+            format!("{list}[{i}].{name}"),
+            format!("not a UUID: {:?}", truncate_chars(value, 64)),
+        )
+    })
+}
+
+/// A bucket list as sent: empty (nothing observed) or one count per bucket.
+fn stats_buckets(i: usize, name: &str, counts: Vec<u64>) -> Result<Buckets, InvalidMessage> {
+    let want = LATENCY_BUCKETS_MS.len() + 1;
+    if !counts.is_empty() && counts.len() != want {
+        return Err(InvalidMessage::new(
+            "StatsReport",
+            format!("routes[{i}].{name}"),
+            format!("{} buckets, expected 0 or {want}", counts.len()),
+        ));
+    }
+    Ok(Buckets { counts })
+}
+
+fn route_stats(i: usize, r: cfg::RouteStats) -> Result<RouteStats, InvalidMessage> {
+    Ok(RouteStats {
+        gateway_id: stats_id("routes", i, "gateway_id", &r.gateway_id)?,
+        endpoint_id: stats_id("routes", i, "endpoint_id", &r.endpoint_id)?,
+        requests: r.requests,
+        errors: r.errors,
+        throttled: r.throttled,
+        failed_attempts: r.failed_attempts,
+        prompt_tokens: r.prompt_tokens,
+        completion_tokens: r.completion_tokens,
+        latency: stats_buckets(i, "latency_buckets", r.latency_buckets)?,
+        ttft: stats_buckets(i, "ttft_buckets", r.ttft_buckets)?,
+    })
+}
+
+/// Keeps the first `max` entries of `list`; the rest is one skipped entry naming the field.
+fn bounded<T>(
+    list: &'static str,
+    mut entries: Vec<T>,
+    max: usize,
+    skipped: &mut Vec<InvalidMessage>,
+) -> Vec<T> {
+    if entries.len() > max {
+        skipped.push(InvalidMessage::new(
+            "StatsReport",
+            list,
+            format!("{} entries, at most {max} read; the rest skipped", entries.len()),
+        ));
+        entries.truncate(max);
+    }
+    entries
+}
+
+impl From<cfg::StatsReport> for StatsReport {
+    fn from(wire: cfg::StatsReport) -> Self {
+        let mut skipped = Vec::new();
+        let wire_routes = bounded("routes", wire.routes, MAX_STATS_ROUTES_PER_REPORT, &mut skipped);
+        let wire_gateways =
+            bounded("gateways", wire.gateways, MAX_STATS_GATEWAYS_PER_REPORT, &mut skipped);
+        let mut routes = Vec::with_capacity(wire_routes.len());
+        for (i, r) in wire_routes.into_iter().enumerate() {
+            match route_stats(i, r) {
+                Ok(r) => routes.push(r),
+                Err(err) => skipped.push(err),
+            }
+        }
+        let mut gateways = Vec::with_capacity(wire_gateways.len());
+        for (i, g) in wire_gateways.into_iter().enumerate() {
+            match stats_id("gateways", i, "gateway_id", &g.gateway_id) {
+                Ok(gateway_id) => gateways.push(GatewayStats {
+                    gateway_id,
+                    throttled: g.throttled,
+                    unavailable: g.unavailable,
+                }),
+                Err(err) => skipped.push(err),
+            }
+        }
+        StatsReport { routes, gateways, skipped }
+    }
+}
+
+impl From<&StatsReport> for cfg::StatsReport {
+    fn from(r: &StatsReport) -> Self {
+        cfg::StatsReport {
+            routes: r
+                .routes
+                .iter()
+                .map(|r| cfg::RouteStats {
+                    gateway_id: r.gateway_id.to_string(),
+                    endpoint_id: r.endpoint_id.to_string(),
+                    requests: r.requests,
+                    errors: r.errors,
+                    throttled: r.throttled,
+                    failed_attempts: r.failed_attempts,
+                    prompt_tokens: r.prompt_tokens,
+                    completion_tokens: r.completion_tokens,
+                    latency_buckets: r.latency.counts.clone(),
+                    ttft_buckets: r.ttft.counts.clone(),
+                })
+                .collect(),
+            gateways: r
+                .gateways
+                .iter()
+                .map(|g| cfg::GatewayStats {
+                    gateway_id: g.gateway_id.to_string(),
+                    throttled: g.throttled,
+                    unavailable: g.unavailable,
+                })
+                .collect(),
+        }
+    }
+}
+
 // ---- the two stream messages ----
 
 impl TryFrom<cfg::Hello> for Hello {
@@ -409,6 +537,7 @@ impl TryFrom<cfg::DataPlaneMessage> for DataPlaneMessage {
                 DataPlaneMessage::Heartbeat { applied_version: ConfigVersion(b.applied_version) }
             }
             Some(Kind::Health(r)) => DataPlaneMessage::Health(HealthReport::from(r)),
+            Some(Kind::Stats(r)) => DataPlaneMessage::Stats(StatsReport::from(r)),
             None => {
                 return Err(InvalidMessage::new("DataPlaneMessage", "kind", "empty message"));
             }
@@ -433,6 +562,7 @@ impl From<&DataPlaneMessage> for cfg::DataPlaneMessage {
                 Kind::Heartbeat(cfg::Heartbeat { applied_version: applied_version.0 })
             }
             DataPlaneMessage::Health(r) => Kind::Health(cfg::HealthReport::from(r)),
+            DataPlaneMessage::Stats(r) => Kind::Stats(cfg::StatsReport::from(r)),
         };
         cfg::DataPlaneMessage { kind: Some(kind) }
     }
@@ -576,11 +706,122 @@ mod tests {
             DataPlaneMessage::Nack(Nack { version: ConfigVersion(6), reason: "x: y".into() }),
             DataPlaneMessage::Heartbeat { applied_version: ConfigVersion(7) },
             DataPlaneMessage::Health(HealthReport { endpoints: vec![health], skipped: vec![] }),
+            DataPlaneMessage::Stats(sample_stats()),
         ];
         for m in messages {
             let back = DataPlaneMessage::try_from(cfg::DataPlaneMessage::from(&m)).expect("valid");
             assert_eq!(back, m);
         }
+    }
+
+    fn sample_stats() -> StatsReport {
+        let mut latency = Buckets { counts: vec![0; LATENCY_BUCKETS_MS.len() + 1] };
+        latency.counts[2] = 3;
+        latency.counts[LATENCY_BUCKETS_MS.len()] = 1;
+        let gateway_id = GatewayId::new();
+        StatsReport {
+            routes: vec![
+                RouteStats {
+                    gateway_id,
+                    endpoint_id: EndpointId::new(),
+                    requests: 4,
+                    errors: 1,
+                    throttled: 2,
+                    failed_attempts: 3,
+                    prompt_tokens: 40,
+                    completion_tokens: u64::MAX,
+                    ttft: latency.clone(),
+                    latency,
+                },
+                RouteStats {
+                    gateway_id,
+                    endpoint_id: EndpointId::new(),
+                    throttled: 1,
+                    ..Default::default()
+                },
+            ],
+            gateways: vec![GatewayStats { gateway_id, throttled: 5, unavailable: 6 }],
+            skipped: vec![],
+        }
+    }
+
+    #[test]
+    fn a_bad_stats_entry_is_skipped_with_its_field_and_the_rest_kept() {
+        let report = sample_stats();
+        let mut wire = cfg::StatsReport::from(&report);
+        wire.routes
+            .insert(0, cfg::RouteStats { gateway_id: "nope".into(), ..wire.routes[1].clone() });
+        wire.routes.push(cfg::RouteStats { latency_buckets: vec![1, 2], ..wire.routes[1].clone() });
+        wire.routes.push(cfg::RouteStats {
+            ttft_buckets: vec![0; LATENCY_BUCKETS_MS.len() + 2],
+            ..wire.routes[1].clone()
+        });
+        wire.gateways.push(cfg::GatewayStats { gateway_id: String::new(), ..Default::default() });
+        let back = StatsReport::from(wire);
+        assert_eq!(back.routes, report.routes, "the readable entries, in order");
+        assert_eq!(back.gateways, report.gateways);
+        let skipped: Vec<String> = back.skipped.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            skipped,
+            [
+                "StatsReport.routes[0].gateway_id: not a UUID: \"nope\"",
+                "StatsReport.routes[3].latency_buckets: 2 buckets, expected 0 or 15",
+                "StatsReport.routes[4].ttft_buckets: 16 buckets, expected 0 or 15",
+                "StatsReport.gateways[1].gateway_id: not a UUID: \"\"",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_stats_report_beyond_the_bounds_is_read_up_to_them() {
+        let one = cfg::StatsReport::from(&sample_stats());
+        let wire = cfg::StatsReport {
+            routes: vec![one.routes[0].clone(); MAX_STATS_ROUTES_PER_REPORT + 3],
+            gateways: vec![one.gateways[0].clone(); MAX_STATS_GATEWAYS_PER_REPORT + 1],
+        };
+        let back = StatsReport::from(wire);
+        assert_eq!(back.routes.len(), MAX_STATS_ROUTES_PER_REPORT);
+        assert_eq!(back.gateways.len(), MAX_STATS_GATEWAYS_PER_REPORT);
+        let skipped: Vec<String> = back.skipped.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            skipped,
+            [
+                "StatsReport.routes: 2003 entries, at most 2000 read; the rest skipped",
+                "StatsReport.gateways: 1001 entries, at most 1000 read; the rest skipped",
+            ]
+        );
+    }
+
+    #[test]
+    fn the_largest_stats_report_fits_the_control_planes_message_cap() {
+        use prost::Message as _;
+        // Every count at its largest varint; the bound the limits promise.
+        let full = Buckets { counts: vec![u64::MAX; LATENCY_BUCKETS_MS.len() + 1] };
+        let route = RouteStats {
+            gateway_id: GatewayId::new(),
+            endpoint_id: EndpointId::new(),
+            requests: u64::MAX,
+            errors: u64::MAX,
+            throttled: u64::MAX,
+            failed_attempts: u64::MAX,
+            prompt_tokens: u64::MAX,
+            completion_tokens: u64::MAX,
+            latency: full.clone(),
+            ttft: full,
+        };
+        let gateway = GatewayStats {
+            gateway_id: GatewayId::new(),
+            throttled: u64::MAX,
+            unavailable: u64::MAX,
+        };
+        let report = StatsReport {
+            routes: vec![route; MAX_STATS_ROUTES_PER_REPORT],
+            gateways: vec![gateway; MAX_STATS_GATEWAYS_PER_REPORT],
+            skipped: vec![],
+        };
+        let bytes = cfg::DataPlaneMessage::from(&DataPlaneMessage::Stats(report)).encoded_len();
+        // The control plane's `MAX_INBOUND_MESSAGE_BYTES` (it cannot be named from here).
+        assert!(bytes < 1024 * 1024, "{bytes} bytes");
     }
 
     #[test]

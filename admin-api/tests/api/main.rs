@@ -16,3 +16,4 @@ mod oidc;
 mod openapi;
 mod roles;
 mod routing;
+mod stats;

@@ -201,6 +201,13 @@ impl World {
                 )
             }
             ("GET", "/api/v1/audit-log") => ok(template.into(), None, StatusCode::OK),
+            ("GET", "/api/v1/stats/gateways") => {
+                ok(format!("{template}?minutes=60"), None, StatusCode::OK)
+            }
+            ("GET", "/api/v1/stats/endpoints") => {
+                ok(format!("{template}?gateway_id={}", self.gateway().await), None, StatusCode::OK)
+            }
+            ("GET", "/api/v1/stats/regions") => ok(template.into(), None, StatusCode::OK),
             (m, p) => panic!("no fixture for {m} {p}: add one to tests/api/roles.rs"),
         }
     }

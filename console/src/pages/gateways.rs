@@ -1,5 +1,5 @@
 //! Gateways (`/gateways`): list, create (by hand or from a proposal), members and routing, the
-//! Gateway URL with snippets, and gateway keys.
+//! Gateway URL with snippets, the last hour's traffic (charts), and gateway keys.
 //!
 //! - [`form`]: the create/edit form (members, routing) and creating from a proposal.
 //! - [`keys`]: creating (shown once) and revoking gateway keys on the detail page.
@@ -221,10 +221,11 @@ pub(crate) async fn detail_page(
     let id = path_uuid(id, "gateway")?;
     let (gateway_path, keys_path) =
         (format!("/api/v1/gateways/{id}"), format!("/api/v1/gateways/{id}/keys"));
-    let (gateway, endpoints, keys) = tokio::try_join!(
+    let (gateway, endpoints, keys, traffic) = tokio::try_join!(
         op.api.get::<GatewayView>(&gateway_path),
         op.api.get::<Vec<EndpointView>>("/api/v1/inference-endpoints"),
         op.api.get::<Vec<KeyView>>(&keys_path),
+        super::stats::gateway(op, &id),
     )?;
     let by_id: HashMap<&str, &EndpointView> =
         endpoints.iter().map(|e| (e.id.as_str(), e)).collect();
@@ -344,6 +345,8 @@ pub(crate) async fn detail_page(
                 }
             }
         }
+
+        (traffic)
 
         (keys::section(op, &gateway, &keys, &extras, now))
 

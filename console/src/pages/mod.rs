@@ -13,6 +13,7 @@ pub(crate) mod import;
 pub(crate) mod overview;
 pub(crate) mod playground;
 pub(crate) mod sign_in;
+pub(crate) mod stats;
 
 use chrono::{DateTime, Utc};
 use serde::Deserialize;

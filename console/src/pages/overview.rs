@@ -1,6 +1,6 @@
 //! `/`: the state of the whole product at a glance — gateways and their aggregate state,
-//! endpoints by state, data planes and the configuration version they applied, and the latest
-//! configuration changes.
+//! endpoints by state, the last hour's traffic (charts), data planes and the configuration
+//! version they applied, and the latest configuration changes.
 
 use chrono::Utc;
 use maud::{Markup, html};
@@ -12,11 +12,12 @@ use crate::operator::Operator;
 
 /// `GET /`.
 pub(crate) async fn page(op: Operator) -> Result<Markup, ConsoleError> {
-    let (endpoints, gateways, status, audit) = tokio::try_join!(
+    let (endpoints, gateways, status, audit, traffic) = tokio::try_join!(
         op.api.get::<Vec<EndpointView>>("/api/v1/inference-endpoints"),
         op.api.get::<Vec<GatewayView>>("/api/v1/gateways"),
         op.api.get::<StatusView>("/api/v1/status"),
         op.api.get::<AuditPageView>("/api/v1/audit-log?limit=8"),
+        super::stats::overview(&op),
     )?;
     let now = Utc::now();
     let count = |state: &str| endpoints.iter().filter(|e| e.state == state).count();
@@ -43,6 +44,7 @@ pub(crate) async fn page(op: Operator) -> Result<Markup, ConsoleError> {
                 div.label { "Data planes connected (" (current) " on the current version)" }
             }
         }
+        (traffic)
         h2 { "Gateways" }
         @if gateways.is_empty() {
             (empty_state("No gateways yet. A gateway is the name your applications call; it routes over inference endpoints.",

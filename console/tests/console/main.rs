@@ -12,3 +12,4 @@ mod import;
 mod playground;
 mod session;
 mod sso;
+mod stats;

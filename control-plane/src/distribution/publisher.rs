@@ -157,6 +157,7 @@ impl Publisher {
         if published {
             let current = self.snapshots.borrow().clone();
             self.registry.retain_health(&current);
+            self.registry.retain_stats(&current);
             let build = started.elapsed();
             self.metrics.snapshot_published(build);
             log_publish(&current, build);

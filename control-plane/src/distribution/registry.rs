@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use modelgw_model::protocol::{EndpointHealth, FleetHealth};
+use modelgw_model::protocol::{EndpointHealth, FleetHealth, StatsReport};
 use modelgw_model::{ConfigVersion, EndpointId, EndpointState, NodeId};
 use tokio::sync::{Notify, watch};
 
@@ -14,6 +14,7 @@ use super::PublishedSnapshot;
 use super::admission::{Owner, Peer};
 use super::health::{self, EndpointHealthView};
 use super::join_tokens::JoinTokens;
+use super::stats::StatsWindow;
 
 /// Data planes the registry holds at most unless the operator sets a bound
 /// (`MODELGW_MAX_DATA_PLANES`): far above any real fleet of one control plane, low enough that
@@ -94,6 +95,8 @@ pub struct DataPlaneRegistry {
     max_health_window: Duration,
     /// The join tokens data planes may present (kept fresh while the gRPC port serves).
     pub(super) tokens: JoinTokens,
+    /// Traffic statistics every data plane reports, for the Admin Console.
+    stats: StatsWindow,
 }
 
 impl Default for DataPlaneRegistry {
@@ -105,6 +108,7 @@ impl Default for DataPlaneRegistry {
             persist: None,
             max_health_window: health::DEFAULT_MAX_HEALTH_WINDOW,
             tokens: JoinTokens::default(),
+            stats: StatsWindow::default(),
         }
     }
 }
@@ -399,6 +403,33 @@ impl DataPlaneRegistry {
         inner.health.retain(|_, reports| !reports.is_empty());
         inner.resets.retain(|_, at| *at >= cutoff);
         self.publish_fleet(&inner);
+    }
+
+    /// The traffic statistics data planes reported (the last 24 h, per minute).
+    pub fn stats(&self) -> &StatsWindow {
+        &self.stats
+    }
+
+    /// Adds a data plane's statistics report to the window. Entries the decoder could not
+    /// read, or about pairs and gateways outside the current configuration, are logged and
+    /// left out.
+    pub(crate) fn report_stats(&self, node_id: &NodeId, report: &StatsReport) {
+        for skipped in &report.skipped {
+            tracing::warn!(node_id = %node_id, reason = %skipped, "statistics report entry unreadable; skipped");
+        }
+        let recorded = self.stats.record(report);
+        tracing::debug!(
+            node_id = %node_id,
+            routes = recorded.routes,
+            gateways = recorded.gateways,
+            unconfigured = recorded.unconfigured,
+            "traffic statistics reported"
+        );
+    }
+
+    /// Keeps the statistics of the gateways and members `published` holds, drops the rest.
+    pub(super) fn retain_stats(&self, published: &PublishedSnapshot) {
+        self.stats.configure(published.snapshot());
     }
 
     /// Forgets health of endpoints that are no longer configured.

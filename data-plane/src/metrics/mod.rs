@@ -514,6 +514,11 @@ impl Metrics {
         self.control_plane_connected.store(i64::from(connected), Ordering::Relaxed);
     }
 
+    /// Whether the control-plane stream is up now.
+    pub fn control_plane_connected(&self) -> bool {
+        self.control_plane_connected.load(Ordering::Relaxed) == 1
+    }
+
     /// Seconds since the last snapshot was applied; `None` before the first.
     fn snapshot_age(&self) -> Option<f64> {
         let at = self.applied_at_ms.load(Ordering::Relaxed);
