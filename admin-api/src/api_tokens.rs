@@ -172,6 +172,7 @@ pub async fn create(
 ) -> Result<impl IntoResponse, ApiError> {
     let new = validate_create(req, Utc::now())?;
     let (record, secret) = state.store.create_api_token(new, &caller.audit).await?;
+    crate::trace::record_change(ENTITY, "create");
     tracing::info!(
         actor = %caller.audit.actor,
         entity = ENTITY,
@@ -238,6 +239,7 @@ pub async fn revoke(
     let id: Uuid = path_id("api token", &id)?;
     let (record, revoked) = state.store.revoke_api_token(id, &caller.audit).await?;
     if revoked {
+        crate::trace::record_change(ENTITY, "revoke");
         tracing::info!(
             actor = %caller.audit.actor,
             entity = ENTITY,

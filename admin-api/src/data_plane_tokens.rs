@@ -122,6 +122,7 @@ pub async fn create(
     let max = v.finish(max)?;
     let (record, token) = state.store.create_data_plane_token(req.name, max, &caller.audit).await?;
     state.registry.data_plane_tokens_changed();
+    crate::trace::record_change("data_plane_token", "create");
     tracing::info!(actor = %caller.audit.actor, entity = "data_plane_token", action = "create", id = %record.id, name = %record.name, max_data_planes = record.max_data_planes, "security change");
     let response = CreatedDataPlaneTokenResponse {
         id: record.id,
@@ -175,6 +176,7 @@ pub async fn revoke(
     let id: DataPlaneTokenId = path_id("data-plane token", &id)?;
     let record = state.store.revoke_data_plane_token(id, &caller.audit).await?;
     state.registry.data_plane_tokens_changed();
+    crate::trace::record_change("data_plane_token", "revoke");
     tracing::info!(actor = %caller.audit.actor, entity = "data_plane_token", action = "revoke", id = %record.id, name = %record.name, "security change");
     Ok(StatusCode::NO_CONTENT)
 }

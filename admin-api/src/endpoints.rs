@@ -429,6 +429,7 @@ pub async fn reset_health(
     // Stored (with its audit row) first: a reset that cannot be kept is not announced.
     state.store.record_health_reset(id, at, &caller.audit).await?;
     let health = state.registry.reset_endpoint_health(id, at);
+    crate::trace::record_change(ENTITY, "health_reset");
     tracing::info!(actor = %caller.audit.actor, endpoint_id = %id, name = %record.name, "endpoint health reset");
     Ok(Json(EndpointResponse::new(record, health)))
 }

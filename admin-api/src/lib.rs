@@ -91,6 +91,7 @@ pub struct AdminState {
 impl AdminState {
     /// Logs the change and tells distribution about it. Call after every successful mutation.
     fn committed(&self, caller: &Caller, change: ConfigChange<'_>, version: ConfigVersion) {
+        trace::record_change(change.entity, change.action);
         tracing::info!(
             actor = %caller.audit.actor,
             entity = change.entity,

@@ -11,7 +11,7 @@ use azure_core::credentials::TokenCredential;
 use modelgw_control_plane::azure::credential::CREDENTIAL_ENV;
 use modelgw_control_plane::azure::{CredentialOptions, CredentialSettings, build_chosen, resolve};
 use modelgw_data_plane::{
-    ClientCertFiles, ControlPlaneTrust, DataPlane, DataPlaneConfig, TokenSource,
+    ClientCertFiles, ControlPlaneTrust, DataPlane, DataPlaneConfig, RequestTracer, TokenSource,
 };
 use modelgw_model::{DEFAULT_ENTRA_SCOPE, Secret};
 
@@ -209,8 +209,11 @@ pub(crate) fn default_node_id() -> String {
         .unwrap_or_else(|| "data-plane".to_owned())
 }
 
+/// Serves until `shutdown`; `tracer` (when traces are exported) makes the request path's
+/// spans.
 pub async fn run(
     mut args: Args,
+    tracer: Option<RequestTracer>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     if args.token.is_none()
@@ -218,7 +221,8 @@ pub async fn run(
     {
         args.token = Some(Secret::new(token.trim()));
     }
-    let config = DataPlaneConfig { entra_credential: entra_credential().await?, ..args.config() };
+    let config =
+        DataPlaneConfig { entra_credential: entra_credential().await?, tracer, ..args.config() };
     let node_id = config.node_id.clone();
     let dp = DataPlane::bind(config)
         .await

@@ -70,6 +70,7 @@ pub struct Args {
 
 pub async fn run(
     args: Args,
+    tracer: Option<modelgw_data_plane::RequestTracer>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let tmp;
@@ -203,7 +204,8 @@ pub async fn run(
         // The demo's regions are mocks on 127.0.0.1.
         edge: crate::data_plane::EdgeArgs { allow_loopback_upstreams: true, ..Default::default() },
     };
-    let dp = DataPlane::bind(dp_args.config()).await.context("binding the gateway")?;
+    let dp_config = modelgw_data_plane::DataPlaneConfig { tracer, ..dp_args.config() };
+    let dp = DataPlane::bind(dp_config).await.context("binding the gateway")?;
     let gateway_url = format!("http://{}", dp.local_addr());
     let dp_metrics = dp.metrics_addr().map(|addr| format!("http://{addr}/metrics"));
     let _ = console_gateway_url.set(gateway_url.clone());

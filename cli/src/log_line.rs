@@ -138,8 +138,9 @@ impl LineVisitor<'_> {
             return;
         }
         let name = field.name();
-        // Fields the `log` bridge adds duplicate the event's own metadata.
-        if name.starts_with("log.") {
+        // Fields the `log` bridge adds duplicate the event's own metadata; `otel.*` fields
+        // name and shape a span for the OpenTelemetry export only.
+        if name.starts_with("log.") || name.starts_with("otel.") {
             return;
         }
         self.result = (|| {
@@ -330,6 +331,23 @@ mod tests {
             span.in_scope(|| tracing::info!("request answered"));
         });
         assert!(out.ends_with("  INFO request{gateway=chat}: request answered\n"), "{out}");
+    }
+
+    #[test]
+    fn otel_fields_stay_out_of_the_line() {
+        let out = capture(|| {
+            let span = tracing::info_span!(
+                "admin_request",
+                otel.name = "POST /api/v1/gateways",
+                otel.kind = "server",
+                route = "/api/v1/gateways"
+            );
+            span.in_scope(|| tracing::info!(otel.status_code = "ok", "admin request"));
+        });
+        assert!(
+            out.ends_with("  INFO admin_request{route=/api/v1/gateways}: admin request\n"),
+            "{out}"
+        );
     }
 
     #[test]

@@ -25,6 +25,7 @@ mod telemetry;
 mod test_output;
 
 use clap::{Parser, Subcommand};
+use telemetry::SpanExport;
 
 /// jemalloc instead of glibc's malloc: the data plane allocates many small, short-lived buffers
 /// per request (headers, body chunks, log lines); jemalloc takes 7 % fewer instructions per
@@ -65,22 +66,25 @@ fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async move {
         match cli.command {
+            // Each guard lives until its process's work is done: dropping it exports the spans
+            // still queued.
             Command::ControlPlane(args) => {
-                let _telemetry = telemetry::init("modelgw-control-plane")?;
+                let _telemetry =
+                    telemetry::init("modelgw-control-plane", SpanExport::TracingSpans)?;
                 control_plane::run(args, shutdown_signal()).await
             }
             Command::DataPlane(args) => {
-                let _telemetry = telemetry::init("modelgw-data-plane")?;
-                data_plane::run(args, shutdown_signal()).await
+                let telemetry = telemetry::init("modelgw-data-plane", SpanExport::RequestPathOnly)?;
+                data_plane::run(args, telemetry.request_tracer(), shutdown_signal()).await
             }
             Command::MockAzure(args) => {
-                let _telemetry = telemetry::init("modelgw-mock-azure")?;
+                let _telemetry = telemetry::init("modelgw-mock-azure", SpanExport::TracingSpans)?;
                 mock_azure::run(args, shutdown_signal()).await
             }
             Command::Import(args) => import::run(args).await,
             Command::Demo(args) => {
-                let _telemetry = telemetry::init("modelgw-demo")?;
-                demo::run(args, shutdown_signal()).await
+                let telemetry = telemetry::init("modelgw-demo", SpanExport::TracingSpans)?;
+                demo::run(args, telemetry.request_tracer(), shutdown_signal()).await
             }
         }
     })

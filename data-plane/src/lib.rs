@@ -16,7 +16,8 @@
 //! priority spillover, `weighted` and `fastest` per gateway), `proxy` (hyper server and the
 //! request path: one deadline per request, failover before the first byte — for non-streamed
 //! answers before the whole (bounded) body was read —, SSE error events after it, waiting for
-//! recovery), [`apply`] (what the control plane sends, applied in domain form: snapshots with
+//! recovery; OpenTelemetry spans per request and attempt when [`DataPlaneConfig::tracer`] is
+//! set), [`apply`] (what the control plane sends, applied in domain form: snapshots with
 //! ACK/NACK, fleet health) and `control_plane_client` (the gRPC transport to the control
 //! plane: the only module that sees wire types).
 
@@ -49,6 +50,7 @@ pub use crate::control_plane_client::{
     ClientCertFiles, ControlPlaneTrust, HEARTBEAT_INTERVAL, STATS_INTERVAL, TokenSource, TrustError,
 };
 pub use crate::proxy::connection::ConnectionStats;
+pub use crate::proxy::trace_context::RequestTracer;
 
 /// Default request-body limit: 32 MiB. Bodies are held in memory so they can be re-sent on
 /// failover; 32 MiB covers Azure's largest inputs (25 MB audio files plus multipart framing,
@@ -213,6 +215,11 @@ pub struct DataPlaneConfig {
     /// `MODELGW_FORWARD_CLIENT_ADDRESS_HEADERS`: forward the client's `X-Forwarded-*` and
     /// `Forwarded` headers upstream. Off by default.
     pub forward_client_address_headers: bool,
+    /// OpenTelemetry spans for each request and upstream attempt, with W3C trace context
+    /// taken from the client and passed to the upstream (the binary sets it when an OTLP
+    /// endpoint is configured). `None` (default): no span is made, the client's
+    /// `traceparent` goes upstream as it came.
+    pub tracer: Option<RequestTracer>,
     /// Whether the request path counts (Prometheus metrics and the statistics reported to the
     /// control plane). On by default; `MODELGW_METRICS_ADDR=off` turns it off.
     pub metrics_enabled: bool,
@@ -251,6 +258,7 @@ impl Default for DataPlaneConfig {
             failed_auth_limit: None,
             allow_loopback_upstreams: false,
             forward_client_address_headers: false,
+            tracer: None,
             metrics_enabled: true,
             metrics_addr: None,
         }
@@ -475,6 +483,7 @@ impl DataPlane {
                 entra: Arc::clone(&entra),
                 limits: limits.clone(),
                 failed_auths: Arc::clone(&failed_auths),
+                tracer: config.tracer.clone(),
                 metrics: Arc::clone(&metrics),
                 shard,
             })

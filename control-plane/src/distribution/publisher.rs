@@ -10,6 +10,7 @@ use bytes::Bytes;
 use modelgw_model::{ConfigVersion, EndpointId, Snapshot};
 use tokio::sync::watch;
 use tokio::time::MissedTickBehavior;
+use tracing::Instrument as _;
 
 use super::DataPlaneRegistry;
 use crate::{ControlPlaneMetrics, Store};
@@ -116,11 +117,12 @@ impl Publisher {
             }
             // A failed load is retried by the next poll tick, which sees the version still ahead.
             let started = Instant::now();
-            match self.store.load_snapshot().await {
-                Ok(snapshot) => self.publish(snapshot, started),
-                Err(e) => {
+            let span = publish_span();
+            match self.store.load_snapshot().instrument(span.clone()).await {
+                Ok(snapshot) => span.in_scope(|| self.publish(snapshot, started)),
+                Err(e) => span.in_scope(|| {
                     tracing::warn!(error = %e, "loading the snapshot failed; retrying at the next poll tick");
-                }
+                }),
             }
         }
     }
@@ -139,7 +141,9 @@ impl Publisher {
         if version <= self.current() {
             return;
         }
-        let mut fresh = Some(Arc::new(PublishedSnapshot::new(snapshot)));
+        let encoded =
+            tracing::info_span!("snapshot.encode").in_scope(|| PublishedSnapshot::new(snapshot));
+        let mut fresh = Some(Arc::new(encoded));
         let published = self.snapshots.send_if_modified(|current| {
             if version > current.version()
                 && let Some(p) = fresh.take()
@@ -162,14 +166,42 @@ impl Publisher {
 }
 
 /// Logs a publish with its build time (store load, validation, wire encoding) and encoded
-/// size. A snapshot that breaks a rule never gets here: the store's load refuses it.
+/// size, and names it on the publish span (if in one). A snapshot that breaks a rule never gets
+/// here: the store's load refuses it.
 pub(super) fn log_publish(published: &PublishedSnapshot, build: Duration) {
+    let (version, endpoints, gateways, bytes) = (
+        published.version().0,
+        published.snapshot.endpoints.len(),
+        published.snapshot.gateways.len(),
+        published.encoded.len(),
+    );
     tracing::info!(
-        config_version = published.version().0,
-        endpoints = published.snapshot.endpoints.len(),
-        gateways = published.snapshot.gateways.len(),
-        bytes = published.encoded.len(),
+        config_version = version,
+        endpoints,
+        gateways,
+        bytes,
         build_us = build.as_micros() as u64,
         "snapshot published"
     );
+    // As i64: the OpenTelemetry layer exports unsigned fields as strings.
+    let int = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+    let span = tracing::Span::current();
+    span.record("modelgw.config_version", int(version));
+    span.record("modelgw.endpoints", int(endpoints as u64));
+    span.record("modelgw.gateways", int(gateways as u64));
+    span.record("modelgw.snapshot_bytes", int(bytes as u64));
+}
+
+/// The span of one publish: the store's load (and the validation in it), the encoding, the
+/// swap. A root of its own trace, not a child of the publisher task's span: that lives as long
+/// as the process.
+fn publish_span() -> tracing::Span {
+    tracing::info_span!(
+        parent: None,
+        "snapshot.publish",
+        modelgw.config_version = tracing::field::Empty,
+        modelgw.endpoints = tracing::field::Empty,
+        modelgw.gateways = tracing::field::Empty,
+        modelgw.snapshot_bytes = tracing::field::Empty,
+    )
 }

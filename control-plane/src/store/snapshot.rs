@@ -93,6 +93,7 @@ impl Store {
         }
         tracing::debug!(endpoints = endpoints.len(), gateways = gateways.len(), "snapshot loaded");
         // The one rule set every snapshot meets; a refused one is never published.
-        Ok(Snapshot::new(version, endpoints, gateways)?)
+        let validate = tracing::info_span!("snapshot.validate");
+        Ok(validate.in_scope(|| Snapshot::new(version, endpoints, gateways))?)
     }
 }

@@ -14,7 +14,7 @@ use tracing::{debug, info, warn};
 use super::attempt::{Outcome, Side};
 use super::relay::Committed;
 use super::upstream::RequestPlan;
-use super::{ATTEMPTS_HEADER, Proxy, ProxyBody, Tally, reply};
+use super::{ATTEMPTS_HEADER, Proxy, ProxyBody, Tally, reply, trace_context};
 use crate::balance::Candidate;
 use crate::health::{GatewayState, HealthEvent, HealthRegistry, Unavailable, gateway_state};
 use crate::metrics::{RouteMetrics, skip_index};
@@ -83,7 +83,9 @@ impl Proxy {
                 attempt += 1;
                 let tried = Tried { rid, endpoint, attempt, trial: admission.is_trial() };
                 let started = Instant::now();
+                let span = trace_context::attempt_started(plan, endpoint, &gateway.name);
                 let result = self.attempt(plan, endpoint, deadline).await;
+                trace_context::attempt_finished(plan, span, endpoint, &result);
                 let now = Instant::now();
                 tally.waited += now - started;
                 let ms = (now - started).as_millis() as u64;

@@ -28,7 +28,8 @@
 //! came to: `Outcome`, `AttemptError`), `upstream` + `rewrite` (the request each endpoint
 //! gets), `upstream_client` (the pooled hyper client, its connect-time address guard in `egress`),
 //! `relay` + `sse` (streaming a committed answer; bounded SSE framing), `reply` (the gateway's
-//! own answers), `access_log` (the line per request).
+//! own answers), `access_log` (the line per request), `trace_context` (OpenTelemetry spans
+//! and W3C trace context, when tracing is on).
 
 mod access_log;
 mod attempt;
@@ -49,6 +50,7 @@ mod rewrite;
 mod route;
 pub(crate) mod server;
 mod sse;
+pub(crate) mod trace_context;
 mod upstream;
 pub(crate) mod upstream_client;
 
@@ -118,6 +120,8 @@ pub(crate) struct Proxy {
     pub metrics: Arc<Metrics>,
     /// This serving thread's shard of every counter (its index among the serving threads).
     pub shard: usize,
+    /// Spans for requests and attempts (`trace_context`); `None`: tracing off, no cost.
+    pub tracer: Option<trace_context::RequestTracer>,
 }
 
 /// What a request's accounting needs, filled in as it goes; recorded once its answer's head
@@ -166,6 +170,7 @@ impl Proxy {
             status = field::Empty,
         );
         let started = Instant::now();
+        let mut trace = trace_context::start(self.tracer.as_ref(), &parts, &route);
         let mut gateway = None;
         let mut tally = Tally::default();
         let table = self.store.load();
@@ -179,6 +184,7 @@ impl Proxy {
                 Context { route, peer, request_id: &request_id, started, table: &table },
                 &mut gateway,
                 &mut tally,
+                &mut trace,
             )
             .instrument(span.clone()),
         )
@@ -195,7 +201,7 @@ impl Proxy {
         response.headers_mut().entry(CLIENT_REQUEST_ID).or_insert(request_id);
         let ms = started.elapsed().as_millis() as u64;
         access_log::log_request(&span, &parts, gateway.as_deref(), &response, ms);
-        response
+        trace_context::finish(trace, gateway.as_deref(), response)
     }
 
     /// Everything between the request's head and its answer: the gateway it may use, its
@@ -207,6 +213,7 @@ impl Proxy {
         context: Context<'_, 't>,
         gateway_name: &mut Option<String>,
         tally: &mut Tally<'t>,
+        trace: &mut Option<Box<trace_context::RequestTrace>>,
     ) -> Response<ProxyBody> {
         let Context { route, peer, request_id, started, table } = context;
         // Lines logged before the answer carry the request id themselves: the `request` span
@@ -311,6 +318,7 @@ impl Proxy {
             model,
             strip_usage,
             started,
+            trace: trace.as_deref_mut(),
         };
         let timeout = deadline::request_timeout(
             gateway.routing.request_timeout_ms,

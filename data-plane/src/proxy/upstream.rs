@@ -19,6 +19,7 @@ use modelgw_model::Platform;
 
 use super::rewrite::{ModelProbe, insert_model, splice};
 use super::route::Call;
+use super::trace_context::RequestTrace;
 use crate::routing_table::CompiledEndpoint;
 
 /// Request id header Azure echoes back; forwarded so upstream logs correlate with ours.
@@ -257,20 +258,26 @@ pub(crate) struct RequestPlan<'a> {
     pub strip_usage: bool,
     /// When the request arrived (durations and time to first token count from here).
     pub started: std::time::Instant,
+    /// The request's spans when tracing is on: each attempt's `traceparent` comes from them.
+    pub trace: Option<&'a mut RequestTrace>,
 }
 
 impl RequestPlan<'_> {
     /// Headers for the next attempt (before its credential is added): the prepared set the
     /// first time, a fresh one on failover — no copy on the common, single-attempt path.
     pub(crate) fn headers(&mut self) -> HeaderMap {
-        self.prepared.take().unwrap_or_else(|| {
+        let mut headers = self.prepared.take().unwrap_or_else(|| {
             upstream_headers(
                 self.client_headers,
                 self.request_id_header,
                 self.client_address_headers,
             )
             .0
-        })
+        });
+        if let Some(trace) = &self.trace {
+            trace.inject(&mut headers);
+        }
+        headers
     }
 
     /// `{base}/openai/deployments/{dep}/{op}?{query}`, `{base}/openai/{op}?{query}` (dated
@@ -407,6 +414,7 @@ mod tests {
             model: probe_model(body.as_bytes()).expect("one JSON object"),
             strip_usage: false,
             started: std::time::Instant::now(),
+            trace: None,
         }
     }
 

@@ -22,6 +22,8 @@
 pub mod browser;
 /// Scrapes of `/metrics` and the metric selectors of PromQL expressions.
 pub mod metrics;
+/// An OTLP trace receiver, for the trace tests.
+pub mod otlp;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

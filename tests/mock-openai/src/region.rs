@@ -13,7 +13,7 @@ use std::io::{Read as _, Write as _};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
-use crate::{Fault, MockAzure, MockConfig};
+use crate::{Fault, MockAzure, MockConfig, RecordedRequest};
 
 /// Model the mock reports unless told otherwise (`modelgw mock-azure`'s default too).
 pub const DEFAULT_MODEL: &str = "gpt-4o-mini-2024-07-18";
@@ -183,6 +183,25 @@ impl Region {
                 calls.get(&self.deployment).and_then(serde_json::Value::as_u64).unwrap_or(0)
             }
             Driver::Elsewhere => 0,
+        }
+    }
+
+    /// The requests the region received, oldest first, credential headers redacted (empty for
+    /// a region served [`Region::elsewhere`]).
+    ///
+    /// # Panics
+    /// When a mock process cannot be reached.
+    pub fn requests(&self) -> Vec<RecordedRequest> {
+        match &self.driver {
+            Driver::InProcess(mock) => {
+                mock.requests().iter().map(RecordedRequest::redacted).collect()
+            }
+            Driver::Process => {
+                let (status, answer) = self.control("GET", "/_mock/requests", b"");
+                assert_eq!(status, 200, "reading requests: {answer}");
+                serde_json::from_str(&answer).expect("recorded requests are JSON")
+            }
+            Driver::Elsewhere => Vec::new(),
         }
     }
 
