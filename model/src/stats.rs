@@ -94,7 +94,7 @@ pub struct RouteStats {
     /// Tokens from the answers' `usage` (prompt / input and completion / output).
     pub prompt_tokens: u64,
     pub completion_tokens: u64,
-    /// End-to-end latency of `requests`, to the response head.
+    /// End-to-end latency of `requests`, from arrival to the end of the answer.
     pub latency: Buckets,
     /// Streams only: time from the request to its first token.
     pub ttft: Buckets,
