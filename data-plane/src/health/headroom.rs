@@ -13,7 +13,13 @@ impl HealthRegistry {
     /// Reads the quota headers of an answer; a low reading steers selection away for
     /// [`HealthPolicy::headroom_ttl`], a healthy one clears it.
     pub fn record_headroom(&self, id: EndpointId, headers: &HeaderMap, now: Instant) {
-        let Some(low) = low_headroom(&self.policy, headers) else { return };
+        self.record_rate_limits(id, RateLimits::from_headers(headers).as_ref(), now);
+    }
+
+    /// [`HealthRegistry::record_headroom`] with the answer's quota reading already parsed
+    /// (the request path reads it once for health and metrics).
+    pub fn record_rate_limits(&self, id: EndpointId, limits: Option<&RateLimits>, now: Instant) {
+        let Some(low) = limits.map(|limits| is_low(&self.policy, limits)) else { return };
         let entry = self.entry(id);
         entry.lock().low_headroom_until = low.then(|| now + self.policy.headroom_ttl);
     }
@@ -23,8 +29,13 @@ impl HealthRegistry {
 /// when they show room, `None` when the answer carried none.
 #[inline]
 pub fn low_headroom(policy: &HealthPolicy, headers: &HeaderMap) -> Option<bool> {
-    let RateLimits { remaining_requests, remaining_tokens, limit_tokens } =
-        RateLimits::from_headers(headers)?;
+    RateLimits::from_headers(headers).map(|limits| is_low(policy, &limits))
+}
+
+/// Whether a quota reading says the endpoint is about to throttle.
+#[inline]
+fn is_low(policy: &HealthPolicy, limits: &RateLimits) -> bool {
+    let RateLimits { remaining_requests, remaining_tokens, limit_tokens } = *limits;
     // Negative values have been seen on some APIs; they carry no information.
     let low_requests =
         remaining_requests.is_some_and(|r| r >= 0 && r as u64 <= policy.low_headroom_requests);
@@ -34,7 +45,7 @@ pub fn low_headroom(policy: &HealthPolicy, headers: &HeaderMap) -> Option<bool> 
         }
         _ => false,
     };
-    Some(low_requests || low_tokens)
+    low_requests || low_tokens
 }
 
 #[cfg(test)]

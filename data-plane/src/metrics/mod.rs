@@ -27,6 +27,7 @@ use modelgw_model::{EndpointId, GatewayId};
 pub(crate) use histogram::{Bounds, Histogram, Merged};
 pub use scrape::Scrape;
 
+use crate::health::RateLimits;
 use crate::routing_table::RoutingTable;
 
 /// Latency (end to end, time to first token, time to first byte) in milliseconds: the shared
@@ -128,17 +129,17 @@ pub(crate) fn skip_index(reason: &str) -> usize {
 }
 
 /// Answers the gateway gives itself: `(reason, status)`; indexed by [`Local`].
-pub(crate) const LOCAL_RESPONSES: [(&str, u16); 10] = [
-    ("unauthorized", 401),
-    ("not_found", 404),
-    ("bad_request", 400),
-    ("payload_too_large", 413),
-    ("all_throttling", 429),
-    ("no_endpoint", 503),
-    ("deadline", 504),
-    ("not_ready", 503),
-    ("auth_limited", 429),
-    ("body_timeout", 408),
+pub(crate) const LOCAL_RESPONSES: [(&str, &str); 10] = [
+    ("unauthorized", "401"),
+    ("not_found", "404"),
+    ("bad_request", "400"),
+    ("payload_too_large", "413"),
+    ("all_throttling", "429"),
+    ("no_endpoint", "503"),
+    ("deadline", "504"),
+    ("not_ready", "503"),
+    ("auth_limited", "429"),
+    ("body_timeout", "408"),
 ];
 
 /// Why the gateway answered a request itself (index into [`LOCAL_RESPONSES`]).
@@ -421,19 +422,14 @@ impl EndpointMetrics {
         }
     }
 
-    /// Records the quota an answer's headers report.
+    /// Records the quota an answer reported (its `x-ratelimit-remaining-*` headers, read once
+    /// by the request path for health and metrics).
     #[inline]
-    pub(crate) fn remaining(&self, headers: &http::HeaderMap) {
-        let read = |name: &str| {
-            headers
-                .get(name)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.trim().parse::<i64>().ok())
-        };
-        if let Some(requests) = read("x-ratelimit-remaining-requests") {
+    pub(crate) fn remaining(&self, limits: &RateLimits) {
+        if let Some(requests) = limits.remaining_requests {
             self.remaining_requests.store(requests.max(0), Ordering::Relaxed);
         }
-        if let Some(tokens) = read("x-ratelimit-remaining-tokens") {
+        if let Some(tokens) = limits.remaining_tokens {
             self.remaining_tokens.store(tokens.max(0), Ordering::Relaxed);
         }
     }

@@ -302,13 +302,8 @@ impl Collector for Scrape {
                 .collect();
         let mut local = Vec::new();
         let mut overheads = Vec::new();
-        let mut status_text: Vec<String> = Vec::new();
-        for (reason, status) in LOCAL_RESPONSES {
-            status_text.push(status.to_string());
-            let _ = reason;
-        }
         for (gateway, name) in &all_gateways {
-            for (i, (reason, _)) in LOCAL_RESPONSES.iter().enumerate() {
+            for (i, (reason, status)) in LOCAL_RESPONSES.iter().enumerate() {
                 let count = gateway.locals(i);
                 if count > 0 {
                     // Before a key named a gateway there is none: the label is left out (an
@@ -317,7 +312,7 @@ impl Collector for Scrape {
                     if !name.is_empty() {
                         labels.push(("gateway", *name));
                     }
-                    labels.push(("status", status_text[i].as_str()));
+                    labels.push(("status", *status));
                     labels.push(("reason", *reason));
                     local.push((labels, count));
                 }

@@ -16,7 +16,9 @@ use super::relay::Committed;
 use super::upstream::RequestPlan;
 use super::{ATTEMPTS_HEADER, Proxy, ProxyBody, Tally, reply, trace_context};
 use crate::balance::Candidate;
-use crate::health::{GatewayState, HealthEvent, HealthRegistry, Unavailable, gateway_state};
+use crate::health::{
+    GatewayState, HealthEvent, HealthRegistry, RateLimits, Unavailable, gateway_state,
+};
 use crate::metrics::{RouteMetrics, skip_index};
 use crate::routing_table::{CompiledEndpoint, CompiledGateway};
 
@@ -97,8 +99,9 @@ impl Proxy {
                             counters.attempt(self.shard, answer.outcome.index(), false);
                             counters.time_to_first_byte(self.shard, answer.ttfb);
                         }
-                        if let Some(quota) = endpoint.metrics.get() {
-                            quota.remaining(&answer.headers);
+                        let limits = RateLimits::from_headers(&answer.headers);
+                        if let (Some(quota), Some(limits)) = (endpoint.metrics.get(), &limits) {
+                            quota.remaining(limits);
                         }
                         tally.served = true;
                         let event = answer.health_event();
@@ -112,7 +115,7 @@ impl Proxy {
                             // A quick rejection says nothing about how fast it serves.
                             self.health.record_latency(endpoint.id, now - started, now);
                         }
-                        self.health.record_headroom(endpoint.id, &answer.headers, now);
+                        self.health.record_rate_limits(endpoint.id, limits.as_ref(), now);
                         note(&mut attempts, endpoint, answer.outcome.label(), ms);
                         return self.pass_through(
                             plan,
