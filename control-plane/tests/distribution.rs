@@ -249,6 +249,7 @@ fn hello(node_id: &str, applied_version: u64) -> cfg::DataPlaneMessage {
         node_id: node_id.into(),
         applied_version,
         build_version: "test".into(),
+        instance: 0,
     }))
 }
 
@@ -270,7 +271,7 @@ impl DataPlane {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             match self.next_message(left).await {
                 Inbound::Snapshot(s) => return s,
-                Inbound::FleetHealth(_) => continue,
+                Inbound::FleetHealth(_) | Inbound::Leases(_) => continue,
             }
         }
     }
@@ -282,7 +283,7 @@ impl DataPlane {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             match self.next_message(left).await {
                 Inbound::FleetHealth(f) => return f,
-                Inbound::Snapshot(_) => continue,
+                Inbound::Snapshot(_) | Inbound::Leases(_) => continue,
             }
         }
     }

@@ -41,7 +41,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::metadata::MetadataValue;
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::apply::{ApplyOutcome, apply_fleet_health, apply_snapshot};
 use crate::health::HealthRegistry;
@@ -365,6 +365,7 @@ async fn session(
         node_id: NodeId(config.node_id.clone()),
         applied_version: store.version(),
         build_version: env!("CARGO_PKG_VERSION").to_owned(),
+        instance: None,
     });
     if tx.send(cfg::DataPlaneMessage::from(&hello)).await.is_err() {
         return SessionEnd::OutboundClosed;
@@ -415,6 +416,10 @@ async fn session(
                             warn!(reason = %skipped, "fleet health entry unreadable; ignored");
                         }
                         apply_fleet_health(health, &fleet);
+                        continue;
+                    }
+                    Ok(ControlPlaneMessage::Leases(_)) => {
+                        debug!("budget leases received (key limits are not enforced yet)");
                         continue;
                     }
                     Err(InvalidControlPlaneMessage::Snapshot { version, error }) => {

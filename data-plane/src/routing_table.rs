@@ -429,8 +429,10 @@ pub(crate) mod tests {
             id: GatewayId::new(),
             name: name.to_owned(),
             members,
-            keys: vec![GatewayKey { id: GatewayKeyId::new(), sha256: gateway_key_hash(key) }],
+            keys: vec![GatewayKey::new(GatewayKeyId::new(), gateway_key_hash(key), "test")],
             routing: Default::default(),
+            key_limits: Default::default(),
+            traces: Default::default(),
         }
     }
 

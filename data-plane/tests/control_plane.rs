@@ -160,8 +160,9 @@ fn wire_snapshot(
             keys: vec![cfg::GatewayKey {
                 id: GatewayKeyId::new().to_string(),
                 sha256: gateway_key_hash(CLIENT_KEY).to_vec(),
+                ..Default::default()
             }],
-            routing: None,
+            ..Default::default()
         }],
     }
 }

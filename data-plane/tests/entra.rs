@@ -83,11 +83,10 @@ fn snapshot(endpoints: Vec<Endpoint>) -> Snapshot {
                     weight: 1,
                 })
                 .collect(),
-            keys: vec![GatewayKey {
-                id: GatewayKeyId::new(),
-                sha256: gateway_key_hash(CLIENT_KEY),
-            }],
+            keys: vec![GatewayKey::new(GatewayKeyId::new(), gateway_key_hash(CLIENT_KEY), "test")],
             routing: Default::default(),
+            key_limits: Default::default(),
+            traces: Default::default(),
         }],
         endpoints,
     }

@@ -106,11 +106,10 @@ async fn request_logs_name_endpoints_and_outcomes_but_never_a_key() -> Result<()
                     weight: 1,
                 })
                 .collect(),
-            keys: vec![GatewayKey {
-                id: GatewayKeyId::new(),
-                sha256: gateway_key_hash(CLIENT_KEY),
-            }],
+            keys: vec![GatewayKey::new(GatewayKeyId::new(), gateway_key_hash(CLIENT_KEY), "test")],
             routing: Default::default(),
+            key_limits: Default::default(),
+            traces: Default::default(),
         }],
         endpoints,
     };

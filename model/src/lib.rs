@@ -2,7 +2,8 @@
 //!
 //! Owns: identifiers and versions (newtypes), the configuration entities, the routing
 //! snapshot in domain form and its one set of rules (`Snapshot::validate`), the limits and
-//! reserved names of the configuration (`limits`), every message of the control-plane ↔
+//! reserved names of the configuration (`limits`), gateway keys' limits, usage and budget
+//! leases (`keys`), request traces (`traces`), every message of the control-plane ↔
 //! data-plane protocol in domain form (`protocol`), traffic statistics and their shared
 //! latency buckets (`stats`), and the `Secret` wrapper that keeps
 //! credentials out of logs. With the `wire` feature, `wire` owns every conversion to and from
@@ -10,11 +11,13 @@
 //! Never touches I/O.
 
 mod ids;
+pub mod keys;
 pub mod limits;
 pub mod protocol;
 mod secret;
 mod snapshot;
 pub mod stats;
+pub mod traces;
 #[cfg(feature = "wire")]
 pub mod wire;
 

@@ -9,8 +9,10 @@
 use std::sync::Arc;
 use std::time::SystemTime;
 
+pub use crate::keys::{KeyUsage, LeaseGrant, Leases, UsageReport};
 use crate::limits::{MAX_NODE_ID_CHARS, MAX_REASON_CHARS, truncate_chars};
 pub use crate::stats::StatsReport;
+pub use crate::traces::{RequestTrace, TraceAttempt, TraceBatch};
 use crate::{ConfigVersion, EndpointId, EndpointState, NodeId, Snapshot};
 
 /// What a data plane sends.
@@ -28,6 +30,10 @@ pub enum DataPlaneMessage {
     Health(HealthReport),
     /// Traffic served since the previous statistics report (deltas).
     Stats(StatsReport),
+    /// What this instance charged to limited keys (cumulative per window).
+    Usage(UsageReport),
+    /// Request traces of gateways that record them.
+    Traces(TraceBatch),
 }
 
 /// What the control plane sends.
@@ -37,6 +43,8 @@ pub enum ControlPlaneMessage {
     Snapshot(Arc<Snapshot>),
     /// The fleet's aggregate of every data plane's health reports.
     FleetHealth(FleetHealth),
+    /// Budget for this instance's limited keys.
+    Leases(Leases),
 }
 
 /// Opens a stream: who the data plane is and what it serves.
@@ -48,6 +56,9 @@ pub struct Hello {
     pub applied_version: ConfigVersion,
     /// The data plane's build, for operators; at most `MAX_BUILD_VERSION_CHARS` kept.
     pub build_version: String,
+    /// Random, drawn once per process start; `None` (0 on the wire) from a data plane that
+    /// enforces no key limits. Usage and leases belong to an instance.
+    pub instance: Option<std::num::NonZeroU64>,
 }
 
 /// A rejected snapshot.

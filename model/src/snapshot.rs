@@ -1,10 +1,12 @@
 //! Configuration entities in domain form and the one set of rules a snapshot must meet.
 //! Their wire form and its conversion live in `wire` (feature `wire`).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use serde::{Deserialize, Serialize};
 
+use crate::keys::{KeyLimitPolicy, KeyLimits, MAX_KEY_DEPTH};
+use crate::traces::{MAX_PAYLOAD_BYTES, MAX_REDACT_FIELDS, TraceSettings};
 use crate::{ConfigVersion, EndpointId, GatewayId, GatewayKeyId, Secret};
 
 /// Which API an Inference Endpoint speaks upstream.
@@ -142,6 +144,28 @@ pub struct GatewayMember {
 pub struct GatewayKey {
     pub id: GatewayKeyId,
     pub sha256: [u8; 32],
+    /// For traces and logs (not a secret).
+    pub name: String,
+    /// The key above this one in the gateway's key tree; its limits apply to this key's
+    /// traffic too.
+    pub parent: Option<GatewayKeyId>,
+    /// Unix ms after which the key is refused.
+    pub expires_unix_ms: Option<i64>,
+    pub limits: KeyLimits,
+}
+
+impl GatewayKey {
+    /// A root key without expiry or limits.
+    pub fn new(id: GatewayKeyId, sha256: [u8; 32], name: impl Into<String>) -> GatewayKey {
+        GatewayKey {
+            id,
+            sha256,
+            name: name.into(),
+            parent: None,
+            expires_unix_ms: None,
+            limits: KeyLimits::default(),
+        }
+    }
 }
 
 /// How a gateway picks among the available members of its best priority group.
@@ -173,8 +197,11 @@ pub struct Gateway {
     pub id: GatewayId,
     pub name: String,
     pub members: Vec<GatewayMember>,
+    /// Parents before their children.
     pub keys: Vec<GatewayKey>,
     pub routing: RoutingPolicy,
+    pub key_limits: KeyLimitPolicy,
+    pub traces: TraceSettings,
 }
 
 /// The whole routing configuration at one version, validated.
@@ -226,7 +253,10 @@ impl Snapshot {
     /// - a deployment is not empty; an API key is not empty and is what an HTTP header
     ///   value may hold (it is sent as one); an Entra scope is not blank;
     /// - gateway names are not empty and unique; a member names a configured endpoint, once;
-    ///   a key hash belongs to one gateway only.
+    ///   a key hash belongs to one gateway only; a key id is unique, and a key's parent is a
+    ///   key of the same gateway listed before it, at most [`MAX_KEY_DEPTH`] levels deep;
+    /// - a gateway sets at most [`MAX_REDACT_FIELDS`] non-empty redacted field names and a
+    ///   payload cap of at most [`MAX_PAYLOAD_BYTES`].
     pub fn validate(&self) -> Result<(), InvalidSnapshot> {
         if self.version.0 == 0 {
             return Err(invalid("version", "must be at least 1"));
@@ -292,6 +322,8 @@ impl Snapshot {
                     return Err(invalid(field, format!("duplicate member {}", m.endpoint_id)));
                 }
             }
+            // Key id -> depth (0 for a root), for the parent rules.
+            let mut depths: HashMap<GatewayKeyId, usize> = HashMap::with_capacity(g.keys.len());
             for (j, k) in g.keys.iter().enumerate() {
                 if !key_hashes.insert(k.sha256) {
                     return Err(invalid(
@@ -299,6 +331,49 @@ impl Snapshot {
                         "key shared by two gateways",
                     ));
                 }
+                let depth = match k.parent {
+                    None => 0,
+                    Some(parent) => match depths.get(&parent) {
+                        Some(d) if *d < MAX_KEY_DEPTH => d + 1,
+                        Some(_) => {
+                            return Err(invalid(
+                                format!("gateways[{i}].keys[{j}].parent_id"),
+                                format!("key tree deeper than {MAX_KEY_DEPTH} levels"),
+                            ));
+                        }
+                        None => {
+                            return Err(invalid(
+                                format!("gateways[{i}].keys[{j}].parent_id"),
+                                format!("{parent} is not a key of this gateway listed before it"),
+                            ));
+                        }
+                    },
+                };
+                if depths.insert(k.id, depth).is_some() {
+                    return Err(invalid(
+                        format!("gateways[{i}].keys[{j}].id"),
+                        format!("duplicate key id {}", k.id),
+                    ));
+                }
+            }
+            let t = &g.traces;
+            if t.redact_fields.len() > MAX_REDACT_FIELDS {
+                return Err(invalid(
+                    format!("gateways[{i}].traces.redact_fields"),
+                    format!("more than {MAX_REDACT_FIELDS}"),
+                ));
+            }
+            if let Some(j) = t.redact_fields.iter().position(|f| f.is_empty()) {
+                return Err(invalid(
+                    format!("gateways[{i}].traces.redact_fields[{j}]"),
+                    "must not be empty",
+                ));
+            }
+            if t.max_payload_bytes.is_some_and(|b| b == 0 || b > MAX_PAYLOAD_BYTES) {
+                return Err(invalid(
+                    format!("gateways[{i}].traces.max_payload_bytes"),
+                    format!("must be 1..={MAX_PAYLOAD_BYTES}"),
+                ));
             }
         }
         Ok(())
@@ -340,15 +415,18 @@ pub(crate) mod tests {
                     priority: 0,
                     weight: 1,
                 }],
-                keys: vec![GatewayKey {
-                    id: GatewayKeyId::new(),
-                    sha256: gateway_key_hash("secret"),
-                }],
+                keys: vec![GatewayKey::new(
+                    GatewayKeyId::new(),
+                    gateway_key_hash("secret"),
+                    "team",
+                )],
                 routing: RoutingPolicy {
                     strategy: RoutingStrategy::Fastest,
                     wait_for_recovery: true,
                     request_timeout_ms: Some(30_000),
                 },
+                key_limits: KeyLimitPolicy::default(),
+                traces: TraceSettings::default(),
             }],
         )
         .expect("valid")
@@ -410,6 +488,52 @@ pub(crate) mod tests {
         s.gateways[1].name = "other".into();
         s.gateways[1].keys = s.gateways[0].keys.clone();
         assert_eq!(rejected(&s), "gateways[1].keys[0].sha256: key shared by two gateways");
+    }
+
+    #[test]
+    fn a_key_tree_is_listed_parents_first_within_its_gateway_and_bounded_in_depth() {
+        let mut s = sample();
+        let root = s.gateways[0].keys[0].id;
+        let mut child = GatewayKey::new(GatewayKeyId::new(), gateway_key_hash("child"), "child");
+        child.parent = Some(root);
+        s.gateways[0].keys.push(child.clone());
+        s.validate().expect("a child after its parent");
+
+        let mut orphan = child.clone();
+        orphan.id = GatewayKeyId::new();
+        orphan.sha256 = gateway_key_hash("orphan");
+        orphan.parent = Some(GatewayKeyId::new());
+        s.gateways[0].keys.push(orphan);
+        assert!(rejected(&s).starts_with("gateways[0].keys[2].parent_id: "));
+        s.gateways[0].keys.pop();
+
+        // Child before its parent.
+        s.gateways[0].keys.swap(0, 1);
+        assert!(rejected(&s).starts_with("gateways[0].keys[0].parent_id: "));
+        s.gateways[0].keys.swap(0, 1);
+
+        let mut parent = child.id;
+        for level in 0..MAX_KEY_DEPTH {
+            let mut k =
+                GatewayKey::new(GatewayKeyId::new(), gateway_key_hash(&format!("l{level}")), "l");
+            k.parent = Some(parent);
+            parent = k.id;
+            s.gateways[0].keys.push(k);
+        }
+        assert_eq!(
+            rejected(&s),
+            format!("gateways[0].keys[9].parent_id: key tree deeper than {MAX_KEY_DEPTH} levels")
+        );
+    }
+
+    #[test]
+    fn trace_settings_are_bounded() {
+        let mut s = sample();
+        s.gateways[0].traces.redact_fields = vec!["api_key".into(), String::new()];
+        assert_eq!(rejected(&s), "gateways[0].traces.redact_fields[1]: must not be empty");
+        s.gateways[0].traces.redact_fields.pop();
+        s.gateways[0].traces.max_payload_bytes = Some(MAX_PAYLOAD_BYTES + 1);
+        assert!(rejected(&s).starts_with("gateways[0].traces.max_payload_bytes: "));
     }
 
     #[test]

@@ -11,6 +11,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 pub use modelgw_proto::cfg;
 
+use crate::keys::{
+    KeyLimitPolicy, KeyLimits, KeyUsage, LeaseGrant, Leases, MAX_GRANTS_PER_LEASES,
+    MAX_USAGE_ENTRIES_PER_REPORT, Usage, UsageReport, Window, WindowLimits,
+};
 use crate::limits::{
     MAX_BUILD_VERSION_CHARS, MAX_REASON_CHARS, MAX_STATS_GATEWAYS_PER_REPORT,
     MAX_STATS_ROUTES_PER_REPORT, truncate_chars,
@@ -20,6 +24,10 @@ use crate::protocol::{
     Hello, InvalidMessage, Nack, bounded_reason, valid_node_id,
 };
 use crate::stats::{Buckets, GatewayStats, LATENCY_BUCKETS_MS, RouteStats, StatsReport};
+use crate::traces::{
+    MAX_CLIENT_REQUEST_ID_CHARS, MAX_TRACES_PER_BATCH, RequestTrace, TraceAttempt, TraceBatch,
+    TraceSettings,
+};
 use crate::{
     ConfigVersion, Credential, DEFAULT_ENTRA_SCOPE, Endpoint, EndpointId, EndpointState, Gateway,
     GatewayId, GatewayKey, GatewayMember, InvalidSnapshot, NodeId, Platform, RoutingPolicy,
@@ -160,9 +168,18 @@ impl TryFrom<cfg::Snapshot> for Snapshot {
                     k.sha256.as_slice().try_into().map_err(|_| {
                         invalid(f(&format!("keys[{j}].sha256")), "must be 32 bytes")
                     })?;
+                let parent = if k.parent_id.is_empty() {
+                    None
+                } else {
+                    Some(parse_id(&f(&format!("keys[{j}].parent_id")), &k.parent_id)?)
+                };
                 keys.push(GatewayKey {
                     id: parse_id(&f(&format!("keys[{j}].id")), &k.id)?,
                     sha256,
+                    name: k.name,
+                    parent,
+                    expires_unix_ms: (k.expires_unix_ms > 0).then_some(k.expires_unix_ms),
+                    limits: k.limits.map(key_limits_from_wire).unwrap_or_default(),
                 });
             }
             let routing = match g.routing {
@@ -174,12 +191,26 @@ impl TryFrom<cfg::Snapshot> for Snapshot {
                     request_timeout_ms: (r.request_timeout_ms > 0).then_some(r.request_timeout_ms),
                 },
             };
+            let key_limits =
+                g.key_limits.map_or_else(KeyLimitPolicy::default, |p| KeyLimitPolicy {
+                    default_completion_tokens: (p.default_completion_tokens > 0)
+                        .then_some(p.default_completion_tokens),
+                    fail_closed: p.fail_closed,
+                });
+            let traces = g.traces.map_or_else(TraceSettings::default, |t| TraceSettings {
+                enabled: t.enabled,
+                capture_payload: t.capture_payload,
+                redact_fields: t.redact_fields,
+                max_payload_bytes: (t.max_payload_bytes > 0).then_some(t.max_payload_bytes),
+            });
             gateways.push(Gateway {
                 id: parse_id::<GatewayId>(&f("id"), &g.id)?,
                 name: g.name,
                 members,
                 keys,
                 routing,
+                key_limits,
+                traces,
             });
         }
         Snapshot::new(ConfigVersion(wire.version), endpoints, gateways)
@@ -236,12 +267,29 @@ impl From<&Gateway> for cfg::Gateway {
             keys: g
                 .keys
                 .iter()
-                .map(|k| cfg::GatewayKey { id: k.id.to_string(), sha256: k.sha256.to_vec() })
+                .map(|k| cfg::GatewayKey {
+                    id: k.id.to_string(),
+                    sha256: k.sha256.to_vec(),
+                    name: k.name.clone(),
+                    parent_id: k.parent.map(|p| p.to_string()).unwrap_or_default(),
+                    expires_unix_ms: k.expires_unix_ms.unwrap_or(0),
+                    limits: (!k.limits.is_unlimited()).then(|| key_limits_to_wire(&k.limits)),
+                })
                 .collect(),
             routing: Some(cfg::RoutingPolicy {
                 strategy: cfg::RoutingStrategy::from(g.routing.strategy) as i32,
                 wait_for_recovery: g.routing.wait_for_recovery,
                 request_timeout_ms: g.routing.request_timeout_ms.unwrap_or(0),
+            }),
+            key_limits: Some(cfg::KeyLimitPolicy {
+                default_completion_tokens: g.key_limits.default_completion_tokens.unwrap_or(0),
+                fail_closed: g.key_limits.fail_closed,
+            }),
+            traces: g.traces.enabled.then(|| cfg::TraceSettings {
+                enabled: true,
+                capture_payload: g.traces.capture_payload,
+                redact_fields: g.traces.redact_fields.clone(),
+                max_payload_bytes: g.traces.max_payload_bytes.unwrap_or(0),
             }),
         }
     }
@@ -502,6 +550,326 @@ impl From<&StatsReport> for cfg::StatsReport {
     }
 }
 
+// ---- key limits ----
+
+impl From<Window> for cfg::UsageWindow {
+    fn from(w: Window) -> Self {
+        match w {
+            Window::Minute => cfg::UsageWindow::Minute,
+            Window::Hour => cfg::UsageWindow::Hour,
+            Window::Day => cfg::UsageWindow::Day,
+        }
+    }
+}
+
+impl TryFrom<i32> for Window {
+    type Error = String;
+    fn try_from(raw: i32) -> Result<Self, String> {
+        match cfg::UsageWindow::try_from(raw) {
+            Ok(cfg::UsageWindow::Minute) => Ok(Window::Minute),
+            Ok(cfg::UsageWindow::Hour) => Ok(Window::Hour),
+            Ok(cfg::UsageWindow::Day) => Ok(Window::Day),
+            Ok(cfg::UsageWindow::Unspecified) | Err(_) => Err(format!("unknown window {raw}")),
+        }
+    }
+}
+
+fn limits_from_wire(u: cfg::Usage) -> WindowLimits {
+    WindowLimits {
+        requests: u.requests,
+        prompt_tokens: u.prompt_tokens,
+        completion_tokens: u.completion_tokens,
+        total_tokens: u.total_tokens,
+    }
+}
+
+fn limits_to_wire(l: &WindowLimits) -> cfg::Usage {
+    cfg::Usage {
+        requests: l.requests,
+        prompt_tokens: l.prompt_tokens,
+        completion_tokens: l.completion_tokens,
+        total_tokens: l.total_tokens,
+    }
+}
+
+/// Usage is sent with every field set; an unset one reads as 0.
+fn usage_from_wire(u: Option<cfg::Usage>) -> Usage {
+    let u = u.unwrap_or_default();
+    Usage {
+        requests: u.requests.unwrap_or(0),
+        prompt_tokens: u.prompt_tokens.unwrap_or(0),
+        completion_tokens: u.completion_tokens.unwrap_or(0),
+        total_tokens: u.total_tokens.unwrap_or(0),
+    }
+}
+
+fn usage_to_wire(u: &Usage) -> cfg::Usage {
+    cfg::Usage {
+        requests: Some(u.requests),
+        prompt_tokens: Some(u.prompt_tokens),
+        completion_tokens: Some(u.completion_tokens),
+        total_tokens: Some(u.total_tokens),
+    }
+}
+
+fn key_limits_from_wire(l: cfg::KeyLimits) -> KeyLimits {
+    KeyLimits {
+        per_minute: l.per_minute.map(limits_from_wire).unwrap_or_default(),
+        per_hour: l.per_hour.map(limits_from_wire).unwrap_or_default(),
+        per_day: l.per_day.map(limits_from_wire).unwrap_or_default(),
+    }
+}
+
+fn key_limits_to_wire(l: &KeyLimits) -> cfg::KeyLimits {
+    let window = |w: &WindowLimits| (!w.is_unlimited()).then(|| limits_to_wire(w));
+    cfg::KeyLimits {
+        per_minute: window(&l.per_minute),
+        per_hour: window(&l.per_hour),
+        per_day: window(&l.per_day),
+    }
+}
+
+/// The (key, window, window start) of entry `i` of a usage report or a lease list.
+fn key_window(
+    message: &'static str,
+    list: &str,
+    i: usize,
+    key_id: &str,
+    window: i32,
+    window_start_unix_ms: i64,
+) -> Result<(crate::GatewayKeyId, Window, i64), InvalidMessage> {
+    let field = |name: &str| format!("{list}[{i}].{name}");
+    let key_id = key_id.parse().map_err(|_| {
+        InvalidMessage::new(
+            message,
+            field("key_id"),
+            format!("not a UUID: {:?}", truncate_chars(key_id, 64)),
+        )
+    })?;
+    let window = Window::try_from(window)
+        .map_err(|reason| InvalidMessage::new(message, field("window"), reason))?;
+    if !window.is_start(window_start_unix_ms) || window_start_unix_ms <= 0 {
+        return Err(InvalidMessage::new(
+            message,
+            field("window_start_unix_ms"),
+            format!("{window_start_unix_ms} is not the start of a {}", window.as_str()),
+        ));
+    }
+    Ok((key_id, window, window_start_unix_ms))
+}
+
+/// Keeps the first `max` entries; the rest is one skipped entry naming the list.
+fn keep_first<T>(
+    message: &'static str,
+    list: &'static str,
+    mut entries: Vec<T>,
+    max: usize,
+    skipped: &mut Vec<InvalidMessage>,
+) -> Vec<T> {
+    if entries.len() > max {
+        skipped.push(InvalidMessage::new(
+            message,
+            list,
+            format!("{} entries, at most {max} read; the rest skipped", entries.len()),
+        ));
+        entries.truncate(max);
+    }
+    entries
+}
+
+impl From<cfg::UsageReport> for UsageReport {
+    fn from(wire: cfg::UsageReport) -> Self {
+        let mut skipped = Vec::new();
+        let entries = keep_first(
+            "UsageReport",
+            "keys",
+            wire.keys,
+            MAX_USAGE_ENTRIES_PER_REPORT,
+            &mut skipped,
+        );
+        let mut keys = Vec::with_capacity(entries.len());
+        for (i, k) in entries.into_iter().enumerate() {
+            match key_window("UsageReport", "keys", i, &k.key_id, k.window, k.window_start_unix_ms)
+            {
+                Ok((key_id, window, window_start_unix_ms)) => keys.push(KeyUsage {
+                    key_id,
+                    window,
+                    window_start_unix_ms,
+                    charged: usage_from_wire(k.charged),
+                    reserved: usage_from_wire(k.reserved),
+                }),
+                Err(err) => skipped.push(err),
+            }
+        }
+        UsageReport { keys, skipped }
+    }
+}
+
+impl From<&UsageReport> for cfg::UsageReport {
+    fn from(r: &UsageReport) -> Self {
+        cfg::UsageReport {
+            keys: r
+                .keys
+                .iter()
+                .map(|k| cfg::KeyUsage {
+                    key_id: k.key_id.to_string(),
+                    window: cfg::UsageWindow::from(k.window) as i32,
+                    window_start_unix_ms: k.window_start_unix_ms,
+                    charged: Some(usage_to_wire(&k.charged)),
+                    reserved: Some(usage_to_wire(&k.reserved)),
+                })
+                .collect(),
+        }
+    }
+}
+
+impl From<cfg::Leases> for Leases {
+    fn from(wire: cfg::Leases) -> Self {
+        let mut skipped = Vec::new();
+        let entries =
+            keep_first("Leases", "grants", wire.grants, MAX_GRANTS_PER_LEASES, &mut skipped);
+        let mut grants = Vec::with_capacity(entries.len());
+        for (i, g) in entries.into_iter().enumerate() {
+            match key_window("Leases", "grants", i, &g.key_id, g.window, g.window_start_unix_ms) {
+                Ok((key_id, window, window_start_unix_ms)) => grants.push(LeaseGrant {
+                    key_id,
+                    window,
+                    window_start_unix_ms,
+                    granted: g.granted.map(limits_from_wire).unwrap_or_default(),
+                    fleet_used: usage_from_wire(g.fleet_used),
+                    own_used: usage_from_wire(g.own_used),
+                }),
+                Err(err) => skipped.push(err),
+            }
+        }
+        Leases { grants, valid_for: Duration::from_millis(u64::from(wire.valid_for_ms)), skipped }
+    }
+}
+
+impl From<&Leases> for cfg::Leases {
+    fn from(l: &Leases) -> Self {
+        cfg::Leases {
+            grants: l
+                .grants
+                .iter()
+                .map(|g| cfg::LeaseGrant {
+                    key_id: g.key_id.to_string(),
+                    window: cfg::UsageWindow::from(g.window) as i32,
+                    window_start_unix_ms: g.window_start_unix_ms,
+                    granted: Some(limits_to_wire(&g.granted)),
+                    fleet_used: Some(usage_to_wire(&g.fleet_used)),
+                    own_used: Some(usage_to_wire(&g.own_used)),
+                })
+                .collect(),
+            valid_for_ms: u32::try_from(l.valid_for.as_millis()).unwrap_or(u32::MAX),
+        }
+    }
+}
+
+// ---- request traces ----
+
+fn trace_from_wire(i: usize, t: cfg::RequestTrace) -> Result<RequestTrace, InvalidMessage> {
+    let bad = |name: &str, reason: String| {
+        InvalidMessage::new("TraceBatch", format!("traces[{i}].{name}"), reason)
+    };
+    let status = u16::try_from(t.status).map_err(|_| bad("status", format!("{}", t.status)))?;
+    let mut attempts = Vec::with_capacity(t.attempts.len());
+    for (j, a) in t.attempts.into_iter().enumerate() {
+        attempts.push(TraceAttempt {
+            endpoint_id: a
+                .endpoint_id
+                .parse()
+                .map_err(|_| bad(&format!("attempts[{j}].endpoint_id"), "not a UUID".to_owned()))?,
+            status: u16::try_from(a.status).ok().filter(|s| *s > 0),
+            outcome: truncate_chars(&a.outcome, 32),
+            latency_ms: a.latency_ms,
+        });
+    }
+    let client_request_id: String = t
+        .client_request_id
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(MAX_CLIENT_REQUEST_ID_CHARS)
+        .collect();
+    Ok(RequestTrace {
+        request_id: truncate_chars(&t.request_id, 64),
+        started_unix_ms: t.started_unix_ms,
+        gateway_id: t.gateway_id.parse().map_err(|_| bad("gateway_id", "not a UUID".into()))?,
+        key_id: t.key_id.parse().map_err(|_| bad("key_id", "not a UUID".into()))?,
+        operation: truncate_chars(&t.operation, 64),
+        model: (!t.model.is_empty()).then(|| truncate_chars(&t.model, 128)),
+        stream: t.stream,
+        status,
+        attempts,
+        latency_ms: t.latency_ms,
+        ttft_ms: t.ttft_ms,
+        prompt_tokens: t.prompt_tokens,
+        completion_tokens: t.completion_tokens,
+        client_request_id: (!client_request_id.is_empty()).then_some(client_request_id),
+        request_body: t.request_body,
+        response_body: t.response_body,
+        payload_truncated: t.payload_truncated,
+    })
+}
+
+impl From<cfg::TraceBatch> for TraceBatch {
+    fn from(wire: cfg::TraceBatch) -> Self {
+        let mut skipped = Vec::new();
+        let entries =
+            keep_first("TraceBatch", "traces", wire.traces, MAX_TRACES_PER_BATCH, &mut skipped);
+        let mut traces = Vec::with_capacity(entries.len());
+        for (i, t) in entries.into_iter().enumerate() {
+            match trace_from_wire(i, t) {
+                Ok(t) => traces.push(t),
+                Err(err) => skipped.push(err),
+            }
+        }
+        TraceBatch { traces, dropped: wire.dropped, skipped }
+    }
+}
+
+impl From<&RequestTrace> for cfg::RequestTrace {
+    fn from(t: &RequestTrace) -> Self {
+        cfg::RequestTrace {
+            request_id: t.request_id.clone(),
+            started_unix_ms: t.started_unix_ms,
+            gateway_id: t.gateway_id.to_string(),
+            key_id: t.key_id.to_string(),
+            operation: t.operation.clone(),
+            model: t.model.clone().unwrap_or_default(),
+            stream: t.stream,
+            status: u32::from(t.status),
+            attempts: t
+                .attempts
+                .iter()
+                .map(|a| cfg::TraceAttempt {
+                    endpoint_id: a.endpoint_id.to_string(),
+                    status: a.status.map_or(0, u32::from),
+                    outcome: a.outcome.clone(),
+                    latency_ms: a.latency_ms,
+                })
+                .collect(),
+            latency_ms: t.latency_ms,
+            ttft_ms: t.ttft_ms,
+            prompt_tokens: t.prompt_tokens,
+            completion_tokens: t.completion_tokens,
+            client_request_id: t.client_request_id.clone().unwrap_or_default(),
+            request_body: t.request_body.clone(),
+            response_body: t.response_body.clone(),
+            payload_truncated: t.payload_truncated,
+        }
+    }
+}
+
+impl From<&TraceBatch> for cfg::TraceBatch {
+    fn from(b: &TraceBatch) -> Self {
+        cfg::TraceBatch {
+            traces: b.traces.iter().map(cfg::RequestTrace::from).collect(),
+            dropped: b.dropped,
+        }
+    }
+}
+
 // ---- the two stream messages ----
 
 impl TryFrom<cfg::Hello> for Hello {
@@ -518,6 +886,7 @@ impl TryFrom<cfg::Hello> for Hello {
             node_id: NodeId(h.node_id),
             applied_version: ConfigVersion(h.applied_version),
             build_version: truncate_chars(&h.build_version, MAX_BUILD_VERSION_CHARS),
+            instance: std::num::NonZeroU64::new(h.instance),
         })
     }
 }
@@ -538,6 +907,8 @@ impl TryFrom<cfg::DataPlaneMessage> for DataPlaneMessage {
             }
             Some(Kind::Health(r)) => DataPlaneMessage::Health(HealthReport::from(r)),
             Some(Kind::Stats(r)) => DataPlaneMessage::Stats(StatsReport::from(r)),
+            Some(Kind::Usage(r)) => DataPlaneMessage::Usage(UsageReport::from(r)),
+            Some(Kind::Traces(b)) => DataPlaneMessage::Traces(TraceBatch::from(b)),
             None => {
                 return Err(InvalidMessage::new("DataPlaneMessage", "kind", "empty message"));
             }
@@ -553,6 +924,7 @@ impl From<&DataPlaneMessage> for cfg::DataPlaneMessage {
                 node_id: h.node_id.0.clone(),
                 applied_version: h.applied_version.0,
                 build_version: h.build_version.clone(),
+                instance: h.instance.map_or(0, std::num::NonZeroU64::get),
             }),
             DataPlaneMessage::Ack { version } => Kind::Ack(cfg::Ack { version: version.0 }),
             DataPlaneMessage::Nack(n) => {
@@ -563,6 +935,8 @@ impl From<&DataPlaneMessage> for cfg::DataPlaneMessage {
             }
             DataPlaneMessage::Health(r) => Kind::Health(cfg::HealthReport::from(r)),
             DataPlaneMessage::Stats(r) => Kind::Stats(cfg::StatsReport::from(r)),
+            DataPlaneMessage::Usage(r) => Kind::Usage(cfg::UsageReport::from(r)),
+            DataPlaneMessage::Traces(b) => Kind::Traces(cfg::TraceBatch::from(b)),
         };
         cfg::DataPlaneMessage { kind: Some(kind) }
     }
@@ -593,6 +967,7 @@ impl TryFrom<cfg::ControlPlaneMessage> for ControlPlaneMessage {
             Some(Kind::FleetHealth(f)) => {
                 Ok(ControlPlaneMessage::FleetHealth(FleetHealth::from(f)))
             }
+            Some(Kind::Leases(l)) => Ok(ControlPlaneMessage::Leases(Leases::from(l))),
             None => Err(InvalidControlPlaneMessage::Unknown),
         }
     }
@@ -604,6 +979,7 @@ impl From<&ControlPlaneMessage> for cfg::ControlPlaneMessage {
         let kind = match m {
             ControlPlaneMessage::Snapshot(s) => Kind::Snapshot(cfg::Snapshot::from(s.as_ref())),
             ControlPlaneMessage::FleetHealth(f) => Kind::FleetHealth(cfg::FleetHealth::from(f)),
+            ControlPlaneMessage::Leases(l) => Kind::Leases(cfg::Leases::from(l)),
         };
         cfg::ControlPlaneMessage { kind: Some(kind) }
     }
@@ -616,7 +992,21 @@ mod tests {
 
     #[test]
     fn a_snapshot_round_trips_through_the_wire() {
-        let domain = sample();
+        let mut domain = sample();
+        let g = &mut domain.gateways[0];
+        let mut child = GatewayKey::new(crate::GatewayKeyId::new(), [7; 32], "child");
+        child.parent = Some(g.keys[0].id);
+        child.expires_unix_ms = Some(1_800_000_000_000);
+        child.limits.per_hour.total_tokens = Some(10_000);
+        child.limits.per_minute.requests = Some(60);
+        g.keys.push(child);
+        g.key_limits = KeyLimitPolicy { default_completion_tokens: Some(256), fail_closed: true };
+        g.traces = TraceSettings {
+            enabled: true,
+            capture_payload: true,
+            redact_fields: vec!["api_key".into()],
+            max_payload_bytes: Some(4096),
+        };
         let back = Snapshot::try_from(cfg::Snapshot::from(&domain)).expect("valid");
         assert_eq!(domain, back);
         assert_eq!(decode_snapshot(&encode_snapshot(&domain)).expect("valid"), domain);
@@ -701,17 +1091,83 @@ mod tests {
                 node_id: NodeId("dp-1".into()),
                 applied_version: ConfigVersion(4),
                 build_version: "0.1.0".into(),
+                instance: std::num::NonZeroU64::new(42),
             }),
             DataPlaneMessage::Ack { version: ConfigVersion(5) },
             DataPlaneMessage::Nack(Nack { version: ConfigVersion(6), reason: "x: y".into() }),
             DataPlaneMessage::Heartbeat { applied_version: ConfigVersion(7) },
             DataPlaneMessage::Health(HealthReport { endpoints: vec![health], skipped: vec![] }),
             DataPlaneMessage::Stats(sample_stats()),
+            DataPlaneMessage::Usage(UsageReport {
+                keys: vec![KeyUsage {
+                    key_id: crate::GatewayKeyId::new(),
+                    window: Window::Hour,
+                    window_start_unix_ms: 1_796_637_600_000,
+                    charged: Usage::request(100, 50),
+                    reserved: Usage::request(10, 1024),
+                }],
+                skipped: vec![],
+            }),
+            DataPlaneMessage::Traces(TraceBatch {
+                traces: vec![RequestTrace {
+                    request_id: "r-1".into(),
+                    started_unix_ms: 1_796_637_600_123,
+                    gateway_id: GatewayId::new(),
+                    key_id: crate::GatewayKeyId::new(),
+                    operation: "chat.completions".into(),
+                    model: Some("gpt-4o".into()),
+                    stream: true,
+                    status: 200,
+                    attempts: vec![TraceAttempt {
+                        endpoint_id: EndpointId::new(),
+                        status: Some(429),
+                        outcome: "throttled".into(),
+                        latency_ms: 12,
+                    }],
+                    latency_ms: 40,
+                    ttft_ms: Some(20),
+                    prompt_tokens: Some(10),
+                    completion_tokens: Some(5),
+                    client_request_id: Some("c-1".into()),
+                    request_body: Some("{}".into()),
+                    response_body: None,
+                    payload_truncated: false,
+                }],
+                dropped: 3,
+                skipped: vec![],
+            }),
         ];
         for m in messages {
             let back = DataPlaneMessage::try_from(cfg::DataPlaneMessage::from(&m)).expect("valid");
             assert_eq!(back, m);
         }
+    }
+
+    #[test]
+    fn leases_round_trip_and_a_grant_off_its_window_start_is_skipped_alone() {
+        let mut granted = WindowLimits::default();
+        granted.total_tokens = Some(2_500);
+        let good = LeaseGrant {
+            key_id: crate::GatewayKeyId::new(),
+            window: Window::Minute,
+            window_start_unix_ms: 1_796_638_620_000,
+            granted,
+            fleet_used: Usage::request(1, 2),
+            own_used: Usage::default(),
+        };
+        let leases =
+            Leases { grants: vec![good], valid_for: Duration::from_secs(30), skipped: vec![] };
+        let m = ControlPlaneMessage::Leases(leases.clone());
+        assert_eq!(ControlPlaneMessage::try_from(cfg::ControlPlaneMessage::from(&m)), Ok(m));
+
+        let mut wire = cfg::Leases::from(&leases);
+        let mut off = wire.grants[0].clone();
+        off.window_start_unix_ms += 1;
+        wire.grants.insert(0, off);
+        let read = Leases::from(wire);
+        assert_eq!(read.grants, leases.grants);
+        assert_eq!(read.skipped.len(), 1);
+        assert_eq!(read.skipped[0].field, "grants[0].window_start_unix_ms");
     }
 
     fn sample_stats() -> StatsReport {
@@ -892,6 +1348,7 @@ mod tests {
             node_id: node_id.into(),
             applied_version: 1,
             build_version: build.into(),
+            instance: 0,
         };
         let err = Hello::try_from(hello("dp\nforged", "1")).expect_err("invalid");
         assert_eq!(err.to_string(), "Hello.node_id: must be 1–253 printable characters");

@@ -259,6 +259,7 @@ pub(crate) mod peer {
                 node_id: node_id.into(),
                 applied_version: 0,
                 build_version: "test".into(),
+                instance: 0,
             })))
             .await
             .expect("send hello");

@@ -71,6 +71,7 @@ async fn the_data_planes_page_shows_versions_behind_and_nacks() {
             node_id: "dp-1".into(),
             applied_version: 0,
             build_version: "test".into(),
+            instance: 0,
         })))
         .await
         .unwrap();

@@ -334,7 +334,7 @@ impl ConfigDiscovery for DiscoveryService {
         let mut inbound = request.into_inner();
         let hello =
             read_hello(&mut inbound).await.inspect_err(|status| refused(&who, None, status))?;
-        let Hello { node_id, applied_version, build_version } = hello;
+        let Hello { node_id, applied_version, build_version, instance: _ } = hello;
         peer.may_register(&node_id.0)
             .map_err(Status::permission_denied)
             .inspect_err(|status| refused(&who, Some(&node_id), status))?;
@@ -548,6 +548,10 @@ impl Session {
                     self.registry.report_stats(node, &report);
                 }
                 owned
+            }
+            DataPlaneMessage::Usage(_) | DataPlaneMessage::Traces(_) => {
+                tracing::debug!("ignoring a usage report or trace batch (not handled yet)");
+                self.registry.update(node, conn, |_| {})
             }
             DataPlaneMessage::Hello(_) => {
                 tracing::warn!("ignoring a second Hello on the same stream");

@@ -571,6 +571,8 @@ mod tests {
                         .collect(),
                     routing: RoutingPolicy::default(),
                     keys: vec![],
+                    key_limits: Default::default(),
+                    traces: Default::default(),
                 })
                 .collect(),
         }

@@ -1,5 +1,7 @@
 //! The whole configuration at one version, as data planes route with it.
 
+use modelgw_model::keys::KeyLimitPolicy;
+use modelgw_model::traces::TraceSettings;
 use modelgw_model::{Credential, DEFAULT_ENTRA_SCOPE, Endpoint, Gateway, GatewayKey, Snapshot};
 use sqlx::Row as _;
 
@@ -33,7 +35,7 @@ impl Store {
         .await?;
         let mut members = all_members(&mut tx).await?;
         let key_rows = sqlx::query(
-            "SELECT id, gateway_id, sha256 FROM gateway_keys WHERE revoked_at IS NULL \
+            "SELECT id, gateway_id, name, sha256 FROM gateway_keys WHERE revoked_at IS NULL \
              ORDER BY gateway_id, created_at, id",
         )
         .fetch_all(&mut *tx)
@@ -73,12 +75,15 @@ impl Store {
         for row in &key_rows {
             let gateway_id: String = row.try_get("gateway_id")?;
             let id: String = row.try_get("id")?;
+            let name: String = row.try_get("name")?;
             let sha256: Vec<u8> = row.try_get("sha256")?;
             let sha256 = <[u8; 32]>::try_from(sha256.as_slice())
                 .map_err(|_| decode_error("gateway_keys.sha256", "not 32 bytes"))?;
-            keys.entry(gateway_id)
-                .or_default()
-                .push(GatewayKey { id: parse_column("gateway_keys.id", &id)?, sha256 });
+            keys.entry(gateway_id).or_default().push(GatewayKey::new(
+                parse_column("gateway_keys.id", &id)?,
+                sha256,
+                name,
+            ));
         }
         let mut gateways = Vec::with_capacity(gateway_rows.len());
         for row in &gateway_rows {
@@ -89,6 +94,8 @@ impl Store {
                 members: members.remove(&id).unwrap_or_default(),
                 keys: keys.remove(&id).unwrap_or_default(),
                 routing: routing_from_row(row)?,
+                key_limits: KeyLimitPolicy::default(),
+                traces: TraceSettings::default(),
             });
         }
         tracing::debug!(endpoints = endpoints.len(), gateways = gateways.len(), "snapshot loaded");

@@ -93,11 +93,10 @@ pub fn snapshot(
                     weight: *weight,
                 })
                 .collect(),
-            keys: vec![GatewayKey {
-                id: GatewayKeyId::new(),
-                sha256: gateway_key_hash(CLIENT_KEY),
-            }],
+            keys: vec![GatewayKey::new(GatewayKeyId::new(), gateway_key_hash(CLIENT_KEY), "test")],
             routing,
+            key_limits: Default::default(),
+            traces: Default::default(),
         }],
     })
 }
