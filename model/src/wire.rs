@@ -1145,8 +1145,7 @@ mod tests {
 
     #[test]
     fn leases_round_trip_and_a_grant_off_its_window_start_is_skipped_alone() {
-        let mut granted = WindowLimits::default();
-        granted.total_tokens = Some(2_500);
+        let granted = WindowLimits { total_tokens: Some(2_500), ..Default::default() };
         let good = LeaseGrant {
             key_id: crate::GatewayKeyId::new(),
             window: Window::Minute,
