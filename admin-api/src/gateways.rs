@@ -233,7 +233,7 @@ fn validate_create(req: CreateGatewayRequest) -> Result<NewGateway, ApiError> {
     let name = v.gateway_name("name", &req.name);
     let members = validate_members(&mut v, req.endpoints);
     let routing = validate_routing(&mut v, req.routing.unwrap_or_default());
-    v.finish(NewGateway { name, members, routing })
+    v.finish(NewGateway { name, members, routing, ..Default::default() })
 }
 
 fn validate_update(req: UpdateGatewayRequest) -> Result<GatewayPatch, ApiError> {
@@ -245,7 +245,7 @@ fn validate_update(req: UpdateGatewayRequest) -> Result<GatewayPatch, ApiError> 
     let name = req.name.map(|n| v.gateway_name("name", &n));
     let members = req.endpoints.map(|m| validate_members(&mut v, m));
     let routing = req.routing.map(|r| validate_routing(&mut v, r));
-    v.finish(GatewayPatch { name, members, routing })
+    v.finish(GatewayPatch { name, members, routing, ..Default::default() })
 }
 
 /// Create a gateway.

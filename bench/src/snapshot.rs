@@ -179,6 +179,7 @@ pub(crate) async fn populate(
                     name: format!("gw-{g:04}"),
                     members: member_list.clone(),
                     routing: RoutingPolicy::default(),
+                    ..Default::default()
                 },
                 &audit,
             )

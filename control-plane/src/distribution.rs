@@ -17,6 +17,11 @@
 //! background writer. Window ends are not pushed: every entry carries its `until`, which
 //! data planes honour themselves.
 //!
+//! Key limits (issue #14, `leases.rs`): a data plane that enforces them names its process
+//! (`Hello.instance`); its stream then gets a lease task that stores the instance's usage
+//! reports and lends it budget for every limited key (`Leases`), in transactions that keep
+//! replicas sharing the database from lending the same budget twice.
+//!
 //! Traffic statistics ride the same streams the other way: each data plane sends the counts
 //! it served since its previous report, and the registry adds them into a rolling window
 //! (`stats.rs`: per minute, 24 h, memory bounded) that the admin API reads for the console.
@@ -26,6 +31,7 @@ pub mod dev_pki;
 mod grpc;
 mod health;
 pub mod join_tokens;
+pub mod leases;
 mod publisher;
 mod registry;
 pub mod stats;
@@ -94,8 +100,8 @@ pub struct Distribution {
     registry: DataPlaneRegistry,
     /// For the final health flush at shutdown.
     store: Store,
-    /// Publisher, health writer, health pruner.
-    _tasks: [AbortOnDrop; 3],
+    /// Publisher, health writer, health pruner, key usage pruner.
+    _tasks: [AbortOnDrop; 4],
 }
 
 impl std::fmt::Debug for Distribution {
@@ -156,6 +162,9 @@ impl Distribution {
             prune_health(store.clone(), registry.clone())
                 .instrument(tracing::info_span!("health_pruner")),
         );
+        let usage_pruner = tokio::spawn(
+            prune_key_usage(store.clone()).instrument(tracing::info_span!("key_usage_pruner")),
+        );
         let publisher = Publisher {
             store: store.clone(),
             registry: registry.clone(),
@@ -171,7 +180,12 @@ impl Distribution {
             changes: ConfigChanges { requested: Arc::new(requested_tx) },
             registry,
             store,
-            _tasks: [AbortOnDrop(task), AbortOnDrop(writer), AbortOnDrop(pruner)],
+            _tasks: [
+                AbortOnDrop(task),
+                AbortOnDrop(writer),
+                AbortOnDrop(pruner),
+                AbortOnDrop(usage_pruner),
+            ],
         })
     }
 
@@ -253,6 +267,27 @@ async fn prune_health(store: Store, registry: DataPlaneRegistry) {
             Ok(rows) => tracing::debug!(rows, "old endpoint health pruned"),
             Err(e) => {
                 tracing::warn!(error = %e, "pruning endpoint health failed; retrying at the next interval")
+            }
+        }
+    }
+}
+
+/// How often key usage history past its retention (`store::USAGE_RETENTION`) and leases of
+/// ended windows are deleted: minute rows pile up at one per key, instance and minute, so
+/// hourly pruning keeps at most an hour more than a day of them.
+pub const USAGE_PRUNE_INTERVAL: Duration = Duration::from_secs(60 * 60);
+
+/// Prunes key usage and leases every [`USAGE_PRUNE_INTERVAL`] (replicas may all do it: the
+/// deletes are idempotent).
+async fn prune_key_usage(store: Store) {
+    let mut ticker = tokio::time::interval(USAGE_PRUNE_INTERVAL);
+    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        match store.prune_key_usage(Utc::now()).await {
+            Ok(rows) => tracing::debug!(rows, "old key usage and leases pruned"),
+            Err(e) => {
+                tracing::warn!(error = %e, "pruning key usage failed; retrying at the next interval")
             }
         }
     }

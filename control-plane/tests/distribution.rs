@@ -362,6 +362,7 @@ async fn a_subscriber_gets_the_current_snapshot_then_each_committed_change(db: &
                         priority: 0,
                         weight: 1,
                     }],
+                    ..Default::default()
                 },
                 &audit(),
             )
@@ -563,6 +564,7 @@ async fn stats_reports_of_two_data_planes_add_up_for_configured_pairs_only(db: &
                 routing: RoutingPolicy::default(),
                 name: "chat".into(),
                 members: vec![member(a.id)],
+                ..Default::default()
             },
             &audit(),
         )

@@ -180,6 +180,7 @@ async fn gateway_crud(db: &TestDb) {
                 routing: RoutingPolicy::default(),
                 name: "gpt-4o".into(),
                 members: members.clone(),
+                ..Default::default()
             },
             &audit(),
         )
@@ -191,7 +192,12 @@ async fn gateway_crud(db: &TestDb) {
 
     let (empty, v2) = store
         .create_gateway(
-            NewGateway { routing: RoutingPolicy::default(), name: "empty".into(), members: vec![] },
+            NewGateway {
+                routing: RoutingPolicy::default(),
+                name: "empty".into(),
+                members: vec![],
+                ..Default::default()
+            },
             &audit(),
         )
         .await
@@ -203,7 +209,12 @@ async fn gateway_crud(db: &TestDb) {
     let (renamed, v3) = store
         .update_gateway(
             gw.id,
-            GatewayPatch { routing: None, name: Some("gpt-4o-prod".into()), members: None },
+            GatewayPatch {
+                routing: None,
+                name: Some("gpt-4o-prod".into()),
+                members: None,
+                ..Default::default()
+            },
             &audit(),
         )
         .await
@@ -218,6 +229,7 @@ async fn gateway_crud(db: &TestDb) {
                 routing: None,
                 name: None,
                 members: Some(vec![disabled.clone(), member(a.id, 0, 1)]),
+                ..Default::default()
             },
             &audit(),
         )
@@ -261,7 +273,12 @@ async fn gateway_key_lifecycle(db: &TestDb) {
     let store = db.open().await;
     let (gw, _) = store
         .create_gateway(
-            NewGateway { routing: RoutingPolicy::default(), name: "gw".into(), members: vec![] },
+            NewGateway {
+                routing: RoutingPolicy::default(),
+                name: "gw".into(),
+                members: vec![],
+                ..Default::default()
+            },
             &audit(),
         )
         .await
@@ -316,7 +333,12 @@ async fn gateway_key_lifecycle(db: &TestDb) {
     // Unknown key, key of another gateway, unknown gateway: NotFound, nothing bumped.
     let (gw2, _) = store
         .create_gateway(
-            NewGateway { routing: RoutingPolicy::default(), name: "gw2".into(), members: vec![] },
+            NewGateway {
+                routing: RoutingPolicy::default(),
+                name: "gw2".into(),
+                members: vec![],
+                ..Default::default()
+            },
             &audit(),
         )
         .await
@@ -352,6 +374,7 @@ async fn failed_calls_change_neither_version_nor_data(db: &TestDb) {
                 routing: RoutingPolicy::default(),
                 name: "gw".into(),
                 members: vec![member(a.id, 0, 1)],
+                ..Default::default()
             },
             &audit(),
         )
@@ -363,6 +386,7 @@ async fn failed_calls_change_neither_version_nor_data(db: &TestDb) {
                 routing: RoutingPolicy::default(),
                 name: "other".into(),
                 members: vec![member(a.id, 0, 1)],
+                ..Default::default()
             },
             &audit(),
         )
@@ -416,7 +440,12 @@ async fn failed_calls_change_neither_version_nor_data(db: &TestDb) {
 
     let err = store
         .create_gateway(
-            NewGateway { routing: RoutingPolicy::default(), name: "gw".into(), members: vec![] },
+            NewGateway {
+                routing: RoutingPolicy::default(),
+                name: "gw".into(),
+                members: vec![],
+                ..Default::default()
+            },
             &audit(),
         )
         .await
@@ -427,7 +456,12 @@ async fn failed_calls_change_neither_version_nor_data(db: &TestDb) {
     let err = store
         .update_gateway(
             gw.id,
-            GatewayPatch { routing: None, name: Some("other".into()), members: None },
+            GatewayPatch {
+                routing: None,
+                name: Some("other".into()),
+                members: None,
+                ..Default::default()
+            },
             &audit(),
         )
         .await
@@ -442,6 +476,7 @@ async fn failed_calls_change_neither_version_nor_data(db: &TestDb) {
                 routing: RoutingPolicy::default(),
                 name: "new".into(),
                 members: vec![member(a.id, 0, 1), member(ghost, 0, 1)],
+                ..Default::default()
             },
             &audit(),
         )
@@ -467,6 +502,7 @@ async fn failed_calls_change_neither_version_nor_data(db: &TestDb) {
                 routing: None,
                 name: Some("renamed".into()),
                 members: Some(vec![member(ghost, 0, 1)]),
+                ..Default::default()
             },
             &audit(),
         )
@@ -485,6 +521,7 @@ async fn failed_calls_change_neither_version_nor_data(db: &TestDb) {
                 routing: None,
                 name: None,
                 members: Some(vec![member(b.id, 0, 1), member(b.id, 1, 1)]),
+                ..Default::default()
             },
             &audit(),
         )
@@ -515,6 +552,7 @@ async fn force_delete_removes_memberships(db: &TestDb) {
                 routing: RoutingPolicy::default(),
                 name: "g1".into(),
                 members: vec![member(a.id, 0, 1), member(b.id, 0, 1), member(c.id, 1, 1)],
+                ..Default::default()
             },
             &audit(),
         )
@@ -526,6 +564,7 @@ async fn force_delete_removes_memberships(db: &TestDb) {
                 routing: RoutingPolicy::default(),
                 name: "g2".into(),
                 members: vec![member(b.id, 0, 1)],
+                ..Default::default()
             },
             &audit(),
         )
@@ -559,6 +598,7 @@ async fn version_and_data_survive_reopening(db: &TestDb) {
                 routing: RoutingPolicy::default(),
                 name: "gw".into(),
                 members: vec![member(a.id, 0, 1)],
+                ..Default::default()
             },
             &audit(),
         )
@@ -577,7 +617,12 @@ async fn version_and_data_survive_reopening(db: &TestDb) {
     );
     let (_, v1) = reopened
         .create_gateway(
-            NewGateway { routing: RoutingPolicy::default(), name: "gw".into(), members: vec![] },
+            NewGateway {
+                routing: RoutingPolicy::default(),
+                name: "gw".into(),
+                members: vec![],
+                ..Default::default()
+            },
             &audit(),
         )
         .await
@@ -703,6 +748,7 @@ async fn snapshot_round_trips_through_the_wire(db: &TestDb) {
                 routing: RoutingPolicy::default(),
                 name: "g1".into(),
                 members: members.clone(),
+                ..Default::default()
             },
             &audit(),
         )
@@ -714,6 +760,7 @@ async fn snapshot_round_trips_through_the_wire(db: &TestDb) {
                 routing: RoutingPolicy::default(),
                 name: "g2".into(),
                 members: vec![member(a.id, 0, 1)],
+                ..Default::default()
             },
             &audit(),
         )
@@ -825,7 +872,12 @@ async fn gateway_routing_round_trips_and_versions(db: &TestDb) {
     };
     let (gw, v1) = store
         .create_gateway(
-            NewGateway { name: "gw".into(), members: vec![member(a.id, 0, 1)], routing: fastest },
+            NewGateway {
+                name: "gw".into(),
+                members: vec![member(a.id, 0, 1)],
+                routing: fastest,
+                ..Default::default()
+            },
             &audit(),
         )
         .await
@@ -1184,6 +1236,7 @@ async fn every_change_writes_one_audit_row_in_its_transaction(db: &TestDb) {
                 name: "gw".into(),
                 members: vec![member(e.id, 0, 1)],
                 routing: RoutingPolicy::default(),
+                ..Default::default()
             },
             &context,
         )
@@ -1257,6 +1310,7 @@ async fn every_change_writes_one_audit_row_in_its_transaction(db: &TestDb) {
                 name: "gw2".into(),
                 members: vec![member(other.id, 0, 1)],
                 routing: RoutingPolicy::default(),
+                ..Default::default()
             },
             &context,
         )

@@ -27,22 +27,27 @@ use std::time::{Duration, Instant};
 
 use futures::Stream;
 use modelgw_model::limits::truncate_chars;
-use modelgw_model::protocol::{DataPlaneMessage, FleetHealth, HealthReport, Hello};
+use modelgw_model::protocol::{DataPlaneMessage, FleetHealth, HealthReport, Hello, UsageReport};
 use modelgw_model::wire::cfg;
 use modelgw_model::{ConfigVersion, NodeId};
 use modelgw_proto::frames::config_discovery_server::{ConfigDiscovery, ConfigDiscoveryServer};
-use tokio::sync::{Notify, oneshot, watch};
+use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument as _;
 
 use super::admission::{MessageBudget, Peer, RegistrationRate};
 use super::join_tokens::{ActiveTokens, JoinTokens, TOKEN_POLL_INTERVAL};
+use super::leases::{LeasePush, LeaseSession, lease_channel};
 use super::registry::RegistrationLimits;
 use super::tls::{ServerTls, TLS_RELOAD_INTERVAL, TlsError, TlsFiles, certificate_identities};
 use super::{ConnectionId, DataPlaneRegistry, PublishedSnapshot};
 use crate::store::DataPlaneTokenId;
 use crate::{ControlPlaneMetrics, Store, StoreError};
+
+/// Lease pushes queued for one stream's response. The lease task waits when the data plane
+/// reads slowly (each push supersedes the previous, so there is no point in queueing many).
+const LEASE_PUSH_QUEUE: usize = 2;
 
 /// How long a new stream may take to send its `Hello`; a client that connects and says
 /// nothing holds a task and a connection, so it is cut off after this.
@@ -194,7 +199,8 @@ pub(super) async fn serve(
     if client_auth == ClientAuth::Token {
         // Before the first connection, so a valid token is never refused at start.
         registry.tokens.reload(&store).await?;
-        let tokens = registry.tokens.clone().keep_fresh(store, settings.token_poll_interval);
+        let tokens =
+            registry.tokens.clone().keep_fresh(store.clone(), settings.token_poll_interval);
         tasks.push(super::AbortOnDrop(tokio::spawn(
             tokens.instrument(tracing::info_span!("data_plane_tokens")),
         )));
@@ -206,6 +212,7 @@ pub(super) async fn serve(
         )));
     }
     let service = DiscoveryService {
+        store: store.clone(),
         metrics,
         snapshots,
         registrations: RegistrationRate::new(REGISTRATION_BURST, REGISTRATIONS_PER_SECOND),
@@ -268,6 +275,8 @@ fn incoming(
 }
 
 struct DiscoveryService {
+    /// For the lease tasks of data-plane instances (usage and leases live in the store).
+    store: Store,
     snapshots: watch::Receiver<Arc<PublishedSnapshot>>,
     registry: DataPlaneRegistry,
     tokens: JoinTokens,
@@ -334,7 +343,7 @@ impl ConfigDiscovery for DiscoveryService {
         let mut inbound = request.into_inner();
         let hello =
             read_hello(&mut inbound).await.inspect_err(|status| refused(&who, None, status))?;
-        let Hello { node_id, applied_version, build_version, instance: _ } = hello;
+        let Hello { node_id, applied_version, build_version, instance } = hello;
         peer.may_register(&node_id.0)
             .map_err(Status::permission_denied)
             .inspect_err(|status| refused(&who, Some(&node_id), status))?;
@@ -358,9 +367,31 @@ impl ConfigDiscovery for DiscoveryService {
             tracing::info!(
                 applied_version = applied_version.0,
                 build_version,
+                instance = instance.map(|i| format!("{:016x}", i.get())),
                 "data plane subscribed"
             );
         });
+        // An instance enforces key limits: its lease task lends it budget and stores its
+        // usage. It ends with the stream (its report queue or its pushes' receiver closes).
+        let (usage, leases) = match instance {
+            Some(instance) => {
+                let (report_tx, reports) = lease_channel();
+                let (push_tx, pushes) = mpsc::channel(LEASE_PUSH_QUEUE);
+                let task = LeaseSession {
+                    instance,
+                    node_id: node_id.clone(),
+                    store: self.store.clone(),
+                    snapshots: self.snapshots.clone(),
+                    reports,
+                    pushes: push_tx,
+                    pushed: Default::default(),
+                    seen_requests: Default::default(),
+                };
+                tokio::spawn(task.run().instrument(span.clone()));
+                (Some(report_tx), Some(pushes))
+            }
+            None => (None, None),
+        };
         let (stop_tx, stop_rx) = oneshot::channel();
         let revocation = match &peer {
             Peer::Token(grant) => Some((grant.id, self.tokens.subscribe())),
@@ -377,12 +408,13 @@ impl ConfigDiscovery for DiscoveryService {
             metrics: self.metrics.clone(),
             subscribed_at,
             acked: applied_version,
+            usage,
         };
         tokio::spawn(
             session.run(inbound, replaced, self.stopping.clone()).instrument(span.clone()),
         );
         let fleet = self.registry.subscribe_fleet_health();
-        Ok(Response::new(outbound(self.snapshots.clone(), fleet, stop_rx, span)))
+        Ok(Response::new(outbound(self.snapshots.clone(), fleet, leases, stop_rx, span)))
     }
 }
 
@@ -419,6 +451,9 @@ struct Session {
     /// The highest version this data plane said it applied on this stream (its `Hello`, then
     /// ACKs), so each version's propagation is observed once.
     acked: ConfigVersion,
+    /// The lease task's report queue, when the data plane is an instance that enforces key
+    /// limits (`Hello.instance`).
+    usage: Option<mpsc::Sender<UsageReport>>,
 }
 
 /// Resolves when the token `id` is no longer active (never for a stream without a token).
@@ -549,8 +584,28 @@ impl Session {
                 }
                 owned
             }
-            DataPlaneMessage::Usage(_) | DataPlaneMessage::Traces(_) => {
-                tracing::debug!("ignoring a usage report or trace batch (not handled yet)");
+            DataPlaneMessage::Usage(report) => {
+                let owned = self.registry.update(node, conn, |_| {});
+                match &self.usage {
+                    Some(queue) if owned => match queue.try_send(report) {
+                        Ok(()) => {}
+                        // Cumulative: the next report supersedes this one.
+                        Err(mpsc::error::TrySendError::Full(_)) => {
+                            tracing::debug!("lease task busy; usage report superseded by the next")
+                        }
+                        Err(mpsc::error::TrySendError::Closed(_)) => {
+                            tracing::warn!("lease task gone; usage report dropped")
+                        }
+                    },
+                    Some(_) => {}
+                    None => tracing::debug!(
+                        "usage report from a data plane without an instance id; ignored"
+                    ),
+                }
+                owned
+            }
+            DataPlaneMessage::Traces(_) => {
+                tracing::debug!("ignoring a trace batch (not handled yet)");
                 self.registry.update(node, conn, |_| {})
             }
             DataPlaneMessage::Hello(_) => {
@@ -598,6 +653,10 @@ impl Session {
 struct Outbound {
     snapshots: watch::Receiver<Arc<PublishedSnapshot>>,
     fleet: watch::Receiver<Arc<FleetHealth>>,
+    /// Grants from the instance's lease task (none for a data plane without an instance).
+    leases: Option<mpsc::Receiver<LeasePush>>,
+    /// Grants waiting for the snapshot they were computed with to go out first.
+    pending_leases: Option<LeasePush>,
     stop: oneshot::Receiver<Option<Status>>,
     last_sent: Option<ConfigVersion>,
     /// A snapshot was just sent: the fleet health follows it, changed or not, so a data plane
@@ -609,17 +668,21 @@ struct Outbound {
 }
 
 /// The response stream: the current snapshot and fleet health, then every newer snapshot
-/// (each followed by the fleet health) and every change of the fleet health, until told to
-/// stop.
+/// (each followed by the fleet health), every change of the fleet health and, for an
+/// instance that enforces key limits, every lease push (never before the snapshot it was
+/// computed with), until told to stop.
 fn outbound(
     snapshots: watch::Receiver<Arc<PublishedSnapshot>>,
     fleet: watch::Receiver<Arc<FleetHealth>>,
+    leases: Option<mpsc::Receiver<LeasePush>>,
     stop: oneshot::Receiver<Option<Status>>,
     span: tracing::Span,
 ) -> OutboundStream {
     let state = Outbound {
         snapshots,
         fleet,
+        leases,
+        pending_leases: None,
         stop,
         last_sent: None,
         fleet_due: false,
@@ -636,6 +699,22 @@ fn outbound(
     }))
 }
 
+/// The next lease push (`None` once the lease task is gone); pending forever without one.
+async fn recv_leases(leases: &mut Option<mpsc::Receiver<LeasePush>>) -> Option<LeasePush> {
+    match leases {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+fn send_leases(push: &LeasePush) -> cfg::ControlPlaneFrame {
+    use cfg::control_plane_frame::Kind;
+    tracing::debug!(grants = push.leases.grants.len(), "sending leases");
+    // Per instance, so encoded per send.
+    let encoded = prost::Message::encode_to_vec(&cfg::Leases::from(&push.leases));
+    cfg::ControlPlaneFrame { kind: Some(Kind::Leases(encoded.into())) }
+}
+
 impl Outbound {
     async fn next(&mut self) -> Option<Result<cfg::ControlPlaneFrame, Status>> {
         if self.done {
@@ -647,6 +726,9 @@ impl Outbound {
         };
         if self.fleet_due {
             return Some(Ok(self.send_fleet()));
+        }
+        if let Some(push) = self.pending_leases.take() {
+            return Some(Ok(send_leases(&push)));
         }
         loop {
             tokio::select! {
@@ -674,6 +756,21 @@ impl Outbound {
                         continue;
                     }
                     return Some(Ok(self.send_fleet()));
+                }
+                push = recv_leases(&mut self.leases), if self.leases.is_some() => {
+                    let Some(push) = push else {
+                        self.leases = None;
+                        continue;
+                    };
+                    if push.version > last_sent {
+                        // Computed with a snapshot this data plane has not been sent yet.
+                        let snapshot = self.snapshots.borrow_and_update().clone();
+                        if snapshot.version() > last_sent {
+                            self.pending_leases = Some(push);
+                            return Some(Ok(self.send(&snapshot)));
+                        }
+                    }
+                    return Some(Ok(send_leases(&push)));
                 }
             }
         }

@@ -86,16 +86,20 @@ pub enum AuditAction {
     Import,
     /// An operator cleared an endpoint's health (`after.health_reset_at`). Not configuration.
     ResetHealth,
+    /// An operator reset a gateway key's usage counters for the current windows
+    /// (`before`: the usage counted until then, `after.usage_reset_at`). Not configuration.
+    ResetUsage,
 }
 
 impl AuditAction {
-    pub const ALL: [AuditAction; 6] = [
+    pub const ALL: [AuditAction; 7] = [
         AuditAction::Create,
         AuditAction::Update,
         AuditAction::Delete,
         AuditAction::Revoke,
         AuditAction::Import,
         AuditAction::ResetHealth,
+        AuditAction::ResetUsage,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -106,6 +110,7 @@ impl AuditAction {
             AuditAction::Revoke => "revoke",
             AuditAction::Import => "import",
             AuditAction::ResetHealth => "reset_health",
+            AuditAction::ResetUsage => "reset_usage",
         }
     }
 
@@ -405,6 +410,10 @@ pub(super) fn gateway_view(g: &GatewayRecord) -> Map<String, Value> {
             "wait_for_recovery": g.routing.wait_for_recovery,
             "request_timeout_ms": g.routing.request_timeout_ms,
         },
+        "key_limits": {
+            "default_completion_tokens": g.key_limits.default_completion_tokens,
+            "fail_closed": g.key_limits.fail_closed,
+        },
     }))
 }
 
@@ -414,6 +423,9 @@ pub(super) fn gateway_key_view(k: &GatewayKeyRecord) -> Map<String, Value> {
         "gateway_id": k.gateway_id.to_string(),
         "name": k.name,
         "hint": k.hint,
+        "parent_id": k.parent_id.map(|p| p.to_string()),
+        "expires_at": k.expires_at.map(time_value),
+        "limits": k.limits,
     }))
 }
 

@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 
+use modelgw_model::keys::KeyLimitPolicy;
 use modelgw_model::{ConfigVersion, GatewayId, GatewayMember, RoutingPolicy, RoutingStrategy};
 use sqlx::Row as _;
 use sqlx::any::AnyRow;
@@ -19,7 +20,8 @@ pub(super) const ENTITY: &str = "gateway";
 
 /// Columns `gateway_from_row` reads (a constant, so the formatted queries stay SQL-safe).
 const GATEWAY_COLUMNS: &str = "id, name, created_at, updated_at, routing_strategy, \
-     routing_wait_for_recovery, routing_request_timeout_ms";
+     routing_wait_for_recovery, routing_request_timeout_ms, key_default_completion_tokens, \
+     key_fail_closed";
 
 impl Store {
     #[tracing::instrument(name = "store.create_gateway", skip_all, fields(gateway.name = %new.name, gateway.id))]
@@ -34,8 +36,9 @@ impl Store {
         let (mut tx, version) = self.begin_write().await?;
         sqlx::query(
             "INSERT INTO gateways (id, name, created_at, updated_at, routing_strategy, \
-             routing_wait_for_recovery, routing_request_timeout_ms) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+             routing_wait_for_recovery, routing_request_timeout_ms, \
+             key_default_completion_tokens, key_fail_closed) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
         )
         .bind(id.to_string())
         .bind(new.name)
@@ -44,6 +47,8 @@ impl Store {
         .bind(strategy_to_db(new.routing.strategy))
         .bind(i64::from(new.routing.wait_for_recovery))
         .bind(new.routing.request_timeout_ms.map(i64::from))
+        .bind(new.key_limits.default_completion_tokens.map(i64::from))
+        .bind(i64::from(new.key_limits.fail_closed))
         .execute(&mut *tx)
         .await
         .map_err(|e| name_conflict(e, ENTITY))?;
@@ -99,9 +104,11 @@ impl Store {
         let (mut tx, version) = self.begin_write().await?;
         let current = fetch_gateway(&mut tx, id).await?;
         let routing = patch.routing.unwrap_or(current.routing);
+        let key_limits = patch.key_limits.unwrap_or(current.key_limits);
         sqlx::query(
             "UPDATE gateways SET name = $2, updated_at = $3, routing_strategy = $4, \
-             routing_wait_for_recovery = $5, routing_request_timeout_ms = $6 WHERE id = $1",
+             routing_wait_for_recovery = $5, routing_request_timeout_ms = $6, \
+             key_default_completion_tokens = $7, key_fail_closed = $8 WHERE id = $1",
         )
         .bind(id.to_string())
         .bind(patch.name.unwrap_or_else(|| current.name.clone()))
@@ -109,6 +116,8 @@ impl Store {
         .bind(strategy_to_db(routing.strategy))
         .bind(i64::from(routing.wait_for_recovery))
         .bind(routing.request_timeout_ms.map(i64::from))
+        .bind(key_limits.default_completion_tokens.map(i64::from))
+        .bind(i64::from(key_limits.fail_closed))
         .execute(&mut *tx)
         .await
         .map_err(|e| name_conflict(e, ENTITY))?;
@@ -146,6 +155,14 @@ impl Store {
         // Explicit rather than relying on ON DELETE CASCADE alone: the intent stays visible
         // and does not depend on a per-connection SQLite pragma.
         for sql in [
+            // Usage and leases are not configuration and have no foreign key (see the
+            // migration): the keys' rows go with them.
+            "DELETE FROM key_usage WHERE key_id IN \
+             (SELECT id FROM gateway_keys WHERE gateway_id = $1)",
+            "DELETE FROM key_leases WHERE key_id IN \
+             (SELECT id FROM gateway_keys WHERE gateway_id = $1)",
+            "DELETE FROM key_windows WHERE key_id IN \
+             (SELECT id FROM gateway_keys WHERE gateway_id = $1)",
             "DELETE FROM gateway_keys WHERE gateway_id = $1",
             "DELETE FROM gateway_members WHERE gateway_id = $1",
         ] {
@@ -264,6 +281,7 @@ fn gateway_from_row(
         name: row.try_get("name")?,
         members,
         routing: routing_from_row(row)?,
+        key_limits: key_limits_from_row(row)?,
         created_at: time_from_db("created_at", row.try_get("created_at")?)?,
         updated_at: time_from_db("updated_at", row.try_get("updated_at")?)?,
     })
@@ -274,6 +292,18 @@ fn strategy_to_db(strategy: RoutingStrategy) -> &'static str {
         RoutingStrategy::Weighted => "weighted",
         RoutingStrategy::Fastest => "fastest",
     }
+}
+
+/// The key-limit policy columns of a `gateways` row (also read by the snapshot load).
+pub(super) fn key_limits_from_row(row: &AnyRow) -> Result<KeyLimitPolicy, StoreError> {
+    let default_completion: Option<i64> = row.try_get("key_default_completion_tokens")?;
+    let fail_closed: i64 = row.try_get("key_fail_closed")?;
+    Ok(KeyLimitPolicy {
+        default_completion_tokens: default_completion
+            .map(|t| u32_from_db("gateways.key_default_completion_tokens", t))
+            .transpose()?,
+        fail_closed: fail_closed != 0,
+    })
 }
 
 /// The routing columns of a `gateways` row (also read by the snapshot load).

@@ -24,11 +24,14 @@ mod endpoints;
 mod gateways;
 mod health;
 mod keys;
+mod leases;
 mod snapshot;
+mod usage;
 
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use modelgw_model::keys::{KeyLimitPolicy, KeyLimits};
 use modelgw_model::{
     ConfigVersion, EndpointId, GatewayId, GatewayKeyId, GatewayMember, Platform, RoutingPolicy,
     Secret,
@@ -47,6 +50,9 @@ pub use audit::{AuditAction, AuditContext, AuditEntity, AuditEntry, AuditQuery};
 pub use azure_import::{AzureEndpointRecord, AzureImportItem, AzureImportOutcome};
 pub use data_plane_tokens::{ActiveDataPlaneToken, DataPlaneTokenId, DataPlaneTokenRecord};
 pub use health::EndpointHealthRecord;
+pub use keys::LAST_USED_PRECISION_MS;
+pub use leases::LeaseRequest;
+pub use usage::{KeyUsageRow, KeyWindowUsage, USAGE_RETENTION, usage_retention};
 
 /// Which database the store runs on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -151,16 +157,20 @@ pub struct GatewayRecord {
     /// In the order they were given.
     pub members: Vec<GatewayMember>,
     pub routing: RoutingPolicy,
+    /// How data planes enforce the limits of this gateway's keys.
+    pub key_limits: KeyLimitPolicy,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct NewGateway {
     pub name: String,
     pub members: Vec<GatewayMember>,
     /// `RoutingPolicy::default()` for today's behaviour (weighted, no waiting, default deadline).
     pub routing: RoutingPolicy,
+    /// `KeyLimitPolicy::default()`: the data plane's default reservation, fail open.
+    pub key_limits: KeyLimitPolicy,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -170,6 +180,8 @@ pub struct GatewayPatch {
     pub members: Option<Vec<GatewayMember>>,
     /// Replaces the whole routing policy when present.
     pub routing: Option<RoutingPolicy>,
+    /// Replaces the whole key-limit policy when present.
+    pub key_limits: Option<KeyLimitPolicy>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -181,6 +193,48 @@ pub struct GatewayKeyRecord {
     pub hint: String,
     pub created_at: DateTime<Utc>,
     pub revoked_at: Option<DateTime<Utc>>,
+    /// The key above this one in the gateway's key tree; `None` for a root key.
+    pub parent_id: Option<GatewayKeyId>,
+    /// After this, data planes refuse the key; `None` = never.
+    pub expires_at: Option<DateTime<Utc>>,
+    /// When data planes last reported a request with this key (to the minute); `None` =
+    /// never.
+    pub last_used_at: Option<DateTime<Utc>>,
+    /// Limits on the key's subtree; `KeyLimits::default()` = none.
+    pub limits: KeyLimits,
+}
+
+/// A validated new gateway key (the admin API validated formats; the store checks the parent).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NewGatewayKey {
+    pub name: String,
+    /// An active key of the same gateway, at most `MAX_KEY_DEPTH` levels below a root.
+    pub parent_id: Option<GatewayKeyId>,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub limits: KeyLimits,
+}
+
+impl NewGatewayKey {
+    /// A root key without expiry or limits.
+    pub fn named(name: impl Into<String>) -> NewGatewayKey {
+        NewGatewayKey { name: name.into(), ..NewGatewayKey::default() }
+    }
+}
+
+/// A partial update of a key: `None` leaves the field as it is.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct GatewayKeyPatch {
+    pub name: Option<String>,
+    /// `Some(None)` removes the expiry.
+    pub expires_at: Option<Option<DateTime<Utc>>>,
+    /// `Some(KeyLimits::default())` removes every limit.
+    pub limits: Option<KeyLimits>,
+}
+
+impl GatewayKeyPatch {
+    pub fn is_empty(&self) -> bool {
+        self.name.is_none() && self.expires_at.is_none() && self.limits.is_none()
+    }
 }
 
 /// Store failures. Messages name the field and never contain a secret.
@@ -191,6 +245,10 @@ pub enum StoreError {
     /// A uniqueness rule was violated, e.g. `field = "name"`.
     #[error("{field}: {reason}")]
     Conflict { field: String, reason: String },
+    /// A field names something the store cannot accept (e.g. `parent_id` names a revoked key);
+    /// the admin API answers 422 naming `field`.
+    #[error("{field}: {reason}")]
+    Invalid { field: String, reason: String },
     /// A gateway member names an endpoint that does not exist; `field` is e.g. `endpoints[1].endpoint_id`.
     #[error("{field}: unknown inference endpoint {endpoint_id}")]
     UnknownEndpoint { field: String, endpoint_id: EndpointId },
@@ -485,6 +543,7 @@ mod tests {
                     name: "gw".into(),
                     members: vec![],
                     routing: RoutingPolicy::default(),
+                    ..Default::default()
                 },
                 &AuditContext::system("test"),
             )
