@@ -12,12 +12,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{TestDb, wait_until};
-use modelgw_control_plane::store::{AuditContext, EndpointAuth, NewEndpoint, NewGateway};
+use modelgw_control_plane::store::{
+    AuditContext, EndpointAuth, GatewayKeyPatch, NewEndpoint, NewGateway, NewGatewayKey,
+};
 use modelgw_control_plane::{
     DataPlaneStatus, Distribution, DistributionSettings, GrpcSecurity, GrpcSettings,
     RegistrationLimits, Store, TlsFiles,
 };
 use modelgw_mock_openai::pki::{CertifiedKey, TestCa, TestPki};
+use modelgw_model::keys::{KeyLimits, KeyUsage, Usage, Window};
 use modelgw_model::{
     ConfigVersion, EndpointId, EndpointState, GatewayMember, NodeId, Platform, RoutingPolicy,
     Secret,
@@ -47,6 +50,8 @@ on_both_backends!(
     health_survives_a_restart_and_never_bumps_the_version,
     another_replica_sees_reported_health_by_polling,
     a_join_token_admits_its_own_node_ids_and_its_revocation_ends_its_streams,
+    an_instance_gets_leases_after_its_snapshot_and_a_top_up_when_its_usage_calls_for_one,
+    replicas_on_one_database_share_a_limit_between_their_instances,
 );
 
 /// Trust scenarios that do not depend on the backend run on SQLite only.
@@ -898,6 +903,189 @@ async fn another_replica_sees_reported_health_by_polling(db: &TestDb) {
     assert_eq!(listed(&fleet), [(a.id.to_string(), cfg::EndpointState::Error as i32)]);
     let view = replica.distribution.registry().endpoint_health(a.id);
     assert_eq!(view.reported_by, Some(NodeId("dp-1".into())));
+}
+
+// ---- key limits: usage reports and leases (issue #14) ----
+
+/// A Hello from a data plane that enforces key limits (its process's random instance id).
+fn hello_instance(node_id: &str, instance: u64) -> cfg::DataPlaneMessage {
+    message(Kind::Hello(cfg::Hello {
+        node_id: node_id.into(),
+        applied_version: 0,
+        build_version: "test".into(),
+        instance,
+    }))
+}
+
+/// A gateway with one key limited to 10,000 total tokens per hour and 60 requests per minute.
+async fn limited_key(store: &Store) -> (modelgw_model::GatewayId, modelgw_model::GatewayKeyId) {
+    let (gw, _) = store
+        .create_gateway(NewGateway { name: "gw".into(), ..Default::default() }, &audit())
+        .await
+        .expect("gateway");
+    let mut limits = KeyLimits::default();
+    limits.per_hour.total_tokens = Some(10_000);
+    limits.per_minute.requests = Some(60);
+    let new = NewGatewayKey { limits, ..NewGatewayKey::named("team") };
+    let (key, _, _) = store.create_gateway_key_with(gw.id, new, &audit()).await.expect("key");
+    (gw.id, key.id)
+}
+
+/// The hour grant of `key` in a `Leases` message.
+fn hour_grant<'a>(
+    leases: &'a cfg::Leases,
+    key: &modelgw_model::GatewayKeyId,
+) -> &'a cfg::LeaseGrant {
+    let hour = cfg::UsageWindow::Hour as i32;
+    let now = chrono::Utc::now().timestamp_millis();
+    leases
+        .grants
+        .iter()
+        .find(|g| {
+            g.key_id == key.to_string()
+                && g.window == hour
+                && g.window_start_unix_ms == Window::Hour.start_of(now)
+        })
+        .unwrap_or_else(|| panic!("no current hour grant for {key} in {leases:?}"))
+}
+
+fn granted_tokens(grant: &cfg::LeaseGrant) -> u64 {
+    grant.granted.as_ref().and_then(|g| g.total_tokens).expect("total tokens are limited")
+}
+
+/// A usage report: `tokens` charged this hour to `key` in one request each of 100 tokens.
+fn hour_usage(key: &modelgw_model::GatewayKeyId, tokens: u64) -> Kind {
+    let now = chrono::Utc::now().timestamp_millis();
+    let usage = modelgw_model::keys::UsageReport {
+        keys: vec![KeyUsage {
+            key_id: *key,
+            window: Window::Hour,
+            window_start_unix_ms: Window::Hour.start_of(now),
+            charged: Usage { requests: tokens / 100, total_tokens: tokens, ..Usage::default() },
+            reserved: Usage::default(),
+        }],
+        skipped: vec![],
+    };
+    Kind::Usage(cfg::UsageReport::from(&usage))
+}
+
+impl DataPlane {
+    /// The next leases message, skipping snapshots and fleet health.
+    async fn next_leases(&mut self, within: Duration) -> cfg::Leases {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self.next_message(left).await {
+                Inbound::Leases(l) => return l,
+                Inbound::Snapshot(_) | Inbound::FleetHealth(_) => continue,
+            }
+        }
+    }
+}
+
+async fn an_instance_gets_leases_after_its_snapshot_and_a_top_up_when_its_usage_calls_for_one(
+    db: &TestDb,
+) {
+    let store = db.open().await;
+    let (gw, key) = limited_key(&store).await;
+    let server = Server::start(store.clone(), NO_POLL).await;
+    let mut dp = open(&server, hello_instance("dp-1", 42)).await.expect("subscribe");
+
+    // The snapshot first (it names the key), then its fleet health, then the grants.
+    let Inbound::Snapshot(first) = dp.next_message(PUSH_DEADLINE).await else {
+        panic!("the snapshot comes first")
+    };
+    assert_eq!(first.gateways[0].keys[0].id, key.to_string());
+    assert!(matches!(dp.next_message(PUSH_DEADLINE).await, Inbound::FleetHealth(_)));
+    let Inbound::Leases(leases) = dp.next_message(PUSH_DEADLINE).await else {
+        panic!("leases follow the snapshot")
+    };
+    assert_eq!(leases.valid_for_ms, 30_000);
+    let grant = hour_grant(&leases, &key);
+    // The only instance: a quarter of the limit; only the limited measure is set.
+    assert_eq!(granted_tokens(grant), 2_500);
+    assert_eq!(grant.granted.as_ref().and_then(|g| g.requests), None);
+    let minute = cfg::UsageWindow::Minute as i32;
+    let per_minute = leases.grants.iter().find(|g| g.window == minute).expect("minute grant");
+    assert_eq!(per_minute.granted.as_ref().and_then(|g| g.requests), Some(15));
+
+    // 2,000 of 2,500 spent: under half the target left, so a top-up follows the report.
+    dp.send(hour_usage(&key, 2_000)).await;
+    let topped = dp.next_leases(PUSH_DEADLINE).await;
+    let grant = hour_grant(&topped, &key);
+    assert_eq!(granted_tokens(grant), 2_000 + 2_500);
+    let fleet_used = grant.fleet_used.as_ref().and_then(|u| u.total_tokens);
+    assert_eq!(fleet_used, Some(2_000));
+    assert_eq!(grant.own_used.as_ref().and_then(|u| u.total_tokens), Some(2_000));
+    // The report was stored (the fleet's usage, read through the store) and marked the key used.
+    let current = store.current_key_usage(gw, chrono::Utc::now()).await.expect("usage");
+    assert_eq!(current[&key][Window::Hour.index()].total_tokens, 2_000);
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while store.get_gateway_key(gw, key).await.expect("key").last_used_at.is_none() {
+        assert!(tokio::time::Instant::now() < deadline, "last_used_at never set");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // A new snapshot (the limit tripled) is followed by grants computed with it.
+    let mut tripled = KeyLimits::default();
+    tripled.per_hour.total_tokens = Some(30_000);
+    let patch = GatewayKeyPatch { limits: Some(tripled), ..Default::default() };
+    let (_, v) = store.update_gateway_key(gw, key, patch, &audit()).await.expect("patch");
+    server.distribution.changes().committed(v.expect("a change"));
+    loop {
+        match dp.next_message(PUSH_DEADLINE).await {
+            Inbound::Snapshot(s) => {
+                assert_eq!(s.version, v.expect("a change").0);
+                break;
+            }
+            Inbound::Leases(l) => {
+                assert_eq!(
+                    granted_tokens(hour_grant(&l, &key)),
+                    4_500,
+                    "grants of the old snapshot"
+                );
+            }
+            Inbound::FleetHealth(_) => {}
+        }
+    }
+    let after = dp.next_leases(PUSH_DEADLINE).await;
+    // 2,500 headroom is under half the new target (7,500): topped up to used + 7,500; the
+    // minute limit is gone, and so is its grant.
+    assert_eq!(granted_tokens(hour_grant(&after, &key)), 2_000 + 7_500);
+    assert!(after.grants.iter().all(|g| g.window != minute));
+
+    // Without any trigger, grants are renewed within RENEW_INTERVAL (10 s).
+    let renewed = dp.next_leases(Duration::from_secs(12)).await;
+    assert_eq!(granted_tokens(hour_grant(&renewed, &key)), 9_500);
+    // Nothing of this is configuration.
+    assert_eq!(store.config_version().await.expect("version"), v.expect("a change"));
+}
+
+async fn replicas_on_one_database_share_a_limit_between_their_instances(db: &TestDb) {
+    let store = db.open().await;
+    let (_, key) = limited_key(&store).await;
+    let a = Server::start(store.clone(), NO_POLL).await;
+    let b = Server::start(db.open().await, NO_POLL).await;
+    let mut on_a = open(&a, hello_instance("dp-a", 1)).await.expect("subscribe to a");
+    let first = on_a.next_leases(PUSH_DEADLINE).await;
+    assert_eq!(granted_tokens(hour_grant(&first, &key)), 2_500, "alone: a quarter of the limit");
+    let mut on_b = open(&b, hello_instance("dp-b", 2)).await.expect("subscribe to b");
+    let second = on_b.next_leases(PUSH_DEADLINE).await;
+    // Two instances now hold leases: an eighth of the limit (1,250) each, lent by another
+    // replica, or one typical request while the window has no traffic (500 prompt tokens and
+    // the default 1,024 completion tokens), whichever is more.
+    assert_eq!(granted_tokens(hour_grant(&second, &key)), 1_524);
+
+    // What the instance on replica A charged reaches B's grants through the database.
+    on_a.send(hour_usage(&key, 2_400)).await;
+    let topped = on_a.next_leases(PUSH_DEADLINE).await;
+    assert_eq!(granted_tokens(hour_grant(&topped, &key)), 2_400 + 1_250);
+    on_b.send(hour_usage(&key, 1_000)).await;
+    let grant = on_b.next_leases(PUSH_DEADLINE).await;
+    let grant = hour_grant(&grant, &key);
+    assert_eq!(grant.fleet_used.as_ref().and_then(|u| u.total_tokens), Some(3_400));
+    // Typical requests are now 100 tokens (3,400 over 34): the target is an eighth.
+    assert_eq!(granted_tokens(grant), 1_000 + 1_250);
 }
 
 mod trust {

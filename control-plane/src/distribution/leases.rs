@@ -349,31 +349,36 @@ impl LeaseSession {
         })
     }
 
-    /// Keys that served a request themselves since the previous report (a key's counters
-    /// include its subtree: its own requests are its count minus its children's).
+    /// Keys that served a request themselves since the previous report, from whichever
+    /// windows the report holds (a key's counters include its subtree: its own requests are
+    /// its count minus its children's).
     fn used_keys(&mut self, entries: &[KeyUsage], snapshot: &Snapshot) -> Vec<GatewayKeyId> {
-        let mut grew: HashMap<GatewayKeyId, u64> = HashMap::new();
-        for k in entries.iter().filter(|k| k.window == Window::Minute) {
+        let mut grew: HashMap<(GatewayKeyId, Window), u64> = HashMap::new();
+        for k in entries {
             let total = k.charged.requests.saturating_add(k.reserved.requests);
             let slot = (k.key_id, k.window, k.window_start_unix_ms);
             let previous = self.seen_requests.insert(slot, total).unwrap_or(0);
-            *grew.entry(k.key_id).or_default() += total.saturating_sub(previous);
+            *grew.entry((k.key_id, k.window)).or_default() += total.saturating_sub(previous);
         }
-        // Only this minute's and the previous minute's counters are needed.
-        let oldest =
-            Window::Minute.start_of(Utc::now().timestamp_millis()) - Window::Minute.len_ms();
-        self.seen_requests.retain(|(_, _, start), _| *start >= oldest);
+        // Only the current and the previous window of each kind are reported.
+        let now_ms = Utc::now().timestamp_millis();
+        self.seen_requests.retain(|(_, w, start), _| *start >= w.start_of(now_ms) - w.len_ms());
         let mut own = grew.clone();
         for gateway in &snapshot.gateways {
             for key in &gateway.keys {
-                if let (Some(parent), Some(child)) = (key.parent, grew.get(&key.id))
-                    && let Some(p) = own.get_mut(&parent)
-                {
-                    *p = p.saturating_sub(*child);
+                let Some(parent) = key.parent else { continue };
+                for w in Window::ALL {
+                    if let (Some(child), Some(p)) =
+                        (grew.get(&(key.id, w)), own.get_mut(&(parent, w)))
+                    {
+                        *p = p.saturating_sub(*child);
+                    }
                 }
             }
         }
-        own.into_iter().filter(|(_, n)| *n > 0).map(|(k, _)| k).collect()
+        let used: HashSet<GatewayKeyId> =
+            own.into_iter().filter(|(_, n)| *n > 0).map(|((k, _), _)| k).collect();
+        used.into_iter().collect()
     }
 
     /// Allocates and pushes every grant of the instance. Returns false when the stream is
