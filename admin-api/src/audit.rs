@@ -103,6 +103,9 @@ pub enum AuditActionKind {
     Import,
     /// An operator cleared an endpoint's health; not configuration (no version).
     ResetHealth,
+    /// An operator reset a gateway key's usage counters for the current windows (`before`:
+    /// the usage discarded); not configuration (no version).
+    ResetUsage,
 }
 
 impl From<AuditActionKind> for AuditAction {
@@ -114,6 +117,7 @@ impl From<AuditActionKind> for AuditAction {
             AuditActionKind::Revoke => AuditAction::Revoke,
             AuditActionKind::Import => AuditAction::Import,
             AuditActionKind::ResetHealth => AuditAction::ResetHealth,
+            AuditActionKind::ResetUsage => AuditAction::ResetUsage,
         }
     }
 }
@@ -127,6 +131,7 @@ impl From<AuditAction> for AuditActionKind {
             AuditAction::Revoke => AuditActionKind::Revoke,
             AuditAction::Import => AuditActionKind::Import,
             AuditAction::ResetHealth => AuditActionKind::ResetHealth,
+            AuditAction::ResetUsage => AuditActionKind::ResetUsage,
         }
     }
 }

@@ -18,6 +18,8 @@ use modelgw_control_plane::distribution::join_tokens::{
 use modelgw_control_plane::store::AuthMode;
 
 use crate::api_tokens::{MAX_EXPIRES_IN_SECONDS, MIN_EXPIRES_IN_SECONDS};
+use crate::gateways::DEFAULT_COMPLETION_TOKENS_RANGE;
+use crate::keys::MAX_KEY_LIMIT;
 use modelgw_model::limits::{
     MAX_API_KEY_CHARS, MAX_GATEWAY_MEMBERS, MAX_GATEWAY_NAME_CHARS, MAX_IMPORT_IDS, MAX_TEXT_CHARS,
     PRIORITY_RANGE, REQUEST_TIMEOUT_MS_RANGE, UUID_PATTERN, WEIGHT_RANGE, api_key_pattern,
@@ -68,6 +70,15 @@ pub fn rules() -> Vec<(&'static str, &'static str, Rule)> {
         rules.push((schema, "auth", auth.clone()));
     }
     rules.push(("CreateKeyRequest", "name", Rule::Text));
+    rules.push(("UpdateKeyRequest", "name", Rule::Text));
+    for field in ["requests", "prompt_tokens", "completion_tokens", "total_tokens"] {
+        rules.push(("WindowLimitsInput", field, Rule::Range(1..=MAX_KEY_LIMIT)));
+    }
+    rules.push((
+        "KeyLimitPolicyInput",
+        "default_completion_tokens",
+        Rule::Range(DEFAULT_COMPLETION_TOKENS_RANGE),
+    ));
     for schema in ["CreateGatewayRequest", "UpdateGatewayRequest"] {
         rules.push((schema, "name", Rule::GatewayName));
         rules.push((schema, "endpoints", Rule::Items { min: 0, max: MAX_GATEWAY_MEMBERS }));
@@ -163,7 +174,17 @@ impl Modify for Rules {
             components,
             "UpdateGatewayRequest",
             "anyOf",
-            Value::Array(["name", "endpoints", "routing"].into_iter().map(non_null).collect()),
+            Value::Array(
+                ["name", "endpoints", "routing", "key_limits"].into_iter().map(non_null).collect(),
+            ),
+        );
+        // A key's patch sets at least one field (`null` clears `expires_at` and `limits`:
+        // there it counts as set).
+        combine(
+            components,
+            "UpdateKeyRequest",
+            "anyOf",
+            json!([non_null("name"), {"required": ["expires_at"]}, {"required": ["limits"]}]),
         );
     }
 }

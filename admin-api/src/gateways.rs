@@ -8,6 +8,7 @@ use axum::response::IntoResponse;
 use chrono::{DateTime, Utc};
 use http::{StatusCode, header};
 use modelgw_control_plane::store::{GatewayPatch, GatewayRecord, NewGateway};
+use modelgw_model::keys::KeyLimitPolicy;
 use modelgw_model::limits::{
     MAX_GATEWAY_MEMBERS, PRIORITY_RANGE, REQUEST_TIMEOUT_MS_RANGE, WEIGHT_RANGE,
 };
@@ -30,6 +31,10 @@ const ENTITY: &str = "gateway";
 const UNKNOWN_MEMBER: &str = "Unknown, missing, mistyped or invalid fields, all named in \
     `errors` — including an `endpoints[i].endpoint_id` that names no inference endpoint, or \
     one that repeats another member's";
+
+/// Completion tokens a gateway may reserve per request without a maximum: at least one, at
+/// most a million (beyond any model's output).
+pub const DEFAULT_COMPLETION_TOKENS_RANGE: std::ops::RangeInclusive<i64> = 1..=1_000_000;
 
 /// Member defaults when a field is omitted (also stated in the schema).
 const DEFAULT_ENABLED: bool = true;
@@ -93,6 +98,41 @@ impl From<RoutingPolicy> for RoutingResponse {
     }
 }
 
+/// How data planes enforce the limits of the gateway's keys. Omitted fields take their
+/// defaults.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct KeyLimitPolicyInput {
+    /// Completion tokens reserved against a key's limits for a request that sets neither
+    /// `max_tokens` nor `max_completion_tokens`, 1–1000000; `null` = the data plane's default
+    /// (1024).
+    #[schema(value_type = Option<u32>)]
+    #[serde(default, deserialize_with = "crate::body::optional_whole_number")]
+    pub default_completion_tokens: Option<i64>,
+    /// When a data plane's budget leases have expired (control plane unreachable): refuse
+    /// requests of limited keys with 429 (`true`), or admit and log them (`false`).
+    #[schema(default = false)]
+    pub fail_closed: Option<bool>,
+}
+
+/// A gateway's key-limit enforcement settings.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct KeyLimitPolicyResponse {
+    /// `null` = the data plane's default (1024).
+    #[schema(required = true)]
+    pub default_completion_tokens: Option<u32>,
+    pub fail_closed: bool,
+}
+
+impl From<KeyLimitPolicy> for KeyLimitPolicyResponse {
+    fn from(p: KeyLimitPolicy) -> Self {
+        KeyLimitPolicyResponse {
+            default_completion_tokens: p.default_completion_tokens,
+            fail_closed: p.fail_closed,
+        }
+    }
+}
+
 pub use modelgw_model::GatewayState;
 
 /// A new gateway.
@@ -107,17 +147,21 @@ pub struct CreateGatewayRequest {
     pub endpoints: Vec<GatewayMemberInput>,
     /// Routing settings; omitted = weighted, no waiting, the data plane's default deadline.
     pub routing: Option<RoutingInput>,
+    /// Key-limit enforcement; omitted = the data plane's default reservation, fail open.
+    pub key_limits: Option<KeyLimitPolicyInput>,
 }
 
 /// A partial update: absent (or `null`) fields stay as they are; `endpoints` replaces the
-/// whole member list and `routing` the whole routing settings (its omitted fields take their
-/// defaults). At least one field must be given.
+/// whole member list, `routing` the whole routing settings and `key_limits` the whole
+/// key-limit settings (their omitted fields take their defaults). At least one field must be
+/// given.
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateGatewayRequest {
     pub name: Option<String>,
     pub endpoints: Option<Vec<GatewayMemberInput>>,
     pub routing: Option<RoutingInput>,
+    pub key_limits: Option<KeyLimitPolicyInput>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -136,6 +180,7 @@ pub struct GatewayResponse {
     pub name: String,
     pub endpoints: Vec<GatewayMemberResponse>,
     pub routing: RoutingResponse,
+    pub key_limits: KeyLimitPolicyResponse,
     /// From the fleet health of the enabled members: `healthy` (all available), `degraded`
     /// (some unavailable), `throttling` (all unavailable, at least one throttling), `error`
     /// (all unavailable and none throttling, or no member enabled).
@@ -172,6 +217,7 @@ fn respond(state: &AdminState, record: GatewayRecord) -> GatewayResponse {
             })
             .collect(),
         routing: record.routing.into(),
+        key_limits: record.key_limits.into(),
         state: gateway_state,
         created_at: record.created_at,
         updated_at: record.updated_at,
@@ -228,24 +274,37 @@ fn validate_routing(v: &mut Validator, input: RoutingInput) -> RoutingPolicy {
     }
 }
 
+fn validate_key_limits(v: &mut Validator, input: KeyLimitPolicyInput) -> KeyLimitPolicy {
+    let default_completion_tokens = input.default_completion_tokens.map(|t| {
+        v.in_range("key_limits.default_completion_tokens", t, DEFAULT_COMPLETION_TOKENS_RANGE)
+    });
+    KeyLimitPolicy { default_completion_tokens, fail_closed: input.fail_closed.unwrap_or(false) }
+}
+
 fn validate_create(req: CreateGatewayRequest) -> Result<NewGateway, ApiError> {
     let mut v = Validator::new();
     let name = v.gateway_name("name", &req.name);
     let members = validate_members(&mut v, req.endpoints);
     let routing = validate_routing(&mut v, req.routing.unwrap_or_default());
-    v.finish(NewGateway { name, members, routing, ..Default::default() })
+    let key_limits = validate_key_limits(&mut v, req.key_limits.unwrap_or_default());
+    v.finish(NewGateway { name, members, routing, key_limits })
 }
 
 fn validate_update(req: UpdateGatewayRequest) -> Result<GatewayPatch, ApiError> {
     let mut v = Validator::new();
-    if req.name.is_none() && req.endpoints.is_none() && req.routing.is_none() {
+    if req.name.is_none()
+        && req.endpoints.is_none()
+        && req.routing.is_none()
+        && req.key_limits.is_none()
+    {
         // An empty patch would still bump the configuration version and push a snapshot.
         v.error("body", "must set at least one field");
     }
     let name = req.name.map(|n| v.gateway_name("name", &n));
     let members = req.endpoints.map(|m| validate_members(&mut v, m));
     let routing = req.routing.map(|r| validate_routing(&mut v, r));
-    v.finish(GatewayPatch { name, members, routing, ..Default::default() })
+    let key_limits = req.key_limits.map(|k| validate_key_limits(&mut v, k));
+    v.finish(GatewayPatch { name, members, routing, key_limits })
 }
 
 /// Create a gateway.
@@ -436,6 +495,7 @@ mod tests {
             name: "gw".into(),
             endpoints: vec![],
             routing: None,
+            key_limits: None,
         })
         .expect("valid");
         assert_eq!(new.routing, RoutingPolicy::default());
@@ -447,6 +507,7 @@ mod tests {
                 wait_for_recovery: None,
                 request_timeout_ms: Some(999),
             }),
+            key_limits: None,
         });
         let Err(ApiError::Validation(errors)) = err else { panic!("expected validation errors") };
         assert_eq!(
@@ -486,6 +547,7 @@ mod tests {
             name: "gpt-4o".into(),
             endpoints: vec![input(&id.to_string())],
             routing: None,
+            key_limits: None,
         })
         .expect("valid");
         assert_eq!(
@@ -505,6 +567,7 @@ mod tests {
                 input(&id),
             ],
             routing: None,
+            key_limits: None,
         });
         let Err(ApiError::Validation(errors)) = err else { panic!("expected validation errors") };
         assert_eq!(

@@ -154,7 +154,7 @@ impl ProtectedRoute {
 /// The router is built from this list only, each route behind `require_role` with its role,
 /// so a route cannot be served without one. `viewer` reads (every GET); `operator` also
 /// changes inference endpoints, gateways, gateway keys and runs the Azure discovery, import
-/// and proposals and resets endpoint health; `admin` also manages API tokens and data-plane
+/// and proposals and resets endpoint health and gateway keys' usage; `admin` also manages API tokens and data-plane
 /// tokens. The OpenAPI document states each
 /// operation's role from here too (`openapi.rs`), and `tests/api/roles.rs` calls every route
 /// with every role.
@@ -175,7 +175,11 @@ fn protected_routes() -> Vec<ProtectedRoute> {
         R::delete("/gateways/{id}", Operator, gateways::delete),
         R::get("/gateways/{id}/keys", Viewer, keys::list),
         R::post("/gateways/{id}/keys", Operator, keys::create),
+        R::get("/gateways/{id}/keys/{key_id}", Viewer, keys::get),
+        R::patch("/gateways/{id}/keys/{key_id}", Operator, keys::update),
         R::delete("/gateways/{id}/keys/{key_id}", Operator, keys::revoke),
+        R::get("/gateways/{id}/keys/{key_id}/usage", Viewer, keys::usage),
+        R::post("/gateways/{id}/keys/{key_id}/usage/reset", Operator, keys::reset_usage),
         R::get("/status", Viewer, status::get),
         R::get("/data-plane-tokens", Viewer, data_plane_tokens::list),
         R::post("/data-plane-tokens", Admin, data_plane_tokens::create),

@@ -299,6 +299,9 @@ impl From<StoreError> for ApiError {
                     format!("unknown inference endpoint {endpoint_id}"),
                 )])
             }
+            StoreError::Invalid { field, reason } => {
+                ApiError::Validation(vec![FieldError::new(field, reason)])
+            }
             StoreError::InUse { gateways } => ApiError::InUse { gateways },
             other @ (StoreError::Crypto(_)
             | StoreError::Database(_)

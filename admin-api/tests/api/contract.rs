@@ -16,11 +16,14 @@ use crate::harness::{Harness, Reply, endpoint_body, id_of};
 const KEY: &str = "azkey-0123456789abcdef0123456789abcdef";
 
 /// The request schemas and the operation each is sent to.
-const REQUEST_SCHEMAS: [&str; 9] = [
+const REQUEST_SCHEMAS: [&str; 12] = [
     "CreateApiTokenRequest",
     "CreateEndpointRequest",
     "UpdateEndpointRequest",
     "CreateKeyRequest",
+    "UpdateKeyRequest",
+    "WindowLimitsInput",
+    "KeyLimitPolicyInput",
     "CreateGatewayRequest",
     "UpdateGatewayRequest",
     "GatewayMemberInput",
@@ -77,6 +80,8 @@ struct World {
     h: Harness,
     endpoint: String,
     gateway: String,
+    /// A key of `gateway`.
+    key: String,
     n: std::cell::Cell<usize>,
 }
 
@@ -88,7 +93,14 @@ impl World {
             &h.create_gateway(json!({"name": "base", "endpoints": [{"endpoint_id": endpoint}]}))
                 .await,
         );
-        World { h, endpoint, gateway, n: std::cell::Cell::new(0) }
+        let path = format!("/api/v1/gateways/{gateway}/keys");
+        let key = id_of(
+            &h.call(Method::POST, &path, Some(json!({"name": "base"})))
+                .await
+                .expect(StatusCode::CREATED)
+                .json(),
+        );
+        World { h, endpoint, gateway, key, n: std::cell::Cell::new(0) }
     }
 
     /// A name no other request used, of exactly `len` characters (at least 8).
@@ -123,6 +135,20 @@ impl World {
             "CreateKeyRequest" => {
                 let path = format!("/api/v1/gateways/{}/keys", self.gateway);
                 (Method::POST, path, json!({field: value}), field.to_owned())
+            }
+            "UpdateKeyRequest" => {
+                let path = format!("/api/v1/gateways/{}/keys/{}", self.gateway, self.key);
+                (Method::PATCH, path, json!({field: value}), field.to_owned())
+            }
+            "WindowLimitsInput" => {
+                let path = format!("/api/v1/gateways/{}/keys", self.gateway);
+                let body = json!({"name": "k", "limits": {"per_hour": {field: value}}});
+                (Method::POST, path, body, format!("limits.per_hour.{field}"))
+            }
+            "KeyLimitPolicyInput" => {
+                let path = format!("/api/v1/gateways/{}", self.gateway);
+                let body = json!({"key_limits": {field: value}});
+                (Method::PATCH, path, body, format!("key_limits.{field}"))
             }
             "CreateGatewayRequest" => {
                 let mut body = json!({"name": fresh_name, "endpoints": []});
@@ -327,6 +353,10 @@ async fn every_documented_rule_is_the_validators_rule() {
         "UpdateEndpointRequest.api_key",
         "UpdateEndpointRequest.region",
         "CreateKeyRequest.name",
+        "UpdateKeyRequest.name",
+        "WindowLimitsInput.requests",
+        "WindowLimitsInput.total_tokens",
+        "KeyLimitPolicyInput.default_completion_tokens",
         "CreateGatewayRequest.name",
         "CreateGatewayRequest.endpoints",
         "UpdateGatewayRequest.name",

@@ -12,6 +12,7 @@ mod crud;
 mod data_plane_tokens;
 mod harness;
 mod health;
+mod keys;
 mod oidc;
 mod openapi;
 mod roles;

@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 use crate::harness::{Harness, endpoint_body, id_of};
 
 /// The policy: `viewer` reads; `operator` also changes endpoints, gateways, keys and
-/// runs Azure discovery, import and proposals and resets endpoint health; `admin` also manages
+/// runs Azure discovery, import and proposals and resets endpoint health and key usage; `admin` also manages
 /// API tokens and data-plane tokens.
 fn expected_role(method: &Method, path: &str) -> Role {
     if method == Method::GET {
@@ -146,6 +146,28 @@ impl World {
                 let gateway = self.gateway().await;
                 let key = self.key(&gateway).await;
                 ok(format!("/api/v1/gateways/{gateway}/keys/{key}"), None, StatusCode::NO_CONTENT)
+            }
+            ("GET", "/api/v1/gateways/{id}/keys/{key_id}") => {
+                let gateway = self.gateway().await;
+                let key = self.key(&gateway).await;
+                ok(format!("/api/v1/gateways/{gateway}/keys/{key}"), None, StatusCode::OK)
+            }
+            ("PATCH", "/api/v1/gateways/{id}/keys/{key_id}") => {
+                let gateway = self.gateway().await;
+                let key = self.key(&gateway).await;
+                let body = json!({"limits": {"per_hour": {"total_tokens": 10000}}});
+                ok(format!("/api/v1/gateways/{gateway}/keys/{key}"), Some(body), StatusCode::OK)
+            }
+            ("GET", "/api/v1/gateways/{id}/keys/{key_id}/usage") => {
+                let gateway = self.gateway().await;
+                let key = self.key(&gateway).await;
+                ok(format!("/api/v1/gateways/{gateway}/keys/{key}/usage"), None, StatusCode::OK)
+            }
+            ("POST", "/api/v1/gateways/{id}/keys/{key_id}/usage/reset") => {
+                let gateway = self.gateway().await;
+                let key = self.key(&gateway).await;
+                let path = format!("/api/v1/gateways/{gateway}/keys/{key}/usage/reset");
+                ok(path, None, StatusCode::OK)
             }
             ("GET", "/api/v1/status") => ok(template.into(), None, StatusCode::OK),
             ("GET", "/api/v1/me") => ok(template.into(), None, StatusCode::OK),

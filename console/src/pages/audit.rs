@@ -30,13 +30,14 @@ const ENTITIES: [(&str, &str); 5] = [
     ("api_token", "API token"),
     ("data_plane_token", "Data-plane token"),
 ];
-const ACTIONS: [(&str, &str); 6] = [
+const ACTIONS: [(&str, &str); 7] = [
     ("create", "Create"),
     ("update", "Update"),
     ("delete", "Delete"),
     ("revoke", "Revoke"),
     ("import", "Import"),
     ("reset_health", "Reset health"),
+    ("reset_usage", "Reset usage"),
 ];
 
 /// This section's routes (behind the session guard).
