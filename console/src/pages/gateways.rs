@@ -2,7 +2,8 @@
 //! Gateway URL with snippets, the last hour's traffic (charts), and gateway keys.
 //!
 //! - [`form`]: the create/edit form (members, routing) and creating from a proposal.
-//! - [`keys`]: creating (shown once) and revoking gateway keys on the detail page.
+//! - [`keys`]: creating (shown once, with parent, expiry and limits), revoking gateway keys
+//!   and resetting their usage on the detail page.
 
 mod form;
 mod keys;
@@ -44,6 +45,7 @@ pub(crate) fn routes() -> Router<Console> {
         .route("/gateways/{id}/delete", post(delete))
         .route("/gateways/{id}/keys", post(keys::create))
         .route("/gateways/{id}/keys/{key_id}/revoke", post(keys::revoke))
+        .route("/gateways/{id}/keys/{key_id}/reset-usage", post(keys::reset_usage))
 }
 
 /// A path id, checked to be a UUID before it goes into an API path (so a crafted id cannot
@@ -61,6 +63,16 @@ pub(crate) struct KeyView {
     pub created_at: chrono::DateTime<Utc>,
     #[serde(default)]
     pub revoked_at: Option<chrono::DateTime<Utc>>,
+    #[serde(default)]
+    pub parent_id: Option<String>,
+    #[serde(default)]
+    pub expires_at: Option<chrono::DateTime<Utc>>,
+    #[serde(default)]
+    pub last_used_at: Option<chrono::DateTime<Utc>>,
+    #[serde(default)]
+    pub limits: keys::KeyLimitsView,
+    #[serde(default)]
+    pub usage: keys::CurrentUsageView,
 }
 
 /// `POST /api/v1/azure/gateway-proposals` (one proposal): the body of `POST /api/v1/gateways`.
@@ -180,6 +192,8 @@ pub(crate) struct DetailQuery {
     created: Option<u8>,
     #[serde(default)]
     revoked: Option<u8>,
+    #[serde(default)]
+    reset: Option<u8>,
 }
 
 /// What the detail page shows besides the gateway: a notice, the key just created (once), or
@@ -189,7 +203,8 @@ pub(crate) struct DetailExtras {
     pub notice: Option<&'static str>,
     pub new_key: Option<keys::CreatedKeyView>,
     pub key_problem: Option<Problem>,
-    pub key_name: String,
+    /// The key form as submitted, to show it again next to its problem.
+    pub key_form: keys::KeyForm,
 }
 
 /// `GET /gateways/{id}`.
@@ -204,7 +219,14 @@ async fn detail(
     } else if q.saved.is_some() {
         Some("Saved")
     } else if q.revoked.is_some() {
-        Some("Key revoked. Data planes refuse it from their next configuration update.")
+        Some(
+            "Key revoked, with the keys under it. Data planes refuse them from their next \
+             configuration update.",
+        )
+    } else if q.reset.is_some() {
+        Some(
+            "Usage reset: the key's counters start from zero for the current minute, hour and day.",
+        )
     } else {
         None
     };

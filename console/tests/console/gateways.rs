@@ -379,6 +379,90 @@ async fn a_key_is_shown_once_then_only_its_hint_and_revoking_works() {
 }
 
 #[tokio::test]
+async fn a_key_under_a_parent_with_limits_shows_its_usage_and_its_usage_can_be_reset() {
+    let c = Console::start().await;
+    let a = endpoint(&c, "eus").await;
+    let id = gateway(&c, "chat", &[&a]).await;
+    let cookie = c.sign_in(ADMIN_TOKEN).await;
+    let path = format!("/gateways/{id}");
+    let detail = c.send(Method::GET, &path, Some(&cookie), None).await;
+    assert!(
+        detail.body.contains(r#"id="key-options""#) && detail.body.contains(r#"id="key-limits""#)
+    );
+    let parent = c
+        .send(
+            Method::POST,
+            &format!("{path}/keys"),
+            Some(&cookie),
+            Some(&form(&detail, &[("name", "department"), ("limit_hour_total_tokens", "10,000")])),
+        )
+        .await;
+    assert_eq!(parent.status, StatusCode::OK, "{}", parent.body);
+    let (_, keys) = c.api(Method::GET, &format!("/api/v1/gateways/{id}/keys"), None).await;
+    let parent_id = keys[0]["id"].as_str().unwrap().to_owned();
+    assert_eq!(keys[0]["limits"], serde_json::json!({"per_hour": {"total_tokens": 10000}}));
+
+    // A bad limit is named next to its field; the form keeps what was typed.
+    let refused = c
+        .send(
+            Method::POST,
+            &format!("{path}/keys"),
+            Some(&cookie),
+            Some(&form(
+                &detail,
+                &[("name", "team"), ("parent_id", &parent_id), ("limit_minute_requests", "0")],
+            )),
+        )
+        .await;
+    assert_eq!(refused.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", refused.body);
+    assert!(refused.body.contains(r#"id="error-limits.per_minute.requests""#), "{}", refused.body);
+    assert!(refused.body.contains(r#"<details id="key-options" open"#));
+
+    let child = c
+        .send(
+            Method::POST,
+            &format!("{path}/keys"),
+            Some(&cookie),
+            Some(&form(
+                &detail,
+                &[
+                    ("name", "team"),
+                    ("parent_id", &parent_id),
+                    ("expires_at", "2999-01-01T00:00"),
+                    ("limit_minute_requests", "60"),
+                ],
+            )),
+        )
+        .await;
+    assert_eq!(child.status, StatusCode::OK, "{}", child.body);
+    let (_, keys) = c.api(Method::GET, &format!("/api/v1/gateways/{id}/keys"), None).await;
+    assert_eq!(keys[1]["parent_id"], parent_id.as_str());
+    assert_eq!(keys[1]["expires_at"], "2999-01-01T00:00:00Z");
+
+    let page = c.send(Method::GET, &path, Some(&cookie), None).await;
+    assert!(page.body.contains("under department"), "the child names its parent");
+    assert!(page.body.contains("10,000 total tokens / hour"));
+    assert!(page.body.contains("0 / 10,000 total tokens this hour"));
+    assert!(page.body.contains("60 requests / minute"));
+    assert!(page.body.contains("Active until 2999-01-01 00:00 UTC"));
+    assert!(page.body.contains(r#"data-depth="1""#));
+
+    let reset = c
+        .send(
+            Method::POST,
+            &format!("{path}/keys/{parent_id}/reset-usage"),
+            Some(&cookie),
+            Some(&form(&page, &[])),
+        )
+        .await;
+    assert_eq!(reset.status, StatusCode::SEE_OTHER, "{}", reset.body);
+    let (_, log) = c.api(Method::GET, "/api/v1/audit-log?action=reset_usage", None).await;
+    assert_eq!(log["entries"][0]["entity_id"], parent_id.as_str());
+    let after = c.send(Method::GET, &format!("{path}?reset=1"), Some(&cookie), None).await;
+    assert!(after.body.contains("Usage reset"));
+}
+
+#[tokio::test]
 async fn a_viewer_sees_no_changes_and_a_forged_post_is_refused() {
     let c = Console::start().await;
     let a = endpoint(&c, "eus").await;
@@ -401,7 +485,15 @@ async fn a_viewer_sees_no_changes_and_a_forged_post_is_refused() {
     let page = c.send(Method::GET, &format!("/gateways/{id}"), Some(&viewer), None).await;
     assert_eq!(page.status, StatusCode::OK);
     assert!(page.body.contains(r#"id="keys-table""#), "viewers see the keys' hints");
-    for control in ["create-key", "key-name", "revoke-key", "edit-gateway", "delete-gateway"] {
+    for control in [
+        "create-key",
+        "key-name",
+        "revoke-key",
+        "reset-usage",
+        "key-options",
+        "edit-gateway",
+        "delete-gateway",
+    ] {
         assert!(!page.body.contains(control), "{control} shown to a viewer");
     }
 
