@@ -277,7 +277,11 @@ async fn usage_reports_keep_the_largest_cumulative_per_instance_and_add_up_over_
     let stale = report(vec![entry(k, Window::Hour, hour, Usage::request(1, 1), Usage::default())]);
     store.record_key_usage(instance(1), &node, &stale, now).await.expect("stale");
     // A second instance (another data plane, or this one restarted) adds up.
-    let b = report(vec![entry(k, Window::Hour, hour, Usage::request(7, 3), Usage::default())]);
+    // (An entry repeated within a report counts once, with its largest charges.)
+    let b = report(vec![
+        entry(k, Window::Hour, hour, Usage::request(7, 3), Usage::default()),
+        entry(k, Window::Hour, hour, Usage::request(5, 1), Usage::default()),
+    ]);
     store.record_key_usage(instance(2), &NodeId("dp-2".into()), &b, now).await.expect("b");
 
     let from = DateTime::from_timestamp_millis(previous_hour).expect("time");

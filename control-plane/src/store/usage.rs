@@ -36,6 +36,10 @@ pub const fn usage_retention(window: Window) -> Duration {
     USAGE_RETENTION[window.index()]
 }
 
+/// Usage rows written by one statement (11 bound values each: far below every backend's
+/// limit on parameters).
+const USAGE_ROWS_PER_STATEMENT: usize = 200;
+
 /// A key's usage in one window.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct KeyUsageRow {
@@ -85,7 +89,8 @@ pub(super) fn columns(prefix: &str) -> String {
 
 impl Store {
     /// Stores `instance`'s cumulative usage report: per entry, charged keeps the largest value
-    /// ever reported and reserved the latest. One transaction.
+    /// ever reported and reserved the latest (an entry repeated within the report counts once,
+    /// with its largest charges). One transaction.
     #[tracing::instrument(name = "store.record_key_usage", skip_all, fields(entries = report.keys.len()), level = "debug")]
     pub async fn record_key_usage(
         &self,
@@ -94,9 +99,18 @@ impl Store {
         report: &UsageReport,
         at: DateTime<Utc>,
     ) -> Result<(), StoreError> {
-        if report.keys.is_empty() {
+        // One row per (key, window, start): a statement may not update a row twice.
+        let mut entries: HashMap<(GatewayKeyId, Window, i64), (Usage, Usage)> = HashMap::new();
+        for e in &report.keys {
+            let slot = entries.entry((e.key_id, e.window, e.window_start_unix_ms)).or_default();
+            *slot = (slot.0.max(e.charged), e.reserved);
+        }
+        if entries.is_empty() {
             return Ok(());
         }
+        let mut entries: Vec<_> = entries.into_iter().collect();
+        // A fixed order: concurrent writers of the same rows lock them in the same order.
+        entries.sort_unstable_by_key(|((k, w, s), _)| (k.to_string(), *w, *s));
         let greatest = match self.backend {
             Backend::Sqlite => "max",
             Backend::Postgres => "GREATEST",
@@ -110,29 +124,42 @@ impl Store {
         let latest = MEASURES
             .map(|m| format!("reserved_{0} = excluded.reserved_{0}", m.as_str()))
             .join(", ");
-        let sql = format!(
-            "INSERT INTO key_usage (key_id, window_kind, window_start, instance, node_id, {}, {}, \
-             updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) \
-             ON CONFLICT (key_id, window_kind, window_start, instance) DO UPDATE SET \
-             node_id = excluded.node_id, {keep_max}, {latest}, updated_at = excluded.updated_at",
-            columns("charged"),
-            columns("reserved"),
-        );
+        // Per row: key, window, start and the eight amounts; instance, node and time shared.
+        const SHARED: usize = 3;
+        const PER_ROW: usize = 11;
         let mut tx = self.begin_unversioned_write().await?;
-        for entry in &report.keys {
-            let mut q = sqlx::query(AssertSqlSafe(sql.clone()))
-                .bind(entry.key_id.to_string())
-                .bind(entry.window.as_str())
-                .bind(entry.window_start_unix_ms)
+        for chunk in entries.chunks(USAGE_ROWS_PER_STATEMENT) {
+            let values = (0..chunk.len())
+                .map(|i| {
+                    let p = (1..=PER_ROW)
+                        .map(|j| format!("${}", SHARED + i * PER_ROW + j))
+                        .collect::<Vec<_>>();
+                    format!("({}, {}, {}, $1, $2, {}, $3)", p[0], p[1], p[2], p[3..].join(", "))
+                })
+                .collect::<Vec<_>>();
+            let sql = format!(
+                "INSERT INTO key_usage (key_id, window_kind, window_start, instance, node_id, \
+                 {}, {}, updated_at) VALUES {} \
+                 ON CONFLICT (key_id, window_kind, window_start, instance) DO UPDATE SET \
+                 node_id = excluded.node_id, {keep_max}, {latest}, updated_at = excluded.updated_at",
+                columns("charged"),
+                columns("reserved"),
+                values.join(", "),
+            );
+            let mut q = sqlx::query(AssertSqlSafe(sql))
                 .bind(instance_to_db(instance))
-                .bind(node_id.0.clone());
-            for m in MEASURES {
-                q = q.bind(amount_to_db(entry.charged.get(m)));
+                .bind(node_id.0.clone())
+                .bind(at.timestamp_millis());
+            for ((key_id, window, start), (charged, reserved)) in chunk {
+                q = q.bind(key_id.to_string()).bind(window.as_str()).bind(*start);
+                for m in MEASURES {
+                    q = q.bind(amount_to_db(charged.get(m)));
+                }
+                for m in MEASURES {
+                    q = q.bind(amount_to_db(reserved.get(m)));
+                }
             }
-            for m in MEASURES {
-                q = q.bind(amount_to_db(entry.reserved.get(m)));
-            }
-            q.bind(at.timestamp_millis()).execute(&mut *tx).await?;
+            q.execute(&mut *tx).await?;
         }
         tx.commit().await?;
         Ok(())
