@@ -16,7 +16,7 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/modelgw/target}"
 OHA="$HOME/.cache/modelgw/tools/bin/oha"
 N="${N:-20000}"
 OUT="${OUT:-$(mktemp -d)}"; mkdir -p "$OUT"
-[ -x "$OHA" ] || { echo "callgrind: run bench/run.sh once (it installs oha)" >&2; exit 1; }
+[ -x "$OHA" ] || { echo "syscalls: run bench/run.sh once (it installs oha)" >&2; exit 1; }
 if [ "$#" -eq 0 ]; then
     cargo build --release --locked -p modelgw
     set -- "$CARGO_TARGET_DIR/release/modelgw"
@@ -41,7 +41,7 @@ ready_field() {
         fi
         sleep 0.1
     done
-    echo "callgrind: no ready line in $file" >&2
+    echo "syscalls: no ready line in $file" >&2
     cat "${file%.out}.err" >&2 || true
     return 1
 }
@@ -50,7 +50,7 @@ json_field() { python3 -c "import json,sys; print(json.load(sys.stdin)[sys.argv[
 
 measure() {
     local bin="$1" tag="$2"
-    local api_key="azkey-callgrind-0001" token="mgwadm_callgrind_0123456789abcdef_$$"
+    local api_key="azkey-syscalls-0001" token="mgwadm_syscalls_0123456789abcdef_$$"
 
     MODELGW_MOCK_API_KEY="$api_key" "$bin" mock-azure --region "East US" \
         --deployment gpt-4o-mini >"$TMP/mock.$tag.out" 2>"$TMP/mock.$tag.err" &
