@@ -701,8 +701,7 @@ async fn leases_from_the_stream_are_enforced_and_usage_reports_are_cumulative_ac
     session.expect(|k| if let Kind::Ack(a) = k { Some(a) } else { None }).await?;
 
     // 4 of the key's 10 requests this hour are lent to this instance.
-    let mut granted = WindowLimits::default();
-    granted.requests = Some(4);
+    let granted = WindowLimits { requests: Some(4), ..WindowLimits::default() };
     let leases = Leases {
         grants: vec![LeaseGrant {
             key_id: key_id.parse()?,

@@ -196,8 +196,7 @@ mod tests {
         );
         // The parent's hour already used 4,900 prompt tokens (fleet-wide, per its grant).
         let cell = parent.cell(Window::Hour, Window::Hour.start_of(now));
-        let mut granted = WindowLimits::default();
-        granted.prompt_tokens = Some(50);
+        let granted = WindowLimits { prompt_tokens: Some(50), ..WindowLimits::default() };
         cell.apply_grant(&granted, &Usage::request(4_900, 0), &Usage::default());
         let (requests, tokens) = tightest(&chain, now);
         assert_eq!(

@@ -159,9 +159,9 @@ impl WindowCell {
 
     /// Takes back what [`WindowCell::reserve`] added for the measures before `upto`.
     fn release_below(&self, amount: &Amounts, reserve: u8, upto: usize) {
-        for m in 0..upto {
-            if reserve & bit(m) != 0 && amount[m] > 0 {
-                self.used[m].fetch_sub(amount[m], Ordering::Relaxed);
+        for (m, a) in amount.iter().enumerate().take(upto) {
+            if reserve & bit(m) != 0 && *a > 0 {
+                self.used[m].fetch_sub(*a, Ordering::Relaxed);
             }
         }
     }
@@ -444,8 +444,7 @@ mod tests {
     fn grants_only_grow_and_the_remaining_is_the_fleets() {
         let cell = WindowCell::new(Window::Minute, HOUR);
         assert_eq!(cell.remaining(3, 1000), 1000, "no grant: only what this instance used");
-        let mut g = WindowLimits::default();
-        g.total_tokens = Some(400);
+        let mut g = WindowLimits { total_tokens: Some(400), ..WindowLimits::default() };
         cell.apply_grant(&g, &Usage::request(300, 300), &Usage::request(100, 0));
         g.total_tokens = Some(300);
         cell.apply_grant(&g, &Usage::request(300, 300), &Usage::request(100, 0));
