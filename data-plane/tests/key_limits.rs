@@ -478,3 +478,109 @@ async fn an_expired_key_is_refused_as_an_unknown_one_from_its_expiry() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// The overshoot of one shared limit across two data planes, each lent half of it, with 64
+/// clients split over both sending until refused. `max_tokens`: the clients' completion cap
+/// (`None`: the gateway reserves its default, 1 token here, and every answer's 8 completion
+/// tokens exceed it). Returns (completion tokens served, overshoot bound).
+async fn overshoot_run(max_tokens: Option<u64>) -> (u64, u64) {
+    const LIMIT: u64 = 2_000;
+    const CLIENTS: usize = 64;
+    let r = region("eus").await.unwrap();
+    let mut s = snapshot_with(&r, 1, limits(Window::Hour, Measure::CompletionTokens, LIMIT));
+    s.gateways[0].key_limits.default_completion_tokens = Some(1);
+    let key = s.gateways[0].keys[0].id;
+    let planes = [start(fast_config()).await.unwrap(), start(fast_config()).await.unwrap()];
+    for gw in &planes {
+        gw.install(s.clone()).unwrap();
+    }
+    clear_of_window_end(Window::Hour, Duration::from_secs(30)).await;
+    for gw in &planes {
+        let half = grant(key, Window::Hour, Measure::CompletionTokens, LIMIT / 2, Usage::default());
+        lease(gw.store.key_limits(), vec![half], DEADLINE * 6);
+    }
+    let mut body = json!({"model": "auto", "messages": [{"role": "user", "content": "Say hello"}]});
+    if let Some(cap) = max_tokens {
+        body["max_tokens"] = json!(cap);
+    }
+    let reserved = max_tokens.unwrap_or(1);
+    let served = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let excess = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let mut clients = tokio::task::JoinSet::new();
+    for i in 0..CLIENTS {
+        let gw = &planes[i % 2];
+        let request = gw.post(CHAT, &body);
+        let (served, excess) = (served.clone(), excess.clone());
+        clients.spawn(async move {
+            for _ in 0..1_000 {
+                let response = request.try_clone().unwrap().send().await.unwrap();
+                match response.status().as_u16() {
+                    200 => {
+                        let completion =
+                            usage_of(&response.json().await.unwrap()).completion_tokens;
+                        served.fetch_add(completion, std::sync::atomic::Ordering::Relaxed);
+                        let over = completion.saturating_sub(reserved);
+                        excess.fetch_max(over, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    429 => {
+                        assert!(!header(&response, "retry-after").is_empty());
+                        return;
+                    }
+                    other => panic!("unexpected {other}"),
+                }
+            }
+            panic!("never refused");
+        });
+    }
+    while let Some(done) = clients.join_next().await {
+        done.unwrap();
+    }
+    // The control plane's next push: nothing left to lend, the fleet's use in the grants.
+    // Refusals now send clients to the end of the hour.
+    let used: Vec<Usage> = planes.iter().map(|gw| settled_any(gw, key)).collect();
+    let fleet = used[0].saturating_add(used[1]);
+    for (gw, own) in planes.iter().zip(&used) {
+        let mut renewal = grant(key, Window::Hour, Measure::CompletionTokens, LIMIT / 2, fleet);
+        renewal.own_used = *own;
+        lease(gw.store.key_limits(), vec![renewal], DEADLINE * 6);
+        let refused = gw.post(CHAT, &body).send().await.unwrap();
+        assert_eq!(refused.status(), 429);
+        let at = unix_ms();
+        let hour_left = (Window::Hour.start_of(at) + Window::Hour.len_ms() - at + 999) / 1000;
+        let retry: i64 = header(&refused, "retry-after").parse().unwrap();
+        assert!((hour_left - 2..=hour_left + 1).contains(&retry), "{retry} vs {hour_left}");
+    }
+    let served = served.load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(served, fleet.completion_tokens, "charged what was served, nothing twice");
+    // At most every client's request in flight at the last admission exceeds its reservation.
+    let bound = CLIENTS as u64 * excess.load(std::sync::atomic::Ordering::Relaxed);
+    (served, bound)
+}
+
+/// What `key` charged on `gw` in the current hour, once nothing is reserved any more.
+fn settled_any(gw: &TestGateway, key: GatewayKeyId) -> Usage {
+    let (charged, reserved) = used(gw, key, Window::Hour);
+    assert!(reserved.is_zero(), "{reserved:?}");
+    charged
+}
+
+#[tokio::test]
+async fn two_data_planes_overshoot_a_shared_limit_by_no_more_than_the_bound() {
+    // Clients that cap their completion: reservations cover every answer, no overshoot.
+    let (served, bound) = overshoot_run(Some(8)).await;
+    println!(
+        "max_tokens set: served {served} of 2000 completion tokens, overshoot {}, bound {bound}",
+        served.saturating_sub(2_000)
+    );
+    assert_eq!(bound, 0);
+    assert!(served <= 2_000, "{served}");
+    assert!(served > 2_000 - 64 * 8, "the limit is used, not just respected: {served}");
+    // Clients that do not, against a reservation of 1: each answer exceeds it by 7.
+    let (served, bound) = overshoot_run(None).await;
+    let overshoot = served.saturating_sub(2_000);
+    println!(
+        "no max_tokens (1 reserved, 8 used): served {served}, overshoot {overshoot}, bound {bound}"
+    );
+    assert_eq!(bound, 64 * 7);
+    assert!(overshoot <= bound, "overshoot {overshoot} > bound {bound}");
+}
