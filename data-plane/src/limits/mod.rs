@@ -133,8 +133,13 @@ impl Shared {
     /// Every grant held stays usable for `valid_for` from `mono_ms`.
     fn renew(&self, valid_for: Duration, mono_ms: u64) {
         let until = mono_ms.saturating_add(valid_for.as_millis() as u64).max(1);
-        self.lease_until_ms.store(until, Ordering::Release);
-        self.expiry_noted.store(false, Ordering::Relaxed);
+        let had_expired = self.lease_until_ms.swap(until, Ordering::AcqRel) <= mono_ms;
+        if self.expiry_noted.swap(false, Ordering::Relaxed) || had_expired {
+            info!(
+                valid_for_ms = valid_for.as_millis() as u64,
+                "budget leases received: keys with limits are enforced against them"
+            );
+        }
     }
 
     /// A request admitted without a lease: counted, and logged once a minute per key.
