@@ -197,3 +197,61 @@ fn push_if_changed(budget: &KeyBudget, cell: &Arc<WindowCell>, batch: &mut Usage
     ));
     true
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use modelgw_model::keys::{KeyLimitPolicy, Window};
+    use modelgw_model::{ConfigVersion, Platform, Snapshot};
+
+    use crate::routing_table::RoutingTable;
+    use crate::routing_table::tests::{endpoint, gateway, member};
+
+    fn table(version: u64, with_key: bool) -> RoutingTable {
+        let e = endpoint("eus", Platform::AzureOpenai, "gpt-4o");
+        let mut g = gateway("chat", "key-1", vec![member(&e, true, 0, 1)]);
+        if !with_key {
+            g.keys.clear();
+        }
+        let s = Snapshot { version: ConfigVersion(version), endpoints: vec![e], gateways: vec![g] };
+        RoutingTable::compile(&s).expect("compiles")
+    }
+
+    #[test]
+    fn reports_carry_what_changed_cumulatively_and_a_removed_key_leaves_once_reported() {
+        let limiter = KeyLimiter::new();
+        let mut first = table(1, true);
+        limiter.attach(&mut first);
+        let key = &first.gateways()[0].keys[0];
+        let chain = key.chain.as_ref().expect("attached");
+        let now = chain.shared.now(Instant::now());
+        let policy = KeyLimitPolicy::default();
+        for _ in 0..2 {
+            let ticket = chain.admit(&Usage::request(10, 10), &policy, now).expect("no limits");
+            ticket.settle(Some(Usage::request(3, 4)));
+        }
+        let batch = limiter.pending_usage();
+        let reports = batch.reports();
+        assert_eq!(reports.len(), 1);
+        assert_eq!(reports[0].keys.len(), Window::ALL.len(), "one entry per window");
+        assert!(
+            reports[0].keys.iter().all(|e| e.charged.requests == 2 && e.charged.total_tokens == 14)
+        );
+        assert!(limiter.pending_usage().len() == 3, "nothing marked sent: still pending");
+        batch.mark_sent(0);
+        drop(batch);
+        assert!(limiter.pending_usage().is_empty(), "sent and unchanged");
+        limiter.resend_all();
+        assert_eq!(limiter.pending_usage().len(), 3, "a new stream gets everything again");
+
+        // The key leaves the configuration with its last numbers sent: it is let go.
+        let batch = limiter.pending_usage();
+        batch.mark_sent(0);
+        drop(batch);
+        let mut second = table(2, false);
+        limiter.attach(&mut second);
+        assert_eq!(limiter.departed().len(), 1);
+        assert!(limiter.pending_usage().is_empty());
+        assert!(limiter.departed().is_empty(), "nothing left to report");
+    }
+}
