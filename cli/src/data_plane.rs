@@ -87,6 +87,11 @@ pub struct Args {
     /// traffic).
     #[arg(long, env = "MODELGW_STATS_INTERVAL", value_parser = crate::control_plane::parse_duration)]
     pub stats_interval: Option<Duration>,
+    /// How often the gateway keys' usage (cumulative per key and window) goes to the control
+    /// plane, which tops up this data plane's budget leases from it (default 1s; sooner, at
+    /// most ten times a second, when a lease runs low).
+    #[arg(long, env = "MODELGW_USAGE_INTERVAL", value_parser = crate::control_plane::parse_duration)]
+    pub usage_interval: Option<Duration>,
     /// The gateway edge: connection limits, SSE bounds, failed authentications, egress.
     #[command(flatten)]
     pub edge: EdgeArgs,
@@ -170,6 +175,7 @@ impl Args {
             stream_idle_timeout: self.stream_idle_timeout.unwrap_or(defaults.stream_idle_timeout),
             workers: self.workers.map_or(defaults.workers, usize::from),
             stats_interval: self.stats_interval.unwrap_or(defaults.stats_interval),
+            usage_interval: self.usage_interval.unwrap_or(defaults.usage_interval),
             metrics_enabled: self.metrics_addr.0.is_some(),
             metrics_addr: self.metrics_addr.0,
             ..defaults

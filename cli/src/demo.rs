@@ -196,6 +196,7 @@ pub async fn run(
         stream_idle_timeout: None,
         workers: None,
         stats_interval: None,
+        usage_interval: None,
         // Prometheus metrics on a free port (printed below).
         metrics_addr: crate::metrics_server::ListenAddr(Some(std::net::SocketAddr::from((
             [127, 0, 0, 1],

@@ -1,15 +1,17 @@
 //! Applying what the control plane sends, in domain form: a snapshot is compiled and swapped
 //! in (ACK) or rejected with a reason naming the field (NACK, the last good one keeps
-//! serving); fleet health is merged into this node's health as remote windows. The transport
-//! (`control_plane_client`) decodes the wire and calls these; tests call them directly.
+//! serving); fleet health is merged into this node's health as remote windows; budget leases
+//! go to the key limits. The transport (`control_plane_client`) decodes the wire and calls
+//! these; tests call them directly.
 
 use std::time::Instant;
 
-use modelgw_model::protocol::{DataPlaneMessage, FleetHealth, Nack};
+use modelgw_model::protocol::{DataPlaneMessage, FleetHealth, Leases, Nack};
 use modelgw_model::{ConfigVersion, Snapshot};
 use tracing::{info, warn};
 
 use crate::health::HealthRegistry;
+use crate::limits::{KeyLimiter, LeasesApplied};
 use crate::routing_table::{RoutingTable, SnapshotStore};
 
 /// What applying one snapshot resulted in.
@@ -92,6 +94,20 @@ pub fn apply_fleet_health(health: &HealthRegistry, fleet: &FleetHealth) -> usize
     }
     info!(listed, active, "fleet health applied");
     active
+}
+
+/// Applies the control plane's budget leases (grants are cumulative: only ever raised) and
+/// renews every grant held for `valid_for`. Entries that could not be read were left out by
+/// the decoder; they are logged here.
+pub fn apply_leases(limits: &KeyLimiter, leases: &Leases) -> LeasesApplied {
+    for skipped in &leases.skipped {
+        warn!(reason = %skipped, "budget lease unreadable; ignored");
+    }
+    let done = limits.apply_leases(leases);
+    if done.ignored > 0 {
+        info!(ignored = done.ignored, "budget leases for unknown keys or ended windows ignored");
+    }
+    done
 }
 
 #[cfg(test)]

@@ -12,6 +12,14 @@
 //! report already handed to the transport when the stream breaks is not resent (the protocol
 //! has no acknowledgement for statistics; the control plane's window is in memory anyway).
 //!
+//! Key limits: `Hello` carries this process's instance id (random, non-zero, drawn once per
+//! process); `Leases` go to the key limits ([`crate::apply::apply_leases`]); every
+//! [`ClientConfig::usage_interval`], and sooner (at most ten times a second) when a grant's
+//! headroom fell under half, the keys' usage goes out as `UsageReport`s. Usage is cumulative
+//! per (key, window, window start) and kept in the counters themselves, so nothing is lost
+//! while the stream is down, and after a reconnect everything is sent again: the control
+//! plane keeps the larger of what it has and what it gets, so nothing counts twice.
+//!
 //! One of the two transport files of the protocol (the other is the control plane's gRPC
 //! server): the only data-plane code that names generated types. It decodes each message into
 //! its domain form (`modelgw_model::protocol`) at once and hands that to [`crate::apply`].
@@ -43,8 +51,9 @@ use tonic::metadata::MetadataValue;
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 use tracing::{debug, info, warn};
 
-use crate::apply::{ApplyOutcome, apply_fleet_health, apply_snapshot};
+use crate::apply::{ApplyOutcome, apply_fleet_health, apply_leases, apply_snapshot};
 use crate::health::HealthRegistry;
+use crate::limits::KeyLimiter;
 use crate::routing_table::SnapshotStore;
 
 /// How often the data plane says it is alive. The control plane marks a data plane stale
@@ -59,6 +68,19 @@ pub const STATS_INTERVAL: Duration = Duration::from_secs(5);
 /// Floor for a configured statistics interval, so a zero cannot flood the stream (the control
 /// plane ends a stream beyond 20 messages a second).
 const MIN_STATS_INTERVAL: Duration = Duration::from_millis(100);
+
+/// How often the keys' usage goes to the control plane (`MODELGW_USAGE_INTERVAL`). The
+/// control plane tops up an instance's budget leases from these reports, so the interval is
+/// how stale its view of the fleet's usage may get: 1 s keeps a busy key's leases flowing
+/// at one small message a second (nothing while no key is used).
+pub const USAGE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Floor for a configured usage interval (as [`MIN_STATS_INTERVAL`]).
+const MIN_USAGE_INTERVAL: Duration = Duration::from_millis(100);
+
+/// Shortest time between two usage reports sent early because a lease runs low: at most ten
+/// a second, well within the control plane's per-stream message budget.
+const EARLY_USAGE_SPACING: Duration = Duration::from_millis(100);
 
 /// First reconnect delay bound; doubled per failed attempt. 100 ms makes a control-plane
 /// restart invisible, while full jitter spreads hundreds of data planes apart.
@@ -96,6 +118,8 @@ pub struct ClientConfig {
     pub heartbeat_interval: Duration,
     /// Default [`STATS_INTERVAL`].
     pub stats_interval: Duration,
+    /// Default [`USAGE_INTERVAL`].
+    pub usage_interval: Duration,
 }
 
 /// How the data plane trusts the control plane and proves who it is.
@@ -365,7 +389,7 @@ async fn session(
         node_id: NodeId(config.node_id.clone()),
         applied_version: store.version(),
         build_version: env!("CARGO_PKG_VERSION").to_owned(),
-        instance: None,
+        instance: Some(store.key_limits().instance()),
     });
     if tx.send(cfg::DataPlaneMessage::from(&hello)).await.is_err() {
         return SessionEnd::OutboundClosed;
@@ -402,6 +426,14 @@ async fn session(
     // The first tick is immediate: what was counted while disconnected goes out at once.
     let mut stats = tokio::time::interval(config.stats_interval.max(MIN_STATS_INTERVAL));
     stats.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Everything with usage goes out again on a new stream (cumulative: resending is
+    // harmless), at the first tick, which is immediate.
+    let limits = store.key_limits();
+    limits.resend_all();
+    let mut usage = tokio::time::interval(config.usage_interval.max(MIN_USAGE_INTERVAL));
+    usage.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_usage = tokio::time::Instant::now();
+    let mut early: Option<tokio::time::Instant> = None;
     let mut health_open = true;
     loop {
         let outbound = tokio::select! {
@@ -418,8 +450,8 @@ async fn session(
                         apply_fleet_health(health, &fleet);
                         continue;
                     }
-                    Ok(ControlPlaneMessage::Leases(_)) => {
-                        debug!("budget leases received (key limits are not enforced yet)");
+                    Ok(ControlPlaneMessage::Leases(leases)) => {
+                        apply_leases(limits, &leases);
                         continue;
                     }
                     Err(InvalidControlPlaneMessage::Snapshot { version, error }) => {
@@ -453,6 +485,29 @@ async fn session(
                 }
                 continue;
             }
+            _ = usage.tick() => {
+                // Notices (and counts) an expired lease even while no request comes.
+                limits.lease_valid();
+                if let Err(end) = send_usage(&tx, limits).await {
+                    return end;
+                }
+                last_usage = tokio::time::Instant::now();
+                continue;
+            }
+            () = limits.wants_report(), if early.is_none() => {
+                let now = tokio::time::Instant::now();
+                early = Some((last_usage + EARLY_USAGE_SPACING).max(now));
+                continue;
+            }
+            () = async { if let Some(at) = early { tokio::time::sleep_until(at).await } }, if early.is_some() => {
+                early = None;
+                debug!("a budget lease runs low: reporting usage early");
+                if let Err(end) = send_usage(&tx, limits).await {
+                    return end;
+                }
+                last_usage = tokio::time::Instant::now();
+                continue;
+            }
             change = health_rx.recv(), if health_open => {
                 let Some(change) = change else {
                     health_open = false; // The registry is gone (shutting down).
@@ -472,6 +527,28 @@ async fn session(
             return end;
         }
     }
+}
+
+/// Sends the keys' usage that changed since it last went out, in reports within the
+/// protocol's bound; each is marked sent once the transport took it (what was not is sent
+/// on the next stream).
+async fn send_usage(
+    tx: &mpsc::Sender<cfg::DataPlaneMessage>,
+    limits: &KeyLimiter,
+) -> Result<(), SessionEnd> {
+    let batch = limits.pending_usage();
+    if batch.is_empty() {
+        return Ok(());
+    }
+    for (i, report) in batch.reports().into_iter().enumerate() {
+        let wire = cfg::DataPlaneMessage::from(&DataPlaneMessage::Usage(report));
+        if tx.send(wire).await.is_err() {
+            return Err(SessionEnd::OutboundClosed);
+        }
+        batch.mark_sent(i);
+    }
+    debug!(entries = batch.len(), "key usage reported");
+    Ok(())
 }
 
 /// Drains `pending` into one `HealthReport`.

@@ -17,8 +17,10 @@
 //! request path: one deadline per request, failover before the first byte — for non-streamed
 //! answers before the whole (bounded) body was read —, SSE error events after it, waiting for
 //! recovery; OpenTelemetry spans per request and attempt when [`DataPlaneConfig::tracer`] is
-//! set), [`apply`] (what the control plane sends, applied in domain form: snapshots with
-//! ACK/NACK, fleet health) and `control_plane_client` (the gRPC transport to the control
+//! set), [`limits`] (gateway keys' limits: admission against the control plane's budget
+//! leases, every answer charged to its key and each ancestor, cumulative usage reports),
+//! [`apply`] (what the control plane sends, applied in domain form: snapshots with ACK/NACK,
+//! fleet health, budget leases) and `control_plane_client` (the gRPC transport to the control
 //! plane: the only module that sees wire types).
 
 pub mod apply;
@@ -26,6 +28,7 @@ pub mod balance;
 mod control_plane_client;
 pub mod entra;
 pub mod health;
+pub mod limits;
 pub mod metrics;
 mod proxy;
 pub mod routing_table;
@@ -45,10 +48,12 @@ use crate::entra::EntraTokens;
 use crate::health::{EndpointHealth, HEALTH_CHANNEL_CAPACITY, HealthPolicy, HealthRegistry};
 use crate::routing_table::SnapshotStore;
 
-pub use crate::apply::{ApplyOutcome, apply_fleet_health, apply_snapshot};
+pub use crate::apply::{ApplyOutcome, apply_fleet_health, apply_leases, apply_snapshot};
 pub use crate::control_plane_client::{
-    ClientCertFiles, ControlPlaneTrust, HEARTBEAT_INTERVAL, STATS_INTERVAL, TokenSource, TrustError,
+    ClientCertFiles, ControlPlaneTrust, HEARTBEAT_INTERVAL, STATS_INTERVAL, TokenSource,
+    TrustError, USAGE_INTERVAL,
 };
+pub use crate::limits::KeyLimiter;
 pub use crate::proxy::connection::ConnectionStats;
 pub use crate::proxy::trace_context::RequestTracer;
 
@@ -186,6 +191,10 @@ pub struct DataPlaneConfig {
     /// the Admin Console's statistics (`MODELGW_STATS_INTERVAL`); see [`STATS_INTERVAL`].
     /// Nothing is sent when nothing happened, or with metrics off.
     pub stats_interval: Duration,
+    /// How often the keys' usage (cumulative per key and window) goes to the control plane
+    /// (`MODELGW_USAGE_INTERVAL`); see [`USAGE_INTERVAL`]. Sooner, at most ten times a second,
+    /// when a budget lease runs low.
+    pub usage_interval: Duration,
     /// Azure credential for endpoints in Entra ID auth mode (built by the binary from
     /// `MODELGW_AZURE_CREDENTIAL` & co.). `None`: such endpoints are unavailable.
     pub entra_credential: Option<Arc<dyn azure_core::credentials::TokenCredential>>,
@@ -247,6 +256,7 @@ impl Default for DataPlaneConfig {
             workers: std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get),
             heartbeat_interval: client::HEARTBEAT_INTERVAL,
             stats_interval: client::STATS_INTERVAL,
+            usage_interval: client::USAGE_INTERVAL,
             entra_credential: None,
             header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
             client_idle_timeout: DEFAULT_CLIENT_IDLE_TIMEOUT,
@@ -373,6 +383,11 @@ impl DataPlane {
         Arc::clone(&self.entra)
     }
 
+    /// Gateway keys' limits and usage (budget leases, counters, this instance's id).
+    pub fn key_limits(&self) -> Arc<KeyLimiter> {
+        Arc::clone(self.store.key_limits())
+    }
+
     /// Per-endpoint health as this data plane sees it.
     pub fn health(&self) -> Arc<HealthRegistry> {
         Arc::clone(&self.health)
@@ -433,6 +448,7 @@ impl DataPlane {
                 node_id: config.node_id.clone(),
                 heartbeat_interval: config.heartbeat_interval,
                 stats_interval: config.stats_interval,
+                usage_interval: config.usage_interval,
             };
             tokio::spawn(client::run(
                 client_config,

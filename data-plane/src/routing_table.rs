@@ -4,7 +4,9 @@
 //! Everything a request needs that depends only on configuration is computed here, once:
 //! lookups by key hash and gateway name, members grouped by priority, upstream base URLs,
 //! the credential as a ready `HeaderValue`, the deployment as a JSON literal for body
-//! rewrites. The request path then only reads (`SnapshotStore::load`), never locks or awaits.
+//! rewrites, each key's chain of ancestors with their limits (its budgets attached by the
+//! [`KeyLimiter`] at the swap). The request path then only reads (`SnapshotStore::load`),
+//! never locks or awaits.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -13,12 +15,14 @@ use std::sync::{Arc, OnceLock};
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::header::{AUTHORIZATION, HeaderName, HeaderValue};
+use modelgw_model::keys::{KeyLimitPolicy, KeyLimits};
 use modelgw_model::{
-    ConfigVersion, Credential, EndpointId, GatewayId, InvalidSnapshot, Platform, RoutingPolicy,
-    Snapshot,
+    ConfigVersion, Credential, EndpointId, GatewayId, GatewayKeyId, InvalidSnapshot, Platform,
+    RoutingPolicy, Snapshot,
 };
 use tokio::sync::watch;
 
+use crate::limits::{KeyChain, KeyLimiter};
 use crate::metrics::{EndpointMetrics, GatewayMetrics, Metrics, RouteMetrics};
 
 /// Header Azure OpenAI reads the resource key from.
@@ -103,6 +107,28 @@ pub struct PriorityGroup {
     pub members: Vec<CompiledMember>,
 }
 
+/// A gateway key as the request path needs it.
+#[derive(Debug)]
+pub struct CompiledKey {
+    pub id: GatewayKeyId,
+    /// For logs (not a secret).
+    pub name: String,
+    /// Unix ms from which the key is refused (as unknown).
+    pub expires_unix_ms: Option<i64>,
+    /// The key itself, then each ancestor up to its root, with the limits each sets.
+    pub(crate) ancestry: Box<[(GatewayKeyId, KeyLimits)]>,
+    /// Its budgets and theirs, attached with the table (`None` before).
+    pub(crate) chain: Option<KeyChain>,
+}
+
+impl CompiledKey {
+    /// Whether the key has expired at `now_unix_ms`.
+    #[inline]
+    pub fn expired(&self, now_unix_ms: i64) -> bool {
+        self.expires_unix_ms.is_some_and(|at| now_unix_ms >= at)
+    }
+}
+
 /// A gateway: its name (what clients put as deployment / model, besides `auto`) and its
 /// enabled members grouped by ascending priority. Disabled members are not compiled in.
 #[derive(Debug)]
@@ -112,6 +138,10 @@ pub struct CompiledGateway {
     pub groups: Vec<PriorityGroup>,
     /// Strategy, recovery waiting and deadline, as configured.
     pub routing: RoutingPolicy,
+    /// How its keys' limits are enforced.
+    pub key_limits: KeyLimitPolicy,
+    /// Its keys, parents before their children.
+    pub keys: Vec<CompiledKey>,
     /// The gateway's own answers and overhead, attached with the table (`None` with metrics
     /// off).
     pub metrics: Option<Arc<GatewayMetrics>>,
@@ -130,7 +160,8 @@ pub struct RoutingTable {
     version: ConfigVersion,
     gateways: Vec<CompiledGateway>,
     by_name: HashMap<String, usize>,
-    by_key: HashMap<[u8; 32], usize>,
+    /// Key hash → (gateway, key) indexes.
+    by_key: HashMap<[u8; 32], (usize, usize)>,
     endpoint_count: usize,
     /// Distinct scopes of `entra` endpoints, for which tokens must be kept fresh.
     entra_scopes: Vec<Arc<str>>,
@@ -239,14 +270,17 @@ impl RoutingTable {
             groups.sort_by_key(|group| group.priority);
             let index = gateways.len();
             by_name.insert(g.name.clone(), index);
-            for k in &g.keys {
-                by_key.insert(k.sha256, index);
+            let keys = compile_keys(g);
+            for (j, k) in g.keys.iter().enumerate() {
+                by_key.insert(k.sha256, (index, j));
             }
             gateways.push(CompiledGateway {
                 id: g.id,
                 name: g.name.clone(),
                 groups,
                 routing: g.routing,
+                key_limits: g.key_limits,
+                keys,
                 metrics: None,
             });
         }
@@ -280,7 +314,15 @@ impl RoutingTable {
 
     /// The gateway a client key (by its SHA-256) belongs to.
     pub fn gateway_for_key(&self, key_sha256: &[u8; 32]) -> Option<&CompiledGateway> {
-        self.by_key.get(key_sha256).map(|&i| &self.gateways[i])
+        self.key(key_sha256).map(|(gateway, _)| gateway)
+    }
+
+    /// A client key (by its SHA-256) and its gateway.
+    #[inline]
+    pub fn key(&self, key_sha256: &[u8; 32]) -> Option<(&CompiledGateway, &CompiledKey)> {
+        let &(g, k) = self.by_key.get(key_sha256)?;
+        let gateway = self.gateways.get(g)?;
+        Some((gateway, gateway.keys.get(k)?))
     }
 
     pub fn gateway_by_name(&self, name: &str) -> Option<&CompiledGateway> {
@@ -299,6 +341,28 @@ impl RoutingTable {
     pub fn endpoint_count(&self) -> usize {
         self.endpoint_count
     }
+}
+
+/// A gateway's keys with their ancestry (the snapshot lists parents first, which `validate`
+/// checked; a parent missing anyway just ends the chain).
+fn compile_keys(g: &modelgw_model::Gateway) -> Vec<CompiledKey> {
+    let mut index: HashMap<GatewayKeyId, usize> = HashMap::with_capacity(g.keys.len());
+    let mut keys: Vec<CompiledKey> = Vec::with_capacity(g.keys.len());
+    for k in &g.keys {
+        let mut ancestry = vec![(k.id, k.limits)];
+        if let Some(parent) = k.parent.and_then(|p| index.get(&p)) {
+            ancestry.extend(keys[*parent].ancestry.iter().copied());
+        }
+        index.insert(k.id, keys.len());
+        keys.push(CompiledKey {
+            id: k.id,
+            name: k.name.clone(),
+            expires_unix_ms: k.expires_unix_ms,
+            ancestry: ancestry.into_boxed_slice(),
+            chain: None,
+        });
+    }
+    keys
 }
 
 /// Replaces characters a header value cannot carry (and those `keep` rejects) with `_`.
@@ -327,6 +391,8 @@ pub struct SnapshotStore {
     version_tx: watch::Sender<ConfigVersion>,
     /// Gives each table swapped in its counters (kept across swaps by id).
     metrics: Arc<Metrics>,
+    /// Gives each table's keys their budgets (kept across swaps by key id).
+    limits: Arc<KeyLimiter>,
 }
 
 impl Default for SnapshotStore {
@@ -350,12 +416,22 @@ impl SnapshotStore {
     /// A store whose tables get their counters from `metrics`.
     pub fn with_metrics(metrics: Arc<Metrics>) -> Self {
         let (version_tx, _) = watch::channel(ConfigVersion(0));
-        Self { current: ArcSwap::from_pointee(RoutingTable::empty()), version_tx, metrics }
+        Self {
+            current: ArcSwap::from_pointee(RoutingTable::empty()),
+            version_tx,
+            metrics,
+            limits: Arc::new(KeyLimiter::new()),
+        }
     }
 
     /// The metrics the tables are attached to.
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
+    }
+
+    /// The key limits the tables' keys are attached to.
+    pub fn key_limits(&self) -> &Arc<KeyLimiter> {
+        &self.limits
     }
 
     /// The current table. Cheap (one atomic increment); hold it for the whole request so
@@ -372,6 +448,7 @@ impl SnapshotStore {
         }
         // Snapshots are applied by one task; the check above and the swap below do not race.
         self.metrics.attach(&mut table);
+        self.limits.attach(&mut table);
         let table = Arc::new(table);
         let previous = self.current.rcu(|current| {
             if new_version > current.version { Arc::clone(&table) } else { Arc::clone(current) }

@@ -1,7 +1,8 @@
 //! The data plane's control-plane client against a scripted in-test `ConfigDiscovery` server
 //! over TLS: Hello, ACK/NACK, heartbeats, health reports, statistics reports (kept across a
 //! reconnect), reconnect after the stream ends, the join token sent, and a control plane it
-//! does not trust refused while it keeps serving.
+//! does not trust refused while it keeps serving; budget leases enforced and usage reports
+//! (cumulative per key and window) resent whole after a reconnect.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test stops where its setup fails
 
@@ -593,5 +594,174 @@ async fn a_control_plane_the_data_plane_does_not_trust_is_refused_and_the_last_s
     let response = chat().await?;
     assert_eq!(response.status(), 200, "the last snapshot keeps serving");
     assert_eq!(mock.calls("gpt-4o-eus"), 2);
+    Ok(())
+}
+
+/// The latest usage entry for (`key_id`, hour) in the usage reports of `session` that
+/// `accept` takes (entries are cumulative: the latest is what counts).
+async fn hour_usage_until(
+    session: &mut Session,
+    key_id: &str,
+    accept: impl Fn(&cfg::KeyUsage) -> bool,
+) -> Result<cfg::KeyUsage> {
+    loop {
+        let report =
+            session.expect(|k| if let Kind::Usage(r) = k { Some(r) } else { None }).await?;
+        let found = report
+            .keys
+            .into_iter()
+            .find(|e| e.key_id == key_id && e.window == cfg::UsageWindow::Hour as i32 && accept(e));
+        if let Some(entry) = found {
+            return Ok(entry);
+        }
+    }
+}
+
+fn requests(entry: &cfg::KeyUsage) -> (u64, u64) {
+    let charged = entry.charged.as_ref().and_then(|u| u.requests).unwrap_or(0);
+    let reserved = entry.reserved.as_ref().and_then(|u| u.requests).unwrap_or(0);
+    (charged, reserved)
+}
+
+#[tokio::test]
+async fn leases_from_the_stream_are_enforced_and_usage_reports_are_cumulative_across_a_reconnect()
+-> Result<()> {
+    use modelgw_model::keys::{LeaseGrant, Leases, Usage, Window, WindowLimits};
+    const FREE_KEY: &str = "mgw-test-free-key-0002";
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let upstream_key = "upstream-key-eus-0123456789";
+    let mock = MockAzure::start(
+        SocketAddr::from(([127, 0, 0, 1], 0)),
+        MockConfig {
+            region: "East US".into(),
+            api_key: upstream_key.into(),
+            deployments: vec!["gpt-4o-eus".into()],
+            model: "gpt-4o-mini-2024-07-18".into(),
+        },
+    )
+    .await?;
+    let dir = tempfile::tempdir()?;
+    let pki = TestPki::write(dir.path())?;
+    let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
+    let addr = listener.local_addr()?;
+    let (mut sessions, server) = serve_fake(&pki.ca, listener)?;
+    let dp = DataPlane::bind(DataPlaneConfig {
+        gateway_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+        control_plane_url: format!("https://{addr}"),
+        control_plane_trust: trust(&pki),
+        node_id: "dp-usage".into(),
+        // Only the reports a new stream starts with and those a low lease asks for.
+        usage_interval: Duration::from_secs(3600),
+        allow_loopback_upstreams: true,
+        ..Default::default()
+    })
+    .await?;
+    let base = format!("http://{}", dp.local_addr());
+    let metrics = dp.metrics();
+    let limits = dp.key_limits();
+    let (_stop, stopped) = oneshot::channel::<()>();
+    tokio::spawn(dp.run(async move {
+        let _ = stopped.await;
+    }));
+    let http = reqwest::Client::builder().no_proxy().build()?;
+    let chat = |key: &'static str| {
+        http.post(format!("{base}/openai/deployments/auto/chat/completions?api-version=2024-10-21"))
+            .header("api-key", key)
+            .header("content-type", "application/json")
+            .body(r#"{"messages":[{"role":"user","content":"hi"}],"max_tokens":5}"#)
+            .send()
+    };
+    // All of it within one hour.
+    let now_ms = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64)
+    };
+    let left = Window::Hour.start_of(now_ms()) + Window::Hour.len_ms() - now_ms();
+    if left < 20_000 {
+        tokio::time::sleep(Duration::from_millis(left as u64 + 50)).await;
+    }
+
+    let mut session = next_session(&mut sessions).await?;
+    let hello = session.expect(|k| if let Kind::Hello(h) = k { Some(h) } else { None }).await?;
+    assert_ne!(hello.instance, 0, "an instance id for leases and usage");
+    let mut snapshot = wire_snapshot(1, EndpointId::new(), &mock.base_url(), upstream_key);
+    let keys = &mut snapshot.gateways[0].keys;
+    keys[0].limits = Some(cfg::KeyLimits {
+        per_hour: Some(cfg::Usage { requests: Some(10), ..Default::default() }),
+        ..Default::default()
+    });
+    keys.push(cfg::GatewayKey {
+        id: GatewayKeyId::new().to_string(),
+        sha256: gateway_key_hash(FREE_KEY).to_vec(),
+        ..Default::default()
+    });
+    let (key_id, free_id) = (keys[0].id.clone(), keys[1].id.clone());
+    session.send(snapshot).await?;
+    session.expect(|k| if let Kind::Ack(a) = k { Some(a) } else { None }).await?;
+
+    // 4 of the key's 10 requests this hour are lent to this instance.
+    let granted = WindowLimits { requests: Some(4), ..WindowLimits::default() };
+    let leases = Leases {
+        grants: vec![LeaseGrant {
+            key_id: key_id.parse()?,
+            window: Window::Hour,
+            window_start_unix_ms: Window::Hour.start_of(now_ms()),
+            granted,
+            fleet_used: Usage::default(),
+            own_used: Usage::default(),
+        }],
+        valid_for: Duration::from_secs(60),
+        skipped: Vec::new(),
+    };
+    let message = cfg::ControlPlaneMessage {
+        kind: Some(cfg::control_plane_message::Kind::Leases(cfg::Leases::from(&leases))),
+    };
+    session.outbound.send(Ok(message)).await.map_err(|_| anyhow::anyhow!("session closed"))?;
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while !limits.lease_valid() {
+        assert!(tokio::time::Instant::now() < deadline, "the lease was never applied");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // Past half of the grant, a report goes out early (the interval is an hour).
+    for _ in 0..3 {
+        assert_eq!(chat(CLIENT_KEY).await?.status(), 200);
+    }
+    assert_eq!(chat(FREE_KEY).await?.status(), 200);
+    let entry = hour_usage_until(&mut session, &key_id, |e| requests(e) == (3, 0)).await?;
+    assert_eq!(entry.window_start_unix_ms, Window::Hour.start_of(now_ms()));
+
+    // The control plane goes away; the lease still holds for one more request, then this
+    // instance's share is spent while the fleet has room: 429, retry in a second.
+    drop(session);
+    server.abort();
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while metrics.control_plane_connected() {
+        assert!(tokio::time::Instant::now() < deadline, "the data plane never noticed");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(chat(CLIENT_KEY).await?.status(), 200);
+    let refused = chat(CLIENT_KEY).await?;
+    assert_eq!(refused.status(), 429);
+    assert_eq!(refused.headers()["retry-after"], "1");
+
+    // It comes back: the first reports carry the totals (4, not the 1 since the last report),
+    // and the unlimited key's usage too; the instance is the same.
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let (mut sessions, _server) = serve_fake(&pki.ca, listener)?;
+    let mut session = next_session(&mut sessions).await?;
+    let again = session.expect(|k| if let Kind::Hello(h) = k { Some(h) } else { None }).await?;
+    assert_eq!(again.instance, hello.instance);
+    let report = session.expect(|k| if let Kind::Usage(r) = k { Some(r) } else { None }).await?;
+    let hour = |id: &str| {
+        report
+            .keys
+            .iter()
+            .find(|e| e.key_id == id && e.window == cfg::UsageWindow::Hour as i32)
+            .map(requests)
+    };
+    assert_eq!(hour(&key_id), Some((4, 0)), "cumulative: resent whole, never as a delta");
+    assert_eq!(hour(&free_id), Some((1, 0)), "every key's usage is reported");
     Ok(())
 }

@@ -129,7 +129,7 @@ pub(crate) fn skip_index(reason: &str) -> usize {
 }
 
 /// Answers the gateway gives itself: `(reason, status)`; indexed by [`Local`].
-pub(crate) const LOCAL_RESPONSES: [(&str, &str); 10] = [
+pub(crate) const LOCAL_RESPONSES: [(&str, &str); 11] = [
     ("unauthorized", "401"),
     ("not_found", "404"),
     ("bad_request", "400"),
@@ -140,6 +140,7 @@ pub(crate) const LOCAL_RESPONSES: [(&str, &str); 10] = [
     ("not_ready", "503"),
     ("auth_limited", "429"),
     ("body_timeout", "408"),
+    ("key_limit", "429"),
 ];
 
 /// Why the gateway answered a request itself (index into [`LOCAL_RESPONSES`]).
@@ -155,6 +156,8 @@ pub(crate) enum Local {
     NotReady = 7,
     AuthLimited = 8,
     BodyTimeout = 9,
+    /// Over its key's limits (`limits`).
+    KeyLimit = 10,
 }
 
 impl Local {

@@ -20,6 +20,7 @@ use super::{
     Metrics, OPERATIONS, OperationMetrics, RouteMetrics,
 };
 use crate::health::HealthRegistry;
+use crate::limits::RefusalReason;
 use crate::proxy::connection::ConnectionStats;
 use crate::routing_table::SnapshotStore;
 use modelgw_model::EndpointState;
@@ -420,6 +421,45 @@ impl Collector for Scrape {
             MetricType::Counter,
             &[(none.clone(), failed)],
             counter,
+        )?;
+        // Gateway keys' limits.
+        let limits = self.store.key_limits();
+        let counters = limits.counters();
+        let refusals: Vec<_> = RefusalReason::ALL
+            .iter()
+            .map(|reason| (vec![("reason", reason.label())], counters.refusals(*reason)))
+            .collect();
+        family(
+            &mut encoder,
+            "modelgw_key_limit_refusals",
+            "Requests refused by a gateway key's limits, by reason: window_spent (the window's fleet-wide remaining is below the request's reservation), lease_short (only this data plane's budget lease is short), no_lease (no valid lease and the gateway fails closed).",
+            MetricType::Counter,
+            &refusals,
+            counter,
+        )?;
+        family(
+            &mut encoder,
+            "modelgw_key_limit_fail_open_admissions",
+            "Requests to keys with limits admitted unchecked: no valid budget lease (control plane away, or no grant yet for the window) and the gateway fails open.",
+            MetricType::Counter,
+            &[(none.clone(), counters.fail_open())],
+            counter,
+        )?;
+        family(
+            &mut encoder,
+            "modelgw_key_limit_lease_expiries",
+            "Times the budget leases this data plane held expired without renewal.",
+            MetricType::Counter,
+            &[(none.clone(), counters.lease_expiries())],
+            counter,
+        )?;
+        family(
+            &mut encoder,
+            "modelgw_key_limit_lease_valid",
+            "1 while this data plane holds valid budget leases from its control plane.",
+            MetricType::Gauge,
+            &[(none.clone(), i64::from(limits.lease_valid()))],
+            gauge,
         )?;
         let version = self.store.version().0 as i64;
         family(

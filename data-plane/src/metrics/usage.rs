@@ -18,6 +18,13 @@ pub(crate) struct Usage {
     pub output: u64,
 }
 
+impl Usage {
+    /// As the key limits charge it: one request of these tokens.
+    pub(crate) fn charge(self) -> modelgw_model::keys::Usage {
+        modelgw_model::keys::Usage::request(self.input, self.output)
+    }
+}
+
 #[derive(Deserialize)]
 struct Fields {
     prompt_tokens: Option<u64>,

@@ -1,8 +1,9 @@
-//! Which gateway a request may use: its key names one, and the deployment in its path (or
-//! `model` in a v1 or `/openai/responses` body) must be `auto` or that gateway's name.
-//! Refusals are Azure-shaped (401 `AccessDenied`, 404 `DeploymentNotFound`, 400 for a `model`
-//! that is not a name) and logged without the key: failed keys at `debug` only, their
-//! aggregate per client address by `failed_auth`.
+//! Which gateway a request may use: its key names one (an expired key is as unknown as a
+//! wrong one), and the deployment in its path (or `model` in a v1 or `/openai/responses`
+//! body) must be `auto` or that gateway's name. Refusals are Azure-shaped (401
+//! `AccessDenied`, 404 `DeploymentNotFound`, 400 for a `model` that is not a name) and logged
+//! without the key: failed keys at `debug` only, their aggregate per client address by
+//! `failed_auth`.
 
 use http::{HeaderMap, Response};
 use modelgw_model::gateway_key_hash;
@@ -11,7 +12,7 @@ use tracing::{debug, info};
 use super::rewrite::ModelProbe;
 use super::route::{Call, client_key};
 use super::{ProxyBody, reply};
-use crate::routing_table::{CompiledGateway, RoutingTable};
+use crate::routing_table::{CompiledGateway, CompiledKey, RoutingTable};
 
 /// Why a request may not use any gateway, or not the one it names.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -37,22 +38,32 @@ impl Refusal {
     }
 }
 
-/// The gateway the request's key (`api-key`, else `Authorization: Bearer`) opens, and that
-/// key (the query filter drops any parameter that repeats it).
+/// The gateway the request's key (`api-key`, else `Authorization: Bearer`) opens, the key as
+/// configured, and the key as sent (the query filter drops any parameter that repeats it).
 pub(super) fn gateway_for_key<'t, 'h>(
     table: &'t RoutingTable,
     headers: &'h HeaderMap,
     rid: &str,
-) -> Result<(&'t CompiledGateway, &'h str), Refusal> {
+) -> Result<(&'t CompiledGateway, &'t CompiledKey, &'h str), Refusal> {
     let Some(key) = client_key(headers) else {
         debug!(request_id = rid, "no gateway key");
         return Err(Refusal::AccessDenied);
     };
-    let Some(gateway) = table.gateway_for_key(&gateway_key_hash(key)) else {
+    let Some((gateway, compiled)) = table.key(&gateway_key_hash(key)) else {
         debug!(request_id = rid, "unknown gateway key");
         return Err(Refusal::AccessDenied);
     };
-    Ok((gateway, key))
+    if compiled.expires_unix_ms.is_some() && compiled.expired(now_unix_ms()) {
+        debug!(request_id = rid, key_id = %compiled.id, "expired gateway key");
+        return Err(Refusal::AccessDenied);
+    }
+    Ok((gateway, compiled, key))
+}
+
+fn now_unix_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
 }
 
 /// The deployment in the path, if any, must be `auto` or the gateway's name.

@@ -117,6 +117,7 @@ impl Proxy {
                         }
                         self.health.record_rate_limits(endpoint.id, limits.as_ref(), now);
                         note(&mut attempts, endpoint, answer.outcome.label(), ms);
+                        let charge = plan.charge.take();
                         return self.pass_through(
                             plan,
                             *answer,
@@ -126,6 +127,7 @@ impl Proxy {
                                 accounting: member,
                                 deadline,
                                 attempts: &attempts,
+                                charge,
                             },
                         );
                     }

@@ -69,8 +69,9 @@ use tracing::{Instrument, Span, debug, field, info};
 
 use crate::balance::EndpointSelector;
 use crate::health::HealthRegistry;
+use crate::limits::{self, OutputCap};
 use crate::metrics::{GatewayMetrics, Local, Metrics};
-use crate::routing_table::SnapshotStore;
+use crate::routing_table::{CompiledKey, SnapshotStore};
 use operations::{BodyKind, Surface};
 use rewrite::{ModelProbe, StreamUsage, probe_body};
 use route::{Route, parse_route};
@@ -131,6 +132,8 @@ pub(super) struct Tally<'t> {
     /// The gateway's counters, once the key named it (and metrics are on); borrowed from the
     /// routing table the request holds.
     gateway: Option<&'t GatewayMetrics>,
+    /// The request's key, once known: its limits' headers go on the answer.
+    key: Option<&'t CompiledKey>,
     /// Why the gateway answered itself, where the status alone does not say.
     local: Option<Local>,
     /// An endpoint's answer was passed on (not a local answer).
@@ -198,6 +201,9 @@ impl Proxy {
             }
             counters.overhead(self.shard, started.elapsed().saturating_sub(tally.waited));
         }
+        if let Some(chain) = tally.key.and_then(|key| key.chain.as_ref()) {
+            crate::limits::set_headers(chain, response.headers_mut());
+        }
         response.headers_mut().entry(CLIENT_REQUEST_ID).or_insert(request_id);
         let ms = started.elapsed().as_millis() as u64;
         access_log::log_request(&span, &parts, gateway.as_deref(), &response, ms);
@@ -238,7 +244,7 @@ impl Proxy {
             tally.local = Some(Local::NotReady);
             return reply::not_ready();
         }
-        let (gateway, key) = match auth::gateway_for_key(table, &parts.headers, rid) {
+        let (gateway, compiled_key, key) = match auth::gateway_for_key(table, &parts.headers, rid) {
             Ok(found) => found,
             Err(refusal) => {
                 self.failed_auths.record(peer, started);
@@ -249,6 +255,7 @@ impl Proxy {
             }
         };
         tally.gateway = gateway.metrics.as_deref();
+        tally.key = Some(compiled_key);
         Span::current().record("gateway", gateway.name.as_str());
         *gateway_name = Some(gateway.name.clone());
         if let Err(refusal) = auth::check_deployment(call, gateway, rid) {
@@ -261,7 +268,8 @@ impl Proxy {
             Ok(body) => body,
             Err(response) => return response,
         };
-        let (model, stream_usage) = match call.operation.body() {
+        let unread = (ModelProbe::Unread, StreamUsage::NotStreamed, OutputCap::default());
+        let (model, stream_usage, cap) = match call.operation.body() {
             BodyKind::Json => match probe_body(&body) {
                 Ok(probed) => probed,
                 Err(refusal) => {
@@ -269,8 +277,8 @@ impl Proxy {
                     return reply::bad_request(&refusal.message());
                 }
             },
-            BodyKind::Multipart => (ModelProbe::Unread, StreamUsage::NotStreamed),
-            BodyKind::Empty if body.is_empty() => (ModelProbe::Unread, StreamUsage::NotStreamed),
+            BodyKind::Multipart => unread,
+            BodyKind::Empty if body.is_empty() => unread,
             BodyKind::Empty => {
                 info!(request_id = rid, "request body where the operation takes none");
                 return reply::bad_request("This operation takes no request body.");
@@ -279,11 +287,26 @@ impl Proxy {
         if let Err(refusal) = auth::check_model(call, &model, gateway, rid) {
             return refusal.response();
         }
+        let policy = &gateway.key_limits;
+        let charge = match limits::admit_request(
+            compiled_key,
+            policy,
+            call.operation,
+            body.len(),
+            &cap,
+            rid,
+        ) {
+            Ok(charge) => charge,
+            Err(refusal) => {
+                tally.local = Some(Local::KeyLimit);
+                return reply::key_limit_reached(&refusal);
+            }
+        };
         // Streams count their tokens from the usage chunk: ask for it when the client did
         // not (and the API version knows `stream_options`), and take it out again on the way
-        // back (`strip_usage`).
+        // back (`strip_usage`) — for the metrics, and for the key's limits.
         let strip_usage = stream_usage == StreamUsage::Unrequested
-            && gateway.metrics.is_some()
+            && (gateway.metrics.is_some() || charge.as_ref().is_some_and(limits::Ticket::limited))
             && call.operation.takes_stream_options()
             && stream_options_supported(call.surface, parts.uri.query());
         if strip_usage {
@@ -319,6 +342,7 @@ impl Proxy {
             strip_usage,
             started,
             trace: trace.as_deref_mut(),
+            charge,
         };
         let timeout = deadline::request_timeout(
             gateway.routing.request_timeout_ms,
@@ -326,7 +350,12 @@ impl Proxy {
             &parts.headers,
         );
         debug!(timeout_ms = timeout.as_millis() as u64, "request deadline");
-        self.forward(&mut plan, gateway, started + timeout, tally).await
+        let response = self.forward(&mut plan, gateway, started + timeout, tally).await;
+        // Still here: no answer was passed on, the gateway answered itself.
+        if let Some(charge) = plan.charge.take() {
+            charge.settle_error();
+        }
+        response
     }
 }
 

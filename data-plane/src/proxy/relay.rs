@@ -1,7 +1,9 @@
 //! Streaming a committed answer to the client: the frames read ahead first, then the upstream
 //! body frame by frame within the idle gap and the deadline. Nothing here can fail over any
 //! more: a failure ends an SSE stream with an error event, then an aborted body (never a clean
-//! end), and cools the endpoint down when it was the endpoint's fault.
+//! end), and cools the endpoint down when it was the endpoint's fault. When the answer ends
+//! its key's limits charge it (`limits::Ticket`): its `usage`, else its reservation; an error
+//! status: one request, no tokens.
 
 use std::collections::VecDeque;
 use std::pin::Pin;
@@ -25,6 +27,7 @@ use super::upstream::RequestPlan;
 use super::upstream::downstream_headers;
 use super::{ATTEMPTS_HEADER, BoxError, ENDPOINT_HEADER, Proxy, ProxyBody};
 use crate::health::{Admission, HealthEvent, HealthRegistry};
+use crate::limits::Ticket;
 use crate::metrics::{Finished, Metrics, RouteMetrics, usage};
 use crate::routing_table::CompiledEndpoint;
 
@@ -34,12 +37,14 @@ use crate::routing_table::CompiledEndpoint;
 const STREAM_ERROR_FLUSH_GRACE: Duration = Duration::from_millis(100);
 
 /// What a committed answer carries besides itself: the admission it holds until its body
-/// ends, the pair's counters, the request's deadline and its `x-modelgw-attempts` list.
+/// ends, the pair's counters, the request's deadline, its `x-modelgw-attempts` list and its
+/// key limits' ticket.
 pub(super) struct Committed<'a> {
     pub(super) admission: Admission,
     pub(super) accounting: Option<&'a Arc<RouteMetrics>>,
     pub(super) deadline: Instant,
     pub(super) attempts: &'a str,
+    pub(super) charge: Option<Ticket>,
 }
 
 impl Proxy {
@@ -53,8 +58,16 @@ impl Proxy {
         endpoint: &Arc<CompiledEndpoint>,
         committed: Committed<'_>,
     ) -> Response<ProxyBody> {
-        let Committed { admission, accounting, deadline, attempts } = committed;
+        let Committed { admission, accounting, deadline, attempts, charge } = committed;
         let Answer { status, headers, ahead, body, .. } = answer;
+        // An error answer is charged at once: one request, no tokens.
+        let charge = match charge {
+            Some(ticket) if !status.is_success() => {
+                ticket.settle_error();
+                None
+            }
+            charge => charge,
+        };
         let operation = plan.call.operation.index();
         let shard = self.shard;
         if let Some(counters) = accounting {
@@ -67,27 +80,33 @@ impl Proxy {
             // Read whole before the commit (a chat or embeddings answer): nothing left that
             // could fail, nothing to frame; its frames go out as they are.
             drop(body);
-            if let Some(counters) = accounting {
+            if accounting.is_some() || charge.is_some() {
                 let usage = if status.is_success() && !is_encoded(&headers) {
                     usage::usage_of_frames(ahead.frames.iter())
                 } else {
                     None
                 };
-                let elapsed = plan.started.elapsed();
-                let end = Finished { elapsed, usage, ..Finished::default() };
-                counters.finished(shard, operation, &end);
+                if let Some(counters) = accounting {
+                    let elapsed = plan.started.elapsed();
+                    let end = Finished { elapsed, usage, ..Finished::default() };
+                    counters.finished(shard, operation, &end);
+                }
+                if let Some(ticket) = charge {
+                    ticket.settle(usage.map(usage::Usage::charge));
+                }
             }
             BodyExt::boxed(ReadWhole { frames: ahead.frames, _admission: admission })
         } else {
-            let tally = accounting.map(|route| StreamTally {
-                route: Arc::clone(route),
+            let tally = (accounting.is_some() || charge.is_some()).then(|| StreamTally {
+                route: accounting.cloned(),
                 shard,
                 operation,
                 started: plan.started,
                 usage: usage::StreamUsage::new(plan.strip_usage),
                 first_token: None,
-                open: sse.then(|| OpenStream::new(&self.metrics)),
+                open: (sse && accounting.is_some()).then(|| OpenStream::new(&self.metrics)),
                 done: false,
+                charge,
             });
             let relay = Relay {
                 body,
@@ -138,9 +157,10 @@ impl Drop for OpenStream {
 
 /// A relayed answer's accounting: its first token, its usage (and, when the gateway asked
 /// for usage itself, what to take out again), recorded once when it ends — cleanly, cut, or
-/// dropped by a client that went away.
+/// dropped by a client that went away — in the pair's counters (metrics on) and its key's
+/// budgets (charged its usage, else its reservation).
 struct StreamTally {
-    route: Arc<RouteMetrics>,
+    route: Option<Arc<RouteMetrics>>,
     /// The serving thread's shard of the counters.
     shard: usize,
     operation: usize,
@@ -149,6 +169,7 @@ struct StreamTally {
     first_token: Option<Duration>,
     open: Option<OpenStream>,
     done: bool,
+    charge: Option<Ticket>,
 }
 
 impl StreamTally {
@@ -167,13 +188,18 @@ impl StreamTally {
             return;
         }
         self.open = None;
-        let end = Finished {
-            elapsed: self.started.elapsed(),
-            first_token: self.first_token,
-            usage: self.usage.usage,
-            cut,
-        };
-        self.route.finished(self.shard, self.operation, &end);
+        if let Some(route) = &self.route {
+            let end = Finished {
+                elapsed: self.started.elapsed(),
+                first_token: self.first_token,
+                usage: self.usage.usage,
+                cut,
+            };
+            route.finished(self.shard, self.operation, &end);
+        }
+        if let Some(ticket) = self.charge.take() {
+            ticket.settle(self.usage.usage.map(usage::Usage::charge));
+        }
     }
 }
 
@@ -241,7 +267,7 @@ struct Relay {
     /// Keeps the request counted in flight (and a half-open trial slot) until the body ends.
     _admission: Admission,
     phase: Phase,
-    /// The answer's accounting (`None` with metrics off).
+    /// The answer's accounting (`None` with metrics off and no key budget to charge).
     tally: Option<StreamTally>,
 }
 

@@ -96,6 +96,15 @@ pub(crate) fn too_many_failed_authentications(wait: Duration) -> Response<ProxyB
     )
 }
 
+/// 429 for a request over its key's limits: Azure's shape, the window and measure named,
+/// `Retry-After` as the limits computed it.
+pub(crate) fn key_limit_reached(refusal: &crate::limits::Refusal) -> Response<ProxyBody> {
+    with_retry_after(
+        azure_error(StatusCode::TOO_MANY_REQUESTS, "429", &refusal.message()),
+        Duration::from_secs(refusal.retry_after_secs()),
+    )
+}
+
 pub(crate) fn bad_body() -> Response<ProxyBody> {
     azure_error(StatusCode::BAD_REQUEST, "400", "The request body could not be read.")
 }

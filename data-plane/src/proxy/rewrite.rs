@@ -19,6 +19,8 @@ use bytes::{Bytes, BytesMut};
 use serde::de::{self, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde_json::value::RawValue;
 
+use crate::limits::OutputCap;
+
 /// The top-level `model` member of a JSON object body.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct ModelField {
@@ -83,6 +85,10 @@ enum Key {
     Model,
     Stream,
     StreamOptions,
+    MaxCompletionTokens,
+    MaxTokens,
+    MaxOutputTokens,
+    N,
     Other,
 }
 
@@ -99,6 +105,10 @@ impl<'de> de::Deserialize<'de> for Key {
                     "model" => Key::Model,
                     "stream" => Key::Stream,
                     "stream_options" => Key::StreamOptions,
+                    "max_completion_tokens" => Key::MaxCompletionTokens,
+                    "max_tokens" => Key::MaxTokens,
+                    "max_output_tokens" => Key::MaxOutputTokens,
+                    "n" => Key::N,
                     _ => Key::Other,
                 })
             }
@@ -121,9 +131,10 @@ pub(crate) enum StreamUsage {
     Declined,
 }
 
-/// The object's `model` value, raw and borrowed from the body, and whether it streams with
-/// usage; every other member is skipped (still validated as JSON).
-struct Probe<'a>(Option<&'a RawValue>, StreamUsage);
+/// The object's `model` value, raw and borrowed from the body, whether it streams with
+/// usage, and its completion caps (for the key limits' reservation); every other member is
+/// skipped (still validated as JSON).
+struct Probe<'a>(Option<&'a RawValue>, StreamUsage, OutputCap);
 
 impl<'de> de::Deserialize<'de> for Probe<'de> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
@@ -137,6 +148,9 @@ impl<'de> de::Deserialize<'de> for Probe<'de> {
                 let mut model = None;
                 let mut stream = false;
                 let mut options = None;
+                let mut cap = OutputCap::default();
+                // A whole number, else nothing (the upstream will say what is wrong with it).
+                let count = |raw: &RawValue| raw.get().parse::<u64>().ok();
                 while let Some(key) = map.next_key()? {
                     match key {
                         Key::Other => {
@@ -149,6 +163,16 @@ impl<'de> de::Deserialize<'de> for Probe<'de> {
                         // The last one counts, as in most parsers; only accounting reads them.
                         Key::Stream => stream = map.next_value::<&'de RawValue>()?.get() == "true",
                         Key::StreamOptions => options = Some(map.next_value::<&'de RawValue>()?),
+                        Key::MaxCompletionTokens => {
+                            cap.max_completion_tokens = count(map.next_value::<&'de RawValue>()?);
+                        }
+                        Key::MaxTokens => {
+                            cap.max_tokens = count(map.next_value::<&'de RawValue>()?)
+                        }
+                        Key::MaxOutputTokens => {
+                            cap.max_output_tokens = count(map.next_value::<&'de RawValue>()?);
+                        }
+                        Key::N => cap.n = count(map.next_value::<&'de RawValue>()?),
                     }
                 }
                 let usage = match (stream, options) {
@@ -165,7 +189,7 @@ impl<'de> de::Deserialize<'de> for Probe<'de> {
                         }
                     }
                 };
-                Ok(Probe(model, usage))
+                Ok(Probe(model, usage, cap))
             }
         }
         deserializer.deserialize_map(ObjectVisitor)
@@ -175,11 +199,12 @@ impl<'de> de::Deserialize<'de> for Probe<'de> {
 /// The top-level `model` of a body that must be one JSON object; see the module docs.
 #[cfg(test)]
 pub(crate) fn probe_model(body: &[u8]) -> Result<ModelProbe, BodyRefusal> {
-    probe_body(body).map(|(model, _)| model)
+    probe_body(body).map(|(model, _, _)| model)
 }
 
-/// [`probe_model`], and whether the body asks for a stream with its usage.
-pub(crate) fn probe_body(body: &[u8]) -> Result<(ModelProbe, StreamUsage), BodyRefusal> {
+/// [`probe_model`], whether the body asks for a stream with its usage, and its completion
+/// caps.
+pub(crate) fn probe_body(body: &[u8]) -> Result<(ModelProbe, StreamUsage, OutputCap), BodyRefusal> {
     // JSON's own whitespace only: a BOM or anything else before the object is refused here,
     // and `deserialize_map` alone would also take an array.
     let first = body.iter().find(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r'));
@@ -193,8 +218,8 @@ pub(crate) fn probe_body(body: &[u8]) -> Result<(ModelProbe, StreamUsage), BodyR
         }
         Err(err) => return Err(BodyRefusal::Invalid(err.to_string())),
     };
-    let usage = probe.1;
-    let Some(raw) = probe.0 else { return Ok((ModelProbe::Absent, usage)) };
+    let (usage, cap) = (probe.1, probe.2);
+    let Some(raw) = probe.0 else { return Ok((ModelProbe::Absent, usage, cap)) };
     let text = raw.get();
     // The raw value borrows from `body`, so its address gives its offset.
     let start = (text.as_ptr() as usize).wrapping_sub(body.as_ptr() as usize);
@@ -204,7 +229,7 @@ pub(crate) fn probe_body(body: &[u8]) -> Result<(ModelProbe, StreamUsage), BodyR
         return Err(BodyRefusal::Invalid("model value not located".to_owned()));
     }
     let value = serde_json::from_str::<Cow<'_, str>>(text).ok().map(Cow::into_owned);
-    Ok((ModelProbe::Present(ModelField { span, value }), usage))
+    Ok((ModelProbe::Present(ModelField { span, value }), usage, cap))
 }
 
 /// `body` with `span` replaced by `replacement`.
@@ -338,6 +363,27 @@ mod tests {
             StreamUsage::Declined
         );
         assert_eq!(usage(r#"{"stream":true,"stream_options":{}}"#), StreamUsage::Declined);
+    }
+
+    #[test]
+    fn completion_caps_are_read_when_they_are_whole_numbers() {
+        let cap = |body: &str| probe_body(body.as_bytes()).expect("valid").2;
+        assert_eq!(cap(r#"{"model":"gw"}"#), OutputCap::default());
+        assert_eq!(
+            cap(r#"{"max_tokens":50,"n":2,"max_completion_tokens":70,"max_output_tokens":9}"#),
+            OutputCap {
+                max_completion_tokens: Some(70),
+                max_tokens: Some(50),
+                max_output_tokens: Some(9),
+                n: Some(2)
+            }
+        );
+        assert_eq!(cap(r#"{"max_tokens":"50","n":1.5}"#), OutputCap::default());
+        assert_eq!(
+            cap(r#"{"messages":[{"max_tokens":5}]}"#),
+            OutputCap::default(),
+            "top level only"
+        );
     }
 
     #[test]

@@ -260,6 +260,9 @@ pub(crate) struct RequestPlan<'a> {
     pub started: std::time::Instant,
     /// The request's spans when tracing is on: each attempt's `traceparent` comes from them.
     pub trace: Option<&'a mut RequestTrace>,
+    /// What the key's limits admitted; charged when the answer ends (`None`: a key without a
+    /// chain).
+    pub charge: Option<crate::limits::Ticket>,
 }
 
 impl RequestPlan<'_> {
@@ -415,6 +418,7 @@ mod tests {
             strip_usage: false,
             started: std::time::Instant::now(),
             trace: None,
+            charge: None,
         }
     }
 
