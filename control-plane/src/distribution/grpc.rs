@@ -60,9 +60,10 @@ const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(15);
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Largest message a data plane may send. Its messages are a `Hello`, ACK/NACKs, heartbeats,
-/// health reports of at most 256 endpoints (a few dozen KiB) and statistics reports (at most
+/// health reports of at most 256 endpoints (a few dozen KiB), statistics reports (at most
 /// `MAX_STATS_ROUTES_PER_REPORT` pairs: under 1 MiB even with every count at its largest, a
-/// test in `model::wire` checks it); 1 MiB leaves room while a peer cannot make the control
+/// test in `model::wire` checks it) and usage reports (at most `MAX_USAGE_ENTRIES_PER_REPORT`
+/// entries of about 100 bytes); 1 MiB leaves room while a peer cannot make the control
 /// plane buffer tonic's 4 MiB default (or more) per message.
 pub const MAX_INBOUND_MESSAGE_BYTES: usize = 1024 * 1024;
 
@@ -73,8 +74,10 @@ pub const MAX_STREAMS_PER_CONNECTION: u32 = 4;
 
 /// Messages a stream may send at once before the rate applies. A data plane sends a
 /// heartbeat every 5 s, an ACK per snapshot, a health report per burst of changes (256
-/// endpoints each) and a statistics report every `MODELGW_STATS_INTERVAL` (5 s; several only
-/// beyond 2,000 active pairs): 100 covers a fleet-wide incident's reports.
+/// endpoints each), a statistics report every `MODELGW_STATS_INTERVAL` (5 s; several only
+/// beyond 2,000 active pairs) and a usage report every `MODELGW_USAGE_INTERVAL` (1 s) and at
+/// most ten a second more while its budget leases run low: 100 covers a fleet-wide incident's
+/// reports.
 pub const MESSAGE_BURST: u32 = 100;
 
 /// Sustained messages per second per stream; a stream beyond it is ended with

@@ -18,7 +18,10 @@
 //!   budget is plentiful, an equal share of what is left when it is scarce (everyone keeps
 //!   admitting, nobody takes the rest), at least one typical request while any is left;
 //! - grants never shrink within a window (a lowered limit applies as budget is spent, fully
-//!   from the next window on).
+//!   from the next window on), not even after a lapse: data planes only ever raise a grant,
+//!   so an instance that returns is lent at least what it held. Budget released while it was
+//!   away may have been lent to others meanwhile; that overlap is bounded by its headroom at
+//!   the lapse, and belongs with the fail-open admissions of the overshoot bound.
 //!
 //! Safety across control-plane replicas sharing one database: the store computes and writes
 //! an instance's grants in one transaction that first locks the (key, window, start) rows
@@ -133,7 +136,11 @@ pub struct Grant {
 pub fn grant(budget: &Budget<'_>, instance: u64, now_ms: i64) -> Grant {
     let own = budget.holders.iter().find(|h| h.instance == instance);
     let own_used = own.map(|h| h.used).unwrap_or_default();
-    let own_live = own.filter(|h| h.live(now_ms)).and_then(|h| h.granted);
+    let own_live = own.is_some_and(|h| h.live(now_ms));
+    // A data plane only ever raises a grant it holds (`KeyLimiter::apply_leases`), even one
+    // whose lease lapsed: lending it less than before would be lending what it keeps anyway.
+    // So a returning instance is lent at least its previous grant, and counts it again.
+    let own_previous = own.and_then(|h| h.granted);
     let fleet = budget.holders.iter().fold(Usage::default(), |sum, h| sum.saturating_add(h.used));
     let fleet_used = fleet.saturating_sub(budget.baseline);
     let typical = typical_request(fleet, budget.default_typical);
@@ -150,12 +157,12 @@ pub fn grant(budget: &Budget<'_>, instance: u64, now_ms: i64) -> Grant {
             .fold(0u64, |sum, h| sum.saturating_add(h.counts(m, now_ms)));
         let used = own_used.get(m);
         let pool = effective.saturating_sub(others).saturating_sub(used);
-        let held = own_live.and_then(|g| g.get(m));
+        let held = own_previous.and_then(|g| g.get(m));
         let headroom = held.unwrap_or(0).saturating_sub(used);
         let typical_m = typical.get(m).max(1);
         let t = limit.div_ceil(4 * connected).max(typical_m).min(limit.max(1));
         target.set(m, t);
-        let due = held.is_none() || headroom.saturating_mul(2) < t;
+        let due = !own_live || held.is_none() || headroom.saturating_mul(2) < t;
         let value = if due {
             let share = t.min(pool.div_ceil(connected).max(typical_m)).min(pool);
             held.unwrap_or(0).max(used.saturating_add(share))
@@ -555,6 +562,20 @@ mod tests {
         assert_eq!(granted(&g), 2_000, "a live lease keeps its unspent part");
         assert_eq!(g.fleet_used.total_tokens, 1_000);
         assert_eq!(g.own_used.total_tokens, 0);
+    }
+
+    #[test]
+    fn a_returning_instance_is_lent_at_least_what_it_held() {
+        // Instance 1's lease lapsed with 1,500 unspent; instance 2 was lent the rest meanwhile.
+        let holders = [holder(1, 1_000, Some(2_500), NOW - 1), holder(2, 0, Some(7_500), LIVE)];
+        let g = grant(&budget(10_000, &holders, 2), 1, NOW);
+        assert_eq!(granted(&g), 2_500, "its data plane keeps 2,500 whatever it is sent");
+        // With budget to spare, it is topped up as usual (the lapse made it due).
+        let holders = [holder(1, 2_000, Some(2_500), NOW - 1), holder(2, 0, Some(2_000), LIVE)];
+        let g = grant(&budget(10_000, &holders, 2), 1, NOW);
+        assert_eq!(granted(&g), 2_000 + 1_250);
+        let g = grant(&budget(10_000, &holders, 1), 1, NOW);
+        assert_eq!(granted(&g), 2_000 + 2_500);
     }
 
     #[test]
