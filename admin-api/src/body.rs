@@ -4,6 +4,7 @@
 use axum::extract::{FromRequest, Request};
 use bytes::Bytes;
 use http::{HeaderMap, StatusCode, header};
+use serde::Deserialize as _;
 use serde::de::{DeserializeOwned, IgnoredAny};
 
 use crate::problem::{ApiError, FieldError};
@@ -158,6 +159,53 @@ fn quote_limited(name: &str) -> String {
     }
 }
 
+/// A nested object of type `T`, refusing the array form serde's derived structs also accept
+/// (fields by position): the document says `object`, so `[…]` is refused as "must be an
+/// object", with the path of the field.
+struct ObjectOnly<T>(T);
+
+impl<'de, T: serde::Deserialize<'de>> serde::Deserialize<'de> for ObjectOnly<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Object<T>(std::marker::PhantomData<T>);
+
+        impl<'de, T: serde::Deserialize<'de>> serde::de::Visitor<'de> for Object<T> {
+            type Value = T;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                // The body parser words errors by serde's type names: this one reads "an
+                // object".
+                f.write_str("struct Object")
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<T, A::Error> {
+                T::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+            }
+        }
+
+        d.deserialize_map(Object(std::marker::PhantomData)).map(ObjectOnly)
+    }
+}
+
+/// An optional nested object (`null` or absent: `None`); see [`ObjectOnly`]. Use with
+/// `#[serde(default, deserialize_with = "…")]`.
+pub(crate) fn optional_object<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::Deserialize<'de>,
+{
+    Option::<ObjectOnly<T>>::deserialize(d).map(|o| o.map(|ObjectOnly(v)| v))
+}
+
+/// A nested object that may be absent (`None`), `null` (`Some(None)`) or an object; see
+/// [`ObjectOnly`]. Use with `#[serde(default, deserialize_with = "…")]`.
+pub(crate) fn nullable_object<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::Deserialize<'de>,
+{
+    optional_object(d).map(Some)
+}
+
 /// An optional integer, also written as a number with a zero fraction (`90.0`): JSON Schema
 /// calls that an integer too, so the document's `integer` must accept it.
 pub(crate) fn optional_whole_number<'de, D: serde::Deserializer<'de>>(
@@ -292,6 +340,31 @@ mod tests {
         }
         let e = field_error(r#"{"name":"n","api_key":"k","members":[["x"]]}"#);
         assert_eq!((e.field.as_str(), e.reason.as_str()), ("members[0]", "must be an object"));
+    }
+
+    #[test]
+    fn a_nested_object_is_not_taken_from_an_array() {
+        #[derive(Debug, Deserialize)]
+        #[serde(deny_unknown_fields)]
+        #[allow(dead_code)]
+        struct Holder {
+            #[serde(default, deserialize_with = "optional_object")]
+            inner: Option<Inner>,
+        }
+        let e = match parse_json::<Holder>(br#"{"inner": ["x", 1]}"#) {
+            Err(ApiError::Validation(errors)) => errors[0].clone(),
+            other => panic!("expected a validation error, got {other:?}"),
+        };
+        assert_eq!((e.field.as_str(), e.reason.as_str()), ("inner", "must be an object"));
+        let ok = parse_json::<Holder>(br#"{"inner": {"id": "x"}}"#).expect("an object");
+        assert_eq!(ok.inner.map(|i| i.id).as_deref(), Some("x"));
+        assert!(parse_json::<Holder>(br#"{"inner": null}"#).expect("null").inner.is_none());
+        assert!(parse_json::<Holder>(b"{}").expect("absent").inner.is_none());
+        let e = match parse_json::<Holder>(br#"{"inner": {"id": "x", "bogus": 1}}"#) {
+            Err(ApiError::Validation(errors)) => errors[0].clone(),
+            other => panic!("expected a validation error, got {other:?}"),
+        };
+        assert_eq!(e.field, "inner.bogus");
     }
 
     #[test]

@@ -148,6 +148,7 @@ pub struct CreateGatewayRequest {
     /// Routing settings; omitted = weighted, no waiting, the data plane's default deadline.
     pub routing: Option<RoutingInput>,
     /// Key-limit enforcement; omitted = the data plane's default reservation, fail open.
+    #[serde(default, deserialize_with = "crate::body::optional_object")]
     pub key_limits: Option<KeyLimitPolicyInput>,
 }
 
@@ -161,6 +162,7 @@ pub struct UpdateGatewayRequest {
     pub name: Option<String>,
     pub endpoints: Option<Vec<GatewayMemberInput>>,
     pub routing: Option<RoutingInput>,
+    #[serde(default, deserialize_with = "crate::body::optional_object")]
     pub key_limits: Option<KeyLimitPolicyInput>,
 }
 

@@ -59,8 +59,11 @@ pub struct WindowLimitsInput {
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct KeyLimitsInput {
+    #[serde(default, deserialize_with = "crate::body::optional_object")]
     pub per_minute: Option<WindowLimitsInput>,
+    #[serde(default, deserialize_with = "crate::body::optional_object")]
     pub per_hour: Option<WindowLimitsInput>,
+    #[serde(default, deserialize_with = "crate::body::optional_object")]
     pub per_day: Option<WindowLimitsInput>,
 }
 
@@ -79,6 +82,7 @@ pub struct CreateKeyRequest {
     #[schema(value_type = Option<String>, format = DateTime)]
     pub expires_at: Option<String>,
     /// Omitted or `null`: no limits.
+    #[serde(default, deserialize_with = "crate::body::optional_object")]
     pub limits: Option<KeyLimitsInput>,
 }
 
@@ -96,7 +100,7 @@ pub struct UpdateKeyRequest {
     pub expires_at: Option<Option<String>>,
     /// Replaces every limit; `null` removes them.
     #[schema(value_type = Option<KeyLimitsInput>)]
-    #[serde(default, deserialize_with = "present")]
+    #[serde(default, deserialize_with = "crate::body::nullable_object")]
     pub limits: Option<Option<KeyLimitsInput>>,
 }
 

@@ -293,6 +293,12 @@ async fn a_gateway_carries_its_key_limit_policy_to_the_snapshot() {
         .await
         .expect(StatusCode::UNPROCESSABLE_ENTITY);
     assert_eq!(reply.error_fields(), ["key_limits.default_completion_tokens"]);
+    // An object, not its fields by position.
+    let reply = h
+        .call(Method::PATCH, &path, Some(json!({"key_limits": [null, null]})))
+        .await
+        .expect(StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(reply.error_fields(), ["key_limits"]);
     h.wait_for_published(h.version().await).await;
     let published = h.distribution.subscribe().borrow().clone();
     let g = published.snapshot().gateways.iter().find(|g| g.name == "gw").expect("gw").clone();
