@@ -19,15 +19,18 @@ use modelgw_control_plane::store::AuthMode;
 
 use crate::api_tokens::{MAX_EXPIRES_IN_SECONDS, MIN_EXPIRES_IN_SECONDS};
 use crate::gateways::DEFAULT_COMPLETION_TOKENS_RANGE;
+use crate::gateways::MAX_REDACT_FIELD_CHARS;
 use crate::keys::MAX_KEY_LIMIT;
+use modelgw_control_plane::store::{MAX_TRACE_MAX_COUNT, MAX_TRACE_RETENTION_DAYS};
 use modelgw_model::limits::{
     MAX_API_KEY_CHARS, MAX_GATEWAY_MEMBERS, MAX_GATEWAY_NAME_CHARS, MAX_IMPORT_IDS, MAX_TEXT_CHARS,
     PRIORITY_RANGE, REQUEST_TIMEOUT_MS_RANGE, UUID_PATTERN, WEIGHT_RANGE, api_key_pattern,
     base_url_pattern, gateway_name_pattern, text_pattern,
 };
+use modelgw_model::traces::{MAX_PAYLOAD_BYTES, MAX_REDACT_FIELDS};
 use serde_json::{Value, json};
 use utoipa::Modify;
-use utoipa::openapi::schema::{Array, Object, Schema, SchemaType};
+use utoipa::openapi::schema::{Array, ArrayItems, Object, Schema, SchemaType};
 use utoipa::openapi::{Components, RefOr, Type};
 
 /// Every `auth` mode, as the validators parse it.
@@ -53,6 +56,8 @@ pub enum Rule {
     Range(RangeInclusive<i64>),
     /// Array length bounds.
     Items { min: usize, max: usize },
+    /// At most `max` strings of 1 to `max_chars` characters each.
+    StringItems { max: usize, max_chars: usize },
     /// The accepted strings (`null` stays accepted where the property is nullable).
     Enum(Vec<&'static str>),
 }
@@ -87,6 +92,18 @@ pub fn rules() -> Vec<(&'static str, &'static str, Rule)> {
     rules.push(("GatewayMemberInput", "priority", Rule::Range(PRIORITY_RANGE)));
     rules.push(("GatewayMemberInput", "weight", Rule::Range(WEIGHT_RANGE)));
     rules.push(("RoutingInput", "request_timeout_ms", Rule::Range(REQUEST_TIMEOUT_MS_RANGE)));
+    rules.push(("TracesInput", "max_payload_bytes", Rule::Range(1..=i64::from(MAX_PAYLOAD_BYTES))));
+    rules.push((
+        "TracesInput",
+        "retention_days",
+        Rule::Range(1..=i64::from(MAX_TRACE_RETENTION_DAYS)),
+    ));
+    rules.push(("TracesInput", "max_count", Rule::Range(1..=i64::from(MAX_TRACE_MAX_COUNT))));
+    rules.push((
+        "TracesInput",
+        "redact_fields",
+        Rule::StringItems { max: MAX_REDACT_FIELDS, max_chars: MAX_REDACT_FIELD_CHARS },
+    ));
     rules.push(("RoutingResponse", "request_timeout_ms", Rule::Range(REQUEST_TIMEOUT_MS_RANGE)));
     rules.push(("ImportRequest", "deployment_ids", Rule::Items { min: 1, max: MAX_IMPORT_IDS }));
     rules.push(("ImportRequest", "auth", auth));
@@ -175,7 +192,10 @@ impl Modify for Rules {
             "UpdateGatewayRequest",
             "anyOf",
             Value::Array(
-                ["name", "endpoints", "routing", "key_limits"].into_iter().map(non_null).collect(),
+                ["name", "endpoints", "routing", "key_limits", "traces"]
+                    .into_iter()
+                    .map(non_null)
+                    .collect(),
             ),
         );
         // A key's patch sets at least one field (`null` clears `expires_at` and `limits`:
@@ -228,7 +248,7 @@ fn apply_to_object(property: &mut Object, rule: &Rule) -> bool {
             property.enum_values = Some(values);
             return true;
         }
-        Rule::Items { .. } => return false,
+        Rule::Items { .. } | Rule::StringItems { .. } => return false,
     };
     property.max_length = max_length;
     // Every pattern also requires one character at least.
@@ -238,12 +258,22 @@ fn apply_to_object(property: &mut Object, rule: &Rule) -> bool {
 }
 
 fn apply_to_array(property: &mut Array, rule: &Rule) -> bool {
-    let Rule::Items { min, max } = rule else {
-        return false;
-    };
-    property.min_items = (*min > 0).then_some(*min);
-    property.max_items = Some(*max);
-    true
+    match rule {
+        Rule::Items { min, max } => {
+            property.min_items = (*min > 0).then_some(*min);
+            property.max_items = Some(*max);
+            true
+        }
+        Rule::StringItems { max, max_chars } => {
+            property.max_items = Some(*max);
+            let ArrayItems::RefOrSchema(items) = &mut property.items else { return false };
+            let RefOr::T(Schema::Object(item)) = items.as_mut() else { return false };
+            item.min_length = Some(1);
+            item.max_length = Some(*max_chars);
+            true
+        }
+        _ => false,
+    }
 }
 
 /// Adds `keyword: value` to the object schema `schema`, next to its properties. utoipa's

@@ -7,11 +7,15 @@ use axum::extract::{Path, State};
 use axum::response::IntoResponse;
 use chrono::{DateTime, Utc};
 use http::{StatusCode, header};
-use modelgw_control_plane::store::{GatewayPatch, GatewayRecord, NewGateway};
+use modelgw_control_plane::store::{
+    GatewayPatch, GatewayRecord, GatewayTraces, MAX_TRACE_MAX_COUNT, MAX_TRACE_RETENTION_DAYS,
+    NewGateway,
+};
 use modelgw_model::keys::KeyLimitPolicy;
 use modelgw_model::limits::{
     MAX_GATEWAY_MEMBERS, PRIORITY_RANGE, REQUEST_TIMEOUT_MS_RANGE, WEIGHT_RANGE,
 };
+use modelgw_model::traces::{MAX_PAYLOAD_BYTES, MAX_REDACT_FIELDS};
 use modelgw_model::{
     EndpointId, EndpointState, GatewayId, GatewayMember, RoutingPolicy, RoutingStrategy,
 };
@@ -28,6 +32,10 @@ const ENTITY: &str = "gateway";
 
 /// The 422 of the operations that take members: besides the fields the schema describes, a
 /// member must name an existing inference endpoint, once.
+/// The longest field name `traces.redact_fields` takes: far beyond any JSON key an API uses,
+/// short enough that 64 of them stay small.
+pub const MAX_REDACT_FIELD_CHARS: usize = 128;
+
 const UNKNOWN_MEMBER: &str = "Unknown, missing, mistyped or invalid fields, all named in \
     `errors` — including an `endpoints[i].endpoint_id` that names no inference endpoint, or \
     one that repeats another member's";
@@ -98,6 +106,63 @@ impl From<RoutingPolicy> for RoutingResponse {
     }
 }
 
+/// What the gateway's data planes record of each request, and how long the control plane
+/// keeps it. Omitted fields take their defaults.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TracesInput {
+    /// Record one trace per request (time, key, operation, model, status, every endpoint
+    /// tried with its outcome, latency, time to first token, tokens).
+    #[schema(default = false)]
+    pub enabled: Option<bool>,
+    /// Also capture the request and response bodies (streamed chat answers reassembled into
+    /// the final message), redacted and capped. Only `operator` and `admin` can read them.
+    #[schema(default = false)]
+    pub capture_payload: Option<bool>,
+    /// JSON field names whose values captured bodies carry as `"[REDACTED]"`, at any depth
+    /// (matched without regard to ASCII case); at most 64, each 1–128 characters.
+    #[schema(default = json!([]))]
+    pub redact_fields: Option<Vec<String>>,
+    /// Cap of each captured body in bytes, 1–262144; `null` = 65536.
+    #[schema(value_type = Option<u32>)]
+    #[serde(default, deserialize_with = "crate::body::optional_whole_number")]
+    pub max_payload_bytes: Option<i64>,
+    /// Traces older than this many days are deleted, 1–365.
+    #[schema(value_type = Option<u32>, default = 7)]
+    #[serde(default, deserialize_with = "crate::body::optional_whole_number")]
+    pub retention_days: Option<i64>,
+    /// Beyond this many traces of the gateway the oldest are deleted, 1–10000000.
+    #[schema(value_type = Option<u32>, default = 100000)]
+    #[serde(default, deserialize_with = "crate::body::optional_whole_number")]
+    pub max_count: Option<i64>,
+}
+
+/// A gateway's trace settings.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TracesResponse {
+    pub enabled: bool,
+    pub capture_payload: bool,
+    pub redact_fields: Vec<String>,
+    /// Bytes; `null` = the default (65536).
+    #[schema(required = true)]
+    pub max_payload_bytes: Option<u32>,
+    pub retention_days: u32,
+    pub max_count: u32,
+}
+
+impl From<GatewayTraces> for TracesResponse {
+    fn from(t: GatewayTraces) -> Self {
+        TracesResponse {
+            enabled: t.enabled,
+            capture_payload: t.capture_payload,
+            redact_fields: t.redact_fields,
+            max_payload_bytes: t.max_payload_bytes,
+            retention_days: t.retention_days,
+            max_count: t.max_count,
+        }
+    }
+}
+
 /// How data planes enforce the limits of the gateway's keys. Omitted fields take their
 /// defaults.
 #[derive(Debug, Default, Deserialize, ToSchema)]
@@ -150,18 +215,23 @@ pub struct CreateGatewayRequest {
     /// Key-limit enforcement; omitted = the data plane's default reservation, fail open.
     #[serde(default, deserialize_with = "crate::body::optional_object")]
     pub key_limits: Option<KeyLimitPolicyInput>,
+    /// Request traces; omitted = none recorded.
+    #[serde(default, deserialize_with = "crate::body::optional_object")]
+    pub traces: Option<TracesInput>,
 }
 
 /// A partial update: absent (or `null`) fields stay as they are; `endpoints` replaces the
-/// whole member list, `routing` the whole routing settings and `key_limits` the whole
-/// key-limit settings (their omitted fields take their defaults). At least one field must be
-/// given.
+/// whole member list, `routing` the whole routing settings, `key_limits` the whole key-limit
+/// settings and `traces` the whole trace settings (their omitted fields take their defaults).
+/// At least one field must be given.
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateGatewayRequest {
     pub name: Option<String>,
     pub endpoints: Option<Vec<GatewayMemberInput>>,
     pub routing: Option<RoutingInput>,
+    #[serde(default, deserialize_with = "crate::body::optional_object")]
+    pub traces: Option<TracesInput>,
     #[serde(default, deserialize_with = "crate::body::optional_object")]
     pub key_limits: Option<KeyLimitPolicyInput>,
 }
@@ -182,6 +252,7 @@ pub struct GatewayResponse {
     pub name: String,
     pub endpoints: Vec<GatewayMemberResponse>,
     pub routing: RoutingResponse,
+    pub traces: TracesResponse,
     pub key_limits: KeyLimitPolicyResponse,
     /// From the fleet health of the enabled members: `healthy` (all available), `degraded`
     /// (some unavailable), `throttling` (all unavailable, at least one throttling), `error`
@@ -219,6 +290,7 @@ fn respond(state: &AdminState, record: GatewayRecord) -> GatewayResponse {
             })
             .collect(),
         routing: record.routing.into(),
+        traces: record.traces.into(),
         key_limits: record.key_limits.into(),
         state: gateway_state,
         created_at: record.created_at,
@@ -276,6 +348,40 @@ fn validate_routing(v: &mut Validator, input: RoutingInput) -> RoutingPolicy {
     }
 }
 
+fn validate_traces(v: &mut Validator, input: TracesInput) -> GatewayTraces {
+    let defaults = GatewayTraces::default();
+    let redact_fields = input.redact_fields.unwrap_or_default();
+    if redact_fields.len() > MAX_REDACT_FIELDS {
+        v.error("traces.redact_fields", format!("must have at most {MAX_REDACT_FIELDS} items"));
+    }
+    for (i, field) in redact_fields.iter().enumerate() {
+        let chars = field.chars().count();
+        if chars == 0 || chars > MAX_REDACT_FIELD_CHARS {
+            v.error(
+                format!("traces.redact_fields[{i}]"),
+                format!("must be 1 to {MAX_REDACT_FIELD_CHARS} characters"),
+            );
+        }
+    }
+    let max_payload_bytes = input
+        .max_payload_bytes
+        .map(|b| v.in_range("traces.max_payload_bytes", b, 1..=i64::from(MAX_PAYLOAD_BYTES)));
+    let retention_days = input.retention_days.map_or(defaults.retention_days, |d| {
+        v.in_range("traces.retention_days", d, 1..=i64::from(MAX_TRACE_RETENTION_DAYS))
+    });
+    let max_count = input.max_count.map_or(defaults.max_count, |n| {
+        v.in_range("traces.max_count", n, 1..=i64::from(MAX_TRACE_MAX_COUNT))
+    });
+    GatewayTraces {
+        enabled: input.enabled.unwrap_or(defaults.enabled),
+        capture_payload: input.capture_payload.unwrap_or(defaults.capture_payload),
+        redact_fields,
+        max_payload_bytes,
+        retention_days,
+        max_count,
+    }
+}
+
 fn validate_key_limits(v: &mut Validator, input: KeyLimitPolicyInput) -> KeyLimitPolicy {
     let default_completion_tokens = input.default_completion_tokens.map(|t| {
         v.in_range("key_limits.default_completion_tokens", t, DEFAULT_COMPLETION_TOKENS_RANGE)
@@ -289,7 +395,8 @@ fn validate_create(req: CreateGatewayRequest) -> Result<NewGateway, ApiError> {
     let members = validate_members(&mut v, req.endpoints);
     let routing = validate_routing(&mut v, req.routing.unwrap_or_default());
     let key_limits = validate_key_limits(&mut v, req.key_limits.unwrap_or_default());
-    v.finish(NewGateway { name, members, routing, key_limits })
+    let traces = validate_traces(&mut v, req.traces.unwrap_or_default());
+    v.finish(NewGateway { name, members, routing, key_limits, traces })
 }
 
 fn validate_update(req: UpdateGatewayRequest) -> Result<GatewayPatch, ApiError> {
@@ -297,6 +404,7 @@ fn validate_update(req: UpdateGatewayRequest) -> Result<GatewayPatch, ApiError> 
     if req.name.is_none()
         && req.endpoints.is_none()
         && req.routing.is_none()
+        && req.traces.is_none()
         && req.key_limits.is_none()
     {
         // An empty patch would still bump the configuration version and push a snapshot.
@@ -306,7 +414,8 @@ fn validate_update(req: UpdateGatewayRequest) -> Result<GatewayPatch, ApiError> 
     let members = req.endpoints.map(|m| validate_members(&mut v, m));
     let routing = req.routing.map(|r| validate_routing(&mut v, r));
     let key_limits = req.key_limits.map(|k| validate_key_limits(&mut v, k));
-    v.finish(GatewayPatch { name, members, routing, key_limits })
+    let traces = req.traces.map(|t| validate_traces(&mut v, t));
+    v.finish(GatewayPatch { name, members, routing, key_limits, traces })
 }
 
 /// Create a gateway.
@@ -497,6 +606,7 @@ mod tests {
             name: "gw".into(),
             endpoints: vec![],
             routing: None,
+            traces: None,
             key_limits: None,
         })
         .expect("valid");
@@ -509,6 +619,7 @@ mod tests {
                 wait_for_recovery: None,
                 request_timeout_ms: Some(999),
             }),
+            traces: None,
             key_limits: None,
         });
         let Err(ApiError::Validation(errors)) = err else { panic!("expected validation errors") };
@@ -549,6 +660,7 @@ mod tests {
             name: "gpt-4o".into(),
             endpoints: vec![input(&id.to_string())],
             routing: None,
+            traces: None,
             key_limits: None,
         })
         .expect("valid");
@@ -569,6 +681,7 @@ mod tests {
                 input(&id),
             ],
             routing: None,
+            traces: None,
             key_limits: None,
         });
         let Err(ApiError::Validation(errors)) = err else { panic!("expected validation errors") };

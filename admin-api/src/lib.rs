@@ -25,6 +25,10 @@
 //!
 //! Statistics: `GET /api/v1/stats/{gateways,endpoints,regions}` read the traffic data planes
 //! report, from the control plane's rolling window (`stats.rs`).
+//!
+//! Request traces: `GET /api/v1/traces` and `GET /api/v1/traces/{id}` read what data planes
+//! traced for gateways that enable it (`request_traces.rs`); captured payloads only for
+//! `operator` and `admin`.
 
 mod api_tokens;
 mod audit;
@@ -42,6 +46,7 @@ pub mod oidc;
 mod openapi;
 mod problem;
 mod request_metrics;
+mod request_traces;
 mod stats;
 mod status;
 mod trace;
@@ -195,6 +200,10 @@ fn protected_routes() -> Vec<ProtectedRoute> {
         R::get("/stats/gateways", Viewer, stats::gateways),
         R::get("/stats/endpoints", Viewer, stats::endpoints),
         R::get("/stats/regions", Viewer, stats::regions),
+        // Metadata for every role; the payload of `/traces/{id}` only for operator and admin
+        // (`request_traces::PAYLOAD_ROLE`, checked in the handler).
+        R::get("/traces", Viewer, request_traces::list),
+        R::get("/traces/{id}", Viewer, request_traces::get),
         R::get("/me", Viewer, me::get),
     ]
 }

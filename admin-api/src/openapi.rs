@@ -20,7 +20,7 @@ use crate::identity::Role;
 use crate::problem::ApiError;
 use crate::{
     api_tokens, audit, azure, data_plane_tokens, endpoints, gateways, keys, me, problem,
-    route_roles, stats, status,
+    request_traces, route_roles, stats, status,
 };
 
 /// Name of the security scheme every protected operation requires.
@@ -74,6 +74,8 @@ const SECURITY_SCHEME: &str = "admin_token";
         stats::gateways,
         stats::endpoints,
         stats::regions,
+        request_traces::list,
+        request_traces::get,
         me::get,
         openapi_json,
     ),
@@ -89,6 +91,7 @@ const SECURITY_SCHEME: &str = "admin_token";
         (name = "api-tokens", description = "Named bearer tokens for this API, each with a role"),
         (name = "audit-log", description = "Every change: who, what, when, from where"),
         (name = "stats", description = "Traffic per gateway, endpoint and region, per minute for up to 24 hours, as the data planes connected to this control plane reported it"),
+        (name = "traces", description = "Request traces of gateways that record them: every endpoint tried, latency, tokens; captured payloads for operator and admin"),
         (name = "meta", description = "This document, and who the caller is"),
     )
 )]

@@ -135,6 +135,10 @@ pub struct EdgeArgs {
     /// Forward the client's X-Forwarded-* and Forwarded headers upstream.
     #[arg(long, env = "MODELGW_FORWARD_CLIENT_ADDRESS_HEADERS")]
     pub forward_client_address_headers: bool,
+    /// Request traces (of gateways that record them) waiting to be shipped to the control
+    /// plane at most; beyond, traces are dropped and counted (default 10000).
+    #[arg(long, env = "MODELGW_TRACE_QUEUE", value_parser = clap::value_parser!(u32).range(1..))]
+    pub trace_queue: Option<u32>,
 }
 
 impl EdgeArgs {
@@ -156,6 +160,7 @@ impl EdgeArgs {
             failed_auth_limit: self.failed_auth_limit.filter(|n| *n > 0),
             allow_loopback_upstreams: self.allow_loopback_upstreams,
             forward_client_address_headers: self.forward_client_address_headers,
+            trace_queue: self.trace_queue.map_or(config.trace_queue, |n| n as usize),
             ..config
         }
     }

@@ -23,17 +23,19 @@ pub(crate) enum Nav {
     Gateways,
     DataPlanes,
     Playground,
+    Traces,
     Audit,
 }
 
 impl Nav {
-    const ALL: [Nav; 7] = [
+    const ALL: [Nav; 8] = [
         Nav::Overview,
         Nav::Endpoints,
         Nav::Import,
         Nav::Gateways,
         Nav::DataPlanes,
         Nav::Playground,
+        Nav::Traces,
         Nav::Audit,
     ];
 
@@ -45,6 +47,7 @@ impl Nav {
             Nav::Gateways => "Gateways",
             Nav::DataPlanes => "Data Planes",
             Nav::Playground => "Playground",
+            Nav::Traces => "Request Traces",
             Nav::Audit => "Audit Log",
         }
     }
@@ -66,6 +69,7 @@ impl Nav {
             Nav::Gateways => "/gateways",
             Nav::DataPlanes => "/data-planes",
             Nav::Playground => "/playground",
+            Nav::Traces => "/traces",
             Nav::Audit => "/audit",
         }
     }

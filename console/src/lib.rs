@@ -154,6 +154,7 @@ pub fn router(settings: ConsoleSettings, api: Router) -> Result<Router, StartErr
         .merge(pages::gateways::routes())
         .merge(pages::data_planes::routes())
         .merge(pages::audit::routes())
+        .merge(pages::traces::routes())
         .merge(pages::playground::routes())
         .route_layer(from_fn_with_state(console.clone(), operator::guard));
     let open = Router::new()

@@ -36,6 +36,7 @@ mod publisher;
 mod registry;
 pub mod stats;
 mod tls;
+pub mod traces;
 
 pub use grpc::{
     ClientAuth, GrpcSecurity, GrpcServeError, GrpcSettings, MAX_INBOUND_MESSAGE_BYTES,
@@ -100,8 +101,11 @@ pub struct Distribution {
     registry: DataPlaneRegistry,
     /// For the final health flush at shutdown.
     store: Store,
-    /// Publisher, health writer, health pruner, key usage pruner.
-    _tasks: [AbortOnDrop; 4],
+    /// Where streams hand request traces to the trace writer.
+    traces: traces::TraceIntake,
+    /// Publisher, health writer, health pruner, key usage pruner, trace writer, trace
+    /// retention.
+    _tasks: [AbortOnDrop; 6],
 }
 
 impl std::fmt::Debug for Distribution {
@@ -175,15 +179,22 @@ impl Distribution {
         };
         let task =
             tokio::spawn(publisher.run().instrument(tracing::info_span!("config_publisher")));
+        let (trace_intake, trace_writer) = traces::start_writer(store.clone());
+        let retention = tokio::spawn(
+            traces::retain(store.clone()).instrument(tracing::info_span!("trace_retention")),
+        );
         Ok(Distribution {
             snapshots,
             changes: ConfigChanges { requested: Arc::new(requested_tx) },
             registry,
             store,
+            traces: trace_intake,
             _tasks: [
                 AbortOnDrop(task),
                 AbortOnDrop(writer),
                 AbortOnDrop(pruner),
+                AbortOnDrop(trace_writer),
+                AbortOnDrop(retention),
                 AbortOnDrop(usage_pruner),
             ],
         })
@@ -229,8 +240,8 @@ impl Distribution {
     /// Serves `ConfigDiscovery` on `listener`, secured and bounded by `settings`, until
     /// `shutdown` resolves. Open streams are ended with `UNAVAILABLE` at shutdown (otherwise
     /// the server would wait for them forever), and data planes reconnect elsewhere or later.
-    /// Health reports not yet persisted are written before it returns (for at most
-    /// [`HEALTH_FLUSH_TIMEOUT`]).
+    /// Health reports not yet persisted, and request traces still queued, are written before
+    /// it returns (for at most [`HEALTH_FLUSH_TIMEOUT`] each).
     pub async fn serve_grpc(
         &self,
         listener: tokio::net::TcpListener,
@@ -241,6 +252,7 @@ impl Distribution {
             self.snapshots.clone(),
             self.registry.clone(),
             self.store.clone(),
+            self.traces.clone(),
             listener,
             settings,
             shutdown,
@@ -249,6 +261,7 @@ impl Distribution {
         if let Some(persist) = &self.registry.persist {
             persist.flush(&self.store, HEALTH_FLUSH_TIMEOUT).await;
         }
+        self.traces.flush(HEALTH_FLUSH_TIMEOUT).await;
         served
     }
 }

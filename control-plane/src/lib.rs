@@ -5,7 +5,9 @@
 //! of versioned routing snapshots to data planes over gRPC, with the registry of connected
 //! data planes and the health they report: aggregated per endpoint across the fleet, pushed
 //! to every data plane when it changes, and stored (outside the versioned configuration) so
-//! restarts and other replicas see it; and its Prometheus metrics (`metrics`).
+//! restarts and other replicas see it; the request traces data planes ship (stored in batches
+//! by a writer off the stream, pruned by a retention job); and its Prometheus metrics
+//! (`metrics`).
 //!
 //! Never: proxies inference traffic, or lets a secret reach a log line or an error message.
 

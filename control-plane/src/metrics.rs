@@ -80,6 +80,10 @@ label_enum!(
         WriteEndpointHealth => "write_endpoint_health",
         /// The API-token lookup of an admin request.
         FindApiToken => "find_api_token",
+        /// The trace writer's batch insert.
+        WriteTraces => "write_traces",
+        /// The trace retention job's deletes.
+        PruneTraces => "prune_traces",
     }
 );
 
@@ -130,6 +134,28 @@ impl StatusClass {
     }
 }
 
+label_enum!(
+    /// Where request traces were dropped (`modelgw_traces_dropped_total`).
+    TraceDropper, "by", {
+        /// The data plane's trace queue was full (it reports how many with its next batch).
+        DataPlane => "data_plane",
+        /// The control plane's writer was behind, or the database refused the batch.
+        ControlPlane => "control_plane",
+    }
+);
+
+label_enum!(
+    /// Why the retention job deleted traces (`modelgw_traces_deleted_total`).
+    TraceDeletion, "reason", {
+        /// Older than the gateway's `retention_days`.
+        Age => "age",
+        /// Beyond the gateway's `max_count`.
+        Count => "count",
+        /// The gateway no longer exists.
+        Orphaned => "orphaned",
+    }
+);
+
 fn timing_histogram() -> Histogram {
     Histogram::new(CONTROL_PLANE_BUCKETS_SECONDS)
 }
@@ -150,6 +176,10 @@ struct Instruments {
     admin_requests: Family<StatusClass, Counter>,
     health_reports: Counter,
     stats_reports: Counter,
+    traces_received: Counter,
+    traces_stored: Counter,
+    traces_dropped: Family<TraceDropper, Counter>,
+    traces_deleted: Family<TraceDeletion, Counter>,
 }
 
 impl Default for ControlPlaneMetrics {
@@ -163,7 +193,17 @@ impl Default for ControlPlaneMetrics {
             admin_requests: Family::default(),
             health_reports: Counter::default(),
             stats_reports: Counter::default(),
+            traces_received: Counter::default(),
+            traces_stored: Counter::default(),
+            traces_dropped: Family::default(),
+            traces_deleted: Family::default(),
         };
+        for by in TraceDropper::ALL {
+            instruments.traces_dropped.get_or_create_owned(by);
+        }
+        for reason in TraceDeletion::ALL {
+            instruments.traces_deleted.get_or_create_owned(reason);
+        }
         for outcome in DiscoveryOutcome::ALL {
             instruments.discovery_jobs.get_or_create_owned(outcome);
         }
@@ -217,6 +257,33 @@ impl ControlPlaneMetrics {
         self.0.stats_reports.inc();
     }
 
+    /// Request traces of a data plane's batch were accepted for storage.
+    pub fn traces_received(&self, count: u64) {
+        self.0.traces_received.inc_by(count);
+    }
+
+    /// Request traces were stored.
+    pub fn traces_stored(&self, count: u64) {
+        self.0.traces_stored.inc_by(count);
+    }
+
+    /// Request traces were lost, `by` the side whose queue was full.
+    pub fn traces_dropped(&self, by: TraceDropper, count: u64) {
+        self.0.traces_dropped.get_or_create(&by).inc_by(count);
+    }
+
+    /// The retention job deleted these traces.
+    pub fn traces_deleted(&self, deleted: &crate::store::TraceRetention) {
+        let by = [
+            (TraceDeletion::Age, deleted.by_age),
+            (TraceDeletion::Count, deleted.by_count),
+            (TraceDeletion::Orphaned, deleted.orphaned),
+        ];
+        for (reason, count) in by {
+            self.0.traces_deleted.get_or_create(&reason).inc_by(count);
+        }
+    }
+
     /// Registers every instrument (clones share the values) in `registry`.
     pub(crate) fn register(&self, registry: &mut Registry) {
         let i = &self.0;
@@ -260,6 +327,26 @@ impl ControlPlaneMetrics {
             "Traffic statistics reports received from data planes",
             i.stats_reports.clone(),
         );
+        registry.register(
+            "modelgw_traces_received",
+            "Request traces received from data planes for storage",
+            i.traces_received.clone(),
+        );
+        registry.register(
+            "modelgw_traces_stored",
+            "Request traces stored in the database",
+            i.traces_stored.clone(),
+        );
+        registry.register(
+            "modelgw_traces_dropped",
+            "Request traces lost because a queue was full, by the side that dropped them",
+            i.traces_dropped.clone(),
+        );
+        registry.register(
+            "modelgw_traces_deleted",
+            "Request traces deleted by the retention job, by reason",
+            i.traces_deleted.clone(),
+        );
     }
 }
 
@@ -302,6 +389,8 @@ mod tests {
             "modelgw_admin_requests_total{status_class=\"5xx\"} 0",
             "modelgw_health_reports_total 0",
             "modelgw_stats_reports_total 0",
+            "modelgw_traces_dropped_total{by=\"data_plane\"} 0",
+            "modelgw_traces_deleted_total{reason=\"count\"} 0",
             "modelgw_snapshot_propagation_seconds_count 0",
         ] {
             assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");

@@ -13,7 +13,8 @@ use std::time::Duration;
 
 use common::{TestDb, wait_until};
 use modelgw_control_plane::store::{
-    AuditContext, EndpointAuth, GatewayKeyPatch, NewEndpoint, NewGateway, NewGatewayKey,
+    AuditContext, EndpointAuth, GatewayKeyPatch, GatewayTraces, NewEndpoint, NewGateway,
+    NewGatewayKey, TraceQuery,
 };
 use modelgw_control_plane::{
     DataPlaneStatus, Distribution, DistributionSettings, GrpcSecurity, GrpcSettings,
@@ -50,6 +51,7 @@ on_both_backends!(
     health_survives_a_restart_and_never_bumps_the_version,
     another_replica_sees_reported_health_by_polling,
     a_join_token_admits_its_own_node_ids_and_its_revocation_ends_its_streams,
+    trace_batches_are_stored_for_traced_gateways_and_drops_are_counted,
     an_instance_gets_leases_after_its_snapshot_and_a_top_up_when_its_usage_calls_for_one,
     replicas_on_one_database_share_a_limit_between_their_instances,
 );
@@ -1356,4 +1358,95 @@ mod trust {
         assert_eq!(names, ["dp-1", "dp-3"]);
         drop(one);
     }
+}
+
+/// The `modelgw_…` sample `line` of the control plane's metrics (e.g.
+/// `modelgw_traces_stored_total`), as a number.
+fn sample(server: &Server, line: &str) -> f64 {
+    let registry = server.distribution.metrics_registry();
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry).expect("encodes");
+    text.lines()
+        .find_map(|l| l.strip_prefix(line)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no {line} in\n{text}"))
+}
+
+/// A trace batch on the stream is stored (bodies only where the gateway captures them, and
+/// only for gateways that trace), without holding up the stream, and the drops the data plane
+/// reports are counted.
+async fn trace_batches_are_stored_for_traced_gateways_and_drops_are_counted(db: &TestDb) {
+    let store = db.open().await;
+    let new = |name: &str, traces: GatewayTraces| NewGateway {
+        name: name.into(),
+        traces,
+        ..Default::default()
+    };
+    let (metadata, _) = store
+        .create_gateway(
+            new("metadata", GatewayTraces { enabled: true, ..Default::default() }),
+            &audit(),
+        )
+        .await
+        .expect("gateway");
+    let (untraced, _) = store
+        .create_gateway(new("untraced", GatewayTraces::default()), &audit())
+        .await
+        .expect("gateway");
+    let server = Server::start(store.clone(), NO_POLL).await;
+    let mut dp = subscribe(&server, "dp-traces").await;
+    dp.next_snapshot(PUSH_DEADLINE).await;
+    let trace = |gateway: &modelgw_model::GatewayId, request_id: &str| cfg::RequestTrace {
+        request_id: request_id.into(),
+        started_unix_ms: 1_700_000_000_000,
+        gateway_id: gateway.to_string(),
+        key_id: modelgw_model::GatewayKeyId::new().to_string(),
+        operation: "chat_completions".into(),
+        status: 200,
+        attempts: vec![cfg::TraceAttempt {
+            endpoint_id: EndpointId::new().to_string(),
+            status: 200,
+            outcome: "ok".into(),
+            latency_ms: 3,
+        }],
+        latency_ms: 9,
+        prompt_tokens: Some(5),
+        completion_tokens: Some(7),
+        request_body: Some("a body the gateway does not capture".into()),
+        ..Default::default()
+    };
+    dp.send(Kind::Traces(cfg::TraceBatch {
+        traces: vec![
+            trace(&metadata.id, "kept"),
+            trace(&untraced.id, "not traced"),
+            trace(&modelgw_model::GatewayId::new(), "unknown gateway"),
+            cfg::RequestTrace { gateway_id: "not-a-uuid".into(), ..trace(&metadata.id, "bad") },
+        ],
+        dropped: 4,
+    }))
+    .await;
+    // The stream keeps going while the writer stores.
+    dp.send(Kind::Heartbeat(cfg::Heartbeat { applied_version: 1 })).await;
+    let page = loop {
+        let page =
+            store.list_traces(&TraceQuery { limit: 10, ..Default::default() }).await.expect("list");
+        if !page.traces.is_empty() {
+            break page;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(page.traces.len(), 1, "only the traced gateway's readable trace");
+    let stored = &page.traces[0];
+    assert_eq!((stored.trace.request_id.as_str(), stored.node_id.as_str()), ("kept", "dp-traces"));
+    assert_eq!((stored.trace.prompt_tokens, stored.trace.completion_tokens), (Some(5), Some(7)));
+    let full = store.get_trace(stored.id).await.expect("get");
+    assert_eq!(full.trace.request_body, None, "the gateway does not capture payloads");
+    assert!(!full.payload_captured);
+    assert_eq!(sample(&server, "modelgw_traces_dropped_total{by=\"data_plane\"}"), 4.0);
+    assert_eq!(sample(&server, "modelgw_traces_dropped_total{by=\"control_plane\"}"), 0.0);
+    assert_eq!(sample(&server, "modelgw_traces_received_total"), 1.0);
+    common::wait_until("stored counted", DEADLINE, || {
+        sample(&server, "modelgw_traces_stored_total") == 1.0
+    })
+    .await;
+    assert!(server.node("dp-traces").expect("registered").connected);
 }

@@ -55,6 +55,7 @@ use crate::apply::{ApplyOutcome, apply_fleet_health, apply_leases, apply_snapsho
 use crate::health::HealthRegistry;
 use crate::limits::KeyLimiter;
 use crate::routing_table::SnapshotStore;
+use crate::traces::TraceShipper;
 
 /// How often the data plane says it is alive. The control plane marks a data plane stale
 /// after missing a few; 5 s keeps that detection within ~15 s at negligible cost.
@@ -311,6 +312,7 @@ pub(crate) async fn run(
     store: Arc<SnapshotStore>,
     health: Arc<HealthRegistry>,
     mut health_rx: mpsc::Receiver<EndpointHealth>,
+    mut traces: TraceShipper,
 ) {
     let mut pending: HashMap<EndpointId, EndpointHealth> = HashMap::new();
     let mut unsent_stats = StatsReport::default();
@@ -323,7 +325,7 @@ pub(crate) async fn run(
             &store,
             &health,
             &mut health_rx,
-            Pending { health: &mut pending, stats: &mut unsent_stats },
+            Pending { health: &mut pending, stats: &mut unsent_stats, traces: &mut traces },
             &mut got_snapshot,
         )
         .await;
@@ -362,6 +364,8 @@ pub(crate) async fn run(
 struct Pending<'a> {
     health: &'a mut HashMap<EndpointId, EndpointHealth>,
     stats: &'a mut StatsReport,
+    /// Request traces: the queue keeps what the request path finished while disconnected.
+    traces: &'a mut TraceShipper,
 }
 
 async fn session(
@@ -373,7 +377,7 @@ async fn session(
     pending: Pending<'_>,
     got_snapshot: &mut bool,
 ) -> SessionEnd {
-    let Pending { health: pending, stats: unsent_stats } = pending;
+    let Pending { health: pending, stats: unsent_stats, traces } = pending;
     let (endpoint, token) = match connector.endpoint().and_then(|e| Ok((e, connector.token()?))) {
         Ok(settings) => settings,
         Err(err) => return SessionEnd::Settings(err),
@@ -508,6 +512,20 @@ async fn session(
                 last_usage = tokio::time::Instant::now();
                 continue;
             }
+            () = traces.due() => {
+                let Some(batch) = traces.next_batch() else { continue };
+                let count = batch.traces.len();
+                let wire = cfg::DataPlaneMessage::from(&DataPlaneMessage::Traces(batch));
+                if let Err(mpsc::error::SendError(wire)) = tx.send(wire).await {
+                    // Not resent: the stream may have taken part of what it was handed.
+                    if let Some(cfg::data_plane_message::Kind::Traces(lost)) = wire.kind {
+                        traces.lost(lost.traces.len() as u64, lost.dropped);
+                    }
+                    return SessionEnd::OutboundClosed;
+                }
+                debug!(traces = count, "request traces sent");
+                continue;
+            }
             change = health_rx.recv(), if health_open => {
                 let Some(change) = change else {
                     health_open = false; // The registry is gone (shutting down).
@@ -576,6 +594,65 @@ mod tests {
         let late: Vec<Duration> = (0..200).map(|_| backoff_delay(30, &mut rng)).collect();
         assert!(late.iter().any(|d| *d > Duration::from_secs(3)), "reaches towards the cap");
         assert!(late.iter().any(|d| *d < Duration::from_secs(2)), "jittered, not fixed");
+    }
+
+    /// The shipper keeps batches under `MAX_TRACE_BATCH_BYTES` by a bound of their encoding
+    /// computed on the domain type; it must never be below the real encoding.
+    #[test]
+    fn the_size_bound_of_a_trace_batch_is_never_below_its_encoding() {
+        use modelgw_model::traces::{RequestTrace, TraceAttempt, TraceBatch};
+        use prost::Message as _;
+        let long = |n: usize| "é".repeat(n);
+        let attempt = TraceAttempt {
+            endpoint_id: EndpointId::new(),
+            status: Some(599),
+            outcome: "server_error_passed_through".into(),
+            latency_ms: u32::MAX,
+        };
+        let full = RequestTrace {
+            request_id: long(64),
+            started_unix_ms: i64::MIN,
+            gateway_id: modelgw_model::GatewayId::new(),
+            key_id: modelgw_model::GatewayKeyId::new(),
+            operation: "audio_transcriptions".into(),
+            model: Some(long(128)),
+            stream: true,
+            status: 599,
+            attempts: vec![attempt; 16],
+            latency_ms: u32::MAX,
+            ttft_ms: Some(u32::MAX),
+            prompt_tokens: Some(u64::MAX),
+            completion_tokens: Some(u64::MAX),
+            client_request_id: Some(long(128)),
+            request_body: Some(long(200_000)),
+            response_body: Some(long(100)),
+            payload_truncated: true,
+        };
+        let empty = RequestTrace {
+            request_id: String::new(),
+            started_unix_ms: 0,
+            operation: String::new(),
+            model: None,
+            stream: false,
+            status: 0,
+            attempts: vec![],
+            latency_ms: 0,
+            ttft_ms: None,
+            prompt_tokens: None,
+            completion_tokens: None,
+            client_request_id: None,
+            request_body: None,
+            response_body: None,
+            payload_truncated: false,
+            ..full.clone()
+        };
+        for traces in [vec![full.clone()], vec![empty.clone()], vec![full, empty]] {
+            let bound = crate::traces::batch_len_bound(&traces);
+            let batch = TraceBatch { traces, dropped: u64::MAX, skipped: vec![] };
+            let encoded =
+                cfg::DataPlaneMessage::from(&DataPlaneMessage::Traces(batch)).encoded_len();
+            assert!(encoded <= bound, "encoded {encoded} > bound {bound}");
+        }
     }
 
     #[test]

@@ -20,8 +20,10 @@
 //! set), [`limits`] (gateway keys' limits: admission against the control plane's budget
 //! leases, every answer charged to its key and each ancestor, cumulative usage reports),
 //! [`apply`] (what the control plane sends, applied in domain form: snapshots with ACK/NACK,
-//! fleet health, budget leases) and `control_plane_client` (the gRPC transport to the control
-//! plane: the only module that sees wire types).
+//! fleet health, budget leases), [`traces`] (request traces of gateways that record them: the
+//! per-request recorder, payload redaction and stream reassembly, the bounded queue and its
+//! shipper) and `control_plane_client` (the gRPC transport to the control plane: the only
+//! module that sees wire types).
 
 pub mod apply;
 pub mod balance;
@@ -32,6 +34,7 @@ pub mod limits;
 pub mod metrics;
 mod proxy;
 pub mod routing_table;
+pub mod traces;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -235,6 +238,9 @@ pub struct DataPlaneConfig {
     /// Where `GET /metrics` is served (`MODELGW_METRICS_ADDR`); `None`: nowhere (counting
     /// still feeds the control plane's statistics). Never the gateway's own address.
     pub metrics_addr: Option<SocketAddr>,
+    /// `MODELGW_TRACE_QUEUE`: request traces waiting to be shipped at most (beyond, they are
+    /// dropped and counted); see [`traces::DEFAULT_TRACE_QUEUE`].
+    pub trace_queue: usize,
 }
 
 impl Default for DataPlaneConfig {
@@ -271,6 +277,7 @@ impl Default for DataPlaneConfig {
             tracer: None,
             metrics_enabled: true,
             metrics_addr: None,
+            trace_queue: traces::DEFAULT_TRACE_QUEUE,
         }
     }
 }
@@ -298,6 +305,7 @@ pub struct DataPlane {
     entra: Arc<EntraTokens>,
     connections: Arc<ConnectionStats>,
     metrics_listener: Option<TcpListener>,
+    traces: Arc<traces::TraceQueue>,
 }
 
 impl std::fmt::Debug for DataPlane {
@@ -342,6 +350,7 @@ impl DataPlane {
         let (health, health_rx) =
             HealthRegistry::with_policy(config.health_policy.clone(), HEALTH_CHANNEL_CAPACITY);
         let entra = Arc::new(EntraTokens::new(config.entra_credential.clone()));
+        let traces = Arc::new(traces::TraceQueue::new(config.trace_queue));
         Ok(DataPlane {
             entra,
             connections: Arc::new(ConnectionStats::default()),
@@ -354,7 +363,13 @@ impl DataPlane {
             health_rx,
             tls,
             metrics_listener,
+            traces,
         })
+    }
+
+    /// The queue of finished request traces (shipped to the control plane while connected).
+    pub fn trace_queue(&self) -> Arc<traces::TraceQueue> {
+        Arc::clone(&self.traces)
     }
 
     /// The address `/metrics` is served on, when it is.
@@ -426,17 +441,19 @@ impl DataPlane {
             entra,
             connections,
             metrics_listener,
+            traces,
         } = self;
         let metrics = Arc::clone(store.metrics());
         let (metrics_stop_tx, metrics_stop_rx) = tokio::sync::oneshot::channel::<()>();
         let metrics_task = metrics_listener.map(|listener| {
-            let registry = metrics::Scrape {
+            let mut registry = metrics::Scrape {
                 metrics: Arc::clone(&metrics),
                 health: Arc::clone(&health),
                 connections: Arc::clone(&connections),
                 store: Arc::clone(&store),
             }
             .registry();
+            registry.register_collector(Box::new(traces::QueueMetrics(Arc::clone(&traces))));
             tokio::spawn(metrics::server::serve(listener, registry, async {
                 let _ = metrics_stop_rx.await;
             }))
@@ -450,12 +467,14 @@ impl DataPlane {
                 stats_interval: config.stats_interval,
                 usage_interval: config.usage_interval,
             };
+            let shipper = traces::TraceShipper::new(Arc::clone(&traces), traces::TRACE_INTERVAL);
             tokio::spawn(client::run(
                 client_config,
                 connector,
                 Arc::clone(&store),
                 Arc::clone(&health),
                 health_rx,
+                shipper,
             ))
         });
         let limits = proxy::Limits {
@@ -502,6 +521,7 @@ impl DataPlane {
                 tracer: config.tracer.clone(),
                 metrics: Arc::clone(&metrics),
                 shard,
+                traces: Arc::clone(&traces),
             })
             .collect();
         info!(

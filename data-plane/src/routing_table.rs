@@ -24,6 +24,7 @@ use tokio::sync::watch;
 
 use crate::limits::{KeyChain, KeyLimiter};
 use crate::metrics::{EndpointMetrics, GatewayMetrics, Metrics, RouteMetrics};
+use crate::traces::CompiledTraces;
 
 /// Header Azure OpenAI reads the resource key from.
 pub(crate) const API_KEY: HeaderName = HeaderName::from_static("api-key");
@@ -145,6 +146,8 @@ pub struct CompiledGateway {
     /// The gateway's own answers and overhead, attached with the table (`None` with metrics
     /// off).
     pub metrics: Option<Arc<GatewayMetrics>>,
+    /// What the gateway traces of each request (`None`: traces off, nothing recorded).
+    pub traces: Option<Arc<CompiledTraces>>,
 }
 
 impl CompiledGateway {
@@ -282,6 +285,7 @@ impl RoutingTable {
                 key_limits: g.key_limits,
                 keys,
                 metrics: None,
+                traces: CompiledTraces::compile(&g.traces),
             });
         }
         let mut entra_scopes: Vec<Arc<str>> = endpoints

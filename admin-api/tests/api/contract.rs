@@ -16,7 +16,7 @@ use crate::harness::{Harness, Reply, endpoint_body, id_of};
 const KEY: &str = "azkey-0123456789abcdef0123456789abcdef";
 
 /// The request schemas and the operation each is sent to.
-const REQUEST_SCHEMAS: [&str; 12] = [
+const REQUEST_SCHEMAS: [&str; 13] = [
     "CreateApiTokenRequest",
     "CreateEndpointRequest",
     "UpdateEndpointRequest",
@@ -28,6 +28,7 @@ const REQUEST_SCHEMAS: [&str; 12] = [
     "UpdateGatewayRequest",
     "GatewayMemberInput",
     "RoutingInput",
+    "TracesInput",
     "CreateDataPlaneTokenRequest",
 ];
 
@@ -168,6 +169,10 @@ impl World {
             "RoutingInput" => {
                 let body = json!({"name": fresh_name, "endpoints": [], "routing": {field: value}});
                 (Method::POST, "/api/v1/gateways".to_owned(), body, format!("routing.{field}"))
+            }
+            "TracesInput" => {
+                let body = json!({"name": fresh_name, "endpoints": [], "traces": {field: value}});
+                (Method::POST, "/api/v1/gateways".to_owned(), body, format!("traces.{field}"))
             }
             "CreateApiTokenRequest" => {
                 let mut body = json!({"name": fresh_name, "role": "viewer"});
@@ -381,6 +386,7 @@ schema_rules_hold! {
     rules_of_update_gateway_request => "UpdateGatewayRequest",
     rules_of_gateway_member_input => "GatewayMemberInput",
     rules_of_routing_input => "RoutingInput",
+    rules_of_traces_input => "TracesInput",
     rules_of_create_data_plane_token_request => "CreateDataPlaneTokenRequest",
 }
 
@@ -414,6 +420,10 @@ fn the_document_states_the_named_rules() {
         "GatewayMemberInput.weight",
         "RoutingInput.strategy",
         "RoutingInput.request_timeout_ms",
+        "TracesInput.redact_fields",
+        "TracesInput.max_payload_bytes",
+        "TracesInput.retention_days",
+        "TracesInput.max_count",
         "CreateApiTokenRequest.name",
         "CreateApiTokenRequest.role",
         "CreateApiTokenRequest.expires_in_seconds",
@@ -433,6 +443,25 @@ async fn check_property(w: &World, schema: &str, field: &str, property: &Value) 
         for bad in [min - 1, max + 1] {
             w.refused(schema, field, json!(bad)).await;
         }
+        return;
+    }
+    // Redacted field names: the item count, and each item's length.
+    if field == "redact_fields" {
+        let max = property["maxItems"].as_u64().expect("maxItems") as usize;
+        let item = &property["items"];
+        let (min_chars, max_chars) = (
+            item["minLength"].as_u64().expect("minLength") as usize,
+            item["maxLength"].as_u64().expect("maxLength") as usize,
+        );
+        let names: Vec<String> = (0..=max).map(|i| format!("f{i}")).collect();
+        w.accepted(schema, field, json!(names[..max])).await;
+        w.accepted(schema, field, json!([])).await;
+        w.refused(schema, field, json!(names)).await;
+        w.accepted(schema, field, json!(["k".repeat(max_chars), "k".repeat(min_chars)])).await;
+        let (reply, _) = w.send(schema, field, json!(["ok", "k".repeat(max_chars + 1)])).await;
+        assert_eq!(reply.error_fields(), ["traces.redact_fields[1]"], "{}", reply.text);
+        let (reply, _) = w.send(schema, field, json!(["k".repeat(min_chars - 1)])).await;
+        assert_eq!(reply.error_fields(), ["traces.redact_fields[0]"], "{}", reply.text);
         return;
     }
     // Arrays: only gateway members are sent here (the import's ids are in their own test).

@@ -18,3 +18,4 @@ mod openapi;
 mod roles;
 mod routing;
 mod stats;
+mod traces;

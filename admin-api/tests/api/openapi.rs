@@ -129,7 +129,7 @@ async fn the_document_lists_exactly_the_routes_the_router_serves() {
         "the probe sees exactly the registered paths"
     );
     assert_eq!(documented, served, "documented (left) vs served by the router (right)");
-    assert_eq!(documented.len(), 24, "the twenty-four paths of /api/v1");
+    assert_eq!(documented.len(), 26, "the twenty-six paths of /api/v1");
 }
 
 #[test]
@@ -254,7 +254,7 @@ fn operation_ids_are_unique() {
             assert!(ids.insert(id.to_owned()), "duplicate operationId {id}");
         }
     }
-    assert_eq!(ids.len(), 35);
+    assert_eq!(ids.len(), 37);
 }
 
 #[test]

@@ -85,6 +85,25 @@ impl World {
         )
     }
 
+    /// A stored trace's id (traces come from data planes; the store takes them directly).
+    async fn trace(&self) -> String {
+        // Of a gateway that exists: the retention job deletes the traces of those that do not.
+        let gateway = self.gateway().await.parse().expect("gateway id");
+        let trace = crate::traces::trace(gateway, chrono::Utc::now().timestamp_millis(), 200);
+        let node = modelgw_model::NodeId("dp".into());
+        self.h.store.insert_traces(&node, &[trace]).await.expect("insert");
+        let page = self
+            .h
+            .store
+            .list_traces(&modelgw_control_plane::store::TraceQuery {
+                limit: 1,
+                ..Default::default()
+            })
+            .await
+            .expect("list");
+        page.traces[0].id.to_string()
+    }
+
     async fn call_for(&self, method: &Method, template: &str) -> Call {
         let ok =
             |path: String, body: Option<Value>, success: StatusCode| Call { path, body, success };
@@ -230,6 +249,12 @@ impl World {
                 ok(format!("{template}?gateway_id={}", self.gateway().await), None, StatusCode::OK)
             }
             ("GET", "/api/v1/stats/regions") => ok(template.into(), None, StatusCode::OK),
+            ("GET", "/api/v1/traces") => {
+                ok(format!("{template}?status=2xx&limit=10"), None, StatusCode::OK)
+            }
+            ("GET", "/api/v1/traces/{id}") => {
+                ok(format!("/api/v1/traces/{}", self.trace().await), None, StatusCode::OK)
+            }
             (m, p) => panic!("no fixture for {m} {p}: add one to tests/api/roles.rs"),
         }
     }

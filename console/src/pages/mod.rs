@@ -14,6 +14,7 @@ pub(crate) mod overview;
 pub(crate) mod playground;
 pub(crate) mod sign_in;
 pub(crate) mod stats;
+pub(crate) mod traces;
 
 use chrono::{DateTime, Utc};
 use serde::Deserialize;

@@ -13,3 +13,4 @@ mod playground;
 mod session;
 mod sso;
 mod stats;
+mod traces;

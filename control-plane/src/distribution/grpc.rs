@@ -41,6 +41,7 @@ use super::join_tokens::{ActiveTokens, JoinTokens, TOKEN_POLL_INTERVAL};
 use super::leases::{LeasePush, LeaseSession, lease_channel};
 use super::registry::RegistrationLimits;
 use super::tls::{ServerTls, TLS_RELOAD_INTERVAL, TlsError, TlsFiles, certificate_identities};
+use super::traces::TraceIntake;
 use super::{ConnectionId, DataPlaneRegistry, PublishedSnapshot};
 use crate::store::DataPlaneTokenId;
 use crate::{ControlPlaneMetrics, Store, StoreError};
@@ -62,9 +63,10 @@ const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest message a data plane may send. Its messages are a `Hello`, ACK/NACKs, heartbeats,
 /// health reports of at most 256 endpoints (a few dozen KiB), statistics reports (at most
 /// `MAX_STATS_ROUTES_PER_REPORT` pairs: under 1 MiB even with every count at its largest, a
-/// test in `model::wire` checks it) and usage reports (at most `MAX_USAGE_ENTRIES_PER_REPORT`
-/// entries of about 100 bytes); 1 MiB leaves room while a peer cannot make the control
-/// plane buffer tonic's 4 MiB default (or more) per message.
+/// test in `model::wire` checks it), usage reports (at most `MAX_USAGE_ENTRIES_PER_REPORT`
+/// entries of about 100 bytes) and trace batches (kept under `MAX_TRACE_BATCH_BYTES`, 512 KiB,
+/// except a lone trace with both bodies at the 256 KiB cap); 1 MiB leaves room while a peer
+/// cannot make the control plane buffer tonic's 4 MiB default (or more) per message.
 pub const MAX_INBOUND_MESSAGE_BYTES: usize = 1024 * 1024;
 
 /// Concurrent streams on one HTTP/2 connection. A data plane needs one (a reconnect opens a
@@ -75,9 +77,9 @@ pub const MAX_STREAMS_PER_CONNECTION: u32 = 4;
 /// Messages a stream may send at once before the rate applies. A data plane sends a
 /// heartbeat every 5 s, an ACK per snapshot, a health report per burst of changes (256
 /// endpoints each), a statistics report every `MODELGW_STATS_INTERVAL` (5 s; several only
-/// beyond 2,000 active pairs) and a usage report every `MODELGW_USAGE_INTERVAL` (1 s) and at
-/// most ten a second more while its budget leases run low: 100 covers a fleet-wide incident's
-/// reports.
+/// beyond 2,000 active pairs), a usage report every `MODELGW_USAGE_INTERVAL` (1 s) and at
+/// most ten a second more while its budget leases run low, and at most ten trace batches a
+/// second: 100 covers a fleet-wide incident's reports.
 pub const MESSAGE_BURST: u32 = 100;
 
 /// Sustained messages per second per stream; a stream beyond it is ended with
@@ -190,6 +192,7 @@ pub(super) async fn serve(
     snapshots: watch::Receiver<Arc<PublishedSnapshot>>,
     registry: DataPlaneRegistry,
     store: Store,
+    traces: TraceIntake,
     listener: tokio::net::TcpListener,
     settings: GrpcSettings,
     shutdown: impl Future<Output = ()> + Send + 'static,
@@ -223,6 +226,7 @@ pub(super) async fn serve(
         registry,
         stopping,
         client_auth,
+        traces,
     };
     if let Ok(addr) = listener.local_addr() {
         match client_auth {
@@ -288,6 +292,8 @@ struct DiscoveryService {
     stopping: watch::Receiver<bool>,
     client_auth: ClientAuth,
     metrics: ControlPlaneMetrics,
+    /// Where request traces go (the trace writer).
+    traces: TraceIntake,
 }
 
 impl DiscoveryService {
@@ -412,6 +418,7 @@ impl ConfigDiscovery for DiscoveryService {
             subscribed_at,
             acked: applied_version,
             usage,
+            traces: self.traces.clone(),
         };
         tokio::spawn(
             session.run(inbound, replaced, self.stopping.clone()).instrument(span.clone()),
@@ -457,6 +464,8 @@ struct Session {
     /// The lease task's report queue, when the data plane is an instance that enforces key
     /// limits (`Hello.instance`).
     usage: Option<mpsc::Sender<UsageReport>>,
+    /// Where request traces go (the trace writer; never awaited).
+    traces: TraceIntake,
 }
 
 /// Resolves when the token `id` is no longer active (never for a stream without a token).
@@ -607,9 +616,13 @@ impl Session {
                 }
                 owned
             }
-            DataPlaneMessage::Traces(_) => {
-                tracing::debug!("ignoring a trace batch (not handled yet)");
-                self.registry.update(node, conn, |_| {})
+            DataPlaneMessage::Traces(batch) => {
+                let owned = self.registry.update(node, conn, |_| {});
+                if owned {
+                    let snapshot = self.snapshots.borrow().snapshot().clone();
+                    self.traces.submit(node, batch, &snapshot);
+                }
+                owned
             }
             DataPlaneMessage::Hello(_) => {
                 tracing::warn!("ignoring a second Hello on the same stream");

@@ -410,6 +410,14 @@ pub(super) fn gateway_view(g: &GatewayRecord) -> Map<String, Value> {
             "wait_for_recovery": g.routing.wait_for_recovery,
             "request_timeout_ms": g.routing.request_timeout_ms,
         },
+        "traces": {
+            "enabled": g.traces.enabled,
+            "capture_payload": g.traces.capture_payload,
+            "redact_fields": g.traces.redact_fields,
+            "max_payload_bytes": g.traces.max_payload_bytes,
+            "retention_days": g.traces.retention_days,
+            "max_count": g.traces.max_count,
+        },
         "key_limits": {
             "default_completion_tokens": g.key_limits.default_completion_tokens,
             "fail_closed": g.key_limits.fail_closed,

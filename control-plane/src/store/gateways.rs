@@ -21,7 +21,8 @@ pub(super) const ENTITY: &str = "gateway";
 /// Columns `gateway_from_row` reads (a constant, so the formatted queries stay SQL-safe).
 const GATEWAY_COLUMNS: &str = "id, name, created_at, updated_at, routing_strategy, \
      routing_wait_for_recovery, routing_request_timeout_ms, key_default_completion_tokens, \
-     key_fail_closed";
+     key_fail_closed, traces_enabled, traces_capture_payload, traces_redact_fields, \
+     traces_max_payload_bytes, traces_retention_days, traces_max_count";
 
 impl Store {
     #[tracing::instrument(name = "store.create_gateway", skip_all, fields(gateway.name = %new.name, gateway.id))]
@@ -52,6 +53,7 @@ impl Store {
         .execute(&mut *tx)
         .await
         .map_err(|e| name_conflict(e, ENTITY))?;
+        super::traces::write_gateway_traces(&mut tx, id, &new.traces).await?;
         insert_members(&mut tx, id, &new.members).await?;
         let record = fetch_gateway(&mut tx, id).await?;
         let change = Change::created(
@@ -121,6 +123,9 @@ impl Store {
         .execute(&mut *tx)
         .await
         .map_err(|e| name_conflict(e, ENTITY))?;
+        if let Some(traces) = &patch.traces {
+            super::traces::write_gateway_traces(&mut tx, id, traces).await?;
+        }
         if let Some(members) = &patch.members {
             sqlx::query("DELETE FROM gateway_members WHERE gateway_id = $1")
                 .bind(id.to_string())
@@ -281,6 +286,7 @@ fn gateway_from_row(
         name: row.try_get("name")?,
         members,
         routing: routing_from_row(row)?,
+        traces: super::traces::gateway_traces_from_row(row)?,
         key_limits: key_limits_from_row(row)?,
         created_at: time_from_db("created_at", row.try_get("created_at")?)?,
         updated_at: time_from_db("updated_at", row.try_get("updated_at")?)?,

@@ -26,6 +26,7 @@ mod health;
 mod keys;
 mod leases;
 mod snapshot;
+mod traces;
 mod usage;
 
 use std::time::Duration;
@@ -52,6 +53,11 @@ pub use data_plane_tokens::{ActiveDataPlaneToken, DataPlaneTokenId, DataPlaneTok
 pub use health::EndpointHealthRecord;
 pub use keys::LAST_USED_PRECISION_MS;
 pub use leases::LeaseRequest;
+pub use traces::{
+    DEFAULT_TRACE_MAX_COUNT, DEFAULT_TRACE_RETENTION_DAYS, GatewayTraces, MAX_TRACE_MAX_COUNT,
+    MAX_TRACE_RETENTION_DAYS, StatusFilter, StoredTrace, TraceCursor, TraceId, TracePage,
+    TraceQuery, TraceRetention,
+};
 pub use usage::{KeyUsageRow, KeyWindowUsage, USAGE_RETENTION, usage_retention};
 
 /// Which database the store runs on.
@@ -157,6 +163,8 @@ pub struct GatewayRecord {
     /// In the order they were given.
     pub members: Vec<GatewayMember>,
     pub routing: RoutingPolicy,
+    /// What its data planes trace, and how long the traces are kept.
+    pub traces: GatewayTraces,
     /// How data planes enforce the limits of this gateway's keys.
     pub key_limits: KeyLimitPolicy,
     pub created_at: DateTime<Utc>,
@@ -169,6 +177,8 @@ pub struct NewGateway {
     pub members: Vec<GatewayMember>,
     /// `RoutingPolicy::default()` for today's behaviour (weighted, no waiting, default deadline).
     pub routing: RoutingPolicy,
+    /// `GatewayTraces::default()`: nothing traced.
+    pub traces: GatewayTraces,
     /// `KeyLimitPolicy::default()`: the data plane's default reservation, fail open.
     pub key_limits: KeyLimitPolicy,
 }
@@ -180,6 +190,8 @@ pub struct GatewayPatch {
     pub members: Option<Vec<GatewayMember>>,
     /// Replaces the whole routing policy when present.
     pub routing: Option<RoutingPolicy>,
+    /// Replaces the whole trace settings when present.
+    pub traces: Option<GatewayTraces>,
     /// Replaces the whole key-limit policy when present.
     pub key_limits: Option<KeyLimitPolicy>,
 }

@@ -3,7 +3,6 @@
 use std::collections::{HashMap, HashSet};
 
 use chrono::Utc;
-use modelgw_model::traces::TraceSettings;
 use modelgw_model::{
     Credential, DEFAULT_ENTRA_SCOPE, Endpoint, Gateway, GatewayKey, GatewayKeyId, Snapshot,
 };
@@ -35,7 +34,9 @@ impl Store {
         .await?;
         let gateway_rows = sqlx::query(
             "SELECT id, name, routing_strategy, routing_wait_for_recovery, \
-                 routing_request_timeout_ms, key_default_completion_tokens, key_fail_closed \
+                 routing_request_timeout_ms, key_default_completion_tokens, key_fail_closed, \
+                 traces_enabled, traces_capture_payload, traces_redact_fields, \
+                 traces_max_payload_bytes, traces_retention_days, traces_max_count \
                  FROM gateways ORDER BY name",
         )
         .fetch_all(&mut *tx)
@@ -103,7 +104,7 @@ impl Store {
                 keys: key_tree(keys.remove(&id).unwrap_or_default(), now),
                 routing: routing_from_row(row)?,
                 key_limits: key_limits_from_row(row)?,
-                traces: TraceSettings::default(),
+                traces: super::traces::gateway_traces_from_row(row)?.settings(),
             });
         }
         tracing::debug!(endpoints = endpoints.len(), gateways = gateways.len(), "snapshot loaded");

@@ -101,7 +101,7 @@ static TOKEN_MARKERS: [&[u8]; 4] =
 
 /// Whether `events` carry the stream's first output (not the prompt-filter frame, not the
 /// role frame with an empty content).
-fn has_token(events: &[u8]) -> bool {
+pub(crate) fn has_token(events: &[u8]) -> bool {
     TOKEN_MARKERS.iter().any(|marker| {
         memmem::find_iter(events, marker).any(|at| {
             let after = events.get(at + marker.len());

@@ -117,6 +117,8 @@ impl Proxy {
                         }
                         self.health.record_rate_limits(endpoint.id, limits.as_ref(), now);
                         note(&mut attempts, endpoint, answer.outcome.label(), ms);
+                        let status = Some(answer.status.as_u16());
+                        trace_attempt(tally, endpoint, status, answer.outcome.label(), ms);
                         let charge = plan.charge.take();
                         return self.pass_through(
                             plan,
@@ -127,6 +129,7 @@ impl Proxy {
                                 accounting: member,
                                 deadline,
                                 attempts: &attempts,
+                                trace: tally.trace.take(),
                                 charge,
                             },
                         );
@@ -137,6 +140,8 @@ impl Proxy {
                         }
                         log_attempt(&tried, error.outcome, error.status, ms, &error.reason);
                         note(&mut attempts, endpoint, error.label(), ms);
+                        let status = error.status.map(|s| s.as_u16());
+                        trace_attempt(tally, endpoint, status, error.label(), ms);
                         if let Some(event) = error.health_event() {
                             self.health.record(endpoint.id, &event, now);
                         }
@@ -149,6 +154,8 @@ impl Proxy {
                         }
                         log_attempt(&tried, error.outcome, error.status, ms, &error.reason);
                         note(&mut attempts, endpoint, error.label(), ms);
+                        let status = error.status.map(|s| s.as_u16());
+                        trace_attempt(tally, endpoint, status, error.label(), ms);
                         return self.deadline_exceeded(rid, gateway, &attempts);
                     }
                 }
@@ -332,6 +339,20 @@ fn member_metrics<'g>(
     candidate: &Candidate,
 ) -> Option<&'g Arc<RouteMetrics>> {
     gateway.groups.get(candidate.group)?.members.get(candidate.member)?.metrics.as_ref()
+}
+
+/// Records an attempt in the request's trace, when it has one.
+#[inline]
+fn trace_attempt(
+    tally: &mut Tally<'_>,
+    endpoint: &CompiledEndpoint,
+    status: Option<u16>,
+    outcome: &'static str,
+    ms: u64,
+) {
+    if let Some(trace) = tally.trace.as_deref_mut() {
+        trace.attempt(endpoint.id, status, outcome, ms);
+    }
 }
 
 /// Appends `<endpoint>:<outcome>:<ms>` to the `x-modelgw-attempts` list.

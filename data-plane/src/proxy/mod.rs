@@ -123,6 +123,8 @@ pub(crate) struct Proxy {
     pub shard: usize,
     /// Spans for requests and attempts (`trace_context`); `None`: tracing off, no cost.
     pub tracer: Option<trace_context::RequestTracer>,
+    /// Where the request traces of gateways that record them go (`crate::traces`).
+    pub traces: Arc<crate::traces::TraceQueue>,
 }
 
 /// What a request's accounting needs, filled in as it goes; recorded once its answer's head
@@ -140,6 +142,9 @@ pub(super) struct Tally<'t> {
     served: bool,
     /// Time spent waiting on others: the client's body, upstream attempts, recovery waits.
     waited: Duration,
+    /// The request's trace, when its gateway records them; taken by the answer that ends it
+    /// (`pass_through`), else ended with the gateway's own answer.
+    trace: Option<Box<crate::traces::TraceRecorder>>,
 }
 
 impl Proxy {
@@ -192,6 +197,9 @@ impl Proxy {
             .instrument(span.clone()),
         )
         .await;
+        if let Some(trace) = tally.trace.take() {
+            trace.finish_local(response.status().as_u16());
+        }
         if self.metrics.enabled() {
             let counters = tally.gateway.unwrap_or(&self.metrics.unrouted);
             if !tally.served {
@@ -256,6 +264,17 @@ impl Proxy {
         };
         tally.gateway = gateway.metrics.as_deref();
         tally.key = Some(compiled_key);
+        if let Some(traces) = &gateway.traces {
+            let start = crate::traces::TraceStart {
+                gateway_id: gateway.id,
+                key_id: compiled_key.id,
+                operation: call.operation.label(),
+                request_id: rid,
+                client_request_id: parts.headers.get(CLIENT_REQUEST_ID),
+                started,
+            };
+            tally.trace = Some(crate::traces::TraceRecorder::start(&self.traces, traces, start));
+        }
         Span::current().record("gateway", gateway.name.as_str());
         *gateway_name = Some(gateway.name.clone());
         if let Err(refusal) = auth::check_deployment(call, gateway, rid) {
@@ -284,6 +303,13 @@ impl Proxy {
                 return reply::bad_request("This operation takes no request body.");
             }
         };
+        if let Some(trace) = tally.trace.as_deref_mut() {
+            let asked = match &model {
+                ModelProbe::Present(field) => field.value.as_deref(),
+                ModelProbe::Unread | ModelProbe::Absent => None,
+            };
+            trace.request(&body, asked, stream_usage != StreamUsage::NotStreamed);
+        }
         if let Err(refusal) = auth::check_model(call, &model, gateway, rid) {
             return refusal.response();
         }
@@ -304,9 +330,11 @@ impl Proxy {
         };
         // Streams count their tokens from the usage chunk: ask for it when the client did
         // not (and the API version knows `stream_options`), and take it out again on the way
-        // back (`strip_usage`) — for the metrics, and for the key's limits.
+        // back (`strip_usage`) — for the metrics, the key's limits and the request's trace.
         let strip_usage = stream_usage == StreamUsage::Unrequested
-            && (gateway.metrics.is_some() || charge.as_ref().is_some_and(limits::Ticket::limited))
+            && (gateway.metrics.is_some()
+                || tally.trace.is_some()
+                || charge.as_ref().is_some_and(limits::Ticket::limited))
             && call.operation.takes_stream_options()
             && stream_options_supported(call.surface, parts.uri.query());
         if strip_usage {

@@ -22,6 +22,7 @@ use tracing::{Span, warn};
 use super::attempt::{Answer, error_chain};
 use super::deadline::bounded;
 use super::exchange::{is_encoded, is_event_stream, next_data};
+use super::operations::Operation;
 use super::sse::SseFramer;
 use super::upstream::RequestPlan;
 use super::upstream::downstream_headers;
@@ -44,6 +45,8 @@ pub(super) struct Committed<'a> {
     pub(super) accounting: Option<&'a Arc<RouteMetrics>>,
     pub(super) deadline: Instant,
     pub(super) attempts: &'a str,
+    /// The request's trace, ended with the answer (`None`: its gateway records none).
+    pub(super) trace: Option<Box<crate::traces::TraceRecorder>>,
     pub(super) charge: Option<Ticket>,
 }
 
@@ -58,7 +61,7 @@ impl Proxy {
         endpoint: &Arc<CompiledEndpoint>,
         committed: Committed<'_>,
     ) -> Response<ProxyBody> {
-        let Committed { admission, accounting, deadline, attempts, charge } = committed;
+        let Committed { admission, accounting, deadline, attempts, charge, trace } = committed;
         let Answer { status, headers, ahead, body, .. } = answer;
         // An error answer is charged at once: one request, no tokens.
         let charge = match charge {
@@ -80,6 +83,9 @@ impl Proxy {
             // Read whole before the commit (a chat or embeddings answer): nothing left that
             // could fail, nothing to frame; its frames go out as they are.
             drop(body);
+            if let Some(trace) = trace {
+                trace.finish_whole(status.as_u16(), &ahead.frames, is_encoded(&headers));
+            }
             if accounting.is_some() || charge.is_some() {
                 let usage = if status.is_success() && !is_encoded(&headers) {
                     usage::usage_of_frames(ahead.frames.iter())
@@ -97,16 +103,19 @@ impl Proxy {
             }
             BodyExt::boxed(ReadWhole { frames: ahead.frames, _admission: admission })
         } else {
-            let tally = (accounting.is_some() || charge.is_some()).then(|| StreamTally {
-                route: accounting.cloned(),
-                shard,
-                operation,
-                started: plan.started,
-                usage: usage::StreamUsage::new(plan.strip_usage),
-                first_token: None,
-                open: (sse && accounting.is_some()).then(|| OpenStream::new(&self.metrics)),
-                done: false,
-                charge,
+            // Whenever the gateway asked for usage itself, a tally takes it out again.
+            let tally = (accounting.is_some() || charge.is_some() || plan.strip_usage).then(|| {
+                StreamTally {
+                    route: accounting.cloned(),
+                    shard,
+                    operation,
+                    started: plan.started,
+                    usage: usage::StreamUsage::new(plan.strip_usage),
+                    first_token: None,
+                    open: (sse && accounting.is_some()).then(|| OpenStream::new(&self.metrics)),
+                    done: false,
+                    charge,
+                }
             });
             let relay = Relay {
                 body,
@@ -122,6 +131,10 @@ impl Proxy {
                 _admission: admission,
                 phase: Phase::Streaming,
                 tally,
+                trace: trace.map(|trace| {
+                    let chat = plan.call.operation == Operation::ChatCompletions;
+                    trace.relayed(status.as_u16(), sse, is_encoded(&headers), chat)
+                }),
             };
             BodyExt::boxed(http_body_util::StreamBody::new(futures::stream::unfold(
                 relay,
@@ -269,6 +282,10 @@ struct Relay {
     phase: Phase,
     /// The answer's accounting (`None` with metrics off and no key budget to charge).
     tally: Option<StreamTally>,
+    /// The request's trace (`None` when its gateway records none); sees the events before the
+    /// tally takes out a usage chunk the gateway asked for, and ends when the relay does.
+    /// Boxed: the relay is moved into every step's future, so it stays small without traces.
+    trace: Option<Box<crate::traces::ResponseTrace>>,
 }
 
 type RelayItem = Result<Frame<Bytes>, BoxError>;
@@ -299,10 +316,20 @@ impl Relay {
             let failure = match next {
                 Ok(Ok(Some(bytes))) => {
                     let out = match &mut self.framer {
-                        None => Ok(bytes),
-                        Some(framer) => framer.push(bytes).map(|events| match &mut self.tally {
-                            Some(tally) if !events.is_empty() => tally.on_events(events),
-                            _ => events,
+                        None => {
+                            if let Some(trace) = &mut self.trace {
+                                trace.on_body(&bytes);
+                            }
+                            Ok(bytes)
+                        }
+                        Some(framer) => framer.push(bytes).map(|events| {
+                            if let Some(trace) = &mut self.trace {
+                                trace.on_events(&events);
+                            }
+                            match &mut self.tally {
+                                Some(tally) if !events.is_empty() => tally.on_events(events),
+                                _ => events,
+                            }
                         }),
                     };
                     match out {
@@ -319,12 +346,18 @@ impl Relay {
                 }
                 Ok(Ok(None)) => {
                     let rest = self.framer.take().and_then(|mut framer| framer.finish());
+                    if let (Some(rest), Some(trace)) = (&rest, &mut self.trace) {
+                        trace.on_events(rest);
+                    }
                     let rest = match (rest, &mut self.tally) {
                         (Some(rest), Some(tally)) => Some(tally.on_events(rest)),
                         (rest, _) => rest,
                     };
                     if let Some(tally) = &mut self.tally {
                         tally.finish(false);
+                    }
+                    if let Some(trace) = &mut self.trace {
+                        trace.finish();
                     }
                     return rest.map(|rest| (Ok(Frame::data(rest)), self));
                 }
@@ -348,6 +381,9 @@ impl Relay {
             }
             if let Some(tally) = &mut self.tally {
                 tally.finish(endpoint_fault);
+            }
+            if let Some(trace) = &mut self.trace {
+                trace.finish();
             }
             if self.framer.take().is_some() {
                 self.phase = Phase::Failing(reason.clone());

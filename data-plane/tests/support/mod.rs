@@ -109,6 +109,8 @@ pub struct TestGateway {
     pub connections: Arc<ConnectionStats>,
     /// Where `/metrics` is served, when the config asked for it.
     pub metrics_addr: Option<SocketAddr>,
+    /// Finished request traces (no control plane ships them: tests take them).
+    pub traces: Arc<modelgw_data_plane::traces::TraceQueue>,
     pub http: reqwest::Client,
     pub stop: Option<oneshot::Sender<()>>,
     pub task: tokio::task::JoinHandle<Result<(), DataPlaneError>>,
@@ -180,12 +182,23 @@ pub async fn start_exactly(config: DataPlaneConfig) -> Result<TestGateway> {
     let store = dp.snapshot_store();
     let health = dp.health();
     let metrics_addr = dp.metrics_addr();
+    let traces = dp.trace_queue();
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(dp.run(async move {
         let _ = stopped.await;
     }));
     let http = reqwest::Client::builder().no_proxy().build()?;
-    Ok(TestGateway { base, store, health, connections, metrics_addr, http, stop: Some(stop), task })
+    Ok(TestGateway {
+        base,
+        store,
+        health,
+        connections,
+        metrics_addr,
+        traces,
+        http,
+        stop: Some(stop),
+        task,
+    })
 }
 
 /// Default settings but a 5 s first-byte timeout.
