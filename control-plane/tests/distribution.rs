@@ -965,6 +965,7 @@ fn hour_usage(key: &modelgw_model::GatewayKeyId, tokens: u64) -> Kind {
             window_start_unix_ms: Window::Hour.start_of(now),
             charged: Usage { requests: tokens / 100, total_tokens: tokens, ..Usage::default() },
             reserved: Usage::default(),
+            wanted: Usage::default(),
         }],
         skipped: vec![],
     };

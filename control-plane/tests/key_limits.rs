@@ -249,7 +249,14 @@ fn entry(
     charged: Usage,
     reserved: Usage,
 ) -> KeyUsage {
-    KeyUsage { key_id, window, window_start_unix_ms: start, charged, reserved }
+    KeyUsage {
+        key_id,
+        window,
+        window_start_unix_ms: start,
+        charged,
+        reserved,
+        wanted: Usage::default(),
+    }
 }
 
 fn report(entries: Vec<KeyUsage>) -> UsageReport {
@@ -365,6 +372,7 @@ async fn a_reset_counts_usage_from_zero_again_in_the_current_windows_only(db: &T
         window_start: hour,
         limits: *per_hour_total(1_000).window(Window::Hour),
         default_typical: Usage::request(10, 10),
+        wanted: Usage::default(),
     };
     let g = store.allocate_leases(instance(1), &node, &[request], ms).await.expect("allocate");
     assert_eq!(g[0].fleet_used.total_tokens, 10);
@@ -429,6 +437,7 @@ async fn replicas_allocating_at_once_never_lend_more_than_the_limit(db: &TestDb)
             window_start: hour,
             limits: WindowLimits { total_tokens: Some(10_000), ..WindowLimits::default() },
             default_typical: Usage::request(100, 100),
+            wanted: Usage::default(),
         })
         .collect();
     // 8 instances, half on each replica, each asking 6 times at once: a top-up every time,
@@ -503,6 +512,7 @@ async fn an_expired_lease_is_released_and_history_is_pruned_by_age(db: &TestDb) 
         window_start: hour,
         limits: WindowLimits { total_tokens: Some(10_000), ..WindowLimits::default() },
         default_typical: Usage::request(100, 100),
+        wanted: Usage::default(),
     };
     let node = NodeId("dp".into());
     let first = store.allocate_leases(instance(1), &node, &[request], now).await.expect("1");

@@ -710,6 +710,7 @@ async fn leases_from_the_stream_are_enforced_and_usage_reports_are_cumulative_ac
             granted,
             fleet_used: Usage::default(),
             own_used: Usage::default(),
+            ceiling: WindowLimits::default(),
         }],
         valid_for: Duration::from_secs(60),
         skipped: Vec::new(),

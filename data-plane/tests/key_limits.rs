@@ -73,6 +73,7 @@ fn grant(
         granted,
         fleet_used: fleet,
         own_used: Usage::default(),
+        ceiling: WindowLimits::default(),
     }
 }
 

@@ -311,6 +311,11 @@ pub struct LeaseGrant {
     /// instance's part: remaining = limit − fleet_used − (own now − own_used).
     pub fleet_used: Usage,
     pub own_used: Usage,
+    /// Per limited measure, the most this instance could be granted when the grant was
+    /// computed: the limit less what every other instance holds (its live grant, or its use
+    /// when more). A request whose reservation does not fit under it waits for the window's
+    /// end, not for a top-up; `None` = not sent (an older control plane): `fleet_used` decides.
+    pub ceiling: WindowLimits,
 }
 
 /// Budget for one data-plane instance: every grant it holds, renewed by the next `Leases`.
@@ -333,6 +338,10 @@ pub struct KeyUsage {
     pub charged: Usage,
     /// Reserved for requests still in flight.
     pub reserved: Usage,
+    /// The reservation of the last request this instance refused because its own grant was
+    /// short while the limit had room (zero: none since its grant last rose): the control
+    /// plane tops the grant up to cover it when the limit allows.
+    pub wanted: Usage,
 }
 
 /// A data-plane instance's usage report.

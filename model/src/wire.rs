@@ -697,6 +697,7 @@ impl From<cfg::UsageReport> for UsageReport {
                     window_start_unix_ms,
                     charged: usage_from_wire(k.charged),
                     reserved: usage_from_wire(k.reserved),
+                    wanted: usage_from_wire(k.wanted),
                 }),
                 Err(err) => skipped.push(err),
             }
@@ -717,6 +718,7 @@ impl From<&UsageReport> for cfg::UsageReport {
                     window_start_unix_ms: k.window_start_unix_ms,
                     charged: Some(usage_to_wire(&k.charged)),
                     reserved: Some(usage_to_wire(&k.reserved)),
+                    wanted: (!k.wanted.is_zero()).then(|| usage_to_wire(&k.wanted)),
                 })
                 .collect(),
         }
@@ -738,6 +740,7 @@ impl From<cfg::Leases> for Leases {
                     granted: g.granted.map(limits_from_wire).unwrap_or_default(),
                     fleet_used: usage_from_wire(g.fleet_used),
                     own_used: usage_from_wire(g.own_used),
+                    ceiling: g.ceiling.map(limits_from_wire).unwrap_or_default(),
                 }),
                 Err(err) => skipped.push(err),
             }
@@ -759,6 +762,7 @@ impl From<&Leases> for cfg::Leases {
                     granted: Some(limits_to_wire(&g.granted)),
                     fleet_used: Some(usage_to_wire(&g.fleet_used)),
                     own_used: Some(usage_to_wire(&g.own_used)),
+                    ceiling: Some(limits_to_wire(&g.ceiling)),
                 })
                 .collect(),
             valid_for_ms: u32::try_from(l.valid_for.as_millis()).unwrap_or(u32::MAX),
@@ -1105,6 +1109,7 @@ mod tests {
                     window_start_unix_ms: 1_796_637_600_000,
                     charged: Usage::request(100, 50),
                     reserved: Usage::request(10, 1024),
+                    wanted: Usage::request(40, 1024),
                 }],
                 skipped: vec![],
             }),
@@ -1153,6 +1158,7 @@ mod tests {
             granted,
             fleet_used: Usage::request(1, 2),
             own_used: Usage::default(),
+            ceiling: WindowLimits { total_tokens: Some(4_000), ..Default::default() },
         };
         let leases =
             Leases { grants: vec![good], valid_for: Duration::from_secs(30), skipped: vec![] };

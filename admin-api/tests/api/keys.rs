@@ -186,6 +186,7 @@ async fn usage_is_listed_per_window_against_the_limit_and_an_operator_can_reset_
         window_start_unix_ms: start,
         charged,
         reserved: Usage::default(),
+        wanted: Usage::default(),
     };
     let report = UsageReport {
         keys: vec![

@@ -394,6 +394,7 @@ impl ConfigDiscovery for DiscoveryService {
                     reports,
                     pushes: push_tx,
                     pushed: Default::default(),
+                    wanted: Default::default(),
                     seen_requests: Default::default(),
                 };
                 tokio::spawn(task.run().instrument(span.clone()));

@@ -17,6 +17,13 @@
 //!   up to `used + min(target, max(pool / connected, typical), pool)`: the whole target while
 //!   budget is plentiful, an equal share of what is left when it is scarce (everyone keeps
 //!   admitting, nobody takes the rest), at least one typical request while any is left;
+//! - the grant also carries the instance's `ceiling`, `L` − what every other instance counts:
+//!   the most it could ever be lent while the others hold what they hold, so a data plane can
+//!   tell a refusal a top-up would cure (retry in a second) from one it would not (retry at
+//!   the window's end);
+//! - a data plane that refused a request a top-up would cure reports its reservation
+//!   (`KeyUsage::wanted`): the instance is due, and its share is at least that (within the
+//!   pool), so the average-sized share cannot leave it a few tokens short forever;
 //! - grants never shrink within a window (a lowered limit applies as budget is spent, fully
 //!   from the next window on), not even after a lapse: data planes only ever raise a grant,
 //!   so an instance that returns is lent at least what it held. Budget released while it was
@@ -119,6 +126,9 @@ pub struct Budget<'a> {
     pub connected: usize,
     /// One typical request, when the window has no traffic yet.
     pub default_typical: Usage,
+    /// The reservation this instance refused for a short grant (zero: none): its top-up
+    /// covers at least that, when the pool allows.
+    pub wanted: Usage,
 }
 
 /// What one instance is lent, and what it was computed from.
@@ -128,6 +138,9 @@ pub struct Grant {
     /// The fleet's usage in the window beyond the baseline.
     pub fleet_used: Usage,
     pub own_used: Usage,
+    /// Per limited measure, the most the instance could be granted: the limit less what the
+    /// others count (`own_used` + the pool).
+    pub ceiling: WindowLimits,
     /// Per limited measure, the headroom the instance is topped up towards.
     pub target: Usage,
 }
@@ -146,6 +159,7 @@ pub fn grant(budget: &Budget<'_>, instance: u64, now_ms: i64) -> Grant {
     let typical = typical_request(fleet, budget.default_typical);
     let connected = budget.connected.max(1) as u64;
     let mut granted = WindowLimits::default();
+    let mut ceiling = WindowLimits::default();
     let mut target = Usage::default();
     for m in Measure::ALL {
         let Some(limit) = budget.limits.get(m) else { continue };
@@ -157,21 +171,24 @@ pub fn grant(budget: &Budget<'_>, instance: u64, now_ms: i64) -> Grant {
             .fold(0u64, |sum, h| sum.saturating_add(h.counts(m, now_ms)));
         let used = own_used.get(m);
         let pool = effective.saturating_sub(others).saturating_sub(used);
+        ceiling.set(m, Some(effective.saturating_sub(others)));
         let held = own_previous.and_then(|g| g.get(m));
         let headroom = held.unwrap_or(0).saturating_sub(used);
         let typical_m = typical.get(m).max(1);
         let t = limit.div_ceil(4 * connected).max(typical_m).min(limit.max(1));
         target.set(m, t);
-        let due = !own_live || held.is_none() || headroom.saturating_mul(2) < t;
+        let wanted = budget.wanted.get(m);
+        let due =
+            !own_live || held.is_none() || headroom.saturating_mul(2) < t || wanted > headroom;
         let value = if due {
-            let share = t.min(pool.div_ceil(connected).max(typical_m)).min(pool);
+            let share = t.min(pool.div_ceil(connected).max(typical_m)).max(wanted).min(pool);
             held.unwrap_or(0).max(used.saturating_add(share))
         } else {
             held.unwrap_or(0)
         };
         granted.set(m, Some(value));
     }
-    Grant { granted, fleet_used, own_used, target }
+    Grant { granted, fleet_used, own_used, ceiling, target }
 }
 
 /// One typical request: the window's average so far (usage over requests, reservations of
@@ -223,6 +240,7 @@ pub fn lease_requests(snapshot: &Snapshot, now_ms: i64) -> Vec<LeaseRequest> {
                         window_start,
                         limits,
                         default_typical,
+                        wanted: Usage::default(),
                     });
                 }
             }
@@ -269,6 +287,9 @@ pub(crate) struct LeaseSession {
     pub pushes: mpsc::Sender<LeasePush>,
     /// Last grant pushed per (key, window, start), with its target, for the due check.
     pub pushed: HashMap<(GatewayKeyId, Window, i64), (WindowLimits, Usage)>,
+    /// Per (key, window, start), the reservation the instance last reported refusing for a
+    /// short grant (only nonzero ones): the next allocation covers it when the limit allows.
+    pub wanted: HashMap<(GatewayKeyId, Window, i64), Usage>,
     /// The previous report's requests per (key, window, start), to tell which keys served
     /// requests since (for `last_used_at`).
     pub seen_requests: HashMap<(GatewayKeyId, Window, i64), u64>,
@@ -347,13 +368,21 @@ impl LeaseSession {
         if let Err(e) = self.store.touch_gateway_keys(&used, now).await {
             tracing::warn!(error = %e, "recording keys' last use failed");
         }
-        report.keys.iter().any(|k| {
-            self.pushed.get(&(k.key_id, k.window, k.window_start_unix_ms)).is_some_and(
-                |(granted, target)| {
-                    top_up_due(granted, target, &k.charged.saturating_add(k.reserved))
-                },
-            )
-        })
+        let mut due = false;
+        for k in &report.keys {
+            let slot = (k.key_id, k.window, k.window_start_unix_ms);
+            if k.wanted.is_zero() {
+                self.wanted.remove(&slot);
+            } else {
+                // A request was refused that a top-up would admit: allocate now.
+                self.wanted.insert(slot, k.wanted);
+                due = true;
+            }
+            due |= self.pushed.get(&slot).is_some_and(|(granted, target)| {
+                top_up_due(granted, target, &k.charged.saturating_add(k.reserved))
+            });
+        }
+        due
     }
 
     /// Keys that served a request themselves since the previous report, from whichever
@@ -392,7 +421,16 @@ impl LeaseSession {
     /// gone.
     async fn push(&mut self, published: &PublishedSnapshot) -> bool {
         let now_ms = Utc::now().timestamp_millis();
-        let requests = lease_requests(published.snapshot(), now_ms);
+        let mut requests = lease_requests(published.snapshot(), now_ms);
+        for r in &mut requests {
+            if let Some(wanted) = self.wanted.get(&(r.key_id, r.window, r.window_start)) {
+                r.wanted = *wanted;
+            }
+        }
+        // Windows no longer lent for (ended, or the key lost its limits) want nothing.
+        let lent: HashSet<(GatewayKeyId, Window, i64)> =
+            requests.iter().map(|r| (r.key_id, r.window, r.window_start)).collect();
+        self.wanted.retain(|slot, _| lent.contains(slot));
         if requests.is_empty() && self.pushed.is_empty() {
             // Nothing limited, and nothing lent before: nothing to say.
             return !self.pushes.is_closed();
@@ -425,6 +463,7 @@ impl LeaseSession {
                 granted: g.granted,
                 fleet_used: g.fleet_used,
                 own_used: g.own_used,
+                ceiling: g.ceiling,
             });
         }
         tracing::debug!(grants = grants.len(), "pushing leases");
@@ -471,6 +510,7 @@ mod tests {
             holders,
             connected,
             default_typical: Usage::request(50, 50),
+            wanted: Usage::default(),
         }
     }
 
@@ -576,6 +616,61 @@ mod tests {
         assert_eq!(granted(&g), 2_000 + 1_250);
         let g = grant(&budget(10_000, &holders, 1), 1, NOW);
         assert_eq!(granted(&g), 2_000 + 2_500);
+    }
+
+    #[test]
+    fn the_ceiling_is_the_limit_less_what_the_others_hold() {
+        // Instance 2 holds 300 unspent of its grant: instance 1 can never get more than 9,700,
+        // whatever the pool's state when it asks.
+        let holders = [holder(1, 4_650, Some(4_700), LIVE), holder(2, 5_000, Some(5_300), LIVE)];
+        let g = grant(&budget(10_000, &holders, 2), 1, NOW);
+        assert_eq!(g.ceiling.total_tokens, Some(10_000 - 5_300));
+        assert!(granted(&g) <= 4_700, "{}", granted(&g));
+        // Its lease lapsed: only its use counts, the rest could be lent.
+        let lapsed = [holder(1, 4_650, Some(4_700), LIVE), holder(2, 5_000, Some(5_300), NOW - 1)];
+        let g = grant(&budget(10_000, &lapsed, 2), 1, NOW);
+        assert_eq!(g.ceiling.total_tokens, Some(5_000));
+        // Scarce: of the 350 left it is lent an equal share (2 connected), under the ceiling.
+        assert_eq!(granted(&g), 4_650 + 175);
+        // A reset baseline raises it like the limit.
+        let mut b = budget(10_000, &holders, 2);
+        b.baseline = tokens(1_000);
+        assert_eq!(grant(&b, 1, NOW).ceiling.total_tokens, Some(11_000 - 5_300));
+        // Measures without a limit have none.
+        assert_eq!(g.ceiling.requests, None);
+    }
+
+    #[test]
+    fn a_refused_reservation_is_covered_when_the_pool_allows() {
+        // The end of a window (found by the process-level run): 61 tokens left to lend,
+        // answers average 23 tokens, but the data plane reserves 34 per request (its prompt
+        // estimate is above the billed count). Split evenly, the instance's top-up (31)
+        // leaves it 33 of headroom: short of one reservation, forever.
+        let used = |requests, total_tokens| Usage { requests, total_tokens, ..Usage::default() };
+        let holders = [
+            Holder {
+                instance: 1,
+                used: used(274, 6_028),
+                granted: Some(total(6_061)),
+                expires_at_ms: LIVE,
+            },
+            Holder {
+                instance: 2,
+                used: used(177, 3_900),
+                granted: Some(total(3_911)),
+                expires_at_ms: LIVE,
+            },
+        ];
+        let mut b = budget(10_000, &holders, 2);
+        assert_eq!(granted(&grant(&b, 1, NOW)), 6_061, "the even split raises nothing");
+        // The data plane reports the reservation it refused: the top-up covers it.
+        b.wanted = used(1, 34);
+        assert_eq!(granted(&grant(&b, 1, NOW)), 6_028 + 34);
+        // Never beyond the pool: what cannot be lent is not (the ceiling tells the data plane).
+        b.wanted = used(1, 100);
+        let g = grant(&b, 1, NOW);
+        assert_eq!(granted(&g), 6_028 + 61);
+        assert_eq!(g.ceiling.total_tokens, Some(6_028 + 61));
     }
 
     #[test]

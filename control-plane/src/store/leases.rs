@@ -27,6 +27,8 @@ pub struct LeaseRequest {
     pub limits: WindowLimits,
     /// One typical request while the window has no traffic (`distribution::leases`).
     pub default_typical: Usage,
+    /// The reservation the instance last reported refusing for a short grant (zero: none).
+    pub wanted: Usage,
 }
 
 /// How long a lease counts after it was written or renewed: what the data plane may use it
@@ -91,6 +93,7 @@ impl Store {
                     holders: &s.holders,
                     connected,
                     default_typical: r.default_typical,
+                    wanted: r.wanted,
                 };
                 let g = grant(&budget, instance.get(), now_ms);
                 written.push((r.key_id, g.granted));

@@ -197,7 +197,12 @@ mod tests {
         // The parent's hour already used 4,900 prompt tokens (fleet-wide, per its grant).
         let cell = parent.cell(Window::Hour, Window::Hour.start_of(now));
         let granted = WindowLimits { prompt_tokens: Some(50), ..WindowLimits::default() };
-        cell.apply_grant(&granted, &Usage::request(4_900, 0), &Usage::default());
+        cell.apply_grant(
+            &granted,
+            &Usage::request(4_900, 0),
+            &Usage::default(),
+            &WindowLimits::default(),
+        );
         let (requests, tokens) = tightest(&chain, now);
         assert_eq!(
             requests,
@@ -238,6 +243,7 @@ mod tests {
             limit: 10_000,
             inherited: true,
             retry_after: Duration::from_millis(1_200),
+            seen: None,
         };
         assert_eq!(
             refusal.message(),

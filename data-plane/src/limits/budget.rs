@@ -69,13 +69,19 @@ pub(crate) struct WindowCell {
     /// knew them at the last grant (remaining = limit − fleet − (own now − own then)).
     fleet_used: [AtomicU64; MEASURES],
     own_used: [AtomicU64; MEASURES],
+    /// The most this instance could be granted, per the last grant ([`NO_GRANT`]: not known):
+    /// the limit less what the other instances hold.
+    ceiling: [AtomicU64; MEASURES],
+    /// The reservation of the last request refused for a short grant while the limit had room
+    /// (zero: none since the grant last rose): reported, so the next grant covers it.
+    wanted: [AtomicU64; MEASURES],
     /// An early report was asked for since the last grant.
     asked: AtomicBool,
     pub(crate) window: Window,
     /// Unix ms, UTC-aligned to `window`.
     pub(crate) start_ms: i64,
-    /// (charged, reserved) in the last report handed to the transport; the reporter's.
-    sent: Mutex<Option<(Usage, Usage)>>,
+    /// (charged, reserved, wanted) in the last report handed to the transport; the reporter's.
+    sent: Mutex<Option<(Usage, Usage, Usage)>>,
 }
 
 impl WindowCell {
@@ -87,6 +93,8 @@ impl WindowCell {
             low_water: std::array::from_fn(|_| AtomicU64::new(u64::MAX)),
             fleet_used: Default::default(),
             own_used: Default::default(),
+            ceiling: std::array::from_fn(|_| AtomicU64::new(NO_GRANT)),
+            wanted: Default::default(),
             asked: AtomicBool::new(false),
             window,
             start_ms,
@@ -232,11 +240,41 @@ impl WindowCell {
         limit.saturating_sub(fleet).saturating_sub(own_now.saturating_sub(own_then))
     }
 
+    /// How much of measure `m` (limit `limit`) this instance could still be lent in this
+    /// window beyond what it used: the fleet-wide remaining, and at most the ceiling of the
+    /// last grant less own use (budget the other instances hold stays theirs until their
+    /// leases lapse). A reservation above it waits for the window's end, not for a top-up.
+    pub(crate) fn lendable(&self, m: usize, limit: u64) -> u64 {
+        let ceiling = self.ceiling[m].load(Ordering::Relaxed);
+        let reachable =
+            if ceiling == NO_GRANT { u64::MAX } else { ceiling.saturating_sub(self.used(m)) };
+        self.remaining(m, limit).min(reachable)
+    }
+
+    /// A request needing `amount` was refused because this instance's grant is short while
+    /// the limit has room: ask the control plane to cover it.
+    pub(crate) fn want(&self, amount: &Amounts) {
+        for (m, a) in amount.iter().enumerate() {
+            self.wanted[m].store(*a, Ordering::Relaxed);
+        }
+    }
+
+    /// What [`WindowCell::want`] asked for since the grant last rose.
+    pub(crate) fn wanted(&self) -> Usage {
+        usage(&std::array::from_fn(|m| self.wanted[m].load(Ordering::Relaxed)))
+    }
+
     /// Applies a grant: cumulative, so only ever raised; the low-water mark is set halfway
     /// through the headroom it leaves.
     /// A renewal that raises nothing leaves the mark (and an early report already asked for)
-    /// as they are.
-    pub(crate) fn apply_grant(&self, granted: &WindowLimits, fleet_used: &Usage, own_used: &Usage) {
+    /// as they are; the fleet's numbers and the ceiling are always the latest.
+    pub(crate) fn apply_grant(
+        &self,
+        granted: &WindowLimits,
+        fleet_used: &Usage,
+        own_used: &Usage,
+        ceiling: &WindowLimits,
+    ) {
         let fleet = amounts(fleet_used);
         let own = amounts(own_used);
         let mut raised_any = false;
@@ -245,6 +283,8 @@ impl WindowCell {
             let grant = grant.min(NO_GRANT - 1);
             self.fleet_used[m].store(fleet[m], Ordering::Relaxed);
             self.own_used[m].store(own[m], Ordering::Relaxed);
+            let top = ceiling.get(*measure).map_or(NO_GRANT, |c| c.min(NO_GRANT - 1));
+            self.ceiling[m].store(top, Ordering::Relaxed);
             let before = self.granted[m].load(Ordering::Acquire);
             if before != NO_GRANT && grant <= before {
                 continue;
@@ -256,6 +296,9 @@ impl WindowCell {
         }
         if raised_any {
             self.asked.store(false, Ordering::Relaxed);
+            for wanted in &self.wanted {
+                wanted.store(0, Ordering::Relaxed);
+            }
         }
     }
 
@@ -264,7 +307,7 @@ impl WindowCell {
         (0..MEASURES).all(|m| self.used(m) == 0 && self.granted(m).is_none())
     }
 
-    pub(crate) fn sent(&self) -> MutexGuard<'_, Option<(Usage, Usage)>> {
+    pub(crate) fn sent(&self) -> MutexGuard<'_, Option<(Usage, Usage, Usage)>> {
         self.sent.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
@@ -411,7 +454,7 @@ mod tests {
     fn grant(cell: &WindowCell, m: Measure, value: u64) {
         let mut g = WindowLimits::default();
         g.set(m, Some(value));
-        cell.apply_grant(&g, &Usage::default(), &Usage::default());
+        cell.apply_grant(&g, &Usage::default(), &Usage::default(), &WindowLimits::default());
     }
 
     #[test]
@@ -445,9 +488,19 @@ mod tests {
         let cell = WindowCell::new(Window::Minute, HOUR);
         assert_eq!(cell.remaining(3, 1000), 1000, "no grant: only what this instance used");
         let mut g = WindowLimits { total_tokens: Some(400), ..WindowLimits::default() };
-        cell.apply_grant(&g, &Usage::request(300, 300), &Usage::request(100, 0));
+        cell.apply_grant(
+            &g,
+            &Usage::request(300, 300),
+            &Usage::request(100, 0),
+            &WindowLimits::default(),
+        );
         g.total_tokens = Some(300);
-        cell.apply_grant(&g, &Usage::request(300, 300), &Usage::request(100, 0));
+        cell.apply_grant(
+            &g,
+            &Usage::request(300, 300),
+            &Usage::request(100, 0),
+            &WindowLimits::default(),
+        );
         assert_eq!(cell.granted(3), Some(400));
         // limit 1000 - fleet 600 - (own now 0 - own then 100, floored at 0) = 400.
         assert_eq!(cell.remaining(3, 1000), 400);

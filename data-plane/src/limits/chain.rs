@@ -48,6 +48,21 @@ pub(crate) struct Refusal {
     /// The limit is an ancestor's (its subtree's), not the key's own.
     pub(crate) inherited: bool,
     pub(crate) retry_after: Duration,
+    /// The counter's numbers at the refusal (none without a lease), for the log.
+    pub(crate) seen: Option<Seen>,
+}
+
+/// One counter as a refusal saw it, in its measure's unit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Seen {
+    /// The request's reservation.
+    pub(crate) needed: u64,
+    /// This instance's charged + reserved in the window.
+    pub(crate) used: u64,
+    /// This instance's grant.
+    pub(crate) granted: u64,
+    /// What this instance could still be lent (`WindowCell::lendable`).
+    pub(crate) lendable: u64,
 }
 
 /// Now, as admission reads it: the wall clock for UTC windows, and milliseconds since the
@@ -140,6 +155,7 @@ impl KeyChain {
                             w,
                             m,
                             Duration::from_secs(1),
+                            None,
                         ));
                     }
                     fail_open.get_or_insert((depth, *window));
@@ -153,14 +169,22 @@ impl KeyChain {
                     }
                     Err(m) => {
                         ticket.rollback();
-                        let remaining = cell.remaining(m, link.limit[w][m]);
-                        let (reason, wait) = if remaining < amount[m] {
+                        let seen = Seen {
+                            needed: amount[m],
+                            used: cell.used(m),
+                            granted: cell.granted(m).unwrap_or(0),
+                            lendable: cell.lendable(m, link.limit[w][m]),
+                        };
+                        let (reason, wait) = if seen.lendable < amount[m] {
                             let left = cell.end_ms().saturating_sub(now.unix_ms).max(0);
                             (RefusalReason::WindowSpent, Duration::from_millis(left as u64))
                         } else {
+                            // A top-up would admit it: ask for one now.
+                            cell.want(&amount);
+                            self.shared.wants_report.notify_one();
                             (RefusalReason::LeaseShort, Duration::from_secs(1))
                         };
-                        return Err(self.refused(reason, depth, w, m, wait));
+                        return Err(self.refused(reason, depth, w, m, wait, Some(seen)));
                     }
                 }
             }
@@ -178,6 +202,7 @@ impl KeyChain {
         w: usize,
         m: usize,
         retry_after: Duration,
+        seen: Option<Seen>,
     ) -> Refusal {
         self.shared.counters.refused(reason);
         Refusal {
@@ -187,6 +212,7 @@ impl KeyChain {
             limit: self.links[depth].limit[w][m],
             inherited: depth > 0,
             retry_after,
+            seen,
         }
     }
 }
@@ -314,8 +340,22 @@ mod tests {
     }
 
     fn grant(shared: &Shared, budget: &KeyBudget, window: Window, measure: Measure, value: u64) {
+        grant_under(shared, budget, window, measure, value, None);
+    }
+
+    /// A grant of `value` whose ceiling (the most the control plane could lend) is `ceiling`.
+    fn grant_under(
+        shared: &Shared,
+        budget: &KeyBudget,
+        window: Window,
+        measure: Measure,
+        value: u64,
+        ceiling: Option<u64>,
+    ) {
         let mut granted = WindowLimits::default();
         granted.set(measure, Some(value));
+        let mut top = WindowLimits::default();
+        top.set(measure, ceiling);
         let g = LeaseGrant {
             key_id: budget.id,
             window,
@@ -323,9 +363,10 @@ mod tests {
             granted,
             fleet_used: Usage::default(),
             own_used: Usage::default(),
+            ceiling: top,
         };
         let cell = budget.grant_cell(window, g.window_start_unix_ms, window.start_of(T0));
-        cell.expect("current").apply_grant(&g.granted, &g.fleet_used, &g.own_used);
+        cell.expect("current").apply_grant(&g.granted, &g.fleet_used, &g.own_used, &g.ceiling);
         shared.renew(Duration::from_secs(30), 0);
     }
 
@@ -387,6 +428,33 @@ mod tests {
         a.settle_error();
         let (charged, _) = key.current(Window::Day).totals();
         assert_eq!(charged, Usage { requests: 1, ..Usage::default() }, "an error: one request");
+    }
+
+    #[test]
+    fn budget_held_by_other_instances_sends_a_refusal_to_the_window_end() {
+        // 10 requests a day; the fleet used none but another instance holds 7 of them: this
+        // instance was lent 2 and can never get more than 3.
+        let shared = Arc::new(Shared::new());
+        let key = budget();
+        let c = chain(&shared, &[(&key, limits(Window::Day, Measure::Requests, 10))]);
+        grant_under(&shared, &key, Window::Day, Measure::Requests, 2, Some(3));
+        let policy = KeyLimitPolicy::default();
+        let _a = c.admit(&Usage::request(1, 1), &policy, now(1)).expect("1");
+        let _b = c.admit(&Usage::request(1, 1), &policy, now(1)).expect("2");
+        // One more could still be lent: a top-up is worth a retry in a second.
+        let refusal = c.admit(&Usage::request(1, 1), &policy, now(1)).expect_err("3");
+        assert_eq!(refusal.reason, RefusalReason::LeaseShort);
+        // The refused reservation is reported, so the control plane's top-up covers it.
+        let cell = key.current(Window::Day);
+        assert_eq!(cell.wanted(), Usage::request(1, 1));
+        // The top-up came, and used up what could be lent: the next refusal is for the day.
+        grant_under(&shared, &key, Window::Day, Measure::Requests, 3, Some(3));
+        assert!(cell.wanted().is_zero(), "a raised grant answered the want");
+        let _c = c.admit(&Usage::request(1, 1), &policy, now(2)).expect("3");
+        let refusal = c.admit(&Usage::request(1, 1), &policy, now(2)).expect_err("4");
+        assert_eq!(refusal.reason, RefusalReason::WindowSpent);
+        let day_left = Window::Day.start_of(T0) + Window::Day.len_ms() - (T0 + 2);
+        assert_eq!(refusal.retry_after, Duration::from_millis(day_left as u64));
     }
 
     #[test]

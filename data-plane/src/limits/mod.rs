@@ -272,6 +272,7 @@ impl KeyLimiter {
             window_start_unix_ms: cell.start_ms,
             charged,
             reserved,
+            wanted: cell.wanted(),
         })
     }
 }
@@ -299,6 +300,10 @@ pub(crate) fn admit_request(
                 window = refusal.window.as_str(),
                 measure = refusal.measure.as_str(),
                 retry_after_s = refusal.retry_after_secs(),
+                needed = refusal.seen.map(|s| s.needed),
+                used = refusal.seen.map(|s| s.used),
+                granted = refusal.seen.map(|s| s.granted),
+                lendable = refusal.seen.map(|s| s.lendable),
                 "request refused by a key limit"
             );
             Err(refusal)

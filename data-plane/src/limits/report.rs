@@ -57,7 +57,7 @@ impl UsageBatch {
         let from = index.saturating_mul(MAX_USAGE_ENTRIES_PER_REPORT);
         let to = from.saturating_add(MAX_USAGE_ENTRIES_PER_REPORT).min(self.entries.len());
         for (cell, entry) in self.entries.get(from..to).unwrap_or_default() {
-            *cell.sent() = Some((entry.charged, entry.reserved));
+            *cell.sent() = Some((entry.charged, entry.reserved, entry.wanted));
         }
     }
 }
@@ -82,10 +82,10 @@ impl KeyLimiter {
                     done.ignored += 1;
                     continue;
                 };
-                cell.apply_grant(&g.granted, &g.fleet_used, &g.own_used);
+                cell.apply_grant(&g.granted, &g.fleet_used, &g.own_used, &g.ceiling);
                 if g.window_start_unix_ms > now_start {
                     budget.catch_up(&cell, |current| {
-                        current.apply_grant(&g.granted, &g.fleet_used, &g.own_used)
+                        current.apply_grant(&g.granted, &g.fleet_used, &g.own_used, &g.ceiling)
                     });
                 }
                 done.applied += 1;
@@ -158,9 +158,10 @@ impl KeyLimiter {
 /// Whether what `cell` holds now went out (or there is nothing to send).
 fn reported(cell: &WindowCell) -> bool {
     let (charged, reserved) = cell.totals();
+    let wanted = cell.wanted();
     match *cell.sent() {
-        Some(sent) => sent == (charged, reserved),
-        None => charged.is_zero() && reserved.is_zero(),
+        Some(sent) => sent == (charged, reserved, wanted),
+        None => charged.is_zero() && reserved.is_zero() && wanted.is_zero(),
     }
 }
 
@@ -193,6 +194,7 @@ fn push_if_changed(budget: &KeyBudget, cell: &Arc<WindowCell>, batch: &mut Usage
             window_start_unix_ms: cell.start_ms,
             charged,
             reserved,
+            wanted: cell.wanted(),
         },
     ));
     true
