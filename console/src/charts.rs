@@ -123,6 +123,164 @@ pub(crate) fn per_minute(id: &str, title: &str, from: DateTime<Utc>, lines: &[Li
     }
 }
 
+/// One column of a column chart: the window it counts (its start) and one value per part.
+pub(crate) struct Column {
+    pub at: DateTime<Utc>,
+    pub values: Vec<u64>,
+}
+
+/// A limit drawn across a column chart as a dashed line, e.g. a key's total tokens per hour.
+pub(crate) struct Limit {
+    /// What is limited, e.g. "Total tokens".
+    pub name: String,
+    pub value: u64,
+}
+
+/// A limit stretches the scale to show its line only up to this many times the tallest column:
+/// a key using 50 of its 1,000,000 tokens would otherwise be a chart of invisible columns.
+/// Beyond it the limit is stated in the legend as above the scale.
+const LIMIT_IN_VIEW: u64 = 10;
+
+/// How a column's window reads: `10:05` per minute, `12-07 10:00` per hour or longer.
+fn window_label(t: DateTime<Utc>, step: Duration) -> String {
+    if step < Duration::hours(1) { hhmm(t) } else { t.format("%m-%d %H:%M").to_string() }
+}
+
+/// Each part's (bottom, top) in a column stacked from the axis up, in the order of the parts.
+fn stack(values: &[u64]) -> Vec<(u64, u64)> {
+    let mut base = 0u64;
+    values
+        .iter()
+        .map(|v| {
+            let part = (base, base.saturating_add(*v));
+            base = part.1;
+            part
+        })
+        .collect()
+}
+
+/// Columns over consecutive windows `step` long (oldest first, every window present, zeros
+/// included), each stacked from `parts` (name, `console.css` class), with `limits` as dashed
+/// lines; a table of the windows with any value.
+pub(crate) fn columns(
+    id: &str,
+    title: &str,
+    parts: &[(&str, &'static str)],
+    step: Duration,
+    columns: &[Column],
+    limits: &[Limit],
+) -> Markup {
+    let n = columns.len().max(1);
+    let total = |c: &Column| c.values.iter().sum::<u64>();
+    let peak = columns.iter().map(total).max().unwrap_or(0);
+    let (drawn, above): (Vec<&Limit>, Vec<&Limit>) =
+        limits.iter().partition(|l| peak == 0 || l.value <= peak.saturating_mul(LIMIT_IN_VIEW));
+    let top = axis_top(drawn.iter().map(|l| l.value).fold(peak, u64::max) as f64);
+    let plot_w = WIDTH - LEFT - 8.0;
+    let slot = plot_w / n as f64;
+    // A gap between columns of a fifth of their slot, at least half a unit.
+    let bar_w = (slot * 0.8).min(slot - 0.5).max(0.5);
+    let y = |v: u64| TOP + PLOT_HEIGHT * (1.0 - v as f64 / top);
+    let height = TOP + PLOT_HEIGHT + BOTTOM;
+    let (first, last) = match (columns.first(), columns.last()) {
+        (Some(f), Some(l)) => (f.at, l.at),
+        _ => (Utc::now(), Utc::now()),
+    };
+    let period = if step < Duration::hours(1) { "Minute" } else { "Hour" };
+    let totals: Vec<u64> =
+        (0..parts.len()).map(|p| columns.iter().filter_map(|c| c.values.get(p)).sum()).collect();
+    let mut desc = format!(
+        "Totals from {} to {} UTC: {}; the most in one {}: {peak}",
+        window_label(first, step),
+        window_label(last, step),
+        parts
+            .iter()
+            .zip(&totals)
+            .map(|((n, _), t)| format!("{n}: {t}"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        period.to_lowercase(),
+    );
+    for l in limits {
+        desc.push_str(&format!("; limit, {}: {}", l.name, l.value));
+    }
+    let busy: Vec<&Column> = columns.iter().filter(|c| total(c) > 0).collect();
+    html! {
+        figure.chart id=(id) {
+            figcaption { (title) }
+            svg.chart-svg viewBox={ "0 0 " (WIDTH) " " (height) } role="img"
+                aria-labelledby={ (id) "-title " (id) "-desc" } preserveAspectRatio="xMidYMid meet" {
+                title id={ (id) "-title" } { (title) }
+                desc id={ (id) "-desc" } { (desc) "." }
+                @for frac in [0.0, 0.5, 1.0] {
+                    @let gy = TOP + PLOT_HEIGHT * (1.0 - frac);
+                    line.grid x1=(LEFT) x2=(WIDTH - 8.0) y1=(gy) y2=(gy) stroke="#dfe3e8" stroke-width="1" {}
+                    text.axis x=(LEFT - 6.0) y=(gy + 4.0) text-anchor="end" font-size="11" fill="#5f6b7a" { (fmt_num(top * frac)) }
+                }
+                text.axis x=(LEFT) y=(height - 6.0) font-size="11" fill="#5f6b7a" { (window_label(first, step)) }
+                text.axis x=(WIDTH - 8.0) y=(height - 6.0) text-anchor="end" font-size="11" fill="#5f6b7a" { (window_label(last, step)) " UTC" }
+                @for (i, column) in columns.iter().enumerate().filter(|(_, c)| total(c) > 0) {
+                    @let x = LEFT + slot * i as f64 + (slot - bar_w) / 2.0;
+                    g.column data-at=(column.at.to_rfc3339()) {
+                        title {
+                            (window_label(column.at, step)) " UTC: "
+                            (parts.iter().zip(&column.values).map(|((n, _), v)| format!("{v} {n}")).collect::<Vec<_>>().join(", "))
+                        }
+                        @for ((name, class), (bottom, top)) in parts.iter().zip(stack(&column.values)).filter(|(_, (b, t))| t > b) {
+                            rect class={ "bar " (class) } data-part=(name) x=(format!("{x:.1}")) y=(format!("{:.1}", y(top)))
+                                width=(format!("{bar_w:.1}")) height=(format!("{:.1}", y(bottom) - y(top))) {}
+                        }
+                    }
+                }
+                @for l in &drawn {
+                    @let ly = y(l.value);
+                    line.limit data-limit=(l.name) x1=(LEFT) x2=(WIDTH - 8.0) y1=(format!("{ly:.1}")) y2=(format!("{ly:.1}"))
+                        stroke-width="1.5" stroke-dasharray="5 4" {}
+                    text.limit-label x=(WIDTH - 10.0) y=(format!("{:.1}", (ly - 4.0).max(TOP + 9.0))) text-anchor="end" font-size="11" {
+                        "limit " (l.name.to_lowercase()) " " (fmt_num(l.value as f64))
+                    }
+                }
+            }
+            ul.legend {
+                @for ((name, class), t) in parts.iter().zip(&totals) {
+                    li { span class={ "swatch " (class) } aria-hidden="true" {} (name) " " strong { (t) } }
+                }
+                @for l in &drawn {
+                    li { span.swatch.limit aria-hidden="true" {} "Limit, " (l.name.to_lowercase()) " " strong { (l.value) } }
+                }
+                @for l in &above {
+                    li.limit-above { "Limit, " (l.name.to_lowercase()) " " strong { (l.value) } " (above the scale)" }
+                }
+            }
+            details.chart-data {
+                summary { "Data" }
+                @if busy.is_empty() {
+                    p.sub { "Nothing from " (window_label(first, step)) " to " (window_label(last, step)) " UTC." }
+                } @else {
+                    table {
+                        thead {
+                            tr {
+                                th scope="col" { (period) " (UTC)" }
+                                @for (n, _) in parts { th.num scope="col" { (n) } }
+                                @if parts.len() > 1 { th.num scope="col" { "Total" } }
+                            }
+                        }
+                        tbody {
+                            @for c in &busy {
+                                tr {
+                                    td { (window_label(c.at, step)) }
+                                    @for v in &c.values { td.num { (v) } }
+                                    @if parts.len() > 1 { td.num { (total(c)) } }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// One row of a stacked bar chart: a label and one value per part.
 pub(crate) struct Bar {
     pub label: String,
@@ -323,5 +481,42 @@ mod tests {
         assert!(html.contains("<td>10:59</td><td class=\"num\">10</td>"), "{html}");
         assert!(!html.contains("style="), "no inline style (CSP)");
         assert!(html.contains("<title id=\"c-title\">Requests</title>"));
+    }
+
+    #[test]
+    fn columns_stack_their_parts_and_draw_the_limits_in_view() {
+        let from = DateTime::parse_from_rfc3339("2026-12-07T10:00:00Z").unwrap().to_utc();
+        let mut cols: Vec<Column> = (0..4)
+            .map(|i| Column { at: from + Duration::minutes(i), values: vec![0, 0] })
+            .collect();
+        cols[1].values = vec![60, 20];
+        cols[3].values = vec![10, 0];
+        let limits = [
+            Limit { name: "Total tokens".into(), value: 100 },
+            Limit { name: "Prompt tokens".into(), value: 5_000 },
+        ];
+        let parts = [("Prompt", "s-prompt"), ("Completion", "s-completion")];
+        let html =
+            columns("c", "Tokens", &parts, Duration::minutes(1), &cols, &limits).into_string();
+        // The axis ends at the drawn limit, 100: a slot of 106 units per column, 80 % of it wide.
+        assert!(
+            html.contains(r#"data-part="Prompt" x="164.6" y="72.0" width="84.8" height="96.0""#),
+            "{html}"
+        );
+        assert!(
+            html.contains(
+                r#"data-part="Completion" x="164.6" y="40.0" width="84.8" height="32.0""#
+            ),
+            "stacked on the prompt part: {html}"
+        );
+        assert_eq!(html.matches("data-part=\"Completion\"").count(), 1, "no empty parts");
+        assert!(html.contains(r#"data-limit="Total tokens" x1="48" x2="472" y1="8.0""#), "{html}");
+        assert!(!html.contains(r#"data-limit="Prompt tokens""#), "5,000 is off the scale");
+        assert!(html.contains("prompt tokens <strong>5000</strong> (above the scale)"), "{html}");
+        assert!(html.contains("<td>10:01</td><td class=\"num\">60</td><td class=\"num\">20</td><td class=\"num\">80</td>"));
+        assert!(html.contains("<td>10:03</td><td class=\"num\">10</td>"));
+        assert!(!html.contains("<td>10:00</td>"), "only windows with a value are tabulated");
+        assert!(html.contains("Prompt: 70, Completion: 20; the most in one minute: 80"), "{html}");
+        assert!(!html.contains("style="), "no inline style (CSP)");
     }
 }

@@ -1,6 +1,6 @@
 //! The page shell every console page shares (navigation, the operator's name and role, sign
 //! out), the security headers of every console response, and small pieces pages reuse (state
-//! badges, field errors, empty states, confirmations).
+//! badges, field errors, empty states, confirmations, the pager of cursor-paged lists).
 
 use axum::extract::Request;
 use axum::middleware::Next;
@@ -200,6 +200,38 @@ pub(crate) fn empty_state(message: &str, action: Option<Markup>) -> Markup {
         div.empty {
             p { (message) }
             @if let Some(a) = action { (a) }
+        }
+    }
+}
+
+/// A list's query string: its filters, then the API's paging cursor when there is one.
+pub(crate) fn paged_query(filters: &[(&str, &str)], cursor: Option<&str>) -> String {
+    let mut pairs = filters.to_vec();
+    if let Some(c) = cursor {
+        pairs.push(("cursor", c));
+    }
+    serde_urlencoded::to_string(&pairs).unwrap_or_default()
+}
+
+/// The links between the pages of a list the API pages with a cursor (`path` with `filters`):
+/// to the newest page unless `paged` says this is it, and to the next, older one when the API
+/// gave a `next_cursor`.
+pub(crate) fn pager(
+    path: &str,
+    filters: &[(&str, &str)],
+    paged: bool,
+    next_cursor: Option<&str>,
+) -> Markup {
+    html! {
+        @if paged || next_cursor.is_some() {
+            nav.pager aria-label="Pages" {
+                @if paged {
+                    a #newest href={ (path) "?" (paged_query(filters, None)) } { "← Newest" }
+                }
+                @if let Some(next) = next_cursor {
+                    a #older rel="next" href={ (path) "?" (paged_query(filters, Some(next))) } { "Older →" }
+                }
+            }
         }
     }
 }

@@ -12,7 +12,6 @@ use http::Method;
 use maud::{Markup, html};
 use serde::Deserialize;
 
-use super::endpoints::urlencode;
 use super::{AuditEntryView, AuditPageView, EndpointView, GatewayView, ago};
 use crate::Console;
 use crate::error::ConsoleError;
@@ -69,20 +68,11 @@ impl AuditQuery {
         }
         out
     }
-
-    fn query_string(&self, cursor: Option<&str>) -> String {
-        let mut parts: Vec<String> =
-            self.filters().iter().map(|(k, v)| format!("{k}={}", urlencode(v))).collect();
-        if let Some(c) = cursor {
-            parts.push(format!("cursor={}", urlencode(c)));
-        }
-        parts.join("&")
-    }
 }
 
 /// `GET /audit`.
 async fn list(op: Operator, Query(q): Query<AuditQuery>) -> Result<Markup, ConsoleError> {
-    let mut api_query = q.query_string(q.cursor.as_deref());
+    let mut api_query = layout::paged_query(&q.filters(), q.cursor.as_deref());
     if !api_query.is_empty() {
         api_query.push('&');
     }
@@ -217,16 +207,7 @@ async fn list(op: Operator, Query(q): Query<AuditQuery>) -> Result<Markup, Conso
                 }
             }
         }
-        @if q.cursor.is_some() || page.next_cursor.is_some() {
-            nav.pager aria-label="Pages" {
-                @if q.cursor.is_some() {
-                    a #newest href={ "/audit?" (q.query_string(None)) } { "← Newest" }
-                }
-                @if let Some(next) = &page.next_cursor {
-                    a #older rel="next" href={ "/audit?" (q.query_string(Some(next))) } { "Older →" }
-                }
-            }
-        }
+        (layout::pager("/audit", &q.filters(), q.cursor.is_some(), page.next_cursor.as_deref()))
     };
     Ok(layout::page(&op, "Audit Log", Nav::Audit, content))
 }

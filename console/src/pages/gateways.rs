@@ -4,8 +4,11 @@
 //! - [`form`]: the create/edit form (members, routing) and creating from a proposal.
 //! - [`keys`]: creating (shown once, with parent, expiry and limits), revoking gateway keys
 //!   and resetting their usage on the detail page.
+//! - [`key_detail`]: a key's own page: its details, its usage now against its limits, and its
+//!   tokens and requests per hour and per minute.
 
 mod form;
+mod key_detail;
 mod keys;
 
 use std::collections::HashMap;
@@ -44,6 +47,7 @@ pub(crate) fn routes() -> Router<Console> {
         .route("/gateways/{id}/edit", get(form::edit).post(form::update))
         .route("/gateways/{id}/delete", post(delete))
         .route("/gateways/{id}/keys", post(keys::create))
+        .route("/gateways/{id}/keys/{key_id}", get(key_detail::page))
         .route("/gateways/{id}/keys/{key_id}/revoke", post(keys::revoke))
         .route("/gateways/{id}/keys/{key_id}/reset-usage", post(keys::reset_usage))
 }

@@ -1,13 +1,14 @@
 //! The traffic charts of the overview and of a gateway's page, from `GET /api/v1/stats/…` (the
 //! control plane's per-minute window of what data planes report): requests, errors and throttles
-//! per minute over the last hour, tokens, and p50/p95 time to first token. Ids are stable
-//! (`stats-requests`, `stats-tokens`, `stats-ttft`) for tests and links.
+//! per minute over the last hour, tokens (per minute on a gateway's page, and per gateway or
+//! endpoint), and p50/p95 time to first token. Ids are stable (`stats-requests`,
+//! `stats-tokens-minute`, `stats-tokens`, `stats-ttft`) for tests and links.
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, Duration, Utc};
 use maud::{Markup, html};
 use serde::Deserialize;
 
-use crate::charts::{self, Bar, Line, Quantiles};
+use crate::charts::{self, Bar, Column, Line, Quantiles};
 use crate::error::ConsoleError;
 use crate::operator::Operator;
 
@@ -109,7 +110,32 @@ fn requests_chart<'a>(
     )
 }
 
-const TOKEN_PARTS: [(&str, &str); 2] = [("Prompt", "s-prompt"), ("Completion", "s-completion")];
+/// Prompt and completion tokens per minute of the window starting at `from`, summed over
+/// `series`, stacked.
+fn tokens_chart<'a>(
+    from: DateTime<Utc>,
+    series: impl Iterator<Item = &'a MinuteView>,
+    title: &str,
+) -> Markup {
+    let mut columns: Vec<Column> = (0..MINUTES)
+        .map(|i| Column {
+            at: from + Duration::minutes(i64::try_from(i).unwrap_or(0)),
+            values: vec![0, 0],
+        })
+        .collect();
+    for m in series {
+        let Ok(i) = usize::try_from((m.at - from).num_minutes()) else { continue };
+        if let Some(c) = columns.get_mut(i) {
+            c.values[0] += m.counts.prompt_tokens;
+            c.values[1] += m.counts.completion_tokens;
+        }
+    }
+    charts::columns("stats-tokens-minute", title, &TOKEN_PARTS, Duration::minutes(1), &columns, &[])
+}
+
+/// The parts of a tokens chart: prompt below, completion stacked on it.
+pub(crate) const TOKEN_PARTS: [(&str, &str); 2] =
+    [("Prompt", "s-prompt"), ("Completion", "s-completion")];
 
 /// The overview's charts: every gateway together.
 pub(crate) async fn overview(op: &Operator) -> Result<Markup, ConsoleError> {
@@ -194,6 +220,8 @@ pub(crate) async fn gateway(op: &Operator, gateway_id: &str) -> Result<Markup, C
             div.charts {
                 (requests_chart(gateways.from, this.into_iter().flat_map(|g| &g.series),
                     "Requests, errors and throttles per minute"))
+                (tokens_chart(gateways.from, this.into_iter().flat_map(|g| &g.series),
+                    "Tokens per minute"))
                 (charts::stacked_bars("stats-tokens", "Tokens through this gateway, per endpoint", &TOKEN_PARTS, &tokens))
                 (charts::quantile_bars("stats-ttft", "Time to first token per endpoint (streams)", &ttft))
             }

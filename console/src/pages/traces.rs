@@ -143,15 +143,6 @@ impl TracesQuery {
         .collect()
     }
 
-    fn query_string(&self, cursor: Option<&str>) -> String {
-        let mut parts: Vec<String> =
-            self.filters().iter().map(|(k, v)| format!("{k}={}", urlencode(v))).collect();
-        if let Some(c) = cursor {
-            parts.push(format!("cursor={}", urlencode(c)));
-        }
-        parts.join("&")
-    }
-
     /// The API's query string, or the problem with a time that does not read.
     fn api_query(&self) -> Result<String, Box<Problem>> {
         let mut parts = Vec::new();
@@ -336,16 +327,7 @@ async fn list(op: Operator, Query(q): Query<TracesQuery>) -> Result<Markup, Cons
                 }
             }
         }
-        @if q.cursor.is_some() || page.next_cursor.is_some() {
-            nav.pager aria-label="Pages" {
-                @if q.cursor.is_some() {
-                    a #newest href={ "/traces?" (q.query_string(None)) } { "← Newest" }
-                }
-                @if let Some(next) = &page.next_cursor {
-                    a #older rel="next" href={ "/traces?" (q.query_string(Some(next))) } { "Older →" }
-                }
-            }
-        }
+        (layout::pager("/traces", &q.filters(), q.cursor.is_some(), page.next_cursor.as_deref()))
     };
     Ok(layout::page(&op, "Request Traces", Nav::Traces, content))
 }

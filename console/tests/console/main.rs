@@ -9,6 +9,7 @@ mod endpoints;
 mod gateways;
 mod harness;
 mod import;
+mod key_usage;
 mod playground;
 mod session;
 mod sso;

@@ -122,6 +122,20 @@ async fn the_charts_show_the_numbers_the_stats_api_answers() {
     assert_eq!(page.status, StatusCode::OK, "{}", page.body);
     let requests = figure(&page.body, "stats-requests");
     assert!(requests.contains("Requests: 11, Errors: 1, Throttled: 3"), "{requests}");
+    // Tokens per minute, stacked: 10 prompt and 5 completion tokens per request, 10 requests.
+    let tokens = figure(&page.body, "stats-tokens-minute");
+    assert!(tokens.contains("role=\"img\""), "{tokens}");
+    assert!(
+        tokens.contains("Prompt: 100, Completion: 50; the most in one minute: 150"),
+        "{tokens}"
+    );
+    assert!(
+        tokens.contains(
+            "<td class=\"num\">100</td><td class=\"num\">50</td><td class=\"num\">150</td>"
+        ),
+        "the data table's current minute: {tokens}"
+    );
+    assert_eq!(tokens.matches("data-part=\"Prompt\"").count(), 1, "one busy minute: {tokens}");
     let tokens = figure(&page.body, "stats-tokens");
     for (name, total) in [("east", 105), ("west", 45)] {
         assert!(
@@ -146,4 +160,22 @@ async fn without_traffic_the_charts_say_so() {
     assert!(requests.contains("No traffic from"), "{requests}");
     figure(&page.body, "stats-tokens");
     figure(&page.body, "stats-ttft");
+
+    let (status, gw) = c
+        .api(Method::POST, "/api/v1/gateways", Some(json!({"name": "quiet", "endpoints": []})))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{gw}");
+    let page = c
+        .send(
+            Method::GET,
+            &format!("/gateways/{}", gw["id"].as_str().unwrap()),
+            Some(&cookie),
+            None,
+        )
+        .await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+    let tokens = figure(&page.body, "stats-tokens-minute");
+    assert!(tokens.contains("Prompt: 0, Completion: 0"), "{tokens}");
+    assert!(tokens.contains("Nothing from"), "{tokens}");
+    assert!(!tokens.contains("<rect"), "no columns: {tokens}");
 }

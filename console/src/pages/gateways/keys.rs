@@ -157,7 +157,7 @@ impl KeyForm {
 }
 
 /// "10,000" for 10000.
-fn thousands(n: u64) -> String {
+pub(super) fn thousands(n: u64) -> String {
     let digits = n.to_string();
     let mut out = String::with_capacity(digits.len() + digits.len() / 3);
     for (i, c) in digits.chars().enumerate() {
@@ -170,7 +170,7 @@ fn thousands(n: u64) -> String {
 }
 
 /// The key's limits in words, e.g. "10,000 total tokens / hour · 60 requests / minute".
-fn limits_summary(l: &KeyLimitsView) -> Vec<String> {
+pub(super) fn limits_summary(l: &KeyLimitsView) -> Vec<String> {
     let mut parts = Vec::new();
     for (w, name) in [(&l.per_minute, "minute"), (&l.per_hour, "hour"), (&l.per_day, "day")] {
         for (v, what) in [
@@ -221,6 +221,18 @@ fn usage_summary(k: &KeyView) -> Vec<String> {
         ));
     }
     parts
+}
+
+/// The key's state as a badge: revoked, expired, or active (until its expiry).
+pub(super) fn state_badge(k: &KeyView, now: DateTime<Utc>) -> Markup {
+    html! {
+        @match (k.revoked_at, k.expires_at) {
+            (Some(at), _) => span.badge.muted data-state="revoked" title=(at.to_rfc3339()) { "Revoked " (ago(at, now)) },
+            (None, Some(at)) if at <= now => span.badge.muted data-state="expired" title=(at.to_rfc3339()) { "Expired" },
+            (None, Some(at)) => span.badge.ok data-state="active" title={ "Expires " (at.to_rfc3339()) } { "Active until " (at.format("%Y-%m-%d %H:%M UTC")) },
+            (None, None) => span.badge.ok data-state="active" { "Active" },
+        }
+    }
 }
 
 /// The keys in tree order (each active key after its parent, children indented), revoked keys
@@ -364,11 +376,10 @@ pub(super) fn section(
                         }
                         tbody {
                             @for (k, depth) in &ordered {
-                                @let expired = k.expires_at.is_some_and(|t| t <= now);
                                 tr data-key=(k.id) data-depth=(depth) class=[k.revoked_at.is_some().then_some("revoked")] {
-                                    td style={ "padding-left: " (0.75 + 1.25 * (*depth as f32)) "rem" } {
+                                    td {
                                         @if *depth > 0 { span.sub aria-hidden="true" { "└ " } }
-                                        (k.name)
+                                        a href={ "/gateways/" (gateway.id) "/keys/" (k.id) } { (k.name) }
                                         @if let Some(parent) = k.parent_id.as_deref().and_then(name_of) {
                                             br; span.sub.parent-name { "under " (parent) }
                                         }
@@ -389,14 +400,7 @@ pub(super) fn section(
                                             None => span.sub { "Never" },
                                         }
                                     }
-                                    td {
-                                        @match (k.revoked_at, k.expires_at) {
-                                            (Some(at), _) => span.badge.muted data-state="revoked" title=(at.to_rfc3339()) { "Revoked " (ago(at, now)) },
-                                            (None, Some(at)) if expired => span.badge.muted data-state="expired" title=(at.to_rfc3339()) { "Expired" },
-                                            (None, Some(at)) => span.badge.ok data-state="active" title={ "Expires " (at.to_rfc3339()) } { "Active until " (at.format("%Y-%m-%d %H:%M UTC")) },
-                                            (None, None) => span.badge.ok data-state="active" { "Active" },
-                                        }
-                                    }
+                                    td { (state_badge(k, now)) }
                                     @if can_change {
                                         td {
                                             form.inline method="post" action={ "/gateways/" (gateway.id) "/keys/" (k.id) "/reset-usage" }
@@ -469,10 +473,19 @@ pub(super) async fn revoke(
     Ok(Redirect::to(&format!("/gateways/{gateway_id}?revoked=1#h-keys")).into_response())
 }
 
+/// The reset form: where it was sent from.
+#[derive(Debug, Default, Deserialize)]
+pub(super) struct ResetForm {
+    /// `key` from the key's own page (the answer goes back there); else the gateway's page.
+    #[serde(default)]
+    back: String,
+}
+
 /// `POST /gateways/{id}/keys/{key_id}/reset-usage`.
 pub(super) async fn reset_usage(
     op: Operator,
     Path((id, key_id)): Path<(String, String)>,
+    Form(form): Form<ResetForm>,
 ) -> Result<Response, ConsoleError> {
     let gateway_id = path_uuid(&id, "gateway")?;
     let key_id = path_uuid(&key_id, "gateway key")?;
@@ -481,7 +494,12 @@ pub(super) async fn reset_usage(
     if !reply.status.is_success() {
         return Err(ConsoleError::from_problem(reply.status, reply.problem()));
     }
-    Ok(Redirect::to(&format!("/gateways/{gateway_id}?reset=1#h-keys")).into_response())
+    let to = if form.back == "key" {
+        format!("/gateways/{gateway_id}/keys/{key_id}?reset=1")
+    } else {
+        format!("/gateways/{gateway_id}?reset=1#h-keys")
+    };
+    Ok(Redirect::to(&to).into_response())
 }
 
 #[cfg(test)]
