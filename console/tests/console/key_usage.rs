@@ -63,6 +63,7 @@ fn entry(key: &str, window: Window, start: i64, charged: Usage) -> KeyUsage {
         window_start_unix_ms: start,
         charged,
         reserved: Usage::default(),
+        wanted: Usage::default(),
     }
 }
 
