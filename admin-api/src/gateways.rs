@@ -211,6 +211,7 @@ pub struct CreateGatewayRequest {
     /// Members in order of preference for display; may be empty.
     pub endpoints: Vec<GatewayMemberInput>,
     /// Routing settings; omitted = weighted, no waiting, the data plane's default deadline.
+    #[serde(default, deserialize_with = "crate::body::optional_object")]
     pub routing: Option<RoutingInput>,
     /// Key-limit enforcement; omitted = the data plane's default reservation, fail open.
     #[serde(default, deserialize_with = "crate::body::optional_object")]
@@ -229,6 +230,7 @@ pub struct CreateGatewayRequest {
 pub struct UpdateGatewayRequest {
     pub name: Option<String>,
     pub endpoints: Option<Vec<GatewayMemberInput>>,
+    #[serde(default, deserialize_with = "crate::body::optional_object")]
     pub routing: Option<RoutingInput>,
     #[serde(default, deserialize_with = "crate::body::optional_object")]
     pub traces: Option<TracesInput>,

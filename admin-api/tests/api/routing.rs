@@ -82,6 +82,8 @@ async fn bad_routing_values_are_422_and_change_nothing() {
         ),
         (json!({"routing": {"wait_for_recovery": "yes"}}), vec!["routing.wait_for_recovery"]),
         (json!({"routing": {"retries": 3}}), vec!["routing.retries"]),
+        // An object, not its fields by position (serde would take the array form).
+        (json!({"routing": ["fastest", 2000]}), vec!["routing"]),
     ] {
         let reply = h.call(Method::PATCH, &path, Some(body.clone())).await;
         let reply = reply.expect(StatusCode::UNPROCESSABLE_ENTITY);
