@@ -197,15 +197,7 @@ async fn a_key_past_its_grant_gets_429_with_retry_after_at_the_window_end() {
     // Charged what the answers said they used; the refusal nothing.
     assert_eq!(settled(&gw, key, Window::Hour, 3).await, served);
     assert_eq!(limiter.counters().refusals(RefusalReason::WindowSpent), 1);
-    let scrape = gw
-        .http
-        .get(format!("http://{}/metrics", gw.metrics_addr.unwrap()))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let scrape = gw.scrape().await;
     assert!(
         scrape.contains("modelgw_key_limit_refusals_total{reason=\"window_spent\"} 1"),
         "{scrape}"

@@ -212,15 +212,7 @@ async fn a_full_queue_drops_and_counts_while_every_request_is_served() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert_eq!(gw.traces.len(), 2, "the queue holds its capacity");
-    let scrape = gw
-        .http
-        .get(format!("http://{}/metrics", gw.metrics_addr.unwrap()))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let scrape = gw.scrape().await;
     assert!(scrape.lines().any(|l| l == "modelgw_traces_dropped_total 8"), "{scrape}");
     assert!(scrape.lines().any(|l| l == "modelgw_traces_queued 2"), "{scrape}");
     let batch = gw.traces.next_batch().unwrap();

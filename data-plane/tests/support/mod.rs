@@ -126,6 +126,13 @@ impl Drop for TestGateway {
 }
 
 impl TestGateway {
+    /// The text of this gateway's `/metrics` (the config must serve it).
+    pub async fn scrape(&self) -> String {
+        let addr = self.metrics_addr.expect("metrics served");
+        let response = self.http.get(format!("http://{addr}/metrics")).send().await;
+        response.expect("scrape").text().await.expect("scrape body")
+    }
+
     /// Swaps `snapshot` in; an error if it is not newer than the one serving.
     pub fn install(&self, snapshot: Snapshot) -> Result<()> {
         let table = RoutingTable::compile(&snapshot)?;
