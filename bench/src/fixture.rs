@@ -7,8 +7,19 @@
 //!   control-plane` through the admin API exactly as an operator would, logging at the
 //!   production default level (info) into a file.
 //!
-//! All rows send the same body and the same `api-key` header (nginx and the fake regions
-//! ignore it), and must answer the same 653-byte body before anything is measured.
+//! Two more gateway rows isolate what a feature costs, each differing from **gateway** by that
+//! feature alone:
+//!
+//! - **gateway, metrics off**: the same gateways through a second data plane with
+//!   `MODELGW_METRICS_ADDR=off` (issue #13);
+//! - **gateway, key limits + traces**: the same data plane as **gateway**, through gateways of
+//!   their own (`bench-keyed`, `bench-keyed-stream`) over the same endpoints whose keys have
+//!   every limit set ([`KEYED_LIMIT`] in every window and measure: enforced — leases, the
+//!   admission's compare-and-swap per counter, reconciliation, `x-ratelimit-*` headers —
+//!   but never reached) and which record request traces, metadata only (issue #14).
+//!
+//! All rows send the same body and an `api-key` header (nginx and the fake regions ignore
+//! it), and must answer the same 653-byte body before anything is measured.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -32,6 +43,11 @@ pub const MASTER_KEY_B64: &str = "bW9kZWxndy1iZW5jaC1tYXN0ZXIta2V5LTMyLWJ5dGU=";
 /// Regions the three fake upstreams stand for.
 pub const REGIONS: [&str; 3] = ["East US", "West Europe", "Japan East"];
 
+/// Every limit of the keyed row's keys, in every window and measure: the API's largest (10¹²),
+/// so no run of the benchmark comes near it (a 10 s run at 100,000 req/s reserves ~10⁸
+/// tokens).
+pub const KEYED_LIMIT: u64 = 1_000_000_000_000;
+
 /// How long the `slow` stream stays open after its first frame: longer than the memory
 /// measurement (open 1,000 streams, sample, close) takes.
 pub const SLOW_STREAM_SECS: u32 = 40;
@@ -45,10 +61,15 @@ pub enum Row {
     /// The same gateway configuration through a second data plane with
     /// `MODELGW_METRICS_ADDR=off`: the request path's accounting costs the difference.
     GatewayMetricsOff,
+    /// The gateway's data plane, through gateways whose keys have limits (never reached) and
+    /// which trace requests (metadata only): key limits and traces cost the difference. Last
+    /// in every round, so the shipping of its traces never overlaps another data-plane row.
+    GatewayKeyed,
 }
 
 impl Row {
-    pub const ALL: [Row; 4] = [Row::Floor, Row::Nginx, Row::Gateway, Row::GatewayMetricsOff];
+    pub const ALL: [Row; 5] =
+        [Row::Floor, Row::Nginx, Row::Gateway, Row::GatewayMetricsOff, Row::GatewayKeyed];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -56,6 +77,7 @@ impl Row {
             Row::Nginx => "nginx",
             Row::Gateway => "gateway",
             Row::GatewayMetricsOff => "gateway, metrics off",
+            Row::GatewayKeyed => "gateway, key limits + traces",
         }
     }
 }
@@ -92,6 +114,9 @@ struct Keys {
     chat: String,
     stream: String,
     slow: String,
+    /// The keys with limits, of `bench-keyed` and `bench-keyed-stream`.
+    keyed_chat: String,
+    keyed_stream: String,
 }
 
 /// Every process behind the three rows.
@@ -107,6 +132,13 @@ pub struct Fixture {
     pub quiet_data_plane: Modelgw,
     quiet_url: String,
     keys: Keys,
+    /// The control plane's admin API.
+    pub admin: Admin,
+    /// `/metrics` of the gateway's data plane and of the control plane.
+    pub data_plane_metrics: String,
+    pub control_plane_metrics: String,
+    /// The id of `bench-keyed` (whose traces the load section counts).
+    pub keyed_gateway_id: String,
 }
 
 /// A random token (hex of 16 bytes from the kernel): the admin token of a throwaway cluster.
@@ -181,6 +213,94 @@ pub async fn create_endpoint(
     Ok(v["id"].as_str().context("endpoint id")?.to_owned())
 }
 
+/// The limits of the keyed row's keys: [`KEYED_LIMIT`] on every measure of every window — the
+/// most counters one key can make a request reserve on (twelve), none of them ever reached.
+pub fn keyed_limits() -> serde_json::Value {
+    let window = json!({
+        "requests": KEYED_LIMIT,
+        "prompt_tokens": KEYED_LIMIT,
+        "completion_tokens": KEYED_LIMIT,
+        "total_tokens": KEYED_LIMIT,
+    });
+    json!({ "per_minute": window, "per_hour": window, "per_day": window })
+}
+
+/// Creates a gateway over `endpoint_ids` that traces requests (metadata only: no payload
+/// capture) and a key of it with [`keyed_limits`]; returns the gateway's id and the key. Fails
+/// unless the control plane echoes both settings.
+pub async fn create_keyed_gateway(
+    admin: &Admin,
+    name: &str,
+    endpoint_ids: &[String],
+) -> anyhow::Result<(String, String)> {
+    let members: Vec<serde_json::Value> = endpoint_ids
+        .iter()
+        .map(|id| json!({"endpoint_id": id, "enabled": true, "priority": 0, "weight": 1}))
+        .collect();
+    let body = json!({
+        "name": name,
+        "endpoints": members,
+        "traces": {"enabled": true, "capture_payload": false},
+    });
+    let (status, gw) = admin.call("POST", "/api/v1/gateways", Some(body)).await?;
+    ensure!(status == 201, "creating gateway {name}: {status} {gw}");
+    ensure!(
+        gw["traces"]["enabled"] == true && gw["traces"]["capture_payload"] == false,
+        "gateway {name} does not trace metadata only: {}",
+        gw["traces"]
+    );
+    let id = gw["id"].as_str().context("gateway id")?.to_owned();
+    let body = json!({"name": format!("{name}-limited"), "limits": keyed_limits()});
+    let (status, key) =
+        admin.call("POST", &format!("/api/v1/gateways/{id}/keys"), Some(body)).await?;
+    ensure!(status == 201, "creating the limited key of {name}: {status}");
+    ensure!(
+        key["limits"] == keyed_limits(),
+        "the key of {name} has other limits than asked: {}",
+        key["limits"]
+    );
+    Ok((id, key["key"].as_str().context("key")?.to_owned()))
+}
+
+/// The data plane's count of requests to keys with limits admitted unchecked (no grant).
+pub const FAIL_OPEN: &str = "modelgw_key_limit_fail_open_admissions_total";
+
+/// The sum of `name`'s samples with `labels` in one scrape of `url`; 0 when the metric has
+/// no such sample yet (a label set is created on first use).
+async fn scrape_value(url: &str, name: &str, labels: &[(&str, &str)]) -> anyhow::Result<f64> {
+    let scrape = modelgw_e2e::metrics::Scrape::get(url).await?;
+    ensure!(scrape.text.contains(name.trim_end_matches("_total")), "{url} does not expose {name}");
+    Ok(scrape.value(name, labels).unwrap_or(0.0))
+}
+
+/// The keyed row's answers carry its key's limits as `x-ratelimit-*` headers; every other
+/// row's answers carry none (the fake regions send none, and a key without limits adds none).
+fn check_ratelimit_headers(row: Row, headers: &reqwest::header::HeaderMap) -> anyhow::Result<()> {
+    let number = |name: &str| -> anyhow::Result<u64> {
+        headers
+            .get(name)
+            .with_context(|| format!("no {name} header"))?
+            .to_str()?
+            .parse::<u64>()
+            .with_context(|| format!("{name} is not a number"))
+    };
+    if row == Row::GatewayKeyed {
+        for name in ["x-ratelimit-limit-requests", "x-ratelimit-limit-tokens"] {
+            let limit = number(name)?;
+            ensure!(limit == KEYED_LIMIT, "{name}: {limit}, expected {KEYED_LIMIT}");
+        }
+        for name in ["x-ratelimit-remaining-requests", "x-ratelimit-remaining-tokens"] {
+            let remaining = number(name)?;
+            ensure!(remaining < KEYED_LIMIT, "{name}: {remaining}: nothing was reserved");
+        }
+    } else {
+        let found: Vec<&str> =
+            headers.keys().map(|k| k.as_str()).filter(|k| k.starts_with("x-ratelimit-")).collect();
+        ensure!(found.is_empty(), "unexpected rate-limit headers {found:?}");
+    }
+    Ok(())
+}
+
 impl Fixture {
     /// Starts the three regions, the nginx proxy, the control plane and the data plane, and
     /// configures gateways `bench`, `bench-stream` and `bench-slow` over the regions.
@@ -220,15 +340,20 @@ impl Fixture {
         let data_plane_log = dir.join("data-plane.log");
         let filter: Vec<(&str, String)> =
             log_filter.map(|f| ("RUST_LOG", f.to_owned())).into_iter().collect();
+        // Metrics on as by default, on a port of its own (read back from the ready line).
+        let mut env = filter.clone();
+        env.push(("MODELGW_METRICS_ADDR", "127.0.0.1:0".to_owned()));
         let data_plane = start_data_plane(
             bin,
             control_plane.field("grpc")?,
             "bench-dp",
-            &filter,
+            &env,
             Logs::File(&data_plane_log),
         )
         .await?;
         let gateway_url = data_plane.field("gateway")?.to_owned();
+        let data_plane_metrics = data_plane.field("metrics")?.to_owned();
+        let control_plane_metrics = control_plane.field("metrics")?.to_owned();
         let mut quiet_env = filter.clone();
         quiet_env.push(("MODELGW_METRICS_ADDR", "off".to_owned()));
         let quiet_data_plane = start_data_plane(
@@ -242,6 +367,7 @@ impl Fixture {
         let quiet_url = quiet_data_plane.field("gateway")?.to_owned();
 
         let mut key_for = Vec::new();
+        let mut endpoints_of = Vec::new();
         for (gateway, deployment) in
             [("bench", "chat"), ("bench-stream", "stream"), ("bench-slow", "slow")]
         {
@@ -252,9 +378,15 @@ impl Fixture {
             }
             let gw = admin.create_gateway(gateway, &ids).await?;
             key_for.push(admin.create_key(&gw).await?);
+            endpoints_of.push(ids);
         }
         let [chat, stream, slow]: [String; 3] =
             key_for.try_into().map_err(|_| anyhow::anyhow!("three keys"))?;
+        // The keyed row: the same endpoints, traces on (metadata only), a key with limits.
+        let (keyed_gateway_id, keyed_chat) =
+            create_keyed_gateway(&admin, "bench-keyed", &endpoints_of[0]).await?;
+        let (_, keyed_stream) =
+            create_keyed_gateway(&admin, "bench-keyed-stream", &endpoints_of[1]).await?;
         let version = admin.config_version().await?;
         let nodes = ["bench-dp", "bench-dp-quiet"];
         admin.wait_for_applied(&nodes, version, Duration::from_secs(15)).await?;
@@ -267,7 +399,11 @@ impl Fixture {
             gateway_url,
             quiet_data_plane,
             quiet_url,
-            keys: Keys { chat, stream, slow },
+            keys: Keys { chat, stream, slow, keyed_chat, keyed_stream },
+            admin,
+            data_plane_metrics,
+            control_plane_metrics,
+            keyed_gateway_id,
         })
     }
 
@@ -283,22 +419,30 @@ impl Fixture {
         let (chat_url, stream_url, slow_url) = match row {
             Row::Floor => upstream_paths(self.upstreams[0].base_url()),
             Row::Nginx => upstream_paths(self.proxy.base_url()),
-            Row::Gateway | Row::GatewayMetricsOff => {
-                let base = if row == Row::Gateway { &self.gateway_url } else { &self.quiet_url };
+            Row::Gateway | Row::GatewayMetricsOff | Row::GatewayKeyed => {
+                let base =
+                    if row == Row::GatewayMetricsOff { &self.quiet_url } else { &self.gateway_url };
+                let prefix = if row == Row::GatewayKeyed { "bench-keyed" } else { "bench" };
                 (
-                    format!("{base}/openai/deployments/bench/chat/completions{q}"),
-                    format!("{base}/openai/deployments/bench-stream/chat/completions{q}"),
+                    format!("{base}/openai/deployments/{prefix}/chat/completions{q}"),
+                    format!("{base}/openai/deployments/{prefix}-stream/chat/completions{q}"),
+                    // The open streams of the memory section: plain gateway only.
                     format!("{base}/openai/deployments/bench-slow/chat/completions{q}"),
                 )
             }
+        };
+        let (chat_key, stream_key) = if row == Row::GatewayKeyed {
+            (&self.keys.keyed_chat, &self.keys.keyed_stream)
+        } else {
+            (&self.keys.chat, &self.keys.stream)
         };
         Target {
             row,
             chat_url,
             stream_url,
             slow_url,
-            chat_key: self.keys.chat.clone(),
-            stream_key: self.keys.stream.clone(),
+            chat_key: chat_key.clone(),
+            stream_key: stream_key.clone(),
             slow_key: self.keys.slow.clone(),
         }
     }
@@ -309,7 +453,7 @@ impl Fixture {
         match row {
             Row::Floor => self.upstreams[0].pids(),
             Row::Nginx => self.proxy.pids(),
-            Row::Gateway => vec![self.data_plane.proc.pid()],
+            Row::Gateway | Row::GatewayKeyed => vec![self.data_plane.proc.pid()],
             Row::GatewayMetricsOff => vec![self.quiet_data_plane.proc.pid()],
         }
     }
@@ -330,6 +474,10 @@ impl Fixture {
 
     /// Every row must answer the chat request with 200 and exactly the upstream's 653 bytes
     /// (the gateway passes the body through unchanged), and stream the SSE answer.
+    ///
+    /// The keyed row's answers must carry its key's `x-ratelimit-*` headers ([`KEYED_LIMIT`]
+    /// as the limit), and no other row's may: so the keyed row measures enforced limits, and
+    /// the others none.
     pub async fn check_rows(&self) -> anyhow::Result<()> {
         let client = reqwest::Client::builder().http1_only().build()?;
         for row in Row::ALL {
@@ -343,6 +491,7 @@ impl Fixture {
                 .await
                 .with_context(|| format!("{} row: chat request", row.name()))?;
             let status = res.status();
+            let limit_headers = check_ratelimit_headers(row, res.headers());
             let body = res.bytes().await?;
             if status != 200 || body.as_ref() != nginx::CHAT_BODY.as_bytes() {
                 bail!(
@@ -352,13 +501,14 @@ impl Fixture {
                     body.len(),
                     nginx::CHAT_BODY.len(),
                     String::from_utf8_lossy(&body[..body.len().min(400)]),
-                    if row == Row::Gateway {
+                    if matches!(row, Row::Gateway | Row::GatewayKeyed) {
                         procs::log_hint(Some(&self.data_plane_log))
                     } else {
                         String::new()
                     }
                 );
             }
+            limit_headers.with_context(|| format!("{} row: chat answer", row.name()))?;
             let res = client
                 .post(&t.stream_url)
                 .header("content-type", "application/json")
@@ -368,14 +518,60 @@ impl Fixture {
                 .await
                 .with_context(|| format!("{} row: stream request", row.name()))?;
             let status = res.status();
+            let limit_headers = check_ratelimit_headers(row, res.headers());
             let body = res.text().await?;
             ensure!(
                 status == 200 && body.matches("data: ").count() == 3 && body.contains("[DONE]"),
                 "{} row: the 3-frame stream answered {status}: {body}",
                 row.name()
             );
+            limit_headers.with_context(|| format!("{} row: stream answer", row.name()))?;
         }
         Ok(())
+    }
+
+    /// Waits until the keyed row's requests are checked against budget leases, not admitted
+    /// fail-open (grants follow the snapshot by a few milliseconds): sends its chat request
+    /// until one leaves the data plane's fail-open counter where it was.
+    pub async fn wait_for_grants(&self, within: Duration) -> anyhow::Result<()> {
+        let client = reqwest::Client::builder().http1_only().build()?;
+        let t = self.target(Row::GatewayKeyed);
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            let before = self.data_plane_counter(FAIL_OPEN).await?;
+            let res = client
+                .post(&t.chat_url)
+                .header("content-type", "application/json")
+                .header("api-key", &t.chat_key)
+                .body(REQUEST_BODY)
+                .send()
+                .await?;
+            ensure!(res.status() == 200, "keyed row answered {}", res.status());
+            if self.data_plane_counter(FAIL_OPEN).await? == before {
+                return Ok(());
+            }
+            if std::time::Instant::now() > deadline {
+                bail!(
+                    "the keyed row's requests were still admitted fail-open (no budget grant) after {within:?}{}",
+                    procs::log_hint(Some(&self.data_plane_log))
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// A counter or gauge of the gateway's data plane (`name` as exposed, e.g. `…_total`).
+    pub async fn data_plane_counter(&self, name: &str) -> anyhow::Result<f64> {
+        scrape_value(&self.data_plane_metrics, name, &[]).await
+    }
+
+    /// A counter or gauge of the control plane, its samples with `labels` summed.
+    pub async fn control_plane_counter(
+        &self,
+        name: &str,
+        labels: &[(&str, &str)],
+    ) -> anyhow::Result<f64> {
+        scrape_value(&self.control_plane_metrics, name, labels).await
     }
 
     /// Keeps the data-plane log from growing without bound over long load runs (it is opened

@@ -198,8 +198,33 @@ pub struct Run {
     pub row: Row,
     pub scenario: Scenario,
     pub result: OhaResult,
-    /// CPU time of the row's processes per completed request, seconds (throughput only).
+    /// CPU time of the row's processes per completed request, seconds: at 64 connections from
+    /// `/proc/<pid>/stat` (clock ticks), at 1,000 req/s from the threads' `schedstat`
+    /// (nanoseconds: that run's CPU time is a few dozen ticks); `None` at 8 connections.
     pub cpu_per_req: Option<f64>,
+    /// The control plane's CPU time per completed request over the same run, seconds (it
+    /// stores the keyed row's traces and every row's usage reports); same scenarios.
+    pub control_plane_cpu_per_req: Option<f64>,
+    /// Traces the data plane's full queue dropped during the run (keyed row only).
+    pub traces_dropped: Option<u64>,
+}
+
+/// What the key limits and traces of the keyed row did over the whole section (counters of
+/// the data plane and the control plane, differences from the section's start).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct KeyedCounts {
+    /// Requests the keyed row sent (warm-ups included).
+    pub requests: u64,
+    /// Admitted without a grant (fail-open): not checked against a lease.
+    pub fail_open: u64,
+    /// Refused by a limit (any reason).
+    pub refused: u64,
+    /// Dropped by the data plane's full trace queue.
+    pub traces_dropped: u64,
+    /// Received and stored by the control plane, and dropped there (writer behind).
+    pub traces_received: u64,
+    pub traces_stored: u64,
+    pub traces_dropped_by_control_plane: u64,
 }
 
 /// Every run of the section.
@@ -208,6 +233,8 @@ pub struct LoadResults {
     pub runs: Vec<Run>,
     pub rounds: usize,
     pub duration: Duration,
+    /// The keyed row's limits and traces over the section.
+    pub keyed: Option<KeyedCounts>,
 }
 
 /// Median-over-rounds figures of one row.
@@ -215,6 +242,11 @@ pub struct LoadResults {
 pub struct RowSummary {
     pub rps: Option<f64>,
     pub cpu_per_req: Option<f64>,
+    /// CPU per request at 1,000 req/s.
+    pub cpu_per_req_fixed: Option<f64>,
+    /// The control plane's CPU per request of the row (64 connections; 1,000 req/s).
+    pub control_plane_cpu_per_req: Option<f64>,
+    pub control_plane_cpu_per_req_fixed: Option<f64>,
     pub p50_8: Option<f64>,
     pub p99_8: Option<f64>,
     pub p50_fixed: Option<f64>,
@@ -254,14 +286,17 @@ impl LoadResults {
         let added = |s: Scenario, f: fn(&OhaResult) -> f64| {
             if proxy { median(&self.added(row, s, f)) } else { None }
         };
+        let cpu = |s: Scenario, f: fn(&Run) -> Option<f64>| {
+            median(&self.runs_of(row, s).filter_map(f).collect::<Vec<_>>())
+        };
         RowSummary {
             rps: med(Scenario::Throughput, |r| r.rps),
-            cpu_per_req: median(
-                &self
-                    .runs_of(row, Scenario::Throughput)
-                    .filter_map(|r| r.cpu_per_req)
-                    .collect::<Vec<_>>(),
-            ),
+            cpu_per_req: cpu(Scenario::Throughput, |r| r.cpu_per_req),
+            cpu_per_req_fixed: cpu(Scenario::FixedRate, |r| r.cpu_per_req),
+            control_plane_cpu_per_req: cpu(Scenario::Throughput, |r| r.control_plane_cpu_per_req),
+            control_plane_cpu_per_req_fixed: cpu(Scenario::FixedRate, |r| {
+                r.control_plane_cpu_per_req
+            }),
             p50_8: med(Scenario::Conns8, |r| r.p50),
             p99_8: med(Scenario::Conns8, |r| r.p99),
             p50_fixed: med(Scenario::FixedRate, |r| r.p50),
@@ -283,23 +318,50 @@ pub async fn run(
     warmup: Duration,
 ) -> anyhow::Result<LoadResults> {
     let ticks_per_sec = procs::clock_ticks_per_sec() as f64;
-    let mut results = LoadResults { runs: Vec::new(), rounds, duration };
+    let mut results = LoadResults { runs: Vec::new(), rounds, duration, keyed: None };
+    let start = KeyedCounters::read(fixture).await?;
+    let mut keyed_requests = 0;
+    let cp_pid = fixture.control_plane.proc.pid();
     for round in 1..=rounds {
         for row in Row::ALL {
-            run_oha(oha, &fixture.target(row), Scenario::Throughput, warmup)
+            let w = run_oha(oha, &fixture.target(row), Scenario::Throughput, warmup)
                 .await
                 .with_context(|| format!("warming up {}", row.name()))?;
+            if row == Row::GatewayKeyed {
+                keyed_requests += w.completed();
+                drain_traces(fixture).await?;
+            }
         }
         for scenario in Scenario::ALL {
             for row in Row::ALL {
                 let target = fixture.target(row);
                 let pids = fixture.pids(row);
                 let before = procs::cpu_ticks(&pids);
+                let before_ns = procs::cpu_ns_of(&pids);
+                let cp_before_ns = procs::cpu_ns_of(&[cp_pid]);
+                let dropped_before = if row == Row::GatewayKeyed {
+                    Some(fixture.data_plane_counter(TRACES_DROPPED).await?)
+                } else {
+                    None
+                };
                 let result =
                     run_oha(oha, &target, scenario, duration).await.with_context(|| {
                         format!("round {round}, {}, {}", scenario.name(), row.name())
                     })?;
+                // The keyed row's CPU includes shipping its traces: read after the queue
+                // emptied.
+                let traces_dropped = match dropped_before {
+                    Some(before) => {
+                        keyed_requests += result.completed();
+                        drain_traces(fixture).await?;
+                        let after = fixture.data_plane_counter(TRACES_DROPPED).await?;
+                        Some((after - before).max(0.0) as u64)
+                    }
+                    None => None,
+                };
                 let ticks = procs::cpu_ticks(&pids).saturating_sub(before);
+                let ns = procs::cpu_ns_of(&pids).saturating_sub(before_ns);
+                let cp_ns = procs::cpu_ns_of(&[cp_pid]).saturating_sub(cp_before_ns);
                 fixture.ensure_running()?;
                 if result.success_rate() < 1.0 {
                     bail!(
@@ -310,10 +372,19 @@ pub async fn run(
                         result.failures()
                     );
                 }
-                let cpu_per_req = (scenario == Scenario::Throughput && result.completed() > 0)
-                    .then(|| ticks as f64 / ticks_per_sec / result.completed() as f64);
+                let n = result.completed() as f64;
+                let (cpu_per_req, control_plane_cpu_per_req) = match scenario {
+                    _ if n == 0.0 => (None, None),
+                    Scenario::Throughput => {
+                        (Some(ticks as f64 / ticks_per_sec / n), Some(cp_ns as f64 / 1e9 / n))
+                    }
+                    Scenario::FixedRate => {
+                        (Some(ns as f64 / 1e9 / n), Some(cp_ns as f64 / 1e9 / n))
+                    }
+                    Scenario::Conns8 => (None, None),
+                };
                 eprintln!(
-                    "  load round {round} {:>10} {:>7}: {:>8.0} req/s  p50 {:>9}  p99 {:>9}{}",
+                    "  load round {round} {:>10} {:>7}: {:>8.0} req/s  p50 {:>9}  p99 {:>9}{}{}",
                     scenario.name(),
                     row.name(),
                     result.rps,
@@ -321,14 +392,118 @@ pub async fn run(
                     crate::stats::fmt_secs(result.p99),
                     cpu_per_req
                         .map(|c| format!("  cpu {}/req", crate::stats::fmt_secs(c)))
+                        .unwrap_or_default(),
+                    traces_dropped
+                        .map(|d| format!("  traces dropped {d} of {}", result.completed()))
                         .unwrap_or_default()
                 );
-                results.runs.push(Run { round, row, scenario, result, cpu_per_req });
+                results.runs.push(Run {
+                    round,
+                    row,
+                    scenario,
+                    result,
+                    cpu_per_req,
+                    control_plane_cpu_per_req,
+                    traces_dropped,
+                });
                 fixture.trim_data_plane_log();
             }
         }
     }
+    results.keyed = Some(keyed_counts(fixture, &start, keyed_requests).await?);
     Ok(results)
+}
+
+/// The data plane's count of traces its full queue dropped.
+const TRACES_DROPPED: &str = "modelgw_traces_dropped_total";
+
+/// Waits until the data plane's trace queue is empty (the keyed row's traces shipped), at most
+/// 30 s (the shipper sends up to ten batches of 500 a second; the queue holds 10,000).
+async fn drain_traces(fixture: &Fixture) -> anyhow::Result<()> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while fixture.data_plane_counter("modelgw_traces_queued").await? > 0.0 {
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "the data plane's trace queue did not empty within 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
+}
+
+/// The counters behind [`KeyedCounts`], at one moment.
+struct KeyedCounters {
+    fail_open: f64,
+    refused: f64,
+    dropped: f64,
+    received: f64,
+    stored: f64,
+    cp_dropped: f64,
+}
+
+impl KeyedCounters {
+    async fn read(fx: &Fixture) -> anyhow::Result<KeyedCounters> {
+        Ok(KeyedCounters {
+            fail_open: fx.data_plane_counter(crate::fixture::FAIL_OPEN).await?,
+            refused: fx.data_plane_counter("modelgw_key_limit_refusals_total").await?,
+            dropped: fx.data_plane_counter(TRACES_DROPPED).await?,
+            received: fx.control_plane_counter("modelgw_traces_received_total", &[]).await?,
+            stored: fx.control_plane_counter("modelgw_traces_stored_total", &[]).await?,
+            cp_dropped: fx
+                .control_plane_counter("modelgw_traces_dropped_total", &[("by", "control_plane")])
+                .await?,
+        })
+    }
+}
+
+/// What the keyed row's limits and traces did since `start`; fails when a limit refused or
+/// no trace of the section reached the control plane's database (then the row did not
+/// measure what it says). Waits up to 10 s for the control plane to store what it received.
+async fn keyed_counts(
+    fx: &Fixture,
+    start: &KeyedCounters,
+    requests: u64,
+) -> anyhow::Result<KeyedCounts> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let now = loop {
+        let now = KeyedCounters::read(fx).await?;
+        if now.received <= now.stored + now.cp_dropped || std::time::Instant::now() > deadline {
+            break now;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let delta = |a: f64, b: f64| (a - b).max(0.0) as u64;
+    let counts = KeyedCounts {
+        requests,
+        fail_open: delta(now.fail_open, start.fail_open),
+        refused: delta(now.refused, start.refused),
+        traces_dropped: delta(now.dropped, start.dropped),
+        traces_received: delta(now.received, start.received),
+        traces_stored: delta(now.stored, start.stored),
+        traces_dropped_by_control_plane: delta(now.cp_dropped, start.cp_dropped),
+    };
+    eprintln!("  keyed row over the section: {counts:?}");
+    ensure!(counts.refused == 0, "the keyed row's limits refused {} requests", counts.refused);
+    ensure!(
+        counts.traces_stored > 0,
+        "no trace of the keyed row reached the control plane's database: {counts:?}"
+    );
+    // And the API lists them, as recorded: metadata only, the fake region's usage.
+    let (status, page) = fx
+        .admin
+        .call("GET", &format!("/api/v1/traces?gateway_id={}&limit=1", fx.keyed_gateway_id), None)
+        .await?;
+    ensure!(status == 200, "GET /api/v1/traces: {status} {page}");
+    let t = &page["traces"][0];
+    ensure!(
+        t["status"] == 200
+            && t["payload_captured"] == false
+            && t["prompt_tokens"] == 19
+            && t["completion_tokens"] == 16
+            && t["node_id"] == "bench-dp",
+        "the keyed row's newest trace is not what was sent: {page}"
+    );
+    Ok(counts)
 }
 
 #[cfg(test)]
@@ -356,6 +531,8 @@ impl Run {
                 p99,
             },
             cpu_per_req,
+            control_plane_cpu_per_req: None,
+            traces_dropped: None,
         }
     }
 }

@@ -4,7 +4,8 @@
 //! Everything runs on 127.0.0.1 with a fake Azure OpenAI made of nginx instances (see
 //! [`nginx`]), and compares three rows (see [`fixture`]): the load generator straight to the
 //! fake upstream (the floor), through an nginx reverse proxy (the baseline for one proxy hop),
-//! and through one `modelgw data-plane` (the code under test). Sections:
+//! and through one `modelgw data-plane` (the code under test); two more gateway rows each
+//! turn one feature off or on (metrics off; key limits + request traces). Sections:
 //!
 //! - [`load`]: throughput, latency at 8 connections and at a fixed rate, CPU per request;
 //! - [`stream`]: time to first chunk of a streamed answer;
@@ -287,6 +288,7 @@ async fn traffic_sections(
         .await
         .context("starting the fixture")?;
     let outcome = async {
+        fx.wait_for_grants(Duration::from_secs(15)).await.context("waiting for budget grants")?;
         fx.check_rows().await.context("checking the rows")?;
         let mut memory = memory::MemoryResults::default();
         if selected(Section::Memory) {

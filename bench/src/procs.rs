@@ -111,6 +111,11 @@ pub fn cpu_ns(pid: u32) -> anyhow::Result<u64> {
     Ok(total)
 }
 
+/// [`cpu_ns`] summed over these processes; vanished ones count as 0.
+pub fn cpu_ns_of(pids: &[u32]) -> u64 {
+    pids.iter().filter_map(|p| cpu_ns(*p).ok()).sum()
+}
+
 /// Pids whose parent is `ppid` (e.g. an nginx master's workers).
 pub fn children_of(ppid: u32) -> Vec<u32> {
     let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };

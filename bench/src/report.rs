@@ -375,13 +375,13 @@ fn load_tables(w: &mut String, load: &LoadResults) {
     );
     let _ = writeln!(
         w,
-        "Added = row − floor in the same round, then the median. CPU = utime+stime of the row's processes during the 64-connection run ÷ requests (floor: the fake region itself).\n"
+        "Added = row − floor in the same round, then the median. CPU = utime+stime of the row's processes during the 64-connection run ÷ requests (floor: the fake region itself); at 1,000 req/s the threads' run time from `schedstat` ÷ requests.\n"
     );
     let _ = writeln!(
         w,
-        "| row | req/s, 64 conns | CPU / req | p50, 8 conns | p99, 8 conns | added p50 / p99, 8 conns | p50, 1000 req/s | p99, 1000 req/s | added p50 / p99, 1000 req/s |"
+        "| row | req/s, 64 conns | CPU / req | CPU / req, 1000 req/s | p50, 8 conns | p99, 8 conns | added p50 / p99, 8 conns | p50, 1000 req/s | p99, 1000 req/s | added p50 / p99, 1000 req/s |"
     );
-    let _ = writeln!(w, "|---|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(w, "|---|---|---|---|---|---|---|---|---|---|");
     for row in Row::ALL {
         let s = load.summary(row);
         let added = |a: Option<f64>, b: Option<f64>| {
@@ -393,10 +393,11 @@ fn load_tables(w: &mut String, load: &LoadResults) {
         };
         let _ = writeln!(
             w,
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             row.name(),
             rps(s.rps),
             fmt_opt_secs(s.cpu_per_req),
+            fmt_opt_secs(s.cpu_per_req_fixed),
             fmt_opt_secs(s.p50_8),
             fmt_opt_secs(s.p99_8),
             added(s.added_p50_8, s.added_p99_8),
@@ -409,6 +410,7 @@ fn load_tables(w: &mut String, load: &LoadResults) {
         w,
         "\nAt 1,000 req/s the machine idles between requests, so those percentiles carry the wake-up and scheduling jitter of the machine, which hits every row (the floor too): read the fixed-rate p99 together with its spread over the rounds below."
     );
+    keyed_paragraph(w, load);
     let _ = writeln!(w, "\nEach round, in order (round 1; round 2; …):\n");
     let _ = writeln!(
         w,
@@ -441,6 +443,92 @@ fn load_tables(w: &mut String, load: &LoadResults) {
         );
     }
     let _ = writeln!(w);
+}
+
+/// The keyed row against the plain gateway row (same data plane, same rounds): what key
+/// limits and request traces cost, and what they did.
+fn keyed_paragraph(w: &mut String, load: &LoadResults) {
+    let (gw, keyed) = (load.summary(Row::Gateway), load.summary(Row::GatewayKeyed));
+    if keyed.cpu_per_req.is_none() && keyed.cpu_per_req_fixed.is_none() {
+        return;
+    }
+    let vs = |k: Option<f64>, g: Option<f64>| {
+        format!(
+            "{} vs {} ({})",
+            fmt_opt_secs(k),
+            fmt_opt_secs(g),
+            ratio(k, g).map_or("—".into(), |r| format!("{r:.2} ×"))
+        )
+    };
+    // Per round, keyed ÷ gateway: the pair ran back to back, so machine noise hits both alike.
+    let per_round = |sc: Scenario| -> (Vec<f64>, String) {
+        let ratios: Vec<f64> =
+            load.runs
+                .iter()
+                .filter(|r| r.row == Row::GatewayKeyed && r.scenario == sc)
+                .filter_map(|k| {
+                    let g = load.runs.iter().find(|g| {
+                        g.row == Row::Gateway && g.scenario == sc && g.round == k.round
+                    })?;
+                    ratio(k.cpu_per_req, g.cpu_per_req)
+                })
+                .collect();
+        let text = if ratios.is_empty() {
+            "—".into()
+        } else {
+            ratios.iter().map(|r| format!("{r:.2}")).collect::<Vec<_>>().join(" / ")
+        };
+        (ratios, text)
+    };
+    let rounds_of = |sc: Scenario| {
+        let (ratios, text) = per_round(sc);
+        format!(
+            "per round {text}, median {}",
+            median(&ratios).map_or("—".into(), |r| format!("{r:.2} ×"))
+        )
+    };
+    let _ = writeln!(
+        w,
+        "\n**Key limits + request traces** (`{}` vs `{}`: the same data plane; a key limited in all 12 window × measure counters, never reached; traces on, metadata only). CPU per request at 64 connections: {} ({}); at 1,000 req/s: {} ({}). The control plane's CPU per request (it stores the traces): {} vs {} at 64 connections, {} vs {} at 1,000 req/s.",
+        Row::GatewayKeyed.name(),
+        Row::Gateway.name(),
+        vs(keyed.cpu_per_req, gw.cpu_per_req),
+        rounds_of(Scenario::Throughput),
+        vs(keyed.cpu_per_req_fixed, gw.cpu_per_req_fixed),
+        rounds_of(Scenario::FixedRate),
+        fmt_opt_secs(keyed.control_plane_cpu_per_req),
+        fmt_opt_secs(gw.control_plane_cpu_per_req),
+        fmt_opt_secs(keyed.control_plane_cpu_per_req_fixed),
+        fmt_opt_secs(gw.control_plane_cpu_per_req_fixed),
+    );
+    let dropped = |s: Scenario| -> (u64, u64) {
+        load.runs
+            .iter()
+            .filter(|r| r.row == Row::GatewayKeyed && r.scenario == s)
+            .fold((0, 0), |(d, n), r| (d + r.traces_dropped.unwrap_or(0), n + r.result.completed()))
+    };
+    let share = |(d, n): (u64, u64)| {
+        if n == 0 { "—".into() } else { format!("{:.1} %", d as f64 * 100.0 / n as f64) }
+    };
+    let _ = writeln!(
+        w,
+        "Traces dropped by the data plane's full queue (it ships at most 10 batches of 500 a second): {} of the 64-connection runs' requests, {} at 8 connections, {} at 1,000 req/s.",
+        share(dropped(Scenario::Throughput)),
+        share(dropped(Scenario::Conns8)),
+        share(dropped(Scenario::FixedRate)),
+    );
+    if let Some(k) = &load.keyed {
+        let _ = writeln!(
+            w,
+            "Over the section: {} keyed requests, {} admitted fail-open (without a grant), {} refused; the control plane received {} traces, stored {}, dropped {}.",
+            k.requests,
+            k.fail_open,
+            k.refused,
+            k.traces_received,
+            k.traces_stored,
+            k.traces_dropped_by_control_plane
+        );
+    }
 }
 
 fn stream_table(w: &mut String, st: &StreamResults) {
@@ -731,6 +819,53 @@ mod tests {
             ),
             "{text}"
         );
+    }
+
+    #[test]
+    fn the_keyed_row_is_compared_with_the_gateway_in_the_same_rounds() {
+        use crate::load::{KeyedCounts, Run};
+        let mut load = LoadResults { rounds: 2, ..Default::default() };
+        // Round 1: 30 vs 25 µs (1.20); round 2: 33 vs 30 µs (1.10). Medians 31.5 vs 27.5.
+        for (round, gw, keyed) in [(1, 25e-6, 30e-6), (2, 30e-6, 33e-6)] {
+            for (row, cpu) in [(Row::Gateway, gw), (Row::GatewayKeyed, keyed)] {
+                for sc in Scenario::ALL {
+                    let mut run = Run::sample(round, row, sc, 1000.0, 1e-4, 2e-4, None);
+                    if sc != Scenario::Conns8 {
+                        // At 1,000 req/s: twice the CPU per request.
+                        let per = if sc == Scenario::FixedRate { 2.0 * cpu } else { cpu };
+                        run.cpu_per_req = Some(per);
+                    }
+                    if row == Row::GatewayKeyed {
+                        run.traces_dropped = Some(if sc == Scenario::Throughput { 250 } else { 0 });
+                    }
+                    load.runs.push(run);
+                }
+            }
+        }
+        load.keyed = Some(KeyedCounts {
+            requests: 6000,
+            traces_received: 5500,
+            traces_stored: 5500,
+            ..Default::default()
+        });
+        let mut text = String::new();
+        keyed_paragraph(&mut text, &load);
+        assert!(
+            text.contains("CPU per request at 64 connections: 31.5 µs vs 27.5 µs (1.15 ×) (per round 1.20 / 1.10, median 1.15 ×); at 1,000 req/s: 63.0 µs vs 55.0 µs (1.15 ×) (per round 1.20 / 1.10, median 1.15 ×)"),
+            "{text}"
+        );
+        // 500 dropped of the 2,000 requests of the two 64-connection runs.
+        assert!(
+            text.contains("25.0 % of the 64-connection runs' requests, 0.0 % at 8 connections"),
+            "{text}"
+        );
+        assert!(text.contains("6000 keyed requests, 0 admitted fail-open"), "{text}");
+        assert!(text.contains("received 5500 traces, stored 5500, dropped 0"), "{text}");
+        // No keyed row measured: no paragraph.
+        load.runs.retain(|r| r.row != Row::GatewayKeyed);
+        let mut text = String::new();
+        keyed_paragraph(&mut text, &load);
+        assert!(text.is_empty(), "{text}");
     }
 
     #[test]
