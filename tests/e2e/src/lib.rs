@@ -498,6 +498,17 @@ impl Cluster {
     /// Starts the control plane, `n_data_planes` data planes and three regions, and configures
     /// one gateway `gpt-4o-mini` over all three with one key. Returns the key.
     pub async fn standard(&mut self, n_data_planes: usize) -> anyhow::Result<String> {
+        self.with_gateway("gpt-4o-mini", n_data_planes).await
+    }
+
+    /// [`Cluster::standard`] with the gateway called `name`: a name the regions do not serve
+    /// as a deployment, so a request only succeeds if the gateway rewrote its `model` (or
+    /// deployment path) to the endpoint's deployment.
+    pub async fn with_gateway(
+        &mut self,
+        name: &str,
+        n_data_planes: usize,
+    ) -> anyhow::Result<String> {
         self.start_control_plane().await?;
         for region in ["East US", "West Europe", "Japan East"] {
             self.start_region(region).await?;
@@ -510,7 +521,7 @@ impl Cluster {
         for r in &self.regions {
             ids.push(admin.create_endpoint(&r.name, r).await?);
         }
-        let gw = admin.create_gateway("gpt-4o-mini", &ids).await?;
+        let gw = admin.create_gateway(name, &ids).await?;
         let key = admin.create_key(&gw).await?;
         let version = admin.config_version().await?;
         let nodes: Vec<String> = (0..n_data_planes).map(|i| format!("dp-{i}")).collect();
