@@ -54,7 +54,8 @@ measure() {
 
     MODELGW_MOCK_API_KEY="$api_key" "$bin" mock-azure --region "East US" \
         --deployment gpt-4o-mini >"$TMP/mock.$tag.out" 2>"$TMP/mock.$tag.err" &
-    PIDS+=($!)
+    local mock_pid=$!
+    PIDS+=("$mock_pid")
     local mock_url
     mock_url="$(ready_field "$TMP/mock.$tag.out" url)"
 
@@ -64,7 +65,8 @@ measure() {
         MODELGW_GRPC_ADDR=127.0.0.1:0 MODELGW_METRICS_ADDR=127.0.0.1:0 \
         MODELGW_ADMIN_TOKEN="$token" RUST_LOG=warn MODELGW_INSECURE_GRPC=true \
         "$bin" control-plane >"$TMP/cp.$tag.out" 2>"$TMP/cp.$tag.err" &
-    PIDS+=($!)
+    local cp_pid=$!
+    PIDS+=("$cp_pid")
     local admin grpc
     admin="$(ready_field "$TMP/cp.$tag.out" admin)"
     grpc="$(ready_field "$TMP/cp.$tag.out" grpc)"
@@ -107,7 +109,9 @@ measure() {
         grep -q '\['"200"'\] '"$N"' responses' "$OUT/$tag.r$round.oha" || { echo "not all 200" >&2; cat "$OUT/$tag.r$round.oha" >&2; }
         echo "$tag round $round before=($before) after=($after)" >> "$OUT/summary"
     done
-    kill -TERM "$dp_pid"; wait "$dp_pid" 2>/dev/null || true
+    # Nothing of this binary keeps running into the next one's rounds.
+    kill -TERM "$dp_pid" "$cp_pid" "$mock_pid" 2>/dev/null || true
+    wait "$dp_pid" "$cp_pid" "$mock_pid" 2>/dev/null || true
 }
 
 i=0
