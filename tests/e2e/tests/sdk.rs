@@ -182,6 +182,12 @@ async fn the_official_sdks_complete_every_operation_through_the_gateway() -> any
         run_script("python (latest SDK)", &python_latest, &python_args, &env),
         run_script("node", "node", &node_args, &env),
     );
+    let failures: Vec<String> = [&pinned, &latest, &node]
+        .iter()
+        .filter_map(|r| r.as_ref().err())
+        .map(|e| format!("{e:#}"))
+        .collect();
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
     let (pinned, latest, node) = (pinned?, latest?, node?);
     for run in [&pinned, &latest, &node] {
         run.assert_every_step();
