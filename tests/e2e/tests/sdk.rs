@@ -86,7 +86,9 @@ async fn run_script(
     for (k, v) in env {
         cmd.env(k, v);
     }
-    let out = cmd.output().await.map_err(|e| anyhow::anyhow!("running {program}: {e}"))?;
+    let out = cmd.output().await.map_err(|e| {
+        anyhow::anyhow!("running {program}: {e} (`bash tests/run.sh` installs node and the SDKs)")
+    })?;
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&out.stderr);
     eprintln!("----- {name} ({:?}) -----\n{stdout}", start.elapsed());
