@@ -108,12 +108,75 @@ pub struct Remaining {
     pub tokens: u64,
 }
 
+/// One response a region holds (Responses API, `store` true).
+#[derive(Clone, Debug)]
+pub struct StoredResponse {
+    /// The deployment that created it: follow-ups on it count against, and meet the faults of,
+    /// this deployment.
+    pub deployment: String,
+    /// The `response` object as `GET responses/{id}` returns it.
+    pub response: serde_json::Value,
+    /// Its input items, ids assigned, in the order sent.
+    pub input_items: Vec<serde_json::Value>,
+    /// Created with `background: true`: the only kind that can be cancelled.
+    pub background: bool,
+    /// A background response's completed form, served from its first retrieval on (the mock
+    /// "finishes" a background response as soon as someone looks).
+    pub pending: Option<serde_json::Value>,
+}
+
+/// The responses a region holds, bounded to [`crate::responses::MAX_STORED_RESPONSES`] (oldest
+/// forgotten first).
+#[derive(Debug, Default)]
+pub struct ResponseStore {
+    by_id: HashMap<String, StoredResponse>,
+    /// Ids in creation order; may name deleted ones, skipped when evicting.
+    order: VecDeque<String>,
+}
+
+impl ResponseStore {
+    pub fn insert(&mut self, id: String, response: StoredResponse) {
+        while self.by_id.len() >= crate::responses::MAX_STORED_RESPONSES {
+            let Some(old) = self.order.pop_front() else { break };
+            self.by_id.remove(&old);
+        }
+        if self.by_id.insert(id.clone(), response).is_none() {
+            self.order.push_back(id);
+        }
+    }
+
+    pub fn get(&self, id: &str) -> Option<&StoredResponse> {
+        self.by_id.get(id)
+    }
+
+    pub fn get_mut(&mut self, id: &str) -> Option<&mut StoredResponse> {
+        self.by_id.get_mut(id)
+    }
+
+    pub fn remove(&mut self, id: &str) -> Option<StoredResponse> {
+        let removed = self.by_id.remove(id);
+        if removed.is_some() && self.order.len() > 2 * self.by_id.len() + 64 {
+            let by_id = &self.by_id;
+            self.order.retain(|id| by_id.contains_key(id));
+        }
+        removed
+    }
+
+    #[cfg(test)]
+    pub fn len(&self) -> usize {
+        self.by_id.len()
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct State {
     faults: HashMap<String, FaultQueue>,
     calls: HashMap<String, u64>,
     requests: VecDeque<RecordedRequest>,
     budgets: HashMap<String, Budget>,
+    /// Stored Responses API objects. Kept across [`State::reset`]: they are the region's data,
+    /// like an Azure resource's, not a test step's.
+    pub responses: ResponseStore,
 }
 
 impl State {
@@ -166,8 +229,10 @@ impl State {
         }
     }
 
+    /// Clears faults, counts, records and rate-limit windows; stored responses stay.
     pub fn reset(&mut self) {
-        *self = State::default();
+        let responses = std::mem::take(&mut self.responses);
+        *self = State { responses, ..State::default() };
     }
 }
 
@@ -208,6 +273,29 @@ mod tests {
         assert_eq!(red.header("api-key"), Some("…WXYZ"));
         assert_eq!(red.header("authorization"), Some("Bearer …"));
         assert_eq!(red.header("user-agent"), Some("ua"));
+    }
+
+    #[test]
+    fn the_response_store_is_bounded_and_survives_reset() {
+        let mut s = State::default();
+        let stored = |d: &str| StoredResponse {
+            deployment: d.into(),
+            response: serde_json::Value::Null,
+            input_items: Vec::new(),
+            background: false,
+            pending: None,
+        };
+        let max = crate::responses::MAX_STORED_RESPONSES;
+        for i in 0..max + 5 {
+            s.responses.insert(format!("resp_{i}"), stored("d"));
+        }
+        assert_eq!(s.responses.len(), max);
+        assert!(s.responses.get("resp_4").is_none(), "oldest forgotten");
+        assert!(s.responses.get(&format!("resp_{}", max + 4)).is_some());
+        assert!(s.responses.remove("resp_5").is_some());
+        assert!(s.responses.get("resp_5").is_none());
+        s.reset();
+        assert_eq!(s.responses.len(), max - 1);
     }
 
     #[test]
