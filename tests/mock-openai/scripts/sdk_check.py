@@ -11,6 +11,8 @@ Start a region, then run this with its URL and key:
 Every operation runs through `AzureOpenAI` (dated api-version) and through
 `OpenAI(base_url=<url>/openai/v1/)`; the SDK parses each answer into its own types, so a shape it
 cannot read fails here. Prints one line per check and exits non-zero on the first failure.
+`sdk_check.mjs` is the same check with the Node SDK. Last run: Python openai 3.63.0, 3.57.0 and
+1.109.1, Node openai 6.49.0, all passing.
 """
 
 import io
