@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
+use base64::Engine as _;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
@@ -28,7 +29,13 @@ pub const SECRET_HEADERS: [&str; 4] =
     ["api-key", "authorization", "ocp-apim-subscription-key", "proxy-authorization"];
 
 /// One request as the mock received it (control-API requests are not recorded).
+///
+/// As JSON (the control API), `body` is the body as a UTF-8 lossy string, and a body that is not
+/// UTF-8 (a multipart upload of audio or images) also comes as `body_base64`, its exact bytes:
+/// reading it back gives the same bytes, so a test driving a mock process can compare uploads
+/// byte for byte too.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "RecordedRequestJson", into = "RecordedRequestJson")]
 pub struct RecordedRequest {
     pub method: String,
     pub path: String,
@@ -36,8 +43,7 @@ pub struct RecordedRequest {
     pub query: Option<String>,
     /// Header names lower-case; repeated headers joined with `", "`.
     pub headers: BTreeMap<String, String>,
-    /// The body bytes (in JSON: the body as a UTF-8 lossy string).
-    #[serde(with = "lossy_body")]
+    /// The body bytes, exactly as received.
     pub body: Bytes,
     /// The deployment the request targeted (path, or body `model` on v1 paths), if any.
     pub deployment: Option<String>,
@@ -79,16 +85,54 @@ fn redact(value: &str) -> String {
     format!("{prefix}…{tail}")
 }
 
-mod lossy_body {
-    use bytes::Bytes;
-    use serde::{Deserialize, Deserializer, Serializer};
+/// [`RecordedRequest`]'s JSON form.
+#[derive(Serialize, Deserialize)]
+struct RecordedRequestJson {
+    method: String,
+    path: String,
+    query: Option<String>,
+    headers: BTreeMap<String, String>,
+    body: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    body_base64: Option<String>,
+    deployment: Option<String>,
+}
 
-    pub fn serialize<S: Serializer>(body: &Bytes, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&String::from_utf8_lossy(body))
+impl From<RecordedRequest> for RecordedRequestJson {
+    fn from(r: RecordedRequest) -> Self {
+        let (body, body_base64) = match std::str::from_utf8(&r.body) {
+            Ok(text) => (text.to_owned(), None),
+            Err(_) => (
+                String::from_utf8_lossy(&r.body).into_owned(),
+                Some(base64::engine::general_purpose::STANDARD.encode(&r.body)),
+            ),
+        };
+        RecordedRequestJson {
+            method: r.method,
+            path: r.path,
+            query: r.query,
+            headers: r.headers,
+            body,
+            body_base64,
+            deployment: r.deployment,
+        }
     }
+}
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Bytes, D::Error> {
-        Ok(Bytes::from(String::deserialize(d)?))
+impl From<RecordedRequestJson> for RecordedRequest {
+    fn from(r: RecordedRequestJson) -> Self {
+        let exact = r
+            .body_base64
+            .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
+            .map(Bytes::from);
+        RecordedRequest {
+            method: r.method,
+            path: r.path,
+            query: r.query,
+            headers: r.headers,
+            body: exact.unwrap_or_else(|| Bytes::from(r.body)),
+            deployment: r.deployment,
+        }
     }
 }
 
@@ -261,6 +305,22 @@ mod tests {
         assert_eq!(s.requests().len(), MAX_RECORDED_REQUESTS);
         assert_eq!(s.calls("a"), (MAX_RECORDED_REQUESTS + 10) as u64);
         assert_eq!(s.calls("b"), 0);
+    }
+
+    #[test]
+    fn a_binary_body_survives_json_exactly() {
+        let mut r = req(Some("d"));
+        r.body = Bytes::from_static(b"--b\r\n\xff\xfe\x00audio");
+        let json = serde_json::to_value(&r).expect("serializes");
+        assert!(json["body"].as_str().is_some_and(|b| b.contains("audio")));
+        assert!(json.get("body_base64").is_some());
+        let back: RecordedRequest = serde_json::from_value(json).expect("deserializes");
+        assert_eq!(back, r);
+        r.body = Bytes::from_static(b"{\"model\":\"d\"}");
+        let json = serde_json::to_value(&r).expect("serializes");
+        assert_eq!(json["body"], "{\"model\":\"d\"}");
+        assert!(json.get("body_base64").is_none(), "text bodies stay readable and small");
+        assert_eq!(serde_json::from_value::<RecordedRequest>(json).expect("back"), r);
     }
 
     #[test]

@@ -375,3 +375,19 @@ async fn models_are_listed_in_azure_and_openai_shapes() {
     let resp = client().get(&no_version).header("api-key", KEY).send().await.expect("resp");
     assert_eq!(resp.status(), 404);
 }
+
+// Multi-threaded: the control API is called with blocking I/O on this test's runtime.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_binary_upload_reads_back_exactly_over_the_control_api() {
+    let mock = start_media().await;
+    let region =
+        modelgw_mock_openai::Region::process("eus", REGION, AUDIO_DEP, KEY, &mock.base_url());
+    let audio: Vec<u8> = (0..=255u8).cycle().take(4096).collect();
+    let body = form(&[("file", Some("a.wav"), &audio), ("model", None, AUDIO_DEP.as_bytes())]);
+    let url = format!("{}/openai/v1/audio/transcriptions", mock.base_url());
+    assert_eq!(post_form(&url, body.clone()).await.status(), 200);
+    let recorded = region.requests();
+    assert_eq!(recorded.len(), 1);
+    assert_eq!(recorded[0].body, body, "not UTF-8, still byte for byte");
+    assert_eq!(recorded[0].deployment.as_deref(), Some(AUDIO_DEP));
+}
