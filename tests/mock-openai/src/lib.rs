@@ -59,7 +59,8 @@
 //! No auth; all under `/_mock/`:
 //! - `POST /_mock/faults/{deployment}`, body a [`Fault`] as JSON → 204.
 //! - `GET /_mock/calls` → `{"<deployment>": n, …}` (configured deployments always listed).
-//! - `GET /_mock/requests` → the [`RecordedRequest`]s as JSON, credential headers redacted.
+//! - `GET /_mock/requests` → the [`RecordedRequest`]s as JSON, credential headers redacted; a
+//!   body that is not UTF-8 also comes as exact `body_base64` (multipart uploads).
 //! - `POST /_mock/reset` → 204 (stored responses stay: they are the region's data).
 //! - `GET /_mock/responses/{id}` → 200 `{"id":…,"deployment":…}` when this region holds the
 //!   response, else 404: which region a stateful call's object lives in.
