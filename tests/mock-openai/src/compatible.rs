@@ -956,7 +956,14 @@ impl Answer {
                     json!([{"text": piece, "index": 0, "logprobs": null, "finish_reason": finish}]),
                 );
                 if include_usage {
-                    chunk["usage"] = Value::Null;
+                    // Ollama's completions writer sets an empty `Usage{}` on every chunk once
+                    // usage was asked for (zeros, not null); OpenAI and vLLM write null.
+                    chunk["usage"] = match self.dialect {
+                        Dialect::Ollama => {
+                            json!({"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0})
+                        }
+                        Dialect::OpenAi | Dialect::Vllm => Value::Null,
+                    };
                 }
                 chunk.to_string()
             })
@@ -1010,6 +1017,41 @@ mod tests {
         assert_eq!(ollama_tagged("llama3.2"), "llama3.2:latest");
         assert_eq!(ollama_tagged("llama3.2:1b"), "llama3.2:1b");
         assert_eq!(ollama_tagged("hf.co/org/model"), "hf.co/org/model:latest");
+    }
+
+    fn answer(dialect: Dialect) -> Answer {
+        let request = json!({"messages": [{"role": "user", "content": "hi"}]});
+        let completion = wire::Completion::new("chatcmpl-1".into(), 1, "m", "Local", &request);
+        Answer { dialect, completion }
+    }
+
+    #[test]
+    fn error_objects_keep_the_servers_key_order() {
+        assert_eq!(
+            openai_error("a \"b\"", "invalid_request_error", Some("model_not_found")),
+            r#"{"error":{"message":"a \"b\"","type":"invalid_request_error","param":null,"code":"model_not_found"}}"#
+        );
+    }
+
+    #[test]
+    fn streams_end_with_finish_then_usage_then_done() {
+        for dialect in Dialect::ALL {
+            let frames = answer(dialect).chat_stream(true);
+            let n = frames.len();
+            assert_eq!(frames[n - 1], "[DONE]");
+            let usage: Value = serde_json::from_str(&frames[n - 2]).expect("usage chunk");
+            assert_eq!(usage["choices"], json!([]), "{dialect:?}");
+            assert!(usage["usage"]["total_tokens"].as_u64().is_some_and(|t| t > 0));
+            let finish: Value = serde_json::from_str(&frames[n - 3]).expect("finish chunk");
+            assert_eq!(finish["choices"][0]["finish_reason"], "stop", "{dialect:?}");
+            let first: Value = serde_json::from_str(&frames[0]).expect("first chunk");
+            assert_eq!(first["choices"][0]["delta"]["role"], "assistant", "{dialect:?}");
+            // OpenAI and vLLM mark every chunk `"usage":null`; Ollama's chat chunks omit it.
+            let marked = first.get("usage").is_some_and(Value::is_null);
+            assert_eq!(marked, dialect != Dialect::Ollama, "{dialect:?}");
+        }
+        let plain = answer(Dialect::OpenAi).chat_stream(false);
+        assert!(plain.iter().all(|f| !f.contains("usage")));
     }
 
     #[test]
