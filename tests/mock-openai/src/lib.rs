@@ -89,6 +89,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 mod azure;
+mod compatible;
 mod control;
 mod fault;
 pub mod media;
@@ -100,6 +101,7 @@ mod server;
 mod state;
 pub mod wire;
 
+pub use compatible::{CompatibleConfig, CompatibleFault, CompatibleMock, Dialect};
 pub use fault::Fault;
 pub use region::{DEFAULT_MODEL, Region};
 pub use state::{MAX_RECORDED_REQUESTS, RecordedRequest};
