@@ -16,10 +16,12 @@ use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::fault::Fault;
+use crate::multipart::{self, Form};
+use crate::responses::{self, FIRST_RESPONSES_API_VERSION};
 use crate::server::{Body, BodyError, MockError, full, read_body};
-use crate::state::{RecordedRequest, Remaining};
+use crate::state::{RecordedRequest, Remaining, StoredResponse};
 use crate::wire::{self, Completion, EmbeddingsError, Operation};
-use crate::{BearerCheck, Shared, state};
+use crate::{BearerCheck, Shared, media, state};
 
 const API_KEY: HeaderName = HeaderName::from_static("api-key");
 const CLIENT_REQUEST_ID: HeaderName = HeaderName::from_static("x-ms-client-request-id");
@@ -28,35 +30,63 @@ const CLIENT_REQUEST_ID: HeaderName = HeaderName::from_static("x-ms-client-reque
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct Route {
     op: Operation,
-    /// The deployment named in the path; `None` on `/openai/v1/{op}` (it is the body's `model`).
+    /// The deployment named in the path; `None` on deployment-less paths (`/openai/v1/{op}`,
+    /// `/openai/responses…`, `/openai/models`): there it is the body's or form's `model`, or the
+    /// deployment that created the response the path names.
     path_deployment: Option<String>,
     /// `/openai/v1/...` paths: api-version optional, bearer key accepted.
     v1: bool,
+    /// The response id in `responses/{id}…` paths.
+    response_id: Option<String>,
 }
 
 fn route(method: &Method, path: &str) -> Option<Route> {
-    if method != Method::POST {
-        return None;
-    }
     let rest = path.strip_prefix("/openai/")?;
     let segments: Vec<&str> = rest.split('/').collect();
     let (v1, segments) = match segments.split_first() {
         Some((&"v1", tail)) => (true, tail),
         _ => (false, segments.as_slice()),
     };
-    let (path_deployment, op_segments) = match segments {
-        ["deployments", dep, tail @ ..] if !dep.is_empty() => (Some((*dep).to_owned()), tail),
-        // Only v1 has deployment-less operation paths.
-        tail if v1 => (None, tail),
+    if let ["deployments", dep, tail @ ..] = segments {
+        if dep.is_empty() {
+            return None;
+        }
+        let op = deployment_op(method, tail)?;
+        return Some(Route { op, path_deployment: Some((*dep).to_owned()), v1, response_id: None });
+    }
+    let id = |id: &str| (!id.is_empty()).then(|| id.to_owned());
+    let (op, response_id) = match (method, segments) {
+        (&Method::POST, ["responses"]) => (Operation::Responses, None),
+        (&Method::GET, ["responses", r]) => (Operation::ResponseGet, Some(id(r)?)),
+        (&Method::DELETE, ["responses", r]) => (Operation::ResponseDelete, Some(id(r)?)),
+        (&Method::POST, ["responses", r, "cancel"]) => (Operation::ResponseCancel, Some(id(r)?)),
+        (&Method::GET, ["responses", r, "input_items"]) => {
+            (Operation::ResponseInputItems, Some(id(r)?))
+        }
+        (&Method::GET, ["models"]) => (Operation::Models, None),
+        // Only v1 has deployment-less paths for the deployment operations.
+        (_, tail) if v1 => (deployment_op(method, tail)?, None),
         _ => return None,
     };
-    let op = match op_segments {
+    Some(Route { op, path_deployment: None, v1, response_id })
+}
+
+/// The operation of a `…/deployments/{d}/<tail>` path (or a v1 `/openai/v1/<tail>`).
+fn deployment_op(method: &Method, tail: &[&str]) -> Option<Operation> {
+    if method != Method::POST {
+        return None;
+    }
+    Some(match tail {
         ["chat", "completions"] => Operation::Chat,
         ["completions"] => Operation::Completions,
         ["embeddings"] => Operation::Embeddings,
+        ["images", "generations"] => Operation::ImageGenerations,
+        ["images", "edits"] => Operation::ImageEdits,
+        ["audio", "transcriptions"] => Operation::AudioTranscriptions,
+        ["audio", "translations"] => Operation::AudioTranslations,
+        ["audio", "speech"] => Operation::AudioSpeech,
         _ => return None,
-    };
-    Some(Route { op, path_deployment, v1 })
+    })
 }
 
 fn query_param<'a>(query: Option<&'a str>, name: &str) -> Option<&'a str> {
@@ -81,6 +111,11 @@ fn api_version_ok(v1: bool, version: Option<&str>) -> bool {
                     .all(|(i, c)| if i == 4 || i == 7 { *c == b'-' } else { c.is_ascii_digit() })
         }
     }
+}
+
+/// The Responses API exists on dated paths from `2025-03-01-preview` on; v1 always has it.
+fn responses_version_ok(v1: bool, version: Option<&str>) -> bool {
+    v1 || version.is_some_and(|v| v.get(..10).is_some_and(|d| d >= FIRST_RESPONSES_API_VERSION))
 }
 
 /// Checks the credential; `Err` carries the 401 body. `api-key` wins when both headers are
@@ -210,11 +245,35 @@ async fn answer(shared: &Shared, req: Request<Incoming>) -> Result<Response<Body
         Err(BodyError::Broken(e)) => return Err(e),
     };
     let route = route(&parts.method, parts.uri.path());
-    let json: Option<Value> = serde_json::from_slice(&body).ok();
+    let op = route.as_ref().map(|r| r.op);
+    // Multipart operations carry a form, the others JSON (or nothing, for GET and DELETE).
+    let form = op.filter(|o| o.is_multipart()).map(|_| {
+        let content_type =
+            parts.headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+        multipart::parse(content_type, &body)
+    });
+    let json: Option<Value> =
+        if form.is_some() { None } else { serde_json::from_slice(&body).ok() };
+    let response_id = route.as_ref().and_then(|r| r.response_id.clone());
+    let stored_deployment = response_id
+        .as_deref()
+        .and_then(|id| shared.state().responses.get(id).map(|r| r.deployment.clone()));
     let deployment = route.as_ref().and_then(|r| {
-        r.path_deployment.clone().or_else(|| {
-            json.as_ref().and_then(|j| j.get("model")).and_then(Value::as_str).map(str::to_owned)
-        })
+        r.path_deployment
+            .clone()
+            .or_else(|| {
+                json.as_ref()
+                    .and_then(|j| j.get("model"))
+                    .and_then(Value::as_str)
+                    .map(str::to_owned)
+            })
+            .or_else(|| {
+                form.as_ref()
+                    .and_then(|f| f.as_ref().ok())
+                    .and_then(|f| f.text("model"))
+                    .map(str::to_owned)
+            })
+            .or_else(|| stored_deployment.clone())
     });
     if let Some(dep) = &deployment {
         tracing::Span::current().record("deployment", tracing::field::display(dep));
@@ -231,7 +290,10 @@ async fn answer(shared: &Shared, req: Request<Incoming>) -> Result<Response<Body
         return Ok(ans.json(StatusCode::NOT_FOUND, wire::RESOURCE_NOT_FOUND));
     };
     let api_version = query_param(parts.uri.query(), "api-version");
-    if !api_version_ok(route.v1, api_version) {
+    let responses_op = route.op == Operation::Responses || route.op.names_a_response();
+    if !api_version_ok(route.v1, api_version)
+        || (responses_op && !responses_version_ok(route.v1, api_version))
+    {
         return Ok(ans.json(StatusCode::NOT_FOUND, wire::RESOURCE_NOT_FOUND));
     }
     let exists = deployment.as_deref().is_some_and(|d| shared.has_deployment(d));
@@ -244,9 +306,28 @@ async fn answer(shared: &Shared, req: Request<Incoming>) -> Result<Response<Body
     {
         return Ok(ans.json(StatusCode::UNAUTHORIZED, body));
     }
+    let fixed = shared.fixed_ids.load(std::sync::atomic::Ordering::Relaxed);
+    let created = if fixed { 1_736_407_895 } else { chrono::Utc::now().timestamp() };
+    if route.op == Operation::Models {
+        // The region's catalogue: no deployment, so no deployment's faults.
+        let config = &shared.config;
+        let body = if route.v1 {
+            media::openai_models(&config.model, &config.deployments, created)
+        } else {
+            media::azure_models(&config.model, &config.deployments, created)
+        };
+        return Ok(ans.json(StatusCode::OK, body));
+    }
+    if let Some(id) = response_id.as_deref().filter(|_| stored_deployment.is_none()) {
+        return Ok(ans.json(StatusCode::NOT_FOUND, responses::not_found(id)));
+    }
     let Some(deployment) = deployment else {
-        // Only a v1 path without a usable body `model` gets here.
-        let body = if json.is_none() { wire::INVALID_JSON } else { wire::MISSING_MODEL };
+        // Only a deployment-less path without a usable `model` gets here.
+        let body = match &form {
+            Some(Err(_)) => media::MALFORMED_FORM,
+            None if json.is_none() => wire::INVALID_JSON,
+            _ => wire::MISSING_MODEL,
+        };
         return Ok(ans.json(StatusCode::BAD_REQUEST, body));
     };
     if !exists {
@@ -285,6 +366,20 @@ async fn answer(shared: &Shared, req: Request<Incoming>) -> Result<Response<Body
         }
     }
 
+    let ctx = Ctx { shared, deployment: &deployment, created, fixed, shape };
+    if let Some(id) = response_id.as_deref() {
+        return Ok(stored_response(&ctx, &mut ans, route.op, id, parts.uri.query()));
+    }
+    if let Some(form) = form {
+        let form = match form {
+            Ok(form) => form,
+            Err(error) => {
+                tracing::debug!(%error, "mock refused a malformed form");
+                return Ok(ans.json(StatusCode::BAD_REQUEST, media::MALFORMED_FORM));
+            }
+        };
+        return Ok(form_answer(&ctx, &ans, route.op, &form));
+    }
     let Some(request) = json.filter(Value::is_object) else {
         let body = if serde_json::from_slice::<Value>(&body).is_ok() {
             wire::invalid_request("The request body must be a JSON object.")
@@ -293,8 +388,6 @@ async fn answer(shared: &Shared, req: Request<Incoming>) -> Result<Response<Body
         };
         return Ok(ans.json(StatusCode::BAD_REQUEST, body));
     };
-    let fixed = shared.fixed_ids.load(std::sync::atomic::Ordering::Relaxed);
-    let created = if fixed { 1_736_407_895 } else { chrono::Utc::now().timestamp() };
     let id = |prefix: &str| if fixed { format!("{prefix}fixed") } else { random_id(prefix) };
     let stream = request.get("stream").and_then(Value::as_bool) == Some(true);
     let include_usage =
@@ -312,7 +405,11 @@ async fn answer(shared: &Shared, req: Request<Incoming>) -> Result<Response<Body
                     let body = wire::invalid_request("[] is too short - 'messages'");
                     return Ok(ans.json(StatusCode::BAD_REQUEST, body));
                 }
-                Some(_) => {}
+                Some(m) => {
+                    if let Err(body) = wire::check_tool_messages(m) {
+                        return Ok(ans.json(StatusCode::BAD_REQUEST, body));
+                    }
+                }
             }
             let c = Completion::new(id("chatcmpl-"), created, model, region, &request);
             ans.remaining = Some(shared.state().spend(&deployment, 0, c.total_tokens()));
@@ -343,7 +440,175 @@ async fn answer(shared: &Shared, req: Request<Incoming>) -> Result<Response<Body
             Err(EmbeddingsError::EmptyInput) => Ok(ans
                 .json(StatusCode::BAD_REQUEST, wire::invalid_request("[] is too short - 'input'"))),
         },
+        Operation::Responses => Ok(create_response(&ctx, &mut ans, &request, stream)),
+        Operation::ImageGenerations => {
+            match media::ImageRequest::from_json(&request, &deployment) {
+                Ok(images) => {
+                    let body = images.answer(region, created, &mut || uuid_hex(fixed));
+                    Ok(json_shaped(&ans, body, shape))
+                }
+                Err(body) => Ok(ans.json(StatusCode::BAD_REQUEST, body)),
+            }
+        }
+        Operation::AudioSpeech => match media::speech_format(&request) {
+            Ok(content_type) => {
+                let chunks = media::speech_chunks(content_type, region)
+                    .into_iter()
+                    .map(Bytes::from)
+                    .collect();
+                Ok(ans.with_body(
+                    StatusCode::OK,
+                    content_type,
+                    pieces(chunks, Duration::ZERO, shape),
+                ))
+            }
+            Err(body) => Ok(ans.json(StatusCode::BAD_REQUEST, body)),
+        },
+        // Routed above: multipart forms, stored-response paths, the model list.
+        Operation::ImageEdits
+        | Operation::AudioTranscriptions
+        | Operation::AudioTranslations
+        | Operation::ResponseGet
+        | Operation::ResponseDelete
+        | Operation::ResponseCancel
+        | Operation::ResponseInputItems
+        | Operation::Models => Ok(ans.json(StatusCode::NOT_FOUND, wire::RESOURCE_NOT_FOUND)),
     }
+}
+
+/// What the answers after the fault step share.
+struct Ctx<'a> {
+    shared: &'a Shared,
+    deployment: &'a str,
+    created: i64,
+    fixed: bool,
+    shape: BodyShape,
+}
+
+/// `POST responses`: answers (JSON, or named SSE events with `stream`) and stores the response
+/// unless `store` is false. A `previous_response_id` this region does not hold is a 400.
+fn create_response(
+    ctx: &Ctx<'_>,
+    ans: &mut Answer<'_>,
+    request: &Value,
+    stream: bool,
+) -> Response<Body> {
+    let shared = ctx.shared;
+    if !responses::has_input(request) {
+        return ans.json(StatusCode::BAD_REQUEST, responses::MISSING_INPUT);
+    }
+    if let Some(previous) = request.get("previous_response_id").and_then(Value::as_str)
+        && shared.state().responses.get(previous).is_none()
+    {
+        tracing::debug!(previous, "mock does not hold the previous response");
+        return ans.json(StatusCode::BAD_REQUEST, responses::previous_not_found(previous));
+    }
+    let fixed = ctx.fixed;
+    let mut id = |prefix: &str| if fixed { format!("{prefix}fixed") } else { random_hex(prefix) };
+    let created = responses::Created::new(
+        request,
+        &shared.config.region,
+        &shared.config.model,
+        ctx.created,
+        &mut id,
+    );
+    let background = request.get("background").and_then(Value::as_bool) == Some(true) && !stream;
+    let completed = created.object("completed");
+    let tokens = completed.pointer("/usage/total_tokens").and_then(Value::as_u64).unwrap_or(0);
+    ans.remaining = Some(shared.state().spend(ctx.deployment, 0, tokens));
+    let answered = if background { created.object("queued") } else { completed.clone() };
+    if request.get("store").and_then(Value::as_bool) != Some(false) {
+        let stored = StoredResponse {
+            deployment: ctx.deployment.to_owned(),
+            response: answered.clone(),
+            input_items: responses::input_items(request, &mut id),
+            background,
+            pending: background.then_some(completed),
+        };
+        tracing::debug!(response_id = %created.id, "mock stored a response");
+        shared.state().responses.insert(created.id.clone(), stored);
+    }
+    if stream {
+        let frames = created
+            .events()
+            .into_iter()
+            .map(|(kind, data)| Bytes::from(format!("event: {kind}\ndata: {data}\n\n")))
+            .collect();
+        return sse_frames(ans, frames, shared.stream_gap(), ctx.shape);
+    }
+    json_shaped(ans, answered.to_string(), ctx.shape)
+}
+
+/// `GET`/`DELETE responses/{id}`, `POST …/cancel`, `GET …/input_items` on a response this
+/// region holds.
+fn stored_response(
+    ctx: &Ctx<'_>,
+    ans: &mut Answer<'_>,
+    op: Operation,
+    id: &str,
+    query: Option<&str>,
+) -> Response<Body> {
+    let mut state = ctx.shared.state();
+    if op == Operation::ResponseDelete {
+        drop(state.responses.remove(id));
+        return json_shaped(ans, responses::deleted(id), ctx.shape);
+    }
+    let Some(stored) = state.responses.get_mut(id) else {
+        // Deleted between the lookup and now.
+        return ans.json(StatusCode::NOT_FOUND, responses::not_found(id));
+    };
+    let body = match op {
+        Operation::ResponseGet => {
+            if let Some(done) = stored.pending.take() {
+                stored.response = done;
+            }
+            stored.response.to_string()
+        }
+        Operation::ResponseCancel => {
+            if !stored.background {
+                return ans.json(StatusCode::BAD_REQUEST, responses::CANCEL_NOT_BACKGROUND);
+            }
+            if stored.pending.take().is_some() {
+                stored.response["status"] = Value::from("cancelled");
+            }
+            stored.response.to_string()
+        }
+        _ => responses::item_page(
+            &stored.input_items,
+            query_param(query, "order"),
+            query_param(query, "limit"),
+            query_param(query, "after"),
+        ),
+    };
+    drop(state);
+    json_shaped(ans, body, ctx.shape)
+}
+
+/// The multipart operations: image edits, transcriptions, translations.
+fn form_answer(ctx: &Ctx<'_>, ans: &Answer<'_>, op: Operation, form: &Form) -> Response<Body> {
+    let region = ctx.shared.config.region.as_str();
+    let (content_type, body) = match op {
+        Operation::ImageEdits => match media::ImageRequest::from_form(form, ctx.deployment) {
+            Ok(images) => {
+                let fixed = ctx.fixed;
+                ("application/json", images.answer(region, ctx.created, &mut || uuid_hex(fixed)))
+            }
+            Err(body) => return ans.json(StatusCode::BAD_REQUEST, body),
+        },
+        Operation::AudioTranscriptions | Operation::AudioTranslations => {
+            let task = if op == Operation::AudioTranslations {
+                media::AudioTask::Translate
+            } else {
+                media::AudioTask::Transcribe
+            };
+            match media::audio_text(form, task, region) {
+                Ok(a) => (a.content_type, a.body),
+                Err(body) => return ans.json(StatusCode::BAD_REQUEST, body),
+            }
+        }
+        _ => return ans.json(StatusCode::NOT_FOUND, wire::RESOURCE_NOT_FOUND),
+    };
+    shaped(ans, content_type, Bytes::from(body), ctx.shape)
 }
 
 fn recorded(parts: &Parts, body: &Bytes, deployment: Option<String>) -> RecordedRequest {
@@ -419,13 +684,22 @@ enum BodyShape {
     },
 }
 
-/// A JSON answer with `Content-Length`; a stall holds the body back after the headers, a cut
-/// sends half of it and aborts.
+/// A JSON answer with `Content-Length`, shaped by a stall or a cut (see [`shaped`]).
 fn json_shaped(ans: &Answer<'_>, body: String, shape: BodyShape) -> Response<Body> {
-    let bytes = Bytes::from(body);
+    shaped(ans, "application/json", Bytes::from(body), shape)
+}
+
+/// A 200 answer with `Content-Length`; a stall holds the body back after the headers, a cut
+/// sends half of it and aborts.
+fn shaped(
+    ans: &Answer<'_>,
+    content_type: &'static str,
+    bytes: Bytes,
+    shape: BodyShape,
+) -> Response<Body> {
     let len = bytes.len();
     let body = match shape {
-        BodyShape::Whole => return ans.json(StatusCode::OK, bytes),
+        BodyShape::Whole => return ans.with_body(StatusCode::OK, content_type, full(bytes)),
         BodyShape::Stall { pause, .. } => {
             pieces(vec![bytes], Duration::ZERO, BodyShape::Stall { after: 0, pause })
         }
@@ -434,7 +708,7 @@ fn json_shaped(ans: &Answer<'_>, body: String, shape: BodyShape) -> Response<Bod
             pieces(vec![half, bytes.slice(len / 2..)], Duration::ZERO, BodyShape::Cut { after: 1 })
         }
     };
-    let mut resp = ans.with_body(StatusCode::OK, "application/json", body);
+    let mut resp = ans.with_body(StatusCode::OK, content_type, body);
     resp.headers_mut().insert(http::header::CONTENT_LENGTH, HeaderValue::from(len));
     resp
 }
@@ -442,6 +716,16 @@ fn json_shaped(ans: &Answer<'_>, body: String, shape: BodyShape) -> Response<Bod
 /// A chunked `text/event-stream` answer, one `data:` frame per body chunk, `gap` apart.
 fn sse(ans: &Answer<'_>, payloads: Vec<String>, gap: Duration, shape: BodyShape) -> Response<Body> {
     let frames = payloads.into_iter().map(|p| Bytes::from(format!("data: {p}\n\n"))).collect();
+    sse_frames(ans, frames, gap, shape)
+}
+
+/// A chunked `text/event-stream` answer of ready-made frames, one per body chunk, `gap` apart.
+fn sse_frames(
+    ans: &Answer<'_>,
+    frames: Vec<Bytes>,
+    gap: Duration,
+    shape: BodyShape,
+) -> Response<Body> {
     let mut resp = ans.with_body(
         StatusCode::OK,
         "text/event-stream; charset=utf-8",
@@ -522,6 +806,17 @@ fn pieces(frames: Vec<Bytes>, gap: Duration, shape: BodyShape) -> Body {
     StreamBody::new(s).boxed_unsync()
 }
 
+/// An id like OpenAI's Responses ids: the prefix and 48 random hex digits.
+fn random_hex(prefix: &str) -> String {
+    let hex = format!("{}{}", Uuid::new_v4().simple(), Uuid::new_v4().simple());
+    format!("{prefix}{}", &hex[..48])
+}
+
+/// 32 random hex digits (or a fixed string), for blob names.
+fn uuid_hex(fixed: bool) -> String {
+    if fixed { "fixed".to_owned() } else { Uuid::new_v4().simple().to_string() }
+}
+
 /// An id like Azure's (`chatcmpl-` + 29 alphanumerics).
 fn random_id(prefix: &str) -> String {
     const ALPHABET: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
@@ -547,7 +842,12 @@ mod tests {
         let dated = route(&post, "/openai/deployments/d1/chat/completions").expect("chat");
         assert_eq!(
             dated,
-            Route { op: Operation::Chat, path_deployment: Some("d1".into()), v1: false }
+            Route {
+                op: Operation::Chat,
+                path_deployment: Some("d1".into()),
+                v1: false,
+                response_id: None
+            }
         );
         assert_eq!(
             route(&post, "/openai/deployments/d1/embeddings").map(|r| r.op),
@@ -558,17 +858,63 @@ mod tests {
             Some(Operation::Completions)
         );
         let v1 = route(&post, "/openai/v1/chat/completions").expect("v1 chat");
-        assert_eq!(v1, Route { op: Operation::Chat, path_deployment: None, v1: true });
+        assert_eq!(
+            v1,
+            Route { op: Operation::Chat, path_deployment: None, v1: true, response_id: None }
+        );
         let v1d = route(&post, "/openai/v1/deployments/d/embeddings").expect("v1 deployment");
         assert_eq!(
             v1d,
-            Route { op: Operation::Embeddings, path_deployment: Some("d".into()), v1: true }
+            Route {
+                op: Operation::Embeddings,
+                path_deployment: Some("d".into()),
+                v1: true,
+                response_id: None
+            }
         );
         assert_eq!(route(&post, "/openai/chat/completions"), None);
         assert_eq!(route(&post, "/openai/deployments//chat/completions"), None);
         assert_eq!(route(&post, "/openai/deployments/d/chat/completions/"), None);
         assert_eq!(route(&post, "/v1/chat/completions"), None);
         assert_eq!(route(&Method::GET, "/openai/deployments/d/chat/completions"), None);
+    }
+
+    #[test]
+    fn routes_of_the_wider_surface() {
+        let op = |m: Method, p: &str| route(&m, p).map(|r| r.op);
+        for v1 in ["", "v1/"] {
+            let p = |tail: &str| format!("/openai/{v1}{tail}");
+            assert_eq!(op(Method::POST, &p("responses")), Some(Operation::Responses));
+            let get = route(&Method::GET, &p("responses/resp_1")).expect("retrieve");
+            assert_eq!(get.op, Operation::ResponseGet);
+            assert_eq!(get.response_id.as_deref(), Some("resp_1"));
+            assert_eq!(get.v1, !v1.is_empty());
+            assert_eq!(op(Method::DELETE, &p("responses/r")), Some(Operation::ResponseDelete));
+            assert_eq!(op(Method::POST, &p("responses/r/cancel")), Some(Operation::ResponseCancel));
+            assert_eq!(
+                op(Method::GET, &p("responses/r/input_items")),
+                Some(Operation::ResponseInputItems)
+            );
+            assert_eq!(op(Method::GET, &p("models")), Some(Operation::Models));
+            assert_eq!(op(Method::GET, &p("responses/")), None);
+            assert_eq!(op(Method::POST, &p("models")), None);
+            for (tail, expected) in [
+                ("images/generations", Operation::ImageGenerations),
+                ("images/edits", Operation::ImageEdits),
+                ("audio/transcriptions", Operation::AudioTranscriptions),
+                ("audio/translations", Operation::AudioTranslations),
+                ("audio/speech", Operation::AudioSpeech),
+            ] {
+                assert_eq!(op(Method::POST, &p(&format!("deployments/d/{tail}"))), Some(expected));
+            }
+        }
+        // Only v1 serves the deployment operations without a deployment in the path.
+        assert_eq!(op(Method::POST, "/openai/v1/audio/speech"), Some(Operation::AudioSpeech));
+        assert_eq!(op(Method::POST, "/openai/audio/speech"), None);
+        assert!(responses_version_ok(false, Some("2025-03-01-preview")));
+        assert!(responses_version_ok(false, Some("2025-04-01-preview")));
+        assert!(!responses_version_ok(false, Some("2024-10-21")));
+        assert!(responses_version_ok(true, None));
     }
 
     #[test]

@@ -42,6 +42,16 @@ pub(crate) fn handle(shared: &Shared, method: &Method, path: &str, body: &Bytes)
             let requests: Vec<_> = shared.state().requests().iter().map(|r| r.redacted()).collect();
             json(StatusCode::OK, &requests)
         }
+        (&Method::GET, r) if r.starts_with("responses/") => {
+            let id = &r["responses/".len()..];
+            match shared.state().responses.get(id) {
+                Some(stored) => json(
+                    StatusCode::OK,
+                    &serde_json::json!({"id": id, "deployment": stored.deployment}),
+                ),
+                None => empty(StatusCode::NOT_FOUND),
+            }
+        }
         (&Method::GET, "settings") => json(
             StatusCode::OK,
             &Settings {

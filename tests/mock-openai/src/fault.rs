@@ -36,8 +36,9 @@ pub enum Fault {
         times: u32,
     },
     /// Pause `ms` after `after_chunks` SSE data frames (frames are counted from Azure's first,
-    /// annotation-only frame; `[DONE]` counts too). On a non-streaming answer the body is held
-    /// back for `ms` after the headers.
+    /// annotation-only frame; `[DONE]` counts too; a Responses stream counts its events from
+    /// `response.created`, a speech answer its binary chunks). On a non-streaming answer the
+    /// body is held back for `ms` after the headers.
     StreamStall {
         after_chunks: u32,
         ms: u64,

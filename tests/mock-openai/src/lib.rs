@@ -1,14 +1,46 @@
 //! `modelgw-mock-openai`: a faithful, scriptable mock of one Azure OpenAI region's *inference*
-//! API (`/openai/deployments/{deployment}/…`, `/openai/v1/…`: chat completions, completions,
-//! embeddings) — what the gateway proxies to. The Azure *management* side that the control
-//! plane's discovery talks to (Resource Manager, Entra ID tokens) is mocked by `modelgw-mock-arm`.
+//! API — what the gateway proxies to. The Azure *management* side that the control plane's
+//! discovery talks to (Resource Manager, Entra ID tokens) is mocked by `modelgw-mock-arm`.
 //!
 //! It is faithful to Azure OpenAI's wire (paths, api-version rules,
-//! `api-key` auth, exact error bodies, response headers, Azure's SSE framing) so that the gateway
-//! can be shown transparent to real clients, and it can be told to misbehave per deployment
+//! `api-key` auth, exact error bodies, response headers, Azure's SSE framing) and to the shapes
+//! the official `openai` SDKs parse, so that the gateway can be shown transparent to real
+//! clients, and it can be told to misbehave per deployment
 //! ([`Fault`]): statuses with retry hints, latency, connection resets, stalled or cut streams,
-//! content-filter rejections. It counts and records every request so a test can assert what an
-//! upstream received (or that a throttled region received nothing).
+//! content-filter rejections. It counts and records every request (raw body bytes kept, so a
+//! multipart upload can be compared byte for byte) so a test can assert what an upstream
+//! received (or that a throttled region received nothing).
+//!
+//! # Surface
+//! Dated paths need `?api-version=YYYY-MM-DD[-preview]`; `/openai/v1/…` paths take none, `v1` or
+//! `preview`. On `/openai/deployments/{d}/…` (also under `/openai/v1/`) the deployment is `d`;
+//! on `/openai/v1/{op}` it is the body's (or the form's) `model`.
+//! - `POST …/chat/completions`: text, or with function `tools` a `tool_calls` answer (streamed as
+//!   `tool_calls` deltas with `index` and partial `arguments`); a `tool` message answering the
+//!   call gets text ([`wire::function_call`]). `POST …/completions`, `POST …/embeddings`.
+//! - `POST /openai/responses?api-version=2025-03-01-preview` or later, and
+//!   `POST /openai/v1/responses` (`model` in the body is the deployment): the Responses API,
+//!   JSON or (`stream: true`) named SSE events from `response.created` to `response.completed`;
+//!   function tools give a `function_call` item, a `function_call_output` input gives text.
+//!   Responses are **stored per region** (unless `store: false`; at most
+//!   [`responses::MAX_STORED_RESPONSES`]), so `GET`/`DELETE responses/{id}`,
+//!   `POST responses/{id}/cancel`, `GET responses/{id}/input_items` and a create naming
+//!   `previous_response_id` work only in the region that created the response: elsewhere they get
+//!   OpenAI's 404 (400 `previous_response_not_found` for `previous_response_id`). Those follow-ups
+//!   count as calls of, and meet the faults of, the deployment that created the response. Only a
+//!   `background: true` response can be cancelled (400 otherwise, as OpenAI answers); the mock
+//!   "finishes" a background response when it is first retrieved.
+//! - `POST …/images/generations` (JSON) and `POST …/images/edits` (multipart, `image` parts):
+//!   `b64_json` of a 1×1 PNG (the default, as gpt-image-1) or a blob `url` (the default for
+//!   `dall-e` deployments).
+//! - `POST …/audio/transcriptions` and `…/audio/translations` (multipart, `file` required;
+//!   `response_format` `json`, `text`, `verbose_json`, `srt`, `vtt`); `POST …/audio/speech` (JSON
+//!   in, a few KiB of binary audio out in several chunks). Malformed forms get a 400.
+//! - `GET /openai/models?api-version=…` (Azure's list shape) and `GET /openai/v1/models`
+//!   (OpenAI's): the region's deployments and model. No deployment, so no faults.
+//!
+//! Every answer that has a text names the region ([`wire::reply_text`], "Transcribed … in",
+//! "drawn in", tool-call string arguments), so a test can tell which region answered.
 //!
 //! Who runs it: tests in-process ([`MockAzure::start`]), the end-to-end scenarios out of process
 //! as `modelgw mock-azure` ([`run`]), and `modelgw demo`, which starts three as its regions. Tests
@@ -27,16 +59,24 @@
 //! No auth; all under `/_mock/`:
 //! - `POST /_mock/faults/{deployment}`, body a [`Fault`] as JSON → 204.
 //! - `GET /_mock/calls` → `{"<deployment>": n, …}` (configured deployments always listed).
-//! - `GET /_mock/requests` → the [`RecordedRequest`]s as JSON, credential headers redacted.
-//! - `POST /_mock/reset` → 204.
+//! - `GET /_mock/requests` → the [`RecordedRequest`]s as JSON, credential headers redacted; a
+//!   body that is not UTF-8 also comes as exact `body_base64` (multipart uploads).
+//! - `POST /_mock/reset` → 204 (stored responses stay: they are the region's data).
+//! - `GET /_mock/responses/{id}` → 200 `{"id":…,"deployment":…}` when this region holds the
+//!   response, else 404: which region a stateful call's object lives in.
 //! - `GET /_mock/settings` → `{"latency_ms":…,"stream_gap_ms":…}`; `POST` the same (either field
 //!   optional) → 204.
 //!
 //! # Choices where Azure's behaviour is not documented
 //! Checks run in this order, each answering with Azure's body: unknown path or bad/missing
 //! api-version (404 "Resource not found"), credential (401), deployment (404
-//! `DeploymentNotFound`), then the head scripted fault, then body validation (400). API
-//! Management authenticates before the backend looks the deployment up, hence 401 before 404.
+//! `DeploymentNotFound`; for `responses/{id}…` paths, the response: OpenAI's 404), then the head
+//! scripted fault, then body validation (400; a malformed multipart form, a
+//! `previous_response_id` this region does not hold). API Management authenticates before the
+//! backend looks the deployment up, hence 401 before 404. A form too malformed to name its
+//! `model` on a v1 path is refused (400) before any deployment is known, so no fault applies.
+//! Azure's operation names in 429 messages beyond chat, completions and embeddings, and the
+//! wording of the cancel refusal, are guesses.
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -49,14 +89,19 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 mod azure;
+mod compatible;
 mod control;
 mod fault;
+pub mod media;
+pub mod multipart;
 pub mod pki;
 mod region;
+pub mod responses;
 mod server;
 mod state;
 pub mod wire;
 
+pub use compatible::{CompatibleConfig, CompatibleFault, CompatibleMock, Dialect};
 pub use fault::Fault;
 pub use region::{DEFAULT_MODEL, Region};
 pub use state::{MAX_RECORDED_REQUESTS, RecordedRequest};
@@ -223,10 +268,16 @@ impl MockAzure {
     }
 
     /// Clears faults, counts, records and rate-limit windows. Latency and stream-gap settings
-    /// are kept: they describe the region, not a test step.
+    /// and stored responses are kept: they describe the region, not a test step.
     pub fn reset(&self) {
         tracing::debug!(region = %self.shared.config.region, "mock reset");
         self.shared.state().reset();
+    }
+
+    /// Whether this region holds the stored response `id` (Responses API): where a follow-up
+    /// naming it must be sent.
+    pub fn holds_response(&self, id: &str) -> bool {
+        self.shared.state().responses.get(id).is_some()
     }
 
     /// Adds `latency` before every Azure answer (a region's baseline distance). Default zero.

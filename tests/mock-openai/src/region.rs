@@ -205,6 +205,26 @@ impl Region {
         }
     }
 
+    /// Whether the region holds the stored response `id` (Responses API): where a follow-up
+    /// naming it was created (false for a region served [`Region::elsewhere`]).
+    ///
+    /// # Panics
+    /// When a mock process cannot be reached.
+    pub fn holds_response(&self, id: &str) -> bool {
+        match &self.driver {
+            Driver::InProcess(mock) => mock.holds_response(id),
+            Driver::Process => {
+                let (status, answer) = self.control("GET", &format!("/_mock/responses/{id}"), b"");
+                assert!(
+                    status == 200 || status == 404,
+                    "asking for response {id}: {status} {answer}"
+                );
+                status == 200
+            }
+            Driver::Elsewhere => false,
+        }
+    }
+
     /// The in-process mock, for what only it offers (recorded credentials, latency…).
     ///
     /// # Panics

@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
+use base64::Engine as _;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
@@ -28,7 +29,13 @@ pub const SECRET_HEADERS: [&str; 4] =
     ["api-key", "authorization", "ocp-apim-subscription-key", "proxy-authorization"];
 
 /// One request as the mock received it (control-API requests are not recorded).
+///
+/// As JSON (the control API), `body` is the body as a UTF-8 lossy string, and a body that is not
+/// UTF-8 (a multipart upload of audio or images) also comes as `body_base64`, its exact bytes:
+/// reading it back gives the same bytes, so a test driving a mock process can compare uploads
+/// byte for byte too.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "RecordedRequestJson", into = "RecordedRequestJson")]
 pub struct RecordedRequest {
     pub method: String,
     pub path: String,
@@ -36,8 +43,7 @@ pub struct RecordedRequest {
     pub query: Option<String>,
     /// Header names lower-case; repeated headers joined with `", "`.
     pub headers: BTreeMap<String, String>,
-    /// The body bytes (in JSON: the body as a UTF-8 lossy string).
-    #[serde(with = "lossy_body")]
+    /// The body bytes, exactly as received.
     pub body: Bytes,
     /// The deployment the request targeted (path, or body `model` on v1 paths), if any.
     pub deployment: Option<String>,
@@ -79,16 +85,54 @@ fn redact(value: &str) -> String {
     format!("{prefix}…{tail}")
 }
 
-mod lossy_body {
-    use bytes::Bytes;
-    use serde::{Deserialize, Deserializer, Serializer};
+/// [`RecordedRequest`]'s JSON form.
+#[derive(Serialize, Deserialize)]
+struct RecordedRequestJson {
+    method: String,
+    path: String,
+    query: Option<String>,
+    headers: BTreeMap<String, String>,
+    body: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    body_base64: Option<String>,
+    deployment: Option<String>,
+}
 
-    pub fn serialize<S: Serializer>(body: &Bytes, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&String::from_utf8_lossy(body))
+impl From<RecordedRequest> for RecordedRequestJson {
+    fn from(r: RecordedRequest) -> Self {
+        let (body, body_base64) = match std::str::from_utf8(&r.body) {
+            Ok(text) => (text.to_owned(), None),
+            Err(_) => (
+                String::from_utf8_lossy(&r.body).into_owned(),
+                Some(base64::engine::general_purpose::STANDARD.encode(&r.body)),
+            ),
+        };
+        RecordedRequestJson {
+            method: r.method,
+            path: r.path,
+            query: r.query,
+            headers: r.headers,
+            body,
+            body_base64,
+            deployment: r.deployment,
+        }
     }
+}
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Bytes, D::Error> {
-        Ok(Bytes::from(String::deserialize(d)?))
+impl From<RecordedRequestJson> for RecordedRequest {
+    fn from(r: RecordedRequestJson) -> Self {
+        let exact = r
+            .body_base64
+            .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
+            .map(Bytes::from);
+        RecordedRequest {
+            method: r.method,
+            path: r.path,
+            query: r.query,
+            headers: r.headers,
+            body: exact.unwrap_or_else(|| Bytes::from(r.body)),
+            deployment: r.deployment,
+        }
     }
 }
 
@@ -108,12 +152,75 @@ pub struct Remaining {
     pub tokens: u64,
 }
 
+/// One response a region holds (Responses API, `store` true).
+#[derive(Clone, Debug)]
+pub struct StoredResponse {
+    /// The deployment that created it: follow-ups on it count against, and meet the faults of,
+    /// this deployment.
+    pub deployment: String,
+    /// The `response` object as `GET responses/{id}` returns it.
+    pub response: serde_json::Value,
+    /// Its input items, ids assigned, in the order sent.
+    pub input_items: Vec<serde_json::Value>,
+    /// Created with `background: true`: the only kind that can be cancelled.
+    pub background: bool,
+    /// A background response's completed form, served from its first retrieval on (the mock
+    /// "finishes" a background response as soon as someone looks).
+    pub pending: Option<serde_json::Value>,
+}
+
+/// The responses a region holds, bounded to [`crate::responses::MAX_STORED_RESPONSES`] (oldest
+/// forgotten first).
+#[derive(Debug, Default)]
+pub struct ResponseStore {
+    by_id: HashMap<String, StoredResponse>,
+    /// Ids in creation order; may name deleted ones, skipped when evicting.
+    order: VecDeque<String>,
+}
+
+impl ResponseStore {
+    pub fn insert(&mut self, id: String, response: StoredResponse) {
+        while self.by_id.len() >= crate::responses::MAX_STORED_RESPONSES {
+            let Some(old) = self.order.pop_front() else { break };
+            self.by_id.remove(&old);
+        }
+        if self.by_id.insert(id.clone(), response).is_none() {
+            self.order.push_back(id);
+        }
+    }
+
+    pub fn get(&self, id: &str) -> Option<&StoredResponse> {
+        self.by_id.get(id)
+    }
+
+    pub fn get_mut(&mut self, id: &str) -> Option<&mut StoredResponse> {
+        self.by_id.get_mut(id)
+    }
+
+    pub fn remove(&mut self, id: &str) -> Option<StoredResponse> {
+        let removed = self.by_id.remove(id);
+        if removed.is_some() && self.order.len() > 2 * self.by_id.len() + 64 {
+            let by_id = &self.by_id;
+            self.order.retain(|id| by_id.contains_key(id));
+        }
+        removed
+    }
+
+    #[cfg(test)]
+    pub fn len(&self) -> usize {
+        self.by_id.len()
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct State {
     faults: HashMap<String, FaultQueue>,
     calls: HashMap<String, u64>,
     requests: VecDeque<RecordedRequest>,
     budgets: HashMap<String, Budget>,
+    /// Stored Responses API objects. Kept across [`State::reset`]: they are the region's data,
+    /// like an Azure resource's, not a test step's.
+    pub responses: ResponseStore,
 }
 
 impl State {
@@ -166,8 +273,10 @@ impl State {
         }
     }
 
+    /// Clears faults, counts, records and rate-limit windows; stored responses stay.
     pub fn reset(&mut self) {
-        *self = State::default();
+        let responses = std::mem::take(&mut self.responses);
+        *self = State { responses, ..State::default() };
     }
 }
 
@@ -199,6 +308,22 @@ mod tests {
     }
 
     #[test]
+    fn a_binary_body_survives_json_exactly() {
+        let mut r = req(Some("d"));
+        r.body = Bytes::from_static(b"--b\r\n\xff\xfe\x00audio");
+        let json = serde_json::to_value(&r).expect("serializes");
+        assert!(json["body"].as_str().is_some_and(|b| b.contains("audio")));
+        assert!(json.get("body_base64").is_some());
+        let back: RecordedRequest = serde_json::from_value(json).expect("deserializes");
+        assert_eq!(back, r);
+        r.body = Bytes::from_static(b"{\"model\":\"d\"}");
+        let json = serde_json::to_value(&r).expect("serializes");
+        assert_eq!(json["body"], "{\"model\":\"d\"}");
+        assert!(json.get("body_base64").is_none(), "text bodies stay readable and small");
+        assert_eq!(serde_json::from_value::<RecordedRequest>(json).expect("back"), r);
+    }
+
+    #[test]
     fn redaction_keeps_only_a_hint() {
         let mut r = req(None);
         r.headers.insert("api-key".into(), "0123456789abcdefWXYZ".into());
@@ -208,6 +333,29 @@ mod tests {
         assert_eq!(red.header("api-key"), Some("…WXYZ"));
         assert_eq!(red.header("authorization"), Some("Bearer …"));
         assert_eq!(red.header("user-agent"), Some("ua"));
+    }
+
+    #[test]
+    fn the_response_store_is_bounded_and_survives_reset() {
+        let mut s = State::default();
+        let stored = |d: &str| StoredResponse {
+            deployment: d.into(),
+            response: serde_json::Value::Null,
+            input_items: Vec::new(),
+            background: false,
+            pending: None,
+        };
+        let max = crate::responses::MAX_STORED_RESPONSES;
+        for i in 0..max + 5 {
+            s.responses.insert(format!("resp_{i}"), stored("d"));
+        }
+        assert_eq!(s.responses.len(), max);
+        assert!(s.responses.get("resp_4").is_none(), "oldest forgotten");
+        assert!(s.responses.get(&format!("resp_{}", max + 4)).is_some());
+        assert!(s.responses.remove("resp_5").is_some());
+        assert!(s.responses.get("resp_5").is_none());
+        s.reset();
+        assert_eq!(s.responses.len(), max - 1);
     }
 
     #[test]

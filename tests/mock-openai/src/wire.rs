@@ -45,21 +45,75 @@ pub const DEFAULT_EMBEDDING_DIMENSIONS: usize = 8;
 /// Upper bound for a requested `dimensions` (text-embedding-3-large's size).
 pub const MAX_EMBEDDING_DIMENSIONS: usize = 3072;
 
-/// The API operation, as Azure names it in 429 messages.
+/// The API operation a request asks for; [`Operation::azure_name`] is how Azure names it in 429
+/// messages.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Operation {
     Chat,
     Completions,
     Embeddings,
+    /// `POST responses`.
+    Responses,
+    /// `GET responses/{id}`.
+    ResponseGet,
+    /// `DELETE responses/{id}`.
+    ResponseDelete,
+    /// `POST responses/{id}/cancel`.
+    ResponseCancel,
+    /// `GET responses/{id}/input_items`.
+    ResponseInputItems,
+    ImageGenerations,
+    /// Multipart.
+    ImageEdits,
+    /// Multipart.
+    AudioTranscriptions,
+    /// Multipart.
+    AudioTranslations,
+    /// JSON in, binary audio out.
+    AudioSpeech,
+    /// `GET models`.
+    Models,
 }
 
 impl Operation {
+    /// The operation id in Azure's messages. Chat, completions and embeddings are from Azure's
+    /// spec and observed 429s; the others follow the spec's `<Thing>_<Verb>` ids [G].
     pub fn azure_name(self) -> &'static str {
         match self {
             Operation::Chat => "ChatCompletions_Create",
             Operation::Completions => "Completions_Create",
             Operation::Embeddings => "Embeddings_Create",
+            Operation::Responses => "Responses_Create",
+            Operation::ResponseGet => "Responses_Get",
+            Operation::ResponseDelete => "Responses_Delete",
+            Operation::ResponseCancel => "Responses_Cancel",
+            Operation::ResponseInputItems => "Responses_ListInputItems",
+            Operation::ImageGenerations => "ImageGenerations_Create",
+            Operation::ImageEdits => "ImageEdits_Create",
+            Operation::AudioTranscriptions => "Transcriptions_Create",
+            Operation::AudioTranslations => "Translations_Create",
+            Operation::AudioSpeech => "Speech_Create",
+            Operation::Models => "Models_List",
         }
+    }
+
+    /// Whether the request body is `multipart/form-data`.
+    pub fn is_multipart(self) -> bool {
+        matches!(
+            self,
+            Operation::ImageEdits | Operation::AudioTranscriptions | Operation::AudioTranslations
+        )
+    }
+
+    /// Whether the operation names a stored response in its path.
+    pub fn names_a_response(self) -> bool {
+        matches!(
+            self,
+            Operation::ResponseGet
+                | Operation::ResponseDelete
+                | Operation::ResponseCancel
+                | Operation::ResponseInputItems
+        )
     }
 }
 
@@ -122,21 +176,51 @@ pub fn reply_chunks(region: &str) -> Vec<String> {
         .collect()
 }
 
+/// A function call the mock answers with instead of text.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ToolCall {
+    /// `call_…`.
+    pub id: String,
+    /// The function called.
+    pub name: String,
+}
+
 /// What one completion answers, shared by the JSON and the streamed form so both agree.
 #[derive(Clone, Debug)]
 pub struct Completion {
     pub id: String,
     pub created: i64,
     pub model: String,
+    /// What is streamed one piece per frame: the reply's words, or a tool call's arguments.
     pub chunks: Vec<String>,
     pub finish_reason: &'static str,
     pub prompt_tokens: u64,
+    /// Set when the answer is a call of one of the request's function tools.
+    pub tool_call: Option<ToolCall>,
 }
 
 impl Completion {
     /// Builds the answer to a chat or completions request: the region's reply, cut to
-    /// `max_tokens`/`max_completion_tokens` (one token per word) with `finish_reason: "length"`.
+    /// `max_tokens`/`max_completion_tokens` (one token per word) with `finish_reason: "length"`;
+    /// or, for a chat request offering function tools ([`function_call`]), a call of one with
+    /// `finish_reason: "tool_calls"` (never cut: its arguments must stay valid JSON).
     pub fn new(id: String, created: i64, model: &str, region: &str, request: &Value) -> Completion {
+        let prompt_tokens = prompt_tokens(request);
+        if let Some((name, arguments)) = function_call(request, region) {
+            // OpenAI's call ids are `call_` and 24 alphanumerics; derived from the completion's
+            // id so a fixed id gives a fixed call id.
+            let tail = id.len().saturating_sub(24);
+            let call_id = format!("call_{}", id.get(tail..).unwrap_or("fixed"));
+            return Completion {
+                id,
+                created,
+                model: model.to_owned(),
+                chunks: argument_pieces(&arguments),
+                finish_reason: "tool_calls",
+                prompt_tokens,
+                tool_call: Some(ToolCall { id: call_id, name }),
+            };
+        }
         let mut chunks = reply_chunks(region);
         let limit = ["max_tokens", "max_completion_tokens"]
             .iter()
@@ -155,7 +239,8 @@ impl Completion {
             model: model.to_owned(),
             chunks,
             finish_reason,
-            prompt_tokens: prompt_tokens(request),
+            prompt_tokens,
+            tool_call: None,
         }
     }
 
@@ -169,6 +254,22 @@ impl Completion {
 
     pub fn total_tokens(&self) -> u64 {
         self.prompt_tokens + self.completion_tokens()
+    }
+
+    /// The assistant message of a non-streamed chat answer.
+    fn message(&self) -> Value {
+        match &self.tool_call {
+            None => json!({"role": "assistant", "content": self.content()}),
+            Some(call) => json!({
+                "role": "assistant",
+                "content": null,
+                "tool_calls": [{
+                    "id": call.id,
+                    "type": "function",
+                    "function": {"name": call.name, "arguments": self.content()},
+                }],
+            }),
+        }
     }
 
     fn usage(&self) -> Value {
@@ -191,7 +292,7 @@ impl Completion {
             "choices": [{
                 "index": 0,
                 "finish_reason": self.finish_reason,
-                "message": {"role": "assistant", "content": self.content()},
+                "message": self.message(),
                 "content_filter_results": choice_filter_results(),
             }],
             "usage": self.usage(),
@@ -223,17 +324,35 @@ impl Completion {
     /// alphabetically, as current deployments send them.
     pub fn chat_sse_payloads(&self, include_usage: bool) -> Vec<String> {
         let mut out = vec![FIRST_SSE_FRAME.to_owned()];
+        let role_delta = match &self.tool_call {
+            None => json!({"content": "", "refusal": null, "role": "assistant"}),
+            Some(call) => json!({
+                "content": null,
+                "refusal": null,
+                "role": "assistant",
+                "tool_calls": [{
+                    "function": {"arguments": "", "name": call.name},
+                    "id": call.id,
+                    "index": 0,
+                    "type": "function",
+                }],
+            }),
+        };
         out.push(self.chat_chunk(json!({
             "content_filter_results": {},
-            "delta": {"content": "", "refusal": null, "role": "assistant"},
+            "delta": role_delta,
             "finish_reason": null,
             "index": 0,
             "logprobs": null,
         })));
         for piece in &self.chunks {
+            let delta = match &self.tool_call {
+                None => json!({"content": piece}),
+                Some(_) => json!({"tool_calls": [{"function": {"arguments": piece}, "index": 0}]}),
+            };
             out.push(self.chat_chunk(json!({
                 "content_filter_results": stream_filter_results(),
-                "delta": {"content": piece},
+                "delta": delta,
                 "finish_reason": null,
                 "index": 0,
                 "logprobs": null,
@@ -315,6 +434,101 @@ impl Completion {
         out.push("[DONE]".to_owned());
         out
     }
+}
+
+/// The function call a chat request gets instead of text, as `(name, arguments JSON)`: when it
+/// offers function `tools`, its `tool_choice` is not `"none"`, and its last message is not a
+/// `tool` result (which is answered with text, closing the round trip). The function is the one
+/// `tool_choice` names, else the first. Its arguments give each *required* parameter a short
+/// value: the region's name for a string (so a test can tell which region called), the first
+/// value of an `enum`, `1`, `true`, `[]` or `{}` for the other types.
+pub fn function_call(request: &Value, region: &str) -> Option<(String, String)> {
+    let tools = request.get("tools")?.as_array()?;
+    let choice = request.get("tool_choice");
+    if choice.and_then(Value::as_str) == Some("none") {
+        return None;
+    }
+    let last_role = request
+        .get("messages")
+        .and_then(Value::as_array)
+        .and_then(|m| m.last())
+        .and_then(|m| m.get("role"))
+        .and_then(Value::as_str);
+    if last_role == Some("tool") {
+        return None;
+    }
+    let functions = tools
+        .iter()
+        .filter(|t| t.get("type").and_then(Value::as_str) == Some("function"))
+        .filter_map(|t| t.get("function"));
+    let named = choice.and_then(|c| c.pointer("/function/name")).and_then(Value::as_str);
+    let function = match named {
+        Some(name) => {
+            functions.into_iter().find(|f| f.get("name").and_then(Value::as_str) == Some(name))?
+        }
+        None => functions.into_iter().next()?,
+    };
+    let name = function.get("name")?.as_str()?.to_owned();
+    Some((name, function_arguments(function.get("parameters"), region)))
+}
+
+/// The arguments JSON for a function whose JSON-schema `parameters` are given (see
+/// [`function_call`]).
+pub fn function_arguments(parameters: Option<&Value>, region: &str) -> String {
+    let mut args = serde_json::Map::new();
+    let properties = parameters.and_then(|p| p.get("properties"));
+    let required = parameters.and_then(|p| p.get("required")).and_then(Value::as_array);
+    for name in required.into_iter().flatten().filter_map(Value::as_str) {
+        let schema = properties.and_then(|p| p.get(name));
+        let value = if let Some(first) =
+            schema.and_then(|s| s.get("enum")).and_then(Value::as_array).and_then(|e| e.first())
+        {
+            first.clone()
+        } else {
+            match schema.and_then(|s| s.get("type")).and_then(Value::as_str) {
+                Some("integer" | "number") => json!(1),
+                Some("boolean") => json!(true),
+                Some("array") => json!([]),
+                Some("object") => json!({}),
+                _ => json!(region),
+            }
+        };
+        args.insert(name.to_owned(), value);
+    }
+    Value::Object(args).to_string()
+}
+
+/// A tool call's arguments cut into streamed pieces of at most 6 characters (at least two
+/// pieces for anything longer than one character), as models stream them.
+pub fn argument_pieces(arguments: &str) -> Vec<String> {
+    let chars: Vec<char> = arguments.chars().collect();
+    let size = 6.min(chars.len().div_ceil(2)).max(1);
+    chars.chunks(size).map(|c| c.iter().collect()).collect()
+}
+
+/// Checks that every `tool` message answers a call of an earlier assistant message, as OpenAI
+/// does; `Err` carries the 400 body.
+pub fn check_tool_messages(messages: &[Value]) -> Result<(), String> {
+    let mut calls: Vec<&str> = Vec::new();
+    for (i, m) in messages.iter().enumerate() {
+        if let Some(tool_calls) = m.get("tool_calls").and_then(Value::as_array) {
+            calls.extend(tool_calls.iter().filter_map(|c| c.get("id")).filter_map(Value::as_str));
+        }
+        if m.get("role").and_then(Value::as_str) != Some("tool") {
+            continue;
+        }
+        let answered = m.get("tool_call_id").and_then(Value::as_str);
+        if !answered.is_some_and(|id| calls.contains(&id)) {
+            return Err(json!({"error": {
+                "message": "Invalid parameter: messages with role 'tool' must be a response to a preceeding message with 'tool_calls'.",
+                "type": "invalid_request_error",
+                "param": format!("messages.[{i}].role"),
+                "code": null,
+            }})
+            .to_string());
+        }
+    }
+    Ok(())
 }
 
 fn safe() -> Value {

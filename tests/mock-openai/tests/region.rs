@@ -67,3 +67,35 @@ async fn a_region_served_elsewhere_has_no_calls() {
     assert_eq!(region.calls(), 0);
     assert_eq!(region.url(), "http://127.0.0.1:9");
 }
+
+/// Creates a response in `region`; its id.
+async fn create_response(region: &Region) -> String {
+    let body: serde_json::Value = client()
+        .post(format!("{}/openai/v1/responses", region.url()))
+        .header("api-key", &region.key)
+        .json(&serde_json::json!({"model": region.deployment, "input": "hello"}))
+        .send()
+        .await
+        .expect("response")
+        .json()
+        .await
+        .expect("json");
+    body["id"].as_str().expect("id").to_owned()
+}
+
+// Multi-threaded for the blocking control calls, as above.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_region_says_which_responses_it_holds_in_process_or_not() {
+    let eus =
+        Region::start("eus", "East US", "gpt-4o-eus", "key-eus-0123456789").await.expect("eus");
+    let wus = start().await;
+    let wus = Region::process("wus", REGION, DEP, KEY, &wus.base_url());
+    let in_east = create_response(&eus).await;
+    let in_west = create_response(&wus).await;
+    assert!(eus.holds_response(&in_east) && !eus.holds_response(&in_west));
+    assert!(wus.holds_response(&in_west) && !wus.holds_response(&in_east));
+    wus.reset();
+    assert!(wus.holds_response(&in_west), "a reset keeps stored responses");
+    let elsewhere = Region::elsewhere("gone", "gone", "d", "k", "http://127.0.0.1:9");
+    assert!(!elsewhere.holds_response(&in_east));
+}

@@ -432,3 +432,63 @@ async fn malformed_chat_bodies_are_400() {
         assert_eq!(err["error"]["type"], "invalid_request_error", "{body}");
     }
 }
+
+/// Every operation of the surface, dated and v1: `(method, path)`.
+fn every_operation() -> Vec<(reqwest::Method, String)> {
+    let (post, get, delete) =
+        (reqwest::Method::POST, reqwest::Method::GET, reqwest::Method::DELETE);
+    let mut ops = Vec::new();
+    for tail in [
+        "chat/completions",
+        "completions",
+        "embeddings",
+        "images/generations",
+        "images/edits",
+        "audio/transcriptions",
+        "audio/translations",
+        "audio/speech",
+    ] {
+        ops.push((
+            post.clone(),
+            format!("/openai/deployments/{DEP}/{tail}?api-version={API_VERSION}"),
+        ));
+        ops.push((post.clone(), format!("/openai/v1/{tail}")));
+    }
+    for (prefix, query) in [("/openai", "?api-version=2025-04-01-preview"), ("/openai/v1", "")] {
+        ops.push((post.clone(), format!("{prefix}/responses{query}")));
+        ops.push((get.clone(), format!("{prefix}/responses/resp_x{query}")));
+        ops.push((delete.clone(), format!("{prefix}/responses/resp_x{query}")));
+        ops.push((post.clone(), format!("{prefix}/responses/resp_x/cancel{query}")));
+        ops.push((get.clone(), format!("{prefix}/responses/resp_x/input_items{query}")));
+        ops.push((get.clone(), format!("{prefix}/models{query}")));
+    }
+    ops
+}
+
+#[tokio::test]
+async fn a_wrong_key_is_401_on_every_operation_and_a_right_one_is_never_resource_not_found() {
+    let mock = start().await;
+    let client = client();
+    for (method, path) in every_operation() {
+        let url = format!("{}{path}", mock.base_url());
+        let wrong = client
+            .request(method.clone(), &url)
+            .header("api-key", "wrong")
+            .json(&chat_body())
+            .send()
+            .await
+            .expect("resp");
+        assert_eq!(wrong.status(), 401, "{method} {path}");
+        assert_eq!(wrong.text().await.expect("body"), wire::INVALID_KEY, "{method} {path}");
+        let right = client
+            .request(method.clone(), &url)
+            .header("api-key", KEY)
+            .json(&chat_body())
+            .send()
+            .await
+            .expect("resp");
+        let status = right.status();
+        let body = right.text().await.expect("body");
+        assert_ne!(body, wire::RESOURCE_NOT_FOUND, "{method} {path} is routed ({status})");
+    }
+}
