@@ -143,12 +143,15 @@ async fn follow_ups_reach_the_creating_region_from_any_data_plane() -> anyhow::R
     // The regions' own journals agree: all follow-ups reached the creator, with the id it
     // issued (not the gateway's), and none reached another region.
     let (previous, _) = stateful_calls(&cluster.regions[creator_index]);
+    let previous_id = previous.first().cloned().unwrap_or_default();
     assert_eq!(previous.len(), FOLLOW_UPS, "follow-ups the creator received: {previous:?}");
     assert!(previous.iter().all(|p| p == &previous[0]), "{previous:?}");
-    assert!(previous[0].starts_with("resp_"), "{previous:?}");
+    assert!(previous[0].starts_with("resp_") && previous[0] != id, "{previous:?}");
+    assert!(cluster.regions[creator_index].holds_response(&previous[0]), "{creator}");
     for &o in &others {
         let (previous, by_id) = stateful_calls(&cluster.regions[o]);
         assert!(previous.is_empty() && by_id == 0, "{} got {previous:?}, {by_id}", names[o]);
+        assert!(!cluster.regions[o].holds_response(&previous_id), "{} holds it too", names[o]);
     }
 
     // Retrieval through data plane 1, both surfaces; the follow-up's own response through
