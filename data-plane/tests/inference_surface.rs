@@ -26,10 +26,12 @@ use hyper::body::{Frame, Incoming};
 use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
-use modelgw_data_plane::DataPlaneConfig;
 use modelgw_data_plane::metrics::OPERATIONS;
+use modelgw_data_plane::{DataPlaneConfig, apply_leases};
 use modelgw_mock_openai::wire;
 use modelgw_model::RoutingPolicy;
+use modelgw_model::keys::{KeyLimits, LeaseGrant, Leases, Measure, Usage, Window, WindowLimits};
+use modelgw_model::traces::TraceSettings;
 use serde_json::{Value, json};
 use support::{
     API_VERSION, CLIENT_KEY, GATEWAY, Region, TestGateway, fast_config, header, region, unmocked,
@@ -495,13 +497,41 @@ event: response.completed\n\
 data: {\"type\":\"response.completed\",\"sequence_number\":4,\"response\":{\"id\":\"resp_1\",\"object\":\"response\",\"status\":\"completed\",\"usage\":{\"input_tokens\":7,\"input_tokens_details\":{\"cached_tokens\":0},\"output_tokens\":3,\"output_tokens_details\":{\"reasoning_tokens\":0},\"total_tokens\":10}}}\n\n";
 
 /// A streamed Responses create (dated and v1) reaches the client byte for byte, with the
-/// body's `model` rewritten upstream and nothing added to it, and its usage from
-/// `response.completed` is counted.
+/// body's `model` rewritten upstream and nothing added to it; its usage from
+/// `response.completed` is counted by the metrics, charged to the key's limits and recorded in
+/// the request's trace.
 #[tokio::test]
 async fn a_streamed_responses_create_is_relayed_intact_and_its_usage_counted() -> Result<()> {
     let upstream = Upstream::start(answering(200, "text/event-stream", RESPONSES_STREAM)).await?;
     let eus = upstream.region("eus");
-    let gw = support::gateway(&[(&eus, 0, 1)], RoutingPolicy::default(), with_metrics()).await?;
+    let gw = support::start(with_metrics()).await?;
+    let mut snapshot = support::snapshot(1, &[(&eus, 0, 1)], RoutingPolicy::default())?;
+    snapshot.gateways[0].traces = TraceSettings { enabled: true, ..Default::default() };
+    let mut limits = KeyLimits::default();
+    limits.window_mut(Window::Hour).set(Measure::TotalTokens, Some(100_000));
+    snapshot.gateways[0].keys[0].limits = limits;
+    let key = snapshot.gateways[0].keys[0].id;
+    gw.install(snapshot)?;
+    let now = unix_ms();
+    if Window::Hour.start_of(now) + Window::Hour.len_ms() - now < 10_000 {
+        // Both requests in one window: wait for the next one.
+        tokio::time::sleep(Duration::from_secs(11)).await;
+    }
+    let mut granted = WindowLimits::default();
+    granted.set(Measure::TotalTokens, Some(100_000));
+    let grant = LeaseGrant {
+        key_id: key,
+        window: Window::Hour,
+        window_start_unix_ms: Window::Hour.start_of(unix_ms()),
+        granted,
+        fleet_used: Usage::default(),
+        own_used: Usage::default(),
+        ceiling: WindowLimits::default(),
+    };
+    let leases =
+        Leases { grants: vec![grant], valid_for: Duration::from_secs(60), skipped: vec![] };
+    assert_eq!(apply_leases(gw.store.key_limits(), &leases).ignored, 0);
+
     for path in ["/openai/v1/responses", "/openai/responses?api-version=2025-04-01-preview"] {
         let body = json!({"model": GATEWAY, "input": "Say hello", "stream": true});
         let response = gw.post(path, &body).send().await?;
@@ -520,7 +550,42 @@ async fn a_streamed_responses_create_is_relayed_intact_and_its_usage_counted() -
     assert_eq!(metric(&gw, "gen_ai_client_token_usage_sum", &labels("output")).await, 6.0);
     let ok = [("gateway", GATEWAY), ("operation", "responses"), ("status_class", "2xx")];
     assert_eq!(metric(&gw, "modelgw_requests_total", &ok).await, 2.0);
+
+    let mut traces = Vec::new();
+    let deadline = tokio::time::Instant::now() + STEP;
+    while traces.len() < 2 {
+        match gw.traces.next_batch() {
+            Some(batch) => traces.extend(batch.traces),
+            None => {
+                assert!(tokio::time::Instant::now() < deadline, "{traces:?}");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+    for trace in &traces {
+        assert_eq!(
+            (trace.operation.as_str(), trace.status, trace.stream),
+            ("responses", 200, true)
+        );
+        assert_eq!((trace.prompt_tokens, trace.completion_tokens), (Some(7), Some(3)));
+        assert!(trace.ttft_ms.is_some(), "the first output_text delta is the first token");
+    }
+
+    let charged = loop {
+        let usage = gw.store.key_limits().usage(key, Window::Hour).expect("a known key");
+        if usage.charged.requests == 2 && usage.reserved.is_zero() {
+            break usage.charged;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{usage:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    let (prompt, completion) = (charged.prompt_tokens, charged.completion_tokens);
+    assert_eq!((prompt, completion, charged.total_tokens), (14, 6, 20), "charged the usage");
     Ok(())
+}
+
+fn unix_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64
 }
 
 /// A binary speech answer larger than the buffering cap streams through: the client has its
