@@ -216,19 +216,24 @@ async fn v1_forms_carry_each_regions_deployment_in_the_model_part_and_nothing_el
         let first = Upstream::start(overloaded()).await?;
         let second = Upstream::start(answering(200, "application/json", TRANSCRIPT)).await?;
         let gw = two_regions(&first, &second).await?;
-        for model in [GATEWAY, "auto"] {
-            let response =
-                post_form(&gw, &format!("/openai/v1/{operation}"), upload(model)).await?;
-            assert_eq!(response.status(), 200, "{operation} as {model}");
+        // The v1 surface's `deployments/{d}/` form too: its upstream path has no deployment.
+        for (path, model) in [
+            (format!("/openai/v1/{operation}"), GATEWAY),
+            (format!("/openai/v1/{operation}"), "auto"),
+            (format!("/openai/v1/deployments/auto/{operation}"), "whisper"),
+        ] {
+            let response = post_form(&gw, &path, upload(model)).await?;
+            assert_eq!(response.status(), 200, "{path} as {model}");
             assert_eq!(response.bytes().await?, TRANSCRIPT);
         }
-        // The first region cools down after its 503: the second request goes to the second.
+        // The first region cools down after its 503: later requests go to the second.
         let (first_seen, second_seen) = (first.seen(), second.seen());
-        assert_eq!((first_seen.len(), second_seen.len()), (1, 2), "{operation}");
+        assert_eq!((first_seen.len(), second_seen.len()), (1, 3), "{operation}");
         for (got, deployment) in [
             (&first_seen[0], "gpt-4o-eus"),
             (&second_seen[0], "gpt-4o-wus"),
             (&second_seen[1], "gpt-4o-wus"),
+            (&second_seen[2], "gpt-4o-wus"),
         ] {
             assert_eq!(got.path_and_query, format!("/openai/v1/{operation}"));
             assert_eq!(got.content_type.as_deref(), Some(multipart_type().as_str()));

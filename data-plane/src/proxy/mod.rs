@@ -312,8 +312,9 @@ impl Proxy {
                     return reply::bad_request(&refusal.message());
                 }
             },
-            // The form's `model` part names the deployment (v1): read, checked, rewritten.
-            BodyKind::Multipart if call.model_names_deployment() => {
+            // Where the upstream's path names no deployment (v1), the form's `model` part does:
+            // read, checked where it names the deployment (`check_model`), rewritten.
+            BodyKind::Multipart if call.is_v1() || call.model_names_deployment() => {
                 match multipart::probe_form(&parts.headers, &body) {
                     Ok(model) => (model, StreamUsage::NotStreamed, OutputCap::default()),
                     Err(refusal) => {
