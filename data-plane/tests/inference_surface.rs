@@ -29,9 +29,9 @@ use hyper_util::rt::TokioIo;
 use modelgw_data_plane::metrics::OPERATIONS;
 use modelgw_data_plane::{DataPlaneConfig, apply_leases};
 use modelgw_mock_openai::wire;
-use modelgw_model::RoutingPolicy;
 use modelgw_model::keys::{KeyLimits, LeaseGrant, Leases, Measure, Usage, Window, WindowLimits};
 use modelgw_model::traces::TraceSettings;
+use modelgw_model::{Platform, RoutingPolicy};
 use serde_json::{Value, json};
 use support::{
     API_VERSION, CLIENT_KEY, GATEWAY, Region, TestGateway, fast_config, header, region, unmocked,
@@ -246,11 +246,10 @@ async fn v1_forms_carry_each_regions_deployment_in_the_model_part_and_nothing_el
     Ok(())
 }
 
-/// A v1 form the gateway cannot read exactly as an upstream would is a 400 in Azure's shape,
-/// a `model` that is not the gateway's a 404 — before any upstream; deployment paths forward
-/// their forms unread.
+/// A form the gateway cannot read exactly as an upstream would is a 400 in Azure's shape, on
+/// v1 a `model` that is not the gateway's a 404 — before any upstream.
 #[tokio::test]
-async fn v1_forms_are_read_strictly_before_any_upstream() -> Result<()> {
+async fn forms_are_read_strictly_before_any_upstream() -> Result<()> {
     let upstream = Upstream::start(answering(200, "application/json", TRANSCRIPT)).await?;
     let eus = upstream.region("eus");
     let gw = support::gateway(&[(&eus, 0, 1)], RoutingPolicy::default(), fast_config()).await?;
@@ -288,12 +287,45 @@ async fn v1_forms_are_read_strictly_before_any_upstream() -> Result<()> {
     assert_eq!(other_model.json::<Value>().await?["error"]["code"], "DeploymentNotFound");
     assert!(upstream.seen().is_empty(), "the upstream received nothing");
 
-    // On a deployment path the deployment is in the path: the form goes as it came.
-    let odd = format!("preamble\r\n{good}");
+    // On a deployment path the form is read as strictly (an OpenAI-compatible endpoint routes
+    // by its `model`); a model it names is kept for Azure, `auto` becomes the deployment.
     let deployment_path = format!("/openai/deployments/auto/audio/transcriptions?{API_VERSION}");
-    let response = post_form(&gw, &deployment_path, odd.clone().into_bytes()).await?;
-    assert_eq!(response.status(), 200);
-    assert_eq!(upstream.seen()[0].body, odd.as_bytes());
+    let odd = format!("preamble\r\n{good}");
+    let response = post_form(&gw, &deployment_path, odd.into_bytes()).await?;
+    assert_eq!(response.status(), 400);
+    assert!(upstream.seen().is_empty(), "the upstream received nothing");
+    for (model, sent) in [("whisper", "whisper"), ("auto", "gpt-4o-eus")] {
+        let response = post_form(&gw, &deployment_path, upload(model)).await?;
+        assert_eq!(response.status(), 200);
+        assert!(upstream.seen().pop().unwrap().body == upload(sent), "{model} became {sent}");
+    }
+    Ok(())
+}
+
+/// An OpenAI-compatible endpoint routes by the form's `model`: it gets its own deployment
+/// there whatever the client wrote, on a deployment path too, so a key cannot reach another
+/// model of the account behind it.
+#[tokio::test]
+async fn an_openai_compatible_endpoint_gets_its_deployment_in_the_form_on_every_path() -> Result<()>
+{
+    let upstream = Upstream::start(answering(200, "application/json", TRANSCRIPT)).await?;
+    let vllm = upstream.region("vllm");
+    let gw = support::start(fast_config()).await?;
+    let mut snapshot = support::snapshot(1, &[(&vllm, 0, 1)], RoutingPolicy::default())?;
+    snapshot.endpoints[0].platform = Platform::OpenaiCompatible;
+    gw.install(snapshot)?;
+    for path in [
+        format!("/openai/deployments/{GATEWAY}/audio/transcriptions?{API_VERSION}"),
+        "/openai/v1/audio/transcriptions".to_owned(),
+    ] {
+        let model = if path.contains("/v1/") { GATEWAY } else { "gpt-4o-transcribe" };
+        let response = post_form(&gw, &path, upload(model)).await?;
+        assert_eq!(response.status(), 200, "{path}");
+        let got = upstream.seen().pop().unwrap();
+        assert_eq!(got.path_and_query, "/audio/transcriptions");
+        assert_eq!(got.content_type.as_deref(), Some(multipart_type().as_str()));
+        assert!(got.body == upload("gpt-4o-vllm"), "{path}: the endpoint's deployment");
+    }
     Ok(())
 }
 

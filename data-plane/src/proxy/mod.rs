@@ -312,18 +312,15 @@ impl Proxy {
                     return reply::bad_request(&refusal.message());
                 }
             },
-            // Where the upstream's path names no deployment (v1), the form's `model` part does:
-            // read, checked where it names the deployment (`check_model`), rewritten.
-            BodyKind::Multipart if call.is_v1() || call.model_names_deployment() => {
-                match multipart::probe_form(&parts.headers, &body) {
-                    Ok(model) => (model, StreamUsage::NotStreamed, OutputCap::default()),
-                    Err(refusal) => {
-                        info!(request_id = rid, reason = refusal.label(), "request form refused");
-                        return reply::bad_request(&refusal.message());
-                    }
+            // A form's `model` part, read as strictly as JSON's `model` and under the same
+            // rules: checked where it names the deployment, rewritten where `body()` says.
+            BodyKind::Multipart => match multipart::probe_form(&parts.headers, &body) {
+                Ok(model) => (model, StreamUsage::NotStreamed, OutputCap::default()),
+                Err(refusal) => {
+                    info!(request_id = rid, reason = refusal.label(), "request form refused");
+                    return reply::bad_request(&refusal.message());
                 }
-            }
-            BodyKind::Multipart => unread,
+            },
             BodyKind::Empty if body.is_empty() => unread,
             BodyKind::Empty => {
                 info!(request_id = rid, "request body where the operation takes none");

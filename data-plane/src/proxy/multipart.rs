@@ -1,8 +1,9 @@
-//! The `model` of a multipart/form-data body: audio transcriptions and translations and image
-//! edits on `/openai/v1/…`, where `OpenAI(base_url=…/openai/v1/)` sends the deployment as a
-//! form field. The part is found by one scan of the body (the delimiter searched with
-//! `memchr::memmem`, only part headers read), checked like a JSON `model` (`auth::check_model`)
-//! and, per attempt, the endpoint's deployment is spliced into that part's bytes
+//! The `model` of a multipart/form-data body (audio transcriptions and translations, image
+//! edits). On `/openai/v1/…` `OpenAI(base_url=…/openai/v1/)` sends the deployment as this
+//! form field; on a deployment path an OpenAI-compatible endpoint still routes by it. The part
+//! is found by one scan of the body (the delimiter searched with `memchr::memmem`, only part
+//! headers read), checked like a JSON `model` (`auth::check_model`) and, per attempt, the
+//! endpoint's deployment is spliced into that part's bytes under the JSON rewrite's rules
 //! (`RequestPlan::body`): the form is never re-encoded, file parts never read.
 //!
 //! Strict, for the reason `rewrite` is: the gateway and the upstream must read the same

@@ -40,8 +40,8 @@ pub(crate) enum Operation {
 pub(crate) enum BodyKind {
     /// One JSON object, whose top-level `model` the gateway reads and may rewrite.
     Json,
-    /// multipart/form-data: forwarded as is on deployment paths (the deployment is in the
-    /// path); elsewhere its `model` part is read and rewritten like JSON's (`multipart.rs`).
+    /// multipart/form-data, whose `model` part the gateway reads and may rewrite like JSON's
+    /// (`multipart.rs`).
     Multipart,
     /// No body.
     Empty,

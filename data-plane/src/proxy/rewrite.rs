@@ -62,8 +62,7 @@ impl ModelField {
 /// What the body says about `model`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum ModelProbe {
-    /// The body is not read for `model` (multipart on a deployment path, or an operation
-    /// without a body).
+    /// The body is not read for `model` (an operation without a body).
     Unread,
     /// A JSON object without a top-level `model`, or a form without a `model` part.
     Absent,
