@@ -190,6 +190,16 @@ mod tests {
     }
 
     #[test]
+    fn only_paths_under_openai_wait_for_the_key_before_their_404() {
+        for path in ["/openai/v1/files", "/openai/deployments/gw", "/openai/x/../y"] {
+            assert!(authenticates_first(path), "{path}");
+        }
+        for path in ["/", "/openai", "/v1/chat/completions", "/metrics", "/OPENAI/v1/files"] {
+            assert!(!authenticates_first(path), "{path}");
+        }
+    }
+
+    #[test]
     fn dot_segments_are_refused() {
         assert!(matches!(post("/openai/deployments/auto/../../keys"), Route::NotFound(_)));
         assert!(matches!(post("/openai/v1/%2E%2e/x"), Route::NotFound(_)));
