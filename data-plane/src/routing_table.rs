@@ -148,6 +148,8 @@ pub struct CompiledGateway {
     pub metrics: Option<Arc<GatewayMetrics>>,
     /// What the gateway traces of each request (`None`: traces off, nothing recorded).
     pub traces: Option<Arc<CompiledTraces>>,
+    /// Its answers to `GET …/models`, built here once.
+    pub(crate) models: crate::proxy::models::ModelsAnswer,
 }
 
 impl CompiledGateway {
@@ -286,6 +288,7 @@ impl RoutingTable {
                 keys,
                 metrics: None,
                 traces: CompiledTraces::compile(&g.traces),
+                models: crate::proxy::models::ModelsAnswer::new(&g.name, g.id),
             });
         }
         let mut entra_scopes: Vec<Arc<str>> = endpoints

@@ -73,7 +73,6 @@ async fn management_surfaces_and_unknown_operations_never_reach_an_upstream() ->
         ("POST", "/openai/deployments/chat/files?api-version=2024-10-21"),
         ("GET", "/openai/deployments/chat/chat/completions?api-version=2024-10-21"),
         ("POST", "/openai/v1/assistants"),
-        ("POST", "/openai/v1/audio/transcriptions"),
     ] {
         let response = gw
             .http

@@ -313,7 +313,12 @@ async fn answers_of_the_gateway_itself_are_spans_without_attempts() -> Result<()
     assert_eq!(spans[1].parent_span_id, request.span_context.span_id());
 
     // Not an operation: no span.
-    let unknown = gw.http.get(format!("{}/openai/files?{API_VERSION}", gw.base)).send().await?;
+    let unknown = gw
+        .http
+        .get(format!("{}/openai/files?{API_VERSION}", gw.base))
+        .header("api-key", support::CLIENT_KEY)
+        .send()
+        .await?;
     assert_eq!(unknown.status(), 404);
     unknown.bytes().await?;
     tokio::time::sleep(Duration::from_millis(100)).await;

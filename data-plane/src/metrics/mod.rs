@@ -68,8 +68,9 @@ pub(crate) static OVERHEAD_US: Bounds = Bounds {
     scale: 0.000_001,
 };
 
-/// Operation labels, indexed like `proxy::operations::Operation` (`Operation::index`).
-pub(crate) const OPERATIONS: [&str; 10] = [
+/// Operation labels, indexed like `proxy::operations::Operation` (`Operation::index`): one
+/// per operation the gateway serves (public so that tests can check they cover every one).
+pub const OPERATIONS: [&str; 10] = [
     "chat_completions",
     "completions",
     "embeddings",
@@ -129,7 +130,7 @@ pub(crate) fn skip_index(reason: &str) -> usize {
 }
 
 /// Answers the gateway gives itself: `(reason, status)`; indexed by [`Local`].
-pub(crate) const LOCAL_RESPONSES: [(&str, &str); 11] = [
+pub(crate) const LOCAL_RESPONSES: [(&str, &str); 12] = [
     ("unauthorized", "401"),
     ("not_found", "404"),
     ("bad_request", "400"),
@@ -141,6 +142,7 @@ pub(crate) const LOCAL_RESPONSES: [(&str, &str); 11] = [
     ("auth_limited", "429"),
     ("body_timeout", "408"),
     ("key_limit", "429"),
+    ("models", "200"),
 ];
 
 /// Why the gateway answered a request itself (index into [`LOCAL_RESPONSES`]).
@@ -158,6 +160,8 @@ pub(crate) enum Local {
     BodyTimeout = 9,
     /// Over its key's limits (`limits`).
     KeyLimit = 10,
+    /// The model list, which the gateway serves itself (`proxy/models.rs`).
+    Models = 11,
 }
 
 impl Local {

@@ -21,12 +21,12 @@
 //! Where each step lives, in the order a request meets them: `server` (the listener, its
 //! threads and the connection limits), `route` + `operations` (what it asks for, from the one
 //! table of operations a key reaches), `failed_auth` (addresses refused after failed keys),
-//! `auth` (which gateway it may use), `body` (its body, read once), `rewrite` (its `model`,
-//! read strictly), `deadline` (its budget),
-//! `failover` (candidates in order, recovery waits, the 429/503/504 answers), `exchange` (one
-//! request to an endpoint, up to the moment its answer may be committed), `attempt` (what it
-//! came to: `Outcome`, `AttemptError`), `upstream` + `rewrite` (the request each endpoint
-//! gets), `upstream_client` (the pooled hyper client, its connect-time address guard in `egress`),
+//! `auth` (which gateway it may use; `models` answers the model list itself), `body` (its
+//! body, read once), `rewrite` + `multipart` (its `model`, read strictly from JSON or a
+//! form), `deadline` (its budget), `failover` (candidates in order, recovery waits, the
+//! 429/503/504 answers), `exchange` (one request to an endpoint, up to the moment its answer
+//! may be committed), `attempt` (what it came to: `Outcome`, `AttemptError`), `upstream` +
+//! `rewrite` (the request each endpoint gets), `upstream_client` (the pooled hyper client, its connect-time address guard in `egress`),
 //! `relay` + `sse` (streaming a committed answer; bounded SSE framing), `reply` (the gateway's
 //! own answers), `access_log` (the line per request), `trace_context` (OpenTelemetry spans
 //! and W3C trace context, when tracing is on).
@@ -41,6 +41,8 @@ pub(crate) mod egress;
 mod exchange;
 mod failed_auth;
 mod failover;
+pub(crate) mod models;
+mod multipart;
 pub(crate) mod operations;
 #[cfg(test)]
 mod properties;
@@ -72,7 +74,8 @@ use crate::health::HealthRegistry;
 use crate::limits::{self, OutputCap};
 use crate::metrics::{GatewayMetrics, Local, Metrics};
 use crate::routing_table::{CompiledKey, SnapshotStore};
-use operations::{BodyKind, Surface};
+use models::ModelById;
+use operations::{BodyKind, Operation, Surface};
 use rewrite::{ModelProbe, StreamUsage, probe_body};
 use route::{Route, parse_route};
 use upstream::{CLIENT_REQUEST_ID, RequestPlan, upstream_headers, upstream_query};
@@ -233,8 +236,11 @@ impl Proxy {
         // Lines logged before the answer carry the request id themselves: the `request` span
         // is debug-level, so at `info` they have no span context.
         let rid = request_id.to_str().unwrap_or_default();
-        let call = match route {
-            Route::Call(call) => call,
+        // Under `/openai/` what the table does not serve (`Err`) is answered only once the key
+        // is known: a wrong key gets 401 there, as on the operations it serves.
+        let call: Result<route::Call<'_>, &'static str> = match route {
+            Route::Call(call) => Ok(call),
+            Route::NotFound(reason) if route::authenticates_first(parts.uri.path()) => Err(reason),
             Route::NotFound(reason) => {
                 // Before any key check or upstream: the table has no such operation.
                 debug!(request_id = rid, reason, "not an operation the gateway serves");
@@ -242,7 +248,9 @@ impl Proxy {
             }
             Route::Healthz | Route::Readyz => return reply::resource_not_found(),
         };
-        debug!(operation = call.operation.label(), "operation");
+        if let Ok(call) = call {
+            debug!(operation = call.operation.label(), "operation");
+        }
         if let Some(wait) = self.failed_auths.refused_for(peer, started) {
             debug!(request_id = rid, "client address over the failed-authentication limit");
             tally.local = Some(Local::AuthLimited);
@@ -264,6 +272,14 @@ impl Proxy {
         };
         tally.gateway = gateway.metrics.as_deref();
         tally.key = Some(compiled_key);
+        let call = match call {
+            Ok(call) => call,
+            Err(reason) => {
+                Span::current().record("gateway", gateway.name.as_str());
+                *gateway_name = Some(gateway.name.clone());
+                return unserved_answer(parts, gateway, reason, rid, tally);
+            }
+        };
         if let Some(traces) = &gateway.traces {
             let start = crate::traces::TraceStart {
                 gateway_id: gateway.id,
@@ -296,13 +312,27 @@ impl Proxy {
                     return reply::bad_request(&refusal.message());
                 }
             },
-            BodyKind::Multipart => unread,
+            // A form's `model` part, read as strictly as JSON's `model` and under the same
+            // rules: checked where it names the deployment, rewritten where `body()` says.
+            BodyKind::Multipart => match multipart::probe_form(&parts.headers, &body) {
+                Ok(model) => (model, StreamUsage::NotStreamed, OutputCap::default()),
+                Err(refusal) => {
+                    info!(request_id = rid, reason = refusal.label(), "request form refused");
+                    return reply::bad_request(&refusal.message());
+                }
+            },
             BodyKind::Empty if body.is_empty() => unread,
             BodyKind::Empty => {
                 info!(request_id = rid, "request body where the operation takes none");
                 return reply::bad_request("This operation takes no request body.");
             }
         };
+        if call.operation == Operation::Models {
+            // The gateway's own list: no upstream, no key limit (it costs nothing).
+            debug!(request_id = rid, "models listed by the gateway");
+            tally.local = Some(Local::Models);
+            return gateway.models.list(call.surface);
+        }
         if let Some(trace) = tally.trace.as_deref_mut() {
             let asked = match &model {
                 ModelProbe::Present(field) => field.value.as_deref(),
@@ -384,6 +414,32 @@ impl Proxy {
             charge.settle_error();
         }
         response
+    }
+}
+
+/// The answer to a path under `/openai/` the operations table does not serve, once the key
+/// named a gateway: `…/models/{id}` for the two names a key may use, else Azure's 404.
+fn unserved_answer(
+    parts: &Parts,
+    gateway: &crate::routing_table::CompiledGateway,
+    reason: &'static str,
+    rid: &str,
+    tally: &mut Tally<'_>,
+) -> Response<ProxyBody> {
+    match gateway.models.model(&parts.method, parts.uri.path()) {
+        Some(ModelById::Found(response)) => {
+            debug!(request_id = rid, "model described by the gateway");
+            tally.local = Some(Local::Models);
+            response
+        }
+        Some(ModelById::Unknown) => {
+            debug!(request_id = rid, "model id is neither auto nor the gateway");
+            reply::deployment_not_found()
+        }
+        None => {
+            debug!(request_id = rid, reason, "not an operation the gateway serves");
+            reply::resource_not_found()
+        }
     }
 }
 

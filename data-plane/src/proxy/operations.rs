@@ -40,8 +40,8 @@ pub(crate) enum Operation {
 pub(crate) enum BodyKind {
     /// One JSON object, whose top-level `model` the gateway reads and may rewrite.
     Json,
-    /// multipart/form-data, forwarded as is; served on deployment paths only, where the
-    /// deployment is in the path and no `model` needs reading.
+    /// multipart/form-data, whose `model` part the gateway reads and may rewrite like JSON's
+    /// (`multipart.rs`).
     Multipart,
     /// No body.
     Empty,
@@ -73,9 +73,6 @@ pub(crate) enum Lookup {
     WrongMethod(Operation),
     /// A stateful management surface (files, batches…): off.
     Stateful(&'static str),
-    /// Not served (multipart on a path without a deployment): the client must name the
-    /// deployment in the path.
-    NeedsDeploymentPath(Operation),
     Unknown,
 }
 
@@ -230,9 +227,6 @@ pub(crate) fn lookup(surface: Surface, scope: Scope, rest: &str, method: &Method
     if *method != operation.method() {
         return Lookup::WrongMethod(operation);
     }
-    if scope == Scope::Surface && operation.body() == BodyKind::Multipart {
-        return Lookup::NeedsDeploymentPath(operation);
-    }
     Lookup::Served(operation)
 }
 
@@ -261,10 +255,7 @@ mod tests {
                     Lookup::Served(op)
                 );
             }
-            match op.body() {
-                BodyKind::Multipart => assert_eq!(v1, Lookup::NeedsDeploymentPath(op)),
-                _ => assert_eq!(v1, Lookup::Served(op), "{op:?}"),
-            }
+            assert_eq!(v1, Lookup::Served(op), "{op:?}");
             let other = if op.method() == Method::GET { Method::POST } else { Method::GET };
             assert_eq!(
                 lookup(Surface::V1, Scope::Surface, op.path(), &other),

@@ -20,22 +20,51 @@ use serde::de::{self, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde_json::value::RawValue;
 
 use crate::limits::OutputCap;
+use crate::routing_table::CompiledEndpoint;
 
 /// The top-level `model` member of a JSON object body.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct ModelField {
     /// Byte range of the value (including quotes for a string).
     pub span: Range<usize>,
-    /// The decoded string, or `None` when the value is not a string (e.g. `null`, a number).
+    /// The decoded string, or `None` when the value is not a string (e.g. `null`, a number,
+    /// a form part that is not UTF-8).
     pub value: Option<String>,
+    /// How the value is written: what replaces it must be written the same way.
+    pub syntax: ValueSyntax,
+}
+
+/// How a `model` value is written in the body.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ValueSyntax {
+    /// A JSON value (a string with its quotes).
+    Json,
+    /// The text of a multipart/form-data part (`multipart.rs`), as is.
+    FormPart,
+}
+
+impl ModelField {
+    /// The endpoint's deployment written as this value is: a JSON string, or a form part's
+    /// text. `None` when it cannot be a form part's text: a line break could end the part (the
+    /// admin API refuses control characters in deployments; only a hand-made snapshot has one),
+    /// and the gateway never sends a form other than the one it checked.
+    pub(crate) fn replacement<'e>(&self, endpoint: &'e CompiledEndpoint) -> Option<&'e [u8]> {
+        match self.syntax {
+            ValueSyntax::Json => Some(&endpoint.deployment_json),
+            ValueSyntax::FormPart => {
+                let text = endpoint.deployment.as_bytes();
+                (!text.iter().any(|&b| b == b'\r' || b == b'\n')).then_some(text)
+            }
+        }
+    }
 }
 
 /// What the body says about `model`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum ModelProbe {
-    /// The body is not read for `model` (multipart, or an operation without a body).
+    /// The body is not read for `model` (an operation without a body).
     Unread,
-    /// A JSON object without a top-level `model`.
+    /// A JSON object without a top-level `model`, or a form without a `model` part.
     Absent,
     Present(ModelField),
 }
@@ -229,7 +258,8 @@ pub(crate) fn probe_body(body: &[u8]) -> Result<(ModelProbe, StreamUsage, Output
         return Err(BodyRefusal::Invalid("model value not located".to_owned()));
     }
     let value = serde_json::from_str::<Cow<'_, str>>(text).ok().map(Cow::into_owned);
-    Ok((ModelProbe::Present(ModelField { span, value }), usage, cap))
+    let field = ModelField { span, value, syntax: ValueSyntax::Json };
+    Ok((ModelProbe::Present(field), usage, cap))
 }
 
 /// `body` with `span` replaced by `replacement`.

@@ -78,11 +78,14 @@ pub(crate) fn parse_route<'a>(method: &Method, path: &'a str) -> Route<'a> {
             Route::NotFound("stateful surface, not enabled")
         }
         Lookup::Stateful(_) => Route::NotFound("stateful surface, not implemented"),
-        Lookup::NeedsDeploymentPath(_) => {
-            Route::NotFound("multipart operation outside a deployment path")
-        }
         Lookup::Unknown => Route::NotFound("not an operation the gateway serves"),
     }
+}
+
+/// Whether a path's 404 waits for the key: under `/openai/` a wrong key gets 401 first, so it
+/// learns nothing of which operations the table knows; anything else is 404 at once.
+pub(crate) fn authenticates_first(path: &str) -> bool {
+    path.starts_with("/openai/")
 }
 
 fn split_deployment(rest: &str) -> Option<(&str, &str)> {
@@ -140,10 +143,15 @@ mod tests {
 
     #[test]
     fn v1_and_dated_surface_paths() {
-        use Operation::{ChatCompletions, Embeddings, Models, Responses};
+        use Operation::{AudioTranscriptions, ChatCompletions, Embeddings, Models, Responses};
         assert_eq!(post("/openai/v1/chat/completions"), call(ChatCompletions, Surface::V1, None));
         assert_eq!(post("/openai/v1/responses"), call(Responses, Surface::V1, None));
         assert_eq!(post("/openai/responses"), call(Responses, Surface::Dated, None));
+        assert_eq!(
+            post("/openai/v1/audio/transcriptions"),
+            call(AudioTranscriptions, Surface::V1, None),
+            "multipart with `model` in a form part"
+        );
         assert_eq!(parse_route(&Method::GET, "/openai/models"), call(Models, Surface::Dated, None));
         assert_eq!(parse_route(&Method::GET, "/openai/v1/models"), call(Models, Surface::V1, None));
         assert_eq!(
@@ -175,10 +183,19 @@ mod tests {
             (Method::POST, "/openai/v1/batches"),
             (Method::PUT, "/openai/v1/anything/at/all"),
             (Method::GET, "/openai/v1/chat/completions"),
-            (Method::POST, "/openai/v1/audio/transcriptions"),
             (Method::GET, "/openai/files?api-version=2024-10-21"),
         ] {
             assert!(matches!(parse_route(&method, path), Route::NotFound(_)), "{method} {path}");
+        }
+    }
+
+    #[test]
+    fn only_paths_under_openai_wait_for_the_key_before_their_404() {
+        for path in ["/openai/v1/files", "/openai/deployments/gw", "/openai/x/../y"] {
+            assert!(authenticates_first(path), "{path}");
+        }
+        for path in ["/", "/openai", "/v1/chat/completions", "/metrics", "/OPENAI/v1/files"] {
+            assert!(!authenticates_first(path), "{path}");
         }
     }
 

@@ -17,6 +17,7 @@ use http::header::{
 use http::{HeaderMap, HeaderValue, Method};
 use modelgw_model::Platform;
 
+use super::operations::BodyKind;
 use super::rewrite::{ModelProbe, insert_model, splice};
 use super::route::Call;
 use super::trace_context::RequestTrace;
@@ -342,22 +343,27 @@ impl RequestPlan<'_> {
             .build()
     }
 
-    /// The body for `endpoint`: `model` becomes its deployment where it names the deployment
-    /// (v1, `/openai/responses`), for OpenAI-compatible APIs (which route by it; inserted when
-    /// absent), and where the client asked for `auto`; otherwise unchanged.
+    /// The body for `endpoint`: `model` (a JSON member, or a form's `model` part) becomes its
+    /// deployment where it names the deployment (v1, `/openai/responses`), for
+    /// OpenAI-compatible APIs (which route by it; inserted into JSON when absent), and where
+    /// the client asked for `auto`; otherwise unchanged.
     pub(crate) fn body(&self, endpoint: &CompiledEndpoint) -> Bytes {
         let compatible = endpoint.platform == Platform::OpenaiCompatible;
         match &self.model {
             ModelProbe::Present(field) => {
                 let is_auto = field.value.as_deref() == Some("auto");
-                if compatible || self.call.is_v1() || self.call.model_names_deployment() || is_auto
-                {
-                    self.replace(field.span.clone(), &endpoint.deployment_json)
-                } else {
-                    self.body.clone()
+                let rewrite = compatible
+                    || self.call.is_v1()
+                    || self.call.model_names_deployment()
+                    || is_auto;
+                match field.replacement(endpoint) {
+                    Some(value) if rewrite => self.replace(field.span.clone(), value),
+                    _ => self.body.clone(),
                 }
             }
-            ModelProbe::Absent if compatible => insert_model(&self.body, &endpoint.deployment_json),
+            ModelProbe::Absent if compatible && self.call.operation.body() == BodyKind::Json => {
+                insert_model(&self.body, &endpoint.deployment_json)
+            }
             _ => self.body.clone(),
         }
     }
