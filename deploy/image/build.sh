@@ -7,44 +7,39 @@
 # its file ownership, and that the binary starts from the image's own filesystem as the
 # non-root user (chroot into the exported image: containers cannot run on this machine).
 #
-#   deploy/image/build.sh [--binary PATH] [--tag NAME] [--keep-rootfs DIR]
+#   deploy/image/build.sh [--binary PATH] [--tag NAME] [--keep-rootfs DIR] [--assemble-only DIR]
 #
+# --keep-rootfs DIR keeps the image's exported filesystem there; --assemble-only DIR only lays
+# out the build context in DIR (no podman; tests/deploy/run.sh checks the Containerfile's COPY
+# sources against it).
 # --binary defaults to $CARGO_TARGET_DIR/release/modelgw (what bench/run.sh builds), --tag to
 # localhost/modelgw:<version>-<short commit>. podman is installed with apt-get when missing;
 # MODELGW_IMAGE_REQUIRED=0 turns "podman cannot be installed" into a loud skip (exit 0).
 set -euo pipefail
-cd "$(dirname "$0")/../.."
 
 BINARY="${CARGO_TARGET_DIR:-$HOME/.cache/modelgw/target}/release/modelgw"
 TAG=""
 KEEP=""
+ASSEMBLE_ONLY=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --binary) BINARY="$2"; shift 2 ;;
     --tag) TAG="$2"; shift 2 ;;
     --keep-rootfs) KEEP="$2"; shift 2 ;;
-    *) echo "usage: $0 [--binary PATH] [--tag NAME] [--keep-rootfs DIR]" >&2; exit 2 ;;
+    --assemble-only) ASSEMBLE_ONLY="$2"; shift 2 ;;
+    *) echo "usage: $0 [--binary PATH] [--tag NAME] [--keep-rootfs DIR] [--assemble-only DIR]" >&2; exit 2 ;;
   esac
 done
 
 fail() { echo "image: FAIL: $*" >&2; exit 1; }
 
-[ -x "$BINARY" ] || fail "no executable at $BINARY (build it: cargo build --release -p modelgw)"
+[ -x "$BINARY" ] && [ -f "$BINARY" ] || fail "no executable at $BINARY (build it: cargo build --release -p modelgw)"
+# Paths as the caller gave them, then work from the repository root.
+BINARY="$(realpath "$BINARY")"
+[ -z "$KEEP" ] || KEEP="$(realpath -m "$KEEP")"
+[ -z "$ASSEMBLE_ONLY" ] || ASSEMBLE_ONLY="$(realpath -m "$ASSEMBLE_ONLY")"
+cd "$(dirname "$0")/../.."
 
-if ! command -v podman >/dev/null; then
-  echo "image: installing podman (Debian package)"
-  if ! { DEBIAN_FRONTEND=noninteractive apt-get update -qq \
-      && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends podman >/dev/null; } \
-      || ! command -v podman >/dev/null; then
-    if [ "${MODELGW_IMAGE_REQUIRED:-1}" = "0" ]; then
-      echo "################################################################################" >&2
-      echo "## image: SKIPPED: podman could not be installed; the container image was NOT built" >&2
-      echo "################################################################################" >&2
-      exit 0
-    fi
-    fail "podman could not be installed (MODELGW_IMAGE_REQUIRED=0 makes this a skip)"
-  fi
-fi
 # The CA bundle every TLS client of the binary reads (rustls native roots).
 CA_BUNDLE=/etc/ssl/certs/ca-certificates.crt
 if [ ! -s "$CA_BUNDLE" ]; then
@@ -99,7 +94,27 @@ printf 'hosts: files dns\n' >"$ROOT/etc/nsswitch.conf"
 printf '127.0.0.1 localhost\n::1 localhost\n' >"$ROOT/etc/hosts"
 cp deploy/image/Containerfile "$WORK/Containerfile"
 
+if [ -n "$ASSEMBLE_ONLY" ]; then
+  rm -rf "$ASSEMBLE_ONLY" && cp -a "$WORK" "$ASSEMBLE_ONLY"
+  echo "image: build context assembled in $ASSEMBLE_ONLY (not built)"
+  exit 0
+fi
+
 # --- the image ---------------------------------------------------------------------------
+if ! command -v podman >/dev/null; then
+  echo "image: installing podman (Debian package)"
+  if ! { DEBIAN_FRONTEND=noninteractive apt-get update -qq \
+      && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends podman >/dev/null; } \
+      || ! command -v podman >/dev/null; then
+    if [ "${MODELGW_IMAGE_REQUIRED:-1}" = "0" ]; then
+      echo "################################################################################" >&2
+      echo "## image: SKIPPED: podman could not be installed; the container image was NOT built" >&2
+      echo "################################################################################" >&2
+      exit 0
+    fi
+    fail "podman could not be installed (MODELGW_IMAGE_REQUIRED=0 makes this a skip)"
+  fi
+fi
 echo "image: podman build $TAG (FROM scratch, binary $BINARY)"
 podman build --quiet --pull=never --no-cache \
   --build-arg "VERSION=$VERSION" --build-arg "REVISION=$REVISION" --build-arg "CREATED=$CREATED" \
