@@ -16,7 +16,8 @@ For every object of every rendered overlay:
   memory requests and limits, a pinned image tag, every volume mount backed by a volume,
   writable mounts for /tmp and the working directory, no secret as a literal variable, no
   variable both `value` and `valueFrom`, `$(VAR)` only after VAR, every MODELGW_* variable one
-  the binary reads (cli/src), ConfigMaps that exist in the overlay.
+  the binary reads (cli/src), ConfigMaps that exist in the overlay; no `replicas` on a
+  Deployment an autoscaler scales.
 * References: every Secret (and key) a manifest uses exists in the overlay or is documented as
   operator-provided in deploy/README.md's "Secrets" table — and every documented one is used
   by some overlay; Service selectors and target ports, HPA and PDB targets resolve.
@@ -332,11 +333,13 @@ def check_overlay(name: str, objects: list[dict], crds: dict, documented: dict[s
                         declared |= {p.get("name"), p.get("containerPort")}
                 if target not in declared:
                     problems.add(where, f"targetPort {target!r} is not a port of the selected pods")
-    deployments = {o["metadata"]["name"] for o in by_kind.get("Deployment", [])}
+    deployments = {o["metadata"]["name"]: o for o in by_kind.get("Deployment", [])}
     for hpa in by_kind.get("HorizontalPodAutoscaler", []):
         ref = hpa["spec"]["scaleTargetRef"]
         if ref.get("kind") != "Deployment" or ref.get("name") not in deployments:
             problems.add(f"{name}: HorizontalPodAutoscaler/{hpa['metadata']['name']}", f"targets {ref}, not a Deployment here")
+        elif "replicas" in deployments[ref["name"]]["spec"]:
+            problems.add(f"{name}: Deployment/{ref['name']}", "sets spec.replicas although an autoscaler owns it (every apply would reset the count)")
     for pdb in by_kind.get("PodDisruptionBudget", []):
         if not any(labels_match(pdb["spec"].get("selector") or {}, (t.get("metadata") or {}).get("labels") or {}) for _, t in pods):
             problems.add(f"{name}: PodDisruptionBudget/{pdb['metadata']['name']}", "selects no pod template")

@@ -121,6 +121,9 @@ mutant 'the distribution port open to every pod' deploy/kubernetes/base/network-
   "admits more than data-plane pods to port 4002" '    - ports: [{ port: 4002, protocol: TCP }]
       from: =>     - ports: [{ port: 4002, protocol: TCP }]
     - from:'
+mutant 'replicas on the autoscaled data plane' deploy/kubernetes/base/data-plane.yaml \
+  "sets spec.replicas although an autoscaler owns it" '  revisionHistoryLimit: 5 =>   replicas: 3
+  revisionHistoryLimit: 5'
 mutant 'a Dockerfile COPY of a missing path' deploy/Dockerfile \
   "COPY source 'cli/missing' does not exist" 'COPY . . => COPY cli/missing ./cli/'
 mutant 'a HEALTHCHECK in the image' deploy/image/Containerfile \
