@@ -66,7 +66,7 @@ install -d -m 0755 "$WORK/data/modelgw"
 install -m 0755 "$BINARY" "$ROOT/usr/local/bin/modelgw"
 # The shared libraries the binary loads, at the paths the dynamic loader looks them up by
 # (symlinks resolved: the file itself under the name ldd printed), the loader included.
-LIBS="$(ldd "$BINARY" | awk '/=> \//{print $3} /^\s*\/[^ ]+ \(0x/{print $1}')"
+LIBS="$(ldd "$BINARY" | awk '/=> \//{print $3} /^[[:space:]]*\/[^ ]+ \(0x/{print $1}')"
 [ -n "$LIBS" ] || fail "ldd found no libraries in $BINARY (a static binary needs no rootfs libraries: adjust this script)"
 for lib in $LIBS; do
   install -d -m 0755 "$ROOT$(dirname "$lib")"
