@@ -4,8 +4,9 @@
 # deploy/image/Containerfile (the same image as deploy/Dockerfile: non-root uid 65532,
 # `modelgw` entrypoint, OCI labels, nothing to write outside /var/lib/modelgw and /tmp).
 # Then checks what it built: the image's user, entrypoint and labels (podman image inspect),
-# its file ownership, and that the binary starts from the image's own filesystem as the
-# non-root user (chroot into the exported image: containers cannot run on this machine).
+# its file ownership, that the binary starts from the image's own filesystem as the non-root
+# user, and that a control plane runs on it read-only but for /tmp and /var/lib/modelgw
+# (chroot into the exported image: containers cannot run on this machine).
 #
 #   deploy/image/build.sh [--binary PATH] [--tag NAME] [--keep-rootfs DIR] [--assemble-only DIR]
 #
@@ -172,7 +173,37 @@ case "$VERSION_LINE" in *"$VERSION"*) ;; *) fail "modelgw --version printed '$VE
 chroot --userspec=65532:65532 "$EXPORT" /usr/local/bin/modelgw data-plane --help >/dev/null \
   || fail "modelgw data-plane --help failed inside the image's filesystem"
 
+# Read-only-root friendly: a control plane (SQLite, as the dev overlay runs it) starts on a
+# read-only mount of the image's files with only /tmp and /var/lib/modelgw writable (tmpfs,
+# as the manifests' emptyDir volumes), as uid 65532, and answers its readiness probe.
+LOG="$WORK/control-plane.log"
+env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin MODELGW_LOG_FORMAT=json MODELGW_DATABASE_URL=sqlite:///var/lib/modelgw/modelgw.db \
+  MODELGW_ADMIN_ADDR=127.0.0.1:0 MODELGW_GRPC_ADDR=127.0.0.1:0 MODELGW_METRICS_ADDR=off \
+  unshare --mount --propagation private bash -c '
+    set -e
+    mount --bind "$1" "$1" && mount -o remount,bind,ro "$1"
+    mount -t tmpfs -o mode=1777,size=16m tmpfs "$1/tmp"
+    mount -t tmpfs -o uid=65532,gid=65532,mode=0755,size=64m tmpfs "$1/var/lib/modelgw"
+    exec chroot --userspec=65532:65532 "$1" /usr/local/bin/modelgw control-plane' _ "$EXPORT" \
+  >"$LOG" 2>&1 &
+CP_PID=$!
+ADMIN=""
+for _ in $(seq 1 300); do
+  ADMIN="$(sed -n 's/.*"admin":"\([0-9.:]*\)".*control plane listening.*/\1/p; s/.*control plane listening.*"admin":"\([0-9.:]*\)".*/\1/p' "$LOG" | head -n1)"
+  [ -n "$ADMIN" ] && break
+  kill -0 "$CP_PID" 2>/dev/null || break
+  sleep 0.1
+done
+STATUS="$( [ -n "$ADMIN" ] && curl -s -o /dev/null -w '%{http_code}' "http://$ADMIN/api/v1/openapi.json" || echo none)"
+kill "$CP_PID" 2>/dev/null || true
+wait "$CP_PID" 2>/dev/null || true
+if [ "$STATUS" != "200" ]; then
+  grep -v -i 'token' "$LOG" | tail -n 20 >&2
+  fail "the control plane did not come up on the read-only image filesystem (readiness: $STATUS)"
+fi
+
 if [ -n "$KEEP" ]; then rm -rf "$KEEP" && cp -a "$EXPORT" "$KEEP"; fi
+echo "image: a control plane started on the read-only image filesystem and answered its readiness probe"
 echo "image: OK $TAG — $(awk -v b="$SIZE" 'BEGIN{printf "%.1f MiB", b/1048576}') ($SIZE bytes)," \
   "user $USER_, entrypoint $ENTRY $CMD_, workdir $WORKDIR_, $(echo "$LIBS" | wc -l) shared libraries"
 echo "image: labels $(inspect '{{json .Config.Labels}}')"
