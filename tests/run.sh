@@ -3,8 +3,8 @@
 # unit, store (SQLite and PostgreSQL), admin API, data plane, and the end-to-end scenarios
 # over real processes, including the official openai SDKs for Python (two versions) and Node
 # against the gateway and the Admin Console in headless Chromium; the Grafana dashboard against
-# Grafana's schema; then schemathesis holds the admin API of a real control plane to its OpenAPI
-# document.
+# Grafana's schema; the deployment files (image definitions, Kubernetes manifests) against
+# theirs; then schemathesis holds the admin API of a real control plane to its OpenAPI document.
 #
 # Needs: PostgreSQL on 127.0.0.1:5432 (trust auth; override with MODELGW_TEST_POSTGRES_URL) and
 # python3 with venv (the openai SDKs and schemathesis are installed into cached virtualenvs);
@@ -75,6 +75,11 @@ fi
 
 # The Grafana dashboard (deploy/grafana/) against Grafana's own schema; a few seconds.
 bash tests/grafana/run.sh
+
+# The image definitions and the Kubernetes manifests (deploy/): hadolint, every overlay rendered
+# and validated against the Kubernetes schemas in strict mode, the security rules, a self-test
+# that typos fail; seconds once its virtualenv exists. See tests/deploy/run.sh.
+bash tests/deploy/run.sh
 
 # cargo-nextest runs the scenarios as .config/nextest.toml says (the process-level ones one at a
 # time); `cargo test` would run them all at once and measure contention, not the gateway. Install
