@@ -238,9 +238,18 @@ async fn upstream_answers_the_client_caused_leave_the_endpoint_healthy() -> Resu
     }
     assert_eq!(swc.calls(), 0);
 
-    // Only the gateway's credential went upstream: a 401 says that credential is bad.
+    // Only the gateway's credential went upstream: a 401 says that credential is bad. The
+    // endpoint fails, the request goes on to the next one, and the upstream's 401 never
+    // reaches the client (whose own key is fine).
     eus.script(status(401));
-    assert_eq!(gw.chat().await?.status(), 401);
+    let failed_over = gw.chat().await?;
+    assert_eq!(failed_over.status(), 200);
+    assert!(
+        header(&failed_over, "x-modelgw-attempts").starts_with("eus:credential_rejected:"),
+        "{}",
+        header(&failed_over, "x-modelgw-attempts")
+    );
+    assert_eq!(header(&failed_over, "x-modelgw-endpoint"), "swc");
     assert_eq!(gw.health.state(id(&eus), Instant::now()), EndpointState::Error);
     let next = gw.chat().await?;
     assert!(header(&next, "x-modelgw-attempts").starts_with("eus:skipped_error_cooldown:"));

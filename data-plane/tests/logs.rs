@@ -132,7 +132,8 @@ async fn request_logs_name_endpoints_and_outcomes_but_never_a_key() -> Result<()
     let url = format!("{base}/openai/deployments/auto/chat/completions?api-version=2024-10-21");
     let body = r#"{"model":"auto","messages":[{"role":"user","content":"hi"}]}"#;
 
-    // 1: eus serves. 2: eus throttled → swc rejects our key (401 passed through).
+    // 1: eus serves. 2: eus throttled → swc rejects our key (no endpoint left: the
+    // gateway's own 503; the upstream's 401 is not passed on).
     // 3: a wrong client key. 4: the same with Bearer.
     let ok = http.post(&url).header("api-key", CLIENT_KEY).body(body).send().await?;
     assert_eq!(ok.status(), 200);
@@ -144,7 +145,7 @@ async fn request_logs_name_endpoints_and_outcomes_but_never_a_key() -> Result<()
         .body(body)
         .send()
         .await?;
-    assert_eq!(rejected.status(), 401);
+    assert_eq!(rejected.status(), 503);
     let _ = rejected.bytes().await?;
     let wrong =
         http.post(&url).header("api-key", format!("{CLIENT_KEY}-x")).body(body).send().await?;
@@ -188,7 +189,7 @@ async fn request_logs_name_endpoints_and_outcomes_but_never_a_key() -> Result<()
         "the served request names its endpoint and attempts:\n{info}"
     );
     assert!(
-        answered.iter().any(|l| l.contains("status=401")
+        answered.iter().any(|l| l.contains("status=503")
             && l.contains("attempts=eus:throttled:")
             && l.contains(",swc:credential_rejected:")),
         "the failed-over request lists both attempts:\n{info}"

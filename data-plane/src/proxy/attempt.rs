@@ -12,6 +12,12 @@
 //! by — with the header allowlist that leaves the endpoint's own credential, unless the
 //! client sent an identity header (`openai-organization`, `openai-project`) or query
 //! parameters besides `api-version` ([`Outcome::of_status`]'s `client_scoped_auth`).
+//!
+//! A rejected endpoint credential is the gateway's fault, not the client's: the request goes on
+//! to the next endpoint, and the upstream's 401/403 body never reaches the client (some
+//! platforms' bodies carry a hint of the key, e.g. OpenAI's `sk-ab***cd`, and a 401 would
+//! tell the client's SDK that *its* key is wrong). With no endpoint left the client gets the
+//! gateway's own 503.
 
 use std::borrow::Cow;
 use std::time::Duration;
@@ -33,7 +39,8 @@ pub(super) enum Outcome {
     /// A 5xx that another endpoint would answer the same way (501, 505, …): passed through.
     ServerErrorPassedThrough,
     /// 401/403 to a request that carried only the gateway's credential: the endpoint rejected
-    /// it; passed through.
+    /// it. Not passed through (its body may hint at the key, and the client's key is fine):
+    /// the next endpoint is tried.
     CredentialRejected,
     /// 429: the endpoint's quota is used up for now.
     Throttled,
@@ -157,11 +164,11 @@ impl Outcome {
             | Outcome::ConnectError
             | Outcome::Timeout
             | Outcome::Transport
+            | Outcome::CredentialRejected
             | Outcome::NoCredential => Retry::NextEndpoint,
             Outcome::Ok
             | Outcome::ClientError
             | Outcome::ServerErrorPassedThrough
-            | Outcome::CredentialRejected
             | Outcome::Deadline => Retry::Never,
         }
     }
@@ -266,9 +273,9 @@ pub(super) struct Answer {
 }
 
 impl Answer {
-    /// What passing this answer on means for the endpoint's health: a rejected credential
-    /// fails it, an answer the client caused says nothing (`None`), anything else it answered
-    /// closes it.
+    /// What passing this answer on means for the endpoint's health: an answer the client
+    /// caused says nothing (`None`), anything else it answered closes it (a rejected
+    /// credential is never passed on: it is an [`AttemptError`]).
     pub(super) fn health_event(&self) -> Option<HealthEvent> {
         match self.outcome.health() {
             HealthImpact::Failed => Some(HealthEvent::Failed {
@@ -368,8 +375,8 @@ mod tests {
             (404, "client_error", Some(Client), Never, Unchanged),
             (413, "client_error", Some(Client), Never, Unchanged),
             (422, "client_error", Some(Client), Never, Unchanged),
-            (401, "credential_rejected", Some(Gateway), Never, Failed),
-            (403, "credential_rejected", Some(Gateway), Never, Failed),
+            (401, "credential_rejected", Some(Gateway), NextEndpoint, Failed),
+            (403, "credential_rejected", Some(Gateway), NextEndpoint, Failed),
             (429, "throttled", Some(Upstream), NextEndpoint, Throttled),
             (500, "server_error", Some(Upstream), NextEndpoint, Failed),
             (502, "server_error", Some(Upstream), NextEndpoint, Failed),
