@@ -20,7 +20,8 @@
 //! set), [`limits`] (gateway keys' limits: admission against the control plane's budget
 //! leases, every answer charged to its key and each ancestor, cumulative usage reports),
 //! [`apply`] (what the control plane sends, applied in domain form: snapshots with ACK/NACK,
-//! fleet health, budget leases), [`traces`] (request traces of gateways that record them: the
+//! fleet health, budget leases), `pin` (pinned response ids: minting, verifying, the
+//! gateway's pins compiled with the routing table, and the rewrite of ids in answers), [`traces`] (request traces of gateways that record them: the
 //! per-request recorder, payload redaction and stream reassembly, the bounded queue and its
 //! shipper) and `control_plane_client` (the gRPC transport to the control plane: the only
 //! module that sees wire types).
@@ -32,6 +33,7 @@ pub mod entra;
 pub mod health;
 pub mod limits;
 pub mod metrics;
+mod pin;
 mod proxy;
 pub mod routing_table;
 pub mod traces;

@@ -23,7 +23,8 @@
 //! table of operations a key reaches), `failed_auth` (addresses refused after failed keys),
 //! `auth` (which gateway it may use), `body` (its body, read once), `rewrite` (its `model`,
 //! read strictly), `deadline` (its budget),
-//! `failover` (candidates in order, recovery waits, the 429/503/504 answers), `exchange` (one
+//! `pinning` (a call about a stored response: the endpoint holding it, or the gateway's own
+//! answer), `failover` (candidates in order, recovery waits, the 429/503/504 answers), `exchange` (one
 //! request to an endpoint, up to the moment its answer may be committed), `attempt` (what it
 //! came to: `Outcome`, `AttemptError`), `upstream` + `rewrite` (the request each endpoint
 //! gets), `upstream_client` (the pooled hyper client, its connect-time address guard in `egress`),
@@ -42,6 +43,7 @@ mod exchange;
 mod failed_auth;
 mod failover;
 pub(crate) mod operations;
+mod pinning;
 #[cfg(test)]
 mod properties;
 mod relay;
@@ -73,7 +75,7 @@ use crate::limits::{self, OutputCap};
 use crate::metrics::{GatewayMetrics, Local, Metrics};
 use crate::routing_table::{CompiledKey, SnapshotStore};
 use operations::{BodyKind, Surface};
-use rewrite::{ModelProbe, StreamUsage, probe_body};
+use rewrite::{ModelProbe, ProbedBody, StreamUsage, probe_body};
 use route::{Route, parse_route};
 use upstream::{CLIENT_REQUEST_ID, RequestPlan, upstream_headers, upstream_query};
 
@@ -287,22 +289,28 @@ impl Proxy {
             Ok(body) => body,
             Err(response) => return response,
         };
-        let unread = (ModelProbe::Unread, StreamUsage::NotStreamed, OutputCap::default());
-        let (model, stream_usage, cap) = match call.operation.body() {
-            BodyKind::Json => match probe_body(&body) {
-                Ok(probed) => probed,
-                Err(refusal) => {
-                    info!(request_id = rid, reason = refusal.label(), "request body refused");
-                    return reply::bad_request(&refusal.message());
-                }
-            },
-            BodyKind::Multipart => unread,
-            BodyKind::Empty if body.is_empty() => unread,
-            BodyKind::Empty => {
-                info!(request_id = rid, "request body where the operation takes none");
-                return reply::bad_request("This operation takes no request body.");
-            }
+        let unread = ProbedBody {
+            model: ModelProbe::Unread,
+            stream_usage: StreamUsage::NotStreamed,
+            cap: OutputCap::default(),
+            previous_response: None,
         };
+        let ProbedBody { mut model, stream_usage, cap, previous_response } =
+            match call.operation.body() {
+                BodyKind::Json => match probe_body(&body) {
+                    Ok(probed) => probed,
+                    Err(refusal) => {
+                        info!(request_id = rid, reason = refusal.label(), "request body refused");
+                        return reply::bad_request(&refusal.message());
+                    }
+                },
+                BodyKind::Multipart => unread,
+                BodyKind::Empty if body.is_empty() => unread,
+                BodyKind::Empty => {
+                    info!(request_id = rid, "request body where the operation takes none");
+                    return reply::bad_request("This operation takes no request body.");
+                }
+            };
         if let Some(trace) = tally.trace.as_deref_mut() {
             let asked = match &model {
                 ModelProbe::Present(field) => field.value.as_deref(),
@@ -312,6 +320,21 @@ impl Proxy {
         }
         if let Err(refusal) = auth::check_model(call, &model, gateway, rid) {
             return refusal.response();
+        }
+        // A call about a stored response goes to the endpoint holding it, or nowhere.
+        let pinned = match pinning::pinned_target(
+            &call,
+            previous_response.as_ref(),
+            &body,
+            table,
+            gateway,
+            rid,
+        ) {
+            Ok(pinned) => pinned,
+            Err(response) => return response,
+        };
+        if let (Some(pinned), Some(field)) = (&pinned, &previous_response) {
+            body = pinning::with_upstream_previous(&body, field, &pinned.upstream_id, &mut model);
         }
         let policy = &gateway.key_limits;
         let charge = match limits::admit_request(
@@ -371,6 +394,7 @@ impl Proxy {
             started,
             trace: trace.as_deref_mut(),
             charge,
+            pinned,
         };
         let timeout = deadline::request_timeout(
             gateway.routing.request_timeout_ms,
