@@ -331,7 +331,7 @@ impl Proxy {
             rid,
         ) {
             Ok(pinned) => pinned,
-            Err(response) => return response,
+            Err(refusal) => return refusal.response(),
         };
         if let (Some(pinned), Some(field)) = (&pinned, &previous_response) {
             body = pinning::with_upstream_previous(&body, field, &pinned.upstream_id, &mut model);

@@ -37,10 +37,42 @@ pub(crate) struct Pinned {
     pub client_id: String,
 }
 
+/// Why a pinned call is answered by the gateway itself; [`Self::response`] is the answer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) enum PinRefusal {
+    /// `previous_response_id` is neither a string nor `null`: 400.
+    NotAString,
+    /// Not an id this gateway minted, or the endpoint holding it left the gateway: 404 for a
+    /// call on the response, 400 `previous_response_not_found` for a create.
+    NotFound { asked: Asked, message: String },
+}
+
+impl PinRefusal {
+    pub(super) fn response(&self) -> Response<ProxyBody> {
+        match self {
+            PinRefusal::NotAString => reply::invalid_request(
+                StatusCode::BAD_REQUEST,
+                "invalid_type",
+                "'previous_response_id' must be a string: the id of a response created through this gateway.",
+                Some("previous_response_id"),
+            ),
+            PinRefusal::NotFound { asked: Asked::ById, message } => {
+                reply::invalid_request(StatusCode::NOT_FOUND, "NotFound", message, None)
+            }
+            PinRefusal::NotFound { asked: Asked::Previous, message } => reply::invalid_request(
+                StatusCode::BAD_REQUEST,
+                "previous_response_not_found",
+                message,
+                Some("previous_response_id"),
+            ),
+        }
+    }
+}
+
 /// Which kind of call names the response: the answers differ (404 for a call on the response,
 /// OpenAI's 400 `previous_response_not_found` for a create that continues it).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Asked {
+pub(super) enum Asked {
     ById,
     Previous,
 }
@@ -56,7 +88,7 @@ pub(super) fn pinned_target(
     table: &RoutingTable,
     gateway: &CompiledGateway,
     rid: &str,
-) -> Result<Option<Pinned>, Response<ProxyBody>> {
+) -> Result<Option<Pinned>, PinRefusal> {
     if let Some(id) = call.object {
         return resolve(id, Asked::ById, table, gateway, rid).map(Some);
     }
@@ -70,12 +102,7 @@ pub(super) fn pinned_target(
         None if body.get(field.span.clone()) == Some(b"null") => Ok(None),
         None => {
             info!(request_id = rid, "previous_response_id is not a string");
-            Err(reply::invalid_request(
-                StatusCode::BAD_REQUEST,
-                "invalid_type",
-                "'previous_response_id' must be a string: the id of a response created through this gateway.",
-                Some("previous_response_id"),
-            ))
+            Err(PinRefusal::NotAString)
         }
     }
 }
@@ -86,7 +113,7 @@ fn resolve(
     table: &RoutingTable,
     gateway: &CompiledGateway,
     rid: &str,
-) -> Result<Pinned, Response<ProxyBody>> {
+) -> Result<Pinned, PinRefusal> {
     let parsed = PinnedId::parse(id);
     let target = parsed.as_ref().map_or(PinTarget::Unknown, |pinned| {
         gateway.pins.resolve(pinned, table.endpoints_tagged(pinned.tag()))
@@ -115,7 +142,7 @@ fn resolve(
                 shown(id),
                 gateway.name,
             );
-            Err(asked.not_found(&message))
+            Err(PinRefusal::NotFound { asked, message })
         }
         (PinTarget::Unknown | PinTarget::Member { .. }, _) => {
             debug!(request_id = rid, "not a response id minted by this gateway");
@@ -124,7 +151,7 @@ fn resolve(
                 asked.noun(),
                 shown(id),
             );
-            Err(asked.not_found(&message))
+            Err(PinRefusal::NotFound { asked, message })
         }
     }
 }
@@ -134,18 +161,6 @@ impl Asked {
         match self {
             Asked::ById => "Response",
             Asked::Previous => "Previous response",
-        }
-    }
-
-    fn not_found(self, message: &str) -> Response<ProxyBody> {
-        match self {
-            Asked::ById => reply::invalid_request(StatusCode::NOT_FOUND, "NotFound", message, None),
-            Asked::Previous => reply::invalid_request(
-                StatusCode::BAD_REQUEST,
-                "previous_response_not_found",
-                message,
-                Some("previous_response_id"),
-            ),
         }
     }
 }
