@@ -7,8 +7,8 @@
 //! the gRPC stream that receives routing snapshots from the control plane.
 //!
 //! Must never: touch a database, call the control plane on the request path, hold a lock
-//! across an await, or let a secret (endpoint key, gateway key) reach a log line, an error
-//! message or a response.
+//! across an await, or let a secret (endpoint key, gateway key, a gateway's pin key) reach a
+//! log line, an error message or a response.
 //!
 //! Modules: [`routing_table`] (compiled routing table behind one `ArcSwap`), [`health`]
 //! (per-endpoint health state machine with half-open trials, fleet windows from the control
