@@ -588,3 +588,22 @@ async fn a_response_whose_region_left_the_gateway_is_said_to_be_gone() {
     let got = by_id(&gw, Method::GET, &format!("/openai/v1/responses/{id}")).await;
     assert_eq!((got.status, got.by), (200, made.by));
 }
+
+#[tokio::test]
+async fn an_answer_too_large_to_read_ahead_is_pinned_as_it_is_relayed() {
+    let up = regions().await.unwrap();
+    // Every answer is over the read-ahead cap: relayed in chunks, its length unknown ahead.
+    let config =
+        modelgw_data_plane::DataPlaneConfig { max_buffered_response_bytes: 16, ..fast_config() };
+    let gw = start(config).await.unwrap();
+    gw.install(three_regions(1, &up)).unwrap();
+    let made = create(&gw, CLIENT_KEY, None).await;
+    assert_eq!(made.status, 200, "{}", made.body);
+    let id = made.body["id"].as_str().unwrap().to_owned();
+    assert!(id.starts_with("resp_mgw1"), "{id}");
+    let next = create(&gw, CLIENT_KEY, Some(&id)).await;
+    assert_eq!((next.status, next.by.as_str()), (200, made.by.as_str()), "{}", next.body);
+    assert_eq!(next.body["previous_response_id"], json!(id));
+    let got = by_id(&gw, Method::GET, &format!("/openai/v1/responses/{id}")).await;
+    assert_eq!((got.status, got.body["id"].clone()), (200, json!(id)));
+}
