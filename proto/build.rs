@@ -12,8 +12,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_server(true)
         .build_client(true)
-        // The credential carries an upstream API key: its Debug must never print it.
-        .skip_debug(["modelgw.config.v1.Credential"])
+        // The credential carries an upstream API key, the gateway its pin key: their Debug
+        // must never print them.
+        .skip_debug(["modelgw.config.v1.Credential", "modelgw.config.v1.Gateway"])
         // Frames hold bytes encoded once and shared by every stream (reference-counted).
         .bytes(".modelgw.config.v1.ControlPlaneFrame")
         .compile_fds(fds)?;

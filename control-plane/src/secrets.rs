@@ -12,6 +12,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use chacha20poly1305::aead::{Aead, AeadCore, KeyInit, OsRng, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+use modelgw_model::{GatewayId, PinKey};
 use rand::TryRngCore as _;
 
 /// Length of the master key in bytes (XChaCha20-Poly1305 uses 256-bit keys).
@@ -111,6 +112,23 @@ impl MasterKey {
         h.update(b"\0");
         h.update(self.bytes);
         h.finalize().into()
+    }
+
+    /// The pin key of gateway `gateway`: HMAC-SHA256(master key, "modelgw pin key v1" ‖
+    /// gateway id as its canonical hyphenated string). It signs the response ids the
+    /// gateway's data planes mint (ARCHITECTURE.md, "Pinned stateful calls"); derived, never
+    /// stored, so every control-plane replica sends the same key and nothing new is kept in
+    /// the database. Different per gateway, so an id minted through one gateway is refused by
+    /// another; a new master key invalidates every id minted under the old one.
+    pub fn pin_key(&self, gateway: GatewayId) -> PinKey {
+        let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &self.bytes);
+        let mut context = ring::hmac::Context::with_key(&key);
+        context.update(b"modelgw pin key v1");
+        context.update(gateway.to_string().as_bytes());
+        let tag = context.sign();
+        let mut bytes = [0u8; PinKey::LEN];
+        bytes.copy_from_slice(tag.as_ref());
+        PinKey::new(bytes)
     }
 
     pub fn generate() -> MasterKey {
@@ -218,6 +236,23 @@ mod tests {
             Err(MasterKeyError::Length(16))
         ));
         assert!(matches!(MasterKey::from_base64("not base64!"), Err(MasterKeyError::Encoding)));
+    }
+
+    #[test]
+    fn pin_keys_are_per_gateway_and_the_same_from_the_same_master_key() {
+        let master = MasterKey::from_base64(&STANDARD.encode([0x11u8; 32])).expect("key");
+        let replica = MasterKey::from_base64(&STANDARD.encode([0x11u8; 32])).expect("key");
+        let (a, b) = (GatewayId::new(), GatewayId::new());
+        assert_eq!(master.pin_key(a), replica.pin_key(a), "every replica derives the same key");
+        assert_ne!(master.pin_key(a), master.pin_key(b), "one key per gateway");
+        assert_ne!(master.pin_key(a), MasterKey::generate().pin_key(a), "bound to the master key");
+        assert_ne!(master.pin_key(a).expose(), &[0x11u8; 32], "not the master key itself");
+        // HMAC-SHA256 of the documented input, computed independently of `pin_key`.
+        let expected = ring::hmac::sign(
+            &ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &[0x11u8; 32]),
+            format!("modelgw pin key v1{a}").as_bytes(),
+        );
+        assert_eq!(&master.pin_key(a).expose()[..], expected.as_ref());
     }
 
     #[test]

@@ -43,6 +43,7 @@ on_both_backends!(
     api_tokens_are_stored_as_hashes_and_are_not_configuration,
     the_audit_log_filters_and_pages,
     data_plane_tokens_are_stored_as_hashes_unique_while_active_and_revocable,
+    every_gateway_gets_a_pin_key_derived_from_the_master_key,
 );
 
 const API_KEY: &str = "sk-PLAINTEXT-api-key-3f9a7c21";
@@ -860,6 +861,39 @@ async fn concurrent_writes_get_distinct_versions(db: &TestDb) {
     assert_eq!(versions, expected, "each write got its own version, none lost");
     assert_eq!(version(&store).await, ConfigVersion(v0.0 + 8));
     assert_eq!(store.load_snapshot().await.expect("snapshot").endpoints.len(), 8);
+}
+
+/// The pin key of each gateway (pinned response ids) is derived, not stored: two control
+/// planes with the same master key send the same one, a gateway's differs from another's,
+/// and another master key gives other keys.
+async fn every_gateway_gets_a_pin_key_derived_from_the_master_key(db: &TestDb) {
+    let store = db.open().await;
+    let mut ids = Vec::new();
+    for name in ["a", "b"] {
+        let gateway = NewGateway { name: name.into(), ..Default::default() };
+        ids.push(store.create_gateway(gateway, &audit()).await.expect("gateway").0.id);
+    }
+    let first = store.load_snapshot().await.expect("snapshot");
+    let replica = Store::connect(&db.url, db.master_key.clone()).await.expect("second replica");
+    let second = replica.load_snapshot().await.expect("snapshot");
+    let keys = |s: &Snapshot| -> Vec<(GatewayId, [u8; 32])> {
+        s.gateways.iter().map(|g| (g.id, *g.pin_key.expose())).collect()
+    };
+    assert_eq!(keys(&first), keys(&second), "every replica derives the same keys");
+    assert_eq!(keys(&first).iter().map(|(id, _)| *id).collect::<Vec<_>>(), ids);
+    assert_ne!(first.gateways[0].pin_key, first.gateways[1].pin_key, "one key per gateway");
+    for (id, key) in keys(&first) {
+        assert_eq!(db.master_key.pin_key(id).expose(), &key);
+    }
+    let rotated = Store::connect(&db.url, modelgw_control_plane::MasterKey::generate())
+        .await
+        .expect("another master key");
+    let other = rotated.load_snapshot().await.expect("no endpoint key to open");
+    assert_ne!(other.gateways[0].pin_key, first.gateways[0].pin_key, "bound to the master key");
+    // On the wire to data planes, and back.
+    assert_eq!(decode_snapshot(&encode_snapshot(&first)).expect("valid"), first);
+    replica.close().await;
+    rotated.close().await;
 }
 
 async fn gateway_routing_round_trips_and_versions(db: &TestDb) {

@@ -7,8 +7,8 @@
 //! the gRPC stream that receives routing snapshots from the control plane.
 //!
 //! Must never: touch a database, call the control plane on the request path, hold a lock
-//! across an await, or let a secret (endpoint key, gateway key) reach a log line, an error
-//! message or a response.
+//! across an await, or let a secret (endpoint key, gateway key, a gateway's pin key) reach a
+//! log line, an error message or a response.
 //!
 //! Modules: [`routing_table`] (compiled routing table behind one `ArcSwap`), [`health`]
 //! (per-endpoint health state machine with half-open trials, fleet windows from the control
@@ -20,7 +20,8 @@
 //! set), [`limits`] (gateway keys' limits: admission against the control plane's budget
 //! leases, every answer charged to its key and each ancestor, cumulative usage reports),
 //! [`apply`] (what the control plane sends, applied in domain form: snapshots with ACK/NACK,
-//! fleet health, budget leases), [`traces`] (request traces of gateways that record them: the
+//! fleet health, budget leases), `pin` (pinned response ids: minting, verifying, the
+//! gateway's pins compiled with the routing table, and the rewrite of ids in answers), [`traces`] (request traces of gateways that record them: the
 //! per-request recorder, payload redaction and stream reassembly, the bounded queue and its
 //! shipper) and `control_plane_client` (the gRPC transport to the control plane: the only
 //! module that sees wire types).
@@ -32,6 +33,7 @@ pub mod entra;
 pub mod health;
 pub mod limits;
 pub mod metrics;
+mod pin;
 mod proxy;
 pub mod routing_table;
 pub mod traces;

@@ -24,6 +24,7 @@ use tokio::sync::watch;
 
 use crate::limits::{KeyChain, KeyLimiter};
 use crate::metrics::{EndpointMetrics, GatewayMetrics, Metrics, RouteMetrics};
+use crate::pin::{EndpointTag, GatewayPinKey, GatewayPins, PinSigner, endpoint_tag};
 use crate::traces::CompiledTraces;
 
 /// Header Azure OpenAI reads the resource key from.
@@ -64,6 +65,8 @@ pub struct CompiledEndpoint {
     pub(crate) name_header: HeaderValue,
     /// `name` reduced to characters safe inside `x-modelgw-attempts` (no `,` or `:`).
     pub(crate) attempt_label: String,
+    /// Which endpoint a pinned response id names (`pin.rs`).
+    pub(crate) pin_tag: EndpointTag,
     /// Quota gauges, set when the table is attached to the metrics (unset with metrics off).
     pub(crate) metrics: OnceLock<Arc<EndpointMetrics>>,
 }
@@ -99,6 +102,8 @@ pub struct CompiledMember {
     pub weight: u32,
     /// The pair's counters, attached with the table (`None` with metrics off).
     pub metrics: Option<Arc<RouteMetrics>>,
+    /// Mints the pinned ids of the responses this member creates through this gateway.
+    pub(crate) pin: PinSigner,
 }
 
 /// Enabled members sharing one priority; lower priorities are tried first.
@@ -150,6 +155,8 @@ pub struct CompiledGateway {
     pub traces: Option<Arc<CompiledTraces>>,
     /// Its answers to `GET …/models`, built here once.
     pub(crate) models: crate::proxy::models::ModelsAnswer,
+    /// Its pin key and members by tag: where a pinned response id leads.
+    pub(crate) pins: GatewayPins,
 }
 
 impl CompiledGateway {
@@ -170,6 +177,9 @@ pub struct RoutingTable {
     endpoint_count: usize,
     /// Distinct scopes of `entra` endpoints, for which tokens must be kept fresh.
     entra_scopes: Vec<Arc<str>>,
+    /// Every configured endpoint by its pin tag: names the endpoint of a pinned id whose
+    /// endpoint is no longer a member of the gateway (a rare path, never a hot one).
+    by_pin_tag: HashMap<EndpointTag, Vec<Arc<CompiledEndpoint>>>,
 }
 
 impl RoutingTable {
@@ -182,6 +192,7 @@ impl RoutingTable {
             by_key: HashMap::new(),
             endpoint_count: 0,
             entra_scopes: Vec::new(),
+            by_pin_tag: HashMap::new(),
         }
     }
 
@@ -239,6 +250,7 @@ impl RoutingTable {
                 auth,
                 name_header,
                 attempt_label,
+                pin_tag: endpoint_tag(e.id),
                 metrics: OnceLock::new(),
             };
             endpoints.insert(e.id, Arc::new(compiled));
@@ -248,7 +260,9 @@ impl RoutingTable {
         let mut by_name = HashMap::with_capacity(snapshot.gateways.len());
         let mut by_key = HashMap::new();
         for (i, g) in snapshot.gateways.iter().enumerate() {
+            let pin_key = GatewayPinKey::new(&g.pin_key);
             let mut groups: Vec<PriorityGroup> = Vec::new();
+            let mut disabled = Vec::new();
             for (j, m) in g.members.iter().enumerate() {
                 // Unreachable after `validate`; kept so a bug there cannot become a panic.
                 let endpoint = endpoints.get(&m.endpoint_id).ok_or_else(|| {
@@ -258,12 +272,14 @@ impl RoutingTable {
                     )
                 })?;
                 if !m.enabled {
+                    disabled.push(Arc::clone(endpoint));
                     continue;
                 }
                 let member = CompiledMember {
                     endpoint: Arc::clone(endpoint),
                     weight: m.weight,
                     metrics: None,
+                    pin: PinSigner::new(&pin_key, endpoint.id, endpoint.pin_tag),
                 };
                 match groups.iter_mut().find(|group| group.priority == m.priority) {
                     Some(group) => group.members.push(member),
@@ -273,6 +289,16 @@ impl RoutingTable {
                 }
             }
             groups.sort_by_key(|group| group.priority);
+            let mut pins = GatewayPins::new(pin_key);
+            for (group, members) in groups.iter().enumerate() {
+                for (member, m) in members.members.iter().enumerate() {
+                    pins.add(&m.endpoint, Some((group, member)));
+                }
+            }
+            for endpoint in &disabled {
+                pins.add(endpoint, None);
+            }
+            pins.seal();
             let index = gateways.len();
             by_name.insert(g.name.clone(), index);
             let keys = compile_keys(g);
@@ -289,6 +315,7 @@ impl RoutingTable {
                 metrics: None,
                 traces: CompiledTraces::compile(&g.traces),
                 models: crate::proxy::models::ModelsAnswer::new(&g.name, g.id),
+                pins,
             });
         }
         let mut entra_scopes: Vec<Arc<str>> = endpoints
@@ -300,6 +327,10 @@ impl RoutingTable {
             .collect();
         entra_scopes.sort();
         entra_scopes.dedup();
+        let mut by_pin_tag: HashMap<EndpointTag, Vec<Arc<CompiledEndpoint>>> = HashMap::new();
+        for endpoint in endpoints.values() {
+            by_pin_tag.entry(endpoint.pin_tag).or_default().push(Arc::clone(endpoint));
+        }
         Ok(Self {
             version: snapshot.version,
             gateways,
@@ -307,6 +338,7 @@ impl RoutingTable {
             by_key,
             endpoint_count: endpoints.len(),
             entra_scopes,
+            by_pin_tag,
         })
     }
 
@@ -347,6 +379,11 @@ impl RoutingTable {
 
     pub fn endpoint_count(&self) -> usize {
         self.endpoint_count
+    }
+
+    /// The configured endpoints whose pin tag is `tag` (usually none or one).
+    pub(crate) fn endpoints_tagged(&self, tag: EndpointTag) -> &[Arc<CompiledEndpoint>] {
+        self.by_pin_tag.get(&tag).map_or(&[], Vec::as_slice)
     }
 }
 
@@ -517,6 +554,7 @@ pub(crate) mod tests {
             routing: Default::default(),
             key_limits: Default::default(),
             traces: Default::default(),
+            pin_key: modelgw_model::PinKey::new([9; 32]),
         }
     }
 

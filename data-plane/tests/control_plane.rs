@@ -163,6 +163,7 @@ fn wire_snapshot(
                 sha256: gateway_key_hash(CLIENT_KEY).to_vec(),
                 ..Default::default()
             }],
+            pin_key: vec![5; 32],
             ..Default::default()
         }],
     }

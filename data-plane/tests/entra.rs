@@ -87,6 +87,7 @@ fn snapshot(endpoints: Vec<Endpoint>) -> Snapshot {
             routing: Default::default(),
             key_limits: Default::default(),
             traces: Default::default(),
+            pin_key: modelgw_model::PinKey::new([5; 32]),
         }],
         endpoints,
     }

@@ -424,7 +424,7 @@ async fn models_are_listed_by_the_gateway_itself() -> Result<()> {
 /// responses, files, a model by id, something else under `/openai/`).
 fn known_operations() -> Vec<(&'static str, String)> {
     // (label, method, path below the surface, served below `deployments/{d}/`)
-    let table: [(&str, &str, &str, bool); 10] = [
+    let table: [(&str, &str, &str, bool); 14] = [
         ("chat_completions", "POST", "chat/completions", true),
         ("completions", "POST", "completions", true),
         ("embeddings", "POST", "embeddings", true),
@@ -435,6 +435,10 @@ fn known_operations() -> Vec<(&'static str, String)> {
         ("audio_translations", "POST", "audio/translations", true),
         ("audio_speech", "POST", "audio/speech", true),
         ("models", "GET", "models", false),
+        ("responses_retrieve", "GET", "responses/resp_0123", false),
+        ("responses_delete", "DELETE", "responses/resp_0123", false),
+        ("responses_cancel", "POST", "responses/resp_0123/cancel", false),
+        ("responses_input_items", "GET", "responses/resp_0123/input_items", false),
     ];
     let labels: Vec<&str> = table.iter().map(|(label, ..)| *label).collect();
     assert_eq!(labels, OPERATIONS, "every operation of the gateway is listed here");
@@ -574,7 +578,18 @@ async fn a_streamed_responses_create_is_relayed_intact_and_its_usage_counted() -
         let response = gw.post(path, &body).send().await?;
         assert_eq!(response.status(), 200, "{path}");
         assert_eq!(header(&response, "content-type"), "text/event-stream");
-        assert_eq!(response.bytes().await?, RESPONSES_STREAM, "{path}: relayed intact");
+        // Relayed intact but for the response id, which the gateway pins to the endpoint
+        // that created it (`resp_1` → `resp_mgw1<tag><mac>_1`, ARCHITECTURE.md "Pinned
+        // stateful calls").
+        let relayed = String::from_utf8(response.bytes().await?.to_vec())?;
+        let start = relayed.find("resp_mgw1").expect("a pinned id");
+        let pinned = &relayed[start..start + relayed[start..].find('"').expect("quoted")];
+        assert!(pinned.ends_with("_1") && pinned.len() == "resp_mgw1".len() + 24 + 2, "{pinned}");
+        assert_eq!(
+            relayed.replace(pinned, "resp_1").as_bytes(),
+            RESPONSES_STREAM,
+            "{path}: relayed intact"
+        );
         let got = upstream.seen().pop().unwrap();
         assert_eq!(
             serde_json::from_slice::<Value>(&got.body)?,

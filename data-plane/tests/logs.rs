@@ -110,6 +110,7 @@ async fn request_logs_name_endpoints_and_outcomes_but_never_a_key() -> Result<()
             routing: Default::default(),
             key_limits: Default::default(),
             traces: Default::default(),
+            pin_key: modelgw_model::PinKey::new([5; 32]),
         }],
         endpoints,
     };

@@ -5,8 +5,8 @@
 //! reserved names of the configuration (`limits`), gateway keys' limits, usage and budget
 //! leases (`keys`), request traces (`traces`), every message of the control-plane ↔
 //! data-plane protocol in domain form (`protocol`), traffic statistics and their shared
-//! latency buckets (`stats`), and the `Secret` wrapper that keeps
-//! credentials out of logs. With the `wire` feature, `wire` owns every conversion to and from
+//! latency buckets (`stats`), and the `Secret` and `PinKey` wrappers that keep
+//! credentials and keys out of logs. With the `wire` feature, `wire` owns every conversion to and from
 //! the generated types of `modelgw-proto`, with a typed error naming the field.
 //! Never touches I/O.
 
@@ -22,7 +22,7 @@ pub mod traces;
 pub mod wire;
 
 pub use ids::{ConfigVersion, EndpointId, GatewayId, GatewayKeyId, NodeId};
-pub use secret::Secret;
+pub use secret::{PinKey, Secret};
 pub use snapshot::{
     Credential, DEFAULT_ENTRA_SCOPE, Endpoint, EndpointState, Gateway, GatewayKey, GatewayMember,
     GatewayState, InvalidSnapshot, Platform, RoutingPolicy, RoutingStrategy, Snapshot,

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::keys::{KeyLimitPolicy, KeyLimits, MAX_KEY_DEPTH};
 use crate::traces::{MAX_PAYLOAD_BYTES, MAX_REDACT_FIELDS, TraceSettings};
-use crate::{ConfigVersion, EndpointId, GatewayId, GatewayKeyId, Secret};
+use crate::{ConfigVersion, EndpointId, GatewayId, GatewayKeyId, PinKey, Secret};
 
 /// Which API an Inference Endpoint speaks upstream.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
@@ -202,6 +202,10 @@ pub struct Gateway {
     pub routing: RoutingPolicy,
     pub key_limits: KeyLimitPolicy,
     pub traces: TraceSettings,
+    /// Signs the response ids this gateway mints, so that a follow-up reaches the endpoint
+    /// that holds the response (ARCHITECTURE.md, "Pinned stateful calls"). One per gateway:
+    /// an id minted through one gateway is refused by every other.
+    pub pin_key: PinKey,
 }
 
 /// The whole routing configuration at one version, validated.
@@ -427,6 +431,7 @@ pub(crate) mod tests {
                 },
                 key_limits: KeyLimitPolicy::default(),
                 traces: TraceSettings::default(),
+                pin_key: PinKey::new([7; 32]),
             }],
         )
         .expect("valid")

@@ -30,7 +30,7 @@ use crate::traces::{
 };
 use crate::{
     ConfigVersion, Credential, DEFAULT_ENTRA_SCOPE, Endpoint, EndpointId, EndpointState, Gateway,
-    GatewayId, GatewayKey, GatewayMember, InvalidSnapshot, NodeId, Platform, RoutingPolicy,
+    GatewayId, GatewayKey, GatewayMember, InvalidSnapshot, NodeId, PinKey, Platform, RoutingPolicy,
     RoutingStrategy, Secret, Snapshot,
 };
 
@@ -203,6 +203,8 @@ impl TryFrom<cfg::Snapshot> for Snapshot {
                 redact_fields: t.redact_fields,
                 max_payload_bytes: (t.max_payload_bytes > 0).then_some(t.max_payload_bytes),
             });
+            let pin_key = PinKey::from_slice(&g.pin_key)
+                .ok_or_else(|| invalid(f("pin_key"), format!("must be {} bytes", PinKey::LEN)))?;
             gateways.push(Gateway {
                 id: parse_id::<GatewayId>(&f("id"), &g.id)?,
                 name: g.name,
@@ -211,6 +213,7 @@ impl TryFrom<cfg::Snapshot> for Snapshot {
                 routing,
                 key_limits,
                 traces,
+                pin_key,
             });
         }
         Snapshot::new(ConfigVersion(wire.version), endpoints, gateways)
@@ -291,6 +294,7 @@ impl From<&Gateway> for cfg::Gateway {
                 redact_fields: g.traces.redact_fields.clone(),
                 max_payload_bytes: g.traces.max_payload_bytes.unwrap_or(0),
             }),
+            pin_key: g.pin_key.expose().to_vec(),
         }
     }
 }
@@ -1015,6 +1019,18 @@ mod tests {
         assert_eq!(domain, back);
         assert_eq!(decode_snapshot(&encode_snapshot(&domain)).expect("valid"), domain);
         assert!(decode_snapshot(b"\xff\xff").is_err(), "garbage is refused, not a panic");
+    }
+
+    #[test]
+    fn a_gateway_pin_key_is_32_bytes_on_the_wire_and_never_printed() {
+        let mut w = cfg::Snapshot::from(&sample());
+        assert_eq!(w.gateways[0].pin_key, vec![7; 32]);
+        assert!(!format!("{w:?}").contains("7, 7, 7"), "Debug redacts the pin key");
+        for len in [0, 31, 33] {
+            w.gateways[0].pin_key = vec![7; len];
+            let err = Snapshot::try_from(w.clone()).expect_err("refused");
+            assert_eq!(err.to_string(), "gateways[0].pin_key: must be 32 bytes");
+        }
     }
 
     #[test]

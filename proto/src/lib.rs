@@ -23,6 +23,21 @@ pub mod config {
                 }
             }
         }
+
+        impl std::fmt::Debug for Gateway {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.debug_struct("Gateway")
+                    .field("id", &self.id)
+                    .field("name", &self.name)
+                    .field("members", &self.members)
+                    .field("keys", &self.keys)
+                    .field("routing", &self.routing)
+                    .field("key_limits", &self.key_limits)
+                    .field("traces", &self.traces)
+                    .field("pin_key", &"<redacted>")
+                    .finish()
+            }
+        }
     }
 }
 

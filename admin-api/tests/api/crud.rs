@@ -401,3 +401,37 @@ async fn an_endpoint_can_use_entra_auth_and_switch_modes() {
     let listed = h.get("/api/v1/inference-endpoints").await.json();
     assert_eq!(listed[0]["auth"], "entra");
 }
+
+#[tokio::test]
+async fn a_gateways_pin_key_goes_to_data_planes_only() {
+    use base64::Engine as _;
+    let h = Harness::start().await;
+    let e1 = id_of(&h.create_endpoint(endpoint_body("eus", KEY_A)).await);
+    let gw = id_of(
+        &h.create_gateway(json!({"name": "gpt-4o", "endpoints": [{"endpoint_id": e1}]})).await,
+    );
+    let snapshot = h.store.load_snapshot().await.expect("snapshot");
+    let key = snapshot.gateways[0].pin_key.expose().to_vec();
+    let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
+    let spellings = [
+        hex.clone(),
+        hex.to_uppercase(),
+        base64::engine::general_purpose::STANDARD.encode(&key),
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&key),
+        format!("{key:?}"),
+        serde_json::to_string(&key).expect("json"),
+    ];
+    for path in [
+        "/api/v1/gateways".to_owned(),
+        format!("/api/v1/gateways/{gw}"),
+        "/api/v1/audit-log".to_owned(),
+        "/api/v1/status".to_owned(),
+    ] {
+        let reply = h.get(&path).await.expect(StatusCode::OK);
+        assert!(!reply.text.contains("pin_key"), "{path}: {}", reply.text);
+        for spelling in &spellings {
+            assert!(!reply.text.contains(spelling.as_str()), "{path} shows the pin key");
+        }
+    }
+    assert!(!format!("{snapshot:?}").contains(&format!("{key:?}")), "Debug redacts it");
+}

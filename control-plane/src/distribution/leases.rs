@@ -709,6 +709,7 @@ mod tests {
                 routing: RoutingPolicy::default(),
                 key_limits: Default::default(),
                 traces: Default::default(),
+                pin_key: modelgw_model::PinKey::new([0; 32]),
             }],
         )
         .expect("valid");

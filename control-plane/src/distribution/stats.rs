@@ -573,6 +573,7 @@ mod tests {
                     keys: vec![],
                     key_limits: Default::default(),
                     traces: Default::default(),
+                    pin_key: modelgw_model::PinKey::new([0; 32]),
                 })
                 .collect(),
         }

@@ -280,6 +280,7 @@ mod tests {
             routing: RoutingPolicy::default(),
             key_limits: Default::default(),
             traces,
+            pin_key: modelgw_model::PinKey::new([0; 32]),
         }
     }
 

@@ -96,15 +96,18 @@ impl Store {
         }
         let mut gateways = Vec::with_capacity(gateway_rows.len());
         for row in &gateway_rows {
-            let id: String = row.try_get("id")?;
+            let raw_id: String = row.try_get("id")?;
+            let id = parse_column("gateways.id", &raw_id)?;
             gateways.push(Gateway {
-                id: parse_column("gateways.id", &id)?,
+                id,
                 name: row.try_get("name")?,
-                members: members.remove(&id).unwrap_or_default(),
-                keys: key_tree(keys.remove(&id).unwrap_or_default(), now),
+                members: members.remove(&raw_id).unwrap_or_default(),
+                keys: key_tree(keys.remove(&raw_id).unwrap_or_default(), now),
                 routing: routing_from_row(row)?,
                 key_limits: key_limits_from_row(row)?,
                 traces: super::traces::gateway_traces_from_row(row)?.settings(),
+                // Derived, never stored: every control-plane replica computes the same key.
+                pin_key: self.master_key.pin_key(id),
             });
         }
         tracing::debug!(endpoints = endpoints.len(), gateways = gateways.len(), "snapshot loaded");

@@ -132,6 +132,16 @@ impl HealthRegistry {
         Ok(Admission { entry, trial })
     }
 
+    /// Like [`Self::admit`] for a call pinned to `id` (a follow-up on a response it holds):
+    /// never refused, since no other endpoint can answer it — a window only made the others
+    /// skip it — and never the half-open trial, so it cannot take that slot from the traffic
+    /// whose outcome reopens the endpoint. Counted in flight like any request.
+    pub fn admit_pinned(&self, id: EndpointId) -> Admission {
+        let entry = self.entry(id);
+        entry.in_flight.fetch_add(1, Ordering::AcqRel);
+        Admission { entry, trial: false }
+    }
+
     /// Applies what an attempt observed and publishes the change if the state changed.
     pub fn record(&self, id: EndpointId, event: &HealthEvent, now: Instant) {
         let entry = self.entry(id);

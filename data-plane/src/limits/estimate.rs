@@ -48,14 +48,19 @@ pub(crate) fn reservation(
             Usage::request(prompt, each.saturating_mul(choices))
         }
         Operation::Embeddings => Usage::request(prompt, 0),
-        // Images, audio (multipart bodies: bytes are not text) and the model list are
-        // counted as requests; tokens only when their answer reports usage.
+        // Images, audio (multipart bodies: bytes are not text), the model list and the calls
+        // on stored responses (they generate nothing) are counted as requests; tokens only
+        // when their answer reports usage.
         Operation::ImageGenerations
         | Operation::ImageEdits
         | Operation::AudioTranscriptions
         | Operation::AudioTranslations
         | Operation::AudioSpeech
-        | Operation::Models => Usage::request(0, 0),
+        | Operation::Models
+        | Operation::ResponsesRetrieve
+        | Operation::ResponsesDelete
+        | Operation::ResponsesCancel
+        | Operation::ResponsesInputItems => Usage::request(0, 0),
     }
 }
 
@@ -83,6 +88,11 @@ mod tests {
         assert_eq!(
             reservation(Operation::AudioTranscriptions, 1 << 20, &none, &policy),
             Usage::request(0, 0)
+        );
+        assert_eq!(
+            reservation(Operation::ResponsesRetrieve, 0, &none, &policy),
+            Usage::request(0, 0),
+            "a stored response's calls generate nothing"
         );
     }
 }

@@ -70,7 +70,7 @@ pub(crate) static OVERHEAD_US: Bounds = Bounds {
 
 /// Operation labels, indexed like `proxy::operations::Operation` (`Operation::index`): one
 /// per operation the gateway serves (public so that tests can check they cover every one).
-pub const OPERATIONS: [&str; 10] = [
+pub const OPERATIONS: [&str; 14] = [
     "chat_completions",
     "completions",
     "embeddings",
@@ -81,10 +81,15 @@ pub const OPERATIONS: [&str; 10] = [
     "audio_translations",
     "audio_speech",
     "models",
+    "responses_retrieve",
+    "responses_delete",
+    "responses_cancel",
+    "responses_input_items",
 ];
 
-/// `gen_ai.operation.name` of each operation (GenAI semantic conventions), same index.
-pub(crate) const GEN_AI_OPERATIONS: [&str; 10] = [
+/// `gen_ai.operation.name` of each operation (GenAI semantic conventions), same index; the
+/// calls on stored responses have no conventional name and keep their own.
+pub(crate) const GEN_AI_OPERATIONS: [&str; 14] = [
     "chat",
     "text_completion",
     "embeddings",
@@ -95,6 +100,10 @@ pub(crate) const GEN_AI_OPERATIONS: [&str; 10] = [
     "generate_content",
     "generate_content",
     "models",
+    "responses_retrieve",
+    "responses_delete",
+    "responses_cancel",
+    "responses_input_items",
 ];
 
 /// Attempt outcome labels: the `x-modelgw-attempts` labels of an attempt

@@ -50,10 +50,14 @@ impl Proxy {
         deadline: Instant,
     ) -> Result<Box<Answer>, AttemptError> {
         let mut headers = plan.headers();
-        if plan.strip_usage || plan.charge.as_ref().is_some_and(crate::limits::Ticket::limited) {
-            // The usage chunk the gateway asked for is taken out of the stream again, and a
-            // key with limits is charged the answer's usage: both need the answer unencoded,
-            // so the upstream may not compress it.
+        if plan.strip_usage
+            || plan.charge.as_ref().is_some_and(crate::limits::Ticket::limited)
+            || plan.call.operation.mints_response_ids()
+        {
+            // The usage chunk the gateway asked for is taken out of the stream again, a key
+            // with limits is charged the answer's usage, and the response ids of a Responses
+            // answer are replaced by pinned ones: all need the answer unencoded, so the
+            // upstream may not compress it.
             headers.remove(http::header::ACCEPT_ENCODING);
         }
         match &endpoint.auth {

@@ -3,6 +3,10 @@
 //! earliest recovery within the deadline, else an Azure-shaped 429/503 (or 504 past the
 //! deadline). Also the record of it all: one line per attempt or skip, and the
 //! `x-modelgw-attempts` list.
+//!
+//! A pinned call (`pinning.rs`) has one candidate, the member holding its response, tried
+//! whatever its health says and never failed over: when it cannot answer, the client is told
+//! so (429/503 `PinnedEndpointUnavailable`), not sent to a region that would answer 404.
 
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -14,13 +18,13 @@ use tracing::{debug, info, warn};
 use super::attempt::{Outcome, Side};
 use super::relay::Committed;
 use super::upstream::RequestPlan;
-use super::{ATTEMPTS_HEADER, Proxy, ProxyBody, Tally, reply, trace_context};
+use super::{ATTEMPTS_HEADER, Proxy, ProxyBody, Tally, pinning, reply, trace_context};
 use crate::balance::Candidate;
 use crate::health::{
     GatewayState, HealthEvent, HealthRegistry, RateLimits, Unavailable, gateway_state,
 };
 use crate::metrics::{RouteMetrics, skip_index};
-use crate::routing_table::{CompiledEndpoint, CompiledGateway};
+use crate::routing_table::{CompiledEndpoint, CompiledGateway, CompiledMember};
 
 /// Most times one request waits for a recovery (`routing.wait_for_recovery`) before giving
 /// up; the deadline bounds the total anyway, this only stops a flapping endpoint from
@@ -49,7 +53,10 @@ impl Proxy {
         let mut attempt = 0u32;
         let mut round = 0u32;
         loop {
-            let candidates = self.selector.candidates(gateway, &self.health, Instant::now());
+            let candidates = match &plan.pinned {
+                Some(pinned) => pinning::candidate(gateway, pinned),
+                None => self.selector.candidates(gateway, &self.health, Instant::now()),
+            };
             let mut unavailable: Vec<Unavailable> = Vec::with_capacity(candidates.len());
             for candidate in candidates.iter().filter(|c| c.low_headroom && c.skip.is_none()) {
                 let endpoint = &candidate.endpoint;
@@ -65,6 +72,7 @@ impl Proxy {
                 let endpoint = &candidate.endpoint;
                 let admitted = match candidate.skip {
                     Some(skip) => Err(skip),
+                    None if plan.pinned.is_some() => Ok(self.health.admit_pinned(endpoint.id)),
                     None => self.health.admit(endpoint.id, Instant::now()),
                 };
                 let mut admission = match admitted {
@@ -120,6 +128,12 @@ impl Proxy {
                         let status = Some(answer.status.as_u16());
                         trace_attempt(tally, endpoint, status, answer.outcome.label(), ms);
                         let charge = plan.charge.take();
+                        // The answer's response ids become ids pinned to this member.
+                        let pin = if plan.call.operation.mints_response_ids() {
+                            member_of(gateway, candidate).map(|m| m.pin.clone())
+                        } else {
+                            None
+                        };
                         return self.pass_through(
                             plan,
                             *answer,
@@ -131,6 +145,7 @@ impl Proxy {
                                 attempts: &attempts,
                                 trace: tally.trace.take(),
                                 charge,
+                                pin,
                             },
                         );
                     }
@@ -145,7 +160,22 @@ impl Proxy {
                         if let Some(event) = error.health_event() {
                             self.health.record(endpoint.id, &event, now);
                         }
-                        unavailable.push(self.unavailable_now(endpoint, now));
+                        let why = self.unavailable_now(endpoint, now);
+                        if let Some(pinned) = &plan.pinned {
+                            // No other endpoint holds the response: say so, now.
+                            warn!(
+                                request_id = rid,
+                                endpoint = %endpoint.name,
+                                attempts = %attempts,
+                                "the endpoint holding the response could not answer"
+                            );
+                            let mut response = pinning::unavailable(endpoint, pinned, why, now);
+                            if let Ok(value) = HeaderValue::from_str(&attempts) {
+                                response.headers_mut().insert(ATTEMPTS_HEADER, value);
+                            }
+                            return response;
+                        }
+                        unavailable.push(why);
                     }
                     // Nothing to pass on and no other endpoint may answer: the deadline.
                     Err(error) => {
@@ -338,7 +368,16 @@ fn member_metrics<'g>(
     gateway: &'g CompiledGateway,
     candidate: &Candidate,
 ) -> Option<&'g Arc<RouteMetrics>> {
-    gateway.groups.get(candidate.group)?.members.get(candidate.member)?.metrics.as_ref()
+    member_of(gateway, candidate)?.metrics.as_ref()
+}
+
+/// The gateway's member a candidate is.
+#[inline]
+fn member_of<'g>(
+    gateway: &'g CompiledGateway,
+    candidate: &Candidate,
+) -> Option<&'g CompiledMember> {
+    gateway.groups.get(candidate.group)?.members.get(candidate.member)
 }
 
 /// Records an attempt in the request's trace, when it has one.

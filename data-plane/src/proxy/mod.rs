@@ -23,10 +23,12 @@
 //! table of operations a key reaches), `failed_auth` (addresses refused after failed keys),
 //! `auth` (which gateway it may use; `models` answers the model list itself), `body` (its
 //! body, read once), `rewrite` + `multipart` (its `model`, read strictly from JSON or a
-//! form), `deadline` (its budget), `failover` (candidates in order, recovery waits, the
-//! 429/503/504 answers), `exchange` (one request to an endpoint, up to the moment its answer
-//! may be committed), `attempt` (what it came to: `Outcome`, `AttemptError`), `upstream` +
-//! `rewrite` (the request each endpoint gets), `upstream_client` (the pooled hyper client, its connect-time address guard in `egress`),
+//! form), `deadline` (its budget), `pinning` (a call about a stored response: the endpoint
+//! holding it, or the gateway's own answer), `failover` (candidates in order, recovery waits,
+//! the 429/503/504 answers), `exchange` (one request to an endpoint, up to the moment its
+//! answer may be committed), `attempt` (what it came to: `Outcome`, `AttemptError`),
+//! `upstream` + `rewrite` (the request each endpoint gets), `upstream_client` (the pooled
+//! hyper client, its connect-time address guard in `egress`),
 //! `relay` + `sse` (streaming a committed answer; bounded SSE framing), `reply` (the gateway's
 //! own answers), `access_log` (the line per request), `trace_context` (OpenTelemetry spans
 //! and W3C trace context, when tracing is on).
@@ -44,6 +46,7 @@ mod failover;
 pub(crate) mod models;
 mod multipart;
 pub(crate) mod operations;
+mod pinning;
 #[cfg(test)]
 mod properties;
 mod relay;
@@ -76,7 +79,7 @@ use crate::metrics::{GatewayMetrics, Local, Metrics};
 use crate::routing_table::{CompiledKey, SnapshotStore};
 use models::ModelById;
 use operations::{BodyKind, Operation, Surface};
-use rewrite::{ModelProbe, StreamUsage, probe_body};
+use rewrite::{ModelProbe, ProbedBody, StreamUsage, probe_body};
 use route::{Route, parse_route};
 use upstream::{CLIENT_REQUEST_ID, RequestPlan, upstream_headers, upstream_query};
 
@@ -303,30 +306,36 @@ impl Proxy {
             Ok(body) => body,
             Err(response) => return response,
         };
-        let unread = (ModelProbe::Unread, StreamUsage::NotStreamed, OutputCap::default());
-        let (model, stream_usage, cap) = match call.operation.body() {
-            BodyKind::Json => match probe_body(&body) {
-                Ok(probed) => probed,
-                Err(refusal) => {
-                    info!(request_id = rid, reason = refusal.label(), "request body refused");
-                    return reply::bad_request(&refusal.message());
-                }
-            },
-            // A form's `model` part, read as strictly as JSON's `model` and under the same
-            // rules: checked where it names the deployment, rewritten where `body()` says.
-            BodyKind::Multipart => match multipart::probe_form(&parts.headers, &body) {
-                Ok(model) => (model, StreamUsage::NotStreamed, OutputCap::default()),
-                Err(refusal) => {
-                    info!(request_id = rid, reason = refusal.label(), "request form refused");
-                    return reply::bad_request(&refusal.message());
-                }
-            },
-            BodyKind::Empty if body.is_empty() => unread,
-            BodyKind::Empty => {
-                info!(request_id = rid, "request body where the operation takes none");
-                return reply::bad_request("This operation takes no request body.");
-            }
+        let unread = ProbedBody {
+            model: ModelProbe::Unread,
+            stream_usage: StreamUsage::NotStreamed,
+            cap: OutputCap::default(),
+            previous_response: None,
         };
+        let ProbedBody { mut model, stream_usage, cap, previous_response } =
+            match call.operation.body() {
+                BodyKind::Json => match probe_body(&body) {
+                    Ok(probed) => probed,
+                    Err(refusal) => {
+                        info!(request_id = rid, reason = refusal.label(), "request body refused");
+                        return reply::bad_request(&refusal.message());
+                    }
+                },
+                // A form's `model` part, read as strictly as JSON's `model` and under the same
+                // rules: checked where it names the deployment, rewritten where `body()` says.
+                BodyKind::Multipart => match multipart::probe_form(&parts.headers, &body) {
+                    Ok(model) => ProbedBody { model, ..unread },
+                    Err(refusal) => {
+                        info!(request_id = rid, reason = refusal.label(), "request form refused");
+                        return reply::bad_request(&refusal.message());
+                    }
+                },
+                BodyKind::Empty if body.is_empty() => unread,
+                BodyKind::Empty => {
+                    info!(request_id = rid, "request body where the operation takes none");
+                    return reply::bad_request("This operation takes no request body.");
+                }
+            };
         if call.operation == Operation::Models {
             // The gateway's own list: no upstream, no key limit (it costs nothing).
             debug!(request_id = rid, "models listed by the gateway");
@@ -342,6 +351,21 @@ impl Proxy {
         }
         if let Err(refusal) = auth::check_model(call, &model, gateway, rid) {
             return refusal.response();
+        }
+        // A call about a stored response goes to the endpoint holding it, or nowhere.
+        let pinned = match pinning::pinned_target(
+            &call,
+            previous_response.as_ref(),
+            &body,
+            table,
+            gateway,
+            rid,
+        ) {
+            Ok(pinned) => pinned,
+            Err(refusal) => return refusal.response(),
+        };
+        if let (Some(pinned), Some(field)) = (&pinned, &previous_response) {
+            body = pinning::with_upstream_previous(&body, field, &pinned.upstream_id, &mut model);
         }
         let policy = &gateway.key_limits;
         let charge = match limits::admit_request(
@@ -401,6 +425,7 @@ impl Proxy {
             started,
             trace: trace.as_deref_mut(),
             charge,
+            pinned,
         };
         let timeout = deadline::request_timeout(
             gateway.routing.request_timeout_ms,

@@ -5,10 +5,14 @@
 //! Everything the table does not name is answered by the gateway itself with Azure's 404,
 //! before any upstream is contacted: a key for one gateway must never reach the management
 //! surfaces of the Azure resources behind it (files, batches, fine-tuning, vector stores,
-//! assistants, stored responses by id), which the resource's own key would open for every
+//! assistants, stored chat completions), which the resource's own key would open for every
 //! team sharing it. Those are recognised as [`Lookup::Stateful`] so that a later change can
 //! enable them per gateway (with pinning to the endpoint that holds the state) at one place:
 //! [`stateful_surface_enabled`].
+//!
+//! Responses by id (`responses/{id}`, its `cancel` and `input_items`) are served: only for ids
+//! the gateway minted itself (`pin.rs`), which name the endpoint holding the response, so a
+//! key reaches the responses created through its own gateway and nothing else.
 //!
 //! The upstream path of an operation comes from this table ([`Operation::path`]), never from
 //! the client's path, so nothing a client writes after a known prefix reaches an upstream.
@@ -33,6 +37,14 @@ pub(crate) enum Operation {
     AudioSpeech,
     /// `GET …/models`.
     Models,
+    /// `GET …/responses/{id}`: a stored response, from the endpoint that holds it.
+    ResponsesRetrieve,
+    /// `DELETE …/responses/{id}`.
+    ResponsesDelete,
+    /// `POST …/responses/{id}/cancel` (a background response).
+    ResponsesCancel,
+    /// `GET …/responses/{id}/input_items`.
+    ResponsesInputItems,
 }
 
 /// What an operation's request body is.
@@ -67,8 +79,10 @@ pub(crate) enum Scope {
 
 /// What the table says about a path and method.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Lookup {
+pub(crate) enum Lookup<'a> {
     Served(Operation),
+    /// An operation on one stored object, whose id (`[A-Za-z0-9_-]`, bounded) the path names.
+    ServedById(Operation, &'a str),
     /// A path the table knows, asked with another method.
     WrongMethod(Operation),
     /// A stateful management surface (files, batches…): off.
@@ -91,7 +105,34 @@ impl Operation {
             Operation::AudioTranslations => "audio/translations",
             Operation::AudioSpeech => "audio/speech",
             Operation::Models => "models",
+            Operation::ResponsesRetrieve
+            | Operation::ResponsesDelete
+            | Operation::ResponsesCancel
+            | Operation::ResponsesInputItems => "responses",
         }
+    }
+
+    /// For an operation on one stored object: what follows `{path}/{id}` (also upstream).
+    pub(crate) const fn object_suffix(self) -> Option<&'static str> {
+        match self {
+            Operation::ResponsesRetrieve | Operation::ResponsesDelete => Some(""),
+            Operation::ResponsesCancel => Some("/cancel"),
+            Operation::ResponsesInputItems => Some("/input_items"),
+            _ => None,
+        }
+    }
+
+    /// Whether its answers carry response ids the gateway replaces by pinned ones (a response
+    /// object, or the confirmation of a deletion). Every other operation pays one match here.
+    #[inline]
+    pub(crate) const fn mints_response_ids(self) -> bool {
+        matches!(
+            self,
+            Operation::Responses
+                | Operation::ResponsesRetrieve
+                | Operation::ResponsesDelete
+                | Operation::ResponsesCancel
+        )
     }
 
     /// The operation's index in `metrics::OPERATIONS` (its declaration order).
@@ -119,12 +160,19 @@ impl Operation {
             Operation::AudioTranslations => "audio_translations",
             Operation::AudioSpeech => "audio_speech",
             Operation::Models => "models",
+            Operation::ResponsesRetrieve => "responses_retrieve",
+            Operation::ResponsesDelete => "responses_delete",
+            Operation::ResponsesCancel => "responses_cancel",
+            Operation::ResponsesInputItems => "responses_input_items",
         }
     }
 
     pub(crate) fn method(self) -> Method {
         match self {
-            Operation::Models => Method::GET,
+            Operation::Models | Operation::ResponsesRetrieve | Operation::ResponsesInputItems => {
+                Method::GET
+            }
+            Operation::ResponsesDelete => Method::DELETE,
             _ => Method::POST,
         }
     }
@@ -134,7 +182,11 @@ impl Operation {
             Operation::ImageEdits
             | Operation::AudioTranscriptions
             | Operation::AudioTranslations => BodyKind::Multipart,
-            Operation::Models => BodyKind::Empty,
+            Operation::Models
+            | Operation::ResponsesRetrieve
+            | Operation::ResponsesDelete
+            | Operation::ResponsesCancel
+            | Operation::ResponsesInputItems => BodyKind::Empty,
             _ => BodyKind::Json,
         }
     }
@@ -142,19 +194,19 @@ impl Operation {
     /// Whether Azure serves it below `deployments/{d}/` (dated) — and so whether the v1
     /// surface's `deployments/{d}/` form serves it too.
     const fn deployment_scoped(self) -> bool {
-        !matches!(self, Operation::Responses | Operation::Models)
+        !self.dated_unscoped()
     }
 
     /// Whether the dated surface serves it without a deployment in the path (`/openai/responses`,
-    /// `/openai/models`).
+    /// `/openai/responses/{id}…`, `/openai/models`).
     const fn dated_unscoped(self) -> bool {
-        matches!(self, Operation::Responses | Operation::Models)
+        matches!(self, Operation::Responses | Operation::Models) || self.object_suffix().is_some()
     }
 }
 
 /// Every operation.
 #[cfg(test)]
-pub(crate) const ALL: [Operation; 10] = [
+pub(crate) const ALL: [Operation; 14] = [
     Operation::ChatCompletions,
     Operation::Completions,
     Operation::Embeddings,
@@ -165,6 +217,10 @@ pub(crate) const ALL: [Operation; 10] = [
     Operation::AudioTranslations,
     Operation::AudioSpeech,
     Operation::Models,
+    Operation::ResponsesRetrieve,
+    Operation::ResponsesDelete,
+    Operation::ResponsesCancel,
+    Operation::ResponsesInputItems,
 ];
 
 /// First path segments of the stateful management surfaces (Azure's and OpenAI's), answered
@@ -192,7 +248,13 @@ pub(crate) const fn stateful_surface_enabled() -> bool {
 
 /// The operation `rest` (the path after the surface prefix, and after `deployments/{d}/` when
 /// `scope` is [`Scope::Deployment`]) names for `method` on `surface`.
-pub(crate) fn lookup(surface: Surface, scope: Scope, rest: &str, method: &Method) -> Lookup {
+pub(crate) fn lookup<'a>(
+    surface: Surface,
+    scope: Scope,
+    rest: &'a str,
+    method: &Method,
+) -> Lookup<'a> {
+    let mut object = None;
     let operation = match rest {
         "chat/completions" => Operation::ChatCompletions,
         "completions" => Operation::Completions,
@@ -204,14 +266,19 @@ pub(crate) fn lookup(surface: Surface, scope: Scope, rest: &str, method: &Method
         "audio/translations" => Operation::AudioTranslations,
         "audio/speech" => Operation::AudioSpeech,
         "models" => Operation::Models,
+        _ if rest.starts_with("responses/") => match stored_response(rest, method) {
+            Ok((operation, id)) => {
+                object = Some(id);
+                operation
+            }
+            Err(lookup) => return lookup,
+        },
         _ => {
             let first = rest.split('/').next().unwrap_or("");
-            // `responses/{id}` (stored responses), `models/{id}`, `chat/completions/{id}`…
+            // `chat/completions/{id}` (stored completions), `models/{id}`…
             return match STATEFUL.iter().find(|s| first.eq_ignore_ascii_case(s)) {
                 Some(surface) => Lookup::Stateful(surface),
-                None if first == "responses" || first == "chat" => {
-                    Lookup::Stateful("stored responses")
-                }
+                None if first == "chat" => Lookup::Stateful("stored chat completions"),
                 None => Lookup::Unknown,
             };
         }
@@ -227,7 +294,32 @@ pub(crate) fn lookup(surface: Surface, scope: Scope, rest: &str, method: &Method
     if *method != operation.method() {
         return Lookup::WrongMethod(operation);
     }
-    Lookup::Served(operation)
+    match object {
+        Some(id) => Lookup::ServedById(operation, id),
+        None => Lookup::Served(operation),
+    }
+}
+
+/// `responses/{id}`, `responses/{id}/cancel`, `responses/{id}/input_items`: the operation (by
+/// method for the bare id) and the id; an id outside `[A-Za-z0-9_-]` or longer than any
+/// pinned id is unknown (it reaches nothing, and never an upstream path).
+fn stored_response<'a>(rest: &'a str, method: &Method) -> Result<(Operation, &'a str), Lookup<'a>> {
+    let after = &rest["responses/".len()..];
+    let (id, suffix) = match after.split_once('/') {
+        Some((id, suffix)) => (id, Some(suffix)),
+        None => (after, None),
+    };
+    let operation = match suffix {
+        None if *method == Method::DELETE => Operation::ResponsesDelete,
+        None => Operation::ResponsesRetrieve,
+        Some("cancel") => Operation::ResponsesCancel,
+        Some("input_items") => Operation::ResponsesInputItems,
+        Some(_) => return Err(Lookup::Unknown),
+    };
+    if id.len() > crate::pin::MAX_PINNED_ID || !crate::pin::is_id(id.as_bytes()) {
+        return Err(Lookup::Unknown);
+    }
+    Ok((operation, id))
 }
 
 #[cfg(test)]
@@ -243,7 +335,7 @@ mod tests {
 
     #[test]
     fn every_operation_is_found_at_its_own_path_with_its_method() {
-        for op in ALL {
+        for op in ALL.into_iter().filter(|op| op.object_suffix().is_none()) {
             let scoped = lookup(Surface::Dated, Scope::Deployment, op.path(), &op.method());
             let v1 = lookup(Surface::V1, Scope::Surface, op.path(), &op.method());
             if op.deployment_scoped() {
@@ -265,6 +357,62 @@ mod tests {
     }
 
     #[test]
+    fn responses_by_id_are_served_on_both_surfaces_without_a_deployment() {
+        use Operation::{ResponsesCancel, ResponsesDelete, ResponsesInputItems, ResponsesRetrieve};
+        let id = "resp_mgw1abc_x-Y9";
+        for (surface, scope) in [(Surface::V1, Scope::Surface), (Surface::Dated, Scope::Surface)] {
+            let at = |rest: &'static str, method: Method| lookup(surface, scope, rest, &method);
+            assert_eq!(
+                at("responses/resp_mgw1abc_x-Y9", Method::GET),
+                Lookup::ServedById(ResponsesRetrieve, id)
+            );
+            assert_eq!(
+                at("responses/resp_mgw1abc_x-Y9", Method::DELETE),
+                Lookup::ServedById(ResponsesDelete, id)
+            );
+            assert_eq!(
+                at("responses/resp_mgw1abc_x-Y9/cancel", Method::POST),
+                Lookup::ServedById(ResponsesCancel, id)
+            );
+            assert_eq!(
+                at("responses/resp_mgw1abc_x-Y9/input_items", Method::GET),
+                Lookup::ServedById(ResponsesInputItems, id)
+            );
+            assert_eq!(
+                at("responses/resp_1", Method::POST),
+                Lookup::WrongMethod(ResponsesRetrieve)
+            );
+            assert_eq!(
+                at("responses/resp_1/cancel", Method::GET),
+                Lookup::WrongMethod(ResponsesCancel)
+            );
+            for unknown in [
+                "responses/",
+                "responses/resp_1/",
+                "responses/resp_1/other",
+                "responses/resp_1/cancel/x",
+                "responses/resp%2F1",
+                "responses/resp.1",
+                "responses/resp 1",
+            ] {
+                assert_eq!(at(unknown, Method::GET), Lookup::Unknown, "{unknown}");
+                assert_eq!(at(unknown, Method::POST), Lookup::Unknown, "{unknown}");
+            }
+            let long = format!("responses/{}", "a".repeat(crate::pin::MAX_PINNED_ID + 1));
+            assert_eq!(lookup(surface, scope, &long, &Method::GET), Lookup::Unknown);
+        }
+        assert_eq!(
+            lookup(Surface::Dated, Scope::Deployment, "responses/resp_1", &Method::GET),
+            Lookup::Unknown,
+            "not below a deployment"
+        );
+        for op in [ResponsesRetrieve, ResponsesDelete, ResponsesCancel, ResponsesInputItems] {
+            assert_eq!(op.body(), BodyKind::Empty);
+            assert_eq!(op.path(), "responses");
+        }
+    }
+
+    #[test]
     fn management_surfaces_are_stateful_and_off() {
         assert!(!stateful_surface_enabled());
         let get = Method::GET;
@@ -275,7 +423,6 @@ mod tests {
             "fine_tuning/jobs",
             "vector_stores",
             "assistants",
-            "responses/resp_123",
             "chat/completions/chatcmpl-1",
         ] {
             assert!(

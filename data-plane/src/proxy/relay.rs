@@ -3,7 +3,10 @@
 //! more: a failure ends an SSE stream with an error event, then an aborted body (never a clean
 //! end), and cools the endpoint down when it was the endpoint's fault. When the answer ends
 //! its key's limits charge it (`limits::Ticket`): its `usage`, else its reservation; an error
-//! status: one request, no tokens.
+//! status: one request, no tokens. The response ids of a Responses API answer are replaced by
+//! ids pinned to the endpoint that gave it (`crate::pin`) before anything else — traces, usage,
+//! the client — sees the bytes: in the whole body, in each framed SSE event, or across the
+//! chunks of a body too large to read ahead.
 
 use std::collections::VecDeque;
 use std::pin::Pin;
@@ -13,6 +16,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use http::header::CONTENT_LENGTH;
 use http::{HeaderValue, Response};
 use http_body::Frame;
 use http_body_util::BodyExt;
@@ -30,6 +34,7 @@ use super::{ATTEMPTS_HEADER, BoxError, ENDPOINT_HEADER, Proxy, ProxyBody};
 use crate::health::{Admission, HealthEvent, HealthRegistry};
 use crate::limits::Ticket;
 use crate::metrics::{Finished, Metrics, RouteMetrics, usage};
+use crate::pin::{PinSigner, ResponseIds, joined};
 use crate::routing_table::CompiledEndpoint;
 
 /// Pause between sending the SSE error event and aborting the body. hyper discards buffered
@@ -48,6 +53,8 @@ pub(super) struct Committed<'a> {
     /// The request's trace, ended with the answer (`None`: its gateway records none).
     pub(super) trace: Option<Box<crate::traces::TraceRecorder>>,
     pub(super) charge: Option<Ticket>,
+    /// For a Responses API answer: mints the pinned ids of the member that gave it.
+    pub(super) pin: Option<PinSigner>,
 }
 
 impl Proxy {
@@ -61,8 +68,8 @@ impl Proxy {
         endpoint: &Arc<CompiledEndpoint>,
         committed: Committed<'_>,
     ) -> Response<ProxyBody> {
-        let Committed { admission, accounting, deadline, attempts, charge, trace } = committed;
-        let Answer { status, headers, ahead, body, .. } = answer;
+        let Committed { admission, accounting, deadline, attempts, charge, trace, pin } = committed;
+        let Answer { status, mut headers, mut ahead, body, .. } = answer;
         // An error answer is charged at once: one request, no tokens.
         let charge = match charge {
             Some(ticket) if !status.is_success() => {
@@ -79,6 +86,34 @@ impl Proxy {
         // An encoded (e.g. gzip) stream cannot be framed, nor an error event appended to it:
         // relayed as it comes, aborted on failure.
         let sse = is_event_stream(&headers) && !is_encoded(&headers);
+        // Ids are pinned in successful answers the gateway can read (it asked for them
+        // unencoded; an upstream that compresses anyway keeps its ids, and the log says so).
+        let ids = match pin {
+            Some(pin) if status.is_success() && !is_encoded(&headers) => {
+                Some(ResponseIds::new(pin))
+            }
+            Some(_) if status.is_success() => {
+                warn!(
+                    request_id = plan.request_id,
+                    endpoint = %endpoint.name,
+                    "a Responses answer came compressed; its ids are passed on unpinned"
+                );
+                None
+            }
+            _ => None,
+        };
+        if let Some(ids) = &ids {
+            if ahead.complete && !sse {
+                let whole = ids.whole(joined(ahead.frames.iter()));
+                if headers.contains_key(CONTENT_LENGTH) {
+                    headers.insert(CONTENT_LENGTH, HeaderValue::from(whole.len()));
+                }
+                ahead.frames = VecDeque::from([whole]);
+            } else {
+                // Streamed on: its length changes as it goes.
+                headers.remove(CONTENT_LENGTH);
+            }
+        }
         let body = if ahead.complete && !sse {
             // Read whole before the commit (a chat or embeddings answer): nothing left that
             // could fail, nothing to frame; its frames go out as they are.
@@ -135,6 +170,7 @@ impl Proxy {
                     let chat = plan.call.operation == Operation::ChatCompletions;
                     trace.relayed(status.as_u16(), sse, is_encoded(&headers), chat)
                 }),
+                ids: ids.map(Box::new),
             };
             BodyExt::boxed(http_body_util::StreamBody::new(futures::stream::unfold(
                 relay,
@@ -286,6 +322,9 @@ struct Relay {
     /// tally takes out a usage chunk the gateway asked for, and ends when the relay does.
     /// Boxed: the relay is moved into every step's future, so it stays small without traces.
     trace: Option<Box<crate::traces::ResponseTrace>>,
+    /// A Responses API answer's ids being pinned (`None` for every other answer); sees the
+    /// bytes first. Boxed like the trace.
+    ids: Option<Box<ResponseIds>>,
 }
 
 type RelayItem = Result<Frame<Bytes>, BoxError>;
@@ -317,12 +356,20 @@ impl Relay {
                 Ok(Ok(Some(bytes))) => {
                     let out = match &mut self.framer {
                         None => {
+                            let bytes = match &mut self.ids {
+                                Some(ids) => ids.push(bytes),
+                                None => bytes,
+                            };
                             if let Some(trace) = &mut self.trace {
                                 trace.on_body(&bytes);
                             }
                             Ok(bytes)
                         }
                         Some(framer) => framer.push(bytes).map(|events| {
+                            let events = match &self.ids {
+                                Some(ids) if !events.is_empty() => ids.whole(events),
+                                _ => events,
+                            };
                             if let Some(trace) = &mut self.trace {
                                 trace.on_events(&events);
                             }
@@ -345,13 +392,29 @@ impl Relay {
                     }
                 }
                 Ok(Ok(None)) => {
-                    let rest = self.framer.take().and_then(|mut framer| framer.finish());
-                    if let (Some(rest), Some(trace)) = (&rest, &mut self.trace) {
-                        trace.on_events(rest);
-                    }
-                    let rest = match (rest, &mut self.tally) {
-                        (Some(rest), Some(tally)) => Some(tally.on_events(rest)),
-                        (rest, _) => rest,
+                    let rest = match self.framer.take() {
+                        Some(mut framer) => {
+                            let rest = framer.finish().map(|rest| match &self.ids {
+                                Some(ids) => ids.whole(rest),
+                                None => rest,
+                            });
+                            if let (Some(rest), Some(trace)) = (&rest, &mut self.trace) {
+                                trace.on_events(rest);
+                            }
+                            match (rest, &mut self.tally) {
+                                (Some(rest), Some(tally)) => Some(tally.on_events(rest)),
+                                (rest, _) => rest,
+                            }
+                        }
+                        // A body relayed in chunks: what the id rewrite still held back.
+                        None => {
+                            let held = self.ids.as_mut().map(|ids| ids.finish());
+                            let rest = held.filter(|held| !held.is_empty());
+                            if let (Some(rest), Some(trace)) = (&rest, &mut self.trace) {
+                                trace.on_body(rest);
+                            }
+                            rest
+                        }
                     };
                     if let Some(tally) = &mut self.tally {
                         tally.finish(false);

@@ -37,6 +37,24 @@ pub(crate) fn azure_error(status: StatusCode, code: &str, message: &str) -> Resp
     json(status, value.to_string())
 }
 
+/// An error about the request itself in the shape both Azure and OpenAI use for one:
+/// `{"error":{"code","message","type":"invalid_request_error","param"}}` (the SDKs read
+/// `code` and `param`).
+pub(crate) fn invalid_request(
+    status: StatusCode,
+    code: &str,
+    message: &str,
+    param: Option<&str>,
+) -> Response<ProxyBody> {
+    let value = serde_json::json!({ "error": {
+        "code": code,
+        "message": message,
+        "type": "invalid_request_error",
+        "param": param,
+    } });
+    json(status, value.to_string())
+}
+
 /// Azure's answer to an unknown path, byte for byte (including the space after `message:`).
 pub(crate) fn resource_not_found() -> Response<ProxyBody> {
     json(StatusCode::NOT_FOUND, &br#"{"error":{"code":"404","message": "Resource not found"}}"#[..])

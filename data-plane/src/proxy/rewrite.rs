@@ -10,6 +10,10 @@
 //! Anything else is refused ([`BodyRefusal`], a 400) before an upstream sees it: a parser
 //! that keeps the last duplicate, skips a BOM or stops at the first value would otherwise
 //! route by a `model` the gateway never checked.
+//!
+//! The same probe records the span of a top-level `previous_response_id` (at most one, like
+//! `model`): the gateway splices the upstream's id in place of the pinned id a client sends
+//! there (`proxy/pinning.rs`).
 
 use std::borrow::Cow;
 use std::fmt;
@@ -22,7 +26,7 @@ use serde_json::value::RawValue;
 use crate::limits::OutputCap;
 use crate::routing_table::CompiledEndpoint;
 
-/// The top-level `model` member of a JSON object body.
+/// A top-level member of a JSON object body (`model`, `previous_response_id`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct ModelField {
     /// Byte range of the value (including quotes for a string).
@@ -76,6 +80,8 @@ pub(crate) enum BodyRefusal {
     NotAnObject,
     /// A second top-level `model` member.
     DuplicateModel,
+    /// A second top-level `previous_response_id` member.
+    DuplicatePreviousResponse,
     /// Not valid JSON, or bytes after the object; serde's message with its position.
     Invalid(String),
 }
@@ -90,6 +96,10 @@ impl BodyRefusal {
             BodyRefusal::DuplicateModel => {
                 "The request body has more than one top-level 'model' member.".to_owned()
             }
+            BodyRefusal::DuplicatePreviousResponse => {
+                "The request body has more than one top-level 'previous_response_id' member."
+                    .to_owned()
+            }
             BodyRefusal::Invalid(why) => {
                 format!("The request body is not one valid JSON object: {why}.")
             }
@@ -101,13 +111,15 @@ impl BodyRefusal {
         match self {
             BodyRefusal::NotAnObject => "not_one_object",
             BodyRefusal::DuplicateModel => "duplicate_model",
+            BodyRefusal::DuplicatePreviousResponse => "duplicate_previous_response_id",
             BodyRefusal::Invalid(_) => "invalid_json",
         }
     }
 }
 
-/// The marker of the visitor's duplicate-`model` error, told apart from serde's own errors.
+/// The markers of the visitor's duplicate-member errors, told apart from serde's own errors.
 const DUPLICATE_MODEL: &str = "duplicate top-level `model`";
+const DUPLICATE_PREVIOUS_RESPONSE: &str = "duplicate top-level `previous_response_id`";
 
 /// The top-level keys the probe reads (escapes decoded; no allocation for plain keys).
 enum Key {
@@ -118,6 +130,7 @@ enum Key {
     MaxTokens,
     MaxOutputTokens,
     N,
+    PreviousResponseId,
     Other,
 }
 
@@ -138,6 +151,7 @@ impl<'de> de::Deserialize<'de> for Key {
                     "max_tokens" => Key::MaxTokens,
                     "max_output_tokens" => Key::MaxOutputTokens,
                     "n" => Key::N,
+                    "previous_response_id" => Key::PreviousResponseId,
                     _ => Key::Other,
                 })
             }
@@ -161,9 +175,9 @@ pub(crate) enum StreamUsage {
 }
 
 /// The object's `model` value, raw and borrowed from the body, whether it streams with
-/// usage, and its completion caps (for the key limits' reservation); every other member is
-/// skipped (still validated as JSON).
-struct Probe<'a>(Option<&'a RawValue>, StreamUsage, OutputCap);
+/// usage, its completion caps (for the key limits' reservation) and its
+/// `previous_response_id`, raw; every other member is skipped (still validated as JSON).
+struct Probe<'a>(Option<&'a RawValue>, StreamUsage, OutputCap, Option<&'a RawValue>);
 
 impl<'de> de::Deserialize<'de> for Probe<'de> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
@@ -175,6 +189,7 @@ impl<'de> de::Deserialize<'de> for Probe<'de> {
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Probe<'de>, A::Error> {
                 let mut model = None;
+                let mut previous = None;
                 let mut stream = false;
                 let mut options = None;
                 let mut cap = OutputCap::default();
@@ -189,6 +204,12 @@ impl<'de> de::Deserialize<'de> for Probe<'de> {
                             return Err(de::Error::custom(DUPLICATE_MODEL));
                         }
                         Key::Model => model = Some(map.next_value::<&'de RawValue>()?),
+                        Key::PreviousResponseId if previous.is_some() => {
+                            return Err(de::Error::custom(DUPLICATE_PREVIOUS_RESPONSE));
+                        }
+                        Key::PreviousResponseId => {
+                            previous = Some(map.next_value::<&'de RawValue>()?);
+                        }
                         // The last one counts, as in most parsers; only accounting reads them.
                         Key::Stream => stream = map.next_value::<&'de RawValue>()?.get() == "true",
                         Key::StreamOptions => options = Some(map.next_value::<&'de RawValue>()?),
@@ -218,7 +239,7 @@ impl<'de> de::Deserialize<'de> for Probe<'de> {
                         }
                     }
                 };
-                Ok(Probe(model, usage, cap))
+                Ok(Probe(model, usage, cap, previous))
             }
         }
         deserializer.deserialize_map(ObjectVisitor)
@@ -228,12 +249,24 @@ impl<'de> de::Deserialize<'de> for Probe<'de> {
 /// The top-level `model` of a body that must be one JSON object; see the module docs.
 #[cfg(test)]
 pub(crate) fn probe_model(body: &[u8]) -> Result<ModelProbe, BodyRefusal> {
-    probe_body(body).map(|(model, _, _)| model)
+    probe_body(body).map(|probed| probed.model)
 }
 
-/// [`probe_model`], whether the body asks for a stream with its usage, and its completion
-/// caps.
-pub(crate) fn probe_body(body: &[u8]) -> Result<(ModelProbe, StreamUsage, OutputCap), BodyRefusal> {
+/// What the strict probe read from a JSON body.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct ProbedBody {
+    pub model: ModelProbe,
+    /// Whether the body asks for a stream with its usage.
+    pub stream_usage: StreamUsage,
+    /// Its completion caps.
+    pub cap: OutputCap,
+    /// Its top-level `previous_response_id` (Responses API), if it has one.
+    pub previous_response: Option<ModelField>,
+}
+
+/// [`probe_model`], whether the body asks for a stream with its usage, its completion caps and
+/// its `previous_response_id`.
+pub(crate) fn probe_body(body: &[u8]) -> Result<ProbedBody, BodyRefusal> {
     // JSON's own whitespace only: a BOM or anything else before the object is refused here,
     // and `deserialize_map` alone would also take an array.
     let first = body.iter().find(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r'));
@@ -245,21 +278,33 @@ pub(crate) fn probe_body(body: &[u8]) -> Result<(ModelProbe, StreamUsage, Output
         Err(err) if err.to_string().starts_with(DUPLICATE_MODEL) => {
             return Err(BodyRefusal::DuplicateModel);
         }
+        Err(err) if err.to_string().starts_with(DUPLICATE_PREVIOUS_RESPONSE) => {
+            return Err(BodyRefusal::DuplicatePreviousResponse);
+        }
         Err(err) => return Err(BodyRefusal::Invalid(err.to_string())),
     };
-    let (usage, cap) = (probe.1, probe.2);
-    let Some(raw) = probe.0 else { return Ok((ModelProbe::Absent, usage, cap)) };
+    let Probe(model, stream_usage, cap, previous) = probe;
+    let model = match model {
+        Some(raw) => ModelProbe::Present(located(body, raw)?),
+        None => ModelProbe::Absent,
+    };
+    let previous_response = previous.map(|raw| located(body, raw)).transpose()?;
+    Ok(ProbedBody { model, stream_usage, cap, previous_response })
+}
+
+/// The span of a raw value borrowed from `body`, and its decoded string (`None`: not a
+/// string).
+fn located(body: &[u8], raw: &RawValue) -> Result<ModelField, BodyRefusal> {
     let text = raw.get();
     // The raw value borrows from `body`, so its address gives its offset.
     let start = (text.as_ptr() as usize).wrapping_sub(body.as_ptr() as usize);
     let span = start..start + text.len();
     if body.get(span.clone()) != Some(text.as_bytes()) {
         // Unreachable: a borrowed raw value is a slice of the body.
-        return Err(BodyRefusal::Invalid("model value not located".to_owned()));
+        return Err(BodyRefusal::Invalid("value not located".to_owned()));
     }
     let value = serde_json::from_str::<Cow<'_, str>>(text).ok().map(Cow::into_owned);
-    let field = ModelField { span, value, syntax: ValueSyntax::Json };
-    Ok((ModelProbe::Present(field), usage, cap))
+    Ok(ModelField { span, value, syntax: ValueSyntax::Json })
 }
 
 /// `body` with `span` replaced by `replacement`.
@@ -379,7 +424,7 @@ mod tests {
 
     #[test]
     fn streamed_requests_say_whether_they_asked_for_usage() {
-        let usage = |body: &str| probe_body(body.as_bytes()).expect("valid").1;
+        let usage = |body: &str| probe_body(body.as_bytes()).expect("valid").stream_usage;
         assert_eq!(usage(r#"{"model":"gw"}"#), StreamUsage::NotStreamed);
         assert_eq!(usage(r#"{"stream":false}"#), StreamUsage::NotStreamed);
         assert_eq!(usage(r#"{"stream":"true"}"#), StreamUsage::NotStreamed);
@@ -397,7 +442,7 @@ mod tests {
 
     #[test]
     fn completion_caps_are_read_when_they_are_whole_numbers() {
-        let cap = |body: &str| probe_body(body.as_bytes()).expect("valid").2;
+        let cap = |body: &str| probe_body(body.as_bytes()).expect("valid").cap;
         assert_eq!(cap(r#"{"model":"gw"}"#), OutputCap::default());
         assert_eq!(
             cap(r#"{"max_tokens":50,"n":2,"max_completion_tokens":70,"max_output_tokens":9}"#),
@@ -414,6 +459,26 @@ mod tests {
             OutputCap::default(),
             "top level only"
         );
+    }
+
+    #[test]
+    fn previous_response_id_is_located_once_at_the_top_level() {
+        let body = r#"{"model":"gw","input":[{"previous_response_id":"inner"}],"previous_response_id" : "resp_mgw1\u0061b"}"#;
+        let probed = probe_body(body.as_bytes()).expect("valid");
+        let field = probed.previous_response.expect("present");
+        assert_eq!(&body[field.span.clone()], r#""resp_mgw1\u0061b""#);
+        assert_eq!(field.value.as_deref(), Some("resp_mgw1ab"), "escapes decoded");
+        assert!(matches!(probed.model, ModelProbe::Present(_)));
+        let none = probe_body(br#"{"model":"gw","input":"hi"}"#).expect("valid");
+        assert_eq!(none.previous_response, None);
+        let null = probe_body(br#"{"previous_response_id":null}"#).expect("valid");
+        assert_eq!(null.previous_response.map(|f| f.value), Some(None), "present, not a string");
+        for twice in [
+            &br#"{"previous_response_id":"resp_1","previous_response_id":"resp_2"}"#[..],
+            br#"{"previous_response_id":"resp_1","previous_respons\u0065_id":"resp_2"}"#,
+        ] {
+            assert_eq!(probe_body(twice), Err(BodyRefusal::DuplicatePreviousResponse));
+        }
     }
 
     #[test]

@@ -19,13 +19,15 @@ pub(crate) enum Route<'a> {
     NotFound(&'static str),
 }
 
-/// An inference call: the operation, the surface it came on, and the deployment its path
-/// names (if any).
+/// An inference call: the operation, the surface it came on, the deployment its path names
+/// (if any), and the stored object it is about (`responses/{id}…`: the id as the client sent
+/// it, `[A-Za-z0-9_-]` only).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Call<'a> {
     pub operation: Operation,
     pub surface: Surface,
     pub deployment: Option<&'a str>,
+    pub object: Option<&'a str>,
 }
 
 impl Call<'_> {
@@ -71,7 +73,12 @@ pub(crate) fn parse_route<'a>(method: &Method, path: &'a str) -> Route<'a> {
         None => (None, Scope::Surface, rest),
     };
     match lookup(surface, scope, rest, method) {
-        Lookup::Served(operation) => Route::Call(Call { operation, surface, deployment }),
+        Lookup::Served(operation) => {
+            Route::Call(Call { operation, surface, deployment, object: None })
+        }
+        Lookup::ServedById(operation, id) => {
+            Route::Call(Call { operation, surface, deployment, object: Some(id) })
+        }
         Lookup::WrongMethod(_) => Route::NotFound("method not served for this operation"),
         // The hook for enabling them per gateway, with pinning, later: off for every gateway.
         Lookup::Stateful(_) if !stateful_surface_enabled() => {
@@ -121,7 +128,7 @@ mod tests {
     }
 
     fn call(operation: Operation, surface: Surface, deployment: Option<&str>) -> Route<'_> {
-        Route::Call(Call { operation, surface, deployment })
+        Route::Call(Call { operation, surface, deployment, object: None })
     }
 
     #[test]
@@ -178,7 +185,8 @@ mod tests {
             (Method::GET, "/openai/v1/files"),
             (Method::DELETE, "/openai/v1/files/file-1"),
             (Method::GET, "/openai/v1/fine_tuning/jobs"),
-            (Method::GET, "/openai/v1/responses/resp_someone_else"),
+            (Method::GET, "/openai/v1/responses/resp.someone_else"),
+            (Method::GET, "/openai/deployments/gw/responses/resp_1"),
             (Method::GET, "/openai/v1/vector_stores"),
             (Method::POST, "/openai/v1/batches"),
             (Method::PUT, "/openai/v1/anything/at/all"),
@@ -197,6 +205,21 @@ mod tests {
         for path in ["/", "/openai", "/v1/chat/completions", "/metrics", "/OPENAI/v1/files"] {
             assert!(!authenticates_first(path), "{path}");
         }
+    }
+
+    #[test]
+    fn responses_by_id_carry_the_id_from_the_path() {
+        let route = parse_route(&Method::GET, "/openai/v1/responses/resp_mgw1x_y/input_items");
+        let Route::Call(call) = route else { panic!("served: {route:?}") };
+        assert_eq!(call.operation, Operation::ResponsesInputItems);
+        assert_eq!(call.object, Some("resp_mgw1x_y"));
+        assert!(call.is_v1());
+        let route = parse_route(&Method::DELETE, "/openai/responses/resp_mgw1x_y");
+        let Route::Call(call) = route else { panic!("served: {route:?}") };
+        assert_eq!((call.operation, call.surface), (Operation::ResponsesDelete, Surface::Dated));
+        assert_eq!((call.object, call.deployment), (Some("resp_mgw1x_y"), None));
+        let Route::Call(create) = post("/openai/v1/responses") else { panic!("served") };
+        assert_eq!(create.object, None);
     }
 
     #[test]

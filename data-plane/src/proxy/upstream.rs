@@ -264,6 +264,9 @@ pub(crate) struct RequestPlan<'a> {
     /// What the key's limits admitted; charged when the answer ends (`None`: a key without a
     /// chain).
     pub charge: Option<crate::limits::Ticket>,
+    /// A call about a stored response: the one member that may answer it, and the response's
+    /// upstream id (`None`: any member may).
+    pub pinned: Option<super::pinning::Pinned>,
 }
 
 impl RequestPlan<'_> {
@@ -316,6 +319,7 @@ impl RequestPlan<'_> {
                     target.push_str("/openai/");
                 }
                 target.push_str(operation);
+                self.push_object(&mut target);
                 if !query.is_empty() {
                     target.push('?');
                     target.push_str(query);
@@ -324,6 +328,7 @@ impl RequestPlan<'_> {
             Platform::OpenaiCompatible => {
                 target.push('/');
                 target.push_str(operation);
+                self.push_object(&mut target);
                 let mut first = true;
                 for pair in query.split('&') {
                     let key = pair.split_once('=').map_or(pair, |(k, _)| k);
@@ -341,6 +346,16 @@ impl RequestPlan<'_> {
             .authority(endpoint.authority.clone())
             .path_and_query(target)
             .build()
+    }
+
+    /// `/{id}{suffix}` of an operation on a stored response: the upstream's id (`[A-Za-z0-9_-]`,
+    /// so nothing to encode), never the client's.
+    fn push_object(&self, target: &mut String) {
+        if let (Some(suffix), Some(pinned)) = (self.call.operation.object_suffix(), &self.pinned) {
+            target.push('/');
+            target.push_str(&pinned.upstream_id);
+            target.push_str(suffix);
+        }
     }
 
     /// The body for `endpoint`: `model` (a JSON member, or a form's `model` part) becomes its
@@ -425,7 +440,47 @@ mod tests {
             started: std::time::Instant::now(),
             trace: None,
             charge: None,
+            pinned: None,
         }
+    }
+
+    #[test]
+    fn calls_on_a_stored_response_name_the_upstream_id_never_the_clients() {
+        let azure = compiled(Platform::AzureOpenai, "dep");
+        let compatible = compiled_at(Platform::OpenaiCompatible, "llama", "http://vllm:8000/v1");
+        let pinned = crate::proxy::pinning::Pinned {
+            group: 0,
+            member: 0,
+            upstream_id: "resp_up1".to_owned(),
+            client_id: "resp_mgw1pinned_up1".to_owned(),
+        };
+        let mut v1 = plan("/openai/v1/responses/resp_mgw1pinned_up1/cancel", None, "{}");
+        v1.pinned = Some(pinned.clone());
+        assert_eq!(
+            v1.url(&azure).expect("uri").to_string(),
+            "https://res.openai.azure.com/openai/v1/responses/resp_up1/cancel"
+        );
+        assert_eq!(
+            v1.url(&compatible).expect("uri").to_string(),
+            "http://vllm:8000/v1/responses/resp_up1/cancel"
+        );
+        let mut dated = plan(
+            "/openai/responses/resp_mgw1pinned_up1/cancel",
+            Some("api-version=2025-04-01-preview"),
+            "{}",
+        );
+        dated.pinned = Some(pinned);
+        assert_eq!(
+            dated.url(&azure).expect("uri").to_string(),
+            "https://res.openai.azure.com/openai/responses/resp_up1/cancel?api-version=2025-04-01-preview"
+        );
+        // A create pinned by its previous_response_id keeps the create's path.
+        let mut create = plan("/openai/v1/responses", None, r#"{"model":"gw"}"#);
+        create.pinned = v1.pinned.clone();
+        assert_eq!(
+            create.url(&azure).expect("uri").to_string(),
+            "https://res.openai.azure.com/openai/v1/responses"
+        );
     }
 
     #[test]

@@ -16,7 +16,7 @@ use modelgw_data_plane::{ConnectionStats, DataPlane, DataPlaneConfig, DataPlaneE
 pub use modelgw_mock_openai::Region;
 use modelgw_model::{
     ConfigVersion, Credential, Endpoint, EndpointId, Gateway, GatewayId, GatewayKey, GatewayKeyId,
-    GatewayMember, Platform, RoutingPolicy, Secret, Snapshot, gateway_key_hash,
+    GatewayMember, PinKey, Platform, RoutingPolicy, Secret, Snapshot, gateway_key_hash,
 };
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
@@ -25,6 +25,8 @@ use tokio::sync::oneshot;
 pub const CLIENT_KEY: &str = "mgw-test-client-key-0001";
 pub const GATEWAY: &str = "chat";
 pub const API_VERSION: &str = "api-version=2024-10-21";
+/// The gateway's pin key in the harness's snapshots.
+pub const PIN_KEY: PinKey = PinKey::new([0x5a; 32]);
 
 /// A region named `name` in Azure region `name`, serving deployment `gpt-4o-{name}`.
 pub async fn region(name: &str) -> Result<Region> {
@@ -97,6 +99,7 @@ pub fn snapshot(
             routing,
             key_limits: Default::default(),
             traces: Default::default(),
+            pin_key: PIN_KEY,
         }],
     })
 }
