@@ -300,7 +300,11 @@ const BAD_KEY_STEPS = [
 ];
 
 function fail(mode, step, err) {
-  console.log(`FAIL ${mode} ${step}: ${err?.constructor?.name}: ${err?.message ?? err}`);
+  // A connection error's cause says what the socket saw (e.g. `write EPIPE`).
+  const causes = [];
+  for (let c = err?.cause; c; c = c.cause) causes.push(`${c.code ?? c.constructor?.name}: ${c.message}`);
+  const why = causes.length ? ` (${causes.join(' <- ')})` : '';
+  console.log(`FAIL ${mode} ${step}: ${err?.constructor?.name}: ${err?.message ?? err}${why}`);
   if (err?.stack) console.error(err.stack);
   process.exit(1);
 }
