@@ -67,13 +67,13 @@ fn required_env(name: &str) -> anyhow::Result<String> {
     })
 }
 
-/// One run of an SDK script: its program and arguments, and what it printed.
+/// One finished run of an SDK script: which one, and what it printed.
 struct Run {
     name: &'static str,
     stdout: String,
 }
 
-/// Runs `program args…` against the cluster (first data plane; follow-ups on the second).
+/// Runs `program args…` with `env`; an error (with everything it printed) unless it exits 0.
 async fn run_script(
     name: &'static str,
     program: &str,
