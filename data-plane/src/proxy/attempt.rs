@@ -9,9 +9,9 @@
 //! 413, 422 and every other 4xx but 401/403/429, `content_filter` included) never changes
 //! the endpoint's health ([`HealthImpact::Unchanged`]), and a 401/403 marks the endpoint
 //! `error` only when nothing client-controlled reached the upstream that it could authorise
-//! by — with the header allowlist that leaves the endpoint's own credential, unless the
-//! client sent an identity header (`openai-organization`, `openai-project`) or query
-//! parameters besides `api-version` ([`Outcome::of_status`]'s `client_scoped_auth`).
+//! by — with the header allowlist (which drops `openai-organization`/`-project` too) that
+//! leaves the endpoint's own credential, unless the client sent query parameters besides
+//! `api-version` ([`Outcome::of_status`]'s `client_scoped_auth`).
 //!
 //! A rejected endpoint credential is the gateway's fault, not the client's: the request goes on
 //! to the next endpoint, and the upstream's 401/403 body never reaches the client (some
@@ -396,8 +396,9 @@ mod tests {
         }
     }
 
-    /// A 401/403 to a request carrying an identity of the client's (e.g. `openai-organization`)
-    /// may be the client's doing: passed through, health unchanged.
+    /// A 401/403 to a request carrying something of the client's the upstream may authorise
+    /// by (a query parameter besides `api-version`) may be the client's doing: passed
+    /// through, health unchanged.
     #[test]
     fn a_401_the_client_may_have_caused_leaves_health_alone() {
         for code in [401u16, 403] {

@@ -396,8 +396,7 @@ impl Proxy {
             body = crate::metrics::usage::request_usage(&body);
         }
         let forward_address = self.limits.forward_client_address_headers;
-        let (prepared, client_identity) =
-            upstream_headers(&parts.headers, request_id, forward_address);
+        let prepared = upstream_headers(&parts.headers, request_id, forward_address);
         let query = upstream_query(parts.uri.query(), Some(key));
         // Borrowed: nothing was removed (the common case); owned or gone: something was.
         if !matches!(query, Some(Cow::Borrowed(_)))
@@ -405,10 +404,11 @@ impl Proxy {
         {
             debug!(request_id = rid, "credential parameters removed from the query");
         }
-        let client_scoped_auth = client_identity
-            || query.as_deref().is_some_and(|q| {
-                q.split('&').any(|pair| !pair.is_empty() && !pair.starts_with("api-version="))
-            });
+        // Query parameters besides `api-version` may be something the upstream authorises by:
+        // a 401/403 is then possibly the client's doing (`Outcome::of_status`).
+        let client_scoped_auth = query.as_deref().is_some_and(|q| {
+            q.split('&').any(|pair| !pair.is_empty() && !pair.starts_with("api-version="))
+        });
         let mut plan = RequestPlan {
             request_id: rid,
             method: parts.method.clone(),

@@ -33,7 +33,7 @@ pub(crate) const FORWARDED_HEADERS: [&str; 4] =
     ["traceparent", "tracestate", "x-ms-useragent", "idempotency-key"];
 
 /// Families forwarded by prefix: the SDKs' `x-stainless-*` (language, version, retry count,
-/// timeouts) and OpenAI's `openai-*` (`openai-organization`, `openai-project`, `openai-beta`).
+/// timeouts) and OpenAI's `openai-*` (`openai-beta`), but for [`IDENTITY_HEADERS`].
 pub(crate) const FORWARDED_PREFIXES: [&str; 2] = ["x-stainless-", "openai-"];
 
 /// Client-address headers, forwarded only with `MODELGW_FORWARD_CLIENT_ADDRESS_HEADERS`
@@ -41,10 +41,11 @@ pub(crate) const FORWARDED_PREFIXES: [&str; 2] = ["x-stainless-", "openai-"];
 pub(crate) const CLIENT_ADDRESS_HEADERS: [&str; 4] =
     ["x-forwarded-for", "x-forwarded-host", "x-forwarded-proto", "forwarded"];
 
-/// Forwarded headers that carry an identity the upstream may authorise by
-/// (`openai-organization`, `openai-project`): with one of them, a 401/403 may be the request's
-/// doing, not the endpoint credential's.
-const IDENTITY_HEADERS: [&str; 2] = ["openai-organization", "openai-project"];
+/// Headers of the `openai-*` family that name the account the upstream bills
+/// (`openai-organization`, `openai-project`): never forwarded. The endpoint's key decides
+/// which organisation and project pay — on an OpenAI endpoint whose key reaches several, a
+/// client naming another would otherwise bill it (and Azure ignores them).
+pub(crate) const IDENTITY_HEADERS: [&str; 2] = ["openai-organization", "openai-project"];
 
 /// Query parameters that carry a credential (compared case-insensitively, percent-decoded):
 /// never sent upstream, whatever their value. A parameter whose value is the client's own
@@ -66,9 +67,6 @@ pub(crate) const CREDENTIAL_PARAMS: [&str; 9] = [
 pub(crate) enum Forwarding {
     Dropped,
     Forwarded,
-    /// Forwarded, and it carries an identity the upstream may authorise by
-    /// ([`IDENTITY_HEADERS`]).
-    Identity,
 }
 
 /// Whether a client request header goes upstream; see [`FORWARDED_HEADERS`].
@@ -86,7 +84,7 @@ pub(crate) fn forwarding(name: &HeaderName, client_address_headers: bool) -> For
     if FORWARDED_PREFIXES.iter().any(|prefix| name.starts_with(prefix)) {
         // The identity headers are of the `openai-*` family: checked only here.
         return if IDENTITY_HEADERS.contains(&name) {
-            Forwarding::Identity
+            Forwarding::Dropped
         } else {
             Forwarding::Forwarded
         };
@@ -132,27 +130,24 @@ fn connection_listed(headers: &HeaderMap) -> Vec<HeaderName> {
 }
 
 /// The client's headers as sent upstream: the allowlisted ones ([`forwarding`]) that the
-/// client's `Connection` header does not declare hop-by-hop, plus the request id; and whether
-/// they carry an identity the upstream may authorise by ([`IDENTITY_HEADERS`]), found in the
-/// same pass.
+/// client's `Connection` header does not declare hop-by-hop, plus the request id.
 pub(crate) fn upstream_headers(
     client: &HeaderMap,
     request_id: &HeaderValue,
     client_address_headers: bool,
-) -> (HeaderMap, bool) {
+) -> HeaderMap {
     let listed =
         if client.contains_key(CONNECTION) { connection_listed(client) } else { Vec::new() };
     let mut out = HeaderMap::with_capacity(client.len() + 2);
-    let mut client_identity = false;
     for (name, value) in client {
-        let verdict = forwarding(name, client_address_headers);
-        if verdict != Forwarding::Dropped && !listed.contains(name) {
-            client_identity |= verdict == Forwarding::Identity;
+        if forwarding(name, client_address_headers) == Forwarding::Forwarded
+            && !listed.contains(name)
+        {
             out.append(name.clone(), value.clone());
         }
     }
     out.insert(CLIENT_REQUEST_ID, request_id.clone());
-    (out, client_identity)
+    out
 }
 
 /// The client's query string as sent upstream: without credential parameters
@@ -279,7 +274,6 @@ impl RequestPlan<'_> {
                 self.request_id_header,
                 self.client_address_headers,
             )
-            .0
         });
         if let Some(trace) = &self.trace {
             trace.inject(&mut headers);
@@ -600,8 +594,7 @@ mod tests {
         ] {
             client.append(name, HeaderValue::from_static(value));
         }
-        let (out, client_identity) =
-            upstream_headers(&client, &HeaderValue::from_static("client-id"), false);
+        let out = upstream_headers(&client, &HeaderValue::from_static("client-id"), false);
         let mut names: Vec<&str> = out.keys().map(HeaderName::as_str).collect();
         names.sort_unstable();
         assert_eq!(
@@ -609,15 +602,13 @@ mod tests {
             vec![
                 "accept",
                 "content-type",
-                "openai-organization",
                 "traceparent",
                 "user-agent",
                 "x-ms-client-request-id",
                 "x-stainless-lang"
             ]
         );
-        assert!(client_identity);
-        let (with_address, _) = upstream_headers(&client, &HeaderValue::from_static("id"), true);
+        let with_address = upstream_headers(&client, &HeaderValue::from_static("id"), true);
         assert_eq!(
             with_address.get("x-forwarded-for").map(|v| v.as_bytes()),
             Some(&b"10.0.0.1"[..])
