@@ -530,3 +530,63 @@ async fn the_sdk_surface_still_works_on_every_path_the_table_serves() -> Result<
     assert_eq!(eus.calls(), 4);
     Ok(())
 }
+
+/// Reads one HTTP/1.1 response with a `content-length` from `stream`: its status and body.
+async fn read_response(stream: &mut TcpStream) -> Result<(u16, Vec<u8>)> {
+    let mut buf = Vec::new();
+    let mut byte = [0u8; 1];
+    while !buf.ends_with(b"\r\n\r\n") {
+        if stream.read(&mut byte).await? == 0 {
+            bail!("connection closed after {} bytes of a response head", buf.len());
+        }
+        buf.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&buf).to_ascii_lowercase();
+    let status = head.get(9..12).context("status line")?.parse::<u16>()?;
+    let length = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .context("a content-length")?
+        .trim()
+        .parse::<usize>()?;
+    let mut body = vec![0u8; length];
+    stream.read_exact(&mut body).await?;
+    Ok((status, body))
+}
+
+/// A request refused before its body is needed (a wrong key) does not cost the client its
+/// keep-alive connection: the gateway reads and drops the upload, answers 401, and serves the
+/// next request on the same connection. Dropped unread, hyper closed the connection: the
+/// official SDKs saw EPIPE in the middle of an upload, or "server disconnected" on their next
+/// request over it.
+#[tokio::test]
+async fn a_refused_upload_leaves_the_keep_alive_connection_usable() -> Result<()> {
+    let eus = region_at("eus", "East US", "gpt-4o-eus").await?;
+    let gw = gateway(&[(&eus, 0, 1)]).await?;
+    let mut stream = TcpStream::connect(addr(&gw)).await?;
+    let path = format!("/openai/deployments/auto/chat/completions?{API_VERSION}");
+    let upload = vec![b' '; 96 * 1024];
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nhost: gw\r\napi-key: not-a-key\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+        upload.len()
+    );
+    stream.write_all(head.as_bytes()).await?;
+    for chunk in upload.chunks(8 * 1024) {
+        stream.write_all(chunk).await?;
+        tokio::task::yield_now().await;
+    }
+    let (status, _) = read_response(&mut stream).await?;
+    assert_eq!(status, 401);
+
+    let chat = serde_json::to_vec(&chat_body(false))?;
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nhost: gw\r\napi-key: {CLIENT_KEY}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+        chat.len()
+    );
+    stream.write_all(head.as_bytes()).await?;
+    stream.write_all(&chat).await?;
+    let (status, body) = read_response(&mut stream).await?;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(eus.calls(), 1, "only the second request reached the region");
+    Ok(())
+}

@@ -4,6 +4,7 @@
 use bytes::Bytes;
 use http::header::CONTENT_LENGTH;
 use http::{HeaderMap, Response};
+use http_body::Body as _;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use hyper::body::Incoming;
 use tracing::info;
@@ -46,4 +47,31 @@ pub(super) async fn read_body(
             Err(reply::body_timeout(limits.client_body_timeout))
         }
     }
+}
+
+/// A body the gateway answered without reading (a refusal before the body was needed: a wrong
+/// key, an unserved path, no configuration yet): read and dropped in the background, within the
+/// same size and time bounds as a body that is read, so that the client's upload completes and
+/// its keep-alive connection stays usable — what nginx's lingering close is for. Dropped unread,
+/// hyper closes the connection under a client that is still writing (EPIPE instead of the
+/// answer) or about to send its next request on it ("server disconnected"). A body declared
+/// larger than the limit is not waited for: that connection closes.
+pub(super) fn discard(body: Incoming, limits: &Limits) {
+    if body.is_end_stream() || body.size_hint().lower() > limits.max_body_bytes as u64 {
+        return;
+    }
+    let (limit, timeout) = (limits.max_body_bytes, limits.client_body_timeout);
+    tokio::spawn(async move {
+        let drain = async move {
+            let mut body = body;
+            let mut read = 0usize;
+            while let Some(Ok(frame)) = body.frame().await {
+                read += frame.data_ref().map_or(0, bytes::Buf::remaining);
+                if read > limit {
+                    return;
+                }
+            }
+        };
+        let _ = tokio::time::timeout(timeout, drain).await;
+    });
 }

@@ -162,6 +162,7 @@ impl Proxy {
         peer: Option<IpAddr>,
     ) -> Response<ProxyBody> {
         let (parts, body) = request.into_parts();
+        let mut body = Some(body);
         let route = parse_route(&parts.method, parts.uri.path());
         match route {
             Route::Healthz => return reply::text(StatusCode::OK, "ok\n"),
@@ -194,7 +195,7 @@ impl Proxy {
         let mut response = Box::pin(
             self.serve(
                 &parts,
-                body,
+                &mut body,
                 Context { route, peer, request_id: &request_id, started, table: &table },
                 &mut gateway,
                 &mut tally,
@@ -203,6 +204,10 @@ impl Proxy {
             .instrument(span.clone()),
         )
         .await;
+        if let Some(unread) = body.take() {
+            // Refused before its body was needed (a wrong key, an unserved path…).
+            body::discard(unread, &self.limits);
+        }
         if let Some(trace) = tally.trace.take() {
             trace.finish_local(response.status().as_u16());
         }
@@ -229,7 +234,7 @@ impl Proxy {
     async fn serve<'t>(
         &self,
         parts: &Parts,
-        body: Incoming,
+        body: &mut Option<Incoming>,
         context: Context<'_, 't>,
         gateway_name: &mut Option<String>,
         tally: &mut Tally<'t>,
@@ -299,8 +304,9 @@ impl Proxy {
         if let Err(refusal) = auth::check_deployment(call, gateway, rid) {
             return refusal.response();
         }
+        let Some(incoming) = body.take() else { return reply::bad_body() };
         let reading = Instant::now();
-        let body = body::read_body(&self.limits, &parts.headers, body, rid).await;
+        let body = body::read_body(&self.limits, &parts.headers, incoming, rid).await;
         tally.waited += reading.elapsed();
         let mut body = match body {
             Ok(body) => body,
