@@ -1,5 +1,6 @@
 //! Reading what Azure OpenAI says about its own availability: when a 429 may be retried
-//! (`retry-after-ms`, `Retry-After`, "retry after N seconds" in the error message) and how much
+//! (`retry-after-ms`, `Retry-After`, "retry after N seconds" in the error message, or OpenAI's
+//! "try again in 20s") and how much
 //! quota an answer says is left (`x-ratelimit-*`). Parsing only: what the values mean for an
 //! endpoint's health is decided by [`super::HealthPolicy`].
 
@@ -22,9 +23,10 @@ pub fn retry_after_from_headers(headers: &HeaderMap, now: SystemTime) -> Option<
     Some(date.duration_since(now).unwrap_or(Duration::ZERO))
 }
 
-/// Finds "retry after N second(s)" or "try again in N second(s)" (any case) in an Azure error
-/// body, e.g. "Please retry after 6 seconds." or "Rate limit is exceeded. Try again in 50
-/// seconds.".
+/// Finds "retry after N second(s)" or "try again in N second(s)" (any case) in an error body,
+/// e.g. Azure's "Please retry after 6 seconds." or "Rate limit is exceeded. Try again in 50
+/// seconds.", and OpenAI's compact form after the same phrase: "Please try again in 20s.",
+/// "…in 6ms.", "…in 1m30.5s." (OpenAI-compatible endpoints whose 429 carries no `Retry-After`).
 pub fn retry_after_from_message(body: &[u8]) -> Option<Duration> {
     const PHRASES: [&[u8]; 2] = [b"retry after ", b"try again in "];
     let lower = body.to_ascii_lowercase();
@@ -32,20 +34,50 @@ pub fn retry_after_from_message(body: &[u8]) -> Option<Duration> {
         let mut from = 0;
         while let Some(pos) = find(&lower[from..], phrase) {
             let start = from + pos + phrase.len();
-            let digits =
-                lower[start..].iter().take_while(|b| b.is_ascii_digit() || **b == b'.').count();
-            let rest = &lower[start + digits..];
-            let rest = &rest[rest.iter().take_while(|b| **b == b' ').count()..];
-            if digits > 0 && rest.starts_with(b"second") {
-                let number = std::str::from_utf8(&lower[start..start + digits]).ok();
-                if let Some(secs) = number.and_then(parse_non_negative) {
-                    return Some(Duration::from_secs_f64(secs));
-                }
+            if let Some(secs) = delay_after(&lower[start..]) {
+                return Some(Duration::from_secs_f64(secs));
             }
             from = start;
         }
     }
     None
+}
+
+/// The delay at the start of `text` (lower case), in seconds: "N second(s)", or numbers with
+/// the units `h`, `m`, `s`, `ms` run together ("1m30.5s", "6ms"). `None` for anything else
+/// ("6 minutes", "a while").
+fn delay_after(text: &[u8]) -> Option<f64> {
+    let mut rest = text;
+    let mut total = 0.0;
+    let mut read_any = false;
+    loop {
+        let digits = rest.iter().take_while(|b| b.is_ascii_digit() || **b == b'.').count();
+        // Not a number (nothing, or the full stop ending the sentence): the delay ends here.
+        let Some(value) = std::str::from_utf8(&rest[..digits]).ok().and_then(parse_non_negative)
+        else {
+            break;
+        };
+        let after = &rest[digits..];
+        let spaced = &after[after.iter().take_while(|b| **b == b' ').count()..];
+        if spaced.starts_with(b"second") {
+            return Some(total + value);
+        }
+        let (unit, len) = if after.starts_with(b"ms") {
+            (0.001, 2)
+        } else if after.starts_with(b"s") {
+            (1.0, 1)
+        } else if after.starts_with(b"m") {
+            (60.0, 1)
+        } else if after.starts_with(b"h") {
+            (3600.0, 1)
+        } else {
+            break;
+        };
+        total += value * unit;
+        read_any = true;
+        rest = &after[len..];
+    }
+    read_any.then_some(total)
 }
 
 /// The quota an answer reports. A header that is absent or not an integer reads as `None`;
@@ -141,6 +173,19 @@ mod tests {
             Some(Duration::from_secs(3))
         );
         assert_eq!(retry_after_from_message(b"please retry after 6 minutes"), None);
+        // OpenAI's compact form (its 429s may carry no Retry-After).
+        let openai = |text: &str| retry_after_from_message(text.as_bytes());
+        let tpm = "Rate limit reached for gpt-4o in organization org-x on tokens per min (TPM): \
+                   Limit 30000, Used 29850, Requested 300. Please try again in 300ms. Visit …";
+        assert_eq!(openai(tpm), Some(Duration::from_millis(300)));
+        assert_eq!(openai("Please try again in 20s."), Some(Duration::from_secs(20)));
+        assert_eq!(openai("Please try again in 1m30.5s."), Some(Duration::from_millis(90_500)));
+        assert_eq!(openai("Please try again in 2h."), Some(Duration::from_secs(7200)));
+        assert_eq!(openai("Please try again in 1.5 seconds"), Some(Duration::from_millis(1500)));
+        assert_eq!(openai("Please try again in 20 minutes"), None);
+        assert_eq!(openai("Please try again in 2024-01-01"), None);
+        assert_eq!(openai("Please try again in s"), None);
+        assert_eq!(openai("Please try again in .s"), None);
         assert_eq!(retry_after_from_message(b"{}"), None);
     }
 
