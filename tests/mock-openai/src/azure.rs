@@ -1,13 +1,11 @@
 //! The Azure OpenAI surface: routing, api-version, auth, deployments, scripted faults, answers.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures::stream;
 use http::header::{AUTHORIZATION, CONTENT_TYPE, HeaderName, RETRY_AFTER};
-use http::request::Parts;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::{Frame, Incoming};
@@ -278,7 +276,7 @@ async fn answer(shared: &Shared, req: Request<Incoming>) -> Result<Response<Body
     if let Some(dep) = &deployment {
         tracing::Span::current().record("deployment", tracing::field::display(dep));
     }
-    shared.state().record(recorded(&parts, &body, deployment.clone()));
+    shared.state().record(RecordedRequest::new(&parts, &body, deployment.clone()));
 
     // A region's baseline distance applies to every answer.
     let latency = shared.latency();
@@ -609,28 +607,6 @@ fn form_answer(ctx: &Ctx<'_>, ans: &Answer<'_>, op: Operation, form: &Form) -> R
         _ => return ans.json(StatusCode::NOT_FOUND, wire::RESOURCE_NOT_FOUND),
     };
     shaped(ans, content_type, Bytes::from(body), ctx.shape)
-}
-
-fn recorded(parts: &Parts, body: &Bytes, deployment: Option<String>) -> RecordedRequest {
-    let mut headers: BTreeMap<String, String> = BTreeMap::new();
-    for (name, value) in &parts.headers {
-        let value = String::from_utf8_lossy(value.as_bytes()).into_owned();
-        headers
-            .entry(name.as_str().to_owned())
-            .and_modify(|v| {
-                v.push_str(", ");
-                v.push_str(&value);
-            })
-            .or_insert(value);
-    }
-    RecordedRequest {
-        method: parts.method.to_string(),
-        path: parts.uri.path().to_owned(),
-        query: parts.uri.query().map(str::to_owned),
-        headers,
-        body: body.clone(),
-        deployment,
-    }
 }
 
 /// A scripted status with Azure's body for it and the scripted retry hints.

@@ -32,7 +32,7 @@
 //! for in-process assertions) and can be told to fail the next requests ([`CompatibleFault`]).
 //! It has no control API: only in-process tests use it.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::fmt;
 use std::net::SocketAddr;
@@ -385,25 +385,7 @@ async fn handle(inner: &Inner, req: Request<Incoming>) -> Result<Response<Body>,
 }
 
 fn record(inner: &Inner, parts: &Parts, body: &Bytes, model: Option<String>) {
-    let mut headers: BTreeMap<String, String> = BTreeMap::new();
-    for (name, value) in &parts.headers {
-        let value = String::from_utf8_lossy(value.as_bytes()).into_owned();
-        headers
-            .entry(name.as_str().to_owned())
-            .and_modify(|v| {
-                v.push_str(", ");
-                v.push_str(&value);
-            })
-            .or_insert(value);
-    }
-    let recorded = RecordedRequest {
-        method: parts.method.to_string(),
-        path: parts.uri.path().to_owned(),
-        query: parts.uri.query().map(str::to_owned),
-        headers,
-        body: body.clone(),
-        deployment: model,
-    };
+    let recorded = RecordedRequest::new(parts, body, model);
     let mut state = inner.state();
     if state.requests.len() >= MAX_RECORDED_REQUESTS {
         state.requests.pop_front();

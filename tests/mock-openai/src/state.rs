@@ -50,6 +50,34 @@ pub struct RecordedRequest {
 }
 
 impl RecordedRequest {
+    /// The record of a request with this head and body (repeated headers joined with `", "`),
+    /// for every mock of this crate.
+    pub(crate) fn new(
+        parts: &http::request::Parts,
+        body: &Bytes,
+        deployment: Option<String>,
+    ) -> RecordedRequest {
+        let mut headers: BTreeMap<String, String> = BTreeMap::new();
+        for (name, value) in &parts.headers {
+            let value = String::from_utf8_lossy(value.as_bytes()).into_owned();
+            headers
+                .entry(name.as_str().to_owned())
+                .and_modify(|v| {
+                    v.push_str(", ");
+                    v.push_str(&value);
+                })
+                .or_insert(value);
+        }
+        RecordedRequest {
+            method: parts.method.to_string(),
+            path: parts.uri.path().to_owned(),
+            query: parts.uri.query().map(str::to_owned),
+            headers,
+            body: body.clone(),
+            deployment,
+        }
+    }
+
     /// A header value by lower-case name.
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers.get(name).map(String::as_str)
