@@ -334,28 +334,6 @@ fn with_metrics() -> DataPlaneConfig {
     DataPlaneConfig { metrics_addr: Some(SocketAddr::from(([127, 0, 0, 1], 0))), ..fast_config() }
 }
 
-/// The value of the sample of `metric` whose labels include `labels`, from a scrape; 0 when
-/// there is none.
-async fn metric(gw: &TestGateway, metric: &str, labels: &[(&str, &str)]) -> f64 {
-    let text = gw.scrape().await;
-    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned())))
-        .expect("the exposition parses");
-    let values: Vec<f64> = scrape
-        .samples
-        .iter()
-        .filter(|s| s.metric == metric)
-        .filter(|s| labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
-        .map(|s| match s.value {
-            prometheus_parse::Value::Counter(v)
-            | prometheus_parse::Value::Gauge(v)
-            | prometheus_parse::Value::Untyped(v) => v,
-            _ => panic!("{metric} is not a plain sample"),
-        })
-        .collect();
-    assert!(values.len() <= 1, "{metric}{labels:?}: {values:?}");
-    values.first().copied().unwrap_or(0.0)
-}
-
 /// `GET /openai/models` (Azure's shape) and `GET /openai/v1/models` (OpenAI's) list `auto`
 /// and the gateway; `…/models/{id}` describes either; no upstream is asked.
 #[tokio::test]
@@ -415,7 +393,7 @@ async fn models_are_listed_by_the_gateway_itself() -> Result<()> {
     assert_eq!(wrong.status(), 401);
     assert!(eus.mock().requests().is_empty(), "no upstream was asked");
     let models = [("gateway", GATEWAY), ("reason", "models"), ("status", "200")];
-    assert_eq!(metric(&gw, "modelgw_local_responses_total", &models).await, 4.0);
+    assert_eq!(gw.metric("modelgw_local_responses_total", &models).await, 4.0);
     Ok(())
 }
 
@@ -510,7 +488,7 @@ async fn a_wrong_key_gets_401_on_every_known_operation() -> Result<()> {
         assert_eq!(response.text().await?, wire::RESOURCE_NOT_FOUND);
     }
     assert!(eus.mock().requests().is_empty(), "no upstream was asked");
-    assert_eq!(metric(&gw, "modelgw_failed_authentications_total", &[]).await, refused);
+    assert_eq!(gw.metric("modelgw_failed_authentications_total", &[]).await, refused);
 
     // With the right key, what the table does not serve is Azure's 404, still from the gateway.
     let response = gw
@@ -598,10 +576,10 @@ async fn a_streamed_responses_create_is_relayed_intact_and_its_usage_counted() -
         );
     }
     let labels = |kind| [("gateway", GATEWAY), ("endpoint", "eus"), ("gen_ai_token_type", kind)];
-    assert_eq!(metric(&gw, "gen_ai_client_token_usage_sum", &labels("input")).await, 14.0);
-    assert_eq!(metric(&gw, "gen_ai_client_token_usage_sum", &labels("output")).await, 6.0);
+    assert_eq!(gw.metric("gen_ai_client_token_usage_sum", &labels("input")).await, 14.0);
+    assert_eq!(gw.metric("gen_ai_client_token_usage_sum", &labels("output")).await, 6.0);
     let ok = [("gateway", GATEWAY), ("operation", "responses"), ("status_class", "2xx")];
-    assert_eq!(metric(&gw, "modelgw_requests_total", &ok).await, 2.0);
+    assert_eq!(gw.metric("modelgw_requests_total", &ok).await, 2.0);
 
     let mut traces = Vec::new();
     let deadline = tokio::time::Instant::now() + STEP;

@@ -49,20 +49,7 @@ impl Scrape {
 
     /// The value of `metric` whose labels include every pair of `labels`; 0 when absent.
     fn value(&self, metric: &str, labels: &[(&str, &str)]) -> f64 {
-        let found: Vec<f64> = self
-            .0
-            .iter()
-            .filter(|s| s.metric == metric)
-            .filter(|s| labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
-            .map(|s| match s.value {
-                prometheus_parse::Value::Counter(v)
-                | prometheus_parse::Value::Gauge(v)
-                | prometheus_parse::Value::Untyped(v) => v,
-                _ => panic!("{metric} is not a plain sample"),
-            })
-            .collect();
-        assert!(found.len() <= 1, "{metric}{labels:?} matches {} samples", found.len());
-        found.first().copied().unwrap_or(0.0)
+        metric_value(&self.0, metric, labels)
     }
 }
 

@@ -136,6 +136,15 @@ impl TestGateway {
         response.expect("scrape").text().await.expect("scrape body")
     }
 
+    /// The value of the sample of `metric` whose labels include every pair of `labels`, from
+    /// a scrape of this gateway; 0 when there is none ([`metric_value`]).
+    pub async fn metric(&self, metric: &str, labels: &[(&str, &str)]) -> f64 {
+        let text = self.scrape().await;
+        let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned())))
+            .expect("the exposition parses");
+        metric_value(&scrape.samples, metric, labels)
+    }
+
     /// Swaps `snapshot` in; an error if it is not newer than the one serving.
     pub fn install(&self, snapshot: Snapshot) -> Result<()> {
         let table = RoutingTable::compile(&snapshot)?;
@@ -229,4 +238,26 @@ pub async fn gateway(
 
 pub fn header<'a>(response: &'a reqwest::Response, name: &str) -> &'a str {
     response.headers().get(name).and_then(|v| v.to_str().ok()).unwrap_or("")
+}
+
+/// The value of the sample of `metric` whose labels include every pair of `labels`; 0 when
+/// there is none, and a failed test when more than one match or the sample is not a plain one.
+pub fn metric_value(
+    samples: &[prometheus_parse::Sample],
+    metric: &str,
+    labels: &[(&str, &str)],
+) -> f64 {
+    let found: Vec<f64> = samples
+        .iter()
+        .filter(|s| s.metric == metric)
+        .filter(|s| labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+        .map(|s| match s.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => v,
+            _ => panic!("{metric} is not a plain sample"),
+        })
+        .collect();
+    assert!(found.len() <= 1, "{metric}{labels:?} matches {} samples: {found:?}", found.len());
+    found.first().copied().unwrap_or(0.0)
 }
