@@ -18,8 +18,10 @@ use modelgw_control_plane::distribution::join_tokens::{
 use modelgw_control_plane::store::AuthMode;
 
 use crate::api_tokens::{MAX_EXPIRES_IN_SECONDS, MIN_EXPIRES_IN_SECONDS};
-use crate::gateways::DEFAULT_COMPLETION_TOKENS_RANGE;
-use crate::gateways::MAX_REDACT_FIELD_CHARS;
+use crate::gateways::{
+    DEFAULT_COMPLETION_TOKENS_RANGE, MAX_REDACT_FIELD_CHARS, QUOTA_RESERVE_PERCENT_RANGE,
+    QUOTA_WINDOW_SECS_RANGE,
+};
 use crate::keys::MAX_KEY_LIMIT;
 use modelgw_control_plane::store::{MAX_TRACE_MAX_COUNT, MAX_TRACE_RETENTION_DAYS};
 use modelgw_model::limits::{
@@ -92,6 +94,12 @@ pub fn rules() -> Vec<(&'static str, &'static str, Rule)> {
     rules.push(("GatewayMemberInput", "priority", Rule::Range(PRIORITY_RANGE)));
     rules.push(("GatewayMemberInput", "weight", Rule::Range(WEIGHT_RANGE)));
     rules.push(("RoutingInput", "request_timeout_ms", Rule::Range(REQUEST_TIMEOUT_MS_RANGE)));
+    for schema in ["QuotaPolicyInput", "QuotaPolicyResponse"] {
+        for field in ["request_window_secs", "token_window_secs"] {
+            rules.push((schema, field, Rule::Range(QUOTA_WINDOW_SECS_RANGE)));
+        }
+        rules.push((schema, "reserve_percent", Rule::Range(QUOTA_RESERVE_PERCENT_RANGE)));
+    }
     rules.push(("TracesInput", "max_payload_bytes", Rule::Range(1..=i64::from(MAX_PAYLOAD_BYTES))));
     rules.push((
         "TracesInput",

@@ -17,7 +17,8 @@ use modelgw_model::limits::{
 };
 use modelgw_model::traces::{MAX_PAYLOAD_BYTES, MAX_REDACT_FIELDS};
 use modelgw_model::{
-    EndpointId, EndpointState, GatewayId, GatewayMember, RoutingPolicy, RoutingStrategy,
+    EndpointId, EndpointState, GatewayId, GatewayMember, QuotaPolicy, RoutingPolicy,
+    RoutingStrategy,
 };
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -43,6 +44,15 @@ const UNKNOWN_MEMBER: &str = "Unknown, missing, mistyped or invalid fields, all 
 /// Completion tokens a gateway may reserve per request without a maximum: at least one, at
 /// most a million (beyond any model's output).
 pub const DEFAULT_COMPLETION_TOKENS_RANGE: std::ops::RangeInclusive<i64> = 1..=1_000_000;
+
+/// `QuotaPolicy::WINDOW_SECS_RANGE` as the validator and the document take ranges.
+pub const QUOTA_WINDOW_SECS_RANGE: std::ops::RangeInclusive<i64> = (*QuotaPolicy::WINDOW_SECS_RANGE
+    .start() as i64)
+    ..=(*QuotaPolicy::WINDOW_SECS_RANGE.end() as i64);
+/// `QuotaPolicy::RESERVE_PERCENT_RANGE` as the validator and the document take ranges.
+pub const QUOTA_RESERVE_PERCENT_RANGE: std::ops::RangeInclusive<i64> =
+    (*QuotaPolicy::RESERVE_PERCENT_RANGE.start() as i64)
+        ..=(*QuotaPolicy::RESERVE_PERCENT_RANGE.end() as i64);
 
 /// Member defaults when a field is omitted (also stated in the schema).
 const DEFAULT_ENABLED: bool = true;
@@ -84,6 +94,34 @@ pub struct RoutingInput {
     /// plane's default.
     #[schema(value_type = Option<u32>)]
     pub request_timeout_ms: Option<i64>,
+    /// Quota-aware routing; omitted = on, with Azure's renewal periods and no reserve.
+    #[serde(default, deserialize_with = "crate::body::optional_object")]
+    pub quota: Option<QuotaPolicyInput>,
+}
+
+/// How data planes read and spend the quota their endpoints report in `x-ratelimit-*`
+/// headers. Omitted fields take their defaults.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct QuotaPolicyInput {
+    /// Spread a priority group's traffic by each member's estimated remaining quota, and skip
+    /// a member only when a request would not fit in it; `false` = react to 429s only.
+    #[schema(default = true)]
+    pub enabled: Option<bool>,
+    /// Seconds over which an endpoint's request limit refills when its answers carry no
+    /// `x-ratelimit-reset-requests`, 1–86400 (Azure's renewal period for requests: 10).
+    #[schema(value_type = Option<u32>, default = 10)]
+    #[serde(default, deserialize_with = "crate::body::optional_whole_number")]
+    pub request_window_secs: Option<i64>,
+    /// The same for tokens (`x-ratelimit-reset-tokens`), 1–86400 (Azure's: 60).
+    #[schema(value_type = Option<u32>, default = 60)]
+    #[serde(default, deserialize_with = "crate::body::optional_whole_number")]
+    pub token_window_secs: Option<i64>,
+    /// Percent of each endpoint's quota never planned for, 0–50: room for other clients of
+    /// the same deployments outside the gateway.
+    #[schema(value_type = Option<u32>, default = 0)]
+    #[serde(default, deserialize_with = "crate::body::optional_whole_number")]
+    pub reserve_percent: Option<i64>,
 }
 
 /// A gateway's routing settings.
@@ -94,6 +132,17 @@ pub struct RoutingResponse {
     /// Milliseconds; `null` = the data plane's default deadline.
     #[schema(required = true)]
     pub request_timeout_ms: Option<u32>,
+    pub quota: QuotaPolicyResponse,
+}
+
+/// A gateway's quota-aware routing settings, every field shown.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct QuotaPolicyResponse {
+    pub enabled: bool,
+    pub request_window_secs: u32,
+    pub token_window_secs: u32,
+    #[schema(value_type = u32)]
+    pub reserve_percent: u8,
 }
 
 impl From<RoutingPolicy> for RoutingResponse {
@@ -102,6 +151,18 @@ impl From<RoutingPolicy> for RoutingResponse {
             strategy: r.strategy,
             wait_for_recovery: r.wait_for_recovery,
             request_timeout_ms: r.request_timeout_ms,
+            quota: r.quota.into(),
+        }
+    }
+}
+
+impl From<QuotaPolicy> for QuotaPolicyResponse {
+    fn from(q: QuotaPolicy) -> Self {
+        QuotaPolicyResponse {
+            enabled: q.enabled,
+            request_window_secs: q.request_window_secs,
+            token_window_secs: q.token_window_secs,
+            reserve_percent: q.reserve_percent,
         }
     }
 }
@@ -347,6 +408,35 @@ fn validate_routing(v: &mut Validator, input: RoutingInput) -> RoutingPolicy {
         strategy,
         wait_for_recovery: input.wait_for_recovery.unwrap_or_default(),
         request_timeout_ms,
+        quota: validate_quota(v, input.quota.unwrap_or_default()),
+    }
+}
+
+fn validate_quota(v: &mut Validator, input: QuotaPolicyInput) -> QuotaPolicy {
+    let defaults = QuotaPolicy::default();
+    let mut window = |field: &str, value: Option<i64>, default: u32| {
+        value.map_or(default, |secs| v.in_range(field, secs, QUOTA_WINDOW_SECS_RANGE))
+    };
+    let request_window_secs = window(
+        "routing.quota.request_window_secs",
+        input.request_window_secs,
+        defaults.request_window_secs,
+    );
+    let token_window_secs = window(
+        "routing.quota.token_window_secs",
+        input.token_window_secs,
+        defaults.token_window_secs,
+    );
+    let reserve_percent = input.reserve_percent.map_or(defaults.reserve_percent, |p| {
+        let p = v.in_range("routing.quota.reserve_percent", p, QUOTA_RESERVE_PERCENT_RANGE);
+        // In range (else the request fails), so this never takes the fallback.
+        u8::try_from(p).unwrap_or_default()
+    });
+    QuotaPolicy {
+        enabled: input.enabled.unwrap_or(defaults.enabled),
+        request_window_secs,
+        token_window_secs,
+        reserve_percent,
     }
 }
 
@@ -620,6 +710,7 @@ mod tests {
                 strategy: Some("round_robin".into()),
                 wait_for_recovery: None,
                 request_timeout_ms: Some(999),
+                quota: None,
             }),
             traces: None,
             key_limits: None,
@@ -637,6 +728,7 @@ mod tests {
                 strategy: Some("fastest".into()),
                 wait_for_recovery: Some(true),
                 request_timeout_ms: Some(600_000),
+                quota: None,
             }),
             ..Default::default()
         })
@@ -647,6 +739,7 @@ mod tests {
                 strategy: RoutingStrategy::Fastest,
                 wait_for_recovery: true,
                 request_timeout_ms: Some(600_000),
+                ..RoutingPolicy::default()
             })
         );
     }

@@ -65,7 +65,8 @@ use modelgw_model::ConfigVersion;
 
 pub use auth::{BootstrapTokenError, MIN_BOOTSTRAP_TOKEN_CHARS, check_bootstrap_token};
 pub use azure::{
-    AzureConfigError, AzureImport, AzureImportConfig, MAX_DISCOVERY_JOBS, MAX_IMPORT_IDS,
+    AzureConfigError, AzureImport, AzureImportConfig, JobHeartbeat, MAX_DISCOVERY_JOBS,
+    MAX_IMPORT_IDS,
 };
 pub use body::MAX_BODY_BYTES;
 pub use openapi::openapi;
@@ -89,7 +90,8 @@ pub struct AdminState {
     pub admin_token_sha256: [u8; 32],
     /// Verifies JWT bearer tokens (OpenID Connect); `None`: JWTs get 401.
     pub bearer_verifier: Option<Arc<dyn BearerVerifier>>,
-    /// Azure discovery/import: configuration read once at start, and the in-memory jobs.
+    /// Azure discovery/import: configuration read once at start, this replica's identity and
+    /// the heartbeat rule of the discovery jobs (which are in the store).
     pub azure: AzureImport,
 }
 
@@ -235,6 +237,7 @@ const API_PREFIX: &str = "/api/v1";
 /// The admin API: every route under `/api/v1`, ready to serve.
 pub fn router(state: AdminState) -> Router {
     let metrics = state.store.metrics().clone();
+    let store_for_probes = state.store.clone();
     let mut protected = Router::new();
     for route in protected_routes() {
         let handler = route.handler.route_layer(from_fn_with_state(route.role, require_role));
@@ -250,12 +253,44 @@ pub fn router(state: AdminState) -> Router {
     let public = Router::new()
         .route("/openapi.json", axum::routing::get(openapi::serve(openapi::openapi())))
         .method_not_allowed_fallback(method_not_allowed);
+    // Probes (Kubernetes, a load balancer): unauthenticated, outside the API, saying nothing
+    // but whether this replica is alive and whether its database answers.
+    let probes = Router::new()
+        .route("/healthz", axum::routing::get(|| async { "ok\n" }))
+        .route("/readyz", axum::routing::get(readyz))
+        .with_state(store_for_probes);
     Router::new()
+        .merge(probes)
         .nest("/api/v1", public.merge(protected))
         .fallback(route_not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(from_fn(trace::trace_request))
         .layer(from_fn_with_state(metrics, request_metrics::count_request))
+}
+
+/// How long `/readyz` waits for the database before calling this replica not ready.
+const READY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// `GET /readyz`: 200 while the database answers (the cheapest query, the version), 503
+/// otherwise, so a balancer sends admin calls only to replicas that can serve them. The reason
+/// is logged, never returned (it could name the database host).
+async fn readyz(
+    axum::extract::State(store): axum::extract::State<modelgw_control_plane::Store>,
+) -> (axum::http::StatusCode, &'static str) {
+    match tokio::time::timeout(READY_TIMEOUT, store.config_version()).await {
+        Ok(Ok(_)) => (axum::http::StatusCode::OK, "ready\n"),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "readiness: the database does not answer");
+            (axum::http::StatusCode::SERVICE_UNAVAILABLE, "database unavailable\n")
+        }
+        Err(_) => {
+            tracing::warn!(
+                timeout_ms = READY_TIMEOUT.as_millis() as u64,
+                "readiness: the database did not answer in time"
+            );
+            (axum::http::StatusCode::SERVICE_UNAVAILABLE, "database unavailable\n")
+        }
+    }
 }
 
 async fn route_not_found() -> ApiError {

@@ -1,10 +1,12 @@
 //! The load section, driven by `oha`: for each round, for each scenario, floor → nginx →
-//! gateway in turn (so machine noise hits every row alike), then per metric the median over
-//! rounds.
+//! the gateway rows in turn (so machine noise hits every row alike), then per metric the
+//! median over rounds.
 //!
 //! - **throughput**: 64 connections, closed loop, as fast as the row answers; requests/s, and
 //!   the CPU time the proxy spent per request (utime+stime from `/proc` before and after,
-//!   divided by the requests completed). Every request must succeed.
+//!   divided by the requests completed). Every request must succeed. Every row runs here,
+//!   the rows that add one optional feature each too ([`Row::FEATURES`]): each feature's own
+//!   cost is its row's CPU per request minus the row it adds to, in the same round.
 //! - **latency at 8 connections**, closed loop: p50 and p99 — the cost of the hop when the
 //!   machine is not saturated.
 //! - **fixed rate**: 1,000 requests/s over 8 connections with latency correction (no
@@ -203,17 +205,17 @@ pub struct Run {
     /// (nanoseconds: that run's CPU time is a few dozen ticks); `None` at 8 connections.
     pub cpu_per_req: Option<f64>,
     /// The control plane's CPU time per completed request over the same run, seconds (it
-    /// stores the keyed row's traces and every row's usage reports); same scenarios.
+    /// stores the traced rows' traces and every row's usage reports); same scenarios.
     pub control_plane_cpu_per_req: Option<f64>,
-    /// Traces the data plane's full queue dropped during the run (keyed row only).
+    /// Traces the data plane's full queue dropped during the run (traced rows only).
     pub traces_dropped: Option<u64>,
 }
 
-/// What the key limits and traces of the keyed row did over the whole section (counters of
+/// What the key limits and traces of the rows with them did over the whole section (counters of
 /// the data plane and the control plane, differences from the section's start).
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct KeyedCounts {
-    /// Requests the keyed row sent (warm-ups included).
+    /// Requests the rows with limits or traces sent (warm-ups included).
     pub requests: u64,
     /// Admitted without a grant (fail-open): not checked against a lease.
     pub fail_open: u64,
@@ -233,7 +235,7 @@ pub struct LoadResults {
     pub runs: Vec<Run>,
     pub rounds: usize,
     pub duration: Duration,
-    /// The keyed row's limits and traces over the section.
+    /// The limits and traces of the rows with them over the section.
     pub keyed: Option<KeyedCounts>,
 }
 
@@ -276,6 +278,27 @@ impl LoadResults {
                 Some(f(&r.result) - f(&floor.result))
             })
             .collect()
+    }
+
+    /// Per round, `row`'s CPU per request at 64 connections minus `base`'s (both measured in
+    /// that round, back to back, so machine noise hits both alike), seconds.
+    pub fn cost_per_round(&self, row: Row, base: Row) -> Vec<f64> {
+        self.runs_of(row, Scenario::Throughput)
+            .filter_map(|r| {
+                let b = self.runs_of(base, Scenario::Throughput).find(|b| b.round == r.round)?;
+                Some(r.cpu_per_req? - b.cpu_per_req?)
+            })
+            .collect()
+    }
+
+    /// Per round, what the feature `row` adds ([`Row::adds`]) costs per request, seconds.
+    pub fn feature_cost_per_round(&self, row: Row) -> Vec<f64> {
+        row.adds().map(|(base, _)| self.cost_per_round(row, base)).unwrap_or_default()
+    }
+
+    /// The median over rounds of [`LoadResults::feature_cost_per_round`].
+    pub fn feature_cost(&self, row: Row) -> Option<f64> {
+        median(&self.feature_cost_per_round(row))
     }
 
     pub fn summary(&self, row: Row) -> RowSummary {
@@ -327,20 +350,25 @@ pub async fn run(
             let w = run_oha(oha, &fixture.target(row), Scenario::Throughput, warmup)
                 .await
                 .with_context(|| format!("warming up {}", row.name()))?;
-            if row == Row::GatewayKeyed {
+            if row.limited() || row.traced() {
                 keyed_requests += w.completed();
-                drain_traces(fixture).await?;
+            }
+            if row.traced() {
+                drain_traces(fixture, row).await?;
             }
         }
         for scenario in Scenario::ALL {
-            for row in Row::ALL {
+            // The rows that add one feature each only where CPU per request is measured.
+            let rows: &[Row] =
+                if scenario == Scenario::Throughput { &Row::ALL } else { &Row::MAIN };
+            for &row in rows {
                 let target = fixture.target(row);
                 let pids = fixture.pids(row);
                 let before = procs::cpu_ticks(&pids);
                 let before_ns = procs::cpu_ns_of(&pids);
                 let cp_before_ns = procs::cpu_ns_of(&[cp_pid]);
-                let dropped_before = if row == Row::GatewayKeyed {
-                    Some(fixture.data_plane_counter(TRACES_DROPPED).await?)
+                let dropped_before = if row.traced() {
+                    Some(fixture.data_plane_counter(row, TRACES_DROPPED).await?)
                 } else {
                     None
                 };
@@ -348,13 +376,15 @@ pub async fn run(
                     run_oha(oha, &target, scenario, duration).await.with_context(|| {
                         format!("round {round}, {}, {}", scenario.name(), row.name())
                     })?;
-                // The keyed row's CPU includes shipping its traces: read after the queue
+                if row.limited() || row.traced() {
+                    keyed_requests += result.completed();
+                }
+                // A traced row's CPU includes shipping its traces: read after the queue
                 // emptied.
                 let traces_dropped = match dropped_before {
                     Some(before) => {
-                        keyed_requests += result.completed();
-                        drain_traces(fixture).await?;
-                        let after = fixture.data_plane_counter(TRACES_DROPPED).await?;
+                        drain_traces(fixture, row).await?;
+                        let after = fixture.data_plane_counter(row, TRACES_DROPPED).await?;
                         Some((after - before).max(0.0) as u64)
                     }
                     None => None,
@@ -406,7 +436,7 @@ pub async fn run(
                     control_plane_cpu_per_req,
                     traces_dropped,
                 });
-                fixture.trim_data_plane_log();
+                fixture.trim_data_plane_logs();
             }
         }
     }
@@ -417,11 +447,11 @@ pub async fn run(
 /// The data plane's count of traces its full queue dropped.
 const TRACES_DROPPED: &str = "modelgw_traces_dropped_total";
 
-/// Waits until the data plane's trace queue is empty (the keyed row's traces shipped), at most
+/// Waits until the trace queue of `row`'s data plane is empty (its traces shipped), at most
 /// 30 s (the shipper sends up to ten batches of 500 a second; the queue holds 10,000).
-async fn drain_traces(fixture: &Fixture) -> anyhow::Result<()> {
+async fn drain_traces(fixture: &Fixture, row: Row) -> anyhow::Result<()> {
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while fixture.data_plane_counter("modelgw_traces_queued").await? > 0.0 {
+    while fixture.data_plane_counter(row, "modelgw_traces_queued").await? > 0.0 {
         ensure!(
             std::time::Instant::now() < deadline,
             "the data plane's trace queue did not empty within 30 s"
@@ -442,11 +472,17 @@ struct KeyedCounters {
 }
 
 impl KeyedCounters {
+    /// Summed over the data planes of the rows with limits or traces (everything on; plain +
+    /// metrics + limits or traces).
     async fn read(fx: &Fixture) -> anyhow::Result<KeyedCounters> {
+        let sum = async |name: &str| -> anyhow::Result<f64> {
+            Ok(fx.data_plane_counter(Row::Gateway, name).await?
+                + fx.data_plane_counter(Row::Metrics, name).await?)
+        };
         Ok(KeyedCounters {
-            fail_open: fx.data_plane_counter(crate::fixture::FAIL_OPEN).await?,
-            refused: fx.data_plane_counter("modelgw_key_limit_refusals_total").await?,
-            dropped: fx.data_plane_counter(TRACES_DROPPED).await?,
+            fail_open: sum(crate::fixture::FAIL_OPEN).await?,
+            refused: sum("modelgw_key_limit_refusals_total").await?,
+            dropped: sum(TRACES_DROPPED).await?,
             received: fx.control_plane_counter("modelgw_traces_received_total", &[]).await?,
             stored: fx.control_plane_counter("modelgw_traces_stored_total", &[]).await?,
             cp_dropped: fx
@@ -456,7 +492,7 @@ impl KeyedCounters {
     }
 }
 
-/// What the keyed row's limits and traces did since `start`; fails when a limit refused or
+/// What the rows' limits and traces did since `start`; fails when a limit refused or
 /// no trace of the section reached the control plane's database (then the row did not
 /// measure what it says). Waits up to 10 s for the control plane to store what it received.
 async fn keyed_counts(
@@ -482,27 +518,31 @@ async fn keyed_counts(
         traces_stored: delta(now.stored, start.stored),
         traces_dropped_by_control_plane: delta(now.cp_dropped, start.cp_dropped),
     };
-    eprintln!("  keyed row over the section: {counts:?}");
-    ensure!(counts.refused == 0, "the keyed row's limits refused {} requests", counts.refused);
-    ensure!(
-        counts.traces_stored > 0,
-        "no trace of the keyed row reached the control plane's database: {counts:?}"
-    );
-    // And the API lists them, as recorded: metadata only, the fake region's usage.
-    let (status, page) = fx
-        .admin
-        .call("GET", &format!("/api/v1/traces?gateway_id={}&limit=1", fx.keyed_gateway_id), None)
-        .await?;
-    ensure!(status == 200, "GET /api/v1/traces: {status} {page}");
-    let t = &page["traces"][0];
-    ensure!(
-        t["status"] == 200
-            && t["payload_captured"] == false
-            && t["prompt_tokens"] == 19
-            && t["completion_tokens"] == 16
-            && t["node_id"] == "bench-dp",
-        "the keyed row's newest trace is not what was sent: {page}"
-    );
+    eprintln!("  limits and traces over the section: {counts:?}");
+    ensure!(counts.refused == 0, "the key limits refused {} requests", counts.refused);
+    ensure!(counts.traces_stored > 0, "no trace reached the control plane's database: {counts:?}");
+    // And the API lists them, as recorded: metadata only, the fake region's usage, from the
+    // row's data plane.
+    for (row, gateway) in
+        [(Row::Gateway, &fx.keyed_gateway_id), (Row::Traces, &fx.traced_gateway_id)]
+    {
+        let node = fx.plane(row).map(|p| p.node_id).context("a gateway row")?;
+        let (status, page) = fx
+            .admin
+            .call("GET", &format!("/api/v1/traces?gateway_id={gateway}&limit=1"), None)
+            .await?;
+        ensure!(status == 200, "GET /api/v1/traces: {status} {page}");
+        let t = &page["traces"][0];
+        ensure!(
+            t["status"] == 200
+                && t["payload_captured"] == false
+                && t["prompt_tokens"] == 19
+                && t["completion_tokens"] == 16
+                && t["node_id"] == node,
+            "the {} row's newest trace is not what was sent: {page}",
+            row.name()
+        );
+    }
     Ok(counts)
 }
 

@@ -2,17 +2,21 @@
 //! results go to BENCHMARKS.md).
 //!
 //! Everything runs on 127.0.0.1 with a fake Azure OpenAI made of nginx instances (see
-//! [`nginx`]), and compares three rows (see [`fixture`]): the load generator straight to the
+//! [`nginx`]), and compares rows (see [`fixture`]): the load generator straight to the
 //! fake upstream (the floor), through an nginx reverse proxy (the baseline for one proxy hop),
-//! and through one `modelgw data-plane` (the code under test); two more gateway rows each
-//! turn one feature off or on (metrics off; key limits + request traces). Sections:
+//! and through `modelgw data-plane` (the code under test): with every optional feature off
+//! (plain) and with everything on, plus rows that add one feature each. Sections:
 //!
 //! - [`load`]: throughput, latency at 8 connections and at a fixed rate, CPU per request;
 //! - [`stream`]: time to first chunk of a streamed answer;
 //! - [`memory`]: data-plane RSS idle and per open stream;
 //! - [`propagation`]: a config change reaching 50 data planes;
+//! - [`fanout`]: a config change and a fleet-health change reaching 1,000 simulated data
+//!   planes (in-process subscribers over mTLS gRPC);
 //! - [`snapshot`]: a change to a 10,000-endpoint estate, build/apply/size;
 //! - [`console`]: the Admin Console's pages on a 1,000-endpoint estate.
+//! - [`llm`]: LLM-shaped load, thousands of long token streams at once (CPU per chunk, memory
+//!   per stream, added time to first token, per-chunk forwarding delay and jitter);
 //! - [`flood`]: a 64 MiB SSE event without a boundary, through one serving thread that also
 //!   serves chats (its own mock region, control plane and data planes).
 //!
@@ -20,10 +24,13 @@
 
 mod console;
 mod events;
+mod fanout;
 mod fixture;
 mod flood;
+mod llm;
 mod load;
 mod memory;
+mod model_upstream;
 mod nginx;
 mod procs;
 mod propagation;
@@ -58,6 +65,8 @@ enum Section {
     Snapshot,
     Console,
     Flood,
+    Fanout,
+    Llm,
 }
 
 /// Model Gateway performance benchmark: gateway vs nginx vs direct, on 127.0.0.1.
@@ -90,7 +99,7 @@ struct Args {
     /// Run only these sections (comma-separated).
     #[arg(long, value_delimiter = ',')]
     only: Vec<Section>,
-    /// Config changes in the propagation section (default 30; 5 with --quick).
+    /// Config changes in the propagation and fanout sections (default 30; 5 with --quick).
     #[arg(long)]
     changes: Option<usize>,
     /// Data planes in the propagation section.
@@ -103,6 +112,12 @@ struct Args {
     /// Concurrent open streams in the memory section.
     #[arg(long, default_value_t = 1000)]
     streams: usize,
+    /// Simulated data planes in the fanout section (default 1,000; 100 with --quick).
+    #[arg(long)]
+    fanout_subscribers: Option<usize>,
+    /// Concurrent streams per row in the llm section (default 2,000; 200 with --quick).
+    #[arg(long)]
+    llm_streams: Option<usize>,
 }
 
 /// The effective settings after `--quick` and the defaults.
@@ -115,6 +130,8 @@ struct Settings {
     snapshot_endpoints: usize,
     snapshot_gateways: usize,
     snapshot_changes: usize,
+    fanout: fanout::FanoutSettings,
+    llm: llm::LlmSettings,
 }
 
 impl Settings {
@@ -123,15 +140,18 @@ impl Settings {
         anyhow::ensure!(duration > 0.0 && duration <= 120.0, "--duration must be in (0, 120]");
         let rounds = args.rounds.unwrap_or(if args.quick { 1 } else { 3 });
         anyhow::ensure!((1..=20).contains(&rounds), "--rounds must be 1–20");
+        let changes = args.changes.unwrap_or(if args.quick { 5 } else { 30 });
         Ok(Settings {
             duration: Duration::from_secs_f64(duration),
             warmup: Duration::from_millis(if args.quick { 500 } else { 1000 }),
             rounds,
             stream_requests: if args.quick { 100 } else { 500 },
-            changes: args.changes.unwrap_or(if args.quick { 5 } else { 30 }),
+            changes,
             snapshot_endpoints: 10_000,
             snapshot_gateways: 1_000,
             snapshot_changes: 5,
+            fanout: fanout::FanoutSettings::new(args.quick, args.fanout_subscribers, changes)?,
+            llm: llm::LlmSettings::new(args.quick, args.llm_streams),
         })
     }
 
@@ -219,7 +239,10 @@ async fn run(args: &Args, results: &mut Results) -> Vec<anyhow::Error> {
     }
     let args = &Args { modelgw: bin, ..args.clone() };
 
-    if (selected(Section::Load) || selected(Section::Stream) || selected(Section::Memory))
+    if (selected(Section::Load)
+        || selected(Section::Stream)
+        || selected(Section::Memory)
+        || selected(Section::Llm))
         && let Err(e) = traffic_sections(args, &settings, dir.path(), &selected, results).await
     {
         errors.push(e);
@@ -267,6 +290,17 @@ async fn run(args: &Args, results: &mut Results) -> Vec<anyhow::Error> {
             Err(e) => errors.push(e.context("flood section")),
         }
     }
+    if selected(Section::Fanout) {
+        let f = settings.fanout;
+        eprintln!(
+            "fanout: {} simulated data planes, {} changes, {} fleet-health reports",
+            f.subscribers, f.changes, f.health_reports
+        );
+        match fanout::run(&args.modelgw, dir.path(), f).await {
+            Ok(r) => results.fanout = Some(r),
+            Err(e) => errors.push(e.context("fanout section")),
+        }
+    }
     if !errors.is_empty() {
         // Keep the logs and configs for a look at what went wrong.
         let kept = dir.keep();
@@ -275,7 +309,7 @@ async fn run(args: &Args, results: &mut Results) -> Vec<anyhow::Error> {
     errors
 }
 
-/// Load, stream and memory: one fixture (regions, nginx, control plane, data plane).
+/// Load, stream, memory and llm: one fixture (regions, nginx, control plane, data plane).
 async fn traffic_sections(
     args: &Args,
     settings: &Settings,
@@ -331,6 +365,12 @@ async fn traffic_sections(
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
             results.memory = Some(memory);
+        }
+        if selected(Section::Llm) {
+            eprintln!("llm: {} concurrent streams per row", settings.llm.streams);
+            let (llm, outcome) = llm::run(&fx, &settings.llm).await;
+            results.llm = Some(llm);
+            outcome.context("llm section")?;
         }
         fx.ensure_running()
     }

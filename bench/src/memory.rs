@@ -114,7 +114,8 @@ fn request(t: &Target) -> anyhow::Result<Vec<u8>> {
 pub async fn stream_cost(fixture: &Fixture, row: Row, n: usize) -> anyhow::Result<StreamCost> {
     let target = fixture.target(row);
     let pids = fixture.pids(row);
-    let before_kib = procs::total_rss_kib(&pids)?;
+    // Settled: after the load section the allocator is still returning freed pages.
+    let before_kib = procs::settled_rss_kib(&pids).await?;
     let request = Arc::new(request(&target)?);
     let authority = target.authority()?;
     let gate = Arc::new(Semaphore::new(CONNECT_CONCURRENCY));

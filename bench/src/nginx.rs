@@ -87,13 +87,28 @@ pub fn upstream_conf(dir: &Path, name: &str, port: u16, slow_secs: u32) -> Strin
     )
 }
 
-/// The baseline reverse proxy over the three regions, listening on `port`.
-pub fn proxy_conf(dir: &Path, name: &str, port: u16, upstreams: &[u16], workers: u32) -> String {
+/// The baseline reverse proxy over the three regions, listening on `port`; deployment `llm`
+/// goes to the `llm` section's fake model on `model_port`, unbuffered as an SSE deployment of
+/// nginx is configured.
+pub fn proxy_conf(
+    dir: &Path,
+    name: &str,
+    port: u16,
+    upstreams: &[u16],
+    model_port: u16,
+    workers: u32,
+) -> String {
     let servers: String =
         upstreams.iter().map(|p| format!("    server 127.0.0.1:{p};\n")).collect();
     format!(
         "{head}http {{\n{http}\
          \x20 upstream regions {{\n{servers}\
+         \x20   keepalive 256;\n\
+         \x20   keepalive_requests 10000000;\n\
+         \x20   keepalive_timeout 300s;\n\
+         \x20 }}\n\
+         \x20 upstream model {{\n\
+         \x20   server 127.0.0.1:{model_port};\n\
          \x20   keepalive 256;\n\
          \x20   keepalive_requests 10000000;\n\
          \x20   keepalive_timeout 300s;\n\
@@ -107,6 +122,10 @@ pub fn proxy_conf(dir: &Path, name: &str, port: u16, upstreams: &[u16], workers:
          \x20   }}\n\
          \x20   location ~ ^/openai/deployments/(stream|slow)/chat/completions$ {{\n\
          \x20     proxy_pass http://regions;\n\
+         \x20     proxy_buffering off;\n\
+         \x20   }}\n\
+         \x20   location ~ ^/openai/deployments/llm/chat/completions$ {{\n\
+         \x20     proxy_pass http://model;\n\
          \x20     proxy_buffering off;\n\
          \x20   }}\n\
          \x20 }}\n\
@@ -209,11 +228,13 @@ mod tests {
         assert!(up.contains("pid /tmp/x/up1.pid;"));
         assert!(up.contains("echo_sleep 30;"));
         assert!(up.contains("worker_processes 1;"));
-        let px = proxy_conf(dir, "proxy", 18200, &[1, 2, 3], 2);
+        let px = proxy_conf(dir, "proxy", 18200, &[1, 2, 3], 4, 2);
         assert!(px.contains("server 127.0.0.1:2;"));
         assert!(px.contains("keepalive 256;"));
         assert!(px.contains("worker_processes 2;"));
         assert!(px.contains("proxy_buffering off;"));
+        assert!(px.contains("server 127.0.0.1:4;"));
+        assert!(px.contains("proxy_pass http://model;"));
         assert_eq!(px.matches('{').count(), px.matches('}').count());
         assert_eq!(up.matches('{').count(), up.matches('}').count());
     }

@@ -135,6 +135,36 @@ pub fn total_rss_kib(pids: &[u32]) -> anyhow::Result<u64> {
     pids.iter().map(|p| rss_kib(*p)).sum()
 }
 
+/// The processes' total RSS once it has stopped moving: sampled every 250 ms until four
+/// samples in a row (a second) lie within 0.5 % (at least 64 KiB) of each other, or 20 s
+/// have passed (then the last sample, said on stderr). jemalloc returns the pages a load
+/// freed over about ten seconds; a "before" sample taken meanwhile makes a later one look
+/// smaller than the memory in use.
+pub async fn settled_rss_kib(pids: &[u32]) -> anyhow::Result<u64> {
+    const EVERY: Duration = Duration::from_millis(250);
+    const WITHIN: Duration = Duration::from_secs(20);
+    let started = Instant::now();
+    let mut last: Vec<u64> = Vec::new();
+    loop {
+        let rss = total_rss_kib(pids)?;
+        last.push(rss);
+        if last.len() > 4 {
+            last.remove(0);
+        }
+        let (lo, hi) = (last.iter().min().copied(), last.iter().max().copied());
+        if let (4, Some(lo), Some(hi)) = (last.len(), lo, hi)
+            && hi - lo <= (hi / 200).max(64)
+        {
+            return Ok(rss);
+        }
+        if started.elapsed() > WITHIN {
+            eprintln!("  RSS still moving after {WITHIN:?} ({last:?} KiB): taking {rss} KiB");
+            return Ok(rss);
+        }
+        tokio::time::sleep(EVERY).await;
+    }
+}
+
 /// Clock ticks per second (`getconf CLK_TCK`; 100 on Linux in practice).
 pub fn clock_ticks_per_sec() -> u64 {
     std::process::Command::new("getconf")
@@ -299,6 +329,26 @@ fn bench_pki() -> anyhow::Result<&'static BenchPki> {
     made.as_ref().map_err(|e| anyhow::anyhow!("the benchmark's test PKI: {e}"))
 }
 
+/// PEM material for a client of the distribution port: the CA to trust and an identity.
+pub struct ClientIdentity {
+    pub ca_pem: String,
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+/// The bench CA's certificate and a new client certificate and key naming `node_id`, in
+/// memory: the identity a benchmark data plane gets as files (see [`tls_env`]), for the
+/// fan-out section's in-process subscribers.
+pub fn client_identity(node_id: &str) -> anyhow::Result<ClientIdentity> {
+    let b = &bench_pki()?.pki;
+    let issued = b.ca.client_cert(node_id)?;
+    Ok(ClientIdentity {
+        ca_pem: b.ca.cert_pem().to_owned(),
+        cert_pem: issued.cert_pem,
+        key_pem: issued.key_pem,
+    })
+}
+
 /// The TLS environment a `modelgw` process of the benchmark gets unless `env` chose its own:
 /// the control plane serves the bench CA's certificate and requires client certificates from
 /// it; a data plane trusts that CA and presents a certificate naming its `MODELGW_NODE_ID`.
@@ -364,6 +414,9 @@ pub async fn spawn_modelgw(
         // Metrics on (the production default) on a free port; a run may turn them off.
         .env("MODELGW_METRICS_ADDR", "127.0.0.1:0")
         .env("MODELGW_LOG_FORMAT", "text")
+        // A stopped data plane exits without its drain period: the benchmark measures serving,
+        // not rolling restarts (binaries without the setting ignore it).
+        .env("MODELGW_DRAIN_PERIOD", "0s")
         .env("NO_COLOR", "1");
     let log_path = match logs {
         Logs::File(path) => {

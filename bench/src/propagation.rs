@@ -20,7 +20,7 @@ use serde_json::json;
 use crate::events::{EventLog, first_at_least};
 use crate::fixture::{self, random_token};
 use crate::procs::{Logs, Modelgw};
-use crate::stats::{max, percentile, secs};
+use crate::stats::{every_latency, percentile, slowest_per_push};
 
 const APPLIED: &str = "snapshot applied";
 
@@ -39,12 +39,12 @@ pub struct PropagationResults {
 impl PropagationResults {
     /// Every subscriber's latency of every change, seconds.
     pub fn per_subscriber(&self) -> Vec<f64> {
-        self.changes.iter().flat_map(|(_, l)| secs(l)).collect()
+        every_latency(self.changes.iter().map(|(_, l)| l.as_slice()))
     }
 
     /// Per change, the slowest subscriber, seconds.
     pub fn all_applied(&self) -> Vec<f64> {
-        self.changes.iter().filter_map(|(_, l)| max(&secs(l))).collect()
+        slowest_per_push(self.changes.iter().map(|(_, l)| l.as_slice()))
     }
 
     pub fn all_applied_p99(&self) -> Option<f64> {

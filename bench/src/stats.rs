@@ -36,6 +36,16 @@ pub fn secs(d: &[Duration]) -> Vec<f64> {
     d.iter().map(Duration::as_secs_f64).collect()
 }
 
+/// Every subscriber's latency of every push (a config change, a fleet-health change), seconds.
+pub fn every_latency<'a>(pushes: impl Iterator<Item = &'a [Duration]>) -> Vec<f64> {
+    pushes.flat_map(secs).collect()
+}
+
+/// Per push, the slowest subscriber's latency, seconds.
+pub fn slowest_per_push<'a>(pushes: impl Iterator<Item = &'a [Duration]>) -> Vec<f64> {
+    pushes.filter_map(|l| max(&secs(l))).collect()
+}
+
 /// `x` with 3 significant digits (at least 0 decimals), e.g. 1.23, 12.3, 123, 1234.
 pub fn sig3(x: f64) -> String {
     if !x.is_finite() {

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, ensure};
 
-use crate::fixture::{Fixture, Row, STREAM_REQUEST_BODY, Target};
+use crate::fixture::{Fixture, Row, Target};
 use crate::stats::{median, percentile, secs};
 
 /// Requests per block; rows alternate block by block.
@@ -80,13 +80,7 @@ impl StreamResults {
 /// One streamed request; returns (TTFB, total).
 async fn one(client: &reqwest::Client, t: &Target) -> anyhow::Result<(Duration, Duration)> {
     let start = Instant::now();
-    let mut res = client
-        .post(&t.stream_url)
-        .header("content-type", "application/json")
-        .header("api-key", &t.stream_key)
-        .body(STREAM_REQUEST_BODY)
-        .send()
-        .await?;
+    let mut res = t.stream(client).send().await?;
     ensure!(res.status() == 200, "{} stream answered {}", t.row.name(), res.status());
     let first = res.chunk().await?.context("empty stream")?;
     let ttfb = start.elapsed();
@@ -106,9 +100,9 @@ pub async fn run(
     requests: usize,
 ) -> anyhow::Result<StreamResults> {
     let mut results = StreamResults { requests_per_round: requests, rounds: Vec::new() };
-    let targets: Vec<Target> = Row::ALL.iter().map(|r| fixture.target(*r)).collect();
+    let targets: Vec<Target> = Row::MAIN.iter().map(|r| fixture.target(*r)).collect();
     // One keep-alive connection per row, reused by every request of the section.
-    let clients = Row::ALL
+    let clients = Row::MAIN
         .iter()
         .map(|_| {
             reqwest::Client::builder()

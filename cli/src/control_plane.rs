@@ -383,6 +383,8 @@ impl ControlPlane {
             DistributionSettings {
                 poll_interval: args.config_poll_interval,
                 max_health_window: args.max_health_window,
+                // Production values: 3 s freshness, pushed at most once a second.
+                ..Default::default()
             },
         )
         .await?;
@@ -465,15 +467,41 @@ impl ControlPlane {
                 stopped(stop_rx.clone()),
             ));
         }
-        let grpc =
-            self.distribution.serve_grpc(self.grpc_listener, self.grpc_settings, stopped(stop_rx));
+        let grpc = self.distribution.serve_grpc(
+            self.grpc_listener,
+            self.grpc_settings,
+            stopped(stop_rx.clone()),
+        );
         tokio::spawn(async move {
             shutdown.await;
             let _ = stop_tx.send(true);
         });
-        let (a, g) = tokio::join!(admin, grpc);
+        // On shutdown both servers stop accepting; admin calls in flight finish, and every data
+        // plane's stream is ended (UNAVAILABLE) so it reconnects — to another replica — at
+        // once. Both within a bound: a call or connection that does not end is cut.
+        let served = async { tokio::join!(admin, grpc) };
+        tokio::pin!(served);
+        let bound = async {
+            stopped(stop_rx).await;
+            tracing::info!(
+                grace_ms = SHUTDOWN_GRACE.as_millis() as u64,
+                "control plane shutting down: finishing admin calls, closing data-plane streams"
+            );
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+        };
+        let (a, g) = tokio::select! {
+            served = &mut served => served,
+            () = bound => {
+                tracing::warn!(
+                    grace_ms = SHUTDOWN_GRACE.as_millis() as u64,
+                    "admin calls or data-plane connections still open after the grace period; closing them"
+                );
+                (Ok(()), Ok(()))
+            }
+        };
         // Close the pool so SQLite checkpoints its WAL and PostgreSQL sessions end cleanly.
         self.store.close().await;
+        tracing::info!("control plane stopped");
         a.context("admin API server")?;
         g.context("gRPC distribution server")?;
         Ok(())
@@ -597,6 +625,12 @@ pub(crate) fn redact_url(url: &str) -> String {
         _ => url.split('?').next().unwrap_or(url).to_owned(),
     }
 }
+
+/// Longest a control plane asked to stop waits for admin calls in flight and for data-plane
+/// connections to close before it exits. Admin calls are a few database statements (Azure
+/// discovery runs as a job, not inside a call) and streams end as soon as they are told, so
+/// 10 s is ample and well inside Kubernetes' default 30 s termination grace period.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 pub async fn run(
     args: Args,

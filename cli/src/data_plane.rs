@@ -1,6 +1,5 @@
 //! `modelgw data-plane`: the gateway apps call.
 
-use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -11,7 +10,8 @@ use azure_core::credentials::TokenCredential;
 use modelgw_control_plane::azure::credential::CREDENTIAL_ENV;
 use modelgw_control_plane::azure::{CredentialOptions, CredentialSettings, build_chosen, resolve};
 use modelgw_data_plane::{
-    ClientCertFiles, ControlPlaneTrust, DataPlane, DataPlaneConfig, RequestTracer, TokenSource,
+    ClientCertFiles, ControlPlaneTrust, DEFAULT_SNAPSHOT_MAX_AGE, DataPlane, DataPlaneConfig,
+    RequestTracer, Shutdown, SnapshotFileConfig, SnapshotKey, TokenSource,
 };
 use modelgw_model::{DEFAULT_ENTRA_SCOPE, Secret};
 
@@ -36,7 +36,8 @@ pub struct Args {
     #[arg(long, env = "MODELGW_METRICS_ADDR", default_value = "127.0.0.1:4003", value_parser = parse_listen_addr)]
     pub metrics_addr: ListenAddr,
     /// gRPC URL of the control plane's distribution service (https://; http:// only with
-    /// --insecure-control-plane).
+    /// --insecure-control-plane). Several control-plane replicas without one Service in front:
+    /// their URLs separated by commas, tried in turn (the next at once when one goes away).
     #[arg(long, env = "MODELGW_CONTROL_PLANE_URL", default_value = "https://127.0.0.1:4002")]
     pub control_plane_url: String,
     /// CA (PEM) the control plane's certificate must chain to (default: the system's roots).
@@ -92,9 +93,75 @@ pub struct Args {
     /// most ten times a second, when a lease runs low).
     #[arg(long, env = "MODELGW_USAGE_INTERVAL", value_parser = crate::control_plane::parse_duration)]
     pub usage_interval: Option<Duration>,
+    /// On SIGTERM, how long to keep serving while /readyz fails (503 `draining`) so load
+    /// balancers move away, before new connections are refused (default 15s; 0s: none).
+    #[arg(long, env = "MODELGW_DRAIN_PERIOD", value_parser = crate::control_plane::parse_duration)]
+    pub drain_period: Option<Duration>,
+    /// After the drain period, how long in-flight requests and streams may take to finish
+    /// before they are cut and the process exits (default 30s).
+    #[arg(long, env = "MODELGW_SHUTDOWN_GRACE", value_parser = crate::control_plane::parse_duration)]
+    pub shutdown_grace: Option<Duration>,
     /// The gateway edge: connection limits, SSE bounds, failed authentications, egress.
     #[command(flatten)]
     pub edge: EdgeArgs,
+    /// The sealed snapshot file served at start while no control plane answers.
+    #[command(flatten)]
+    pub snapshot: SnapshotArgs,
+}
+
+/// The environment variable that may hold the snapshot key itself (never a flag).
+pub(crate) const SNAPSHOT_KEY_ENV: &str = "MODELGW_SNAPSHOT_KEY";
+
+/// The last applied snapshot kept on disk, sealed (issue #15): served at start until a control
+/// plane answers. The key comes from `MODELGW_SNAPSHOT_KEY` (base64 of 32 bytes) or the file
+/// `--snapshot-key-file` names, never from a flag.
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct SnapshotArgs {
+    /// Where the last applied snapshot is kept, sealed with the snapshot key (a writable
+    /// directory; unset: nothing is kept and a restarted data plane serves nothing until a
+    /// control plane answers).
+    #[arg(long, env = "MODELGW_SNAPSHOT_FILE")]
+    pub snapshot_file: Option<PathBuf>,
+    /// File holding the snapshot key (base64 of 32 random bytes), instead of
+    /// MODELGW_SNAPSHOT_KEY.
+    #[arg(long, env = "MODELGW_SNAPSHOT_KEY_FILE")]
+    pub snapshot_key_file: Option<PathBuf>,
+    /// A saved snapshot older than this (since a control plane last sent or confirmed it) is
+    /// not served at start (default 24h).
+    #[arg(long, env = "MODELGW_SNAPSHOT_MAX_AGE", value_parser = crate::control_plane::parse_duration)]
+    pub snapshot_max_age: Option<Duration>,
+}
+
+impl SnapshotArgs {
+    /// The snapshot file's settings; `key` is `MODELGW_SNAPSHOT_KEY`'s value. A file without a
+    /// key (or with two) stops the start: the file is never written in plaintext.
+    pub fn resolve(&self, key: Option<&str>) -> anyhow::Result<Option<SnapshotFileConfig>> {
+        let key = key.filter(|k| !k.trim().is_empty());
+        let Some(path) = &self.snapshot_file else {
+            if key.is_some() || self.snapshot_key_file.is_some() {
+                tracing::warn!(
+                    "a snapshot key is set but MODELGW_SNAPSHOT_FILE is not: no snapshot is kept on disk"
+                );
+            }
+            return Ok(None);
+        };
+        let key = match (key, &self.snapshot_key_file) {
+            (Some(_), Some(_)) => anyhow::bail!(
+                "both {SNAPSHOT_KEY_ENV} and MODELGW_SNAPSHOT_KEY_FILE are set: use one"
+            ),
+            (Some(key), None) => SnapshotKey::from_base64(key).context(SNAPSHOT_KEY_ENV)?,
+            (None, Some(file)) => SnapshotKey::from_file(file)?,
+            (None, None) => anyhow::bail!(
+                "MODELGW_SNAPSHOT_FILE={} is set but no key seals it: set {SNAPSHOT_KEY_ENV} (base64 of 32 random bytes: `openssl rand -base64 32`) or MODELGW_SNAPSHOT_KEY_FILE. The snapshot holds endpoint keys; it is never written in plaintext",
+                path.display()
+            ),
+        };
+        Ok(Some(SnapshotFileConfig {
+            path: path.clone(),
+            key,
+            max_age: self.snapshot_max_age.unwrap_or(DEFAULT_SNAPSHOT_MAX_AGE),
+        }))
+    }
 }
 
 /// Limits of the gateway's edge (issue #11). Every field unset takes the data plane's default
@@ -181,6 +248,8 @@ impl Args {
             workers: self.workers.map_or(defaults.workers, usize::from),
             stats_interval: self.stats_interval.unwrap_or(defaults.stats_interval),
             usage_interval: self.usage_interval.unwrap_or(defaults.usage_interval),
+            drain_period: self.drain_period.unwrap_or(defaults.drain_period),
+            shutdown_grace: self.shutdown_grace.unwrap_or(defaults.shutdown_grace),
             metrics_enabled: self.metrics_addr.0.is_some(),
             metrics_addr: self.metrics_addr.0,
             ..defaults
@@ -220,20 +289,26 @@ pub(crate) fn default_node_id() -> String {
         .unwrap_or_else(|| "data-plane".to_owned())
 }
 
-/// Serves until `shutdown`; `tracer` (when traces are exported) makes the request path's
-/// spans.
+/// Serves until `shutdown` (each SIGTERM/SIGINT a request: drain, then close, then cut);
+/// `tracer` (when traces are exported) makes the request path's spans.
 pub async fn run(
     mut args: Args,
     tracer: Option<RequestTracer>,
-    shutdown: impl Future<Output = ()> + Send + 'static,
+    shutdown: Shutdown,
 ) -> anyhow::Result<()> {
     if args.token.is_none()
         && let Some(token) = std::env::var(TOKEN_ENV).ok().filter(|t| !t.trim().is_empty())
     {
         args.token = Some(Secret::new(token.trim()));
     }
-    let config =
-        DataPlaneConfig { entra_credential: entra_credential().await?, tracer, ..args.config() };
+    let snapshot_key = std::env::var(SNAPSHOT_KEY_ENV).ok();
+    let snapshot_file = args.snapshot.resolve(snapshot_key.as_deref())?;
+    let config = DataPlaneConfig {
+        entra_credential: entra_credential().await?,
+        tracer,
+        snapshot_file,
+        ..args.config()
+    };
     let node_id = config.node_id.clone();
     let dp = DataPlane::bind(config)
         .await
@@ -248,7 +323,7 @@ pub async fn run(
         }
     }
     crate::stdout::print_ready("data-plane", &ready);
-    dp.run(shutdown).await.context("data plane")?;
+    dp.run_until_shutdown(shutdown).await.context("data plane")?;
     Ok(())
 }
 
@@ -290,5 +365,49 @@ async fn entra_credential() -> anyhow::Result<Option<Arc<dyn TokenCredential>>> 
             );
             Ok(None)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+
+    fn args(file: Option<&str>, key_file: Option<PathBuf>) -> SnapshotArgs {
+        SnapshotArgs {
+            snapshot_file: file.map(PathBuf::from),
+            snapshot_key_file: key_file,
+            snapshot_max_age: None,
+        }
+    }
+
+    #[test]
+    fn a_snapshot_file_needs_exactly_one_key_and_never_goes_plaintext() {
+        let err = args(Some("/state/snap"), None).resolve(None).unwrap_err().to_string();
+        assert!(err.contains("no key seals it") && err.contains("MODELGW_SNAPSHOT_KEY"), "{err}");
+        let err = args(Some("/state/snap"), None).resolve(Some("  ")).unwrap_err().to_string();
+        assert!(err.contains("no key seals it"), "an empty variable is no key: {err}");
+        let dir = tempfile::tempdir().unwrap();
+        let key_file = dir.path().join("key");
+        std::fs::write(&key_file, KEY).unwrap();
+        let both = args(Some("/state/snap"), Some(key_file.clone())).resolve(Some(KEY));
+        assert!(both.unwrap_err().to_string().contains("use one"));
+        let short = args(Some("/state/snap"), None).resolve(Some("c2hvcnQ=")).unwrap_err();
+        let short = format!("{short:#}");
+        assert!(
+            short.starts_with("MODELGW_SNAPSHOT_KEY: the snapshot key must be 32 bytes"),
+            "{short}"
+        );
+        assert!(!short.contains("c2hvcnQ"), "the key is not echoed: {short}");
+
+        let from_env = args(Some("/state/snap"), None).resolve(Some(KEY)).unwrap().unwrap();
+        assert_eq!(from_env.path, PathBuf::from("/state/snap"));
+        assert_eq!(from_env.max_age, DEFAULT_SNAPSHOT_MAX_AGE);
+        let mut from_file = args(Some("/state/snap"), Some(key_file));
+        from_file.snapshot_max_age = Some(Duration::from_secs(60));
+        assert_eq!(from_file.resolve(None).unwrap().unwrap().max_age, Duration::from_secs(60));
+        // A key alone configures nothing (a warning says so).
+        assert!(args(None, None).resolve(Some(KEY)).unwrap().is_none());
     }
 }

@@ -203,7 +203,12 @@ pub async fn run(
             0,
         )))),
         // The demo's regions are mocks on 127.0.0.1.
+        // Nothing balances in front of the demo's one data plane: Ctrl-C stops it at once
+        // (in-flight requests still finish).
+        drain_period: Some(Duration::ZERO),
+        shutdown_grace: None,
         edge: crate::data_plane::EdgeArgs { allow_loopback_upstreams: true, ..Default::default() },
+        snapshot: crate::data_plane::SnapshotArgs::default(),
     };
     let dp_config = modelgw_data_plane::DataPlaneConfig { tracer, ..dp_args.config() };
     let dp = DataPlane::bind(dp_config).await.context("binding the gateway")?;

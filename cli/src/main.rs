@@ -75,7 +75,7 @@ fn main() -> anyhow::Result<()> {
             }
             Command::DataPlane(args) => {
                 let telemetry = telemetry::init("modelgw-data-plane", SpanExport::RequestPathOnly)?;
-                data_plane::run(args, telemetry.request_tracer(), shutdown_signal()).await
+                data_plane::run(args, telemetry.request_tracer(), shutdown_requests()).await
             }
             Command::MockAzure(args) => {
                 let _telemetry = telemetry::init("modelgw-mock-azure", SpanExport::TracingSpans)?;
@@ -111,4 +111,35 @@ async fn shutdown_signal() {
         () = term => {},
     }
     tracing::info!("shutdown signal received, draining");
+}
+
+/// Every SIGINT or SIGTERM, as one shutdown request each: the data plane drains on the first,
+/// ends its drain period on the second and cuts in-flight requests on the third.
+fn shutdown_requests() -> modelgw_data_plane::Shutdown {
+    let (trigger, shutdown) = modelgw_data_plane::shutdown_channel();
+    tokio::spawn(async move {
+        #[cfg(unix)]
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        loop {
+            #[cfg(unix)]
+            let term_signal = async {
+                match term.as_mut() {
+                    Some(s) => {
+                        s.recv().await;
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            };
+            #[cfg(not(unix))]
+            let term_signal = std::future::pending::<()>();
+            let signal = tokio::select! {
+                _ = tokio::signal::ctrl_c() => "SIGINT",
+                () = term_signal => "SIGTERM",
+            };
+            let count = trigger.request();
+            tracing::info!(signal, count, "shutdown signal received");
+        }
+    });
+    shutdown
 }

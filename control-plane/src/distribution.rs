@@ -22,6 +22,12 @@
 //! reports and lends it budget for every limited key (`Leases`), in transactions that keep
 //! replicas sharing the database from lending the same budget twice.
 //!
+//! Quota sharing (issue #18, `quota.rs`): each data plane reports what it sends to each
+//! endpoint about once a second; a task sums the fresh reports per endpoint every second and,
+//! when the sum changed, publishes `FleetQuota` through a `watch` (encoded once, shared by
+//! every stream), so replicas split each endpoint's remaining quota instead of each spending
+//! all of it.
+//!
 //! Traffic statistics ride the same streams the other way: each data plane sends the counts
 //! it served since its previous report, and the registry adds them into a rolling window
 //! (`stats.rs`: per minute, 24 h, memory bounded) that the admin API reads for the console.
@@ -32,7 +38,9 @@ mod grpc;
 mod health;
 pub mod join_tokens;
 pub mod leases;
+mod notify;
 mod publisher;
+mod quota;
 mod registry;
 pub mod stats;
 mod tls;
@@ -48,6 +56,10 @@ pub use health::{
     HEALTH_PRUNE_INTERVAL, HEALTH_RETENTION, LastError, RESET_PUSH_WINDOW, UNTIMED_REPORT_WINDOW,
 };
 pub use publisher::PublishedSnapshot;
+pub use quota::{
+    PublishedFleetQuota, QUOTA_FRESHNESS, QUOTA_PUSH_INTERVAL, QuotaSharingSettings,
+    REPORT_INTERVAL_MS,
+};
 pub(crate) use registry::ConnectionId;
 pub use registry::{
     DEFAULT_DATA_PLANE_RETENTION, DEFAULT_MAX_DATA_PLANES, DataPlaneRegistry, DataPlaneStatus,
@@ -104,8 +116,10 @@ pub struct Distribution {
     /// Where streams hand request traces to the trace writer.
     traces: traces::TraceIntake,
     /// Publisher, health writer, health pruner, key usage pruner, trace writer, trace
-    /// retention.
-    _tasks: [AbortOnDrop; 6],
+    /// retention, fleet quota push.
+    _tasks: [AbortOnDrop; 7],
+    /// PostgreSQL: the listener for other replicas' changes (`notify.rs`).
+    _listener: Option<AbortOnDrop>,
 }
 
 impl std::fmt::Debug for Distribution {
@@ -124,6 +138,8 @@ pub struct DistributionSettings {
     pub poll_interval: Duration,
     /// The longest window one health report can hold an endpoint out of the fleet.
     pub max_health_window: Duration,
+    /// How long quota reports count and how often the fleet quota is pushed.
+    pub quota_sharing: QuotaSharingSettings,
 }
 
 impl Default for DistributionSettings {
@@ -131,6 +147,7 @@ impl Default for DistributionSettings {
         DistributionSettings {
             poll_interval: Duration::from_secs(1),
             max_health_window: DEFAULT_MAX_HEALTH_WINDOW,
+            quota_sharing: QuotaSharingSettings::default(),
         }
     }
 }
@@ -143,7 +160,7 @@ impl Distribution {
         store: Store,
         settings: DistributionSettings,
     ) -> Result<Distribution, StoreError> {
-        let DistributionSettings { poll_interval, max_health_window } = settings;
+        let DistributionSettings { poll_interval, max_health_window, quota_sharing } = settings;
         let started = Instant::now();
         let snapshot = store.load_snapshot().await?;
         let version = snapshot.version;
@@ -169,23 +186,36 @@ impl Distribution {
         let usage_pruner = tokio::spawn(
             prune_key_usage(store.clone()).instrument(tracing::info_span!("key_usage_pruner")),
         );
+        let check = Arc::new(tokio::sync::Notify::new());
+        let changes = ConfigChanges { requested: Arc::new(requested_tx) };
+        let listener = store.listen_url().map(|url| {
+            AbortOnDrop(tokio::spawn(
+                notify::listen(Arc::from(url), changes.clone(), check.clone())
+                    .instrument(tracing::info_span!("change_listener")),
+            ))
+        });
         let publisher = Publisher {
             store: store.clone(),
             registry: registry.clone(),
             snapshots: snapshot_tx,
             requested: requested_rx,
             poll_interval: poll_interval.max(MIN_POLL_INTERVAL),
+            check,
             metrics: store.metrics().clone(),
         };
         let task =
             tokio::spawn(publisher.run().instrument(tracing::info_span!("config_publisher")));
+        let quota_push = tokio::spawn(
+            quota::push_fleet_quota(registry.quota.clone(), snapshots.clone(), quota_sharing)
+                .instrument(tracing::info_span!("fleet_quota")),
+        );
         let (trace_intake, trace_writer) = traces::start_writer(store.clone());
         let retention = tokio::spawn(
             traces::retain(store.clone()).instrument(tracing::info_span!("trace_retention")),
         );
         Ok(Distribution {
             snapshots,
-            changes: ConfigChanges { requested: Arc::new(requested_tx) },
+            changes,
             registry,
             store,
             traces: trace_intake,
@@ -196,7 +226,9 @@ impl Distribution {
                 AbortOnDrop(trace_writer),
                 AbortOnDrop(retention),
                 AbortOnDrop(usage_pruner),
+                AbortOnDrop(quota_push),
             ],
+            _listener: listener,
         })
     }
 

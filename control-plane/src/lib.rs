@@ -5,7 +5,8 @@
 //! of versioned routing snapshots to data planes over gRPC, with the registry of connected
 //! data planes and the health they report: aggregated per endpoint across the fleet, pushed
 //! to every data plane when it changes, and stored (outside the versioned configuration) so
-//! restarts and other replicas see it; the request traces data planes ship (stored in batches
+//! restarts and other replicas see it; the quota spend they report, summed per endpoint and
+//! pushed back at most once a second; the request traces data planes ship (stored in batches
 //! by a writer off the stream, pruned by a retention job); and its Prometheus metrics
 //! (`metrics`).
 //!
@@ -20,7 +21,7 @@ pub mod store;
 pub use distribution::{
     ClientAuth, ConfigChanges, DEFAULT_MAX_HEALTH_WINDOW, DataPlaneHealth, DataPlaneRegistry,
     DataPlaneStatus, Distribution, DistributionSettings, EndpointHealthView, GrpcSecurity,
-    GrpcSettings, LastError, RegistrationLimits, TlsFiles,
+    GrpcSettings, LastError, QuotaSharingSettings, RegistrationLimits, TlsFiles,
 };
 pub use metrics::ControlPlaneMetrics;
 pub use secrets::MasterKey;

@@ -16,7 +16,8 @@ use modelgw_control_plane::store::{
 use modelgw_model::wire::{decode_snapshot, encode_snapshot};
 use modelgw_model::{
     ConfigVersion, Credential, EndpointId, EndpointState, GatewayId, GatewayKeyId, GatewayMember,
-    NodeId, Platform, RoutingPolicy, RoutingStrategy, Secret, Snapshot, gateway_key_hash,
+    NodeId, Platform, QuotaPolicy, RoutingPolicy, RoutingStrategy, Secret, Snapshot,
+    gateway_key_hash,
 };
 use sqlx::Row as _;
 
@@ -899,10 +900,18 @@ async fn every_gateway_gets_a_pin_key_derived_from_the_master_key(db: &TestDb) {
 async fn gateway_routing_round_trips_and_versions(db: &TestDb) {
     let store = db.open().await;
     let a = create_endpoint(&store, "a").await;
+    // Every quota field off its default, at the ends of the ranges.
+    let quota = QuotaPolicy {
+        enabled: false,
+        request_window_secs: *QuotaPolicy::WINDOW_SECS_RANGE.start(),
+        token_window_secs: *QuotaPolicy::WINDOW_SECS_RANGE.end(),
+        reserve_percent: *QuotaPolicy::RESERVE_PERCENT_RANGE.end(),
+    };
     let fastest = RoutingPolicy {
         strategy: RoutingStrategy::Fastest,
         wait_for_recovery: true,
         request_timeout_ms: Some(45_000),
+        quota,
     };
     let (gw, v1) = store
         .create_gateway(
@@ -923,6 +932,24 @@ async fn gateway_routing_round_trips_and_versions(db: &TestDb) {
     let wire = decode_snapshot(&encode_snapshot(&snapshot)).expect("valid");
     assert_eq!(wire.gateways[0].routing, fastest, "survives the wire");
 
+    // The audit log's view of the gateway shows the quota settings.
+    let entries = store
+        .audit_log(&AuditQuery {
+            entity_id: Some(gw.id.to_string()),
+            limit: 10,
+            ..AuditQuery::default()
+        })
+        .await
+        .expect("audit log");
+    let [created] = entries.as_slice() else { panic!("one entry: {entries:?}") };
+    assert_eq!(
+        created.after.as_ref().expect("after")["routing"]["quota"],
+        serde_json::json!({
+            "enabled": false, "request_window_secs": 1, "token_window_secs": 86_400,
+            "reserve_percent": 50,
+        })
+    );
+
     // A patch without routing keeps it; with routing replaces it whole.
     let (renamed, v2) = store
         .update_gateway(
@@ -934,7 +961,11 @@ async fn gateway_routing_round_trips_and_versions(db: &TestDb) {
         .expect("rename");
     assert_eq!(v2, next(v1));
     assert_eq!(renamed.routing, fastest);
-    let weighted = RoutingPolicy { request_timeout_ms: Some(1_000), ..RoutingPolicy::default() };
+    let weighted = RoutingPolicy {
+        request_timeout_ms: Some(1_000),
+        quota: QuotaPolicy { reserve_percent: 10, ..QuotaPolicy::default() },
+        ..RoutingPolicy::default()
+    };
     let (patched, v3) = store
         .update_gateway(
             gw.id,
@@ -963,6 +994,26 @@ async fn gateways_stored_before_routing_existed_read_as_defaults(db: &TestDb) {
     assert_eq!(store.get_gateway(id).await.expect("get").routing, RoutingPolicy::default());
     let snapshot = store.load_snapshot().await.expect("snapshot");
     assert_eq!(snapshot.gateways[0].routing, RoutingPolicy::default());
+
+    // The schema holds the quota columns to the model's ranges, whoever writes them.
+    for (column, value) in [
+        ("routing_quota_enabled", 2),
+        ("routing_quota_request_window_secs", 0),
+        ("routing_quota_request_window_secs", 86_401),
+        ("routing_quota_token_window_secs", 0),
+        ("routing_quota_reserve_percent", -1),
+        ("routing_quota_reserve_percent", 51),
+    ] {
+        let refused = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "UPDATE gateways SET {column} = $1 WHERE id = $2"
+        )))
+        .bind(value)
+        .bind(id.to_string())
+        .execute(&mut raw)
+        .await;
+        assert!(refused.is_err(), "{column} = {value} was stored");
+    }
+    assert_eq!(store.get_gateway(id).await.expect("get").routing, RoutingPolicy::default());
 }
 
 fn health_record(

@@ -113,14 +113,8 @@ pub fn apply_leases(limits: &KeyLimiter, leases: &Leases) -> LeasesApplied {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::routing_table::tests::{endpoint, gateway, member};
-    use modelgw_model::{Credential, Platform, Secret};
-
-    fn snapshot(version: u64) -> Snapshot {
-        let e = endpoint("eus", Platform::AzureOpenai, "gpt-4o");
-        let gw = gateway("chat", "client-key", vec![member(&e, true, 0, 1)]);
-        Snapshot { version: ConfigVersion(version), endpoints: vec![e], gateways: vec![gw] }
-    }
+    use crate::routing_table::tests::one_gateway as snapshot;
+    use modelgw_model::{Credential, Secret};
 
     #[test]
     fn a_valid_snapshot_is_applied_and_acked() {

@@ -3,24 +3,34 @@
 //! Every policy shares the same frame: priority groups in ascending order (spillover — all
 //! traffic goes to the lowest priority number that has an available member, the next group
 //! only gets what the previous one could not serve); within a group the available members in
-//! the policy's order, members low on quota headroom after the others (steered away from
-//! before they answer 429, yet still tried before spilling to the next group), and the
-//! unavailable members last, marked with the reason so the request log and the final answer
-//! can account for them.
+//! the policy's order, then the members this request would not fit by their quota estimate
+//! (`health/quota.rs`; soonest refill first — admission refuses them until then, so they
+//! count as throttling, never as tried), and the unavailable members last, marked with the
+//! reason so the request log and the final answer can account for them.
+//!
+//! Quota-aware routing (`routing.quota`, on by default): `weighted` weights each member by its
+//! configured weight times the requests of this size its estimate has room for, so a group's
+//! traffic follows the quota left in each member (a small region gets a small share, all the
+//! time, instead of a third and then nothing); members not read yet count as the roomiest
+//! one. The first choice is then made by smooth weighted round robin (nginx's algorithm,
+//! [`Spread`]) rather than at random: over any few dozen requests each member's share is
+//! within one request of its weight's, where a random draw strays by several (a region of a
+//! tenth of the quota would see ±10 % of its traffic by chance). `fastest` orders the members
+//! that fit by latency: it spends the fastest region's quota first.
 //!
 //! Policies ([`EndpointSelector`], one struct each): [`PriorityWeighted`] (`weighted`),
 //! [`Fastest`] (`fastest`), and [`ByStrategy`], which picks one of them per gateway from its
 //! `routing.strategy`.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
 use modelgw_model::RoutingStrategy;
 use rand::Rng;
 use rand::seq::SliceRandom;
 
-use crate::health::{EndpointView, HealthRegistry, Unavailable};
-use crate::routing_table::{CompiledEndpoint, CompiledGateway, CompiledMember};
+use crate::health::{Demand, EndpointView, HealthRegistry, Unavailable};
+use crate::routing_table::{CompiledEndpoint, CompiledGateway, CompiledMember, PriorityGroup};
 
 /// Why a candidate is not tried for this request.
 pub type Skip = Unavailable;
@@ -31,9 +41,9 @@ pub struct Candidate {
     pub endpoint: Arc<CompiledEndpoint>,
     /// Set when the member must not be tried now.
     pub skip: Option<Skip>,
-    /// The member's last answer said it is about to throttle; it was placed after the other
-    /// available members of its group.
-    pub low_headroom: bool,
+    /// Its quota estimate says this request would not fit now; it was placed after the
+    /// members that fit.
+    pub short: bool,
     /// Where the member is in the gateway (`groups[group].members[member]`): its counters
     /// are reached from there, by reference.
     pub group: usize,
@@ -47,49 +57,56 @@ pub trait EndpointSelector: Send + Sync {
         gateway: &CompiledGateway,
         health: &HealthRegistry,
         now: Instant,
+        demand: &Demand,
     ) -> Vec<Candidate>;
 }
 
-/// Applies the shared frame (groups, headroom, skips) around `order`, which returns the
-/// available members of one group (indices into `members`, with their views) in the order to
-/// try them.
+/// Applies the shared frame (groups, quota, skips) around `order`, which returns the
+/// available members of one group that fit this request (indices into `members`, with their
+/// views) in the order to try them.
 fn frame(
     gateway: &CompiledGateway,
     health: &HealthRegistry,
     now: Instant,
-    mut order: impl FnMut(&[CompiledMember], &[(usize, EndpointView)]) -> Vec<usize>,
+    demand: &Demand,
+    mut order: impl FnMut(&PriorityGroup, &[(usize, EndpointView)]) -> Vec<usize>,
 ) -> Vec<Candidate> {
     let mut out = Vec::with_capacity(gateway.member_count());
     for (group_index, group) in gateway.groups.iter().enumerate() {
         let views: Vec<EndpointView> =
-            group.members.iter().map(|m| health.view(m.endpoint.id, now)).collect();
+            group.members.iter().map(|m| health.view_for(m.endpoint.id, now, demand)).collect();
+        let fits = |v: &EndpointView| v.room.is_none_or(|room| room.fits());
         let available: Vec<(usize, EndpointView)> = views
             .iter()
             .enumerate()
-            .filter(|(_, v)| v.unavailable.is_none())
+            .filter(|(_, v)| v.unavailable.is_none() && fits(v))
             .map(|(i, v)| (i, *v))
             .collect();
-        let ordered = order(&group.members, &available);
-        let (roomy, low): (Vec<usize>, Vec<usize>) =
-            ordered.into_iter().partition(|&i| !views[i].low_headroom);
-        for i in roomy.into_iter().chain(low) {
+        let push = |out: &mut Vec<Candidate>, i: usize, short: bool| {
             out.push(Candidate {
                 endpoint: Arc::clone(&group.members[i].endpoint),
-                skip: None,
-                low_headroom: views[i].low_headroom,
+                skip: views[i].unavailable,
+                short,
                 group: group_index,
                 member: i,
             });
+        };
+        for i in order(group, &available) {
+            push(&mut out, i, false);
+        }
+        let mut short: Vec<(std::time::Duration, usize)> = views
+            .iter()
+            .enumerate()
+            .filter(|(_, v)| v.unavailable.is_none() && !fits(v))
+            .map(|(i, v)| (v.room.map(|r| r.wait).unwrap_or_default(), i))
+            .collect();
+        short.sort_unstable();
+        for (_, i) in short {
+            push(&mut out, i, true);
         }
         for (i, view) in views.iter().enumerate() {
-            if let Some(skip) = view.unavailable {
-                out.push(Candidate {
-                    endpoint: Arc::clone(&group.members[i].endpoint),
-                    skip: Some(skip),
-                    low_headroom: view.low_headroom,
-                    group: group_index,
-                    member: i,
-                });
+            if view.unavailable.is_some() {
+                push(&mut out, i, false);
             }
         }
     }
@@ -97,7 +114,8 @@ fn frame(
 }
 
 /// `weighted`: within a group a weighted-random order (a member comes first with probability
-/// proportional to its weight; weight 0 = only after the weighted members).
+/// proportional to its weight times its quota room, when quota is known; weight 0 = only
+/// after the weighted members).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct PriorityWeighted;
 
@@ -107,13 +125,95 @@ impl EndpointSelector for PriorityWeighted {
         gateway: &CompiledGateway,
         health: &HealthRegistry,
         now: Instant,
+        demand: &Demand,
     ) -> Vec<Candidate> {
         let mut rng = rand::rng();
-        frame(gateway, health, now, |members, available| {
-            let weights: Vec<u32> = available.iter().map(|(i, _)| members[*i].weight).collect();
-            weighted_order(&weights, &mut rng).into_iter().map(|k| available[k].0).collect()
+        frame(gateway, health, now, demand, |group, available| {
+            let members = &group.members;
+            let order = match roomy_weights(members, available) {
+                Some(weights) => {
+                    let first = group.spread.next(available, &weights);
+                    let mut order = weighted_order_by(&weights, &mut rng);
+                    if let Some(first) = first {
+                        order.retain(|&k| k != first);
+                        order.insert(0, first);
+                    }
+                    order
+                }
+                None => {
+                    let weights: Vec<u32> =
+                        available.iter().map(|(i, _)| members[*i].weight).collect();
+                    weighted_order(&weights, &mut rng)
+                }
+            };
+            order.into_iter().map(|k| available[k].0).collect()
         })
     }
+}
+
+/// Smooth weighted round robin over a priority group (nginx's `ngx_http_upstream_get_peer`):
+/// each pick adds every available member's weight to its running score, takes the highest
+/// score and subtracts the sum of the weights from it. Deterministic and even: over any run
+/// of picks each member's count stays within one of its weight's share, also while the
+/// weights (quota room) change between picks. One short lock per request; the state lives in
+/// the compiled table and starts afresh with each snapshot.
+#[derive(Debug, Default)]
+pub struct Spread {
+    scores: Mutex<Vec<f64>>,
+}
+
+impl Clone for Spread {
+    fn clone(&self) -> Self {
+        Spread::default()
+    }
+}
+
+impl Spread {
+    /// The position in `available` of the member to try first, given each one's weight
+    /// (`None` when every weight is zero).
+    fn next(&self, available: &[(usize, EndpointView)], weights: &[f64]) -> Option<usize> {
+        let total: f64 = weights.iter().filter(|w| w.is_finite() && **w > 0.0).sum();
+        if total <= 0.0 {
+            return None;
+        }
+        let mut scores = self.scores.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut best: Option<(usize, f64)> = None;
+        for (k, ((i, _), w)) in available.iter().zip(weights).enumerate() {
+            if *i >= scores.len() {
+                scores.resize(i + 1, 0.0);
+            }
+            let w = if w.is_finite() && *w > 0.0 { *w } else { continue };
+            scores[*i] += w;
+            if best.is_none_or(|(_, score)| scores[*i] > score) {
+                best = Some((k, scores[*i]));
+            }
+        }
+        let (k, _) = best?;
+        scores[available[k].0] -= total;
+        Some(k)
+    }
+}
+
+/// Each available member's weight times the requests of this size its quota has room for;
+/// members not read yet count as the roomiest member that was. `None` when no member's
+/// quota is known (the configured weights alone then).
+fn roomy_weights(
+    members: &[CompiledMember],
+    available: &[(usize, EndpointView)],
+) -> Option<Vec<f64>> {
+    let roomiest = available
+        .iter()
+        .filter_map(|(_, v)| v.room.map(|r| r.requests))
+        .fold(None, |most: Option<f64>, r| Some(most.map_or(r, |m| m.max(r))))?;
+    Some(
+        available
+            .iter()
+            .map(|(i, v)| {
+                let room = v.room.map_or(roomiest, |r| r.requests).max(0.0);
+                f64::from(members[*i].weight) * room
+            })
+            .collect(),
+    )
 }
 
 /// `fastest`: latency-aware choice over the decaying EWMA of time to first byte.
@@ -135,10 +235,13 @@ impl EndpointSelector for Fastest {
         gateway: &CompiledGateway,
         health: &HealthRegistry,
         now: Instant,
+        demand: &Demand,
     ) -> Vec<Candidate> {
         let mut rng = rand::rng();
         let exploration = health.policy().exploration;
-        frame(gateway, health, now, |_, available| fastest_order(available, exploration, &mut rng))
+        frame(gateway, health, now, demand, |_, available| {
+            fastest_order(available, exploration, &mut rng)
+        })
     }
 }
 
@@ -177,10 +280,11 @@ impl EndpointSelector for ByStrategy {
         gateway: &CompiledGateway,
         health: &HealthRegistry,
         now: Instant,
+        demand: &Demand,
     ) -> Vec<Candidate> {
         match gateway.routing.strategy {
-            RoutingStrategy::Weighted => PriorityWeighted.candidates(gateway, health, now),
-            RoutingStrategy::Fastest => Fastest.candidates(gateway, health, now),
+            RoutingStrategy::Weighted => PriorityWeighted.candidates(gateway, health, now, demand),
+            RoutingStrategy::Fastest => Fastest.candidates(gateway, health, now, demand),
         }
     }
 }
@@ -203,6 +307,26 @@ pub(crate) fn weighted_order<R: Rng + ?Sized>(weights: &[u32], rng: &mut R) -> V
         .map(|(i, &w)| {
             let u: f64 = rng.random();
             let key = if w == 0 { -u - f64::MIN_POSITIVE } else { u.powf(1.0 / f64::from(w)) };
+            (key, i)
+        })
+        .collect();
+    keyed.sort_by(|a, b| b.0.total_cmp(&a.0));
+    keyed.into_iter().map(|(_, i)| i).collect()
+}
+
+/// [`weighted_order`] for real-valued weights (quota room): each index comes first with
+/// probability proportional to its weight; zero weights follow in random order.
+pub(crate) fn weighted_order_by<R: Rng + ?Sized>(weights: &[f64], rng: &mut R) -> Vec<usize> {
+    if weights.len() <= 1 {
+        return (0..weights.len()).collect();
+    }
+    let mut keyed: Vec<(f64, usize)> = weights
+        .iter()
+        .enumerate()
+        .map(|(i, &w)| {
+            let u: f64 = rng.random();
+            let key =
+                if w > 0.0 && w.is_finite() { u.powf(1.0 / w) } else { -u - f64::MIN_POSITIVE };
             (key, i)
         })
         .collect();
@@ -243,7 +367,7 @@ mod tests {
     }
 
     fn view(latency_ms: Option<f64>, in_flight: u32) -> EndpointView {
-        EndpointView { unavailable: None, low_headroom: false, latency_ms, in_flight }
+        EndpointView { unavailable: None, room: None, latency_ms, in_flight }
     }
 
     #[test]
@@ -252,7 +376,7 @@ mod tests {
         let (health, _rx) = HealthRegistry::new(8);
         let gw = t.gateway_by_name("gw").expect("gw");
         for _ in 0..20 {
-            let c = PriorityWeighted.candidates(gw, &health, Instant::now());
+            let c = PriorityWeighted.candidates(gw, &health, Instant::now(), &Demand::default());
             assert_eq!(names(&c), vec!["e1", "e2", "e0"]);
             assert!(c.iter().all(|c| c.skip.is_none()));
         }
@@ -288,34 +412,107 @@ mod tests {
             now,
         );
         health.record(e1, &HealthEvent::Failed { reason: "503".into() }, now);
-        let c = PriorityWeighted.candidates(gw, &health, now);
+        let c = PriorityWeighted.candidates(gw, &health, now, &Demand::default());
         assert_eq!(names(&c), vec!["e0", "e1", "e2"]);
         assert!(matches!(c[0].skip, Some(Skip::Throttling { .. })));
         assert!(matches!(c[1].skip, Some(Skip::Error { .. })));
         assert_eq!(c[2].skip, None);
 
-        let later = PriorityWeighted.candidates(gw, &health, now + Duration::from_secs(6));
+        let later = PriorityWeighted.candidates(
+            gw,
+            &health,
+            now + Duration::from_secs(6),
+            &Demand::default(),
+        );
         assert!(later.iter().all(|c| c.skip.is_none()), "windows expire");
     }
 
     #[test]
-    fn within_a_group_available_then_low_headroom_then_skipped() {
+    fn within_a_group_fitting_then_short_of_quota_then_skipped() {
         let t = table(&[(0, 1, true), (0, 1, true), (0, 1, true), (1, 1, true)]);
         let gw = t.gateway_by_name("gw").expect("gw");
         let (health, _rx) = HealthRegistry::new(8);
         let now = Instant::now();
         let id = |i: usize| gw.groups[0].members[i].endpoint.id;
         health.record(id(0), &HealthEvent::Failed { reason: "503".into() }, now);
-        let mut low = http::HeaderMap::new();
-        low.insert("x-ratelimit-remaining-requests", http::HeaderValue::from_static("0"));
-        health.record_headroom(id(1), &low, now);
+        read_quota(&health, id(1), 0, now);
+        let demand = Demand::default();
         for _ in 0..20 {
             for selector in [&PriorityWeighted as &dyn EndpointSelector, &Fastest] {
-                let c = selector.candidates(gw, &health, now);
+                let c = selector.candidates(gw, &health, now, &demand);
                 assert_eq!(names(&c), vec!["e2", "e1", "e0", "e3"]);
-                assert!(c[1].low_headroom && c[2].skip.is_some());
+                assert!(c[1].short && c[1].skip.is_none() && c[2].skip.is_some());
             }
         }
+        // Admission refuses the short member until its refill (1 request per 10 s / 50).
+        let refusal = health.admit_for(id(1), now, &demand).expect_err("short");
+        let Unavailable::Quota { until, .. } = refusal else { panic!("{refusal:?}") };
+        assert_eq!(until - now, Duration::from_millis(200));
+        assert!(health.admit_for(id(1), until, &demand).is_ok(), "refilled");
+    }
+
+    /// Gives `id` a reading of `remaining` requests out of 50 (refilling 50 per 10 s).
+    fn read_quota(
+        health: &HealthRegistry,
+        id: modelgw_model::EndpointId,
+        remaining: i64,
+        now: Instant,
+    ) {
+        let mark = health.admit(id, now).expect("admitted").mark();
+        let limits = crate::health::RateLimits {
+            remaining_requests: Some(remaining),
+            limit_requests: Some(50),
+            ..Default::default()
+        };
+        let policy = modelgw_model::QuotaPolicy::default();
+        health.record_quota(id, Some(&limits), mark, now, &policy);
+    }
+
+    #[test]
+    fn weighted_spreads_by_quota_room_times_weight() {
+        let t = table(&[(0, 1, true), (0, 1, true), (0, 2, true)]);
+        let gw = t.gateway_by_name("gw").expect("gw");
+        let (health, _rx) = HealthRegistry::new(8);
+        let now = Instant::now();
+        let id = |i: usize| gw.groups[0].members[i].endpoint.id;
+        // Rooms 5, 25 and 25 requests; weights 1, 1, 2: shares 5 : 25 : 50.
+        read_quota(&health, id(0), 5, now);
+        read_quota(&health, id(1), 25, now);
+        read_quota(&health, id(2), 25, now);
+        // Smooth round robin: in every run of 80 picks exactly 5 : 25 : 50, never by chance.
+        for _ in 0..10 {
+            let mut first = [0u32; 3];
+            for _ in 0..80 {
+                let c = PriorityWeighted.candidates(gw, &health, now, &Demand::default());
+                assert_eq!(c.len(), 3, "the others follow for failover");
+                first[c[0].member] += 1;
+            }
+            assert_eq!(first, [5, 25, 50]);
+        }
+        // Quota-aware routing off: the weights alone.
+        let off = Demand {
+            policy: modelgw_model::QuotaPolicy { enabled: false, ..Default::default() },
+            ..Demand::default()
+        };
+        let mut first = [0u32; 3];
+        for _ in 0..8000 {
+            first[PriorityWeighted.candidates(gw, &health, now, &off)[0].member] += 1;
+        }
+        assert!((1800..=2200).contains(&first[0]), "{first:?}");
+    }
+
+    #[test]
+    fn real_valued_weights_set_how_often_a_member_goes_first() {
+        let mut rng = StdRng::seed_from_u64(11);
+        let mut first = [0u32; 3];
+        for _ in 0..6000 {
+            let order = weighted_order_by(&[0.5, 1.5, 0.0], &mut rng);
+            assert_eq!(order[2], 2, "zero weight last");
+            first[order[0]] += 1;
+        }
+        assert!((1350..=1650).contains(&first[0]), "{first:?}");
+        assert_eq!(first[2], 0);
+        assert_eq!(weighted_order_by(&[f64::NAN, 1.0], &mut rng)[0], 1, "NaN counts as zero");
     }
 
     #[test]

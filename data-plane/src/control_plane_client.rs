@@ -20,6 +20,9 @@
 //! while the stream is down, and after a reconnect everything is sent again: the control
 //! plane keeps the larger of what it has and what it gets, so nothing counts twice.
 //!
+//! Snapshots applied (or sent again while current) are offered to the sealed snapshot file's
+//! writer ([`crate::snapshot_file`]) when one is configured; it never makes this task wait.
+//!
 //! One of the two transport files of the protocol (the other is the control plane's gRPC
 //! server): the only data-plane code that names generated types. It decodes each message into
 //! its domain form (`modelgw_model::protocol`) at once and hands that to [`crate::apply`].
@@ -45,7 +48,7 @@ use modelgw_model::protocol::{
 use modelgw_model::wire::{InvalidControlPlaneMessage, cfg};
 use modelgw_model::{EndpointId, NodeId, Secret};
 use rand::Rng;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::metadata::MetadataValue;
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
@@ -55,6 +58,7 @@ use crate::apply::{ApplyOutcome, apply_fleet_health, apply_leases, apply_snapsho
 use crate::health::HealthRegistry;
 use crate::limits::KeyLimiter;
 use crate::routing_table::SnapshotStore;
+use crate::snapshot_file::writer::SnapshotSaver;
 use crate::traces::TraceShipper;
 
 /// How often the data plane says it is alive. The control plane marks a data plane stale
@@ -101,6 +105,11 @@ pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 /// bytes each); tonic's 4 MiB default would cap a large fleet for no benefit.
 pub const MAX_SNAPSHOT_BYTES: usize = 64 * 1024 * 1024;
 
+/// How often this data plane tells the control plane what it sent to each endpoint
+/// (`QuotaReport`), so every data plane plans with its share of an endpoint's quota. With the
+/// control plane's push at most once a second, a share is at most ~2 s old.
+pub const QUOTA_REPORT_INTERVAL: Duration = Duration::from_secs(1);
+
 /// Floor for a configured heartbeat interval, so a zero cannot turn into a busy loop.
 const MIN_HEARTBEAT_INTERVAL: Duration = Duration::from_millis(10);
 
@@ -113,7 +122,6 @@ const OUTBOUND_CAPACITY: usize = 64;
 /// Settings of the control-plane connection.
 #[derive(Clone, Debug)]
 pub struct ClientConfig {
-    pub control_plane_url: String,
     pub node_id: String,
     /// Default [`HEARTBEAT_INTERVAL`].
     pub heartbeat_interval: Duration,
@@ -121,6 +129,8 @@ pub struct ClientConfig {
     pub stats_interval: Duration,
     /// Default [`USAGE_INTERVAL`].
     pub usage_interval: Duration,
+    /// Where applied snapshots go to be saved on disk, sealed (`MODELGW_SNAPSHOT_FILE`).
+    pub(crate) saver: Option<Arc<SnapshotSaver>>,
 }
 
 /// How the data plane trusts the control plane and proves who it is.
@@ -185,34 +195,53 @@ pub enum TrustError {
     File(String),
     #[error("control-plane URL: {0}")]
     Endpoint(#[from] tonic::transport::Error),
+    #[error("the control-plane URLs mix https:// and http://: use one scheme for every replica")]
+    MixedSchemes,
 }
 
 /// The connection settings, checked: builds a fresh endpoint (files re-read) per connect.
 #[derive(Clone, Debug)]
 pub(crate) struct Connector {
-    url: String,
+    /// Every control-plane replica's URL, in the order given (at least one).
+    urls: Vec<String>,
     tls: bool,
     trust: ControlPlaneTrust,
 }
 
 impl Connector {
-    /// Checks the URL and reads every file once, so a misconfiguration fails the start.
+    /// Checks the URLs (`url`: one, or several separated by commas: the control-plane
+    /// replicas, tried in turn) and reads every file once, so a misconfiguration fails the
+    /// start. All of them must use the same scheme.
     pub(crate) fn new(url: &str, trust: ControlPlaneTrust) -> Result<Connector, TrustError> {
-        let tls = if url.starts_with("https://") {
-            true
-        } else if url.starts_with("http://") {
-            if !trust.allow_insecure {
-                return Err(TrustError::PlaintextNotAllowed(url.to_owned()));
-            }
-            false
-        } else {
+        let urls: Vec<String> =
+            url.split(',').map(str::trim).filter(|u| !u.is_empty()).map(str::to_owned).collect();
+        let Some(first) = urls.first() else {
             return Err(TrustError::Scheme(url.to_owned()));
         };
+        let tls = first.starts_with("https://");
+        for url in &urls {
+            if url.starts_with("https://") {
+                if !tls {
+                    return Err(TrustError::MixedSchemes);
+                }
+            } else if url.starts_with("http://") {
+                if !trust.allow_insecure {
+                    return Err(TrustError::PlaintextNotAllowed(url.clone()));
+                }
+                if tls {
+                    return Err(TrustError::MixedSchemes);
+                }
+            } else {
+                return Err(TrustError::Scheme(url.clone()));
+            }
+        }
         if tls && trust.client_cert.is_none() && trust.token.is_none() {
             return Err(TrustError::NoCredential);
         }
-        let connector = Connector { url: url.to_owned(), tls, trust };
-        connector.endpoint()?;
+        let connector = Connector { urls, tls, trust };
+        for at in 0..connector.urls.len() {
+            connector.endpoint(at)?;
+        }
         connector.token()?;
         if !tls {
             warn!(
@@ -223,9 +252,20 @@ impl Connector {
         Ok(connector)
     }
 
-    /// The endpoint for one connection attempt, with the CA and client certificate read now.
-    fn endpoint(&self) -> Result<Endpoint, TrustError> {
-        let endpoint = Endpoint::from_shared(self.url.clone())?
+    /// How many control-plane URLs there are to try.
+    fn len(&self) -> usize {
+        self.urls.len()
+    }
+
+    /// The URL at `at` (modulo their number).
+    fn url(&self, at: usize) -> &str {
+        &self.urls[at % self.urls.len()]
+    }
+
+    /// The endpoint of URL `at` for one connection attempt, with the CA and client
+    /// certificate read now.
+    fn endpoint(&self, at: usize) -> Result<Endpoint, TrustError> {
+        let endpoint = Endpoint::from_shared(self.url(at).to_owned())?
             .connect_timeout(CONNECT_TIMEOUT)
             .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
             .keep_alive_while_idle(true)
@@ -303,9 +343,13 @@ enum SessionEnd {
     Closed,
     #[error("outbound stream closed")]
     OutboundClosed,
+    #[error("this data plane is shutting down")]
+    Leaving,
 }
 
-/// Runs forever (until the task is aborted): connect, serve the session, back off, repeat.
+/// Runs until `leave` turns true (the data plane is shutting down) or the task is aborted:
+/// connect, serve the session, back off, repeat. On `leave` an open stream is closed cleanly
+/// after a last usage and statistics report, so the control plane records a departure.
 pub(crate) async fn run(
     config: ClientConfig,
     connector: Connector,
@@ -313,33 +357,60 @@ pub(crate) async fn run(
     health: Arc<HealthRegistry>,
     mut health_rx: mpsc::Receiver<EndpointHealth>,
     mut traces: TraceShipper,
+    mut leave: watch::Receiver<bool>,
 ) {
     let mut pending: HashMap<EndpointId, EndpointHealth> = HashMap::new();
     let mut unsent_stats = StatsReport::default();
     let mut failures = 0u32;
+    // The URL in use, and how many in a row have failed since one worked: with several
+    // control-plane replicas, the next one is tried at once (within the first backoff step)
+    // and the backoff grows only once every one of them has failed.
+    let mut at = 0usize;
+    let mut failed_in_round = 0usize;
     loop {
         let mut got_snapshot = false;
         let end = session(
             &config,
-            &connector,
+            (&connector, at),
             &store,
             &health,
             &mut health_rx,
-            Pending { health: &mut pending, stats: &mut unsent_stats, traces: &mut traces },
+            Pending {
+                health: &mut pending,
+                stats: &mut unsent_stats,
+                traces: &mut traces,
+                leave: &mut leave,
+            },
             &mut got_snapshot,
         )
         .await;
         store.metrics().set_control_plane_connected(false);
+        if matches!(end, SessionEnd::Leaving) {
+            info!(url = connector.url(at), "left the control plane");
+            return;
+        }
         if got_snapshot {
             // The session worked; a drop after that is a fresh incident, not a persistent one.
             failures = 0;
+            failed_in_round = 0;
         }
-        let delay = backoff_delay(failures, &mut rand::rng());
-        failures = failures.saturating_add(1);
+        let url = connector.url(at);
+        // A replica that went away or never answered: the next one (the same one when alone).
+        at = (at + 1) % connector.len();
+        failed_in_round += 1;
+        let delay = if failed_in_round < connector.len() {
+            backoff_delay(0, &mut rand::rng())
+        } else {
+            failed_in_round = 0;
+            let delay = backoff_delay(failures, &mut rand::rng());
+            failures = failures.saturating_add(1);
+            delay
+        };
         warn!(
-            url = %config.control_plane_url,
+            url,
             reason = %end,
             serving = store.version().0,
+            next_url = connector.url(at),
             retry_in_ms = delay.as_millis() as u64,
             "disconnected from the control plane"
         );
@@ -350,6 +421,7 @@ pub(crate) async fn run(
         loop {
             tokio::select! {
                 () = &mut sleep => break,
+                () = leaving(&mut leave) => return,
                 change = health_rx.recv() => match change {
                     Some(change) => { pending.insert(change.endpoint_id, change); }
                     None => { (&mut sleep).await; break; }
@@ -359,30 +431,37 @@ pub(crate) async fn run(
     }
 }
 
-/// What waits for the next session: the newest health change per endpoint, and statistics
-/// that could not be sent.
+/// What a session carries over to the next: the newest health change per endpoint, statistics
+/// that could not be sent, queued traces — and the signal to leave.
 struct Pending<'a> {
     health: &'a mut HashMap<EndpointId, EndpointHealth>,
     stats: &'a mut StatsReport,
     /// Request traces: the queue keeps what the request path finished while disconnected.
     traces: &'a mut TraceShipper,
+    /// Turns true when the data plane shuts down: the session then closes its stream cleanly.
+    leave: &'a mut watch::Receiver<bool>,
 }
 
 async fn session(
     config: &ClientConfig,
-    connector: &Connector,
+    (connector, at): (&Connector, usize),
     store: &SnapshotStore,
     health: &HealthRegistry,
     health_rx: &mut mpsc::Receiver<EndpointHealth>,
     pending: Pending<'_>,
     got_snapshot: &mut bool,
 ) -> SessionEnd {
-    let Pending { health: pending, stats: unsent_stats, traces } = pending;
-    let (endpoint, token) = match connector.endpoint().and_then(|e| Ok((e, connector.token()?))) {
+    let Pending { health: pending, stats: unsent_stats, traces, leave } = pending;
+    let (endpoint, token) = match connector.endpoint(at).and_then(|e| Ok((e, connector.token()?))) {
         Ok(settings) => settings,
         Err(err) => return SessionEnd::Settings(err),
     };
-    let channel = match endpoint.connect().await {
+    let connected = tokio::select! {
+        connected = endpoint.connect() => connected,
+        // Still connecting: nothing to close.
+        () = leaving(leave) => return SessionEnd::Leaving,
+    };
+    let channel = match connected {
         Ok(channel) => channel,
         Err(err) => return SessionEnd::Connect(err),
     };
@@ -402,12 +481,16 @@ async fn session(
     if let Some(token) = token {
         request.metadata_mut().insert("authorization", token);
     }
-    let mut inbound = match client.stream(request).await {
+    let opened = tokio::select! {
+        opened = client.stream(request) => opened,
+        () = leaving(leave) => return SessionEnd::Leaving,
+    };
+    let mut inbound = match opened {
         Ok(response) => response.into_inner(),
         Err(status) => return SessionEnd::Refused(status),
     };
     info!(
-        url = %config.control_plane_url,
+        url = connector.url(at),
         node_id = %config.node_id,
         applied_version = store.version().0,
         "connected to the control plane"
@@ -437,6 +520,10 @@ async fn session(
     let mut usage = tokio::time::interval(config.usage_interval.max(MIN_USAGE_INTERVAL));
     usage.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_usage = tokio::time::Instant::now();
+    let mut quota = tokio::time::interval(QUOTA_REPORT_INTERVAL);
+    quota.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    quota.tick().await;
+    let mut last_quota = tokio::time::Instant::now();
     let mut early: Option<tokio::time::Instant> = None;
     let mut health_open = true;
     loop {
@@ -445,7 +532,11 @@ async fn session(
                 Ok(Some(message)) => match ControlPlaneMessage::try_from(message) {
                     Ok(ControlPlaneMessage::Snapshot(snapshot)) => {
                         *got_snapshot = true;
-                        apply_snapshot(store, &snapshot).to_message()
+                        let outcome = apply_snapshot(store, &snapshot);
+                        if let Some(saver) = &config.saver {
+                            saver.offer(&outcome, snapshot);
+                        }
+                        outcome.to_message()
                     }
                     Ok(ControlPlaneMessage::FleetHealth(fleet)) => {
                         for skipped in &fleet.skipped {
@@ -456,6 +547,14 @@ async fn session(
                     }
                     Ok(ControlPlaneMessage::Leases(leases)) => {
                         apply_leases(limits, &leases);
+                        continue;
+                    }
+                    Ok(ControlPlaneMessage::FleetQuota(fleet)) => {
+                        for skipped in &fleet.skipped {
+                            warn!(reason = %skipped, "fleet quota entry unreadable; ignored");
+                        }
+                        let shared = health.apply_fleet_quota(&fleet);
+                        debug!(endpoints = fleet.endpoints.len(), shared, "fleet quota applied");
                         continue;
                     }
                     Err(InvalidControlPlaneMessage::Snapshot { version, error }) => {
@@ -472,22 +571,21 @@ async fn session(
                 DataPlaneMessage::Heartbeat { applied_version: store.version() }
             }
             _ = stats.tick() => {
-                let mut report = std::mem::take(unsent_stats);
-                report.merge(store.metrics().stats_report());
-                let mut reports = report.into_bounded().into_iter();
-                while let Some(report) = reports.next() {
-                    let message = DataPlaneMessage::Stats(report);
-                    let wire = cfg::DataPlaneMessage::from(&message);
-                    if tx.send(wire).await.is_err() {
-                        // Kept for the next session, added to what is counted meanwhile.
-                        if let DataPlaneMessage::Stats(report) = message {
-                            unsent_stats.merge(report);
-                        }
-                        reports.for_each(|rest| unsent_stats.merge(rest));
-                        return SessionEnd::OutboundClosed;
-                    }
+                if let Err(end) = send_stats(&tx, store, unsent_stats).await {
+                    return end;
                 }
                 continue;
+            }
+            () = leaving(leave) => break,
+            _ = quota.tick() => {
+                let now = tokio::time::Instant::now();
+                let interval_ms = u32::try_from((now - last_quota).as_millis()).unwrap_or(u32::MAX).clamp(1, 60_000);
+                last_quota = now;
+                let report = health.take_quota_report(interval_ms);
+                if report.endpoints.is_empty() {
+                    continue;
+                }
+                DataPlaneMessage::Quota(report)
             }
             _ = usage.tick() => {
                 // Notices (and counts) an expired lease even while no request comes.
@@ -545,6 +643,43 @@ async fn session(
             return end;
         }
     }
+    // Shutting down: what was counted since the last reports, then our end of the stream; the
+    // control plane ends its side in turn (a departure, not a broken stream).
+    let _ = send_usage(&tx, limits).await;
+    let _ = send_stats(&tx, store, unsent_stats).await;
+    drop(tx);
+    while let Ok(Some(_)) = inbound.message().await {}
+    SessionEnd::Leaving
+}
+
+/// Resolves once the data plane is shutting down (or its owner is gone).
+async fn leaving(leave: &mut watch::Receiver<bool>) {
+    let _ = leave.wait_for(|l| *l).await;
+}
+
+/// Sends the traffic counted since the last report (and what an earlier stream could not
+/// send), in reports within the protocol's bounds.
+async fn send_stats(
+    tx: &mpsc::Sender<cfg::DataPlaneMessage>,
+    store: &SnapshotStore,
+    unsent_stats: &mut StatsReport,
+) -> Result<(), SessionEnd> {
+    let mut report = std::mem::take(unsent_stats);
+    report.merge(store.metrics().stats_report());
+    let mut reports = report.into_bounded().into_iter();
+    while let Some(report) = reports.next() {
+        let message = DataPlaneMessage::Stats(report);
+        let wire = cfg::DataPlaneMessage::from(&message);
+        if tx.send(wire).await.is_err() {
+            // Kept for the next session, added to what is counted meanwhile.
+            if let DataPlaneMessage::Stats(report) = message {
+                unsent_stats.merge(report);
+            }
+            reports.for_each(|rest| unsent_stats.merge(rest));
+            return Err(SessionEnd::OutboundClosed);
+        }
+    }
+    Ok(())
 }
 
 /// Sends the keys' usage that changed since it last went out, in reports within the
@@ -594,6 +729,42 @@ mod tests {
         let late: Vec<Duration> = (0..200).map(|_| backoff_delay(30, &mut rng)).collect();
         assert!(late.iter().any(|d| *d > Duration::from_secs(3)), "reaches towards the cap");
         assert!(late.iter().any(|d| *d < Duration::from_secs(2)), "jittered, not fixed");
+    }
+
+    #[test]
+    fn several_control_plane_urls_are_taken_in_turn_with_one_scheme() {
+        let insecure = ControlPlaneTrust { allow_insecure: true, ..Default::default() };
+        let c = Connector::new(" http://cp-0:4002 , http://cp-1:4002,", insecure.clone())
+            .expect("two replicas");
+        assert_eq!(c.len(), 2);
+        assert_eq!(
+            (c.url(0), c.url(1), c.url(2)),
+            ("http://cp-0:4002", "http://cp-1:4002", "http://cp-0:4002")
+        );
+        let one = Connector::new("http://cp:4002", insecure.clone()).expect("one");
+        assert_eq!((one.len(), one.url(1)), (1, "http://cp:4002"));
+        let token = ControlPlaneTrust {
+            allow_insecure: true,
+            token: Some(TokenSource::Value(Secret::new("t"))),
+            ..Default::default()
+        };
+        assert!(matches!(
+            Connector::new("https://cp-0:4002,http://cp-1:4002", token.clone()),
+            Err(TrustError::MixedSchemes)
+        ));
+        assert!(matches!(
+            Connector::new("http://cp-0:4002,https://cp-1:4002", token),
+            Err(TrustError::MixedSchemes)
+        ));
+        assert!(matches!(
+            Connector::new("http://cp-0:4002,http://cp-1:4002", ControlPlaneTrust::default()),
+            Err(TrustError::PlaintextNotAllowed(url)) if url == "http://cp-0:4002"
+        ));
+        assert!(matches!(
+            Connector::new("http://cp-0:4002,cp-1:4002", insecure.clone()),
+            Err(TrustError::Scheme(url)) if url == "cp-1:4002"
+        ));
+        assert!(matches!(Connector::new(" , ", insecure), Err(TrustError::Scheme(_))));
     }
 
     /// The shipper keeps batches under `MAX_TRACE_BATCH_BYTES` by a bound of their encoding

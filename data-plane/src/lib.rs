@@ -23,8 +23,9 @@
 //! fleet health, budget leases), `pin` (pinned response ids: minting, verifying, the
 //! gateway's pins compiled with the routing table, and the rewrite of ids in answers), [`traces`] (request traces of gateways that record them: the
 //! per-request recorder, payload redaction and stream reassembly, the bounded queue and its
-//! shipper) and `control_plane_client` (the gRPC transport to the control plane: the only
-//! module that sees wire types).
+//! shipper), [`snapshot_file`] (the last applied snapshot sealed on local disk, served at start
+//! until a control plane answers) and `control_plane_client` (the gRPC transport to the control
+//! plane: the only module that sees wire types).
 
 pub mod apply;
 pub mod balance;
@@ -36,6 +37,8 @@ pub mod metrics;
 mod pin;
 mod proxy;
 pub mod routing_table;
+pub mod shutdown;
+pub mod snapshot_file;
 pub mod traces;
 
 use std::future::Future;
@@ -61,6 +64,8 @@ pub use crate::control_plane_client::{
 pub use crate::limits::KeyLimiter;
 pub use crate::proxy::connection::ConnectionStats;
 pub use crate::proxy::trace_context::RequestTracer;
+pub use crate::shutdown::{Shutdown, ShutdownTrigger, shutdown_channel};
+pub use crate::snapshot_file::{DEFAULT_SNAPSHOT_MAX_AGE, SnapshotFileConfig, SnapshotKey};
 
 /// Default request-body limit: 32 MiB. Bodies are held in memory so they can be re-sent on
 /// failover; 32 MiB covers Azure's largest inputs (25 MB audio files plus multipart framing,
@@ -101,9 +106,24 @@ pub const DEFAULT_UPSTREAM_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// about 55 s.
 pub const DEFAULT_CLIENT_BODY_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// Default time in-flight requests get to finish on shutdown; matches Kubernetes' default
-/// termination grace period.
+/// Default time in-flight requests get to finish on shutdown, once accepting stopped (after
+/// the drain period); matches Kubernetes' default termination grace period.
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+
+/// Default drain period: how long a data plane asked to stop keeps serving while `/readyz`
+/// fails, before it stops accepting. 15 s covers what has to happen before no new request is
+/// sent here: Kubernetes removes a terminating pod from its Service's endpoints at once, but
+/// kube-proxy, ingress controllers and cloud load balancers apply that a few seconds later
+/// (5–10 s is commonly seen); a balancer that only follows the readiness probe needs
+/// `periodSeconds × failureThreshold` (5 s × 2 in `deploy/`) plus its own refresh. An Azure Front
+/// Door probing data planes directly needs its probe interval × the failed samples that mark
+/// an origin down: set its interval to 5 s, or raise the drain period to match. Longer only
+/// delays a rollout; shorter risks refused connections at the balancer.
+pub const DEFAULT_DRAIN_PERIOD: Duration = Duration::from_secs(15);
+
+/// How long the control-plane stream may take to close cleanly at exit (the last usage
+/// report, then the control plane's end of the stream) before it is dropped.
+const LEAVE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Default deadline, from accept, for a client connection's first complete request head (HTTP/1
 /// and h2c alike): 30 s, between Envoy's edge recommendation (10 s for request headers) and
@@ -158,8 +178,10 @@ pub struct DataPlaneConfig {
     /// Listen address of the gateway (`MODELGW_GATEWAY_ADDR`); port 0 picks a free port.
     pub gateway_addr: SocketAddr,
     /// gRPC URL of the control plane (`MODELGW_CONTROL_PLANE_URL`), `https://` unless
-    /// `control_plane_trust.allow_insecure`. Empty = run without a control plane (snapshots
-    /// only through [`DataPlane::snapshot_store`], e.g. in tests).
+    /// `control_plane_trust.allow_insecure`; several separated by commas (control-plane
+    /// replicas without one Service in front: tried in turn, the next at once when one goes
+    /// away). Empty = run without a control plane (snapshots only through
+    /// [`DataPlane::snapshot_store`], e.g. in tests).
     pub control_plane_url: String,
     /// How the control plane is verified and how this data plane authenticates to it.
     pub control_plane_trust: ControlPlaneTrust,
@@ -185,8 +207,10 @@ pub struct DataPlaneConfig {
     pub upstream_connect_timeout: Duration,
     /// See [`DEFAULT_CLIENT_BODY_TIMEOUT`].
     pub client_body_timeout: Duration,
-    /// See [`DEFAULT_SHUTDOWN_GRACE`].
+    /// See [`DEFAULT_SHUTDOWN_GRACE`] (`MODELGW_SHUTDOWN_GRACE`).
     pub shutdown_grace: Duration,
+    /// See [`DEFAULT_DRAIN_PERIOD`] (`MODELGW_DRAIN_PERIOD`); zero stops accepting at once.
+    pub drain_period: Duration,
     /// Serving threads (`MODELGW_WORKERS`), each with its own runtime and upstream connection
     /// pool; default: one per available core.
     pub workers: usize,
@@ -243,6 +267,10 @@ pub struct DataPlaneConfig {
     /// `MODELGW_TRACE_QUEUE`: request traces waiting to be shipped at most (beyond, they are
     /// dropped and counted); see [`traces::DEFAULT_TRACE_QUEUE`].
     pub trace_queue: usize,
+    /// `MODELGW_SNAPSHOT_FILE` & co.: where the last applied snapshot is kept, sealed, and
+    /// served from at start until a control plane answers. `None` (default): nothing is
+    /// saved, and the data plane serves nothing until a control plane sends a snapshot.
+    pub snapshot_file: Option<SnapshotFileConfig>,
 }
 
 impl Default for DataPlaneConfig {
@@ -261,6 +289,7 @@ impl Default for DataPlaneConfig {
             upstream_connect_timeout: DEFAULT_UPSTREAM_CONNECT_TIMEOUT,
             client_body_timeout: DEFAULT_CLIENT_BODY_TIMEOUT,
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
+            drain_period: DEFAULT_DRAIN_PERIOD,
             workers: std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get),
             heartbeat_interval: client::HEARTBEAT_INTERVAL,
             stats_interval: client::STATS_INTERVAL,
@@ -280,6 +309,7 @@ impl Default for DataPlaneConfig {
             metrics_enabled: true,
             metrics_addr: None,
             trace_queue: traces::DEFAULT_TRACE_QUEUE,
+            snapshot_file: None,
         }
     }
 }
@@ -323,7 +353,10 @@ impl std::fmt::Debug for DataPlane {
 impl DataPlane {
     /// Binds the listener and prepares the upstream client; nothing is served until `run`.
     /// Fails on an unusable address, control-plane URL or TLS file (plaintext without
-    /// `allow_insecure`, no credential, an unreadable CA, certificate or token).
+    /// `allow_insecure`, no credential, an unreadable CA, certificate or token), or a snapshot
+    /// file whose directory does not exist. A saved snapshot that opens and is young enough is
+    /// installed here, so the first request is served from it; one that does not is logged
+    /// and ignored.
     pub async fn bind(config: DataPlaneConfig) -> std::io::Result<DataPlane> {
         // rustls is built without a default crypto provider; install ring unless the
         // binary already chose one.
@@ -353,6 +386,18 @@ impl DataPlane {
             HealthRegistry::with_policy(config.health_policy.clone(), HEALTH_CHANNEL_CAPACITY);
         let entra = Arc::new(EntraTokens::new(config.entra_credential.clone()));
         let traces = Arc::new(traces::TraceQueue::new(config.trace_queue));
+        let store = Arc::new(SnapshotStore::with_metrics(metrics));
+        match &config.snapshot_file {
+            Some(file) => {
+                file.check()
+                    .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+                serve_saved_snapshot(file, &store);
+            }
+            None if control_plane.is_some() => info!(
+                "no MODELGW_SNAPSHOT_FILE: the last snapshot is not kept on disk, so this data plane cannot serve after a restart until a control plane answers"
+            ),
+            None => {}
+        }
         Ok(DataPlane {
             entra,
             connections: Arc::new(ConnectionStats::default()),
@@ -360,7 +405,7 @@ impl DataPlane {
             local_addr,
             config,
             control_plane,
-            store: Arc::new(SnapshotStore::with_metrics(metrics)),
+            store,
             health: Arc::new(health),
             health_rx,
             tls,
@@ -416,8 +461,8 @@ impl DataPlane {
     }
 
     /// Serves until `shutdown` resolves (selecting endpoints per gateway by its
-    /// `routing.strategy`, see [`ByStrategy`]), then drains in-flight requests for up to
-    /// `shutdown_grace`.
+    /// `routing.strategy`, see [`ByStrategy`]), then drains: see [`shutdown`] for the phases
+    /// (`drain_period`, then up to `shutdown_grace` for in-flight requests).
     pub async fn run(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
@@ -430,6 +475,23 @@ impl DataPlane {
         self,
         selector: Arc<dyn EndpointSelector>,
         shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), DataPlaneError> {
+        let (shutdown, _stop_waiting) = Shutdown::when(shutdown);
+        self.run_until(selector, shutdown).await
+    }
+
+    /// [`DataPlane::run`] driven by repeated requests: each one (a SIGTERM/SIGINT) moves the
+    /// shutdown a phase on — the first starts the drain period, a second ends it, a third cuts
+    /// in-flight requests.
+    pub async fn run_until_shutdown(self, shutdown: Shutdown) -> Result<(), DataPlaneError> {
+        self.run_until(Arc::new(ByStrategy), shutdown).await
+    }
+
+    /// [`DataPlane::run_until_shutdown`] with another endpoint-selection policy.
+    pub async fn run_until(
+        self,
+        selector: Arc<dyn EndpointSelector>,
+        shutdown: Shutdown,
     ) -> Result<(), DataPlaneError> {
         let DataPlane {
             listener,
@@ -461,13 +523,21 @@ impl DataPlane {
             }))
         });
         let entra_task = tokio::spawn(keep_entra_tokens(Arc::clone(&store), Arc::clone(&entra)));
+        // Tells the control-plane client to close its stream cleanly (shutting down).
+        let (leave_tx, leave_rx) = tokio::sync::watch::channel(false);
         let mut client_task = control_plane.map(|connector| {
+            let saver = config.snapshot_file.clone().map(|file| {
+                Arc::new(snapshot_file::writer::SnapshotSaver::start(
+                    file,
+                    Arc::clone(store.metrics()),
+                ))
+            });
             let client_config = client::ClientConfig {
-                control_plane_url: config.control_plane_url.clone(),
                 node_id: config.node_id.clone(),
                 heartbeat_interval: config.heartbeat_interval,
                 stats_interval: config.stats_interval,
                 usage_interval: config.usage_interval,
+                saver,
             };
             let shipper = traces::TraceShipper::new(Arc::clone(&traces), traces::TRACE_INTERVAL);
             tokio::spawn(client::run(
@@ -477,6 +547,7 @@ impl DataPlane {
                 Arc::clone(&health),
                 health_rx,
                 shipper,
+                leave_rx,
             ))
         });
         let limits = proxy::Limits {
@@ -495,6 +566,7 @@ impl DataPlane {
             tcp_keepalive: UPSTREAM_TCP_KEEPALIVE,
             egress: proxy::egress::EgressPolicy { allow_loopback: config.allow_loopback_upstreams },
         };
+        let lifecycle = Arc::new(shutdown::Lifecycle::default());
         let failed_auths =
             Arc::new(proxy::FailedAuths::new(config.failed_auth_window, config.failed_auth_limit));
         let failed_auth_task = tokio::spawn(proxy::report_failed_auths(Arc::clone(&failed_auths)));
@@ -524,6 +596,7 @@ impl DataPlane {
                 metrics: Arc::clone(&metrics),
                 shard,
                 traces: Arc::clone(&traces),
+                lifecycle: Arc::clone(&lifecycle),
             })
             .collect();
         info!(
@@ -532,6 +605,8 @@ impl DataPlane {
             control_plane = %config.control_plane_url,
             workers,
             max_connections = server_limits.max_connections,
+            drain_period_ms = config.drain_period.as_millis() as u64,
+            shutdown_grace_ms = config.shutdown_grace.as_millis() as u64,
             allow_loopback_upstreams = config.allow_loopback_upstreams,
             "data plane serving"
         );
@@ -556,31 +631,34 @@ impl DataPlane {
                 Err(_) => std::future::pending().await,
             }
         };
-        let stop = async {
-            tokio::select! {
-                () = shutdown => {}
-                reason = client_died => died = Some(reason),
-            }
+        // A dead client stops serving like a shutdown request (draining first).
+        let client_stop = async { died = Some(client_died.await) };
+        let phases = proxy::server::Phases {
+            shutdown,
+            drain_period: config.drain_period,
+            grace: config.shutdown_grace,
+            lifecycle,
         };
-        proxy::server::serve(
-            listener,
-            proxies,
-            stop,
-            config.shutdown_grace,
-            server_limits,
-            connections,
-        )
-        .await;
+        proxy::server::serve(listener, proxies, phases, client_stop, server_limits, connections)
+            .await;
         failed_auth_task.abort();
         let _ = metrics_stop_tx.send(());
         if let Some(task) = metrics_task {
             task.abort();
         }
+        // Leave the control plane cleanly: the last usage, then an orderly end of the stream.
+        let _ = leave_tx.send(true);
+        if let Some(mut watcher) = watcher {
+            if tokio::time::timeout(LEAVE_TIMEOUT, &mut watcher).await.is_err() {
+                warn!(
+                    timeout_ms = LEAVE_TIMEOUT.as_millis() as u64,
+                    "the control-plane stream did not close in time; dropping it"
+                );
+            }
+            watcher.abort();
+        }
         if let Some(client) = client_abort {
             client.abort();
-        }
-        if let Some(watcher) = watcher {
-            watcher.abort();
         }
         entra_task.abort();
         info!("data plane stopped");
@@ -615,6 +693,40 @@ fn open_file_limit() -> Option<usize> {
     let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
     let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
     line["Max open files".len()..].split_whitespace().next()?.parse().ok()
+}
+
+/// Installs the sealed snapshot saved on disk, when it opens and is young enough; logs why
+/// not otherwise (the data plane then starts as without a file).
+fn serve_saved_snapshot(file: &SnapshotFileConfig, store: &SnapshotStore) {
+    let path = file.path.display();
+    let loaded = match snapshot_file::load(file) {
+        Ok(loaded) => loaded,
+        Err(snapshot_file::SnapshotFileError::Missing) => {
+            info!(%path, "no saved snapshot yet; waiting for a control plane");
+            return;
+        }
+        Err(error) => {
+            warn!(%path, %error, "saved snapshot not served; waiting for a control plane");
+            return;
+        }
+    };
+    let version = loaded.snapshot.version.0;
+    let table = match routing_table::RoutingTable::compile(&loaded.snapshot) {
+        Ok(table) => table,
+        Err(error) => {
+            warn!(%path, version, %error, "saved snapshot not served; waiting for a control plane");
+            return;
+        }
+    };
+    let origin = snapshot_file::DiskOrigin { confirmed_unix_ms: loaded.confirmed_unix_ms };
+    if store.install_from_disk(table, origin) {
+        warn!(
+            %path,
+            version,
+            age_s = loaded.age.as_secs(),
+            "serving the snapshot saved on disk (stale) until a control plane sends one"
+        );
+    }
 }
 
 /// Starts token refresh for every Entra ID scope of each routing table applied.

@@ -21,10 +21,12 @@ use modelgw_model::{
     RoutingPolicy, Snapshot,
 };
 use tokio::sync::watch;
+use tracing::info;
 
 use crate::limits::{KeyChain, KeyLimiter};
 use crate::metrics::{EndpointMetrics, GatewayMetrics, Metrics, RouteMetrics};
 use crate::pin::{EndpointTag, GatewayPinKey, GatewayPins, PinSigner, endpoint_tag};
+use crate::snapshot_file::DiskOrigin;
 use crate::traces::CompiledTraces;
 
 /// Header Azure OpenAI reads the resource key from.
@@ -111,6 +113,8 @@ pub struct CompiledMember {
 pub struct PriorityGroup {
     pub priority: u32,
     pub members: Vec<CompiledMember>,
+    /// Where quota-aware `weighted` selection stands in its smooth round robin.
+    pub spread: crate::balance::Spread,
 }
 
 /// A gateway key as the request path needs it.
@@ -153,7 +157,7 @@ pub struct CompiledGateway {
     pub metrics: Option<Arc<GatewayMetrics>>,
     /// What the gateway traces of each request (`None`: traces off, nothing recorded).
     pub traces: Option<Arc<CompiledTraces>>,
-    /// Its answers to `GET …/models`, built here once.
+    /// Its answers to `GET …/models`, built by the first request that needs them.
     pub(crate) models: crate::proxy::models::ModelsAnswer,
     /// Its pin key and members by tag: where a pinned response id leads.
     pub(crate) pins: GatewayPins,
@@ -180,6 +184,10 @@ pub struct RoutingTable {
     /// Every configured endpoint by its pin tag: names the endpoint of a pinned id whose
     /// endpoint is no longer a member of the gateway (a rare path, never a hot one).
     by_pin_tag: HashMap<EndpointTag, Vec<Arc<CompiledEndpoint>>>,
+    /// Set when the table was loaded from the sealed snapshot file at start rather than sent
+    /// by a control plane: it may be stale, and the first control plane's snapshot replaces it
+    /// whatever its version.
+    from_disk: Option<DiskOrigin>,
 }
 
 impl RoutingTable {
@@ -193,6 +201,7 @@ impl RoutingTable {
             endpoint_count: 0,
             entra_scopes: Vec::new(),
             by_pin_tag: HashMap::new(),
+            from_disk: None,
         }
     }
 
@@ -283,9 +292,11 @@ impl RoutingTable {
                 };
                 match groups.iter_mut().find(|group| group.priority == m.priority) {
                     Some(group) => group.members.push(member),
-                    None => {
-                        groups.push(PriorityGroup { priority: m.priority, members: vec![member] })
-                    }
+                    None => groups.push(PriorityGroup {
+                        priority: m.priority,
+                        members: vec![member],
+                        spread: crate::balance::Spread::default(),
+                    }),
                 }
             }
             groups.sort_by_key(|group| group.priority);
@@ -339,7 +350,14 @@ impl RoutingTable {
             endpoint_count: endpoints.len(),
             entra_scopes,
             by_pin_tag,
+            from_disk: None,
         })
+    }
+
+    /// Where the table came from when it is the sealed snapshot loaded from disk at start
+    /// (`None`: from a control plane, or built in process).
+    pub fn from_disk(&self) -> Option<DiskOrigin> {
+        self.from_disk
     }
 
     /// Distinct Entra ID scopes the endpoints of this table need tokens for.
@@ -484,24 +502,58 @@ impl SnapshotStore {
         self.current.load_full()
     }
 
-    /// Installs `table` if its version is newer than the current one; `true` if it did.
+    /// Installs `table` if its version is newer than the current one, or if the current one
+    /// came from disk; `true` if it did. The first table after one from disk replaces it at
+    /// any version: the control plane is the source of truth, and its database may have been
+    /// restored to an older version than the file holds.
     pub fn swap_if_newer(&self, mut table: RoutingTable) -> bool {
         let new_version = table.version;
-        if new_version <= self.version() {
+        let current = self.current.load();
+        let from_disk = current.from_disk;
+        if new_version <= current.version && from_disk.is_none() {
             return false;
         }
+        drop(current);
         // Snapshots are applied by one task; the check above and the swap below do not race.
         self.metrics.attach(&mut table);
         self.limits.attach(&mut table);
         let table = Arc::new(table);
         let previous = self.current.rcu(|current| {
-            if new_version > current.version { Arc::clone(&table) } else { Arc::clone(current) }
+            if new_version > current.version || current.from_disk.is_some() {
+                Arc::clone(&table)
+            } else {
+                Arc::clone(current)
+            }
         });
-        let swapped = previous.version < new_version;
+        let swapped = new_version > previous.version || previous.from_disk.is_some();
         if swapped {
             self.version_tx.send_replace(new_version);
+            if let Some(origin) = previous.from_disk {
+                info!(
+                    version = new_version.0,
+                    disk_version = previous.version.0,
+                    disk_age_s = origin.age().as_secs(),
+                    "the control plane's snapshot replaced the one loaded from disk; no longer stale"
+                );
+            }
         }
         swapped
+    }
+
+    /// Installs `table`, read from the sealed snapshot file at start, marked as from disk
+    /// (stale until a control plane's snapshot replaces it). Only into an empty store: a
+    /// control plane's table is never replaced by the file's.
+    pub fn install_from_disk(&self, mut table: RoutingTable, origin: DiskOrigin) -> bool {
+        if self.is_ready() {
+            return false;
+        }
+        table.from_disk = Some(origin);
+        self.swap_if_newer(table)
+    }
+
+    /// The origin of the table served when it came from disk: serving, but maybe stale.
+    pub fn stale(&self) -> Option<DiskOrigin> {
+        self.current.load().from_disk
     }
 
     /// Version of the current table; 0 before the first snapshot.
@@ -556,6 +608,13 @@ pub(crate) mod tests {
             traces: Default::default(),
             pin_key: modelgw_model::PinKey::new([9; 32]),
         }
+    }
+
+    /// One gateway (`chat`, key `client-key`) over one endpoint, at `version`.
+    pub(crate) fn one_gateway(version: u64) -> Snapshot {
+        let e = endpoint("eus", Platform::AzureOpenai, "gpt-4o");
+        let gw = gateway("chat", "client-key", vec![member(&e, true, 0, 1)]);
+        Snapshot { version: ConfigVersion(version), endpoints: vec![e], gateways: vec![gw] }
     }
 
     fn sample() -> Snapshot {
@@ -674,5 +733,37 @@ pub(crate) mod tests {
         newer.gateways.clear();
         assert!(store.swap_if_newer(RoutingTable::compile(&newer).expect("compiles")));
         assert!(store.load().gateways().is_empty());
+    }
+
+    #[test]
+    fn a_table_from_disk_is_stale_until_any_control_plane_version_replaces_it() {
+        let origin = DiskOrigin { confirmed_unix_ms: 1 };
+        let store = SnapshotStore::new();
+        assert!(
+            store.install_from_disk(RoutingTable::compile(&sample()).expect("compiles"), origin)
+        );
+        assert!(store.is_ready());
+        assert_eq!(store.stale(), Some(origin));
+        assert_eq!(store.version(), ConfigVersion(7));
+        // A restored control-plane database may be behind the file: its older version wins.
+        let mut older = sample();
+        older.version = ConfigVersion(5);
+        assert!(store.swap_if_newer(RoutingTable::compile(&older).expect("compiles")));
+        assert_eq!(store.stale(), None);
+        assert_eq!(store.version(), ConfigVersion(5));
+        // From then on, only newer versions, and never the file again.
+        assert!(!store.swap_if_newer(RoutingTable::compile(&older).expect("compiles")));
+        assert!(
+            !store.install_from_disk(RoutingTable::compile(&sample()).expect("compiles"), origin)
+        );
+        assert_eq!(store.version(), ConfigVersion(5));
+
+        // The same version as the file's replaces it too (ACKed as applied, not stale).
+        let store = SnapshotStore::new();
+        assert!(
+            store.install_from_disk(RoutingTable::compile(&sample()).expect("compiles"), origin)
+        );
+        assert!(store.swap_if_newer(RoutingTable::compile(&sample()).expect("compiles")));
+        assert_eq!(store.stale(), None);
     }
 }

@@ -2,7 +2,8 @@
 //! over TLS: Hello, ACK/NACK, heartbeats, health reports, statistics reports (kept across a
 //! reconnect), reconnect after the stream ends, the join token sent, and a control plane it
 //! does not trust refused while it keeps serving; budget leases enforced and usage reports
-//! (cumulative per key and window) resent whole after a reconnect.
+//! (cumulative per key and window) resent whole after a reconnect; quota reports and the
+//! fleet's quota share.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test stops where its setup fails
 
@@ -113,6 +114,17 @@ async fn fake_control_plane(
     Ok((url, rx, trust(&pki)))
 }
 
+/// The mock region every test here routes to: East US, deployment `gpt-4o-eus`.
+async fn east_us(upstream_key: &str) -> Result<MockAzure> {
+    let config = MockConfig {
+        region: "East US".into(),
+        api_key: upstream_key.into(),
+        deployments: vec!["gpt-4o-eus".into()],
+        model: "gpt-4o-mini-2024-07-18".into(),
+    };
+    Ok(MockAzure::start(SocketAddr::from(([127, 0, 0, 1], 0)), config).await?)
+}
+
 fn trust(pki: &TestPki) -> ControlPlaneTrust {
     ControlPlaneTrust {
         ca_file: Some(pki.ca_file.clone()),
@@ -174,16 +186,7 @@ async fn snapshots_are_acked_or_nacked_health_is_reported_and_the_client_reconne
 {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let upstream_key = "upstream-key-eus-0123456789";
-    let mock = MockAzure::start(
-        SocketAddr::from(([127, 0, 0, 1], 0)),
-        MockConfig {
-            region: "East US".into(),
-            api_key: upstream_key.into(),
-            deployments: vec!["gpt-4o-eus".into()],
-            model: "gpt-4o-mini-2024-07-18".into(),
-        },
-    )
-    .await?;
+    let mock = east_us(upstream_key).await?;
     let dir = tempfile::tempdir()?;
     let (url, mut sessions, trust) = fake_control_plane(dir.path()).await?;
     let dp = DataPlane::bind(DataPlaneConfig {
@@ -313,16 +316,7 @@ async fn reported_until(session: &mut Session, requests: u64) -> Result<(u64, u6
 async fn statistics_are_reported_every_interval_and_survive_a_reconnect() -> Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let upstream_key = "upstream-key-eus-0123456789";
-    let mock = MockAzure::start(
-        SocketAddr::from(([127, 0, 0, 1], 0)),
-        MockConfig {
-            region: "East US".into(),
-            api_key: upstream_key.into(),
-            deployments: vec!["gpt-4o-eus".into()],
-            model: "gpt-4o-mini-2024-07-18".into(),
-        },
-    )
-    .await?;
+    let mock = east_us(upstream_key).await?;
     let dir = tempfile::tempdir()?;
     let pki = TestPki::write(dir.path())?;
     let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
@@ -396,16 +390,7 @@ async fn a_429_is_pushed_at_once_and_a_fleet_window_from_the_stream_is_honoured_
 -> Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let upstream_key = "upstream-key-eus-0123456789";
-    let mock = MockAzure::start(
-        SocketAddr::from(([127, 0, 0, 1], 0)),
-        MockConfig {
-            region: "East US".into(),
-            api_key: upstream_key.into(),
-            deployments: vec!["gpt-4o-eus".into()],
-            model: "gpt-4o-mini-2024-07-18".into(),
-        },
-    )
-    .await?;
+    let mock = east_us(upstream_key).await?;
     let dir = tempfile::tempdir()?;
     let (url, mut sessions, trust) = fake_control_plane(dir.path()).await?;
     let dp = DataPlane::bind(DataPlaneConfig {
@@ -524,16 +509,7 @@ async fn a_control_plane_the_data_plane_does_not_trust_is_refused_and_the_last_s
 -> Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let upstream_key = "upstream-key-eus-0123456789";
-    let mock = MockAzure::start(
-        SocketAddr::from(([127, 0, 0, 1], 0)),
-        MockConfig {
-            region: "East US".into(),
-            api_key: upstream_key.into(),
-            deployments: vec!["gpt-4o-eus".into()],
-            model: "gpt-4o-mini-2024-07-18".into(),
-        },
-    )
-    .await?;
+    let mock = east_us(upstream_key).await?;
     let dir = tempfile::tempdir()?;
     let pki = TestPki::write(dir.path())?;
     let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
@@ -631,16 +607,7 @@ async fn leases_from_the_stream_are_enforced_and_usage_reports_are_cumulative_ac
     const FREE_KEY: &str = "mgw-test-free-key-0002";
     let _ = rustls::crypto::ring::default_provider().install_default();
     let upstream_key = "upstream-key-eus-0123456789";
-    let mock = MockAzure::start(
-        SocketAddr::from(([127, 0, 0, 1], 0)),
-        MockConfig {
-            region: "East US".into(),
-            api_key: upstream_key.into(),
-            deployments: vec!["gpt-4o-eus".into()],
-            model: "gpt-4o-mini-2024-07-18".into(),
-        },
-    )
-    .await?;
+    let mock = east_us(upstream_key).await?;
     let dir = tempfile::tempdir()?;
     let pki = TestPki::write(dir.path())?;
     let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
@@ -765,5 +732,332 @@ async fn leases_from_the_stream_are_enforced_and_usage_reports_are_cumulative_ac
     };
     assert_eq!(hour(&key_id), Some((4, 0)), "cumulative: resent whole, never as a delta");
     assert_eq!(hour(&free_id), Some((1, 0)), "every key's usage is reported");
+    Ok(())
+}
+
+/// The gauge `modelgw_endpoint_quota_share` of endpoint `eus` in a scrape of `metrics`.
+async fn quota_share(http: &reqwest::Client, metrics: SocketAddr) -> Result<f64> {
+    let text = http.get(format!("http://{metrics}/metrics")).send().await?.text().await?;
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("modelgw_endpoint_quota_share{") && l.contains("endpoint=\"eus\""))
+        .context("no share gauge for eus")?;
+    Ok(line.rsplit(' ').next().context("a value")?.parse()?)
+}
+
+#[tokio::test]
+async fn what_was_sent_is_reported_each_second_and_the_fleet_quota_sets_the_share() -> Result<()> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let upstream_key = "upstream-key-eus-0123456789";
+    let mock = east_us(upstream_key).await?;
+    let dir = tempfile::tempdir()?;
+    let (url, mut sessions, trust) = fake_control_plane(dir.path()).await?;
+    let dp = DataPlane::bind(DataPlaneConfig {
+        gateway_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+        metrics_addr: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
+        control_plane_url: url,
+        control_plane_trust: trust,
+        node_id: "dp-test-quota".into(),
+        allow_loopback_upstreams: true,
+        ..Default::default()
+    })
+    .await?;
+    let base = format!("http://{}", dp.local_addr());
+    let metrics = dp.metrics_addr().context("metrics on")?;
+    let (_stop, stopped) = oneshot::channel::<()>();
+    tokio::spawn(dp.run(async move {
+        let _ = stopped.await;
+    }));
+    let http = reqwest::Client::builder().no_proxy().build()?;
+    let mut session = next_session(&mut sessions).await?;
+    let endpoint_id = EndpointId::new();
+    session.send(wire_snapshot(1, endpoint_id, &mock.base_url(), upstream_key)).await?;
+    session.expect(|k| if let Kind::Ack(a) = k { Some(a) } else { None }).await?;
+
+    // Steady traffic while the test runs, so the data plane's own rate is never zero.
+    let sender = {
+        let (http, base) = (http.clone(), base.clone());
+        tokio::spawn(async move {
+            loop {
+                let _ = http
+                    .post(format!(
+                        "{base}/openai/deployments/auto/chat/completions?api-version=2024-10-21"
+                    ))
+                    .header("api-key", CLIENT_KEY)
+                    .header("content-type", "application/json")
+                    .body(r#"{"messages":[{"role":"user","content":"hi"}],"max_tokens":100}"#)
+                    .send()
+                    .await;
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+        })
+    };
+    // Reports come about once a second, each with what was sent over the last (up to five)
+    // intervals: a request's tokens are its body / 4 plus its max_tokens.
+    let first = session.expect(|k| if let Kind::Quota(r) = k { Some(r) } else { None }).await?;
+    let second = session.expect(|k| if let Kind::Quota(r) = k { Some(r) } else { None }).await?;
+    assert!((700..=1500).contains(&first.interval_ms), "{}", first.interval_ms);
+    assert!((1400..=3000).contains(&second.interval_ms), "{}", second.interval_ms);
+    assert!(second.endpoints[0].requests > first.endpoints[0].requests, "the second spans both");
+    for report in [&first, &second] {
+        assert_eq!(report.endpoints.len(), 1);
+        let spend = &report.endpoints[0];
+        assert_eq!(spend.endpoint_id, endpoint_id.to_string());
+        assert!(spend.requests > 0);
+        assert_eq!(spend.tokens, spend.requests * (100 + 16), "{spend:?}");
+    }
+    let reported = second.endpoints[0].requests;
+    assert!(mock.calls("gpt-4o-eus") as u64 >= reported, "reports count what was sent");
+    assert_eq!(quota_share(&http, metrics).await?, 1.0, "alone until the fleet says otherwise");
+
+    // The fleet sends the endpoint far more than this data plane: it plans with the floor.
+    let fleet = |requests_per_min: u64| cfg::ControlPlaneMessage {
+        kind: Some(cfg::control_plane_message::Kind::FleetQuota(cfg::FleetQuota {
+            endpoints: vec![cfg::FleetSpend {
+                endpoint_id: endpoint_id.to_string(),
+                requests_per_min,
+                tokens_per_min: requests_per_min * 116,
+                data_planes: 8,
+            }],
+        })),
+    };
+    let send = |message| session.outbound.send(Ok(message));
+    send(fleet(100_000_000)).await.map_err(|_| anyhow::anyhow!("session closed"))?;
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while quota_share(&http, metrics).await? != 0.05 {
+        assert!(tokio::time::Instant::now() < deadline, "the fleet quota was never applied");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Nothing spent elsewhere any more: the whole quota is this data plane's again.
+    send(cfg::ControlPlaneMessage {
+        kind: Some(cfg::control_plane_message::Kind::FleetQuota(cfg::FleetQuota::default())),
+    })
+    .await
+    .map_err(|_| anyhow::anyhow!("session closed"))?;
+    while quota_share(&http, metrics).await? != 1.0 {
+        assert!(tokio::time::Instant::now() < deadline, "the empty fleet quota was never applied");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    sender.abort();
+    Ok(())
+}
+
+/// A gauge without labels from `/metrics` at `metrics`.
+async fn gauge(http: &reqwest::Client, metrics: SocketAddr, name: &str) -> Result<f64> {
+    let text = http.get(format!("http://{metrics}/metrics")).send().await?.text().await?;
+    let line = text
+        .lines()
+        .find(|l| l.strip_prefix(name).is_some_and(|rest| rest.starts_with(' ')))
+        .with_context(|| format!("no {name} in\n{text}"))?;
+    Ok(line.rsplit(' ').next().context("a value")?.parse()?)
+}
+
+/// `/readyz` of the data plane at `base`: status and body.
+async fn readyz(http: &reqwest::Client, base: &str) -> Result<(u16, String)> {
+    let response = http.get(format!("{base}/readyz")).send().await?;
+    Ok((response.status().as_u16(), response.text().await?))
+}
+
+/// A data plane bound with `config` and running; its gateway URL, metrics address, store and
+/// the sender that stops it, and its task.
+async fn run_data_plane(
+    config: DataPlaneConfig,
+) -> Result<(
+    String,
+    SocketAddr,
+    std::sync::Arc<modelgw_data_plane::routing_table::SnapshotStore>,
+    oneshot::Sender<()>,
+    tokio::task::JoinHandle<Result<(), modelgw_data_plane::DataPlaneError>>,
+)> {
+    let dp = DataPlane::bind(config).await?;
+    let base = format!("http://{}", dp.local_addr());
+    let metrics = dp.metrics_addr().context("metrics served")?;
+    let store = dp.snapshot_store();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(dp.run(async move {
+        let _ = stopped.await;
+    }));
+    Ok((base, metrics, store, stop, task))
+}
+
+/// Polls until the snapshot file at `path` holds `version` (the writer is asynchronous).
+async fn wait_for_saved(path: &std::path::Path, version: u64) -> Result<Vec<u8>> {
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        if let Ok(bytes) = std::fs::read(path)
+            && modelgw_data_plane::snapshot_file::peek_version(&bytes).ok().map(|v| v.0)
+                == Some(version)
+        {
+            return Ok(bytes);
+        }
+        if tokio::time::Instant::now() > deadline {
+            bail!("{} never held version {version}", path.display());
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Issue #15 item 4: the snapshot a data plane applies is saved sealed (mode 0600, no key in
+/// clear); a new data plane started with the control plane down serves it (stale in
+/// `/readyz` and the metrics) with the endpoint's key reaching the region, until a control
+/// plane comes back, whose first snapshot replaces it even at an older version.
+#[tokio::test]
+async fn the_applied_snapshot_is_saved_sealed_and_served_at_start_without_a_control_plane()
+-> Result<()> {
+    use modelgw_data_plane::{SnapshotFileConfig, SnapshotKey};
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let upstream_key = "upstream-key-sealed-5f1d0c2e9b7a";
+    let mock = east_us(upstream_key).await?;
+    let dir = tempfile::tempdir()?;
+    let pki = TestPki::write(dir.path())?;
+    let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
+    let cp_addr = listener.local_addr()?;
+    let (mut sessions, server) = serve_fake(&pki.ca, listener)?;
+    std::fs::create_dir(dir.path().join("state"))?;
+    let path = dir.path().join("state").join("snapshot.sealed");
+    let key = SnapshotKey::from_bytes(rand::random());
+    let config = |node_id: &str| DataPlaneConfig {
+        gateway_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+        control_plane_url: format!("https://{cp_addr}"),
+        control_plane_trust: trust(&pki),
+        node_id: node_id.into(),
+        allow_loopback_upstreams: true,
+        metrics_addr: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
+        snapshot_file: Some(SnapshotFileConfig::new(&path, key.clone())),
+        // Stopped and restarted here: no drain period to sit through.
+        drain_period: Duration::ZERO,
+        ..Default::default()
+    };
+    let http = reqwest::Client::builder().no_proxy().build()?;
+
+    // A data plane applies version 3 from its control plane: the file appears.
+    let (base, metrics, _store, stop, task) = run_data_plane(config("dp-sealed")).await?;
+    let mut session = next_session(&mut sessions).await?;
+    let endpoint_id = EndpointId::new();
+    session.send(wire_snapshot(3, endpoint_id, &mock.base_url(), upstream_key)).await?;
+    let ack = session.expect(|k| if let Kind::Ack(a) = k { Some(a) } else { None }).await?;
+    assert_eq!(ack.version, 3);
+    let file = wait_for_saved(&path, 3).await?;
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(&path)?.permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "the file is private: {mode:o}");
+    }
+    let contains = |needle: &[u8]| file.windows(needle.len()).any(|w| w == needle);
+    assert!(!contains(upstream_key.as_bytes()), "the endpoint key is sealed");
+    assert!(!contains(b"upstream-key"), "no part of it either");
+    assert!(!contains(&gateway_key_hash(CLIENT_KEY)), "the gateway key's hash is sealed");
+    assert!(!contains(CLIENT_KEY.as_bytes()));
+    assert!(!contains(&[5u8; 32]), "the pin key is sealed");
+    assert!(!contains(b"East US") && !contains(b"gpt-4o-eus"), "names are sealed too");
+    let names: Vec<_> = std::fs::read_dir(dir.path().join("state"))?
+        .map(|e| e.map(|e| e.file_name()))
+        .collect::<std::io::Result<_>>()?;
+    assert_eq!(names, ["snapshot.sealed"], "no temp file left");
+    assert_eq!(readyz(&http, &base).await?, (200, "ready\n".to_owned()));
+    assert_eq!(gauge(&http, metrics, "modelgw_snapshot_stale").await?, 0.0);
+
+    // Both go away.
+    let _ = stop.send(());
+    tokio::time::timeout(DEADLINE, task).await???;
+    server.abort();
+    drop(session);
+
+    // A new data plane, no control plane answering: it serves the saved snapshot at once.
+    let (base, metrics, store, _stop, _task) = run_data_plane(config("dp-sealed")).await?;
+    assert_eq!(store.version().0, 3);
+    let (status, body) = readyz(&http, &base).await?;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.starts_with("ready (stale snapshot from disk, version 3, age "), "{body}");
+    assert_eq!(gauge(&http, metrics, "modelgw_snapshot_stale").await?, 1.0);
+    let age = gauge(&http, metrics, "modelgw_snapshot_age_seconds").await?;
+    assert!((0.0..60.0).contains(&age), "{age}");
+    assert_eq!(gauge(&http, metrics, "modelgw_control_plane_connected").await?, 0.0);
+    let before = mock.calls("gpt-4o-eus");
+    let (status, prompt, _) = chat(&http, &base, false).await?;
+    assert_eq!(status, 200, "served from disk with the sealed endpoint key");
+    assert!(prompt > 0);
+    assert_eq!(mock.calls("gpt-4o-eus"), before + 1, "the region answered it");
+
+    // A control plane comes back (its database restored to version 2): its first snapshot
+    // replaces the one from disk although older, and is saved in its place.
+    let listener = tokio::net::TcpListener::bind(cp_addr).await?;
+    let (mut sessions, _server) = serve_fake(&pki.ca, listener)?;
+    let mut session = next_session(&mut sessions).await?;
+    let hello = session.expect(|k| if let Kind::Hello(h) = k { Some(h) } else { None }).await?;
+    assert_eq!(hello.applied_version, 3, "it says what it serves");
+    session.send(wire_snapshot(2, endpoint_id, &mock.base_url(), upstream_key)).await?;
+    let ack = session.expect(|k| if let Kind::Ack(a) = k { Some(a) } else { None }).await?;
+    assert_eq!(ack.version, 2);
+    assert_eq!(store.version().0, 2);
+    assert_eq!(readyz(&http, &base).await?, (200, "ready\n".to_owned()));
+    assert_eq!(gauge(&http, metrics, "modelgw_snapshot_stale").await?, 0.0);
+    wait_for_saved(&path, 2).await?;
+    assert_eq!(chat(&http, &base, false).await?.0, 200);
+    Ok(())
+}
+
+/// A saved snapshot that does not open (wrong key, altered) or is older than the maximum age
+/// is not served: the data plane starts as without one (`/readyz` 503).
+#[tokio::test]
+async fn a_saved_snapshot_that_does_not_open_or_is_too_old_is_not_served() -> Result<()> {
+    use modelgw_data_plane::snapshot_file::{now_unix_ms, seal_snapshot};
+    use modelgw_data_plane::{SnapshotFileConfig, SnapshotKey};
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let dir = tempfile::tempdir()?;
+    let pki = TestPki::write(dir.path())?;
+    // A control-plane address nothing listens on.
+    let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
+    let cp_addr = listener.local_addr()?;
+    drop(listener);
+    let path = dir.path().join("snapshot.sealed");
+    let key = SnapshotKey::from_bytes([1; 32]);
+    let snapshot = modelgw_model::wire::decode_snapshot(&prost::Message::encode_to_vec(
+        &wire_snapshot(4, EndpointId::new(), "http://127.0.0.1:9", "upstream-key-0123456789"),
+    ))?;
+    let http = reqwest::Client::builder().no_proxy().build()?;
+    let start = |file: SnapshotFileConfig| {
+        run_data_plane(DataPlaneConfig {
+            gateway_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            control_plane_url: format!("https://{cp_addr}"),
+            control_plane_trust: trust(&pki),
+            node_id: "dp-refuses".into(),
+            metrics_addr: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
+            snapshot_file: Some(file),
+            ..Default::default()
+        })
+    };
+
+    // Fresh and with the right key: served (the control of this test).
+    std::fs::write(&path, seal_snapshot(&key, &snapshot, now_unix_ms())?)?;
+    let (base, _, _, _stop, _task) = start(SnapshotFileConfig::new(&path, key.clone())).await?;
+    assert_eq!(readyz(&http, &base).await?.0, 200);
+
+    // The wrong key.
+    let wrong = SnapshotKey::from_bytes([2; 32]);
+    let (base, metrics, store, _stop, _task) = start(SnapshotFileConfig::new(&path, wrong)).await?;
+    assert_eq!(readyz(&http, &base).await?, (503, "no configuration yet\n".to_owned()));
+    assert_eq!(store.version().0, 0);
+    assert_eq!(gauge(&http, metrics, "modelgw_snapshot_stale").await?, 0.0);
+
+    // One byte altered.
+    let mut altered = std::fs::read(&path)?;
+    let middle = altered.len() / 2;
+    altered[middle] ^= 1;
+    std::fs::write(&path, &altered)?;
+    let (base, _, _, _stop, _task) = start(SnapshotFileConfig::new(&path, key.clone())).await?;
+    assert_eq!(readyz(&http, &base).await?.0, 503);
+
+    // Older than the maximum age.
+    std::fs::write(&path, seal_snapshot(&key, &snapshot, now_unix_ms() - 3_600_000)?)?;
+    let mut file = SnapshotFileConfig::new(&path, key.clone());
+    file.max_age = Duration::from_secs(1800);
+    let (base, _, _, _stop, _task) = start(file).await?;
+    assert_eq!(readyz(&http, &base).await?.0, 503);
+
+    // A directory that does not exist stops the start.
+    let absent = SnapshotFileConfig::new(dir.path().join("absent").join("snapshot.sealed"), key);
+    let err = start(absent).await.err().context("refused")?;
+    assert!(err.to_string().contains("does not exist"), "{err}");
     Ok(())
 }

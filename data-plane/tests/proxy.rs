@@ -515,7 +515,9 @@ async fn h2c_clients_are_served() -> Result<()> {
 async fn shutdown_lets_an_in_flight_stream_finish_and_refuses_new_connections() -> Result<()> {
     let eus = region_at("eus", "East US", "gpt-4o-eus").await?;
     eus.mock().set_stream_gap(Duration::from_millis(50));
-    let mut gw = gateway(&[(&eus, 0, 1)]).await?;
+    // No drain period: accepting stops at once (tests/shutdown.rs covers the drain period).
+    let config = DataPlaneConfig { drain_period: Duration::ZERO, ..fast_config() };
+    let mut gw = support::gateway(&[(&eus, 0, 1)], RoutingPolicy::default(), config).await?;
     let path = format!("/openai/deployments/auto/chat/completions?{API_VERSION}");
     let response = gw.post(&path, &chat_body(true)).send().await?;
     assert_eq!(response.status(), 200);

@@ -12,11 +12,11 @@ use anyhow::{Context, Result, bail};
 use futures::StreamExt;
 use modelgw_data_plane::health::HealthPolicy;
 use modelgw_data_plane::{DataPlaneConfig, apply_fleet_health};
-use modelgw_mock_openai::{Fault, wire};
+use modelgw_mock_openai::{Fault, Quota, QuotaHeaders, wire};
 use modelgw_model::protocol::{EndpointHealth, FleetHealth};
 use modelgw_model::{EndpointState, RoutingPolicy, RoutingStrategy};
-use serde_json::{Value, json};
-use support::{API_VERSION, TestGateway, fast_config, gateway, header, id, refusing, region};
+use serde_json::Value;
+use support::{TestGateway, fast_config, gateway, header, id, refusing, region};
 
 impl TestGateway {
     /// Sends one chat and returns (status, serving endpoint); the body is read to the end.
@@ -415,42 +415,47 @@ async fn fastest_sends_most_traffic_to_the_fastest_region_and_follows_a_slowdown
 }
 
 #[tokio::test]
-async fn low_quota_headroom_steers_away_before_429() -> Result<()> {
+async fn a_member_out_of_quota_is_skipped_until_its_refill_and_never_meets_a_429() -> Result<()> {
     let (hot, cool) = (region("hot").await?, region("cool").await?);
-    // The mock counts its quota down from 1000 requests a minute; use up 20 of `hot`'s.
-    // (This client is built before any gateway, which would otherwise install the provider.)
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let direct = reqwest::Client::builder().no_proxy().build()?;
-    for _ in 0..20 {
-        let url = format!(
-            "{}/openai/deployments/{}/chat/completions?{API_VERSION}",
-            hot.url(),
-            hot.deployment
-        );
-        let response = direct
-            .post(url)
-            .header("api-key", &hot.key)
-            .json(&json!({"messages": [{"role": "user", "content": "hi"}]}))
-            .send()
-            .await?;
-        assert_eq!(response.status(), 200);
-    }
-    let policy = HealthPolicy { low_headroom_requests: 985, ..Default::default() };
-    // `hot` has 100 times the weight: without headroom steering it gets nearly everything.
+    // `hot`: 3 requests of quota, one more per second; `cool`: 50 a second. Headers as
+    // Azure's newer answers carry them (remaining, limit, reset).
+    let quota = |per_sec: f64, window_secs: u64| Quota {
+        requests_per_sec: per_sec,
+        tokens_per_sec: 1e6,
+        window: Duration::from_secs(window_secs),
+        headers: QuotaHeaders::Full,
+    };
+    hot.set_quota(Some(quota(1.0, 3)));
+    cool.set_quota(Some(quota(50.0, 1)));
+    // `hot` has 100 times the weight: without its quota in view it would get nearly all.
     let gw = gateway(
         &[(&hot, 0, 100), (&cool, 0, 1)],
         routing(RoutingStrategy::Weighted),
-        DataPlaneConfig { health_policy: policy, ..fast_config() },
+        fast_config(),
     )
     .await?;
-    until_served_by(&gw, "hot", Duration::from_secs(5)).await?; // reports 979 left: low
-    let hot_calls = hot.calls();
-    for _ in 0..4 {
-        let response = gw.chat().await?;
-        assert_eq!(response.status(), 200);
-        assert_eq!(header(&response, "x-modelgw-endpoint"), "cool");
+    let started = Instant::now();
+    for _ in 0..12 {
+        let (status, _) = gw.chat_served_by().await?;
+        assert_eq!(status, 200);
     }
-    assert_eq!(hot.calls(), hot_calls, "the endpoint about to throttle got nothing more");
+    let elapsed = started.elapsed().as_secs_f64();
+    let (hot_counts, cool_counts) = (hot.quota_counts(), cool.quota_counts());
+    assert_eq!(hot_counts.throttled, 0, "the gateway never sent what would not fit");
+    // At most its 3 plus what refilled meanwhile; the rest went to `cool`.
+    assert!(hot_counts.served as f64 <= 3.0 + elapsed + 1.0, "{hot_counts:?} in {elapsed:.1} s");
+    assert!(cool_counts.served >= 12 - hot_counts.served, "{cool_counts:?}");
+    // No hold-off: once its refill says a request fits, `hot` serves again.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let mut back = false;
+    for _ in 0..10 {
+        if gw.chat_served_by().await?.1 == "hot" {
+            back = true;
+            break;
+        }
+    }
+    assert!(back, "hot never came back after its refill");
+    assert_eq!(hot.quota_counts().throttled, 0);
     Ok(())
 }
 
@@ -627,6 +632,8 @@ async fn a_fleet_throttle_window_is_honoured_locally() -> Result<()> {
     assert_eq!(apply_fleet_health(&gw.health, &fleet), 1);
     // Every request answered inside the window went elsewhere, however few a loaded machine
     // manages; the first one always is (it is sent right away).
+    // Paced: the mock region's headers advertise 1,000 requests a minute, and a tight loop
+    // on a fast machine would spend them (quota-aware routing then rightly refuses).
     let mut inside = 0;
     loop {
         let served = gw.chat_traced().await?;
@@ -637,6 +644,7 @@ async fn a_fleet_throttle_window_is_honoured_locally() -> Result<()> {
         assert_eq!((served.status, served.by.as_str()), (200, "swc"), "{served:?}");
         assert!(served.attempts.starts_with("eus:skipped_fleet_throttling:0,"), "{served:?}");
         assert_eq!(eus.calls(), 1, "nothing sent into the fleet's throttle window");
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert!(inside >= 1, "no request was answered inside the window");
     until_served_by(&gw, "eus", Duration::from_secs(5)).await?;

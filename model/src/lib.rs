@@ -14,6 +14,7 @@ mod ids;
 pub mod keys;
 pub mod limits;
 pub mod protocol;
+pub mod quota;
 mod secret;
 mod snapshot;
 pub mod stats;
@@ -22,6 +23,7 @@ pub mod traces;
 pub mod wire;
 
 pub use ids::{ConfigVersion, EndpointId, GatewayId, GatewayKeyId, NodeId};
+pub use quota::QuotaPolicy;
 pub use secret::{PinKey, Secret};
 pub use snapshot::{
     Credential, DEFAULT_ENTRA_SCOPE, Endpoint, EndpointState, Gateway, GatewayKey, GatewayMember,

@@ -11,6 +11,7 @@ use std::time::SystemTime;
 
 pub use crate::keys::{KeyUsage, LeaseGrant, Leases, UsageReport};
 use crate::limits::{MAX_NODE_ID_CHARS, MAX_REASON_CHARS, truncate_chars};
+pub use crate::quota::{EndpointSpend, FleetQuota, FleetSpend, QuotaReport};
 pub use crate::stats::StatsReport;
 pub use crate::traces::{RequestTrace, TraceAttempt, TraceBatch};
 use crate::{ConfigVersion, EndpointId, EndpointState, NodeId, Snapshot};
@@ -34,6 +35,8 @@ pub enum DataPlaneMessage {
     Usage(UsageReport),
     /// Request traces of gateways that record them.
     Traces(TraceBatch),
+    /// What this data plane sent to each endpoint over its last interval.
+    Quota(QuotaReport),
 }
 
 /// What the control plane sends.
@@ -45,6 +48,8 @@ pub enum ControlPlaneMessage {
     FleetHealth(FleetHealth),
     /// Budget for this instance's limited keys.
     Leases(Leases),
+    /// What the fleet sends each endpoint, for this data plane's share of its quota.
+    FleetQuota(FleetQuota),
 }
 
 /// Opens a stream: who the data plane is and what it serves.

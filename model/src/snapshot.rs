@@ -190,6 +190,8 @@ pub struct RoutingPolicy {
     pub wait_for_recovery: bool,
     /// End-to-end deadline of one request; `None` = the data plane's default.
     pub request_timeout_ms: Option<u32>,
+    /// Quota-aware routing (`routing.quota`).
+    pub quota: crate::quota::QuotaPolicy,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -428,6 +430,12 @@ pub(crate) mod tests {
                     strategy: RoutingStrategy::Fastest,
                     wait_for_recovery: true,
                     request_timeout_ms: Some(30_000),
+                    quota: crate::QuotaPolicy {
+                        enabled: false,
+                        request_window_secs: 5,
+                        token_window_secs: 30,
+                        reserve_percent: 10,
+                    },
                 },
                 key_limits: KeyLimitPolicy::default(),
                 traces: TraceSettings::default(),

@@ -23,6 +23,9 @@ use crate::protocol::{
     ControlPlaneMessage, DataPlaneMessage, EndpointHealth, FleetHealth, HealthReport, HealthReset,
     Hello, InvalidMessage, Nack, bounded_reason, valid_node_id,
 };
+use crate::quota::{
+    EndpointSpend, FleetQuota, FleetSpend, MAX_QUOTA_ENTRIES, QuotaPolicy, QuotaReport,
+};
 use crate::stats::{Buckets, GatewayStats, LATENCY_BUCKETS_MS, RouteStats, StatsReport};
 use crate::traces::{
     MAX_CLIENT_REQUEST_ID_CHARS, MAX_TRACES_PER_BATCH, RequestTrace, TraceAttempt, TraceBatch,
@@ -189,6 +192,7 @@ impl TryFrom<cfg::Snapshot> for Snapshot {
                         .map_err(|reason| invalid(f("routing.strategy"), reason))?,
                     wait_for_recovery: r.wait_for_recovery,
                     request_timeout_ms: (r.request_timeout_ms > 0).then_some(r.request_timeout_ms),
+                    quota: quota_policy_from_wire(r.quota, &f)?,
                 },
             };
             let key_limits =
@@ -283,6 +287,7 @@ impl From<&Gateway> for cfg::Gateway {
                 strategy: cfg::RoutingStrategy::from(g.routing.strategy) as i32,
                 wait_for_recovery: g.routing.wait_for_recovery,
                 request_timeout_ms: g.routing.request_timeout_ms.unwrap_or(0),
+                quota: quota_policy_to_wire(&g.routing.quota),
             }),
             key_limits: Some(cfg::KeyLimitPolicy {
                 default_completion_tokens: g.key_limits.default_completion_tokens.unwrap_or(0),
@@ -312,6 +317,19 @@ pub fn decode_snapshot(encoded: &[u8]) -> Result<Snapshot, InvalidSnapshot> {
     Snapshot::try_from(wire)
 }
 
+/// The fleet quota's protobuf encoding (the `FleetQuota` message), done once per push and
+/// shared by every stream.
+pub fn encode_fleet_quota(quota: &FleetQuota) -> bytes::Bytes {
+    bytes::Bytes::from(prost::Message::encode_to_vec(&cfg::FleetQuota::from(quota)))
+}
+
+/// Decodes a `FleetQuota` message (as [`encode_fleet_quota`] makes it); entries that do not
+/// convert are listed in its `skipped`.
+pub fn decode_fleet_quota(encoded: &[u8]) -> Result<FleetQuota, prost::DecodeError> {
+    let wire: cfg::FleetQuota = prost::Message::decode(encoded)?;
+    Ok(FleetQuota::from(wire))
+}
+
 // ---- health ----
 
 fn unix_ms(t: Option<SystemTime>) -> i64 {
@@ -331,6 +349,154 @@ impl From<&EndpointHealth> for cfg::EndpointHealth {
             state: cfg::EndpointState::from(h.state) as i32,
             until_unix_ms: unix_ms(h.until),
             reason: h.reason.clone().unwrap_or_default(),
+        }
+    }
+}
+
+/// `routing.quota` of a gateway; absent = the defaults, a zero window = its default.
+fn quota_policy_from_wire(
+    wire: Option<cfg::QuotaPolicy>,
+    field: &dyn Fn(&str) -> String,
+) -> Result<QuotaPolicy, InvalidSnapshot> {
+    let Some(q) = wire else { return Ok(QuotaPolicy::default()) };
+    let window = |secs: u32, default: u32, name: &str| match secs {
+        0 => Ok(default),
+        s if QuotaPolicy::WINDOW_SECS_RANGE.contains(&s) => Ok(s),
+        s => Err(invalid(field(name), format!("{s} is outside 1..=86400"))),
+    };
+    let reserve_percent = u8::try_from(q.reserve_percent)
+        .ok()
+        .filter(|r| QuotaPolicy::RESERVE_PERCENT_RANGE.contains(r))
+        .ok_or_else(|| {
+            invalid(
+                field("routing.quota.reserve_percent"),
+                format!("{} is outside 0..=50", q.reserve_percent),
+            )
+        })?;
+    Ok(QuotaPolicy {
+        enabled: !q.disabled,
+        request_window_secs: window(
+            q.request_window_secs,
+            QuotaPolicy::DEFAULT_REQUEST_WINDOW_SECS,
+            "routing.quota.request_window_secs",
+        )?,
+        token_window_secs: window(
+            q.token_window_secs,
+            QuotaPolicy::DEFAULT_TOKEN_WINDOW_SECS,
+            "routing.quota.token_window_secs",
+        )?,
+        reserve_percent,
+    })
+}
+
+/// `routing.quota` on the wire; the defaults are sent as absent.
+fn quota_policy_to_wire(q: &QuotaPolicy) -> Option<cfg::QuotaPolicy> {
+    (*q != QuotaPolicy::default()).then(|| cfg::QuotaPolicy {
+        disabled: !q.enabled,
+        request_window_secs: q.request_window_secs,
+        token_window_secs: q.token_window_secs,
+        reserve_percent: u32::from(q.reserve_percent),
+    })
+}
+
+/// Parses `endpoints[i].endpoint_id` of `message`.
+fn entry_endpoint_id(
+    message: &'static str,
+    i: usize,
+    id: &str,
+) -> Result<EndpointId, InvalidMessage> {
+    id.parse::<EndpointId>().map_err(|_| {
+        InvalidMessage::new(
+            message,
+            format!("endpoints[{i}].endpoint_id"),
+            format!("not a UUID: {:?}", truncate_chars(id, 64)),
+        )
+    })
+}
+
+impl From<cfg::QuotaReport> for QuotaReport {
+    fn from(wire: cfg::QuotaReport) -> Self {
+        let mut endpoints = Vec::with_capacity(wire.endpoints.len().min(MAX_QUOTA_ENTRIES));
+        let mut skipped = Vec::new();
+        for (i, e) in wire.endpoints.into_iter().enumerate() {
+            if i >= MAX_QUOTA_ENTRIES {
+                skipped.push(InvalidMessage::new(
+                    "QuotaReport",
+                    "endpoints",
+                    format!("more than {MAX_QUOTA_ENTRIES} entries; the rest ignored"),
+                ));
+                break;
+            }
+            match entry_endpoint_id("QuotaReport", i, &e.endpoint_id) {
+                Ok(endpoint_id) => endpoints.push(EndpointSpend {
+                    endpoint_id,
+                    requests: e.requests,
+                    tokens: e.tokens,
+                }),
+                Err(err) => skipped.push(err),
+            }
+        }
+        QuotaReport { interval_ms: wire.interval_ms, endpoints, skipped }
+    }
+}
+
+impl From<&QuotaReport> for cfg::QuotaReport {
+    fn from(r: &QuotaReport) -> Self {
+        cfg::QuotaReport {
+            interval_ms: r.interval_ms,
+            endpoints: r
+                .endpoints
+                .iter()
+                .map(|e| cfg::EndpointSpend {
+                    endpoint_id: e.endpoint_id.to_string(),
+                    requests: e.requests,
+                    tokens: e.tokens,
+                })
+                .collect(),
+        }
+    }
+}
+
+impl From<cfg::FleetQuota> for FleetQuota {
+    fn from(wire: cfg::FleetQuota) -> Self {
+        let mut endpoints = Vec::with_capacity(wire.endpoints.len().min(MAX_QUOTA_ENTRIES));
+        let mut skipped = Vec::new();
+        for (i, e) in wire.endpoints.into_iter().enumerate() {
+            if i >= MAX_QUOTA_ENTRIES {
+                skipped.push(InvalidMessage::new(
+                    "FleetQuota",
+                    "endpoints",
+                    format!("more than {MAX_QUOTA_ENTRIES} entries; the rest ignored"),
+                ));
+                break;
+            }
+            match entry_endpoint_id("FleetQuota", i, &e.endpoint_id) {
+                Ok(endpoint_id) => endpoints.push(FleetSpend {
+                    endpoint_id,
+                    requests_per_min: e.requests_per_min,
+                    tokens_per_min: e.tokens_per_min,
+                    data_planes: e.data_planes,
+                }),
+                Err(err) => skipped.push(err),
+            }
+        }
+        FleetQuota { endpoints, skipped }
+    }
+}
+
+impl From<&FleetQuota> for cfg::FleetQuota {
+    fn from(f: &FleetQuota) -> Self {
+        cfg::FleetQuota {
+            endpoints: f
+                .endpoints
+                .iter()
+                .map(|e| cfg::FleetSpend {
+                    endpoint_id: e.endpoint_id.to_string(),
+                    requests_per_min: e.requests_per_min,
+                    tokens_per_min: e.tokens_per_min,
+                    data_planes: e.data_planes,
+                })
+                .collect(),
         }
     }
 }
@@ -917,6 +1083,7 @@ impl TryFrom<cfg::DataPlaneMessage> for DataPlaneMessage {
             Some(Kind::Stats(r)) => DataPlaneMessage::Stats(StatsReport::from(r)),
             Some(Kind::Usage(r)) => DataPlaneMessage::Usage(UsageReport::from(r)),
             Some(Kind::Traces(b)) => DataPlaneMessage::Traces(TraceBatch::from(b)),
+            Some(Kind::Quota(r)) => DataPlaneMessage::Quota(QuotaReport::from(r)),
             None => {
                 return Err(InvalidMessage::new("DataPlaneMessage", "kind", "empty message"));
             }
@@ -945,6 +1112,7 @@ impl From<&DataPlaneMessage> for cfg::DataPlaneMessage {
             DataPlaneMessage::Stats(r) => Kind::Stats(cfg::StatsReport::from(r)),
             DataPlaneMessage::Usage(r) => Kind::Usage(cfg::UsageReport::from(r)),
             DataPlaneMessage::Traces(b) => Kind::Traces(cfg::TraceBatch::from(b)),
+            DataPlaneMessage::Quota(r) => Kind::Quota(cfg::QuotaReport::from(r)),
         };
         cfg::DataPlaneMessage { kind: Some(kind) }
     }
@@ -976,6 +1144,7 @@ impl TryFrom<cfg::ControlPlaneMessage> for ControlPlaneMessage {
                 Ok(ControlPlaneMessage::FleetHealth(FleetHealth::from(f)))
             }
             Some(Kind::Leases(l)) => Ok(ControlPlaneMessage::Leases(Leases::from(l))),
+            Some(Kind::FleetQuota(q)) => Ok(ControlPlaneMessage::FleetQuota(FleetQuota::from(q))),
             None => Err(InvalidControlPlaneMessage::Unknown),
         }
     }
@@ -988,6 +1157,7 @@ impl From<&ControlPlaneMessage> for cfg::ControlPlaneMessage {
             ControlPlaneMessage::Snapshot(s) => Kind::Snapshot(cfg::Snapshot::from(s.as_ref())),
             ControlPlaneMessage::FleetHealth(f) => Kind::FleetHealth(cfg::FleetHealth::from(f)),
             ControlPlaneMessage::Leases(l) => Kind::Leases(cfg::Leases::from(l)),
+            ControlPlaneMessage::FleetQuota(q) => Kind::FleetQuota(cfg::FleetQuota::from(q)),
         };
         cfg::ControlPlaneMessage { kind: Some(kind) }
     }

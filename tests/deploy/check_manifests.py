@@ -53,7 +53,7 @@ KUBERNETES_VERSIONS = ("1.32.0", "1.37.0")
 
 GRPC_PORT = 4002
 DATA_PLANE_LABEL = ("app.kubernetes.io/name", "modelgw-data-plane")
-SECRET_NAMES = re.compile(r"(TOKEN|SECRET|PASSWORD|MASTER_KEY|DATABASE_URL|API_KEY)")
+SECRET_NAMES = re.compile(r"(TOKEN|SECRET|PASSWORD|MASTER_KEY|SNAPSHOT_KEY|DATABASE_URL|API_KEY)")
 ENV_REF = re.compile(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)")
 MODELGW_VAR = re.compile(r"MODELGW_[A-Z0-9_]*[A-Z0-9]")
 # Where a container writes under a read-only root: /tmp and the image's working directory.

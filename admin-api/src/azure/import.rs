@@ -1,20 +1,23 @@
 //! `POST /api/v1/azure/imports`: import deployments a recent discovery found as Inference
 //! Endpoints (created, or updated by ARM resource id), in `api_key` mode (each account's key
 //! read again with `listKeys`) or `entra` mode (no key read or stored).
+//!
+//! The deployments come from the stored reports of recent discoveries, whichever replica ran
+//! them; `listKeys` goes through an ARM client this replica builds from its configuration.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::State;
-use modelgw_control_plane::azure::{ArmClient, DiscoveredDeployment};
+use modelgw_control_plane::Store;
+use modelgw_control_plane::azure::DiscoveredDeployment;
 use modelgw_control_plane::metrics::ImportOutcome;
 use modelgw_control_plane::store::{AuthMode, AzureImportItem, EndpointAuth};
 use modelgw_model::EndpointId;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::{AzureImport, Job, JobOutcome};
+use super::arm_client;
 use crate::audit::Caller;
 use crate::body::JsonBody;
 use crate::problem::{ApiError, FieldError, Problem};
@@ -88,7 +91,7 @@ async fn import_deployments(
     req: ImportRequest,
 ) -> Result<Json<ImportResponse>, ApiError> {
     let requested = import_auth_mode(req.auth.as_deref())?;
-    let found = resolve_ids(&state.azure, &req.deployment_ids)?;
+    let found = resolve_ids(&state.store, &req.deployment_ids).await?;
     // Without `auth`, an endpoint imported before keeps its mode: a routine re-import (to pick
     // up a changed capacity or version) must not put keys back on an endpoint an operator moved
     // to Entra ID — its account may have local auth disabled. New endpoints use `api_key`.
@@ -101,23 +104,32 @@ async fn import_deployments(
             .or_else(|| existing.get(&d.id.to_ascii_lowercase()).copied())
             .unwrap_or(AuthMode::ApiKey)
     };
-    // Keys read now, one listKeys per account: the discovery's may have been rotated since.
-    // Entra mode reads none: the caller may not even hold `listKeys` permission.
+    // Keys read now, one listKeys per account: the discovery's may have been rotated since
+    // (and it never kept them). Entra mode reads none: the caller may not even hold
+    // `listKeys` permission, so no ARM client is built for it either.
     let mut keys = HashMap::new();
-    for (deployment, arm) in found.iter().filter(|(d, _)| mode_of(d) == AuthMode::ApiKey) {
-        let account_id = account_id_of(&deployment.id);
-        if keys.contains_key(&account_id.to_ascii_lowercase()) {
-            continue;
-        }
-        let fetched = arm.list_keys(&account_id).await.map_err(|e| {
-            tracing::warn!(account = %account_id, error = %e, "listKeys failed at import");
-            ApiError::AzureUnavailable { detail: format!("listKeys on {account_id}: {e}") }
+    let keyed: Vec<&DiscoveredDeployment> =
+        found.iter().filter(|d| mode_of(d) == AuthMode::ApiKey).collect();
+    if !keyed.is_empty() {
+        let arm = arm_client(&state.azure.config).await.map_err(|e| {
+            tracing::warn!(error = %e, "no Azure credential for listKeys at import");
+            ApiError::AzureUnavailable { detail: format!("no Azure credential for listKeys: {e}") }
         })?;
-        keys.insert(account_id.to_ascii_lowercase(), fetched.key1);
+        for deployment in keyed {
+            let account_id = account_id_of(&deployment.id);
+            if keys.contains_key(&account_id.to_ascii_lowercase()) {
+                continue;
+            }
+            let fetched = arm.list_keys(&account_id).await.map_err(|e| {
+                tracing::warn!(account = %account_id, error = %e, "listKeys failed at import");
+                ApiError::AzureUnavailable { detail: format!("listKeys on {account_id}: {e}") }
+            })?;
+            keys.insert(account_id.to_ascii_lowercase(), fetched.key1);
+        }
     }
     let mut items = Vec::with_capacity(found.len());
     let mut errors = Vec::new();
-    for (i, (d, _)) in found.iter().enumerate() {
+    for (i, d) in found.iter().enumerate() {
         let Ok(endpoint) = url::Url::parse(&d.endpoint) else {
             errors.push(FieldError::new(
                 format!("deployment_ids[{i}]"),
@@ -206,12 +218,9 @@ async fn existing_auth_modes(state: &AdminState) -> Result<HashMap<String, AuthM
         .collect())
 }
 
-/// Each requested id with the most recent finished discovery that found it, or a 422 naming
-/// every id that no discovery found.
-fn resolve_ids(
-    azure: &AzureImport,
-    ids: &[String],
-) -> Result<Vec<(DiscoveredDeployment, ArmClient)>, ApiError> {
+/// Each requested id as the most recent finished discovery that found it reported it (from the
+/// store: any replica's discoveries), or a 422 naming every id that none found.
+async fn resolve_ids(store: &Store, ids: &[String]) -> Result<Vec<DiscoveredDeployment>, ApiError> {
     let mut errors = Vec::new();
     if ids.is_empty() {
         errors.push(FieldError::new("deployment_ids", "must list at least one deployment id"));
@@ -224,35 +233,50 @@ fn resolve_ids(
     if !errors.is_empty() {
         return Err(ApiError::Validation(errors));
     }
-    let jobs: Vec<Arc<Job>> = azure.jobs().iter().rev().cloned().collect();
+    // Position of each id still looked for, by lower-cased id (ARM ids are case-insensitive).
+    let mut wanted: HashMap<String, usize> = HashMap::new();
+    // Errors by position, so they come out in the order of the request.
+    let mut refused: Vec<(usize, &str)> = Vec::new();
     let mut seen = HashSet::new();
-    let mut found = Vec::with_capacity(ids.len());
     for (i, id) in ids.iter().enumerate() {
-        let field = format!("deployment_ids[{i}]");
-        if !seen.insert(id.trim().to_ascii_lowercase()) {
-            errors.push(FieldError::new(field, "is listed twice"));
-            continue;
-        }
-        let hit = jobs.iter().find_map(|job| {
-            let outcome = job.outcome();
-            let Some(JobOutcome { result: Ok((report, arm)), .. }) = outcome.as_ref() else {
-                return None;
-            };
-            report
-                .deployments
-                .iter()
-                .find(|d| d.id.eq_ignore_ascii_case(id.trim()))
-                .map(|d| (d.clone(), arm.clone()))
-        });
-        match hit {
-            Some(hit) => found.push(hit),
-            None => errors.push(FieldError::new(
-                field,
-                "no recent discovery found this deployment; run a discovery first",
-            )),
+        let lower = id.trim().to_ascii_lowercase();
+        if seen.insert(lower.clone()) {
+            wanted.insert(lower, i);
+        } else {
+            refused.push((i, "is listed twice"));
         }
     }
-    if errors.is_empty() { Ok(found) } else { Err(ApiError::Validation(errors)) }
+    let mut found: Vec<Option<DiscoveredDeployment>> = vec![None; ids.len()];
+    // Newest first, and usually the newest report holds them all: reports are read one at a
+    // time until every id is found.
+    for job_id in store.reported_discovery_jobs().await? {
+        if wanted.is_empty() {
+            break;
+        }
+        let Some(report) = store.discovery_job(job_id).await?.and_then(|job| job.report) else {
+            continue; // pruned meanwhile
+        };
+        for d in report.deployments {
+            if let Some(i) = wanted.remove(&d.id.to_ascii_lowercase()) {
+                found[i] = Some(d);
+            }
+        }
+    }
+    refused.extend(
+        wanted
+            .into_values()
+            .map(|i| (i, "no recent discovery found this deployment; run a discovery first")),
+    );
+    if !refused.is_empty() {
+        refused.sort_by_key(|(i, _)| *i);
+        return Err(ApiError::Validation(
+            refused
+                .into_iter()
+                .map(|(i, reason)| FieldError::new(format!("deployment_ids[{i}]"), reason))
+                .collect(),
+        ));
+    }
+    Ok(found.into_iter().flatten().collect())
 }
 
 /// `…/accounts/{a}/deployments/{d}` → `…/accounts/{a}`.

@@ -155,6 +155,19 @@ async fn the_openapi_document_is_public() {
     assert_eq!(reply.json(), serde_json::to_value(modelgw_admin_api::openapi()).expect("json"));
 }
 
+/// The probes answer without a token; `/readyz` follows the database, `/healthz` does not.
+#[tokio::test]
+async fn the_probes_are_public_and_readiness_follows_the_database() {
+    let h = Harness::start().await;
+    let get = |path: &str| Request::builder().uri(path).body(Body::empty()).expect("request");
+    assert_eq!(h.send(get("/healthz")).await.expect(StatusCode::OK).text, "ok\n");
+    assert_eq!(h.send(get("/readyz")).await.expect(StatusCode::OK).text, "ready\n");
+    h.store.close().await;
+    let not_ready = h.send(get("/readyz")).await.expect(StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(not_ready.text, "database unavailable\n", "no detail of the database");
+    h.send(get("/healthz")).await.expect(StatusCode::OK);
+}
+
 /// Accepts one JWT as an OpenID Connect operator; refuses every other.
 struct FakeOidc;
 

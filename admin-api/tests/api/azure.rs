@@ -22,9 +22,9 @@ use tokio::sync::oneshot;
 
 use crate::harness::{Harness, WAIT, id_of};
 
-const TENANT: &str = "72f988bf-0000-4000-8000-000000000002";
-const CLIENT_ID: &str = "app-import";
-const CLIENT_SECRET: &str = "client-secret-value-import-0002";
+pub(crate) const TENANT: &str = "72f988bf-0000-4000-8000-000000000002";
+pub(crate) const CLIENT_ID: &str = "app-import";
+pub(crate) const CLIENT_SECRET: &str = "client-secret-value-import-0002";
 
 struct Azure {
     harness: Harness,
@@ -33,7 +33,7 @@ struct Azure {
 }
 
 /// Two subscriptions; a PTU and a standard gpt-4o; one account whose deployments are forbidden.
-fn inventory() -> Inventory {
+pub(crate) fn inventory() -> Inventory {
     Inventory::new()
         .subscription(
             Subscription::new("sub-a", "Team A")
@@ -68,7 +68,7 @@ fn inventory() -> Inventory {
         )
 }
 
-fn account<'a>(inventory: &'a Inventory, name: &str) -> (String, &'a Account) {
+pub(crate) fn account<'a>(inventory: &'a Inventory, name: &str) -> (String, &'a Account) {
     inventory
         .subscriptions
         .iter()
@@ -85,6 +85,12 @@ async fn start() -> Azure {
 }
 
 async fn start_with(inventory: Inventory) -> Azure {
+    let (tokens, arm, config) = mocks(inventory).await;
+    Azure { harness: Harness::start_with_azure(config).await, arm, _tokens: tokens }
+}
+
+/// The token and ARM mocks over `inventory`, and an import configuration pointing at them.
+pub(crate) async fn mocks(inventory: Inventory) -> (TokenMock, ArmMock, AzureImportConfig) {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let tokens = TokenMock::builder(TENANT)
         .client_secret(CLIENT_ID, CLIENT_SECRET)
@@ -119,7 +125,7 @@ async fn start_with(inventory: Inventory) -> Azure {
         arm_options: ArmClientOptions::default(),
         discovery: DiscoveryOptions::default(),
     };
-    Azure { harness: Harness::start_with_azure(config).await, arm, _tokens: tokens }
+    (tokens, arm, config)
 }
 
 impl Azure {
@@ -457,7 +463,7 @@ async fn bad_imports_are_problems_and_write_nothing() {
 }
 
 /// `listKeys` requests the ARM mock has received so far.
-fn list_keys_calls(arm: &ArmMock) -> usize {
+pub(crate) fn list_keys_calls(arm: &ArmMock) -> usize {
     arm.requests().iter().filter(|r| r.path.to_ascii_lowercase().ends_with("/listkeys")).count()
 }
 

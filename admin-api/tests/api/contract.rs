@@ -16,7 +16,7 @@ use crate::harness::{Harness, Reply, endpoint_body, id_of};
 const KEY: &str = "azkey-0123456789abcdef0123456789abcdef";
 
 /// The request schemas and the operation each is sent to.
-const REQUEST_SCHEMAS: [&str; 13] = [
+const REQUEST_SCHEMAS: [&str; 14] = [
     "CreateApiTokenRequest",
     "CreateEndpointRequest",
     "UpdateEndpointRequest",
@@ -28,6 +28,7 @@ const REQUEST_SCHEMAS: [&str; 13] = [
     "UpdateGatewayRequest",
     "GatewayMemberInput",
     "RoutingInput",
+    "QuotaPolicyInput",
     "TracesInput",
     "CreateDataPlaneTokenRequest",
 ];
@@ -169,6 +170,16 @@ impl World {
             "RoutingInput" => {
                 let body = json!({"name": fresh_name, "endpoints": [], "routing": {field: value}});
                 (Method::POST, "/api/v1/gateways".to_owned(), body, format!("routing.{field}"))
+            }
+            "QuotaPolicyInput" => {
+                let body = json!({"name": fresh_name, "endpoints": [],
+                    "routing": {"quota": {field: value}}});
+                (
+                    Method::POST,
+                    "/api/v1/gateways".to_owned(),
+                    body,
+                    format!("routing.quota.{field}"),
+                )
             }
             "TracesInput" => {
                 let body = json!({"name": fresh_name, "endpoints": [], "traces": {field: value}});
@@ -386,6 +397,7 @@ schema_rules_hold! {
     rules_of_update_gateway_request => "UpdateGatewayRequest",
     rules_of_gateway_member_input => "GatewayMemberInput",
     rules_of_routing_input => "RoutingInput",
+    rules_of_quota_policy_input => "QuotaPolicyInput",
     rules_of_traces_input => "TracesInput",
     rules_of_create_data_plane_token_request => "CreateDataPlaneTokenRequest",
 }
@@ -420,6 +432,9 @@ fn the_document_states_the_named_rules() {
         "GatewayMemberInput.weight",
         "RoutingInput.strategy",
         "RoutingInput.request_timeout_ms",
+        "QuotaPolicyInput.request_window_secs",
+        "QuotaPolicyInput.token_window_secs",
+        "QuotaPolicyInput.reserve_percent",
         "TracesInput.redact_fields",
         "TracesInput.max_payload_bytes",
         "TracesInput.retention_days",

@@ -6,6 +6,7 @@ mod api_tokens;
 mod audit;
 mod auth;
 mod azure;
+mod azure_replicas;
 mod bad_input;
 mod contract;
 mod crud;

@@ -57,11 +57,14 @@ fn registered_paths() -> BTreeSet<String> {
     assert!(!text.contains(".route_service("), "routes this test cannot see: extend it");
     let prefixes = literals(".nest(");
     assert_eq!(prefixes, ["/api/v1"], "one nest, of everything, under /api/v1");
-    let public = literals(".route(");
+    let mut public = literals(".route(");
+    // The probes live outside the API (like the data plane's): not operations of the document.
+    let probes: Vec<String> = public.drain(1..).collect();
+    assert_eq!(probes, ["/healthz", "/readyz"], "the probes, outside /api/v1");
     assert_eq!(public, ["/openapi.json"], "only the public document is routed by hand");
     assert_eq!(
         text.matches(".route(").count(),
-        2,
+        4,
         "a route registered outside the role table (`protected_routes` in lib.rs)"
     );
     let mut paths: BTreeSet<String> =
@@ -287,7 +290,19 @@ fn routing_and_health_fields_are_documented() {
     assert_eq!(input["request_timeout_ms"]["maximum"], 600000);
     assert_eq!(
         strings(&schemas["RoutingResponse"]["required"]),
-        ["strategy", "wait_for_recovery", "request_timeout_ms"]
+        ["strategy", "wait_for_recovery", "request_timeout_ms", "quota"]
+    );
+    // `routing.quota`: optional in, every field out, the defaults documented.
+    assert!(schemas["RoutingInput"]["required"].is_null(), "nothing of routing is required");
+    let quota = &schemas["QuotaPolicyInput"]["properties"];
+    assert_eq!(quota["enabled"]["default"], true);
+    assert_eq!(quota["request_window_secs"]["default"], 10);
+    assert_eq!(quota["token_window_secs"]["default"], 60);
+    assert_eq!(quota["reserve_percent"]["default"], 0);
+    assert!(schemas["QuotaPolicyInput"]["required"].is_null(), "every quota field is optional");
+    assert_eq!(
+        strings(&schemas["QuotaPolicyResponse"]["required"]),
+        ["enabled", "request_window_secs", "token_window_secs", "reserve_percent"]
     );
     assert_eq!(
         schemas["GatewayResponse"]["properties"]["state"]["$ref"],
@@ -314,6 +329,7 @@ fn routing_and_health_fields_are_documented() {
 /// bounds of `modelgw_model::limits`; this keeps the two from drifting apart.
 #[test]
 fn schema_bounds_are_the_limits() {
+    use modelgw_model::QuotaPolicy;
     use modelgw_model::limits::{
         MAX_GATEWAY_NAME_CHARS, PRIORITY_RANGE, REQUEST_TIMEOUT_MS_RANGE, WEIGHT_RANGE,
     };
@@ -331,6 +347,22 @@ fn schema_bounds_are_the_limits() {
         assert_eq!(
             bounds(schema, "request_timeout_ms"),
             range(REQUEST_TIMEOUT_MS_RANGE),
+            "{schema}"
+        );
+    }
+    let window = QuotaPolicy::WINDOW_SECS_RANGE;
+    let reserve = QuotaPolicy::RESERVE_PERCENT_RANGE;
+    for schema in ["QuotaPolicyInput", "QuotaPolicyResponse"] {
+        for field in ["request_window_secs", "token_window_secs"] {
+            assert_eq!(
+                bounds(schema, field),
+                range(i64::from(*window.start())..=i64::from(*window.end())),
+                "{schema}.{field}"
+            );
+        }
+        assert_eq!(
+            bounds(schema, "reserve_percent"),
+            range(i64::from(*reserve.start())..=i64::from(*reserve.end())),
             "{schema}"
         );
     }

@@ -370,6 +370,16 @@ pub(crate) async fn detail_page(
                     @if let Some(ms) = gateway.routing.request_timeout_ms { " Request timeout: " (ms) " ms." }
                 }
             }
+            @let quota = &gateway.routing.quota;
+            p.hint #quota-settings {
+                @if quota.enabled {
+                    "Quota-aware routing: on, traffic spread by each member's remaining quota (request window "
+                    (quota.request_window_secs) " s, token window " (quota.token_window_secs) " s, reserve "
+                    (quota.reserve_percent) " %)."
+                } @else {
+                    "Quota-aware routing: off, members are skipped only after a 429."
+                }
+            }
         }
 
         (traffic)

@@ -2,8 +2,8 @@
 //! once a second until the API says it finished), pick deployments from what it found, import
 //! them, and see what the import did.
 //!
-//! Discovery jobs are the API's (kept in memory by the control plane), so `/import/{id}` shows
-//! the same discovery on every reload while the API keeps it. Whether a deployment was already
+//! Discovery jobs are the API's (stored by the control plane, answered by any of its replicas),
+//! so `/import/{id}` shows the same discovery on every reload while the API keeps it. Whether a deployment was already
 //! imported is the API's answer too (`endpoint_id` on each deployment).
 
 use std::collections::{BTreeSet, HashMap, HashSet};
@@ -43,6 +43,9 @@ struct DiscoveryView {
     id: String,
     status: String,
     started_at: DateTime<Utc>,
+    /// The control-plane replica running it.
+    #[serde(default)]
+    started_by: Option<ReplicaView>,
     #[serde(default)]
     finished_at: Option<DateTime<Utc>>,
     progress: ProgressView,
@@ -56,6 +59,11 @@ impl DiscoveryView {
     fn running(&self) -> bool {
         self.status == "running"
     }
+}
+
+#[derive(Debug, Deserialize)]
+struct ReplicaView {
+    host: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -153,7 +161,7 @@ pub(crate) async fn start_page(
     let content = html! {
         (head(&op, None))
         @if q.gone.is_some() {
-            div.notice role="status" { "That discovery is no longer kept: the control plane keeps the last few in memory only, and a restart forgets them. Start a new one." }
+            div.notice role="status" { "That discovery is no longer kept: the control plane keeps the last 20. Start a new one." }
         }
         section.panel {
             h2 { "How it works" }
@@ -277,6 +285,7 @@ fn progress_body(d: &DiscoveryView, badge: &str, label: &str, p: &ProgressView) 
             span class={ "badge " (badge) } data-state=(d.status) { span.dot aria-hidden="true" {} (label) }
             span.sub {
                 "started " (super::ago(d.started_at, now))
+                @if let Some(r) = &d.started_by { " on " span.mono.replica-host { (r.host) } }
                 @if let Some(f) = d.finished_at { (sep()) "took " ((f - d.started_at).num_seconds().max(0)) " s" }
             }
         }

@@ -88,6 +88,16 @@ pub(crate) struct RoutingView {
     pub wait_for_recovery: bool,
     #[serde(default)]
     pub request_timeout_ms: Option<u32>,
+    pub quota: QuotaView,
+}
+
+/// `routing.quota` of a gateway (the API always shows every field).
+#[derive(Clone, Debug, Deserialize)]
+pub(crate) struct QuotaView {
+    pub enabled: bool,
+    pub request_window_secs: u32,
+    pub token_window_secs: u32,
+    pub reserve_percent: u8,
 }
 
 /// `GET /api/v1/status`.

@@ -127,7 +127,9 @@ async fn a_gateway_made_with_the_form_is_what_the_api_holds() {
     );
     assert_eq!(
         g["routing"],
-        json!({"strategy": "fastest", "wait_for_recovery": true, "request_timeout_ms": 30000})
+        json!({"strategy": "fastest", "wait_for_recovery": true, "request_timeout_ms": 30000,
+            "quota": {"enabled": true, "request_window_secs": 10, "token_window_secs": 60,
+                "reserve_percent": 0}})
     );
     let id = g["id"].as_str().unwrap();
 
@@ -232,6 +234,137 @@ async fn a_refused_form_shows_the_reason_next_to_the_field_and_saves_nothing() {
 
     let all = gateways(&c).await;
     assert_eq!(all.len(), 1, "nothing was saved: {all:?}");
+}
+
+#[tokio::test]
+async fn quota_settings_are_edited_in_the_form_and_shown_and_a_bad_one_changes_nothing() {
+    let c = Console::start().await;
+    let a = endpoint(&c, "eus").await;
+    let id = gateway(&c, "chat", &[&a]).await;
+    let cookie = c.sign_in(ADMIN_TOKEN).await;
+    let edit_path = format!("/gateways/{id}/edit");
+    let detail_path = format!("/gateways/{id}");
+
+    // The defaults, shown as the gateway holds them; the hidden "off" precedes the checkbox so
+    // that an unchecked box is posted as off.
+    let detail = c.send(Method::GET, &detail_path, Some(&cookie), None).await;
+    assert!(
+        detail.body.contains("request window 10 s, token window 60 s, reserve 0 %"),
+        "{}",
+        detail.body
+    );
+    let edit = c.send(Method::GET, &edit_path, Some(&cookie), None).await;
+    assert!(edit.body.contains("<legend>Quota-aware routing</legend>"), "{}", edit.body);
+    let hidden = edit.body.find(r#"type="hidden" name="quota_enabled" value="false""#).unwrap();
+    let checkbox = edit
+        .body
+        .find(r#"id="quota_enabled" type="checkbox" name="quota_enabled" value="true" checked"#)
+        .unwrap();
+    assert!(hidden < checkbox);
+    assert!(edit.body.contains("Spread by remaining quota"));
+    for (field, value) in [
+        ("quota_request_window_secs", "10"),
+        ("quota_token_window_secs", "60"),
+        ("quota_reserve_percent", "0"),
+    ] {
+        assert!(
+            edit.body.contains(&format!(r#"name="{field}" value="{value}""#)),
+            "{field}: {}",
+            edit.body
+        );
+        assert!(edit.body.contains(&format!(r#"<label for="{field}">"#)), "{field} labelled");
+    }
+
+    // Off (the box unchecked: only the hidden field), other windows and a reserve.
+    let body = form(
+        &edit,
+        &[
+            ("name", "chat"),
+            ("member", &a),
+            ("keep", &a),
+            ("strategy", "weighted"),
+            ("quota_enabled", "false"),
+            ("quota_request_window_secs", "5"),
+            ("quota_token_window_secs", "120"),
+            ("quota_reserve_percent", "20"),
+        ],
+    );
+    let saved = c.send(Method::POST, &edit_path, Some(&cookie), Some(&body)).await;
+    assert_eq!(saved.status, StatusCode::SEE_OTHER, "{}", saved.body);
+    let g = &gateways(&c).await[0];
+    assert_eq!(
+        g["routing"]["quota"],
+        json!({"enabled": false, "request_window_secs": 5, "token_window_secs": 120,
+            "reserve_percent": 20})
+    );
+    let detail = c.send(Method::GET, saved.header("location"), Some(&cookie), None).await;
+    assert!(detail.body.contains("Quota-aware routing: off"), "{}", detail.body);
+    let edit = c.send(Method::GET, &edit_path, Some(&cookie), None).await;
+    let unchecked = r#"id="quota_enabled" type="checkbox" name="quota_enabled" value="true">"#;
+    assert!(edit.body.contains(unchecked), "{}", edit.body);
+    assert!(edit.body.contains(r#"name="quota_reserve_percent" value="20""#));
+
+    // On again (checked: the box's value follows the hidden one), the reserve changed.
+    let body = form(
+        &edit,
+        &[
+            ("name", "chat"),
+            ("member", &a),
+            ("keep", &a),
+            ("strategy", "weighted"),
+            ("quota_enabled", "false"),
+            ("quota_enabled", "true"),
+            ("quota_request_window_secs", "5"),
+            ("quota_token_window_secs", "120"),
+            ("quota_reserve_percent", "15"),
+        ],
+    );
+    let saved = c.send(Method::POST, &edit_path, Some(&cookie), Some(&body)).await;
+    assert_eq!(saved.status, StatusCode::SEE_OTHER, "{}", saved.body);
+    let detail = c.send(Method::GET, saved.header("location"), Some(&cookie), None).await;
+    assert!(
+        detail.body.contains("request window 5 s, token window 120 s, reserve 15 %"),
+        "{}",
+        detail.body
+    );
+    let before = gateways(&c).await;
+
+    // Out of range: each reason next to its field, what was typed kept, nothing saved.
+    let edit = c.send(Method::GET, &edit_path, Some(&cookie), None).await;
+    let body = form(
+        &edit,
+        &[
+            ("name", "chat"),
+            ("member", &a),
+            ("keep", &a),
+            ("strategy", "weighted"),
+            ("quota_enabled", "false"),
+            ("quota_request_window_secs", "5"),
+            ("quota_token_window_secs", "0"),
+            ("quota_reserve_percent", "51"),
+        ],
+    );
+    let refused = c.send(Method::POST, &edit_path, Some(&cookie), Some(&body)).await;
+    assert_eq!(refused.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", refused.body);
+    for (field, reason) in [
+        ("quota_token_window_secs", "must be between 1 and 86400"),
+        ("quota_reserve_percent", "must be between 0 and 50"),
+    ] {
+        let error =
+            format!(r#"<p class="field-error" id="error-{field}" role="alert">{reason}</p>"#);
+        assert!(refused.body.contains(&error), "{field}: {}", refused.body);
+        assert!(
+            refused
+                .body
+                .contains(&format!(r#"aria-invalid="true" aria-describedby="error-{field}""#))
+        );
+    }
+    assert!(!refused.body.contains(r#"id="error-quota_request_window_secs""#));
+    assert!(refused.body.contains(r#"name="quota_reserve_percent" value="51""#));
+    assert!(refused.body.contains(unchecked), "the box stays unchecked");
+    assert_eq!(gateways(&c).await, before, "nothing was saved");
+    let detail = c.send(Method::GET, &detail_path, Some(&cookie), None).await;
+    assert!(detail.body.contains("reserve 15 %"), "{}", detail.body);
 }
 
 #[tokio::test]
@@ -606,7 +739,8 @@ async fn proposals_create_a_gateway_with_one_click_or_prefill_the_form() {
     let review =
         c.send(Method::GET, "/gateways/new?proposal=gpt-4o-2024-11-20", Some(&cookie), None).await;
     assert!(review.body.contains(r#"value="gpt-4o-2024-11-20""#));
-    assert_eq!(review.body.matches(r#"checked"#).count(), 2, "{}", review.body);
+    // The two members, and quota-aware routing (on by default).
+    assert_eq!(review.body.matches(r#"checked"#).count(), 3, "{}", review.body);
 
     // Create: one click.
     let created = c
@@ -693,5 +827,6 @@ async fn a_thousand_endpoints_and_a_hundred_gateways_stay_quick() {
     }
     let edit = c.send(Method::GET, &format!("/gateways/{first}/edit"), Some(&cookie), None).await;
     assert_eq!(edit.body.matches(r#"name="member""#).count(), 1000);
-    assert_eq!(edit.body.matches(" checked ").count() + edit.body.matches(" checked>").count(), 10);
+    // Ten members, and quota-aware routing.
+    assert_eq!(edit.body.matches(" checked ").count() + edit.body.matches(" checked>").count(), 11);
 }

@@ -273,6 +273,8 @@ async fn a_discovery_the_api_no_longer_keeps_sends_back_to_the_start() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert!(fragment.body.contains("Discovery failed"), "{}", fragment.body);
+    // The control-plane replica that ran it is named (discoveries are stored, any replica answers).
+    assert!(fragment.body.contains(r#"class="mono replica-host""#), "{}", fragment.body);
     assert!(fragment.body.contains("client_secret"), "the credentials tried are named");
 }
 

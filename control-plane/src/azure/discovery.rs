@@ -95,7 +95,8 @@ impl DiscoveryOptions {
 }
 
 /// Counters observable while discovery runs.
-#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct DiscoveryProgress {
     pub subscriptions_total: usize,
     pub subscriptions_scanned: usize,
@@ -108,7 +109,7 @@ pub struct DiscoveryProgress {
 }
 
 /// A scope discovery could not read, and why.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct DiscoveryError {
     /// ARM scope: `/` (tenant), `/subscriptions/{id}`, or an account's resource id.
     pub scope: String,
@@ -119,7 +120,10 @@ pub struct DiscoveryError {
 }
 
 /// One discovered deployment, ready to become an Inference Endpoint.
-#[derive(Clone, Debug, serde::Serialize)]
+///
+/// Serialized (into the stored discovery job) without its `api_key`: a stored report never
+/// holds a key, and reads back with `api_key: None`.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct DiscoveredDeployment {
     /// ARM resource id of the deployment.
     pub id: String,
@@ -142,20 +146,21 @@ pub struct DiscoveredDeployment {
     pub provisioning_state: String,
     pub rate_limits: Vec<ArmRateLimit>,
     pub warnings: Vec<String>,
-    /// `key1` from `listKeys`, when fetched and permitted. Not serialized.
+    /// `key1` from `listKeys`, when fetched and permitted. Never serialized.
     #[serde(skip)]
     pub api_key: Option<Secret>,
 }
 
 /// An account of another kind (Face, Speech, …), listed but not scanned.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SkippedAccount {
     pub id: String,
     pub kind: String,
 }
 
-/// Everything a discovery run found.
-#[derive(Clone, Debug, Default)]
+/// Everything a discovery run found. Serializes without any account key (see
+/// [`DiscoveredDeployment`]), which is what lets a discovery job store it.
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct DiscoveryReport {
     /// Each deployment once, sorted by id.
     pub deployments: Vec<DiscoveredDeployment>,

@@ -4,8 +4,9 @@
 //! domain message (`modelgw_model::protocol`).
 //!
 //! Responses are `ControlPlaneFrame`s (`proto/modelgw/config/v1/frames.proto`), wire-identical
-//! to `ControlPlaneMessage`: a snapshot goes out as the bytes encoded once per version, shared
-//! by every stream, never copied or re-encoded per data plane.
+//! to `ControlPlaneMessage`: a snapshot goes out as the bytes encoded once per version (and the
+//! fleet quota as the bytes encoded once per change), shared by every stream, never copied or
+//! re-encoded per data plane.
 //!
 //! Per stream, one task reads the data plane's messages into the registry, and the response
 //! stream sends the current snapshot at once (even when the `Hello` says the data plane
@@ -39,6 +40,7 @@ use tracing::Instrument as _;
 use super::admission::{MessageBudget, Peer, RegistrationRate};
 use super::join_tokens::{ActiveTokens, JoinTokens, TOKEN_POLL_INTERVAL};
 use super::leases::{LeasePush, LeaseSession, lease_channel};
+use super::quota::PublishedFleetQuota;
 use super::registry::RegistrationLimits;
 use super::tls::{ServerTls, TLS_RELOAD_INTERVAL, TlsError, TlsFiles, certificate_identities};
 use super::traces::TraceIntake;
@@ -425,7 +427,8 @@ impl ConfigDiscovery for DiscoveryService {
             session.run(inbound, replaced, self.stopping.clone()).instrument(span.clone()),
         );
         let fleet = self.registry.subscribe_fleet_health();
-        Ok(Response::new(outbound(self.snapshots.clone(), fleet, leases, stop_rx, span)))
+        let quota = self.registry.subscribe_fleet_quota();
+        Ok(Response::new(outbound(self.snapshots.clone(), fleet, quota, leases, stop_rx, span)))
     }
 }
 
@@ -625,6 +628,15 @@ impl Session {
                 }
                 owned
             }
+            DataPlaneMessage::Quota(report) => {
+                let owned = self.registry.update(node, conn, |_| {});
+                if owned {
+                    let published = self.snapshots.borrow().clone();
+                    // Logged (debug, or warn when ignored) by the registry.
+                    let _ = self.registry.report_quota(node, &report, &published);
+                }
+                owned
+            }
             DataPlaneMessage::Hello(_) => {
                 tracing::warn!("ignoring a second Hello on the same stream");
                 self.registry.update(node, conn, |_| {})
@@ -670,6 +682,8 @@ impl Session {
 struct Outbound {
     snapshots: watch::Receiver<Arc<PublishedSnapshot>>,
     fleet: watch::Receiver<Arc<FleetHealth>>,
+    /// The fleet's quota spend, encoded once per change.
+    quota: watch::Receiver<Arc<PublishedFleetQuota>>,
     /// Grants from the instance's lease task (none for a data plane without an instance).
     leases: Option<mpsc::Receiver<LeasePush>>,
     /// Grants waiting for the snapshot they were computed with to go out first.
@@ -681,16 +695,24 @@ struct Outbound {
     fleet_due: bool,
     /// The registry is gone (only at teardown): stop watching it rather than spin.
     fleet_closed: bool,
+    /// The first snapshot was just sent: the fleet quota follows (after the fleet health)
+    /// when it is not empty, so a data plane that (re)connects knows the fleet's spend
+    /// without waiting for the next change. Later snapshots do not repeat it: the data plane
+    /// keeps the last view it was sent.
+    quota_due: bool,
+    /// The quota push is gone (only at teardown).
+    quota_closed: bool,
     done: bool,
 }
 
-/// The response stream: the current snapshot and fleet health, then every newer snapshot
-/// (each followed by the fleet health), every change of the fleet health and, for an
-/// instance that enforces key limits, every lease push (never before the snapshot it was
-/// computed with), until told to stop.
+/// The response stream: the current snapshot, fleet health and (when not empty) fleet quota,
+/// then every newer snapshot (each followed by the fleet health), every change of the fleet
+/// health or of the fleet quota and, for an instance that enforces key limits, every lease
+/// push (never before the snapshot it was computed with), until told to stop.
 fn outbound(
     snapshots: watch::Receiver<Arc<PublishedSnapshot>>,
     fleet: watch::Receiver<Arc<FleetHealth>>,
+    quota: watch::Receiver<Arc<PublishedFleetQuota>>,
     leases: Option<mpsc::Receiver<LeasePush>>,
     stop: oneshot::Receiver<Option<Status>>,
     span: tracing::Span,
@@ -698,12 +720,15 @@ fn outbound(
     let state = Outbound {
         snapshots,
         fleet,
+        quota,
         leases,
         pending_leases: None,
         stop,
         last_sent: None,
         fleet_due: false,
         fleet_closed: false,
+        quota_due: false,
+        quota_closed: false,
         done: false,
     };
     Box::pin(futures::stream::unfold(state, move |mut state| {
@@ -722,6 +747,14 @@ async fn recv_leases(leases: &mut Option<mpsc::Receiver<LeasePush>>) -> Option<L
         Some(rx) => rx.recv().await,
         None => std::future::pending().await,
     }
+}
+
+fn send_fleet_quota(quota: &PublishedFleetQuota) -> cfg::ControlPlaneFrame {
+    use cfg::control_plane_frame::Kind;
+    // Trace: the push itself is logged once (debug) where it is published, not per stream.
+    tracing::trace!(entries = quota.quota().endpoints.len(), "sending fleet quota");
+    // A reference-counted handle on the bytes encoded once per change.
+    cfg::ControlPlaneFrame { kind: Some(Kind::FleetQuota(quota.encoded().clone())) }
 }
 
 fn send_leases(push: &LeasePush) -> cfg::ControlPlaneFrame {
@@ -743,6 +776,13 @@ impl Outbound {
         };
         if self.fleet_due {
             return Some(Ok(self.send_fleet()));
+        }
+        if self.quota_due {
+            self.quota_due = false;
+            let current = self.quota.borrow_and_update().clone();
+            if !current.quota().endpoints.is_empty() {
+                return Some(Ok(send_fleet_quota(&current)));
+            }
         }
         if let Some(push) = self.pending_leases.take() {
             return Some(Ok(send_leases(&push)));
@@ -773,6 +813,14 @@ impl Outbound {
                         continue;
                     }
                     return Some(Ok(self.send_fleet()));
+                }
+                changed = self.quota.changed(), if !self.quota_closed => {
+                    if changed.is_err() {
+                        self.quota_closed = true;
+                        continue;
+                    }
+                    let current = self.quota.borrow_and_update().clone();
+                    return Some(Ok(send_fleet_quota(&current)));
                 }
                 push = recv_leases(&mut self.leases), if self.leases.is_some() => {
                     let Some(push) = push else {
@@ -805,6 +853,7 @@ impl Outbound {
 
     fn send(&mut self, snapshot: &PublishedSnapshot) -> cfg::ControlPlaneFrame {
         use cfg::control_plane_frame::Kind;
+        self.quota_due |= self.last_sent.is_none();
         self.last_sent = Some(snapshot.version());
         self.fleet_due = true;
         tracing::debug!(version = snapshot.version().0, "sending snapshot");

@@ -69,6 +69,8 @@ pub(super) struct Publisher {
     pub(super) snapshots: watch::Sender<Arc<PublishedSnapshot>>,
     pub(super) requested: watch::Receiver<ConfigVersion>,
     pub(super) poll_interval: Duration,
+    /// Woken to do a poll's work at once (`notify.rs`).
+    pub(super) check: Arc<tokio::sync::Notify>,
     pub(super) metrics: ControlPlaneMetrics,
 }
 
@@ -87,15 +89,13 @@ impl Publisher {
                     Some(*self.requested.borrow_and_update())
                 }
                 _ = ticker.tick() => {
-                    // Reports other replicas received (their data planes are not ours).
-                    match self.store.load_endpoint_health().await {
-                        Ok(records) => self.registry.merge_stored(records),
-                        Err(e) => tracing::warn!(error = %e, "endpoint health poll failed; retrying at the next tick"),
-                    }
-                    match self.store.load_health_resets().await {
-                        Ok(resets) => self.registry.merge_resets(resets),
-                        Err(e) => tracing::warn!(error = %e, "endpoint health reset poll failed; retrying at the next tick"),
-                    }
+                    self.merge_stored_health().await;
+                    None
+                }
+                // Another replica stored health or committed something we may have missed
+                // (PostgreSQL notifications, `notify.rs`): the poll's work, now.
+                () = self.check.notified() => {
+                    self.merge_stored_health().await;
                     None
                 }
             };
@@ -123,6 +123,23 @@ impl Publisher {
                 Err(e) => span.in_scope(|| {
                     tracing::warn!(error = %e, "loading the snapshot failed; retrying at the next poll tick");
                 }),
+            }
+        }
+    }
+
+    /// Merges the health reports and resets other replicas received (their data planes are
+    /// not ours).
+    async fn merge_stored_health(&self) {
+        match self.store.load_endpoint_health().await {
+            Ok(records) => self.registry.merge_stored(records),
+            Err(e) => {
+                tracing::warn!(error = %e, "endpoint health poll failed; retrying at the next tick")
+            }
+        }
+        match self.store.load_health_resets().await {
+            Ok(resets) => self.registry.merge_resets(resets),
+            Err(e) => {
+                tracing::warn!(error = %e, "endpoint health reset poll failed; retrying at the next tick")
             }
         }
     }

@@ -1,5 +1,6 @@
 //! The registry of data planes: who is connected, what each applied, and what each reported
-//! about endpoint health (aggregated into the fleet view pushed to every data plane).
+//! about endpoint health (aggregated into the fleet view pushed to every data plane) and
+//! about its quota spend (summed in [`quota`](super::quota)).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -7,6 +8,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use modelgw_model::protocol::{EndpointHealth, FleetHealth, StatsReport};
+use modelgw_model::quota::QuotaReport;
 use modelgw_model::{ConfigVersion, EndpointId, EndpointState, NodeId};
 use tokio::sync::{Notify, watch};
 
@@ -14,6 +16,7 @@ use super::PublishedSnapshot;
 use super::admission::{Owner, Peer};
 use super::health::{self, EndpointHealthView};
 use super::join_tokens::JoinTokens;
+use super::quota::{PublishedFleetQuota, QuotaSharing, Recorded, RejectedReport};
 use super::stats::StatsWindow;
 
 /// Data planes the registry holds at most unless the operator sets a bound
@@ -97,6 +100,8 @@ pub struct DataPlaneRegistry {
     pub(super) tokens: JoinTokens,
     /// Traffic statistics every data plane reports, for the Admin Console.
     stats: StatsWindow,
+    /// Quota spend every data plane reports, summed into the fleet view pushed back.
+    pub(super) quota: QuotaSharing,
 }
 
 impl Default for DataPlaneRegistry {
@@ -109,6 +114,7 @@ impl Default for DataPlaneRegistry {
             max_health_window: health::DEFAULT_MAX_HEALTH_WINDOW,
             tokens: JoinTokens::default(),
             stats: StatsWindow::default(),
+            quota: QuotaSharing::default(),
         }
     }
 }
@@ -430,6 +436,24 @@ impl DataPlaneRegistry {
     /// Keeps the statistics of the gateways and members `published` holds, drops the rest.
     pub(super) fn retain_stats(&self, published: &PublishedSnapshot) {
         self.stats.configure(published.snapshot());
+    }
+
+    /// Records a data plane's quota report (entries about endpoints outside `published` are
+    /// left out; a report with an impossible interval is ignored). The fleet view follows at
+    /// the next push tick.
+    pub(crate) fn report_quota(
+        &self,
+        node_id: &NodeId,
+        report: &QuotaReport,
+        published: &PublishedSnapshot,
+    ) -> Result<Recorded, RejectedReport> {
+        self.quota.report(node_id, report, published)
+    }
+
+    /// The fleet quota data planes are sent (at most once per push interval, when it
+    /// changed); for in-process consumers and tests.
+    pub fn subscribe_fleet_quota(&self) -> watch::Receiver<Arc<PublishedFleetQuota>> {
+        self.quota.subscribe()
     }
 
     /// Forgets health of endpoints that are no longer configured.

@@ -409,6 +409,12 @@ pub(super) fn gateway_view(g: &GatewayRecord) -> Map<String, Value> {
             },
             "wait_for_recovery": g.routing.wait_for_recovery,
             "request_timeout_ms": g.routing.request_timeout_ms,
+            "quota": {
+                "enabled": g.routing.quota.enabled,
+                "request_window_secs": g.routing.quota.request_window_secs,
+                "token_window_secs": g.routing.quota.token_window_secs,
+                "reserve_percent": g.routing.quota.reserve_percent,
+            },
         },
         "traces": {
             "enabled": g.traces.enabled,

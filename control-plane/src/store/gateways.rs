@@ -3,7 +3,9 @@
 use std::collections::HashMap;
 
 use modelgw_model::keys::KeyLimitPolicy;
-use modelgw_model::{ConfigVersion, GatewayId, GatewayMember, RoutingPolicy, RoutingStrategy};
+use modelgw_model::{
+    ConfigVersion, GatewayId, GatewayMember, QuotaPolicy, RoutingPolicy, RoutingStrategy,
+};
 use sqlx::Row as _;
 use sqlx::any::AnyRow;
 use sqlx::error::ErrorKind;
@@ -20,8 +22,9 @@ pub(super) const ENTITY: &str = "gateway";
 
 /// Columns `gateway_from_row` reads (a constant, so the formatted queries stay SQL-safe).
 const GATEWAY_COLUMNS: &str = "id, name, created_at, updated_at, routing_strategy, \
-     routing_wait_for_recovery, routing_request_timeout_ms, key_default_completion_tokens, \
-     key_fail_closed, traces_enabled, traces_capture_payload, traces_redact_fields, \
+     routing_wait_for_recovery, routing_request_timeout_ms, routing_quota_enabled, \
+     routing_quota_request_window_secs, routing_quota_token_window_secs, \
+     routing_quota_reserve_percent, key_default_completion_tokens, key_fail_closed, traces_enabled, traces_capture_payload, traces_redact_fields, \
      traces_max_payload_bytes, traces_retention_days, traces_max_count";
 
 impl Store {
@@ -37,9 +40,10 @@ impl Store {
         let (mut tx, version) = self.begin_write().await?;
         sqlx::query(
             "INSERT INTO gateways (id, name, created_at, updated_at, routing_strategy, \
-             routing_wait_for_recovery, routing_request_timeout_ms, \
-             key_default_completion_tokens, key_fail_closed) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+             routing_wait_for_recovery, routing_request_timeout_ms, routing_quota_enabled, \
+             routing_quota_request_window_secs, routing_quota_token_window_secs, \
+             routing_quota_reserve_percent, key_default_completion_tokens, key_fail_closed) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
         )
         .bind(id.to_string())
         .bind(new.name)
@@ -48,6 +52,10 @@ impl Store {
         .bind(strategy_to_db(new.routing.strategy))
         .bind(i64::from(new.routing.wait_for_recovery))
         .bind(new.routing.request_timeout_ms.map(i64::from))
+        .bind(i64::from(new.routing.quota.enabled))
+        .bind(i64::from(new.routing.quota.request_window_secs))
+        .bind(i64::from(new.routing.quota.token_window_secs))
+        .bind(i64::from(new.routing.quota.reserve_percent))
         .bind(new.key_limits.default_completion_tokens.map(i64::from))
         .bind(i64::from(new.key_limits.fail_closed))
         .execute(&mut *tx)
@@ -110,7 +118,9 @@ impl Store {
         sqlx::query(
             "UPDATE gateways SET name = $2, updated_at = $3, routing_strategy = $4, \
              routing_wait_for_recovery = $5, routing_request_timeout_ms = $6, \
-             key_default_completion_tokens = $7, key_fail_closed = $8 WHERE id = $1",
+             routing_quota_enabled = $7, routing_quota_request_window_secs = $8, \
+             routing_quota_token_window_secs = $9, routing_quota_reserve_percent = $10, \
+             key_default_completion_tokens = $11, key_fail_closed = $12 WHERE id = $1",
         )
         .bind(id.to_string())
         .bind(patch.name.unwrap_or_else(|| current.name.clone()))
@@ -118,6 +128,10 @@ impl Store {
         .bind(strategy_to_db(routing.strategy))
         .bind(i64::from(routing.wait_for_recovery))
         .bind(routing.request_timeout_ms.map(i64::from))
+        .bind(i64::from(routing.quota.enabled))
+        .bind(i64::from(routing.quota.request_window_secs))
+        .bind(i64::from(routing.quota.token_window_secs))
+        .bind(i64::from(routing.quota.reserve_percent))
         .bind(key_limits.default_completion_tokens.map(i64::from))
         .bind(i64::from(key_limits.fail_closed))
         .execute(&mut *tx)
@@ -330,5 +344,35 @@ pub(super) fn routing_from_row(row: &AnyRow) -> Result<RoutingPolicy, StoreError
         request_timeout_ms: timeout
             .map(|ms| u32_from_db("gateways.routing_request_timeout_ms", ms))
             .transpose()?,
+        quota: quota_from_row(row)?,
+    })
+}
+
+/// The `routing_quota_*` columns. The migration's CHECKs hold them to the model's ranges; a
+/// value outside them (written around the store) is a decode error, not a policy the data
+/// plane would have to second-guess.
+fn quota_from_row(row: &AnyRow) -> Result<QuotaPolicy, StoreError> {
+    let enabled: i64 = row.try_get("routing_quota_enabled")?;
+    let window = |column: &'static str| -> Result<u32, StoreError> {
+        let secs: i64 = row.try_get(column)?;
+        u32::try_from(secs).ok().filter(|s| QuotaPolicy::WINDOW_SECS_RANGE.contains(s)).ok_or_else(
+            || decode_error(&format!("gateways.{column}"), format!("out of range: {secs}")),
+        )
+    };
+    let reserve: i64 = row.try_get("routing_quota_reserve_percent")?;
+    let reserve_percent = u8::try_from(reserve)
+        .ok()
+        .filter(|r| QuotaPolicy::RESERVE_PERCENT_RANGE.contains(r))
+        .ok_or_else(|| {
+            decode_error(
+                "gateways.routing_quota_reserve_percent",
+                format!("out of range: {reserve}"),
+            )
+        })?;
+    Ok(QuotaPolicy {
+        enabled: enabled != 0,
+        request_window_secs: window("routing_quota_request_window_secs")?,
+        token_window_secs: window("routing_quota_token_window_secs")?,
+        reserve_percent,
     })
 }

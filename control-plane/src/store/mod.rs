@@ -20,6 +20,7 @@ mod api_tokens;
 mod audit;
 mod azure_import;
 mod data_plane_tokens;
+mod discovery_jobs;
 mod endpoints;
 mod gateways;
 mod health;
@@ -50,6 +51,9 @@ pub use api_tokens::{API_TOKEN_PREFIX, ApiTokenRecord, NewApiToken};
 pub use audit::{AuditAction, AuditContext, AuditEntity, AuditEntry, AuditQuery};
 pub use azure_import::{AzureEndpointRecord, AzureImportItem, AzureImportOutcome};
 pub use data_plane_tokens::{ActiveDataPlaneToken, DataPlaneTokenId, DataPlaneTokenRecord};
+pub use discovery_jobs::{
+    DiscoveryJobOutcome, DiscoveryJobRecord, DiscoveryJobState, DiscoveryReplica,
+};
 pub use health::EndpointHealthRecord;
 pub use keys::LAST_USED_PRECISION_MS;
 pub use leases::LeaseRequest;
@@ -288,6 +292,9 @@ pub struct Store {
     /// The control plane's metrics: store operations are timed here, and every component
     /// that holds the store counts its events in the same instruments.
     metrics: ControlPlaneMetrics,
+    /// PostgreSQL: the URL a `LISTEN` connection for other replicas' changes opens
+    /// (`distribution/notify.rs`). Holds the password, if any: never logged.
+    listen_url: Option<std::sync::Arc<str>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -351,8 +358,14 @@ impl Store {
                 Backend::Postgres => &POSTGRES_MIGRATOR,
             };
             migrator.run(&pool).await?;
-            let store =
-                Store { pool, backend, master_key, metrics: ControlPlaneMetrics::default() };
+            let listen_url = (backend == Backend::Postgres).then(|| std::sync::Arc::from(url));
+            let store = Store {
+                pool,
+                backend,
+                master_key,
+                metrics: ControlPlaneMetrics::default(),
+                listen_url,
+            };
             let version = store.config_version().await?;
             tracing::info!(config_version = %version, "configuration store open");
             Ok(store)
@@ -363,6 +376,12 @@ impl Store {
 
     pub fn backend(&self) -> Backend {
         self.backend
+    }
+
+    /// PostgreSQL: where to `LISTEN` for the changes other replicas commit; `None` on SQLite
+    /// (one process owns the file).
+    pub(crate) fn listen_url(&self) -> Option<&str> {
+        self.listen_url.as_deref()
     }
 
     /// The control plane's metrics (one set per store, shared by its clones).

@@ -34,7 +34,9 @@ impl Store {
         .await?;
         let gateway_rows = sqlx::query(
             "SELECT id, name, routing_strategy, routing_wait_for_recovery, \
-                 routing_request_timeout_ms, key_default_completion_tokens, key_fail_closed, \
+                 routing_request_timeout_ms, routing_quota_enabled, \
+                 routing_quota_request_window_secs, routing_quota_token_window_secs, \
+                 routing_quota_reserve_percent, key_default_completion_tokens, key_fail_closed, \
                  traces_enabled, traces_capture_payload, traces_redact_fields, \
                  traces_max_payload_bytes, traces_retention_days, traces_max_count \
                  FROM gateways ORDER BY name",

@@ -82,35 +82,55 @@ fn delay_after(text: &[u8]) -> Option<f64> {
 
 /// The quota an answer reports. A header that is absent or not an integer reads as `None`;
 /// negative values are kept (some APIs send them) for the caller to ignore.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RateLimits {
     /// `x-ratelimit-remaining-requests`.
     pub remaining_requests: Option<i64>,
     /// `x-ratelimit-remaining-tokens`.
     pub remaining_tokens: Option<i64>,
+    /// `x-ratelimit-limit-requests`.
+    pub limit_requests: Option<i64>,
     /// `x-ratelimit-limit-tokens`.
     pub limit_tokens: Option<i64>,
+    /// `x-ratelimit-reset-requests`: until the request limit is whole again ("1s", "6m0s",
+    /// "350ms", or plain seconds).
+    pub reset_requests: Option<Duration>,
+    /// `x-ratelimit-reset-tokens` (also Azure's older spelling `x-rate-limit-reset-tokens`).
+    pub reset_tokens: Option<Duration>,
 }
 
 impl RateLimits {
     /// The answer's quota reading; `None` when it reports neither remaining requests nor
-    /// remaining tokens (then the limit is not looked up: this runs on every answer).
+    /// remaining tokens (then nothing else is looked up: this runs on every answer).
     #[inline]
     pub fn from_headers(headers: &HeaderMap) -> Option<Self> {
-        let number = |name: &str| {
-            headers
-                .get(name)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.trim().parse::<i64>().ok())
-        };
+        let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim);
+        let number = |name: &str| text(name).and_then(|v| v.parse::<i64>().ok());
         let remaining_requests = number("x-ratelimit-remaining-requests");
         let remaining_tokens = number("x-ratelimit-remaining-tokens");
         if remaining_requests.is_none() && remaining_tokens.is_none() {
             return None;
         }
-        let limit_tokens = number("x-ratelimit-limit-tokens");
-        Some(Self { remaining_requests, remaining_tokens, limit_tokens })
+        let reset = |name: &str| text(name).and_then(parse_reset);
+        Some(Self {
+            remaining_requests,
+            remaining_tokens,
+            limit_requests: number("x-ratelimit-limit-requests"),
+            limit_tokens: number("x-ratelimit-limit-tokens"),
+            reset_requests: reset("x-ratelimit-reset-requests"),
+            reset_tokens: reset("x-ratelimit-reset-tokens")
+                .or_else(|| reset("x-rate-limit-reset-tokens")),
+        })
     }
+}
+
+/// A reset header's duration: plain seconds ("55", "0.5") or Go-style units run together
+/// ("1s", "6m0s", "350ms", "1m3.5s").
+fn parse_reset(value: &str) -> Option<Duration> {
+    let secs = parse_non_negative(value).or_else(|| {
+        delay_after(value.to_ascii_lowercase().as_bytes()).filter(|_| !value.is_empty())
+    })?;
+    Some(Duration::from_secs_f64(secs.min(1e9)))
 }
 
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
@@ -203,9 +223,32 @@ mod tests {
                 remaining_requests: Some(-1),
                 remaining_tokens: Some(61353),
                 limit_tokens: Some(450000),
+                ..RateLimits::default()
             })
         );
         let h = headers(&[("x-ratelimit-remaining-requests", "many")]);
         assert_eq!(RateLimits::from_headers(&h), None, "garbage is no reading");
+    }
+
+    #[test]
+    fn limits_and_resets_are_read_in_every_spelling_seen() {
+        let h = headers(&[
+            ("x-ratelimit-remaining-requests", "79"),
+            ("x-ratelimit-limit-requests", "80"),
+            ("x-ratelimit-reset-requests", "1m3.5s"),
+            ("x-rate-limit-reset-tokens", "55"),
+        ]);
+        let limits = RateLimits::from_headers(&h).expect("a reading");
+        assert_eq!(limits.limit_requests, Some(80));
+        assert_eq!(limits.reset_requests, Some(Duration::from_millis(63_500)));
+        assert_eq!(limits.reset_tokens, Some(Duration::from_secs(55)), "Azure's 2023 spelling");
+        let reset = |v: &str| parse_reset(v);
+        assert_eq!(reset("350ms"), Some(Duration::from_millis(350)));
+        assert_eq!(reset("6m0s"), Some(Duration::from_secs(360)));
+        assert_eq!(reset("0.5"), Some(Duration::from_millis(500)));
+        assert_eq!(reset("8.2S"), Some(Duration::from_millis(8200)));
+        assert_eq!(reset(""), None);
+        assert_eq!(reset("soon"), None);
+        assert_eq!(reset("-1"), None);
     }
 }

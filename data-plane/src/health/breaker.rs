@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use modelgw_model::{EndpointId, EndpointState};
 
+use super::quota::{Demand, MIN_QUOTA_WAIT, QuotaMark};
 use super::registry::{Entry, State};
 use super::{EndpointHealth, HealthRegistry, wall_time};
 
@@ -19,13 +20,19 @@ pub enum Unavailable {
     Error { until: Instant, remote: bool },
     /// Half-open and its one trial request is in flight.
     TrialBusy,
+    /// Its quota estimate says this request would not fit before `until` (`quota.rs`); or,
+    /// with `first_answer`, nothing is known of its quota yet and enough requests are already
+    /// on their way to learn it: look again at `until`.
+    Quota { until: Instant, first_answer: bool },
 }
 
 impl Unavailable {
     /// When the endpoint may be tried again (a busy trial: unknown, `None`).
     pub fn until(self) -> Option<Instant> {
         match self {
-            Unavailable::Throttling { until, .. } | Unavailable::Error { until, .. } => Some(until),
+            Unavailable::Throttling { until, .. }
+            | Unavailable::Error { until, .. }
+            | Unavailable::Quota { until, .. } => Some(until),
             Unavailable::TrialBusy => None,
         }
     }
@@ -38,11 +45,24 @@ impl Unavailable {
             Unavailable::Error { remote: false, .. } => "error_cooldown",
             Unavailable::Error { remote: true, .. } => "fleet_error",
             Unavailable::TrialBusy => "half_open_trial_busy",
+            Unavailable::Quota { .. } => "quota_exhausted",
         }
     }
 
+    /// Out of quota: throttled by the upstream, or short by this data plane's estimate.
     pub fn is_throttling(self) -> bool {
-        matches!(self, Unavailable::Throttling { .. })
+        matches!(self, Unavailable::Throttling { .. } | Unavailable::Quota { .. })
+    }
+
+    /// Short by the quota estimate (no upstream said so).
+    pub fn is_quota(self) -> bool {
+        matches!(self, Unavailable::Quota { .. })
+    }
+
+    /// Held back only until the endpoint's first answer says what its quota is: a wait, not a
+    /// throttle (a request is never refused for it while its deadline allows waiting).
+    pub fn awaits_first_answer(self) -> bool {
+        matches!(self, Unavailable::Quota { first_answer: true, .. })
     }
 }
 
@@ -86,9 +106,16 @@ pub(super) struct Window {
 pub struct Admission {
     entry: Arc<Entry>,
     trial: bool,
+    mark: QuotaMark,
 }
 
 impl Admission {
+    /// Where this request sits in the endpoint's quota sequence: what its answer's reading is
+    /// ordered by ([`HealthRegistry::record_quota`]).
+    pub fn mark(&self) -> QuotaMark {
+        self.mark
+    }
+
     /// Whether this request is the endpoint's half-open trial.
     pub fn is_trial(&self) -> bool {
         self.trial
@@ -113,33 +140,63 @@ impl Drop for Admission {
 }
 
 impl HealthRegistry {
-    /// Claims the right to send one request to `id` now: refused while a window is open or a
-    /// half-open trial is in flight; the half-open trial slot is taken when free.
+    /// [`Self::admit_for`] a request that costs no tokens.
     pub fn admit(&self, id: EndpointId, now: Instant) -> Result<Admission, Unavailable> {
+        self.admit_for(id, now, &Demand::default())
+    }
+
+    /// Claims the right to send one request of `demand` to `id` now: refused while a window is
+    /// open, a half-open trial is in flight, or its quota estimate says the request would not
+    /// fit; the half-open trial slot is taken when free. Admitted, the request is charged to
+    /// the estimate under the same lock (concurrent requests cannot both take the last room).
+    pub fn admit_for(
+        &self,
+        id: EndpointId,
+        now: Instant,
+        demand: &Demand,
+    ) -> Result<Admission, Unavailable> {
         let entry = self.entry(id);
-        let trial = {
+        let (trial, mark) = {
             let mut state = entry.lock();
             if let Some(reason) = unavailable(&state, now) {
                 return Err(reason);
+            }
+            let room = state.quota.room(demand, now);
+            let short = room.is_some_and(|room| !room.fits());
+            // The logged state has hysteresis: at saturation an endpoint fits one request per
+            // refill step and is short again at once; it is "out of quota" until it has room
+            // for several, so the log gets a line per episode, not per refill.
+            let logged_short = state.quota.short;
+            let recovered = room.is_none_or(|room| room.requests >= QUOTA_ROOM_AGAIN);
+            if (short && !logged_short) || (logged_short && recovered) {
+                state.quota.short = short;
+                log_quota_change(id, short, room);
+            }
+            if let (true, Some(room)) = (short, room) {
+                return Err(Unavailable::Quota { until: now + room.wait, first_answer: false });
+            }
+            if state.quota.waits_for_a_reading(demand, entry.in_flight.load(Ordering::Acquire)) {
+                return Err(Unavailable::Quota { until: now + MIN_QUOTA_WAIT, first_answer: true });
             }
             let half_open = state.local.is_some();
             if half_open {
                 state.trial_in_flight = true;
             }
-            half_open
+            (half_open, state.quota.charge(demand.tokens, now))
         };
         entry.in_flight.fetch_add(1, Ordering::AcqRel);
-        Ok(Admission { entry, trial })
+        Ok(Admission { entry, trial, mark })
     }
 
     /// Like [`Self::admit`] for a call pinned to `id` (a follow-up on a response it holds):
     /// never refused, since no other endpoint can answer it — a window only made the others
     /// skip it — and never the half-open trial, so it cannot take that slot from the traffic
     /// whose outcome reopens the endpoint. Counted in flight like any request.
-    pub fn admit_pinned(&self, id: EndpointId) -> Admission {
+    pub fn admit_pinned(&self, id: EndpointId, tokens: u64, now: Instant) -> Admission {
         let entry = self.entry(id);
+        let mark = entry.lock().quota.charge(tokens, now);
         entry.in_flight.fetch_add(1, Ordering::AcqRel);
-        Admission { entry, trial: false }
+        Admission { entry, trial: false, mark }
     }
 
     /// Applies what an attempt observed and publishes the change if the state changed.
@@ -206,6 +263,19 @@ impl HealthRegistry {
         };
         // Dropping when full is deliberate: reporting must never slow the request path.
         let _ = self.changes.try_send(change);
+    }
+}
+
+/// Requests of room an endpoint short of quota needs before it is logged as having room again.
+const QUOTA_ROOM_AGAIN: f64 = 5.0;
+
+/// The one line an endpoint's quota state change gets (never one per request).
+fn log_quota_change(id: EndpointId, short: bool, room: Option<super::quota::Room>) {
+    if short {
+        let wait_ms = room.map(|r| r.wait.as_millis() as u64);
+        tracing::info!(endpoint_id = %id, wait_ms, "endpoint out of quota by its estimate; skipped until the refill");
+    } else {
+        tracing::info!(endpoint_id = %id, "endpoint has quota room again");
     }
 }
 
@@ -317,6 +387,55 @@ mod tests {
         drop(trial);
         registry.record(id, &failed(), now);
         assert!(window(now) <= Duration::from_secs(2), "a success resets the backoff");
+    }
+
+    #[test]
+    fn an_endpoint_out_of_quota_gets_one_line_per_episode_not_per_refill() {
+        use std::io::Write;
+        use std::sync::Mutex;
+        #[derive(Clone, Default)]
+        struct Captured(Arc<Mutex<Vec<u8>>>);
+        impl Write for Captured {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().expect("lock").extend_from_slice(buf);
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_max_level(tracing::Level::INFO)
+            .with_writer(move || writer.clone())
+            .finish();
+        let (registry, _rx) = HealthRegistry::new(16);
+        let id = EndpointId::new();
+        let t0 = Instant::now();
+        let demand = Demand::default();
+        tracing::subscriber::with_default(subscriber, || {
+            // Empty: 0 of 50 requests left, 5 more a second.
+            let mark = registry.admit_for(id, t0, &demand).expect("unknown: admitted").mark();
+            let limits = super::super::RateLimits {
+                remaining_requests: Some(0),
+                limit_requests: Some(50),
+                ..Default::default()
+            };
+            registry.record_quota(id, Some(&limits), mark, t0, &demand.policy);
+            // Saturated for 4 s: one request fits per 200 ms refill step, the next does not.
+            for step in 0..20u32 {
+                let now = t0 + Duration::from_millis(200) * step + Duration::from_millis(1);
+                let _ = registry.admit_for(id, now, &demand);
+                assert!(registry.admit_for(id, now, &demand).is_err(), "step {step}");
+            }
+            // Idle for a while: room for many again.
+            drop(registry.admit_for(id, t0 + Duration::from_secs(30), &demand).expect("room"));
+        });
+        let text = String::from_utf8(captured.0.lock().expect("lock").clone()).expect("utf-8");
+        assert_eq!(text.matches("out of quota").count(), 1, "{text}");
+        assert_eq!(text.matches("quota room again").count(), 1, "{text}");
     }
 
     #[test]

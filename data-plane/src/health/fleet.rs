@@ -45,7 +45,7 @@ impl HealthRegistry {
     }
 
     /// Applies operator resets: for each one newer than the last applied to its endpoint,
-    /// forgets the local window, backoff and low-headroom mark this data plane recorded
+    /// forgets the local window, backoff and quota readings this data plane recorded
     /// before the reset (what it observed after the reset stands). Returns how many endpoints
     /// were cleared.
     pub fn apply_resets(&self, resets: &[HealthReset], now: Instant) -> usize {
@@ -66,7 +66,7 @@ impl HealthRegistry {
                 state.local = None;
                 state.local_since = None;
                 state.failures = 0;
-                state.low_headroom_until = None;
+                state.quota.forget_readings();
                 state.published = None;
                 cleared += 1;
             }

@@ -27,12 +27,14 @@
 //! before the quota ran out). Each `FleetHealth` replaces the remote view; a data plane that
 //! lost its control plane keeps its own view and the remote windows simply expire.
 //!
-//! # Quota headroom and latency (`headroom.rs`, `latency.rs`)
-//! Each answer's `x-ratelimit-remaining-requests` / `-tokens` (and `x-ratelimit-limit-tokens`)
-//! mark an endpoint *low on headroom* for [`HealthPolicy::headroom_ttl`]; selection then tries
-//! it after the other available members of its group. Time to first byte feeds an EWMA used by
-//! the `fastest` strategy, which decays toward an optimistic prior (zero) while an endpoint is
-//! not sampled, so a recovered region is tried again.
+//! # Quota and latency (`quota.rs`, `latency.rs`)
+//! Each answer's `x-ratelimit-*` headers (2xx and 429) are a reading of the endpoint's quota,
+//! placed at the moment its request was sent and ordered by it; with what this data plane sent
+//! since, the refill rate and its share of the fleet's spending they give an estimate of the
+//! room left (`quota.rs` has the model). Selection weights members by it, admission refuses a
+//! member this request would not fit until the refill says it will. Time to first byte feeds an
+//! EWMA used by the `fastest` strategy, which decays toward an optimistic prior (zero) while an
+//! endpoint is not sampled, so a recovered region is tried again.
 //!
 //! Locking (`registry.rs`): one `std::sync::Mutex` per endpoint, held for a few field updates
 //! and never across an await; the map is copy-on-write behind an `ArcSwap` (lock-free reads),
@@ -43,9 +45,9 @@
 mod azure_headers;
 mod breaker;
 mod fleet;
-mod headroom;
 mod latency;
 mod policy;
+mod quota;
 mod registry;
 
 use std::time::{Instant, SystemTime};
@@ -54,9 +56,9 @@ use modelgw_model::EndpointState;
 
 pub use azure_headers::{RateLimits, retry_after_from_headers, retry_after_from_message};
 pub use breaker::{Admission, HealthEvent, Unavailable};
-pub use headroom::low_headroom;
 pub use modelgw_model::GatewayState;
 pub use policy::{DEFAULT_THROTTLE, HealthPolicy, MAX_THROTTLE};
+pub use quota::{Demand, QuotaMark, Room};
 pub use registry::{EndpointView, Health, HealthRegistry};
 
 /// Capacity of the health-change channel towards the control-plane reporter. Changes are

@@ -17,8 +17,8 @@ pub const DEFAULT_THROTTLE: Duration = Duration::from_secs(10);
 /// endpoint for a day.
 pub const MAX_THROTTLE: Duration = Duration::from_secs(3600);
 
-/// Every threshold of the health state machine, the quota-headroom rule and the latency
-/// estimate used by the `fastest` strategy.
+/// Every threshold of the health state machine and the latency estimate used by the `fastest`
+/// strategy (the quota rules are per gateway: `routing.quota`).
 #[derive(Clone, Debug, PartialEq)]
 pub struct HealthPolicy {
     /// See [`DEFAULT_THROTTLE`].
@@ -33,19 +33,6 @@ pub struct HealthPolicy {
     /// region is then probed once a minute per data plane: negligible load, and recovery is
     /// noticed within a minute.
     pub error_backoff_max: Duration,
-    /// An answer reporting at most this many remaining requests (`x-ratelimit-remaining-
-    /// requests`) marks the endpoint low on headroom (5). Several data planes and concurrent
-    /// requests draw from the same quota between two readings, so a margin of a few requests
-    /// is what is left before the 429.
-    pub low_headroom_requests: u64,
-    /// An answer reporting fewer remaining tokens than this fraction of
-    /// `x-ratelimit-limit-tokens` marks the endpoint low on headroom (5 %): about one large
-    /// prompt's worth on an S0 deployment.
-    pub low_headroom_token_fraction: f64,
-    /// How long a low-headroom reading counts (10 s). Azure refills quota over sub-minute
-    /// windows; a reading that old says nothing about now, and an endpoint steered away from
-    /// gets no new reading.
-    pub headroom_ttl: Duration,
     /// Weight of a new time-to-first-byte sample in the EWMA (0.3): a sustained slowdown shows
     /// within two or three requests while one outlier moves the estimate by less than a third.
     pub latency_alpha: f64,
@@ -65,9 +52,6 @@ impl Default for HealthPolicy {
             max_throttle: MAX_THROTTLE,
             error_backoff_base: Duration::from_secs(2),
             error_backoff_max: Duration::from_secs(60),
-            low_headroom_requests: 5,
-            low_headroom_token_fraction: 0.05,
-            headroom_ttl: Duration::from_secs(10),
             latency_alpha: 0.3,
             latency_decay_half_life: Duration::from_secs(5),
             exploration: 0.05,

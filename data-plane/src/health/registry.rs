@@ -12,6 +12,7 @@ use modelgw_model::{EndpointId, EndpointState};
 use tokio::sync::mpsc;
 
 use super::breaker::{Window, unavailable};
+use super::quota::{Demand, Quota, Room};
 use super::{EndpointHealth, HealthPolicy, Unavailable};
 
 /// Effective health of an endpoint at an instant.
@@ -30,8 +31,9 @@ pub enum Health {
 pub struct EndpointView {
     /// `None` when it may take a request (possibly as the half-open trial).
     pub unavailable: Option<Unavailable>,
-    /// The last answer said the quota is nearly used up (see [`HealthPolicy`]).
-    pub low_headroom: bool,
+    /// What its quota estimate says about the request (`quota.rs`); `None` when unknown
+    /// or quota-aware routing is off.
+    pub room: Option<Room>,
     /// Decayed EWMA of time to first byte in ms; `None` when never sampled.
     pub latency_ms: Option<f64>,
     /// Requests currently in flight to it from this data plane.
@@ -51,7 +53,7 @@ pub(super) struct State {
     pub(super) failures: u32,
     pub(super) trial_in_flight: bool,
     pub(super) remote: Option<Window>,
-    pub(super) low_headroom_until: Option<Instant>,
+    pub(super) quota: Quota,
     pub(super) latency_ms: Option<f64>,
     pub(super) sampled_at: Option<Instant>,
     /// Last state published, so repeats are not.
@@ -81,6 +83,8 @@ pub struct HealthRegistry {
     /// reader count.
     pub(super) endpoints: ArcSwap<HashMap<EndpointId, Arc<Entry>>>,
     pub(super) changes: mpsc::Sender<EndpointHealth>,
+    /// The report intervals quota rates are measured over (`quota.rs`).
+    pub(super) quota_intervals: Mutex<super::quota::QuotaIntervals>,
 }
 
 impl HealthRegistry {
@@ -95,7 +99,8 @@ impl HealthRegistry {
         capacity: usize,
     ) -> (Self, mpsc::Receiver<EndpointHealth>) {
         let (changes, rx) = mpsc::channel(capacity.max(1));
-        (Self { policy, endpoints: ArcSwap::from_pointee(HashMap::new()), changes }, rx)
+        let endpoints = ArcSwap::from_pointee(HashMap::new());
+        (Self { policy, endpoints, changes, quota_intervals: Mutex::default() }, rx)
     }
 
     pub fn policy(&self) -> &HealthPolicy {
@@ -107,7 +112,9 @@ impl HealthRegistry {
     pub fn current(&self, id: EndpointId, now: Instant) -> Health {
         match self.view(id, now).unavailable {
             None => Health::Healthy,
-            Some(Unavailable::Throttling { until, .. }) => Health::Throttling { until },
+            Some(Unavailable::Throttling { until, .. } | Unavailable::Quota { until, .. }) => {
+                Health::Throttling { until }
+            }
             Some(Unavailable::Error { until, .. }) => Health::Error { until },
             Some(Unavailable::TrialBusy) => Health::Error { until: now },
         }
@@ -122,21 +129,23 @@ impl HealthRegistry {
         }
     }
 
-    /// Everything selection needs about `id`, under one lock.
+    /// Everything selection needs about `id`, under one lock (its quota room for a request
+    /// of no tokens: see [`Self::view_for`]).
     pub fn view(&self, id: EndpointId, now: Instant) -> EndpointView {
+        self.view_for(id, now, &Demand::default())
+    }
+
+    /// Everything selection needs about `id` for a request of `demand`, under one lock.
+    #[inline]
+    pub fn view_for(&self, id: EndpointId, now: Instant, demand: &Demand) -> EndpointView {
         let map = self.endpoints.load();
         let Some(entry) = map.get(&id) else {
-            return EndpointView {
-                unavailable: None,
-                low_headroom: false,
-                latency_ms: None,
-                in_flight: 0,
-            };
+            return EndpointView { unavailable: None, room: None, latency_ms: None, in_flight: 0 };
         };
         let state = entry.lock();
         EndpointView {
             unavailable: unavailable(&state, now),
-            low_headroom: state.low_headroom_until.is_some_and(|until| until > now),
+            room: state.quota.room(demand, now),
             latency_ms: self.decayed_latency(&state, now),
             in_flight: entry.in_flight.load(Ordering::Acquire),
         }

@@ -18,17 +18,9 @@ const LIMIT_TOKENS: HeaderName = HeaderName::from_static("x-ratelimit-limit-toke
 const REMAINING_TOKENS: HeaderName = HeaderName::from_static("x-ratelimit-remaining-tokens");
 const RESET_TOKENS: HeaderName = HeaderName::from_static("x-ratelimit-reset-tokens");
 
-/// The upstream's quota headers, removed from answers to keys with limits (Azure once spelt
-/// one `x-rate-limit-reset-tokens`).
-const UPSTREAM_QUOTA_HEADERS: [HeaderName; 7] = [
-    LIMIT_REQUESTS,
-    REMAINING_REQUESTS,
-    RESET_REQUESTS,
-    LIMIT_TOKENS,
-    REMAINING_TOKENS,
-    RESET_TOKENS,
-    HeaderName::from_static("x-rate-limit-reset-tokens"),
-];
+/// Azure once spelt `x-ratelimit-reset-tokens` this way: removed from answers to keys with
+/// limits with the rest of the upstream's quota headers.
+const OLD_RESET_TOKENS: HeaderName = HeaderName::from_static("x-rate-limit-reset-tokens");
 
 impl Refusal {
     /// The 429's message: the window and measure that refused, never the key.
@@ -92,26 +84,40 @@ impl Tightest {
 /// request counter and tightest token counter (any limited window of the key or of an
 /// ancestor; prompt, completion and total tokens alike). Nothing for a chain without limits;
 /// a kind the chain does not limit gets no headers.
+///
+/// On every answer to a limited key, so kept cheap: an insert replaces the upstream's header of
+/// the same name, so only the names not set (and Azure's old spelling) are removed, and only
+/// when one pass over the answer's header names finds any quota header at all; the values are
+/// written without `format!`.
 pub(crate) fn set_headers(chain: &KeyChain, headers: &mut HeaderMap) {
     if !chain.limited() {
         return;
     }
     let now = unix_ms(SystemTime::now());
     let (requests, tokens) = tightest(chain, now);
-    for name in UPSTREAM_QUOTA_HEADERS {
-        headers.remove(name);
-    }
-    let mut put = |t: Option<Tightest>, names: [HeaderName; 3]| {
-        let Some(t) = t else { return };
+    let upstream_sent_some = headers.keys().any(|k| k.as_str().starts_with("x-rate"));
+    for (t, names) in [
+        (requests, [LIMIT_REQUESTS, REMAINING_REQUESTS, RESET_REQUESTS]),
+        (tokens, [LIMIT_TOKENS, REMAINING_TOKENS, RESET_TOKENS]),
+    ] {
         let [limit, remaining, reset] = names;
-        headers.insert(limit, HeaderValue::from(t.limit));
-        headers.insert(remaining, HeaderValue::from(t.remaining));
-        if let Ok(value) = HeaderValue::from_str(&reset_text(t.reset)) {
-            headers.insert(reset, value);
+        match t {
+            Some(t) => {
+                headers.insert(limit, HeaderValue::from(t.limit));
+                headers.insert(remaining, HeaderValue::from(t.remaining));
+                headers.insert(reset, reset_value(t.reset));
+            }
+            None if upstream_sent_some => {
+                for name in [limit, remaining, reset] {
+                    headers.remove(name);
+                }
+            }
+            None => {}
         }
-    };
-    put(requests, [LIMIT_REQUESTS, REMAINING_REQUESTS, RESET_REQUESTS]);
-    put(tokens, [LIMIT_TOKENS, REMAINING_TOKENS, RESET_TOKENS]);
+    }
+    if upstream_sent_some {
+        headers.remove(OLD_RESET_TOKENS);
+    }
 }
 
 /// The chain's tightest request and token counters at `now` (unix ms).
@@ -145,17 +151,62 @@ fn tightest(chain: &KeyChain, now: i64) -> (Option<Tightest>, Option<Tightest>) 
 }
 
 /// A reset delay the way OpenAI writes it: `850ms`, `17s`, `6m0s`, `2h3m0s`.
-fn reset_text(d: Duration) -> String {
+fn reset_value(d: Duration) -> HeaderValue {
+    let mut text = ResetText::default();
     let ms = d.as_millis() as u64;
     if ms < 1_000 {
-        return format!("{ms}ms");
+        text.number(ms).push(b"ms");
+    } else {
+        let secs = ms.div_ceil(1_000);
+        let (h, m, s) = (secs / 3600, secs / 60 % 60, secs % 60);
+        if h > 0 {
+            text.number(h).push(b"h");
+        }
+        if h > 0 || m > 0 {
+            text.number(m).push(b"m");
+        }
+        text.number(s).push(b"s");
     }
-    let secs = ms.div_ceil(1_000);
-    let (h, m, s) = (secs / 3600, secs / 60 % 60, secs % 60);
-    match (h, m) {
-        (0, 0) => format!("{s}s"),
-        (0, _) => format!("{m}m{s}s"),
-        _ => format!("{h}h{m}m{s}s"),
+    // Digits and letters only: always a valid header value.
+    HeaderValue::from_bytes(text.as_bytes()).unwrap_or(HeaderValue::from_static("0s"))
+}
+
+/// A reset text on the stack: at most three 20-digit numbers and their units.
+struct ResetText {
+    buf: [u8; 72],
+    len: usize,
+}
+
+impl Default for ResetText {
+    fn default() -> Self {
+        ResetText { buf: [0; 72], len: 0 }
+    }
+}
+
+impl ResetText {
+    fn push(&mut self, bytes: &[u8]) -> &mut Self {
+        let end = (self.len + bytes.len()).min(self.buf.len());
+        self.buf[self.len..end].copy_from_slice(&bytes[..end - self.len]);
+        self.len = end;
+        self
+    }
+
+    fn number(&mut self, mut n: u64) -> &mut Self {
+        let mut digits = [0u8; 20];
+        let mut at = digits.len();
+        loop {
+            at -= 1;
+            digits[at] = b'0' + (n % 10) as u8;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
+        }
+        self.push(&digits[at..])
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        &self.buf[..self.len]
     }
 }
 
@@ -171,10 +222,16 @@ mod tests {
 
     #[test]
     fn resets_read_like_openai_s() {
-        assert_eq!(reset_text(Duration::from_millis(850)), "850ms");
-        assert_eq!(reset_text(Duration::from_millis(16_200)), "17s");
-        assert_eq!(reset_text(Duration::from_secs(360)), "6m0s");
-        assert_eq!(reset_text(Duration::from_secs(7_380)), "2h3m0s");
+        assert_eq!(reset_value(Duration::from_millis(0)), "0ms");
+        assert_eq!(reset_value(Duration::from_millis(850)), "850ms");
+        assert_eq!(reset_value(Duration::from_millis(1_000)), "1s");
+        assert_eq!(reset_value(Duration::from_millis(16_200)), "17s");
+        assert_eq!(reset_value(Duration::from_secs(360)), "6m0s");
+        assert_eq!(reset_value(Duration::from_secs(3_600)), "1h0m0s");
+        assert_eq!(reset_value(Duration::from_secs(7_380)), "2h3m0s");
+        assert_eq!(reset_value(Duration::from_secs(86_400)), "24h0m0s");
+        let most = reset_value(Duration::MAX);
+        assert!(most.to_str().is_ok_and(|t| t.ends_with('s') && t.contains('h')), "{most:?}");
     }
 
     #[test]
@@ -232,6 +289,44 @@ mod tests {
         assert_eq!(headers["x-ratelimit-limit-tokens"], "5000");
         assert_eq!(headers["x-ms-region"], "East US");
         assert!(headers.contains_key("x-ratelimit-reset-tokens"));
+    }
+
+    #[test]
+    fn a_kind_the_chain_does_not_limit_keeps_none_of_the_upstreams_headers() {
+        let now = 1_796_637_630_000;
+        let budget = Arc::new(KeyBudget::new(GatewayKeyId::new(), now));
+        let mut own = KeyLimits::default();
+        own.per_minute.requests = Some(60);
+        let chain = KeyChain::new(vec![Link::new(budget, &own)], Arc::new(Shared::new()));
+        let mut headers = HeaderMap::new();
+        for (name, value) in [
+            ("x-ratelimit-limit-requests", "1000"),
+            ("x-ratelimit-remaining-requests", "999"),
+            ("x-ratelimit-limit-tokens", "100000"),
+            ("x-ratelimit-remaining-tokens", "61353"),
+            ("x-ratelimit-reset-tokens", "5s"),
+            ("x-rate-limit-reset-tokens", "5"),
+            ("x-ms-region", "East US"),
+        ] {
+            headers.insert(name, HeaderValue::from_static(value));
+        }
+        set_headers(&chain, &mut headers);
+        assert_eq!(headers["x-ratelimit-limit-requests"], "60");
+        assert_eq!(headers["x-ratelimit-remaining-requests"], "60");
+        assert!(headers.contains_key("x-ratelimit-reset-requests"));
+        for gone in [
+            "x-ratelimit-limit-tokens",
+            "x-ratelimit-remaining-tokens",
+            "x-ratelimit-reset-tokens",
+            "x-rate-limit-reset-tokens",
+        ] {
+            assert!(!headers.contains_key(gone), "{gone} kept: {headers:?}");
+        }
+        assert_eq!(headers.len(), 4, "{headers:?}");
+        // An upstream without quota headers: the key's alone.
+        let mut headers = HeaderMap::new();
+        set_headers(&chain, &mut headers);
+        assert_eq!(headers.len(), 3, "{headers:?}");
     }
 
     #[test]

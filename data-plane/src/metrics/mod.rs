@@ -109,7 +109,7 @@ pub(crate) const GEN_AI_OPERATIONS: [&str; 14] = [
 /// Attempt outcome labels: the `x-modelgw-attempts` labels of an attempt
 /// (`proxy::attempt::Outcome`, in its declaration order), then of a skipped member
 /// (`health::Unavailable`). Indexed by [`attempt_index`] / [`skip_index`].
-pub(crate) const ATTEMPT_OUTCOMES: [&str; 16] = [
+pub(crate) const ATTEMPT_OUTCOMES: [&str; 17] = [
     "ok",
     "client_error",
     "server_error_passed_through",
@@ -126,6 +126,7 @@ pub(crate) const ATTEMPT_OUTCOMES: [&str; 16] = [
     "skipped_error_cooldown",
     "skipped_fleet_error",
     "skipped_half_open_trial_busy",
+    "skipped_quota_exhausted",
 ];
 const FIRST_SKIP: usize = 11;
 const THROTTLED: usize = 4;

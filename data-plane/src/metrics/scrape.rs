@@ -344,9 +344,14 @@ impl Collector for Scrape {
         let endpoint_labels: Vec<_> = endpoints.iter().map(|e| e.labels.load_full()).collect();
         let mut states = Vec::new();
         let mut remaining = Vec::new();
+        let mut shares = Vec::new();
         for (endpoint, labels) in endpoints.iter().zip(&endpoint_labels) {
             let (name, region) = (&*labels.0, &*labels.1);
             let current = self.health.state(endpoint.endpoint_id, now);
+            shares.push((
+                vec![("endpoint", name), ("region", region)],
+                self.health.quota_share(endpoint.endpoint_id),
+            ));
             for (state, label) in [
                 (EndpointState::Healthy, "healthy"),
                 (EndpointState::Throttling, "throttling"),
@@ -383,6 +388,14 @@ impl Collector for Scrape {
             MetricType::Gauge,
             &remaining,
             gauge,
+        )?;
+        family(
+            &mut encoder,
+            "modelgw_endpoint_quota_share",
+            "This data plane's share of the endpoint's quota: its part of the fleet's recent spending on it (1 when alone).",
+            MetricType::Gauge,
+            &shares,
+            gauge_f64,
         )?;
 
         // The process.
@@ -470,16 +483,31 @@ impl Collector for Scrape {
             &[(none.clone(), version)],
             gauge,
         )?;
-        if let Some(age) = self.metrics.snapshot_age() {
+        // A snapshot from disk is as old as the control plane's last word on it, not as the
+        // moment it was loaded.
+        let stale = self.store.stale();
+        let age = match stale {
+            Some(origin) => Some(origin.age().as_secs_f64()),
+            None => self.metrics.snapshot_age(),
+        };
+        if let Some(age) = age {
             family(
                 &mut encoder,
                 "modelgw_snapshot_age_seconds",
-                "Seconds since the last snapshot was applied.",
+                "Seconds since the snapshot served came from a control plane (from disk: since a control plane last sent or confirmed it).",
                 MetricType::Gauge,
                 &[(none.clone(), age)],
                 gauge_f64,
             )?;
         }
+        family(
+            &mut encoder,
+            "modelgw_snapshot_stale",
+            "1 while the snapshot served was loaded from disk at start and no control plane has sent one since.",
+            MetricType::Gauge,
+            &[(none.clone(), i64::from(stale.is_some()))],
+            gauge,
+        )?;
         let connected = self.metrics.control_plane_connected.load(Ordering::Relaxed);
         family(
             &mut encoder,

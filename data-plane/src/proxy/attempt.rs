@@ -26,7 +26,7 @@ use http::{HeaderMap, StatusCode};
 use hyper::body::Incoming;
 
 use super::exchange::ReadAhead;
-use crate::health::HealthEvent;
+use crate::health::{HealthEvent, RateLimits};
 
 /// How an attempt ended: the `outcome` of its log line and its entry in `x-modelgw-attempts`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -201,6 +201,8 @@ pub(super) struct AttemptError {
     pub(super) reason: Cow<'static, str>,
     /// The window a 429 asked for, capped (set for `Throttled` only).
     retry_after: Option<Duration>,
+    /// The quota a 429 reported (`x-ratelimit-*`).
+    pub(super) limits: Option<RateLimits>,
 }
 
 impl AttemptError {
@@ -209,13 +211,18 @@ impl AttemptError {
         status: Option<StatusCode>,
         reason: impl Into<Cow<'static, str>>,
     ) -> Self {
-        Self { outcome, status, reason: reason.into(), retry_after: None }
+        Self { outcome, status, reason: reason.into(), retry_after: None, limits: None }
     }
 
-    pub(super) fn throttled(status: StatusCode, retry_after: Duration) -> Self {
+    pub(super) fn throttled(
+        status: StatusCode,
+        retry_after: Duration,
+        limits: Option<RateLimits>,
+    ) -> Self {
         let reason = format!("throttled; retry after {} ms", retry_after.as_millis());
         Self {
             retry_after: Some(retry_after),
+            limits,
             ..Self::new(Outcome::Throttled, Some(status), reason)
         }
     }
@@ -354,6 +361,7 @@ mod tests {
             Unavailable::Error { until: now, remote: false },
             Unavailable::Error { until: now, remote: true },
             Unavailable::TrialBusy,
+            Unavailable::Quota { until: now, first_answer: false },
         ] {
             let label = ATTEMPT_OUTCOMES[skip_index(skip.as_str())];
             assert_eq!(label, format!("skipped_{}", skip.as_str()));
@@ -453,7 +461,7 @@ mod tests {
     #[test]
     fn a_429_throttles_for_the_window_it_asked_for() {
         let throttled =
-            AttemptError::throttled(StatusCode::TOO_MANY_REQUESTS, Duration::from_secs(6));
+            AttemptError::throttled(StatusCode::TOO_MANY_REQUESTS, Duration::from_secs(6), None);
         assert_eq!(throttled.reason, "throttled; retry after 6000 ms");
         assert_eq!(
             throttled.health_event(),

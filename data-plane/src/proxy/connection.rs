@@ -95,34 +95,58 @@ impl Drop for OpenSlot {
     }
 }
 
+/// Requests in flight on one serving thread, for the shutdown log lines. Written by that
+/// thread only (no contention), read by the accept loop; on its own cache line.
+#[derive(Debug, Default)]
+#[repr(align(128))]
+pub(crate) struct InFlight(AtomicUsize);
+
+impl InFlight {
+    pub(crate) fn get(&self) -> usize {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
 /// What the watchdog of one connection knows about its requests.
 #[derive(Debug)]
 pub(crate) struct Activity {
     accepted: Instant,
     seen_request: AtomicBool,
+    /// The connection speaks HTTP/2 (known from its first request).
+    http2: AtomicBool,
     in_flight: AtomicUsize,
+    /// The serving thread's count of requests in flight.
+    worker_in_flight: Arc<InFlight>,
     /// When the last request ended, in nanoseconds after `accepted`.
     last_end_ns: AtomicU64,
 }
 
 impl Activity {
-    pub(crate) fn new(accepted: Instant) -> Self {
+    pub(crate) fn new(accepted: Instant, worker_in_flight: Arc<InFlight>) -> Self {
         Self {
             accepted,
             seen_request: AtomicBool::new(false),
+            http2: AtomicBool::new(false),
             in_flight: AtomicUsize::new(0),
+            worker_in_flight,
             last_end_ns: AtomicU64::new(0),
         }
     }
 
-    /// A request head arrived: in flight until the returned guard drops.
+    /// A request head arrived (over HTTP/2 or not): in flight until the returned guard drops.
     #[inline]
-    pub(crate) fn start(self: &Arc<Self>) -> Active {
+    pub(crate) fn start(self: &Arc<Self>, http2: bool) -> Active {
         self.in_flight.fetch_add(1, Ordering::AcqRel);
+        self.worker_in_flight.0.fetch_add(1, Ordering::Relaxed);
         if !self.seen_request.load(Ordering::Relaxed) {
-            self.seen_request.store(true, Ordering::Relaxed);
+            self.http2.store(http2, Ordering::Relaxed);
+            self.seen_request.store(true, Ordering::Release);
         }
         Active(Arc::clone(self))
+    }
+
+    fn is_http2(&self) -> bool {
+        self.seen_request.load(Ordering::Acquire) && self.http2.load(Ordering::Relaxed)
     }
 
     /// What the watchdog does at `now`.
@@ -160,6 +184,7 @@ impl Drop for Active {
         let ns = u64::try_from(activity.accepted.elapsed().as_nanos()).unwrap_or(u64::MAX);
         activity.last_end_ns.fetch_max(ns, Ordering::AcqRel);
         activity.in_flight.fetch_sub(1, Ordering::AcqRel);
+        activity.worker_in_flight.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -199,12 +224,18 @@ impl Body for Tracked {
     }
 }
 
-/// Whether serving should drain (stop taking requests and close when idle).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// The shutdown phase serving is in (`crate::shutdown`), in order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) enum Stop {
     Running,
-    /// Stop accepting; drain in-flight requests for up to the grace period.
+    /// The drain period: everything is served; HTTP/2 connections get GOAWAY so their clients
+    /// open new ones (HTTP/1 answers carry `Connection: close`, see `server.rs`).
+    Draining,
+    /// Stop accepting; close idle connections, let in-flight requests finish for up to the
+    /// grace period.
     Drain,
+    /// Cut every connection now (the grace period is over, or asked again).
+    Close,
 }
 
 /// Serves one connection to its end under its limits and the worker's stop signal. Returns
@@ -223,8 +254,9 @@ pub(crate) async fn drive<C>(
     tokio::pin!(connection);
     let mut check = activity.accepted + limits.header_read_timeout;
     let mut shut_down_at: Option<Instant> = None;
-    let mut draining = *stop.borrow() == Stop::Drain;
-    if draining {
+    // Told to shut down gracefully already (by the stop signal): not again.
+    let mut stopping = *stop.borrow_and_update() >= Stop::Drain;
+    if stopping {
         connection.as_mut().graceful_shutdown();
     }
     loop {
@@ -267,18 +299,29 @@ pub(crate) async fn drive<C>(
                             idle_ms = limits.idle_timeout.as_millis() as u64,
                             "connection idle; shutting it down"
                         );
-                        connection.as_mut().graceful_shutdown();
+                        if !stopping {
+                            connection.as_mut().graceful_shutdown();
+                        }
                         shut_down_at = Some(now);
                         check = now + IDLE_CLOSE_GRACE;
                     }
                     Verdict::RecheckAt(at) => check = at,
                 }
             }
-            changed = stop.changed(), if !draining => match changed {
-                Ok(()) if *stop.borrow() == Stop::Running => {}
+            changed = stop.changed(), if !stopping => match changed {
                 Ok(()) => {
-                    draining = true;
-                    connection.as_mut().graceful_shutdown();
+                    let phase = *stop.borrow_and_update();
+                    // HTTP/2 clients move on GOAWAY as soon as the drain period starts; an
+                    // HTTP/1 connection is told by `Connection: close` on its next answer, and
+                    // closed (if idle) only when accepting stops.
+                    let now = phase >= Stop::Drain
+                        || (phase == Stop::Draining && activity.is_http2());
+                    if now {
+                        stopping = true;
+                        if shut_down_at.is_none() {
+                            connection.as_mut().graceful_shutdown();
+                        }
+                    }
                 }
                 // Serving was dropped: nobody waits for a drain; close now.
                 Err(_) => return,
@@ -311,17 +354,19 @@ mod tests {
             idle_timeout: Duration::from_secs(60),
         };
         let t0 = Instant::now();
-        let activity = Arc::new(Activity::new(t0));
+        let activity = Arc::new(Activity::new(t0, Arc::default()));
         assert!(
             matches!(activity.verdict(&limits, t0), Verdict::RecheckAt(at) if at == t0 + Duration::from_secs(10))
         );
         assert!(matches!(activity.verdict(&limits, t0 + Duration::from_secs(10)), Verdict::Close));
-        let active = activity.start();
+        let active = activity.start(false);
+        assert_eq!(activity.worker_in_flight.get(), 1);
         assert!(matches!(
             activity.verdict(&limits, t0 + Duration::from_secs(500)),
             Verdict::RecheckAt(_)
         ));
         drop(active);
+        assert_eq!(activity.worker_in_flight.get(), 0);
         let ended = Instant::now();
         assert!(matches!(activity.verdict(&limits, ended), Verdict::RecheckAt(_)));
         assert!(matches!(

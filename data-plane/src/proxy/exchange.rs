@@ -19,7 +19,7 @@ use super::attempt::{Answer, AttemptError, Outcome, Retry, body_broke, body_stal
 use super::deadline::bounded;
 use super::upstream::RequestPlan;
 use super::upstream_client::UpstreamBody;
-use crate::health::retry_after_from_headers;
+use crate::health::{RateLimits, retry_after_from_headers};
 use crate::routing_table::{CompiledEndpoint, UpstreamAuth};
 
 /// How much of a 429 body is read to find "retry after N seconds" when the headers give no
@@ -108,7 +108,8 @@ impl Proxy {
                 None => Some(read_prefix(body, THROTTLE_BODY_LIMIT).await),
             };
             let window = self.health.policy().throttle_window(&parts.headers, text.as_deref(), now);
-            return Err(AttemptError::throttled(status, window));
+            let limits = RateLimits::from_headers(&parts.headers);
+            return Err(AttemptError::throttled(status, window, limits));
         }
         if outcome.retry() == Retry::NextEndpoint {
             let reason = format!("upstream answered {status}");

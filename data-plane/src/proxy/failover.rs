@@ -53,27 +53,20 @@ impl Proxy {
         let mut attempt = 0u32;
         let mut round = 0u32;
         loop {
+            let demand = plan.demand;
             let candidates = match &plan.pinned {
                 Some(pinned) => pinning::candidate(gateway, pinned),
-                None => self.selector.candidates(gateway, &self.health, Instant::now()),
+                None => self.selector.candidates(gateway, &self.health, Instant::now(), &demand),
             };
             let mut unavailable: Vec<Unavailable> = Vec::with_capacity(candidates.len());
-            for candidate in candidates.iter().filter(|c| c.low_headroom && c.skip.is_none()) {
-                let endpoint = &candidate.endpoint;
-                info!(
-                    request_id = rid,
-                    endpoint = %endpoint.name,
-                    region = %endpoint.region,
-                    reason = "low_quota_headroom",
-                    "endpoint deferred after the others of its group"
-                );
-            }
             for candidate in &candidates {
                 let endpoint = &candidate.endpoint;
                 let admitted = match candidate.skip {
                     Some(skip) => Err(skip),
-                    None if plan.pinned.is_some() => Ok(self.health.admit_pinned(endpoint.id)),
-                    None => self.health.admit(endpoint.id, Instant::now()),
+                    None if plan.pinned.is_some() => {
+                        Ok(self.health.admit_pinned(endpoint.id, demand.tokens, Instant::now()))
+                    }
+                    None => self.health.admit_for(endpoint.id, Instant::now(), &demand),
                 };
                 let mut admission = match admitted {
                     Ok(admission) => admission,
@@ -123,7 +116,14 @@ impl Proxy {
                             // A quick rejection says nothing about how fast it serves.
                             self.health.record_latency(endpoint.id, now - started, now);
                         }
-                        self.health.record_rate_limits(endpoint.id, limits.as_ref(), now);
+                        let mark = admission.mark();
+                        self.health.record_quota(
+                            endpoint.id,
+                            limits.as_ref(),
+                            mark,
+                            now,
+                            &demand.policy,
+                        );
                         note(&mut attempts, endpoint, answer.outcome.label(), ms);
                         let status = Some(answer.status.as_u16());
                         trace_attempt(tally, endpoint, status, answer.outcome.label(), ms);
@@ -157,6 +157,17 @@ impl Proxy {
                         note(&mut attempts, endpoint, error.label(), ms);
                         let status = error.status.map(|s| s.as_u16());
                         trace_attempt(tally, endpoint, status, error.label(), ms);
+                        // A 429 says how much quota is left too (an error without the
+                        // headers, or without an answer at all, says nothing).
+                        if let Some(limits) = error.limits.as_ref() {
+                            self.health.record_quota(
+                                endpoint.id,
+                                Some(limits),
+                                admission.mark(),
+                                now,
+                                &demand.policy,
+                            );
+                        }
                         if let Some(event) = error.health_event() {
                             self.health.record(endpoint.id, &event, now);
                         }
@@ -191,24 +202,43 @@ impl Proxy {
                 }
             }
             let now = Instant::now();
-            if gateway.routing.wait_for_recovery
+            // Endpoints held back only until their first answer are waited for whatever the
+            // gateway's setting: nothing says they are out of quota.
+            let first_answers = unavailable.iter().all(|u| u.awaits_first_answer());
+            if (gateway.routing.wait_for_recovery || first_answers)
                 && !unavailable.is_empty()
                 && round < MAX_RECOVERY_ROUNDS
             {
-                let recovery = unavailable
+                let for_quota = unavailable.iter().all(|u| u.is_quota());
+                let mut recovery = unavailable
                     .iter()
                     .map(|u| u.until().unwrap_or(now + TRIAL_BUSY_RETRY))
                     .min()
                     .unwrap_or(now)
                     .max(now + MIN_RECOVERY_WAIT);
+                if for_quota {
+                    // Requests waiting for the same refill wake spread over a few ms, not as
+                    // one herd of which all but one wait again.
+                    recovery += Duration::from_micros(rand::random_range(0..20_000));
+                }
                 if recovery < deadline {
-                    round += 1;
-                    info!(
-                        request_id = rid,
-                        wait_ms = (recovery - now).as_millis() as u64,
-                        round,
-                        "no endpoint available; waiting for the earliest recovery"
-                    );
+                    let wait_ms = (recovery - now).as_millis() as u64;
+                    if for_quota {
+                        // Waiting for a refill the estimate foresees is bounded by the
+                        // deadline alone: each round is cheap, and many requests may queue.
+                        debug!(
+                            request_id = rid,
+                            wait_ms, "every endpoint out of quota; waiting for the refill"
+                        );
+                    } else {
+                        round += 1;
+                        info!(
+                            request_id = rid,
+                            wait_ms,
+                            round,
+                            "no endpoint available; waiting for the earliest recovery"
+                        );
+                    }
                     tokio::time::sleep_until(recovery.into()).await;
                     tally.waited += now.elapsed();
                     continue;
@@ -348,17 +378,28 @@ fn log_attempt(
     }
 }
 
-/// The line for a member that is not tried, with why and until when.
+/// The line for a member that is not tried, with why and until when (`debug` for quota:
+/// an endpoint out of quota is skipped by many requests; its state change has its own line).
 fn log_skip(rid: &str, endpoint: &CompiledEndpoint, skip: Unavailable) {
     let wait_ms = skip.until().map(|until| until.saturating_duration_since(Instant::now()));
-    info!(
-        request_id = rid,
-        endpoint = %endpoint.name,
-        region = %endpoint.region,
-        reason = skip.as_str(),
-        wait_ms = wait_ms.map(|w| w.as_millis() as u64),
-        "endpoint skipped"
-    );
+    let wait_ms = wait_ms.map(|w| w.as_millis() as u64);
+    macro_rules! skipped {
+        ($level:ident) => {
+            $level!(
+                request_id = rid,
+                endpoint = %endpoint.name,
+                region = %endpoint.region,
+                reason = skip.as_str(),
+                wait_ms,
+                "endpoint skipped"
+            )
+        };
+    }
+    if skip.is_quota() {
+        skipped!(debug);
+    } else {
+        skipped!(info);
+    }
 }
 
 /// The counters of a candidate's (gateway, endpoint) pair, by reference (`None` with

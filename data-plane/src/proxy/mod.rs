@@ -131,6 +131,8 @@ pub(crate) struct Proxy {
     pub tracer: Option<trace_context::RequestTracer>,
     /// Where the request traces of gateways that record them go (`crate::traces`).
     pub traces: Arc<crate::traces::TraceQueue>,
+    /// Whether the data plane is draining (shutting down): `/readyz` then fails.
+    pub lifecycle: Arc<crate::shutdown::Lifecycle>,
 }
 
 /// What a request's accounting needs, filled in as it goes; recorded once its answer's head
@@ -167,10 +169,22 @@ impl Proxy {
         match route {
             Route::Healthz => return reply::text(StatusCode::OK, "ok\n"),
             Route::Readyz => {
-                return if self.store.is_ready() {
-                    reply::text(StatusCode::OK, "ready\n")
-                } else {
-                    reply::text(StatusCode::SERVICE_UNAVAILABLE, "no configuration yet\n")
+                // Draining first: a balancer must stop sending here even with a snapshot.
+                if self.lifecycle.is_draining() {
+                    return reply::text(StatusCode::SERVICE_UNAVAILABLE, "draining\n");
+                }
+                return match self.store.stale() {
+                    // Serving, so ready; the body says the configuration may be out of date.
+                    Some(origin) => reply::text(
+                        StatusCode::OK,
+                        format!(
+                            "ready (stale snapshot from disk, version {}, age {} s)\n",
+                            self.store.version().0,
+                            origin.age().as_secs()
+                        ),
+                    ),
+                    None if self.store.is_ready() => reply::text(StatusCode::OK, "ready\n"),
+                    None => reply::text(StatusCode::SERVICE_UNAVAILABLE, "no configuration yet\n"),
                 };
             }
             _ => {}
@@ -373,6 +387,7 @@ impl Proxy {
         if let (Some(pinned), Some(field)) = (&pinned, &previous_response) {
             body = pinning::with_upstream_previous(&body, field, &pinned.upstream_id, &mut model);
         }
+        let body_len = body.len();
         let policy = &gateway.key_limits;
         let charge = match limits::admit_request(
             compiled_key,
@@ -432,6 +447,11 @@ impl Proxy {
             trace: trace.as_deref_mut(),
             charge,
             pinned,
+            demand: crate::health::Demand {
+                tokens: limits::reservation(call.operation, body_len, &cap, &gateway.key_limits)
+                    .total_tokens,
+                policy: gateway.routing.quota,
+            },
         };
         let timeout = deadline::request_timeout(
             gateway.routing.request_timeout_ms,

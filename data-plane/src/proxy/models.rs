@@ -4,11 +4,15 @@
 //! and no upstream is asked (an upstream's list would name its own deployments, which a key
 //! cannot call).
 //!
-//! The bytes are built once per gateway when the routing table is compiled
-//! ([`ModelsAnswer::new`]); a request only picks them. The dated surface gets Azure's list
+//! The bytes are built once per gateway and routing table, by the first request that needs them
+//! ([`ModelsAnswer::new`] only keeps the name and the creation time: a snapshot of 1,000
+//! gateways compiled 1,000 JSON documents that hardly anyone reads — 14 % of a 10,000-endpoint
+//! apply, BENCHMARKS.md); every later request only picks them. The dated surface gets Azure's list
 //! shape (`status`, `capabilities`, `lifecycle_status`, `created_at`), the v1 surface OpenAI's
 //! (`created`, `owned_by`); both carry `id`, `object`, `created` and `owned_by`, the fields the
 //! SDKs' `Model` type requires.
+
+use std::sync::OnceLock;
 
 use bytes::Bytes;
 use http::header::CONTENT_TYPE;
@@ -26,17 +30,25 @@ const OWNED_BY: &str = "model-gateway";
 /// The two names a key may put in `model` or the deployment path, besides each other.
 const AUTO: &str = "auto";
 
-/// A gateway's model list and its two model objects, per surface, ready to send.
+/// A gateway's model list and its two model objects, per surface: built on first use.
 #[derive(Debug, Clone)]
 pub(crate) struct ModelsAnswer {
+    /// The gateway's name (`auto` is the other one).
+    name: String,
+    /// When the gateway was created, unix seconds.
+    created: u64,
+    built: OnceLock<Built>,
+}
+
+/// The answers, ready to send.
+#[derive(Debug, Clone)]
+struct Built {
     dated_list: Bytes,
     v1_list: Bytes,
     /// `[auto, gateway]` on the dated surface.
     dated_models: [Bytes; 2],
     /// `[auto, gateway]` on the v1 surface.
     v1_models: [Bytes; 2],
-    /// The gateway's name (`auto` is the other one).
-    name: String,
 }
 
 impl ModelsAnswer {
@@ -44,24 +56,30 @@ impl ModelsAnswer {
     /// UUIDv7), so the list does not change between snapshots.
     pub(crate) fn new(name: &str, id: GatewayId) -> Self {
         let created = id.0.get_timestamp().map_or(0, |timestamp| timestamp.to_unix().0);
-        let names = [AUTO, name];
-        let dated = names.map(|id| azure_model(id, created));
-        let v1 = names.map(|id| openai_model(id, created));
-        let list = |data: &[Value; 2]| bytes(&json!({ "object": "list", "data": data }));
-        ModelsAnswer {
-            dated_list: list(&dated),
-            v1_list: list(&v1),
-            dated_models: dated.each_ref().map(bytes),
-            v1_models: v1.each_ref().map(bytes),
-            name: name.to_owned(),
-        }
+        ModelsAnswer { name: name.to_owned(), created, built: OnceLock::new() }
+    }
+
+    fn built(&self) -> &Built {
+        self.built.get_or_init(|| {
+            let names = [AUTO, self.name.as_str()];
+            let dated = names.map(|id| azure_model(id, self.created));
+            let v1 = names.map(|id| openai_model(id, self.created));
+            let list = |data: &[Value; 2]| bytes(&json!({ "object": "list", "data": data }));
+            Built {
+                dated_list: list(&dated),
+                v1_list: list(&v1),
+                dated_models: dated.each_ref().map(bytes),
+                v1_models: v1.each_ref().map(bytes),
+            }
+        })
     }
 
     /// The list for `surface`.
     pub(super) fn list(&self, surface: Surface) -> Response<ProxyBody> {
+        let built = self.built();
         match surface {
-            Surface::Dated => ok(&self.dated_list),
-            Surface::V1 => ok(&self.v1_list),
+            Surface::Dated => ok(&built.dated_list),
+            Surface::V1 => ok(&built.v1_list),
         }
     }
 
@@ -84,9 +102,10 @@ impl ModelsAnswer {
         } else {
             return Some(ModelById::Unknown);
         };
+        let built = self.built();
         let models = match surface {
-            Surface::Dated => &self.dated_models,
-            Surface::V1 => &self.v1_models,
+            Surface::Dated => &built.dated_models,
+            Surface::V1 => &built.v1_models,
         };
         Some(ModelById::Found(ok(&models[index])))
     }

@@ -180,7 +180,7 @@ pub(super) fn candidate(gateway: &CompiledGateway, pinned: &Pinned) -> Vec<Candi
     vec![Candidate {
         endpoint: std::sync::Arc::clone(&m.endpoint),
         skip: None,
-        low_headroom: false,
+        short: false,
         group: pinned.group,
         member: pinned.member,
     }]

@@ -118,15 +118,20 @@ impl Proxy {
             // Read whole before the commit (a chat or embeddings answer): nothing left that
             // could fail, nothing to frame; its frames go out as they are.
             drop(body);
+            let encoded = is_encoded(&headers);
+            // Read once for the trace, the metrics and the key's limits alike.
+            let usage = if (trace.is_some() || accounting.is_some() || charge.is_some())
+                && status.is_success()
+                && !encoded
+            {
+                usage::usage_of_frames(ahead.frames.iter())
+            } else {
+                None
+            };
             if let Some(trace) = trace {
-                trace.finish_whole(status.as_u16(), &ahead.frames, is_encoded(&headers));
+                trace.finish_whole(status.as_u16(), &ahead.frames, encoded, usage);
             }
             if accounting.is_some() || charge.is_some() {
-                let usage = if status.is_success() && !is_encoded(&headers) {
-                    usage::usage_of_frames(ahead.frames.iter())
-                } else {
-                    None
-                };
                 if let Some(counters) = accounting {
                     let elapsed = plan.started.elapsed();
                     let end = Finished { elapsed, usage, ..Finished::default() };

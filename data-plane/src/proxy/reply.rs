@@ -15,7 +15,7 @@ fn body(bytes: impl Into<Bytes>) -> ProxyBody {
     Full::new(bytes.into()).map_err(|never| -> BoxError { match never {} }).boxed()
 }
 
-pub(crate) fn text(status: StatusCode, text: &'static str) -> Response<ProxyBody> {
+pub(crate) fn text(status: StatusCode, text: impl Into<Bytes>) -> Response<ProxyBody> {
     let mut response = Response::new(body(text));
     *response.status_mut() = status;
     response

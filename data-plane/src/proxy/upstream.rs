@@ -262,6 +262,8 @@ pub(crate) struct RequestPlan<'a> {
     /// A call about a stored response: the one member that may answer it, and the response's
     /// upstream id (`None`: any member may).
     pub pinned: Option<super::pinning::Pinned>,
+    /// What the request costs an endpoint's quota, and the gateway's rules for reading it.
+    pub demand: crate::health::Demand,
 }
 
 impl RequestPlan<'_> {
@@ -435,6 +437,7 @@ mod tests {
             trace: None,
             charge: None,
             pinned: None,
+            demand: crate::health::Demand::default(),
         }
     }
 

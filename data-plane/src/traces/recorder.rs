@@ -3,7 +3,7 @@
 //! (or the client goes away) for relayed ones.
 
 use std::collections::VecDeque;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -15,7 +15,7 @@ use modelgw_model::{EndpointId, GatewayId, GatewayKeyId};
 use super::redact::{Captured, MAX_CAPTURE_PARSE_BYTES, capture_body};
 use super::stream::{ChatReassembly, RawEvents};
 use super::{CompiledTraces, TraceQueue};
-use crate::metrics::usage::{Usage, find_usage, has_token, usage_of_frames};
+use crate::metrics::usage::{Usage, find_usage, has_token};
 
 /// Bytes of a relayed non-streamed body's end kept to find its `usage` and `model` when the
 /// body is not captured (the members are at the end of the answer).
@@ -82,11 +82,17 @@ fn tail_of(frames: &VecDeque<Bytes>, max: usize) -> std::borrow::Cow<'_, [u8]> {
     }
 }
 
+/// The key of the answer's `model` member.
+const MODEL_KEY: &[u8] = b"\"model\"";
+
+/// [`MODEL_KEY`]'s searcher, built once (building one costs more than most searches).
+static MODEL_FINDER: LazyLock<memmem::Finder<'static>> =
+    LazyLock::new(|| memmem::Finder::new(MODEL_KEY));
+
 /// The first `"model": "<string>"` member of `bytes` (the answer names the model it ran).
 pub(crate) fn answer_model(bytes: &[u8]) -> Option<String> {
-    const KEY: &[u8] = b"\"model\"";
-    memmem::find_iter(bytes, KEY).find_map(|at| {
-        let rest = &bytes[at + KEY.len()..];
+    MODEL_FINDER.find_iter(bytes).find_map(|at| {
+        let rest = &bytes[at + MODEL_KEY.len()..];
         let colon = rest.iter().position(|b| !b.is_ascii_whitespace())?;
         if rest[colon] != b':' {
             return None;
@@ -186,18 +192,19 @@ impl TraceRecorder {
         self.queue();
     }
 
-    /// An answer read whole before it was committed: the trace ends here.
+    /// An answer read whole before it was committed: the trace ends here. `usage`: what the
+    /// request path read from the answer (a success, not content-encoded) for its metrics and
+    /// limits — read once per request, not again here.
     pub(crate) fn finish_whole(
         mut self: Box<Self>,
         status: u16,
         frames: &VecDeque<Bytes>,
         encoded: bool,
+        usage: Option<Usage>,
     ) {
         self.trace.status = status;
         if !encoded {
-            if status < 300 {
-                self.set_usage(usage_of_frames(frames.iter()));
-            }
+            self.set_usage(usage);
             // In the first frame (OpenAI puts it first) or near the end (Azure sorts the
             // members: `model` comes just before `usage`); the body is never joined whole.
             let model = frames.front().and_then(|first| answer_model(first)).or_else(|| {
@@ -403,6 +410,8 @@ mod tests {
     use super::*;
     use modelgw_model::traces::TraceSettings;
 
+    use crate::metrics::usage::usage_of_frames;
+
     fn recorder(queue: &Arc<TraceQueue>, settings: TraceSettings) -> Box<TraceRecorder> {
         let config = CompiledTraces::compile(&settings).expect("enabled");
         TraceRecorder::start(
@@ -487,7 +496,7 @@ mod tests {
         ]
         .into_iter()
         .collect();
-        r.finish_whole(200, &frames, false);
+        r.finish_whole(200, &frames, false, usage_of_frames(frames.iter()));
         let t = queue.next_batch().expect("queued").traces.remove(0);
         assert_eq!((t.request_body, t.response_body, t.payload_truncated), (None, None, false));
         assert_eq!(

@@ -186,8 +186,37 @@ pub async fn start(config: DataPlaneConfig) -> Result<TestGateway> {
     start_exactly(DataPlaneConfig { allow_loopback_upstreams: true, ..config }).await
 }
 
+/// [`start`], stopped by shutdown requests through the returned trigger (each one moves the
+/// shutdown a phase on) instead of `TestGateway::stop`.
+pub async fn start_with_trigger(
+    config: DataPlaneConfig,
+) -> Result<(TestGateway, modelgw_data_plane::ShutdownTrigger)> {
+    let (trigger, shutdown) = modelgw_data_plane::shutdown_channel();
+    let gw = start_running(DataPlaneConfig { allow_loopback_upstreams: true, ..config }, |dp| {
+        tokio::spawn(dp.run_until_shutdown(shutdown))
+    })
+    .await?;
+    Ok((gw, trigger))
+}
+
 /// [`start`] with `config` as it is (e.g. loopback upstreams refused).
 pub async fn start_exactly(config: DataPlaneConfig) -> Result<TestGateway> {
+    let (stop, stopped) = oneshot::channel::<()>();
+    let mut gw = start_running(config, |dp| {
+        tokio::spawn(dp.run(async move {
+            let _ = stopped.await;
+        }))
+    })
+    .await?;
+    gw.stop = Some(stop);
+    Ok(gw)
+}
+
+/// Binds a data plane with `config` (on 127.0.0.1:0, no control plane) and runs it with `run`.
+async fn start_running(
+    config: DataPlaneConfig,
+    run: impl FnOnce(DataPlane) -> tokio::task::JoinHandle<Result<(), DataPlaneError>>,
+) -> Result<TestGateway> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let dp = DataPlane::bind(DataPlaneConfig {
         gateway_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
@@ -202,10 +231,7 @@ pub async fn start_exactly(config: DataPlaneConfig) -> Result<TestGateway> {
     let health = dp.health();
     let metrics_addr = dp.metrics_addr();
     let traces = dp.trace_queue();
-    let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(dp.run(async move {
-        let _ = stopped.await;
-    }));
+    let task = run(dp);
     let http = reqwest::Client::builder().no_proxy().build()?;
     Ok(TestGateway {
         base,
@@ -215,7 +241,7 @@ pub async fn start_exactly(config: DataPlaneConfig) -> Result<TestGateway> {
         metrics_addr,
         traces,
         http,
-        stop: Some(stop),
+        stop: None,
         task,
     })
 }

@@ -20,6 +20,10 @@
 
 /// Headless Chromium over WebDriver, for the console's browser tests.
 pub mod browser;
+/// A local nginx acting as Azure Front Door (probing `/readyz`), for rolling restarts.
+pub mod front_door;
+/// Open- and closed-loop client load, for the quota scenarios.
+pub mod load;
 /// Scrapes of `/metrics` and the metric selectors of PromQL expressions.
 pub mod metrics;
 /// An OTLP trace receiver, for the trace tests.
@@ -34,7 +38,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 /// The mock regions: the same harness type and typed faults as the in-process proxy tests.
 pub use modelgw_mock_openai::pki::{TestCa, TestPki};
-pub use modelgw_mock_openai::{Fault, Region};
+pub use modelgw_mock_openai::{Fault, Quota, QuotaCounts, QuotaHeaders, Region};
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use tokio::process::{Child, Command};
@@ -92,6 +96,29 @@ impl Proc {
         matches!(self.child.try_wait(), Ok(None))
     }
 
+    /// SIGTERM, then the exit status, which must come within `within` (else SIGKILL and an
+    /// error): for scenarios that check a graceful exit.
+    pub async fn terminate(
+        &mut self,
+        within: Duration,
+    ) -> anyhow::Result<std::process::ExitStatus> {
+        if let Some(pid) = self.child.id() {
+            let _ = std::process::Command::new("kill").arg("-TERM").arg(pid.to_string()).status();
+        }
+        match tokio::time::timeout(within, self.child.wait()).await {
+            Ok(status) => Ok(status?),
+            Err(_) => {
+                let _ = self.child.kill().await;
+                bail!("{} did not exit within {within:?} of SIGTERM", self.name)
+            }
+        }
+    }
+
+    /// SIGKILL (no chance to clean up), and wait for the exit.
+    pub async fn kill(&mut self) {
+        let _ = self.child.kill().await;
+    }
+
     /// SIGTERM, then wait for the exit (SIGKILL after 10 s).
     pub async fn stop(&mut self) {
         if let Some(pid) = self.child.id() {
@@ -129,6 +156,8 @@ pub async fn spawn(
         .env_remove("MODELGW_MASTER_KEY")
         .env_remove("MODELGW_DATABASE_URL")
         .env_remove("MODELGW_DATA_PLANE_TOKEN")
+        .env_remove("MODELGW_SNAPSHOT_FILE")
+        .env_remove("MODELGW_SNAPSHOT_KEY")
         // Every upstream of the scenarios is a mock on 127.0.0.1.
         .env("MODELGW_ALLOW_LOOPBACK_UPSTREAMS", "true")
         // Metrics listeners on free ports: the defaults (4003, 4004) would collide between
@@ -359,6 +388,9 @@ pub struct Cluster {
     /// Extra environment for the control plane only (e.g. `MODELGW_GATEWAY_URL`, the Azure
     /// import settings).
     pub control_plane_env: Vec<(&'static str, String)>,
+    /// The control plane's database URL when not the cluster's SQLite file (a PostgreSQL
+    /// database shared by replicas; `MODELGW_MASTER_KEY` then goes in `control_plane_env`).
+    pub database_url: Option<String>,
 }
 
 impl Cluster {
@@ -380,6 +412,7 @@ impl Cluster {
             region_procs: Vec::new(),
             env: Vec::new(),
             control_plane_env: Vec::new(),
+            database_url: None,
         })
     }
 
@@ -387,22 +420,47 @@ impl Cluster {
         self.dir.path().join("modelgw.db")
     }
 
+    /// The control plane's database: [`Cluster::database_url`] when set (PostgreSQL), else
+    /// a SQLite file in the cluster's directory.
+    pub fn database(&self) -> String {
+        self.database_url
+            .clone()
+            .unwrap_or_else(|| format!("sqlite://{}", self.database_path().display()))
+    }
+
     /// Starts (or restarts, on the same ports and database) the control plane.
     pub async fn start_control_plane(&mut self) -> anyhow::Result<()> {
-        let mut env = self.env.clone();
-        env.extend(self.control_plane_env.iter().cloned());
-        env.extend([
-            ("MODELGW_DATABASE_URL", format!("sqlite://{}", self.database_path().display())),
-            ("MODELGW_ADMIN_ADDR", self.admin_addr.clone()),
-            ("MODELGW_GRPC_ADDR", self.grpc_addr.clone()),
-            ("MODELGW_ADMIN_TOKEN", self.admin_token.clone()),
-        ]);
-        env.extend(self.control_plane_tls());
-        let proc = spawn(&self.bin, "control-plane", &["control-plane"], &env).await?;
+        let proc =
+            self.spawn_control_plane("control-plane", &self.admin_addr, &self.grpc_addr).await?;
         self.admin_addr = proc.field("admin").trim_start_matches("http://").to_owned();
         self.grpc_addr = address_of(proc.field("grpc"));
         self.control_plane = Some(proc);
         Ok(())
+    }
+
+    /// Another control-plane replica on the same database (PostgreSQL), with the same
+    /// certificates and bootstrap token, on ports of its own; the caller owns the process.
+    /// Its admin API is at `http://{proc.field("admin")}`, its gRPC at `proc.field("grpc")`.
+    pub async fn start_replica(&self, name: &str) -> anyhow::Result<Proc> {
+        self.spawn_control_plane(name, "127.0.0.1:0", "127.0.0.1:0").await
+    }
+
+    async fn spawn_control_plane(
+        &self,
+        name: &str,
+        admin_addr: &str,
+        grpc_addr: &str,
+    ) -> anyhow::Result<Proc> {
+        let mut env = self.env.clone();
+        env.extend(self.control_plane_env.iter().cloned());
+        env.extend([
+            ("MODELGW_DATABASE_URL", self.database()),
+            ("MODELGW_ADMIN_ADDR", admin_addr.to_owned()),
+            ("MODELGW_GRPC_ADDR", grpc_addr.to_owned()),
+            ("MODELGW_ADMIN_TOKEN", self.admin_token.clone()),
+        ]);
+        env.extend(self.control_plane_tls());
+        spawn(&self.bin, name, &["control-plane"], &env).await
     }
 
     pub async fn stop_control_plane(&mut self) {
@@ -448,7 +506,10 @@ impl Cluster {
         node_id: &str,
         addr: &str,
     ) -> anyhow::Result<String> {
-        let mut env = self.env.clone();
+        // Nothing balances in front of most scenarios' data planes: a stop needs no drain
+        // period (a scenario about draining sets its own in `env`, which comes later and wins).
+        let mut env = vec![("MODELGW_DRAIN_PERIOD", "0s".to_owned())];
+        env.extend(self.env.iter().cloned());
         env.extend([
             ("MODELGW_GATEWAY_ADDR", addr.to_owned()),
             ("MODELGW_NODE_ID", node_id.to_owned()),

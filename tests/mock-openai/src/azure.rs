@@ -1,7 +1,7 @@
 //! The Azure OpenAI surface: routing, api-version, auth, deployments, scripted faults, answers.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::stream;
@@ -15,6 +15,7 @@ use uuid::Uuid;
 
 use crate::fault::Fault;
 use crate::multipart::{self, Form};
+use crate::quota::{Admission, Cost, Reading};
 use crate::responses::{self, FIRST_RESPONSES_API_VERSION};
 use crate::server::{Body, BodyError, MockError, full, read_body};
 use crate::state::{RecordedRequest, Remaining, StoredResponse};
@@ -152,7 +153,11 @@ struct Answer<'a> {
     client_request_id: Option<HeaderValue>,
     /// Set once the deployment is known to exist.
     deployment: Option<String>,
+    /// The legacy per-minute window's report, used while the region has no quota.
     remaining: Option<Remaining>,
+    /// The quota's reading at admission, when the region has a quota: it replaces
+    /// `remaining`, in the headers the quota's [`crate::QuotaHeaders`] asks for.
+    quota: Option<Reading>,
 }
 
 impl Answer<'_> {
@@ -170,7 +175,11 @@ impl Answer<'_> {
         if let Some(dep) = &self.deployment {
             headers.insert("x-ms-deployment-name", header_value(dep));
         }
-        if let Some(r) = self.remaining {
+        if let Some(reading) = &self.quota {
+            for (name, value) in reading.header_pairs() {
+                headers.insert(name, header_value(&value));
+            }
+        } else if let Some(r) = self.remaining {
             headers.insert("x-ratelimit-remaining-requests", HeaderValue::from(r.requests));
             headers.insert("x-ratelimit-remaining-tokens", HeaderValue::from(r.tokens));
             headers.insert("x-ratelimit-limit-requests", HeaderValue::from(state::REQUEST_LIMIT));
@@ -234,6 +243,7 @@ async fn answer(shared: &Shared, req: Request<Incoming>) -> Result<Response<Body
         client_request_id: parts.headers.get(CLIENT_REQUEST_ID).cloned(),
         deployment: None,
         remaining: None,
+        quota: None,
     };
     let body = match read_body(body).await {
         Ok(b) => b,
@@ -277,6 +287,8 @@ async fn answer(shared: &Shared, req: Request<Incoming>) -> Result<Response<Body
         tracing::Span::current().record("deployment", tracing::field::display(dep));
     }
     shared.state().record(RecordedRequest::new(&parts, &body, deployment.clone()));
+    let admission = admit(shared, &parts, route.as_ref(), deployment.as_deref(), json.as_ref());
+    let metered = admission.is_some();
 
     // A region's baseline distance applies to every answer.
     let latency = shared.latency();
@@ -284,194 +296,272 @@ async fn answer(shared: &Shared, req: Request<Incoming>) -> Result<Response<Body
         tokio::time::sleep(latency).await;
     }
 
-    let Some(route) = route else {
-        return Ok(ans.json(StatusCode::NOT_FOUND, wire::RESOURCE_NOT_FOUND));
-    };
-    let api_version = query_param(parts.uri.query(), "api-version");
-    let responses_op = route.op == Operation::Responses || route.op.names_a_response();
-    if !api_version_ok(route.v1, api_version)
-        || (responses_op && !responses_version_ok(route.v1, api_version))
-    {
-        return Ok(ans.json(StatusCode::NOT_FOUND, wire::RESOURCE_NOT_FOUND));
-    }
-    let exists = deployment.as_deref().is_some_and(|d| shared.has_deployment(d));
-    if let Some(dep) = deployment.as_deref().filter(|_| exists) {
-        ans.deployment = Some(dep.to_owned());
-        ans.remaining = Some(shared.state().spend(dep, 0, 0));
-    }
-    let bearer = shared.bearer_check();
-    if let Err(body) = check_auth(&parts.headers, &shared.config.api_key, route.v1, bearer.as_ref())
-    {
-        return Ok(ans.json(StatusCode::UNAUTHORIZED, body));
-    }
-    let fixed = shared.fixed_ids.load(std::sync::atomic::Ordering::Relaxed);
-    let created = if fixed { 1_736_407_895 } else { chrono::Utc::now().timestamp() };
-    if route.op == Operation::Models {
-        // The region's catalogue: no deployment, so no deployment's faults.
-        let config = &shared.config;
-        let body = if route.v1 {
-            media::openai_models(&config.model, &config.deployments, created)
-        } else {
-            media::azure_models(&config.model, &config.deployments, created)
+    // Every answer below leaves this block, so that a metered request answered 2xx is counted
+    // once as served, whichever branch answered it.
+    let result = async {
+        let Some(route) = route else {
+            return Ok(ans.json(StatusCode::NOT_FOUND, wire::RESOURCE_NOT_FOUND));
         };
-        return Ok(ans.json(StatusCode::OK, body));
-    }
-    if let Some(id) = response_id.as_deref().filter(|_| stored_deployment.is_none()) {
-        return Ok(ans.json(StatusCode::NOT_FOUND, responses::not_found(id)));
-    }
-    let Some(deployment) = deployment else {
-        // Only a deployment-less path without a usable `model` gets here.
-        let body = match &form {
-            Some(Err(_)) => media::MALFORMED_FORM,
-            None if json.is_none() => wire::INVALID_JSON,
-            _ => wire::MISSING_MODEL,
+        let api_version = query_param(parts.uri.query(), "api-version");
+        let responses_op = route.op == Operation::Responses || route.op.names_a_response();
+        if !api_version_ok(route.v1, api_version)
+            || (responses_op && !responses_version_ok(route.v1, api_version))
+        {
+            return Ok(ans.json(StatusCode::NOT_FOUND, wire::RESOURCE_NOT_FOUND));
+        }
+        let exists = deployment.as_deref().is_some_and(|d| shared.has_deployment(d));
+        if let Some(dep) = deployment.as_deref().filter(|_| exists) {
+            ans.deployment = Some(dep.to_owned());
+            ans.remaining = Some(shared.state().spend(dep, 0, 0));
+            ans.quota = match &admission {
+                Some(a) => Some(*a.reading()),
+                None => shared.state().quota_reading(dep, Instant::now()),
+            };
+        }
+        let bearer = shared.bearer_check();
+        if let Err(body) =
+            check_auth(&parts.headers, &shared.config.api_key, route.v1, bearer.as_ref())
+        {
+            return Ok(ans.json(StatusCode::UNAUTHORIZED, body));
+        }
+        let fixed = shared.fixed_ids.load(std::sync::atomic::Ordering::Relaxed);
+        let created = if fixed { 1_736_407_895 } else { chrono::Utc::now().timestamp() };
+        if route.op == Operation::Models {
+            // The region's catalogue: no deployment, so no deployment's faults.
+            let config = &shared.config;
+            let body = if route.v1 {
+                media::openai_models(&config.model, &config.deployments, created)
+            } else {
+                media::azure_models(&config.model, &config.deployments, created)
+            };
+            return Ok(ans.json(StatusCode::OK, body));
+        }
+        if let Some(id) = response_id.as_deref().filter(|_| stored_deployment.is_none()) {
+            return Ok(ans.json(StatusCode::NOT_FOUND, responses::not_found(id)));
+        }
+        let Some(deployment) = deployment else {
+            // Only a deployment-less path without a usable `model` gets here.
+            let body = match &form {
+                Some(Err(_)) => media::MALFORMED_FORM,
+                None if json.is_none() => wire::INVALID_JSON,
+                _ => wire::MISSING_MODEL,
+            };
+            return Ok(ans.json(StatusCode::BAD_REQUEST, body));
         };
-        return Ok(ans.json(StatusCode::BAD_REQUEST, body));
-    };
-    if !exists {
-        return Ok(ans.json(StatusCode::NOT_FOUND, wire::DEPLOYMENT_NOT_FOUND));
-    }
+        if !exists {
+            return Ok(ans.json(StatusCode::NOT_FOUND, wire::DEPLOYMENT_NOT_FOUND));
+        }
 
-    // The deployment serves this request: it counts against its quota and meets its faults.
-    ans.remaining = Some(shared.state().spend(&deployment, 1, 0));
-    let fault = shared.state().take_fault(&deployment);
-    if let Some(f) = &fault {
-        tracing::Span::current().record("fault", tracing::field::display(f.kind()));
-    }
-    let mut shape = BodyShape::Whole;
-    match fault {
-        None => {}
-        Some(Fault::Reset { .. }) => return Err(MockError::ScriptedReset),
-        Some(Fault::ContentFilter { .. }) => {
-            return Ok(ans.json(StatusCode::BAD_REQUEST, wire::CONTENT_FILTER));
-        }
-        Some(Fault::UnboundedEvent { bytes, .. }) => return Ok(unbounded_event(&ans, bytes)),
-        Some(Fault::Status { status, retry_after, retry_after_ms, .. }) => {
+        // The deployment serves this request: it counts against its quota and meets its faults.
+        if let Some(Admission::Throttled { retry_after, .. }) = admission {
             let version = api_version.unwrap_or("v1");
-            return Ok(status_answer(&ans, route.op, version, status, retry_after, retry_after_ms));
+            return Ok(quota_throttled(&ans, route.op, version, retry_after));
         }
-        Some(Fault::ThrottledByMessage { retry_after_secs, .. }) => {
-            let version = api_version.unwrap_or("v1");
-            let body = wire::too_many_requests(route.op, version, Some(retry_after_secs));
-            return Ok(ans.json(StatusCode::TOO_MANY_REQUESTS, body));
+        ans.remaining = Some(shared.state().spend(&deployment, 1, 0));
+        let fault = shared.state().take_fault(&deployment);
+        if let Some(f) = &fault {
+            tracing::Span::current().record("fault", tracing::field::display(f.kind()));
         }
-        Some(Fault::Latency { ms, .. }) => tokio::time::sleep(Duration::from_millis(ms)).await,
-        Some(Fault::StreamStall { after_chunks, ms, .. }) => {
-            shape = BodyShape::Stall { after: after_chunks, pause: Duration::from_millis(ms) };
-        }
-        Some(Fault::StreamCut { after_chunks, .. }) => {
-            shape = BodyShape::Cut { after: after_chunks }
-        }
-    }
-
-    let ctx = Ctx { shared, deployment: &deployment, created, fixed, shape };
-    if let Some(id) = response_id.as_deref() {
-        return Ok(stored_response(&ctx, &mut ans, route.op, id, parts.uri.query()));
-    }
-    if let Some(form) = form {
-        let form = match form {
-            Ok(form) => form,
-            Err(error) => {
-                tracing::debug!(%error, "mock refused a malformed form");
-                return Ok(ans.json(StatusCode::BAD_REQUEST, media::MALFORMED_FORM));
+        let mut shape = BodyShape::Whole;
+        match fault {
+            None => {}
+            Some(Fault::Reset { .. }) => return Err(MockError::ScriptedReset),
+            Some(Fault::ContentFilter { .. }) => {
+                return Ok(ans.json(StatusCode::BAD_REQUEST, wire::CONTENT_FILTER));
             }
-        };
-        return Ok(form_answer(&ctx, &ans, route.op, &form));
-    }
-    let Some(request) = json.filter(Value::is_object) else {
-        let body = if serde_json::from_slice::<Value>(&body).is_ok() {
-            wire::invalid_request("The request body must be a JSON object.")
-        } else {
-            wire::INVALID_JSON.to_owned()
-        };
-        return Ok(ans.json(StatusCode::BAD_REQUEST, body));
-    };
-    let id = |prefix: &str| if fixed { format!("{prefix}fixed") } else { random_id(prefix) };
-    let stream = request.get("stream").and_then(Value::as_bool) == Some(true);
-    let include_usage =
-        request.pointer("/stream_options/include_usage").and_then(Value::as_bool) == Some(true);
-    let model = shared.config.model.as_str();
-    let region = shared.config.region.as_str();
-    match route.op {
-        Operation::Chat => {
-            match request.get("messages").and_then(Value::as_array) {
-                None => {
-                    let body = wire::invalid_request("'messages' is a required property");
-                    return Ok(ans.json(StatusCode::BAD_REQUEST, body));
+            Some(Fault::UnboundedEvent { bytes, .. }) => return Ok(unbounded_event(&ans, bytes)),
+            Some(Fault::Status { status, retry_after, retry_after_ms, .. }) => {
+                let version = api_version.unwrap_or("v1");
+                return Ok(status_answer(
+                    &ans,
+                    route.op,
+                    version,
+                    status,
+                    retry_after,
+                    retry_after_ms,
+                ));
+            }
+            Some(Fault::ThrottledByMessage { retry_after_secs, .. }) => {
+                let version = api_version.unwrap_or("v1");
+                let body = wire::too_many_requests(route.op, version, Some(retry_after_secs));
+                return Ok(ans.json(StatusCode::TOO_MANY_REQUESTS, body));
+            }
+            Some(Fault::Latency { ms, .. }) => tokio::time::sleep(Duration::from_millis(ms)).await,
+            Some(Fault::StreamStall { after_chunks, ms, .. }) => {
+                shape = BodyShape::Stall { after: after_chunks, pause: Duration::from_millis(ms) };
+            }
+            Some(Fault::StreamCut { after_chunks, .. }) => {
+                shape = BodyShape::Cut { after: after_chunks }
+            }
+        }
+
+        let ctx = Ctx { shared, deployment: &deployment, created, fixed, shape };
+        if let Some(id) = response_id.as_deref() {
+            return Ok(stored_response(&ctx, &mut ans, route.op, id, parts.uri.query()));
+        }
+        if let Some(form) = form {
+            let form = match form {
+                Ok(form) => form,
+                Err(error) => {
+                    tracing::debug!(%error, "mock refused a malformed form");
+                    return Ok(ans.json(StatusCode::BAD_REQUEST, media::MALFORMED_FORM));
                 }
-                Some(m) if m.is_empty() => {
-                    let body = wire::invalid_request("[] is too short - 'messages'");
-                    return Ok(ans.json(StatusCode::BAD_REQUEST, body));
-                }
-                Some(m) => {
-                    if let Err(body) = wire::check_tool_messages(m) {
+            };
+            return Ok(form_answer(&ctx, &ans, route.op, &form));
+        }
+        let Some(request) = json.filter(Value::is_object) else {
+            let body = if serde_json::from_slice::<Value>(&body).is_ok() {
+                wire::invalid_request("The request body must be a JSON object.")
+            } else {
+                wire::INVALID_JSON.to_owned()
+            };
+            return Ok(ans.json(StatusCode::BAD_REQUEST, body));
+        };
+        let id = |prefix: &str| if fixed { format!("{prefix}fixed") } else { random_id(prefix) };
+        let stream = request.get("stream").and_then(Value::as_bool) == Some(true);
+        let include_usage =
+            request.pointer("/stream_options/include_usage").and_then(Value::as_bool) == Some(true);
+        let model = shared.config.model.as_str();
+        let region = shared.config.region.as_str();
+        match route.op {
+            Operation::Chat => {
+                match request.get("messages").and_then(Value::as_array) {
+                    None => {
+                        let body = wire::invalid_request("'messages' is a required property");
                         return Ok(ans.json(StatusCode::BAD_REQUEST, body));
                     }
+                    Some(m) if m.is_empty() => {
+                        let body = wire::invalid_request("[] is too short - 'messages'");
+                        return Ok(ans.json(StatusCode::BAD_REQUEST, body));
+                    }
+                    Some(m) => {
+                        if let Err(body) = wire::check_tool_messages(m) {
+                            return Ok(ans.json(StatusCode::BAD_REQUEST, body));
+                        }
+                    }
+                }
+                let c = Completion::new(id("chatcmpl-"), created, model, region, &request);
+                ans.remaining = Some(shared.state().spend(&deployment, 0, c.total_tokens()));
+                if stream {
+                    Ok(sse(&ans, c.chat_sse_payloads(include_usage), shared.stream_gap(), shape))
+                } else {
+                    Ok(json_shaped(&ans, c.chat_json(), shape))
                 }
             }
-            let c = Completion::new(id("chatcmpl-"), created, model, region, &request);
-            ans.remaining = Some(shared.state().spend(&deployment, 0, c.total_tokens()));
-            if stream {
-                Ok(sse(&ans, c.chat_sse_payloads(include_usage), shared.stream_gap(), shape))
-            } else {
-                Ok(json_shaped(&ans, c.chat_json(), shape))
+            Operation::Completions => {
+                let c = Completion::new(id("cmpl-"), created, model, region, &request);
+                ans.remaining = Some(shared.state().spend(&deployment, 0, c.total_tokens()));
+                if stream {
+                    Ok(sse(&ans, c.text_sse_payloads(include_usage), shared.stream_gap(), shape))
+                } else {
+                    Ok(json_shaped(&ans, c.text_json(), shape))
+                }
             }
-        }
-        Operation::Completions => {
-            let c = Completion::new(id("cmpl-"), created, model, region, &request);
-            ans.remaining = Some(shared.state().spend(&deployment, 0, c.total_tokens()));
-            if stream {
-                Ok(sse(&ans, c.text_sse_payloads(include_usage), shared.stream_gap(), shape))
-            } else {
-                Ok(json_shaped(&ans, c.text_json(), shape))
-            }
-        }
-        Operation::Embeddings => match wire::embeddings(model, &request) {
-            Ok((body, tokens)) => {
-                ans.remaining = Some(shared.state().spend(&deployment, 0, tokens));
-                Ok(json_shaped(&ans, body, shape))
-            }
-            Err(EmbeddingsError::MissingInput) => Ok(ans.json(
-                StatusCode::BAD_REQUEST,
-                wire::invalid_request("'input' is a required property"),
-            )),
-            Err(EmbeddingsError::EmptyInput) => Ok(ans
-                .json(StatusCode::BAD_REQUEST, wire::invalid_request("[] is too short - 'input'"))),
-        },
-        Operation::Responses => Ok(create_response(&ctx, &mut ans, &request, stream)),
-        Operation::ImageGenerations => {
-            match media::ImageRequest::from_json(&request, &deployment) {
-                Ok(images) => {
-                    let body = images.answer(region, created, &mut || uuid_hex(fixed));
+            Operation::Embeddings => match wire::embeddings(model, &request) {
+                Ok((body, tokens)) => {
+                    ans.remaining = Some(shared.state().spend(&deployment, 0, tokens));
                     Ok(json_shaped(&ans, body, shape))
                 }
+                Err(EmbeddingsError::MissingInput) => Ok(ans.json(
+                    StatusCode::BAD_REQUEST,
+                    wire::invalid_request("'input' is a required property"),
+                )),
+                Err(EmbeddingsError::EmptyInput) => Ok(ans.json(
+                    StatusCode::BAD_REQUEST,
+                    wire::invalid_request("[] is too short - 'input'"),
+                )),
+            },
+            Operation::Responses => Ok(create_response(&ctx, &mut ans, &request, stream)),
+            Operation::ImageGenerations => {
+                match media::ImageRequest::from_json(&request, &deployment) {
+                    Ok(images) => {
+                        let body = images.answer(region, created, &mut || uuid_hex(fixed));
+                        Ok(json_shaped(&ans, body, shape))
+                    }
+                    Err(body) => Ok(ans.json(StatusCode::BAD_REQUEST, body)),
+                }
+            }
+            Operation::AudioSpeech => match media::speech_format(&request) {
+                Ok(content_type) => {
+                    let chunks = media::speech_chunks(content_type, region)
+                        .into_iter()
+                        .map(Bytes::from)
+                        .collect();
+                    Ok(ans.with_body(
+                        StatusCode::OK,
+                        content_type,
+                        pieces(chunks, Duration::ZERO, shape),
+                    ))
+                }
                 Err(body) => Ok(ans.json(StatusCode::BAD_REQUEST, body)),
-            }
+            },
+            // Routed above: multipart forms, stored-response paths, the model list.
+            Operation::ImageEdits
+            | Operation::AudioTranscriptions
+            | Operation::AudioTranslations
+            | Operation::ResponseGet
+            | Operation::ResponseDelete
+            | Operation::ResponseCancel
+            | Operation::ResponseInputItems
+            | Operation::Models => Ok(ans.json(StatusCode::NOT_FOUND, wire::RESOURCE_NOT_FOUND)),
         }
-        Operation::AudioSpeech => match media::speech_format(&request) {
-            Ok(content_type) => {
-                let chunks = media::speech_chunks(content_type, region)
-                    .into_iter()
-                    .map(Bytes::from)
-                    .collect();
-                Ok(ans.with_body(
-                    StatusCode::OK,
-                    content_type,
-                    pieces(chunks, Duration::ZERO, shape),
-                ))
-            }
-            Err(body) => Ok(ans.json(StatusCode::BAD_REQUEST, body)),
-        },
-        // Routed above: multipart forms, stored-response paths, the model list.
-        Operation::ImageEdits
-        | Operation::AudioTranscriptions
-        | Operation::AudioTranslations
-        | Operation::ResponseGet
-        | Operation::ResponseDelete
-        | Operation::ResponseCancel
-        | Operation::ResponseInputItems
-        | Operation::Models => Ok(ans.json(StatusCode::NOT_FOUND, wire::RESOURCE_NOT_FOUND)),
     }
+    .await;
+    if metered && result.as_ref().is_ok_and(|r| r.status().is_success()) {
+        shared.state().count_served();
+    }
+    result
+}
+
+/// The quota's verdict on a request, at its arrival (before any latency, as Azure admits a
+/// request before the model works on it): `None` unless the region has a quota and this is an
+/// inference request Azure would admit at all — a known route and api-version, an existing
+/// deployment, a valid credential.
+fn admit(
+    shared: &Shared,
+    parts: &http::request::Parts,
+    route: Option<&Route>,
+    deployment: Option<&str>,
+    json: Option<&Value>,
+) -> Option<Admission> {
+    let route = route.filter(|r| crate::quota::is_metered(r.op))?;
+    let deployment = deployment.filter(|d| shared.has_deployment(d))?;
+    let api_version = query_param(parts.uri.query(), "api-version");
+    let version_ok = api_version_ok(route.v1, api_version)
+        && (route.op != Operation::Responses || responses_version_ok(route.v1, api_version));
+    let bearer = shared.bearer_check();
+    let auth = check_auth(&parts.headers, &shared.config.api_key, route.v1, bearer.as_ref());
+    if !version_ok || auth.is_err() {
+        return None;
+    }
+    let cost = Cost::of_request(json);
+    let admission = shared.state().admit(deployment, cost, Instant::now())?;
+    if let Admission::Throttled { retry_after, .. } = &admission {
+        tracing::debug!(
+            deployment,
+            tokens = cost.tokens,
+            retry_after_ms = retry_after.as_millis(),
+            "mock quota throttled a request"
+        );
+    }
+    Some(admission)
+}
+
+/// The quota's 429: Azure's body saying when to retry, `retry-after` (whole seconds, rounded
+/// up) and `retry-after-ms`; the quota headers come with every answer.
+fn quota_throttled(
+    ans: &Answer<'_>,
+    op: Operation,
+    api_version: &str,
+    retry_after: Duration,
+) -> Response<Body> {
+    let ms = u64::try_from(retry_after.as_nanos().div_ceil(1_000_000)).unwrap_or(u64::MAX).max(1);
+    let secs = ms.div_ceil(1000);
+    let body = wire::too_many_requests(op, api_version, Some(secs));
+    let mut resp = ans.json(StatusCode::TOO_MANY_REQUESTS, body);
+    resp.headers_mut().insert(RETRY_AFTER, HeaderValue::from(secs));
+    resp.headers_mut().insert("retry-after-ms", HeaderValue::from(ms));
+    resp
 }
 
 /// What the answers after the fault step share.

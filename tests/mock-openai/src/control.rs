@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::Shared;
 use crate::fault::Fault;
+use crate::quota::{Quota, QuotaCounts};
 use crate::server::{Body, CONTROL_PREFIX, full};
 
 /// Runtime settings of a mock, as `GET/POST /_mock/settings` shows them.
@@ -19,6 +20,14 @@ struct Settings {
     latency_ms: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     stream_gap_ms: Option<u64>,
+}
+
+/// `GET /_mock/quota`: the quota (or `null`) and its counts.
+#[derive(Serialize)]
+struct QuotaStatus {
+    quota: Option<Quota>,
+    #[serde(flatten)]
+    counts: QuotaCounts,
 }
 
 pub(crate) fn handle(shared: &Shared, method: &Method, path: &str, body: &Bytes) -> Response<Body> {
@@ -68,6 +77,24 @@ pub(crate) fn handle(shared: &Shared, method: &Method, path: &str, body: &Bytes)
                     shared.stream_gap_ms.store(ms, Ordering::Relaxed);
                 }
                 tracing::debug!(region = %shared.config.region, settings = ?s, "mock settings changed");
+                empty(StatusCode::NO_CONTENT)
+            }
+            Err(e) => bad_request(&e),
+        },
+        (&Method::GET, "quota") => {
+            let state = shared.state();
+            json(
+                StatusCode::OK,
+                &QuotaStatus { quota: state.quota(), counts: state.quota_counts() },
+            )
+        }
+        (&Method::POST, "quota") => match serde_json::from_slice::<Option<Quota>>(body) {
+            Ok(quota) => {
+                if let Some(Err(e)) = quota.as_ref().map(Quota::validate) {
+                    return text(StatusCode::BAD_REQUEST, &e.to_string());
+                }
+                tracing::debug!(region = %shared.config.region, quota = ?quota, "mock quota set over the control API");
+                shared.state().set_quota(quota);
                 empty(StatusCode::NO_CONTENT)
             }
             Err(e) => bad_request(&e),

@@ -39,6 +39,17 @@
 //! - `GET /openai/models?api-version=…` (Azure's list shape) and `GET /openai/v1/models`
 //!   (OpenAI's): the region's deployments and model. No deployment, so no faults.
 //!
+//! A region can be given a token-bucket [`Quota`] ([`MockAzure::set_quota`], `POST
+//! /_mock/quota`), as Azure enforces a deployment's requests and tokens per minute: a request
+//! bucket and a token bucket that start full and refill continuously, charged at a request's
+//! arrival (before any latency) with one request and `ceil(prompt characters / 4) +` its
+//! maximum completion tokens. A chat, completions, embeddings or Responses create that does not
+//! fit gets Azure's 429 with `retry-after`/`retry-after-ms` saying when it would, and costs
+//! nothing. Every answer carries the `x-ratelimit-*` headers its [`QuotaHeaders`] asks for
+//! (all six, Azure's two `remaining` ones, or none); [`MockAzure::quota_counts`] says what was
+//! admitted, served and throttled. Without a quota the mock only reports a large per-minute
+//! window and never throttles on its own.
+//!
 //! Every answer that has a text names the region ([`wire::reply_text`], "Transcribed … in",
 //! "drawn in", tool-call string arguments), so a test can tell which region answered.
 //!
@@ -64,6 +75,9 @@
 //! - `POST /_mock/reset` → 204 (stored responses stay: they are the region's data).
 //! - `GET /_mock/responses/{id}` → 200 `{"id":…,"deployment":…}` when this region holds the
 //!   response, else 404: which region a stateful call's object lives in.
+//! - `POST /_mock/quota`, body a [`Quota`] as JSON (`{"requests_per_sec":5,"tokens_per_sec":750,
+//!   "window_ms":10000,"headers":"full"}`) or `null` to remove it → 204; 400 naming the field.
+//!   `GET /_mock/quota` → `{"quota":…|null,"admitted":n,"served":n,"throttled":n}`.
 //! - `GET /_mock/settings` → `{"latency_ms":…,"stream_gap_ms":…}`; `POST` the same (either field
 //!   optional) → 204.
 //!
@@ -95,6 +109,7 @@ mod fault;
 pub mod media;
 pub mod multipart;
 pub mod pki;
+pub mod quota;
 mod region;
 pub mod responses;
 mod server;
@@ -103,6 +118,7 @@ pub mod wire;
 
 pub use compatible::{CompatibleConfig, CompatibleFault, CompatibleMock, Dialect};
 pub use fault::Fault;
+pub use quota::{InvalidQuota, Quota, QuotaCounts, QuotaHeaders};
 pub use region::{DEFAULT_MODEL, Region};
 pub use state::{MAX_RECORDED_REQUESTS, RecordedRequest};
 
@@ -272,6 +288,24 @@ impl MockAzure {
     pub fn reset(&self) {
         tracing::debug!(region = %self.shared.config.region, "mock reset");
         self.shared.state().reset();
+    }
+
+    /// Sets the region's token-bucket quota (`None` removes it): from now on every deployment
+    /// has a request bucket and a token bucket, full, and inference requests that do not fit
+    /// get Azure's 429 ([`quota`]). Counts start at zero. Kept by [`MockAzure::reset`], which
+    /// refills the buckets.
+    pub fn set_quota(&self, quota: Option<Quota>) -> Result<(), InvalidQuota> {
+        if let Some(q) = &quota {
+            q.validate()?;
+        }
+        tracing::debug!(region = %self.shared.config.region, quota = ?quota, "mock quota set");
+        self.shared.state().set_quota(quota);
+        Ok(())
+    }
+
+    /// Inference requests admitted, served (2xx) and throttled since the quota was set.
+    pub fn quota_counts(&self) -> QuotaCounts {
+        self.shared.state().quota_counts()
     }
 
     /// Whether this region holds the stored response `id` (Responses API): where a follow-up

@@ -13,7 +13,7 @@ use std::io::{Read as _, Write as _};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
-use crate::{Fault, MockAzure, MockConfig, RecordedRequest};
+use crate::{Fault, MockAzure, MockConfig, Quota, QuotaCounts, RecordedRequest};
 
 /// Model the mock reports unless told otherwise (`modelgw mock-azure`'s default too).
 pub const DEFAULT_MODEL: &str = "gpt-4o-mini-2024-07-18";
@@ -164,6 +164,43 @@ impl Region {
                 assert!((200..300).contains(&status), "setting the stream gap: {status} {answer}");
             }
             Driver::Elsewhere => panic!("region {} is not served by a mock", self.name),
+        }
+    }
+
+    /// Sets the region's token-bucket quota (`None` removes it): buckets full, counts zero
+    /// ([`MockAzure::set_quota`]).
+    ///
+    /// # Panics
+    /// For an invalid quota, a region served [`Region::elsewhere`], or when a mock process
+    /// cannot be reached.
+    pub fn set_quota(&self, quota: Option<Quota>) {
+        match &self.driver {
+            Driver::InProcess(mock) => {
+                mock.set_quota(quota).unwrap_or_else(|e| panic!("region {}: {e}", self.name));
+            }
+            Driver::Process => {
+                let body = serde_json::to_vec(&quota).expect("a quota serializes");
+                let (status, answer) = self.control("POST", "/_mock/quota", &body);
+                assert!((200..300).contains(&status), "setting {quota:?}: {status} {answer}");
+            }
+            Driver::Elsewhere => panic!("region {} is not served by a mock", self.name),
+        }
+    }
+
+    /// Inference requests admitted, served (2xx) and throttled since the quota was set (zero
+    /// for a region served [`Region::elsewhere`]).
+    ///
+    /// # Panics
+    /// When a mock process cannot be reached.
+    pub fn quota_counts(&self) -> QuotaCounts {
+        match &self.driver {
+            Driver::InProcess(mock) => mock.quota_counts(),
+            Driver::Process => {
+                let (status, answer) = self.control("GET", "/_mock/quota", b"");
+                assert_eq!(status, 200, "reading quota counts: {answer}");
+                serde_json::from_str(&answer).expect("quota counts are JSON")
+            }
+            Driver::Elsewhere => QuotaCounts::default(),
         }
     }
 

@@ -9,6 +9,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use crate::fault::{Fault, FaultQueue};
+use crate::quota::{Admission, Buckets, Cost, Quota, QuotaCounts, Reading};
 
 /// Most requests kept by [`crate::MockAzure::requests`]; older ones are dropped so a long demo
 /// does not grow without bound. Far more than any test sends.
@@ -164,8 +165,8 @@ impl From<RecordedRequestJson> for RecordedRequest {
     }
 }
 
-/// A deployment's quota window, reported in the `x-ratelimit-*` headers. The mock never
-/// throttles on its own: only a scripted fault answers 429.
+/// A deployment's quota window, reported in the `x-ratelimit-*` headers while the region has
+/// no [`Quota`]: then the mock never throttles on its own, only a scripted fault answers 429.
 #[derive(Debug)]
 struct Budget {
     window_start: Instant,
@@ -246,6 +247,13 @@ pub struct State {
     calls: HashMap<String, u64>,
     requests: VecDeque<RecordedRequest>,
     budgets: HashMap<String, Budget>,
+    /// The region's token-bucket quota, if set: it then throttles on its own. Kept across
+    /// [`State::reset`] (it describes the region); its buckets and counts are not.
+    quota: Option<Quota>,
+    /// Each deployment's buckets, created full on first use: the same as full at the moment
+    /// the quota was set, since a bucket never holds more than its capacity.
+    quota_buckets: HashMap<String, Buckets>,
+    quota_counts: QuotaCounts,
     /// Stored Responses API objects. Kept across [`State::reset`]: they are the region's data,
     /// like an Azure resource's, not a test step's.
     pub responses: ResponseStore,
@@ -301,10 +309,59 @@ impl State {
         }
     }
 
-    /// Clears faults, counts, records and rate-limit windows; stored responses stay.
+    /// Sets (or with `None` removes) the region's quota: buckets full, counts zero.
+    pub fn set_quota(&mut self, quota: Option<Quota>) {
+        self.quota = quota;
+        self.quota_buckets.clear();
+        self.quota_counts = QuotaCounts::default();
+    }
+
+    pub fn quota(&self) -> Option<Quota> {
+        self.quota
+    }
+
+    /// Charges `cost` to `deployment`'s buckets at `now` if they have room (`None` without a
+    /// quota), and counts the outcome.
+    pub fn admit(&mut self, deployment: &str, cost: Cost, now: Instant) -> Option<Admission> {
+        let quota = self.quota?;
+        let admission = self
+            .quota_buckets
+            .entry(deployment.to_owned())
+            .or_insert_with(|| Buckets::new(&quota, now))
+            .admit(cost, now);
+        match admission {
+            Admission::Admitted(_) => self.quota_counts.admitted += 1,
+            Admission::Throttled { .. } => self.quota_counts.throttled += 1,
+        }
+        Some(admission)
+    }
+
+    /// `deployment`'s quota reading at `now`, charging nothing (`None` without a quota).
+    pub fn quota_reading(&mut self, deployment: &str, now: Instant) -> Option<Reading> {
+        let quota = self.quota?;
+        Some(
+            self.quota_buckets
+                .entry(deployment.to_owned())
+                .or_insert_with(|| Buckets::new(&quota, now))
+                .peek(now),
+        )
+    }
+
+    /// One more inference request answered 2xx.
+    pub fn count_served(&mut self) {
+        self.quota_counts.served += 1;
+    }
+
+    pub fn quota_counts(&self) -> QuotaCounts {
+        self.quota_counts
+    }
+
+    /// Clears faults, counts, records, rate-limit windows and quota buckets; stored responses
+    /// and the quota's settings stay.
     pub fn reset(&mut self) {
         let responses = std::mem::take(&mut self.responses);
-        *self = State { responses, ..State::default() };
+        let quota = self.quota;
+        *self = State { responses, quota, ..State::default() };
     }
 }
 
@@ -384,6 +441,32 @@ mod tests {
         assert!(s.responses.get("resp_5").is_none());
         s.reset();
         assert_eq!(s.responses.len(), max - 1);
+    }
+
+    #[test]
+    fn reset_refills_the_quota_and_zeroes_its_counts_but_keeps_it() {
+        let mut s = State::default();
+        let now = Instant::now();
+        let cost = Cost { requests: 1, tokens: 10 };
+        assert_eq!(s.admit("d", cost, now), None, "no quota, no verdict");
+        s.set_quota(Some(Quota {
+            requests_per_sec: 1.0,
+            tokens_per_sec: 100.0,
+            window: Duration::from_secs(1),
+            headers: crate::QuotaHeaders::Full,
+        }));
+        assert!(matches!(s.admit("d", cost, now), Some(Admission::Admitted(_))));
+        assert!(matches!(s.admit("d", cost, now), Some(Admission::Throttled { .. })));
+        assert!(
+            matches!(s.admit("other", cost, now), Some(Admission::Admitted(_))),
+            "per deployment"
+        );
+        s.count_served();
+        assert_eq!(s.quota_counts(), QuotaCounts { admitted: 2, served: 1, throttled: 1 });
+        s.reset();
+        assert_eq!(s.quota_counts(), QuotaCounts::default());
+        assert!(s.quota().is_some());
+        assert!(matches!(s.admit("d", cost, now), Some(Admission::Admitted(_))), "full again");
     }
 
     #[test]

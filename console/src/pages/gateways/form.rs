@@ -12,6 +12,10 @@
 //! per model and version, PTU deployments first. "Create" posts the proposal as is to
 //! `POST /api/v1/gateways` and goes to the new gateway; "Review" opens this form pre-filled.
 //! When the API refuses a proposal (e.g. the name is taken), the pre-filled form shows why.
+//!
+//! Quota-aware routing (`routing.quota`): the checkbox `quota_enabled` follows a hidden
+//! `quota_enabled=false`, so an unchecked box says "off" while a post without the fieldset
+//! leaves the API's default; the windows and the reserve go as typed, blank = the default.
 
 use std::collections::{HashMap, HashSet};
 
@@ -30,6 +34,7 @@ use crate::error::ConsoleError;
 use crate::layout::{self, Nav, empty_state, field_errors, problem_summary, state_badge};
 use crate::operator::Operator;
 use crate::pages::{EndpointView, GatewayView};
+use modelgw_model::QuotaPolicy;
 
 /// The routing strategies the API accepts (`RoutingStrategy` in its OpenAPI document).
 const STRATEGIES: [&str; 2] = ["weighted", "fastest"];
@@ -43,7 +48,20 @@ struct GatewayForm {
     strategy: String,
     wait_for_recovery: bool,
     request_timeout_ms: String,
+    /// `None`: not posted (the API's default).
+    quota_enabled: Option<bool>,
+    quota_request_window_secs: String,
+    quota_token_window_secs: String,
+    quota_reserve_percent: String,
 }
+
+/// The form's names of the quota fields, each `routing.quota.<name without quota_>` in the API.
+const QUOTA_FIELDS: [&str; 4] = [
+    "quota_enabled",
+    "quota_request_window_secs",
+    "quota_token_window_secs",
+    "quota_reserve_percent",
+];
 
 #[derive(Debug, Default, Clone)]
 struct MemberInput {
@@ -82,6 +100,10 @@ impl GatewayForm {
                 .request_timeout_ms
                 .map(|ms| ms.to_string())
                 .unwrap_or_default(),
+            quota_enabled: Some(g.routing.quota.enabled),
+            quota_request_window_secs: g.routing.quota.request_window_secs.to_string(),
+            quota_token_window_secs: g.routing.quota.token_window_secs.to_string(),
+            quota_reserve_percent: g.routing.quota.reserve_percent.to_string(),
         }
     }
 
@@ -106,7 +128,7 @@ impl GatewayForm {
                 .collect(),
             strategy: p.routing.strategy.clone(),
             wait_for_recovery: p.routing.wait_for_recovery,
-            request_timeout_ms: String::new(),
+            ..GatewayForm::default()
         }
     }
 
@@ -119,6 +141,11 @@ impl GatewayForm {
                 "strategy" => f.strategy = value,
                 "wait_for_recovery" => f.wait_for_recovery = true,
                 "request_timeout_ms" => f.request_timeout_ms = value,
+                // The hidden `false` comes first; a checked box's `true` after it wins.
+                "quota_enabled" => f.quota_enabled = Some(value == "true"),
+                "quota_request_window_secs" => f.quota_request_window_secs = value,
+                "quota_token_window_secs" => f.quota_token_window_secs = value,
+                "quota_reserve_percent" => f.quota_reserve_percent = value,
                 "member" => f.members.entry(value).or_default().enabled = true,
                 "keep" => f.members.entry(value).or_default().current = true,
                 "remove" => f.members.entry(value).or_default().remove = true,
@@ -173,6 +200,20 @@ impl GatewayForm {
             "request_timeout_ms".into(),
             number_or_text(&self.request_timeout_ms).unwrap_or(Value::Null),
         );
+        let mut quota = Map::new();
+        if let Some(enabled) = self.quota_enabled {
+            quota.insert("enabled".into(), json!(enabled));
+        }
+        for (name, value) in [
+            ("request_window_secs", &self.quota_request_window_secs),
+            ("token_window_secs", &self.quota_token_window_secs),
+            ("reserve_percent", &self.quota_reserve_percent),
+        ] {
+            if let Some(v) = number_or_text(value) {
+                quota.insert(name.into(), v);
+            }
+        }
+        routing.insert("quota".into(), Value::Object(quota));
         let body = json!({ "name": self.name, "endpoints": members, "routing": routing });
         (body, ids)
     }
@@ -189,7 +230,8 @@ fn number_or_text(s: &str) -> Option<Value> {
 }
 
 /// The API's problem with its field names turned into the form's: `endpoints[i].weight` becomes
-/// `weight_<endpoint id>`, `routing.strategy` becomes `strategy`.
+/// `weight_<endpoint id>`, `routing.strategy` becomes `strategy`, `routing.quota.reserve_percent`
+/// becomes `quota_reserve_percent`.
 fn form_problem(mut problem: Problem, ids: &[String]) -> Problem {
     for e in &mut problem.errors {
         e.field = form_field(&e.field, ids);
@@ -203,7 +245,7 @@ fn form_problem(mut problem: Problem, ids: &[String]) -> Problem {
 
 fn form_field(api_field: &str, ids: &[String]) -> String {
     if let Some(rest) = api_field.strip_prefix("routing.") {
-        return rest.to_owned();
+        return rest.replacen("quota.", "quota_", 1);
     }
     if let Some(rest) = api_field.strip_prefix("endpoints[")
         && let Some((index, tail)) = rest.split_once(']')
@@ -340,8 +382,11 @@ fn render(
     };
     // Fields shown next to their input; the summary lists the others.
     let known: HashSet<&str> = endpoints.iter().map(|e| e.id.as_str()).collect();
-    let mut inline: Vec<String> =
-        ["name", "strategy", "wait_for_recovery", "request_timeout_ms"].map(str::to_owned).to_vec();
+    let mut inline: Vec<String> = ["name", "strategy", "wait_for_recovery", "request_timeout_ms"]
+        .into_iter()
+        .chain(QUOTA_FIELDS)
+        .map(str::to_owned)
+        .collect();
     if let Some(p) = problem {
         for FieldError { field, .. } in &p.errors {
             let id = field.split_once('_').map(|(_, id)| id).unwrap_or("");
@@ -486,6 +531,7 @@ fn render(
                     span.hint { "When every member is unavailable, wait for the first to recover if that fits in the request's deadline, instead of answering 429/503 at once." }
                 }
             }
+            (quota_fieldset(form, problem))
             div.actions {
                 button #save type="submit" { (match target { Target::New => "Create gateway", Target::Edit { .. } => "Save changes" }) }
                 a.button.secondary href=(cancel) { "Cancel" }
@@ -497,6 +543,54 @@ fn render(
         Target::Edit { .. } => format!("Edit {}", form.name),
     };
     layout::page(op, &title, Nav::Gateways, content)
+}
+
+/// "Quota-aware routing": `routing.quota`, each field with the API's reasons next to it.
+fn quota_fieldset(form: &GatewayForm, problem: Option<&Problem>) -> Markup {
+    let defaults = QuotaPolicy::default();
+    let has_error = |field: &str| problem.is_some_and(|p| p.reasons_for(field).next().is_some());
+    let invalid = |field: &str| has_error(field).then_some("true");
+    let described = |field: &str| has_error(field).then(|| format!("error-{field}"));
+    let number =
+        |field: &'static str, label: &str, value: &str, placeholder: String, hint: &str| {
+            html! {
+                div.field {
+                    label for=(field) { (label) }
+                    input id=(field) type="number" inputmode="numeric" name=(field) value=(value)
+                        placeholder=(placeholder)
+                        aria-invalid=[invalid(field)] aria-describedby=[described(field)];
+                    (field_errors(problem, field))
+                    span.hint { (hint) }
+                }
+            }
+        };
+    html! {
+        fieldset #quota {
+            legend { "Quota-aware routing" }
+            div.field.check {
+                input type="hidden" name="quota_enabled" value="false";
+                label {
+                    input #quota_enabled type="checkbox" name="quota_enabled" value="true"
+                        checked[form.quota_enabled.unwrap_or(defaults.enabled)]
+                        aria-describedby=[described("quota_enabled")];
+                    " Spread by remaining quota"
+                }
+                (field_errors(problem, "quota_enabled"))
+                span.hint { "Weights each member by the quota its " code { "x-ratelimit-*" } " headers say is left, and skips a member only when a request would not fit. Off: members are skipped only after a 429." }
+            }
+            div.row2 {
+                (number("quota_request_window_secs", "Request window (s)", &form.quota_request_window_secs,
+                    defaults.request_window_secs.to_string(),
+                    "How long an endpoint's request limit takes to refill when its answers do not say, 1–86400. Blank: Azure's 10 s."))
+                (number("quota_token_window_secs", "Token window (s)", &form.quota_token_window_secs,
+                    defaults.token_window_secs.to_string(),
+                    "The same for its token limit, 1–86400. Blank: Azure's 60 s."))
+            }
+            (number("quota_reserve_percent", "Reserve (%)", &form.quota_reserve_percent,
+                defaults.reserve_percent.to_string(),
+                "Share of each endpoint's quota never planned for, 0–50: room for other clients of the same deployments. Blank: none."))
+        }
+    }
 }
 
 /// The API's proposals now (it computes them from the imported endpoints; nothing is created).
@@ -654,7 +748,32 @@ mod tests {
         assert_eq!(form_field("endpoints[0].endpoint_id", &ids), "member_a");
         assert_eq!(form_field("endpoints[7].weight", &ids), "endpoints[7].weight");
         assert_eq!(form_field("routing.request_timeout_ms", &ids), "request_timeout_ms");
+        assert_eq!(form_field("routing.quota.reserve_percent", &ids), "quota_reserve_percent");
+        for field in QUOTA_FIELDS {
+            let api = format!("routing.quota.{}", field.trim_start_matches("quota_"));
+            assert_eq!(form_field(&api, &ids), field);
+        }
         assert_eq!(form_field("name", &ids), "name");
+    }
+
+    #[test]
+    fn the_quota_checkbox_says_off_only_when_posted() {
+        let posted = |fields: &[(&str, &str)]| {
+            let fields = fields.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+            GatewayForm::from_fields(fields).to_request(&[]).0["routing"]["quota"].clone()
+        };
+        // Unchecked: only the hidden field. Checked: the box's value follows it.
+        assert_eq!(posted(&[("quota_enabled", "false")]), json!({"enabled": false}));
+        assert_eq!(
+            posted(&[("quota_enabled", "false"), ("quota_enabled", "true")]),
+            json!({"enabled": true})
+        );
+        // Not posted at all, and blank numbers: the API's defaults.
+        assert_eq!(posted(&[("quota_reserve_percent", " ")]), json!({}));
+        assert_eq!(
+            posted(&[("quota_request_window_secs", "5"), ("quota_token_window_secs", "x")]),
+            json!({"request_window_secs": 5, "token_window_secs": "x"})
+        );
     }
 
     #[test]
