@@ -459,6 +459,50 @@ async fn a_member_out_of_quota_is_skipped_until_its_refill_and_never_meets_a_429
     Ok(())
 }
 
+#[tokio::test]
+async fn a_refill_within_a_second_is_waited_for_and_a_later_one_answers_429_at_once() -> Result<()>
+{
+    let (soon, late) = (region("soon").await?, region("late").await?);
+    let quota = |per_sec: f64, window: Duration| Quota {
+        requests_per_sec: per_sec,
+        tokens_per_sec: 1e6,
+        window,
+        headers: QuotaHeaders::Full,
+    };
+    // `soon`: 2 requests of quota, 1.5 more a second (the third fits ~670 ms after the
+    // second). `late`: 1 request, one more every 4 s. Neither gateway waits for recovery.
+    soon.set_quota(Some(quota(1.5, Duration::from_millis(1334))));
+    late.set_quota(Some(quota(0.25, Duration::from_secs(4))));
+    let not_waiting = || RoutingPolicy { wait_for_recovery: false, ..Default::default() };
+    let held = gateway(&[(&soon, 0, 1)], not_waiting(), fast_config()).await?;
+    let refused = gateway(&[(&late, 0, 1)], not_waiting(), fast_config()).await?;
+
+    // The third request is out of quota by the estimate alone (no upstream said 429): held
+    // for the refill the estimate foresees, then served — never a 429 for the client.
+    for _ in 0..2 {
+        assert_eq!(held.chat().await?.status(), 200);
+    }
+    let response = held.chat().await?;
+    let attempts = header(&response, "x-modelgw-attempts").to_owned();
+    assert_eq!(response.status(), 200, "{attempts}: {}", response.text().await?);
+    assert!(
+        attempts.starts_with("soon:skipped_quota_exhausted:") && attempts.contains(",soon:ok:"),
+        "held, then served: {attempts}"
+    );
+    assert_eq!(soon.quota_counts().throttled, 0, "nothing sent that would not fit");
+
+    // A refill 4 s away is beyond the hold: 429 at once, with the estimate's Retry-After.
+    assert_eq!(refused.chat().await?.status(), 200);
+    let started = Instant::now();
+    let response = refused.chat().await?;
+    assert_eq!(response.status(), 429);
+    assert!(started.elapsed() < Duration::from_millis(900), "held: {:?}", started.elapsed());
+    let retry_after: u64 = header(&response, "retry-after").parse()?;
+    assert!((3..=4).contains(&retry_after), "retry-after {retry_after}");
+    assert_eq!(late.quota_counts().throttled, 0);
+    Ok(())
+}
+
 /// The body of a streamed response as text, and whether it ended with an error.
 async fn read_stream(response: reqwest::Response) -> (String, bool) {
     let mut stream = response.bytes_stream();

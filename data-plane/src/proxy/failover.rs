@@ -36,6 +36,11 @@ const TRIAL_BUSY_RETRY: Duration = Duration::from_secs(1);
 /// Shortest wait before trying again after a recovery wait, so a window ending "now" (e.g.
 /// `retry-after-ms: 0`) cannot turn into a busy loop.
 const MIN_RECOVERY_WAIT: Duration = Duration::from_millis(50);
+/// Longest one request is held, in all, for a refill its quota estimate foresees when every
+/// member is out by the estimate alone and the gateway does not wait for recovery: the
+/// shortest `Retry-After` the gateway's 429 could say, so a client loses nothing by the hold
+/// (it would have slept at least that long before retrying).
+const MAX_QUOTA_HOLD: Duration = Duration::from_secs(1);
 
 impl Proxy {
     /// Tries the gateway's candidates in order until one answers with something to pass on;
@@ -52,6 +57,7 @@ impl Proxy {
         let mut attempts = String::new();
         let mut attempt = 0u32;
         let mut round = 0u32;
+        let mut quota_held = Duration::ZERO;
         loop {
             let demand = plan.demand;
             let candidates = match &plan.pinned {
@@ -205,44 +211,49 @@ impl Proxy {
             // Endpoints held back only until their first answer are waited for whatever the
             // gateway's setting: nothing says they are out of quota.
             let first_answers = unavailable.iter().all(|u| u.awaits_first_answer());
-            if (gateway.routing.wait_for_recovery || first_answers)
+            let for_quota = !unavailable.is_empty() && unavailable.iter().all(|u| u.is_quota());
+            let recovery = unavailable
+                .iter()
+                .map(|u| u.until().unwrap_or(now + TRIAL_BUSY_RETRY))
+                .min()
+                .unwrap_or(now)
+                .max(now + MIN_RECOVERY_WAIT)
+                // Requests waiting for the same refill wake spread over a few ms, not as one
+                // herd of which all but one wait again.
+                + if for_quota { Duration::from_micros(rand::random_range(0..20_000)) } else { Duration::ZERO };
+            // Every member is out by this data plane's estimate alone (no upstream said 429):
+            // a refill it foresees within `MAX_QUOTA_HOLD` is waited for whatever the
+            // gateway's setting, since the 429 it would answer instead says "retry after 1 s"
+            // at least and the estimate may be pessimistic (a stalled process, a burst).
+            let quota_hold = for_quota && quota_held + (recovery - now) <= MAX_QUOTA_HOLD;
+            if (gateway.routing.wait_for_recovery || first_answers || quota_hold)
                 && !unavailable.is_empty()
                 && round < MAX_RECOVERY_ROUNDS
+                && recovery < deadline
             {
-                let for_quota = unavailable.iter().all(|u| u.is_quota());
-                let mut recovery = unavailable
-                    .iter()
-                    .map(|u| u.until().unwrap_or(now + TRIAL_BUSY_RETRY))
-                    .min()
-                    .unwrap_or(now)
-                    .max(now + MIN_RECOVERY_WAIT);
+                let wait_ms = (recovery - now).as_millis() as u64;
                 if for_quota {
-                    // Requests waiting for the same refill wake spread over a few ms, not as
-                    // one herd of which all but one wait again.
-                    recovery += Duration::from_micros(rand::random_range(0..20_000));
+                    // Waiting for a refill the estimate foresees is bounded by the
+                    // deadline (and `MAX_QUOTA_HOLD` when the gateway does not wait for
+                    // recovery), not by rounds: each is cheap, and many requests may queue.
+                    debug!(
+                        request_id = rid,
+                        wait_ms, "every endpoint out of quota; waiting for the refill"
+                    );
+                } else {
+                    round += 1;
+                    info!(
+                        request_id = rid,
+                        wait_ms, round, "no endpoint available; waiting for the earliest recovery"
+                    );
                 }
-                if recovery < deadline {
-                    let wait_ms = (recovery - now).as_millis() as u64;
-                    if for_quota {
-                        // Waiting for a refill the estimate foresees is bounded by the
-                        // deadline alone: each round is cheap, and many requests may queue.
-                        debug!(
-                            request_id = rid,
-                            wait_ms, "every endpoint out of quota; waiting for the refill"
-                        );
-                    } else {
-                        round += 1;
-                        info!(
-                            request_id = rid,
-                            wait_ms,
-                            round,
-                            "no endpoint available; waiting for the earliest recovery"
-                        );
-                    }
-                    tokio::time::sleep_until(recovery.into()).await;
-                    tally.waited += now.elapsed();
-                    continue;
+                tokio::time::sleep_until(recovery.into()).await;
+                let waited = now.elapsed();
+                tally.waited += waited;
+                if for_quota {
+                    quota_held += waited;
                 }
+                continue;
             }
             let mut response = exhausted(gateway, &unavailable, now);
             if let Ok(value) = HeaderValue::from_str(&attempts) {
