@@ -111,6 +111,12 @@ async fn endpoint_crud(db: &TestDb) {
         store.list_endpoints().await.expect("list").into_iter().map(|e| e.name).collect();
     assert_eq!(names, ["aus", "eus"], "listed by name");
 
+    // Loaded once before the rotation: the store keeps each opened key (with its sealed form)
+    // for the next load, which must see the rotated one.
+    let snapshot = store.load_snapshot().await.expect("snapshot");
+    let endpoint = snapshot.endpoints.iter().find(|e| e.id == created.id).expect("in snapshot");
+    assert_eq!(endpoint.credential, Credential::ApiKey(Secret::new(API_KEY)));
+
     let patch = EndpointPatch {
         deployment: Some("gpt-4o-mini".into()),
         region: Some("westus".into()),

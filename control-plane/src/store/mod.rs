@@ -295,6 +295,11 @@ pub struct Store {
     /// PostgreSQL: the URL a `LISTEN` connection for other replicas' changes opens
     /// (`distribution/notify.rs`). Holds the password, if any: never logged.
     listen_url: Option<std::sync::Arc<str>>,
+    /// The endpoint keys the last snapshot load opened, with their sealed form: the next load
+    /// reuses a key whose sealed form is unchanged instead of decrypting it again (at 10,000
+    /// endpoints the decryption was ~13 % of a build). Holds nothing the published snapshot
+    /// does not already hold in memory.
+    opened_keys: std::sync::Arc<std::sync::Mutex<snapshot::OpenedKeys>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -365,6 +370,7 @@ impl Store {
                 master_key,
                 metrics: ControlPlaneMetrics::default(),
                 listen_url,
+                opened_keys: Default::default(),
             };
             let version = store.config_version().await?;
             tracing::info!(config_version = %version, "configuration store open");

@@ -1,10 +1,12 @@
 //! The whole configuration at one version, as data planes route with it.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::PoisonError;
 
 use chrono::Utc;
 use modelgw_model::{
-    Credential, DEFAULT_ENTRA_SCOPE, Endpoint, Gateway, GatewayKey, GatewayKeyId, Snapshot,
+    Credential, DEFAULT_ENTRA_SCOPE, Endpoint, EndpointId, Gateway, GatewayKey, GatewayKeyId,
+    Secret, Snapshot,
 };
 use sqlx::Row as _;
 
@@ -14,6 +16,10 @@ use super::keys::limits_from_db;
 use crate::metrics::StoreOperation;
 
 use super::{AuthMode, Store, StoreError, decode_error, parse_column, version_from_db};
+
+/// Endpoint keys opened by the last snapshot load, by endpoint, each with the sealed form it
+/// was opened from (the AAD is the endpoint id, the key: equal sealed forms open to equal keys).
+pub(crate) type OpenedKeys = HashMap<EndpointId, (String, Secret)>;
 
 impl Store {
     /// A consistent read of the whole configuration at one version, with endpoint keys
@@ -56,6 +62,8 @@ impl Store {
         tracing::Span::current().record("config_version", version.0);
 
         let mut endpoints = Vec::with_capacity(endpoint_rows.len());
+        let mut opened = self.opened_keys.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut still_open = OpenedKeys::with_capacity(endpoint_rows.len());
         for row in &endpoint_rows {
             let id: String = row.try_get("id")?;
             let id = parse_column("id", &id)?;
@@ -64,7 +72,14 @@ impl Store {
             let sealed: String = row.try_get("api_key_ciphertext")?;
             let auth: String = row.try_get("auth")?;
             let credential = match super::endpoints::auth_from_db(&auth)? {
-                AuthMode::ApiKey => Credential::ApiKey(self.open_api_key(id, &sealed)?),
+                AuthMode::ApiKey => {
+                    let key = match opened.remove(&id) {
+                        Some((before, key)) if before == sealed => key,
+                        _ => self.open_api_key(id, &sealed)?,
+                    };
+                    still_open.insert(id, (sealed, key.clone()));
+                    Credential::ApiKey(key)
+                }
                 AuthMode::Entra => Credential::Entra { scope: DEFAULT_ENTRA_SCOPE.to_owned() },
             };
             endpoints.push(Endpoint {
@@ -79,6 +94,9 @@ impl Store {
                 credential,
             });
         }
+        // Keys of endpoints gone or moved to Entra are let go with the old map.
+        *opened = still_open;
+        drop(opened);
 
         let now = Utc::now().timestamp_millis();
         let mut keys: HashMap<String, Vec<StoredKey>> = HashMap::new();
